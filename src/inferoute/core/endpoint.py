@@ -1,0 +1,144 @@
+"""Model-server endpoints and what the gateway knows about them.
+
+An `Endpoint` joins three kinds of state: identity (address, labels, role), the latest scraped
+metrics (`EndpointMetrics`, replaced whole on each scrape) and the gateway's own bookkeeping of
+requests it has sent there and not yet seen finish (`in_flight_*`), which is fresher than any
+scrape. A `Pool` is the set of endpoints serving one model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Literal
+
+Role = Literal["both", "prefill", "decode"]
+Engine = Literal["vllm", "sglang", "trtllm"]
+
+
+@dataclass(slots=True, frozen=True)
+class EndpointMetrics:
+    """One scrape of a model server's /metrics, normalised across engines.
+
+    `scraped_at` is the core time (seconds, the caller's clock) the scrape completed; None means
+    never scraped.
+    """
+
+    waiting: int = 0
+    running: int = 0
+    kv_usage: float = 0.0
+    block_size: int | None = None
+    num_blocks: int | None = None
+    max_lora: int | None = None
+    running_loras: tuple[str, ...] = ()
+    waiting_loras: tuple[str, ...] = ()
+    prefix_cache_queries: float | None = None
+    prefix_cache_hits: float | None = None
+    scraped_at: float | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Endpoint:
+    """One model-server replica (one host:port)."""
+
+    host: str
+    port: int
+    labels: dict[str, str] = field(default_factory=dict)
+    role: Role = "both"
+    engine: Engine = "vllm"
+    scheme: str = "http"
+    metrics: EndpointMetrics = field(default_factory=EndpointMetrics)
+    #: gateway bookkeeping: requests and prompt tokens dispatched here and not yet finished
+    in_flight_requests: int = 0
+    in_flight_tokens: int = 0
+    #: False while health checks or outlier detection keep it out of rotation
+    healthy: bool = True
+
+    @property
+    def name(self) -> str:
+        """The `ip:port` form used in headers, metrics labels and logs."""
+        if ":" in self.host and not self.host.startswith("["):
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.name}"
+
+    def __hash__(self) -> int:
+        return hash((self.host, self.port))
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.name})"
+
+    def is_stale(self, now: float, staleness: float) -> bool:
+        """True when the last scrape is older than `staleness` seconds, or never happened."""
+        at = self.metrics.scraped_at
+        return at is None or now - at > staleness
+
+    def on_dispatch(self, prompt_tokens: int) -> None:
+        """Account a request sent to this endpoint."""
+        self.in_flight_requests += 1
+        self.in_flight_tokens += prompt_tokens
+
+    def on_finish(self, prompt_tokens: int) -> None:
+        """Account a request finished (completed, failed or cancelled) on this endpoint."""
+        self.in_flight_requests = max(0, self.in_flight_requests - 1)
+        self.in_flight_tokens = max(0, self.in_flight_tokens - prompt_tokens)
+
+
+def parse_endpoint(url: str, **kw: object) -> Endpoint:
+    """Endpoint from `http://host:port`, `host:port` or `[v6]:port`."""
+    scheme = "http"
+    rest = url.strip()
+    if "://" in rest:
+        scheme, rest = rest.split("://", 1)
+    rest = rest.rstrip("/")
+    if "/" in rest:
+        raise ValueError(f"endpoint {url!r} must not have a path")
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]:")
+    else:
+        host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"endpoint {url!r} must look like http://host:port")
+    return Endpoint(host=host, port=int(port), scheme=scheme, **kw)  # type: ignore[arg-type]
+
+
+class Pool:
+    """The endpoints serving one model, keyed by name; updated by discovery."""
+
+    def __init__(self, model: str, endpoints: Iterable[Endpoint] = ()) -> None:
+        self.model = model
+        self._endpoints: dict[str, Endpoint] = {}
+        for ep in endpoints:
+            self.add(ep)
+
+    def add(self, ep: Endpoint) -> Endpoint:
+        """Add an endpoint, or return the existing one with the same name (state kept)."""
+        existing = self._endpoints.get(ep.name)
+        if existing is not None:
+            existing.labels = ep.labels
+            existing.role = ep.role
+            existing.engine = ep.engine
+            return existing
+        self._endpoints[ep.name] = ep
+        return ep
+
+    def remove(self, name: str) -> Endpoint | None:
+        return self._endpoints.pop(name, None)
+
+    def get(self, name: str) -> Endpoint | None:
+        return self._endpoints.get(name)
+
+    def __iter__(self) -> Iterator[Endpoint]:
+        return iter(self._endpoints.values())
+
+    def __len__(self) -> int:
+        return len(self._endpoints)
+
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints.values())
+
+    def candidates(self) -> list[Endpoint]:
+        """Endpoints eligible for scheduling: healthy ones."""
+        return [ep for ep in self._endpoints.values() if ep.healthy]

@@ -1,0 +1,200 @@
+"""The inference request as the core sees it, parsed from an OpenAI-style body.
+
+`parse_request` accepts the bodies of `/v1/completions`, `/v1/chat/completions` and
+`/v1/responses` and builds `InferenceRequest`, including `prefix_text`: a deterministic
+rendering of the prompt (the same body always yields the same text, and a conversation that
+grows by appending messages yields a text that grows by appending) which the prefix-cache
+scorers hash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+import orjson
+
+from .errors import BadRequest
+
+ApiKind = Literal["completions", "chat", "responses"]
+
+API_PATHS: dict[str, ApiKind] = {
+    "/v1/completions": "completions",
+    "/v1/chat/completions": "chat",
+    "/v1/responses": "responses",
+}
+
+#: Characters per token used to estimate prompt tokens when no tokenizer is configured.
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """One inference request, immutable in what the client sent, mutable in routing state.
+
+    `model` is what the client asked for; `target_model` is what the upstream will receive
+    (equal unless a routing rule rewrote it); `lora_adapter` is set when the target model is
+    an adapter served by a base model's pool.
+    """
+
+    request_id: str
+    api: ApiKind
+    model: str
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+    prefix_text: str
+    stream: bool = False
+    max_tokens: int | None = None
+    arrival_time: float = 0.0
+    body_size: int = 0
+    target_model: str = ""
+    lora_adapter: str | None = None
+    priority: int = 0
+    objective: str | None = None
+    fairness_id: str = "default"
+    tenant: str | None = None
+    token_ids: list[int] | None = None
+    #: free-form annotations plugins and shells attach (e.g. semantic category)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.target_model:
+            self.target_model = self.model
+
+    @property
+    def prompt_tokens_estimate(self) -> int:
+        """Prompt length in tokens: exact when token ids are known, else chars / 4."""
+        if self.token_ids is not None:
+            return len(self.token_ids)
+        return max(1, len(self.prefix_text) // CHARS_PER_TOKEN)
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """A request header by lower-case name."""
+        return self.headers.get(name, default)
+
+
+def _content_text(content: Any, where: str) -> str:
+    """Text of a chat message content: a string, or a list of typed parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for i, part in enumerate(content):
+            if isinstance(part, str):
+                parts.append(part)
+                continue
+            if not isinstance(part, dict):
+                raise BadRequest(f"{where}[{i}] must be an object", param=where)
+            ptype = part.get("type")
+            if ptype in ("text", "input_text", "output_text"):
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise BadRequest(f"{where}[{i}].text must be a string", param=where)
+                parts.append(text)
+            elif ptype in ("image_url", "input_image"):
+                url = part.get("image_url")
+                if isinstance(url, dict):
+                    url = url.get("url")
+                parts.append(f"<image:{url}>")
+            else:
+                # Unknown part kinds still contribute deterministically to the prefix.
+                parts.append(orjson.dumps(part, option=orjson.OPT_SORT_KEYS).decode())
+        return "\n".join(parts)
+    raise BadRequest(f"{where} must be a string or a list of content parts", param=where)
+
+
+def _render_messages(messages: Any, param: str) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest(f"'{param}' must be a non-empty list of messages", param=param)
+    out: list[str] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise BadRequest(f"{param}[{i}] must be an object", param=param)
+        role = msg.get("role", "user" if param == "input" else None)
+        if not isinstance(role, str):
+            raise BadRequest(f"{param}[{i}].role is required", param=param)
+        text = _content_text(msg.get("content"), f"{param}[{i}].content")
+        if msg.get("tool_calls"):
+            text += orjson.dumps(msg["tool_calls"], option=orjson.OPT_SORT_KEYS).decode()
+        out.append(f"<|{role}|>\n{text}\n")
+    return "".join(out)
+
+
+def _render_prompt(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return "\n".join(prompt)
+        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+            return " ".join(str(p) for p in prompt)
+    raise BadRequest("'prompt' must be a string, a list of strings or a list of token ids",
+                      param="prompt")
+
+
+def _positive_int(body: Mapping[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadRequest(f"'{name}' must be a positive integer", param=name)
+        return value
+    return None
+
+
+def decode_body(raw: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
+    """Parse a JSON object body, raising BadRequest for anything else."""
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def parse_request(api: ApiKind, raw: bytes | str | Mapping[str, Any],
+                  headers: Mapping[str, str] | None = None, *, request_id: str,
+                  arrival_time: float = 0.0) -> InferenceRequest:
+    """Build an InferenceRequest from a request body; BadRequest names the faulty field.
+
+    `headers` must have lower-case names.
+    """
+    body = decode_body(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string", param="model")
+    if api == "completions":
+        if "prompt" not in body:
+            raise BadRequest("'prompt' is required", param="prompt")
+        text = _render_prompt(body["prompt"])
+        max_tokens = _positive_int(body, "max_tokens")
+    elif api == "chat":
+        if "messages" not in body:
+            raise BadRequest("'messages' is required", param="messages")
+        text = _render_messages(body["messages"], "messages")
+        max_tokens = _positive_int(body, "max_completion_tokens", "max_tokens")
+    elif api == "responses":
+        if "input" not in body:
+            raise BadRequest("'input' is required", param="input")
+        inp = body["input"]
+        text = inp if isinstance(inp, str) else _render_messages(inp, "input")
+        instructions = body.get("instructions")
+        if isinstance(instructions, str) and instructions:
+            text = f"<|system|>\n{instructions}\n" + text
+        max_tokens = _positive_int(body, "max_output_tokens")
+    else:  # pragma: no cover - callers pass an ApiKind
+        raise BadRequest(f"unsupported API {api!r}")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean", param="stream")
+    hdrs = dict(headers or {})
+    size = len(raw) if isinstance(raw, (bytes, str)) else 0
+    return InferenceRequest(request_id=request_id, api=api, model=model, body=body,
+                            headers=hdrs, prefix_text=text, stream=stream,
+                            max_tokens=max_tokens, arrival_time=arrival_time, body_size=size)

@@ -1,0 +1,111 @@
+"""Body-based routing and request bookkeeping shared by every shell.
+
+`Router` maps a request's model name to the pool that serves it (a base model, an alias, or a
+LoRA adapter of a base model), runs that pool's scheduler, and keeps the in-flight bookkeeping
+straight: every `dispatch` is matched by exactly one `finish`, whatever happens to the request.
+The HTTP gateway, the ext_proc picker and the virtual-time benchmark all go through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .endpoint import Endpoint, Pool
+from .errors import ModelNotFound
+from .request import InferenceRequest
+from .scheduling.framework import SchedulingResult
+from .scheduling.scheduler import Scheduler
+
+
+@dataclass(slots=True)
+class ModelPool:
+    """One pool of endpoints and its scheduler; serves `model` plus aliases and adapters."""
+
+    model: str
+    pool: Pool
+    scheduler: Scheduler
+    aliases: tuple[str, ...] = ()
+    lora_adapters: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Decision:
+    """A routed request: its pool, the scheduler's result, and where it was actually sent."""
+
+    request: InferenceRequest
+    pool: ModelPool
+    result: SchedulingResult
+    endpoint: Endpoint | None = None
+    prompt_tokens: int = 0
+    finished: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Router:
+    """Model name -> pool; schedule; account dispatch and finish."""
+
+    def __init__(self, pools: Iterable[ModelPool] = ()) -> None:
+        self.pools: dict[str, ModelPool] = {}
+        self._names: dict[str, tuple[ModelPool, str | None]] = {}
+        for mp in pools:
+            self.add_pool(mp)
+
+    def add_pool(self, mp: ModelPool) -> None:
+        if mp.model in self.pools:
+            raise ValueError(f"model {mp.model!r} has two pools")
+        self.pools[mp.model] = mp
+        for name in (mp.model, *mp.aliases):
+            self._claim(name, mp, None)
+        for adapter in mp.lora_adapters:
+            self._claim(adapter, mp, adapter)
+
+    def _claim(self, name: str, mp: ModelPool, adapter: str | None) -> None:
+        if name in self._names:
+            raise ValueError(f"model name {name!r} is served by two pools")
+        self._names[name] = (mp, adapter)
+
+    def model_names(self) -> list[str]:
+        """Every name a client may put in `model`."""
+        return list(self._names)
+
+    def resolve(self, request: InferenceRequest) -> ModelPool:
+        """The pool for `request.target_model`; sets `lora_adapter` when it names an adapter."""
+        entry = self._names.get(request.target_model)
+        if entry is None:
+            raise ModelNotFound(f"The model '{request.target_model}' does not exist",
+                                param="model")
+        mp, adapter = entry
+        if adapter is not None:
+            request.lora_adapter = adapter
+        return mp
+
+    def schedule(self, request: InferenceRequest, now: float,
+                 candidates: list[Endpoint] | None = None) -> Decision:
+        """Resolve the pool and pick endpoints; NoEndpointAvailable when none is ready."""
+        mp = self.resolve(request)
+        eps = mp.pool.candidates() if candidates is None else candidates
+        result = mp.scheduler.schedule(request, eps, now)
+        return Decision(request=request, pool=mp, result=result)
+
+    def dispatch(self, decision: Decision, endpoint: Endpoint, now: float) -> None:
+        """The request is being sent to `endpoint` (the target or a fallback)."""
+        if decision.endpoint is not None and decision.endpoint is not endpoint:
+            # a retry on another endpoint: the first attempt is over
+            decision.endpoint.on_finish(decision.prompt_tokens)
+        elif decision.endpoint is endpoint:
+            return
+        decision.endpoint = endpoint
+        decision.prompt_tokens = decision.request.prompt_tokens_estimate
+        endpoint.on_dispatch(decision.prompt_tokens)
+        decision.pool.scheduler.on_served(decision.request, endpoint, now)
+
+    def finish(self, decision: Decision, now: float,
+               usage: dict[str, Any] | None = None) -> None:
+        """The request is over (success, error or cancel); idempotent."""
+        if decision.finished:
+            return
+        decision.finished = True
+        if decision.endpoint is not None:
+            decision.endpoint.on_finish(decision.prompt_tokens)
+            decision.pool.scheduler.on_finished(decision.request, decision.endpoint, now, usage)

@@ -1,0 +1,1 @@
+"""The scheduling framework: filters, scorers, pickers and profiles, configured by YAML."""

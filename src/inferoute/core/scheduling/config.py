@@ -1,0 +1,199 @@
+"""EndpointPickerConfig: the YAML that names plugins and assembles them into profiles.
+
+    plugins:
+    - type: prefix-cache-scorer          # `name` defaults to the type
+      parameters: {blockSize: 64}
+    - type: queue-scorer
+    - type: max-score-picker
+    schedulingProfiles:
+    - name: default
+      plugins:
+      - pluginRef: prefix-cache-scorer
+        weight: 3
+      - pluginRef: queue-scorer
+        weight: 2
+      - pluginRef: max-score-picker
+
+Loading validates everything a user can get wrong and raises ConfigError saying where.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from ..errors import ConfigError
+
+
+class PluginSpec(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    type: str = pydantic.Field(min_length=1)
+    name: str | None = None
+    parameters: dict[str, Any] | None = None
+
+    @property
+    def ref(self) -> str:
+        return self.name or self.type
+
+
+class PluginRef(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
+    plugin_ref: str = pydantic.Field(alias="pluginRef", min_length=1)
+    weight: float | None = None
+
+    @pydantic.field_validator("weight")
+    @classmethod
+    def _weight_ok(cls, v: float | None) -> float | None:
+        if v is not None and (v < 0 or v != v or v == float("inf")):
+            raise ValueError("weight must be a finite number >= 0")
+        return v
+
+
+class ProfileSpec(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    name: str = pydantic.Field(min_length=1)
+    plugins: list[PluginRef] = pydantic.Field(default_factory=list)
+
+
+class SaturationSpec(pydantic.BaseModel):
+    """Saturation-detector thresholds (defaults of the reference endpoint picker)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
+    queue_depth_threshold: int = pydantic.Field(5, alias="queueDepthThreshold", ge=0)
+    kv_cache_util_threshold: float = pydantic.Field(0.8, alias="kvCacheUtilThreshold", ge=0, le=1)
+    metrics_staleness_threshold: float = pydantic.Field(
+        0.2, alias="metricsStalenessThreshold", gt=0,
+        description="seconds; '200ms' and '1s' strings are accepted")
+
+    @pydantic.field_validator("metrics_staleness_threshold", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+
+class EndpointPickerConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
+    api_version: str | None = pydantic.Field(None, alias="apiVersion")
+    kind: str | None = None
+    plugins: list[PluginSpec] = pydantic.Field(min_length=1)
+    scheduling_profiles: list[ProfileSpec] = pydantic.Field(alias="schedulingProfiles",
+                                                            min_length=1)
+    saturation_detector: SaturationSpec = pydantic.Field(default_factory=SaturationSpec,
+                                                         alias="saturationDetector")
+
+    @pydantic.model_validator(mode="after")
+    def _references(self) -> "EndpointPickerConfig":
+        names: set[str] = set()
+        for spec in self.plugins:
+            if spec.ref in names:
+                raise ValueError(f"plugin name {spec.ref!r} is defined twice")
+            names.add(spec.ref)
+        profiles: set[str] = set()
+        for prof in self.scheduling_profiles:
+            if prof.name in profiles:
+                raise ValueError(f"scheduling profile {prof.name!r} is defined twice")
+            profiles.add(prof.name)
+            for ref in prof.plugins:
+                if ref.plugin_ref not in names:
+                    raise ValueError(f"profile {prof.name!r} references undefined plugin "
+                                     f"{ref.plugin_ref!r}; defined: {', '.join(sorted(names))}")
+        return self
+
+
+def parse_duration(text: str) -> float:
+    """'50ms', '0.2s', '1m', '200' (seconds) -> seconds."""
+    t = text.strip().lower()
+    for suffix, scale in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if t.endswith(suffix):
+            try:
+                return float(t[: -len(suffix)]) * scale
+            except ValueError:
+                break
+    try:
+        return float(t)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 50ms, 0.2s, 1m)") from None
+
+
+def _format_validation(exc: pydantic.ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc or '(top level)'}: {msg}")
+    return f"invalid EndpointPickerConfig in {source}:\n" + "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> EndpointPickerConfig:
+    """Validate an already-parsed YAML/JSON mapping."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid EndpointPickerConfig in {source}: expected a mapping")
+    try:
+        return EndpointPickerConfig.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source)) from None
+
+
+def load_config_text(text: str, source: str = "<config>") -> EndpointPickerConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+    return parse_config(data, source)
+
+
+def load_config_file(path: str | Path) -> EndpointPickerConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read scheduler config {p}: {exc.strerror}") from None
+    return load_config_text(text, str(p))
+
+
+#: The llm-d guide's default: approximate prefix 3, KV-cache utilisation 2, queue 2.
+DEFAULT_CONFIG_YAML = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: prefix-cache-scorer
+- type: kv-cache-utilization-scorer
+- type: queue-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-cache-scorer
+    weight: 3
+  - pluginRef: kv-cache-utilization-scorer
+    weight: 2
+  - pluginRef: queue-scorer
+    weight: 2
+  - pluginRef: max-score-picker
+"""
+
+
+def default_config() -> EndpointPickerConfig:
+    return load_config_text(DEFAULT_CONFIG_YAML, "<default>")
+
+
+def packaged_policies() -> dict[str, Path]:
+    """Named scheduler configs shipped in `inferoute/configs/` (`round-robin`, `llm-d`, ...)."""
+    folder = Path(__file__).resolve().parent.parent.parent / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config(name_or_path: str | None) -> EndpointPickerConfig:
+    """A config by packaged policy name, by file path, or the default when None."""
+    if name_or_path is None:
+        return default_config()
+    policies = packaged_policies()
+    if name_or_path in policies:
+        return load_config_file(policies[name_or_path])
+    if Path(name_or_path).exists():
+        return load_config_file(name_or_path)
+    raise ConfigError(f"scheduler config {name_or_path!r} is neither a file nor a packaged "
+                      f"policy ({', '.join(policies) or 'none shipped'})")

@@ -1,0 +1,133 @@
+"""Plugin protocols of the scheduler and the values that flow between them.
+
+A scheduling cycle runs one or more *profiles*. A profile filters the candidate endpoints
+(filters run in order), scores the survivors (each scorer returns one score in [0, 1] per
+endpoint, multiplied by its weight and summed) and hands the totals to its picker, which
+returns endpoints best first (the first is the target, the rest are fallbacks). A *profile
+handler* chooses which profiles run (e.g. prefill then decode) and combines their results.
+
+Any plugin may also implement the lifecycle hooks of `LifecycleHooks`; the scheduler calls
+them on every plugin that has them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+
+from ..endpoint import Endpoint
+from ..request import InferenceRequest
+
+
+@dataclass(slots=True)
+class CycleContext:
+    """Per-cycle state: the time, a seeded RNG, and scratch data plugins share in a cycle
+    (e.g. the prefix block hashes, computed once and read by the scorer and the hook)."""
+
+    now: float
+    rng: random.Random
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ScoredEndpoint:
+    endpoint: Endpoint
+    score: float
+
+
+@dataclass(slots=True)
+class ProfileResult:
+    """What one profile chose: `targets` best first; `scores` the weighted totals by name."""
+
+    profile: str
+    targets: list[Endpoint]
+    scores: dict[str, float] = field(default_factory=dict)
+    #: per-scorer raw scores, {scorer name: {endpoint name: score}} (for debugging and metrics)
+    breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SchedulingResult:
+    """The decision of one cycle. `primary` names the profile whose target receives the request."""
+
+    primary: str
+    profiles: dict[str, ProfileResult]
+
+    @property
+    def target(self) -> Endpoint:
+        return self.profiles[self.primary].targets[0]
+
+    @property
+    def targets(self) -> list[Endpoint]:
+        """Primary target first, then fallbacks."""
+        return self.profiles[self.primary].targets
+
+
+class Plugin(Protocol):
+    #: the `type` string used in EndpointPickerConfig
+    type_name: ClassVar[str]
+    name: str
+
+
+@runtime_checkable
+class Filter(Protocol):
+    type_name: ClassVar[str]
+    name: str
+
+    def filter(self, ctx: CycleContext, request: InferenceRequest,
+               endpoints: list[Endpoint]) -> list[Endpoint]: ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    type_name: ClassVar[str]
+    name: str
+
+    def score(self, ctx: CycleContext, request: InferenceRequest,
+              endpoints: list[Endpoint]) -> Sequence[float]:
+        """One score in [0, 1] per endpoint, in the order given."""
+        ...
+
+
+@runtime_checkable
+class Picker(Protocol):
+    type_name: ClassVar[str]
+    name: str
+
+    def pick(self, ctx: CycleContext, request: InferenceRequest,
+             scored: list[ScoredEndpoint]) -> list[Endpoint]:
+        """Endpoints best first; empty only when `scored` is empty."""
+        ...
+
+
+@runtime_checkable
+class ProfileHandler(Protocol):
+    type_name: ClassVar[str]
+    name: str
+
+    def pick_profiles(self, ctx: CycleContext, request: InferenceRequest,
+                      profiles: Sequence[str], results: dict[str, ProfileResult]) -> list[str]:
+        """Names of the profiles to run next, given those already run; [] ends the cycle."""
+        ...
+
+    def process_results(self, ctx: CycleContext, request: InferenceRequest,
+                        results: dict[str, ProfileResult]) -> SchedulingResult: ...
+
+
+class LifecycleHooks(Protocol):
+    """Optional methods any plugin may define; the scheduler calls those that exist."""
+
+    def on_scheduled(self, ctx: CycleContext, request: InferenceRequest,
+                     result: SchedulingResult) -> None:
+        """After a decision is made and the request is about to be sent (index updates)."""
+
+    def on_served(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        """The proxy reports which endpoint actually served (may differ after a fallback)."""
+
+    def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
+                    usage: dict[str, Any] | None) -> None:
+        """The response finished (or failed); `usage` is the OpenAI usage object when known."""
+
+    def on_endpoint_removed(self, endpoint: Endpoint) -> None:
+        """Discovery dropped the endpoint; forget its state."""

@@ -1,0 +1,93 @@
+"""The plugin registry: maps EndpointPickerConfig `type` strings to plugin classes.
+
+A plugin class declares `type_name` and may declare `Params`, a pydantic model validating its
+`parameters`; it is constructed as `cls(name, params)` (or `cls(name)` without Params).
+Plugin modules register themselves on import with `@register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, TypeVar
+
+import pydantic
+
+from ..errors import ConfigError
+
+T = TypeVar("T", bound=type)
+
+_REGISTRY: dict[str, type] = {}
+
+#: modules whose import registers the built-in plugins
+BUILTIN_PLUGIN_MODULES = (
+    "inferoute.core.plugins.prefix",
+    "inferoute.core.plugins.load",
+    "inferoute.core.plugins.lora",
+    "inferoute.core.plugins.session",
+    "inferoute.core.plugins.filters",
+    "inferoute.core.plugins.pickers",
+    "inferoute.core.plugins.profiles",
+)
+
+_loaded = False
+
+
+def register(cls: T) -> T:
+    """Class decorator: make `cls` available under `cls.type_name`."""
+    type_name = getattr(cls, "type_name", None)
+    if not isinstance(type_name, str) or not type_name:
+        raise TypeError(f"{cls.__name__} must define a type_name string")
+    if type_name in _REGISTRY and _REGISTRY[type_name] is not cls:
+        raise TypeError(f"plugin type {type_name!r} registered twice")
+    _REGISTRY[type_name] = cls
+    return cls
+
+
+def load_builtins() -> None:
+    """Import the built-in plugin modules once (missing optional modules are skipped)."""
+    global _loaded
+    if _loaded:
+        return
+    for mod in BUILTIN_PLUGIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+    _loaded = True
+
+
+def plugin_types() -> list[str]:
+    load_builtins()
+    return sorted(_REGISTRY)
+
+
+def create_plugin(type_name: str, name: str, parameters: dict[str, Any] | None) -> Any:
+    """Instantiate a plugin, turning validation failures into ConfigError naming the plugin."""
+    load_builtins()
+    cls = _REGISTRY.get(type_name)
+    if cls is None:
+        raise ConfigError(f"plugin {name!r}: unknown type {type_name!r}; known types: "
+                          + ", ".join(sorted(_REGISTRY)))
+    params_model: type[pydantic.BaseModel] | None = getattr(cls, "Params", None)
+    if params_model is None:
+        if parameters:
+            raise ConfigError(f"plugin {name!r} ({type_name}) takes no parameters")
+        return cls(name)
+    try:
+        params = params_model.model_validate(parameters or {})
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'parameters'}: {err['msg']}"
+            for err in exc.errors())
+        raise ConfigError(f"plugin {name!r} ({type_name}): invalid parameters: {problems}") from None
+    return cls(name, params)
+
+
+def get_plugin_class(type_name: str) -> type | None:
+    load_builtins()
+    return _REGISTRY.get(type_name)
+
+
+StrictParams: Callable[..., Any] = pydantic.ConfigDict
+"""Plugins' Params models use `model_config = StrictParams(extra="forbid")` so typos fail."""
