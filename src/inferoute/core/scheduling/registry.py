@@ -27,6 +27,10 @@ BUILTIN_PLUGIN_MODULES = (
     "inferoute.core.plugins.filters",
     "inferoute.core.plugins.pickers",
     "inferoute.core.plugins.profiles",
+    # benchmark policies and inferoute's own profile
+    "inferoute.core.plugins.radix",
+    "inferoute.core.plugins.kvcost",
+    "inferoute.core.plugins.predictive",
 )
 
 _loaded = False
