@@ -71,6 +71,9 @@ class Scheduler:
                 raise ConfigError(f"{len(self.profiles)} scheduling profiles need a profile "
                                   "handler plugin (e.g. pd-profile-handler)")
             self.handler = SingleProfileHandler()
+        check = getattr(self.handler, "check_profiles", None)
+        if callable(check):
+            check(list(self.profiles))
         self._hooked = {
             hook: [p for p in self.plugins.values() if callable(getattr(p, hook, None))]
             for hook in ("on_scheduled", "on_served", "on_finished", "on_endpoint_removed")}

@@ -1,0 +1,103 @@
+"""Scheduling decision latency: how long `Scheduler.schedule` takes for one request.
+
+`decision_latency()` builds a pool of endpoints with realistic scraped metrics, warms the
+prefix index with a shared-prefix workload, then times `schedule()` (filters, scorers, picker and
+the index update of `on_scheduled`) for long prompts that share a group's system prompt. It is a
+measurement, not a test: run it and read the figures.
+
+    python -c "from inferoute.bench.decision import main; main()"
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+from ..core.endpoint import Endpoint, EndpointMetrics
+from ..core.request import InferenceRequest
+from ..core.scheduling.config import resolve_config
+from ..core.scheduling.scheduler import Scheduler
+
+_WORDS = ("the of and to in is that for it as with was on be by at this from or an are "
+          "which have not but had they were his her their one all there been has more will "
+          "would about if can what when who into some out time only other than then its two "
+          "model cache token prefix request server latency queue block decode prefill").split()
+
+
+@dataclass(frozen=True)
+class DecisionLatency:
+    endpoints: int
+    prompt_tokens: int
+    samples: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+
+
+def _text(rng: random.Random, chars: int) -> str:
+    words: list[str] = []
+    n = 0
+    while n < chars:
+        w = rng.choice(_WORDS)
+        words.append(w)
+        n += len(w) + 1
+    return " ".join(words)[:chars]
+
+
+def _endpoints(n: int, rng: random.Random) -> list[Endpoint]:
+    eps = []
+    for i in range(n):
+        eps.append(Endpoint(host=f"10.0.0.{i + 1}", port=8000, metrics=EndpointMetrics(
+            waiting=rng.randint(0, 8), running=rng.randint(20, 90),
+            kv_usage=rng.uniform(0.3, 0.9), block_size=16, num_blocks=17_000,
+            scraped_at=0.0), in_flight_requests=rng.randint(0, 30)))
+    return eps
+
+
+def decision_latency(*, endpoints: int = 16, prompt_tokens: int = 8192, groups: int = 64,
+                     warmup: int = 512, samples: int = 2000, config: str | None = None,
+                     seed: int = 1) -> DecisionLatency:
+    """Time `Scheduler.schedule` for `prompt_tokens`-token prompts against `endpoints` endpoints.
+
+    Prompts are a group's system prompt (3/4 of the length) plus a distinct question; the index
+    is warmed with `warmup` such requests first. `config` is a packaged policy name or a path
+    (default: the llm-d default config).
+    """
+    rng = random.Random(seed)
+    sched = Scheduler(resolve_config(config), seed=seed)
+    eps = _endpoints(endpoints, rng)
+    chars = prompt_tokens * 4
+    system = [_text(rng, chars * 3 // 4) for _ in range(groups)]
+    questions = [_text(rng, chars - chars * 3 // 4) for _ in range(256)]
+
+    def request(i: int) -> InferenceRequest:
+        text = system[rng.randrange(groups)] + questions[i % len(questions)]
+        return InferenceRequest(request_id=f"r{i}", api="completions", model="m",
+                                body={}, headers={}, prefix_text=text)
+
+    for i in range(warmup):
+        sched.schedule(request(i), eps, now=float(i))
+    reqs = [request(warmup + i) for i in range(samples)]
+    timings = []
+    clock = time.perf_counter_ns
+    for i, req in enumerate(reqs):
+        t0 = clock()
+        sched.schedule(req, eps, now=float(warmup + i))
+        timings.append((clock() - t0) / 1e6)
+    timings.sort()
+    return DecisionLatency(endpoints=endpoints, prompt_tokens=prompt_tokens, samples=samples,
+                           p50_ms=statistics.median(timings),
+                           p99_ms=timings[min(len(timings) - 1, int(len(timings) * 0.99))],
+                           mean_ms=statistics.fmean(timings))
+
+
+def main() -> None:
+    res = decision_latency()
+    print("scheduling decision latency: " + ", ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in asdict(res).items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Shared pieces of the built-in plugins: the Params base model and score normalisation."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import pydantic
+from pydantic.alias_generators import to_camel
+
+
+class PluginParams(pydantic.BaseModel):
+    """Base of every plugin's `Params`: camelCase keys as in EndpointPickerConfig, typos rejected.
+
+    Fields are declared in snake_case (`max_num_of_endpoints`) and read from YAML in camelCase
+    (`maxNumOfEndpoints`); the snake_case name is accepted too.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True,
+                                       alias_generator=to_camel, frozen=True)
+
+
+class BasePlugin:
+    """Holds the plugin's configured name and validated parameters."""
+
+    type_name: ClassVar[str]
+    Params: ClassVar[type[PluginParams]] = PluginParams
+
+    def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
+        self.name = name or self.type_name
+        self.params: Any = params if params is not None else self.Params()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def inverted_min_max(values: Sequence[float]) -> list[float]:
+    """(max - v) / (max - min) per value: the least loaded scores 1, the most loaded 0.
+
+    When all values are equal every endpoint scores 1 (nothing to prefer).
+    """
+    if not values:
+        return []
+    lo = min(values)
+    hi = max(values)
+    if hi == lo:
+        return [1.0] * len(values)
+    span = hi - lo
+    return [(hi - v) / span for v in values]
