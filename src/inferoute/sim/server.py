@@ -1,0 +1,421 @@
+"""The simulator's HTTP shell: one aiohttp application per simulated vLLM replica.
+
+A `Replica` owns an Engine, the EngineRunner that drives it in real time, its Prometheus
+registry, its optional KV-event publisher and its fault injector, and serves vLLM's OpenAI API
+on one port. Every response names the replica in the `x-inferoute-sim-replica` header.
+
+Routes: POST /v1/completions, /v1/chat/completions, /v1/load_lora_adapter,
+/v1/unload_lora_adapter; GET /v1/models, /health, /metrics; admin: GET|POST /admin/faults,
+GET|POST /admin/latency, GET /admin/stats, GET /admin/timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import xxhash
+from aiohttp import web
+
+from ..core.errors import BadRequest
+from . import tokenizer
+from .engine import Engine, SimRequest
+from .faults import FaultInjector, FaultSettings
+from .kvevents import KVEventPublisher, topic_for
+from .metrics import CONTENT_TYPE, ReplicaMetrics
+from .openai_api import (DONE, ChunkWriter, Kind, SimApiRequest, error_body, full_response,
+                         model_card, parse_sim_request, usage_dict)
+from .profile import EngineProfile
+from .runner import EngineRunner, RequestHandle
+
+log = logging.getLogger(__name__)
+
+REPLICA_HEADER = "x-inferoute-sim-replica"
+#: largest request body accepted (a 32k-word prompt is well under 1 MiB)
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class ReplicaConfig:
+    """How to run one replica."""
+
+    index: int
+    host: str
+    port: int
+    model: str
+    profile: EngineProfile
+    seed: int = 0
+    time_scale: float = 1.0
+    lora_enabled: bool = False
+    loras: list[str] = field(default_factory=list)
+    kv_events: bool = False
+    kv_pub_port: int = 0
+    kv_replay_port: int | None = None
+    faults: FaultSettings = field(default_factory=FaultSettings)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str, *, param: str | None = None,
+           headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=error_body(status, message, param=param), status=status,
+                        content_type="application/json", headers=headers)
+
+
+class Replica:
+    """One simulated vLLM server."""
+
+    def __init__(self, cfg: ReplicaConfig) -> None:
+        self.cfg = cfg
+        self.name = f"sim-{cfg.index}@{cfg.host}:{cfg.port}"
+        self.profile = cfg.profile
+        self.engine = Engine(cfg.profile, seed=cfg.seed, name=f"{cfg.host}:{cfg.port}",
+                             kv_events=cfg.kv_events)
+        self.metrics = ReplicaMetrics(cfg.model, self.engine.stats,
+                                      block_size=cfg.profile.block_size,
+                                      num_gpu_blocks=int(cfg.profile.num_blocks or 0),
+                                      max_model_len=cfg.profile.max_model_len,
+                                      lora_enabled=cfg.lora_enabled)
+        self.publisher: KVEventPublisher | None = None
+        if cfg.kv_events:
+            self.publisher = KVEventPublisher(
+                host=cfg.host, pub_port=cfg.kv_pub_port, replay_port=cfg.kv_replay_port,
+                topic=topic_for(cfg.host, cfg.port, cfg.model))
+        self.runner: EngineRunner | None = None
+        self.faults = FaultInjector(cfg.faults, seed=cfg.seed + cfg.index)
+        self.extra_ttft = 0.0
+        self.created = int(time.time())
+        self.adapters: dict[str, str] = {}
+        for name in cfg.loras:
+            self._load_adapter(name, f"/sim/loras/{name}")
+        self.app = self._build_app()
+        self._app_runner: web.AppRunner | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.on_response_prepare.append(self._name_response)
+        r = app.router
+        r.add_post("/v1/completions", self.completions)
+        r.add_post("/v1/chat/completions", self.chat_completions)
+        r.add_get("/v1/models", self.models)
+        r.add_get("/health", self.health)
+        r.add_get("/metrics", self.metrics_handler)
+        r.add_post("/v1/load_lora_adapter", self.load_lora_adapter)
+        r.add_post("/v1/unload_lora_adapter", self.unload_lora_adapter)
+        r.add_route("*", "/admin/faults", self.admin_faults)
+        r.add_route("*", "/admin/latency", self.admin_latency)
+        r.add_get("/admin/stats", self.admin_stats)
+        r.add_get("/admin/timings", self.admin_timings)
+        return app
+
+    async def _name_response(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[REPLICA_HEADER] = self.name
+
+    async def start(self) -> None:
+        """Start the engine loop, the KV-event sockets and the HTTP listener."""
+        self.runner = EngineRunner(self.engine, time_scale=self.cfg.time_scale,
+                                   metrics=self.metrics, kv_events=self.cfg.kv_events,
+                                   publish=self.publisher.publish if self.publisher else None)
+        self.runner.start()
+        if self.publisher is not None:
+            self.publisher.start()
+        self._app_runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        await self._app_runner.setup()
+        site = web.TCPSite(self._app_runner, self.cfg.host, self.cfg.port, backlog=1024)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self._app_runner is not None:
+            await self._app_runner.cleanup()
+        if self.runner is not None:
+            await self.runner.stop()
+        if self.publisher is not None:
+            await self.publisher.close()
+
+    # -- small endpoints ---------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def models(self, request: web.Request) -> web.Response:
+        limit = self.engine.max_model_len
+        cards = [model_card(self.cfg.model, self.cfg.model, None, limit, self.created)]
+        cards += [model_card(name, path, self.cfg.model, limit, self.created)
+                  for name, path in self.adapters.items()]
+        return _json({"object": "list", "data": cards})
+
+    # -- LoRA --------------------------------------------------------------------------------
+
+    def _load_adapter(self, name: str, path: str) -> None:
+        self.engine.load_lora(name)
+        self.adapters[name] = path
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        return body
+
+    async def load_lora_adapter(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._json_body(request)
+        except BadRequest as exc:
+            return _error(400, exc.message)
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not self.cfg.lora_enabled:
+            return _error(400, "LoRA is not enabled on this server "
+                               "(start the simulator with --max-loras K)")
+        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+            return _error(400, "Both 'lora_name' and 'lora_path' must be provided.")
+        if name in self.adapters or name == self.cfg.model:
+            return _error(400, f"The lora adapter '{name}' has already been loaded.")
+        self._load_adapter(name, path)
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def unload_lora_adapter(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._json_body(request)
+        except BadRequest as exc:
+            return _error(400, exc.message)
+        name = body.get("lora_name")
+        if not isinstance(name, str) or not name:
+            return _error(400, "'lora_name' needs to be provided to unload a LoRA adapter.")
+        if name not in self.adapters:
+            return _error(404, f"The lora adapter '{name}' cannot be found.")
+        self.engine.unload_lora(name)
+        del self.adapters[name]
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
+    # -- admin -------------------------------------------------------------------------------
+
+    async def admin_faults(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            try:
+                self.faults.update(await self._json_body(request))
+            except BadRequest as exc:
+                return _error(400, exc.message, param=exc.param)
+        elif request.method != "GET":
+            return _error(405, "use GET or POST")
+        return _json(self.faults.settings.to_dict())
+
+    async def admin_latency(self, request: web.Request) -> web.Response:
+        assert self.runner is not None
+        if request.method == "POST":
+            try:
+                body = await self._json_body(request)
+                unknown = set(body) - {"time_scale", "extra_ttft"}
+                if unknown:
+                    raise BadRequest(f"unknown latency setting(s): {', '.join(sorted(unknown))}")
+                for key, low_ok in (("time_scale", False), ("extra_ttft", True)):
+                    v = body.get(key)
+                    if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                                          or v < 0 or (v == 0 and not low_ok)):
+                        raise BadRequest(f"'{key}' must be a {'non-negative' if low_ok else 'positive'}"
+                                         " number", param=key)
+            except BadRequest as exc:
+                return _error(400, exc.message, param=exc.param)
+            if body.get("time_scale") is not None:
+                self.runner.time_scale = float(body["time_scale"])
+            if body.get("extra_ttft") is not None:
+                self.extra_ttft = float(body["extra_ttft"])
+        elif request.method != "GET":
+            return _error(405, "use GET or POST")
+        return _json({"time_scale": self.runner.time_scale, "extra_ttft": self.extra_ttft})
+
+    async def admin_stats(self, request: web.Request) -> web.Response:
+        assert self.runner is not None
+        st = self.engine.stats()
+        return _json({"replica": self.name, "runner": self.runner.stats.to_dict(),
+                      "engine": {"running": st.running, "waiting": st.waiting,
+                                 "kv_usage": st.kv_usage},
+                      "kv_events": None if self.publisher is None else {
+                          "published": self.publisher.published,
+                          "dropped": self.publisher.dropped}})
+
+    async def admin_timings(self, request: web.Request) -> web.Response:
+        assert self.runner is not None
+        return _json(self.runner.timings())
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "completions")
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "chat")
+
+    async def _serve(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        assert self.runner is not None
+        arrival = asyncio.get_running_loop().time()
+        try:
+            api = parse_sim_request(kind, await request.read())
+        except BadRequest as exc:
+            return _error(400, exc.message, param=exc.param)
+        lora: str | None = None
+        if api.model != self.cfg.model:
+            if api.model not in self.adapters:
+                return _error(404, f"The model `{api.model}` does not exist.", param="model")
+            lora = api.model
+        ids = api.prompt_token_ids if api.prompt_token_ids is not None \
+            else tokenizer.encode(api.prompt_text)
+        if not ids:
+            return _error(400, "The prompt must contain at least one token.", param="prompt")
+        limit = self.engine.max_model_len
+        max_tokens = api.max_tokens if api.max_tokens is not None else limit - len(ids)
+        if len(ids) + max_tokens > limit:
+            return _error(400, f"This model's maximum context length is {limit} tokens. However, "
+                               f"you requested {len(ids) + max_tokens} tokens ({len(ids)} in the "
+                               f"messages, {max_tokens} in the completion). Please reduce the "
+                               "length of the messages or completion.", param="max_tokens")
+        fault = self.faults.draw(request.headers)
+        if fault in ("429", "500", "503"):
+            status = int(fault)
+            headers = {"Retry-After": str(self.faults.settings.retry_after)} \
+                if status == 429 else None
+            return _error(status, f"injected fault: HTTP {status}", headers=headers)
+        delay = self.extra_ttft + (self.faults.settings.slow_delay if fault == "slow" else 0.0)
+        rid = uuid.uuid4().hex
+        key = xxhash.xxh64_hexdigest(api.prompt_text.encode() if api.prompt_token_ids is None
+                                     else orjson.dumps(ids))
+        sim = SimRequest(request_id=rid, prompt_tokens=ids, max_tokens=max_tokens, lora=lora,
+                         ignore_eos=api.ignore_eos, output_key=key)
+        stream = _Stream(self, api, rid, key, arrival, drop=fault == "drop")
+        try:
+            if api.stream:
+                return await stream.stream(request, sim, delay)
+            return await stream.complete(request, sim, delay)
+        except BadRequest as exc:   # the engine refused it (it re-checks the limits)
+            return _error(400, exc.message, param=exc.param)
+
+
+class _Stream:
+    """Serves one request: submits it after any injected delay, then relays its tokens."""
+
+    def __init__(self, replica: Replica, api: SimApiRequest, rid: str, key: str, arrival: float,
+                 *, drop: bool) -> None:
+        self.replica = replica
+        self.api = api
+        self.rid = rid
+        self.key = key
+        self.arrival = arrival
+        self.drop = drop
+        self.response_id = ("cmpl-" if api.kind == "completions" else "chatcmpl-") + rid
+        self._words: list[str] = []
+
+    def _text(self, start: int, n: int) -> list[str]:
+        """Output words start..start+n-1, each with its leading space (none before the first
+        chat token)."""
+        end = start + n
+        if end > len(self._words):
+            want = max(end, 2 * len(self._words), 16)
+            self._words = tokenizer.output_words(self.replica.cfg.seed, self.key, want)
+        words = self._words[start:end]
+        out = [" " + w for w in words]
+        if start == 0 and out and self.api.kind == "chat":
+            out[0] = words[0]
+        return out
+
+    async def _submit(self, sim: SimRequest, delay: float) -> RequestHandle:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        runner = self.replica.runner
+        assert runner is not None
+        return runner.submit(sim, arrival=self.arrival)
+
+    def _abort(self, handle: RequestHandle | None) -> None:
+        if handle is not None and not handle.finished and self.replica.runner is not None:
+            self.replica.runner.abort(handle.request_id)
+
+    async def complete(self, request: web.Request, sim: SimRequest,
+                       delay: float) -> web.StreamResponse:
+        handle: RequestHandle | None = None
+        try:
+            handle = await self._submit(sim, delay)
+            if self.drop:
+                await handle.next_outputs()   # the engine did some work, then the link dies
+                self._abort(handle)
+                _drop_connection(request)
+                return web.Response(status=500)
+            while not handle.finished:
+                await handle.next_outputs()
+        finally:
+            self._abort(handle)
+        text = "".join(self._text(0, handle.generated))
+        usage = usage_dict(handle.prompt_tokens, handle.generated, handle.cached_tokens)
+        body = full_response(self.api.kind, self.response_id, self.api.model, text,
+                             handle.finish_reason or "stop", usage)
+        return web.Response(body=body, content_type="application/json")
+
+    async def stream(self, request: web.Request, sim: SimRequest,
+                     delay: float) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        api = self.api
+        writer = ChunkWriter(api.kind, self.response_id, api.model)
+        handle: RequestHandle | None = None
+        sent = 0
+        try:
+            if api.kind == "chat":
+                await resp.write(writer.role())
+            handle = await self._submit(sim, delay)
+            drop_at = self.replica.faults.settings.drop_after_tokens if self.drop else -1
+            while True:
+                outs = await handle.next_outputs()
+                parts: list[bytes] = []
+                for o in outs:
+                    texts = self._text(sent, o.new_tokens)
+                    last = len(texts) - 1 if o.finished else -1
+                    for i, text in enumerate(texts):
+                        sent += 1
+                        usage = (usage_dict(handle.prompt_tokens, sent, handle.cached_tokens)
+                                 if api.continuous_usage else None)
+                        if i == last:
+                            parts.append(writer.final(text, o.finish_reason or "stop", usage))
+                        else:
+                            parts.append(writer.token(text, usage))
+                    if o.finished and not texts:
+                        usage = (usage_dict(handle.prompt_tokens, sent, handle.cached_tokens)
+                                 if api.continuous_usage else None)
+                        parts.append(writer.final("", o.finish_reason or "stop", usage))
+                if parts:
+                    await resp.write(b"".join(parts))
+                if 0 <= drop_at <= sent:
+                    self._abort(handle)
+                    _drop_connection(request)
+                    return resp
+                if handle.finished:
+                    break
+            if api.include_usage:
+                await resp.write(writer.usage(usage_dict(handle.prompt_tokens, handle.generated,
+                                                         handle.cached_tokens)))
+            await resp.write(DONE)
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass   # the client went away; the engine request is aborted below
+        finally:
+            self._abort(handle)
+        return resp
+
+
+def _drop_connection(request: web.Request) -> None:
+    """Injected fault: close the TCP connection without finishing the response."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
