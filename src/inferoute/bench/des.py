@@ -1,0 +1,330 @@
+"""Virtual-time benchmark: the real scheduler core against simulated engines, on an event heap.
+
+Nothing here sleeps, opens a socket or reads a clock. One run wires:
+- N `inferoute.sim.engine.Engine`s (the simulator's sans-I/O model of a vLLM replica), stepped
+  back to back while they have work: a step planned at t delivers its tokens at t + duration;
+- the gateway's decision path, unchanged: `Router.schedule` (the packaged or given
+  EndpointPickerConfig), `Router.dispatch` and `Router.finish` (in-flight bookkeeping, plugin
+  hooks), on the same `Endpoint` objects the HTTP gateway uses;
+- simulated metric scrapes: every `scrape_interval` each endpoint's `EndpointMetrics` is replaced
+  by the engine's stats at that instant, so the scheduler sees metrics exactly as stale as a live
+  gateway would (scrapes are staggered across endpoints);
+- the load schedule: inference-perf stages (all arrivals of a rate stage are known up front; the
+  next stage starts when the previous one has drained, plus a pause), or closed-loop concurrency.
+
+Per-token work is one `RequestRecord.on_tokens` call per engine output; the heap holds one event
+per engine step, per scrape and per arrival, never per token. Same inputs, same seed: the same
+results, bit for bit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..core.endpoint import Endpoint, EndpointMetrics, Pool
+from ..core.errors import InferouteError
+from ..core.request import parse_request
+from ..core.router import Decision, ModelPool, Router
+from ..core.scheduling.config import EndpointPickerConfig, resolve_config
+from ..core.scheduling.scheduler import Scheduler
+from .load import LoadSpec, Stage
+from .metrics import RequestRecord, summarize
+from .workloads import WorkItem, Workload
+
+_ARRIVE, _STEP_DONE, _SCRAPE, _STAGE = 0, 1, 2, 3
+
+
+@dataclass(slots=True)
+class SimConfig:
+    """Everything a virtual run depends on."""
+
+    policy: str | EndpointPickerConfig
+    replicas: int
+    profile: str
+    workload: Workload
+    load: LoadSpec
+    model: str = "model"
+    seed: int = 0
+    ignore_eos: bool = True
+    scrape_interval: float = 0.05
+    #: stop a run whose virtual time passes this many seconds (a safety net; None: no limit)
+    max_virtual_time: float | None = None
+
+
+@dataclass(slots=True)
+class _Live:
+    record: RequestRecord
+    decision: Decision
+    engine: int
+
+
+@dataclass(slots=True)
+class SimResult:
+    """Records per stage, their summaries, and facts about the run."""
+
+    config: dict[str, Any]
+    stages: list[dict[str, Any]]
+    records: list[list[RequestRecord]] = field(repr=False, default_factory=list)
+    engines: list[dict[str, Any]] = field(default_factory=list)
+    virtual_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    events: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "stages": self.stages, "engines": self.engines,
+                "virtual_seconds": self.virtual_seconds, "wall_seconds": self.wall_seconds,
+                "events": self.events}
+
+
+def _policy_name(policy: str | EndpointPickerConfig) -> str:
+    return policy if isinstance(policy, str) else "custom"
+
+
+class VirtualBench:
+    """One virtual-time run; call `run()` once."""
+
+    def __init__(self, cfg: SimConfig,
+                 progress: Callable[[int, int, int], None] | None = None) -> None:
+        from ..sim.engine import Engine
+        from ..sim.profile import load_profile
+
+        self.cfg = cfg
+        self.progress = progress
+        profile = load_profile(cfg.profile)
+        self.profile = profile
+        self.engines = [Engine(profile, seed=cfg.seed * 1000 + i, name=f"engine-{i}")
+                        for i in range(cfg.replicas)]
+        self.endpoints = [Endpoint(host=f"10.0.0.{i + 1}", port=8000)
+                          for i in range(cfg.replicas)]
+        self.by_name = {ep.name: i for i, ep in enumerate(self.endpoints)}
+        config = (cfg.policy if isinstance(cfg.policy, EndpointPickerConfig)
+                  else resolve_config(cfg.policy))
+        self.scheduler = Scheduler(config, seed=cfg.seed)
+        self.router = Router([ModelPool(cfg.model, Pool(cfg.model, self.endpoints),
+                                        self.scheduler)])
+        self._heap: list[tuple[float, int, int, Any]] = []
+        self._seq = 0
+        self._busy = [False] * cfg.replicas
+        self._live: dict[str, _Live] = {}
+        self._records: list[list[RequestRecord]] = [[] for _ in cfg.load.stages]
+        self._stage = -1
+        self._stage_sent = 0
+        self._stage_done = 0
+        self._stage_start = 0.0
+        self._sent_total = 0
+        self._ids: OrderedDict[str, list[int]] = OrderedDict()
+        self._events = 0
+        self._finished = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _push(self, t: float, kind: int, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, payload))
+
+    def _token_ids(self, item: WorkItem) -> list[int]:
+        from ..sim.tokenizer import encode
+
+        ids = self._ids.get(item.key)
+        if ids is None:
+            ids = encode(item.prompt)
+            self._ids[item.key] = ids
+            if len(self._ids) > 4096:
+                self._ids.popitem(last=False)
+        return ids
+
+    def _scrape(self, i: int, now: float) -> None:
+        st = self.engines[i].stats()
+        g = getattr
+        self.endpoints[i].metrics = EndpointMetrics(
+            waiting=int(g(st, "waiting", 0)), running=int(g(st, "running", 0)),
+            kv_usage=float(g(st, "kv_usage", 0.0)), block_size=g(st, "block_size", None),
+            num_blocks=g(st, "num_blocks", None), max_lora=g(st, "max_lora", None),
+            running_loras=tuple(g(st, "running_loras", ()) or ()),
+            waiting_loras=tuple(g(st, "waiting_loras", ()) or ()),
+            prefix_cache_queries=g(st, "prefix_cache_queries", None),
+            prefix_cache_hits=g(st, "prefix_cache_hits", None), scraped_at=now)
+
+    # -- load -------------------------------------------------------------------------------
+
+    def _start_stage(self, index: int, now: float) -> None:
+        self._stage = index
+        self._stage_sent = 0
+        self._stage_done = 0
+        self._stage_start = now
+        stage = self.cfg.load.stages[index]
+        if self.progress:
+            self.progress(index, 0, stage.count)
+        if stage.rate is not None:
+            for off in self.cfg.load.arrivals(index):
+                self._push(now + off, _ARRIVE, index)
+            if stage.count == 0:
+                self._stage_over(now)
+        else:
+            for _ in range(min(stage.concurrency or 1, stage.count)):
+                self._stage_sent += 1
+                self._push(now, _ARRIVE, index)
+
+    def _stage_over(self, now: float) -> None:
+        nxt = self._stage + 1
+        if nxt < len(self.cfg.load.stages):
+            self._push(now + self.cfg.load.interval, _STAGE, nxt)
+        else:
+            self._finished = True
+
+    def _concurrency_more(self, stage: Stage, now: float) -> bool:
+        if self._stage_sent >= stage.count:
+            return False
+        return not stage.duration or now < self._stage_start + stage.duration
+
+    def _send(self, now: float, stage_index: int) -> None:
+        item = self.cfg.workload.item(self._sent_total)
+        self._sent_total += 1
+        if self.cfg.load.stages[stage_index].rate is not None:
+            self._stage_sent += 1
+        rid = f"r{self._sent_total}"
+        rec = RequestRecord(key=item.key, stage=stage_index, start=now,
+                            prompt_tokens=item.prompt_tokens)
+        self._records[stage_index].append(rec)
+        body = {"model": self.cfg.model, "prompt": item.prompt, "max_tokens": item.max_tokens,
+                "stream": True}
+        try:
+            req = parse_request("completions", body, {}, request_id=rid, arrival_time=now)
+            decision = self.router.schedule(req, now)
+            target = decision.result.target
+        except InferouteError as exc:
+            rec.error = f"{exc.status} {exc.message}"
+            rec.end = now
+            self._request_over(now)
+            return
+        self.router.dispatch(decision, target, now)
+        i = self.by_name[target.name]
+        rec.endpoint = target.name
+        from ..sim.engine import SimRequest
+
+        self.engines[i].add_request(SimRequest(request_id=rid, prompt_tokens=self._token_ids(item),
+                                               max_tokens=item.max_tokens,
+                                               ignore_eos=self.cfg.ignore_eos), now)
+        self._live[rid] = _Live(rec, decision, i)
+        if not self._busy[i]:
+            self._step(i, now)
+
+    def _request_over(self, now: float) -> None:
+        self._stage_done += 1
+        stage = self.cfg.load.stages[self._stage]
+        if self.progress:
+            self.progress(self._stage, self._stage_done, stage.count)
+        if stage.rate is not None:
+            if self._stage_done >= stage.count:
+                self._stage_over(now)
+        elif self._concurrency_more(stage, now):
+            self._stage_sent += 1  # reserved now, sent by the event (no recursion on errors)
+            self._push(now, _ARRIVE, self._stage)
+        elif self._stage_done >= self._stage_sent:
+            self._stage_over(now)
+
+    # -- engines ----------------------------------------------------------------------------
+
+    def _step(self, i: int, now: float) -> None:
+        eng = self.engines[i]
+        if not eng.has_work():
+            self._busy[i] = False
+            return
+        out = eng.step(now)
+        self._busy[i] = True
+        self._push(now + out.duration, _STEP_DONE, (i, out.outputs))
+
+    def _deliver(self, now: float, outputs: list[Any]) -> None:
+        live = self._live
+        for o in outputs:
+            entry = live.get(o.request_id)
+            if entry is None:
+                continue
+            rec = entry.record
+            if o.new_tokens:
+                rec.on_tokens(now, o.new_tokens)
+            if o.first:
+                rec.cached_tokens = o.cached_tokens
+                rec.prompt_tokens = o.prompt_tokens
+            if o.finished:
+                del live[o.request_id]
+                rec.end = now
+                if o.finish_reason not in ("stop", "length"):
+                    rec.error = f"finish_reason={o.finish_reason}"
+                usage = {"prompt_tokens": rec.prompt_tokens,
+                         "completion_tokens": rec.output_tokens,
+                         "prompt_tokens_details": {"cached_tokens": rec.cached_tokens or 0}}
+                self.router.finish(entry.decision, now, usage)
+                self._request_over(now)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        wall0 = time.perf_counter()
+        n = self.cfg.replicas
+        for i in range(n):
+            self._push(self.cfg.scrape_interval * i / n, _SCRAPE, i)
+        self._push(0.0, _STAGE, 0)
+        heap = self._heap
+        pop = heapq.heappop
+        now = 0.0
+        limit = self.cfg.max_virtual_time
+        events = 0
+        while heap and not self._finished:
+            now, _, kind, payload = pop(heap)
+            events += 1
+            if limit is not None and now > limit:
+                break
+            if kind == _STEP_DONE:
+                i, outputs = payload
+                self._deliver(now, outputs)
+                self._step(i, now)
+            elif kind == _SCRAPE:
+                self._scrape(payload, now)
+                self._push(now + self.cfg.scrape_interval, _SCRAPE, payload)
+            elif kind == _ARRIVE:
+                self._send(now, payload)
+            else:
+                self._start_stage(payload, now)
+        # whatever is still in flight when the run is cut short counts as failed
+        for entry in self._live.values():
+            entry.record.error = "unfinished when the run stopped"
+        return self._result(now, time.perf_counter() - wall0, events)
+
+    def _result(self, now: float, wall: float, events: int) -> SimResult:
+        stages = []
+        for i, (stage, recs) in enumerate(zip(self.cfg.load.stages, self._records)):
+            stages.append(summarize(recs, stage=i, rate=stage.rate,
+                                    concurrency=stage.concurrency,
+                                    planned_duration=stage.duration))
+        engines = []
+        for ep, eng in zip(self.endpoints, self.engines):
+            st = eng.stats()
+            engines.append({"endpoint": ep.name,
+                            "prefix_cache_queries": getattr(st, "prefix_cache_queries", None),
+                            "prefix_cache_hits": getattr(st, "prefix_cache_hits", None),
+                            "preemptions": getattr(st, "preemptions", None)})
+        wl = self.cfg.workload
+        config = {"policy": _policy_name(self.cfg.policy), "replicas": self.cfg.replicas,
+                  "profile": self.cfg.profile, "model": self.cfg.model, "seed": self.cfg.seed,
+                  "ignore_eos": self.cfg.ignore_eos, "scrape_interval": self.cfg.scrape_interval,
+                  "workload": {"name": wl.name, **wl.params},
+                  "load": {"type": self.cfg.load.kind, "burstiness": self.cfg.load.burstiness,
+                           "interval": self.cfg.load.interval, "seed": self.cfg.load.seed,
+                           "stages": [{"rate": s.rate, "duration": s.duration,
+                                       "concurrency": s.concurrency,
+                                       "num_requests": s.num_requests}
+                                      for s in self.cfg.load.stages]},
+                  "mode": "virtual"}
+        return SimResult(config=config, stages=stages, records=self._records, engines=engines,
+                         virtual_seconds=now, wall_seconds=wall, events=events)
+
+
+def run_virtual(cfg: SimConfig,
+                progress: Callable[[int, int, int], None] | None = None) -> SimResult:
+    """Run one virtual-time benchmark and return its per-stage summaries."""
+    return VirtualBench(cfg, progress).run()
