@@ -1,0 +1,199 @@
+"""The serving configuration: which models, which endpoints, which scheduler; from YAML or flags.
+
+    # inferoute serve --config serving.yaml
+    host: 0.0.0.0
+    port: 8080
+    scrapeInterval: 50ms        # per-endpoint /metrics scrape period
+    scrapeTimeout: 1s
+    readyWindow: 1s             # an endpoint is ready while its last good scrape is this recent
+    maxBodyBytes: 16777216      # larger request bodies get 413
+    upstream:
+      connectTimeout: 5s        # TCP connect to a model server (then retried elsewhere once)
+      readTimeout: 600s         # longest wait for the response headers or between two chunks
+      requestTimeout: null      # optional cap on a whole request, headers to last byte
+    pools:
+    - model: Qwen/Qwen3-32B
+      aliases: [qwen]
+      loraAdapters: [sql-lora]
+      engine: vllm              # vllm | sglang | trtllm | auto (from the metric names)
+      endpoints: [http://10.0.0.1:8000, http://10.0.0.2:8000]
+      scheduler: llm-d          # packaged policy name, path to an EndpointPickerConfig, or inline
+
+Durations accept `50ms`, `0.2s`, `1m` or a number of seconds. Every mistake raises
+`ConfigError` naming the key, e.g. `pools.0.endpoints.1: endpoint 'x' must look like
+http://host:port`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from ...core.endpoint import Endpoint, parse_endpoint
+from ...core.errors import ConfigError
+from ...core.scheduling.config import (EndpointPickerConfig, parse_config, parse_duration,
+                                       resolve_config)
+
+_CAMEL = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _duration(v: Any) -> Any:
+    return parse_duration(v) if isinstance(v, str) else v
+
+
+class UpstreamConfig(pydantic.BaseModel):
+    """Timeouts of the proxied model-server requests, in seconds."""
+
+    model_config = _CAMEL
+    connect_timeout: float = pydantic.Field(5.0, alias="connectTimeout", gt=0)
+    read_timeout: float = pydantic.Field(600.0, alias="readTimeout", gt=0)
+    request_timeout: float | None = pydantic.Field(None, alias="requestTimeout", gt=0)
+
+    _d = pydantic.field_validator("connect_timeout", "read_timeout", "request_timeout",
+                                  mode="before")(_duration)
+
+
+class PoolConfig(pydantic.BaseModel):
+    """One model and the endpoints serving it."""
+
+    model_config = _CAMEL
+    model: str = pydantic.Field(min_length=1)
+    aliases: list[str] = pydantic.Field(default_factory=list)
+    lora_adapters: list[str] = pydantic.Field(default_factory=list, alias="loraAdapters")
+    endpoints: list[str] = pydantic.Field(default_factory=list)
+    engine: Literal["auto", "vllm", "sglang", "trtllm"] = "auto"
+    #: None: the default policy; a str: packaged policy name or file; a mapping: inline config
+    scheduler: str | dict[str, Any] | None = None
+
+    @pydantic.field_validator("endpoints")
+    @classmethod
+    def _endpoints_ok(cls, v: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for i, url in enumerate(v):
+            try:
+                ep = parse_endpoint(url)
+            except ValueError as exc:
+                raise ValueError(f"endpoints[{i}]: {exc}") from None
+            if ep.name in seen:
+                raise ValueError(f"endpoints[{i}]: {ep.name} is listed twice")
+            seen.add(ep.name)
+        return v
+
+    def build_endpoints(self) -> list[Endpoint]:
+        engine = "vllm" if self.engine == "auto" else self.engine
+        return [parse_endpoint(url, engine=engine) for url in self.endpoints]
+
+    def scheduler_config(self) -> EndpointPickerConfig:
+        """Resolve `scheduler` to a validated EndpointPickerConfig (ConfigError if bad)."""
+        if isinstance(self.scheduler, dict):
+            return parse_config(self.scheduler, f"the inline scheduler of pool {self.model!r}")
+        return resolve_config(self.scheduler)
+
+
+class ServingConfig(pydantic.BaseModel):
+    """Everything `inferoute serve` (and the ext_proc picker's data layer) needs."""
+
+    model_config = _CAMEL
+    host: str = "0.0.0.0"
+    port: int = pydantic.Field(8080, ge=0, le=65535)
+    scrape_interval: float = pydantic.Field(0.05, alias="scrapeInterval", gt=0)
+    scrape_timeout: float = pydantic.Field(1.0, alias="scrapeTimeout", gt=0)
+    ready_window: float = pydantic.Field(1.0, alias="readyWindow", gt=0)
+    max_body_bytes: int = pydantic.Field(16 * 1024 * 1024, alias="maxBodyBytes", ge=1024)
+    upstream: UpstreamConfig = pydantic.Field(default_factory=UpstreamConfig)
+    pools: list[PoolConfig] = pydantic.Field(min_length=1)
+
+    _d = pydantic.field_validator("scrape_interval", "scrape_timeout", "ready_window",
+                                  mode="before")(_duration)
+
+    @pydantic.model_validator(mode="after")
+    def _unique_names(self) -> "ServingConfig":
+        owner: dict[str, str] = {}
+        for pool in self.pools:
+            for name in (pool.model, *pool.aliases, *pool.lora_adapters):
+                if name in owner:
+                    raise ValueError(f"model name {name!r} is claimed by pools "
+                                     f"{owner[name]!r} and {pool.model!r}")
+                owner[name] = pool.model
+        return self
+
+
+def _format(exc: pydantic.ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc or '(top level)'}: {msg}")
+    return f"invalid serving config in {source}:\n" + "\n".join(lines)
+
+
+def parse_serving_config(data: Any, source: str = "<config>") -> ServingConfig:
+    """Validate a parsed mapping; ConfigError lists every problem with its key path.
+
+    Scheduler configs are resolved too, so a bad policy name fails here, not at first request.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid serving config in {source}: expected a mapping at the top")
+    try:
+        cfg = ServingConfig.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_format(exc, source)) from None
+    for i, pool in enumerate(cfg.pools):
+        try:
+            pool.scheduler_config()
+        except ConfigError as exc:
+            raise ConfigError(f"invalid serving config in {source}: pools.{i}.scheduler: "
+                              f"{exc}") from None
+    return cfg
+
+
+def load_serving_config(path: str | Path) -> ServingConfig:
+    """Read and validate a serving config YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read serving config {p}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+    return parse_serving_config(data, str(p))
+
+
+def config_from_args(args: argparse.Namespace) -> ServingConfig:
+    """The serving config from `--config FILE` or `--model/--endpoint` flags.
+
+    With `--config`, the flags `--host`, `--port`, `--scrape-interval` and `--scheduler`
+    (applied to every pool) override the file when given.
+    """
+    config_file = getattr(args, "config", None)
+    model = getattr(args, "model", None)
+    endpoints = getattr(args, "endpoint", None)
+    scheduler = getattr(args, "scheduler", None)
+    if config_file and (model or endpoints):
+        raise ConfigError("give either --config FILE or --model/--endpoint flags, not both")
+    if config_file:
+        cfg = load_serving_config(config_file)
+        data = cfg.model_dump(by_alias=False)
+        source = f"{config_file} with command-line overrides"
+        if scheduler is not None:
+            for pool in data["pools"]:
+                pool["scheduler"] = scheduler
+    else:
+        if not model or not endpoints:
+            raise ConfigError("--model NAME and at least one --endpoint URL are required "
+                              "(or --config FILE)")
+        data = {"pools": [{"model": model, "endpoints": list(endpoints),
+                           "engine": getattr(args, "engine", None) or "auto",
+                           "scheduler": scheduler}]}
+        source = "the command line"
+    for key in ("host", "port", "scrape_interval"):
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value
+    return parse_serving_config(data, source)

@@ -1,0 +1,162 @@
+"""`DataLayer`: the live endpoint state every shell reads (HTTP gateway, Envoy ext_proc picker).
+
+It builds the core `Router` (one `ModelPool` and `Scheduler` per configured model), owns the
+one aiohttp `ClientSession` used for scrapes (and, by the gateway, for proxying), runs a
+`Scraper` per endpoint, and lets discovery add and remove endpoints at run time.
+
+Readiness: an endpoint is *ready* when it is `healthy` and its last successful scrape is at
+most `ready_window` seconds old (1 s by default, 20 scrape periods). Only ready endpoints are
+offered to the scheduler. Between the core's staleness threshold (200 ms) and the ready window
+an endpoint stays schedulable but its metrics count as stale (unknown/saturated) for the
+core's saturation logic; past the window, or when it never answered /metrics, it is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Iterator
+
+import aiohttp
+
+from ..core.endpoint import Endpoint, Pool
+from ..core.errors import ConfigError
+from ..core.router import ModelPool, Router
+from ..core.scheduling.scheduler import Scheduler
+from .discovery.static import ServingConfig
+from .metricsparse import EngineName
+from .scrape import Scraper
+
+log = logging.getLogger("inferoute.datalayer")
+
+
+class DataLayer:
+    """Router + scrapers + HTTP session; `start()` inside a running loop, `close()` at exit."""
+
+    def __init__(self, config: ServingConfig, *, clock: Callable[[], float] = time.monotonic,
+                 seed: int | None = None, scrape: bool = True) -> None:
+        self.config = config
+        self.clock = clock
+        self.scrape = scrape
+        self.ready_window = config.ready_window
+        self.session: aiohttp.ClientSession | None = None
+        self._engines: dict[str, EngineName | None] = {}
+        self._scrapers: dict[tuple[str, str], Scraper] = {}
+        pools = []
+        for pc in config.pools:
+            pools.append(ModelPool(
+                model=pc.model, pool=Pool(pc.model, pc.build_endpoints()),
+                scheduler=Scheduler(pc.scheduler_config(), seed=seed),
+                aliases=tuple(pc.aliases), lora_adapters=tuple(pc.lora_adapters)))
+            self._engines[pc.model] = None if pc.engine == "auto" else pc.engine
+        self.router = Router(pools)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the HTTP session and start one scraper per endpoint."""
+        if self.session is None:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300,
+                                             keepalive_timeout=60)
+            # auto_decompress off: the gateway relays upstream bytes untouched
+            self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                 timeout=aiohttp.ClientTimeout(total=None))
+        for mp in self.router.pools.values():
+            for ep in mp.pool:
+                self._start_scraper(mp.model, ep)
+
+    async def close(self) -> None:
+        """Stop the scrapers and close the session."""
+        scrapers = list(self._scrapers.values())
+        self._scrapers.clear()
+        await asyncio.gather(*(s.stop() for s in scrapers))
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def _start_scraper(self, model: str, ep: Endpoint) -> None:
+        if not self.scrape or self.session is None or (model, ep.name) in self._scrapers:
+            return
+        scraper = Scraper(self.session, ep, interval=self.config.scrape_interval,
+                          timeout=self.config.scrape_timeout, engine=self._engines.get(model),
+                          clock=self.clock)
+        self._scrapers[(model, ep.name)] = scraper
+        scraper.start()
+
+    # ------------------------------------------------------------------ discovery
+
+    def model_pool(self, model: str) -> ModelPool:
+        mp = self.router.pools.get(model)
+        if mp is None:
+            raise ConfigError(f"no pool serves model {model!r}; pools: "
+                              + ", ".join(self.router.pools))
+        return mp
+
+    def add_endpoint(self, model: str, endpoint: Endpoint) -> Endpoint:
+        """Add (or update) an endpoint of `model`'s pool; starts its scraper when running.
+
+        Returns the pool's endpoint object, which keeps its state if it was already known.
+        """
+        mp = self.model_pool(model)
+        ep = mp.pool.add(endpoint)
+        self._start_scraper(model, ep)
+        log.info("endpoint %s added to pool %s", ep.name, model)
+        return ep
+
+    def remove_endpoint(self, model: str, name: str) -> Endpoint | None:
+        """Drop endpoint `name` (`ip:port`) from `model`'s pool and stop scraping it.
+
+        Requests already sent there finish normally; the scheduler forgets the endpoint.
+        """
+        mp = self.model_pool(model)
+        ep = mp.pool.remove(name)
+        scraper = self._scrapers.pop((model, name), None)
+        if scraper is not None:
+            asyncio.get_running_loop().create_task(scraper.stop())
+        if ep is not None:
+            mp.scheduler.on_endpoint_removed(ep)
+            log.info("endpoint %s removed from pool %s", name, model)
+        return ep
+
+    def scraper(self, model: str, name: str) -> Scraper | None:
+        return self._scrapers.get((model, name))
+
+    # ------------------------------------------------------------------ readiness
+
+    def now(self) -> float:
+        return self.clock()
+
+    def is_ready(self, ep: Endpoint, now: float | None = None) -> bool:
+        """Healthy and scraped successfully within the ready window."""
+        if not ep.healthy:
+            return False
+        if not self.scrape:
+            return True
+        at = ep.metrics.scraped_at
+        t = self.clock() if now is None else now
+        return at is not None and t - at <= self.ready_window
+
+    def ready_endpoints(self, mp: ModelPool, now: float | None = None) -> list[Endpoint]:
+        """The endpoints of `mp` the scheduler may pick from right now."""
+        t = self.clock() if now is None else now
+        return [ep for ep in mp.pool if self.is_ready(ep, t)]
+
+    def endpoints(self) -> Iterator[tuple[ModelPool, Endpoint]]:
+        for mp in self.router.pools.values():
+            for ep in mp.pool:
+                yield mp, ep
+
+    def ready_count(self, now: float | None = None) -> int:
+        t = self.clock() if now is None else now
+        return sum(1 for _, ep in self.endpoints() if self.is_ready(ep, t))
+
+    async def wait_ready(self, timeout: float, poll: float = 0.02) -> bool:
+        """Wait until at least one endpoint is ready; False after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.ready_count() == 0:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(poll)
+        return True

@@ -1,0 +1,146 @@
+"""The aiohttp application of `inferoute serve` and the code that runs it.
+
+Routes: `POST /v1/completions`, `/v1/chat/completions`, `/v1/responses` (proxied, see
+`proxy.py`), `GET /v1/models` (every name of every pool, OpenAI list format), `GET /health`
+(the process is up), `GET /ready` (503 until at least one endpoint is ready) and `GET /metrics`
+(Prometheus). Every error, including unknown routes and wrong methods, is an OpenAI-style JSON
+body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from ..core.errors import InferouteError, NoEndpointAvailable
+from ..core.request import API_PATHS
+from ..datalayer.discovery.static import ServingConfig
+from ..datalayer.runtime import DataLayer
+from ..observability import Observability
+from .proxy import Proxy
+
+log = logging.getLogger("inferoute.gateway")
+
+DATA_KEY = web.AppKey("data", DataLayer)
+OBS_KEY = web.AppKey("obs", Observability)
+
+
+def _json(payload: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status,
+                        content_type="application/json")
+
+
+class _HttpError(InferouteError):
+    """An aiohttp routing error (404 path, 405 method) in OpenAI form."""
+
+    error_type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@web.middleware
+async def _json_errors(request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err = _HttpError(exc.status, f"{request.method} {request.path}: {exc.reason}")
+        return web.Response(body=orjson.dumps(err.to_dict()), status=exc.status,
+                            content_type="application/json")
+
+
+def build_app(data: DataLayer, obs: Observability | None = None) -> web.Application:
+    """The gateway application; the data layer is started and closed with the app."""
+    config = data.config
+    obs = obs or Observability()
+    obs.watch(data)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors])
+    app[DATA_KEY] = data
+    app[OBS_KEY] = obs
+    proxy = Proxy(data, obs, config)
+    created = int(time.time())
+
+    async def models(request: web.Request) -> web.Response:
+        items = []
+        for mp in data.router.pools.values():
+            for name in (mp.model, *mp.aliases, *mp.lora_adapters):
+                items.append({"id": name, "object": "model", "created": created,
+                              "owned_by": "inferoute", "root": mp.model,
+                              "parent": mp.model if name in mp.lora_adapters else None})
+        return _json({"object": "list", "data": items})
+
+    async def health(request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def ready(request: web.Request) -> web.Response:
+        now = data.now()
+        pools = {mp.model: len(data.ready_endpoints(mp, now))
+                 for mp in data.router.pools.values()}
+        if any(pools.values()):
+            return _json({"status": "ready", "ready_endpoints": pools})
+        err = NoEndpointAvailable("no endpoint is ready yet").to_dict()
+        err["ready_endpoints"] = pools
+        return _json(err, status=503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body, ctype = obs.render()
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = ctype
+        return resp
+
+    for path in API_PATHS:
+        app.router.add_post(path, proxy.handle)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        await data.start()
+        yield
+        await data.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def serve(config: ServingConfig, *, ready_file: str | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run the gateway until SIGINT/SIGTERM (or `stop` is set)."""
+    data = DataLayer(config)
+    app = build_app(data)
+    # handler_cancellation: a client that hangs up cancels its handler, which aborts upstream
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
+    await site.start()
+    addresses = runner.addresses
+    port = addresses[0][1] if addresses else config.port
+    log.info("inferoute gateway listening on http://%s:%d (%d pools, %d endpoints)",
+             config.host, port, len(data.router.pools), sum(1 for _ in data.endpoints()))
+    if ready_file:
+        with open(ready_file, "w") as fh:
+            fh.write(str(port))
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()

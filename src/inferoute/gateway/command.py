@@ -1,0 +1,91 @@
+"""`inferoute serve` (the gateway) and `inferoute overhead` (its latency benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any, Coroutine
+
+from ..core.errors import ConfigError
+from ..core.scheduling.config import parse_duration
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run `coro` on uvloop when installed, else the default asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Unix
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..datalayer.discovery.static import config_from_args
+    from .app import serve
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"inferoute serve: {exc}", file=sys.stderr)
+        return 2
+    run_async(serve(config, ready_file=args.ready_file))
+    return 0
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    from .overhead import main
+
+    return main(args)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "serve", help="run the OpenAI-compatible gateway in front of model servers",
+        description="Run the gateway: one OpenAI-compatible endpoint in front of model-server "
+                    "replicas, routing each request to the replica that serves it fastest.")
+    p.add_argument("--config", metavar="FILE", help="serving config YAML (pools, endpoints, "
+                   "schedulers, timeouts); see docs/gateway.md")
+    p.add_argument("--model", metavar="NAME", help="model name clients send (one pool)")
+    p.add_argument("--endpoint", metavar="URL", action="append",
+                   help="model server base URL, e.g. http://10.0.0.1:8000 (repeat)")
+    p.add_argument("--engine", choices=("auto", "vllm", "sglang", "trtllm"), default=None,
+                   help="metric names to scrape (default: detect)")
+    p.add_argument("--scheduler", metavar="NAME_OR_PATH",
+                   help="packaged policy (llm-d, round-robin, ...) or EndpointPickerConfig "
+                        "file; with --config, applies to every pool")
+    p.add_argument("--host", default=None, help="listen address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
+    p.add_argument("--scrape-interval", type=_duration_arg, default=None, metavar="DURATION",
+                   help="metrics scrape period per endpoint (default 50ms)")
+    p.add_argument("--log-level", default="info",
+                   choices=("debug", "info", "warning", "error"))
+    p.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)
+    p.set_defaults(func=_serve)
+
+    o = sub.add_parser(
+        "overhead", help="measure the latency the gateway adds and the scheduling decision time",
+        description="Start a stand-in model server and the gateway in front of it, send "
+                    "requests at a fixed rate alternately direct and through the gateway, and "
+                    "print both latency distributions; then time scheduling decisions for an "
+                    "8k-token prompt with 16 endpoints.")
+    o.add_argument("--rate", type=float, default=200.0, help="gateway requests/s (the same "
+                   "number again goes direct, interleaved; default 200)")
+    o.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
+    o.add_argument("--scheduler", default=None, help="policy for the gateway (default llm-d "
+                   "default config)")
+    o.add_argument("--prompt-chars", type=int, default=2000,
+                   help="prompt size of the measured requests (default 2000 chars)")
+    o.add_argument("--skip-decision", action="store_true",
+                   help="do not run the scheduling-decision benchmark")
+    o.set_defaults(func=_overhead)

@@ -1,0 +1,155 @@
+"""A minimal, fast OpenAI-compatible model server for gateway tests and `inferoute overhead`.
+
+Not a simulator (see `inferoute sim` for that): it answers at once (or with a fixed delay per
+token), generates `max_tokens` words, reports `usage`, and serves vLLM-format /metrics built
+from its own counters, so the gateway's scrapers, readiness and usage accounting all work.
+
+    python -m inferoute.gateway.standin --port 8001 --model m [--token-delay 0.01]
+                                         [--fail-status 500]
+
+Extra metrics: `standin_requests_total`, `standin_cancelled_total` (clients that went away
+mid-response).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+class StandIn:
+    def __init__(self, model: str, *, name: str = "", token_delay: float = 0.0,
+                 fail_status: int | None = None) -> None:
+        self.model = model
+        self.name = name
+        self.token_delay = token_delay
+        self.fail_status = fail_status
+        self.running = 0
+        self.requests = 0
+        self.cancelled = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/completions", self.generate)
+        app.router.add_post("/v1/chat/completions", self.generate)
+        app.router.add_post("/v1/responses", self.generate)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", lambda r: web.Response(text="ok"))
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": self.model, "object": "model", "owned_by": "standin"}]})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        labels = f'engine="0",model_name="{self.model}"'
+        text = (
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{{{labels}}} {float(self.running)}\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f"vllm:num_requests_waiting{{{labels}}} 0.0\n"
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            f"vllm:kv_cache_usage_perc{{{labels}}} {min(1.0, self.running / 100):.4f}\n"
+            "# TYPE vllm:cache_config_info gauge\n"
+            'vllm:cache_config_info{block_size="16",engine="0",num_gpu_blocks="4096"} 1.0\n'
+            "# TYPE standin_requests counter\n"
+            f"standin_requests_total {float(self.requests)}\n"
+            "# TYPE standin_cancelled counter\n"
+            f"standin_cancelled_total {float(self.cancelled)}\n")
+        return web.Response(text=text, content_type="text/plain")
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        body: dict[str, Any] = orjson.loads(await request.read())
+        if self.fail_status:
+            return web.json_response({"error": {"message": "injected failure",
+                                                "type": "server_error"}},
+                                     status=self.fail_status)
+        api = request.path.rsplit("/", 1)[-1]
+        n = int(body.get("max_tokens") or body.get("max_completion_tokens")
+                or body.get("max_output_tokens") or 16)
+        prompt = body.get("prompt") or body.get("messages") or body.get("input") or ""
+        usage = {"prompt_tokens": max(1, len(orjson.dumps(prompt)) // 4),
+                 "completion_tokens": n}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        rid = f"cmpl-{self.requests}"
+        created = int(time.time())
+        self.running += 1
+        try:
+            if not body.get("stream"):
+                if self.token_delay:
+                    await asyncio.sleep(self.token_delay * n)
+                text = " ".join(f"w{i}" for i in range(n))
+                if api == "completions" and "chat" not in request.path:
+                    choice: dict[str, Any] = {"index": 0, "text": text,
+                                              "finish_reason": "length"}
+                    obj = "text_completion"
+                else:
+                    choice = {"index": 0, "finish_reason": "length",
+                              "message": {"role": "assistant", "content": text}}
+                    obj = "chat.completion"
+                return web.json_response({
+                    "id": rid, "object": obj, "created": created, "model": body.get("model"),
+                    "system_fingerprint": self.name, "choices": [choice], "usage": usage})
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+            chat = "chat" in request.path
+            for i in range(n):
+                if self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+                delta: dict[str, Any] = ({"content": f"w{i} "} if chat else {})
+                choice = ({"index": 0, "delta": delta, "finish_reason": None} if chat
+                          else {"index": 0, "text": f"w{i} ", "finish_reason": None})
+                if i == n - 1:
+                    choice["finish_reason"] = "length"
+                chunk = {"id": rid, "object": "chat.completion.chunk" if chat
+                         else "text_completion", "created": created,
+                         "model": body.get("model"), "system_fingerprint": self.name,
+                         "choices": [choice]}
+                await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                final = {"id": rid, "object": "chat.completion.chunk" if chat
+                         else "text_completion", "created": created,
+                         "model": body.get("model"), "choices": [], "usage": usage}
+                await resp.write(b"data: " + orjson.dumps(final) + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.cancelled += 1
+            raise
+        finally:
+            self.running -= 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--model", default="m")
+    p.add_argument("--name", default="", help="returned as system_fingerprint")
+    p.add_argument("--token-delay", type=float, default=0.0, help="seconds per token")
+    p.add_argument("--fail-status", type=int, default=None,
+                   help="answer every generation request with this status")
+    args = p.parse_args(argv)
+    server = StandIn(args.model, name=args.name or f"{args.host}:{args.port}",
+                     token_delay=args.token_delay, fail_status=args.fail_status)
+    runner_kwargs: dict[str, Any] = {"access_log": None, "handler_cancellation": True,
+                                     "print": None, "host": args.host, "port": args.port}
+    try:
+        import uvloop
+        loop: Any = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover
+        loop = asyncio.new_event_loop()
+    web.run_app(server.app(), loop=loop, **runner_kwargs)
+
+
+if __name__ == "__main__":
+    main()

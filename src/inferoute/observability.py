@@ -1,0 +1,197 @@
+"""Prometheus metrics of the gateway and the ext_proc picker, under the EPP's metric names.
+
+Shell-neutral: the HTTP gateway and the Envoy ext_proc picker both create one `Observability`
+and call its methods at the same points of a request's life; the core never touches it.
+Metrics live in a private `CollectorRegistry` (not the process-global one) so several
+instances can coexist in tests.
+
+Names and labels follow the Gateway API Inference Extension endpoint picker:
+
+- `inference_objective_request_total{model_name,target_model_name}` (counter)
+- `inference_objective_request_error_total{model_name,target_model_name,error_code}`
+- `inference_objective_request_duration_seconds{model_name,target_model_name}` (histogram)
+- `inference_objective_request_ttft_seconds{...}`, `..._normalized_time_per_output_token_seconds`
+- `inference_objective_request_sizes`, `inference_objective_response_sizes` (bytes)
+- `inference_objective_input_tokens`, `inference_objective_output_tokens` (histograms)
+- `inference_objective_running_requests{model_name}` (gauge)
+- `inference_pool_average_kv_cache_utilization{name}`, `inference_pool_average_queue_size{name}`,
+  `inference_pool_ready_pods{name}` (gauges, refreshed from the data layer on each scrape)
+- `inference_extension_scheduler_e2e_duration_seconds` (histogram)
+- `inference_extension_prefix_indexer_hit_ratio` (histogram of matched/total prefix blocks)
+
+plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests{pool,endpoint}`,
+`inferoute_endpoint_ready{pool,endpoint}`, `inferoute_endpoint_waiting_requests`,
+`inferoute_endpoint_running_requests`, `inferoute_endpoint_kv_cache_utilization`, and
+`inferoute_upstream_retries_total{pool}`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
+
+if TYPE_CHECKING:
+    from .datalayer.runtime import DataLayer
+
+_LATENCY_BUCKETS = (0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6,
+                    8, 10, 15, 20, 30, 45, 60, 120, 180, 240, 300, 360, 480, 600, 900, 1200,
+                    1800, 2700, 3600)
+_TPOT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_SIZE_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072,
+                 262144, 524288, 1048576, 2097152, 4194304, 8388608, 16777216, 33554432,
+                 67108864, 134217728, 268435456, 536870912, 1073741824)
+_INPUT_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778,
+                        65536, 131072, 262144, 524288, 1048576)
+_OUTPUT_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+_SCHED_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+_RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+_MT = ("model_name", "target_model_name")
+_EP = ("pool", "endpoint")
+
+
+class Observability:
+    """The metrics registry plus one method per event the shells report."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("inference_objective_request", "Requests per model and target "
+                                "model.", _MT, registry=r)
+        self.errors = Counter("inference_objective_request_error", "Failed requests per model, "
+                              "target model and error code.", (*_MT, "error_code"), registry=r)
+        self.duration = Histogram("inference_objective_request_duration_seconds", "Request "
+                                  "latency, arrival to last byte.", _MT,
+                                  buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("inference_objective_request_ttft_seconds", "Arrival to the first "
+                              "response byte from the model server.", _MT,
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.ntpot = Histogram("inference_objective_normalized_time_per_output_token_seconds",
+                               "Request latency divided by output tokens.", _MT,
+                               buckets=_TPOT_BUCKETS, registry=r)
+        self.request_sizes = Histogram("inference_objective_request_sizes", "Request body "
+                                       "bytes.", _MT, buckets=_SIZE_BUCKETS, registry=r)
+        self.response_sizes = Histogram("inference_objective_response_sizes", "Response body "
+                                        "bytes.", _MT, buckets=_SIZE_BUCKETS, registry=r)
+        self.input_tokens = Histogram("inference_objective_input_tokens", "Prompt tokens per "
+                                      "request (from usage).", _MT,
+                                      buckets=_INPUT_TOKEN_BUCKETS, registry=r)
+        self.output_tokens = Histogram("inference_objective_output_tokens", "Completion tokens "
+                                       "per request (from usage).", _MT,
+                                       buckets=_OUTPUT_TOKEN_BUCKETS, registry=r)
+        self.running = Gauge("inference_objective_running_requests", "Requests in flight per "
+                             "model.", ("model_name",), registry=r)
+        self.pool_kv = Gauge("inference_pool_average_kv_cache_utilization", "Mean KV-cache "
+                             "utilisation of the pool's ready endpoints.", ("name",), registry=r)
+        self.pool_queue = Gauge("inference_pool_average_queue_size", "Mean waiting requests of "
+                                "the pool's ready endpoints.", ("name",), registry=r)
+        self.pool_ready = Gauge("inference_pool_ready_pods", "Ready endpoints in the pool.",
+                                ("name",), registry=r)
+        self.scheduler_e2e = Histogram("inference_extension_scheduler_e2e_duration_seconds",
+                                       "Scheduling decision latency.", (),
+                                       buckets=_SCHED_BUCKETS, registry=r)
+        self.prefix_hit_ratio = Histogram("inference_extension_prefix_indexer_hit_ratio",
+                                          "Matched / total prompt blocks on the chosen "
+                                          "endpoint.", (), buckets=_RATIO_BUCKETS, registry=r)
+        self.in_flight = Gauge("inferoute_endpoint_in_flight_requests", "Requests the gateway "
+                               "has sent to the endpoint and not seen finish.", _EP, registry=r)
+        self.ep_ready = Gauge("inferoute_endpoint_ready", "1 when the endpoint is ready.", _EP,
+                              registry=r)
+        self.ep_waiting = Gauge("inferoute_endpoint_waiting_requests", "Scraped waiting "
+                                "requests.", _EP, registry=r)
+        self.ep_running = Gauge("inferoute_endpoint_running_requests", "Scraped running "
+                                "requests.", _EP, registry=r)
+        self.ep_kv = Gauge("inferoute_endpoint_kv_cache_utilization", "Scraped KV-cache "
+                           "utilisation (0-1).", _EP, registry=r)
+        self.retries = Counter("inferoute_upstream_retries", "Requests retried on another "
+                               "endpoint after a connect failure or a 5xx.", ("pool",),
+                               registry=r)
+        self._data: DataLayer | None = None
+
+    # ------------------------------------------------------------------ request events
+
+    def request_started(self, model: str, target_model: str, body_bytes: int = 0) -> None:
+        """A request was received and parsed (before scheduling)."""
+        self.requests.labels(model, target_model).inc()
+        self.running.labels(model).inc()
+        if body_bytes:
+            self.request_sizes.labels(model, target_model).observe(body_bytes)
+
+    def scheduled(self, duration: float, prefix_hit_ratio: float | None = None) -> None:
+        """A scheduling decision took `duration` seconds."""
+        self.scheduler_e2e.observe(duration)
+        if prefix_hit_ratio is not None:
+            self.prefix_hit_ratio.observe(prefix_hit_ratio)
+
+    def dispatched(self, pool: str, endpoint: str) -> None:
+        """A request was sent to `endpoint` (call `released` exactly once later)."""
+        self.in_flight.labels(pool, endpoint).inc()
+
+    def released(self, pool: str, endpoint: str) -> None:
+        """A request sent to `endpoint` is over, whatever its outcome."""
+        self.in_flight.labels(pool, endpoint).dec()
+
+    def retried(self, pool: str) -> None:
+        self.retries.labels(pool).inc()
+
+    def request_finished(self, model: str, target_model: str, *, latency: float,
+                         ttft: float | None = None, usage: Mapping[str, Any] | None = None,
+                         response_bytes: int = 0, error_code: str | None = None) -> None:
+        """The request is over; pair of `request_started`. `error_code` set means it failed
+        (an HTTP status as a string, or e.g. 'client_disconnect')."""
+        self.running.labels(model).dec()
+        if error_code is not None:
+            self.errors.labels(model, target_model, error_code).inc()
+            return
+        self.duration.labels(model, target_model).observe(latency)
+        if ttft is not None:
+            self.ttft.labels(model, target_model).observe(ttft)
+        if response_bytes:
+            self.response_sizes.labels(model, target_model).observe(response_bytes)
+        if usage:
+            prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+            completion = usage.get("completion_tokens", usage.get("output_tokens"))
+            if isinstance(prompt, int) and prompt > 0:
+                self.input_tokens.labels(model, target_model).observe(prompt)
+            if isinstance(completion, int) and completion > 0:
+                self.output_tokens.labels(model, target_model).observe(completion)
+                self.ntpot.labels(model, target_model).observe(latency / completion)
+
+    def request_rejected(self, model: str, target_model: str, error_code: str) -> None:
+        """A request refused before scheduling (bad body, unknown model, no endpoint)."""
+        self.requests.labels(model, target_model).inc()
+        self.errors.labels(model, target_model, error_code).inc()
+
+    # ------------------------------------------------------------------ pool state
+
+    def watch(self, data: "DataLayer") -> None:
+        """Refresh pool and endpoint gauges from `data` on every `render()`."""
+        self._data = data
+
+    def refresh(self) -> None:
+        data = self._data
+        if data is None:
+            return
+        now = data.now()
+        for mp in data.router.pools.values():
+            ready = [ep for ep in mp.pool if data.is_ready(ep, now)]
+            self.pool_ready.labels(mp.model).set(len(ready))
+            if ready:
+                self.pool_kv.labels(mp.model).set(
+                    sum(ep.metrics.kv_usage for ep in ready) / len(ready))
+                self.pool_queue.labels(mp.model).set(
+                    sum(ep.metrics.waiting for ep in ready) / len(ready))
+            for ep in mp.pool:
+                labels = (mp.model, ep.name)
+                self.ep_ready.labels(*labels).set(1 if ep in ready else 0)
+                self.ep_waiting.labels(*labels).set(ep.metrics.waiting)
+                self.ep_running.labels(*labels).set(ep.metrics.running)
+                self.ep_kv.labels(*labels).set(ep.metrics.kv_usage)
+                self.in_flight.labels(*labels)  # show 0 for endpoints never used
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition and its content type, for a /metrics handler."""
+        self.refresh()
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
