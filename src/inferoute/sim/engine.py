@@ -373,8 +373,7 @@ class Engine:
         self.kv.release(seq.blocks)
         seq.blocks = []
         del self._by_id[seq.rid]
-        if seq.lora is not None:
-            self._lora_leave_running(seq)
+        self._lora_leave_running(seq)
         self._success[reason] = self._success.get(reason, 0) + 1
 
     def reset_prefix_cache(self) -> bool:
@@ -427,6 +426,8 @@ class Engine:
         return True
 
     def _lora_leave_running(self, seq: _Seq) -> None:
+        if seq.lora is None:
+            return
         left = self._lora_running[seq.lora] - 1  # type: ignore[index]
         if left:
             self._lora_running[seq.lora] = left  # type: ignore[index]
@@ -434,6 +435,8 @@ class Engine:
             del self._lora_running[seq.lora]     # type: ignore[arg-type]
 
     def _lora_leave_waiting(self, seq: _Seq) -> None:
+        if seq.lora is None:
+            return
         left = self._lora_waiting[seq.lora] - 1  # type: ignore[index]
         if left:
             self._lora_waiting[seq.lora] = left  # type: ignore[index]
