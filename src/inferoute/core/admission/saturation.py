@@ -1,0 +1,97 @@
+"""Saturation detection: is there an endpoint left with good capacity?
+
+An endpoint has *good capacity* when its metrics are fresh (scraped within
+`metricsStalenessThreshold`), its waiting queue is at most `queueDepthThreshold` and its KV-cache
+usage is at most `kvCacheUtilThreshold` (the reference endpoint picker's rule: strictly above a
+threshold is saturated). The pool is saturated when no candidate endpoint has good capacity, and
+an empty pool is saturated too.
+
+`headroom` turns the same metrics into a dispatch budget, so the flow controller does not release
+its whole queue on the first fresh scrape: each good endpoint can take
+`queueDepthThreshold - waiting + 1` more requests before the next scrape would call it saturated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..endpoint import Endpoint
+from ..scheduling.config import SaturationSpec
+
+
+@dataclass(slots=True, frozen=True)
+class EndpointState:
+    """Why an endpoint is or is not saturated (for logs, metrics and tests)."""
+
+    saturated: bool
+    reason: str  # "ok", "stale", "queue", "kv-cache"
+
+
+class SaturationDetector:
+    """Applies `SaturationSpec` thresholds to endpoint metrics at a given time.
+
+    `stale_in_flight_limit` (off by default, as in the reference) lets an endpoint whose metrics
+    are stale still count as having capacity while the gateway's own in-flight count on it is
+    below the limit: a scrape outage then degrades to a concurrency limit instead of queueing
+    every request.
+    """
+
+    def __init__(self, spec: SaturationSpec | None = None, *,
+                 stale_in_flight_limit: int | None = None) -> None:
+        self.spec = spec or SaturationSpec()
+        if stale_in_flight_limit is not None and stale_in_flight_limit < 1:
+            raise ValueError("stale_in_flight_limit must be >= 1")
+        self.stale_in_flight_limit = stale_in_flight_limit
+
+    def endpoint_state(self, ep: Endpoint, now: float) -> EndpointState:
+        """Saturation of one endpoint and the reason."""
+        spec = self.spec
+        if ep.is_stale(now, spec.metrics_staleness_threshold):
+            limit = self.stale_in_flight_limit
+            if limit is not None and ep.in_flight_requests < limit:
+                return EndpointState(False, "ok")
+            return EndpointState(True, "stale")
+        m = ep.metrics
+        if m.waiting > spec.queue_depth_threshold:
+            return EndpointState(True, "queue")
+        if m.kv_usage > spec.kv_cache_util_threshold:
+            return EndpointState(True, "kv-cache")
+        return EndpointState(False, "ok")
+
+    def is_endpoint_saturated(self, ep: Endpoint, now: float) -> bool:
+        return self.endpoint_state(ep, now).saturated
+
+    def is_saturated(self, candidates: Iterable[Endpoint], now: float) -> bool:
+        """True when no candidate has good capacity (an empty list is saturated)."""
+        return not any(not self.endpoint_state(ep, now).saturated for ep in candidates)
+
+    def headroom(self, candidates: Iterable[Endpoint], now: float) -> int:
+        """How many more requests the good endpoints can take before their next scrape.
+
+        A stale endpoint admitted through `stale_in_flight_limit` contributes its remaining
+        in-flight slots.
+        """
+        total = 0
+        qmax = self.spec.queue_depth_threshold
+        for ep in candidates:
+            state = self.endpoint_state(ep, now)
+            if state.saturated:
+                continue
+            if ep.is_stale(now, self.spec.metrics_staleness_threshold):
+                total += max(0, (self.stale_in_flight_limit or 0) - ep.in_flight_requests)
+            else:
+                total += qmax - ep.metrics.waiting + 1
+        return total
+
+    def oldest_fresh_scrape(self, candidates: Iterable[Endpoint], now: float) -> float | None:
+        """The oldest scrape time among good endpoints with fresh metrics, or None."""
+        oldest: float | None = None
+        for ep in candidates:
+            at = ep.metrics.scraped_at
+            if at is None or ep.is_stale(now, self.spec.metrics_staleness_threshold):
+                continue
+            if self.endpoint_state(ep, now).saturated:
+                continue
+            oldest = at if oldest is None else min(oldest, at)
+        return oldest
