@@ -28,18 +28,20 @@ messages. The rules follow the Gateway API Inference Extension's endpoint-picker
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import orjson
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 
 from ..core.endpoint import Endpoint
-from ..core.errors import BadRequest, InferouteError, NoEndpointAvailable, PayloadTooLarge
+from ..core.errors import (BadRequest, InferouteError, ModelNotFound, NoEndpointAvailable,
+                           PayloadTooLarge)
 from ..core.request import API_PATHS, InferenceRequest, decode_body, parse_request
 from ..core.router import Decision, ModelPool, Router
 from . import messages as m
-from .usage import UsageReader
+from ..gateway.sse import UsageTracker
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 DESTINATION_NAMESPACE = "envoy.lb"
@@ -68,15 +70,24 @@ class Admission(Protocol):
 class StreamObserver(Protocol):
     """Where a stream reports what metrics need; the server wires it to the shared metrics."""
 
-    def routed(self, stream: "PickerStream", now: float) -> None: ...
+    def routed(self, stream: "PickerStream", now: float) -> None:
+        """Scheduled and dispatched to `stream.decision.endpoint`."""
 
-    def rejected(self, stream: "PickerStream", error: InferouteError, now: float) -> None: ...
+    def moved(self, stream: "PickerStream", old: Endpoint, now: float) -> None:
+        """The proxy served from another endpoint than the one dispatched to (`old`)."""
 
-    def finished(self, stream: "PickerStream", now: float) -> None: ...
+    def rejected(self, stream: "PickerStream", error: InferouteError, now: float) -> None:
+        """Refused before scheduling succeeded (bad body, unknown model, shed, no endpoint)."""
+
+    def finished(self, stream: "PickerStream", now: float) -> None:
+        """A routed request is over (completed, failed or cut short); called once."""
 
 
 class NullObserver:
     def routed(self, stream: "PickerStream", now: float) -> None:
+        pass
+
+    def moved(self, stream: "PickerStream", old: Endpoint, now: float) -> None:
         pass
 
     def rejected(self, stream: "PickerStream", error: InferouteError, now: float) -> None:
@@ -107,6 +118,14 @@ class Picker:
     settings: PickerSettings = field(default_factory=PickerSettings)
     admit: Admission | None = None
     observer: StreamObserver = field(default_factory=NullObserver)
+    #: the endpoints of a pool that may be picked now (default: its healthy ones); the data
+    #: layer narrows this to endpoints with fresh metrics
+    candidates: Callable[[ModelPool, float], list[Endpoint]] | None = None
+    #: the pool for a model name no pool claims (the reference picker passes any model through
+    #: to its one InferencePool); None answers 404 instead
+    default_model: str | None = None
+    #: measures the scheduling decision (wall time, for the scheduler latency metric)
+    timer: Callable[[], float] = time.perf_counter
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def stream(self) -> "PickerStream":
@@ -133,20 +152,24 @@ class PickerStream:
         self.decision: Decision | None = None
         self.destination: str = ""
         self.request_size = 0
+        self.schedule_seconds = 0.0
         self.error: InferouteError | None = None
         self.received_at: float | None = None
         self.routed_at: float | None = None
         self.first_byte_at: float | None = None
         self.finished_at: float | None = None
         self.status = 0
-        self.usage_reader: UsageReader | None = None
+        self.usage_tracker: UsageTracker | None = None
+        self.response_bytes = 0
+        self.usage: dict[str, Any] | None = None
         self.completed = False
         #: the admission ticket while flow control keeps the request waiting
         self.waiting: Any = None
         self._raw = b""
         self._trailers_follow = False
         self._pool: ModelPool | None = None
-        self._candidates: list[Endpoint] | None = None
+        #: the proxy's endpoint subset hint (ip:port or ip), when it sends one
+        self._allowed: set[str] | None = None
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -178,10 +201,6 @@ class PickerStream:
     def close(self, now: float) -> None:
         """The gRPC stream is over, however it ended: release the request's bookkeeping."""
         self._finish(now, completed=False)
-
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        return self.usage_reader.usage if self.usage_reader else None
 
     # -- request phase ------------------------------------------------------------------------
 
@@ -236,11 +255,13 @@ class PickerStream:
         self.body = bytearray()
         request = self._parse(self._raw, now)
         self.request = request
-        pool = self.picker.router.resolve(request)
+        pool = self._resolve(request)
         if request.target_model in pool.aliases:
             request.target_model = pool.model
         self._pool = pool
-        self._candidates = self._subset(req, pool)
+        hint = m.filter_metadata(req, SUBSET_NAMESPACE).get(SUBSET_KEY)
+        if hint is not None:
+            self._allowed = {str(x) for x in hint} if isinstance(hint, list) else {str(hint)}
         if self.picker.admit is not None:
             ticket = self.picker.admit(request, pool, now)
             if ticket is not None and not getattr(ticket, "admitted", False):
@@ -265,7 +286,11 @@ class PickerStream:
     def _schedule(self, now: float) -> list[m.ProcessingResponse]:
         request, router = self.request, self.picker.router
         assert request is not None
-        decision = router.schedule(request, now, self._candidates)
+        assert self._pool is not None
+        candidates = self._candidates(self._pool, now)
+        t0 = self.picker.timer()
+        decision = router.schedule(request, now, candidates)
+        self.schedule_seconds = self.picker.timer() - t0
         targets = decision.result.targets
         router.dispatch(decision, targets[0], now)
         self.decision = decision
@@ -307,13 +332,27 @@ class PickerStream:
             request.fairness_id = headers[FAIRNESS_HEADER]
         return request
 
-    def _subset(self, req: m.ProcessingRequest, pool: ModelPool) -> list[Endpoint] | None:
-        """Candidates restricted to the proxy's subset hint, when it sends one."""
-        hint = m.filter_metadata(req, SUBSET_NAMESPACE).get(SUBSET_KEY)
-        if hint is None:
-            return None
-        allowed = {str(x) for x in hint} if isinstance(hint, list) else {str(hint)}
-        eps = [ep for ep in pool.pool.candidates() if ep.name in allowed or ep.host in allowed]
+    def _resolve(self, request: InferenceRequest) -> ModelPool:
+        router = self.picker.router
+        try:
+            return router.resolve(request)
+        except ModelNotFound:
+            default = self.picker.default_model
+            if default is None or default not in router.pools:
+                raise
+            return router.pools[default]
+
+    def _ready(self, pool: ModelPool, now: float) -> list[Endpoint]:
+        if self.picker.candidates is None:
+            return pool.pool.candidates()
+        return self.picker.candidates(pool, now)
+
+    def _candidates(self, pool: ModelPool, now: float) -> list[Endpoint]:
+        """Ready endpoints, restricted to the proxy's subset hint when it sent one."""
+        ready = self._ready(pool, now)
+        if self._allowed is None:
+            return ready
+        eps = [ep for ep in ready if ep.name in self._allowed or ep.host in self._allowed]
         if not eps:
             raise NoEndpointAvailable("no ready endpoint of model "
                                       f"{pool.model!r} is in the proxy's endpoint subset")
@@ -357,7 +396,7 @@ class PickerStream:
     def _route_bodyless(self, now: float) -> m.ProcessingResponse:
         """A request without a body (GET /v1/models ...): any ready endpoint will do."""
         self.routed = True
-        eps = [ep for mp in self.picker.router.pools.values() for ep in mp.pool.candidates()]
+        eps = [ep for mp in self.picker.router.pools.values() for ep in self._ready(mp, now)]
         if not eps:
             raise NoEndpointAvailable("no ready endpoint")
         ep = min(eps, key=lambda e: e.in_flight_requests)
@@ -378,7 +417,9 @@ class PickerStream:
         if isinstance(served, str) and served and self.decision is not None:
             self._served(served, now)
         ctype = headers.get("content-type", "")
-        self.usage_reader = UsageReader(event_stream="text/event-stream" in ctype)
+        # a compressed body cannot be read for usage: pass it through untouched
+        if "content-encoding" not in headers:
+            self.usage_tracker = UsageTracker("text/event-stream" in ctype)
         out = [m.headers_response(request=False)]
         if req.response_headers.end_of_stream:
             self._finish(now, completed=True)
@@ -391,16 +432,19 @@ class PickerStream:
         if current is not None and current.name == served:
             return
         ep = self.decision.pool.pool.get(served)
-        if ep is not None:
+        if ep is not None and current is not None:
             self.picker.router.dispatch(self.decision, ep, now)
+            self.picker.observer.moved(self, current, now)
 
     def _on_response_body(self, req: m.ProcessingRequest, now: float) -> list[m.ProcessingResponse]:
         rb = req.response_body
         if self.first_byte_at is None and rb.body:
             self.first_byte_at = now
-        if self.usage_reader is None:
-            self.usage_reader = UsageReader(event_stream=False)
-        self.usage_reader.feed(rb.body, end=rb.end_of_stream)
+        self.response_bytes += len(rb.body)
+        if self.usage_tracker is not None:
+            self.usage_tracker.feed(rb.body)
+            if rb.end_of_stream:
+                self.usage = self.usage_tracker.finish()
         if self.response_mode == FULL_DUPLEX:
             out = m.streamed_bodies(rb.body, request=False, end_of_stream=rb.end_of_stream,
                                     limit=self.settings.chunk_limit)
@@ -424,6 +468,8 @@ class PickerStream:
         if self.finished_at is not None:
             return
         self.finished_at = now
+        if self.usage is None and self.usage_tracker is not None:
+            self.usage = self.usage_tracker.finish()
         self.completed = completed and 200 <= self.status < 400
         if self.decision is not None:
             self.picker.router.finish(self.decision, now, self.usage)

@@ -1,0 +1,199 @@
+"""`inferoute epp`: the Envoy ext_proc endpoint picker.
+
+    inferoute epp --model Qwen/Qwen3-32B --endpoint http://10.0.0.1:8000 --endpoint ...
+    inferoute epp --config serving.yaml
+    inferoute epp --pool-name qwen --pool-namespace default [--model Qwen/Qwen3-32B]
+
+Serves ext_proc on --grpc-port (9002), gRPC health on --health-port (9003) and Prometheus
+metrics on --metrics-port (9090). Endpoints come from a static serving config (the same file
+and flags as `inferoute serve`) or from a Kubernetes InferencePool and its ready pods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from ..core.errors import ConfigError
+from ..core.scheduling.config import parse_duration
+from ..datalayer.discovery.static import (ServingConfig, config_from_args,
+                                          parse_serving_config)
+from ..datalayer.runtime import DataLayer
+from ..observability import Observability
+from .health import Health, start_health_server
+from .metrics import MetricsObserver
+from .protocol import MODE_NAMES, Picker, PickerSettings
+from .server import ExternalProcessor, start_grpc_server, stop_servers
+
+log = logging.getLogger("inferoute.extproc")
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("epp", help="Envoy ext_proc endpoint picker (Gateway API Inference "
+                       "Extension protocol)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("endpoints (one of)")
+    src.add_argument("--config", metavar="FILE", help="serving config YAML (as for serve)")
+    src.add_argument("--model", metavar="NAME", help="model served by the endpoints / pool")
+    src.add_argument("--endpoint", metavar="URL", action="append", default=[],
+                     help="model server http://host:port (repeat)")
+    src.add_argument("--pool-name", metavar="NAME",
+                     help="discover endpoints from this InferencePool (Kubernetes)")
+    src.add_argument("--pool-namespace", metavar="NS", default=None,
+                     help="namespace of the InferencePool (default: the pod's, else default)")
+    p.add_argument("--scheduler", metavar="POLICY",
+                   help="packaged policy name or EndpointPickerConfig file (default: llm-d "
+                        "guide weights prefix 3, kv-cache 2, queue 2)")
+    p.add_argument("--engine", choices=("auto", "vllm", "sglang", "trtllm"), default=None,
+                   help="model server metrics dialect (default: auto)")
+    p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    p.add_argument("--grpc-port", type=int, default=9002, help="ext_proc port (9002)")
+    p.add_argument("--health-port", type=int, default=9003, help="gRPC health port (9003)")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus port (9090)")
+    p.add_argument("--scrape-interval", type=_duration_arg, default=None, metavar="DURATION",
+                   help="model server /metrics poll period (default 50ms)")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="largest request body accepted (413 beyond; default from config, 16 MiB)")
+    p.add_argument("--fallbacks", type=int, default=0,
+                   help="fallback endpoints appended to x-gateway-destination-endpoint "
+                        "(default 0: ORIGINAL_DST clusters take one address)")
+    p.add_argument("--body-mode", choices=sorted(MODE_NAMES), default="full-duplex",
+                   help="ext_proc request body mode to assume when Envoy does not announce "
+                        "it (default full-duplex, the reference set-up)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=main)
+
+
+def _serving_config(args: argparse.Namespace) -> ServingConfig:
+    """The static config, or for Kubernetes an empty pool the discovery fills."""
+    if args.pool_name:
+        if args.config or args.endpoint:
+            raise ConfigError("--pool-name discovers endpoints: do not combine it with "
+                              "--config or --endpoint")
+        data: dict[str, Any] = {"pools": [{"model": args.model or args.pool_name,
+                                           "endpoints": [], "engine": args.engine or "auto",
+                                           "scheduler": args.scheduler}]}
+        if args.scrape_interval:
+            data["scrapeInterval"] = args.scrape_interval
+        return parse_serving_config(data, "the command line")
+    ns = argparse.Namespace(config=args.config, model=args.model, endpoint=args.endpoint,
+                            engine=args.engine, scheduler=args.scheduler, host=None, port=None,
+                            scrape_interval=args.scrape_interval)
+    return config_from_args(ns)
+
+
+class EppApp:
+    """The running picker: data layer, discovery, ext_proc, health and metrics servers."""
+
+    def __init__(self, args: argparse.Namespace, config: ServingConfig) -> None:
+        self.args = args
+        self.config = config
+        self.data = DataLayer(config)
+        self.obs = Observability()
+        self.obs.watch(self.data)
+        default_model = config.pools[0].model if args.pool_name else None
+        settings = PickerSettings(
+            max_body_bytes=args.max_body_bytes or config.max_body_bytes,
+            fallbacks=max(0, args.fallbacks), assumed_mode=MODE_NAMES[args.body_mode])
+        self.picker = Picker(self.data.router, settings, observer=MetricsObserver(self.obs),
+                             candidates=self.data.ready_endpoints, default_model=default_model)
+        self.servicer = ExternalProcessor(self.picker, clock=self.data.clock)
+        self.health = Health()
+        self.discovery: Any = None
+        self.ports: dict[str, int] = {}
+        self._grpc: Any = None
+        self._health_server: Any = None
+        self._metrics: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        args = self.args
+        await self.data.start()
+        self._grpc, self.ports["grpc"] = await start_grpc_server(
+            self.servicer, args.host, args.grpc_port)
+        self._health_server, self.ports["health"] = await start_health_server(
+            self.health, args.host, args.health_port)
+        self.ports["metrics"] = await self._start_metrics(args.host, args.metrics_port)
+        if args.pool_name:
+            from ..datalayer.discovery.kubernetes import PoolDiscovery
+            self.discovery = PoolDiscovery(self.data, self.config.pools[0].model,
+                                           pool_name=args.pool_name,
+                                           namespace=args.pool_namespace,
+                                           on_synced=self.health.set_ready)
+            await self.discovery.start()
+        else:
+            await self.health.set_ready(True)
+        log.info("endpoint picker: ext_proc on :%d, health on :%d, metrics on :%d",
+                 self.ports["grpc"], self.ports["health"], self.ports["metrics"])
+
+    async def _start_metrics(self, host: str, port: int) -> int:
+        async def metrics(_: web.Request) -> web.Response:
+            body, ctype = self.obs.render()
+            return web.Response(body=body, headers={"Content-Type": ctype})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._metrics = runner
+        server = site._server  # the bound port when 0 was asked for
+        sockets = getattr(server, "sockets", None) or []
+        return sockets[0].getsockname()[1] if sockets else port
+
+    async def stop(self) -> None:
+        await self.health.set_ready(False)
+        if self.discovery is not None:
+            await self.discovery.stop()
+        servers = [s for s in (self._grpc, self._health_server) if s is not None]
+        await stop_servers(*servers)
+        if self._metrics is not None:
+            await self._metrics.cleanup()
+        await self.data.close()
+
+
+async def _run(args: argparse.Namespace, config: ServingConfig) -> None:
+    app = EppApp(args, config)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+    print(f"inferoute epp: ext_proc on {args.host}:{app.ports['grpc']}, health on "
+          f":{app.ports['health']}, metrics on :{app.ports['metrics']}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await app.stop()
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = _serving_config(args)
+    except ConfigError as exc:
+        print(f"inferoute epp: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_run(args, config))
+    except OSError as exc:
+        print(f"inferoute epp: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,101 @@
+"""The gRPC shell of the endpoint picker: `envoy.service.ext_proc.v3.ExternalProcessor` on grpc.aio.
+
+Each `Process` call is one HTTP request passing through Envoy. The servicer feeds the stream's
+messages to a `PickerStream` (the pure protocol) and writes back what it returns; when flow
+control makes a request wait it awaits the admission ticket; and whatever way the stream ends
+(completed, Envoy closing it, cancellation, an error) it calls `PickerStream.close` in a
+`finally`, so the in-flight bookkeeping can never leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from ..core.errors import InferouteError
+from .protocol import Picker, PickerStream
+
+log = logging.getLogger("inferoute.extproc")
+
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+#: awaits a flow-control ticket; returns normally when released, raises InferouteError if not
+TicketWaiter = Callable[[Any], Awaitable[None]]
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
+    """The ext_proc servicer: one `PickerStream` per gRPC stream."""
+
+    def __init__(self, picker: Picker, *, clock: Callable[[], float] = time.monotonic,
+                 wait_ticket: TicketWaiter | None = None) -> None:
+        self.picker = picker
+        self.clock = clock
+        self.wait_ticket = wait_ticket
+        #: streams open right now (a gauge for tests and metrics)
+        self.open_streams = 0
+        self.streams_total = 0
+
+    async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
+                      context: grpc.aio.ServicerContext
+                      ) -> AsyncIterator[pb.ProcessingResponse]:
+        stream = self.picker.stream()
+        self.open_streams += 1
+        self.streams_total += 1
+        try:
+            async for req in request_iterator:
+                out = stream.handle(req, self.clock())
+                if stream.waiting is not None:
+                    out = await self._wait(stream)
+                for resp in out:
+                    yield resp
+                if stream.done:
+                    return
+        except Exception:  # noqa: BLE001 - a bug must not take the stream's cleanup with it
+            log.exception("ext_proc stream failed")
+            raise
+        finally:
+            self.open_streams -= 1
+            stream.close(self.clock())
+
+    async def _wait(self, stream: PickerStream) -> list[pb.ProcessingResponse]:
+        ticket = stream.waiting
+        if self.wait_ticket is None:
+            return stream.reject(InferouteError("flow control queued a request but this "
+                                                "picker has no queue runner"), self.clock())
+        try:
+            await self.wait_ticket(ticket)
+        except InferouteError as err:
+            return stream.reject(err, self.clock())
+        return stream.resume(self.clock())
+
+
+async def start_grpc_server(servicer: ExternalProcessor, host: str, port: int, *,
+                            max_message_bytes: int = 8 * 1024 * 1024) -> tuple[grpc.aio.Server, int]:
+    """Serve the ext_proc service on host:port (0 picks a free port); returns (server, port)."""
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_concurrent_streams", 100_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ])
+    pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(_address(host, port))
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+    await server.start()
+    return server, bound
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+async def stop_servers(*servers: grpc.aio.Server, grace: float = 2.0) -> None:
+    await asyncio.gather(*(s.stop(grace) for s in servers))
