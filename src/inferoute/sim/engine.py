@@ -92,14 +92,15 @@ class EngineStats:
 class _Seq:
     """Engine-side state of one request."""
 
-    __slots__ = ("rid", "tokens", "prompt_len", "max_tokens", "target", "lora", "lora_id",
+    __slots__ = ("rid", "tokens", "ntok", "prompt_len", "max_tokens", "target", "lora", "lora_id",
                  "key_seed", "parent", "hashes", "blocks", "computed", "ncached", "outputs",
                  "cached_tokens", "state")
 
     def __init__(self, req: SimRequest, prompt: list[int], target: int, lora_id: int | None,
                  key_seed: int, parent: int, hashes: list[int]) -> None:
         self.rid = req.request_id
-        self.tokens = prompt
+        self.tokens = prompt          # prompt + output ids, materialized lazily (for hashing)
+        self.ntok = len(prompt)       # prompt + output tokens so far
         self.prompt_len = len(prompt)
         self.max_tokens = req.max_tokens
         self.target = target          # outputs after which the request finishes
@@ -224,7 +225,7 @@ class Engine:
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
-            n = len(seq.tokens) - seq.computed
+            n = seq.ntok - seq.computed
             if n > budget:
                 n = budget
             end = seq.computed + n
@@ -245,8 +246,9 @@ class Engine:
                 self._cache_blocks(seq, end // bs)
             i += 1
 
-        # 2. waiting requests, first come first served (none if this step preempted)
-        if not preempted and self._waiting:
+        # 2. waiting requests, first come first served (none if this step preempted, as in
+        # vLLM, unless nothing else would run: no empty steps)
+        if self._waiting and (not preempted or not sched):
             self._schedule_waiting(sched, budget)
 
         if not sched:
@@ -265,7 +267,7 @@ class Engine:
             if seq.lora is not None and not self._lora_slot(seq.lora):
                 skipped.append(waiting.popleft())   # waits for a LoRA slot; others may pass
                 continue
-            ntok = len(seq.tokens)
+            ntok = seq.ntok
             max_hit = (ntok - 1) // bs              # at least one token must be computed
             if len(seq.hashes) < max_hit:
                 self._extend_hashes(seq, max_hit)
@@ -305,7 +307,6 @@ class Engine:
         pairs = 0.0
         outputs: list[TokenOutput] = []
         finished = False
-        out_ids = tokenizer.output_token_ids
         for seq, n in sched:
             c = seq.computed
             tokens += n
@@ -316,7 +317,7 @@ class Engine:
                 prefill_kv += c + n
             c += n
             seq.computed = c
-            if c < len(seq.tokens):
+            if c < seq.ntok:
                 continue                            # a prefill chunk: no token yet
             sampled += 1
             k = seq.outputs = seq.outputs + 1
@@ -327,7 +328,7 @@ class Engine:
                 self._retire(seq, reason)
                 finished = True
             else:
-                seq.tokens.extend(out_ids(seq.key_seed, k - 1, 1))
+                seq.ntok += 1
                 outputs.append(TokenOutput(seq.rid, 1, False, None, k == 1, seq.prompt_len,
                                            seq.cached_tokens))
         self._generation_tokens += sampled
@@ -339,7 +340,15 @@ class Engine:
         return StepOutcome(duration, outputs)
 
     # -- blocks ----------------------------------------------------------------------------------
+    def _materialize(self, seq: _Seq, upto: int) -> None:
+        """Make sure seq.tokens holds the ids of its first `upto` tokens (outputs on demand)."""
+        have = len(seq.tokens)
+        if have < upto:
+            seq.tokens += tokenizer.output_token_ids(seq.key_seed, have - seq.prompt_len,
+                                                     upto - have)
+
     def _extend_hashes(self, seq: _Seq, upto: int) -> None:
+        self._materialize(seq, upto * self.block_size)
         have = len(seq.hashes)
         parent = seq.hashes[-1] if have else seq.parent
         seq.hashes += chain_hashes(seq.tokens, self.block_size, parent, have, upto)
@@ -350,6 +359,7 @@ class Engine:
         if len(seq.hashes) < full:
             self._extend_hashes(seq, full)
         bs = self.block_size
+        self._materialize(seq, full * bs)
         self.kv.cache(seq.blocks[lo:full], seq.hashes[lo:full],
                       seq.hashes[lo - 1] if lo else None,
                       seq.tokens[lo * bs:full * bs], seq.lora_id)
