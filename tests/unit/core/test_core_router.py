@@ -76,3 +76,18 @@ def test_finish_without_dispatch_touches_nothing(make_req) -> None:
     d = r.schedule(make_req(model="base"), now=0.0)
     r.finish(d, now=0.0)
     assert d.finished and all(ep.in_flight_requests == 0 for ep in r.pools["base"].pool)
+
+
+def test_fallback_dispatch_corrects_the_prefix_index(make_req) -> None:
+    pool = Pool("base", [parse_endpoint(f"http://127.0.0.1:{9000 + i}") for i in range(3)])
+    r = Router([ModelPool("base", pool, Scheduler(seed=2))])  # default llm-d config
+    prefix = r.pools["base"].scheduler.plugins["prefix-cache-scorer"]
+    d = r.schedule(make_req("p" * 64 * 5, model="base"), now=0.0)
+    target, fallback = d.result.targets[:2]
+    assert prefix.index.size(target.name) == 5
+    r.dispatch(d, target, now=0.0)
+    r.dispatch(d, fallback, now=0.1)
+    assert prefix.index.size(target.name) == 0 and prefix.index.size(fallback.name) == 5
+    r.finish(d, now=1.0)
+    # the next request with the same prompt follows the blocks to the fallback
+    assert r.schedule(make_req("p" * 64 * 5, model="base"), now=2.0).result.target is fallback

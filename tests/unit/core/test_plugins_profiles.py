@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from inferoute.core.errors import ConfigError
 from inferoute.core.scheduling.config import load_config_text
 from inferoute.core.scheduling.scheduler import Scheduler
 
@@ -56,3 +59,9 @@ def test_both_role_endpoints_serve_both_profiles(make_ep, make_req) -> None:
     ep = make_ep(0, role="both")
     res = pd().schedule(make_req("b" * 400), [ep], 0.0)
     assert res.target is ep and res.profiles["prefill"].targets[0] is ep
+
+
+def test_profiles_must_differ() -> None:
+    with pytest.raises(ConfigError, match="must differ"):
+        Scheduler(load_config_text((PD % 0).replace(
+            "parameters: {threshold: 0}", "parameters: {prefillProfile: decode}")))
