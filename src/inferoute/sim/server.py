@@ -283,7 +283,10 @@ class Replica:
                                f"you requested {len(ids) + max_tokens} tokens ({len(ids)} in the "
                                f"messages, {max_tokens} in the completion). Please reduce the "
                                "length of the messages or completion.", param="max_tokens")
-        fault = self.faults.draw(request.headers)
+        try:
+            fault = self.faults.draw(request.headers)
+        except BadRequest as exc:
+            return _error(400, exc.message, param=exc.param)
         if fault in ("429", "500", "503"):
             status = int(fault)
             headers = {"Retry-After": str(self.faults.settings.retry_after)} \

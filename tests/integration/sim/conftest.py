@@ -94,4 +94,6 @@ def sim():
     s = start_sim("--max-loras", "2", "--lora", "adapter-a", replicas=2, kv_events=True)
     yield s
     rc = s.stop()
-    assert rc == 0, "".join(s.lines)
+    log = "".join(s.lines)
+    assert rc == 0, log
+    assert "Traceback" not in log and "Error handling request" not in log, log
