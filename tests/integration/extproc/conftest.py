@@ -1,0 +1,274 @@
+"""Real processes on loopback for the picker tests: `inferoute sim` (2 tiny replicas) and
+`inferoute epp` in front of them, plus a gRPC client that plays Envoy's part of ext_proc.
+
+Envoy itself is not installable here (not packaged by Debian), so `EnvoyStream` sends the
+messages Envoy sends, in Envoy's order, and — like Envoy — forwards the request to the
+endpoint the picker chose and reports the response back through the same stream.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+MODEL = "sim-model"
+FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
+BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_range(n: int) -> int:
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - n)
+        if all(_port_free(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no free port range found")
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen
+    lines: list[str] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        return self.proc.returncode
+
+
+def start(args: list[str], ready: str, timeout: float = 30.0) -> Proc:
+    """Start `python -m inferoute ARGS` and wait for a stdout line starting with `ready`."""
+    proc = subprocess.Popen([sys.executable, "-m", "inferoute", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    p = Proc(proc)
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{args[0]} exited early:\n" + "".join(p.lines))
+        p.lines.append(line)
+        if line.startswith(ready):
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{args[0]} did not start:\n" + "".join(p.lines))
+    threading.Thread(target=lambda: p.lines.extend(proc.stdout), daemon=True).start()
+    return p
+
+
+def start_epp(*endpoints: str, extra: tuple[str, ...] = ()) -> Proc:
+    args = ["epp", "--model", MODEL, "--host", "127.0.0.1", "--grpc-port", "0",
+            "--health-port", "0", "--metrics-port", "0", "--log-level", "warning", *extra]
+    for url in endpoints:
+        args += ["--endpoint", url]
+    p = start(args, "inferoute epp:")
+    m = re.search(r"on [\d.]+:(\d+), health on :(\d+), metrics on :(\d+)", p.lines[-1])
+    assert m, p.lines[-1]
+    p.ports = {"grpc": int(m[1]), "health": int(m[2]), "metrics": int(m[3])}
+    return p
+
+
+@pytest.fixture(scope="package")
+def sim():
+    port = free_port_range(2)
+    p = start(["sim", "--model", MODEL, "--port", str(port), "--replicas", "2",
+               "--profile", "tiny"], "serving")
+    p.ports = {"base": port}
+    yield [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+    p.stop()
+
+
+@pytest.fixture(scope="package")
+def epp(sim):
+    p = start_epp(*sim, extra=("--max-body-bytes", "6000000"))
+    yield p
+    rc = p.stop()
+    assert rc == 0, "".join(p.lines)
+
+
+async def scrape(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+            text = await r.text()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            out[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+    return out
+
+
+def metric(samples: dict, metric_name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    return sum(v for (n, lab), v in samples.items()
+               if n == metric_name and set(labels.items()) <= set(lab))
+
+
+async def wait_ready(metrics_port: int, n: int = 2, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metric(await scrape(metrics_port), "inference_pool_ready_pods", name=MODEL) >= n:
+            return
+        await asyncio_sleep(0.05)
+    raise AssertionError("endpoints never became ready")
+
+
+async def asyncio_sleep(t: float) -> None:
+    import asyncio
+    await asyncio.sleep(t)
+
+
+def headers_msg(headers: dict[str, str], mode: int = FULL_DUPLEX,
+                eos: bool = False) -> pb.ProcessingRequest:
+    hv = [base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+    req = pb.ProcessingRequest(request_headers=pb.HttpHeaders(
+        headers=base_pb2.HeaderMap(headers=hv), end_of_stream=eos))
+    req.protocol_config.request_body_mode = mode
+    req.protocol_config.response_body_mode = mode
+    return req
+
+
+class EnvoyStream:
+    """One ext_proc stream, driven the way Envoy drives it."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.call = pb_grpc.ExternalProcessorStub(channel).Process()
+
+    async def send(self, msg: pb.ProcessingRequest) -> None:
+        await self.call.write(msg)
+
+    async def recv(self) -> pb.ProcessingResponse:
+        msg = await self.call.read()
+        assert msg is not grpc.aio.EOF, "the picker closed the stream"
+        return msg
+
+    async def request(self, path: str, body: bytes, *, mode: int = FULL_DUPLEX,
+                      chunk: int = 16384, extra_headers: dict[str, str] | None = None
+                      ) -> dict[str, Any]:
+        """Send headers and body; collect the picker's answer (or its immediate response)."""
+        hdrs = {":method": "POST", ":path": path, ":authority": "gw",
+                "content-type": "application/json", "content-length": str(len(body)),
+                **(extra_headers or {})}
+        await self.send(headers_msg(hdrs, mode))
+        if mode == BUFFERED:
+            first = await self.recv()
+            if first.HasField("immediate_response"):
+                return {"immediate": first.immediate_response}
+            assert first.HasField("request_headers")
+            await self.send(pb.ProcessingRequest(
+                request_body=pb.HttpBody(body=body, end_of_stream=True)))
+            resp = await self.recv()
+            if resp.HasField("immediate_response"):
+                return {"immediate": resp.immediate_response}
+            common = resp.request_body.response
+            return {"headers": _set_headers(common), "metadata": resp.dynamic_metadata,
+                    "body": common.body_mutation.body if common.HasField("body_mutation")
+                    else body, "chunks": []}
+        for i in range(0, max(len(body), 1), chunk):
+            piece = body[i:i + chunk]
+            await self.send(pb.ProcessingRequest(request_body=pb.HttpBody(
+                body=piece, end_of_stream=i + chunk >= len(body))))
+        first = await self.recv()
+        if first.HasField("immediate_response"):
+            return {"immediate": first.immediate_response}
+        assert first.HasField("request_headers"), first
+        common = first.request_headers.response
+        assert common.clear_route_cache
+        chunks = []
+        while True:
+            r = await self.recv()
+            sr = r.request_body.response.body_mutation.streamed_response
+            chunks.append(sr.body)
+            if sr.end_of_stream:
+                break
+        return {"headers": _set_headers(common), "removed": list(
+            common.header_mutation.remove_headers), "metadata": first.dynamic_metadata,
+            "body": b"".join(chunks), "chunks": chunks}
+
+    async def respond(self, session: aiohttp.ClientSession, url: str, body: bytes,
+                      served: str, *, mode: int = FULL_DUPLEX,
+                      stop_after_chunks: int | None = None) -> bytes:
+        """Forward to the chosen endpoint and report the response through the stream."""
+        async with session.post(url, data=body,
+                                headers={"content-type": "application/json"}) as up:
+            hv = [base_pb2.HeaderValue(key=":status", raw_value=str(up.status).encode())]
+            hv += [base_pb2.HeaderValue(key=k.lower(), raw_value=v.encode())
+                   for k, v in up.headers.items()]
+            msg = pb.ProcessingRequest(response_headers=pb.HttpHeaders(
+                headers=base_pb2.HeaderMap(headers=hv)))
+            msg.metadata_context.filter_metadata["envoy.lb"].fields[
+                "x-gateway-destination-endpoint-served"].string_value = served
+            await self.send(msg)
+            assert (await self.recv()).HasField("response_headers")
+            relayed = []
+            n = 0
+            async for piece in up.content.iter_any():
+                await self.send(pb.ProcessingRequest(response_body=pb.HttpBody(body=piece)))
+                n += 1
+                relayed.append(await self._echo(mode, len(piece)))
+                if stop_after_chunks is not None and n >= stop_after_chunks:
+                    return b"".join(relayed)
+        await self.send(pb.ProcessingRequest(response_body=pb.HttpBody(end_of_stream=True)))
+        relayed.append(await self._echo(mode, 0))
+        await self.call.done_writing()
+        return b"".join(relayed)
+
+    async def _echo(self, mode: int, size: int) -> bytes:
+        if mode != FULL_DUPLEX:
+            r = await self.recv()
+            assert r.HasField("response_body")
+            return b""
+        got = b""
+        while True:
+            r = await self.recv()
+            got += r.response_body.response.body_mutation.streamed_response.body
+            if len(got) >= size:
+                return got
+
+
+def _set_headers(common: pb.CommonResponse) -> dict[str, str]:
+    return {h.header.key: h.header.raw_value.decode()
+            for h in common.header_mutation.set_headers}
+
+
+@pytest.fixture
+def kit():
+    """The helpers above, for the test modules (conftest is not importable by name)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(EnvoyStream=EnvoyStream, scrape=scrape, metric=metric,
+                           wait_ready=wait_ready, headers_msg=headers_msg, start_epp=start_epp,
+                           MODEL=MODEL, FULL_DUPLEX=FULL_DUPLEX, BUFFERED=BUFFERED)
