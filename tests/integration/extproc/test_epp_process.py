@@ -96,7 +96,7 @@ async def test_model_rewrite_header(epp, kit, channel):
     (orjson.dumps({"model": "sim-model"}), 400),
     (orjson.dumps({"model": "other", "messages": [{"role": "user", "content": "x"}]}), 404),
     (b'{"model": "sim-model", "pad": "' + b"z" * 6_100_000 + b'"}', 413),
-])
+], ids=["bad-json", "no-messages", "unknown-model", "too-large"])
 async def test_errors_are_immediate_json_responses(epp, kit, channel, body, status):
     s = kit.EnvoyStream(channel)
     ans = await s.request(CHAT, body, chunk=65536)
