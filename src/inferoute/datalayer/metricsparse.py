@@ -178,25 +178,30 @@ def find_samples(text: str, name: str, counter: bool = False) -> list[Sample]:
     """Every sample of family `name` in `text` (counters also as `name_total`).
 
     Only lines starting with exactly `name` (or `name_total` for counters) followed by `{`
-    or a space are taken, so `name_created` and histogram suffixes are skipped.
+    or a space are taken, so `name_created` and histogram suffixes are skipped. The text
+    format keeps a family's lines together, so the scan stops at the first line after the
+    group instead of searching the rest of the page.
     """
     out: list[Sample] = []
-    needle = "\n" + name
-    if text.startswith(name):
-        pos, offset = 0, 0
-    else:
-        pos, offset = text.find(needle), 1
     nlen = len(name)
-    while pos >= 0:
-        start = pos + offset
-        i = start + nlen
+    if text.startswith(name):
+        pos = 0
+    else:
+        pos = text.find("\n" + name)
+        if pos < 0:
+            return out
+        pos += 1
+    in_group = False
+    while True:
+        i = pos + nlen
         if counter and text.startswith("_total", i):
             i += 6
         c = text[i:i + 1]
+        eol = text.find("\n", i)
+        if eol < 0:
+            eol = len(text)
         if c == "{" or c == " ":
-            eol = text.find("\n", i)
-            if eol < 0:
-                eol = len(text)
+            in_group = True
             if c == "{":
                 close = _label_end(text, i + 1, eol)
                 raw_labels = text[i + 1:close]
@@ -207,9 +212,16 @@ def find_samples(text: str, name: str, counter: bool = False) -> list[Sample]:
             value = _value(rest)
             if value is not None:
                 out.append(Sample(raw_labels, value))
-        pos = text.find(needle, pos + 1)
-        offset = 1
-    return out
+        nxt = eol + 1
+        if nxt < len(text) and text.startswith(name, nxt):
+            pos = nxt  # the group continues on the next line
+            continue
+        if in_group:
+            return out
+        found = text.find("\n" + name, eol)  # only a look-alike so far: keep searching
+        if found < 0:
+            return out
+        pos = found + 1
 
 
 def _label_end(text: str, i: int, eol: int) -> int:

@@ -1,8 +1,7 @@
 """`DataLayer`: the live endpoint state every shell reads (HTTP gateway, Envoy ext_proc picker).
 
 It builds the core `Router` (one `ModelPool` and `Scheduler` per configured model), owns the
-one aiohttp `ClientSession` used for scrapes (and, by the gateway, for proxying), runs a
-`Scraper` per endpoint, and lets discovery add and remove endpoints at run time.
+one aiohttp `ClientSession` the shells use for upstream requests, runs a `Scraper` per endpoint, and lets discovery add and remove endpoints at run time.
 
 Readiness: an endpoint is *ready* when it is `healthy` and its last successful scrape is at
 most `ready_window` seconds old (1 s by default, 20 scrape periods). Only ready endpoints are
@@ -78,7 +77,7 @@ class DataLayer:
     def _start_scraper(self, model: str, ep: Endpoint) -> None:
         if not self.scrape or self.session is None or (model, ep.name) in self._scrapers:
             return
-        scraper = Scraper(self.session, ep, interval=self.config.scrape_interval,
+        scraper = Scraper(ep, interval=self.config.scrape_interval,
                           timeout=self.config.scrape_timeout, engine=self._engines.get(model),
                           clock=self.clock)
         self._scrapers[(model, ep.name)] = scraper

@@ -6,6 +6,12 @@ non-200) changes nothing, so the metrics simply age: the core treats metrics old
 staleness threshold (200 ms by default) as unknown/saturated, and the data layer stops calling
 the endpoint *ready* once its last good scrape is older than the ready window (see
 `runtime.DataLayer.is_ready`).
+
+Scrapes use `KeepAliveGet`, a minimal HTTP/1.1 GET over one persistent connection per
+endpoint, rather than aiohttp's client: at 16 endpoints x 20 scrapes/s the general-purpose
+client costs about 125 us of CPU per request against about 30 us here, which is the
+difference between ~10% and ~4% of a core for the whole scrape loop (`inferoute overhead`
+prints the figure).
 """
 
 from __future__ import annotations
@@ -16,15 +22,98 @@ import random
 import time
 from typing import Callable
 
-import aiohttp
-
 from ..core.endpoint import Endpoint
 from .metricsparse import EngineName, detect_engine, parse_metrics
 
 log = logging.getLogger("inferoute.scrape")
 
-#: ask for plain text: gzip costs CPU on both ends and the pages are small on loopback/LAN
-_HEADERS = {"Accept": "text/plain", "Accept-Encoding": "identity"}
+#: largest /metrics page accepted (a vLLM page is 10-50 kB)
+MAX_PAGE_BYTES = 8 * 1024 * 1024
+
+
+class ScrapeError(Exception):
+    """A scrape got no usable page (refused, reset, timeout, bad status or framing)."""
+
+
+class KeepAliveGet:
+    """GET one path repeatedly over a kept-alive HTTP/1.1 connection (plain text, no gzip).
+
+    Handles Content-Length, chunked and close-delimited bodies; reconnects after any error.
+    Not a general HTTP client: just enough for Prometheus endpoints.
+    """
+
+    def __init__(self, host: str, port: int, path: str = "/metrics", *,
+                 tls: bool = False) -> None:
+        self.host, self.port, self.tls = host, port, tls
+        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._request = (f"GET {path} HTTP/1.1\r\nHost: {hostport}\r\nAccept: text/plain\r\n"
+                         "Accept-Encoding: identity\r\nUser-Agent: inferoute-scraper\r\n\r\n"
+                         ).encode()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+    async def get(self) -> tuple[int, bytes]:
+        """(status, body); raises ScrapeError or OSError/asyncio errors (then reconnects)."""
+        if self._writer is None or self._writer.is_closing():
+            self._reader, self._writer = await asyncio.open_connection(
+                self.host, self.port, ssl=True if self.tls else None)
+        reader, writer = self._reader, self._writer
+        assert reader is not None
+        try:
+            writer.write(self._request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            status_line = lines[0].split(None, 2)
+            if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+                raise ScrapeError(f"not an HTTP response: {lines[0][:60]!r}")
+            status = int(status_line[1])
+            length: int | None = None
+            chunked, keep = False, True
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+                elif name == b"connection":
+                    keep = b"close" not in value.lower()
+            if chunked:
+                body = await self._read_chunked(reader)
+            elif length is not None:
+                if length > MAX_PAGE_BYTES:
+                    raise ScrapeError(f"page of {length} bytes exceeds {MAX_PAGE_BYTES}")
+                body = await reader.readexactly(length)
+            else:
+                body = await reader.read(MAX_PAGE_BYTES)
+                keep = False
+            if not keep:
+                self.close()
+            return status, body
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")  # (no trailers expected) final CRLF
+                return b"".join(parts)
+            total += size
+            if total > MAX_PAGE_BYTES:
+                raise ScrapeError(f"page exceeds {MAX_PAGE_BYTES} bytes")
+            parts.append(await reader.readexactly(size))
+            await reader.readexactly(2)
 
 
 class Scraper:
@@ -33,16 +122,16 @@ class Scraper:
     `engine` None detects the engine from the first page that names one and then keeps it.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, endpoint: Endpoint, *,
-                 interval: float = 0.05, timeout: float = 1.0,
+    def __init__(self, endpoint: Endpoint, *, interval: float = 0.05, timeout: float = 1.0,
                  engine: EngineName | None = None, path: str = "/metrics",
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.session = session
         self.endpoint = endpoint
         self.interval = interval
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.timeout = timeout
         self.engine = engine
         self.url = endpoint.url + path
+        self._http = KeepAliveGet(endpoint.host.strip("[]"), endpoint.port, path,
+                                  tls=endpoint.scheme == "https")
         self.clock = clock
         self.scrapes = 0
         self.failures = 0
@@ -54,16 +143,16 @@ class Scraper:
         """One poll; True when fresh metrics were installed."""
         self.scrapes += 1
         try:
-            async with self.session.get(self.url, headers=_HEADERS,
-                                        timeout=self.timeout) as resp:
-                if resp.status != 200:
-                    return self._failed(f"HTTP {resp.status}")
-                raw = await resp.read()
+            async with asyncio.timeout(self.timeout):
+                status, raw = await self._http.get()
         except asyncio.CancelledError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (ScrapeError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError, OSError, ValueError) as exc:
             return self._failed(f"{type(exc).__name__}: {exc}" if str(exc) else
                                 type(exc).__name__)
+        if status != 200:
+            return self._failed(f"HTTP {status}")
         text = raw.decode("utf-8", "replace")
         if self.engine is None:
             detected = detect_engine(text)
@@ -114,3 +203,4 @@ class Scraper:
                 await task
             except asyncio.CancelledError:
                 pass
+        self._http.close()

@@ -54,8 +54,12 @@ def error_response(exc: InferouteError) -> web.Response:
 
 
 def _connection_tokens(headers: Any) -> set[str]:
-    value = headers.get("connection")
-    return {t.strip().lower() for t in value.split(",")} if value else set()
+    """Header names listed in `Connection` (hop-by-hop by declaration)."""
+    tokens: set[str] = set()
+    for k, v in headers.items():
+        if k.lower() == "connection":
+            tokens.update(t.strip().lower() for t in v.split(","))
+    return tokens
 
 
 def forward_request_headers(headers: Any) -> dict[str, str]:

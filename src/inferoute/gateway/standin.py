@@ -22,6 +22,24 @@ import orjson
 from aiohttp import web
 
 
+_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+            7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0, "+Inf")
+
+
+def _histograms(labels: str) -> str:
+    """Histogram families a real vLLM page carries, so pages have a realistic size (~20 kB)."""
+    out = []
+    for name in ("time_to_first_token_seconds", "inter_token_latency_seconds",
+                 "e2e_request_latency_seconds", "request_queue_time_seconds",
+                 "request_prefill_time_seconds", "request_decode_time_seconds",
+                 "request_prompt_tokens", "request_generation_tokens"):
+        full = f"vllm:{name}"
+        out.append(f"# HELP {full} Histogram of {name}.\n# TYPE {full} histogram\n")
+        out.extend(f'{full}_bucket{{{labels},le="{le}"}} 0.0\n' for le in _BUCKETS)
+        out.append(f"{full}_sum{{{labels}}} 0.0\n{full}_count{{{labels}}} 0.0\n")
+    return "".join(out)
+
+
 class StandIn:
     def __init__(self, model: str, *, name: str = "", token_delay: float = 0.0,
                  fail_status: int | None = None) -> None:
@@ -32,6 +50,7 @@ class StandIn:
         self.running = 0
         self.requests = 0
         self.cancelled = 0
+        self._histograms = _histograms(f'engine="0",model_name="{model}"')
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -61,7 +80,7 @@ class StandIn:
             "# TYPE standin_requests counter\n"
             f"standin_requests_total {float(self.requests)}\n"
             "# TYPE standin_cancelled counter\n"
-            f"standin_cancelled_total {float(self.cancelled)}\n")
+            f"standin_cancelled_total {float(self.cancelled)}\n" + self._histograms)
         return web.Response(text=text, content_type="text/plain")
 
     async def generate(self, request: web.Request) -> web.StreamResponse:

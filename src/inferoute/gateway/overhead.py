@@ -1,0 +1,212 @@
+"""`inferoute overhead`: how much latency and CPU the gateway adds, measured in one run.
+
+It starts a stand-in model server (`standin.py`, answers at once) and `inferoute serve` in
+front of it, each as its own process, then sends non-streaming completions at a fixed rate to
+the gateway and, offset by half a period, the same requests directly to the server. Both
+latency distributions come from the same run on the same machine, so the difference of their
+percentiles is the gateway's cost (parse, schedule, proxy, account). It also reports the
+gateway process's CPU use during the load, the CPU cost of scraping 16 endpoints every 50 ms,
+and the scheduling decision latency for an 8k-token prompt with 16 endpoints
+(`inferoute.bench.decision`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pct(sorted_ms: list[float], q: float) -> float:
+    return sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * q))]
+
+
+@dataclass
+class Latencies:
+    direct_ms: list[float]
+    gateway_ms: list[float]
+    errors: int
+    gateway_cpu: float
+    seconds: float
+
+
+async def _wait_ready(session: aiohttp.ClientSession, url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with session.get(url) as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
+        await asyncio.sleep(0.05)
+
+
+async def _load(direct: str, gateway: str, rate: float, duration: float, prompt_chars: int,
+                gateway_pid: int) -> Latencies:
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        await _wait_ready(session, direct + "/health", 20)
+        await _wait_ready(session, gateway + "/ready", 20)
+        words = " ".join(f"word{i}" for i in range(prompt_chars // 6 + 1))[:prompt_chars]
+        direct_ms: list[float] = []
+        gateway_ms: list[float] = []
+        errors = 0
+
+        async def one(base: str, out: list[float] | None, i: int) -> None:
+            nonlocal errors
+            body = {"model": "m", "prompt": f"{i} {words}", "max_tokens": 8}
+            t0 = time.perf_counter()
+            try:
+                async with session.post(base + "/v1/completions", json=body) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            if not ok:
+                errors += 1
+            elif out is not None:
+                out.append((time.perf_counter() - t0) * 1e3)
+
+        loop = asyncio.get_running_loop()
+        period = 1.0 / rate
+        warmup = min(1.0, duration / 5)
+        tasks: list[asyncio.Task[None]] = []
+        start = loop.time()
+        cpu0 = None
+        i = 0
+        while True:
+            t = start + i * period
+            if t - start >= warmup + duration:
+                break
+            measuring = t - start >= warmup
+            if measuring and cpu0 is None:
+                cpu0 = _cpu_seconds(gateway_pid), time.monotonic()
+            delay = t - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(loop.create_task(one(gateway, gateway_ms if measuring else None, i)))
+            delay = t + period / 2 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(loop.create_task(one(direct, direct_ms if measuring else None, i)))
+            i += 1
+        await asyncio.gather(*tasks)
+        assert cpu0 is not None
+        cpu = (_cpu_seconds(gateway_pid) - cpu0[0]) / (time.monotonic() - cpu0[1])
+        return Latencies(direct_ms, gateway_ms, errors, cpu, duration)
+
+
+async def _scrape_cost(port: int, endpoints: int = 16, interval: float = 0.05,
+                       seconds: float = 3.0) -> float:
+    """CPU fraction of one core this process spends scraping `endpoints` pages every
+    `interval` (all pointed at the stand-in, which serves a vLLM-sized page)."""
+    from ..core.endpoint import Endpoint
+    from ..datalayer.scrape import Scraper
+
+    eps = [Endpoint(host="127.0.0.1", port=port) for _ in range(endpoints)]
+    scrapers = [Scraper(ep, interval=interval, engine="vllm") for ep in eps]
+    for s in scrapers:
+        s.start()
+    await asyncio.sleep(0.5)
+    c0, t0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu = (time.process_time() - c0) / (time.monotonic() - t0)
+    for s in scrapers:
+        await s.stop()
+    if not all(ep.metrics.scraped_at for ep in eps) or any(s.failures for s in scrapers):
+        raise RuntimeError("some scrapes failed")
+    return cpu
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main(args: argparse.Namespace) -> int:
+    from .command import run_async
+
+    server_port, gw_port = free_port(), free_port()
+    server = _spawn(["inferoute.gateway.standin", "--port", str(server_port), "--model", "m"])
+    gw_cmd = ["inferoute", "serve", "--model", "m", "--endpoint",
+              f"http://127.0.0.1:{server_port}", "--port", str(gw_port), "--host", "127.0.0.1",
+              "--log-level", "warning"]
+    if args.scheduler:
+        gw_cmd += ["--scheduler", args.scheduler]
+    gateway = _spawn(gw_cmd)
+    try:
+        res: Latencies = run_async(_load(
+            f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{gw_port}", args.rate,
+            args.duration, args.prompt_chars, gateway.pid))
+        _stop(gateway)
+        scrape_cpu = run_async(_scrape_cost(server_port))
+    except RuntimeError as exc:
+        print(f"inferoute overhead: {exc}", file=sys.stderr)
+        for proc in (gateway, server):
+            _stop(proc)
+            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+            if err:
+                print(err, file=sys.stderr)
+        return 1
+    finally:
+        _stop(gateway)
+        _stop(server)
+    d, g = sorted(res.direct_ms), sorted(res.gateway_ms)
+    if not d or not g:
+        print("inferoute overhead: no successful requests", file=sys.stderr)
+        return 1
+    print(f"load: {args.rate:g} req/s through the gateway + {args.rate:g} req/s direct, "
+          f"{res.seconds:g} s, {len(g)} + {len(d)} requests measured, {res.errors} errors, "
+          f"{args.prompt_chars}-char prompts, 8 output tokens, non-streaming")
+    print(f"direct   latency: p50 {statistics.median(d):.3f} ms  p99 {_pct(d, 0.99):.3f} ms")
+    print(f"gateway  latency: p50 {statistics.median(g):.3f} ms  p99 {_pct(g, 0.99):.3f} ms")
+    print(f"added by gateway: p50 {statistics.median(g) - statistics.median(d):.3f} ms  "
+          f"p99 {_pct(g, 0.99) - _pct(d, 0.99):.3f} ms")
+    print(f"gateway CPU: {res.gateway_cpu * 100:.1f}% of one core at {args.rate:g} req/s")
+    print(f"scraping 16 endpoints every 50 ms: {scrape_cpu * 100:.1f}% of one core "
+          "(HTTP client + parse of a ~20 kB vLLM page)")
+    if not args.skip_decision:
+        try:
+            from ..bench.decision import decision_latency
+        except ImportError:
+            print("scheduling decision latency: inferoute.bench.decision is not available")
+        else:
+            dl = decision_latency(endpoints=16, prompt_tokens=8192, config=args.scheduler)
+            print(f"scheduling decision ({dl.prompt_tokens}-token prompt, {dl.endpoints} "
+                  f"endpoints, {dl.samples} samples): p50 {dl.p50_ms:.3f} ms  "
+                  f"p99 {dl.p99_ms:.3f} ms")
+    return 0 if res.errors == 0 else 1
