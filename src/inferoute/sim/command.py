@@ -76,6 +76,26 @@ def register(subparsers: Any) -> None:
     c.add_argument("--profile", dest="calibrate_profile", default="qwen3-32b-2xh100",
                    help="profile name or YAML path (qwen3-32b-2xh100)")
     c.set_defaults(func=run_calibrate)
+    b = sub.add_parser("bench-live",
+                       help="measure how closely one simulator process keeps real-time token "
+                            "timing (N replicas, C concurrent streams)")
+    b.add_argument("--replicas", type=int, default=8, help="replicas in the process (8)")
+    b.add_argument("--concurrency", type=int, default=100, help="concurrent streams (100)")
+    b.add_argument("--profile", dest="bench_profile", default="qwen3-32b-2xh100",
+                   help="engine profile (qwen3-32b-2xh100)")
+    b.add_argument("--time-scale", dest="bench_time_scale", type=_positive_float, default=1.0,
+                   help="simulator time scale (1.0)")
+    b.add_argument("--prompt-words", type=int, default=500, help="prompt length in tokens (500)")
+    b.add_argument("--output-tokens", type=int, default=100, help="tokens per response (100)")
+    b.add_argument("--duration", type=_positive_float, default=20.0,
+                   help="seconds of load (20)")
+    b.set_defaults(func=run_bench_live)
+
+
+def run_bench_live(args: argparse.Namespace) -> int:
+    """`inferoute sim bench-live`."""
+    from .livebench import run_bench_live as run
+    return run(args)
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
