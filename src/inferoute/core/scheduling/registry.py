@@ -31,6 +31,8 @@ BUILTIN_PLUGIN_MODULES = (
     "inferoute.core.plugins.radix",
     "inferoute.core.plugins.kvcost",
     "inferoute.core.plugins.predictive",
+    # precise prefix-cache scoring from the engines' KV events
+    "inferoute.core.plugins.precise",
 )
 
 _loaded = False
