@@ -113,19 +113,15 @@ class BlockManager:
 
     def lookup(self, hashes: Sequence[int], max_blocks: int) -> list[int]:
         """Blocks of the longest cached prefix of `hashes` (at most max_blocks); nothing changes."""
-        get = self.cached.get
-        hit: list[int] = []
-        for h in hashes[:max_blocks]:
-            b = get(h)
-            if b is None:
-                break
-            hit.append(b)
-        return hit
+        found = list(map(self.cached.get, hashes[:max_blocks]))
+        try:
+            return found[:found.index(None)]  # type: ignore[return-value]
+        except ValueError:
+            return found  # type: ignore[return-value]
 
     def num_unreferenced(self, blocks: Iterable[int]) -> int:
         """How many of `blocks` sit in the free queue (taking them costs free capacity)."""
-        ref = self.ref
-        return sum(1 for b in blocks if ref[b] == 0)
+        return list(map(self.ref.__getitem__, blocks)).count(0)
 
     # -- changes ---------------------------------------------------------------------------------
     def touch(self, blocks: Iterable[int]) -> None:

@@ -98,7 +98,9 @@ def _word_index(key_seed: int, i: int) -> int:
 
 def output_token_ids(key_seed: int, start: int, n: int) -> list[int]:
     """Token ids of output positions start..start+n-1 for the stream `key_seed`."""
-    ids = _VOCAB_IDS
+    ids, vocab, h, ib = _VOCAB_IDS, len(VOCAB), _xxh64, _INDEX_BYTES
+    if start + n <= len(ib):
+        return [ids[h(b, key_seed) % vocab] for b in ib[start:start + n]]
     return [ids[_word_index(key_seed, i)] for i in range(start, start + n)]
 
 
