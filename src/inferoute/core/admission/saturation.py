@@ -46,25 +46,34 @@ class SaturationDetector:
 
     def endpoint_state(self, ep: Endpoint, now: float) -> EndpointState:
         """Saturation of one endpoint and the reason."""
+        reason = self._reason(ep, now)
+        return EndpointState(reason != "ok", reason)
+
+    def _reason(self, ep: Endpoint, now: float) -> str:
         spec = self.spec
-        if ep.is_stale(now, spec.metrics_staleness_threshold):
+        m = ep.metrics
+        at = m.scraped_at
+        if at is None or now - at > spec.metrics_staleness_threshold:
             limit = self.stale_in_flight_limit
             if limit is not None and ep.in_flight_requests < limit:
-                return EndpointState(False, "ok")
-            return EndpointState(True, "stale")
-        m = ep.metrics
+                return "ok"
+            return "stale"
         if m.waiting > spec.queue_depth_threshold:
-            return EndpointState(True, "queue")
+            return "queue"
         if m.kv_usage > spec.kv_cache_util_threshold:
-            return EndpointState(True, "kv-cache")
-        return EndpointState(False, "ok")
+            return "kv-cache"
+        return "ok"
 
     def is_endpoint_saturated(self, ep: Endpoint, now: float) -> bool:
-        return self.endpoint_state(ep, now).saturated
+        return self._reason(ep, now) != "ok"
 
     def is_saturated(self, candidates: Iterable[Endpoint], now: float) -> bool:
         """True when no candidate has good capacity (an empty list is saturated)."""
-        return not any(not self.endpoint_state(ep, now).saturated for ep in candidates)
+        reason = self._reason
+        for ep in candidates:
+            if reason(ep, now) == "ok":
+                return False
+        return True
 
     def headroom(self, candidates: Iterable[Endpoint], now: float) -> int:
         """How many more requests the good endpoints can take before their next scrape.
@@ -75,8 +84,7 @@ class SaturationDetector:
         total = 0
         qmax = self.spec.queue_depth_threshold
         for ep in candidates:
-            state = self.endpoint_state(ep, now)
-            if state.saturated:
+            if self._reason(ep, now) != "ok":
                 continue
             if ep.is_stale(now, self.spec.metrics_staleness_threshold):
                 total += max(0, (self.stale_in_flight_limit or 0) - ep.in_flight_requests)
@@ -91,7 +99,7 @@ class SaturationDetector:
             at = ep.metrics.scraped_at
             if at is None or ep.is_stale(now, self.spec.metrics_staleness_threshold):
                 continue
-            if self.endpoint_state(ep, now).saturated:
+            if self._reason(ep, now) != "ok":
                 continue
             oldest = at if oldest is None else min(oldest, at)
         return oldest

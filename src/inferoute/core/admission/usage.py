@@ -121,9 +121,13 @@ class ResponseRewriter:
         self.usage: dict[str, Any] | None = None
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self._buf and chunk.endswith(b"\n\n") and not self.rewrite \
-                and b'"usage"' not in chunk:
-            return chunk  # fast path: whole events, nothing to look at
+        if not self._buf and chunk.endswith(b"\n\n") and not _has_usage(chunk):
+            # fast path: whole events and no usage; at most a byte-level model rename
+            if not self.rewrite:
+                return chunk
+            for old, new in self._patterns:
+                if old in chunk:
+                    return chunk.replace(old, new)
         self._buf += chunk
         out = bytearray()
         while True:
@@ -169,8 +173,8 @@ class ResponseRewriter:
 
 def _has_usage(payload: bytes) -> bool:
     """Cheap test for a non-null usage field (chunks often carry `"usage":null`)."""
-    return (b'"usage"' in payload and b'"usage":null' not in payload
-            and b'"usage": null' not in payload)
+    n = payload.count(b'"usage"')
+    return n > 0 and n > payload.count(b'"usage":null') + payload.count(b'"usage": null')
 
 
 def _usage_only(payload: bytes) -> bool:
