@@ -45,8 +45,7 @@ def token_id(word: str) -> int:
 
 
 def _encode_words(words: list[str]) -> list[int]:
-    get = _WORD_IDS.get
-    out = [get(w) for w in words]
+    out = list(map(_WORD_IDS.get, words))
     if None in out:
         out = [tid if tid is not None else token_id(w) for tid, w in zip(out, words)]
     return out  # type: ignore[return-value]
