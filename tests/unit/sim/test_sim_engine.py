@@ -252,3 +252,28 @@ def test_output_tokens_are_cached_for_the_next_turn():
     outs, _, _ = run(e, 1.0)
     # the 20 + 29 computed tokens of turn 1 form three full blocks
     assert outs[0][1].cached_tokens == 48
+
+
+def test_lora_register_unregister_and_idle_slot_reuse():
+    e = Engine(TINY)
+    assert e.load_lora("a") == e.load_lora("a") != e.load_lora("b")
+    assert e.loras == ["a", "b"] and e.loaded_loras == []
+    for name in ("a", "b", "c"):                   # one at a time: idle slots get reused
+        e.add_request(req(f"{name}-1", words(name, 8), 2, lora=name), 0.0)
+        run(e)
+    assert e.loaded_loras == ["b", "c"]           # a, least recently used and idle, unloaded
+    assert e.unload_lora("c") is True and e.unload_lora("c") is False
+    assert e.loras == ["a", "b"] and e.loaded_loras == ["b"]
+
+
+def test_reset_prefix_cache_only_when_idle():
+    e = Engine(TINY, kv_events=True)
+    e.add_request(req("a", words("s", 64), 5), 0.0)
+    e.step(0.0)
+    assert e.reset_prefix_cache() is False
+    run(e, 1.0)
+    assert e.reset_prefix_cache() is True
+    assert type(e.drain_kv_events()[-1]).__name__ == "AllBlocksCleared"
+    e.add_request(req("b", words("s", 64), 1), 2.0)
+    outs, _, _ = run(e, 2.0)
+    assert outs[0][1].cached_tokens == 0
