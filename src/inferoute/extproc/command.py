@@ -167,7 +167,11 @@ class EppApp:
 
 async def _run(args: argparse.Namespace, config: ServingConfig) -> None:
     app = EppApp(args, config)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -191,9 +195,10 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"inferoute epp: {exc}", file=sys.stderr)
         return 2
+    from ..datalayer.discovery.kubernetes import PoolError
     try:
         asyncio.run(_run(args, config))
-    except OSError as exc:
+    except (OSError, PoolError) as exc:
         print(f"inferoute epp: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -220,12 +220,18 @@ class PoolDiscovery:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        """Connect (in-cluster service account, else ~/.kube/config) and start watching."""
         if self._api is None:
             from kubernetes_asyncio import client, config
             try:
                 config.load_incluster_config()
             except config.ConfigException:
-                await config.load_kube_config()
+                try:
+                    await config.load_kube_config()
+                except (config.ConfigException, OSError) as exc:
+                    raise PoolError(f"no Kubernetes API to discover InferencePool "
+                                    f"{self.pool_name!r} from: not in a cluster and no usable "
+                                    f"kubeconfig ({exc})") from None
             self._api = client.ApiClient()
         self._tasks = [asyncio.create_task(self._pool_loop(), name="k8s-pool"),
                        asyncio.create_task(self._pod_loop(), name="k8s-pods")]
