@@ -75,6 +75,9 @@ def register(subparsers: Any) -> None:
     c = sub.add_parser("calibrate", help="print the calibration report of a profile")
     c.add_argument("--profile", dest="calibrate_profile", default="qwen3-32b-2xh100",
                    help="profile name or YAML path (qwen3-32b-2xh100)")
+    c.add_argument("--steps", type=int, default=2000,
+                   help="engine steps timed for the speed line (2000)")
+    c.add_argument("--no-speed", action="store_true", help="skip timing the engine itself")
     c.set_defaults(func=run_calibrate)
     b = sub.add_parser("bench-live",
                        help="measure how closely one simulator process keeps real-time token "
@@ -122,6 +125,8 @@ def build_configs(args: argparse.Namespace) -> list[Any]:
         if args.max_loras < 1:
             raise ConfigError("--max-loras must be >= 1")
         profile = profile.replace(max_loras=args.max_loras)
+    if lora_enabled and profile.max_loras < 1:
+        raise ConfigError(f"profile {profile.name} has no LoRA slots; pass --max-loras K")
     if len(set(args.lora)) != len(args.lora) or args.model in args.lora:
         raise ConfigError("--lora names must be distinct and differ from --model")
     faults = FaultInjector()

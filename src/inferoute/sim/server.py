@@ -278,7 +278,7 @@ class Replica:
             return _error(400, "The prompt must contain at least one token.", param="prompt")
         limit = self.engine.max_model_len
         max_tokens = api.max_tokens if api.max_tokens is not None else limit - len(ids)
-        if len(ids) + max_tokens > limit:
+        if max_tokens < 1 or len(ids) + max_tokens > limit:
             return _error(400, f"This model's maximum context length is {limit} tokens. However, "
                                f"you requested {len(ids) + max_tokens} tokens ({len(ids)} in the "
                                f"messages, {max_tokens} in the completion). Please reduce the "
@@ -369,15 +369,16 @@ class _Stream:
                      delay: float) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache"})
-        await resp.prepare(request)
         api = self.api
         writer = ChunkWriter(api.kind, self.response_id, api.model)
         handle: RequestHandle | None = None
         sent = 0
         try:
+            # submit first: an engine refusal still gets a proper 400, not a broken stream
+            handle = await self._submit(sim, delay)
+            await resp.prepare(request)
             if api.kind == "chat":
                 await resp.write(writer.role())
-            handle = await self._submit(sim, delay)
             drop_at = self.replica.faults.settings.drop_after_tokens if self.drop else -1
             while True:
                 outs = await handle.next_outputs()
