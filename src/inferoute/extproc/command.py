@@ -18,9 +18,16 @@ import signal
 import sys
 from typing import Any
 
+import pydantic
 from aiohttp import web
 
+from ..core.admission.controller import AdmissionController
+from ..core.admission.flowcontrol import FlowControlSpec
+from ..core.admission.objectives import Objectives, ObjectiveSpec
+from ..core.admission.saturation import SaturationDetector
 from ..core.errors import ConfigError
+from ..core.request import InferenceRequest
+from ..core.router import ModelPool
 from ..core.scheduling.config import parse_duration
 from ..datalayer.discovery.static import (ServingConfig, config_from_args,
                                           parse_serving_config)
@@ -28,7 +35,7 @@ from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .health import Health, start_health_server
 from .metrics import MetricsObserver
-from .protocol import MODE_NAMES, Picker, PickerSettings
+from .protocol import MODE_NAMES, Admission, Picker, PickerSettings
 from .server import ExternalProcessor, start_grpc_server, stop_servers
 
 log = logging.getLogger("inferoute.extproc")
@@ -73,8 +80,43 @@ def register(sub: Any) -> None:
     p.add_argument("--body-mode", choices=sorted(MODE_NAMES), default="full-duplex",
                    help="ext_proc request body mode to assume when Envoy does not announce "
                         "it (default full-duplex, the reference set-up)")
+    p.add_argument("--objective", metavar="NAME=PRIORITY", action="append", default=[],
+                   help="an InferenceObjective requests may name in header "
+                        "x-gateway-inference-objective; negative priority = sheddable (429 "
+                        "while the pool is saturated). Repeat for several")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=main)
+
+
+def _objectives(items: list[str]) -> Objectives:
+    specs = []
+    for item in items:
+        name, sep, prio = item.partition("=")
+        try:
+            specs.append(ObjectiveSpec(name=name.strip(), priority=int(prio)))
+        except (ValueError, pydantic.ValidationError):
+            raise ConfigError(f"--objective {item!r}: expected NAME=PRIORITY, e.g. "
+                              "batch=-1") from None
+        if not sep:
+            raise ConfigError(f"--objective {item!r}: expected NAME=PRIORITY")
+    try:
+        return Objectives(specs)
+    except ValueError as exc:
+        raise ConfigError(f"--objective: {exc}") from None
+
+
+def make_admission(config: ServingConfig, objectives: Objectives) -> Admission:
+    """Shed sheddable requests while the pool is saturated, as the reference picker does
+    without its flow controller (thresholds from the scheduler config's saturationDetector)."""
+    spec = config.pools[0].scheduler_config().saturation_detector
+    ctl = AdmissionController(SaturationDetector(spec), objectives,
+                              FlowControlSpec(enabled=False))
+
+    def admit(request: InferenceRequest, pool: ModelPool, now: float) -> None:
+        ctl.classify(request)
+        ctl.admit(request, pool.pool, now)  # raises 429 / 503; never queues (flow off)
+
+    return admit
 
 
 def _serving_config(args: argparse.Namespace) -> ServingConfig:
@@ -98,7 +140,8 @@ def _serving_config(args: argparse.Namespace) -> ServingConfig:
 class EppApp:
     """The running picker: data layer, discovery, ext_proc, health and metrics servers."""
 
-    def __init__(self, args: argparse.Namespace, config: ServingConfig) -> None:
+    def __init__(self, args: argparse.Namespace, config: ServingConfig,
+                 objectives: Objectives | None = None) -> None:
         self.args = args
         self.config = config
         self.data = DataLayer(config)
@@ -109,6 +152,7 @@ class EppApp:
             max_body_bytes=args.max_body_bytes or config.max_body_bytes,
             fallbacks=max(0, args.fallbacks), assumed_mode=MODE_NAMES[args.body_mode])
         self.picker = Picker(self.data.router, settings, observer=MetricsObserver(self.obs),
+                             admit=make_admission(config, objectives or Objectives()),
                              candidates=self.data.ready_endpoints, default_model=default_model)
         self.servicer = ExternalProcessor(self.picker, clock=self.data.clock)
         self.health = Health()
@@ -165,8 +209,9 @@ class EppApp:
         await self.data.close()
 
 
-async def _run(args: argparse.Namespace, config: ServingConfig) -> None:
-    app = EppApp(args, config)
+async def _run(args: argparse.Namespace, config: ServingConfig,
+               objectives: Objectives) -> None:
+    app = EppApp(args, config, objectives)
     try:
         await app.start()
     except BaseException:
@@ -192,12 +237,13 @@ def main(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = _serving_config(args)
+        objectives = _objectives(args.objective)
     except ConfigError as exc:
         print(f"inferoute epp: {exc}", file=sys.stderr)
         return 2
     from ..datalayer.discovery.kubernetes import PoolError
     try:
-        asyncio.run(_run(args, config))
+        asyncio.run(_run(args, config, objectives))
     except (OSError, PoolError) as exc:
         print(f"inferoute epp: {exc}", file=sys.stderr)
         return 1
