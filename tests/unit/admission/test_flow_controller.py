@@ -256,3 +256,21 @@ def test_pools_are_independent(ep, pool_of, req) -> None:
     assert isinstance(ctl.admit(ra, busy, 0.1), Ticket)
     assert isinstance(ctl.admit(rb, free, 0.1), Admitted)
     assert ctl.queued("a") == 1 and ctl.queued("b") == 0
+
+
+def test_drain_and_forget_pool(ep, pool_of, req) -> None:
+    ctl = _ctl()
+    pool = pool_of(ep(waiting=9, scraped_at=0.0))
+    ts = []
+    for _ in range(3):
+        r = req()
+        ctl.classify(r)
+        ts.append(ctl.admit(r, pool, 0.0))
+    out = ctl.drain()
+    assert [t for t, _ in out] == ts and all(e.status == 503 for _, e in out)
+    assert ctl.queued() == 0 and ctl.expire(1e9) == []
+    r = req()
+    ctl.classify(r)
+    t = ctl.admit(r, pool, 0.0)
+    assert ctl.forget_pool("m") == [t] and t.state is TicketState.CANCELLED
+    assert ctl.forget_pool("m") == []

@@ -180,6 +180,16 @@ class AdmissionController:
         """{pool: QueueStats} for metrics."""
         return {name: st.queue.stats() for name, st in self._pools.items()}
 
+    def drain(self) -> list[tuple[Ticket, InferouteError]]:
+        """Graceful shutdown: every waiting request, removed, each with a 503 to return."""
+        out: list[tuple[Ticket, InferouteError]] = []
+        for st in self._pools.values():
+            while (t := st.queue.pop()) is not None:
+                t.state = TicketState.CANCELLED
+                out.append((t, NoEndpointAvailable("the gateway is shutting down",
+                                                   code="shutting_down")))
+        return out
+
     def forget_pool(self, model: str) -> list[Ticket]:
         """Drop a pool that no longer exists; its waiting tickets are returned, cancelled."""
         st = self._pools.pop(model, None)
