@@ -111,8 +111,10 @@ class Proxy:
             raw = await self._read_body(request)
             headers = {k.lower(): v for k, v in request.headers.items()}
             ireq = parse_request(api, raw, headers, request_id=request_id, arrival_time=now)
-            model, target = ireq.model, ireq.target_model
+            model = target = ireq.model
             mp = data.router.resolve(ireq)
+            if ireq.target_model in mp.aliases:  # an alias names the pool's model upstream
+                ireq.target_model = target = mp.model
             candidates = data.ready_endpoints(mp, now)
             t0 = time.perf_counter()
             decision = data.router.schedule(ireq, now, candidates)
