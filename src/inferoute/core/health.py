@@ -183,8 +183,12 @@ class HealthTracker:
         return None
 
     def tick(self, now: float) -> list[HealthEvent]:
-        """Run time-driven transitions for every endpoint (call it every second or so)."""
+        """Run time-driven transitions for every endpoint (call it every second or so); state
+        of endpoints discovery removed from the pool is dropped."""
         events = []
+        if len(self._states) > len(self.pool):
+            for name in [n for n in self._states if self.pool.get(n) is None]:
+                del self._states[name]
         for ep in self.pool:
             st = self._states.get(ep.name)
             if st is not None and (ev := self._advance(ep, st, now)) is not None:

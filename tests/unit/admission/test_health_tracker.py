@@ -124,3 +124,16 @@ def test_disabled_outlier_detection(ep, pool_of) -> None:
     for t in range(20):
         assert h.record(a, False, float(t)) is None
     assert a.healthy
+
+
+def test_removed_endpoints_are_forgotten(ep, pool_of) -> None:
+    a, b = ep(0), ep(1)
+    pool = pool_of(a, b)
+    h = _tracker(pool)
+    h.record(a, False, 0.0)
+    h.record(b, False, 0.0)
+    pool.remove(a.name)
+    h.tick(1.0)
+    assert set(h._states) == {b.name}
+    h.forget(b.name)
+    assert h.state(b) == "healthy"
