@@ -5,7 +5,7 @@ registry, its optional KV-event publisher and its fault injector, and serves vLL
 on one port. Every response names the replica in the `x-inferoute-sim-replica` header.
 
 Routes: POST /v1/completions, /v1/chat/completions, /v1/load_lora_adapter,
-/v1/unload_lora_adapter; GET /v1/models, /health, /metrics; admin: GET|POST /admin/faults,
+/v1/unload_lora_adapter, /reset_prefix_cache; GET /v1/models, /health, /metrics; admin: GET|POST /admin/faults,
 GET|POST /admin/latency, GET /admin/stats, GET /admin/timings.
 """
 
@@ -112,6 +112,7 @@ class Replica:
         r.add_get("/metrics", self.metrics_handler)
         r.add_post("/v1/load_lora_adapter", self.load_lora_adapter)
         r.add_post("/v1/unload_lora_adapter", self.unload_lora_adapter)
+        r.add_post("/reset_prefix_cache", self.reset_prefix_cache)
         r.add_route("*", "/admin/faults", self.admin_faults)
         r.add_route("*", "/admin/latency", self.admin_latency)
         r.add_get("/admin/stats", self.admin_stats)
@@ -156,6 +157,14 @@ class Replica:
         cards += [model_card(name, path, self.cfg.model, limit, self.created)
                   for name, path in self.adapters.items()]
         return _json({"object": "list", "data": cards})
+
+    async def reset_prefix_cache(self, request: web.Request) -> web.Response:
+        """vLLM's POST /reset_prefix_cache: forget every cached block (AllBlocksCleared)."""
+        if not self.engine.reset_prefix_cache():
+            return _error(503, "cannot reset the prefix cache while requests hold KV blocks")
+        if self.publisher is not None:
+            self.publisher.publish(self.engine.drain_kv_events())
+        return web.Response(status=200)
 
     # -- LoRA --------------------------------------------------------------------------------
 

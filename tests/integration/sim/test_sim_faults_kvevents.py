@@ -166,6 +166,15 @@ async def test_kv_events_published_and_replayed(sim):
         for _, seq, batch in batches:
             assert replayed[seq] == batch
         assert min(replayed) == seqs[0]
+
+        # resetting the prefix cache publishes AllBlocksCleared, and the blocks are gone
+        async with aiohttp.ClientSession() as s:
+            async with s.post(sim.url(0) + "/reset_prefix_cache") as r:
+                assert r.status == 200
+            frames = await asyncio.wait_for(sub.recv_multipart(), 5)
+            assert msgpack.unpackb(frames[2], raw=False)[1] == [["AllBlocksCleared"]]
+            async with s.post(sim.url(0) + URL_PATH, json=body) as r:
+                assert (await r.json())["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     finally:
         sub.close(linger=0)
         ctx.term()
