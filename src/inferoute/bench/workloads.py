@@ -237,3 +237,21 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
                     continue
         out[key.strip()] = value
     return out
+
+
+#: stages `bench sim` / `bench matrix` use for each workload unless --stages is given
+#: (sized for 8 replicas of qwen3-32b-2xh100; the shared-prefix one is the seed's 17 stages)
+DEFAULT_STAGES: dict[str, str] = {
+    "shared_prefix": "seed",
+    "multi_turn_chat": "10:30,20:30,40:30,60:30",
+    "random": "10:30,20:30,30:30,40:30",
+    "mixed": "10:30,20:30,30:30,40:30",
+}
+
+#: arrival process per workload for the same commands (mixed: bursty gamma arrivals)
+DEFAULT_LOAD: dict[str, tuple[str, float]] = {
+    "shared_prefix": ("poisson", 1.0),
+    "multi_turn_chat": ("poisson", 1.0),
+    "random": ("poisson", 1.0),
+    "mixed": ("gamma", 0.5),
+}

@@ -1,0 +1,283 @@
+"""`inferoute bench run|sim|compare|plot|matrix` and `inferoute demo`.
+
+    inferoute bench run --target http://127.0.0.1:8080 --model M --workload shared_prefix \\
+        --param num_groups=10 --stages 2:30,4:30 -o live.json
+    inferoute bench sim --policy llm-d --replicas 8 --profile qwen3-32b-2xh100 \\
+        --workload shared_prefix --stages seed -o llm-d.json
+    inferoute bench compare round-robin.json llm-d.json --rate 40
+    inferoute bench plot round-robin.json llm-d.json --out plots/
+    inferoute bench matrix --out results/            # every policy x workload, virtual time
+    inferoute demo                                    # live demo; --virtual: the seed run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any, Callable
+
+from ..core.errors import InferouteError
+
+POLICIES = ("round-robin", "random", "least-request", "llm-d", "sglang-cache-aware",
+            "dynamo-kv", "inferoute")
+
+
+def _add_workload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workload", default="shared_prefix",
+                   help="shared_prefix | multi_turn_chat | random | mixed (shared_prefix)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="workload parameter, repeatable (e.g. num_groups=10, output_len=100)")
+    p.add_argument("--stages", default=None,
+                   help="'seed', RATE:SECONDS,... , cN:COUNT (concurrency) or YAML "
+                        "[{rate: 5, duration: 30}] (default: the workload's preset)")
+    p.add_argument("--load-type", choices=("poisson", "constant", "gamma"), default=None,
+                   help="arrival process of rate stages (workload preset; usually poisson)")
+    p.add_argument("--burstiness", type=float, default=None,
+                   help="gamma shape for --load-type gamma (<1 = burstier)")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="pause between stages, seconds (1.0, as inference-perf)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the workload and arrivals (0)")
+    p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
+                   help="ask for exactly max_tokens output tokens (default on, as the seed run)")
+    p.add_argument("-o", "--output", default=None, help="report file (.json or .yaml)")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots into DIR")
+
+
+def _build(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .load import LoadSpec, parse_stages
+    from .workloads import DEFAULT_LOAD, DEFAULT_STAGES, make_workload, parse_params
+
+    workload = make_workload(args.workload, parse_params(args.param), seed=args.seed)
+    kind, burst = DEFAULT_LOAD.get(args.workload, ("poisson", 1.0))
+    stages = parse_stages(args.stages or DEFAULT_STAGES.get(args.workload, "5:30"))
+    load = LoadSpec(stages=stages, kind=args.load_type or kind,  # type: ignore[arg-type]
+                    burstiness=args.burstiness if args.burstiness is not None else burst,
+                    interval=args.interval, seed=args.seed)
+    return workload, load
+
+
+class _StageProgress:
+    """A rich progress bar per stage (on stderr), fed by (stage, done, total) callbacks."""
+
+    def __init__(self, labels: list[str], enabled: bool = True) -> None:
+        self.labels = labels
+        self.enabled = enabled
+        self._progress: Any = None
+        self._tasks: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StageProgress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), TimeElapsedColumn(),
+                                      console=Console(stderr=True), transient=False)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def __call__(self, stage: int, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        task = self._tasks.get(stage)
+        if task is None:
+            label = self.labels[stage] if stage < len(self.labels) else ""
+            task = self._tasks[stage] = self._progress.add_task(
+                f"stage {stage} {label}", total=total or None)
+        self._progress.update(task, completed=done)
+
+
+def _finish(report: dict[str, Any], args: argparse.Namespace, label: str) -> None:
+    from .compare import compare_table
+    from .metrics import headline
+    from .plots import write_plots
+    from .report import save_report
+
+    if args.output:
+        path = save_report(report, args.output)
+        print(f"report written to {path}", file=sys.stderr)
+    if args.plots:
+        for p in write_plots([(label, report)], args.plots):
+            print(f"plot written to {p}", file=sys.stderr)
+    rows = []
+    for s in report["stages"]:
+        name = f"stage {s['stage']} ({'rate ' + format(s['rate'], 'g') if s.get('rate') is not None else 'conc ' + str(s.get('concurrency'))})"
+        rows.append((name, headline(s)))
+    print(compare_table(rows[:1]) if len(rows) == 1 else _stage_table(rows))
+
+
+def _stage_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    head = ("| stage | req/s | output tok/s | mean TTFT (s) | p90 TTFT (s) | mean ITL (ms) "
+            "| mean latency (s) | cache hit | failures |")
+    lines = [head, "|" + " ---: |" * 9]
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    for name, h in rows:
+        lines.append(f"| {name} | {f(h['requests_per_sec'], '.3f')} | "
+                     f"{f(h['output_tokens_per_sec'], ',.0f')} | {f(h['ttft'], '.3f')} | "
+                     f"{f(h['ttft_p90'], '.3f')} | "
+                     f"{f(None if h['itl'] is None else h['itl'] * 1000, '.1f')} | "
+                     f"{f(h['request_latency'], '.2f')} | "
+                     f"{f(None if h['prefix_cache_hit_rate'] is None else h['prefix_cache_hit_rate'] * 100, '.1f')}% | "
+                     f"{h['failures']} |")
+    return "\n".join(lines)
+
+
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn expected errors (bad arguments, configs, files) into one line and exit code 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (ValueError, InferouteError, OSError) as exc:
+            msg = getattr(exc, "message", None) or str(exc)
+            print(f"inferoute {args.command}: error: {msg}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .client import LiveConfig, live_report, run_live
+
+    workload, load = _build(args)
+    cfg = LiveConfig(target=args.target, model=args.model, workload=workload, load=load,
+                     api=args.api, ignore_eos=args.ignore_eos, timeout=args.timeout,
+                     max_connections=args.max_connections)
+    with _StageProgress([s.label for s in load.stages], not args.quiet) as progress:
+        records = asyncio.run(run_live(cfg, progress))
+    report = live_report(cfg, records, {"label": args.label} if args.label else None)
+    _finish(report, args, args.label or "live")
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from .des import SimConfig, run_virtual
+
+    workload, load = _build(args)
+    cfg = SimConfig(policy=args.policy, replicas=args.replicas, profile=args.profile,
+                    workload=workload, load=load, model=args.model, seed=args.seed,
+                    ignore_eos=args.ignore_eos, scrape_interval=args.scrape_interval)
+    with _StageProgress([s.label for s in load.stages], not args.quiet) as progress:
+        result = run_virtual(cfg, progress)
+    report = result.to_dict()
+    print(f"virtual {result.virtual_seconds:.1f}s in {result.wall_seconds:.1f}s wall, "
+          f"{result.events} events", file=sys.stderr)
+    _finish(report, args, str(args.policy))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_reports
+    from .report import load_report, report_label
+
+    reports = [load_report(p) for p in args.reports]
+    labeled = [(report_label(r, f"#{i}"), r) for i, r in enumerate(reports)]
+    print(compare_reports(labeled, rate=args.rate, index=args.stage))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import write_plots
+    from .report import load_report, report_label
+
+    reports = [load_report(p) for p in args.reports]
+    labeled = [(report_label(r, f"#{i}"), r) for i, r in enumerate(reports)]
+    for p in write_plots(labeled, args.out, rate=args.rate):
+        print(p)
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from .matrix import run_matrix
+
+    policies = args.policies.split(",") if args.policies else list(POLICIES)
+    workloads = args.workloads.split(",") if args.workloads else None
+    print(run_matrix(policies, workloads, out_dir=args.out, replicas=args.replicas,
+                     profile=args.profile, seed=args.seed, jobs=args.jobs, reuse=args.reuse))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo, run_virtual_demo
+
+    if args.virtual:
+        return run_virtual_demo(args.out, seed=args.seed)
+    return run_demo(args.out, duration=args.duration, replicas=args.replicas)
+
+
+def register(subparsers: Any) -> None:
+    """Add `bench` (run, sim, compare, plot, matrix) and `demo`."""
+    bench = subparsers.add_parser("bench", help="benchmark routing policies (live or virtual)",
+                                  description="Benchmark an endpoint live, or routing policies "
+                                              "in virtual time against simulated replicas.")
+    sub = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND")
+    bench.set_defaults(func=lambda a: (bench.print_help(), 2)[1])
+
+    run = sub.add_parser("run", help="drive a live OpenAI-compatible endpoint")
+    run.add_argument("--target", required=True, help="base URL, e.g. http://127.0.0.1:8080")
+    run.add_argument("--model", required=True, help="model name to request")
+    run.add_argument("--api", choices=("completions", "chat"), default="completions")
+    run.add_argument("--timeout", type=float, default=600.0, help="per request, seconds (600)")
+    run.add_argument("--max-connections", type=int, default=2500)
+    run.add_argument("--label", default=None, help="name of this run in tables and plots")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_workload_args(run)
+    run.set_defaults(func=_guard(cmd_run))
+
+    sim = sub.add_parser("sim", help="virtual-time run of a policy against simulated replicas")
+    sim.add_argument("--policy", default="inferoute",
+                     help=f"packaged policy ({', '.join(POLICIES)}) or config file (inferoute)")
+    sim.add_argument("--replicas", type=int, default=8, help="simulated replicas (8)")
+    sim.add_argument("--profile", default="qwen3-32b-2xh100", help="engine profile")
+    sim.add_argument("--model", default="Qwen/Qwen3-32B", help="model name (Qwen/Qwen3-32B)")
+    sim.add_argument("--scrape-interval", type=float, default=0.05,
+                     help="simulated metrics scrape period, seconds (0.05)")
+    sim.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_workload_args(sim)
+    sim.set_defaults(func=_guard(cmd_sim))
+
+    cmp_ = sub.add_parser("compare", help="markdown table of reports, deltas vs the first")
+    cmp_.add_argument("reports", nargs="+", help="report files (.json/.yaml)")
+    cmp_.add_argument("--rate", type=float, default=None, help="compare the stage at this rate")
+    cmp_.add_argument("--stage", type=int, default=None, help="compare this stage index")
+    cmp_.set_defaults(func=_guard(cmd_compare))
+
+    plot = sub.add_parser("plot", help="PNG plots of reports")
+    plot.add_argument("reports", nargs="+")
+    plot.add_argument("--out", default="plots", help="output folder (plots)")
+    plot.add_argument("--rate", type=float, default=None,
+                      help="stage for the TTFT distribution (default: best throughput)")
+    plot.set_defaults(func=_guard(cmd_plot))
+
+    mat = sub.add_parser("matrix", help="every policy x workload in virtual time: the README table")
+    mat.add_argument("--policies", default=None, help=f"comma list ({','.join(POLICIES)})")
+    mat.add_argument("--workloads", default=None,
+                     help="comma list (shared_prefix,multi_turn_chat,random,mixed)")
+    mat.add_argument("--out", default="bench-results", help="reports folder (bench-results)")
+    mat.add_argument("--replicas", type=int, default=8)
+    mat.add_argument("--profile", default="qwen3-32b-2xh100")
+    mat.add_argument("--seed", type=int, default=0)
+    mat.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1)")
+    mat.add_argument("--reuse", action="store_true",
+                     help="load reports already in --out instead of re-running them")
+    mat.set_defaults(func=_guard(cmd_matrix))
+
+    demo = subparsers.add_parser("demo", help="live demo: round-robin vs inferoute on a "
+                                              "simulated fleet (about 2 minutes)")
+    demo.add_argument("--virtual", action="store_true",
+                      help="instead: the seed's full run in virtual time, beside the seed table")
+    demo.add_argument("--out", default="inferoute-demo", help="plots and reports folder")
+    demo.add_argument("--duration", type=float, default=50.0,
+                      help="live seconds of load per policy (50)")
+    demo.add_argument("--replicas", type=int, default=4, help="simulated replicas (4)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_guard(cmd_demo))

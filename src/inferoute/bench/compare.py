@@ -1,0 +1,75 @@
+"""The comparison table of `inferoute bench compare`, shaped like the seed's.
+
+One column per report (its chosen stage's means), then for each report after the first its delta
+and delta % against the first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .metrics import headline
+from .report import ReportError, pick_stage
+
+#: the seed's rate-40 figures (llm-d inference-scheduling guide; 8 x Qwen3-32B TP=2 on H100)
+SEED_ROWS: dict[str, dict[str, float]] = {
+    "k8s (seed)": {"requests_per_sec": 6.3374, "input_tokens_per_sec": 48014.91,
+                   "output_tokens_per_sec": 5926.44, "total_tokens_per_sec": 53941.35,
+                   "request_latency": 97.304, "ttft": 27.695, "itl": 0.06953},
+    "llm-d (seed)": {"requests_per_sec": 15.3932, "input_tokens_per_sec": 116621.97,
+                     "output_tokens_per_sec": 14533.22, "total_tokens_per_sec": 131155.20,
+                     "request_latency": 54.720, "ttft": 0.113, "itl": 0.05452},
+}
+
+#: (label, headline key, scale, decimals) rows of the comparison table
+ROWS: tuple[tuple[str, str, float, int], ...] = (
+    ("Requests/sec", "requests_per_sec", 1.0, 4),
+    ("Input tokens/sec", "input_tokens_per_sec", 1.0, 2),
+    ("Output tokens/sec", "output_tokens_per_sec", 1.0, 2),
+    ("Total tokens/sec", "total_tokens_per_sec", 1.0, 2),
+    ("Request latency (s)", "request_latency", 1.0, 3),
+    ("TTFT (s)", "ttft", 1.0, 3),
+    ("TTFT p90 (s)", "ttft_p90", 1.0, 3),
+    ("Inter-token latency (ms)", "itl", 1000.0, 2),
+    ("Prefix cache hit rate (%)", "prefix_cache_hit_rate", 100.0, 1),
+)
+
+
+def _fmt(value: float | None, scale: float, decimals: int) -> str:
+    if value is None:
+        return "-"
+    return f"{value * scale:,.{decimals}f}"
+
+
+def compare_table(columns: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """Markdown table: one row per metric, one column per (label, headline dict), and for each
+    column after the first its delta and delta % against the first."""
+    if not columns:
+        raise ReportError("nothing to compare")
+    base_label, base = columns[0]
+    header = ["Metric", *(f"{label} (Mean)" for label, _ in columns)]
+    for label, _ in columns[1:]:
+        header += [f"Δ ({label} - {base_label})", f"Δ% vs {base_label}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " :--- |" * len(header)]
+    for name, key, scale, dec in ROWS:
+        if all(c.get(key) is None for _, c in columns):
+            continue
+        row = [name, *(_fmt(c.get(key), scale, dec) for _, c in columns)]
+        b = base.get(key)
+        for _, c in columns[1:]:
+            v = c.get(key)
+            if v is None or b is None:
+                row += ["-", "-"]
+                continue
+            d = (v - b) * scale
+            row.append(f"{d:+,.{dec}f}")
+            row.append(f"{(v - b) / b * 100:+.1f}%" if b else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def compare_reports(reports: Sequence[tuple[str, dict[str, Any]]], *, rate: float | None = None,
+                    index: int | None = None) -> str:
+    """`compare_table` of each report's chosen stage."""
+    cols = [(label, headline(pick_stage(r, rate=rate, index=index))) for label, r in reports]
+    return compare_table(cols)
