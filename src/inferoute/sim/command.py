@@ -110,7 +110,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def build_configs(args: argparse.Namespace) -> list[Any]:
     """Replica configurations from the command line; ConfigError on bad flags."""
-    from .faults import FaultInjector, FaultSettings
+    from .faults import FaultInjector
     from .profile import load_profile
     from .server import ReplicaConfig
     if not args.model:

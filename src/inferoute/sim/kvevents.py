@@ -23,7 +23,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import msgpack
 import zmq

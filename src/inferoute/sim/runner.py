@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .engine import Engine, SimRequest, TokenOutput
 

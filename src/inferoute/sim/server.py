@@ -5,14 +5,13 @@ registry, its optional KV-event publisher and its fault injector, and serves vLL
 on one port. Every response names the replica in the `x-inferoute-sim-replica` header.
 
 Routes: POST /v1/completions, /v1/chat/completions, /v1/load_lora_adapter,
-/v1/unload_lora_adapter, /reset_prefix_cache; GET /v1/models, /health, /metrics; admin: GET|POST /admin/faults,
-GET|POST /admin/latency, GET /admin/stats, GET /admin/timings.
+/v1/unload_lora_adapter, /reset_prefix_cache; GET /v1/models, /health, /metrics; admin:
+GET|POST /admin/faults, GET|POST /admin/latency, GET /admin/stats, GET /admin/timings.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -231,12 +230,12 @@ class Replica:
                 unknown = set(body) - {"time_scale", "extra_ttft"}
                 if unknown:
                     raise BadRequest(f"unknown latency setting(s): {', '.join(sorted(unknown))}")
-                for key, low_ok in (("time_scale", False), ("extra_ttft", True)):
+                for key, zero_ok in (("time_scale", False), ("extra_ttft", True)):
                     v = body.get(key)
                     if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)
-                                          or v < 0 or (v == 0 and not low_ok)):
-                        raise BadRequest(f"'{key}' must be a {'non-negative' if low_ok else 'positive'}"
-                                         " number", param=key)
+                                          or v < 0 or (v == 0 and not zero_ok)):
+                        kind = "non-negative" if zero_ok else "positive"
+                        raise BadRequest(f"'{key}' must be a {kind} number", param=key)
             except BadRequest as exc:
                 return _error(400, exc.message, param=exc.param)
             if body.get("time_scale") is not None:
