@@ -1,0 +1,463 @@
+"""The precise KV-block index: which endpoints hold which KV blocks, as their engines report.
+
+Sans-I/O: fed with decoded KV events (`BlockStored`, `BlockRemoved`, `AllBlocksCleared`) by
+whoever reads them (the ZMQ subscriber in `inferoute.datalayer.kvevents`, or the virtual-time
+benchmark through `apply_engine_events`), queried by the `precise-prefix-cache-scorer`.
+
+Keys are ours, not the engine's. A block's key is a chained hash over token ids, computed here
+from the events' `token_ids` (`block_keys`): key(i) = xxh3_64(token ids of block i, seed=key(i-1)),
+starting from a seed of (block size, LoRA adapter name or "" for the base model; one index serves
+one pool, so one base model). The engine's own block hashes depend
+on its hash algorithm and `PYTHONHASHSEED`; ours depend only on the tokens, so the gateway can
+compute them for an incoming request from its token ids. Each endpoint keeps a map from its
+engine hashes to our keys: it resolves `parent_block_hash` (to continue the chain) and
+`BlockRemoved` (which names engine hashes only).
+
+Structures (all bounded):
+
+- per endpoint, an LRU of engine hash -> [key, media bitmask] capped at `capacity` blocks (the
+  engine's own evictions arrive as `BlockRemoved`; the cap is a safety net when events are lost),
+  plus a count of entries per key;
+- a global map key -> bitmask of endpoint slots holding it (in any medium), so matching a
+  prompt against every candidate costs one dict lookup and one AND per block;
+- speculative entries: per endpoint, key -> expiry time (oldest first, at most
+  `max_speculative` per endpoint) and a global key -> slot bitmask. The scorer inserts a
+  request's blocks for the chosen endpoint at routing time; a `BlockStored` for the same key
+  confirms it, otherwise it expires after `speculative_ttl` seconds.
+
+Media ("GPU", "CPU", ...) are kept per block and reported by `media()`; a block counts as held
+when any medium holds it.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import xxhash
+
+__all__ = ["KVBlockIndex", "KVIndexStats", "BlockStoredEvent", "BlockRemovedEvent",
+           "AllBlocksClearedEvent", "KVEvent", "block_keys", "chain_root", "apply_engine_events",
+           "DEFAULT_MEDIUM"]
+
+DEFAULT_MEDIUM = "GPU"
+#: distinct media names tracked as separate bits (more are folded into the last bit)
+MAX_MEDIA = 16
+
+_xxh3 = xxhash.xxh3_64_intdigest
+
+
+# -- events (engine-neutral, decoded) ------------------------------------------------------------
+
+@dataclass(slots=True, frozen=True)
+class BlockStoredEvent:
+    """Full blocks entered an engine's prefix cache. Engine hashes are ints (bytes are folded
+    to ints by the decoder); `token_ids` holds the tokens of all the blocks, in order."""
+
+    block_hashes: tuple[int, ...]
+    parent_block_hash: int | None
+    token_ids: tuple[int, ...]
+    block_size: int
+    lora_id: int | None = None
+    medium: str | None = DEFAULT_MEDIUM
+    lora_name: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class BlockRemovedEvent:
+    block_hashes: tuple[int, ...]
+    medium: str | None = DEFAULT_MEDIUM
+
+
+@dataclass(slots=True, frozen=True)
+class AllBlocksClearedEvent:
+    pass
+
+
+KVEvent = BlockStoredEvent | BlockRemovedEvent | AllBlocksClearedEvent
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+def chain_root(lora: str | None, block_size: int) -> int:
+    """The seed of the key chain at a block size: of a LoRA adapter's blocks (by adapter name),
+    or of the pool's base model (`lora` None)."""
+    return xxhash.xxh64_intdigest(f"kv-index:{block_size}\x00{lora or ''}".encode())
+
+
+def _pack(tokens: Sequence[int]) -> bytes:
+    try:
+        return array("I", tokens).tobytes()
+    except OverflowError:  # ids past 2**32 (never seen in practice): widen, keep it exact
+        return array("Q", tokens).tobytes()
+
+
+def block_keys(token_ids: Sequence[int], block_size: int, parent: int,
+               max_blocks: int | None = None) -> list[int]:
+    """Keys of the full blocks of `token_ids`, chained from `parent` (a root or a block key)."""
+    if block_size < 1:
+        raise ValueError("block_size must be >= 1")
+    n = len(token_ids) // block_size
+    if max_blocks is not None:
+        n = min(n, max_blocks)
+    if n <= 0:
+        return []
+    data = memoryview(_pack(token_ids[: n * block_size]))
+    step = len(data) // n
+    out = [0] * n
+    h = parent
+    for i in range(n):
+        h = _xxh3(data[i * step:(i + 1) * step], h)
+        out[i] = h
+    return out
+
+
+# -- index ---------------------------------------------------------------------------------------
+
+@dataclass(slots=True, frozen=True)
+class KVIndexStats:
+    endpoints: int
+    blocks: int
+    speculative: int
+    stored_events: int
+    removed_events: int
+    cleared_events: int
+    orphan_blocks: int
+    confirmed_speculative: int
+    expired_speculative: int
+
+
+class _Endpoint:
+    __slots__ = ("slot", "bit", "blocks", "keys", "spec", "block_size")
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.bit = 1 << slot
+        #: engine hash -> [our key, media bitmask]; LRU order, oldest first
+        self.blocks: OrderedDict[int, list[int]] = OrderedDict()
+        #: our key -> number of engine hashes mapping to it
+        self.keys: dict[int, int] = {}
+        #: speculative key -> expiry, oldest first
+        self.spec: OrderedDict[int, float] = OrderedDict()
+        self.block_size: int | None = None
+
+
+class KVBlockIndex:
+    """Block key -> endpoints (and media) holding it, learned from KV events; bounded."""
+
+    def __init__(self, *, capacity: int = 131_072, speculative_ttl: float = 2.0,
+                 max_speculative: int = 65_536, lora_names: dict[int, str] | None = None) -> None:
+        if capacity < 1 or max_speculative < 0 or speculative_ttl < 0:
+            raise ValueError("capacity >= 1, max_speculative >= 0, speculative_ttl >= 0")
+        self.capacity = capacity
+        self.speculative_ttl = speculative_ttl
+        self.max_speculative = max_speculative
+        #: engine LoRA int id -> adapter name, for events that carry no lora_name
+        self.lora_names: dict[int, str] = dict(lora_names or {})
+        self._eps: dict[str, _Endpoint] = {}
+        self._free: list[int] = []
+        self._owners: dict[int, int] = {}
+        self._spec_owners: dict[int, int] = {}
+        self._media: dict[str, int] = {}
+        self._stored = self._removed = self._cleared = self._orphans = 0
+        self._confirmed = self._expired = 0
+
+    # -- endpoints -------------------------------------------------------------------------------
+    def _ep(self, name: str) -> _Endpoint:
+        ep = self._eps.get(name)
+        if ep is None:
+            slot = self._free.pop() if self._free else len(self._eps)
+            ep = self._eps[name] = _Endpoint(slot)
+        return ep
+
+    def endpoints(self) -> list[str]:
+        return list(self._eps)
+
+    def block_size(self, name: str) -> int | None:
+        """The block size `name`'s events reported (None before its first BlockStored)."""
+        ep = self._eps.get(name)
+        return None if ep is None else ep.block_size
+
+    def size(self, name: str) -> int:
+        """Engine blocks indexed for `name` (each medium-independent block counted once)."""
+        ep = self._eps.get(name)
+        return 0 if ep is None else len(ep.blocks)
+
+    def __len__(self) -> int:
+        """Distinct keys held by some endpoint (speculative entries not counted)."""
+        return len(self._owners)
+
+    def remove_endpoint(self, name: str) -> None:
+        """Forget everything about `name` (it left the pool)."""
+        ep = self._eps.pop(name, None)
+        if ep is None:
+            return
+        self._clear_blocks(ep)
+        self._clear_spec(ep)
+        self._free.append(ep.slot)
+
+    def clear_endpoint(self, name: str) -> None:
+        """Forget `name`'s confirmed blocks (AllBlocksCleared, restart, resync); keeps the slot."""
+        ep = self._eps.get(name)
+        if ep is not None:
+            self._clear_blocks(ep)
+
+    def _clear_blocks(self, ep: _Endpoint) -> None:
+        owners, clear = self._owners, ~ep.bit
+        for key in ep.keys:
+            m = owners[key] & clear
+            if m:
+                owners[key] = m
+            else:
+                del owners[key]
+        ep.blocks.clear()
+        ep.keys.clear()
+
+    def _clear_spec(self, ep: _Endpoint) -> None:
+        for key in ep.spec:
+            self._drop_spec_bit(key, ep.bit)
+        ep.spec.clear()
+
+    # -- events ----------------------------------------------------------------------------------
+    def apply(self, name: str, events: Iterable[KVEvent]) -> None:
+        """Apply one endpoint's events, in order."""
+        ep = self._ep(name)
+        for ev in events:
+            if isinstance(ev, BlockStoredEvent):
+                self._stored += 1
+                self._store(ep, ev)
+            elif isinstance(ev, BlockRemovedEvent):
+                self._removed += 1
+                self._remove(ep, ev.block_hashes, ev.medium or DEFAULT_MEDIUM)
+            elif isinstance(ev, AllBlocksClearedEvent):
+                self._cleared += 1
+                self._clear_blocks(ep)
+            else:
+                raise TypeError(f"not a KV event: {ev!r}")
+
+    def _medium_bit(self, medium: str) -> int:
+        bit = self._media.get(medium)
+        if bit is None:
+            if len(self._media) >= MAX_MEDIA:
+                return 1 << (MAX_MEDIA - 1)
+            bit = self._media[medium] = 1 << len(self._media)
+        return bit
+
+    def _root(self, ev: BlockStoredEvent) -> int:
+        name = ev.lora_name
+        if name is None and ev.lora_id is not None:
+            name = self.lora_names.get(ev.lora_id, f"\x00lora-id:{ev.lora_id}")
+        return chain_root(name, ev.block_size)
+
+    def _store(self, ep: _Endpoint, ev: BlockStoredEvent) -> None:
+        bs = ev.block_size
+        n = len(ev.block_hashes)
+        if bs < 1 or len(ev.token_ids) < n * bs:
+            self._orphans += n
+            return
+        if ev.parent_block_hash is None:
+            parent = self._root(ev)
+        else:
+            entry = ep.blocks.get(ev.parent_block_hash)
+            if entry is None:  # the chain's head was never seen (events lost, late start)
+                self._orphans += n
+                return
+            parent = entry[0]
+        ep.block_size = bs
+        keys = block_keys(ev.token_ids, bs, parent, n)
+        mbit = self._medium_bit(ev.medium or DEFAULT_MEDIUM)
+        blocks, counts, owners, bit = ep.blocks, ep.keys, self._owners, ep.bit
+        spec = ep.spec
+        for h, key in zip(ev.block_hashes, keys):
+            entry = blocks.get(h)
+            if entry is not None:
+                entry[1] |= mbit
+                blocks.move_to_end(h)
+                continue
+            blocks[h] = [key, mbit]
+            c = counts.get(key, 0)
+            counts[key] = c + 1
+            if not c:
+                owners[key] = owners.get(key, 0) | bit
+            if spec.pop(key, None) is not None:
+                self._confirmed += 1
+                self._drop_spec_bit(key, bit)
+        over = len(blocks) - self.capacity
+        for _ in range(over):
+            h, (key, _m) = blocks.popitem(last=False)
+            self._drop_key(ep, key)
+
+    def _remove(self, ep: _Endpoint, hashes: Iterable[int], medium: str) -> None:
+        mbit = self._medium_bit(medium)
+        blocks = ep.blocks
+        for h in hashes:
+            entry = blocks.get(h)
+            if entry is None:
+                continue
+            entry[1] &= ~mbit
+            if not entry[1]:
+                del blocks[h]
+                self._drop_key(ep, entry[0])
+
+    def _drop_key(self, ep: _Endpoint, key: int) -> None:
+        c = ep.keys[key] - 1
+        if c:
+            ep.keys[key] = c
+            return
+        del ep.keys[key]
+        m = self._owners[key] & ~ep.bit
+        if m:
+            self._owners[key] = m
+        else:
+            del self._owners[key]
+
+    # -- speculation -----------------------------------------------------------------------------
+    def add_speculative(self, name: str, keys: Sequence[int], now: float) -> int:
+        """Predict that `name` will hold `keys` (a request routed there) until `now + ttl` or a
+        confirming BlockStored. Keys it already holds are skipped. Returns entries added."""
+        if not self.max_speculative or not self.speculative_ttl or not keys:
+            return 0
+        ep = self._ep(name)
+        self._expire(ep, now)
+        spec, held, owners, bit = ep.spec, ep.keys, self._spec_owners, ep.bit
+        expiry = now + self.speculative_ttl
+        added = 0
+        for key in keys:
+            if key in held:
+                continue
+            if key in spec:
+                spec.move_to_end(key)
+            else:
+                owners[key] = owners.get(key, 0) | bit
+                added += 1
+            spec[key] = expiry
+        while len(spec) > self.max_speculative:
+            key, _ = spec.popitem(last=False)
+            self._drop_spec_bit(key, bit)
+        return added
+
+    def discard_speculative(self, name: str, keys: Iterable[int]) -> None:
+        """Withdraw predictions for `name` (the request was served elsewhere)."""
+        ep = self._eps.get(name)
+        if ep is None:
+            return
+        for key in keys:
+            if ep.spec.pop(key, None) is not None:
+                self._drop_spec_bit(key, ep.bit)
+
+    def expire(self, now: float) -> None:
+        """Drop speculative entries whose time is up (also done lazily by `match`)."""
+        for ep in self._eps.values():
+            self._expire(ep, now)
+
+    def _expire(self, ep: _Endpoint, now: float) -> None:
+        spec = ep.spec
+        while spec:
+            key, t = next(iter(spec.items()))
+            if t > now:
+                return
+            del spec[key]
+            self._expired += 1
+            self._drop_spec_bit(key, ep.bit)
+
+    def _drop_spec_bit(self, key: int, bit: int) -> None:
+        m = self._spec_owners.get(key, 0) & ~bit
+        if m:
+            self._spec_owners[key] = m
+        else:
+            self._spec_owners.pop(key, None)
+
+    # -- queries ---------------------------------------------------------------------------------
+    def holds(self, name: str, key: int) -> bool:
+        ep = self._eps.get(name)
+        return ep is not None and key in ep.keys
+
+    def media(self, name: str, key: int) -> list[str]:
+        """Media in which `name` holds the block `key` (empty when it does not); a linear scan,
+        for debugging and tests."""
+        ep = self._eps.get(name)
+        if ep is None or key not in ep.keys:
+            return []
+        mask = 0
+        for k, m in ep.blocks.values():
+            if k == key:
+                mask |= m
+        return [medium for medium, bit in self._media.items() if mask & bit]
+
+    def match(self, keys: Sequence[int], names: Sequence[str], now: float | None = None,
+              speculative: bool = True) -> list[int]:
+        """For each name, how many leading `keys` it holds (confirmed, or speculative and not
+        expired at `now` when `speculative`)."""
+        eps = self._eps
+        active = 0
+        by_slot: dict[int, int] = {}
+        for i, name in enumerate(names):
+            ep = eps.get(name)
+            if ep is not None:
+                if speculative and now is not None:
+                    self._expire(ep, now)
+                active |= ep.bit
+                by_slot[ep.slot] = i
+        result = [0] * len(names)
+        if not active:
+            return result
+        get = self._owners.get
+        sget = self._spec_owners.get if speculative and self._spec_owners else None
+        depth = 0
+        for key in keys:
+            mask = get(key, 0)
+            if sget is not None:
+                mask |= sget(key, 0)
+            still = mask & active
+            if still != active:
+                dropped = active & ~still
+                while dropped:
+                    low = dropped & -dropped
+                    result[by_slot[low.bit_length() - 1]] = depth
+                    dropped ^= low
+                active = still
+                if not active:
+                    return result
+            depth += 1
+        while active:
+            low = active & -active
+            result[by_slot[low.bit_length() - 1]] = depth
+            active ^= low
+        return result
+
+    def stats(self) -> KVIndexStats:
+        return KVIndexStats(
+            endpoints=len(self._eps), blocks=len(self._owners),
+            speculative=sum(len(ep.spec) for ep in self._eps.values()),
+            stored_events=self._stored, removed_events=self._removed,
+            cleared_events=self._cleared, orphan_blocks=self._orphans,
+            confirmed_speculative=self._confirmed, expired_speculative=self._expired)
+
+
+# -- adapters ------------------------------------------------------------------------------------
+
+def from_engine_event(ev: Any) -> KVEvent:
+    """A simulator engine event (`inferoute.sim.blocks` dataclasses, or anything with the same
+    fields and class names) as an index event."""
+    kind = type(ev).__name__
+    if kind == "BlockStored":
+        return BlockStoredEvent(tuple(ev.block_hashes), ev.parent_block_hash,
+                                tuple(ev.token_ids), ev.block_size, ev.lora_id,
+                                getattr(ev, "medium", None) or DEFAULT_MEDIUM,
+                                getattr(ev, "lora_name", None))
+    if kind == "BlockRemoved":
+        return BlockRemovedEvent(tuple(ev.block_hashes),
+                                 getattr(ev, "medium", None) or DEFAULT_MEDIUM)
+    if kind == "AllBlocksCleared":
+        return AllBlocksClearedEvent()
+    raise TypeError(f"unknown KV event type {kind}")
+
+
+def apply_engine_events(index: KVBlockIndex, endpoint: str, events: Iterable[Any]) -> None:
+    """Feed events drained from a simulator `Engine` (`drain_kv_events()`) into `index` as the
+    endpoint `endpoint` (its `ip:port` name); for the virtual-time benchmark."""
+    index.apply(endpoint, [e if isinstance(e, (BlockStoredEvent, BlockRemovedEvent,
+                                                AllBlocksClearedEvent)) else from_engine_event(e)
+                           for e in events])

@@ -1,0 +1,208 @@
+"""`precise-prefix-cache-scorer`: prefer endpoints whose engines report holding the prompt's prefix.
+
+Precise prefix-cache routing. The index (`inferoute.core.kvindex.KVBlockIndex`, `self.index`)
+learns from the model servers' own KV-cache events, fed by the data layer's ZMQ subscribers (or
+the benchmark's simulated engines); keys are chained hashes of token ids, so they do not depend
+on the engine's hash seed. The request's token ids (`request.token_ids`, set by the gateway, or
+computed here by the tokenizer the data layer attaches with `set_tokenizer`) are hashed the same
+way at the endpoint's block size (from its events, else its scraped `cache_config_info`, else
+`blockSize`). Score contract as `prefix-cache-scorer`: leading blocks held / the prompt's full
+blocks (capped at `maxPrefixBlocksToMatch`); a prompt shorter than one block, or with no token
+ids, scores 0 everywhere.
+
+Speculative entries: when a request is routed, its blocks are indexed for the chosen endpoint
+for `speculativeTtl` seconds, until the engine's `BlockStored` events confirm them; so a burst
+of requests sharing a new prefix does not scatter before the first one's events arrive. When a
+fallback served instead (`on_served`), the prediction moves to the endpoint that served.
+
+Parameters (camelCase in YAML):
+
+- `blockSize` (16): tokens per block for endpoints whose block size is not known yet.
+- `maxPrefixBlocksToMatch` (256): blocks of a prompt considered.
+- `capacityPerEndpoint` (131,072): engine blocks indexed per endpoint (a safety bound; the
+  engines' own evictions arrive as BlockRemoved events).
+- `speculative` (true), `speculativeTtl` (2 s; a number of seconds or `500ms`),
+  `maxSpeculativePerEndpoint` (65,536).
+- `loraIds` ({}): engine LoRA int id -> adapter name, for engines whose events carry only
+  `lora_id`; LoRA blocks are otherwise unmatched (base-model blocks always match).
+
+`stats()` reports the same figures as the approximate scorer (lookups, hit ratio).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, Sequence
+
+import pydantic
+
+from ..endpoint import Endpoint
+from ..kvindex import KVBlockIndex, block_keys, chain_root
+from ..request import InferenceRequest
+from ..scheduling.config import parse_duration
+from ..scheduling.framework import CycleContext, SchedulingResult
+from ..scheduling.registry import register
+from .common import BasePlugin, PluginParams
+from .prefix import MATCHED_TOKENS_KEY, PrefixIndexStats
+
+#: requests whose prediction may still move after a fallback (bounded)
+MAX_PENDING = 4096
+
+Tokenize = Callable[[InferenceRequest], "list[int] | None"]
+
+
+class _Cycle:
+    __slots__ = ("keys", "matched")
+
+    def __init__(self) -> None:
+        self.keys: dict[int, list[int]] = {}
+        self.matched: dict[str, int] = {}
+
+
+@register
+class PrecisePrefixCacheScorer(BasePlugin):
+    """Fraction of the prompt's leading KV blocks the endpoint's engine reports holding."""
+
+    type_name = "precise-prefix-cache-scorer"
+
+    class Params(PluginParams):
+        block_size: int = pydantic.Field(16, ge=1, le=4096)
+        max_prefix_blocks_to_match: int = pydantic.Field(256, ge=1, le=65536)
+        capacity_per_endpoint: int = pydantic.Field(131_072, ge=1, le=10_000_000)
+        speculative: bool = True
+        speculative_ttl: float = pydantic.Field(2.0, ge=0, le=3600)
+        max_speculative_per_endpoint: int = pydantic.Field(65_536, ge=0, le=10_000_000)
+        lora_ids: dict[int, str] = pydantic.Field(default_factory=dict)
+
+        @pydantic.field_validator("speculative_ttl", mode="before")
+        @classmethod
+        def _ttl(cls, v: Any) -> Any:
+            return parse_duration(v) if isinstance(v, str) else v
+
+    def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
+        super().__init__(name, params)
+        p = self.params
+        self.index = KVBlockIndex(
+            capacity=p.capacity_per_endpoint, speculative_ttl=p.speculative_ttl,
+            max_speculative=p.max_speculative_per_endpoint if p.speculative else 0,
+            lora_names=p.lora_ids)
+        self.tokenizer: Tokenize | None = None
+        self._key = f"precise:{self.name}"
+        self._pending: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
+        self._lookups = self._queried = self._hit = self._untokenized = 0
+
+    def set_tokenizer(self, tokenize: Tokenize | None) -> None:
+        """Token ids for requests that arrive without `token_ids` (attached by the data layer)."""
+        self.tokenizer = tokenize
+
+    # -- keys --------------------------------------------------------------------------------
+    def block_size_of(self, ep: Endpoint) -> int:
+        """The endpoint's block size: from its events, its scrape, or the `blockSize` default."""
+        return self.index.block_size(ep.name) or ep.metrics.block_size or self.params.block_size
+
+    def _token_ids(self, request: InferenceRequest) -> list[int] | None:
+        if request.token_ids is None and self.tokenizer is not None:
+            request.token_ids = self.tokenizer(request)
+        return request.token_ids
+
+    def request_keys(self, request: InferenceRequest, block_size: int) -> list[int]:
+        """The request's block keys at `block_size` (empty without token ids)."""
+        ids = self._token_ids(request)
+        if not ids:
+            return []
+        root = chain_root(request.lora_adapter, block_size)
+        return block_keys(ids, block_size, root, self.params.max_prefix_blocks_to_match)
+
+    def _cycle(self, ctx: CycleContext) -> _Cycle:
+        state = ctx.data.get(self._key)
+        if state is None:
+            state = ctx.data[self._key] = _Cycle()
+        return state
+
+    def _keys(self, state: _Cycle, request: InferenceRequest, bs: int) -> list[int]:
+        keys = state.keys.get(bs)
+        if keys is None:
+            keys = state.keys[bs] = self.request_keys(request, bs)
+        return keys
+
+    # -- scoring -----------------------------------------------------------------------------
+    def score(self, ctx: CycleContext, request: InferenceRequest,
+              endpoints: list[Endpoint]) -> Sequence[float]:
+        state = self._cycle(ctx)
+        if self._token_ids(request) is None:
+            self._untokenized += 1
+            return [0.0] * len(endpoints)
+        groups: dict[int, list[int]] = {}
+        for i, ep in enumerate(endpoints):
+            groups.setdefault(self.block_size_of(ep), []).append(i)
+        scores = [0.0] * len(endpoints)
+        matched_tokens: dict[str, int] = ctx.data.setdefault(MATCHED_TOKENS_KEY, {})
+        for bs, idxs in groups.items():
+            keys = self._keys(state, request, bs)
+            if not keys:
+                continue
+            names = [endpoints[i].name for i in idxs]
+            found = self.index.match(keys, names, ctx.now, self.params.speculative)
+            for i, name, m in zip(idxs, names, found):
+                scores[i] = m / len(keys)
+                state.matched[name] = m
+                matched_tokens[name] = m * bs
+        return scores
+
+    # -- speculation -------------------------------------------------------------------------
+    def on_scheduled(self, ctx: CycleContext, request: InferenceRequest,
+                     result: SchedulingResult) -> None:
+        state = self._cycle(ctx)
+        primary = result.target
+        seen: set[str] = set()
+        for pname in (result.primary, *result.profiles):
+            prof = result.profiles.get(pname)
+            if prof is None or not prof.targets or prof.targets[0].name in seen:
+                continue
+            ep = prof.targets[0]
+            seen.add(ep.name)
+            keys = self._keys(state, request, self.block_size_of(ep))
+            if ep is primary:
+                matched = state.matched.get(ep.name)
+                if matched is None:
+                    matched = self.index.match(keys, [ep.name], ctx.now,
+                                               self.params.speculative)[0] if keys else 0
+                self._lookups += 1
+                self._queried += len(keys)
+                self._hit += matched
+                request.attributes["prefix_cache_hit_ratio"] = (
+                    matched / len(keys) if keys else 0.0)
+            if keys and self.params.speculative:
+                self.index.add_speculative(ep.name, keys, ctx.now)
+                if ep is primary:
+                    self._pending[request.request_id] = (ep.name, keys)
+                    self._pending.move_to_end(request.request_id)
+                    while len(self._pending) > MAX_PENDING:
+                        self._pending.popitem(last=False)
+
+    def on_served(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        rec = self._pending.get(request.request_id)
+        if rec is None or rec[0] == endpoint.name:
+            return
+        self.index.discard_speculative(rec[0], rec[1])
+        keys = self.request_keys(request, self.block_size_of(endpoint))
+        self.index.add_speculative(endpoint.name, keys, now)
+        self._pending[request.request_id] = (endpoint.name, keys)
+
+    def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
+                    usage: dict[str, Any] | None) -> None:
+        self._pending.pop(request.request_id, None)
+
+    def on_endpoint_removed(self, endpoint: Endpoint) -> None:
+        self.index.remove_endpoint(endpoint.name)
+
+    # -- observability -----------------------------------------------------------------------
+    @property
+    def untokenized(self) -> int:
+        """Requests scored without token ids (all zeros): a sign no tokenizer is configured."""
+        return self._untokenized
+
+    def stats(self) -> PrefixIndexStats:
+        return PrefixIndexStats(lookups=self._lookups, blocks_queried=self._queried,
+                                blocks_hit=self._hit, indexed_blocks=len(self.index),
+                                endpoints=len(self.index.endpoints()))
