@@ -109,15 +109,27 @@ class Observability:
                                "endpoint after a connect failure or a 5xx.", ("pool",),
                                registry=r)
         self._data: DataLayer | None = None
+        #: labelled children by (metric, labels): `labels()` validates and locks on every
+        #: call, which adds up to tens of microseconds per request on the hot path
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) > 100_000:  # label sets are bounded by config; be safe
+                self._children.clear()
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # ------------------------------------------------------------------ request events
 
     def request_started(self, model: str, target_model: str, body_bytes: int = 0) -> None:
         """A request was received and parsed (before scheduling)."""
-        self.requests.labels(model, target_model).inc()
-        self.running.labels(model).inc()
+        self._child(self.requests, model, target_model).inc()
+        self._child(self.running, model).inc()
         if body_bytes:
-            self.request_sizes.labels(model, target_model).observe(body_bytes)
+            self._child(self.request_sizes, model, target_model).observe(body_bytes)
 
     def scheduled(self, duration: float, prefix_hit_ratio: float | None = None) -> None:
         """A scheduling decision took `duration` seconds."""
@@ -127,42 +139,42 @@ class Observability:
 
     def dispatched(self, pool: str, endpoint: str) -> None:
         """A request was sent to `endpoint` (call `released` exactly once later)."""
-        self.in_flight.labels(pool, endpoint).inc()
+        self._child(self.in_flight, pool, endpoint).inc()
 
     def released(self, pool: str, endpoint: str) -> None:
         """A request sent to `endpoint` is over, whatever its outcome."""
-        self.in_flight.labels(pool, endpoint).dec()
+        self._child(self.in_flight, pool, endpoint).dec()
 
     def retried(self, pool: str) -> None:
-        self.retries.labels(pool).inc()
+        self._child(self.retries, pool).inc()
 
     def request_finished(self, model: str, target_model: str, *, latency: float,
                          ttft: float | None = None, usage: Mapping[str, Any] | None = None,
                          response_bytes: int = 0, error_code: str | None = None) -> None:
         """The request is over; pair of `request_started`. `error_code` set means it failed
         (an HTTP status as a string, or e.g. 'client_disconnect')."""
-        self.running.labels(model).dec()
+        self._child(self.running, model).dec()
         if error_code is not None:
-            self.errors.labels(model, target_model, error_code).inc()
+            self._child(self.errors, model, target_model, error_code).inc()
             return
-        self.duration.labels(model, target_model).observe(latency)
+        self._child(self.duration, model, target_model).observe(latency)
         if ttft is not None:
-            self.ttft.labels(model, target_model).observe(ttft)
+            self._child(self.ttft, model, target_model).observe(ttft)
         if response_bytes:
-            self.response_sizes.labels(model, target_model).observe(response_bytes)
+            self._child(self.response_sizes, model, target_model).observe(response_bytes)
         if usage:
             prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
             completion = usage.get("completion_tokens", usage.get("output_tokens"))
             if isinstance(prompt, int) and prompt > 0:
-                self.input_tokens.labels(model, target_model).observe(prompt)
+                self._child(self.input_tokens, model, target_model).observe(prompt)
             if isinstance(completion, int) and completion > 0:
-                self.output_tokens.labels(model, target_model).observe(completion)
-                self.ntpot.labels(model, target_model).observe(latency / completion)
+                self._child(self.output_tokens, model, target_model).observe(completion)
+                self._child(self.ntpot, model, target_model).observe(latency / completion)
 
     def request_rejected(self, model: str, target_model: str, error_code: str) -> None:
         """A request refused before scheduling (bad body, unknown model, no endpoint)."""
-        self.requests.labels(model, target_model).inc()
-        self.errors.labels(model, target_model, error_code).inc()
+        self._child(self.requests, model, target_model).inc()
+        self._child(self.errors, model, target_model, error_code).inc()
 
     # ------------------------------------------------------------------ pool state
 

@@ -27,7 +27,8 @@ import orjson
 from aiohttp import web
 
 from ..core.endpoint import Endpoint
-from ..core.errors import (InferouteError, PayloadTooLarge, UpstreamError, UpstreamTimeout)
+from ..core.errors import (InferouteError, ModelNotFound, PayloadTooLarge, UpstreamError,
+                           UpstreamTimeout)
 from ..core.request import API_PATHS, InferenceRequest, parse_request
 from ..core.router import Decision
 from ..datalayer.discovery.static import ServingConfig
@@ -121,8 +122,9 @@ class Proxy:
             obs.scheduled(time.perf_counter() - t0,
                           ireq.attributes.get("prefix_cache_hit_ratio"))
         except InferouteError as exc:
-            obs.request_rejected(model or "unknown", target or model or "unknown",
-                                 str(exc.status))
+            if isinstance(exc, ModelNotFound) or not model:
+                model = target = "unknown"  # never a client-chosen label value
+            obs.request_rejected(model, target, str(exc.status))
             return error_response(exc)
         obs.request_started(model, target, len(raw))
         return await self._forward(request, ireq, decision, raw, candidates)
