@@ -57,26 +57,31 @@ def _free_base(n: int) -> int:
 
 
 async def _client(session: aiohttp.ClientSession, ports: list[int], worker: int, body: bytes,
-                  stop_at: float, out: list[_Result]) -> None:
+                  stop_at: float, out: list[_Result], errors: list[str]) -> None:
     loop = asyncio.get_running_loop()
     k = worker
     while loop.time() < stop_at:
         port = ports[k % len(ports)]
         k += 1
         res: _Result | None = None
-        async with session.post(f"http://127.0.0.1:{port}/v1/completions", data=body,
-                                headers={"Content-Type": "application/json"}) as r:
-            if r.status != 200:
-                await r.read()
-                continue
-            async for line in r.content:
-                if not line.startswith(b"data: {"):
+        try:
+            async with session.post(f"http://127.0.0.1:{port}/v1/completions", data=body,
+                                    headers={"Content-Type": "application/json"}) as r:
+                if r.status != 200:
+                    await r.read()
+                    errors.append(f"HTTP {r.status}")
                     continue
-                now = loop.time()
-                if res is None:
-                    rid = orjson.loads(line[6:])["id"].removeprefix("cmpl-")
-                    res = _Result(rid, port)
-                res.times.append(now)
+                async for line in r.content:
+                    if not line.startswith(b"data: {"):
+                        continue
+                    now = loop.time()
+                    if res is None:
+                        rid = orjson.loads(line[6:])["id"].removeprefix("cmpl-")
+                        res = _Result(rid, port)
+                    res.times.append(now)
+        except aiohttp.ClientError as exc:
+            errors.append(type(exc).__name__)
+            continue
         if res is not None:
             out.append(res)
 
@@ -89,6 +94,7 @@ def _pct(xs: list[float], q: float) -> float:
 async def _drive(ports: list[int], args: argparse.Namespace, pid: int) -> dict[str, Any]:
     prompt = " ".join(f"w{i % 997}" for i in range(args.prompt_words))
     results: list[_Result] = []
+    errors: list[str] = []
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
@@ -98,7 +104,8 @@ async def _drive(ports: list[int], args: argparse.Namespace, pid: int) -> dict[s
                                 "max_tokens": args.output_tokens, "ignore_eos": True,
                                 "stream": True}) for i in range(args.concurrency)]
         warm = min(5.0, args.duration / 4)
-        tasks = [asyncio.create_task(_client(s, ports, i, bodies[i], stop_at, results))
+        tasks = [asyncio.create_task(_client(s, ports, i, bodies[i], stop_at, results,
+                                                   errors))
                  for i in range(args.concurrency)]
         await asyncio.sleep(warm)
         cpu0, wall0 = _cpu_seconds(pid), time.monotonic()
@@ -125,7 +132,7 @@ async def _drive(ports: list[int], args: argparse.Namespace, pid: int) -> dict[s
             observed.append(obs)
             model.append(mod)
     within = sum(1 for r in ratios if abs(r - 1) <= 0.10)
-    return {"requests": len(results), "matched": len(ratios),
+    return {"requests": len(results), "errors": len(errors), "matched": len(ratios),
             "median_observed_itl_ms": 1e3 * statistics.median(observed) if observed else None,
             "median_model_itl_ms": 1e3 * statistics.median(model) if model else None,
             "ratio_p10": _pct(ratios, 0.10) if ratios else None,
