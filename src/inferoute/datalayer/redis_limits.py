@@ -11,14 +11,19 @@ clock (`TIME`) and the `now` argument is ignored; `use_server_time=False` uses `
 since a full bucket and a missing one mean the same.
 
 When Redis cannot be reached the limiter fails open (the request goes through, `errors` counts
-it) unless `fail_open=False`, in which case the Redis error propagates.
+it) unless `fail_open=False`, in which case the Redis error propagates. After an error it leaves
+Redis alone for `cooldown` seconds, and `from_url` sets short timeouts without retries, so an
+outage costs requests no latency.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..core.admission.ratelimit import Limits, Reservation, over_limit
@@ -71,18 +76,38 @@ class RedisRateLimiter:
     """`RateLimiter` on a shared Redis (see the module docstring)."""
 
     def __init__(self, client: aioredis.Redis, *, prefix: str = "inferoute:rl:",
-                 use_server_time: bool = True, fail_open: bool = True) -> None:
+                 use_server_time: bool = True, fail_open: bool = True,
+                 cooldown: float = 1.0) -> None:
         self.client = client
         self.prefix = prefix
         self.use_server_time = use_server_time
         self.fail_open = fail_open
+        self.cooldown = cooldown
         self.errors = 0
+        self._down_until = 0.0
         self._script = client.register_script(_SCRIPT)
 
     @classmethod
-    def from_url(cls, url: str, **kw: Any) -> "RedisRateLimiter":
-        """e.g. `redis://127.0.0.1:6379/0`."""
-        return cls(aioredis.Redis.from_url(url), **kw)
+    def from_url(cls, url: str, *, timeout: float = 0.5, **kw: Any) -> "RedisRateLimiter":
+        """e.g. `redis://127.0.0.1:6379/0`; `timeout` bounds connecting and each call."""
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout,
+                                         socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        return cls(client, **kw)
+
+    async def _call(self, keys: list[str], args: list[Any]) -> Any:
+        """Run the script; None when Redis is unavailable and the limiter fails open."""
+        if time.monotonic() < self._down_until:
+            if self.fail_open:
+                return None
+            raise RedisError("rate-limit store unavailable (cooling down after an error)")
+        try:
+            return await self._script(keys=keys, args=args)
+        except (RedisError, OSError):
+            self.errors += 1
+            self._down_until = time.monotonic() + self.cooldown
+            if self.fail_open:
+                return None
+            raise
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -106,13 +131,9 @@ class RedisRateLimiter:
         res = Reservation(key, limits, estimated_tokens)
         if not keys:
             return res
-        try:
-            reply = await self._script(keys=keys, args=args)
-        except (RedisError, OSError):
-            self.errors += 1
-            if self.fail_open:
-                return res
-            raise
+        reply = await self._call(keys, args)
+        if reply is None:
+            return res
         if int(reply[0]) != 1:
             raise over_limit(key, float(reply[2]), what[int(reply[1]) - 1])
         return res
@@ -125,14 +146,8 @@ class RedisRateLimiter:
         delta = actual_tokens - reservation.estimated_tokens
         if spec is None or not delta:
             return
-        try:
-            await self._script(keys=[f"{self.prefix}{reservation.key}:tok"],
-                               args=["adjust", self._now(now), repr(spec[0]), repr(spec[1]),
-                                     int(delta)])
-        except (RedisError, OSError):
-            self.errors += 1
-            if not self.fail_open:
-                raise
+        await self._call([f"{self.prefix}{reservation.key}:tok"],
+                         ["adjust", self._now(now), repr(spec[0]), repr(spec[1]), int(delta)])
 
     async def level(self, key: str, kind: str) -> float | None:
         """The stored level of a bucket (without refill), None if absent."""

@@ -8,9 +8,9 @@ import itertools
 import random
 
 import pytest
-import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
-from inferoute.core.admission.ratelimit import Limits, MemoryRateLimiter
+from inferoute.core.admission.ratelimit import Limits, MemoryRateLimiter, Reservation
 from inferoute.core.errors import TooManyRequests
 from inferoute.datalayer.redis_limits import RedisRateLimiter
 
@@ -20,7 +20,7 @@ _prefixes = itertools.count()
 @pytest.fixture
 async def limiter(redis_url: str):
     lim = RedisRateLimiter.from_url(redis_url, prefix=f"t{next(_prefixes)}:",
-                                    use_server_time=False)
+                                    use_server_time=False, fail_open=False, timeout=10)
     yield lim
     await lim.close()
 
@@ -47,7 +47,6 @@ async def test_matches_memory_limiter_on_a_random_trace(limiter) -> None:
         assert a == b, (t, est)
         if a[0] == "ok" and rng.random() < 0.5:
             actual = rng.randint(1, 600)
-            from inferoute.core.admission.ratelimit import Reservation
             await limiter.reconcile(Reservation("k", limits, est), actual, t)
             mem.reconcile_now(Reservation("k", limits, est), actual, t)
 
@@ -70,20 +69,23 @@ async def test_reconcile_refund_and_debt(limiter) -> None:
 
 async def test_two_replicas_share_the_budget_atomically(redis_url: str) -> None:
     prefix = f"shared{next(_prefixes)}:"
-    a = RedisRateLimiter.from_url(redis_url, prefix=prefix, use_server_time=False)
-    b = RedisRateLimiter.from_url(redis_url, prefix=prefix, use_server_time=False)
+    # generous timeout: this checks atomicity, not latency (a timeout would fail open)
+    a = RedisRateLimiter.from_url(redis_url, prefix=prefix, use_server_time=False, timeout=10)
+    b = RedisRateLimiter.from_url(redis_url, prefix=prefix, use_server_time=False, timeout=10)
     limits = Limits(requests_per_minute=60, burst_requests=10)
     try:
         outcomes = await asyncio.gather(*[
             _outcome(a if i % 2 else b, "tenant", limits, 1, 0.0) for i in range(100)])
         assert sum(o[0] == "ok" for o in outcomes) == 10
+        assert a.errors == b.errors == 0
     finally:
         await a.close()
         await b.close()
 
 
 async def test_server_time_and_expiry(redis_url: str) -> None:
-    lim = RedisRateLimiter.from_url(redis_url, prefix=f"srv{next(_prefixes)}:")
+    lim = RedisRateLimiter.from_url(redis_url, prefix=f"srv{next(_prefixes)}:",
+                                    fail_open=False, timeout=10)
     limits = Limits(requests_per_minute=6000, burst_requests=2)  # refills 100/s
     try:
         await lim.reserve("k", limits, 1, now=-1e9)  # `now` ignored: the server clock rules
@@ -110,12 +112,16 @@ async def test_unreachable_redis_fails_open_or_raises() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
     limits = Limits(requests_per_minute=1, burst_requests=1)
-    client = aioredis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
-    lim = RedisRateLimiter(client)
-    for _ in range(3):
+    lim = RedisRateLimiter.from_url(f"redis://127.0.0.1:{port}/0", cooldown=60.0)
+    for _ in range(3):  # fails open; after the first error Redis is left alone
         await lim.reserve("k", limits, 1, 0.0)
-    assert lim.errors == 3
-    strict = RedisRateLimiter(client, fail_open=False)
-    with pytest.raises(Exception):
+    assert lim.errors == 1
+    strict = RedisRateLimiter.from_url(f"redis://127.0.0.1:{port}/0", fail_open=False,
+                                       cooldown=0.0)
+    with pytest.raises(RedisError):
         await strict.reserve("k", limits, 1, 0.0)
-    await client.aclose()
+    with pytest.raises(RedisError):
+        await strict.reconcile(Reservation("k", Limits(tokens_per_minute=60), 5), 9, 0.0)
+    assert strict.errors == 2
+    await lim.close()
+    await strict.close()
