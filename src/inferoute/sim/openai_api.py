@@ -124,8 +124,13 @@ class ChunkWriter:
     string encode and a byte join.
     """
 
-    def __init__(self, kind: Kind, response_id: str, model: str, created: int | None = None):
+    def __init__(self, kind: Kind, response_id: str, model: str, created: int | None = None,
+                 *, include_usage: bool = False):
         self.kind = kind
+        # vLLM serializes completion chunks with every field (so `"usage": null`), chat chunks
+        # with the fields it set (`"usage": null` only when the client asked for usage)
+        self._no_usage = b',"usage":null}\n\n' if kind == "completions" or include_usage \
+            else b"}\n\n"
         created = int(time.time()) if created is None else created
         obj = "text_completion" if kind == "completions" else "chat.completion.chunk"
         self._head = (b'data: {"id":' + orjson.dumps(response_id) + b',"object":"' +
@@ -141,11 +146,12 @@ class ChunkWriter:
     def role(self) -> bytes:
         """The first chat chunk: the assistant role with empty content (as vLLM sends)."""
         return (self._head + b'{"index":0,"delta":{"role":"assistant","content":""},'
-                b'"logprobs":null,"finish_reason":null}]}\n\n')
+                b'"logprobs":null,"finish_reason":null}]' + self._no_usage)
 
     def token(self, text: str, usage: dict[str, Any] | None = None) -> bytes:
         """One token's chunk (no finish reason yet)."""
-        tail = b"}\n\n" if usage is None else b',"usage":' + orjson.dumps(usage) + b"}\n\n"
+        tail = self._no_usage if usage is None else \
+            b',"usage":' + orjson.dumps(usage) + b"}\n\n"
         return self._head + self._tok_pre + orjson.dumps(text) + self._tok_post + tail
 
     def final(self, text: str, finish_reason: str, usage: dict[str, Any] | None = None) -> bytes:
@@ -157,7 +163,8 @@ class ChunkWriter:
             delta = {"content": text} if text else {}
             choice = {"index": 0, "delta": delta, "logprobs": None,
                       "finish_reason": finish_reason, "stop_reason": None}
-        tail = b"}\n\n" if usage is None else b',"usage":' + orjson.dumps(usage) + b"}\n\n"
+        tail = self._no_usage if usage is None else \
+            b',"usage":' + orjson.dumps(usage) + b"}\n\n"
         return self._head + orjson.dumps(choice) + b"]" + tail
 
     def usage(self, usage: dict[str, Any]) -> bytes:

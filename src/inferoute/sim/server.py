@@ -378,7 +378,8 @@ class _Stream:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache"})
         api = self.api
-        writer = ChunkWriter(api.kind, self.response_id, api.model)
+        writer = ChunkWriter(api.kind, self.response_id, api.model,
+                             include_usage=api.include_usage or api.continuous_usage)
         handle: RequestHandle | None = None
         sent = 0
         try:

@@ -77,7 +77,8 @@ def test_completion_chunks_match_vllm_shape():
     tok = _sse(w.token(" hello"))
     assert tok == {"id": "cmpl-1", "object": "text_completion", "created": 7, "model": "m",
                    "choices": [{"index": 0, "text": " hello", "logprobs": None,
-                                "finish_reason": None, "stop_reason": None}]}
+                                "finish_reason": None, "stop_reason": None}],
+                   "usage": None}
     fin = _sse(w.final(' "q"', "length"))
     assert fin["choices"][0]["text"] == ' "q"' and fin["choices"][0]["finish_reason"] == "length"
     usage = _sse(w.usage(usage_dict(5, 2, 3)))
@@ -89,6 +90,8 @@ def test_completion_chunks_match_vllm_shape():
 
 def test_chat_chunks_match_vllm_shape():
     w = ChunkWriter("chat", "chatcmpl-1", "m", created=7)
+    assert "usage" not in _sse(w.token("x"))
+    assert _sse(ChunkWriter("chat", "c", "m", include_usage=True).token("x"))["usage"] is None
     role = _sse(w.role())
     assert role["object"] == "chat.completion.chunk"
     assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
