@@ -32,7 +32,8 @@ from .objectives import OBJECTIVE_HEADER, Objective, Objectives, ObjectiveSpec
 from .ratelimit import Limits, MemoryRateLimiter, RateLimiter, Reservation, estimate_tokens
 from .routing_rules import RouteChoice, RouteSpec, RoutingRules, rewrite_model
 from .saturation import SaturationDetector
-from .usage import ResponseRewriter, UpstreamBody, prepare_upstream_body, total_tokens, usage_of
+from .usage import (ResponseRewriter, UpstreamBody, prepare_upstream_body, rewrite_response_model,
+                    sse_error, total_tokens, usage_of)
 
 
 class AdmissionConfig(pydantic.BaseModel):
@@ -104,5 +105,6 @@ __all__ = [
     "Objectives", "QueueFull", "RateLimiter", "Reservation", "ResponseRewriter", "RouteChoice",
     "RouteSpec", "RoutingRules", "SaturationDetector", "Ticket", "TicketState", "UpstreamBody",
     "estimate_tokens", "load_admission_config", "parse_admission_config",
-    "prepare_upstream_body", "rewrite_model", "total_tokens", "usage_of",
+    "prepare_upstream_body", "rewrite_model", "rewrite_response_model", "sse_error",
+    "total_tokens", "usage_of",
 ]
