@@ -209,3 +209,28 @@ async def test_metrics_parse_and_reflect_running_and_waiting(sim):
                      "vllm:prompt_tokens", "vllm:generation_tokens", "vllm:num_preemptions"):
             assert fams[name][0].name == name + "_total"
 
+
+
+async def test_stream_disconnect_aborts_the_engine_request(sim):
+    url = sim.url(0)
+    async with aiohttp.ClientSession() as s:
+        before = await _scrape(s, url)
+        aborted_before = {smp.labels["finished_reason"]: smp.value
+                          for smp in before["vllm:request_success"]
+                          if smp.name.endswith("_total")}["abort"]
+        body = {"model": "sim-model", "prompt": _words(10, "d"), "max_tokens": 900,
+                "ignore_eos": True, "stream": True}
+        async with s.post(url + "/v1/completions", json=body) as r:
+            assert r.status == 200
+            await r.content.readline()             # the first token arrived
+        # leaving the block without reading closes the connection mid-stream
+        for _ in range(100):
+            fams = await _scrape(s, url)
+            aborted = {smp.labels["finished_reason"]: smp.value
+                       for smp in fams["vllm:request_success"]
+                       if smp.name.endswith("_total")}["abort"]
+            if aborted == aborted_before + 1:
+                break
+            await asyncio.sleep(0.05)
+        assert aborted == aborted_before + 1
+        assert _value(fams, "vllm:num_requests_running") == 0
