@@ -289,8 +289,10 @@ class PickerStream:
         assert self._pool is not None
         candidates = self._candidates(self._pool, now)
         t0 = self.picker.timer()
-        decision = router.schedule(request, now, candidates)
+        # the pool is already resolved (possibly the default pool for an unclaimed name)
+        result = self._pool.scheduler.schedule(request, candidates, now)
         self.schedule_seconds = self.picker.timer() - t0
+        decision = Decision(request=request, pool=self._pool, result=result)
         targets = decision.result.targets
         router.dispatch(decision, targets[0], now)
         self.decision = decision

@@ -8,6 +8,9 @@ endpoint the picker chose and reports the response back through the same stream.
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import json
 import os
 import random
 import re
@@ -23,6 +26,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from aiohttp import web
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -265,10 +269,125 @@ def _set_headers(common: pb.CommonResponse) -> dict[str, str]:
             for h in common.header_mutation.set_headers}
 
 
+NS = "llm"
+POOL_PATH = "/apis/inference.networking.k8s.io/v1/namespaces/llm/inferencepools"
+
+
+def make_pool(selector: dict[str, str], ports=(8000, 8001)) -> dict[str, Any]:
+    return {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+            "metadata": {"name": "qwen", "namespace": NS},
+            "spec": {"selector": {"matchLabels": selector},
+                     "targetPorts": [{"number": p} for p in ports],
+                     "endpointPickerRef": {"name": "qwen-epp", "port": {"number": 9002}}}}
+
+
+def make_pod(name: str, ip: str, labels: dict[str, str], ready: bool) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "status": {"phase": "Running", "podIP": ip, "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+class StandInApiServer:
+    """A STAND-IN Kubernetes API server (not a real one): pools and pods in memory; get, list
+    and watch (streamed JSON lines) as kubernetes_asyncio calls them."""
+
+    def __init__(self) -> None:
+        self.rv = 1
+        self.pool: dict[str, Any] | None = None
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.watchers: list[tuple[str, dict[str, str], asyncio.Queue]] = []
+        self.requests: list[str] = []
+
+    def _stamp(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        return copy.deepcopy(obj)
+
+    def _emit(self, kind: str, what: str, obj: dict[str, Any]) -> None:
+        labels = obj["metadata"].get("labels") or {}
+        for wkind, selector, q in self.watchers:
+            if wkind == what and all(labels.get(k) == v for k, v in selector.items()):
+                q.put_nowait({"type": kind, "object": obj})
+
+    def set_pool(self, pool: dict[str, Any]) -> None:
+        kind = "MODIFIED" if self.pool else "ADDED"
+        self.pool = pool
+        self._emit(kind, "pool", self._stamp(pool))
+
+    def set_pod(self, pod: dict[str, Any]) -> None:
+        kind = "MODIFIED" if pod["metadata"]["name"] in self.pods else "ADDED"
+        self.pods[pod["metadata"]["name"]] = pod
+        self._emit(kind, "pod", self._stamp(pod))
+
+    def delete_pod(self, name: str) -> None:
+        pod = self.pods.pop(name)
+        self._emit("DELETED", "pod", self._stamp(pod))
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get(POOL_PATH + "/{name}", self.get_pool)
+        app.router.add_get(POOL_PATH, self.list_pools)
+        app.router.add_get(f"/api/v1/namespaces/{NS}/pods", self.list_pods)
+        return app
+
+    async def get_pool(self, req: web.Request) -> web.Response:
+        self.requests.append("get pool")
+        if self.pool is None or req.match_info["name"] != "qwen":
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound",
+                                      "message": "not found"}, status=404)
+        return web.json_response(self._stamp(self.pool))
+
+    async def list_pools(self, req: web.Request) -> web.StreamResponse:
+        assert req.query.get("fieldSelector") == "metadata.name=qwen"
+        if req.query.get("watch") == "true":
+            self.requests.append("watch pool")
+            return await self._watch(req, "pool", {})
+        items = [self._stamp(self.pool)] if self.pool else []
+        return web.json_response({"kind": "InferencePoolList", "items": items,
+                                  "metadata": {"resourceVersion": str(self.rv)}})
+
+    async def list_pods(self, req: web.Request) -> web.StreamResponse:
+        selector = dict(kv.split("=", 1) for kv in req.query.get("labelSelector", "").split(",")
+                        if kv)
+        if req.query.get("watch") == "true":
+            self.requests.append(f"watch pods {req.query.get('labelSelector')}")
+            return await self._watch(req, "pod", selector)
+        self.requests.append(f"list pods {req.query.get('labelSelector')}")
+        items = [copy.deepcopy(p) for p in self.pods.values()
+                 if all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+        return web.json_response({"kind": "PodList", "items": items,
+                                  "metadata": {"resourceVersion": str(self.rv)}})
+
+    async def _watch(self, req: web.Request, what: str,
+                     selector: dict[str, str]) -> web.StreamResponse:
+        q: asyncio.Queue = asyncio.Queue()
+        entry = (what, selector, q)
+        self.watchers.append(entry)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(req)
+        deadline = time.monotonic() + float(req.query.get("timeoutSeconds", "30"))
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    ev = await asyncio.wait_for(q.get(), left)
+                except asyncio.TimeoutError:
+                    break
+                await resp.write(json.dumps(ev).encode() + b"\n")
+        finally:
+            self.watchers.remove(entry)
+        await resp.write_eof()
+        return resp
+
+
 @pytest.fixture
 def kit():
     """The helpers above, for the test modules (conftest is not importable by name)."""
     from types import SimpleNamespace
     return SimpleNamespace(EnvoyStream=EnvoyStream, scrape=scrape, metric=metric,
                            wait_ready=wait_ready, headers_msg=headers_msg, start_epp=start_epp,
-                           MODEL=MODEL, FULL_DUPLEX=FULL_DUPLEX, BUFFERED=BUFFERED)
+                           MODEL=MODEL, FULL_DUPLEX=FULL_DUPLEX, BUFFERED=BUFFERED,
+                           StandInApiServer=StandInApiServer, make_pool=make_pool,
+                           make_pod=make_pod, NS=NS, start=start)

@@ -1,6 +1,7 @@
-"""Kubernetes discovery against a STAND-IN API server (not a real cluster): a small aiohttp app
-on 127.0.0.1 that speaks the list and watch protocol for InferencePools and Pods (GET with
-`watch=true` streams one JSON event per line), enough for kubernetes_asyncio's client.
+"""Kubernetes discovery against a STAND-IN API server (not a real cluster; see conftest's
+`StandInApiServer`): a small aiohttp app on 127.0.0.1 that speaks the list and watch protocol for
+InferencePools and Pods (GET with `watch=true` streams one JSON event per line), enough for
+kubernetes_asyncio's client.
 
 The discovery runs unchanged (the real `PoolDiscovery` with a real `DataLayer`); only the API
 server is pretend. What a real cluster adds and this cannot show: RBAC, TLS and tokens, the
@@ -10,10 +11,7 @@ API server's own timeouts and 410 expiry, and pods' real readiness transitions.
 from __future__ import annotations
 
 import asyncio
-import copy
-import json
 import time
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -22,118 +20,6 @@ from kubernetes_asyncio import client
 from inferoute.datalayer.discovery.kubernetes import PoolDiscovery
 from inferoute.datalayer.discovery.static import parse_serving_config
 from inferoute.datalayer.runtime import DataLayer
-
-NS = "llm"
-POOL_PATH = "/apis/inference.networking.k8s.io/v1/namespaces/llm/inferencepools"
-
-
-def make_pool(selector: dict[str, str], ports=(8000, 8001)) -> dict[str, Any]:
-    return {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
-            "metadata": {"name": "qwen", "namespace": NS},
-            "spec": {"selector": {"matchLabels": selector},
-                     "targetPorts": [{"number": p} for p in ports],
-                     "endpointPickerRef": {"name": "qwen-epp", "port": {"number": 9002}}}}
-
-
-def make_pod(name: str, ip: str, labels: dict[str, str], ready: bool) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS, "labels": labels},
-            "status": {"phase": "Running", "podIP": ip, "conditions": [
-                {"type": "Ready", "status": "True" if ready else "False"}]}}
-
-
-class StandInApiServer:
-    """Pools and pods in memory; list, get and watch (streamed JSON lines)."""
-
-    def __init__(self) -> None:
-        self.rv = 1
-        self.pool: dict[str, Any] | None = None
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.watchers: list[tuple[str, dict[str, str], asyncio.Queue]] = []
-        self.requests: list[str] = []
-
-    def _stamp(self, obj: dict[str, Any]) -> dict[str, Any]:
-        self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
-        return copy.deepcopy(obj)
-
-    def _emit(self, kind: str, what: str, obj: dict[str, Any]) -> None:
-        labels = obj["metadata"].get("labels") or {}
-        for wkind, selector, q in self.watchers:
-            if wkind == what and all(labels.get(k) == v for k, v in selector.items()):
-                q.put_nowait({"type": kind, "object": obj})
-
-    def set_pool(self, pool: dict[str, Any]) -> None:
-        kind = "MODIFIED" if self.pool else "ADDED"
-        self.pool = pool
-        self._emit(kind, "pool", self._stamp(pool))
-
-    def set_pod(self, pod: dict[str, Any]) -> None:
-        kind = "MODIFIED" if pod["metadata"]["name"] in self.pods else "ADDED"
-        self.pods[pod["metadata"]["name"]] = pod
-        self._emit(kind, "pod", self._stamp(pod))
-
-    def delete_pod(self, name: str) -> None:
-        pod = self.pods.pop(name)
-        self._emit("DELETED", "pod", self._stamp(pod))
-
-    # -- HTTP -----------------------------------------------------------------------------
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get(POOL_PATH + "/{name}", self.get_pool)
-        app.router.add_get(POOL_PATH, self.list_pools)
-        app.router.add_get(f"/api/v1/namespaces/{NS}/pods", self.list_pods)
-        return app
-
-    async def get_pool(self, req: web.Request) -> web.Response:
-        self.requests.append("get pool")
-        if self.pool is None or req.match_info["name"] != "qwen":
-            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound",
-                                      "message": "not found"}, status=404)
-        return web.json_response(self._stamp(self.pool))
-
-    async def list_pools(self, req: web.Request) -> web.StreamResponse:
-        assert req.query.get("fieldSelector") == "metadata.name=qwen"
-        if req.query.get("watch") == "true":
-            self.requests.append("watch pool")
-            return await self._watch(req, "pool", {})
-        items = [self._stamp(self.pool)] if self.pool else []
-        return web.json_response({"kind": "InferencePoolList", "items": items,
-                                  "metadata": {"resourceVersion": str(self.rv)}})
-
-    async def list_pods(self, req: web.Request) -> web.StreamResponse:
-        selector = dict(kv.split("=", 1) for kv in req.query.get("labelSelector", "").split(",")
-                        if kv)
-        if req.query.get("watch") == "true":
-            self.requests.append(f"watch pods {req.query.get('labelSelector')}")
-            return await self._watch(req, "pod", selector)
-        self.requests.append(f"list pods {req.query.get('labelSelector')}")
-        items = [copy.deepcopy(p) for p in self.pods.values()
-                 if all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())]
-        return web.json_response({"kind": "PodList", "items": items,
-                                  "metadata": {"resourceVersion": str(self.rv)}})
-
-    async def _watch(self, req: web.Request, what: str,
-                     selector: dict[str, str]) -> web.StreamResponse:
-        q: asyncio.Queue = asyncio.Queue()
-        entry = (what, selector, q)
-        self.watchers.append(entry)
-        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
-        await resp.prepare(req)
-        deadline = time.monotonic() + float(req.query.get("timeoutSeconds", "30"))
-        try:
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    ev = await asyncio.wait_for(q.get(), left)
-                except asyncio.TimeoutError:
-                    break
-                await resp.write(json.dumps(ev).encode() + b"\n")
-        finally:
-            self.watchers.remove(entry)
-        await resp.write_eof()
-        return resp
-
 
 async def eventually(cond, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -144,8 +30,8 @@ async def eventually(cond, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture
-async def standin():
-    api = StandInApiServer()
+async def standin(kit):
+    api = kit.StandInApiServer()
     runner = web.AppRunner(api.app())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -155,8 +41,9 @@ async def standin():
     await runner.cleanup()
 
 
-async def test_discovery_follows_pods_and_pool_changes(standin):
+async def test_discovery_follows_pods_and_pool_changes(standin, kit):
     api, port = standin
+    NS, make_pool, make_pod = kit.NS, kit.make_pool, kit.make_pod
     api.set_pool(make_pool({"app": "vllm"}))
     api.set_pod(make_pod("a", "10.0.0.1", {"app": "vllm"}, ready=True))
     api.set_pod(make_pod("b", "10.0.0.2", {"app": "vllm", "llm-d.ai/role": "decode"},
@@ -204,3 +91,65 @@ async def test_discovery_follows_pods_and_pool_changes(standin):
         await disc.stop()
         await kclient.close()
         await data.close()
+
+
+async def test_epp_process_in_kubernetes_mode(standin, kit, sim, tmp_path, monkeypatch):
+    """`inferoute epp --pool-name` against the stand-in API server: the pool's one pod (IP
+    127.0.0.1) serves on the two simulator ports; readiness follows discovery; a pod going
+    unready empties the pool (503)."""
+    import grpc
+    import orjson
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    api, port = standin
+    sim_ports = [int(u.rsplit(":", 1)[1]) for u in sim]
+    api.set_pool(kit.make_pool({"app": "sim"}, ports=sim_ports))
+    api.set_pod(kit.make_pod("sim-0", "127.0.0.1", {"app": "sim"}, ready=True))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: standin, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
+        "users: [{name: u, user: {}}]\n"
+        "contexts: [{name: c, context: {cluster: standin, user: u}}]\n"
+        "current-context: c\n")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    p = kit.start(["epp", "--pool-name", "qwen", "--pool-namespace", kit.NS, "--model",
+                   kit.MODEL, "--host", "127.0.0.1", "--grpc-port", "0", "--health-port", "0",
+                   "--metrics-port", "0", "--log-level", "warning"], "inferoute epp:")
+    import re as _re
+    m = _re.search(r"on [\d.]+:(\d+), health on :(\d+), metrics on :(\d+)", p.lines[-1])
+    grpc_port, health_port, metrics_port = int(m[1]), int(m[2]), int(m[3])
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+
+            async def readiness() -> int:
+                r = await stub.Check(health_pb2.HealthCheckRequest(service="readiness"))
+                return r.status
+            deadline = time.monotonic() + 15
+            while await readiness() != health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline, "never ready"
+                await asyncio.sleep(0.05)
+        await kit.wait_ready(metrics_port, n=2)
+        body = orjson.dumps({"model": "anything", "max_tokens": 2,
+                             "messages": [{"role": "user", "content": "hi"}]})
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+            s = kit.EnvoyStream(ch)
+            ans = await s.request("/v1/chat/completions", body)
+            assert "immediate" not in ans, ans.get("immediate")
+            # any model name goes to the pool, as with the reference picker
+            assert ans["headers"]["x-gateway-destination-endpoint"] in {
+                f"127.0.0.1:{sp}" for sp in sim_ports}
+            s.call.cancel()
+            api.set_pod(kit.make_pod("sim-0", "127.0.0.1", {"app": "sim"}, ready=False))
+            await eventually(lambda: True)  # let the event flow
+            deadline = time.monotonic() + 10
+            while True:
+                ans = await kit.EnvoyStream(ch).request("/v1/chat/completions", body)
+                if "immediate" in ans:
+                    assert ans["immediate"].status.code == 503
+                    break
+                assert time.monotonic() < deadline, "pod stayed in the pool"
+                await asyncio.sleep(0.05)
+    finally:
+        assert p.stop() == 0, "".join(p.lines)

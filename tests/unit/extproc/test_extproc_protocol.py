@@ -303,3 +303,16 @@ def test_request_trailers_end_the_body(router, msgs):
     kinds = [r.WhichOneof("response") for r in out]
     assert kinds == ["request_headers", "request_body", "request_trailers"]
     assert not msgs.streamed(out[1:2])[0].end_of_stream
+
+
+def test_default_pool_takes_unclaimed_model_names_unchanged(router, msgs):
+    s = Picker(router, default_model="m").stream()
+    s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
+    body = chat_body(model="whatever-the-client-says")
+    out = s.handle(msgs.body_msg(body), 0.0)
+    assert msgs.set_headers(out[0])["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+    assert msgs.streamed(out[1:])[0].body == body  # passed through, not rewritten
+    s2 = Picker(router).stream()  # without a default pool: 404
+    s2.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
+    (err,) = s2.handle(msgs.body_msg(body), 0.0)
+    assert err.immediate_response.status.code == 404
