@@ -274,3 +274,15 @@ def test_drain_and_forget_pool(ep, pool_of, req) -> None:
     t = ctl.admit(r, pool, 0.0)
     assert ctl.forget_pool("m") == [t] and t.state is TicketState.CANCELLED
     assert ctl.forget_pool("m") == []
+
+
+def test_custom_candidates_rule(ep, pool_of, req) -> None:
+    a, b = ep(0, waiting=0, scraped_at=0.0), ep(1, waiting=9, scraped_at=0.0)
+    pool = pool_of(a, b)
+    only_b = AdmissionController(candidates_of=lambda p, now: [e for e in p if e is b])
+    r = req()
+    only_b.classify(r)
+    assert isinstance(only_b.admit(r, pool, 0.1), Ticket)  # a is not a candidate
+    nobody = AdmissionController(candidates_of=lambda p, now: [])
+    with pytest.raises(NoEndpointAvailable):
+        nobody.admit(r, pool, 0.1)

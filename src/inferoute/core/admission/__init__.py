@@ -60,12 +60,12 @@ class AdmissionConfig(pydantic.BaseModel):
             raise ValueError("a modelRoutes model is defined twice")
         return self
 
-    def controller(self) -> AdmissionController:
-        """The AdmissionController this config describes."""
+    def controller(self, **kw: Any) -> AdmissionController:
+        """The AdmissionController this config describes (`kw`: e.g. `candidates_of`)."""
         det = SaturationDetector(self.saturation_detector,
                                  stale_in_flight_limit=self.stale_in_flight_limit)
         return AdmissionController(det, Objectives(self.objectives, self.default_objective),
-                                   self.flow_control)
+                                   self.flow_control, **kw)
 
     def routing_rules(self) -> RoutingRules:
         return RoutingRules(self.model_routes)

@@ -25,9 +25,9 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from ..endpoint import Pool
+from ..endpoint import Endpoint, Pool
 from ..errors import InferouteError, NoEndpointAvailable, TooManyRequests
 from ..request import InferenceRequest
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
@@ -56,15 +56,25 @@ class _PoolState:
         self.releases: deque[float] = deque()
 
 
+def _healthy(pool: Pool, now: float) -> list[Endpoint]:
+    return pool.candidates()
+
+
 class AdmissionController:
-    """Per-pool saturation check, shedding and flow-control queue (sans-I/O)."""
+    """Per-pool saturation check, shedding and flow-control queue (sans-I/O).
+
+    `candidates_of(pool, now)` says which endpoints may take requests (default: the healthy
+    ones); a shell with its own readiness rule passes it so admission and scheduling agree.
+    """
 
     def __init__(self, detector: SaturationDetector | None = None,
                  objectives: Objectives | None = None,
-                 flow: FlowControlSpec | None = None) -> None:
+                 flow: FlowControlSpec | None = None, *,
+                 candidates_of: Callable[[Pool, float], list[Endpoint]] = _healthy) -> None:
         self.detector = detector or SaturationDetector()
         self.objectives = objectives or Objectives()
         self.flow = flow or FlowControlSpec()
+        self.candidates_of = candidates_of
         self._pools: dict[str, _PoolState] = {}
 
     # -- classification -------------------------------------------------------------------
@@ -90,7 +100,7 @@ class AdmissionController:
 
     def admit(self, request: InferenceRequest, pool: Pool, now: float) -> Admitted | Ticket:
         """Admit, enqueue or reject (TooManyRequests / NoEndpointAvailable) one request."""
-        candidates = pool.candidates()
+        candidates = self.candidates_of(pool, now)
         if not candidates:
             raise NoEndpointAvailable(f"no ready endpoint serves model '{pool.model}'")
         saturated = self.detector.is_saturated(candidates, now)
@@ -100,7 +110,7 @@ class AdmissionController:
         if not self.flow.enabled:
             return Admitted(pool.model)
         st = self._state(pool)
-        if not saturated and not st.queue and self._budget(st, now) > 0:
+        if not saturated and not st.queue and self._budget(st, candidates, now) > 0:
             st.releases.append(now)
             return Admitted(pool.model)
         ttl = self.flow.ttl
@@ -123,10 +133,10 @@ class AdmissionController:
         for st in self._pools.values():
             if not st.queue:
                 continue
-            candidates = st.pool.candidates()
+            candidates = self.candidates_of(st.pool, now)
             if not candidates or self.detector.is_saturated(candidates, now):
                 continue
-            budget = self._budget(st, now)
+            budget = self._budget(st, candidates, now)
             while budget > 0:
                 t = st.queue.pop()
                 if t is None:
@@ -149,7 +159,7 @@ class AdmissionController:
             expired = st.queue.expire(now)
             if not expired:
                 continue
-            empty = not st.pool.candidates()
+            empty = not self.candidates_of(st.pool, now)
             for t in expired:
                 err: InferouteError
                 if empty:
@@ -212,9 +222,8 @@ class AdmissionController:
                 st.pool = pool
         return st
 
-    def _budget(self, st: _PoolState, now: float) -> int:
+    def _budget(self, st: _PoolState, candidates: list[Endpoint], now: float) -> int:
         """Headroom minus releases since the oldest fresh scrape of a good endpoint."""
-        candidates = st.pool.candidates()
         headroom = self.detector.headroom(candidates, now)
         releases = st.releases
         window = self.detector.spec.metrics_staleness_threshold
