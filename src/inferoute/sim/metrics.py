@@ -124,6 +124,9 @@ class ReplicaMetrics:
         self.itl = Histogram("vllm:inter_token_latency_seconds",
                              "Histogram of inter-token latency in seconds.", labels,
                              buckets=ITL_BUCKETS, registry=reg).labels(*lv)
+        self.tpot = Histogram("vllm:request_time_per_output_token_seconds",
+                              "Histogram of time_per_output_token_seconds per request.", labels,
+                              buckets=ITL_BUCKETS, registry=reg).labels(*lv)
         self.e2e = Histogram("vllm:e2e_request_latency_seconds",
                              "Histogram of e2e request latency in seconds.", labels,
                              buckets=REQUEST_LATENCY_BUCKETS, registry=reg).labels(*lv)
@@ -134,11 +137,14 @@ class ReplicaMetrics:
         reg.register(_EngineStateCollector(model_name, stats, cache_info, lora_enabled))
 
     def request_finished(self, reason: str, prompt_tokens: int, generation_tokens: int,
-                         e2e: float) -> None:
-        """Record a finished request (reason: stop, length or abort)."""
+                         e2e: float, decode_seconds: float | None = None) -> None:
+        """Record a finished request (reason: stop, length or abort); `decode_seconds` is the
+        time from its first to its last token."""
         counter = self.success.get(reason)
         if counter is not None:
             counter.inc()
+        if decode_seconds is not None and generation_tokens > 1:
+            self.tpot.observe(decode_seconds / (generation_tokens - 1))
         self.req_prompt_tokens.observe(prompt_tokens)
         self.req_generation_tokens.observe(generation_tokens)
         self.e2e.observe(e2e)

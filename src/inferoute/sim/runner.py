@@ -240,8 +240,9 @@ class EngineRunner:
                 h.finished, h.finish_reason = True, o.finish_reason or "stop"
                 del handles[o.request_id]
                 if m is not None:
+                    decode = None if h.first_at is None else now - h.first_at
                     m.request_finished(h.finish_reason, h.prompt_tokens, h.generated,
-                                       now - h.arrival)
+                                       now - h.arrival, decode)
             h._push(o)
 
     def _timings_start(self, request_id: str, model_first: float) -> None:

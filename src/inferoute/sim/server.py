@@ -306,17 +306,17 @@ class Replica:
                                      else orjson.dumps(ids))
         sim = SimRequest(request_id=rid, prompt_tokens=ids, max_tokens=max_tokens, lora=lora,
                          ignore_eos=api.ignore_eos, output_key=key)
-        stream = _Stream(self, api, rid, key, arrival, drop=fault == "drop")
+        exchange = _Exchange(self, api, rid, key, arrival, drop=fault == "drop")
         try:
             if api.stream:
-                return await stream.stream(request, sim, delay)
-            return await stream.complete(request, sim, delay)
+                return await exchange.stream(request, sim, delay)
+            return await exchange.complete(request, sim, delay)
         except BadRequest as exc:   # the engine refused it (it re-checks the limits)
             return _error(400, exc.message, param=exc.param)
 
 
-class _Stream:
-    """Serves one request: submits it after any injected delay, then relays its tokens."""
+class _Exchange:
+    """One request-response exchange: submit after any injected delay, then relay the tokens."""
 
     def __init__(self, replica: Replica, api: SimApiRequest, rid: str, key: str, arrival: float,
                  *, drop: bool) -> None:

@@ -176,7 +176,7 @@ def test_metrics_exposition_parses_with_vllm_names():
     m.ttft.observe(0.03)
     m.itl.observe(0.02)
     m.prompt_tokens.inc(10)
-    m.request_finished("length", 10, 4, 0.5)
+    m.request_finished("length", 10, 4, 0.5, decode_seconds=0.3)
     fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     assert fams["vllm:num_requests_running"].type == "gauge"
     assert fams["vllm:num_requests_running"].samples[0].value == 3
@@ -198,6 +198,9 @@ def test_metrics_exposition_parses_with_vllm_names():
     e2e = [s for s in fams["vllm:e2e_request_latency_seconds"].samples
            if s.name.endswith("_bucket")]
     assert len(e2e) == 22 and e2e[0].labels["le"] == "0.3"
+    tpot = {s.name: s.value for s in fams["vllm:request_time_per_output_token_seconds"].samples}
+    assert tpot["vllm:request_time_per_output_token_seconds_count"] == 1
+    assert abs(tpot["vllm:request_time_per_output_token_seconds_sum"] - 0.1) < 1e-9
     cache = fams["vllm:cache_config_info"].samples[0]
     assert cache.value == 1 and cache.labels["num_gpu_blocks"] == "64"
 
