@@ -3,15 +3,19 @@
 For each POST to an OpenAI route the proxy parses the body into a core `InferenceRequest`,
 asks the core `Router` for a decision among the pool's *ready* endpoints, sends the original
 bytes to the target over the data layer's pooled session, and relays the response chunk by
-chunk as it arrives (server-sent events are never buffered). While relaying it reads the
+chunk as it arrives. An event stream is relayed in whole events: the incomplete last event of a
+chunk waits for its end, so a client never sees half an event; nothing else is held. While
+relaying it reads the
 `usage` object (see `sse.py`) and, whatever happens, closes the books exactly once:
 `Router.finish` (in-flight counts, plugin hooks) and the metrics.
 
 Retries: a connect failure, or a 5xx status before any body byte, is retried once on the next
 endpoint of the decision (the picker's fallback, else another ready endpoint). A read timeout
 is not retried (the first server may still be working on it) and maps to 504; an exhausted
-connect retry to 502. A client that disconnects cancels the upstream request (its connection is
-closed, which vLLM takes as an abort).
+connect retry to 502. A model server failing mid-response ends an event stream with an error
+event and `data: [DONE]` (the OpenAI SDK raises it as an APIError); a plain body is cut off. A
+client that disconnects cancels the upstream request (its connection is closed, which vLLM takes
+as an abort).
 """
 
 from __future__ import annotations
@@ -78,6 +82,22 @@ def forward_request_headers(headers: Any) -> dict[str, str]:
 def forward_response_headers(headers: Any) -> list[tuple[str, str]]:
     drop = _DROP_RESPONSE | _connection_tokens(headers)
     return [(k, v) for k, v in headers.items() if k.lower() not in drop]
+
+
+#: an event stream's incomplete tail is held back until its event ends, up to this size
+MAX_HELD_EVENT = 1024 * 1024
+
+
+def _split_events(data: bytes) -> tuple[bytes, bytes]:
+    """(complete events to send now, incomplete tail to hold) of an SSE byte stream."""
+    end = data.rfind(b"\n\n")
+    end = end + 2 if end >= 0 else 0
+    crlf = data.rfind(b"\r\n\r\n")
+    if crlf >= 0 and crlf + 4 > end:
+        end = crlf + 4
+    if end == len(data) or len(data) - end > MAX_HELD_EVENT:
+        return data, b""
+    return data[:end], data[end:]
 
 
 class Proxy:
@@ -193,6 +213,7 @@ class Proxy:
             stream = "text/event-stream" in upstream.headers.get("content-type", "")
             tracker = UsageTracker(stream) if "content-encoding" not in upstream.headers \
                 else None
+            held = b""  # an event stream is relayed whole events at a time
             try:
                 async for chunk in upstream.content.iter_any():
                     if ttft is None:
@@ -200,18 +221,31 @@ class Proxy:
                     nbytes += len(chunk)
                     if tracker is not None:
                         tracker.feed(chunk)
+                    if stream:
+                        chunk, held = _split_events(held + chunk if held else chunk)
+                        if not chunk:
+                            continue
                     await resp.write(chunk)
+                if held:
+                    await resp.write(held)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
                     asyncio.TimeoutError) as exc:
                 if isinstance(exc, ConnectionResetError):
                     raise  # the client went away: handled below
-                # headers are out: all we can do is cut the connection so the client sees a
-                # truncated response rather than a clean end
+                timeout = isinstance(exc, asyncio.TimeoutError)
+                error_code = "504" if timeout else "502"
                 log.warning("upstream %s failed mid-response: %s", current.name,
                             type(exc).__name__)
-                error_code = "504" if isinstance(exc, asyncio.TimeoutError) else "502"
                 upstream.close()
-                if request.transport is not None:
+                if stream:
+                    # drop the half event, end the stream cleanly: an error event, [DONE]
+                    err = (UpstreamTimeout if timeout else UpstreamError)(
+                        f"model server {current.name} failed mid-stream")
+                    await resp.write(b"data: " + orjson.dumps(err.to_dict())
+                                     + b"\n\ndata: [DONE]\n\n")
+                    await resp.write_eof()
+                elif request.transport is not None:
+                    # headers are out: cut the connection so the client sees a truncated body
                     request.transport.close()
                 return resp
             if tracker is not None:

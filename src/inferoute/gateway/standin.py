@@ -5,7 +5,7 @@ token), generates `max_tokens` words, reports `usage`, and serves vLLM-format /m
 from its own counters, so the gateway's scrapers, readiness and usage accounting all work.
 
     python -m inferoute.gateway.standin --port 8001 --model m [--token-delay 0.01]
-                                         [--fail-status 500]
+                                         [--fail-status 500] [--die-after N]
 
 Extra metrics: `standin_requests_total`, `standin_cancelled_total` (clients that went away
 mid-response).
@@ -42,11 +42,12 @@ def _histograms(labels: str) -> str:
 
 class StandIn:
     def __init__(self, model: str, *, name: str = "", token_delay: float = 0.0,
-                 fail_status: int | None = None) -> None:
+                 fail_status: int | None = None, die_after: int | None = None) -> None:
         self.model = model
         self.name = name
         self.token_delay = token_delay
         self.fail_status = fail_status
+        self.die_after = die_after
         self.running = 0
         self.requests = 0
         self.cancelled = 0
@@ -123,6 +124,12 @@ class StandIn:
             for i in range(n):
                 if self.token_delay:
                     await asyncio.sleep(self.token_delay)
+                if self.die_after is not None and i == self.die_after:
+                    # crash mid-stream: half an event, then the connection drops
+                    await resp.write(b'data: {"id": "cut')
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return resp
                 delta: dict[str, Any] = ({"content": f"w{i} "} if chat else {})
                 choice = ({"index": 0, "delta": delta, "finish_reason": None} if chat
                           else {"index": 0, "text": f"w{i} ", "finish_reason": None})
@@ -157,9 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--token-delay", type=float, default=0.0, help="seconds per token")
     p.add_argument("--fail-status", type=int, default=None,
                    help="answer every generation request with this status")
+    p.add_argument("--die-after", type=int, default=None,
+                   help="streams drop the connection after this many tokens")
     args = p.parse_args(argv)
     server = StandIn(args.model, name=args.name or f"{args.host}:{args.port}",
-                     token_delay=args.token_delay, fail_status=args.fail_status)
+                     token_delay=args.token_delay, fail_status=args.fail_status,
+                     die_after=args.die_after)
     runner_kwargs: dict[str, Any] = {"access_log": None, "handler_cancellation": True,
                                      "print": None, "host": args.host, "port": args.port}
     try:

@@ -198,3 +198,26 @@ def test_client_disconnect_cancels_upstream(harness, web):
     assert web.metric(upstream, "vllm:num_requests_running") == 0.0
     assert web.metric(page, "inference_objective_request_error_total", model_name="m",
                   error_code="client_disconnect") == 1.0
+
+
+def test_upstream_dying_mid_stream_ends_with_an_error_event(harness, web):
+    dying = harness.standin("--die-after", "3", "--token-delay", "0.01")
+    gw = harness.gateway({"pools": [{"model": "m", "endpoints": [dying.url]}]})
+    client = _client(gw)
+    stream = client.chat.completions.create(
+        model="m", max_tokens=50, stream=True, messages=[{"role": "user", "content": "hi"}])
+    got = []
+    with pytest.raises(openai.APIError, match="failed mid-stream"):
+        for chunk in stream:
+            got.append(chunk.choices[0].delta.content)
+    assert got == ["w0 ", "w1 ", "w2 "]  # everything before the crash was relayed
+    conn, resp = web.open_stream(gw.url + "/v1/completions",
+                                 {"model": "m", "prompt": "x", "max_tokens": 50, "stream": True})
+    body = resp.read()  # a clean end of the chunked body, not a hang or a reset
+    conn.close()
+    assert body.endswith(b"data: [DONE]\n\n") and b'"code":"bad_gateway"' in body
+    page = web.get(gw.url + "/metrics").text
+    assert web.metric(page, "inference_objective_request_error_total", model_name="m",
+                      error_code="502") == 2.0
+    assert web.metric(page, "inferoute_endpoint_in_flight_requests",
+                      endpoint=dying.url.removeprefix("http://")) == 0.0

@@ -83,3 +83,12 @@ def test_hop_by_hop_and_destination_headers_are_stripped():
     out = forward_response_headers({"Transfer-Encoding": "chunked", "Content-Type": "x",
                                     "Content-Length": "5", "Connection": "close"})
     assert out == [("Content-Type", "x"), ("Content-Length", "5")]
+
+
+def test_split_events_holds_only_an_incomplete_tail():
+    from inferoute.gateway.proxy import _split_events
+
+    assert _split_events(b"data: a\n\ndata: b\n\n") == (b"data: a\n\ndata: b\n\n", b"")
+    assert _split_events(b"data: a\n\ndata: b") == (b"data: a\n\n", b"data: b")
+    assert _split_events(b"data: par") == (b"", b"data: par")
+    assert _split_events(b"data: a\r\n\r\ndata: b") == (b"data: a\r\n\r\n", b"data: b")
