@@ -112,6 +112,7 @@ class Observability:
         #: labelled children by (metric, labels): `labels()` validates and locks on every
         #: call, which adds up to tens of microseconds per request on the hot path
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._endpoint_series: set[tuple[str, str]] = set()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), labels)
@@ -187,14 +188,22 @@ class Observability:
         if data is None:
             return
         now = data.now()
+        current = {(mp.model, ep.name) for mp, ep in data.endpoints()}
+        for labels in self._endpoint_series - current:  # endpoints discovery removed
+            for gauge in (self.ep_ready, self.ep_waiting, self.ep_running, self.ep_kv,
+                          self.in_flight):
+                try:
+                    gauge.remove(*labels)
+                except KeyError:
+                    pass
+                self._children.pop((id(gauge), labels), None)
+        self._endpoint_series = current
         for mp in data.router.pools.values():
             ready = [ep for ep in mp.pool if data.is_ready(ep, now)]
             self.pool_ready.labels(mp.model).set(len(ready))
-            if ready:
-                self.pool_kv.labels(mp.model).set(
-                    sum(ep.metrics.kv_usage for ep in ready) / len(ready))
-                self.pool_queue.labels(mp.model).set(
-                    sum(ep.metrics.waiting for ep in ready) / len(ready))
+            n = len(ready) or 1  # no ready endpoint: 0, not the last known average
+            self.pool_kv.labels(mp.model).set(sum(ep.metrics.kv_usage for ep in ready) / n)
+            self.pool_queue.labels(mp.model).set(sum(ep.metrics.waiting for ep in ready) / n)
             for ep in mp.pool:
                 labels = (mp.model, ep.name)
                 self.ep_ready.labels(*labels).set(1 if ep in ready else 0)

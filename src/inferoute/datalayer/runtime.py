@@ -111,7 +111,7 @@ class DataLayer:
         mp = self.model_pool(model)
         ep = mp.pool.remove(name)
         scraper = self._scrapers.pop((model, name), None)
-        if scraper is not None:
+        if scraper is not None:  # scrapers only exist while the loop runs
             asyncio.get_running_loop().create_task(scraper.stop())
         if ep is not None:
             mp.scheduler.on_endpoint_removed(ep)
