@@ -38,9 +38,6 @@ class Health:
         await self.servicer.set(READINESS, status)
         await self.servicer.set(SERVICE_NAME, status)
 
-    async def stop(self) -> None:
-        await self.servicer.enter_graceful_shutdown()
-
 
 async def start_health_server(h: Health, host: str, port: int) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server()

@@ -37,16 +37,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self.picker = picker
         self.clock = clock
         self.wait_ticket = wait_ticket
-        #: streams open right now (a gauge for tests and metrics)
-        self.open_streams = 0
-        self.streams_total = 0
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: grpc.aio.ServicerContext
                       ) -> AsyncIterator[pb.ProcessingResponse]:
         stream = self.picker.stream()
-        self.open_streams += 1
-        self.streams_total += 1
         try:
             async for req in request_iterator:
                 out = stream.handle(req, self.clock())
@@ -56,11 +51,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     yield resp
                 if stream.done:
                     return
-        except Exception:  # noqa: BLE001 - a bug must not take the stream's cleanup with it
+        except Exception:
             log.exception("ext_proc stream failed")
             raise
-        finally:
-            self.open_streams -= 1
+        finally:  # completed, refused, cancelled by Envoy or failed: release the request
             stream.close(self.clock())
 
     async def _wait(self, stream: PickerStream) -> list[pb.ProcessingResponse]:
