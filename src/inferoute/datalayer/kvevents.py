@@ -1,0 +1,486 @@
+"""KV-event subscribers: one pyzmq SUB per endpoint feeding the precise prefix index.
+
+Wire format (vLLM's `ZmqEventPublisher`, which `inferoute sim --kv-events` reproduces): every
+message is three frames, topic / 8-byte big-endian sequence number / msgpack payload
+`[ts, [event, ...], data_parallel_rank]`. Events come as tagged arrays
+(`["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium]`,
+`["BlockRemoved", block_hashes, medium]`, `["AllBlocksCleared"]`; older servers omit `medium`,
+newer ones may append fields) or as maps with a `"type"` key. Block hashes are integers or
+bytes (e.g. sha256 digests); bytes are folded to 64-bit integers, which only need to be
+consistent within one endpoint's stream. A malformed message or event is logged and skipped.
+
+Sequence handling (`SequenceTracker`, pure): the next number is applied; a jump ahead is a gap,
+filled from the replay ROUTER socket (send `[b"", start_seq]`, receive `[b"", seq, payload]`
+until seq -1); when the replay cannot fill it, the endpoint's entries are dropped and rebuilt
+from whatever the replay buffer holds (a *resync*). A number at or below the last one means the
+publisher restarted (unless the last replay already delivered it: a duplicate, skipped): the
+endpoint is resynced the same way. Every subscriber starts by replaying the publisher's buffer,
+so one that starts late catches up. `AllBlocksCleared` clears the endpoint in the index.
+
+Where to connect (`KVEventsConfig`): by default port 5557 (PUB) and 5558 (replay) on the
+endpoint's host, vLLM's usual choice; `pubPortOffset`/`replayPortOffset` derive the ports from
+the endpoint's HTTP port instead, as for several simulated replicas on one host. vLLM serves
+replay only when started with a `replay_endpoint`; without one set `replayPort: null` (a replay
+request to a silent port costs `replayTimeout` before the subscriber gives up on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable, Iterable
+
+import msgpack
+import pydantic
+import xxhash
+import zmq
+import zmq.asyncio
+
+from ..core.endpoint import Endpoint
+from ..core.kvindex import (DEFAULT_MEDIUM, AllBlocksClearedEvent, BlockRemovedEvent,
+                            BlockStoredEvent, KVBlockIndex, KVEvent)
+from ..core.scheduling.config import parse_duration
+
+log = logging.getLogger("inferoute.kvevents")
+
+END_SEQ = -1
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+class KVDecodeError(ValueError):
+    """A payload or event that does not follow the KV-event format."""
+
+
+@dataclass(slots=True, frozen=True)
+class EventBatch:
+    ts: float
+    events: list[KVEvent]
+    dp_rank: int | None
+    #: events skipped as malformed or of an unknown type
+    skipped: int = 0
+
+
+def _hash(h: Any) -> int:
+    if isinstance(h, bool):
+        raise KVDecodeError("a block hash must be an integer or bytes")
+    if isinstance(h, int):
+        return h
+    if isinstance(h, (bytes, bytearray, memoryview)):
+        return xxhash.xxh3_64_intdigest(bytes(h))
+    raise KVDecodeError(f"a block hash must be an integer or bytes, not {type(h).__name__}")
+
+
+def _hashes(v: Any) -> tuple[int, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise KVDecodeError("block_hashes must be a list")
+    return tuple(_hash(h) for h in v)
+
+
+def _opt_str(v: Any, what: str) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    raise KVDecodeError(f"{what} must be a string")
+
+
+def _opt_int(v: Any, what: str) -> int | None:
+    if v is None or (isinstance(v, int) and not isinstance(v, bool)):
+        return v
+    raise KVDecodeError(f"{what} must be an integer")
+
+
+def _stored(hashes: Any, parent: Any, tokens: Any, block_size: Any, lora_id: Any,
+            medium: Any, lora_name: Any) -> BlockStoredEvent:
+    if not isinstance(tokens, (list, tuple)) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise KVDecodeError("token_ids must be a list of integers")
+    bs = _opt_int(block_size, "block_size")
+    if not bs or bs < 1:
+        raise KVDecodeError("block_size must be a positive integer")
+    return BlockStoredEvent(_hashes(hashes), None if parent is None else _hash(parent),
+                            tuple(tokens), bs, _opt_int(lora_id, "lora_id"),
+                            _opt_str(medium, "medium") or DEFAULT_MEDIUM,
+                            _opt_str(lora_name, "lora_name"))
+
+
+def decode_event(raw: Any) -> KVEvent:
+    """One event, tagged array or map form; KVDecodeError when malformed or unknown."""
+    if isinstance(raw, dict):
+        kind = raw.get("type")
+        g = raw.get
+        if kind == "BlockStored":
+            return _stored(g("block_hashes"), g("parent_block_hash"), g("token_ids"),
+                           g("block_size"), g("lora_id"), g("medium"), g("lora_name"))
+        if kind == "BlockRemoved":
+            return BlockRemovedEvent(_hashes(g("block_hashes")),
+                                     _opt_str(g("medium"), "medium") or DEFAULT_MEDIUM)
+        if kind == "AllBlocksCleared":
+            return AllBlocksClearedEvent()
+        raise KVDecodeError(f"unknown event type {kind!r}")
+    if isinstance(raw, (list, tuple)) and raw:
+        kind, args = raw[0], list(raw[1:])
+        if kind == "BlockStored":
+            if len(args) < 5:
+                raise KVDecodeError("BlockStored needs at least 5 fields")
+            args += [None] * (7 - len(args))
+            lora_name = args[6] if isinstance(args[6], (str, type(None))) else None
+            return _stored(args[0], args[1], args[2], args[3], args[4], args[5], lora_name)
+        if kind == "BlockRemoved":
+            if not args:
+                raise KVDecodeError("BlockRemoved needs block_hashes")
+            medium = args[1] if len(args) > 1 else None
+            return BlockRemovedEvent(_hashes(args[0]),
+                                     _opt_str(medium, "medium") or DEFAULT_MEDIUM)
+        if kind == "AllBlocksCleared":
+            return AllBlocksClearedEvent()
+        raise KVDecodeError(f"unknown event type {kind!r}")
+    raise KVDecodeError("an event must be a tagged array or a map with a 'type' key")
+
+
+def decode_batch(payload: bytes) -> EventBatch:
+    """A msgpack batch `[ts, [events...], dp_rank]` (or a map with those keys). Bad events are
+    skipped and counted; a bad envelope raises KVDecodeError."""
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise KVDecodeError(f"payload is not msgpack: {exc}") from None
+    if isinstance(obj, dict):
+        ts, events, rank = obj.get("ts"), obj.get("events"), obj.get("data_parallel_rank")
+    elif isinstance(obj, (list, tuple)) and len(obj) >= 2:
+        ts, events, rank = obj[0], obj[1], obj[2] if len(obj) > 2 else None
+    else:
+        raise KVDecodeError("payload must be [ts, events, data_parallel_rank]")
+    if not isinstance(events, (list, tuple)):
+        raise KVDecodeError("the batch's events must be a list")
+    out: list[KVEvent] = []
+    skipped = 0
+    for raw in events:
+        try:
+            out.append(decode_event(raw))
+        except KVDecodeError as exc:
+            skipped += 1
+            log.warning("skipping a malformed KV event: %s", exc)
+    return EventBatch(float(ts) if isinstance(ts, (int, float)) else 0.0, out,
+                      rank if isinstance(rank, int) else None, skipped)
+
+
+# -- sequence numbers ----------------------------------------------------------------------------
+
+class SeqAction(Enum):
+    APPLY = "apply"          # the next number (or the very first message)
+    GAP = "gap"              # numbers were skipped: fill from `last + 1`
+    DUPLICATE = "duplicate"  # already applied from a replay: skip
+    RESTART = "restart"      # the publisher started over: resync
+
+
+class SequenceTracker:
+    """What to do with an incoming sequence number, given the last one applied and the range
+    of the last replay (a message the replay already delivered is a duplicate, not a restart)."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+        self.replayed: tuple[int, int] | None = None
+
+    def classify(self, seq: int) -> SeqAction:
+        if self.last is None:
+            return SeqAction.APPLY if seq == 0 else SeqAction.GAP
+        if seq == self.last + 1:
+            return SeqAction.APPLY
+        if seq <= self.last:
+            r = self.replayed
+            if r is not None and r[0] <= seq <= r[1]:
+                return SeqAction.DUPLICATE
+            return SeqAction.RESTART
+        return SeqAction.GAP
+
+    def gap_start(self) -> int:
+        return 0 if self.last is None else self.last + 1
+
+    def advance(self, seq: int) -> None:
+        self.last = seq
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+class KVEventsConfig(pydantic.BaseModel):
+    """A pool's `kvEvents:` block: where each endpoint publishes its KV events.
+
+    Ports: `pubPort`/`replayPort` (same on every endpoint's host, vLLM's usual layout), or
+    `pubPortOffset`/`replayPortOffset` added to the endpoint's HTTP port (several replicas on
+    one host, e.g. `inferoute sim --port 8000 --kv-events`: offsets -2443 and -2343).
+    `replayPort: null` with no offset disables gap filling.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
+    enabled: bool = True
+    pub_port: int = pydantic.Field(5557, alias="pubPort", ge=1, le=65535)
+    replay_port: int | None = pydantic.Field(5558, alias="replayPort", ge=1, le=65535)
+    pub_port_offset: int | None = pydantic.Field(None, alias="pubPortOffset")
+    replay_port_offset: int | None = pydantic.Field(None, alias="replayPortOffset")
+    topic: str = ""
+    replay_timeout: float = pydantic.Field(1.0, alias="replayTimeout", gt=0, le=60)
+
+    @pydantic.field_validator("replay_timeout", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+    def addresses(self, ep: Endpoint) -> tuple[str, str | None]:
+        """(PUB address, replay address or None) of endpoint `ep`."""
+        host = f"[{ep.host}]" if ":" in ep.host and not ep.host.startswith("[") else ep.host
+
+        def port(fixed: int | None, offset: int | None) -> int | None:
+            p = ep.port + offset if offset is not None else fixed
+            if p is not None and not 0 < p < 65536:
+                raise ValueError(f"KV-event port {p} of endpoint {ep.name} is out of range")
+            return p
+
+        pub = port(self.pub_port, self.pub_port_offset)
+        replay = port(self.replay_port, self.replay_port_offset)
+        return f"tcp://{host}:{pub}", None if replay is None else f"tcp://{host}:{replay}"
+
+
+# -- the subscriber ------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class SubscriberStats:
+    batches: int = 0
+    events: int = 0
+    malformed: int = 0
+    gaps: int = 0
+    replayed: int = 0
+    resyncs: int = 0
+    restarts: int = 0
+    last_seq: int | None = None
+    last_event_at: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class KVEventSubscriber:
+    """Consumes one endpoint's KV events into `index` under the endpoint's name.
+
+    `start()` inside a running loop, `await stop()` to end. `on_apply` (optional) is called after
+    each applied batch, e.g. to wake a waiter in tests.
+    """
+
+    def __init__(self, endpoint: str, index: KVBlockIndex, pub_address: str,
+                 replay_address: str | None = None, *, topic: str = "",
+                 replay_timeout: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 on_apply: Callable[[int], None] | None = None) -> None:
+        self.endpoint = endpoint
+        self.index = index
+        self.pub_address = pub_address
+        self.replay_address = replay_address
+        self.topic = topic.encode()
+        self.replay_timeout = replay_timeout
+        self.clock = clock
+        self.on_apply = on_apply
+        self.stats = SubscriberStats()
+        self.tracker = SequenceTracker()
+        self._ctx = zmq.asyncio.Context.instance()
+        self._sub: zmq.asyncio.Socket | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is not None:
+            return
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 100_000)
+        sub.setsockopt(zmq.SUBSCRIBE, self.topic)
+        sub.connect(self.pub_address)
+        self._sub = sub
+        self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                            name=f"kv-events {self.endpoint}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._sub is not None:
+            self._sub.close(linger=0)
+            self._sub = None
+
+    async def _run(self) -> None:
+        assert self._sub is not None
+        await self.catch_up()
+        while True:
+            frames = await self._sub.recv_multipart()
+            try:
+                await self.handle(frames)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let one message end the subscription
+                self.stats.malformed += 1
+                log.exception("KV events of %s: error handling a message: %s", self.endpoint, exc)
+
+    async def catch_up(self) -> None:
+        """Apply the publisher's replay buffer (a subscriber that starts late, or restarts)."""
+        got = await self._replayed(0, 1 << 62)
+        if got:
+            self.stats.replayed += len(got)
+            for s, p in got:
+                self._apply(s, p)
+            self.tracker.replayed = (got[0][0], got[-1][0])
+            log.info("KV events of %s: caught up on %d buffered batches (up to %d)",
+                     self.endpoint, len(got), got[-1][0])
+
+    async def handle(self, frames: list[bytes]) -> None:
+        """One SUB message: check the sequence, fill gaps, apply."""
+        if len(frames) != 3 or len(frames[1]) != 8:
+            self.stats.malformed += 1
+            log.warning("KV events of %s: ignoring a malformed message (%d frames)",
+                        self.endpoint, len(frames))
+            return
+        seq = int.from_bytes(frames[1], "big", signed=True)
+        if seq < 0:
+            self.stats.malformed += 1
+            return
+        action = self.tracker.classify(seq)
+        if action is SeqAction.DUPLICATE:
+            return
+        if action is SeqAction.GAP:
+            self.stats.gaps += 1
+            start = self.tracker.gap_start()
+            got = await self._replayed(start, seq)
+            if [s for s, _ in got] != list(range(start, seq)):
+                # the buffer no longer holds them all: rebuild from what it holds
+                got = await self._resync(seq, got if start == 0 else None)
+            self._apply_replayed(got)
+        elif action is SeqAction.RESTART:
+            self.stats.restarts += 1
+            self.tracker.replayed = None
+            log.info("KV events of %s: sequence restarted (%d after %s); resyncing",
+                     self.endpoint, seq, self.tracker.last)
+            self._apply_replayed(await self._resync(seq, None))
+        self._apply(seq, frames[2])
+
+    def _apply(self, seq: int, payload: bytes) -> None:
+        self.tracker.advance(seq)
+        self.stats.last_seq = seq
+        try:
+            batch = decode_batch(payload)
+        except KVDecodeError as exc:
+            self.stats.malformed += 1
+            log.warning("KV events of %s: skipping batch %d: %s", self.endpoint, seq, exc)
+            return
+        self.stats.malformed += batch.skipped
+        self.stats.batches += 1
+        self.stats.events += len(batch.events)
+        self.stats.last_event_at = self.clock()
+        self.index.apply(self.endpoint, batch.events)
+        if self.on_apply is not None:
+            self.on_apply(seq)
+
+    def _apply_replayed(self, got: list[tuple[int, bytes]]) -> None:
+        for s, p in got:
+            self._apply(s, p)
+        self.stats.replayed += len(got)
+        if got:
+            self.tracker.replayed = (got[0][0], got[-1][0])
+
+    async def _replayed(self, start: int, upto: int) -> list[tuple[int, bytes]]:
+        """Replayed batches start..upto-1, in order, without duplicates."""
+        if upto <= start:
+            return []
+        seen: dict[int, bytes] = {}
+        for s, p in await self.replay(start):
+            if start <= s < upto:
+                seen.setdefault(s, p)
+        return sorted(seen.items())
+
+    async def _resync(self, upto: int,
+                      replayed: list[tuple[int, bytes]] | None) -> list[tuple[int, bytes]]:
+        """Drop the endpoint's entries; return the buffered batches before `upto` to rebuild
+        from (`replayed` when it already starts at 0)."""
+        self.stats.resyncs += 1
+        self.index.clear_endpoint(self.endpoint)
+        self.tracker.last = None
+        got = replayed if replayed is not None else await self._replayed(0, upto)
+        if [s for s, _ in got] != list(range(upto)):
+            log.warning("KV events of %s: resync from a replay holding %d of batches 0..%d; "
+                        "blocks stored before are unknown until stored again",
+                        self.endpoint, len(got), upto - 1)
+        return got
+
+    async def replay(self, start: int) -> list[tuple[int, bytes]]:
+        """The publisher's buffered batches with seq >= start ([] without a replay socket or
+        when it does not answer within `replay_timeout`)."""
+        if self.replay_address is None:
+            return []
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        out: list[tuple[int, bytes]] = []
+        try:
+            sock.connect(self.replay_address)
+            await sock.send_multipart([b"", start.to_bytes(8, "big")])
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.replay_timeout
+            while True:
+                left = deadline - loop.time()
+                if left <= 0 or not await sock.poll(left * 1000):
+                    self.stats.errors = (self.stats.errors + ["replay timed out"])[-10:]
+                    log.warning("KV events of %s: replay from %d timed out after %d batches",
+                                self.endpoint, start, len(out))
+                    return out
+                frames = await sock.recv_multipart()
+                if len(frames) != 3 or len(frames[1]) != 8:
+                    continue
+                seq = int.from_bytes(frames[1], "big", signed=True)
+                if seq == END_SEQ:
+                    return out
+                out.append((seq, frames[2]))
+                if len(out) > 1_000_000:  # bound: a publisher buffer is far smaller
+                    return out
+        finally:
+            sock.close(linger=0)
+
+
+# -- one pool's subscribers ----------------------------------------------------------------------
+
+class KVEventManager:
+    """The subscribers of one pool: `add(endpoint)`, `remove(name)`, `await close()`."""
+
+    def __init__(self, index: KVBlockIndex, config: KVEventsConfig) -> None:
+        self.index = index
+        self.config = config
+        self.subscribers: dict[str, KVEventSubscriber] = {}
+
+    def add(self, ep: Endpoint) -> KVEventSubscriber | None:
+        if not self.config.enabled:
+            return None
+        sub = self.subscribers.get(ep.name)
+        if sub is None:
+            pub, replay = self.config.addresses(ep)
+            sub = KVEventSubscriber(ep.name, self.index, pub, replay, topic=self.config.topic,
+                                    replay_timeout=self.config.replay_timeout)
+            self.subscribers[ep.name] = sub
+            sub.start()
+            log.info("subscribed to KV events of %s at %s (replay %s)", ep.name, pub, replay)
+        return sub
+
+    async def remove(self, name: str) -> None:
+        sub = self.subscribers.pop(name, None)
+        if sub is not None:
+            await sub.stop()
+        self.index.remove_endpoint(name)
+
+    async def close(self) -> None:
+        subs = list(self.subscribers.values())
+        self.subscribers.clear()
+        await asyncio.gather(*(s.stop() for s in subs))
+
+
+def precise_scorers(plugins: Iterable[Any]) -> list[Any]:
+    """The precise prefix scorers among a scheduler's plugins (`Scheduler.plugins.values()`)."""
+    from ..core.plugins.precise import PrecisePrefixCacheScorer
+
+    return [p for p in plugins if isinstance(p, PrecisePrefixCacheScorer)]
