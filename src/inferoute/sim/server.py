@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -59,6 +61,19 @@ class ReplicaConfig:
     faults: FaultSettings = field(default_factory=FaultSettings)
 
 
+def _advertised_host(host: str) -> str:
+    """The address a KV-event topic names: the listen address, or for a wildcard bind the
+    pod IP (`POD_IP`) or this host's address."""
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    if os.environ.get("POD_IP"):
+        return os.environ["POD_IP"]
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
@@ -87,7 +102,7 @@ class Replica:
         if cfg.kv_events:
             self.publisher = KVEventPublisher(
                 host=cfg.host, pub_port=cfg.kv_pub_port, replay_port=cfg.kv_replay_port,
-                topic=topic_for(cfg.host, cfg.port, cfg.model))
+                topic=topic_for(_advertised_host(cfg.host), cfg.port, cfg.model))
         self.runner: EngineRunner | None = None
         self.faults = FaultInjector(cfg.faults, seed=cfg.seed + cfg.index)
         self.extra_ttft = 0.0
