@@ -1,0 +1,118 @@
+"""Jailbreak and prompt-injection detection: phrase heuristics plus embedding similarity.
+
+The heuristic score combines weighted patterns (instruction overrides, persona switches such
+as "DAN" or "developer mode", requests for the hidden system prompt, filter bypasses) as
+1 - prod(1 - w). The similarity score is the best cosine similarity of the prompt to the
+shipped jailbreak examples (data/jailbreak.yaml, compared on centred embeddings), mapped
+linearly from `floor` (0) to `full` (1). The final score combines both the same way,
+1 - (1 - heuristic)(1 - similarity); at or above the configured threshold the request is
+blocked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .categories import data_path
+from .embeddings import Embedder
+
+#: (pattern, weight): a weight near 1 means the phrase alone is a jailbreak attempt
+HEURISTICS: tuple[tuple[re.Pattern[str], float], ...] = tuple(
+    (re.compile(p, re.IGNORECASE), w) for p, w in (
+        (r"\b(ignore|disregard|forget|override|bypass)\b[\w\s,']{0,30}\b(previous|prior|above|"
+         r"earlier|preceding|all|your|the|system|these|those)\b[\w\s,']{0,20}\b(instructions?|"
+         r"rules|prompts?|text|directions|guidelines|programming|polic(y|ies)|restrictions|"
+         r"training)\b", 0.75),
+        (r"\bdo anything now\b|\byou are (now )?dan\b|\bjail ?broken?\b|\bjailbreak\b", 0.8),
+        (r"\b(developer|god|opposite|unrestricted|sudo|debug) mode\b", 0.45),
+        (r"\b(ignore|forget|disregard)\b[\w\s,']{0,15}\b(everything|anything|all|the text|"
+         r"what)\b[\w\s']{0,10}\b(above|before|previous|earlier|said)\b", 0.7),
+        (r"\b(rules|guidelines|restrictions|polic(y|ies)|instructions)\b[\w\s']{0,10}\b("
+         r"no longer|don't|do not|doesn't|does not)\b[\w\s']{0,5}\bapply\b", 0.7),
+        (r"\b(filters?|guardrails?|safety|restrictions|moderation|censorship)\b[\w\s']{0,15}\b("
+         r"are|is|have been|has been)\b[\w\s']{0,10}\b(off|disabled|switched off|turned off|"
+         r"removed|lifted)\b", 0.7),
+        (r"\b(unrestricted|uncensored|unfiltered|evil|amoral)\b (ai|assistant|model|chatbot|"
+         r"bot|version)\b", 0.55),
+        (r"\b(act as|pretend to be|roleplay as|play)\b my (late|dead|deceased)\b", 0.5),
+        (r"\b(no|without( any)?|free of( any)?|zero) (content |safety |ethical |moral )?"
+         r"(restrictions|filters?|censorship|limitations|guidelines|rules|constraints|"
+         r"ethics|morals|polic(y|ies)|checks)\b", 0.45),
+        (r"\b(reveal|print|show|repeat|output|display|leak)\b[\w\s']{0,25}\b(system (prompt|"
+         r"message)|hidden (instructions|prompt)|initial (prompt|instructions)|"
+         r"instructions above|text above)\b", 0.7),
+        (r"\b(bypass|disable|turn off|get around|circumvent)\b[\w\s']{0,20}\b(safety|content|"
+         r"filters?|moderation|guardrails?|censorship)\b", 0.7),
+        (r"\b(uncensored|unfiltered|amoral|unaligned)\b", 0.35),
+        (r"\bstay in character\b|\bnever (refuse|break character)\b", 0.35),
+        (r"\b(pretend|act as if|imagine|roleplay as|you are now)\b[\w\s,']{0,40}\b(no|without)\b"
+         r"[\w\s']{0,15}\b(rules|limits|restrictions|filters|ethics)\b", 0.6),
+        (r"\bnew (system prompt|instructions)\b[\w\s:']{0,20}\b(supersede|replace|override|you "
+         r"have no|you are)\b", 0.6),
+        (r"\b(begin|start) your (reply|response|answer) with ['\"]?sure\b", 0.6),
+    ))
+
+
+@dataclass(slots=True, frozen=True)
+class JailbreakVerdict:
+    score: float
+    heuristic: float
+    similarity: float
+    #: indexes of the matching heuristic patterns, for logs and tests
+    matched: tuple[int, ...] = ()
+
+
+def heuristic_score(text: str) -> tuple[float, tuple[int, ...]]:
+    """Combined weight of matching phrase patterns, in [0, 1)."""
+    keep = 1.0
+    matched: list[int] = []
+    for i, (pattern, weight) in enumerate(HEURISTICS):
+        if pattern.search(text):
+            keep *= 1.0 - weight
+            matched.append(i)
+    return 1.0 - keep, tuple(matched)
+
+
+def load_jailbreak_examples(path: str | None = None) -> list[str]:
+    """The jailbreak example utterances (the shipped file when `path` is None)."""
+    source = data_path("jailbreak.yaml") if path is None else Path(path)
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    examples = data.get("examples") if isinstance(data, dict) else None
+    if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
+        raise ValueError("jailbreak examples file needs 'examples: [strings]'")
+    return examples
+
+
+class JailbreakDetector:
+    """Scores prompts against heuristics and embedded jailbreak examples."""
+
+    def __init__(self, embedder: Embedder, *, mean: np.ndarray | None = None,
+                 floor: float = 0.35, full: float = 0.65,
+                 examples: list[str] | None = None) -> None:
+        self.floor = floor
+        self.full = max(full, floor + 1e-6)
+        raw = embedder.embed_many(examples or load_jailbreak_examples())
+        self._mean = np.zeros(raw.shape[1], dtype=np.float32) if mean is None else mean
+        self._examples = self._centre(raw)
+
+    def _centre(self, m: np.ndarray) -> np.ndarray:
+        c = m - self._mean
+        n = np.linalg.norm(c, axis=-1, keepdims=True)
+        n[n == 0] = 1.0
+        return (c / n).astype(np.float32)
+
+    def similarity(self, vector: np.ndarray) -> float:
+        """Best cosine similarity of a (raw, normalised) prompt embedding to the examples."""
+        q = self._centre(vector[None, :])[0]
+        return float((self._examples @ q).max())
+
+    def check(self, text: str, vector: np.ndarray) -> JailbreakVerdict:
+        h, matched = heuristic_score(text)
+        sim = self.similarity(vector)
+        s = min(1.0, max(0.0, (sim - self.floor) / (self.full - self.floor)))
+        return JailbreakVerdict(1.0 - (1.0 - h) * (1.0 - s), h, sim, matched)
