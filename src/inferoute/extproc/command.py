@@ -18,24 +18,19 @@ import signal
 import sys
 from typing import Any
 
-import pydantic
 from aiohttp import web
 
-from ..core.admission.controller import AdmissionController
-from ..core.admission.flowcontrol import FlowControlSpec
-from ..core.admission.objectives import Objectives, ObjectiveSpec
-from ..core.admission.saturation import SaturationDetector
+from ..core.admission import AdmissionConfig, load_admission_config
 from ..core.errors import ConfigError
-from ..core.request import InferenceRequest
-from ..core.router import ModelPool
 from ..core.scheduling.config import parse_duration
 from ..datalayer.discovery.static import (ServingConfig, config_from_args,
                                           parse_serving_config)
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
+from .admission import AdmissionRunner
 from .health import Health, start_health_server
 from .metrics import MetricsObserver
-from .protocol import MODE_NAMES, Admission, Picker, PickerSettings
+from .protocol import MODE_NAMES, Picker, PickerSettings
 from .server import ExternalProcessor, start_grpc_server, stop_servers
 
 log = logging.getLogger("inferoute.extproc")
@@ -80,43 +75,22 @@ def register(sub: Any) -> None:
     p.add_argument("--body-mode", choices=sorted(MODE_NAMES), default="full-duplex",
                    help="ext_proc request body mode to assume when Envoy does not announce "
                         "it (default full-duplex, the reference set-up)")
-    p.add_argument("--objective", metavar="NAME=PRIORITY", action="append", default=[],
-                   help="an InferenceObjective requests may name in header "
-                        "x-gateway-inference-objective; negative priority = sheddable (429 "
-                        "while the pool is saturated). Repeat for several")
+    p.add_argument("--admission", metavar="FILE",
+                   help="admission config YAML (docs/admission.md): saturation thresholds, "
+                        "objectives (header x-gateway-inference-objective; negative priority "
+                        "= sheddable, 429 while saturated), flow-control queue, model routes. "
+                        "Default: saturationDetector of the scheduler config, queue on")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=main)
 
 
-def _objectives(items: list[str]) -> Objectives:
-    specs = []
-    for item in items:
-        name, sep, prio = item.partition("=")
-        try:
-            specs.append(ObjectiveSpec(name=name.strip(), priority=int(prio)))
-        except (ValueError, pydantic.ValidationError):
-            raise ConfigError(f"--objective {item!r}: expected NAME=PRIORITY, e.g. "
-                              "batch=-1") from None
-        if not sep:
-            raise ConfigError(f"--objective {item!r}: expected NAME=PRIORITY")
-    try:
-        return Objectives(specs)
-    except ValueError as exc:
-        raise ConfigError(f"--objective: {exc}") from None
-
-
-def make_admission(config: ServingConfig, objectives: Objectives) -> Admission:
-    """Shed sheddable requests while the pool is saturated, as the reference picker does
-    without its flow controller (thresholds from the scheduler config's saturationDetector)."""
+def _admission_config(args: argparse.Namespace, config: ServingConfig) -> AdmissionConfig:
+    """The --admission file, else defaults with the scheduler config's saturation thresholds
+    (where the reference picker's EndpointPickerConfig keeps them)."""
+    if args.admission:
+        return load_admission_config(args.admission)
     spec = config.pools[0].scheduler_config().saturation_detector
-    ctl = AdmissionController(SaturationDetector(spec), objectives,
-                              FlowControlSpec(enabled=False))
-
-    def admit(request: InferenceRequest, pool: ModelPool, now: float) -> None:
-        ctl.classify(request)
-        ctl.admit(request, pool.pool, now)  # raises 429 / 503; never queues (flow off)
-
-    return admit
+    return AdmissionConfig(saturationDetector=spec)
 
 
 def _serving_config(args: argparse.Namespace) -> ServingConfig:
@@ -141,7 +115,7 @@ class EppApp:
     """The running picker: data layer, discovery, ext_proc, health and metrics servers."""
 
     def __init__(self, args: argparse.Namespace, config: ServingConfig,
-                 objectives: Objectives | None = None) -> None:
+                 admission: AdmissionConfig) -> None:
         self.args = args
         self.config = config
         self.data = DataLayer(config)
@@ -151,10 +125,14 @@ class EppApp:
         settings = PickerSettings(
             max_body_bytes=args.max_body_bytes or config.max_body_bytes,
             fallbacks=max(0, args.fallbacks), assumed_mode=MODE_NAMES[args.body_mode])
+        self.admission = AdmissionRunner(admission, self.data)
         self.picker = Picker(self.data.router, settings, observer=MetricsObserver(self.obs),
-                             admit=make_admission(config, objectives or Objectives()),
+                             admit=self.admission.admit,
+                             route_model=self.admission.route_model,
                              candidates=self.data.ready_endpoints, default_model=default_model)
-        self.servicer = ExternalProcessor(self.picker, clock=self.data.clock)
+        self.servicer = ExternalProcessor(self.picker, clock=self.data.clock,
+                                          wait_ticket=self.admission.wait,
+                                          after_stream=self.admission.pump)
         self.health = Health()
         self.discovery: Any = None
         self.ports: dict[str, int] = {}
@@ -165,6 +143,7 @@ class EppApp:
     async def start(self) -> None:
         args = self.args
         await self.data.start()
+        self.admission.start()
         self._grpc, self.ports["grpc"] = await start_grpc_server(
             self.servicer, args.host, args.grpc_port)
         self._health_server, self.ports["health"] = await start_health_server(
@@ -200,6 +179,7 @@ class EppApp:
 
     async def stop(self) -> None:
         await self.health.set_ready(False)
+        await self.admission.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         servers = [s for s in (self._grpc, self._health_server) if s is not None]
@@ -210,8 +190,8 @@ class EppApp:
 
 
 async def _run(args: argparse.Namespace, config: ServingConfig,
-               objectives: Objectives) -> None:
-    app = EppApp(args, config, objectives)
+               admission: AdmissionConfig) -> None:
+    app = EppApp(args, config, admission)
     try:
         await app.start()
     except BaseException:
@@ -237,13 +217,13 @@ def main(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = _serving_config(args)
-        objectives = _objectives(args.objective)
+        admission = _admission_config(args, config)
     except ConfigError as exc:
         print(f"inferoute epp: {exc}", file=sys.stderr)
         return 2
     from ..datalayer.discovery.kubernetes import PoolError
     try:
-        asyncio.run(_run(args, config, objectives))
+        asyncio.run(_run(args, config, admission))
     except (OSError, PoolError) as exc:
         print(f"inferoute epp: {exc}", file=sys.stderr)
         return 1

@@ -124,6 +124,9 @@ class Picker:
     #: the pool for a model name no pool claims (the reference picker passes any model through
     #: to its one InferencePool); None answers 404 instead
     default_model: str | None = None
+    #: model routing rules: may set `request.target_model` (not applied when the proxy sent
+    #: `x-gateway-model-name-rewrite`)
+    route_model: Callable[[InferenceRequest], None] | None = None
     #: measures the scheduling decision (wall time, for the scheduler latency metric)
     timer: Callable[[], float] = time.perf_counter
     _ids: Any = field(default_factory=lambda: itertools.count(1))
@@ -328,6 +331,8 @@ class PickerStream:
         rewrite = headers.get(MODEL_REWRITE_HEADER)
         if rewrite:
             request.target_model = rewrite
+        elif self.picker.route_model is not None:
+            self.picker.route_model(request)
         if headers.get(OBJECTIVE_HEADER):
             request.objective = headers[OBJECTIVE_HEADER]
         if headers.get(FAIRNESS_HEADER):

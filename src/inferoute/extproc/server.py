@@ -33,10 +33,13 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     """The ext_proc servicer: one `PickerStream` per gRPC stream."""
 
     def __init__(self, picker: Picker, *, clock: Callable[[], float] = time.monotonic,
-                 wait_ticket: TicketWaiter | None = None) -> None:
+                 wait_ticket: TicketWaiter | None = None,
+                 after_stream: Callable[[], None] | None = None) -> None:
         self.picker = picker
         self.clock = clock
         self.wait_ticket = wait_ticket
+        #: called when a stream ends (the admission queue may release a waiting request)
+        self.after_stream = after_stream
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: grpc.aio.ServicerContext
@@ -56,6 +59,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             raise
         finally:  # completed, refused, cancelled by Envoy or failed: release the request
             stream.close(self.clock())
+            if self.after_stream is not None:
+                self.after_stream()
 
     async def _wait(self, stream: PickerStream) -> list[pb.ProcessingResponse]:
         ticket = stream.waiting

@@ -91,6 +91,20 @@ def test_generated_scheduler_config_uses_known_plugins():
     SaturationSpec.model_validate(values["schedulingConfig"]["saturationDetector"])
 
 
+def test_generated_admission_config_is_valid():
+    from inferoute.core.admission import parse_admission_config
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    # the admission.yaml the ConfigMap template writes, from the default values and an example
+    for objectives in ([], [{"name": "batch", "priority": -1}, {"name": "chat", "priority": 9}]):
+        cfg = parse_admission_config({
+            "saturationDetector": values["schedulingConfig"]["saturationDetector"],
+            "objectives": objectives, "flowControl": values["flowControl"]})
+        assert cfg.saturation_detector.metrics_staleness_threshold == 0.2
+    text = (CHART / "templates/configmap.yaml").read_text()
+    top = set(re.findall(r"^    (\w+):", text.split("admission.yaml: |")[1], re.M))
+    assert top == {"saturationDetector", "objectives", "flowControl"}
+
+
 def test_envoy_bootstrap_matches_envoy_schema():
     from google.protobuf import json_format
     from envoy.config.bootstrap.v3 import bootstrap_pb2

@@ -1,0 +1,88 @@
+"""The picker's admission runner: queued streams wait, are released when capacity returns,
+expire with 429, leave the queue when cancelled, and get 503 at shutdown (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from inferoute.core.admission import parse_admission_config
+from inferoute.core.clock import ManualClock
+from inferoute.core.endpoint import EndpointMetrics
+from inferoute.core.errors import NoEndpointAvailable, TooManyRequests
+from inferoute.core.request import parse_request
+from inferoute.datalayer.discovery.static import parse_serving_config
+from inferoute.datalayer.runtime import DataLayer
+from inferoute.extproc.admission import AdmissionRunner
+
+
+@pytest.fixture
+def setup():
+    clock = ManualClock(100.0)
+    cfg = parse_serving_config({"pools": [{"model": "m", "endpoints": ["http://10.0.0.1:8000"]}]})
+    data = DataLayer(cfg, clock=clock.now, scrape=False)
+    adm = parse_admission_config({
+        "objectives": [{"name": "batch", "priority": -1}],
+        "flowControl": {"ttl": "1s"},
+        "modelRoutes": [{"model": "alias", "targets": [{"model": "m"}]}]})
+    runner = AdmissionRunner(adm, data)
+    mp = data.router.pools["m"]
+    ep = mp.pool.endpoints()[0]
+    return clock, runner, mp, ep
+
+
+def request(model: str = "m", objective: str | None = None):
+    headers = {"x-gateway-inference-objective": objective} if objective else {}
+    return parse_request("completions", {"model": model, "prompt": "hi"}, headers,
+                         request_id="r")
+
+
+async def test_queue_release_expiry_and_cancel(setup):
+    clock, runner, mp, ep = setup
+    ep.metrics = EndpointMetrics(waiting=50, scraped_at=clock.now())  # saturated
+    with pytest.raises(TooManyRequests):
+        runner.admit(request(objective="batch"), mp, clock.now())
+    ticket = runner.admit(request(), mp, clock.now())
+    assert ticket is not None
+    waiter = asyncio.ensure_future(runner.wait(ticket))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    ep.metrics = EndpointMetrics(waiting=0, scraped_at=clock.now())  # capacity is back
+    runner.pump()
+    await asyncio.wait_for(waiter, 1)
+
+    ep.metrics = EndpointMetrics(waiting=50, scraped_at=clock.now())
+    expiring = asyncio.ensure_future(runner.wait(runner.admit(request(), mp, clock.now())))
+    await asyncio.sleep(0)
+    clock.advance(2.0)
+    runner.pump()
+    with pytest.raises(TooManyRequests):
+        await expiring
+
+    cancelled_ticket = runner.admit(request(), mp, clock.now())
+    cancelled = asyncio.ensure_future(runner.wait(cancelled_ticket))
+    await asyncio.sleep(0)
+    assert runner.controller.queued("m") == 1
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert runner.controller.queued("m") == 0
+
+
+async def test_stop_answers_waiting_streams_with_503(setup):
+    clock, runner, mp, ep = setup
+    ep.metrics = EndpointMetrics(waiting=50, scraped_at=clock.now())
+    runner.start()
+    waiter = asyncio.ensure_future(runner.wait(runner.admit(request(), mp, clock.now())))
+    await asyncio.sleep(0)
+    await runner.stop()
+    with pytest.raises(NoEndpointAvailable):
+        await waiter
+
+
+def test_model_routes_set_the_target(setup):
+    _, runner, _, _ = setup
+    r = request(model="alias")
+    runner.route_model(r)
+    assert (r.model, r.target_model) == ("alias", "m")
