@@ -23,6 +23,7 @@ from ..core.request import API_PATHS
 from ..datalayer.discovery.static import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
+from .admission import Admission
 from .proxy import Proxy
 
 log = logging.getLogger("inferoute.gateway")
@@ -68,7 +69,9 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors])
     app[DATA_KEY] = data
     app[OBS_KEY] = obs
-    proxy = Proxy(data, obs, config)
+    adm_config = config.admission_config()
+    admission = Admission(adm_config, data) if adm_config is not None else None
+    proxy = Proxy(data, obs, config, admission)
     created = int(time.time())
 
     async def models(request: web.Request) -> web.Response:
@@ -78,6 +81,10 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
                 items.append({"id": name, "object": "model", "created": created,
                               "owned_by": "inferoute", "root": mp.model,
                               "parent": mp.model if name in mp.lora_adapters else None})
+        if admission is not None:
+            for name in admission.rules.client_models():
+                items.append({"id": name, "object": "model", "created": created,
+                              "owned_by": "inferoute", "root": name, "parent": None})
         return _json({"object": "list", "data": items})
 
     async def health(request: web.Request) -> web.Response:
@@ -108,7 +115,11 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await data.start()
+        if admission is not None:
+            admission.start()
         yield
+        if admission is not None:
+            await admission.close()
         await data.close()
 
     app.cleanup_ctx.append(lifecycle)

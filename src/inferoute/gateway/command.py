@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--scheduler", metavar="NAME_OR_PATH",
                    help="packaged policy (llm-d, round-robin, ...) or EndpointPickerConfig "
                         "file; with --config, applies to every pool")
+    p.add_argument("--admission", metavar="FILE",
+                   help="admission control YAML (objectives, flow control, model routes; "
+                        "see docs/admission.md); off when not given")
     p.add_argument("--host", default=None, help="listen address (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
     p.add_argument("--scrape-interval", type=_duration_arg, default=None, metavar="DURATION",

@@ -38,7 +38,9 @@ from ..core.router import Decision
 from ..datalayer.discovery.static import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
-from .sse import UsageTracker
+from ..core.admission.usage import ResponseRewriter, prepare_upstream_body
+from .admission import Admission
+from .sse import ResponseRelay, UsageTracker
 
 log = logging.getLogger("inferoute.gateway")
 
@@ -84,29 +86,15 @@ def forward_response_headers(headers: Any) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers.items() if k.lower() not in drop]
 
 
-#: an event stream's incomplete tail is held back until its event ends, up to this size
-MAX_HELD_EVENT = 1024 * 1024
-
-
-def _split_events(data: bytes) -> tuple[bytes, bytes]:
-    """(complete events to send now, incomplete tail to hold) of an SSE byte stream."""
-    end = data.rfind(b"\n\n")
-    end = end + 2 if end >= 0 else 0
-    crlf = data.rfind(b"\r\n\r\n")
-    if crlf >= 0 and crlf + 4 > end:
-        end = crlf + 4
-    if end == len(data) or len(data) - end > MAX_HELD_EVENT:
-        return data, b""
-    return data[:end], data[end:]
-
-
 class Proxy:
     """Holds what every request needs; `handle` is the aiohttp handler of the POST routes."""
 
-    def __init__(self, data: DataLayer, obs: Observability, config: ServingConfig) -> None:
+    def __init__(self, data: DataLayer, obs: Observability, config: ServingConfig,
+                 admission: Admission | None = None) -> None:
         self.data = data
         self.obs = obs
         self.config = config
+        self.admission = admission
         up = config.upstream
         self.timeout = aiohttp.ClientTimeout(total=up.request_timeout,
                                              sock_connect=up.connect_timeout,
@@ -133,9 +121,16 @@ class Proxy:
             headers = {k.lower(): v for k, v in request.headers.items()}
             ireq = parse_request(api, raw, headers, request_id=request_id, arrival_time=now)
             model = target = ireq.model
+            adm = self.admission
+            if adm is not None:
+                adm.rules.route(ireq)  # a model route may pick another target model
             mp = data.router.resolve(ireq)
             if ireq.target_model in mp.aliases:  # an alias names the pool's model upstream
-                ireq.target_model = target = mp.model
+                ireq.target_model = mp.model
+            target = ireq.target_model
+            if adm is not None:
+                await adm.admit(ireq, mp, now)  # may wait in the flow-control queue
+            now = data.clock()
             candidates = data.ready_endpoints(mp, now)
             t0 = time.perf_counter()
             decision = data.router.schedule(ireq, now, candidates)
@@ -147,14 +142,30 @@ class Proxy:
             obs.request_rejected(model, target, str(exc.status))
             return error_response(exc)
         obs.request_started(model, target, len(raw))
-        return await self._forward(request, ireq, decision, raw, candidates)
+        try:
+            return await self._forward(request, ireq, decision, raw, candidates)
+        finally:
+            if self.admission is not None:
+                self.admission.pump()  # capacity freed: release waiting requests
 
-    def _body_for(self, ireq: InferenceRequest, raw: bytes) -> bytes:
-        if ireq.target_model == ireq.model:
-            return raw
-        body = dict(ireq.body)
-        body["model"] = ireq.target_model
-        return orjson.dumps(body)
+    def _upstream_body(self, ireq: InferenceRequest, raw: bytes
+                       ) -> tuple[bytes, ResponseRewriter | None]:
+        """The body to send and, when the response needs changing, its rewriter.
+
+        The model is renamed for routes and aliases (and renamed back in the response); with
+        admission on, streaming requests also get `stream_options.include_usage` so usage is
+        always known (the usage chunk is then hidden from a client that did not ask).
+        """
+        renamed = ireq.target_model != ireq.model
+        if self.admission is None and not renamed:
+            return raw, None
+        up = prepare_upstream_body(ireq.body, api=ireq.api,
+                                   target_model=ireq.target_model if renamed else None,
+                                   inject_usage=self.admission is not None)
+        if not (renamed or up.injected):
+            return raw, None
+        return up.body, ResponseRewriter(strip_usage=up.injected, target_model=ireq.target_model,
+                                         client_model=ireq.model)
 
     async def _forward(self, request: web.Request, ireq: InferenceRequest, decision: Decision,
                        raw: bytes, candidates: list[Endpoint]) -> web.StreamResponse:
@@ -162,7 +173,7 @@ class Proxy:
         pool = decision.pool.model
         order = list(decision.result.targets)
         order += [ep for ep in candidates if ep not in order]
-        body = self._body_for(ireq, raw)
+        body, rewriter = self._upstream_body(ireq, raw)
         headers = forward_request_headers(request.headers)
         url_path = request.rel_url.raw_path_qs
         session = data.session
@@ -206,14 +217,18 @@ class Proxy:
                 break
             if upstream is None or current is None:  # pragma: no cover - loop always sets them
                 raise UpstreamError("no endpoint could be tried")
+            stream = "text/event-stream" in upstream.headers.get("content-type", "")
+            plain = "content-encoding" not in upstream.headers
+            rename = (ireq.target_model, ireq.model) if rewriter is not None else None
+            relay = ResponseRelay(stream, rewriter if plain else None, rename if plain else None)
+            out_headers = forward_response_headers(upstream.headers)
+            if rename is not None and plain:  # the body may change length
+                out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-length"]
             resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=forward_response_headers(upstream.headers))
+                                      headers=out_headers)
             resp.headers[SERVED_HEADER] = current.name
             await resp.prepare(request)
-            stream = "text/event-stream" in upstream.headers.get("content-type", "")
-            tracker = UsageTracker(stream) if "content-encoding" not in upstream.headers \
-                else None
-            held = b""  # an event stream is relayed whole events at a time
+            tracker = UsageTracker(stream) if plain else None
             try:
                 async for chunk in upstream.content.iter_any():
                     if ttft is None:
@@ -221,13 +236,12 @@ class Proxy:
                     nbytes += len(chunk)
                     if tracker is not None:
                         tracker.feed(chunk)
-                    if stream:
-                        chunk, held = _split_events(held + chunk if held else chunk)
-                        if not chunk:
-                            continue
-                    await resp.write(chunk)
-                if held:
-                    await resp.write(held)
+                    out = relay.feed(chunk)
+                    if out:
+                        await resp.write(out)
+                out = relay.finish()
+                if out:
+                    await resp.write(out)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
                     asyncio.TimeoutError) as exc:
                 if isinstance(exc, ConnectionResetError):
@@ -237,12 +251,10 @@ class Proxy:
                 log.warning("upstream %s failed mid-response: %s", current.name,
                             type(exc).__name__)
                 upstream.close()
-                if stream:
-                    # drop the half event, end the stream cleanly: an error event, [DONE]
-                    err = (UpstreamTimeout if timeout else UpstreamError)(
-                        f"model server {current.name} failed mid-stream")
-                    await resp.write(b"data: " + orjson.dumps(err.to_dict())
-                                     + b"\n\ndata: [DONE]\n\n")
+                ending = relay.fail((UpstreamTimeout if timeout else UpstreamError)(
+                    f"model server {current.name} failed mid-stream"))
+                if ending is not None:  # an event stream: error event, [DONE], clean end
+                    await resp.write(ending)
                     await resp.write_eof()
                 elif request.transport is not None:
                     # headers are out: cut the connection so the client sees a truncated body

@@ -5,6 +5,10 @@ stream only complete `data:` lines that mention `"usage"` are decoded (with stre
 `include_usage` vLLM puts it in the final chunk; the Responses API puts it in
 `response.completed`); the last non-null one wins. A plain JSON response is kept up to a
 bound and decoded once at the end.
+
+`ResponseRelay` decides what the client gets for each upstream chunk (whole SSE events, the
+model name written back when a route or alias renamed it, the gateway's injected usage chunk
+removed).
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+from ..core.admission.usage import ResponseRewriter, rewrite_response_model
+from ..core.errors import InferouteError
 
 _USAGE = b'"usage"'
 #: longest SSE line or JSON body kept for usage extraction; larger ones are skipped
@@ -88,3 +95,74 @@ class UsageTracker:
                 except orjson.JSONDecodeError:
                     pass
         return self.usage
+
+
+#: an event stream's incomplete tail is held back until its event ends, up to this size
+MAX_HELD_EVENT = 1024 * 1024
+
+
+def split_events(data: bytes) -> tuple[bytes, bytes]:
+    """(complete events to send now, incomplete tail to hold) of an SSE byte stream."""
+    end = data.rfind(b"\n\n")
+    end = end + 2 if end >= 0 else 0
+    crlf = data.rfind(b"\r\n\r\n")
+    if crlf >= 0 and crlf + 4 > end:
+        end = crlf + 4
+    if end == len(data) or len(data) - end > MAX_HELD_EVENT:
+        return data, b""
+    return data[:end], data[end:]
+
+
+class ResponseRelay:
+    """Turns upstream body chunks into what the client gets.
+
+    Event streams go out in whole events (so a failure can always end them cleanly); when a
+    `ResponseRewriter` is given (model name written back, gateway-injected usage chunk dropped)
+    it does that work. A plain body passes through untouched, unless the model name must be
+    written back, in which case it is held (bounded) and renamed at the end.
+    """
+
+    def __init__(self, stream: bool, rewriter: ResponseRewriter | None = None,
+                 rename: tuple[str, str] | None = None) -> None:
+        self.stream = stream
+        self.rewriter = rewriter
+        self.rename = rename
+        self._held = b""
+        self._body: list[bytes] | None = [] if (rename and not stream) else None
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.stream:
+            if self.rewriter is not None:
+                return self.rewriter.feed(chunk)
+            out, self._held = split_events(self._held + chunk if self._held else chunk)
+            return out
+        if self._body is not None:
+            self._body.append(chunk)
+            self._size += len(chunk)
+            if self._size <= MAX_KEEP:
+                return b""
+            out, self._body = b"".join(self._body), None  # too big to rename: pass it on
+            return out
+        return chunk
+
+    def finish(self) -> bytes:
+        if self.stream:
+            if self.rewriter is not None:
+                return self.rewriter.finish()
+            out, self._held = self._held, b""
+            return out
+        if self._body is not None and self.rename is not None:
+            body, self._body = b"".join(self._body), None
+            return rewrite_response_model(body, *self.rename)
+        return b""
+
+    def fail(self, error: InferouteError) -> bytes | None:
+        """Bytes that end an event stream cleanly after an upstream failure (the held partial
+        event is dropped); None for a plain body, which the caller must cut off."""
+        if not self.stream:
+            return None
+        self._held = b""
+        if self.rewriter is not None:
+            self.rewriter.finish()
+        return b"data: " + orjson.dumps(error.to_dict()) + b"\n\ndata: [DONE]\n\n"

@@ -5,7 +5,7 @@ token), generates `max_tokens` words, reports `usage`, and serves vLLM-format /m
 from its own counters, so the gateway's scrapers, readiness and usage accounting all work.
 
     python -m inferoute.gateway.standin --port 8001 --model m [--token-delay 0.01]
-                                         [--fail-status 500] [--die-after N]
+                                         [--fail-status 500] [--die-after N] [--waiting N]
 
 Extra metrics: `standin_requests_total`, `standin_cancelled_total` (clients that went away
 mid-response).
@@ -42,12 +42,15 @@ def _histograms(labels: str) -> str:
 
 class StandIn:
     def __init__(self, model: str, *, name: str = "", token_delay: float = 0.0,
-                 fail_status: int | None = None, die_after: int | None = None) -> None:
+                 fail_status: int | None = None, die_after: int | None = None,
+                 waiting: int = 0) -> None:
         self.model = model
         self.name = name
         self.token_delay = token_delay
         self.fail_status = fail_status
         self.die_after = die_after
+        #: reported as vllm:num_requests_waiting (settable: POST /admin/waiting {"waiting": n})
+        self.waiting = waiting
         self.running = 0
         self.requests = 0
         self.cancelled = 0
@@ -61,7 +64,12 @@ class StandIn:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", lambda r: web.Response(text="ok"))
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/admin/waiting", self.set_waiting)
         return app
+
+    async def set_waiting(self, request: web.Request) -> web.Response:
+        self.waiting = int((await request.json())["waiting"])
+        return web.json_response({"waiting": self.waiting})
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
@@ -73,7 +81,7 @@ class StandIn:
             "# TYPE vllm:num_requests_running gauge\n"
             f"vllm:num_requests_running{{{labels}}} {float(self.running)}\n"
             "# TYPE vllm:num_requests_waiting gauge\n"
-            f"vllm:num_requests_waiting{{{labels}}} 0.0\n"
+            f"vllm:num_requests_waiting{{{labels}}} {float(self.waiting)}\n"
             "# TYPE vllm:kv_cache_usage_perc gauge\n"
             f"vllm:kv_cache_usage_perc{{{labels}}} {min(1.0, self.running / 100):.4f}\n"
             "# TYPE vllm:cache_config_info gauge\n"
@@ -164,12 +172,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--token-delay", type=float, default=0.0, help="seconds per token")
     p.add_argument("--fail-status", type=int, default=None,
                    help="answer every generation request with this status")
+    p.add_argument("--waiting", type=int, default=0,
+                   help="waiting requests to report in /metrics (to fake saturation)")
     p.add_argument("--die-after", type=int, default=None,
                    help="streams drop the connection after this many tokens")
     args = p.parse_args(argv)
     server = StandIn(args.model, name=args.name or f"{args.host}:{args.port}",
                      token_delay=args.token_delay, fail_status=args.fail_status,
-                     die_after=args.die_after)
+                     die_after=args.die_after, waiting=args.waiting)
     runner_kwargs: dict[str, Any] = {"access_log": None, "handler_cancellation": True,
                                      "print": None, "host": args.host, "port": args.port}
     try:

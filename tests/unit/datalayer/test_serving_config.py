@@ -88,6 +88,10 @@ def test_flags_override_file(tmp_path: Path):
                                              "schedulingProfiles": [{"name": "d"}]}}]},
      "unknown type 'bogus-scorer'"),
     (["not", "a", "mapping"], "expected a mapping"),
+    ({"pools": [{"model": "m"}], "admission": {"defaultObjective": "nope"}},
+     "defaultObjective 'nope' is not among the objectives"),
+    ({"pools": [{"model": "m"}], "admission": {"flowControl": {"ttl": "soon"}}},
+     "flowControl.ttl"),
 ])
 def test_errors_name_the_key(data, message):
     with pytest.raises(ConfigError) as err:

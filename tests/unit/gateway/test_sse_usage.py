@@ -86,7 +86,7 @@ def test_hop_by_hop_and_destination_headers_are_stripped():
 
 
 def test_split_events_holds_only_an_incomplete_tail():
-    from inferoute.gateway.proxy import _split_events
+    from inferoute.gateway.sse import split_events as _split_events
 
     assert _split_events(b"data: a\n\ndata: b\n\n") == (b"data: a\n\ndata: b\n\n", b"")
     assert _split_events(b"data: a\n\ndata: b") == (b"data: a\n\n", b"data: b")

@@ -18,6 +18,9 @@
       engine: vllm              # vllm | sglang | trtllm | auto (from the metric names)
       endpoints: [http://10.0.0.1:8000, http://10.0.0.2:8000]
       scheduler: llm-d          # packaged policy name, path to an EndpointPickerConfig, or inline
+    admission:                  # optional; see docs/admission.md (off when absent)
+      objectives: [{name: batch, priority: -1}]
+      flowControl: {enabled: true, ttl: 30s}
 
 Durations accept `50ms`, `0.2s`, `1m` or a number of seconds. Every mistake raises
 `ConfigError` naming the key, e.g. `pools.0.endpoints.1: endpoint 'x' must look like
@@ -33,6 +36,7 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
+from ...core.admission import AdmissionConfig, parse_admission_config
 from ...core.endpoint import Endpoint, parse_endpoint
 from ...core.errors import ConfigError
 from ...core.scheduling.config import (EndpointPickerConfig, parse_config, parse_duration,
@@ -106,6 +110,14 @@ class ServingConfig(pydantic.BaseModel):
     max_body_bytes: int = pydantic.Field(16 * 1024 * 1024, alias="maxBodyBytes", ge=1024)
     upstream: UpstreamConfig = pydantic.Field(default_factory=UpstreamConfig)
     pools: list[PoolConfig] = pydantic.Field(min_length=1)
+    #: admission control (saturation, objectives, flow control, model routes); None: off.
+    #: The `admission:` section of docs/admission.md, validated in `admission_config()`.
+    admission: dict[str, Any] | None = None
+
+    def admission_config(self) -> AdmissionConfig | None:
+        if self.admission is None:
+            return None
+        return parse_admission_config(self.admission, "the admission section")
 
     _d = pydantic.field_validator("scrape_interval", "scrape_timeout", "ready_window",
                                   mode="before")(_duration)
@@ -148,6 +160,10 @@ def parse_serving_config(data: Any, source: str = "<config>") -> ServingConfig:
         except ConfigError as exc:
             raise ConfigError(f"invalid serving config in {source}: pools.{i}.scheduler: "
                               f"{exc}") from None
+    try:
+        cfg.admission_config()
+    except ConfigError as exc:
+        raise ConfigError(f"invalid serving config in {source}: {exc}") from None
     return cfg
 
 
@@ -169,7 +185,8 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
     """The serving config from `--config FILE` or `--model/--endpoint` flags.
 
     With `--config`, the flags `--host`, `--port`, `--scrape-interval` and `--scheduler`
-    (applied to every pool) override the file when given.
+    (applied to every pool) override the file when given; `--admission FILE` sets (or
+    replaces) the admission section.
     """
     config_file = getattr(args, "config", None)
     model = getattr(args, "model", None)
@@ -196,4 +213,16 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
+    admission_file = getattr(args, "admission", None)
+    if admission_file:
+        try:
+            raw = yaml.safe_load(Path(admission_file).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read admission config {admission_file}: "
+                              f"{exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{admission_file} is not valid YAML: {exc}") from None
+        if isinstance(raw, dict) and "admission" in raw:
+            raw = raw["admission"]
+        data["admission"] = raw if raw is not None else {}
     return parse_serving_config(data, source)

@@ -1,0 +1,93 @@
+"""The asyncio side of the core's admission control, for `inferoute serve`.
+
+Enabled by an `admission:` section in the serving config (or `--admission FILE`); the rules
+are in docs/admission.md. The core `AdmissionController` decides admit / queue / shed; this
+module makes queued requests *wait*: each waiting request holds a future that `pump()` resolves
+when the controller releases it (or fails with 429/503 when its TTL passes). `pump()` runs after
+every enqueue, after every finished request, and from a ticker every 20 ms, which also catches
+capacity freed by fresh scrapes. Admission and scheduling share the data layer's readiness rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..core.admission import AdmissionConfig, Ticket
+from ..core.endpoint import Endpoint, Pool
+from ..core.request import InferenceRequest
+from ..core.router import ModelPool
+from ..datalayer.runtime import DataLayer
+
+log = logging.getLogger("inferoute.admission")
+
+TICK = 0.02
+
+
+class Admission:
+    """Classify, admit (maybe after a wait), and release queued requests as capacity frees."""
+
+    def __init__(self, config: AdmissionConfig, data: DataLayer) -> None:
+        self.config = config
+        self.data = data
+        self.controller = config.controller(candidates_of=self._candidates)
+        self.rules = config.routing_rules()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def _candidates(self, pool: Pool, now: float) -> list[Endpoint]:
+        return [ep for ep in pool if self.data.is_ready(ep, now)]
+
+    async def admit(self, request: InferenceRequest, mp: ModelPool, now: float) -> float:
+        """Return once `request` may be scheduled (seconds it waited); raises 429 or 503."""
+        self.controller.classify(request)
+        res = self.controller.admit(request, mp.pool, now)
+        if not isinstance(res, Ticket):
+            return 0.0
+        loop = asyncio.get_running_loop()
+        res.waiter = loop.create_future()
+        self.pump()
+        try:
+            await res.waiter
+        except asyncio.CancelledError:  # the client went away while waiting
+            self.controller.cancel(res)
+            raise
+        return self.data.now() - now
+
+    def pump(self) -> None:
+        """Fail expired waiters and wake those the controller releases now."""
+        now = self.data.now()
+        for ticket, err in self.controller.expire(now):
+            waiter = ticket.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(err)
+        for ticket in self.controller.dispatchable(now):
+            waiter = ticket.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            if self.controller.queued():
+                try:
+                    self.pump()
+                except Exception:  # pragma: no cover - never let the ticker die silently
+                    log.exception("admission pump failed")
+
+    def start(self) -> None:
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick(),
+                                                                  name="admission ticker")
+
+    async def close(self) -> None:
+        """Graceful shutdown: every waiting request gets its 503, the ticker stops."""
+        for ticket, err in self.controller.drain():
+            if ticket.waiter is not None and not ticket.waiter.done():
+                ticket.waiter.set_exception(err)
+        task, self._ticker = self._ticker, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass

@@ -1,0 +1,82 @@
+"""`inferoute serve` with an `admission:` section: shedding, waiting, release, model routes,
+usage injection (the core's rules are unit-tested in tests/unit/admission)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import openai
+
+OBJECTIVE = "x-gateway-inference-objective"
+
+
+def _post(web, gw, objective: str | None = None, **extra):
+    import json
+    import urllib.request
+    req = urllib.request.Request(
+        gw.url + "/v1/completions", method="POST",
+        data=json.dumps({"model": "m", "prompt": "hi", "max_tokens": 2, **extra}).encode(),
+        headers={"Content-Type": "application/json", **({OBJECTIVE: objective}
+                                                        if objective else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+def test_shed_wait_expire_and_release(harness, web):
+    server = harness.standin("--waiting", "10")  # above queueDepthThreshold 5: saturated
+    gw = harness.gateway({"pools": [{"model": "m", "endpoints": [server.url]}], "admission": {
+        "objectives": [{"name": "batch", "priority": -1},
+                       {"name": "impatient", "priority": 1, "ttl": "300ms"},
+                       {"name": "critical", "priority": 10}],
+        "flowControl": {"ttl": "30s", "retryAfter": "2s"}}})
+
+    status, headers, body = _post(web, gw, "batch")
+    assert status == 429 and body["error"]["code"] == "overloaded"
+    assert headers["Retry-After"] == "2"
+
+    status, _, body = _post(web, gw, "impatient")
+    assert status == 429 and body["error"]["code"] == "queue_timeout"
+
+    result: dict = {}
+    waiter = threading.Thread(target=lambda: result.update(r=_post(web, gw, "critical")))
+    waiter.start()
+    time.sleep(0.5)
+    assert not result, "a critical request went through a saturated pool"
+    web.post(server.url + "/admin/waiting", json={"waiting": 0})
+    waiter.join(timeout=20)
+    assert result["r"][0] == 200, result
+    page = web.get(gw.url + "/metrics").text
+    assert web.metric(page, "inference_objective_request_error_total", error_code="429",
+                      model_name="m") == 2.0
+
+
+def test_model_route_renames_both_ways_and_usage_is_always_known(harness, web):
+    server = harness.standin()
+    gw = harness.gateway({"pools": [{"model": "m", "endpoints": [server.url]}], "admission": {
+        "flowControl": {"enabled": False},
+        "modelRoutes": [{"model": "chat", "targets": [{"model": "m", "weight": 1}]}]}})
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+    assert "chat" in {m.id for m in client.models.list().data}
+
+    out = client.completions.create(model="chat", prompt="hello", max_tokens=3)
+    assert out.model == "chat" and out.usage.completion_tokens == 3
+
+    chunks = list(client.chat.completions.create(
+        model="chat", max_tokens=4, stream=True,
+        messages=[{"role": "user", "content": "hi"}]))
+    assert all(c.model == "chat" for c in chunks)
+    assert all(c.choices for c in chunks), "the injected usage chunk reached the client"
+    page = web.get(gw.url + "/metrics").text
+    # usage of both requests was still read (3 + 4 completion tokens)
+    assert web.metric(page, "inference_objective_output_tokens_sum", model_name="chat",
+                      target_model_name="m") == 7.0
+
+    asked = list(client.chat.completions.create(
+        model="chat", max_tokens=2, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "hi"}]))
+    assert asked[-1].usage.completion_tokens == 2 and asked[-1].model == "chat"
+
