@@ -188,7 +188,7 @@ RECOGNIZERS: tuple[_Recognizer, ...] = (
     ("ipv4", re.compile(_NUM_START + r"(?:\d{1,3}\.){3}\d{1,3}" + _NUM_END), ipv4_personal),
     ("phone", re.compile(
         r"(?<![\w+])(?:\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,6}"
-        r"|(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]?\d{3,4})(?![\w-])"),
+        r"|(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]?\d{3,4})(?![\w-]|\.\d)"),
      phone_valid),
 )
 
@@ -212,8 +212,9 @@ def find_pii(text: str, types: Iterable[str] | None = None) -> list[PiiFinding]:
                     continue
                 e = stop
             elif not valid(m.group()) or (name == "ipv4" and not _ipv4_in_context(text, s, e)):
-                # A long digit run that is not a card is not a phone number either.
-                if name == "credit_card" and (s == 0 or text[s - 1] != "+"):
+                # A long digit run that is not a card, or a dotted quad that is not a personal
+                # address (a netmask, a version), is not a phone number either.
+                if name == "ipv4" or (name == "credit_card" and (s == 0 or text[s - 1] != "+")):
                     taken.append((s, e))
                 continue
             taken.append((s, e))
