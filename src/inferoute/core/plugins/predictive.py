@@ -4,29 +4,32 @@ For every candidate endpoint the scorer predicts, in KV blocks of `blockSizeToke
 
 - **uncached prefill** `u`: the prompt's blocks minus the leading blocks the endpoint probably
   still holds. The prefix index is sized by the endpoint's *real* KV capacity (`num_blocks` from
-  its scrape) and fed not only the prompts sent there but also placeholder blocks for the
-  output they will generate, so its LRU forgets prefixes about when the server evicts them;
-- **KV demand** `D`: blocks the requests in flight there will hold at their peak (their uncached
-  prompt blocks plus `max_tokens` of output), from the gateway's own dispatch/finish
-  bookkeeping, hence never stale. Shared prefix blocks are counted once, by the request that
-  brought them;
+  its scrape, `defaultCapacityBlocks` before the first one) and fed not only the prompts sent
+  there but also placeholder blocks for the output they will generate, so its LRU forgets
+  prefixes about when the server evicts them;
+- **KV demand** `D`: the blocks the requests in flight there will hold at their peak: their
+  prompt blocks, each shared block counted once (a refcount per block), plus `max_tokens` of
+  output each. It comes from the gateway's own dispatch/finish bookkeeping, so it is never
+  stale; `D'` is the same with this request added;
 - **queued prefill** `Q`: prompt tokens sent there and probably not yet prefilled, drained at
   `prefillTokensPerSecond` (a fluid queue): what this request would wait behind.
 
-    cost = D + u + prefillWeight x u + queueWeight x Q
+    cost = D' + prefillWeight x u + queueWeight x Q + overflowWeight x max(0, D' - capacity)
+           + waitingWeight x waiting (last scrape) x this request's blocks
 
-`D + u` is the endpoint's KV demand if the request goes there: balancing it keeps every replica
-below its capacity as long as the fleet allows (preemptions and KV-full waits are what ruin
-throughput), while the `prefillWeight x u` term pays for recomputing a prefix another endpoint
-already holds, so requests stick to their prefix unless that replica is much busier. When the
-projected demand exceeds the endpoint's capacity, the excess counts `overflowWeight` times more.
-The score is the min-max inverted cost (cheapest endpoint 1).
+Balancing `D'` keeps every replica's KV demand level, so no replica preempts or stalls much
+earlier than the others (a preempted or stalled replica sets the tail of a run), while
+`prefillWeight x u` charges for recomputing a prefix another endpoint already holds, so a prompt
+family sticks to its replica unless that replica is clearly busier. The scraped waiting queue is
+off by default (`waitingWeight: 0`): with 50 ms scrapes, reacting to it made requests herd. The
+score is the min-max inverted cost (cheapest endpoint 1). Defaults were chosen on the virtual
+benchmark (docs/benchmark.md).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import pydantic
@@ -48,15 +51,23 @@ _MASK64 = (1 << 64) - 1
 @dataclass(slots=True)
 class _InFlight:
     endpoint: str
-    demand: float
-    prefill_tokens: float
+    hashes: list[int]
+    out_blocks: int
 
 
 @dataclass(slots=True)
 class _EndpointState:
-    demand: float = 0.0
+    #: prompt blocks of the requests in flight, with how many of them use each
+    blocks: dict[int, int] = field(default_factory=dict)
+    #: output blocks the requests in flight will hold at their end
+    out_blocks: int = 0
     queue: float = 0.0
     queue_at: float = 0.0
+
+    @property
+    def demand(self) -> int:
+        """Peak KV blocks of the requests in flight (shared prompt blocks counted once)."""
+        return len(self.blocks) + self.out_blocks
 
     def queued(self, now: float, rate: float) -> float:
         """Prefill tokens still queued at `now` (fluid drain since the last update)."""
@@ -77,9 +88,12 @@ class PredictiveCostScorer(BasePlugin):
             16_384, ge=1, description="KV capacity assumed until a scrape reports num_blocks")
         default_max_tokens: int = pydantic.Field(
             256, ge=1, description="output tokens assumed when a request sets no max_tokens")
-        prefill_weight: float = pydantic.Field(1.0, ge=0.0)
+        prefill_weight: float = pydantic.Field(8.0, ge=0.0)
         queue_weight: float = pydantic.Field(1.0, ge=0.0)
         overflow_weight: float = pydantic.Field(1.0, ge=0.0)
+        waiting_weight: float = pydantic.Field(
+            0.0, ge=0.0, description="per request waiting at the endpoint (last scrape), in "
+                                     "multiples of this request's blocks")
         prefill_tokens_per_second: float = pydantic.Field(12_000.0, gt=0.0)
 
     def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
@@ -128,9 +142,14 @@ class PredictiveCostScorer(BasePlugin):
             data["matched"][name] = m
             st = self._st(name)
             uncached = max(0, data["prompt_blocks"] - m)
-            demand = st.demand + uncached + data["out_blocks"]
+            held = st.blocks
+            new_blocks = data["prompt_blocks"] - len(data["hashes"]) + sum(
+                1 for h in data["hashes"] if h not in held)
+            demand = st.demand + new_blocks + data["out_blocks"]
             queued = st.queued(ctx.now, p.prefill_tokens_per_second) / bs
-            cost = demand + p.prefill_weight * uncached + p.queue_weight * queued
+            cost = (demand + p.prefill_weight * uncached + p.queue_weight * queued
+                    + p.waiting_weight * ep.metrics.waiting
+                    * (data["prompt_blocks"] + data["out_blocks"]))
             over = demand - self._capacity(ep)
             if over > 0:
                 cost += p.overflow_weight * over
@@ -150,13 +169,15 @@ class PredictiveCostScorer(BasePlugin):
         if m is None:
             m = self.index.match(data["hashes"], [name])[0]
         uncached = max(0, data["prompt_blocks"] - m)
-        demand = uncached + data["out_blocks"]
         prefill = float(uncached * p.block_size_tokens)
         st = self._st(name)
-        st.demand += demand
+        held = st.blocks
+        for h in data["hashes"]:
+            held[h] = held.get(h, 0) + 1
+        st.out_blocks += data["out_blocks"]
         st.queue = st.queued(ctx_now, p.prefill_tokens_per_second) + prefill
         st.queue_at = ctx_now
-        self._flying[request.request_id] = _InFlight(name, demand, prefill)
+        self._flying[request.request_id] = _InFlight(name, data["hashes"], data["out_blocks"])
         while len(self._flying) > MAX_TRACKED:
             _, old = self._flying.popitem(last=False)
             self._release(old)
@@ -171,8 +192,16 @@ class PredictiveCostScorer(BasePlugin):
 
     def _release(self, rec: _InFlight) -> None:
         st = self._state.get(rec.endpoint)
-        if st is not None:
-            st.demand = max(0.0, st.demand - rec.demand)
+        if st is None:
+            return
+        held = st.blocks
+        for h in rec.hashes:
+            n = held.get(h, 0) - 1
+            if n > 0:
+                held[h] = n
+            else:
+                held.pop(h, None)
+        st.out_blocks = max(0, st.out_blocks - rec.out_blocks)
 
     def on_scheduled(self, ctx: CycleContext, request: InferenceRequest,
                      result: SchedulingResult) -> None:

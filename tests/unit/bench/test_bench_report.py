@@ -1,0 +1,54 @@
+"""Reports on disk, stage choice and the comparison table."""
+
+import pytest
+
+from inferoute.bench.compare import compare_reports, compare_table
+from inferoute.bench.metrics import RequestRecord, summarize
+from inferoute.bench.report import ReportError, load_report, pick_stage, save_report
+
+
+def _report(label: str, speed: float) -> dict:
+    stages = []
+    for i, rate in enumerate((10.0, 40.0)):
+        recs = []
+        for k in range(4):
+            r = RequestRecord(key=f"{k}", stage=i, start=float(k), prompt_tokens=100,
+                              cached_tokens=50)
+            r.on_tokens(k + 0.5 / speed)
+            r.on_tokens(k + 1.0 / speed)
+            r.end = k + 1.0 / speed
+            recs.append(r)
+        stages.append(summarize(recs, stage=i, rate=rate))
+    return {"config": {"label": label}, "stages": stages}
+
+
+def test_save_load_roundtrip(tmp_path) -> None:
+    rep = _report("a", 1.0)
+    for name in ("r.json", "r.yaml"):
+        p = save_report(rep, tmp_path / "sub" / name)
+        assert load_report(p) == rep
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ReportError, match="not a benchmark report"):
+        load_report(tmp_path / "bad.json")
+    with pytest.raises(ReportError, match="cannot read"):
+        load_report(tmp_path / "missing.json")
+
+
+def test_pick_stage() -> None:
+    rep = _report("a", 1.0)
+    assert pick_stage(rep, rate=40)["rate"] == 40
+    assert pick_stage(rep, index=0)["rate"] == 10
+    with pytest.raises(ReportError):
+        pick_stage(rep, rate=7)
+
+
+def test_compare_table_deltas() -> None:
+    table = compare_table([("k8s", {"requests_per_sec": 6.3374, "ttft": 27.695}),
+                           ("llmd", {"requests_per_sec": 15.3932, "ttft": 0.113})])
+    lines = table.splitlines()
+    assert lines[0].startswith("| Metric | k8s (Mean) | llmd (Mean) | Δ (llmd - k8s) | Δ% vs k8s")
+    assert "| Requests/sec | 6.3374 | 15.3932 | +9.0558 | +142.9% |" in table
+    assert "| TTFT (s) | 27.695 | 0.113 | -27.582 | -99.6% |" in table
+    text = compare_reports([("slow", _report("slow", 1.0)), ("fast", _report("fast", 2.0))],
+                           rate=40)
+    assert "TTFT (s) | 0.500 | 0.250 | -0.250 | -50.0% |" in text
