@@ -316,3 +316,53 @@ def test_default_pool_takes_unclaimed_model_names_unchanged(router, msgs):
     s2.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     (err,) = s2.handle(msgs.body_msg(body), 0.0)
     assert err.immediate_response.status.code == 404
+
+
+def test_same_decisions_as_the_gateway_path(msgs):
+    """The picker feeds the core exactly what the HTTP gateway does: on identically seeded
+    routers, a mixed sequence (shared prefixes, distinct ones, overlapping requests) gets the
+    same endpoint through the ext_proc protocol as through parse_request + Router, the
+    gateway's decision path (gateway/proxy.py)."""
+    from inferoute.core.endpoint import Endpoint, EndpointMetrics, Pool
+    from inferoute.core.request import parse_request
+    from inferoute.core.router import ModelPool, Router
+    from inferoute.core.scheduling.config import default_config
+    from inferoute.core.scheduling.scheduler import Scheduler
+
+    def build() -> Router:
+        eps = [Endpoint(host=f"10.0.0.{i}", port=8000,
+                        metrics=EndpointMetrics(waiting=i % 2, kv_usage=0.1 * i, scraped_at=0.0))
+               for i in range(1, 5)]
+        return Router([ModelPool("m", Pool("m", eps), Scheduler(default_config(), seed=7))])
+
+    bodies = []
+    for i in range(24):
+        system = f"system prompt of tenant {i % 3} " * 150
+        bodies.append(orjson.dumps({"model": "m", "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": f"q{i}"}]}))
+    gw, epp = build(), build()
+    picker = Picker(epp)
+    via_gateway, via_picker, open_gw, open_epp = [], [], [], []
+    for i, body in enumerate(bodies):
+        now = i * 0.01
+        for router in (gw, epp):  # the same fresh scrape reaches both
+            for k, ep in enumerate(router.pools["m"].pool):
+                ep.metrics = EndpointMetrics(waiting=(i + 3 * k) % 7, kv_usage=0.1 * k,
+                                             scraped_at=now)
+        req = parse_request("chat", body, {"content-type": "application/json"},
+                            request_id=str(i), arrival_time=now)
+        d = gw.schedule(req, now)
+        gw.dispatch(d, d.result.targets[0], now)
+        via_gateway.append(d.endpoint.name)
+        open_gw.append(d)
+        s = picker.stream()
+        s.handle(msgs.headers_msg(req_headers(**{"x-request-id": str(i)}),
+                                  mode=msgs.FULL_DUPLEX), now)
+        out = s.handle(msgs.body_msg(body), now)
+        via_picker.append(msgs.set_headers(out[0])["x-gateway-destination-endpoint"])
+        open_epp.append(s)
+        if i % 4 == 3:  # some requests finish, others overlap
+            gw.finish(open_gw.pop(0), now)
+            open_epp.pop(0).close(now)
+    assert via_picker == via_gateway
+    assert len(set(via_gateway)) >= 2, via_gateway  # more than one endpoint is exercised
