@@ -1,13 +1,9 @@
 """KV-event subscribers: one pyzmq SUB per endpoint feeding the precise prefix index.
 
 Wire format (vLLM's `ZmqEventPublisher`, which `inferoute sim --kv-events` reproduces): every
-message is three frames, topic / 8-byte big-endian sequence number / msgpack payload
-`[ts, [event, ...], data_parallel_rank]`. Events come as tagged arrays
-(`["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium]`,
-`["BlockRemoved", block_hashes, medium]`, `["AllBlocksCleared"]`; older servers omit `medium`,
-newer ones may append fields) or as maps with a `"type"` key. Block hashes are integers or
-bytes (e.g. sha256 digests); bytes are folded to 64-bit integers, which only need to be
-consistent within one endpoint's stream. A malformed message or event is logged and skipped.
+message is three frames, topic / 8-byte big-endian sequence number / msgpack payload, decoded
+by `kvdecode` (both event formats, integer and bytes hashes). A malformed message or event is
+logged and skipped, never fatal.
 
 Sequence handling (`SequenceTracker`, pure): the next number is applied; a jump ahead is a gap,
 filled from the replay ROUTER socket (send `[b"", start_seq]`, receive `[b"", seq, payload]`
@@ -32,142 +28,24 @@ import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-import msgpack
 import pydantic
-import xxhash
 import zmq
 import zmq.asyncio
 
 from ..core.endpoint import Endpoint
-from ..core.kvindex import (DEFAULT_MEDIUM, AllBlocksClearedEvent, BlockRemovedEvent,
-                            BlockStoredEvent, KVBlockIndex, KVEvent)
+from ..core.kvindex import KVBlockIndex
 from ..core.scheduling.config import parse_duration
+from .kvdecode import EventBatch, KVDecodeError, decode_batch, decode_event
+
+__all__ = ["KVEventSubscriber", "KVEventManager", "KVEventsConfig", "SequenceTracker",
+           "SeqAction", "SubscriberStats", "EventBatch", "KVDecodeError", "decode_batch",
+           "decode_event", "END_SEQ"]
 
 log = logging.getLogger("inferoute.kvevents")
 
 END_SEQ = -1
-
-
-# -- decoding ------------------------------------------------------------------------------------
-
-class KVDecodeError(ValueError):
-    """A payload or event that does not follow the KV-event format."""
-
-
-@dataclass(slots=True, frozen=True)
-class EventBatch:
-    ts: float
-    events: list[KVEvent]
-    dp_rank: int | None
-    #: events skipped as malformed or of an unknown type
-    skipped: int = 0
-
-
-def _hash(h: Any) -> int:
-    if isinstance(h, bool):
-        raise KVDecodeError("a block hash must be an integer or bytes")
-    if isinstance(h, int):
-        return h
-    if isinstance(h, (bytes, bytearray, memoryview)):
-        return xxhash.xxh3_64_intdigest(bytes(h))
-    raise KVDecodeError(f"a block hash must be an integer or bytes, not {type(h).__name__}")
-
-
-def _hashes(v: Any) -> tuple[int, ...]:
-    if not isinstance(v, (list, tuple)):
-        raise KVDecodeError("block_hashes must be a list")
-    return tuple(_hash(h) for h in v)
-
-
-def _opt_str(v: Any, what: str) -> str | None:
-    if v is None or isinstance(v, str):
-        return v
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    raise KVDecodeError(f"{what} must be a string")
-
-
-def _opt_int(v: Any, what: str) -> int | None:
-    if v is None or (isinstance(v, int) and not isinstance(v, bool)):
-        return v
-    raise KVDecodeError(f"{what} must be an integer")
-
-
-def _stored(hashes: Any, parent: Any, tokens: Any, block_size: Any, lora_id: Any,
-            medium: Any, lora_name: Any) -> BlockStoredEvent:
-    if not isinstance(tokens, (list, tuple)) or not all(
-            isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise KVDecodeError("token_ids must be a list of integers")
-    bs = _opt_int(block_size, "block_size")
-    if not bs or bs < 1:
-        raise KVDecodeError("block_size must be a positive integer")
-    return BlockStoredEvent(_hashes(hashes), None if parent is None else _hash(parent),
-                            tuple(tokens), bs, _opt_int(lora_id, "lora_id"),
-                            _opt_str(medium, "medium") or DEFAULT_MEDIUM,
-                            _opt_str(lora_name, "lora_name"))
-
-
-def decode_event(raw: Any) -> KVEvent:
-    """One event, tagged array or map form; KVDecodeError when malformed or unknown."""
-    if isinstance(raw, dict):
-        kind = raw.get("type")
-        g = raw.get
-        if kind == "BlockStored":
-            return _stored(g("block_hashes"), g("parent_block_hash"), g("token_ids"),
-                           g("block_size"), g("lora_id"), g("medium"), g("lora_name"))
-        if kind == "BlockRemoved":
-            return BlockRemovedEvent(_hashes(g("block_hashes")),
-                                     _opt_str(g("medium"), "medium") or DEFAULT_MEDIUM)
-        if kind == "AllBlocksCleared":
-            return AllBlocksClearedEvent()
-        raise KVDecodeError(f"unknown event type {kind!r}")
-    if isinstance(raw, (list, tuple)) and raw:
-        kind, args = raw[0], list(raw[1:])
-        if kind == "BlockStored":
-            if len(args) < 5:
-                raise KVDecodeError("BlockStored needs at least 5 fields")
-            args += [None] * (7 - len(args))
-            lora_name = args[6] if isinstance(args[6], (str, type(None))) else None
-            return _stored(args[0], args[1], args[2], args[3], args[4], args[5], lora_name)
-        if kind == "BlockRemoved":
-            if not args:
-                raise KVDecodeError("BlockRemoved needs block_hashes")
-            medium = args[1] if len(args) > 1 else None
-            return BlockRemovedEvent(_hashes(args[0]),
-                                     _opt_str(medium, "medium") or DEFAULT_MEDIUM)
-        if kind == "AllBlocksCleared":
-            return AllBlocksClearedEvent()
-        raise KVDecodeError(f"unknown event type {kind!r}")
-    raise KVDecodeError("an event must be a tagged array or a map with a 'type' key")
-
-
-def decode_batch(payload: bytes) -> EventBatch:
-    """A msgpack batch `[ts, [events...], dp_rank]` (or a map with those keys). Bad events are
-    skipped and counted; a bad envelope raises KVDecodeError."""
-    try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise KVDecodeError(f"payload is not msgpack: {exc}") from None
-    if isinstance(obj, dict):
-        ts, events, rank = obj.get("ts"), obj.get("events"), obj.get("data_parallel_rank")
-    elif isinstance(obj, (list, tuple)) and len(obj) >= 2:
-        ts, events, rank = obj[0], obj[1], obj[2] if len(obj) > 2 else None
-    else:
-        raise KVDecodeError("payload must be [ts, events, data_parallel_rank]")
-    if not isinstance(events, (list, tuple)):
-        raise KVDecodeError("the batch's events must be a list")
-    out: list[KVEvent] = []
-    skipped = 0
-    for raw in events:
-        try:
-            out.append(decode_event(raw))
-        except KVDecodeError as exc:
-            skipped += 1
-            log.warning("skipping a malformed KV event: %s", exc)
-    return EventBatch(float(ts) if isinstance(ts, (int, float)) else 0.0, out,
-                      rank if isinstance(rank, int) else None, skipped)
 
 
 # -- sequence numbers ----------------------------------------------------------------------------
@@ -478,9 +356,3 @@ class KVEventManager:
         self.subscribers.clear()
         await asyncio.gather(*(s.stop() for s in subs))
 
-
-def precise_scorers(plugins: Iterable[Any]) -> list[Any]:
-    """The precise prefix scorers among a scheduler's plugins (`Scheduler.plugins.values()`)."""
-    from ..core.plugins.precise import PrecisePrefixCacheScorer
-
-    return [p for p in plugins if isinstance(p, PrecisePrefixCacheScorer)]

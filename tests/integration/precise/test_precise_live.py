@@ -97,3 +97,59 @@ async def test_late_subscriber_catches_up_from_replay(sim):
         assert manager.subscribers[eps[1].name].stats.replayed >= 1
     finally:
         await manager.close()
+
+
+async def test_pool_wiring_routes_a_repeated_prompt_to_its_holder(sim):
+    """The DataLayer's wiring: a scheduler with the precise scorer, `PreciseRouting.for_pool`
+    with the pool's kvEvents and tokenizer settings, then plain `Scheduler.schedule`."""
+    from inferoute.core.scheduling.config import parse_config
+    from inferoute.core.scheduling.scheduler import Scheduler
+    from inferoute.datalayer.precise_pool import PreciseRouting
+
+    sched = Scheduler(parse_config({
+        "plugins": [{"type": "precise-prefix-cache-scorer", "parameters": {"speculative": False}},
+                    {"type": "queue-scorer"}, {"type": "max-score-picker"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [
+            {"pluginRef": "precise-prefix-cache-scorer", "weight": 3},
+            {"pluginRef": "queue-scorer", "weight": 1}, {"pluginRef": "max-score-picker"}]}]}),
+        seed=0)
+    routing = PreciseRouting.for_pool(
+        sched.plugins.values(),
+        {"pubPortOffset": sim.kv_port - sim.port, "replayPortOffset": sim.replay_port - sim.port},
+        "words")
+    assert routing is not None
+    eps = [Endpoint(host="127.0.0.1", port=sim.port + i) for i in range(sim.replicas)]
+    for ep in eps:
+        routing.add(ep)
+    try:
+        chat = {"model": "M", "max_tokens": 2,
+                "messages": [{"role": "user", "content": prompt(11, 120)}]}
+        async with aiohttp.ClientSession() as s:
+            await post(s, sim.url(1), "chat", chat)
+        index = routing.scorers[0].index
+        await until(lambda: index.size(eps[1].name) >= 7)
+        for i in range(5):
+            req = parse_request("chat", chat, request_id=f"x{i}")
+            assert sched.schedule(req, eps, 0.0).target is eps[1]
+            assert req.attributes["prefix_cache_hit_ratio"] == 1.0
+        await routing.remove(eps[0].name)
+        assert eps[0].name not in routing.managers[0].subscribers
+    finally:
+        await routing.close()
+
+
+def test_for_pool_without_precise_scorer_or_with_bad_settings():
+    import pytest
+
+    from inferoute.core.errors import ConfigError
+    from inferoute.core.scheduling.config import resolve_config
+    from inferoute.core.scheduling.scheduler import Scheduler
+    from inferoute.datalayer.precise_pool import PreciseRouting
+
+    assert PreciseRouting.for_pool(Scheduler(resolve_config("llm-d")).plugins.values()) is None
+    plugins = [create_plugin("precise-prefix-cache-scorer", "p", {})]
+    with pytest.raises(ConfigError, match="kvEvents"):
+        PreciseRouting.for_pool(plugins, {"pubPort": "x"})
+    with pytest.raises(ConfigError, match="tokenizer"):
+        PreciseRouting.for_pool(plugins, {}, {"path": "/nonexistent/tok"})
+    assert PreciseRouting.for_pool(plugins, None, None).tokenizer is None

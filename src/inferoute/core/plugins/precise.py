@@ -32,7 +32,7 @@ Parameters (camelCase in YAML):
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pydantic
 
@@ -206,3 +206,8 @@ class PrecisePrefixCacheScorer(BasePlugin):
         return PrefixIndexStats(lookups=self._lookups, blocks_queried=self._queried,
                                 blocks_hit=self._hit, indexed_blocks=len(self.index),
                                 endpoints=len(self.index.endpoints()))
+
+
+def precise_scorers(plugins: Iterable[Any]) -> list[PrecisePrefixCacheScorer]:
+    """The precise prefix scorers among a scheduler's plugins (`Scheduler.plugins.values()`)."""
+    return [p for p in plugins if isinstance(p, PrecisePrefixCacheScorer)]
