@@ -28,6 +28,8 @@ class EmbedderConfig(_Strict):
     dim: int = 256
     #: folder of a sentence-transformers model on disk (kind: sentence-transformers)
     path: str | None = None
+    #: average each text's embedding with its lower-cased text's (robust to casing)
+    case_robust: bool = True
 
     @model_validator(mode="after")
     def _path_needed(self) -> "EmbedderConfig":

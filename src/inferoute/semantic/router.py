@@ -34,7 +34,7 @@ from .cache import CachedReply, CacheKey, SemanticCache
 from .categories import Category
 from .classifier import CategoryClassifier, Classification, clip_text
 from .config import SemanticConfig, parse_config
-from .embeddings import Embedder, load_embedder
+from .embeddings import CaseRobustEmbedder, Embedder, load_embedder
 from .guards import GuardReport, Guards, jailbreak_blocked, pii_blocked
 from .jailbreak import JailbreakDetector
 from .metrics import SemanticMetrics
@@ -201,8 +201,12 @@ class SemanticRouter:
                  categories: list[Category] | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.config = config
-        self.embedder = embedder or load_embedder(config.embedder.kind, dim=config.embedder.dim,
-                                                  path=config.embedder.path)
+        if embedder is None:
+            embedder = load_embedder(config.embedder.kind, dim=config.embedder.dim,
+                                     path=config.embedder.path)
+            if config.embedder.case_robust:
+                embedder = CaseRobustEmbedder(embedder)
+        self.embedder = embedder
         self.categories = categories if categories is not None else config.load_categories()
         self._by_name = {c.name: c for c in self.categories}
         cc = config.classifier
