@@ -256,7 +256,14 @@ class SemanticRouter:
                 return model
         if self.config.default_model in candidates:
             return self.config.default_model
-        return None
+        # The default is unavailable (or may not see this request's personal data): the
+        # candidate with the best mean score over all categories, a generalist.
+        best: tuple[float, str] | None = None
+        for m in sorted(candidates):
+            mean = sum(c.model_scores.get(m, 0.0) for c in self.categories) / len(self.categories)
+            if best is None or mean > best[0]:
+                best = (mean, m)
+        return best[1] if best else None
 
     def _reasoning_fields(self, cat: Category, model: str, api: str) -> dict[str, Any]:
         family_name = self.config.model(model).reasoning_family

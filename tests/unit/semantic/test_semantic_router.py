@@ -60,6 +60,13 @@ def test_best_available_model_wins(router: SemanticRouter) -> None:
     assert only.model == "llama-3.1-8b-instruct"
 
 
+def test_default_unavailable_falls_back_to_best_generalist() -> None:
+    strict = make_router(classifier={"threshold": 1.0})
+    req = chat("Compute the integral of sin(x) from 0 to pi.")
+    out = strict.route(req, "t", now=0, available={"gpt-oss-20b", "qwen3-32b"})
+    assert out.model == "qwen3-32b"      # highest mean score over the 14 categories
+
+
 def test_below_threshold_falls_back_to_default() -> None:
     strict = make_router(classifier={"threshold": 1.0}, default_model="gpt-oss-20b")
     out = strict.route(chat("Compute the integral of sin(x) from 0 to pi."), "t", now=0)
