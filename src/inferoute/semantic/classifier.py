@@ -47,7 +47,7 @@ class CategoryClassifier:
 
     def __init__(self, embedder: Embedder, categories: list[Category], *,
                  threshold: float = 0.5, temperature: float = 0.05, knn_weight: float = 0.25,
-                 knn_k: int = 3, max_chars: int = 2000) -> None:
+                 knn_k: int = 3, max_chars: int = 1024) -> None:
         if not categories:
             raise ValueError("the classifier needs at least one category")
         self.embedder = embedder

@@ -73,11 +73,12 @@ def run_route(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
     from .evaluate import (default_eval_paths, evaluate_categories, evaluate_guards,
-                           read_jsonl)
+                           read_jsonl, route_latencies)
 
     console = Console()
     if console.width < 130:
@@ -91,6 +92,7 @@ def run_eval(args: argparse.Namespace) -> int:
         guard_rows = read_jsonl(args.guards_set or guard_path)
         rep = evaluate_categories(router, cat_rows, repeats=args.repeats)
         guards = evaluate_guards(router, guard_rows)
+        route_lat = route_latencies(router, cat_rows)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -108,6 +110,9 @@ def run_eval(args: argparse.Namespace) -> int:
     console.print(f"classifier latency (embed + classify, best of {args.repeats}): "
                   f"p50 [bold]{rep.percentile_us(50):.0f} us[/], "
                   f"p99 {rep.percentile_us(99):.0f} us, max {rep.percentile_us(100):.0f} us")
+    console.print(f"full route() per request (classify + guards + cache lookup): "
+                  f"p50 {float(np.percentile(route_lat, 50)) * 1e6:.0f} us, "
+                  f"p99 {float(np.percentile(route_lat, 99)) * 1e6:.0f} us")
 
     short = [SHORT.get(n, n[:4]) for n in rep.names]
     table = Table(title="Confusion (rows: true category, columns: predicted)", show_lines=False)

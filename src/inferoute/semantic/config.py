@@ -47,7 +47,7 @@ class ClassifierConfig(_Strict):
     knn_weight: float = Field(default=0.25, ge=0)
     knn_k: int = Field(default=3, ge=1)
     #: longest text classified: longer prompts keep their head and tail halves
-    max_chars: int = Field(default=2000, ge=16)
+    max_chars: int = Field(default=1024, ge=16)
 
 
 class ReasoningFamily(_Strict):

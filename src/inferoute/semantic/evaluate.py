@@ -96,6 +96,22 @@ def evaluate_categories(router: SemanticRouter, rows: list[dict[str, Any]],
     return CategoryReport(names, conf, accepted, accepted_ok, lat)
 
 
+def route_latencies(router: SemanticRouter, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Seconds per `router.route()` call (classification, guards, cache lookup) for each
+    prompt sent as an `auto` chat request."""
+    from ..core.request import parse_request
+
+    auto = next(iter(router.auto_names))
+    out = np.empty(len(rows))
+    for n, row in enumerate(rows):
+        req = parse_request("chat", {"model": auto, "messages": [
+            {"role": "user", "content": row["prompt"]}]}, {}, request_id=f"eval-{n}")
+        t0 = time.perf_counter()
+        router.route(req, "eval", now=0.0)
+        out[n] = time.perf_counter() - t0
+    return out
+
+
 def evaluate_guards(router: SemanticRouter, rows: list[dict[str, Any]]) -> dict[str, GuardScore]:
     """Per-label precision/recall: each PII type, "pii" (any type) and "jailbreak"."""
     scores: dict[str, GuardScore] = {}
@@ -104,7 +120,7 @@ def evaluate_guards(router: SemanticRouter, rows: list[dict[str, Any]]) -> dict[
         text = row["text"]
         want = set(row.get("labels") or [])
         vec = clf.embed(text)
-        report = router.guards.check(text, text, vec)
+        report = router.guards.check([text], text, vec)
         got = {f"pii:{t}" for t in report.pii_types}
         if router.guards.is_jailbreak(report):
             got.add("jailbreak")

@@ -9,13 +9,14 @@ clients must not retry it unchanged.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..core.errors import BadRequest
 from .jailbreak import JailbreakDetector, JailbreakVerdict
-from .pii import PiiFinding, find_pii
+from .pii import find_pii
 
 
 class ContentBlocked(BadRequest):
@@ -43,26 +44,46 @@ def jailbreak_blocked(score: float) -> ContentBlocked:
 
 @dataclass(slots=True, frozen=True)
 class GuardReport:
-    pii: tuple[PiiFinding, ...]
+    pii_types: list[str]
     jailbreak: JailbreakVerdict | None
-
-    @property
-    def pii_types(self) -> list[str]:
-        return sorted({f.type for f in self.pii})
 
 
 class Guards:
-    """Runs the enabled guards over a request's text."""
+    """Runs the enabled guards over a request's text.
+
+    PII is scanned per message and the answer for long messages is memoised (a bounded LRU):
+    a shared system prompt of thousands of tokens is scanned once, not on every request.
+    """
 
     def __init__(self, *, pii_types: list[str] | None, jailbreak: JailbreakDetector | None,
-                 jailbreak_threshold: float = 0.5) -> None:
+                 jailbreak_threshold: float = 0.5, memo_size: int = 256) -> None:
         self.pii_types = pii_types
         self.jailbreak = jailbreak
         self.jailbreak_threshold = jailbreak_threshold
+        self._memo: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._memo_size = memo_size
 
-    def check(self, full_text: str, user_text: str, user_vector: np.ndarray | None) -> GuardReport:
-        """PII over the whole prompt; jailbreak over the user's text and its embedding."""
-        pii = tuple(find_pii(full_text, self.pii_types)) if self.pii_types else ()
+    def _pii_in(self, text: str) -> frozenset[str]:
+        if len(text) < 512:
+            return frozenset(f.type for f in find_pii(text, self.pii_types))
+        hit = self._memo.get(text)
+        if hit is not None:
+            self._memo.move_to_end(text)
+            return hit
+        found = frozenset(f.type for f in find_pii(text, self.pii_types))
+        self._memo[text] = found
+        if len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+        return found
+
+    def check(self, texts: list[str], user_text: str,
+              user_vector: np.ndarray | None) -> GuardReport:
+        """PII over every message text; jailbreak over the user's text and its embedding."""
+        found: set[str] = set()
+        if self.pii_types:
+            for t in texts:
+                found |= self._pii_in(t)
+        pii = sorted(found)
         verdict = None
         if self.jailbreak is not None and user_vector is not None:
             verdict = self.jailbreak.check(user_text, user_vector)

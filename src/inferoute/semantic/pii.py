@@ -193,32 +193,89 @@ RECOGNIZERS: tuple[_Recognizer, ...] = (
 )
 
 
+_DIGIT_RUN = re.compile(r"\d+")
+_JOINERS = frozenset(" .-()+/")
+_PAD = 4
+
+
+def _windows(text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Where recognizers need to look, from one pass over the digit runs: regions around
+    clusters of digit runs joined by short separators with at least 4 digits (the only places
+    a card, SSN, IPv4 or phone number can be), and regions after a two-letter prefix followed
+    by digits (IBANs). Scanning only these keeps a long prompt (tens of kB) cheap."""
+    numbers: list[tuple[int, int]] = []
+    ibans: list[tuple[int, int]] = []
+    start = end = digits = 0
+    open_ = False
+    for m in _DIGIT_RUN.finditer(text):
+        s, e = m.span()
+        if s >= 2 and text[s - 2:s].isalpha() and e - s >= 2:
+            ibans.append((max(0, s - 3), s + 46))
+        if open_ and s - end <= 3 and all(c in _JOINERS for c in text[end:s]):
+            end, digits = e, digits + e - s
+            continue
+        if open_ and digits >= 4:
+            numbers.append((max(0, start - _PAD), end + _PAD))
+        start, end, digits, open_ = s, e, e - s, True
+    if open_ and digits >= 4:
+        numbers.append((max(0, start - _PAD), end + _PAD))
+    return _merge(numbers), _merge(ibans)
+
+
+def _merge(windows: list[tuple[int, int]], gap: int = 64) -> list[tuple[int, int]]:
+    """Join windows less than `gap` apart: fewer, larger scans."""
+    out: list[tuple[int, int]] = []
+    for s, e in windows:
+        if out and s - out[-1][1] < gap:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _email_windows(text: str) -> list[tuple[int, int]]:
+    out, at = [], text.find("@")
+    while at != -1:
+        out.append((max(0, at - 80), at + 260))
+        at = text.find("@", at + 1)
+    return _merge(out)
+
+
 def find_pii(text: str, types: Iterable[str] | None = None) -> list[PiiFinding]:
     """All validated findings in `text`, earlier recognizers winning overlapping spans
     (a card number is not also reported as a phone number)."""
     wanted = set(types) if types is not None else None
     taken: list[tuple[int, int]] = []
     out: list[PiiFinding] = []
+    numbers, ibans = _windows(text)
+    where = {"email": _email_windows(text), "iban": ibans}
+    n = len(text)
     for name, pattern, valid in RECOGNIZERS:
-        for m in pattern.finditer(text):
-            s, e = m.span()
-            if any(s < te and ts < e for ts, te in taken):
-                continue
-            if name == "iban":
-                stop = _iban_span(text, s, e)
-                if stop is None:
-                    if m.group()[:2].upper() in IBAN_LENGTHS:
-                        taken.append((s, e))  # an IBAN-shaped typo is not a phone number
+        seen: set[tuple[int, int]] = set()
+        for ws, we in where.get(name, numbers):
+            # pos/endpos (not slicing): lookbehinds still see the text before the window
+            for m in pattern.finditer(text, ws, min(n, we)):
+                s, e = m.span()
+                if (s, e) in seen or any(s < te and ts < e for ts, te in taken):
                     continue
-                e = stop
-            elif not valid(m.group()) or (name == "ipv4" and not _ipv4_in_context(text, s, e)):
-                # A long digit run that is not a card, or a dotted quad that is not a personal
-                # address (a netmask, a version), is not a phone number either.
-                if name == "ipv4" or (name == "credit_card" and (s == 0 or text[s - 1] != "+")):
-                    taken.append((s, e))
-                continue
-            taken.append((s, e))
-            if wanted is None or name in wanted:
-                out.append(PiiFinding(name, s, e))
+                seen.add((s, e))
+                if name == "iban":
+                    stop = _iban_span(text, s, e)
+                    if stop is None:
+                        if m.group()[:2].upper() in IBAN_LENGTHS:
+                            taken.append((s, e))  # an IBAN-shaped typo is not a phone number
+                        continue
+                    e = stop
+                elif not valid(m.group()) or (name == "ipv4"
+                                              and not _ipv4_in_context(text, s, e)):
+                    # A long digit run that is not a card, or a dotted quad that is not a
+                    # personal address (a netmask, a version), is not a phone number either.
+                    if name == "ipv4" or (name == "credit_card"
+                                          and (s == 0 or text[s - 1] != "+")):
+                        taken.append((s, e))
+                    continue
+                taken.append((s, e))
+                if wanted is None or name in wanted:
+                    out.append(PiiFinding(name, s, e))
     out.sort(key=lambda f: f.start)
     return out

@@ -175,6 +175,30 @@ def fold_question(text: str) -> str:
     return " ".join(_FOLD.sub(" ", text.lower()).split())
 
 
+def message_texts(request: InferenceRequest) -> list[str]:
+    """Every text the model will see, one per message (system, user, assistant, tool)."""
+    body = request.body
+    if request.api == "completions":
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return [prompt]
+        return [p for p in prompt if isinstance(p, str)] if isinstance(prompt, list) else []
+    out: list[str] = []
+    if request.api == "responses" and isinstance(body.get("instructions"), str):
+        out.append(body["instructions"])
+    msgs = body.get("messages") if request.api == "chat" else body.get("input")
+    if isinstance(msgs, str):
+        return out + [msgs]
+    for m in msgs or []:
+        if isinstance(m, dict):
+            text = _content_text(m.get("content"))
+            if m.get("tool_calls"):
+                text += orjson.dumps(m["tool_calls"]).decode()
+            if text:
+                out.append(text)
+    return out
+
+
 def context_hash(request: InferenceRequest, question: str = "") -> str:
     """Hash of everything in the request except the last user message and transport keys,
     plus the numbers in the question: "solve 3x+7=22" and "solve 3x+7=25" embed almost
@@ -299,7 +323,7 @@ class SemanticRouter:
                 self.metrics.latency.observe(time.perf_counter() - t0)
                 self.metrics.classifications.labels(
                     cls.category if cls.accepted else "none").inc()
-        report: GuardReport = self.guards.check(request.prefix_text,
+        report: GuardReport = self.guards.check(message_texts(request),
                                                 clip_text(all_user, 16_000), vector)
         out.pii_types = report.pii_types
         for t in out.pii_types:
@@ -366,9 +390,14 @@ class SemanticRouter:
         if not question or not self._cacheable(request, out):
             return
         assert self.cache is not None
-        vector = self.embedder.embed(clip_text(fold_question(question),
-                                               self.config.classifier.max_chars))
-        out.cache_key = CacheKey(tenant or "", out.model, context_hash(request, question))
+        folded = fold_question(question)
+        limit = self.config.classifier.max_chars
+        vector = self.embedder.embed(clip_text(folded, limit))
+        context = context_hash(request, question)
+        if len(folded) > limit:
+            # The embedding only sees the head and tail: a long question must match exactly.
+            context += ":" + xxhash.xxh3_64_hexdigest(folded.encode())
+        out.cache_key = CacheKey(tenant or "", out.model, context)
         out.vector = vector
         hit = self.cache.lookup(out.cache_key, vector, self._threshold(out.category), now)
         self.metrics.cache.labels("hit" if hit else "miss").inc()

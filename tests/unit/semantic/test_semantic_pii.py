@@ -67,3 +67,44 @@ def test_type_filter_and_masking() -> None:
     found = find_pii(text, ["credit_card"])
     assert [f.type for f in found] == ["credit_card"]
     assert found[0].masked(text).endswith("11") and "4111" not in found[0].masked(text)
+
+
+def _full_scan(text: str) -> list[tuple[str, int, int]]:
+    """Reference: every recognizer over the whole text (what find_pii's windows must equal)."""
+    from inferoute.semantic.pii import (IBAN_LENGTHS, RECOGNIZERS, _iban_span,
+                                        _ipv4_in_context)
+    taken: list[tuple[int, int]] = []
+    out = []
+    for name, pattern, valid in RECOGNIZERS:
+        for m in pattern.finditer(text):
+            s, e = m.span()
+            if any(s < te and ts < e for ts, te in taken):
+                continue
+            if name == "iban":
+                stop = _iban_span(text, s, e)
+                if stop is None:
+                    if m.group()[:2].upper() in IBAN_LENGTHS:
+                        taken.append((s, e))
+                    continue
+                e = stop
+            elif not valid(m.group()) or (name == "ipv4" and not _ipv4_in_context(text, s, e)):
+                if name == "ipv4" or (name == "credit_card" and (s == 0 or text[s - 1] != "+")):
+                    taken.append((s, e))
+                continue
+            taken.append((s, e))
+            out.append((name, s, e))
+    return sorted(out, key=lambda t: t[1])
+
+
+def test_windowed_scan_matches_a_full_scan_on_random_texts() -> None:
+    import random
+    rng = random.Random(11)
+    pieces = ["the", "and", "call", "4111 1111 1111 1111", "4111 1111 1111 1112", "a@b.io",
+              "x.y@mail.example.org", "GB82 WEST 1234 5698 7654 32", "536-22-4819",
+              "8.8.8.8", "10.0.0.1.", "+44 20 7946 0958", "(415) 555-2671", "v1.2.3.4", "42",
+              "3.5", "2024-10-15", "GB12", "@", "phone:", "iban", "(", ")", "-", "+", "."]
+    for _ in range(300):
+        text = "".join(rng.choice(pieces) + rng.choice([" ", "", ", ", "\n"])
+                       for _ in range(rng.randint(1, 40)))
+        got = [(f.type, f.start, f.end) for f in find_pii(text)]
+        assert got == _full_scan(text), text

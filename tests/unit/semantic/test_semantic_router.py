@@ -228,3 +228,24 @@ def test_sentence_transformers_errors_are_clear(tmp_path: Any) -> None:
         embeddings.load_embedder("sentence-transformers")
     with pytest.raises(ConfigError, match="unknown embedder"):
         embeddings.load_embedder("bert")
+
+
+def test_long_questions_only_hit_when_identical() -> None:
+    r = make_router(cache={"enabled": True})
+    head = "Please review this design document. " * 20
+    tail = " What is the main risk in the design above?" * 5
+    q1, q2 = head + "Section A uses Redis." + tail, head + "Section A uses Kafka." + tail
+    req = chat(q1)
+    out = r.route(req, "t", now=0)
+    out.apply_to_request(req)
+    assert r.store(req, "t", {"model": out.model, "choices": [{"index": 0, "finish_reason": "stop",
+                   "message": {"role": "assistant", "content": "Redis risk."}}]}, now=0)
+    assert r.route(chat(q2), "t", now=1).cached is None            # differs only in the middle
+    assert r.route(chat(q1), "t", now=1).cached is not None
+
+
+def test_guard_memo_is_bounded() -> None:
+    r = make_router()
+    for i in range(300):
+        r.guards.check([f"{i} " + "long system prompt text " * 30], "hi", None)
+    assert len(r.guards._memo) <= 256
