@@ -102,6 +102,9 @@ class CacheConfig(_Strict):
     max_entries: int = Field(default=10_000, ge=1)
     #: entries compared per (tenant, model, context) bucket; the oldest are evicted first
     max_entries_per_bucket: int = Field(default=512, ge=1)
+    #: questions longer than this (folded, in characters) hit only when identical: in a long
+    #: text one changed word barely moves a mean-of-tokens embedding
+    exact_above_chars: int = Field(default=256, ge=1)
     #: largest reply stored, in characters of generated text
     max_reply_chars: int = Field(default=64_000, ge=1)
 

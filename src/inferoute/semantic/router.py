@@ -394,8 +394,9 @@ class SemanticRouter:
         limit = self.config.classifier.max_chars
         vector = self.embedder.embed(clip_text(folded, limit))
         context = context_hash(request, question)
-        if len(folded) > limit:
-            # The embedding only sees the head and tail: a long question must match exactly.
+        if len(folded) > min(limit, self.config.cache.exact_above_chars):
+            # One changed word barely moves the embedding of a long text (and the embedding
+            # only sees its head and tail): long questions must match exactly.
             context += ":" + xxhash.xxh3_64_hexdigest(folded.encode())
         out.cache_key = CacheKey(tenant or "", out.model, context)
         out.vector = vector
