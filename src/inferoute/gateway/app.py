@@ -24,6 +24,7 @@ from ..datalayer.discovery.static import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .admission import Admission
+from .health import Health
 from .proxy import Proxy
 
 log = logging.getLogger("inferoute.gateway")
@@ -71,7 +72,8 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
     app[OBS_KEY] = obs
     adm_config = config.admission_config()
     admission = Admission(adm_config, data) if adm_config is not None else None
-    proxy = Proxy(data, obs, config, admission)
+    outliers = Health(data, config.health.outlier, config.health.active)
+    proxy = Proxy(data, obs, config, admission, outliers)
     created = int(time.time())
 
     async def models(request: web.Request) -> web.Response:
@@ -115,11 +117,13 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await data.start()
+        outliers.start()
         if admission is not None:
             admission.start()
         yield
         if admission is not None:
             await admission.close()
+        await outliers.close()
         await data.close()
 
     app.cleanup_ctx.append(lifecycle)

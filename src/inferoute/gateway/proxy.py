@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -31,8 +32,8 @@ import orjson
 from aiohttp import web
 
 from ..core.endpoint import Endpoint
-from ..core.errors import (InferouteError, ModelNotFound, PayloadTooLarge, UpstreamError,
-                           UpstreamTimeout)
+from ..core.errors import (InferouteError, ModelNotFound, NoEndpointAvailable,
+                           PayloadTooLarge, UpstreamError, UpstreamTimeout)
 from ..core.request import API_PATHS, InferenceRequest, parse_request
 from ..core.router import Decision
 from ..datalayer.discovery.static import ServingConfig
@@ -40,6 +41,7 @@ from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from ..core.admission.usage import ResponseRewriter, prepare_upstream_body
 from .admission import Admission
+from .health import Health
 from .sse import ResponseRelay, UsageTracker
 
 log = logging.getLogger("inferoute.gateway")
@@ -90,11 +92,12 @@ class Proxy:
     """Holds what every request needs; `handle` is the aiohttp handler of the POST routes."""
 
     def __init__(self, data: DataLayer, obs: Observability, config: ServingConfig,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, health: Health | None = None) -> None:
         self.data = data
         self.obs = obs
         self.config = config
         self.admission = admission
+        self.health = health
         up = config.upstream
         self.timeout = aiohttp.ClientTimeout(total=up.request_timeout,
                                              sock_connect=up.connect_timeout,
@@ -169,116 +172,148 @@ class Proxy:
 
     async def _forward(self, request: web.Request, ireq: InferenceRequest, decision: Decision,
                        raw: bytes, candidates: list[Endpoint]) -> web.StreamResponse:
-        data, obs, router = self.data, self.obs, self.data.router
-        pool = decision.pool.model
+        """Send, relay, and account exactly once whatever happens."""
+        data, obs = self.data, self.obs
         order = list(decision.result.targets)
         order += [ep for ep in candidates if ep not in order]
         body, rewriter = self._upstream_body(ireq, raw)
-        headers = forward_request_headers(request.headers)
-        url_path = request.rel_url.raw_path_qs
-        session = data.session
-        assert session is not None, "DataLayer.start() was not awaited"
-        usage: dict[str, Any] | None = None
-        ttft: float | None = None
-        nbytes = 0
-        error_code: str | None = None
-        current: Endpoint | None = None
-        upstream: aiohttp.ClientResponse | None = None
+        flight = _Flight()
         try:
-            for attempt, ep in enumerate(order[:MAX_ATTEMPTS]):
-                last = attempt == min(len(order), MAX_ATTEMPTS) - 1
-                if current is not None:
-                    obs.released(pool, current.name)
-                    obs.retried(pool)
-                router.dispatch(decision, ep, data.clock())
-                obs.dispatched(pool, ep.name)
-                current = ep
-                try:
-                    upstream = await session.request("POST", ep.url + url_path, data=body,
-                                                     headers=headers, timeout=self.timeout)
-                except asyncio.TimeoutError as exc:
-                    if isinstance(exc, aiohttp.ConnectionTimeoutError) and not last:
-                        log.warning("connect to %s timed out; retrying elsewhere", ep.name)
-                        continue
-                    raise UpstreamTimeout(f"model server {ep.name} did not answer in time") \
-                        from None
-                except (aiohttp.ClientConnectionError, OSError) as exc:
-                    if not last:
-                        log.warning("request to %s failed (%s); retrying elsewhere", ep.name,
-                                    exc)
-                        continue
-                    raise UpstreamError(f"model server {ep.name} is unreachable: "
-                                        f"{type(exc).__name__}") from None
-                if upstream.status >= 500 and not last:
-                    log.warning("%s answered %d; retrying elsewhere", ep.name, upstream.status)
-                    upstream.release()
-                    upstream = None
-                    continue
-                break
-            if upstream is None or current is None:  # pragma: no cover - loop always sets them
-                raise UpstreamError("no endpoint could be tried")
-            stream = "text/event-stream" in upstream.headers.get("content-type", "")
-            plain = "content-encoding" not in upstream.headers
-            rename = (ireq.target_model, ireq.model) if rewriter is not None else None
-            relay = ResponseRelay(stream, rewriter if plain else None, rename if plain else None)
-            out_headers = forward_response_headers(upstream.headers)
-            if rename is not None and plain:  # the body may change length
-                out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-length"]
-            resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=out_headers)
-            resp.headers[SERVED_HEADER] = current.name
-            await resp.prepare(request)
-            tracker = UsageTracker(stream) if plain else None
-            try:
-                async for chunk in upstream.content.iter_any():
-                    if ttft is None:
-                        ttft = data.clock() - ireq.arrival_time
-                    nbytes += len(chunk)
-                    if tracker is not None:
-                        tracker.feed(chunk)
-                    out = relay.feed(chunk)
-                    if out:
-                        await resp.write(out)
-                out = relay.finish()
-                if out:
-                    await resp.write(out)
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                    asyncio.TimeoutError) as exc:
-                if isinstance(exc, ConnectionResetError):
-                    raise  # the client went away: handled below
-                timeout = isinstance(exc, asyncio.TimeoutError)
-                error_code = "504" if timeout else "502"
-                log.warning("upstream %s failed mid-response: %s", current.name,
-                            type(exc).__name__)
-                upstream.close()
-                ending = relay.fail((UpstreamTimeout if timeout else UpstreamError)(
-                    f"model server {current.name} failed mid-stream"))
-                if ending is not None:  # an event stream: error event, [DONE], clean end
-                    await resp.write(ending)
-                    await resp.write_eof()
-                elif request.transport is not None:
-                    # headers are out: cut the connection so the client sees a truncated body
-                    request.transport.close()
-                return resp
-            if tracker is not None:
-                usage = tracker.finish()
-            if upstream.status >= 400:
-                error_code = str(upstream.status)
-            await resp.write_eof()
-            upstream.release()
-            return resp
+            await self._connect(flight, decision, order[:MAX_ATTEMPTS], body,
+                                forward_request_headers(request.headers),
+                                request.rel_url.raw_path_qs)
+            return await self._relay(flight, request, ireq, rewriter, decision.pool.model)
         except InferouteError as exc:
-            error_code = str(exc.status)
+            flight.error_code = str(exc.status)
             return error_response(exc)
         except (ConnectionResetError, asyncio.CancelledError):
-            error_code = "client_disconnect"
+            flight.error_code = "client_disconnect"
             raise
         finally:
-            if upstream is not None and not upstream.closed and error_code is not None:
-                upstream.close()  # abort: the model server sees the disconnect and stops
-            router.finish(decision, data.clock(), usage)
-            if current is not None:
-                obs.released(pool, current.name)
+            up = flight.upstream
+            if up is not None and not up.closed and flight.error_code is not None:
+                up.close()  # abort: the model server sees the disconnect and stops
+            data.router.finish(decision, data.clock(), flight.usage)
+            if flight.endpoint is not None:
+                obs.released(decision.pool.model, flight.endpoint.name)
             obs.request_finished(ireq.model, ireq.target_model,
-                                 latency=data.clock() - ireq.arrival_time, ttft=ttft,
-                                 usage=usage, response_bytes=nbytes, error_code=error_code)
+                                 latency=data.clock() - ireq.arrival_time, ttft=flight.ttft,
+                                 usage=flight.usage, response_bytes=flight.nbytes,
+                                 error_code=flight.error_code)
+
+    def _outcome(self, pool: str, ep: Endpoint, ok: bool) -> None:
+        if self.health is not None:
+            self.health.record(pool, ep, ok)
+
+    async def _connect(self, flight: "_Flight", decision: Decision, order: list[Endpoint],
+                       body: bytes, headers: dict[str, str], url_path: str) -> None:
+        """Get response headers from the target, retrying once on the next endpoint after a
+        connect failure or a 5xx; sets `flight.endpoint` and `flight.upstream`."""
+        data, obs, pool = self.data, self.obs, decision.pool.model
+        session = data.session
+        assert session is not None, "DataLayer.start() was not awaited"
+        for attempt, ep in enumerate(order):
+            last = attempt == len(order) - 1
+            if flight.endpoint is not None:
+                obs.released(pool, flight.endpoint.name)
+                obs.retried(pool)
+            data.router.dispatch(decision, ep, data.clock())
+            obs.dispatched(pool, ep.name)
+            flight.endpoint = ep
+            try:
+                upstream = await session.request("POST", ep.url + url_path, data=body,
+                                                 headers=headers, timeout=self.timeout)
+            except asyncio.TimeoutError as exc:
+                self._outcome(pool, ep, False)
+                if isinstance(exc, aiohttp.ConnectionTimeoutError) and not last:
+                    log.warning("connect to %s timed out; retrying elsewhere", ep.name)
+                    continue
+                raise UpstreamTimeout(f"model server {ep.name} did not answer in time") \
+                    from None
+            except (aiohttp.ClientConnectionError, OSError) as exc:
+                self._outcome(pool, ep, False)
+                if not last:
+                    log.warning("request to %s failed (%s); retrying elsewhere", ep.name, exc)
+                    continue
+                raise UpstreamError(f"model server {ep.name} is unreachable: "
+                                    f"{type(exc).__name__}") from None
+            if upstream.status >= 500:
+                self._outcome(pool, ep, False)
+                if not last:
+                    log.warning("%s answered %d; retrying elsewhere", ep.name, upstream.status)
+                    upstream.release()
+                    continue
+            flight.upstream = upstream
+            return
+        raise NoEndpointAvailable("no endpoint could be tried")  # pragma: no cover
+
+    async def _relay(self, flight: "_Flight", request: web.Request, ireq: InferenceRequest,
+                     rewriter: ResponseRewriter | None, pool: str) -> web.StreamResponse:
+        """Stream the upstream response to the client, reading usage on the way."""
+        upstream, ep = flight.upstream, flight.endpoint
+        assert upstream is not None and ep is not None
+        clock = self.data.clock
+        stream = "text/event-stream" in upstream.headers.get("content-type", "")
+        plain = "content-encoding" not in upstream.headers
+        rename = (ireq.target_model, ireq.model) if rewriter is not None and plain else None
+        relay = ResponseRelay(stream, rewriter if plain else None, rename)
+        out_headers = forward_response_headers(upstream.headers)
+        if rename is not None:  # the body may change length
+            out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-length"]
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                  headers=out_headers)
+        resp.headers[SERVED_HEADER] = ep.name
+        await resp.prepare(request)
+        tracker = UsageTracker(stream) if plain else None
+        try:
+            async for chunk in upstream.content.iter_any():
+                if flight.ttft is None:
+                    flight.ttft = clock() - ireq.arrival_time
+                flight.nbytes += len(chunk)
+                if tracker is not None:
+                    tracker.feed(chunk)
+                out = relay.feed(chunk)
+                if out:
+                    await resp.write(out)
+            out = relay.finish()
+            if out:
+                await resp.write(out)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
+                asyncio.TimeoutError) as exc:
+            if isinstance(exc, ConnectionResetError):
+                raise  # the client went away
+            timeout = isinstance(exc, asyncio.TimeoutError)
+            flight.error_code = "504" if timeout else "502"
+            self._outcome(pool, ep, False)
+            log.warning("upstream %s failed mid-response: %s", ep.name, type(exc).__name__)
+            upstream.close()
+            ending = relay.fail((UpstreamTimeout if timeout else UpstreamError)(
+                f"model server {ep.name} failed mid-stream"))
+            if ending is not None:  # an event stream: error event, [DONE], clean end
+                await resp.write(ending)
+                await resp.write_eof()
+            elif request.transport is not None:
+                # headers are out: cut the connection so the client sees a truncated body
+                request.transport.close()
+            return resp
+        if upstream.status < 500:
+            self._outcome(pool, ep, True)
+        if tracker is not None:
+            flight.usage = tracker.finish()
+        if upstream.status >= 400:
+            flight.error_code = str(upstream.status)
+        await resp.write_eof()
+        upstream.release()
+        return resp
+
+
+@dataclass(slots=True)
+class _Flight:
+    """What one proxied request has done so far, for the accounting in `_forward`."""
+
+    endpoint: Endpoint | None = None
+    upstream: aiohttp.ClientResponse | None = None
+    usage: dict[str, Any] | None = None
+    ttft: float | None = None
+    nbytes: int = 0
+    error_code: str | None = None

@@ -221,3 +221,25 @@ def test_upstream_dying_mid_stream_ends_with_an_error_event(harness, web):
                       error_code="502") == 2.0
     assert web.metric(page, "inferoute_endpoint_in_flight_requests",
                       endpoint=dying.url.removeprefix("http://")) == 0.0
+
+
+def test_failing_endpoint_is_ejected(harness, web):
+    good = harness.standin()
+    bad = harness.standin("--fail-status", "503")
+    gw = harness.gateway({
+        "health": {"outlier": {"consecutiveFailures": 2, "baseEjection": "60s"}},
+        "pools": [{"model": "m", "scheduler": "round-robin",
+                   "endpoints": [good.url, bad.url]}]})
+    deadline = time.monotonic() + 20
+    while web.get(gw.url + "/ready").json()["ready_endpoints"]["m"] != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for i in range(8):
+        r = web.post(gw.url + "/v1/completions", json={"model": "m", "prompt": f"{i}"})
+        assert r.status_code == 200, r.text
+    page = web.get(gw.url + "/metrics").text
+    # two failures in a row eject it: no request is sent there afterwards
+    assert web.metric(page, "inferoute_upstream_retries_total", pool="m") == 2.0
+    assert web.metric(page, "inferoute_endpoint_ready",
+                      endpoint=bad.url.removeprefix("http://")) == 0.0
+    assert web.get(gw.url + "/ready").json()["ready_endpoints"]["m"] == 1

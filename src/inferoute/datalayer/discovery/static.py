@@ -18,6 +18,9 @@
       engine: vllm              # vllm | sglang | trtllm | auto (from the metric names)
       endpoints: [http://10.0.0.1:8000, http://10.0.0.2:8000]
       scheduler: llm-d          # packaged policy name, path to an EndpointPickerConfig, or inline
+    health:                     # passive outlier detection (on) and active checks (off)
+      outlier: {consecutiveFailures: 5, baseEjection: 5s}
+      active: {enabled: false, path: /health, interval: 5s}
     admission:                  # optional; see docs/admission.md (off when absent)
       objectives: [{name: batch, priority: -1}]
       flowControl: {enabled: true, ttl: 30s}
@@ -38,6 +41,7 @@ import yaml
 
 from ...core.admission import AdmissionConfig, parse_admission_config
 from ...core.endpoint import Endpoint, parse_endpoint
+from ...core.health import ActiveCheckSpec, OutlierSpec
 from ...core.errors import ConfigError
 from ...core.scheduling.config import (EndpointPickerConfig, parse_config, parse_duration,
                                        resolve_config)
@@ -59,6 +63,14 @@ class UpstreamConfig(pydantic.BaseModel):
 
     _d = pydantic.field_validator("connect_timeout", "read_timeout", "request_timeout",
                                   mode="before")(_duration)
+
+
+class HealthConfig(pydantic.BaseModel):
+    """Passive outlier detection (on by default) and active health checks (off by default)."""
+
+    model_config = _CAMEL
+    outlier: OutlierSpec = pydantic.Field(default_factory=OutlierSpec)
+    active: ActiveCheckSpec = pydantic.Field(default_factory=ActiveCheckSpec)
 
 
 class PoolConfig(pydantic.BaseModel):
@@ -110,6 +122,7 @@ class ServingConfig(pydantic.BaseModel):
     max_body_bytes: int = pydantic.Field(16 * 1024 * 1024, alias="maxBodyBytes", ge=1024)
     upstream: UpstreamConfig = pydantic.Field(default_factory=UpstreamConfig)
     pools: list[PoolConfig] = pydantic.Field(min_length=1)
+    health: HealthConfig = pydantic.Field(default_factory=HealthConfig)
     #: admission control (saturation, objectives, flow control, model routes); None: off.
     #: The `admission:` section of docs/admission.md, validated in `admission_config()`.
     admission: dict[str, Any] | None = None
