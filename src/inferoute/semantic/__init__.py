@@ -17,7 +17,9 @@ _EXPORTS = {
     "replay_json": ".replay", "replay_sse": ".replay", "ContentBlocked": ".guards",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["BodyChanges", "CachedReply", "ContentBlocked", "RouteOutcome", "SemanticCache",
+           "SemanticConfig", "SemanticRouter", "StreamCollector", "load_config", "parse_config",
+           "replay_json", "replay_sse"]
 
 
 def __getattr__(name: str) -> Any:

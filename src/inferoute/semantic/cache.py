@@ -45,7 +45,7 @@ class CachedReply:
     body: dict[str, Any] | None = None
 
     @classmethod
-    def from_response(cls, api: ApiName, body: dict[str, Any]) -> "CachedReply | None":
+    def from_response(cls, api: ApiName, body: dict[str, Any]) -> CachedReply | None:
         """From a non-streaming response body; None when it is not cacheable (an error,
         several choices, tool calls, or an empty answer)."""
         choices = body.get("choices")

@@ -8,6 +8,7 @@ The shipped defaults (data/categories.yaml) are the 14 MMLU-Pro subject areas.
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +48,7 @@ class Category(BaseModel):
     @classmethod
     def _scores_finite(cls, v: dict[str, float]) -> dict[str, float]:
         for model, score in v.items():
-            if not (score == score) or score < 0:
+            if not math.isfinite(score) or score < 0:
                 raise ValueError(f"score for {model!r} must be a number >= 0")
         return v
 

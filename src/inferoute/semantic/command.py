@@ -10,7 +10,6 @@ from typing import Any
 
 from ..core.errors import ConfigError
 
-
 SHORT = {"biology": "bio", "business": "bus", "chemistry": "chem", "computer science": "cs",
          "economics": "econ", "engineering": "eng", "health": "hlth", "history": "hist",
          "law": "law", "math": "math", "other": "oth", "philosophy": "phil", "physics": "phys",
@@ -77,8 +76,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .evaluate import (default_eval_paths, evaluate_categories, evaluate_guards,
-                           read_jsonl, route_latencies)
+    from .evaluate import (
+        default_eval_paths,
+        evaluate_categories,
+        evaluate_guards,
+        read_jsonl,
+        route_latencies,
+    )
 
     console = Console()
     if console.width < 130:

@@ -32,7 +32,7 @@ class EmbedderConfig(_Strict):
     case_robust: bool = True
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "EmbedderConfig":
+    def _path_needed(self) -> EmbedderConfig:
         if self.kind == "sentence-transformers" and not self.path:
             raise ValueError("kind 'sentence-transformers' needs 'path' (a model folder)")
         return self
@@ -128,7 +128,7 @@ class SemanticConfig(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @model_validator(mode="after")
-    def _check_refs(self) -> "SemanticConfig":
+    def _check_refs(self) -> SemanticConfig:
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -25,46 +25,46 @@ from .embeddings import Embedder
 #: attempt. A pattern only runs when one of its triggers occurs in the lower-cased text (a
 #: plain substring test), which keeps long prompts cheap.
 _RULES: tuple[tuple[str, float, tuple[str, ...]], ...] = (
-    (r"\b(ignore|disregard|forget|override|bypass)\b[\w\s,']{0,30}\b(previous|prior|above|"
+    ((r"\b(ignore|disregard|forget|override|bypass)\b[\w\s,']{0,30}\b(previous|prior|above|"
      r"earlier|preceding|all|your|the|system|these|those)\b[\w\s,']{0,20}\b(instructions?|"
      r"rules|prompts?|text|directions|guidelines|programming|polic(y|ies)|restrictions|"
-     r"training)\b", 0.75, ("ignore", "disregard", "forget", "override", "bypass")),
-    (r"\bdo anything now\b|\byou are (now )?dan\b|\bjail ?broken?\b|\bjailbreak\b", 0.8,
+     r"training)\b"), 0.75, ("ignore", "disregard", "forget", "override", "bypass")),
+    ((r"\bdo anything now\b|\byou are (now )?dan\b|\bjail ?broken?\b|\bjailbreak\b"), 0.8,
      ("anything now", "dan", "jail")),
-    (r"\b(developer|god|opposite|unrestricted|sudo|debug) mode\b", 0.45, (" mode",)),
-    (r"\b(ignore|forget|disregard)\b[\w\s,']{0,15}\b(everything|anything|all|the text|"
-     r"what)\b[\w\s']{0,10}\b(above|before|previous|earlier|said)\b", 0.7,
+    ((r"\b(developer|god|opposite|unrestricted|sudo|debug) mode\b"), 0.45, (" mode",)),
+    ((r"\b(ignore|forget|disregard)\b[\w\s,']{0,15}\b(everything|anything|all|the text|"
+     r"what)\b[\w\s']{0,10}\b(above|before|previous|earlier|said)\b"), 0.7,
      ("ignore", "forget", "disregard")),
-    (r"\b(rules|guidelines|restrictions|polic(y|ies)|instructions)\b[\w\s']{0,10}\b("
-     r"no longer|don't|do not|doesn't|does not)\b[\w\s']{0,5}\bapply\b", 0.7, ("apply",)),
-    (r"\b(filters?|guardrails?|safety|restrictions|moderation|censorship)\b[\w\s']{0,15}\b("
+    ((r"\b(rules|guidelines|restrictions|polic(y|ies)|instructions)\b[\w\s']{0,10}\b("
+     r"no longer|don't|do not|doesn't|does not)\b[\w\s']{0,5}\bapply\b"), 0.7, ("apply",)),
+    ((r"\b(filters?|guardrails?|safety|restrictions|moderation|censorship)\b[\w\s']{0,15}\b("
      r"are|is|have been|has been)\b[\w\s']{0,10}\b(off|disabled|switched off|turned off|"
-     r"removed|lifted)\b", 0.7, ("off", "disabled", "removed", "lifted")),
-    (r"\b(unrestricted|uncensored|unfiltered|evil|amoral)\b (ai|assistant|model|chatbot|"
-     r"bot|version)\b", 0.55, ("unrestricted", "uncensored", "unfiltered", "evil", "amoral")),
-    (r"\b(act as|pretend to be|roleplay as|play)\b my (late|dead|deceased)\b", 0.5,
+     r"removed|lifted)\b"), 0.7, ("off", "disabled", "removed", "lifted")),
+    ((r"\b(unrestricted|uncensored|unfiltered|evil|amoral)\b (ai|assistant|model|chatbot|"
+     r"bot|version)\b"), 0.55, ("unrestricted", "uncensored", "unfiltered", "evil", "amoral")),
+    ((r"\b(act as|pretend to be|roleplay as|play)\b my (late|dead|deceased)\b"), 0.5,
      ("late", "dead", "deceased")),
-    (r"\b(no|without( any)?|free of( any)?|zero) (content |safety |ethical |moral )?"
+    ((r"\b(no|without( any)?|free of( any)?|zero) (content |safety |ethical |moral )?"
      r"(restrictions|filters?|censorship|limitations|guidelines|rules|constraints|"
-     r"ethics|morals|polic(y|ies)|checks)\b", 0.45,
+     r"ethics|morals|polic(y|ies)|checks)\b"), 0.45,
      ("restriction", "filter", "censor", "limitation", "guideline", "rules", "constraint",
       "ethics", "morals", "polic", "checks")),
-    (r"\b(reveal|print|show|repeat|output|display|leak)\b[\w\s']{0,25}\b(system (prompt|"
+    ((r"\b(reveal|print|show|repeat|output|display|leak)\b[\w\s']{0,25}\b(system (prompt|"
      r"message)|hidden (instructions|prompt)|initial (prompt|instructions)|"
-     r"instructions above|text above)\b", 0.7, ("system", "hidden", "initial", "above")),
-    (r"\b(bypass|disable|turn off|get around|circumvent)\b[\w\s']{0,20}\b(safety|content|"
-     r"filters?|moderation|guardrails?|censorship)\b", 0.7,
+     r"instructions above|text above)\b"), 0.7, ("system", "hidden", "initial", "above")),
+    ((r"\b(bypass|disable|turn off|get around|circumvent)\b[\w\s']{0,20}\b(safety|content|"
+     r"filters?|moderation|guardrails?|censorship)\b"), 0.7,
      ("bypass", "disable", "turn off", "get around", "circumvent")),
-    (r"\b(uncensored|unfiltered|amoral|unaligned)\b", 0.35,
+    ((r"\b(uncensored|unfiltered|amoral|unaligned)\b"), 0.35,
      ("uncensored", "unfiltered", "amoral", "unaligned")),
-    (r"\bstay in character\b|\bnever (refuse|break character)\b", 0.35,
+    ((r"\bstay in character\b|\bnever (refuse|break character)\b"), 0.35,
      ("character", "never refuse")),
-    (r"\b(pretend|act as if|imagine|roleplay as|you are now)\b[\w\s,']{0,40}\b(no|without)\b"
-     r"[\w\s']{0,15}\b(rules|limits|restrictions|filters|ethics)\b", 0.6,
+    ((r"\b(pretend|act as if|imagine|roleplay as|you are now)\b[\w\s,']{0,40}\b(no|without)\b"
+     r"[\w\s']{0,15}\b(rules|limits|restrictions|filters|ethics)\b"), 0.6,
      ("pretend", "act as if", "imagine", "roleplay", "you are now")),
-    (r"\bnew (system prompt|instructions)\b[\w\s:']{0,20}\b(supersede|replace|override|you "
-     r"have no|you are)\b", 0.6, ("new system prompt", "new instructions")),
-    (r"\b(begin|start) your (reply|response|answer) with ['\"]?sure\b", 0.6, ("sure",)),
+    ((r"\bnew (system prompt|instructions)\b[\w\s:']{0,20}\b(supersede|replace|override|you "
+     r"have no|you are)\b"), 0.6, ("new system prompt", "new instructions")),
+    ((r"\b(begin|start) your (reply|response|answer) with ['\"]?sure\b"), 0.6, ("sure",)),
 )
 
 HEURISTICS: tuple[tuple[re.Pattern[str], float, tuple[str, ...]], ...] = tuple(

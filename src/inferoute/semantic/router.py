@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, Collection
+from typing import Any
 
 import numpy as np
 import orjson
@@ -258,7 +259,7 @@ class SemanticRouter:
     @classmethod
     def from_config(cls, config: SemanticConfig | dict[str, Any] | None = None, *,
                     registry: CollectorRegistry | None = None,
-                    embedder: Embedder | None = None) -> "SemanticRouter":
+                    embedder: Embedder | None = None) -> SemanticRouter:
         """Build from a SemanticConfig or a mapping (ConfigError on bad config)."""
         cfg = config if isinstance(config, SemanticConfig) else parse_config(config)
         return cls(cfg, embedder=embedder, registry=registry)

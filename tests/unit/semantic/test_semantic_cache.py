@@ -4,7 +4,12 @@ import numpy as np
 import orjson
 import pytest
 
-from inferoute.semantic.cache import CachedReply, CacheKey, SemanticCache, StreamCollector
+from inferoute.semantic.cache import (
+    CachedReply,
+    CacheKey,
+    SemanticCache,
+    StreamCollector,
+)
 from inferoute.semantic.replay import replay_json, replay_sse
 
 

@@ -1,7 +1,14 @@
 """PII recognizers and their validators."""
 
-from inferoute.semantic.pii import (credit_card_valid, find_pii, iban_valid, ipv4_personal,
-                                    luhn_valid, phone_valid, us_ssn_valid)
+from inferoute.semantic.pii import (
+    credit_card_valid,
+    find_pii,
+    iban_valid,
+    ipv4_personal,
+    luhn_valid,
+    phone_valid,
+    us_ssn_valid,
+)
 
 
 def types(text: str) -> list[str]:
@@ -71,8 +78,12 @@ def test_type_filter_and_masking() -> None:
 
 def _full_scan(text: str) -> list[tuple[str, int, int]]:
     """Reference: every recognizer over the whole text (what find_pii's windows must equal)."""
-    from inferoute.semantic.pii import (IBAN_LENGTHS, RECOGNIZERS, _iban_span,
-                                        _ipv4_in_context)
+    from inferoute.semantic.pii import (
+        IBAN_LENGTHS,
+        RECOGNIZERS,
+        _iban_span,
+        _ipv4_in_context,
+    )
     taken: list[tuple[int, int]] = []
     out = []
     for name, pattern, valid in RECOGNIZERS:
