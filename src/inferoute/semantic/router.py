@@ -61,6 +61,16 @@ class BodyChanges:
         return bool(self.model or self.system_prompt or self.fields)
 
 
+@dataclass(slots=True, frozen=True)
+class ReplayedResponse:
+    """A cache hit ready to send: status 200, these headers, this body (for a stream, the
+    concatenated SSE `events`, which a handler may also write one by one)."""
+
+    headers: dict[str, str]
+    body: bytes
+    events: list[bytes] | None
+
+
 @dataclass(slots=True)
 class RouteOutcome:
     """The router's decision for one request."""
@@ -125,6 +135,24 @@ class RouteOutcome:
                                      arrival_time=request.arrival_time)
             request.prefix_text = reparsed.prefix_text
         request.body = new_body
+
+    def cached_response(self, request: InferenceRequest, created: int) -> "ReplayedResponse":
+        """The whole HTTP answer for a cache hit, streaming or not as the request asked:
+        write `body` with `headers` (content type included) and status 200."""
+        assert self.cached is not None, "no cached reply"
+        prefix = "chatcmpl" if request.api == "chat" else "cmpl"
+        rid = f"{prefix}-cache-{request.request_id}"
+        headers = dict(self.headers)
+        if request.stream:
+            opts = request.body.get("stream_options")
+            include = isinstance(opts, dict) and bool(opts.get("include_usage"))
+            events = self.replay_sse(request.api, rid, created, include_usage=include)
+            headers["content-type"] = "text/event-stream"
+            headers["cache-control"] = "no-cache"
+            return ReplayedResponse(headers, b"".join(events), events)
+        body = orjson.dumps(self.replay_json(request.api, rid, created))
+        headers["content-type"] = "application/json"
+        return ReplayedResponse(headers, body, None)
 
     def replay_json(self, api: str, response_id: str, created: int) -> dict[str, Any]:
         """The cached reply as a non-streaming body (requires `cached`)."""
