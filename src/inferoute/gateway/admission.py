@@ -37,9 +37,12 @@ class Admission:
     def _candidates(self, pool: Pool, now: float) -> list[Endpoint]:
         return [ep for ep in pool if self.data.is_ready(ep, now)]
 
-    async def admit(self, request: InferenceRequest, mp: ModelPool, now: float) -> float:
+    async def admit(self, request: InferenceRequest, mp: ModelPool, now: float, *,
+                    tenant_objective: str | None = None,
+                    tenant_fairness_id: str | None = None) -> float:
         """Return once `request` may be scheduled (seconds it waited); raises 429 or 503."""
-        self.controller.classify(request)
+        self.controller.classify(request, tenant_objective=tenant_objective,
+                                 tenant_fairness_id=tenant_fairness_id)
         res = self.controller.admit(request, mp.pool, now)
         if not isinstance(res, Ticket):
             return 0.0

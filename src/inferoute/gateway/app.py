@@ -25,6 +25,7 @@ from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .admission import Admission
 from .health import Health
+from .tenants import Tenants
 from .proxy import Proxy
 
 log = logging.getLogger("inferoute.gateway")
@@ -73,7 +74,8 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
     adm_config = config.admission_config()
     admission = Admission(adm_config, data) if adm_config is not None else None
     outliers = Health(data, config.health.outlier, config.health.active)
-    proxy = Proxy(data, obs, config, admission, outliers)
+    tenants = Tenants.from_config(config.tenants, config.redis)
+    proxy = Proxy(data, obs, config, admission, outliers, tenants)
     created = int(time.time())
 
     async def models(request: web.Request) -> web.Response:
@@ -124,6 +126,8 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
         if admission is not None:
             await admission.close()
         await outliers.close()
+        if tenants is not None:
+            await tenants.close()
         await data.close()
 
     app.cleanup_ctx.append(lifecycle)

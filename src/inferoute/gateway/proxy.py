@@ -42,6 +42,7 @@ from ..observability import Observability
 from ..core.admission.usage import ResponseRewriter, prepare_upstream_body
 from .admission import Admission
 from .health import Health
+from .tenants import Tenants
 from .sse import ResponseRelay, UsageTracker
 
 log = logging.getLogger("inferoute.gateway")
@@ -92,12 +93,14 @@ class Proxy:
     """Holds what every request needs; `handle` is the aiohttp handler of the POST routes."""
 
     def __init__(self, data: DataLayer, obs: Observability, config: ServingConfig,
-                 admission: Admission | None = None, health: Health | None = None) -> None:
+                 admission: Admission | None = None, health: Health | None = None,
+                 tenants: Tenants | None = None) -> None:
         self.data = data
         self.obs = obs
         self.config = config
         self.admission = admission
         self.health = health
+        self.tenants = tenants
         up = config.upstream
         self.timeout = aiohttp.ClientTimeout(total=up.request_timeout,
                                              sock_connect=up.connect_timeout,
@@ -119,11 +122,14 @@ class Proxy:
         api = API_PATHS[request.path]
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         model = target = ""
+        tenant = None
         try:
             raw = await self._read_body(request)
             headers = {k.lower(): v for k, v in request.headers.items()}
             ireq = parse_request(api, raw, headers, request_id=request_id, arrival_time=now)
             model = target = ireq.model
+            if self.tenants is not None:  # 401 / 403 / 429 before anything else
+                tenant = await self.tenants.admit(ireq, now)
             adm = self.admission
             if adm is not None:
                 adm.rules.route(ireq)  # a model route may pick another target model
@@ -131,8 +137,10 @@ class Proxy:
             if ireq.target_model in mp.aliases:  # an alias names the pool's model upstream
                 ireq.target_model = mp.model
             target = ireq.target_model
-            if adm is not None:
-                await adm.admit(ireq, mp, now)  # may wait in the flow-control queue
+            if adm is not None:  # may wait in the flow-control queue
+                await adm.admit(ireq, mp, now,
+                                tenant_objective=tenant.tenant.objective if tenant else None,
+                                tenant_fairness_id=tenant.tenant.fairness_id if tenant else None)
             now = data.clock()
             candidates = data.ready_endpoints(mp, now)
             t0 = time.perf_counter()
@@ -143,41 +151,47 @@ class Proxy:
             if isinstance(exc, ModelNotFound) or not model:
                 model = target = "unknown"  # never a client-chosen label value
             obs.request_rejected(model, target, str(exc.status))
+            if tenant is not None and self.tenants is not None:  # refund the token estimate
+                await self.tenants.settle(tenant, {"total_tokens": 0}, data.clock())
             return error_response(exc)
         obs.request_started(model, target, len(raw))
+        flight = _Flight()
         try:
-            return await self._forward(request, ireq, decision, raw, candidates)
+            return await self._forward(request, ireq, decision, raw, candidates, flight)
         finally:
             if self.admission is not None:
                 self.admission.pump()  # capacity freed: release waiting requests
+            if tenant is not None and self.tenants is not None:
+                await self.tenants.settle(tenant, flight.usage, data.clock())
 
     def _upstream_body(self, ireq: InferenceRequest, raw: bytes
                        ) -> tuple[bytes, ResponseRewriter | None]:
         """The body to send and, when the response needs changing, its rewriter.
 
         The model is renamed for routes and aliases (and renamed back in the response); with
-        admission on, streaming requests also get `stream_options.include_usage` so usage is
+        admission or tenants on, streaming requests also get `stream_options.include_usage` so usage is
         always known (the usage chunk is then hidden from a client that did not ask).
         """
         renamed = ireq.target_model != ireq.model
-        if self.admission is None and not renamed:
+        inject = self.admission is not None or self.tenants is not None
+        if not inject and not renamed:
             return raw, None
         up = prepare_upstream_body(ireq.body, api=ireq.api,
                                    target_model=ireq.target_model if renamed else None,
-                                   inject_usage=self.admission is not None)
+                                   inject_usage=inject)
         if not (renamed or up.injected):
             return raw, None
         return up.body, ResponseRewriter(strip_usage=up.injected, target_model=ireq.target_model,
                                          client_model=ireq.model)
 
     async def _forward(self, request: web.Request, ireq: InferenceRequest, decision: Decision,
-                       raw: bytes, candidates: list[Endpoint]) -> web.StreamResponse:
+                       raw: bytes, candidates: list[Endpoint], flight: "_Flight"
+                       ) -> web.StreamResponse:
         """Send, relay, and account exactly once whatever happens."""
         data, obs = self.data, self.obs
         order = list(decision.result.targets)
         order += [ep for ep in candidates if ep not in order]
         body, rewriter = self._upstream_body(ireq, raw)
-        flight = _Flight()
         try:
             await self._connect(flight, decision, order[:MAX_ATTEMPTS], body,
                                 forward_request_headers(request.headers),

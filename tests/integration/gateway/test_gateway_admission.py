@@ -80,3 +80,42 @@ def test_model_route_renames_both_ways_and_usage_is_always_known(harness, web):
         messages=[{"role": "user", "content": "hi"}]))
     assert asked[-1].usage.completion_tokens == 2 and asked[-1].model == "chat"
 
+
+
+def test_api_keys_models_and_rate_limits(harness, web, tmp_path):
+    import hashlib
+    import json
+    import urllib.request
+
+    server = harness.standin()
+    secret, other = "sk-test-0123456789abcdef", "sk-other-0123456789abcdef"
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(json.dumps({"tenants": [
+        {"name": "team-a", "keySha256": hashlib.sha256(secret.encode()).hexdigest(),
+         "models": ["m"], "requestsPerMinute": 2, "burstRequests": 2},
+        {"name": "team-b", "key": other, "models": ["nothing-*"]}]}))
+    gw = harness.gateway({"tenants": str(tenants),
+                          "pools": [{"model": "m", "endpoints": [server.url]}]})
+
+    def call(key: str | None):
+        req = urllib.request.Request(
+            gw.url + "/v1/completions", method="POST",
+            data=json.dumps({"model": "m", "prompt": "hi", "max_tokens": 2}).encode(),
+            headers={"Content-Type": "application/json",
+                     **({"Authorization": f"Bearer {key}"} if key else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, dict(r.headers), json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), json.loads(err.read())
+
+    assert call(None)[0] == 401
+    status, _, body = call("sk-wrong-0123456789abcdef")
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    status, _, body = call(other)
+    assert status == 403 and body["error"]["code"] == "model_not_allowed"
+    assert call(secret)[0] == 200 and call(secret)[0] == 200
+    status, headers, body = call(secret)  # burst of 2 spent, 2/min refills slowly
+    assert status == 429 and int(headers["Retry-After"]) >= 1
+    for text in (web.get(gw.url + "/metrics").text, gw.log()):
+        assert secret not in text and other not in text

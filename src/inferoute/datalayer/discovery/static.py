@@ -21,6 +21,8 @@
     health:                     # passive outlier detection (on) and active checks (off)
       outlier: {consecutiveFailures: 5, baseEjection: 5s}
       active: {enabled: false, path: /health, interval: 5s}
+    tenants: tenants.yaml       # API keys + limits (default: $INFEROUTE_API_KEYS, else no auth)
+    redis: null                 # e.g. redis://10.0.0.9:6379/0 to share limits between replicas
     admission:                  # optional; see docs/admission.md (off when absent)
       objectives: [{name: batch, priority: -1}]
       flowControl: {enabled: true, ttl: 30s}
@@ -123,6 +125,11 @@ class ServingConfig(pydantic.BaseModel):
     upstream: UpstreamConfig = pydantic.Field(default_factory=UpstreamConfig)
     pools: list[PoolConfig] = pydantic.Field(min_length=1)
     health: HealthConfig = pydantic.Field(default_factory=HealthConfig)
+    #: API keys and per-tenant limits (tenants YAML, docs/admission.md); None: INFEROUTE_API_KEYS
+    #: if set, else no authentication
+    tenants: str | None = None
+    #: share the tenants' rate-limit buckets between gateway replicas through this Redis
+    redis: str | None = None
     #: admission control (saturation, objectives, flow control, model routes); None: off.
     #: The `admission:` section of docs/admission.md, validated in `admission_config()`.
     admission: dict[str, Any] | None = None
@@ -222,7 +229,7 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
                            "engine": getattr(args, "engine", None) or "auto",
                            "scheduler": scheduler}]}
         source = "the command line"
-    for key in ("host", "port", "scrape_interval"):
+    for key in ("host", "port", "scrape_interval", "tenants", "redis"):
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
