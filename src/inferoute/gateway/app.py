@@ -123,24 +123,34 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
         if admission is not None:
             admission.start()
         yield
-        if admission is not None:
-            await admission.close()
         await outliers.close()
         if tenants is not None:
             await tenants.close()
         await data.close()
 
+    async def drain_queue(app: web.Application) -> None:
+        # runs when shutdown starts, before in-flight requests are awaited: waiting requests
+        # get their 503 at once instead of holding the shutdown up
+        if admission is not None:
+            await admission.close()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(drain_queue)
     return app
 
 
 async def serve(config: ServingConfig, *, ready_file: str | None = None,
                 stop: asyncio.Event | None = None) -> None:
-    """Run the gateway until SIGINT/SIGTERM (or `stop` is set)."""
+    """Run the gateway until SIGINT/SIGTERM (or `stop` is set).
+
+    Shutdown is graceful: the listener closes, queued requests get 503, and requests in
+    flight (streams included) may finish for up to `drainTimeout` seconds.
+    """
     data = DataLayer(config)
     app = build_app(data)
     # handler_cancellation: a client that hangs up cancels its handler, which aborts upstream
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                           shutdown_timeout=config.drain_timeout)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
     await site.start()

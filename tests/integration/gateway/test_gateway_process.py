@@ -243,3 +243,18 @@ def test_failing_endpoint_is_ejected(harness, web):
     assert web.metric(page, "inferoute_endpoint_ready",
                       endpoint=bad.url.removeprefix("http://")) == 0.0
     assert web.get(gw.url + "/ready").json()["ready_endpoints"]["m"] == 1
+
+
+def test_sigterm_lets_streams_in_flight_finish(harness, web):
+    import signal
+
+    slow = harness.standin("--token-delay", "0.02")
+    gw = harness.gateway({"pools": [{"model": "m", "endpoints": [slow.url]}]})
+    conn, resp = web.open_stream(gw.url + "/v1/completions", {
+        "model": "m", "prompt": "x", "max_tokens": 60, "stream": True})
+    assert resp.read1(65536).startswith(b"data: ")
+    gw.proc.send_signal(signal.SIGTERM)
+    rest = resp.read()  # the remaining ~1 s of tokens still arrives, then a clean end
+    conn.close()
+    assert rest.endswith(b"data: [DONE]\n\n") and b'"w59 "' in rest
+    assert gw.proc.wait(timeout=15) == 0

@@ -7,6 +7,7 @@
     scrapeTimeout: 1s
     readyWindow: 1s             # an endpoint is ready while its last good scrape is this recent
     maxBodyBytes: 16777216      # larger request bodies get 413
+    drainTimeout: 60s           # on SIGTERM, how long requests in flight may still finish
     upstream:
       connectTimeout: 5s        # TCP connect to a model server (then retried elsewhere once)
       readTimeout: 600s         # longest wait for the response headers or between two chunks
@@ -122,6 +123,7 @@ class ServingConfig(pydantic.BaseModel):
     scrape_timeout: float = pydantic.Field(1.0, alias="scrapeTimeout", gt=0)
     ready_window: float = pydantic.Field(1.0, alias="readyWindow", gt=0)
     max_body_bytes: int = pydantic.Field(16 * 1024 * 1024, alias="maxBodyBytes", ge=1024)
+    drain_timeout: float = pydantic.Field(60.0, alias="drainTimeout", ge=0)
     upstream: UpstreamConfig = pydantic.Field(default_factory=UpstreamConfig)
     pools: list[PoolConfig] = pydantic.Field(min_length=1)
     health: HealthConfig = pydantic.Field(default_factory=HealthConfig)
@@ -140,7 +142,7 @@ class ServingConfig(pydantic.BaseModel):
         return parse_admission_config(self.admission, "the admission section")
 
     _d = pydantic.field_validator("scrape_interval", "scrape_timeout", "ready_window",
-                                  mode="before")(_duration)
+                                  "drain_timeout", mode="before")(_duration)
 
     @pydantic.model_validator(mode="after")
     def _unique_names(self) -> "ServingConfig":
