@@ -46,9 +46,10 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
 
 def _build(args: argparse.Namespace) -> tuple[Any, Any]:
     from .load import LoadSpec, parse_stages
-    from .workloads import DEFAULT_LOAD, DEFAULT_STAGES, make_workload, parse_params
+    from .workloads import DEFAULT_LOAD, DEFAULT_PARAMS, DEFAULT_STAGES, make_workload, parse_params
 
-    workload = make_workload(args.workload, parse_params(args.param), seed=args.seed)
+    params = {**DEFAULT_PARAMS.get(args.workload, {}), **parse_params(args.param)}
+    workload = make_workload(args.workload, params, seed=args.seed)
     kind, burst = DEFAULT_LOAD.get(args.workload, ("poisson", 1.0))
     stages = parse_stages(args.stages or DEFAULT_STAGES.get(args.workload, "5:30"))
     load = LoadSpec(stages=stages, kind=args.load_type or kind,  # type: ignore[arg-type]
@@ -137,7 +138,7 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (ValueError, InferouteError, OSError) as exc:
+        except (ValueError, InferouteError, OSError, RuntimeError) as exc:
             msg = getattr(exc, "message", None) or str(exc)
             print(f"inferoute {args.command}: error: {msg}", file=sys.stderr)
             return 2

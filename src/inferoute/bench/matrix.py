@@ -24,9 +24,9 @@ def run_one(policy: str, workload: str, out_dir: str, replicas: int, profile: st
     """One virtual run, saved; returns the report path."""
     from .des import SimConfig, run_virtual
     from .load import LoadSpec, parse_stages
-    from .workloads import DEFAULT_LOAD, DEFAULT_STAGES, make_workload
+    from .workloads import DEFAULT_LOAD, DEFAULT_PARAMS, DEFAULT_STAGES, make_workload
 
-    wl = make_workload(workload, seed=seed)
+    wl = make_workload(workload, DEFAULT_PARAMS[workload], seed=seed)
     kind, burst = DEFAULT_LOAD[workload]
     load = LoadSpec(parse_stages(DEFAULT_STAGES[workload]), kind=kind,  # type: ignore[arg-type]
                     burstiness=burst, seed=seed)

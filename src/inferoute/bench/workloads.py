@@ -239,13 +239,23 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-#: stages `bench sim` / `bench matrix` use for each workload unless --stages is given
-#: (sized for 8 replicas of qwen3-32b-2xh100; the shared-prefix one is the seed's 17 stages)
+#: stages `bench sim` / `bench matrix` use for each workload unless --stages is given, sized for
+#: 8 replicas of qwen3-32b-2xh100 to reach saturation (the shared-prefix one: the seed's 17)
 DEFAULT_STAGES: dict[str, str] = {
     "shared_prefix": "seed",
-    "multi_turn_chat": "10:30,20:30,40:30,60:30",
-    "random": "10:30,20:30,30:30,40:30",
-    "mixed": "10:30,20:30,30:30,40:30",
+    "multi_turn_chat": "30:15,60:15,90:15,120:15",
+    "random": "20:20,40:20,60:20,80:20",
+    "mixed": "60:10,120:10,180:10,240:10",
+}
+
+#: parameters those commands use unless --param overrides them: enough distinct prompts that
+#: no prompt is sent twice (only the shared-prefix workload reuses its 750, as the seed did)
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "shared_prefix": {},
+    "multi_turn_chat": {"num_conversations": 750, "turns": 6, "system_prompt_len": 800,
+                        "user_len": 120, "reply_len": 200, "output_len": 400},
+    "random": {"num_prompts": 4000},
+    "mixed": {"num_prompts": 6000, "document_len": 4000},
 }
 
 #: arrival process per workload for the same commands (mixed: bursty gamma arrivals)

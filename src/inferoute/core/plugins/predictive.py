@@ -88,7 +88,7 @@ class PredictiveCostScorer(BasePlugin):
             16_384, ge=1, description="KV capacity assumed until a scrape reports num_blocks")
         default_max_tokens: int = pydantic.Field(
             256, ge=1, description="output tokens assumed when a request sets no max_tokens")
-        prefill_weight: float = pydantic.Field(8.0, ge=0.0)
+        prefill_weight: float = pydantic.Field(12.0, ge=0.0)
         queue_weight: float = pydantic.Field(1.0, ge=0.0)
         overflow_weight: float = pydantic.Field(1.0, ge=0.0)
         waiting_weight: float = pydantic.Field(
