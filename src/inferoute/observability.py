@@ -18,6 +18,8 @@ Names and labels follow the Gateway API Inference Extension endpoint picker:
   `inference_pool_ready_pods{name}` (gauges, refreshed from the data layer on each scrape)
 - `inference_extension_scheduler_e2e_duration_seconds` (histogram)
 - `inference_extension_prefix_indexer_hit_ratio` (histogram of matched/total prefix blocks)
+- `inference_extension_flow_control_queue_size{inference_pool,priority}` ("all" = every band),
+  `inference_extension_flow_control_queue_bytes{inference_pool}` (when admission is on)
 
 plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests{pool,endpoint}`,
 `inferoute_endpoint_ready{pool,endpoint}`, `inferoute_endpoint_waiting_requests`,
@@ -27,7 +29,7 @@ plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest)
@@ -108,7 +110,14 @@ class Observability:
         self.retries = Counter("inferoute_upstream_retries", "Requests retried on another "
                                "endpoint after a connect failure or a 5xx.", ("pool",),
                                registry=r)
+        self.queue_size = Gauge("inference_extension_flow_control_queue_size", "Requests "
+                                "waiting in the gateway's flow-control queue.",
+                                ("inference_pool", "priority"), registry=r)
+        self.queue_bytes = Gauge("inference_extension_flow_control_queue_bytes", "Request body "
+                                 "bytes waiting in the flow-control queue.", ("inference_pool",),
+                                 registry=r)
         self._data: DataLayer | None = None
+        self._queue_stats: Callable[[], Mapping[str, Any]] | None = None
         #: labelled children by (metric, labels): `labels()` validates and locks on every
         #: call, which adds up to tens of microseconds per request on the hot path
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -179,11 +188,21 @@ class Observability:
 
     # ------------------------------------------------------------------ pool state
 
-    def watch(self, data: "DataLayer") -> None:
-        """Refresh pool and endpoint gauges from `data` on every `render()`."""
+    def watch(self, data: "DataLayer",
+              queue_stats: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        """Refresh pool and endpoint gauges from `data` on every `render()`; `queue_stats`
+        (e.g. `AdmissionController.queue_stats`) feeds the flow-control gauges."""
         self._data = data
+        if queue_stats is not None:
+            self._queue_stats = queue_stats
 
     def refresh(self) -> None:
+        if self._queue_stats is not None:
+            for pool, st in self._queue_stats().items():
+                self.queue_bytes.labels(pool).set(st.bytes)
+                self.queue_size.labels(pool, "all").set(st.requests)
+                for prio, n in st.by_priority.items():
+                    self.queue_size.labels(pool, str(prio)).set(n)
         data = self._data
         if data is None:
             return

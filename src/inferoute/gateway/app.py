@@ -73,6 +73,8 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
     app[OBS_KEY] = obs
     adm_config = config.admission_config()
     admission = Admission(adm_config, data) if adm_config is not None else None
+    if admission is not None:
+        obs.watch(data, admission.controller.queue_stats)
     outliers = Health(data, config.health.outlier, config.health.active)
     tenants = Tenants.from_config(config.tenants, config.redis)
     proxy = Proxy(data, obs, config, admission, outliers, tenants)

@@ -46,6 +46,9 @@ def test_shed_wait_expire_and_release(harness, web):
     waiter.start()
     time.sleep(0.5)
     assert not result, "a critical request went through a saturated pool"
+    page = web.get(gw.url + "/metrics").text
+    assert web.metric(page, "inference_extension_flow_control_queue_size",
+                      inference_pool="m", priority="10") == 1.0
     web.post(server.url + "/admin/waiting", json={"waiting": 0})
     waiter.join(timeout=20)
     assert result["r"][0] == 200, result
