@@ -193,8 +193,11 @@ class Proxy:
         order += [ep for ep in candidates if ep not in order]
         body, rewriter = self._upstream_body(ireq, raw)
         try:
-            await self._connect(flight, decision, order[:MAX_ATTEMPTS], body,
-                                forward_request_headers(request.headers),
+            headers = forward_request_headers(request.headers)
+            if self.tenants is not None:  # the caller's gateway key stays here
+                headers = {k: v for k, v in headers.items()
+                           if k.lower() not in ("authorization", "x-api-key")}
+            await self._connect(flight, decision, order[:MAX_ATTEMPTS], body, headers,
                                 request.rel_url.raw_path_qs)
             return await self._relay(flight, request, ireq, rewriter, decision.pool.model)
         except InferouteError as exc:
