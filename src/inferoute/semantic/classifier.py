@@ -64,6 +64,8 @@ class CategoryClassifier:
                 texts.append(t)
                 labels.append(i)
         raw = embedder.embed_many(texts)
+        #: the (raw, normalised) embeddings of every description and example
+        self.example_vectors = raw
         self._mean = raw.mean(axis=0).astype(np.float32)
         ex = self._centre(raw)
         n_cat = len(categories)
@@ -84,6 +86,11 @@ class CategoryClassifier:
         self._examples = block.reshape(n_cat * width, -1)
         self._width = width
         self._n_cat = n_cat
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The mean example embedding, subtracted from every vector before comparing."""
+        return self._mean
 
     @staticmethod
     def _normalise(m: np.ndarray) -> np.ndarray:

@@ -142,6 +142,18 @@ def run_eval(args: argparse.Namespace) -> int:
         gt.add_row(label, str(s.tp), str(s.fp), str(s.fn), f"{s.precision:.2f}",
                    f"{s.recall:.2f}")
     console.print(gt)
+    splits = sorted({r.get("split") for r in guard_rows if r.get("split")})
+    if splits:
+        st = Table(title="Guards by split (tuned: looked at while building the guards; dev: "
+                         "used to improve them; blind: measured once, untouched since)")
+        for col in ("split", "texts", "pii P", "pii R", "jailbreak P", "jailbreak R"):
+            st.add_column(col, justify="right" if col != "split" else "left")
+        for name in splits:
+            part = evaluate_guards(router, guard_rows, split=name)
+            n = sum(1 for r in guard_rows if r.get("split") == name)
+            st.add_row(name, str(n), f"{part['pii'].precision:.2f}", f"{part['pii'].recall:.2f}",
+                       f"{part['jailbreak'].precision:.2f}", f"{part['jailbreak'].recall:.2f}")
+        console.print(st)
     if args.show_errors:
         clf = router.classifier
         for row in cat_rows:

@@ -84,12 +84,10 @@ class PiiConfig(_Strict):
 
 class JailbreakConfig(_Strict):
     enabled: bool = True
-    #: combined score (heuristics + embedding similarity) at or above which a request is blocked
-    threshold: float = Field(default=0.5, gt=0, le=1)
-    #: centred cosine similarity to the shipped jailbreak examples that scores 0 (floor)
-    #: and 1 (full); linear in between
-    similarity_floor: float = Field(default=0.35, ge=-1, lt=1)
-    similarity_full: float = Field(default=0.65, gt=-1, le=1)
+    #: combined score (heuristics + embedding model) at or above which a request is blocked
+    threshold: float = Field(default=0.7, gt=0, le=1)
+    #: YAML with `examples:` (jailbreaks) and `benign:` (look-alikes); None = shipped file
+    data: str | None = None
 
 
 class CacheConfig(_Strict):

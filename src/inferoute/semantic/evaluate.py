@@ -112,8 +112,12 @@ def route_latencies(router: SemanticRouter, rows: list[dict[str, Any]]) -> np.nd
     return out
 
 
-def evaluate_guards(router: SemanticRouter, rows: list[dict[str, Any]]) -> dict[str, GuardScore]:
-    """Per-label precision/recall: each PII type, "pii" (any type) and "jailbreak"."""
+def evaluate_guards(router: SemanticRouter, rows: list[dict[str, Any]],
+                    split: str | None = None) -> dict[str, GuardScore]:
+    """Per-label precision/recall: each PII type, "pii" (any type) and "jailbreak"; only the
+    rows of one `split` when given."""
+    if split is not None:
+        rows = [r for r in rows if r.get("split") == split]
     scores: dict[str, GuardScore] = {}
     clf = router.classifier
     for row in rows:

@@ -56,7 +56,7 @@ class Guards:
     """
 
     def __init__(self, *, pii_types: list[str] | None, jailbreak: JailbreakDetector | None,
-                 jailbreak_threshold: float = 0.5, memo_size: int = 256) -> None:
+                 jailbreak_threshold: float = 0.7, memo_size: int = 256) -> None:
         self.pii_types = pii_types
         self.jailbreak = jailbreak
         self.jailbreak_threshold = jailbreak_threshold

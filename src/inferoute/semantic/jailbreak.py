@@ -1,12 +1,11 @@
-"""Jailbreak and prompt-injection detection: phrase heuristics plus embedding similarity.
+"""Jailbreak and prompt-injection detection: phrase heuristics plus an embedding model.
 
 The heuristic score combines weighted patterns (instruction overrides, persona switches such
 as "DAN" or "developer mode", requests for the hidden system prompt, filter bypasses) as
-1 - prod(1 - w). The similarity score is the best cosine similarity of the prompt to the
-shipped jailbreak examples (data/jailbreak.yaml, compared on centred embeddings), mapped
-linearly from `floor` (0) to `full` (1). The final score combines both the same way,
-1 - (1 - heuristic)(1 - similarity); at or above the configured threshold the request is
-blocked.
+1 - prod(1 - w). The embedding score is the probability from a small logistic model trained
+at start-up on the shipped jailbreak examples against benign texts (data/jailbreak.yaml and
+the category examples). The final score is 1 - (1 - heuristic)(1 - probability); at or above
+the configured threshold the request is blocked.
 """
 
 from __future__ import annotations
@@ -29,8 +28,9 @@ _RULES: tuple[tuple[str, float, tuple[str, ...]], ...] = (
      r"earlier|preceding|all|your|the|system|these|those)\b[\w\s,']{0,20}\b(instructions?|"
      r"rules|prompts?|text|directions|guidelines|programming|polic(y|ies)|restrictions|"
      r"training)\b"), 0.75, ("ignore", "disregard", "forget", "override", "bypass")),
-    ((r"\bdo anything now\b|\byou are (now )?dan\b|\bjail ?broken?\b|\bjailbreak\b"), 0.8,
-     ("anything now", "dan", "jail")),
+    ((r"\bdo anything now\b|\byou are (now )?dan\b|\b(you are|you're|now) jail ?broken\b|"
+      r"\bjailbreak (mode|activated|enabled|prompt)\b"), 0.8, ("anything now", "dan", "jail")),
+    (r"\bjail ?(break|broken)\b", 0.3, ("jail",)),
     ((r"\b(developer|god|opposite|unrestricted|sudo|debug) mode\b"), 0.45, (" mode",)),
     ((r"\b(ignore|forget|disregard)\b[\w\s,']{0,15}\b(everything|anything|all|the text|"
      r"what)\b[\w\s']{0,10}\b(above|before|previous|earlier|said)\b"), 0.7,
@@ -75,7 +75,8 @@ HEURISTICS: tuple[tuple[re.Pattern[str], float, tuple[str, ...]], ...] = tuple(
 class JailbreakVerdict:
     score: float
     heuristic: float
-    similarity: float
+    #: the embedding model's probability that the text is a jailbreak
+    model: float
     #: indexes of the matching heuristic patterns, for logs and tests
     matched: tuple[int, ...] = ()
 
@@ -92,27 +93,71 @@ def heuristic_score(text: str) -> tuple[float, tuple[int, ...]]:
     return 1.0 - keep, tuple(matched)
 
 
-def load_jailbreak_examples(path: str | None = None) -> list[str]:
-    """The jailbreak example utterances (the shipped file when `path` is None)."""
+@dataclass(slots=True, frozen=True)
+class JailbreakData:
+    """The shipped (or a user's) training texts: jailbreaks, and benign look-alikes."""
+
+    examples: list[str]
+    benign: list[str]
+
+
+def load_jailbreak_data(path: str | None = None) -> JailbreakData:
+    """`examples:` (jailbreak attempts) and `benign:` (hard negatives) from a YAML file
+    (the shipped data/jailbreak.yaml when `path` is None)."""
     source = data_path("jailbreak.yaml") if path is None else Path(path)
     data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    examples = data.get("examples") if isinstance(data, dict) else None
-    if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
-        raise ValueError("jailbreak examples file needs 'examples: [strings]'")
-    return examples
+    lists = []
+    for key in ("examples", "benign"):
+        items = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(items, list) or not all(isinstance(e, str) for e in items):
+            raise ValueError(f"{source}: needs '{key}: [strings]'")
+        lists.append(items)
+    return JailbreakData(*lists)
+
+
+def load_jailbreak_examples(path: str | None = None) -> list[str]:
+    """The jailbreak example utterances."""
+    return load_jailbreak_data(path).examples
+
+
+def train_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, scale: float = 5.0,
+                   iterations: int = 500, rate: float = 2.0) -> tuple[np.ndarray, float]:
+    """Class-balanced L2-regularised logistic regression by full-batch gradient descent
+    (deterministic: zero start, fixed steps). Returns (weights, bias) for `scale * x`."""
+    xs = x * scale
+    pos = max(1.0, float(y.sum()))
+    weights = np.where(y == 1, (len(y) - pos) / pos, 1.0)
+    weights /= weights.mean()
+    w = np.zeros(x.shape[1])
+    b = 0.0
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(xs @ w + b)))
+        g = (p - y) * weights / len(y)
+        w -= rate * (xs.T @ g + l2 * w)
+        b -= rate * float(g.sum())
+    return (w * scale).astype(np.float32), b
 
 
 class JailbreakDetector:
-    """Scores prompts against heuristics and embedded jailbreak examples."""
+    """Phrase heuristics plus a logistic model on centred embeddings.
+
+    The model is trained at start-up (a fraction of a second): positives are the shipped
+    jailbreak examples, negatives the shipped benign look-alikes plus every category example
+    (ordinary questions). Its probability and the heuristic score combine as
+    1 - (1 - heuristic)(1 - probability).
+    """
 
     def __init__(self, embedder: Embedder, *, mean: np.ndarray | None = None,
-                 floor: float = 0.35, full: float = 0.65,
-                 examples: list[str] | None = None) -> None:
-        self.floor = floor
-        self.full = max(full, floor + 1e-6)
-        raw = embedder.embed_many(examples or load_jailbreak_examples())
-        self._mean = np.zeros(raw.shape[1], dtype=np.float32) if mean is None else mean
-        self._examples = self._centre(raw)
+                 negatives: np.ndarray | None = None, data: JailbreakData | None = None) -> None:
+        data = data or load_jailbreak_data()
+        pos = embedder.embed_many(data.examples)
+        neg = embedder.embed_many(data.benign)
+        if negatives is not None and len(negatives):
+            neg = np.vstack([neg, negatives])
+        self._mean = np.zeros(pos.shape[1], dtype=np.float32) if mean is None else mean
+        x = self._centre(np.vstack([pos, neg]))
+        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        self._w, self._b = train_logistic(x, y)
 
     def _centre(self, m: np.ndarray) -> np.ndarray:
         c = m - self._mean
@@ -120,13 +165,12 @@ class JailbreakDetector:
         n[n == 0] = 1.0
         return (c / n).astype(np.float32)
 
-    def similarity(self, vector: np.ndarray) -> float:
-        """Best cosine similarity of a (raw, normalised) prompt embedding to the examples."""
+    def probability(self, vector: np.ndarray) -> float:
+        """The model's jailbreak probability for a (raw, normalised) prompt embedding."""
         q = self._centre(vector[None, :])[0]
-        return float((self._examples @ q).max())
+        return float(1.0 / (1.0 + np.exp(-(float(q @ self._w) + self._b))))
 
     def check(self, text: str, vector: np.ndarray) -> JailbreakVerdict:
         h, matched = heuristic_score(text)
-        sim = self.similarity(vector)
-        s = min(1.0, max(0.0, (sim - self.floor) / (self.full - self.floor)))
-        return JailbreakVerdict(1.0 - (1.0 - h) * (1.0 - s), h, sim, matched)
+        p = self.probability(vector)
+        return JailbreakVerdict(1.0 - (1.0 - h) * (1.0 - p), h, p, matched)

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import orjson
 import xxhash
+import yaml
 from prometheus_client import CollectorRegistry
 
-from ..core.errors import InferouteError
+from ..core.errors import ConfigError, InferouteError
 from ..core.request import InferenceRequest, parse_request
 from .cache import CachedReply, CacheKey, SemanticCache
 from .categories import Category
@@ -37,7 +38,7 @@ from .classifier import CategoryClassifier, Classification, clip_text
 from .config import SemanticConfig, parse_config
 from .embeddings import CaseRobustEmbedder, Embedder, load_embedder
 from .guards import GuardReport, Guards, jailbreak_blocked, pii_blocked
-from .jailbreak import JailbreakDetector
+from .jailbreak import JailbreakDetector, load_jailbreak_data
 from .metrics import SemanticMetrics
 from .replay import replay_json, replay_sse
 
@@ -267,9 +268,14 @@ class SemanticRouter:
             self.embedder, self.categories, threshold=cc.threshold, temperature=cc.temperature,
             knn_weight=cc.knn_weight, knn_k=cc.knn_k, max_chars=cc.max_chars)
         jb = config.jailbreak
-        detector = (JailbreakDetector(self.embedder, mean=self.classifier._mean,
-                                      floor=jb.similarity_floor, full=jb.similarity_full)
-                    if jb.enabled else None)
+        detector = None
+        if jb.enabled:
+            try:
+                data = load_jailbreak_data(jb.data)
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                raise ConfigError(f"semantic.jailbreak.data: {exc}") from None
+            detector = JailbreakDetector(self.embedder, mean=self.classifier.mean,
+                                         negatives=self.classifier.example_vectors, data=data)
         self.guards = Guards(pii_types=list(config.pii.types) if config.pii.action != "off"
                              else None, jailbreak=detector, jailbreak_threshold=jb.threshold)
         c = config.cache

@@ -60,6 +60,7 @@ def test_find_pii_in_text() -> None:
     assert types("IBAN GB82 WEST 1234 5698 7654 32 please") == ["iban"]
     assert types("ssn 536-22-4819 and ip 203.0.113.9") == ["us_ssn", "ipv4"]
     assert types("call +1 646 555 3890 now") == ["phone"]
+    assert types("mobile 07700 900123, landline 0161 496 0000") == ["phone", "phone"]
 
 
 def test_find_pii_ignores_look_alikes() -> None:
