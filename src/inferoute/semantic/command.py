@@ -111,6 +111,11 @@ def run_eval(args: argparse.Namespace) -> int:
                   f"above threshold {cc.threshold:.2f}: {rep.accepted}/{rep.total} prompts, "
                   f"{rep.accepted_correct / max(1, rep.accepted):.1%} of them correct "
                   f"(the rest go to the default model)")
+    if rep.splits:
+        parts = ", ".join(f"{name} {ok / max(1, n):.1%} ({ok}/{n})"
+                          for name, (ok, n) in sorted(rep.splits.items()))
+        console.print(f"by split: {parts}  (blind: written after the examples were final, "
+                      f"measured once)")
     console.print(f"classifier latency (embed + classify, best of {args.repeats}): "
                   f"p50 [bold]{rep.percentile_us(50):.0f} us[/], "
                   f"p99 {rep.percentile_us(99):.0f} us, max {rep.percentile_us(100):.0f} us")

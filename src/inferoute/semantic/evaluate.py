@@ -38,6 +38,8 @@ class CategoryReport:
     accepted: int
     accepted_correct: int
     latencies: np.ndarray  # seconds per prompt (embedding + scoring)
+    #: split name -> (correct, total), for rows that carry a "split"
+    splits: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -79,6 +81,7 @@ def evaluate_categories(router: SemanticRouter, rows: list[dict[str, Any]],
     if unknown:
         raise ValueError(f"evaluation labels not among the categories: {unknown}")
     conf = np.zeros((len(names), len(names)), dtype=np.int64)
+    splits: dict[str, list[int]] = {}
     accepted = accepted_ok = 0
     lat = np.empty(len(rows))
     for n, row in enumerate(rows):
@@ -90,10 +93,15 @@ def evaluate_categories(router: SemanticRouter, rows: list[dict[str, Any]],
         lat[n] = best
         t, p = index[row["category"]], index[result.category]
         conf[t, p] += 1
+        if row.get("split"):
+            tally = splits.setdefault(row["split"], [0, 0])
+            tally[0] += int(t == p)
+            tally[1] += 1
         if result.accepted:
             accepted += 1
             accepted_ok += int(t == p)
-    return CategoryReport(names, conf, accepted, accepted_ok, lat)
+    return CategoryReport(names, conf, accepted, accepted_ok, lat,
+                          {k: (v[0], v[1]) for k, v in splits.items()})
 
 
 def route_latencies(router: SemanticRouter, rows: list[dict[str, Any]]) -> np.ndarray:
