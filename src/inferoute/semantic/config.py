@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from ..core.errors import ConfigError
 from .categories import Category, load_categories, parse_categories
@@ -71,12 +72,14 @@ class ModelConfig(_Strict):
     #: key into reasoning_families; None = the model has no thinking switch
     reasoning_family: str | None = None
     #: may this model receive prompts that contain personal data (pii.action: route)?
+    #: (models not listed under `models` are not governed)
     pii_allowed: bool = False
 
 
 class PiiConfig(_Strict):
     #: off: no scan; block: reject any request with PII; route: auto requests go only to
-    #: pii_allowed models and explicit requests to other models are rejected
+    #: models allowed to see it, explicit requests to a listed model with pii_allowed: false
+    #: are rejected
     action: Literal["off", "block", "route"] = "route"
     types: list[Literal["credit_card", "email", "phone", "us_ssn", "iban", "ipv4"]] = \
         Field(default_factory=lambda: list(PII_TYPES))
@@ -124,6 +127,11 @@ class SemanticConfig(_Strict):
     pii: PiiConfig = Field(default_factory=PiiConfig)
     jailbreak: JailbreakConfig = Field(default_factory=JailbreakConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    @field_validator("reasoning_families")
+    @classmethod
+    def _keep_builtin_families(cls, v: dict[str, ReasoningFamily]) -> dict[str, ReasoningFamily]:
+        return {**DEFAULT_FAMILIES, **v}
 
     @model_validator(mode="after")
     def _check_refs(self) -> SemanticConfig:

@@ -284,7 +284,8 @@ class SemanticRouter:
                                     ttl_seconds=c.ttl_seconds) if c.enabled else None)
         self.metrics = SemanticMetrics(registry)
         self.auto_names = frozenset(config.auto_model_names)
-        configured = {m.name for m in config.models}
+        self._listed = {m.name: m for m in config.models}
+        configured = set(self._listed)
         if not configured:
             configured = {m for cat in self.categories for m in cat.model_scores}
             configured.add(config.default_model)
@@ -297,6 +298,12 @@ class SemanticRouter:
         """Build from a SemanticConfig or a mapping (ConfigError on bad config)."""
         cfg = config if isinstance(config, SemanticConfig) else parse_config(config)
         return cls(cfg, embedder=embedder, registry=registry)
+
+    def _pii_ok(self, model: str) -> bool:
+        """May `model` see personal data? Listed models say so with `pii_allowed`; models
+        not listed under `models` are not governed by the router."""
+        listed = self._listed.get(model)
+        return True if listed is None else listed.pii_allowed
 
     def is_auto(self, model: str) -> bool:
         return model in self.auto_names
@@ -375,7 +382,7 @@ class SemanticRouter:
         if auto:
             candidates = self._candidates(available)
             if pii_mode == "route":
-                candidates = {m for m in candidates if cfg.model(m).pii_allowed}
+                candidates = {m for m in candidates if self._pii_ok(m)}
             model = self._pick(cls, candidates)
             if model is None:
                 if pii_mode == "route":
@@ -391,7 +398,7 @@ class SemanticRouter:
                 cat = self._by_name[out.category]
                 out.body_changes.system_prompt = cat.system_prompt
                 out.body_changes.fields = self._reasoning_fields(cat, model, request.api)
-        elif pii_mode == "route" and not cfg.model(request.model).pii_allowed:
+        elif pii_mode == "route" and not self._pii_ok(request.model):
             return self._block(out, pii_blocked(out.pii_types, request.model), "pii")
         self._lookup_cache(out, request, tenant, last_user, now)
         return out

@@ -302,3 +302,18 @@ def test_cached_response_for_streaming_and_plain_requests() -> None:
     assert streamed.body.endswith(b"data: [DONE]\n\n") and streamed.events
     usage = orjson.loads(streamed.events[-2][6:])
     assert usage["usage"]["total_tokens"] == 13
+
+
+def test_unlisted_models_are_not_governed_by_the_pii_policy() -> None:
+    r = SemanticRouter.from_config({}, registry=CollectorRegistry())     # no models listed
+    text = "Email jane@example.com the meeting notes about the quarterly budget."
+    assert r.route(chat(text), "t", now=0).blocked is None
+    assert r.route(chat(text, model="some-model"), "t", now=0).blocked is None
+    assert r.route(chat(text), "t", now=0).pii_types == ["email"]
+
+
+def test_user_reasoning_families_extend_the_builtin_ones() -> None:
+    cfg = parse_config({"reasoning_families": {"mine": {"type": "reasoning_effort"}},
+                        "models": [{"name": "a", "reasoning_family": "qwen3"},
+                                   {"name": "b", "reasoning_family": "mine"}]})
+    assert {"qwen3", "gpt-oss", "mine"} <= set(cfg.reasoning_families)
