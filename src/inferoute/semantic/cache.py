@@ -93,7 +93,9 @@ class StreamCollector:
         self.cacheable = api in ("chat", "completions")
 
     def feed(self, data: bytes) -> None:
+        """Add relayed bytes (any split: events may straddle calls)."""
         if not self.cacheable:
+            self._text.clear()
             return
         self._buf += data
         while b"\n\n" in self._buf:
@@ -104,6 +106,7 @@ class StreamCollector:
                     self._data(line[5:].strip())
         if len(self._buf) > 1_000_000:  # a single event this large is not a chat delta
             self.cacheable = False
+            self._buf = b""
 
     def _data(self, payload: bytes) -> None:
         if payload == b"[DONE]":

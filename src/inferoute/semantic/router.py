@@ -357,7 +357,7 @@ class SemanticRouter:
             return out
         last_user, all_user = user_texts(request)
         vector = cls = None
-        if last_user:
+        if last_user and (auto or self.cache is not None or self.guards.jailbreak is not None):
             t0 = time.perf_counter()
             vector = self.classifier.embed(last_user)
             if auto or self.cache is not None:
