@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -101,7 +102,7 @@ async def send_one(session: aiohttp.ClientSession, cfg: LiveConfig, item: WorkIt
                         rec.on_tokens(now, max(1, len(text.split())))
                     if obj.get("usage"):
                         usage = obj["usage"]
-    except asyncio.TimeoutError:
+    except TimeoutError:
         rec.error = f"timeout after {cfg.timeout:g}s"
     except aiohttp.ClientError as exc:
         rec.error = f"{type(exc).__name__}: {exc}"
@@ -119,66 +120,75 @@ async def send_one(session: aiohttp.ClientSession, cfg: LiveConfig, item: WorkIt
         rec.error = "no tokens streamed"
 
 
+class _Runner:
+    """Sends one run's requests; `sent` counts across stages so the workload keeps cycling."""
+
+    def __init__(self, cfg: LiveConfig, session: aiohttp.ClientSession,
+                 clock: Callable[[], float], progress: Progress | None) -> None:
+        self.cfg = cfg
+        self.session = session
+        self.clock = clock
+        self.progress = progress
+        self.sent = 0
+
+    async def stage(self, index: int, stage: Stage) -> list[RequestRecord]:
+        records: list[RequestRecord] = []
+        total = _stage_total(stage)
+        done = 0
+        if self.progress:
+            self.progress(index, 0, total)
+
+        async def one() -> None:
+            nonlocal done
+            item = self.cfg.workload.item(self.sent)
+            self.sent += 1
+            rec = RequestRecord(key=item.key, stage=index, start=self.clock(),
+                                prompt_tokens=item.prompt_tokens)
+            records.append(rec)
+            await send_one(self.session, self.cfg, item, rec, self.clock)
+            done += 1
+            if self.progress:
+                self.progress(index, done, total)
+
+        if stage.rate is not None:
+            start = time.monotonic()
+            tasks = []
+            for off in self.cfg.load.arrivals(index):
+                delay = start + off - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one()))
+            await asyncio.gather(*tasks)
+            return records
+        deadline = time.monotonic() + stage.duration if stage.duration else None
+        remaining = stage.count
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0 and (deadline is None or time.monotonic() < deadline):
+                remaining -= 1
+                await one()
+
+        await asyncio.gather(*(worker() for _ in range(stage.concurrency or 1)))
+        return records
+
+
 async def run_live(cfg: LiveConfig, progress: Progress | None = None) -> list[list[RequestRecord]]:
     """Run every stage against `cfg.target`; returns the records per stage."""
     timeout = aiohttp.ClientTimeout(total=cfg.timeout)
-    connector = aiohttp.TCPConnector(limit=cfg.max_connections, force_close=False)
+    connector = aiohttp.TCPConnector(limit=cfg.max_connections)
     t0 = time.monotonic()
 
     def clock() -> float:
         return time.monotonic() - t0
 
-    sent = 0
     out: list[list[RequestRecord]] = []
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        runner = _Runner(cfg, session, clock, progress)
         for index, stage in enumerate(cfg.load.stages):
             if index:
                 await asyncio.sleep(cfg.load.interval)
-            records: list[RequestRecord] = []
-            done = 0
-
-            def finished() -> None:
-                nonlocal done
-                done += 1
-                if progress:
-                    progress(index, done, total)
-
-            def next_item() -> WorkItem:
-                nonlocal sent
-                item = cfg.workload.item(sent)
-                sent += 1
-                return item
-
-            async def one(item: WorkItem) -> None:
-                rec = RequestRecord(key=item.key, stage=index, start=clock(),
-                                    prompt_tokens=item.prompt_tokens)
-                records.append(rec)
-                await send_one(session, cfg, item, rec, clock)
-                finished()
-
-            total = _stage_total(stage)
-            if progress:
-                progress(index, 0, total)
-            if stage.rate is not None:
-                start = time.monotonic()
-                tasks = []
-                for off in cfg.load.arrivals(index):
-                    delay = start + off - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    tasks.append(asyncio.create_task(one(next_item())))
-                await asyncio.gather(*tasks)
-            else:
-                deadline = time.monotonic() + stage.duration if stage.duration else None
-                remaining = [stage.count]
-
-                async def worker() -> None:
-                    while remaining[0] > 0 and (deadline is None or time.monotonic() < deadline):
-                        remaining[0] -= 1
-                        await one(next_item())
-
-                await asyncio.gather(*(worker() for _ in range(stage.concurrency or 1)))
-            out.append(records)
+            out.append(await runner.stage(index, stage))
     return out
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..core.errors import InferouteError
 
@@ -46,7 +47,13 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
 
 def _build(args: argparse.Namespace) -> tuple[Any, Any]:
     from .load import LoadSpec, parse_stages
-    from .workloads import DEFAULT_LOAD, DEFAULT_PARAMS, DEFAULT_STAGES, make_workload, parse_params
+    from .workloads import (
+        DEFAULT_LOAD,
+        DEFAULT_PARAMS,
+        DEFAULT_STAGES,
+        make_workload,
+        parse_params,
+    )
 
     params = {**DEFAULT_PARAMS.get(args.workload, {}), **parse_params(args.param)}
     workload = make_workload(args.workload, params, seed=args.seed)
@@ -67,11 +74,16 @@ class _StageProgress:
         self._progress: Any = None
         self._tasks: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StageProgress":
+    def __enter__(self) -> _StageProgress:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                       MofNCompleteColumn(), TimeElapsedColumn(),
@@ -79,7 +91,7 @@ class _StageProgress:
             self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
@@ -177,11 +189,19 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_reports
-    from .report import load_report, report_label
+    from .compare import SEED_ROWS, compare_reports, compare_table
+    from .metrics import headline
+    from .report import load_report, pick_stage, report_label
 
     reports = [load_report(p) for p in args.reports]
     labeled = [(report_label(r, f"#{i}"), r) for i, r in enumerate(reports)]
+    if args.with_seed:
+        cols = [(label, dict(row)) for label, row in SEED_ROWS.items()]
+        cols += [(label, headline(pick_stage(r, rate=args.rate if args.rate is not None else 40.0,
+                                             index=args.stage)))
+                 for label, r in labeled]
+        print(compare_table(cols))
+        return 0
     print(compare_reports(labeled, rate=args.rate, index=args.stage))
     return 0
 
@@ -250,6 +270,8 @@ def register(subparsers: Any) -> None:
     cmp_.add_argument("reports", nargs="+", help="report files (.json/.yaml)")
     cmp_.add_argument("--rate", type=float, default=None, help="compare the stage at this rate")
     cmp_.add_argument("--stage", type=int, default=None, help="compare this stage index")
+    cmp_.add_argument("--with-seed", action="store_true",
+                      help="put the seed's rate-40 figures (k8s, llm-d) first (default --rate 40)")
     cmp_.set_defaults(func=_guard(cmd_compare))
 
     plot = sub.add_parser("plot", help="PNG plots of reports")

@@ -6,7 +6,8 @@ and delta % against the first.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .metrics import headline
 from .report import ReportError, pick_stage

@@ -22,8 +22,9 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..core.endpoint import Endpoint, EndpointMetrics, Pool
 from ..core.errors import InferouteError

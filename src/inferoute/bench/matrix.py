@@ -10,9 +10,10 @@ stage, with each policy's gap to the best.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .report import load_report, save_report
 

@@ -15,8 +15,9 @@ names (`p0p1`, `p1`, ..., `p99p9`), with numpy's linear interpolation.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 

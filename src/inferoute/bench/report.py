@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
+
 
 class ReportError(ValueError):
     """A report file is missing, unreadable or not a benchmark report."""

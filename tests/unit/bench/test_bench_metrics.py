@@ -1,12 +1,17 @@
 """inference-perf style summaries from known request records."""
 
-from array import array
 
 import numpy as np
 import pytest
 
-from inferoute.bench.metrics import (PERCENTILES, RequestRecord, distribution, headline,
-                                     percentile_key, summarize)
+from inferoute.bench.metrics import (
+    PERCENTILES,
+    RequestRecord,
+    distribution,
+    headline,
+    percentile_key,
+    summarize,
+)
 
 
 def _record(key: str, start: float, token_times: list[float], prompt: int = 100,

@@ -5,13 +5,13 @@ import random
 import pytest
 
 from inferoute.core.endpoint import Endpoint, EndpointMetrics
+from inferoute.core.plugins.kvcost import DynamoKvScorer
+from inferoute.core.plugins.predictive import PredictiveCostScorer
+from inferoute.core.plugins.radix import RadixTree, SglangCacheAwareScorer
 from inferoute.core.request import parse_request
 from inferoute.core.scheduling.config import resolve_config
 from inferoute.core.scheduling.framework import CycleContext
 from inferoute.core.scheduling.scheduler import Scheduler
-from inferoute.core.plugins.radix import RadixTree, SglangCacheAwareScorer
-from inferoute.core.plugins.kvcost import DynamoKvScorer
-from inferoute.core.plugins.predictive import PredictiveCostScorer
 
 
 def _req(prompt: str, rid: str = "r", max_tokens: int = 32):

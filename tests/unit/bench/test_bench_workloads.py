@@ -3,8 +3,14 @@
 import pytest
 
 from inferoute.bench.load import SEED_STAGES, LoadSpec, parse_stages
-from inferoute.bench.workloads import (make_workload, mixed, multi_turn_chat, parse_params,
-                                       random_prompts, shared_prefix)
+from inferoute.bench.workloads import (
+    make_workload,
+    mixed,
+    multi_turn_chat,
+    parse_params,
+    random_prompts,
+    shared_prefix,
+)
 
 
 def test_shared_prefix_counts_and_sharing() -> None:
