@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from ..core.endpoint import Endpoint
-from .metricsparse import EngineName, detect_engine, parse_metrics
+from .metricsparse import EngineName, PageHints, detect_engine, parse_metrics
 
 log = logging.getLogger("inferoute.scrape")
 
@@ -138,6 +138,7 @@ class Scraper:
         self.consecutive_failures = 0
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._hints = PageHints()
 
     async def scrape_once(self) -> bool:
         """One poll; True when fresh metrics were installed."""
@@ -160,7 +161,7 @@ class Scraper:
                 self.engine = detected
                 self.endpoint.engine = detected
         self.endpoint.metrics = parse_metrics(text, self.engine or self.endpoint.engine,
-                                              scraped_at=self.clock())
+                                              scraped_at=self.clock(), hints=self._hints)
         if self.consecutive_failures:
             log.info("metrics of %s are back after %d failed scrapes", self.endpoint.name,
                      self.consecutive_failures)

@@ -229,3 +229,33 @@ def test_parse_is_fast_enough_for_16_endpoints_every_50ms():
         parse_metrics(text, "vllm")
     spent = time.process_time() - t0
     assert spent < 1.0, f"{n} parses took {spent:.3f}s of CPU"
+
+
+def test_hints_give_the_same_result_on_changing_pages():
+    """Values change and families move around; every family stays present."""
+    from inferoute.datalayer.metricsparse import PageHints
+
+    hints = PageHints(recheck=3)
+    lookalike = 'vllm:num_requests_waiting_by_reason{r="x"} 50\n' + "# " + "x" * 3000 + "\n"
+    pages = [VLLM_V1,
+             VLLM_V1.replace("} 3.0\n", "} 17.0\n").replace("0.4213", "0.9"),
+             # a big family inserted before everything moves every offset
+             _histogram("vllm:new_family_seconds", _L) + "\n" + VLLM_V1,
+             # a look-alike line right where the real family used to be
+             lookalike + VLLM_V1,
+             VLLM_V1.replace("vllm:num_requests_waiting{", "vllm:num_requests_waiting{x=\"1\","
+                             ) + f"vllm:num_requests_waiting{{{_L}}} 5.0\n",
+             VLLM_V1]
+    for page in pages:
+        assert parse_metrics(page, "vllm", hints=hints) == parse_metrics(page, "vllm")
+
+
+def test_hints_recheck_absent_families_every_n_parses():
+    from inferoute.datalayer.metricsparse import PageHints
+
+    hints = PageHints(recheck=2)
+    without = "vllm:num_requests_running 1\n"
+    with_lora = without + 'vllm:lora_requests_info{max_lora="2",running_lora_adapters="a"} 5\n'
+    assert parse_metrics(without, "vllm", hints=hints).max_lora is None
+    seen = [parse_metrics(with_lora, "vllm", hints=hints).max_lora for _ in range(3)]
+    assert seen == [None, None, 2]  # absent for 2 more parses, then found again
