@@ -189,18 +189,16 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import SEED_ROWS, compare_reports, compare_table
+    from .compare import compare_reports, seed_table
     from .metrics import headline
     from .report import load_report, pick_stage, report_label
 
     reports = [load_report(p) for p in args.reports]
     labeled = [(report_label(r, f"#{i}"), r) for i, r in enumerate(reports)]
     if args.with_seed:
-        cols = [(label, dict(row)) for label, row in SEED_ROWS.items()]
-        cols += [(label, headline(pick_stage(r, rate=args.rate if args.rate is not None else 40.0,
-                                             index=args.stage)))
-                 for label, r in labeled]
-        print(compare_table(cols))
+        rate = args.rate if args.rate is not None else 40.0
+        print(seed_table({label: headline(pick_stage(r, rate=rate, index=args.stage))
+                          for label, r in labeled}))
         return 0
     print(compare_reports(labeled, rate=args.rate, index=args.stage))
     return 0
@@ -271,7 +269,8 @@ def register(subparsers: Any) -> None:
     cmp_.add_argument("--rate", type=float, default=None, help="compare the stage at this rate")
     cmp_.add_argument("--stage", type=int, default=None, help="compare this stage index")
     cmp_.add_argument("--with-seed", action="store_true",
-                      help="put the seed's rate-40 figures (k8s, llm-d) first (default --rate 40)")
+                      help="the seed's rate-40 table beside reports labelled round-robin, llm-d, "
+                           "... (default --rate 40)")
     cmp_.set_defaults(func=_guard(cmd_compare))
 
     plot = sub.add_parser("plot", help="PNG plots of reports")

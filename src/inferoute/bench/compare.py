@@ -74,3 +74,32 @@ def compare_reports(reports: Sequence[tuple[str, dict[str, Any]]], *, rate: floa
     """`compare_table` of each report's chosen stage."""
     cols = [(label, headline(pick_stage(r, rate=rate, index=index))) for label, r in reports]
     return compare_table(cols)
+
+
+def seed_table(sim: dict[str, dict[str, Any]]) -> str:
+    """The seed's rate-40 rows beside ours: k8s vs our round-robin, llm-d vs our llm-d (each with
+    the gap to the seed), then any other simulated policy with its gap to our llm-d.
+
+    `sim` maps policy name -> headline dict of its rate-40 stage.
+    """
+    k8s, llmd = SEED_ROWS["k8s (seed)"], SEED_ROWS["llm-d (seed)"]
+    header = ["Metric", "k8s (seed)", "round-robin (sim)", "Δ% vs seed", "llm-d (seed)",
+              "llm-d (sim)", "Δ% vs seed"]
+    others = [p for p in sim if p not in ("round-robin", "llm-d")]
+    for p in others:
+        header += [f"{p} (sim)", "Δ% vs llm-d (sim)"]
+    lines = ["| " + " | ".join(header) + " |", "| :--- |" + " ---: |" * (len(header) - 1)]
+
+    def pct(v: float | None, b: float | None) -> str:
+        return "-" if v is None or not b else f"{(v - b) / b * 100:+.1f}%"
+
+    for name, key, scale, dec in ROWS:
+        rr, ld = sim.get("round-robin", {}), sim.get("llm-d", {})
+        row = [name, _fmt(k8s.get(key), scale, dec), _fmt(rr.get(key), scale, dec),
+               pct(rr.get(key), k8s.get(key)), _fmt(llmd.get(key), scale, dec),
+               _fmt(ld.get(key), scale, dec), pct(ld.get(key), llmd.get(key))]
+        for p in others:
+            v = sim[p].get(key)
+            row += [_fmt(v, scale, dec), pct(v, ld.get(key))]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
