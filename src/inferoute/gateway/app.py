@@ -25,6 +25,7 @@ from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .admission import Admission
 from .health import Health
+from .semantic import Semantic
 from .tenants import Tenants
 from .proxy import Proxy
 
@@ -77,7 +78,13 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
         obs.watch(data, admission.controller.queue_stats)
     outliers = Health(data, config.health.outlier, config.health.active)
     tenants = Tenants.from_config(config.tenants, config.redis)
-    proxy = Proxy(data, obs, config, admission, outliers, tenants)
+    semantic = None
+    if config.semantic:
+        served = set(data.router.model_names())
+        if admission is not None:
+            served |= set(admission.rules.client_models())
+        semantic = Semantic(config.semantic, obs.registry, served)
+    proxy = Proxy(data, obs, config, admission, outliers, tenants, semantic)
     created = int(time.time())
 
     async def models(request: web.Request) -> web.Response:
@@ -87,10 +94,12 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
                 items.append({"id": name, "object": "model", "created": created,
                               "owned_by": "inferoute", "root": mp.model,
                               "parent": mp.model if name in mp.lora_adapters else None})
-        if admission is not None:
-            for name in admission.rules.client_models():
-                items.append({"id": name, "object": "model", "created": created,
-                              "owned_by": "inferoute", "root": name, "parent": None})
+        extra = list(admission.rules.client_models()) if admission is not None else []
+        if semantic is not None:
+            extra += sorted(semantic.router.auto_names)
+        for name in extra:
+            items.append({"id": name, "object": "model", "created": created,
+                          "owned_by": "inferoute", "root": name, "parent": None})
         return _json({"object": "list", "data": items})
 
     async def health(request: web.Request) -> web.Response:

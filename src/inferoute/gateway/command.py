@@ -71,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="API keys and per-tenant limits (YAML); default $INFEROUTE_API_KEYS, "
                         "else no authentication")
     p.add_argument("--redis", metavar="URL", help="share rate limits through this Redis")
+    p.add_argument("--semantic", metavar="FILE",
+                   help='semantic routing config ("model": "auto", guards, semantic cache; '
+                        "see docs/semantic.md); off when not given")
     p.add_argument("--host", default=None, help="listen address (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
     p.add_argument("--scrape-interval", type=_duration_arg, default=None, metavar="DURATION",

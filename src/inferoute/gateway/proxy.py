@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -42,6 +42,7 @@ from ..observability import Observability
 from ..core.admission.usage import ResponseRewriter, prepare_upstream_body
 from .admission import Admission
 from .health import Health
+from .semantic import Semantic
 from .tenants import Tenants
 from .sse import ResponseRelay, UsageTracker
 
@@ -94,13 +95,14 @@ class Proxy:
 
     def __init__(self, data: DataLayer, obs: Observability, config: ServingConfig,
                  admission: Admission | None = None, health: Health | None = None,
-                 tenants: Tenants | None = None) -> None:
+                 tenants: Tenants | None = None, semantic: Semantic | None = None) -> None:
         self.data = data
         self.obs = obs
         self.config = config
         self.admission = admission
         self.health = health
         self.tenants = tenants
+        self.semantic = semantic
         up = config.upstream
         self.timeout = aiohttp.ClientTimeout(total=up.request_timeout,
                                              sock_connect=up.connect_timeout,
@@ -123,20 +125,34 @@ class Proxy:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         model = target = ""
         tenant = None
+        flight = _Flight()
         try:
             raw = await self._read_body(request)
             headers = {k.lower(): v for k, v in request.headers.items()}
             ireq = parse_request(api, raw, headers, request_id=request_id, arrival_time=now)
+            original_body = ireq.body
             model = target = ireq.model
             if self.tenants is not None:  # 401 / 403 / 429 before anything else
                 tenant = await self.tenants.admit(ireq, now)
+            semantic_pick = False
+            if self.semantic is not None:  # "auto" models, guards, semantic cache
+                cached, flight.headers = self.semantic.route(
+                    ireq, tenant.tenant.name if tenant else None, now)
+                if cached is not None:  # answered from the semantic cache
+                    obs.request_started(model, model, len(raw))
+                    obs.request_finished(model, model, latency=data.clock() - now,
+                                         response_bytes=len(cached.body or b""))
+                    return cached
+                semantic_pick = ireq.target_model != ireq.model
             adm = self.admission
-            if adm is not None:
+            if adm is not None and not semantic_pick:
                 adm.rules.route(ireq)  # a model route may pick another target model
             mp = data.router.resolve(ireq)
             if ireq.target_model in mp.aliases:  # an alias names the pool's model upstream
                 ireq.target_model = mp.model
             target = ireq.target_model
+            if target != model and not semantic_pick:
+                flight.rename = (target, model)  # the client sees its own name back
             if adm is not None:  # may wait in the flow-control queue
                 await adm.admit(ireq, mp, now,
                                 tenant_objective=tenant.tenant.objective if tenant else None,
@@ -155,43 +171,44 @@ class Proxy:
                 await self.tenants.settle(tenant, {"total_tokens": 0}, data.clock())
             return error_response(exc)
         obs.request_started(model, target, len(raw))
-        flight = _Flight()
+        body = self._upstream_body(ireq, raw, ireq.body is not original_body, flight)
         try:
-            return await self._forward(request, ireq, decision, raw, candidates, flight)
+            return await self._forward(request, ireq, decision, body, candidates, flight)
         finally:
             if self.admission is not None:
                 self.admission.pump()  # capacity freed: release waiting requests
             if tenant is not None and self.tenants is not None:
                 await self.tenants.settle(tenant, flight.usage, data.clock())
+            if self.semantic is not None and flight.reply is not None:
+                self.semantic.store(ireq, tenant.tenant.name if tenant else None, flight.reply)
 
-    def _upstream_body(self, ireq: InferenceRequest, raw: bytes
-                       ) -> tuple[bytes, ResponseRewriter | None]:
-        """The body to send and, when the response needs changing, its rewriter.
+    def _upstream_body(self, ireq: InferenceRequest, raw: bytes, body_changed: bool,
+                       flight: "_Flight") -> bytes:
+        """The body to send; sets `flight.rewriter` when the response needs changing.
 
-        The model is renamed for routes and aliases (and renamed back in the response); with
-        admission or tenants on, streaming requests also get `stream_options.include_usage` so usage is
+        The upstream gets the target model (routes, aliases, semantic picks; for routes and
+        aliases the client's name is written back into the response). With admission or
+        tenants on, streaming requests also get `stream_options.include_usage` so usage is
         always known (the usage chunk is then hidden from a client that did not ask).
         """
-        renamed = ireq.target_model != ireq.model
         inject = self.admission is not None or self.tenants is not None
-        if not inject and not renamed:
-            return raw, None
-        up = prepare_upstream_body(ireq.body, api=ireq.api,
-                                   target_model=ireq.target_model if renamed else None,
+        if not (inject or body_changed or ireq.target_model != ireq.model):
+            return raw
+        up = prepare_upstream_body(ireq.body, api=ireq.api, target_model=ireq.target_model,
                                    inject_usage=inject)
-        if not (renamed or up.injected):
-            return raw, None
-        return up.body, ResponseRewriter(strip_usage=up.injected, target_model=ireq.target_model,
-                                         client_model=ireq.model)
+        if flight.rename is not None or up.injected:
+            target, client = flight.rename or (None, None)
+            flight.rewriter = ResponseRewriter(strip_usage=up.injected, target_model=target,
+                                               client_model=client)
+        return up.body
 
     async def _forward(self, request: web.Request, ireq: InferenceRequest, decision: Decision,
-                       raw: bytes, candidates: list[Endpoint], flight: "_Flight"
+                       body: bytes, candidates: list[Endpoint], flight: "_Flight"
                        ) -> web.StreamResponse:
         """Send, relay, and account exactly once whatever happens."""
         data, obs = self.data, self.obs
         order = list(decision.result.targets)
         order += [ep for ep in candidates if ep not in order]
-        body, rewriter = self._upstream_body(ireq, raw)
         try:
             headers = forward_request_headers(request.headers)
             if self.tenants is not None:  # the caller's gateway key stays here
@@ -199,7 +216,7 @@ class Proxy:
                            if k.lower() not in ("authorization", "x-api-key")}
             await self._connect(flight, decision, order[:MAX_ATTEMPTS], body, headers,
                                 request.rel_url.raw_path_qs)
-            return await self._relay(flight, request, ireq, rewriter, decision.pool.model)
+            return await self._relay(flight, request, ireq, decision.pool.model)
         except InferouteError as exc:
             flight.error_code = str(exc.status)
             return error_response(exc)
@@ -265,23 +282,30 @@ class Proxy:
         raise NoEndpointAvailable("no endpoint could be tried")  # pragma: no cover
 
     async def _relay(self, flight: "_Flight", request: web.Request, ireq: InferenceRequest,
-                     rewriter: ResponseRewriter | None, pool: str) -> web.StreamResponse:
+                     pool: str) -> web.StreamResponse:
         """Stream the upstream response to the client, reading usage on the way."""
         upstream, ep = flight.upstream, flight.endpoint
         assert upstream is not None and ep is not None
         clock = self.data.clock
         stream = "text/event-stream" in upstream.headers.get("content-type", "")
         plain = "content-encoding" not in upstream.headers
-        rename = (ireq.target_model, ireq.model) if rewriter is not None and plain else None
-        relay = ResponseRelay(stream, rewriter if plain else None, rename)
+        rename = flight.rename if plain else None
+        relay = ResponseRelay(stream, flight.rewriter if plain else None, rename)
         out_headers = forward_response_headers(upstream.headers)
         if rename is not None:  # the body may change length
             out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-length"]
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                   headers=out_headers)
         resp.headers[SERVED_HEADER] = ep.name
+        resp.headers.update(flight.headers)
         await resp.prepare(request)
         tracker = UsageTracker(stream) if plain else None
+        collector = None
+        if self.semantic is not None and plain and upstream.status == 200:
+            if stream:
+                collector = self.semantic.collector(ireq)
+            elif tracker is not None:
+                tracker.keep_document()
         try:
             async for chunk in upstream.content.iter_any():
                 if flight.ttft is None:
@@ -289,6 +313,8 @@ class Proxy:
                 flight.nbytes += len(chunk)
                 if tracker is not None:
                     tracker.feed(chunk)
+                if collector is not None:
+                    collector.feed(chunk)
                 out = relay.feed(chunk)
                 if out:
                     await resp.write(out)
@@ -317,6 +343,10 @@ class Proxy:
             self._outcome(pool, ep, True)
         if tracker is not None:
             flight.usage = tracker.finish()
+        if collector is not None:
+            flight.reply = collector.reply()
+        elif tracker is not None and tracker.document:
+            flight.reply = tracker.document
         if upstream.status >= 400:
             flight.error_code = str(upstream.status)
         await resp.write_eof()
@@ -334,3 +364,10 @@ class _Flight:
     ttft: float | None = None
     nbytes: int = 0
     error_code: str | None = None
+    #: (target, client) model names to write back into the response
+    rename: tuple[str, str] | None = None
+    rewriter: ResponseRewriter | None = None
+    #: extra response headers (semantic routing)
+    headers: dict[str, str] = field(default_factory=dict)
+    #: a finished 2xx reply to offer to the semantic cache
+    reply: Any = None

@@ -40,11 +40,13 @@ def _usage_of(obj: Any) -> dict[str, Any] | None:
 class UsageTracker:
     """Feed response chunks in order; `usage` is the last usage object seen (or None)."""
 
-    __slots__ = ("stream", "usage", "events", "_pending", "_body", "_overflow")
+    __slots__ = ("stream", "usage", "events", "document", "_pending", "_body", "_overflow")
 
     def __init__(self, stream: bool) -> None:
         self.stream = stream
         self.usage: dict[str, Any] | None = None
+        #: a plain JSON body, decoded by `finish()` when `keep_document()` asked for it
+        self.document: dict[str, Any] | None = None
         #: SSE `data:` events seen (excluding `[DONE]`), a rough count of generated chunks
         self.events = 0
         self._pending = b""
@@ -89,12 +91,20 @@ class UsageTracker:
         elif self._body and not self._overflow:
             raw = b"".join(self._body)
             self._body.clear()
-            if _USAGE in raw:
+            if _USAGE in raw or self.document is not None:
                 try:
-                    self.usage = _usage_of(orjson.loads(raw)) or self.usage
+                    obj = orjson.loads(raw)
                 except orjson.JSONDecodeError:
-                    pass
+                    obj = None
+                self.usage = _usage_of(obj) or self.usage
+                if self.document is not None and isinstance(obj, dict):
+                    self.document = obj
         return self.usage
+
+    def keep_document(self) -> None:
+        """Also decode a plain JSON body in `finish()` into `document` (for caching)."""
+        if self.document is None:
+            self.document = {}
 
 
 #: an event stream's incomplete tail is held back until its event ends, up to this size

@@ -24,6 +24,7 @@
       active: {enabled: false, path: /health, interval: 5s}
     tenants: tenants.yaml       # API keys + limits (default: $INFEROUTE_API_KEYS, else no auth)
     redis: null                 # e.g. redis://10.0.0.9:6379/0 to share limits between replicas
+    semantic: null              # semantic routing YAML (docs/semantic.md): "auto", guards, cache
     admission:                  # optional; see docs/admission.md (off when absent)
       objectives: [{name: batch, priority: -1}]
       flowControl: {enabled: true, ttl: 30s}
@@ -132,6 +133,8 @@ class ServingConfig(pydantic.BaseModel):
     tenants: str | None = None
     #: share the tenants' rate-limit buckets between gateway replicas through this Redis
     redis: str | None = None
+    #: semantic routing config file ("model": "auto", guards, semantic cache); None: off
+    semantic: str | None = None
     #: admission control (saturation, objectives, flow control, model routes); None: off.
     #: The `admission:` section of docs/admission.md, validated in `admission_config()`.
     admission: dict[str, Any] | None = None
@@ -231,7 +234,7 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
                            "engine": getattr(args, "engine", None) or "auto",
                            "scheduler": scheduler}]}
         source = "the command line"
-    for key in ("host", "port", "scrape_interval", "tenants", "redis"):
+    for key in ("host", "port", "scrape_interval", "tenants", "redis", "semantic"):
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
