@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import aiohttp
 
@@ -30,6 +30,14 @@ from .scrape import Scraper
 log = logging.getLogger("inferoute.datalayer")
 
 
+class EndpointListener(Protocol):
+    """Something that follows the endpoints of the pools (see `DataLayer.add_listener`)."""
+
+    def endpoint_added(self, model: str, endpoint: Endpoint) -> None: ...
+
+    def endpoint_removed(self, model: str, endpoint: Endpoint) -> None: ...
+
+
 class DataLayer:
     """Router + scrapers + HTTP session; `start()` inside a running loop, `close()` at exit."""
 
@@ -42,6 +50,8 @@ class DataLayer:
         self.session: aiohttp.ClientSession | None = None
         self._engines: dict[str, EngineName | None] = {}
         self._scrapers: dict[tuple[str, str], Scraper] = {}
+        self._listeners: list[EndpointListener] = []
+        self._running = False
         pools = []
         for pc in config.pools:
             pools.append(ModelPool(
@@ -61,12 +71,21 @@ class DataLayer:
             # auto_decompress off: the gateway relays upstream bytes untouched
             self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                  timeout=aiohttp.ClientTimeout(total=None))
+        self._running = True
         for mp in self.router.pools.values():
             for ep in mp.pool:
                 self._start_scraper(mp.model, ep)
+                for listener in self._listeners:
+                    listener.endpoint_added(mp.model, ep)
 
     async def close(self) -> None:
-        """Stop the scrapers and close the session."""
+        """Stop the scrapers and close the session (listeners hear every endpoint removed)."""
+        if self._running:
+            for mp in self.router.pools.values():
+                for ep in mp.pool:
+                    for listener in self._listeners:
+                        listener.endpoint_removed(mp.model, ep)
+        self._running = False
         scrapers = list(self._scrapers.values())
         self._scrapers.clear()
         await asyncio.gather(*(s.stop() for s in scrapers))
@@ -85,6 +104,16 @@ class DataLayer:
 
     # ------------------------------------------------------------------ discovery
 
+    def add_listener(self, listener: "EndpointListener") -> None:
+        """Tell `listener` about endpoints as they come and go while running (per-endpoint
+        services such as KV-event subscribers hang off this). Endpoints present at `start()`
+        are announced then; at `close()` all are announced removed."""
+        self._listeners.append(listener)
+        if self._running:
+            for mp in self.router.pools.values():
+                for ep in mp.pool:
+                    listener.endpoint_added(mp.model, ep)
+
     def model_pool(self, model: str) -> ModelPool:
         mp = self.router.pools.get(model)
         if mp is None:
@@ -100,6 +129,9 @@ class DataLayer:
         mp = self.model_pool(model)
         ep = mp.pool.add(endpoint)
         self._start_scraper(model, ep)
+        if self._running and ep is endpoint:  # a new endpoint, not an update
+            for listener in self._listeners:
+                listener.endpoint_added(model, ep)
         log.info("endpoint %s added to pool %s", ep.name, model)
         return ep
 
@@ -115,6 +147,9 @@ class DataLayer:
             asyncio.get_running_loop().create_task(scraper.stop())
         if ep is not None:
             mp.scheduler.on_endpoint_removed(ep)
+            if self._running:
+                for listener in self._listeners:
+                    listener.endpoint_removed(model, ep)
             log.info("endpoint %s removed from pool %s", name, model)
         return ep
 

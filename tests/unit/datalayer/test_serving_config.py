@@ -147,3 +147,28 @@ def test_add_and_remove_endpoints_at_run_time():
     assert data.add_endpoint("m", parse_endpoint("http://10.0.0.9:8000")) is ep
     with pytest.raises(ConfigError, match="no pool serves model 'x'"):
         data.add_endpoint("x", parse_endpoint("http://10.0.0.9:8000"))
+
+
+async def test_listeners_follow_endpoints():
+    from inferoute.core.endpoint import parse_endpoint
+
+    events: list[tuple[str, str, str]] = []
+
+    class Listener:
+        def endpoint_added(self, model, ep):
+            events.append(("add", model, ep.name))
+
+        def endpoint_removed(self, model, ep):
+            events.append(("remove", model, ep.name))
+
+    data = DataLayer(parse_serving_config({"pools": [
+        {"model": "m", "endpoints": ["http://10.0.0.1:1"]}]}), scrape=False)
+    data.add_listener(Listener())
+    assert events == []  # nothing until the data layer runs
+    await data.start()
+    data.add_endpoint("m", parse_endpoint("http://10.0.0.2:1"))
+    data.add_endpoint("m", parse_endpoint("http://10.0.0.2:1"))  # an update, not a new one
+    data.remove_endpoint("m", "10.0.0.1:1")
+    await data.close()
+    assert events == [("add", "m", "10.0.0.1:1"), ("add", "m", "10.0.0.2:1"),
+                      ("remove", "m", "10.0.0.1:1"), ("remove", "m", "10.0.0.2:1")]
