@@ -220,9 +220,12 @@ class Proxy:
         except InferouteError as exc:
             flight.error_code = str(exc.status)
             return error_response(exc)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except asyncio.CancelledError:  # the client hung up (handler cancellation)
             flight.error_code = "client_disconnect"
             raise
+        except ConnectionResetError:  # ... noticed while writing to it: nothing to log
+            flight.error_code = "client_disconnect"
+            return web.Response(status=499)
         finally:
             up = flight.upstream
             if up is not None and not up.closed and flight.error_code is not None:
@@ -324,7 +327,10 @@ class Proxy:
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
                 asyncio.TimeoutError) as exc:
             if isinstance(exc, ConnectionResetError):
-                raise  # the client went away
+                # the client went away while we wrote to it: not an error of ours (raising
+                # would make aiohttp log a traceback); the finally in _forward aborts upstream
+                flight.error_code = "client_disconnect"
+                return resp
             timeout = isinstance(exc, asyncio.TimeoutError)
             flight.error_code = "504" if timeout else "502"
             self._outcome(pool, ep, False)

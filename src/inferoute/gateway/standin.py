@@ -156,9 +156,12 @@ class StandIn:
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        except ConnectionResetError:  # the client went away while we wrote to it
+            self.cancelled += 1
+            return web.Response(status=499)
         finally:
             self.running -= 1
 
