@@ -5,24 +5,19 @@ scrapers parse it for every endpoint every 50 ms. So instead of tokenising every
 parser looks up each wanted family with `str.find` of `"\\n" + name` (sample lines start at a
 line start; `# HELP`/`# TYPE` lines do not match) and parses only those lines.
 
-Families read (missing ones are tolerated and leave the field at its default):
+Families read, per engine (missing ones are tolerated and leave the field at its default):
 
-=================  ==========================================  =========================  ===============================
-field              vLLM                                        SGLang                     TensorRT-LLM
-=================  ==========================================  =========================  ===============================
-waiting            vllm:num_requests_waiting                   sglang:num_queue_reqs      trtllm_num_requests_waiting
-running            vllm:num_requests_running                   sglang:num_running_reqs    trtllm_num_requests_running
-kv_usage (0-1)     vllm:kv_cache_usage_perc, or the older      sglang:token_usage         trtllm_kv_cache_utilization
-                   vllm:gpu_cache_usage_perc
-block_size         vllm:cache_config_info{block_size}          ..cache_config_info        -
-                                                               {page_size}
-num_blocks         vllm:cache_config_info{num_gpu_blocks}      ..{num_pages}              -
-LoRA               vllm:lora_requests_info{max_lora,           -                          -
-                   running_lora_adapters,waiting_lora_adapters}
-                   (value = unix time; the newest sample wins)
-prefix counters    vllm:prefix_cache_queries[_total],          -                          -
-                   vllm:prefix_cache_hits[_total] (tokens)
-=================  ==========================================  =========================  ===============================
+- waiting: `vllm:num_requests_waiting`, `sglang:num_queue_reqs`, `trtllm_num_requests_waiting`
+- running: `vllm:num_requests_running`, `sglang:num_running_reqs`,
+  `trtllm_num_requests_running`
+- kv_usage (0-1): `vllm:kv_cache_usage_perc` (older servers: `vllm:gpu_cache_usage_perc`),
+  `sglang:token_usage`, `trtllm_kv_cache_utilization`
+- block_size, num_blocks: `vllm:cache_config_info{block_size,num_gpu_blocks}`,
+  `sglang:cache_config_info{page_size,num_pages}`
+- LoRA: `vllm:lora_requests_info{max_lora,running_lora_adapters,waiting_lora_adapters}`, whose
+  value is a unix time: the newest sample wins
+- prefix cache counters (tokens): `vllm:prefix_cache_queries[_total]`,
+  `vllm:prefix_cache_hits[_total]`
 
 Counters are accepted with or without the `_total` suffix (exporters differ on whether the
 TYPE line and samples carry it). Several samples of one gauge (data-parallel engines, several

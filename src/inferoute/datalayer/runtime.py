@@ -1,7 +1,8 @@
 """`DataLayer`: the live endpoint state every shell reads (HTTP gateway, Envoy ext_proc picker).
 
 It builds the core `Router` (one `ModelPool` and `Scheduler` per configured model), owns the
-one aiohttp `ClientSession` the shells use for upstream requests, runs a `Scraper` per endpoint, and lets discovery add and remove endpoints at run time.
+one aiohttp `ClientSession` the shells use for upstream requests, runs a `Scraper` per
+endpoint, and lets discovery add and remove endpoints at run time.
 
 Readiness: an endpoint is *ready* when it is `healthy` and its last successful scrape is at
 most `ready_window` seconds old (1 s by default, 20 scrape periods). Only ready endpoints are

@@ -1,13 +1,13 @@
-"""The inference request path: parse, schedule, forward, relay, account.
+"""The inference request path: parse, admit, schedule, forward, relay, account.
 
-For each POST to an OpenAI route the proxy parses the body into a core `InferenceRequest`,
-asks the core `Router` for a decision among the pool's *ready* endpoints, sends the original
-bytes to the target over the data layer's pooled session, and relays the response chunk by
-chunk as it arrives. An event stream is relayed in whole events: the incomplete last event of a
-chunk waits for its end, so a client never sees half an event; nothing else is held. While
-relaying it reads the
-`usage` object (see `sse.py`) and, whatever happens, closes the books exactly once:
-`Router.finish` (in-flight counts, plugin hooks) and the metrics.
+For each POST to an OpenAI route the proxy parses the body into a core `InferenceRequest`;
+runs the optional stages (tenant keys and limits, semantic routing, model routes, admission
+control); asks the core `Router` for a decision among the pool's *ready* endpoints; sends the
+body to the target over the data layer's pooled session; and relays the response chunk by chunk
+as it arrives. An event stream is relayed in whole events (the incomplete last event of a chunk
+waits for its end, so a client never sees half an event); nothing else is held. While relaying
+it reads the `usage` object (see `sse.py`) and, whatever happens, closes the books exactly once:
+`Router.finish` (in-flight counts, plugin hooks), health outcome, metrics, tenant usage.
 
 Retries: a connect failure, or a 5xx status before any body byte, is retried once on the next
 endpoint of the decision (the picker's fallback, else another ready endpoint). A read timeout
@@ -31,6 +31,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from ..core.admission.usage import ResponseRewriter, prepare_upstream_body
 from ..core.endpoint import Endpoint
 from ..core.errors import (InferouteError, ModelNotFound, NoEndpointAvailable,
                            PayloadTooLarge, UpstreamError, UpstreamTimeout)
@@ -39,12 +40,11 @@ from ..core.router import Decision
 from ..datalayer.discovery.static import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
-from ..core.admission.usage import ResponseRewriter, prepare_upstream_body
 from .admission import Admission
 from .health import Health
 from .semantic import Semantic
-from .tenants import Tenants
 from .sse import ResponseRelay, UsageTracker
+from .tenants import Tenants
 
 log = logging.getLogger("inferoute.gateway")
 

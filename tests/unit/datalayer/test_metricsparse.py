@@ -1,4 +1,5 @@
-"""Metrics parser tests on realistic /metrics pages of vLLM (V1 and older), SGLang and TensorRT-LLM, for parser tests.
+"""Metrics parser tests on realistic /metrics pages of vLLM (V1 and older), SGLang and
+TensorRT-LLM.
 
 Written by hand in each engine's exposition format (HELP/TYPE lines, labels, histogram
 buckets, `_created` samples); values are made up.
