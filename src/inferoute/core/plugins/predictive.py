@@ -29,8 +29,9 @@ benchmark (docs/benchmark.md).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import pydantic
 from xxhash import xxh64_intdigest
@@ -72,7 +73,7 @@ class _EndpointState:
     def queued(self, now: float, rate: float) -> float:
         """Prefill tokens still queued at `now` (fluid drain since the last update)."""
         left = self.queue - rate * max(0.0, now - self.queue_at)
-        return left if left > 0.0 else 0.0
+        return max(0.0, left)
 
 
 @register
@@ -89,7 +90,7 @@ class PredictiveCostScorer(BasePlugin):
         default_max_tokens: int = pydantic.Field(
             256, ge=1, description="output tokens assumed when a request sets no max_tokens")
         prefill_weight: float = pydantic.Field(12.0, ge=0.0)
-        queue_weight: float = pydantic.Field(1.0, ge=0.0)
+        queue_weight: float = pydantic.Field(10.0, ge=0.0)
         overflow_weight: float = pydantic.Field(1.0, ge=0.0)
         waiting_weight: float = pydantic.Field(
             0.0, ge=0.0, description="per request waiting at the endpoint (last scrape), in "
