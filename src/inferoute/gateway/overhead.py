@@ -31,11 +31,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (Linux /proc)."""
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process `pid` (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _pct(sorted_ms: list[float], q: float) -> float:
@@ -47,7 +48,8 @@ class Latencies:
     direct_ms: list[float]
     gateway_ms: list[float]
     errors: int
-    gateway_cpu: float
+    gateway_user: float
+    gateway_sys: float
     seconds: float
 
 
@@ -116,14 +118,17 @@ async def _load(direct: str, gateway: str, rate: float, duration: float, prompt_
             i += 1
         await asyncio.gather(*tasks)
         assert cpu0 is not None
-        cpu = (_cpu_seconds(gateway_pid) - cpu0[0]) / (time.monotonic() - cpu0[1])
-        return Latencies(direct_ms, gateway_ms, errors, cpu, duration)
+        (u0, s0), t0 = cpu0
+        u1, s1 = _cpu_seconds(gateway_pid)
+        wall = time.monotonic() - t0
+        return Latencies(direct_ms, gateway_ms, errors, (u1 - u0) / wall, (s1 - s0) / wall,
+                         duration)
 
 
 async def _scrape_cost(port: int, endpoints: int = 16, interval: float = 0.05,
-                       seconds: float = 3.0) -> float:
-    """CPU fraction of one core this process spends scraping `endpoints` pages every
-    `interval` (all pointed at the stand-in, which serves a vLLM-sized page)."""
+                       seconds: float = 3.0) -> tuple[float, float]:
+    """(user, system) CPU fractions of one core this process spends scraping `endpoints`
+    pages every `interval` (all pointed at the stand-in, which serves a vLLM-sized page)."""
     from ..core.endpoint import Endpoint
     from ..datalayer.scrape import Scraper
 
@@ -132,9 +137,10 @@ async def _scrape_cost(port: int, endpoints: int = 16, interval: float = 0.05,
     for s in scrapers:
         s.start()
     await asyncio.sleep(0.5)
-    c0, t0 = time.process_time(), time.monotonic()
+    c0, t0 = os.times(), time.monotonic()
     await asyncio.sleep(seconds)
-    cpu = (time.process_time() - c0) / (time.monotonic() - t0)
+    c1, wall = os.times(), time.monotonic() - t0
+    cpu = ((c1.user - c0.user) / wall, (c1.system - c0.system) / wall)
     for s in scrapers:
         await s.stop()
     if not all(ep.metrics.scraped_at for ep in eps) or any(s.failures for s in scrapers):
@@ -196,9 +202,12 @@ def main(args: argparse.Namespace) -> int:
     print(f"gateway  latency: p50 {statistics.median(g):.3f} ms  p99 {_pct(g, 0.99):.3f} ms")
     print(f"added by gateway: p50 {statistics.median(g) - statistics.median(d):.3f} ms  "
           f"p99 {_pct(g, 0.99) - _pct(d, 0.99):.3f} ms")
-    print(f"gateway CPU: {res.gateway_cpu * 100:.1f}% of one core at {args.rate:g} req/s")
-    print(f"scraping 16 endpoints every 50 ms: {scrape_cpu * 100:.1f}% of one core "
-          "(HTTP client + parse of a ~20 kB vLLM page)")
+    print(f"gateway CPU: {(res.gateway_user + res.gateway_sys) * 100:.1f}% of one core at "
+          f"{args.rate:g} req/s (user {res.gateway_user * 100:.1f}%, kernel "
+          f"{res.gateway_sys * 100:.1f}%; includes scraping its endpoint)")
+    print(f"scraping 16 endpoints every 50 ms: {sum(scrape_cpu) * 100:.1f}% of one core "
+          f"(user {scrape_cpu[0] * 100:.1f}%, kernel {scrape_cpu[1] * 100:.1f}%; "
+          "~20 kB vLLM-format pages)")
     if not args.skip_decision:
         try:
             from ..bench.decision import decision_latency
