@@ -151,7 +151,7 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
 
 
 async def serve(config: ServingConfig, *, ready_file: str | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, access_log: bool = False) -> None:
     """Run the gateway until SIGINT/SIGTERM (or `stop` is set).
 
     Shutdown is graceful: the listener closes, queued requests get 503, and requests in
@@ -160,8 +160,10 @@ async def serve(config: ServingConfig, *, ready_file: str | None = None,
     data = DataLayer(config)
     app = build_app(data)
     # handler_cancellation: a client that hangs up cancels its handler, which aborts upstream
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                           shutdown_timeout=config.drain_timeout)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, shutdown_timeout=config.drain_timeout,
+        access_log=logging.getLogger("inferoute.access") if access_log else None,
+        access_log_format='%a "%r" %s %b %Tf "%{x-gateway-destination-endpoint-served}o"')
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
     await site.start()

@@ -39,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"inferoute serve: {exc}", file=sys.stderr)
         return 2
-    run_async(serve(config, ready_file=args.ready_file))
+    run_async(serve(config, ready_file=args.ready_file, access_log=args.access_log))
     return 0
 
 
@@ -80,6 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="metrics scrape period per endpoint (default 50ms)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"))
+    p.add_argument("--access-log", action="store_true",
+                   help="log one line per request (client, request line, status, bytes, "
+                        "seconds, served endpoint)")
     p.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)
     p.set_defaults(func=_serve)
 
