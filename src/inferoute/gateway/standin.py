@@ -71,6 +71,31 @@ class StandIn:
         self.waiting = int((await request.json())["waiting"])
         return web.json_response({"waiting": self.waiting})
 
+    async def _responses(self, request: web.Request, body: dict[str, Any], n: int,
+                         usage: dict[str, int], rid: str) -> web.StreamResponse:
+        """/v1/responses: the Responses API shape, streamed as typed events or whole."""
+        rusage = {"input_tokens": usage["prompt_tokens"], "output_tokens": n,
+                  "total_tokens": usage["total_tokens"]}
+        text = " ".join(f"w{i}" for i in range(n))
+        done = {"id": rid, "object": "response", "status": "completed",
+                "model": body.get("model"), "usage": rusage,
+                "output": [{"type": "message", "role": "assistant",
+                            "content": [{"type": "output_text", "text": text}]}]}
+        if not body.get("stream"):
+            return web.json_response(done)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(n):
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay)
+            delta = {"type": "response.output_text.delta", "delta": f"w{i} "}
+            await resp.write(b"event: response.output_text.delta\ndata: "
+                             + orjson.dumps(delta) + b"\n\n")
+        await resp.write(b"event: response.completed\ndata: " + orjson.dumps(
+            {"type": "response.completed", "response": done}) + b"\n\n")
+        await resp.write_eof()
+        return resp
+
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
             {"id": self.model, "object": "model", "owned_by": "standin"}]})
@@ -110,6 +135,8 @@ class StandIn:
         created = int(time.time())
         self.running += 1
         try:
+            if api == "responses":
+                return await self._responses(request, body, n, usage, rid)
             if not body.get("stream"):
                 if self.token_delay:
                     await asyncio.sleep(self.token_delay * n)

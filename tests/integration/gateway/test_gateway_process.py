@@ -258,3 +258,22 @@ def test_sigterm_lets_streams_in_flight_finish(harness, web):
     conn.close()
     assert rest.endswith(b"data: [DONE]\n\n") and b'"w59 "' in rest
     assert gw.proc.wait(timeout=15) == 0
+
+
+def test_responses_api_is_proxied_with_usage(harness, web):
+    server = harness.standin()
+    gw = harness.gateway({"pools": [{"model": "m", "endpoints": [server.url]}]})
+    r = web.post(gw.url + "/v1/responses", json={"model": "m", "input": "hello",
+                                                  "max_output_tokens": 3})
+    assert r.status_code == 200 and r.json()["object"] == "response"
+    assert r.headers[SERVED] == server.url.removeprefix("http://")
+    conn, resp = web.open_stream(gw.url + "/v1/responses", {
+        "model": "m", "input": [{"role": "user", "content": "hi"}], "max_output_tokens": 4,
+        "stream": True})
+    body = resp.read()
+    conn.close()
+    assert body.count(b"response.output_text.delta") == 8  # event line + type, per delta
+    page = web.get(gw.url + "/metrics").text
+    # usage from the JSON body (3) and from the response.completed event (4)
+    assert web.metric(page, "inference_objective_output_tokens_sum", model_name="m") == 7.0
+    assert web.post(gw.url + "/v1/responses", json={"model": "m"}).status_code == 400
