@@ -72,6 +72,7 @@ class Proc:
 
 def spawn(args: list[str], port: int) -> Proc:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("INFEROUTE_API_KEYS", None)  # a developer's keys would turn authentication on
     proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     p = Proc(proc, port)
