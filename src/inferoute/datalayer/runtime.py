@@ -5,7 +5,7 @@ one aiohttp `ClientSession` the shells use for upstream requests, runs a `Scrape
 endpoint, and lets discovery add and remove endpoints at run time.
 
 Readiness: an endpoint is *ready* when it is `healthy` and its last successful scrape is at
-most `ready_window` seconds old (1 s by default, 20 scrape periods). Only ready endpoints are
+most `ready_window` seconds old (5 s by default, 100 scrape periods). Only ready endpoints are
 offered to the scheduler. Between the core's staleness threshold (200 ms) and the ready window
 an endpoint stays schedulable but its metrics count as stale (unknown/saturated) for the
 core's saturation logic; past the window, or when it never answered /metrics, it is skipped.

@@ -51,7 +51,7 @@ def test_request_life_cycle_and_pool_gauges():
     assert ('inference_objective_normalized_time_per_output_token_seconds_sum{model_name="m",'
             'target_model_name="m"} 0.2') in page
 
-    clock.advance(5)  # both scrapes are now older than the 1 s ready window
+    clock.advance(6)  # both scrapes are now older than the 5 s ready window
     data.add_endpoint("m", parse_endpoint("http://c:3"))
     data.router.pools["m"].pool.remove("a:1")
     page = _page(obs)

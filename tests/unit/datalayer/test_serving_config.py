@@ -58,7 +58,7 @@ def test_full_file(tmp_path: Path):
 
 def test_flags_make_one_pool_with_defaults():
     cfg = config_from_args(_args(model="m", endpoint=["http://a:1", "http://b:2"], port=8081))
-    assert cfg.port == 8081 and cfg.scrape_interval == 0.05 and cfg.ready_window == 1.0
+    assert cfg.port == 8081 and cfg.scrape_interval == 0.05 and cfg.ready_window == 5.0
     (pool,) = cfg.pools
     assert pool.model == "m" and pool.endpoints == ["http://a:1", "http://b:2"]
 

@@ -5,7 +5,7 @@
     port: 8080
     scrapeInterval: 50ms        # per-endpoint /metrics scrape period
     scrapeTimeout: 1s
-    readyWindow: 1s             # an endpoint is ready while its last good scrape is this recent
+    readyWindow: 5s             # an endpoint is ready while its last good scrape is this recent
     maxBodyBytes: 16777216      # larger request bodies get 413
     drainTimeout: 60s           # on SIGTERM, how long requests in flight may still finish
     upstream:
@@ -122,7 +122,7 @@ class ServingConfig(pydantic.BaseModel):
     port: int = pydantic.Field(8080, ge=0, le=65535)
     scrape_interval: float = pydantic.Field(0.05, alias="scrapeInterval", gt=0)
     scrape_timeout: float = pydantic.Field(1.0, alias="scrapeTimeout", gt=0)
-    ready_window: float = pydantic.Field(1.0, alias="readyWindow", gt=0)
+    ready_window: float = pydantic.Field(5.0, alias="readyWindow", gt=0)
     max_body_bytes: int = pydantic.Field(16 * 1024 * 1024, alias="maxBodyBytes", ge=1024)
     drain_timeout: float = pydantic.Field(60.0, alias="drainTimeout", ge=0)
     upstream: UpstreamConfig = pydantic.Field(default_factory=UpstreamConfig)
