@@ -104,12 +104,12 @@ def block_keys(token_ids: Sequence[int], block_size: int, parent: int,
         n = min(n, max_blocks)
     if n <= 0:
         return []
-    data = memoryview(_pack(token_ids[: n * block_size]))
+    data = _pack(token_ids[: n * block_size])
     step = len(data) // n
     out = [0] * n
     h = parent
-    for i in range(n):
-        h = _xxh3(data[i * step:(i + 1) * step], h)
+    for i, chunk in enumerate([data[o:o + step] for o in range(0, len(data), step)]):
+        h = _xxh3(chunk, h)
         out[i] = h
     return out
 

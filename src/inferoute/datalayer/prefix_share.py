@@ -16,7 +16,11 @@ decisions, so N replicas behind a plain load balancer would each know 1/N of whe
   `Endpoint.in_flight_requests` / `in_flight_tokens` (as an offset it adjusts by the change, so
   local dispatch/finish bookkeeping keeps working).
 
-With precise scoring no sharing is needed: every replica subscribes to the engines' KV events.
+With precise scoring every replica subscribes to the engines' KV events itself; what it cannot
+see is the other replicas' *speculative* entries (a request just routed, before its engine
+reports the blocks). `share_scorer_index` on a precise scorer gives it a `SharedKVIndex`, which
+shares those speculative entries on the same stream (`["s", endpoint, keys]`, withdrawn with
+`["x", endpoint, keys]`), applied with the receiver's own clock and TTL.
 
 Redis failures never fail a request: the tasks log, back off and retry; the outbox drops its
 oldest entries when full (`dropped` counts them); routing continues on local knowledge.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 from typing import Any, Callable, Iterable, Sequence
@@ -36,6 +41,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..core.endpoint import Endpoint
+from ..core.kvindex import KVBlockIndex
 from ..core.plugins.prefixindex import PrefixIndex
 
 log = logging.getLogger("inferoute.prefix_share")
@@ -43,11 +49,10 @@ log = logging.getLogger("inferoute.prefix_share")
 Op = tuple[Any, ...]
 
 
-class SharedPrefixIndex(PrefixIndex):
-    """A `PrefixIndex` that records local changes for other replicas (bounded outbox)."""
+class _Outbox:
+    """A bounded queue of local changes waiting to be published."""
 
-    def __init__(self, max_outbox: int = 100_000) -> None:
-        super().__init__()
+    def _init_outbox(self, max_outbox: int) -> None:
         self.outbox: deque[Op] = deque(maxlen=max_outbox)
         self.dropped = 0
 
@@ -55,6 +60,20 @@ class SharedPrefixIndex(PrefixIndex):
         if len(self.outbox) == self.outbox.maxlen:
             self.dropped += 1
         self.outbox.append(op)
+
+    def drain(self, limit: int = 10_000) -> list[Op]:
+        out = []
+        while self.outbox and len(out) < limit:
+            out.append(self.outbox.popleft())
+        return out
+
+
+class SharedPrefixIndex(_Outbox, PrefixIndex):
+    """A `PrefixIndex` that records local changes for other replicas (bounded outbox)."""
+
+    def __init__(self, max_outbox: int = 100_000) -> None:
+        PrefixIndex.__init__(self)
+        self._init_outbox(max_outbox)
 
     def insert(self, name: str, hashes: Sequence[int], capacity: int) -> list[int]:
         added = super().insert(name, hashes, capacity)
@@ -66,7 +85,7 @@ class SharedPrefixIndex(PrefixIndex):
         super().discard(name, hashes)
         self._record(("d", name, hashes))
 
-    def apply_remote(self, op: Sequence[Any]) -> None:
+    def apply_remote(self, op: Sequence[Any], now: float = 0.0) -> None:
         """Apply another replica's change (not recorded again). Malformed ops raise ValueError."""
         if len(op) == 4 and op[0] == "i" and isinstance(op[1], str):
             PrefixIndex.insert(self, op[1], [int(h) for h in op[2]], max(1, int(op[3])))
@@ -75,21 +94,53 @@ class SharedPrefixIndex(PrefixIndex):
         else:
             raise ValueError(f"not a prefix-index op: {op!r}"[:200])
 
-    def drain(self, limit: int = 10_000) -> list[Op]:
-        out = []
-        while self.outbox and len(out) < limit:
-            out.append(self.outbox.popleft())
-        return out
+
+class SharedKVIndex(_Outbox, KVBlockIndex):
+    """A precise `KVBlockIndex` whose speculative entries are shared with other replicas."""
+
+    def __init__(self, *, max_outbox: int = 100_000, **kw: Any) -> None:
+        KVBlockIndex.__init__(self, **kw)
+        self._init_outbox(max_outbox)
+
+    def add_speculative(self, name: str, keys: Sequence[int], now: float) -> int:
+        added = super().add_speculative(name, keys, now)
+        if added:
+            self._record(("s", name, list(keys)))
+        return added
+
+    def discard_speculative(self, name: str, keys: Iterable[int]) -> None:
+        keys = list(keys)
+        super().discard_speculative(name, keys)
+        self._record(("x", name, keys))
+
+    def apply_remote(self, op: Sequence[Any], now: float = 0.0) -> None:
+        """Apply another replica's prediction at local time `now`; ValueError when malformed."""
+        if len(op) == 3 and op[0] == "s" and isinstance(op[1], str):
+            KVBlockIndex.add_speculative(self, op[1], [int(k) for k in op[2]], now)
+        elif len(op) == 3 and op[0] == "x" and isinstance(op[1], str):
+            KVBlockIndex.discard_speculative(self, op[1], [int(k) for k in op[2]])
+        else:
+            raise ValueError(f"not a speculative-index op: {op!r}"[:200])
 
 
-def share_scorer_index(scorer: Any, max_outbox: int = 100_000) -> SharedPrefixIndex:
-    """Give an approximate `prefix-cache-scorer` a shared index (call before it routes)."""
+def share_scorer_index(scorer: Any, max_outbox: int = 100_000,
+                       ) -> SharedPrefixIndex | SharedKVIndex:
+    """Give a `prefix-cache-scorer` (its index) or a `precise-prefix-cache-scorer` (its
+    speculative entries) a shared index. Call before it routes, and for a precise scorer before
+    its KV-event subscribers are created (they feed `scorer.index`)."""
     index = scorer.index
-    if isinstance(index, SharedPrefixIndex):
+    if isinstance(index, (SharedPrefixIndex, SharedKVIndex)):
         return index
-    if len(index):
+    if len(index) or index.endpoints():
         raise ValueError("share the prefix index before the scorer has learned anything")
-    shared = SharedPrefixIndex(max_outbox)
+    shared: SharedPrefixIndex | SharedKVIndex
+    if isinstance(index, KVBlockIndex):
+        shared = SharedKVIndex(max_outbox=max_outbox, capacity=index.capacity,
+                               speculative_ttl=index.speculative_ttl,
+                               max_speculative=index.max_speculative,
+                               lora_names=index.lora_names)
+    else:
+        shared = SharedPrefixIndex(max_outbox)
     scorer.index = shared
     return shared
 
@@ -102,12 +153,14 @@ class PrefixShare:
     reader blocks `block_ms` per XREAD: the client's socket timeout must be longer.
     """
 
-    def __init__(self, client: aioredis.Redis, model: str, index: SharedPrefixIndex | None,
+    def __init__(self, client: aioredis.Redis, model: str,
+                 index: SharedPrefixIndex | SharedKVIndex | None,
                  endpoints: Callable[[], Iterable[Endpoint]] | None = None, *,
                  prefix: str = "inferoute:", replica_id: str | None = None,
                  maxlen: int = 10_000, flush_interval: float = 0.02,
                  inflight_interval: float = 0.1, inflight_ttl: float = 2.0,
-                 retry_delay: float = 0.5, block_ms: int = 200) -> None:
+                 retry_delay: float = 0.5, block_ms: int = 200,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.model = model
         self.index = index
@@ -122,6 +175,7 @@ class PrefixShare:
         self.inflight_ttl = inflight_ttl
         self.retry_delay = retry_delay
         self.block_ms = block_ms
+        self.clock = clock  # the scheduler's clock: remote predictions expire in local time
         self._origin = self.replica_id.encode()
         self._last_id = "0"  # read the capped stream from its start: late joiners catch up
         self._remote: dict[str, tuple[int, int]] = {}
@@ -144,9 +198,13 @@ class PrefixShare:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
-        with contextlib.suppress(RedisError, OSError):
-            await self.client.zrem(self.replicas_key, self.replica_id)
-            await self.client.delete(self.inflight_prefix + self.replica_id)
+        # best effort, bounded: the others drop this replica's load when its hash expires anyway
+        with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._withdraw(), 1.0)
+
+    async def _withdraw(self) -> None:
+        await self.client.zrem(self.replicas_key, self.replica_id)
+        await self.client.delete(self.inflight_prefix + self.replica_id)
 
     async def _guard(self, loop_fn: Callable[[], Any], what: str) -> None:
         while True:
@@ -198,8 +256,9 @@ class PrefixShare:
                     continue
                 try:
                     ops = msgpack.unpackb(fields[b"b"], raw=False, strict_map_key=False)
+                    now = self.clock()
                     for op in ops:
-                        self.index.apply_remote(op)
+                        self.index.apply_remote(op, now)
                         n += 1
                 except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
                     self.malformed += 1

@@ -78,7 +78,12 @@ async def test_lost_batches_are_replayed_and_restarts_resync():
 
         # the engine restarts: a new publisher on the same ports, sequence from 0 again
         await pub.close()
-        pub = publisher(base, base + 1)
+        for _ in range(100):  # zmq releases the ports asynchronously after close
+            try:
+                pub = publisher(base, base + 1)
+                break
+            except zmq.ZMQError:
+                await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)  # the SUB socket reconnects
         pub.publish([AllBlocksCleared()])
         pub.publish([block(0)])

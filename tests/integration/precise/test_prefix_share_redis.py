@@ -32,7 +32,7 @@ class Replica:
         self.scorer = self.sched.plugins["prefix-cache-scorer"]
         self.index = share_scorer_index(self.scorer)
         self.eps = [Endpoint(host="10.0.0.1", port=8000 + i) for i in range(4)]
-        self.client = aioredis.from_url(url)
+        self.client = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
         self.share = PrefixShare(self.client, model, self.index, lambda: self.eps,
                                  flush_interval=0.01, inflight_interval=0.05, block_ms=100)
 

@@ -42,3 +42,25 @@ def test_share_scorer_index():
     learned.index.insert("e", [1], 5)
     with pytest.raises(ValueError):
         share_scorer_index(learned)
+
+
+def test_shared_kv_index_shares_speculation_only():
+    from inferoute.core.kvindex import BlockStoredEvent
+    from inferoute.core.plugins.precise import PrecisePrefixCacheScorer
+    from inferoute.datalayer.prefix_share import SharedKVIndex
+
+    s = PrecisePrefixCacheScorer(params=PrecisePrefixCacheScorer.Params(speculative_ttl=3.0))
+    a = share_scorer_index(s)
+    assert isinstance(a, SharedKVIndex) and s.index is a and a.speculative_ttl == 3.0
+    b = SharedKVIndex(speculative_ttl=3.0)
+    a.apply("e", [BlockStoredEvent((1,), None, tuple(range(16)), 16)])  # events: not shared
+    a.add_speculative("e", [7, 8], now=0.0)
+    a.discard_speculative("e", [8])
+    ops = a.drain()
+    assert ops == [("s", "e", [7, 8]), ("x", "e", [8])]
+    for op in ops:
+        b.apply_remote(op, now=100.0)  # the receiver's clock
+    assert b.match([7], ["e"], now=102.0) == [1] and b.match([7], ["e"], now=104.0) == [0]
+    assert not b.outbox
+    with pytest.raises(ValueError):
+        b.apply_remote(["i", "e", [1], 3], 0.0)
