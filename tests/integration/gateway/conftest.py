@@ -191,7 +191,10 @@ class Harness:
         return p
 
     def close(self) -> None:
+        """Stop every process first, then check their logs (so a failed check leaks none)."""
         for p in reversed(self.procs):
+            p.stop()
+        for p in self.procs:
             stop_checked(p)
 
 
