@@ -66,11 +66,14 @@ class UsageTracker:
 
     def _feed_sse(self, chunk: bytes) -> None:
         data = self._pending + chunk if self._pending else chunk
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self._pending = data if len(data) <= MAX_KEEP else b""
-            return
-        complete, self._pending = data[:cut], data[cut + 1:]
+        if data.endswith(b"\n"):  # the usual case: whole events, nothing to copy
+            complete, self._pending = data, b""
+        else:
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                self._pending = data if len(data) <= MAX_KEEP else b""
+                return
+            complete, self._pending = data[:cut], data[cut + 1:]
         self.events += complete.count(b"data:") - complete.count(b"data: [DONE]")
         if _USAGE not in complete:
             return
