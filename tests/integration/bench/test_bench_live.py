@@ -77,3 +77,15 @@ def test_bench_run_cli_reports_errors_cleanly(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["stages"][0]["metrics"]["requests"]["failures"] == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_live_chat_api_through_gateway(fleet: str) -> None:
+    w = shared_prefix(num_groups=1, num_prompts_per_group=2, system_prompt_len=50,
+                      question_len=10, output_len=5)
+    cfg = LiveConfig(target=fleet, model=MODEL, workload=w, api="chat",
+                     load=LoadSpec(parse_stages("c1:2")), ignore_eos=True, timeout=30.0)
+    (recs,) = asyncio.run(run_live(cfg))
+    assert len(recs) == 2
+    for r in recs:
+        assert r.error is None, r.error
+        assert r.output_tokens == 5 and r.ttft is not None
