@@ -18,7 +18,7 @@ cost: the cheapest worker scores 1.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pydantic
 

@@ -18,8 +18,9 @@ The chosen endpoint scores 1, every other 0 (pair it with `max-score-picker`).
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from os.path import commonprefix
-from typing import Any, Sequence
+from typing import Any
 
 import pydantic
 
@@ -31,9 +32,9 @@ from .common import BasePlugin, PluginParams
 
 
 class _Node:
-    __slots__ = ("edge", "children", "parent", "stamp")
+    __slots__ = ("children", "edge", "parent", "stamp")
 
-    def __init__(self, edge: str, parent: "_Node | None", stamp: int) -> None:
+    def __init__(self, edge: str, parent: _Node | None, stamp: int) -> None:
         self.edge = edge
         self.children: dict[str, _Node] = {}
         self.parent = parent
