@@ -5,7 +5,8 @@ front of it, each as its own process, then sends non-streaming completions at a 
 the gateway and, offset by half a period, the same requests directly to the server. Both
 latency distributions come from the same run on the same machine, so the difference of their
 percentiles is the gateway's cost (parse, schedule, proxy, account). It also reports the
-gateway process's CPU use during the load, the CPU cost of scraping 16 endpoints every 50 ms,
+gateway process's CPU use during the load, its CPU per relayed SSE event (streams from a second
+stand-in that sends an event every 5 ms), the CPU cost of scraping 16 endpoints every 50 ms,
 and the scheduling decision latency for an 8k-token prompt with 16 endpoints
 (`inferoute.bench.decision`).
 """
@@ -19,10 +20,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
 import aiohttp
+import yaml
 
 
 def free_port() -> int:
@@ -148,6 +151,34 @@ async def _scrape_cost(port: int, endpoints: int = 16, interval: float = 0.05,
     return cpu
 
 
+async def _stream_cost(gateway: str, gateway_pid: int, streams: int = 80,
+                       concurrency: int = 16, tokens: int = 200) -> tuple[float, int]:
+    """Gateway CPU microseconds per relayed SSE event, over `streams` streams of `tokens`
+    events each from a stand-in that sends one event every 5 ms (so every event is its own
+    chunk, as from a real model server)."""
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        sem = asyncio.Semaphore(concurrency)
+        events = 0
+
+        async def one(i: int) -> None:
+            nonlocal events
+            async with sem:
+                async with session.post(gateway + "/v1/completions", json={
+                        "model": "slow", "prompt": f"{i}", "max_tokens": tokens,
+                        "stream": True}) as r:
+                    async for line in r.content:
+                        if line.startswith(b"data: {"):
+                            events += 1
+
+        u0, s0 = _cpu_seconds(gateway_pid)
+        await asyncio.gather(*(one(i) for i in range(streams)))
+        u1, s1 = _cpu_seconds(gateway_pid)
+    if not events:
+        raise RuntimeError("no stream events came through the gateway")
+    return (u1 - u0 + s1 - s0) / events * 1e6, events
+
+
 def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -166,31 +197,37 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def main(args: argparse.Namespace) -> int:
     from .command import run_async
 
-    server_port, gw_port = free_port(), free_port()
+    server_port, slow_port, gw_port = free_port(), free_port(), free_port()
     server = _spawn(["inferoute.gateway.standin", "--port", str(server_port), "--model", "m"])
-    gw_cmd = ["inferoute", "serve", "--model", "m", "--endpoint",
-              f"http://127.0.0.1:{server_port}", "--port", str(gw_port), "--host", "127.0.0.1",
-              "--log-level", "warning"]
-    if args.scheduler:
-        gw_cmd += ["--scheduler", args.scheduler]
-    gateway = _spawn(gw_cmd)
+    slow = _spawn(["inferoute.gateway.standin", "--port", str(slow_port), "--model", "slow",
+                   "--token-delay", "0.005"])
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump({"host": "127.0.0.1", "port": gw_port, "pools": [
+            {"model": "m", "endpoints": [f"http://127.0.0.1:{server_port}"],
+             "scheduler": args.scheduler},
+            {"model": "slow", "endpoints": [f"http://127.0.0.1:{slow_port}"],
+             "scheduler": args.scheduler}]}, fh)
+    gateway = _spawn(["inferoute", "serve", "--config", fh.name, "--log-level", "warning"])
     try:
         res: Latencies = run_async(_load(
             f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{gw_port}", args.rate,
             args.duration, args.prompt_chars, gateway.pid))
+        per_event, events = run_async(_stream_cost(f"http://127.0.0.1:{gw_port}",
+                                                   gateway.pid))
         _stop(gateway)
         scrape_cpu = run_async(_scrape_cost(server_port))
     except RuntimeError as exc:
         print(f"inferoute overhead: {exc}", file=sys.stderr)
-        for proc in (gateway, server):
+        for proc in (gateway, server, slow):
             _stop(proc)
             err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
             if err:
                 print(err, file=sys.stderr)
         return 1
     finally:
-        _stop(gateway)
-        _stop(server)
+        for proc in (gateway, server, slow):
+            _stop(proc)
+        os.unlink(fh.name)
     d, g = sorted(res.direct_ms), sorted(res.gateway_ms)
     if not d or not g:
         print("inferoute overhead: no successful requests", file=sys.stderr)
@@ -204,7 +241,9 @@ def main(args: argparse.Namespace) -> int:
           f"p99 {_pct(g, 0.99) - _pct(d, 0.99):.3f} ms")
     print(f"gateway CPU: {(res.gateway_user + res.gateway_sys) * 100:.1f}% of one core at "
           f"{args.rate:g} req/s (user {res.gateway_user * 100:.1f}%, kernel "
-          f"{res.gateway_sys * 100:.1f}%; includes scraping its endpoint)")
+          f"{res.gateway_sys * 100:.1f}%; includes scraping its 2 endpoints)")
+    print(f"streaming relay: {per_event:.1f} us of gateway CPU per SSE event "
+          f"({events} events, 16 concurrent streams, one event per chunk)")
     print(f"scraping 16 endpoints every 50 ms: {sum(scrape_cpu) * 100:.1f}% of one core "
           f"(user {scrape_cpu[0] * 100:.1f}%, kernel {scrape_cpu[1] * 100:.1f}%; "
           "~20 kB vLLM-format pages)")
