@@ -76,6 +76,20 @@ class _EndpointState:
         return max(0.0, left)
 
 
+def _held_prefix(hashes: list[int], held: dict[int, int]) -> int:
+    """How many leading `hashes` are in `held`. Block hashes are chained, so a request in flight
+    that holds block k holds blocks 0..k-1 too: the held blocks of a prompt form a prefix, found
+    by binary search in O(log n) lookups."""
+    lo, hi = 0, len(hashes)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if hashes[mid - 1] in held:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 @register
 class PredictiveCostScorer(BasePlugin):
     """Lowest predicted KV demand + prefill cost wins (see module docstring)."""
@@ -143,9 +157,7 @@ class PredictiveCostScorer(BasePlugin):
             data["matched"][name] = m
             st = self._st(name)
             uncached = max(0, data["prompt_blocks"] - m)
-            held = st.blocks
-            new_blocks = data["prompt_blocks"] - len(data["hashes"]) + sum(
-                1 for h in data["hashes"] if h not in held)
+            new_blocks = data["prompt_blocks"] - _held_prefix(data["hashes"], st.blocks)
             demand = st.demand + new_blocks + data["out_blocks"]
             queued = st.queued(ctx.now, p.prefill_tokens_per_second) / bs
             cost = (demand + p.prefill_weight * uncached + p.queue_weight * queued
