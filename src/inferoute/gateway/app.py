@@ -166,7 +166,11 @@ async def serve(config: ServingConfig, *, ready_file: str | None = None,
         access_log_format='%a "%r" %s %b %Tf "%{x-gateway-destination-endpoint-served}o"')
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()  # stop the scrapers and close the session first
+        raise
     addresses = runner.addresses
     port = addresses[0][1] if addresses else config.port
     log.info("inferoute gateway listening on http://%s:%d (%d pools, %d endpoints)",

@@ -36,10 +36,13 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
-    except ConfigError as exc:
+        run_async(serve(config, ready_file=args.ready_file, access_log=args.access_log))
+    except ConfigError as exc:  # also tenants and semantic files, read at start-up
         print(f"inferoute serve: {exc}", file=sys.stderr)
         return 2
-    run_async(serve(config, ready_file=args.ready_file, access_log=args.access_log))
+    except OSError as exc:  # e.g. the port is taken
+        print(f"inferoute serve: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

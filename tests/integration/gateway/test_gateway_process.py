@@ -277,3 +277,27 @@ def test_responses_api_is_proxied_with_usage(harness, web):
     # usage from the JSON body (3) and from the response.completed event (4)
     assert web.metric(page, "inference_objective_output_tokens_sum", model_name="m") == 7.0
     assert web.post(gw.url + "/v1/responses", json={"model": "m"}).status_code == 400
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tenants", "/nonexistent/tenants.yaml"], "cannot read tenants file"),
+    (["--endpoint", "http://127.0.0.1:1", "--scheduler", "nope"], "neither a file nor"),
+    (["--port", "{busy}"], "cannot start"),
+])
+def test_start_up_errors_are_one_clear_line(extra, message):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        args = [a.replace("{busy}", port) for a in extra]
+        if "--port" not in args:
+            args += ["--port", "0"]
+        r = subprocess.run([sys.executable, "-m", "inferoute", "serve", "--model", "m",
+                            "--endpoint", "http://127.0.0.1:2", "--host", "127.0.0.1", *args],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and message in r.stderr
+    assert "Traceback" not in r.stderr and "Unclosed" not in r.stderr, r.stderr
