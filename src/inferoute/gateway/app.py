@@ -62,6 +62,16 @@ async def _json_errors(request: web.Request,
         err = _HttpError(exc.status, f"{request.method} {request.path}: {exc.reason}")
         return web.Response(body=orjson.dumps(err.to_dict()), status=exc.status,
                             content_type="application/json")
+    except InferouteError as exc:
+        return web.Response(body=orjson.dumps(exc.to_dict()), status=exc.status,
+                            content_type="application/json", headers=exc.headers or None)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:  # a bug: logged here with its traceback, a plain 500 for the client
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        err = _HttpError(500, "internal error in the gateway")
+        return web.Response(body=orjson.dumps(err.to_dict()), status=500,
+                            content_type="application/json")
 
 
 def build_app(data: DataLayer, obs: Observability | None = None) -> web.Application:

@@ -301,3 +301,24 @@ def test_start_up_errors_are_one_clear_line(extra, message):
                            capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and message in r.stderr
     assert "Traceback" not in r.stderr and "Unclosed" not in r.stderr, r.stderr
+
+
+def test_malformed_bodies_get_4xx_json(sim_gateway, web):
+    gw, _ = sim_gateway
+    bodies = [b"", b"null", b"[]", b'"text"', b"{", b'{"model": 5, "prompt": "x"}',
+              b'{"model": "sim-model"}', b'{"model": "sim-model", "prompt": 7}',
+              b'{"model": "sim-model", "prompt": [1, "a"]}',
+              b'{"model": "sim-model", "prompt": "x", "max_tokens": -1}',
+              b'{"model": "sim-model", "prompt": "x", "max_tokens": "many"}',
+              b'{"model": "sim-model", "prompt": "x", "stream": "yes"}',
+              b'{"model": "sim-model", "messages": [{"role": "user", "content": 5}]}',
+              b'{"model": "sim-model", "messages": [{"content": "no role"}]}',
+              b'{"model": "sim-model", "messages": [[]]}',
+              b'{"model": "sim-model", "messages": []}',
+              b'{"model": "sim-model", "messages": [{"role": "user", "content": [7]}]}',
+              b'\xff\xfe\x00garbage', b'{"model": "sim-model", "prompt": "\\ud800"}']
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/responses"):
+        for body in bodies:
+            r = web.post(gw.url + path, content=body)
+            assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text)
+            assert r.json()["error"]["message"], (path, body)
