@@ -25,9 +25,8 @@ family sticks to its replica unless that replica is clearly busier. The scraped 
 off by default (`waitingWeight: 0`, `usageWeight: 0`): with 50 ms scrapes, reacting to them made
 requests herd onto whichever replica looked emptiest (on the seed's run, usageWeight 1 and 3
 lost 2% and 11% of throughput at saturation; waitingWeight 4 lost a third on a two-stage
-excerpt of it). The
-score is the min-max inverted cost (cheapest endpoint 1). Defaults were chosen on the virtual
-benchmark (docs/benchmark.md).
+excerpt of it). The score is the min-max inverted cost (cheapest endpoint 1). Defaults were
+chosen on the virtual benchmark (docs/benchmark.md).
 """
 
 from __future__ import annotations
