@@ -10,7 +10,12 @@ Nothing here sleeps, opens a socket or reads a clock. One run wires:
   by the engine's stats at that instant, so the scheduler sees metrics exactly as stale as a live
   gateway would (scrapes are staggered across endpoints);
 - the load schedule: inference-perf stages (all arrivals of a rate stage are known up front; the
-  next stage starts when the previous one has drained, plus a pause), or closed-loop concurrency.
+  next stage starts when the previous one has drained, plus a pause), or closed-loop concurrency;
+- precise prefix routing, when the policy has a `precise-prefix-cache-scorer`: the engines
+  publish KV events and requests carry their token ids (the simulator's tokenizer, as a gateway
+  configured with `tokenizer: words` would send). The events of a step reach the scorer's index
+  when the engine's next step completes, about one step after the blocks exist, like a ZMQ hop
+  plus the subscriber's batching.
 
 Per-token work is one `RequestRecord.on_tokens` call per engine output; the heap holds one event
 per engine step, per scrape and per arrival, never per token. Same inputs, same seed: the same
@@ -23,11 +28,13 @@ import heapq
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..core.endpoint import Endpoint, EndpointMetrics, Pool
 from ..core.errors import InferouteError
+from ..core.kvindex import apply_engine_events
+from ..core.plugins.precise import precise_scorers
 from ..core.request import parse_request
 from ..core.router import Decision, ModelPool, Router
 from ..core.scheduling.config import EndpointPickerConfig, resolve_config
@@ -74,11 +81,16 @@ class SimResult:
     virtual_seconds: float = 0.0
     wall_seconds: float = 0.0
     events: int = 0
+    #: per precise prefix scorer: its KV index's counters (stored / removed events, ...)
+    kv_index: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "stages": self.stages, "engines": self.engines,
-                "virtual_seconds": self.virtual_seconds, "wall_seconds": self.wall_seconds,
-                "events": self.events}
+        out = {"config": self.config, "stages": self.stages, "engines": self.engines,
+               "virtual_seconds": self.virtual_seconds, "wall_seconds": self.wall_seconds,
+               "events": self.events}
+        if self.kv_index is not None:
+            out["kv_index"] = self.kv_index
+        return out
 
 
 def _policy_name(policy: str | EndpointPickerConfig) -> str:
@@ -97,14 +109,20 @@ class VirtualBench:
         self.progress = progress
         profile = load_profile(cfg.profile)
         self.profile = profile
-        self.engines = [Engine(profile, seed=cfg.seed * 1000 + i, name=f"engine-{i}")
+        config = (cfg.policy if isinstance(cfg.policy, EndpointPickerConfig)
+                  else resolve_config(cfg.policy))
+        self.scheduler = Scheduler(config, seed=cfg.seed)
+        #: precise prefix scorers fed by the engines' KV events (empty: no events published)
+        self.precise = precise_scorers(self.scheduler.plugins.values())
+        kv_events = bool(self.precise)
+        self.engines = [Engine(profile, seed=cfg.seed * 1000 + i, name=f"engine-{i}",
+                               kv_events=kv_events)
                         for i in range(cfg.replicas)]
         self.endpoints = [Endpoint(host=f"10.0.0.{i + 1}", port=8000)
                           for i in range(cfg.replicas)]
         self.by_name = {ep.name: i for i, ep in enumerate(self.endpoints)}
-        config = (cfg.policy if isinstance(cfg.policy, EndpointPickerConfig)
-                  else resolve_config(cfg.policy))
-        self.scheduler = Scheduler(config, seed=cfg.seed)
+        #: KV events of each engine's step in progress, applied when the step completes
+        self._pending_events: list[list[Any]] = [[] for _ in range(cfg.replicas)]
         self.router = Router([ModelPool(cfg.model, Pool(cfg.model, self.endpoints),
                                         self.scheduler)])
         self._heap: list[tuple[float, int, int, Any]] = []
@@ -195,6 +213,8 @@ class VirtualBench:
                 "stream": True}
         try:
             req = parse_request("completions", body, {}, request_id=rid, arrival_time=now)
+            if self.precise:
+                req.token_ids = self._token_ids(item)
             decision = self.router.schedule(req, now)
             target = decision.result.target
         except InferouteError as exc:
@@ -232,12 +252,25 @@ class VirtualBench:
 
     def _step(self, i: int, now: float) -> None:
         eng = self.engines[i]
+        if self.precise:
+            self._publish(i)
         if not eng.has_work():
             self._busy[i] = False
             return
         out = eng.step(now)
         self._busy[i] = True
         self._push(now + out.duration, _STEP_DONE, (i, out.outputs))
+        if self.precise:
+            self._pending_events[i] = eng.drain_kv_events()
+
+    def _publish(self, i: int) -> None:
+        """Deliver engine i's events of its last step to every precise scorer's index."""
+        events = self._pending_events[i]
+        if events:
+            name = self.endpoints[i].name
+            for scorer in self.precise:
+                apply_engine_events(scorer.index, name, events)
+            self._pending_events[i] = []
 
     def _deliver(self, now: float, outputs: list[Any]) -> None:
         live = self._live
@@ -326,8 +359,11 @@ class VirtualBench:
                                        "num_requests": s.num_requests}
                                       for s in self.cfg.load.stages]},
                   "mode": "virtual"}
+        kv_index = ({s.name: {**asdict(s.index.stats()), **asdict(s.stats())}
+                     for s in self.precise} if self.precise else None)
         return SimResult(config=config, stages=stages, records=self._records, engines=engines,
-                         virtual_seconds=now, wall_seconds=wall, events=events)
+                         virtual_seconds=now, wall_seconds=wall, events=events,
+                         kv_index=kv_index)
 
 
 def run_virtual(cfg: SimConfig,
