@@ -116,6 +116,11 @@ class HealthTracker:
             return "unhealthy"
         return "half-open" if st.half_open else "healthy"
 
+    def failure_streak(self, ep: Endpoint) -> int:
+        """Failures in a row of `ep` since its last success (retries prefer endpoints at 0)."""
+        st = self._states.get(ep.name)
+        return st.consecutive if st is not None else 0
+
     def forget(self, name: str) -> None:
         """Discovery removed the endpoint."""
         self._states.pop(name, None)

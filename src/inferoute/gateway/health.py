@@ -42,6 +42,11 @@ class Health:
         if tracker is not None:
             self._log(tracker.record(ep, ok, self.data.now()))
 
+    def failure_streak(self, pool: str, ep: Endpoint) -> int:
+        """Failures in a row of `ep` in `pool` (0 after a success or when unknown)."""
+        tracker = self.trackers.get(pool)
+        return tracker.failure_streak(ep) if tracker is not None else 0
+
     @staticmethod
     def _log(event: HealthEvent | None) -> None:
         if event is None:

@@ -9,8 +9,9 @@ waits for its end, so a client never sees half an event); nothing else is held. 
 it reads the `usage` object (see `sse.py`) and, whatever happens, closes the books exactly once:
 `Router.finish` (in-flight counts, plugin hooks), health outcome, metrics, tenant usage.
 
-Retries: a connect failure, or a 5xx status before any body byte, is retried once on the next
-endpoint of the decision (the picker's fallback, else another ready endpoint). A read timeout
+Retries: a connect failure, or a 5xx status before any body byte, is retried on the next
+endpoint of the decision (the picker's fallback, else another ready endpoint; endpoints on a
+failure streak last), at most `MAX_ATTEMPTS` attempts in all. A read timeout
 is not retried (the first server may still be working on it) and maps to 504; an exhausted
 connect retry to 502. A model server failing mid-response ends an event stream with an error
 event and `data: [DONE]` (the OpenAI SDK raises it as an APIError); a plain body is cut off. A
@@ -55,7 +56,9 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "prox
                          "upgrade"})
 _DROP_REQUEST = _HOP_BY_HOP | {"host", "content-length"}
 _DROP_RESPONSE = _HOP_BY_HOP
-MAX_ATTEMPTS = 2
+#: attempts per request before its first byte (the first pick plus two retries, each on
+#: another endpoint): one healthy endpoint among three is always reached
+MAX_ATTEMPTS = 3
 
 
 def error_response(exc: InferouteError) -> web.Response:
@@ -209,6 +212,10 @@ class Proxy:
         data, obs = self.data, self.obs
         order = list(decision.result.targets)
         order += [ep for ep in candidates if ep not in order]
+        if self.health is not None and len(order) > 2:  # retries go to healthy-looking ones
+            streak = self.health.failure_streak
+            pool = decision.pool.model
+            order[1:] = sorted(order[1:], key=lambda ep: streak(pool, ep) > 0)
         try:
             headers = forward_request_headers(request.headers)
             if self.tenants is not None:  # the caller's gateway key stays here

@@ -4,13 +4,16 @@
     admit(request, pool, now)       -> Admitted | Ticket            (or raises 429 / 503)
     dispatchable(now)               -> [Ticket, ...]  to release now, in service order
     cancel(ticket)                  -> the client went away
-    expire(now)                     -> [(Ticket, error), ...] that waited past their TTL
+    expire(now)                     -> [(Ticket, error), ...] that waited past their TTL,
+                                       or are sheddable and the pool is now saturated
 
 The rules, per pool:
 - no candidate endpoint at all: 503 at once;
 - saturated and the request is sheddable (negative priority): 429 with Retry-After;
 - not saturated, nothing queued and dispatch budget left: admitted at once;
-- otherwise the request waits in the pool's `FlowQueue` (429 when the queue is full).
+- otherwise the request waits in the pool's `FlowQueue` (429 when the queue is full);
+- a sheddable request still waiting when the pool becomes saturated is shed (429), as it
+  would have been had it arrived then.
 
 The dispatch budget keeps a just-freed pool from receiving its whole queue at once: it is the
 saturation detector's headroom minus the requests released since the oldest fresh scrape, so
@@ -156,6 +159,7 @@ class AdmissionController:
         no endpoint left, else 429 with Retry-After."""
         out: list[tuple[Ticket, InferouteError]] = []
         for st in self._pools.values():
+            out += self._shed_queued(st, now)
             expired = st.queue.expire(now)
             if not expired:
                 continue
@@ -173,6 +177,19 @@ class AdmissionController:
                         code="queue_timeout")
                 out.append((t, err))
         return out
+
+    def _shed_queued(self, st: _PoolState, now: float) -> list[tuple[Ticket, InferouteError]]:
+        """Sheddable requests that queued while the pool still had capacity are shed (429)
+        once it is saturated, like sheddable arrivals."""
+        low = st.queue.peek_lowest_priority()
+        if low is None or low >= 0:
+            return []
+        candidates = self.candidates_of(st.pool, now)
+        if not candidates or not self.detector.is_saturated(candidates, now):
+            return []  # (no endpoint at all: their TTL gives them the 503)
+        return [(t, TooManyRequests("the model is saturated; sheddable request rejected",
+                                    retry_after=self.flow.retry_after, code="overloaded"))
+                for t in st.queue.shed_below(0)]
 
     def next_deadline(self) -> float | None:
         """Earliest TTL deadline of any waiting request (when to call `expire` next)."""

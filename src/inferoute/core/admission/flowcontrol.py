@@ -201,6 +201,10 @@ class FlowQueue:
         """Priority of the band that would be served next."""
         return -self._order[0] if self._order else None
 
+    def peek_lowest_priority(self) -> int | None:
+        """Priority of the lowest band holding tickets."""
+        return -self._order[-1] if self._order else None
+
     def pop(self) -> Ticket | None:
         """Next ticket: highest band, round-robin between its flows; marks it DISPATCHED."""
         while self._order:
@@ -239,6 +243,21 @@ class FlowQueue:
                 out.append(t)
             else:
                 self._dead -= 1
+        return out
+
+    def shed_below(self, priority: int) -> list[Ticket]:
+        """Remove every queued ticket of a band below `priority` (marked EXPIRED)."""
+        out: list[Ticket] = []
+        while self._order and -self._order[-1] < priority:
+            prio = -self._order[-1]
+            band = self._bands[prio]
+            while (t := self._pop_band(band)) is not None:
+                self._account_removed(t, band)
+                t.state = TicketState.EXPIRED
+                self._dead += 1  # its deadline entry is now dead
+                out.append(t)
+            self._drop_band(prio)
+        self._maybe_compact()
         return out
 
     def next_deadline(self) -> float | None:

@@ -1,0 +1,178 @@
+"""Faults through a real `inferoute serve` in front of `inferoute sim` replicas: a replica killed
+mid-stream, dropped connections, 503 bursts, a slow replica, stale metrics, every replica
+saturated. With at least one healthy replica no accepted request fails; every client gets a
+complete response or a clean OpenAI-style error (a stream: an error event, then [DONE]); the
+gateway's in-flight bookkeeping returns to 0."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from reliability_kit import (OBJECTIVE, Outcome, assert_books_closed, call, metric_value, get,
+                      post, wait_ready)
+
+SERVED = "x-gateway-destination-endpoint-served"
+MODEL = "sim-model"
+
+
+def _body(i: int, stream: bool, max_tokens: int = 8) -> dict:
+    return {"model": MODEL, "prompt": f"request {i} about topic {i % 7}",
+            "max_tokens": max_tokens, "ignore_eos": True, "stream": stream}
+
+
+def _run(url: str, n: int, *, workers: int = 4, max_tokens: int = 8,
+         headers: dict[str, str] | None = None) -> list[Outcome]:
+    """`n` requests, alternating streaming and not, `workers` at a time."""
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda i: call(url + "/v1/completions",
+                                            _body(i, i % 2 == 0, max_tokens), headers),
+                             range(n)))
+
+
+def _all_ok(outcomes: list[Outcome]) -> None:
+    bad = [o for o in outcomes if not o.ok()]
+    assert not bad, [(o.status, o.error, o.truncated) for o in bad]
+
+
+def _pool(urls: list[str], **extra: object) -> dict:
+    return {"readyWindow": "1s", "scrapeTimeout": "300ms",
+            "pools": [{"model": MODEL, "endpoints": urls}], **extra}
+
+
+def test_replica_killed_mid_stream(harness):
+    sims = [harness.sim_one(time_scale=10) for _ in range(3)]
+    gw = harness.serve(_pool([s.url for s in sims]), "--log-level", "warning")
+    wait_ready(gw.url, MODEL, 3)
+
+    n = 9
+    started = threading.Barrier(n + 1, timeout=30)
+    outcomes: list[Outcome] = [None] * n  # type: ignore[list-item]
+
+    def stream(i: int) -> None:
+        outcomes[i] = call(gw.url + "/v1/completions", _body(i, True, max_tokens=80),
+                           on_first=lambda _: started.wait())
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    started.wait()  # every stream has its first event: all are mid-stream now
+    # which replica serves how many streams: the gateway's per-endpoint in-flight gauge
+    page = get(gw.url + "/metrics").text
+    busy = {s.url: metric_value(page, "inferoute_endpoint_in_flight_requests",
+                                endpoint=s.url.removeprefix("http://")) or 0 for s in sims}
+    victim = max(sims, key=lambda s: busy[s.url])
+    assert busy[victim.url] >= 1, busy
+    victim.proc.send_signal(signal.SIGKILL)
+    for t in threads:
+        t.join(timeout=60)
+    name = victim.url.removeprefix("http://")
+    on_victim = [o for o in outcomes if o.headers[SERVED] == name]
+    elsewhere = [o for o in outcomes if o.headers[SERVED] != name]
+    assert len(on_victim) == busy[victim.url]
+    for o in on_victim:  # a clean end: error event, then [DONE]; never a cut-off stream
+        assert o.clean() and not o.ok(), (o.events, o.truncated)
+        assert o.error["code"] == "bad_gateway"
+    _all_ok(elsewhere)
+
+    # later requests never fail: the dead replica is retried around, then not ready
+    _all_ok(_run(gw.url, 16))
+    assert_books_closed(gw.url)
+
+
+def test_dropped_connections_are_retried_or_end_cleanly(harness):
+    sims = [harness.sim_one() for _ in range(2)]
+    gw = harness.serve(_pool([s.url for s in sims]), "--log-level", "error")
+    wait_ready(gw.url, MODEL, 2)
+    post(sims[0].url + "/admin/faults", json={"rate": 1.0, "kinds": ["drop"]})
+
+    outcomes = _run(gw.url, 16)
+    plain = [o for o in outcomes if o.events is None]
+    streams = [o for o in outcomes if o.events is not None]
+    _all_ok(plain)  # dropped before any byte: retried on the other replica
+    name = sims[0].url.removeprefix("http://")
+    assert all(o.clean() for o in streams), [(o.events, o.truncated) for o in streams]
+    # a stream dropped after its first tokens cannot be replayed: a clean error instead
+    assert all(not o.ok() for o in streams if o.headers[SERVED] == name)
+    _all_ok([o for o in streams if o.headers[SERVED] != name])
+    assert_books_closed(gw.url)
+
+
+def test_503_bursts_with_one_healthy_replica(harness):
+    urls = harness.sim(3)
+    gw = harness.serve(_pool(urls), "--log-level", "error")
+    wait_ready(gw.url, MODEL, 3)
+    for url in urls[:2]:  # two of three replicas answer every request with 503
+        post(url + "/admin/faults", json={"rate": 1.0, "kinds": ["503"]})
+    _all_ok(_run(gw.url, 24))
+    page = get(gw.url + "/metrics").text
+    assert (metric_value(page, "inferoute_upstream_retries_total", pool=MODEL) or 0) >= 1
+    for url in urls[:2]:  # the burst ends: the replicas are used again
+        post(url + "/admin/faults", json={"rate": 0})
+    _all_ok(_run(gw.url, 8))
+    assert_books_closed(gw.url)
+
+
+def test_slow_replica(harness):
+    urls = harness.sim(2)
+    gw = harness.serve(_pool(urls), "--log-level", "error")
+    wait_ready(gw.url, MODEL, 2)
+    post(urls[0] + "/admin/latency", json={"extra_ttft": 0.5, "time_scale": 3})
+    _all_ok(_run(gw.url, 16))
+    assert_books_closed(gw.url)
+
+
+def test_stale_metrics_replica(harness):
+    sims = harness.sim(2)
+    gate = harness.metrics_gate(sims[0])
+    gw = harness.serve(_pool([gate.url, sims[1]]), "--log-level", "error")
+    wait_ready(gw.url, MODEL, 2)
+    post(gate.url + "/gate", json={"metrics": False})
+    _all_ok(_run(gw.url, 12))  # while its metrics age, and after it stops being ready
+    wait_ready(gw.url, MODEL, 1)
+    _all_ok(_run(gw.url, 8))
+    page = get(gw.url + "/metrics").text
+    assert metric_value(page, "inferoute_endpoint_ready",
+                        endpoint=gate.url.removeprefix("http://")) == 0.0
+    post(gate.url + "/gate", json={"metrics": True})
+    wait_ready(gw.url, MODEL, 2)
+    assert_books_closed(gw.url)
+
+
+def test_all_replicas_saturated(harness):
+    urls = harness.sim(2)
+    admission = {"objectives": [{"name": "critical", "priority": 10},
+                                {"name": "standard", "priority": 0},
+                                {"name": "sheddable", "priority": -1}],
+                 "flowControl": {"ttl": "60s", "retryAfter": "1s"}}
+    gw = harness.serve(_pool(urls, admission=admission), "--log-level", "error")
+    wait_ready(gw.url, MODEL, 2)
+    for url in urls:
+        post(url + "/admin/latency", json={"time_scale": 10})
+
+    def one(i: int, objective: str) -> tuple[str, Outcome]:
+        return objective, call(gw.url + "/v1/completions", _body(i, i % 2 == 0, 30),
+                               {OBJECTIVE: objective}, timeout=90)
+
+    with ThreadPoolExecutor(48) as pool:
+        fill = [pool.submit(one, i, "standard") for i in range(32)]  # 2 x 8 seqs + queues
+        import time
+        deadline = time.monotonic() + 20
+        while (metric_value(get(gw.url + "/metrics").text,
+                            "inference_extension_flow_control_queue_size",
+                            priority="all") or 0) == 0:
+            assert time.monotonic() < deadline, "the pool never saturated"
+            time.sleep(0.02)
+        mixed = [pool.submit(one, 100 + i, ("critical", "sheddable")[i % 2]) for i in range(16)]
+        results = [f.result() for f in fill + mixed]
+
+    for objective, o in results:
+        assert o.clean(), (objective, o.status, o.events, o.body)
+        if objective == "sheddable" and not o.ok():
+            assert o.status == 429 and o.headers.get("retry-after") == "1"
+            assert o.error["code"] == "overloaded"
+        else:
+            assert o.ok(), (objective, o.status, o.error)
+    assert any(not o.ok() for obj, o in results if obj == "sheddable"), "nothing was shed"
+    assert_books_closed(gw.url)
