@@ -9,6 +9,11 @@ most `ready_window` seconds old (5 s by default, 100 scrape periods). Only ready
 offered to the scheduler. Between the core's staleness threshold (200 ms) and the ready window
 an endpoint stays schedulable but its metrics count as stale (unknown/saturated) for the
 core's saturation logic; past the window, or when it never answered /metrics, it is skipped.
+
+Per pool it also runs what the pool's scheduler needs beyond metrics: with a
+`precise-prefix-cache-scorer`, the pool's tokenizer and one KV-event subscriber per endpoint
+(`PreciseRouting`); with `redis:` configured, the sharing of prefix indexes and in-flight load
+with the other gateway replicas (`RedisSharing`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from ..core.router import ModelPool, Router
 from ..core.scheduling.scheduler import Scheduler
 from .discovery.static import ServingConfig
 from .metricsparse import EngineName
+from .precise_pool import PreciseRouting
+from .scaleout import RedisSharing, share_indexes
 from .scrape import Scraper
 
 log = logging.getLogger("inferoute.datalayer")
@@ -53,11 +60,24 @@ class DataLayer:
         self._scrapers: dict[tuple[str, str], Scraper] = {}
         self._listeners: list[EndpointListener] = []
         self._running = False
+        self._precise: dict[str, PreciseRouting] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sharing = RedisSharing(config.redis, clock=clock) if config.redis else None
         pools = []
         for pc in config.pools:
+            sched = Scheduler(pc.scheduler_config(), seed=seed)
+            pool = Pool(pc.model, pc.build_endpoints())
+            if self.sharing is not None:  # before the KV-event subscribers: they feed the index
+                self.sharing.add_pool(pc.model, share_indexes(sched.plugins), pool.endpoints)
+            try:
+                precise = PreciseRouting.for_pool(sched.plugins.values(), pc.kv_events,
+                                                  pc.tokenizer)
+            except ConfigError as exc:
+                raise ConfigError(f"pool {pc.model!r}: {exc}") from None
+            if precise is not None:
+                self._precise[pc.model] = precise
             pools.append(ModelPool(
-                model=pc.model, pool=Pool(pc.model, pc.build_endpoints()),
-                scheduler=Scheduler(pc.scheduler_config(), seed=seed),
+                model=pc.model, pool=pool, scheduler=sched,
                 aliases=tuple(pc.aliases), lora_adapters=tuple(pc.lora_adapters)))
             self._engines[pc.model] = None if pc.engine == "auto" else pc.engine
         self.router = Router(pools)
@@ -74,13 +94,19 @@ class DataLayer:
                                                  timeout=aiohttp.ClientTimeout(total=None))
         self._running = True
         for mp in self.router.pools.values():
+            precise = self._precise.get(mp.model)
             for ep in mp.pool:
                 self._start_scraper(mp.model, ep)
+                if precise is not None:
+                    precise.add(ep)
                 for listener in self._listeners:
                     listener.endpoint_added(mp.model, ep)
+        if self.sharing is not None:
+            await self.sharing.start()
 
     async def close(self) -> None:
-        """Stop the scrapers and close the session (listeners hear every endpoint removed)."""
+        """Stop the scrapers, KV-event subscribers and Redis sharing, and close the session
+        (listeners hear every endpoint removed)."""
         if self._running:
             for mp in self.router.pools.values():
                 for ep in mp.pool:
@@ -89,7 +115,10 @@ class DataLayer:
         self._running = False
         scrapers = list(self._scrapers.values())
         self._scrapers.clear()
-        await asyncio.gather(*(s.stop() for s in scrapers))
+        await asyncio.gather(*(s.stop() for s in scrapers), *self._tasks,
+                             *(p.close() for p in self._precise.values()))
+        if self.sharing is not None:
+            await self.sharing.close()
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -131,6 +160,8 @@ class DataLayer:
         ep = mp.pool.add(endpoint)
         self._start_scraper(model, ep)
         if self._running and ep is endpoint:  # a new endpoint, not an update
+            if (precise := self._precise.get(model)) is not None:
+                precise.add(ep)
             for listener in self._listeners:
                 listener.endpoint_added(model, ep)
         log.info("endpoint %s added to pool %s", ep.name, model)
@@ -148,6 +179,11 @@ class DataLayer:
             asyncio.get_running_loop().create_task(scraper.stop())
         if ep is not None:
             mp.scheduler.on_endpoint_removed(ep)
+            precise = self._precise.get(model)
+            if precise is not None and self._running:
+                task = asyncio.get_running_loop().create_task(precise.remove(name))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             if self._running:
                 for listener in self._listeners:
                     listener.endpoint_removed(model, ep)
@@ -156,6 +192,10 @@ class DataLayer:
 
     def scraper(self, model: str, name: str) -> Scraper | None:
         return self._scrapers.get((model, name))
+
+    def precise_routing(self, model: str) -> PreciseRouting | None:
+        """The pool's tokenizer and KV-event subscribers (None without a precise scorer)."""
+        return self._precise.get(model)
 
     # ------------------------------------------------------------------ readiness
 

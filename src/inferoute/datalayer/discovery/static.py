@@ -19,11 +19,14 @@
       engine: vllm              # vllm | sglang | trtllm | auto (from the metric names)
       endpoints: [http://10.0.0.1:8000, http://10.0.0.2:8000]
       scheduler: llm-d          # packaged policy name, path to an EndpointPickerConfig, or inline
+      tokenizer: /models/Qwen3  # precise scoring: local HF tokenizer dir/file, or "words" (sim)
+      kvEvents: {pubPort: 5557, replayPort: 5558}   # precise scoring: the engines' KV events
     health:                     # passive outlier detection (on) and active checks (off)
       outlier: {consecutiveFailures: 5, baseEjection: 5s}
       active: {enabled: false, path: /health, interval: 5s}
     tenants: tenants.yaml       # API keys + limits (default: $INFEROUTE_API_KEYS, else no auth)
-    redis: null                 # e.g. redis://10.0.0.9:6379/0 to share limits between replicas
+    redis: null                 # e.g. redis://10.0.0.9:6379/0: replicas share rate limits,
+                                # prefix-index inserts and in-flight load (docs/precise-routing.md)
     semantic: null              # semantic routing YAML (docs/semantic.md): "auto", guards, cache
     admission:                  # optional; see docs/admission.md (off when absent)
       objectives: [{name: batch, priority: -1}]
@@ -77,6 +80,17 @@ class HealthConfig(pydantic.BaseModel):
     active: ActiveCheckSpec = pydantic.Field(default_factory=ActiveCheckSpec)
 
 
+def _check(model: type[pydantic.BaseModel], value: Any) -> None:
+    """Validate `value` against `model`; one ValueError naming the first bad key."""
+    try:
+        model.model_validate(value)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{loc}: {msg}" if loc else msg) from None
+
+
 class PoolConfig(pydantic.BaseModel):
     """One model and the endpoints serving it."""
 
@@ -88,6 +102,28 @@ class PoolConfig(pydantic.BaseModel):
     engine: Literal["auto", "vllm", "sglang", "trtllm"] = "auto"
     #: None: the default policy; a str: packaged policy name or file; a mapping: inline config
     scheduler: str | dict[str, Any] | None = None
+    #: precise prefix scoring: where the endpoints publish KV events (`KVEventsConfig` keys);
+    #: None: the defaults (vLLM's ports 5557/5558 on each endpoint's host)
+    kv_events: dict[str, Any] | None = pydantic.Field(None, alias="kvEvents")
+    #: precise prefix scoring: the request tokenizer (a local Hugging Face tokenizer path,
+    #: `{path, chatTemplate}`, or "words" for the simulator); loaded when the pool is built
+    tokenizer: str | dict[str, Any] | None = None
+
+    @pydantic.field_validator("kv_events")
+    @classmethod
+    def _kv_events_ok(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from ..kvevents import KVEventsConfig
+            _check(KVEventsConfig, v)
+        return v
+
+    @pydantic.field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_ok(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if v is not None:
+            from ..tokenize import TokenizerConfig
+            _check(TokenizerConfig, v)
+        return v
 
     @pydantic.field_validator("endpoints")
     @classmethod
@@ -131,7 +167,8 @@ class ServingConfig(pydantic.BaseModel):
     #: API keys and per-tenant limits (tenants YAML, docs/admission.md); None: INFEROUTE_API_KEYS
     #: if set, else no authentication
     tenants: str | None = None
-    #: share the tenants' rate-limit buckets between gateway replicas through this Redis
+    #: gateway replicas share the tenants' rate-limit buckets, the prefix-index inserts (and
+    #: precise speculative entries) and the in-flight load through this Redis
     redis: str | None = None
     #: semantic routing config file ("model": "auto", guards, semantic cache); None: off
     semantic: str | None = None
