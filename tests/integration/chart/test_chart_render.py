@@ -41,9 +41,10 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 NAMESPACE = "llm"
 MOUNT = "/etc/inferoute"
 
-#: Kubernetes versions the built-in manifests are validated against: gRPC probes are GA
-#: since 1.27; the newest is whatever the installed kubernetes-validate bundles.
-K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+#: Kubernetes versions the built-in manifests are validated against: the oldest schema
+#: kubernetes-validate bundles (1.25: gRPC probes on by default since 1.24, and the
+#: InferencePool v1 CRD's CEL rules need 1.25+) and the newest it bundles.
+K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")       # RFC 1123 label
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")            # Service names
@@ -343,6 +344,33 @@ def test_manifests_reference_each_other(helm, tmp_path, name):
         assert pool["spec"]["selector"]["matchLabels"] == pool_selector
         assert [p["number"] for p in pool["spec"]["targetPorts"]] == \
             values["inferencePool"]["targetPorts"]
+
+
+@pytest.mark.parametrize("release", ["inferoute", "r" * 53])  # 53: helm's longest name
+def test_release_names_give_valid_distinct_names(helm, tmp_path, release):
+    docs = render(helm, tmp_path, {}, release=release)
+    for doc in docs:
+        validate_manifest(doc)
+    kinds = by_kind(docs)
+    picker = kinds["Service"]["metadata"]["name"]
+    assert picker.endswith("-epp") and picker != kinds["InferencePool"]["metadata"]["name"]
+    assert DNS_1035.match(picker)
+
+
+@pytest.mark.parametrize("release", ["7b", "a.b"])
+def test_release_names_that_cannot_name_a_service_fail_clearly(helm, release):
+    out = _helm(helm, "template", release, str(CHART))
+    assert out.returncode != 0 and "not a valid DNS-1035 label" in out.stderr, out.stderr
+
+
+def test_pod_security_matches_the_image(helm, tmp_path):
+    """runAsNonRoot needs a numeric non-root user: the one the Dockerfile switches to."""
+    dep = by_kind(render(helm, tmp_path, {}))["Deployment"]
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    uid = re.search(r"^USER (\d+)", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
+    assert uid and int(uid.group(1)) != 0
+    sec = container["securityContext"]
+    assert sec["runAsNonRoot"] is True and sec["runAsUser"] == int(uid.group(1))
 
 
 def test_config_change_rolls_the_deployment(helm, tmp_path):

@@ -12,9 +12,15 @@
 {{- end -}}
 {{- end -}}
 
-{{/* The picker's Deployment, Service and ConfigMap name. */}}
+{{/* The picker's Deployment, Service and ConfigMap name: always ends in -epp, so it differs
+from the pool's name even for the longest release names. It names a Service, so it must be an
+RFC 1035 label (a release called "7b" or "a.b" fails here with a clear message). */}}
 {{- define "inferoute.eppName" -}}
-{{- printf "%s-epp" (include "inferoute.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- $name := printf "%s-epp" (include "inferoute.fullname" . | trunc 59 | trimSuffix "-") -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name) -}}
+{{- fail (printf "the picker's Service name %q is not a valid DNS-1035 label (lowercase letters, digits and '-', starting with a letter): use a release name that starts with a letter and has no dots" $name) -}}
+{{- end -}}
+{{- $name -}}
 {{- end -}}
 
 {{- define "inferoute.poolName" -}}
