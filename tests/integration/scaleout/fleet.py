@@ -1,0 +1,383 @@
+"""K real `inferoute serve` processes, round robin in front, against `inferoute sim --kv-events`.
+
+The fleet's prefix-cache hit rate is the engines' own count: cached prompt tokens / prompt
+tokens, from the `usage` of every response. Each run starts from cold caches (a fresh simulated
+fleet, fresh gateways, an emptied Redis), so runs with 1, 2 and 4 gateways see the same
+workload under the same conditions.
+
+    python tests/integration/scaleout/fleet.py                       # modes precise, approx-redis
+    python tests/integration/scaleout/fleet.py --gateways 1,2,4 --modes precise,precise-redis,approx-redis,approx
+
+Modes: `precise` (each gateway consumes the engines' KV events), `precise-redis` (plus the
+speculative entries shared through Redis), `approx-redis` (approximate scorer, index inserts and
+in-flight load shared through Redis), `approx` (approximate, nothing shared: the baseline that
+shows why sharing is needed). The -redis modes start a redis-server on a free port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+MODEL = "M"
+MODES = ("precise", "precise-redis", "approx-redis", "approx")
+
+
+def policy(mode: str) -> dict[str, Any]:
+    """Prefix affinity (3) over load (queue 1): a full prefix match always wins, so the hit
+    rate measures what the gateways know, not load noise between them."""
+    prefix = "precise-prefix-cache-scorer" if mode.startswith("precise") else "prefix-cache-scorer"
+    return {"plugins": [{"type": prefix}, {"type": "queue-scorer"},
+                        {"type": "max-score-picker"}],
+            "schedulingProfiles": [{"name": "default", "plugins": [
+                {"pluginRef": prefix, "weight": 3}, {"pluginRef": "queue-scorer", "weight": 1},
+                {"pluginRef": "max-score-picker"}]}]}
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(n: int) -> int:
+    """A base such that base..base+n-1 are free now."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - n)
+        if all(_free(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no free port range")
+
+
+@dataclass
+class Proc:
+    """A child process whose output is collected (for the failure message and log checks)."""
+
+    proc: subprocess.Popen[str]
+    name: str
+    lines: list[str] = field(default_factory=list)
+
+    @classmethod
+    def spawn(cls, args: list[str], name: str) -> "Proc":
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("INFEROUTE_API_KEYS", None)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env)
+        p = cls(proc, name)
+        assert proc.stdout is not None
+        threading.Thread(target=lambda: p.lines.extend(proc.stdout), daemon=True).start()
+        return p
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def wait_until(cond: Any, what: str, proc: Proc | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited:\n{proc.log()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}:\n"
+                               + (proc.log() if proc is not None else ""))
+        time.sleep(0.05)
+
+
+@dataclass
+class Sim:
+    proc: Proc
+    port: int
+    replicas: int
+    kv_offset: int
+    replay_offset: int
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.port + i}" for i in range(self.replicas)]
+
+
+def start_sim(replicas: int, profile: str = "llama3-8b-h100", time_scale: float = 1.0) -> Sim:
+    port, kv = free_ports(replicas), free_ports(2 * replicas)
+    proc = Proc.spawn([sys.executable, "-m", "inferoute", "sim", "--model", MODEL,
+                       "--port", str(port), "--replicas", str(replicas), "--profile", profile,
+                       "--time-scale", str(time_scale), "--kv-events",
+                       "--kv-events-port", str(kv), "--kv-replay-port", str(kv + replicas)],
+                      "inferoute sim")
+    wait_until(lambda: any(line.startswith("serving") for line in proc.lines),
+               "the simulator", proc)
+    return Sim(proc, port, replicas, kv - port, kv + replicas - port)
+
+
+@dataclass
+class Gateway:
+    proc: Proc
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def gateway_config(sim: Sim, scheduler: str | dict[str, Any],
+                   redis_url: str | None = None) -> dict[str, Any]:
+    """A serving config for `sim`'s replicas: precise scoring reads their KV events."""
+    return {"host": "127.0.0.1", "port": 0, "redis": redis_url,
+            "pools": [{"model": MODEL, "endpoints": sim.urls, "scheduler": scheduler,
+                       "tokenizer": "words",
+                       "kvEvents": {"pubPortOffset": sim.kv_offset,
+                                    "replayPortOffset": sim.replay_offset,
+                                    "replayTimeout": "2s"}}]}
+
+
+def start_gateways(configs: list[dict[str, Any]], workdir: Path) -> list[Gateway]:
+    """Start one `inferoute serve` per config (in parallel) and wait until all are ready."""
+    started = []
+    for i, cfg in enumerate(configs):
+        cfg_file = workdir / f"gateway{i}-{time.monotonic_ns()}.yaml"
+        cfg_file.write_text(yaml.safe_dump(cfg))
+        ready = cfg_file.with_suffix(".port")
+        proc = Proc.spawn([sys.executable, "-m", "inferoute", "serve", "--config", str(cfg_file),
+                           "--ready-file", str(ready)], f"gateway {i}")
+        started.append((proc, ready))
+    gateways = []
+    for proc, ready in started:
+        wait_until(lambda: ready.exists() and ready.read_text().strip() != "",
+                   "a gateway to listen", proc)
+        gateways.append(Gateway(proc, int(ready.read_text())))
+    for gw in gateways:
+        wait_until(lambda: _ready(gw.url), "a gateway's endpoints to be ready", gw.proc)
+    return gateways
+
+
+def _ready(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url + "/ready", timeout=2) as r:
+            return r.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def stop_all(procs: list[Proc]) -> list[str]:
+    """Stop every process; the logs of those that failed or printed a traceback."""
+    bad = []
+    for p in procs:
+        rc = p.stop()
+        out = p.log()
+        if rc not in (0, -signal.SIGTERM) or "Traceback" in out:
+            bad.append(f"{p.name} (exit {rc}):\n{out}")
+    return bad
+
+
+@dataclass
+class Redis:
+    proc: Proc
+    url: str
+
+    def flush(self) -> None:
+        import redis
+        client = redis.Redis.from_url(self.url)
+        client.flushall()
+        client.close()
+
+
+def start_redis(workdir: Path) -> Redis | None:
+    """A redis-server on a free port; None when the binary is not installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_ports(1)
+    proc = Proc.spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                       "--appendonly", "no", "--dir", str(workdir)], "redis-server")
+
+    def pong() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    wait_until(pong, "redis-server", proc, timeout=10)
+    return Redis(proc, f"redis://127.0.0.1:{port}/0")
+
+
+# -- workload ----------------------------------------------------------------------------------
+
+def workload(groups: int, per_group: int, system: int, question: int, seed: int) -> list[str]:
+    """Shared-prefix prompts (words; the sim's tokenizer counts one token per word), shuffled."""
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(5000)]
+    items = []
+    for _ in range(groups):
+        head = " ".join(rng.choice(vocab) for _ in range(system))
+        for _ in range(per_group):
+            items.append(head + " " + " ".join(rng.choice(vocab) for _ in range(question)))
+    rng.shuffle(items)
+    return items
+
+
+def best_hit_rate(groups: int, per_group: int, system: int, question: int,
+                  block: int = 16) -> float:
+    """Every group's first prompt misses; the others hit the system prompt's full blocks."""
+    cached = (system // block) * block * (per_group - 1) * groups
+    return cached / ((system + question) * per_group * groups)
+
+
+async def drive(gateway_urls: list[str], prompts: list[str], rate: float, seed: int,
+                concurrency: int = 32) -> dict[str, float]:
+    """Poisson arrivals at `rate`; request i goes to gateway i % K (round robin)."""
+    sem = asyncio.Semaphore(concurrency)
+    cached = prompt_tokens = errors = 0
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async def one(i: int, text: str) -> None:
+            nonlocal cached, prompt_tokens, errors
+            async with sem:
+                url = gateway_urls[i % len(gateway_urls)] + "/v1/completions"
+                body = {"model": MODEL, "prompt": text, "max_tokens": 4}
+                async with session.post(url, json=body) as r:
+                    if r.status != 200:
+                        errors += 1
+                        return
+                    usage = (await r.json())["usage"]
+            prompt_tokens += usage["prompt_tokens"]
+            cached += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+
+        arrivals = random.Random(seed)
+        tasks = []
+        for i, text in enumerate(prompts):
+            tasks.append(asyncio.create_task(one(i, text)))
+            await asyncio.sleep(arrivals.expovariate(rate))
+        await asyncio.gather(*tasks)
+    return {"hit_rate": cached / prompt_tokens if prompt_tokens else 0.0,
+            "requests": float(len(prompts)), "errors": float(errors)}
+
+
+@dataclass
+class Workload:
+    groups: int = 12
+    per_group: int = 5
+    system: int = 320
+    question: int = 32
+    rate: float = 20.0
+    seed: int = 0
+
+    def prompts(self) -> list[str]:
+        return workload(self.groups, self.per_group, self.system, self.question, self.seed)
+
+    def best(self) -> float:
+        return best_hit_rate(self.groups, self.per_group, self.system, self.question)
+
+
+def run_fleet(mode: str, k: int, wl: Workload, workdir: Path, *, replicas: int = 4,
+              profile: str = "llama3-8b-h100", time_scale: float = 1.0,
+              redis: Redis | None = None) -> dict[str, float]:
+    """One run from cold: a fresh simulated fleet, K fresh gateways, the workload."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+    redis_url = None
+    if mode.endswith("-redis"):
+        if redis is None:
+            raise RuntimeError(f"mode {mode} needs redis-server")
+        redis.flush()
+        redis_url = redis.url
+    sim = start_sim(replicas, profile, time_scale)
+    procs = [sim.proc]
+    try:
+        gateways = start_gateways([gateway_config(sim, policy(mode), redis_url)] * k, workdir)
+        procs += [g.proc for g in gateways]
+        time.sleep(0.3)  # KV-event subscribers connect, Redis readers start
+        res = asyncio.run(drive([g.url for g in gateways], wl.prompts(), wl.rate, wl.seed))
+    finally:
+        bad = stop_all(procs)
+    if bad:
+        raise RuntimeError("\n".join(bad))
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gateways", default="1,2,4", help="gateway counts (1,2,4)")
+    ap.add_argument("--modes", default="precise,approx-redis", help="comma-separated: "
+                    + ", ".join(MODES))
+    ap.add_argument("--replicas", type=int, default=4, help="simulated replicas (4)")
+    ap.add_argument("--profile", default="llama3-8b-h100", help="sim profile (llama3-8b-h100)")
+    ap.add_argument("--time-scale", type=float, default=1.0)
+    ap.add_argument("--groups", type=int, default=12)
+    ap.add_argument("--per-group", type=int, default=5)
+    ap.add_argument("--system", type=int, default=320, help="shared prefix, words")
+    ap.add_argument("--question", type=int, default=32, help="per-prompt suffix, words")
+    ap.add_argument("--rate", type=float, default=20.0, help="Poisson requests/s (20)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    wl = Workload(args.groups, args.per_group, args.system, args.question, args.rate, args.seed)
+    counts = [int(x) for x in args.gateways.split(",")]
+    modes = args.modes.split(",")
+    print(f"{len(wl.prompts())} requests, {args.replicas} replicas ({args.profile}), "
+          f"rate {args.rate}/s; best possible hit rate {wl.best():.4f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        redis = start_redis(workdir) if any(m.endswith("-redis") for m in modes) else None
+        rows = []
+        try:
+            for mode in modes:
+                if mode.endswith("-redis") and redis is None:
+                    print(f"{mode}: skipped (redis-server is not on PATH)", flush=True)
+                    continue
+                cells = []
+                for k in counts:
+                    t0 = time.monotonic()
+                    res = run_fleet(mode, k, wl, workdir, replicas=args.replicas,
+                                    profile=args.profile, time_scale=args.time_scale,
+                                    redis=redis)
+                    print(f"{mode:13s} gateways={k} hit_rate={res['hit_rate']:.4f} "
+                          f"errors={int(res['errors'])} wall={time.monotonic() - t0:.1f}s",
+                          flush=True)
+                    cells.append(f"{res['hit_rate']:.4f}")
+                rows.append(f"| {mode} | " + " | ".join(cells) + " |")
+        finally:
+            if redis is not None:
+                redis.proc.stop()
+    print("\n| mode | " + " | ".join(f"{k} gateway{'s' if k > 1 else ''}" for k in counts)
+          + " |")
+    print("| --- |" + " --- |" * len(counts))
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
