@@ -16,11 +16,13 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from ..core.errors import InferouteError
 
-POLICIES = ("round-robin", "random", "least-request", "llm-d", "sglang-cache-aware",
+#: packaged policies (`src/inferoute/configs/<name>.yaml`); `precise` is llm-d's weights with the
+#: precise prefix scorer, fed by the simulated engines' KV events
+POLICIES = ("round-robin", "random", "least-request", "llm-d", "precise", "sglang-cache-aware",
             "dynamo-kv", "inferoute")
 
 
@@ -74,7 +76,7 @@ class _StageProgress:
         self._progress: Any = None
         self._tasks: dict[int, Any] = {}
 
-    def __enter__(self) -> _StageProgress:
+    def __enter__(self) -> Self:
         if self.enabled:
             from rich.console import Console
             from rich.progress import (

@@ -1,11 +1,13 @@
 """Precise prefix routing in the virtual-time benchmark: the engines' KV events reach the
 precise scorer's index, and runs stay repeatable to the bit."""
 
+import json
 from typing import Any
 
 from inferoute.bench.des import SimConfig, VirtualBench, run_virtual
 from inferoute.bench.load import LoadSpec, parse_stages
 from inferoute.bench.workloads import shared_prefix
+from inferoute.cli import main
 from inferoute.core.scheduling.config import parse_config
 
 
@@ -67,3 +69,17 @@ def test_approximate_policies_publish_no_events() -> None:
     assert bench.precise == [] and not any(e.kv.events_enabled for e in bench.engines)
     res = bench.run()
     assert res.kv_index is None and "kv_index" not in res.to_dict()
+
+
+def test_cli_packaged_precise_policy(tmp_path, capsys) -> None:
+    small = ["--replicas", "2", "--profile", "tiny", "--param", "num_groups=3",
+             "--param", "system_prompt_len=100", "--param", "question_len=20",
+             "--param", "output_len=10", "--stages", "4:3,8:3", "--quiet"]
+    out = tmp_path / "precise.json"
+    assert main(["bench", "sim", "--policy", "precise", *small, "-o", str(out)]) == 0
+    assert "| stage 1 (rate 8) |" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["config"]["policy"] == "precise"
+    index = data["kv_index"]["precise-prefix-cache-scorer"]
+    assert index["stored_events"] > 0 and index["lookups"] == 36
+    assert data["stages"][1]["metrics"]["prefix_cache"]["hit_rate"] > 0.5
