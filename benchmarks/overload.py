@@ -1,0 +1,283 @@
+"""Overload benchmark: offered load at 2x capacity with mixed priorities, admission on vs off.
+
+    python benchmarks/overload.py [--replicas 2] [--time-scale 10] [--duration 6] [--load 2.0]
+
+Starts `inferoute sim` (tiny replicas, slowed by --time-scale so a 2-core machine keeps up) and
+`inferoute serve` in front of it, as real processes on 127.0.0.1. Capacity is measured, not
+assumed: one request's end-to-end time alone gives `replicas x max_num_seqs / e2e` requests/s.
+Then the same seeded Poisson arrivals at `--load` x capacity (20% critical, 40% standard, 40%
+sheddable, chosen by `x-gateway-inference-objective`; streaming completions of fixed length)
+go through the gateway twice: with an `admission:` section (flow control + shedding) and
+without one. Prints, per run and objective: requests, completed, shed (429 with Retry-After),
+other failures, and client-side TTFT p50/p90.
+
+`run()` is also used by tests/integration/reliability/test_overload_admission.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+import yaml
+
+MODEL = "sim-model"
+MAX_NUM_SEQS = 8  # the tiny profile's batch limit
+OBJECTIVES = [{"name": "critical", "priority": 10}, {"name": "standard", "priority": 0},
+              {"name": "sheddable", "priority": -1}]
+MIX = [("critical", 0.2), ("standard", 0.4), ("sheddable", 0.4)]
+
+
+@dataclass
+class Result:
+    objective: str
+    status: int = 0
+    ttft: float | None = None
+    complete: bool = False
+    retry_after: str | None = None
+    error: str | None = None
+
+    @property
+    def shed(self) -> bool:
+        return self.status == 429 and self.retry_after is not None
+
+    @property
+    def failed(self) -> bool:
+        return not self.complete and not self.shed
+
+
+@dataclass
+class Run:
+    admission: bool
+    capacity: float
+    rate: float
+    results: list[Result] = field(default_factory=list)
+
+    def of(self, objective: str) -> list[Result]:
+        return [r for r in self.results if r.objective == objective]
+
+
+def _free_port(n: int = 1) -> int:
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65536:
+            continue
+        try:
+            for i in range(1, n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("INFEROUTE_API_KEYS", None)
+    return subprocess.Popen([sys.executable, "-m", "inferoute", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    """SIGTERM (then SIGKILL) and return what it wrote to stderr."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return (err or b"").decode(errors="replace")
+
+
+async def _wait(session: aiohttp.ClientSession, url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with session.get(url) as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up")
+        await asyncio.sleep(0.05)
+
+
+async def _one(session: aiohttp.ClientSession, url: str, objective: str, i: int,
+               max_tokens: int) -> Result:
+    body = {"model": MODEL, "prompt": f"question {i}: " + " ".join(["word"] * 20),
+            "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+    res = Result(objective)
+    t0 = time.perf_counter()
+    try:
+        async with session.post(url + "/v1/completions", data=orjson.dumps(body), headers={
+                "Content-Type": "application/json",
+                "x-gateway-inference-objective": objective}) as r:
+            res.status = r.status
+            res.retry_after = r.headers.get("Retry-After")
+            if r.status != 200:
+                res.error = (await r.read()).decode(errors="replace")[:200]
+                return res
+            buf = b""
+            async for chunk in r.content.iter_any():
+                if res.ttft is None:
+                    res.ttft = time.perf_counter() - t0
+                buf += chunk
+            events = [line[5:].strip() for line in buf.split(b"\n") if line.startswith(b"data:")]
+            res.complete = bool(events) and events[-1] == b"[DONE]" and not any(
+                e.startswith(b'{"error"') for e in events)
+            if not res.complete:
+                res.error = "stream ended without a clean [DONE]"
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        res.error = type(exc).__name__
+    return res
+
+
+async def _drive(url: str, rate: float, duration: float, max_tokens: int, seed: int
+                 ) -> list[Result]:
+    rng = random.Random(seed)
+    arrivals, t = [], 0.0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= duration:
+            break
+        x, acc = rng.random(), 0.0
+        for name, share in MIX:
+            acc += share
+            if x < acc:
+                break
+        arrivals.append((t, name))
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout,
+                                     connector=aiohttp.TCPConnector(limit=0)) as session:
+        start = time.perf_counter()
+        tasks = []
+        for i, (at, name) in enumerate(arrivals):
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_one(session, url, name, i, max_tokens)))
+        return list(await asyncio.gather(*tasks))
+
+
+async def _capacity(url: str, replicas: int, max_tokens: int) -> float:
+    """Requests/s the replicas complete at full batch: replicas x seqs / one request's e2e."""
+    async with aiohttp.ClientSession() as session:
+        e2e = []
+        for i in range(2):
+            t0 = time.perf_counter()
+            r = await _one(session, url, "critical", 10_000 + i, max_tokens)
+            assert r.complete, r
+            e2e.append(time.perf_counter() - t0)
+    return replicas * MAX_NUM_SEQS / min(e2e)
+
+
+def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
+        load: float = 2.0, max_tokens: int = 24, seed: int = 1,
+        modes: tuple[bool, ...] = (True, False)) -> list[Run]:
+    """One run per mode (admission on/off) with the same arrivals; processes are stopped and
+    their stderr checked for tracebacks."""
+    out: list[Run] = []
+    capacity = 0.0
+    base = _free_port(replicas)
+    sim = _spawn(["sim", "--model", MODEL, "--port", str(base), "--replicas", str(replicas),
+                  "--profile", "tiny", "--time-scale", str(time_scale), "--seed", str(seed)])
+    logs = ""
+    try:
+        for admission in modes:
+            gw_port = _free_port()
+            cfg: dict = {"host": "127.0.0.1", "port": gw_port,
+                         "pools": [{"model": MODEL, "endpoints": [
+                             f"http://127.0.0.1:{base + i}" for i in range(replicas)]}]}
+            if admission:
+                cfg["admission"] = {"objectives": OBJECTIVES, "defaultObjective": "standard",
+                                    "flowControl": {"ttl": "60s", "retryAfter": "1s"}}
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+                yaml.safe_dump(cfg, fh)
+            gw = _spawn(["serve", "--config", fh.name, "--log-level", "error"])
+            url = f"http://127.0.0.1:{gw_port}"
+
+            async def go() -> Run:
+                async with aiohttp.ClientSession() as s:
+                    for i in range(replicas):
+                        await _wait(s, f"http://127.0.0.1:{base + i}/health")
+                    await _wait(s, url + "/ready")
+                cap = capacity or await _capacity(url, replicas, max_tokens)
+                res = await _drive(url, load * cap, duration, max_tokens, seed)
+                return Run(admission, cap, load * cap, res)
+
+            try:
+                r = asyncio.run(go())
+            finally:
+                logs += _stop(gw)
+                Path(fh.name).unlink(missing_ok=True)
+            capacity = r.capacity  # the second run offers exactly the same load
+            out.append(r)
+    finally:
+        logs += _stop(sim)
+    if "Traceback" in logs:
+        raise RuntimeError("a process logged a traceback:\n" + logs)
+    return out
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = max(0, min(len(v) - 1, int(round(q / 100 * len(v) + 0.5)) - 1))
+    return v[k]
+
+
+def table(runs: list[Run]) -> str:
+    lines = ["| admission | objective | requests | completed | shed 429 | failed | "
+             "TTFT p50 s | TTFT p90 s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for run_ in runs:
+        for name, _ in MIX:
+            rs = run_.of(name)
+            ttfts = [r.ttft for r in rs if r.complete and r.ttft is not None]
+            p50, p90 = percentile(ttfts, 50), percentile(ttfts, 90)
+            lines.append(
+                f"| {'on' if run_.admission else 'off'} | {name} | {len(rs)} | "
+                f"{sum(r.complete for r in rs)} | {sum(r.shed for r in rs)} | "
+                f"{sum(r.failed for r in rs)} | "
+                f"{'-' if p50 is None else f'{p50:.3f}'} | {'-' if p90 is None else f'{p90:.3f}'} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--time-scale", type=float, default=10.0)
+    p.add_argument("--duration", type=float, default=6.0, help="seconds of arrivals per run")
+    p.add_argument("--load", type=float, default=2.0, help="offered load / capacity")
+    p.add_argument("--max-tokens", type=int, default=24)
+    p.add_argument("--seed", type=int, default=1)
+    a = p.parse_args()
+    runs = run(replicas=a.replicas, time_scale=a.time_scale, duration=a.duration, load=a.load,
+               max_tokens=a.max_tokens, seed=a.seed)
+    print(f"capacity {runs[0].capacity:.1f} req/s measured; offered {runs[0].rate:.1f} req/s "
+          f"({a.load:g}x) for {a.duration:g} s; {a.replicas} tiny replicas, time scale "
+          f"{a.time_scale:g}, {a.max_tokens} output tokens, seed {a.seed}")
+    print(table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
