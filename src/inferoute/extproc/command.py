@@ -80,6 +80,9 @@ def register(sub: Any) -> None:
                         "objectives (header x-gateway-inference-objective; negative priority "
                         "= sheddable, 429 while saturated), flow-control queue, model routes. "
                         "Default: saturationDetector of the scheduler config, queue on")
+    p.add_argument("--redis", metavar="URL", default=None,
+                   help="share prefix-index inserts and in-flight load with the other picker "
+                        "replicas through this Redis (e.g. redis://redis:6379/0)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=main)
 
@@ -104,10 +107,13 @@ def _serving_config(args: argparse.Namespace) -> ServingConfig:
                                            "scheduler": args.scheduler}]}
         if args.scrape_interval:
             data["scrapeInterval"] = args.scrape_interval
+        if getattr(args, "redis", None):
+            data["redis"] = args.redis
         return parse_serving_config(data, "the command line")
     ns = argparse.Namespace(config=args.config, model=args.model, endpoint=args.endpoint,
                             engine=args.engine, scheduler=args.scheduler, host=None, port=None,
-                            scrape_interval=args.scrape_interval)
+                            scrape_interval=args.scrape_interval,
+                            redis=getattr(args, "redis", None))
     return config_from_args(ns)
 
 
