@@ -147,6 +147,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "prometheusAnnotations": False},
 }
 
+if "redis" in _default_values():  # several replicas share their state through Redis
+    VALUE_SETS["multi-port-replicas"]["redis"] = {"url": "redis://redis.llm.svc:6379/0"}
+
 
 def _merged(values: dict[str, Any]) -> dict[str, Any]:
     """values.yaml with `values` merged in, as helm does (maps merge, the rest replaces)."""
@@ -411,6 +414,8 @@ def test_rendered_args_and_config_load_in_the_picker(helm, tmp_path, name):
     pool = serving.pools[0]
     assert pool.model == (values["model"] or args.pool_name)
     assert args.fallbacks == values["picker"]["fallbacks"]
+    if (values.get("redis") or {}).get("url"):
+        assert args.redis == values["redis"]["url"]
 
     loaded = pool.scheduler_config()
     assert loaded == picker_cfg
