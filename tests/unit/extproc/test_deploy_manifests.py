@@ -1,7 +1,7 @@
 """The deployment files: examples parse and match their schemas; the Helm chart is consistent.
 
-Helm is not installable here (Debian does not package it), so the chart is not rendered.
-Instead: Chart.yaml and values.yaml parse; every `.Values.x.y` a template reads exists in
+These static checks need no helm binary (tests/integration/chart renders the chart with a real
+helm when `deploy/tools/fetch-helm.py` has fetched one). Here: Chart.yaml and values.yaml parse; every `.Values.x.y` a template reads exists in
 values.yaml; every `include` names a defined template; template blocks balance; and the
 generated scheduler-config template uses only plugin types and keys inferoute knows. The Envoy
 bootstrap is parsed into Envoy's own protobuf schema (xds-protos), the static serving config
