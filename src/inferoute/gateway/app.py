@@ -25,6 +25,7 @@ from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .admission import Admission
 from .health import Health
+from .httperrors import GatewayRunner
 from .semantic import Semantic
 from .tenants import Tenants
 from .proxy import Proxy
@@ -170,7 +171,7 @@ async def serve(config: ServingConfig, *, ready_file: str | None = None,
     data = DataLayer(config)
     app = build_app(data)
     # handler_cancellation: a client that hangs up cancels its handler, which aborts upstream
-    runner = web.AppRunner(
+    runner = GatewayRunner(  # JSON errors for requests aiohttp rejects
         app, handler_cancellation=True, shutdown_timeout=config.drain_timeout,
         access_log=logging.getLogger("inferoute.access") if access_log else None,
         access_log_format='%a "%r" %s %b %Tf "%{x-gateway-destination-endpoint-served}o"')
