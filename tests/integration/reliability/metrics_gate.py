@@ -33,15 +33,19 @@ def build(target: str) -> web.Application:
             await asyncio.sleep(3600)  # never answers; the scraper times out
         session: aiohttp.ClientSession = app["session"]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-        async with session.request(request.method, target + request.path_qs,
-                                   data=await request.read(), headers=headers) as up:
-            resp = web.StreamResponse(status=up.status, headers={
-                k: v for k, v in up.headers.items() if k.lower() not in _HOP})
-            await resp.prepare(request)
-            async for chunk in up.content.iter_any():
-                await resp.write(chunk)
-            await resp.write_eof()
-            return resp
+        resp = web.StreamResponse()
+        try:
+            async with session.request(request.method, target + request.path_qs,
+                                       data=await request.read(), headers=headers) as up:
+                resp = web.StreamResponse(status=up.status, headers={
+                    k: v for k, v in up.headers.items() if k.lower() not in _HOP})
+                await resp.prepare(request)
+                async for chunk in up.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+        except ConnectionResetError:  # the client (a scraper that timed out) went away
+            pass
+        return resp
 
     async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         app["session"] = aiohttp.ClientSession(auto_decompress=False)
