@@ -39,14 +39,18 @@ MODEL = "M"
 MODES = ("precise", "precise-redis", "approx-redis", "approx")
 
 
-def policy(mode: str) -> dict[str, Any]:
+def policy(mode: str, llm_d: bool = False) -> dict[str, Any]:
     """Prefix affinity (3) over load (queue 1): a full prefix match always wins, so the hit
-    rate measures what the gateways know, not load noise between them."""
+    rate measures what the gateways know, not load noise between them. `llm_d`: the llm-d
+    weights instead (prefix 3, KV-cache utilisation 2, queue 2), where scraped load can
+    outweigh a match."""
     prefix = "precise-prefix-cache-scorer" if mode.startswith("precise") else "prefix-cache-scorer"
-    return {"plugins": [{"type": prefix}, {"type": "queue-scorer"},
+    load = {"kv-cache-utilization-scorer": 2, "queue-scorer": 2} if llm_d else {"queue-scorer": 1}
+    return {"plugins": [{"type": prefix}, *({"type": t} for t in load),
                         {"type": "max-score-picker"}],
             "schedulingProfiles": [{"name": "default", "plugins": [
-                {"pluginRef": prefix, "weight": 3}, {"pluginRef": "queue-scorer", "weight": 1},
+                {"pluginRef": prefix, "weight": 3},
+                *({"pluginRef": t, "weight": w} for t, w in load.items()),
                 {"pluginRef": "max-score-picker"}]}]}
 
 
@@ -305,7 +309,7 @@ class Workload:
 
 def run_fleet(mode: str, k: int, wl: Workload, workdir: Path, *, replicas: int = 4,
               profile: str = "llama3-8b-h100", time_scale: float = 1.0,
-              redis: Redis | None = None) -> dict[str, float]:
+              redis: Redis | None = None, llm_d: bool = False) -> dict[str, float]:
     """One run from cold: a fresh simulated fleet, K fresh gateways, the workload."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
@@ -318,7 +322,7 @@ def run_fleet(mode: str, k: int, wl: Workload, workdir: Path, *, replicas: int =
     sim = start_sim(replicas, profile, time_scale)
     procs = [sim.proc]
     try:
-        gateways = start_gateways([gateway_config(sim, policy(mode), redis_url)] * k, workdir)
+        gateways = start_gateways([gateway_config(sim, policy(mode, llm_d), redis_url)] * k, workdir)
         procs += [g.proc for g in gateways]
         time.sleep(0.3)  # KV-event subscribers connect, Redis readers start
         res = asyncio.run(drive([g.url for g in gateways], wl.prompts(), wl.rate, wl.seed))
@@ -343,6 +347,8 @@ def main() -> int:
     ap.add_argument("--question", type=int, default=32, help="per-prompt suffix, words")
     ap.add_argument("--rate", type=float, default=20.0, help="Poisson requests/s (20)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--llm-d-weights", action="store_true",
+                    help="prefix 3, KV-cache 2, queue 2 instead of prefix 3, queue 1")
     args = ap.parse_args()
     wl = Workload(args.groups, args.per_group, args.system, args.question, args.rate, args.seed)
     counts = [int(x) for x in args.gateways.split(",")]
@@ -363,7 +369,7 @@ def main() -> int:
                     t0 = time.monotonic()
                     res = run_fleet(mode, k, wl, workdir, replicas=args.replicas,
                                     profile=args.profile, time_scale=args.time_scale,
-                                    redis=redis)
+                                    redis=redis, llm_d=args.llm_d_weights)
                     print(f"{mode:13s} gateways={k} hit_rate={res['hit_rate']:.4f} "
                           f"errors={int(res['errors'])} wall={time.monotonic() - t0:.1f}s",
                           flush=True)

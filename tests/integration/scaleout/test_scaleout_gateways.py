@@ -136,3 +136,20 @@ def test_gateways_share_in_flight_load_through_redis(sim: Sim, redis, tmp_path: 
     finally:
         bad = stop_all([g.proc for g in gateways])
     assert not bad, bad
+
+
+def test_gateway_routes_while_its_redis_is_down(sim: Sim, tmp_path: Path) -> None:
+    # nothing listens on the Redis port: sharing retries in the background, requests are served
+    from .fleet import free_ports
+    cfg = gateway_config(sim, "llm-d", f"redis://127.0.0.1:{free_ports(1)}/0")
+    gateways = start_gateways([cfg], tmp_path)
+    try:
+        for i in range(3):
+            served, _ = complete(gateways[0].url, f"hello {i}")
+            assert served in {u.removeprefix("http://") for u in sim.urls}
+    finally:
+        gw = gateways[0].proc
+        rc = gw.stop()
+    assert rc == 0, gw.log()
+    assert "Traceback" not in gw.log()
+    assert "prefix share" in gw.log()  # the retries are logged, as warnings
