@@ -176,3 +176,45 @@ def test_all_replicas_saturated(harness):
             assert o.ok(), (objective, o.status, o.error)
     assert any(not o.ok() for obj, o in results if obj == "sheddable"), "nothing was shed"
     assert_books_closed(gw.url)
+
+
+def test_frozen_replica_ends_in_flight_requests_cleanly(harness):
+    """SIGSTOP: the replica accepts connections but never answers, and its metrics go stale.
+    Requests already on it end at `readTimeout` with a clean error (a stream: error event and
+    [DONE]); once it is not ready, no request goes there and none fails."""
+    sims = [harness.sim_one(time_scale=5) for _ in range(3)]
+    gw = harness.serve(_pool([s.url for s in sims], upstream={"readTimeout": "1.5s"}),
+                       "--log-level", "error")
+    wait_ready(gw.url, MODEL, 3)
+    n = 9
+    started = threading.Barrier(n + 1, timeout=30)
+    outcomes: list[Outcome] = [None] * n  # type: ignore[list-item]
+
+    def stream(i: int) -> None:
+        outcomes[i] = call(gw.url + "/v1/completions", _body(i, True, max_tokens=60),
+                           on_first=lambda _: started.wait())
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    started.wait()
+    page = get(gw.url + "/metrics").text
+    busy = {s.url: metric_value(page, "inferoute_endpoint_in_flight_requests",
+                                endpoint=s.url.removeprefix("http://")) or 0 for s in sims}
+    victim = max(sims, key=lambda s: busy[s.url])
+    victim.proc.send_signal(signal.SIGSTOP)
+    try:
+        for t in threads:
+            t.join(timeout=60)
+        name = victim.url.removeprefix("http://")
+        for o in outcomes:
+            assert o.clean(), (o.events, o.truncated)
+            if o.headers[SERVED] == name:  # idle past readTimeout: a clean 504 event
+                assert not o.ok() and o.error["code"] == "gateway_timeout", o.error
+            else:
+                assert o.ok()
+        wait_ready(gw.url, MODEL, 2)
+        _all_ok(_run(gw.url, 12))
+        assert_books_closed(gw.url)
+    finally:
+        victim.proc.send_signal(signal.SIGCONT)
