@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import aiohttp
 
@@ -134,7 +135,7 @@ class DataLayer:
 
     # ------------------------------------------------------------------ discovery
 
-    def add_listener(self, listener: "EndpointListener") -> None:
+    def add_listener(self, listener: EndpointListener) -> None:
         """Tell `listener` about endpoints as they come and go while running (per-endpoint
         services such as KV-event subscribers hang off this). Endpoints present at `start()`
         are announced then; at `close()` all are announced removed."""

@@ -22,14 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from ..core.endpoint import Endpoint
 from ..core.kvindex import KVBlockIndex
 from ..core.plugins.prefixindex import PrefixIndex
-from .prefix_share import PrefixShare, SharedKVIndex, SharedPrefixIndex, share_scorer_index
+from .prefix_share import (
+    PrefixShare,
+    SharedKVIndex,
+    SharedPrefixIndex,
+    share_scorer_index,
+)
 
 log = logging.getLogger("inferoute.scaleout")
 

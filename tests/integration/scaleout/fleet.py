@@ -84,7 +84,7 @@ class Proc:
     lines: list[str] = field(default_factory=list)
 
     @classmethod
-    def spawn(cls, args: list[str], name: str) -> "Proc":
+    def spawn(cls, args: list[str], name: str) -> Proc:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("INFEROUTE_API_KEYS", None)
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -177,11 +177,11 @@ def start_gateways(configs: list[dict[str, Any]], workdir: Path) -> list[Gateway
         started.append((proc, ready))
     gateways = []
     for proc, ready in started:
-        wait_until(lambda: ready.exists() and ready.read_text().strip() != "",
+        wait_until(lambda ready=ready: ready.exists() and ready.read_text().strip() != "",
                    "a gateway to listen", proc)
         gateways.append(Gateway(proc, int(ready.read_text())))
     for gw in gateways:
-        wait_until(lambda: _ready(gw.url), "a gateway's endpoints to be ready", gw.proc)
+        wait_until(lambda gw=gw: _ready(gw.url), "a gateway's endpoints to be ready", gw.proc)
     return gateways
 
 

@@ -14,13 +14,23 @@ import json
 import shutil
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from .fleet import (Gateway, Sim, Workload, gateway_config, run_fleet, start_gateways,
-                    start_redis, start_sim, stop_all, workload)
+from .fleet import (
+    Gateway,
+    Sim,
+    Workload,
+    gateway_config,
+    run_fleet,
+    start_gateways,
+    start_redis,
+    start_sim,
+    stop_all,
+    workload,
+)
 
 
 @pytest.fixture(scope="module")
