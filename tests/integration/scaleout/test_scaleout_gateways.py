@@ -5,7 +5,8 @@
   routed to that replica; a gateway started afterwards learns it from the replay socket.
 - Scale-out: 2 and 4 gateways, round robin in front, reach the fleet prefix-cache hit rate of a
   single gateway (within 2 points) with precise scoring (events only) and with approximate
-  scoring sharing through a real redis-server.
+  scoring sharing through a real redis-server; gateways share in-flight load through it; a
+  gateway whose Redis is down still serves.
 """
 
 from __future__ import annotations
