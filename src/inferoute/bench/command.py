@@ -4,6 +4,7 @@
         --param num_groups=10 --stages 2:30,4:30 -o live.json
     inferoute bench sim --policy llm-d --replicas 8 --profile qwen3-32b-2xh100 \\
         --workload shared_prefix --stages seed -o llm-d.json
+    inferoute bench sim --policy precise --stages seed -o precise.json   # KV events -> index
     inferoute bench compare round-robin.json llm-d.json --rate 40
     inferoute bench plot round-robin.json llm-d.json --out plots/
     inferoute bench matrix --out results/            # every policy x workload, virtual time
@@ -186,6 +187,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
     report = result.to_dict()
     print(f"virtual {result.virtual_seconds:.1f}s in {result.wall_seconds:.1f}s wall, "
           f"{result.events} events", file=sys.stderr)
+    for name, st in (result.kv_index or {}).items():
+        print(f"{name}: {st['stored_events']} BlockStored / {st['removed_events']} BlockRemoved "
+              f"events applied, {st['blocks']} blocks indexed, {st['orphan_blocks']} orphaned; "
+              f"speculative {st['confirmed_speculative']} confirmed / "
+              f"{st['expired_speculative']} expired; at decisions the chosen endpoint held "
+              f"{st['blocks_hit']} of {st['blocks_queried']} prompt blocks", file=sys.stderr)
     _finish(report, args, str(args.policy))
     return 0
 

@@ -77,7 +77,9 @@ def test_cli_packaged_precise_policy(tmp_path, capsys) -> None:
              "--param", "output_len=10", "--stages", "4:3,8:3", "--quiet"]
     out = tmp_path / "precise.json"
     assert main(["bench", "sim", "--policy", "precise", *small, "-o", str(out)]) == 0
-    assert "| stage 1 (rate 8) |" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| stage 1 (rate 8) |" in captured.out
+    assert "precise-prefix-cache-scorer: " in captured.err and " BlockStored / " in captured.err
     data = json.loads(out.read_text())
     assert data["config"]["policy"] == "precise"
     index = data["kv_index"]["precise-prefix-cache-scorer"]
