@@ -73,7 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--tenants", metavar="FILE",
                    help="API keys and per-tenant limits (YAML); default $INFEROUTE_API_KEYS, "
                         "else no authentication")
-    p.add_argument("--redis", metavar="URL", help="share rate limits, prefix-index inserts and in-flight load with other gateway replicas through this Redis")
+    p.add_argument("--redis", metavar="URL",
+                   help="share rate limits, prefix-index inserts and in-flight load with "
+                        "other gateway replicas through this Redis")
     p.add_argument("--semantic", metavar="FILE",
                    help='semantic routing config ("model": "auto", guards, semantic cache; '
                         "see docs/semantic.md); off when not given")
