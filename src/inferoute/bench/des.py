@@ -13,9 +13,9 @@ Nothing here sleeps, opens a socket or reads a clock. One run wires:
   next stage starts when the previous one has drained, plus a pause), or closed-loop concurrency;
 - precise prefix routing, when the policy has a `precise-prefix-cache-scorer`: the engines
   publish KV events and requests carry their token ids (the simulator's tokenizer, as a gateway
-  configured with `tokenizer: words` would send). The events of a step reach the scorer's index
-  when the engine's next step completes, about one step after the blocks exist, like a ZMQ hop
-  plus the subscriber's batching.
+  configured with `tokenizer: words` would send). The events an engine step emits reach the
+  scorer's index when that step completes, one step duration after the engine recorded them,
+  like a ZMQ hop plus the subscriber's batching.
 
 Per-token work is one `RequestRecord.on_tokens` call per engine output; the heap holds one event
 per engine step, per scrape and per arrival, never per token. Same inputs, same seed: the same
