@@ -16,7 +16,8 @@ from .engine import Engine, SimRequest
 from .profile import EngineProfile, load_profile
 from .timing import TimingModel
 
-__all__ = ["calibration_report", "measure_step_rate", "print_report", "main_calibrate"]
+__all__ = ["calibration_report", "measure_step_rate", "print_report", "main_calibrate",
+           "seed_bandwidth_bound"]
 
 #: design.md's roofline estimates for Qwen3-32B on 2 x H100 (TP=2)
 DESIGN_REFERENCE = {
@@ -26,8 +27,17 @@ DESIGN_REFERENCE = {
         "decode step, batch 100, 8k context (ms)": 50.0,
         "KV capacity (tokens)": 270_000.0,
         "KV capacity (blocks)": 17_000.0,
+        # the seed's llm-d row at rate 40 (design.md): its mean inter-token latency, which also
+        # carries the prefill work mixed into the decode steps, so a pure decode step at the
+        # same load must be faster than this
+        "decode step at the seed's llm-d load (ms)": 54.52,
     },
 }
+
+#: the seed's llm-d stage at rate 40: Little's law gives the sequences in flight per replica
+#: (15.39 requests/s x 54.72 s mean latency / 8 replicas); prompts were 7,576 tokens on average
+#: (its report's input_length) and a sequence is on average half-way through 1,000 outputs
+SEED_LOAD = {"sequences": 15.39 * 54.72 / 8, "context": 7_576 + 500, "itl_ms": 54.52}
 
 PROMPT = 7_200          # the reference workload: 6,000-token system prompt + 1,200-token question
 SHARED = 6_000
@@ -52,6 +62,14 @@ def calibration_report(profile: EngineProfile) -> dict[str, Any]:
         step = t.decode_seconds(batch, CONTEXT)
         row(f"decode step, batch {batch}, 8k context (ms)", step * 1e3,
             f"{batch / step:,.0f} output tok/s per replica")
+    if profile.name in DESIGN_REFERENCE:
+        seq, ctx = round(SEED_LOAD["sequences"]), SEED_LOAD["context"]
+        row("decode step at the seed's llm-d load (ms)", t.decode_seconds(seq, ctx) * 1e3,
+            f"batch {seq}, {ctx:,}-token context")
+        rows.append({"metric": "HBM efficiency the seed implies (at least)",
+                     "model": profile.memory_efficiency,
+                     "reference": seed_bandwidth_bound(profile),
+                     "note": "memory_efficiency vs the seed's bound"})
     row("KV capacity (tokens)", profile.kv_capacity_tokens,
         "derived from memory" if profile.num_blocks_derived else "set in the profile")
     row("KV capacity (blocks)", float(profile.num_blocks or 0), f"block size {profile.block_size}")
@@ -68,6 +86,20 @@ def calibration_report(profile: EngineProfile) -> dict[str, Any]:
                       "block_size": profile.block_size, "max_loras": profile.max_loras},
         "rows": rows,
     }
+
+
+def seed_bandwidth_bound(profile: EngineProfile) -> float:
+    """The least HBM efficiency that lets a pure decode step at the seed's llm-d load (weights
+    plus every sequence's KV, read once) fit in the seed's mean inter-token latency, after this
+    profile's fixed per-step costs. The seed's ITL also carries prefill work, so its replicas
+    streamed memory at least this efficiently; a profile below the bound decodes too slowly."""
+    t = TimingModel(profile)
+    seqs, ctx = SEED_LOAD["sequences"], SEED_LOAD["context"]
+    hbm = profile.hbm_tbps * 1e12 * profile.tensor_parallel
+    moved = profile.weight_bytes + seqs * ctx * profile.kv_bytes_per_token
+    budget = (SEED_LOAD["itl_ms"] / 1e3 - t.overhead - t.sec_comm_fixed
+              - seqs * t.sec_comm_per_token)
+    return moved / (budget * hbm)
 
 
 def measure_step_rate(profile: EngineProfile, *, batch: int = 100, steps: int = 2_000,

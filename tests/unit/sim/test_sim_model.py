@@ -5,7 +5,7 @@ import xxhash
 
 from inferoute.core.errors import ConfigError
 from inferoute.sim import tokenizer
-from inferoute.sim.calibrate import calibration_report
+from inferoute.sim.calibrate import calibration_report, seed_bandwidth_bound
 from inferoute.sim.profile import load_profile, packaged_profiles
 from inferoute.sim.timing import TimingModel
 
@@ -34,7 +34,7 @@ def test_packaged_profiles_load_and_derive_kv_capacity():
     assert {"qwen3-32b-2xh100", "llama3-8b-h100", "tiny"} <= set(packaged_profiles())
     q = load_profile("qwen3-32b-2xh100")
     assert q.kv_bytes_per_token == 2 * 64 * 8 * 128 * 2
-    assert q.num_blocks_derived and 15_000 < q.num_blocks < 21_000
+    assert q.num_blocks_derived and 15_000 < q.num_blocks < 23_000
     smaller = q.replace(gpu_memory_utilization=0.8)
     assert smaller.num_blocks < q.num_blocks
     assert q.replace(num_blocks=100).num_blocks == 100
@@ -83,3 +83,14 @@ def test_calibration_report_is_near_the_design_roofline():
     assert 0.7 < by["decode step, batch 1, 8k context (ms)"]["model"] / 15 < 1.3
     assert 0.7 < by["decode step, batch 100, 8k context (ms)"]["model"] / 50 < 1.3
     assert 0.7 < by["KV capacity (tokens)"]["model"] / 270_000 < 1.3
+
+
+def test_seed_bandwidth_bound_is_physical():
+    # the least HBM efficiency that fits the seed's llm-d decode load into its mean ITL
+    q = load_profile("qwen3-32b-2xh100")
+    bound = seed_bandwidth_bound(q)
+    assert 0.80 < bound < 0.87                      # just above the profile's 0.80
+    assert seed_bandwidth_bound(q.replace(kv_dtype_bytes=1)) < 0.7 * bound   # fp8 KV: fewer bytes
+    assert seed_bandwidth_bound(q.replace(step_overhead_ms=5.0)) > bound     # less time left
+    rows = {r["metric"]: r for r in calibration_report(q)["rows"]}
+    assert rows["HBM efficiency the seed implies (at least)"]["reference"] == bound
