@@ -144,7 +144,7 @@ async def _one(session: aiohttp.ClientSession, url: str, objective: str, i: int,
                 e.startswith(b'{"error"') for e in events)
             if not res.complete:
                 res.error = "stream ended without a clean [DONE]"
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         res.error = type(exc).__name__
     return res
 
@@ -213,7 +213,7 @@ def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
             gw = _spawn(["serve", "--config", fh.name, "--log-level", "error"])
             url = f"http://127.0.0.1:{gw_port}"
 
-            async def go() -> Run:
+            async def go(url: str, admission: bool, capacity: float) -> Run:
                 async with aiohttp.ClientSession() as s:
                     for i in range(replicas):
                         await _wait(s, f"http://127.0.0.1:{base + i}/health")
@@ -223,7 +223,7 @@ def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
                 return Run(admission, cap, load * cap, res)
 
             try:
-                r = asyncio.run(go())
+                r = asyncio.run(go(url, admission, capacity))
             finally:
                 logs += _stop(gw)
                 Path(fh.name).unlink(missing_ok=True)
@@ -241,13 +241,13 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     v = sorted(values)
-    k = max(0, min(len(v) - 1, int(round(q / 100 * len(v) + 0.5)) - 1))
+    k = max(0, min(len(v) - 1, round(q / 100 * len(v) + 0.5) - 1))
     return v[k]
 
 
 def table(runs: list[Run]) -> str:
-    lines = ["| admission | objective | requests | completed | shed 429 | failed | "
-             "TTFT p50 s | TTFT p90 s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [("| admission | objective | requests | completed | shed 429 | failed | "
+              "TTFT p50 s | TTFT p90 s |"), "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for run_ in runs:
         for name, _ in MIX:
             rs = run_.of(name)

@@ -4,14 +4,14 @@ on sys.path so test modules can import it)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reliability_kit import Harness  # noqa: E402
+from reliability_kit import Harness
 
 
 @pytest.fixture

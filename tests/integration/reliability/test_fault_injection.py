@@ -11,8 +11,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from reliability_kit import (OBJECTIVE, Outcome, assert_books_closed, call, metric_value, get,
-                      post, wait_ready)
+from reliability_kit import (
+    OBJECTIVE,
+    Outcome,
+    assert_books_closed,
+    call,
+    get,
+    metric_value,
+    post,
+    wait_ready,
+)
 
 SERVED = "x-gateway-destination-endpoint-served"
 MODEL = "sim-model"

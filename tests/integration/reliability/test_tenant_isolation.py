@@ -8,12 +8,11 @@ import random
 
 import pytest
 import yaml
+from reliability_kit import call, get
 
 from inferoute.core.admission import MemoryRateLimiter
 from inferoute.core.errors import TooManyRequests
 from inferoute.tenants import KeyStore, TenantGate
-
-from reliability_kit import call, get
 
 SECRET, OTHER, WRONG = ("sk-live-7c1d0e9a5b3f4e2a", "sk-team-b-4f0a9c2d7e1b", "sk-wrong-0a1b2c3d4e5f")
 

@@ -4,8 +4,14 @@ non-sheddable ones until its TTL (found by tests/integration/reliability)."""
 
 from __future__ import annotations
 
-from inferoute.core.admission import (AdmissionController, FlowControlSpec, ObjectiveSpec,
-                                      Objectives, OBJECTIVE_HEADER, Ticket)
+from inferoute.core.admission import (
+    OBJECTIVE_HEADER,
+    AdmissionController,
+    FlowControlSpec,
+    Objectives,
+    ObjectiveSpec,
+    Ticket,
+)
 from inferoute.core.admission.flowcontrol import FlowQueue, TicketState
 from inferoute.core.errors import TooManyRequests
 
