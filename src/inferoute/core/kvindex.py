@@ -34,9 +34,12 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Iterable, Sequence
 
 import xxhash
+
+from .blockmatch import prefix_depths
 
 __all__ = ["KVBlockIndex", "KVIndexStats", "BlockStoredEvent", "BlockRemovedEvent",
            "AllBlocksClearedEvent", "KVEvent", "block_keys", "chain_root", "apply_engine_events",
@@ -404,28 +407,12 @@ class KVBlockIndex:
         if not active:
             return result
         get = self._owners.get
-        sget = self._spec_owners.get if speculative and self._spec_owners else None
-        depth = 0
-        for key in keys:
-            mask = get(key, 0)
-            if sget is not None:
-                mask |= sget(key, 0)
-            still = mask & active
-            if still != active:
-                dropped = active & ~still
-                while dropped:
-                    low = dropped & -dropped
-                    result[by_slot[low.bit_length() - 1]] = depth
-                    dropped ^= low
-                active = still
-                if not active:
-                    return result
-            depth += 1
-        while active:
-            low = active & -active
-            result[by_slot[low.bit_length() - 1]] = depth
-            active ^= low
-        return result
+        if speculative and self._spec_owners:
+            sget = self._spec_owners.get
+            masks: Iterable[int] = (get(k, 0) | sget(k, 0) for k in keys)
+        else:
+            masks = map(get, keys, repeat(0))
+        return prefix_depths(masks, active, by_slot, result)
 
     def stats(self) -> KVIndexStats:
         return KVIndexStats(

@@ -14,7 +14,10 @@ structure is bounded: the global map holds at most the sum of the endpoints' cap
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import repeat
 from typing import Iterable, Sequence
+
+from ..blockmatch import prefix_depths
 
 
 class PrefixIndex:
@@ -87,24 +90,7 @@ class PrefixIndex:
         if not active:
             return result
         get = self._owners.get
-        depth = 0
-        for h in hashes:
-            still = get(h, 0) & active
-            if still != active:
-                dropped = active & ~still
-                while dropped:
-                    low = dropped & -dropped
-                    result[by_slot[low.bit_length() - 1]] = depth
-                    dropped ^= low
-                active = still
-                if not active:
-                    return result
-            depth += 1
-        while active:
-            low = active & -active
-            result[by_slot[low.bit_length() - 1]] = depth
-            active ^= low
-        return result
+        return prefix_depths(map(get, hashes, repeat(0)), active, by_slot, result)
 
     # -- updates -----------------------------------------------------------------------------
     def insert(self, name: str, hashes: Sequence[int], capacity: int) -> list[int]:
