@@ -23,7 +23,6 @@ request to a silent port costs `replayTimeout` before the subscriber gives up on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import pydantic
 import zmq
 import zmq.asyncio
 
+from ..aiotasks import cancel_tasks
 from ..core.endpoint import Endpoint
 from ..core.kvindex import KVBlockIndex
 from ..core.scheduling.config import parse_duration
@@ -179,10 +179,8 @@ class KVEventSubscriber:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            await cancel_tasks(task)
         if self._sub is not None:
             self._sub.close(linger=0)
             self._sub = None

@@ -23,6 +23,7 @@ import time
 from typing import Callable
 
 from ..core.endpoint import Endpoint
+from ..aiotasks import cancel_tasks
 from .metricsparse import EngineName, PageHints, detect_engine, parse_metrics
 
 log = logging.getLogger("inferoute.scrape")
@@ -198,10 +199,5 @@ class Scraper:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_tasks(task)
         self._http.close()

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import Any
 
+from ..aiotasks import cancel_tasks
 from ..core.admission import AdmissionConfig, Admitted, Ticket
 from ..core.request import InferenceRequest
 from ..core.router import ModelPool
@@ -85,6 +86,5 @@ class AdmissionRunner:
             if t.waiter is not None and not t.waiter.done():
                 t.waiter.set_exception(err)
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+            task, self._task = self._task, None
+            await cancel_tasks(task)

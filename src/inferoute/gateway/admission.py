@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..aiotasks import cancel_tasks
 from ..core.admission import AdmissionConfig, Ticket
 from ..core.endpoint import Endpoint, Pool
 from ..core.request import InferenceRequest
@@ -88,9 +89,4 @@ class Admission:
             if ticket.waiter is not None and not ticket.waiter.done():
                 ticket.waiter.set_exception(err)
         task, self._ticker = self._ticker, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_tasks(task)

@@ -15,6 +15,7 @@ import logging
 
 import aiohttp
 
+from ..aiotasks import cancel_tasks
 from ..core.endpoint import Endpoint
 from ..core.health import ActiveCheckSpec, HealthEvent, HealthTracker, OutlierSpec
 from ..datalayer.runtime import DataLayer
@@ -87,9 +88,4 @@ class Health:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_tasks(task)
