@@ -16,7 +16,7 @@ from .engine import Engine, SimRequest
 from .profile import EngineProfile, load_profile
 from .timing import TimingModel
 
-__all__ = ["calibration_report", "measure_step_rate", "print_report", "main_calibrate",
+__all__ = ["calibration_report", "main_calibrate", "measure_step_rate", "print_report",
            "seed_bandwidth_bound"]
 
 #: design.md's roofline estimates for Qwen3-32B on 2 x H100 (TP=2)

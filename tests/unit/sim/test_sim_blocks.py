@@ -1,7 +1,13 @@
 """The KV block manager: allocation, prefix-cache hits, LRU eviction of freed blocks, KV events."""
 
-from inferoute.sim.blocks import (AllBlocksCleared, BlockManager, BlockRemoved, BlockStored,
-                                  chain_hashes, root_hash)
+from inferoute.sim.blocks import (
+    AllBlocksCleared,
+    BlockManager,
+    BlockRemoved,
+    BlockStored,
+    chain_hashes,
+    root_hash,
+)
 
 
 def _toks(start: int, n: int) -> list[int]:

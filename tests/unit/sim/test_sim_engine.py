@@ -76,7 +76,7 @@ def test_at_least_one_token_is_computed_even_on_a_full_hit():
 def test_chunked_prefill_across_steps_under_the_token_budget():
     e = Engine(TINY)
     e.add_request(req("a", words("p", 300), 2), 0.0)
-    outs, steps, _ = run(e)
+    _, steps, _ = run(e)
     # 300 tokens at 128 per step: two chunks without output, the third samples the first token
     assert [len(s.outputs) for s in steps] == [0, 0, 1, 1]
     assert steps[0].duration > steps[3].duration  # a full chunk costs more than one decode
@@ -214,7 +214,7 @@ def test_same_seed_same_run_with_noise():
         e = Engine(noisy, seed=seed)
         for i in range(6):
             e.add_request(SimRequest(f"r{i}", words(f"x{i % 2}", 40 + i), 30), 0.0)
-        outs, steps, end = run(e)
+        outs, steps, _ = run(e)
         return [round(s.duration, 12) for s in steps], [(o.request_id, o.finished) for _, o in outs]
     assert trace(3) == trace(3)
     assert trace(3)[0] != trace(4)[0]
