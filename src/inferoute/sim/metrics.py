@@ -98,7 +98,8 @@ class ReplicaMetrics:
     """The registry of one replica, with the recorders the runner calls."""
 
     def __init__(self, model_name: str, stats: Callable[[], Any], *, block_size: int,
-                 num_gpu_blocks: int, max_model_len: int, lora_enabled: bool = False) -> None:
+                 num_gpu_blocks: int, max_model_len: int, lora_enabled: bool = False,
+                 gpu_memory_utilization: float = 0.9) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         labels = ["model_name", "engine"]
         lv = (model_name, "0")
@@ -131,7 +132,7 @@ class ReplicaMetrics:
                              "Histogram of e2e request latency in seconds.", labels,
                              buckets=REQUEST_LATENCY_BUCKETS, registry=reg).labels(*lv)
         cache_info = {"block_size": str(block_size), "cache_dtype": "auto",
-                      "enable_prefix_caching": "True", "gpu_memory_utilization": "0.9",
+                      "enable_prefix_caching": "True", "gpu_memory_utilization": str(gpu_memory_utilization),
                       "num_cpu_blocks": "None", "num_gpu_blocks": str(num_gpu_blocks),
                       "num_gpu_blocks_override": "None", "engine": "0"}
         reg.register(_EngineStateCollector(model_name, stats, cache_info, lora_enabled))

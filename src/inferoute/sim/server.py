@@ -97,7 +97,8 @@ class Replica:
                                       block_size=cfg.profile.block_size,
                                       num_gpu_blocks=int(cfg.profile.num_blocks or 0),
                                       max_model_len=cfg.profile.max_model_len,
-                                      lora_enabled=cfg.lora_enabled)
+                                      lora_enabled=cfg.lora_enabled,
+                                      gpu_memory_utilization=cfg.profile.gpu_memory_utilization)
         self.publisher: KVEventPublisher | None = None
         if cfg.kv_events:
             self.publisher = KVEventPublisher(
