@@ -132,7 +132,8 @@ class ReplicaMetrics:
                              "Histogram of e2e request latency in seconds.", labels,
                              buckets=REQUEST_LATENCY_BUCKETS, registry=reg).labels(*lv)
         cache_info = {"block_size": str(block_size), "cache_dtype": "auto",
-                      "enable_prefix_caching": "True", "gpu_memory_utilization": str(gpu_memory_utilization),
+                      "enable_prefix_caching": "True",
+                      "gpu_memory_utilization": str(gpu_memory_utilization),
                       "num_cpu_blocks": "None", "num_gpu_blocks": str(num_gpu_blocks),
                       "num_gpu_blocks_override": "None", "engine": "0"}
         reg.register(_EngineStateCollector(model_name, stats, cache_info, lora_enabled))
