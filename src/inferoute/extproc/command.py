@@ -3,6 +3,8 @@
     inferoute epp --model Qwen/Qwen3-32B --endpoint http://10.0.0.1:8000 --endpoint ...
     inferoute epp --config serving.yaml
     inferoute epp --pool-name qwen --pool-namespace default [--model Qwen/Qwen3-32B]
+    inferoute epp --pool-name qwen --scheduler precise --tokenizer /models/qwen \
+        --kv-events-pub-port 5557 --kv-events-replay-port 5558
 
 Serves ext_proc on --grpc-port (9002), gRPC health on --health-port (9003) and Prometheus
 metrics on --metrics-port (9090). Endpoints come from a static serving config (the same file
@@ -26,6 +28,7 @@ from ..core.scheduling.config import parse_duration
 from ..datalayer.discovery.static import (ServingConfig, config_from_args,
                                           parse_serving_config)
 from ..datalayer.runtime import DataLayer
+from ..gateway.command import add_precise_flags, apply_precise_flags
 from ..observability import Observability
 from .admission import AdmissionRunner
 from .health import Health, start_health_server
@@ -84,6 +87,7 @@ def register(sub: Any) -> None:
                    help="share prefix-index inserts and in-flight load with the other picker "
                         "replicas through this Redis (e.g. redis://redis:6379/0)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_precise_flags(p)
     p.set_defaults(func=main)
 
 
@@ -97,7 +101,12 @@ def _admission_config(args: argparse.Namespace, config: ServingConfig) -> Admiss
 
 
 def _serving_config(args: argparse.Namespace) -> ServingConfig:
-    """The static config, or for Kubernetes an empty pool the discovery fills."""
+    """The static config, or for Kubernetes an empty pool the discovery fills; either way
+    with the precise-scoring flags (--tokenizer, --kv-events-*) applied to its pools."""
+    return apply_precise_flags(_base_config(args), args)
+
+
+def _base_config(args: argparse.Namespace) -> ServingConfig:
     if args.pool_name:
         if args.config or args.endpoint:
             raise ConfigError("--pool-name discovers endpoints: do not combine it with "
@@ -230,6 +239,9 @@ def main(args: argparse.Namespace) -> int:
     from ..datalayer.discovery.kubernetes import PoolError
     try:
         asyncio.run(_run(args, config, admission))
+    except ConfigError as exc:  # found while building the pools, e.g. a missing tokenizer
+        print(f"inferoute epp: {exc}", file=sys.stderr)
+        return 2
     except (OSError, PoolError) as exc:
         print(f"inferoute epp: {exc}", file=sys.stderr)
         return 1

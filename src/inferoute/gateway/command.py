@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Any, Coroutine
+from typing import TYPE_CHECKING, Any, Coroutine
 
 from ..core.errors import ConfigError
 from ..core.scheduling.config import parse_duration
+
+if TYPE_CHECKING:
+    from ..datalayer.discovery.static import ServingConfig
 
 
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -28,6 +31,82 @@ def _duration_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: `--kv-events-*` flag (argparse dest) -> `kvEvents:` key (KVEventsConfig alias)
+_KV_EVENT_FLAGS = {"kv_events_pub_port": "pubPort", "kv_events_replay_port": "replayPort",
+                   "kv_events_pub_port_offset": "pubPortOffset",
+                   "kv_events_replay_port_offset": "replayPortOffset"}
+
+
+def _port_arg(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (1-65535)")
+    return port
+
+
+def add_precise_flags(p: argparse.ArgumentParser) -> None:
+    """The precise-scoring pool settings as flags (`inferoute serve` and `inferoute epp`)."""
+    g = p.add_argument_group(
+        "precise prefix scoring (scheduler 'precise'; pool keys tokenizer/kvEvents, "
+        "docs/precise-routing.md; with --config they replace those keys in every pool)")
+    g.add_argument("--tokenizer", metavar="PATH|words",
+                   help="the model's tokenizer: a local tokenizer.json or Hugging Face "
+                        "tokenizer directory (nothing is downloaded), or 'words' for "
+                        "`inferoute sim`")
+    g.add_argument("--kv-events-pub-port", type=_port_arg, metavar="N",
+                   help="port of each endpoint's KV-event PUB socket, on the endpoint's host "
+                        "(default 5557, vLLM's)")
+    g.add_argument("--kv-events-replay-port", type=_port_arg, metavar="N",
+                   help="port of each endpoint's KV-event replay socket (default 5558; 0: "
+                        "none, no gap filling)")
+    g.add_argument("--kv-events-pub-port-offset", type=int, metavar="N",
+                   help="PUB port = the endpoint's HTTP port + N instead (several replicas "
+                        "per host; `inferoute sim --port 8000 --kv-events`: -2443)")
+    g.add_argument("--kv-events-replay-port-offset", type=int, metavar="N",
+                   help="replay port = the endpoint's HTTP port + N (`inferoute sim`: -2343)")
+
+
+def apply_precise_flags(config: ServingConfig, args: argparse.Namespace) -> ServingConfig:
+    """`config` with every pool's `tokenizer:` / `kvEvents:` set from the flags of
+    `add_precise_flags` (kvEvents keys merged over the pool's own); unchanged without them.
+
+    ConfigError when they are given but no pool's scheduler has a precise-prefix-cache-scorer
+    (they would be ignored silently otherwise)."""
+    from ..core.plugins.precise import PrecisePrefixCacheScorer
+    from ..datalayer.discovery.static import parse_serving_config
+    from ..datalayer.kvevents import KVEventsConfig
+
+    tokenizer = getattr(args, "tokenizer", None)
+    kv: dict[str, Any] = {}
+    for dest, key in _KV_EVENT_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            kv[key] = None if key == "replayPort" and value == 0 else value
+    if tokenizer is None and not kv:
+        return config
+    if kv.get("pubPort") == 0:
+        raise ConfigError("--kv-events-pub-port must be 1-65535")
+    precise = PrecisePrefixCacheScorer.type_name
+    if not any(spec.type == precise for pc in config.pools
+               for spec in pc.scheduler_config().plugins):
+        raise ConfigError("--tokenizer and --kv-events-* configure precise prefix scoring: "
+                          "use them with a scheduler that has a precise-prefix-cache-scorer "
+                          "(e.g. --scheduler precise)")
+    data = config.model_dump(by_alias=False)
+    for pool in data["pools"]:
+        if tokenizer is not None:
+            pool["tokenizer"] = tokenizer
+        if kv:
+            own = pool.get("kv_events") or {}
+            own = KVEventsConfig.model_validate(own).model_dump(by_alias=True,
+                                                                 exclude_unset=True)
+            pool["kv_events"] = {**own, **kv}
+    return parse_serving_config(data, "the --tokenizer/--kv-events-* flags")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from ..datalayer.discovery.static import config_from_args
     from .app import serve
@@ -35,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = config_from_args(args)
+        config = apply_precise_flags(config_from_args(args), args)
         run_async(serve(config, ready_file=args.ready_file, access_log=args.access_log))
     except ConfigError as exc:  # also tenants and semantic files, read at start-up
         print(f"inferoute serve: {exc}", file=sys.stderr)
@@ -89,6 +168,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="log one line per request (client, request line, status, bytes, "
                         "seconds, served endpoint)")
     p.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)
+    add_precise_flags(p)
     p.set_defaults(func=_serve)
 
     o = sub.add_parser(
