@@ -8,13 +8,17 @@ the prompt directly, behind the picker's back.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
-import time
+import subprocess
+from pathlib import Path
 
 import aiohttp
 import grpc
 import orjson
 import pytest
+import yaml
 from aiohttp import web
 
 
@@ -111,3 +115,88 @@ async def test_epp_pool_mode_routes_on_the_pods_kv_events(standin, kv_sim, kit, 
     finally:
         rc = epp.stop()
         assert rc == 0, epp.log() if hasattr(epp, "log") else "".join(epp.lines)
+
+
+# -- the Helm chart's precise values -> the picker's arguments and config ----------------------
+
+CHART = Path(__file__).resolve().parents[3] / "deploy" / "helm" / "inferoute"
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    tools = Path(os.environ.get("INFEROUTE_TOOLS") or Path.home() / ".cache" / "inferoute-tools")
+    for candidate in (os.environ.get("INFEROUTE_HELM"), str(tools / "bin" / "helm"),
+                      shutil.which("helm")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.skip("helm not found: run `python3 deploy/tools/fetch-helm.py` or set INFEROUTE_HELM")
+
+
+def helm_template(helm: str, tmp_path: Path, values: dict) -> subprocess.CompletedProcess:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return subprocess.run([helm, "template", "qwen", str(CHART), "--namespace", "llm",
+                           "-f", str(path)], check=False, capture_output=True, text=True,
+                          timeout=60)
+
+
+PRECISE_VALUES = {"precise": {
+    "enabled": True, "tokenizerPath": "/models/qwen3",
+    "tokenizerVolume": {"persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
+    "tokenizerMountPath": "/models",
+    "kvEvents": {"pubPort": 5557, "replayPort": 0, "pubPortOffset": -2443},
+    "scorerParameters": {"speculativeTtl": "5s", "blockSize": 16}}}
+
+
+def test_chart_precise_values_reach_the_picker(helm, tmp_path):
+    import kubernetes_validate
+
+    from inferoute.cli import build_parser
+    from inferoute.extproc import command
+
+    out = helm_template(helm, tmp_path, PRECISE_VALUES)
+    assert out.returncode == 0, out.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all(out.stdout) if d}
+    dep = docs["Deployment"]
+    kubernetes_validate.validate(dep, kubernetes_validate.latest_version(), strict=True)
+    spec = dep["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert {"name": "tokenizer", "mountPath": "/models", "readOnly": True} in (
+        container["volumeMounts"])
+    assert {"name": "tokenizer", "persistentVolumeClaim": {
+        "claimName": "models", "readOnly": True}} in spec["volumes"]
+    # the container's args, with the ConfigMap where the picker would find it
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    for key, text in docs["ConfigMap"]["data"].items():
+        (mounted / key).write_text(text)
+    argv = [a.replace("/etc/inferoute", str(mounted)) for a in container["args"]]
+    serving = command._serving_config(build_parser().parse_args(argv))
+    pool = serving.pools[0]
+    assert pool.tokenizer == "/models/qwen3"
+    assert pool.kv_events == {"pubPort": 5557, "replayPort": None, "pubPortOffset": -2443}
+    sched = pool.scheduler_config()
+    (precise,) = [p for p in sched.plugins if p.type == "precise-prefix-cache-scorer"]
+    assert precise.parameters == {"speculativeTtl": "5s", "blockSize": 16}
+    assert "prefix-cache-scorer" not in {p.type for p in sched.plugins}
+    (profile,) = sched.scheduling_profiles
+    assert {r.plugin_ref: r.weight for r in profile.plugins}["precise-prefix-cache-scorer"] == 3
+
+
+def test_chart_without_precise_renders_no_precise_args(helm, tmp_path):
+    out = helm_template(helm, tmp_path, {})
+    assert out.returncode == 0, out.stderr
+    assert "--tokenizer" not in out.stdout and "--kv-events" not in out.stdout
+    assert "precise-prefix-cache-scorer" not in out.stdout and "name: tokenizer" not in out.stdout
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"precise": {"enabled": True, "tokenizerPath": ""}}, "tokenizerPath"),
+    ({"precise": {"enabled": True},
+      "schedulingConfig": {"scorers": {"prefixCacheScorer": 0}}}, "prefixCacheScorer"),
+    ({"precise": {"kvEvents": {"pubPort": 70000}}}, "pubPort"),
+    ({"precise": {"kvEvents": {"pubPorts": 5557}}}, "pubPorts"),
+])
+def test_chart_refuses_bad_precise_values(helm, tmp_path, values, message):
+    out = helm_template(helm, tmp_path, values)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
