@@ -108,8 +108,11 @@ class Observability:
         self.ep_kv = Gauge("inferoute_endpoint_kv_cache_utilization", "Scraped KV-cache "
                            "utilisation (0-1).", _EP, registry=r)
         self.retries = Counter("inferoute_upstream_retries", "Requests retried on another "
-                               "endpoint after a connect failure or a 5xx.", ("pool",),
-                               registry=r)
+                               "endpoint after a connect failure, a first-byte timeout or "
+                               "a 5xx.", ("pool",), registry=r)
+        self.over_limit = Counter("inferoute_concurrency_limit_rejections", "API requests "
+                                  "refused with 503 because maxConcurrentRequests were in "
+                                  "progress.", registry=r)
         self.queue_size = Gauge("inference_extension_flow_control_queue_size", "Requests "
                                 "waiting in the gateway's flow-control queue.",
                                 ("inference_pool", "priority"), registry=r)
@@ -157,6 +160,9 @@ class Observability:
 
     def retried(self, pool: str) -> None:
         self._child(self.retries, pool).inc()
+
+    def over_concurrency_limit(self) -> None:
+        self.over_limit.inc()
 
     def request_finished(self, model: str, target_model: str, *, latency: float,
                          ttft: float | None = None, usage: Mapping[str, Any] | None = None,

@@ -6,9 +6,11 @@ endpoint, and lets discovery add and remove endpoints at run time.
 
 Readiness: an endpoint is *ready* when it is `healthy` and its last successful scrape is at
 most `ready_window` seconds old (5 s by default, 100 scrape periods). Only ready endpoints are
-offered to the scheduler. Between the core's staleness threshold (200 ms) and the ready window
-an endpoint stays schedulable but its metrics count as stale (unknown/saturated) for the
-core's saturation logic; past the window, or when it never answered /metrics, it is skipped.
+offered to the scheduler, and among them those with *fresh* metrics (no older than the
+scheduler's staleness threshold, 200 ms by default) when there is at least one: a replica that
+froze stops answering /metrics at once, and gets no new requests from then on rather than at
+the end of the ready window. Past the window, or when it never answered /metrics, an endpoint
+is skipped.
 
 Per pool it also runs what the pool's scheduler needs beyond metrics: with a
 `precise-prefix-cache-scorer`, the pool's tokenizer and one KV-event subscriber per endpoint
@@ -213,10 +215,29 @@ class DataLayer:
         t = self.clock() if now is None else now
         return at is not None and t - at <= self.ready_window
 
-    def ready_endpoints(self, mp: ModelPool, now: float | None = None) -> list[Endpoint]:
-        """The endpoints of `mp` the scheduler may pick from right now."""
+    def fresh_window(self, mp: ModelPool) -> float:
+        """Age below which `mp`'s metrics count as fresh: the scheduler's staleness threshold,
+        but never under two scrape periods (else a slow scrape period makes every endpoint
+        flicker between fresh and stale)."""
+        threshold = mp.scheduler.config.saturation_detector.metrics_staleness_threshold
+        return max(threshold, 2 * self.config.scrape_interval)
+
+    def ready_endpoints(self, mp: ModelPool, now: float | None = None, *,
+                        prefer_fresh: bool = True) -> list[Endpoint]:
+        """The endpoints of `mp` the scheduler may pick from right now.
+
+        With `prefer_fresh` (the default), when at least one ready endpoint has fresh metrics
+        (see `fresh_window`) only those are offered: a frozen or overwhelmed replica stops
+        answering /metrics long before it leaves the ready window, and new requests should
+        not go to it meanwhile. When none is fresh, every ready endpoint is offered.
+        """
         t = self.clock() if now is None else now
-        return [ep for ep in mp.pool if self.is_ready(ep, t)]
+        ready = [ep for ep in mp.pool if self.is_ready(ep, t)]
+        if not prefer_fresh or not self.scrape or len(ready) < 2:
+            return ready
+        window = self.fresh_window(mp)
+        fresh = [ep for ep in ready if not ep.is_stale(t, window)]
+        return fresh or ready
 
     def endpoints(self) -> Iterator[tuple[ModelPool, Endpoint]]:
         for mp in self.router.pools.values():

@@ -118,7 +118,7 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
 
     async def ready(request: web.Request) -> web.Response:
         now = data.now()
-        pools = {mp.model: len(data.ready_endpoints(mp, now))
+        pools = {mp.model: len(data.ready_endpoints(mp, now, prefer_fresh=False))
                  for mp in data.router.pools.values()}
         if any(pools.values()):
             return _json({"status": "ready", "ready_endpoints": pools})
@@ -173,6 +173,7 @@ async def serve(config: ServingConfig, *, ready_file: str | None = None,
     # handler_cancellation: a client that hangs up cancels its handler, which aborts upstream
     runner = GatewayRunner(  # JSON errors for requests aiohttp rejects
         app, handler_cancellation=True, shutdown_timeout=config.drain_timeout,
+        max_line_size=config.max_header_bytes, max_field_size=config.max_header_bytes,
         access_log=logging.getLogger("inferoute.access") if access_log else None,
         access_log_format='%a "%r" %s %b %Tf "%{x-gateway-destination-endpoint-served}o"')
     await runner.setup()

@@ -9,24 +9,30 @@ waits for its end, so a client never sees half an event); nothing else is held. 
 it reads the `usage` object (see `sse.py`) and, whatever happens, closes the books exactly once:
 `Router.finish` (in-flight counts, plugin hooks), health outcome, metrics, tenant usage.
 
-Retries: a connect failure, or a 5xx status before any body byte, is retried on the next
-endpoint of the decision (the picker's fallback, else another ready endpoint; endpoints on a
-failure streak last), at most `MAX_ATTEMPTS` attempts in all. A read timeout
-is not retried (the first server may still be working on it) and maps to 504; an exhausted
-connect retry to 502. A model server failing mid-response ends an event stream with an error
-event and `data: [DONE]` (the OpenAI SDK raises it as an APIError); a plain body is cut off. A
-client that disconnects cancels the upstream request (its connection is closed, which vLLM takes
-as an abort).
+Retries: a connect failure, a 5xx status, or no first body byte within `firstByteTimeout` is
+retried on the next endpoint of the decision (the picker's fallback, else another ready
+endpoint; endpoints on a failure streak last), at most `MAX_ATTEMPTS` attempts in all, after a
+short jittered backoff (`retry_delay`; never before the first attempt). The first body chunk is
+read before the client's response starts, so until then nothing is lost by a retry (the
+abandoned attempt's connection is closed, which vLLM takes as an abort). The last attempt's
+timeout maps to 504, its connect failure to 502. After the first byte, a gap longer than
+`idleTimeout` or a model server failing mid-response ends an event stream with an error event
+and `data: [DONE]` (the OpenAI SDK raises it as an APIError); a plain body is cut off. A client
+that disconnects cancels the upstream request the same way.
+
+Limits: at most `maxConcurrentRequests` API requests are in progress (queued and streaming ones
+included); one more gets an immediate 503 with `Retry-After`, never a wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 import orjson
@@ -59,6 +65,19 @@ _DROP_RESPONSE = _HOP_BY_HOP
 #: attempts per request before its first byte (the first pick plus two retries, each on
 #: another endpoint): one healthy endpoint among three is always reached
 MAX_ATTEMPTS = 3
+
+
+def retry_delay(attempt: int, base: float, cap: float,
+                rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before attempt number `attempt` (0 = the first, never delayed).
+
+    Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))).
+    The jitter keeps many requests that failed together (a replica dying) from retrying in
+    lockstep; the cap bounds what a client can be kept waiting by retries.
+    """
+    if attempt <= 0 or base <= 0:
+        return 0.0
+    return rand() * min(cap, base * 2 ** (attempt - 1))
 
 
 def error_response(exc: InferouteError) -> web.Response:
@@ -107,9 +126,11 @@ class Proxy:
         self.tenants = tenants
         self.semantic = semantic
         up = config.upstream
+        # first-byte and idle timeouts are applied around the reads in _connect and _relay
         self.timeout = aiohttp.ClientTimeout(total=up.request_timeout,
-                                             sock_connect=up.connect_timeout,
-                                             sock_read=up.read_timeout)
+                                             sock_connect=up.connect_timeout)
+        #: API requests in progress, for `maxConcurrentRequests`
+        self.active = 0
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.config.max_body_bytes
@@ -122,13 +143,27 @@ class Proxy:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes") from None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The POST handler: `_handle` within the `maxConcurrentRequests` limit."""
+        if self.active >= self.config.max_concurrent_requests:
+            self.obs.over_concurrency_limit()
+            return error_response(NoEndpointAvailable(
+                f"the gateway is at its limit of {self.config.max_concurrent_requests} "
+                "requests in progress; retry shortly", code="gateway_overloaded",
+                headers={"Retry-After": "1"}))
+        self.active += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.active -= 1
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         data, obs = self.data, self.obs
         now = data.clock()
         api = API_PATHS[request.path]
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         model = target = ""
         tenant = None
-        flight = _Flight()
+        flight = _Flight(arrival=now)
         try:
             raw = await self._read_body(request)
             headers = {k.lower(): v for k, v in request.headers.items()}
@@ -212,6 +247,9 @@ class Proxy:
         data, obs = self.data, self.obs
         order = list(decision.result.targets)
         order += [ep for ep in candidates if ep not in order]
+        if len(order) < MAX_ATTEMPTS:  # retries may also go to ready endpoints with stale metrics
+            every = data.ready_endpoints(decision.pool, data.clock(), prefer_fresh=False)
+            order += [ep for ep in every if ep not in order]
         if self.health is not None and len(order) > 2:  # retries go to healthy-looking ones
             streak = self.health.failure_streak
             pool = decision.pool.model
@@ -251,9 +289,11 @@ class Proxy:
 
     async def _connect(self, flight: "_Flight", decision: Decision, order: list[Endpoint],
                        body: bytes, headers: dict[str, str], url_path: str) -> None:
-        """Get response headers from the target, retrying once on the next endpoint after a
-        connect failure or a 5xx; sets `flight.endpoint` and `flight.upstream`."""
+        """Get the response headers and first body chunk from the target, retrying on the next
+        endpoint after a connect failure, a 5xx or a first-byte timeout; sets
+        `flight.endpoint`, `flight.upstream` and `flight.first`."""
         data, obs, pool = self.data, self.obs, decision.pool.model
+        up = self.config.upstream
         session = data.session
         assert session is not None, "DataLayer.start() was not awaited"
         for attempt, ep in enumerate(order):
@@ -261,20 +301,32 @@ class Proxy:
             if flight.endpoint is not None:
                 obs.released(pool, flight.endpoint.name)
                 obs.retried(pool)
+                await asyncio.sleep(retry_delay(attempt, up.retry_backoff, up.retry_backoff_max))
             data.router.dispatch(decision, ep, data.clock())
             obs.dispatched(pool, ep.name)
             flight.endpoint = ep
+            upstream: aiohttp.ClientResponse | None = None
+            first_byte = asyncio.timeout(up.first_byte_timeout)
             try:
-                upstream = await session.request("POST", ep.url + url_path, data=body,
-                                                 headers=headers, timeout=self.timeout)
+                async with first_byte:
+                    upstream = await session.request("POST", ep.url + url_path, data=body,
+                                                     headers=headers, timeout=self.timeout)
+                    if upstream.status < 500 or last:
+                        flight.first = await upstream.content.readany()
             except asyncio.TimeoutError as exc:
+                if upstream is not None:
+                    upstream.close()  # abandoned: the model server sees the disconnect
                 self._outcome(pool, ep, False)
-                if isinstance(exc, aiohttp.ConnectionTimeoutError) and not last:
-                    log.warning("connect to %s timed out; retrying elsewhere", ep.name)
+                if not last and (first_byte.expired()
+                                 or isinstance(exc, aiohttp.ConnectionTimeoutError)):
+                    log.warning("%s timed out before the first byte; retrying elsewhere",
+                                ep.name)
                     continue
                 raise UpstreamTimeout(f"model server {ep.name} did not answer in time") \
                     from None
-            except (aiohttp.ClientConnectionError, OSError) as exc:
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+                if upstream is not None:
+                    upstream.close()
                 self._outcome(pool, ep, False)
                 if not last:
                     log.warning("request to %s failed (%s); retrying elsewhere", ep.name, exc)
@@ -287,6 +339,8 @@ class Proxy:
                     log.warning("%s answered %d; retrying elsewhere", ep.name, upstream.status)
                     upstream.release()
                     continue
+            if flight.first:
+                flight.ttft = data.clock() - flight.arrival
             flight.upstream = upstream
             return
         raise NoEndpointAvailable("no endpoint could be tried")  # pragma: no cover
@@ -316,8 +370,10 @@ class Proxy:
                 collector = self.semantic.collector(ireq)
             elif tracker is not None:
                 tracker.keep_document()
+        read, idle = upstream.content.readany, self.config.upstream.idle_timeout
+        chunk, flight.first = flight.first, b""
         try:
-            async for chunk in upstream.content.iter_any():
+            while chunk:
                 if flight.ttft is None:
                     flight.ttft = clock() - ireq.arrival_time
                 flight.nbytes += len(chunk)
@@ -328,6 +384,8 @@ class Proxy:
                 out = relay.feed(chunk)
                 if out:
                     await resp.write(out)
+                async with asyncio.timeout(idle):  # not around the write: a slow client is ok
+                    chunk = await read()
             out = relay.finish()
             if out:
                 await resp.write(out)
@@ -373,6 +431,10 @@ class _Flight:
 
     endpoint: Endpoint | None = None
     upstream: aiohttp.ClientResponse | None = None
+    #: the first body chunk, read before the client's response starts (b"": empty body)
+    first: bytes = b""
+    #: when the request arrived (`clock()` time), for the time to first byte
+    arrival: float = 0.0
     usage: dict[str, Any] | None = None
     ttft: float | None = None
     nbytes: int = 0

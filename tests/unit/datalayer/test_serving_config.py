@@ -130,7 +130,7 @@ def test_readiness_follows_the_last_good_scrape():
     assert data.ready_endpoints(mp) == [] and data.ready_count() == 0  # never scraped
     a.metrics = EndpointMetrics(scraped_at=100.0)
     b.metrics = EndpointMetrics(scraped_at=99.5)
-    assert data.ready_endpoints(mp) == [a, b]
+    assert data.ready_endpoints(mp, prefer_fresh=False) == [a, b]  # b: ready, stale
     clock.advance(0.8)  # b's scrape is now 1.3 s old
     assert data.ready_endpoints(mp) == [a]
     a.healthy = False

@@ -8,9 +8,14 @@
     readyWindow: 5s             # an endpoint is ready while its last good scrape is this recent
     maxBodyBytes: 16777216      # larger request bodies get 413
     drainTimeout: 60s           # on SIGTERM, how long requests in flight may still finish
+    maxHeaderBytes: 8190        # longest request line / header field (larger: 400 or 431)
+    maxConcurrentRequests: 4096 # API requests in progress; beyond it: 503 + Retry-After
     upstream:
-      connectTimeout: 5s        # TCP connect to a model server (then retried elsewhere once)
-      readTimeout: 600s         # longest wait for the response headers or between two chunks
+      connectTimeout: 5s        # TCP connect to a model server (then retried elsewhere)
+      firstByteTimeout: 600s    # until the first body byte (then retried elsewhere)
+      idleTimeout: 120s         # longest gap between two chunks after the first
+      retryBackoff: 25ms        # retry k waits uniform(0, min(retryBackoffMax, 25ms * 2^(k-1)))
+      retryBackoffMax: 250ms
       requestTimeout: null      # optional cap on a whole request, headers to last byte
     pools:
     - model: Qwen/Qwen3-32B
@@ -61,15 +66,37 @@ def _duration(v: Any) -> Any:
 
 
 class UpstreamConfig(pydantic.BaseModel):
-    """Timeouts of the proxied model-server requests, in seconds."""
+    """Timeouts and retry pacing of the proxied model-server requests, in seconds.
+
+    `readTimeout` is the deprecated single timeout of earlier versions: when given it sets
+    both `firstByteTimeout` and `idleTimeout` (an explicit one of those wins).
+    """
 
     model_config = _CAMEL
     connect_timeout: float = pydantic.Field(5.0, alias="connectTimeout", gt=0)
-    read_timeout: float = pydantic.Field(600.0, alias="readTimeout", gt=0)
+    #: until the first body byte (queued prefill of a long prompt can take minutes)
+    first_byte_timeout: float = pydantic.Field(600.0, alias="firstByteTimeout", gt=0)
+    #: longest gap between two body chunks once the first has arrived
+    idle_timeout: float = pydantic.Field(120.0, alias="idleTimeout", gt=0)
+    read_timeout: float | None = pydantic.Field(None, alias="readTimeout", gt=0)
     request_timeout: float | None = pydantic.Field(None, alias="requestTimeout", gt=0)
+    #: retry k (k = 1, 2) waits uniform(0, min(retryBackoffMax, retryBackoff * 2**(k-1)))
+    retry_backoff: float = pydantic.Field(0.025, alias="retryBackoff", ge=0)
+    retry_backoff_max: float = pydantic.Field(0.25, alias="retryBackoffMax", ge=0)
 
-    _d = pydantic.field_validator("connect_timeout", "read_timeout", "request_timeout",
-                                  mode="before")(_duration)
+    _d = pydantic.field_validator("connect_timeout", "first_byte_timeout", "idle_timeout",
+                                  "read_timeout", "request_timeout", "retry_backoff",
+                                  "retry_backoff_max", mode="before")(_duration)
+
+    @pydantic.model_validator(mode="after")
+    def _read_timeout_alias(self) -> "UpstreamConfig":
+        if self.read_timeout is not None:
+            given = self.model_fields_set
+            if "first_byte_timeout" not in given:
+                self.first_byte_timeout = self.read_timeout
+            if "idle_timeout" not in given:
+                self.idle_timeout = self.read_timeout
+        return self
 
 
 class HealthConfig(pydantic.BaseModel):
@@ -161,6 +188,10 @@ class ServingConfig(pydantic.BaseModel):
     ready_window: float = pydantic.Field(5.0, alias="readyWindow", gt=0)
     max_body_bytes: int = pydantic.Field(16 * 1024 * 1024, alias="maxBodyBytes", ge=1024)
     drain_timeout: float = pydantic.Field(60.0, alias="drainTimeout", ge=0)
+    #: longest request line and longest header field aiohttp's parser accepts
+    max_header_bytes: int = pydantic.Field(8190, alias="maxHeaderBytes", ge=1024)
+    #: proxied API requests in progress (queued and streaming ones included); beyond: 503
+    max_concurrent_requests: int = pydantic.Field(4096, alias="maxConcurrentRequests", ge=1)
     upstream: UpstreamConfig = pydantic.Field(default_factory=UpstreamConfig)
     pools: list[PoolConfig] = pydantic.Field(min_length=1)
     health: HealthConfig = pydantic.Field(default_factory=HealthConfig)
