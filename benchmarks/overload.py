@@ -18,12 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,6 +27,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 import yaml
+
+from inferoute.procs import ChildProcess, free_port, free_port_range
 
 MODEL = "sim-model"
 MAX_NUM_SEQS = 8  # the tiny profile's batch limit
@@ -69,54 +66,9 @@ class Run:
         return [r for r in self.results if r.objective == objective]
 
 
-def _free_port(n: int = 1) -> int:
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65536:
-            continue
-        try:
-            for i in range(1, n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
-
-
-def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("INFEROUTE_API_KEYS", None)
-    return subprocess.Popen([sys.executable, "-m", "inferoute", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> str:
-    """SIGTERM (then SIGKILL) and return what it wrote to stderr."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return (err or b"").decode(errors="replace")
-
-
-async def _wait(session: aiohttp.ClientSession, url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            async with session.get(url) as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not come up")
-        await asyncio.sleep(0.05)
+def _spawn(*args: str) -> ChildProcess:
+    """`python -m inferoute ARGS`, without a developer's INFEROUTE_API_KEYS."""
+    return ChildProcess.inferoute(*args, unset_env=("INFEROUTE_API_KEYS",))
 
 
 async def _one(session: aiohttp.ClientSession, url: str, objective: str, i: int,
@@ -195,13 +147,13 @@ def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
     their stderr checked for tracebacks."""
     out: list[Run] = []
     capacity = 0.0
-    base = _free_port(replicas)
-    sim = _spawn(["sim", "--model", MODEL, "--port", str(base), "--replicas", str(replicas),
-                  "--profile", "tiny", "--time-scale", str(time_scale), "--seed", str(seed)])
+    base = free_port_range(replicas)
+    sim = _spawn("sim", "--model", MODEL, "--port", str(base), "--replicas", str(replicas),
+                 "--profile", "tiny", "--time-scale", str(time_scale), "--seed", str(seed))
     logs = ""
     try:
         for admission in modes:
-            gw_port = _free_port()
+            gw_port = free_port()
             cfg: dict = {"host": "127.0.0.1", "port": gw_port,
                          "pools": [{"model": MODEL, "endpoints": [
                              f"http://127.0.0.1:{base + i}" for i in range(replicas)]}]}
@@ -210,27 +162,28 @@ def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
                                     "flowControl": {"ttl": "60s", "retryAfter": "1s"}}
             with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
                 yaml.safe_dump(cfg, fh)
-            gw = _spawn(["serve", "--config", fh.name, "--log-level", "error"])
+            gw = _spawn("serve", "--config", fh.name, "--log-level", "error")
             url = f"http://127.0.0.1:{gw_port}"
 
             async def go(url: str, admission: bool, capacity: float) -> Run:
-                async with aiohttp.ClientSession() as s:
-                    for i in range(replicas):
-                        await _wait(s, f"http://127.0.0.1:{base + i}/health")
-                    await _wait(s, url + "/ready")
                 cap = capacity or await _capacity(url, replicas, max_tokens)
                 res = await _drive(url, load * cap, duration, max_tokens, seed)
                 return Run(admission, cap, load * cap, res)
 
             try:
+                for i in range(replicas):
+                    sim.wait_for_http(f"http://127.0.0.1:{base + i}/health")
+                gw.wait_for_http(url + "/ready")
                 r = asyncio.run(go(url, admission, capacity))
             finally:
-                logs += _stop(gw)
+                gw.stop(timeout=15)
+                logs += gw.log()
                 Path(fh.name).unlink(missing_ok=True)
             capacity = r.capacity  # the second run offers exactly the same load
             out.append(r)
     finally:
-        logs += _stop(sim)
+        sim.stop(timeout=15)
+        logs += sim.log()
     if "Traceback" in logs:
         raise RuntimeError("a process logged a traceback:\n" + logs)
     return out

@@ -10,12 +10,8 @@ log holds no traceback and its memory did not balloon.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +21,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from inferoute.procs import ChildProcess, free_port
+
 MODEL = "m"
 MAX_BODY = 65536
 PATHS = ["/v1/completions", "/v1/chat/completions", "/v1/responses"]
@@ -32,52 +30,22 @@ FUZZ = settings(max_examples=50, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Server(ChildProcess):
+    """`python -m ARGS` serving on `port` (without a developer's INFEROUTE_API_KEYS)."""
 
-
-class Server:
     def __init__(self, args: list[str], port: int) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("INFEROUTE_API_KEYS", None)
+        super().__init__([sys.executable, "-m", *args], name=args[0],
+                         unset_env=("INFEROUTE_API_KEYS",))
         self.port = port
-        self.proc = subprocess.Popen([sys.executable, "-m", *args], env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.lines: list[str] = []
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout or ()),
-                         daemon=True).start()
 
     def wait(self, path: str) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if raw(self.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n"
-                                  "Connection: close\r\n\r\n".encode())[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"port {self.port} {path} never answered 200:\n" + self.log())
-
-    def log(self) -> str:
-        return "".join(self.lines)
+        self.wait_for_http(f"http://127.0.0.1:{self.port}{path}")
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def raw(port: int, data: bytes, *, half_close: bool = False,
@@ -124,11 +92,11 @@ def post(port: int, path: str, body: bytes, headers: dict[str, str] | None = Non
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    up_port = _free_port()
+    up_port = free_port()
     upstream = Server(["inferoute.gateway.standin", "--port", str(up_port), "--model", MODEL],
                       up_port)
     upstream.wait("/health")
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path_factory.mktemp("fuzz") / "serve.yaml"
     cfg.write_text(yaml.safe_dump({
         "host": "127.0.0.1", "port": port, "maxBodyBytes": MAX_BODY,

@@ -13,95 +13,27 @@ llm-d, inferoute; a few minutes of CPU) and prints our rate-40 figures beside th
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from ..procs import ChildProcess, free_port, free_port_range, http_status
 
 MODEL = "demo-model"
 DEMO_POLICIES = ("round-robin", "inferoute")
 
 
+# the names tests/integration/bench/test_bench_live.py imports (its fleet predates inferoute.procs)
 def _free_base(n: int) -> int:
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        ok = True
-        for i in range(1, n + 1):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + i))
-                except OSError:
-                    ok = False
-                    break
-        if ok and base + n < 65536:
-            return base
-    raise RuntimeError("no free port range on 127.0.0.1")
+    """A base port with base..base+n free (n + 1 ports)."""
+    return free_port_range(n + 1)
 
 
-class _Proc:
-    """A child process whose output is kept (bounded) for error messages."""
-
-    def __init__(self, args: list[str], name: str) -> None:
-        self.name = name
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "inferoute", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=env, start_new_session=True)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if len(self.lines) > 200:
-                del self.lines[:100]
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def tail(self) -> str:
-        return "".join(self.lines[-20:])
+def _Proc(args: list[str], name: str) -> ChildProcess:
+    return ChildProcess.inferoute(*args, name=name, keep=200)
 
 
-def _http(url: str, method: str = "GET", timeout: float = 2.0) -> int:
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status
-    except urllib.error.HTTPError as err:
-        return err.code
-
-
-def _wait(url: str, proc: _Proc, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
-        try:
-            if _http(url) == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} not ready at {url} after {timeout:.0f}s:\n{proc.tail()}")
+def _wait(url: str, proc: ChildProcess, timeout: float = 60.0) -> None:
+    proc.wait_for_http(url, timeout)
 
 
 def _demo_load(duration: float, seed: int) -> tuple[Any, Any]:
@@ -131,30 +63,31 @@ def run_demo(out: str, *, duration: float = 50.0, replicas: int = 4, seed: int =
 
     console = Console()
     out_dir = Path(out)
-    procs: list[_Proc] = []
+    procs: list[ChildProcess] = []
     reports: list[tuple[str, dict[str, Any]]] = []
     try:
-        base = _free_base(replicas)
+        base = free_port_range(replicas)
         console.print(f"[bold]starting {replicas} simulated replicas[/] (qwen3-32b-2xh100) "
                       f"on 127.0.0.1:{base}..{base + replicas - 1}")
-        sim = _Proc(["sim", "--model", MODEL, "--port", str(base), "--replicas", str(replicas),
-                     "--profile", "qwen3-32b-2xh100", "--seed", str(seed)], "inferoute sim")
+        sim = ChildProcess.inferoute(
+            "sim", "--model", MODEL, "--port", str(base), "--replicas", str(replicas),
+            "--profile", "qwen3-32b-2xh100", "--seed", str(seed), name="inferoute sim", keep=200)
         procs.append(sim)
         urls = [f"http://127.0.0.1:{base + i}" for i in range(replicas)]
         for u in urls:
-            _wait(u + "/health", sim)
+            sim.wait_for_http(u + "/health", 60)
         workload, load = _demo_load(duration, seed)
         for policy in DEMO_POLICIES:
             for u in urls:
-                _http(u + "/reset_prefix_cache", method="POST")
-            gw_port = _free_base(0)
+                http_status(u + "/reset_prefix_cache", method="POST")
+            gw_port = free_port()
             args = ["serve", "--model", MODEL, "--port", str(gw_port), "--host", "127.0.0.1",
                     "--scheduler", policy, "--log-level", "warning"]
             for u in urls:
                 args += ["--endpoint", u]
-            gw = _Proc(args, f"inferoute serve ({policy})")
+            gw = ChildProcess.inferoute(*args, name=f"inferoute serve ({policy})", keep=200)
             procs.append(gw)
-            _wait(f"http://127.0.0.1:{gw_port}/ready", gw)
+            gw.wait_for_http(f"http://127.0.0.1:{gw_port}/ready", 60)
             console.print(f"[bold]{policy}[/]: gateway on 127.0.0.1:{gw_port}, "
                           f"{sum(s.count for s in load.stages)} requests in {len(load.stages)} stages")
             cfg = LiveConfig(target=f"http://127.0.0.1:{gw_port}", model=MODEL,

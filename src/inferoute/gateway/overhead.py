@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,11 +25,7 @@ from dataclasses import dataclass
 import aiohttp
 import yaml
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ..procs import ChildProcess, free_port
 
 
 def _cpu_seconds(pid: int) -> tuple[float, float]:
@@ -56,26 +50,10 @@ class Latencies:
     seconds: float
 
 
-async def _wait_ready(session: aiohttp.ClientSession, url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            async with session.get(url) as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
-        await asyncio.sleep(0.05)
-
-
 async def _load(direct: str, gateway: str, rate: float, duration: float, prompt_chars: int,
                 gateway_pid: int) -> Latencies:
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as session:
-        await _wait_ready(session, direct + "/health", 20)
-        await _wait_ready(session, gateway + "/ready", 20)
         words = " ".join(f"word{i}" for i in range(prompt_chars // 6 + 1))[:prompt_chars]
         direct_ms: list[float] = []
         gateway_ms: list[float] = []
@@ -179,54 +157,43 @@ async def _stream_cost(gateway: str, gateway_pid: int, streams: int = 80,
     return (u1 - u0 + s1 - s0) / events * 1e6, events
 
 
-def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def main(args: argparse.Namespace) -> int:
     from .command import run_async
 
     server_port, slow_port, gw_port = free_port(), free_port(), free_port()
-    server = _spawn(["inferoute.gateway.standin", "--port", str(server_port), "--model", "m"])
-    slow = _spawn(["inferoute.gateway.standin", "--port", str(slow_port), "--model", "slow",
-                   "--token-delay", "0.005"])
+    server = ChildProcess.module("inferoute.gateway.standin", "--port", str(server_port),
+                                 "--model", "m", keep=200)
+    slow = ChildProcess.module("inferoute.gateway.standin", "--port", str(slow_port),
+                               "--model", "slow", "--token-delay", "0.005", keep=200)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         yaml.safe_dump({"host": "127.0.0.1", "port": gw_port, "pools": [
             {"model": "m", "endpoints": [f"http://127.0.0.1:{server_port}"],
              "scheduler": args.scheduler},
             {"model": "slow", "endpoints": [f"http://127.0.0.1:{slow_port}"],
              "scheduler": args.scheduler}]}, fh)
-    gateway = _spawn(["inferoute", "serve", "--config", fh.name, "--log-level", "warning"])
+    gateway = ChildProcess.inferoute("serve", "--config", fh.name, "--log-level", "warning",
+                                     keep=200)
+    children = (gateway, server, slow)
     try:
+        server.wait_for_http(f"http://127.0.0.1:{server_port}/health", 20)
+        gateway.wait_for_http(f"http://127.0.0.1:{gw_port}/ready", 20)
         res: Latencies = run_async(_load(
             f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{gw_port}", args.rate,
             args.duration, args.prompt_chars, gateway.pid))
         per_event, events = run_async(_stream_cost(f"http://127.0.0.1:{gw_port}",
                                                    gateway.pid))
-        _stop(gateway)
+        gateway.stop(timeout=5)
         scrape_cpu = run_async(_scrape_cost(server_port))
     except RuntimeError as exc:
         print(f"inferoute overhead: {exc}", file=sys.stderr)
-        for proc in (gateway, server, slow):
-            _stop(proc)
-            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-            if err:
-                print(err, file=sys.stderr)
+        for child in children:
+            child.stop(timeout=5)
+            if (out := child.tail()) and out not in str(exc):
+                print(f"-- {child.name}:\n{out}", file=sys.stderr)
         return 1
     finally:
-        for proc in (gateway, server, slow):
-            _stop(proc)
+        for child in children:
+            child.stop(timeout=5)
         os.unlink(fh.name)
     d, g = sorted(res.direct_ms), sorted(res.gateway_ms)
     if not d or not g:

@@ -15,7 +15,6 @@ import asyncio
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from ..procs import ChildProcess, free_port_range
 
 
 @dataclass
@@ -38,22 +39,6 @@ def _cpu_seconds(pid: int) -> float:
         parts = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(parts[11]) + int(parts[12])) / ticks
-
-
-def _free_base(n: int) -> int:
-    import socket
-    for base in range(21000, 60000, 97):
-        ok = True
-        for i in range(n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + i))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range")
 
 
 async def _client(session: aiohttp.ClientSession, ports: list[int], worker: int, body: bytes,
@@ -151,7 +136,7 @@ async def _drive(ports: list[int], args: argparse.Namespace, pid: int) -> dict[s
 
 def run_bench_live(args: argparse.Namespace) -> int:
     """Start the simulator, drive it, print the figures; 0 if within 10% for >= 90% of requests."""
-    base = _free_base(args.replicas)
+    base = free_port_range(args.replicas)
     cmd = [sys.executable, "-m", "inferoute", "sim", "--model", "bench-model", "--port", str(base),
            "--replicas", str(args.replicas), "--profile", args.bench_profile,
            "--time-scale", str(args.bench_time_scale)]
@@ -160,14 +145,12 @@ def run_bench_live(args: argparse.Namespace) -> int:
     if ncpu > 1 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(range(1, ncpu)))     # the client stays off the server's core
     preexec = (lambda: os.sched_setaffinity(0, server_core)) if server_core else None
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=preexec)
+    sim = ChildProcess(cmd, name="inferoute sim", preexec_fn=preexec, keep=200)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("serving"):
-            print(f"bench-live: the simulator did not start: {line}{proc.stdout.read()}",
-                  file=sys.stderr)
+        try:
+            line = sim.wait_for_line("serving", 60)
+        except RuntimeError as exc:
+            print(f"bench-live: the simulator did not start: {exc}", file=sys.stderr)
             return 1
         print(line.strip())
         try:
@@ -176,13 +159,9 @@ def run_bench_live(args: argparse.Namespace) -> int:
         except ImportError:
             runner = asyncio.Runner()
         with runner:
-            fig = runner.run(_drive([base + i for i in range(args.replicas)], args, proc.pid))
+            fig = runner.run(_drive([base + i for i in range(args.replicas)], args, sim.pid))
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        sim.stop(signal.SIGINT)
     pinned = "pinned to 1 core" if server_core else "unpinned (1-CPU machine)"
     print(f"{args.replicas} replicas ({args.bench_profile}, time scale {args.bench_time_scale:g}), "
           f"{args.concurrency} concurrent streams, {args.prompt_words}-word prompts, "

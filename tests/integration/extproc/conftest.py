@@ -11,16 +11,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
-import random
 import re
-import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -33,65 +26,25 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from inferoute.procs import ChildProcess, free_port_range
+
 MODEL = "sim-model"
 FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+class Proc(ChildProcess):
+    """A child with its ready line and the ports it reported (filled in by `start_epp`)."""
 
-
-def free_port_range(n: int) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000 - n)
-        if all(_port_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no free port range found")
-
-
-@dataclass
-class Proc:
-    proc: subprocess.Popen
-    lines: list[str] = field(default_factory=list)
-    ports: dict[str, int] = field(default_factory=dict)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-        return self.proc.returncode
+    ready_line: str
+    ports: dict[str, int]
 
 
 def start(args: list[str], ready: str, timeout: float = 30.0) -> Proc:
     """Start `python -m inferoute ARGS` and wait for a stdout line starting with `ready`."""
-    proc = subprocess.Popen([sys.executable, "-m", "inferoute", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    p = Proc(proc)
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{args[0]} exited early:\n" + "".join(p.lines))
-        p.lines.append(line)
-        if line.startswith(ready):
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{args[0]} did not start:\n" + "".join(p.lines))
-    threading.Thread(target=lambda: p.lines.extend(proc.stdout), daemon=True).start()
+    p = Proc([sys.executable, "-m", "inferoute", *args], name=f"inferoute {args[0]}")
+    p.ports = {}
+    p.ready_line = p.wait_for_line(re.escape(ready), timeout)
     return p
 
 
@@ -101,8 +54,8 @@ def start_epp(*endpoints: str, extra: tuple[str, ...] = ()) -> Proc:
     for url in endpoints:
         args += ["--endpoint", url]
     p = start(args, "inferoute epp:")
-    m = re.search(r"on [\d.]+:(\d+), health on :(\d+), metrics on :(\d+)", p.lines[-1])
-    assert m, p.lines[-1]
+    m = re.search(r"on [\d.]+:(\d+), health on :(\d+), metrics on :(\d+)", p.ready_line)
+    assert m, p.ready_line
     p.ports = {"grpc": int(m[1]), "health": int(m[2]), "metrics": int(m[3])}
     return p
 
@@ -114,15 +67,15 @@ def sim():
                "--profile", "tiny"], "serving")
     p.ports = {"base": port}
     yield [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
-    p.stop()
+    p.stop(timeout=15)
 
 
 @pytest.fixture(scope="package")
 def epp(sim):
     p = start_epp(*sim, extra=("--max-body-bytes", "6000000"))
     yield p
-    rc = p.stop()
-    assert rc == 0, "".join(p.lines)
+    rc = p.stop(timeout=15)
+    assert rc == 0, p.log()
 
 
 async def scrape(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -3,82 +3,38 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
-
 import http.client
 import json as jsonlib
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from inferoute.procs import ChildProcess, free_port, free_port_range
 
 
-def free_ports(n: int) -> int:
-    """A base port with base..base+n-1 free right now (for `inferoute sim --replicas n`)."""
-    for _ in range(100):
-        base = free_port()
-        ok = True
-        for i in range(1, n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + i))
-                except OSError:
-                    ok = False
-                    break
-        if ok and base + n < 65536:
-            return base
-    raise RuntimeError("no free port range")
+class Proc(ChildProcess):
+    """A child process serving HTTP on `port`."""
 
-
-@dataclass
-class Proc:
-    proc: subprocess.Popen[str]
-    port: int
-    lines: list[str] = field(default_factory=list)
+    def __init__(self, argv: list[str], port: int) -> None:
+        name = " ".join(a for a in argv[1:4] if a != "-m")
+        super().__init__(argv, name=name, unset_env=("INFEROUTE_API_KEYS",))
+        self.port = port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
 
 def spawn(args: list[str], port: int) -> Proc:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("INFEROUTE_API_KEYS", None)  # a developer's keys would turn authentication on
-    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    p = Proc(proc, port)
-    assert proc.stdout is not None
-    threading.Thread(target=lambda: p.lines.extend(proc.stdout), daemon=True).start()
-    return p
+    """`python -m ARGS`, without a developer's INFEROUTE_API_KEYS (they would turn
+    authentication on)."""
+    return Proc([sys.executable, "-m", *args], port)
 
 
 @dataclass
@@ -126,21 +82,6 @@ def open_stream(url: str, body: dict) -> tuple[http.client.HTTPConnection,
     return conn, conn.getresponse()
 
 
-def wait_http(url: str, timeout: float = 30.0, status: int = 200) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            r = get(url, timeout=2)
-            if r.status_code == status:
-                return
-            last = r.status_code
-        except OSError as exc:
-            last = exc
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not answering {status} after {timeout}s (last: {last})")
-
-
 def stop_checked(p: Proc) -> None:
     """Stop `p`; its output must be free of tracebacks."""
     p.stop()
@@ -155,40 +96,39 @@ class Harness:
         self.tmp_path = tmp_path
         self.procs: list[Proc] = []
 
+    def start(self, args: list[str], port: int, ready_path: str = "/health") -> Proc:
+        """`python -m ARGS` serving on `port`, kept for teardown; waits for `ready_path`."""
+        p = spawn(args, port)
+        self.procs.append(p)
+        p.wait_for_http(p.url + ready_path)
+        return p
+
     def standin(self, *extra: str) -> Proc:
         port = free_port()
-        p = spawn(["inferoute.gateway.standin", "--port", str(port), *extra], port)
-        self.procs.append(p)
-        wait_http(p.url + "/health")
-        return p
+        return self.start(["inferoute.gateway.standin", "--port", str(port), *extra], port)
 
     def sim(self, replicas: int) -> list[str]:
         """`inferoute sim` with `replicas` tiny replicas; their URLs."""
-        base = free_ports(replicas)
-        p = spawn(["inferoute", "sim", "--model", "sim-model", "--port", str(base),
-                   "--replicas", str(replicas), "--profile", "tiny"], base)
-        self.procs.append(p)
+        base = free_port_range(replicas)
+        p = self.start(["inferoute", "sim", "--model", "sim-model", "--port", str(base),
+                        "--replicas", str(replicas), "--profile", "tiny"], base)
         urls = [f"http://127.0.0.1:{base + i}" for i in range(replicas)]
-        for url in urls:
-            wait_http(url + "/health")
+        for url in urls[1:]:
+            p.wait_for_http(url + "/health")
         return urls
 
     def dead_url(self) -> str:
         """A loopback URL nothing listens on."""
         return f"http://127.0.0.1:{free_port()}"
 
-    def gateway(self, config: dict, *, wait_ready: bool = True) -> Proc:
+    def gateway(self, config: dict, *, wait_ready: bool = True,
+                flags: tuple[str, ...] = ("--log-level", "warning")) -> Proc:
+        """`inferoute serve` with `config` (on a free port) and `flags`."""
         port = free_port()
-        cfg = dict(config, host="127.0.0.1", port=port)
         f = self.tmp_path / f"serve-{port}.yaml"
-        f.write_text(yaml.safe_dump(cfg))
-        p = spawn(["inferoute", "serve", "--config", str(f), "--log-level", "warning"], port)
-        self.procs.append(p)
-        try:
-            wait_http(p.url + ("/ready" if wait_ready else "/health"))
-        except RuntimeError:
-            raise RuntimeError("gateway did not start:\n" + p.log()) from None
-        return p
+        f.write_text(yaml.safe_dump(dict(config, host="127.0.0.1", port=port)))
+        return self.start(["inferoute", "serve", "--config", str(f), *flags], port,
+                          "/ready" if wait_ready else "/health")
 
     def close(self) -> None:
         """Stop every process first, then check their logs (so a failed check leaks none)."""

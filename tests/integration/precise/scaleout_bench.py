@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
-import socket
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,6 +30,7 @@ from inferoute.core.endpoint import Endpoint
 from inferoute.core.request import parse_request
 from inferoute.core.scheduling.config import parse_config
 from inferoute.core.scheduling.scheduler import Scheduler
+from inferoute.procs import ChildProcess, free_port_range, start_redis
 
 
 def policy(prefix_type: str) -> dict[str, Any]:
@@ -142,55 +142,16 @@ async def run_fleet(mode: str, k: int, base: str, ports: list[int], kv: tuple[in
             "requests": float(len(prompts))}
 
 
-def _free_base(n: int) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000 - n)
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
-
-
-def start_sim(replicas: int, profile: str, time_scale: float) -> tuple[subprocess.Popen, int, int]:
-    port, kv = _free_base(replicas), _free_base(2 * replicas)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inferoute", "sim", "--model", "M", "--port", str(port),
-         "--replicas", str(replicas), "--profile", profile, "--time-scale", str(time_scale),
-         "--kv-events", "--kv-events-port", str(kv), "--kv-replay-port", str(kv + replicas)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("serving"):
-            break
-    else:
-        raise RuntimeError("sim did not start")
-    # keep draining its output so a full pipe never stalls the simulator
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    return proc, port, kv
-
-
-def start_redis() -> tuple[subprocess.Popen | None, str | None]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        return None, None
-    port = _free_base(1)
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return proc, f"redis://127.0.0.1:{port}/0"
+def start_sim(replicas: int, profile: str,
+              time_scale: float) -> tuple[subprocess.Popen[str], int, int]:
+    """A simulated fleet with KV events; (its process, first port, first KV-event port)."""
+    port, kv = free_port_range(replicas), free_port_range(2 * replicas)
+    child = ChildProcess.inferoute(
+        "sim", "--model", "M", "--port", str(port), "--replicas", str(replicas),
+        "--profile", profile, "--time-scale", str(time_scale), "--kv-events",
+        "--kv-events-port", str(kv), "--kv-replay-port", str(kv + replicas))
+    child.wait_for_line("serving")
+    return child.proc, port, kv
 
 
 def main() -> int:
@@ -209,7 +170,9 @@ def main() -> int:
                     help="Poisson arrival rate, requests/s (0: one burst)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    redis_proc, redis_url = start_redis()
+    workdir = tempfile.TemporaryDirectory()
+    redis = start_redis(Path(workdir.name))
+    redis_url = None if redis is None else redis.url
     try:
         for mode in args.modes.split(","):
             if mode.endswith("-redis") and redis_url is None:
@@ -234,9 +197,9 @@ def main() -> int:
                     proc.terminate()
                     proc.wait(timeout=10)
     finally:
-        if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait(timeout=5)
+        if redis is not None:
+            redis.stop()
+        workdir.cleanup()
     return 0
 
 

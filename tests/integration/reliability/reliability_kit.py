@@ -1,7 +1,7 @@
 """Helpers for the reliability tests: `inferoute sim` replicas as separate processes (so
 one can be killed), `inferoute serve` in front, a stdlib SSE client, and gauge checks.
 
-The process plumbing (free ports, spawning, stopping with a log check) is the gateway tests'
+The process plumbing (inferoute.procs, plus stopping with a log check) is the gateway tests'
 harness, loaded from tests/integration/gateway/conftest.py by path.
 """
 
@@ -10,15 +10,13 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from inferoute.procs import free_port
 
 
 def _load_gateway_harness():  # type: ignore[no-untyped-def]
@@ -34,7 +32,7 @@ def _load_gateway_harness():  # type: ignore[no-untyped-def]
 
 
 gw = _load_gateway_harness()
-get, post, metric_value, wait_http = gw.get, gw.post, gw.metric_value, gw.wait_http
+get, post, metric_value = gw.get, gw.post, gw.metric_value
 OBJECTIVE = "x-gateway-inference-objective"
 
 
@@ -42,37 +40,22 @@ class Harness(gw.Harness):
     """The gateway harness plus one-replica simulator processes and gateway log flags."""
 
     def sim_one(self, *extra: str, time_scale: float = 1.0) -> gw.Proc:
-        port = gw.free_port()
-        p = gw.spawn(["inferoute", "sim", "--model", "sim-model", "--port", str(port),
-                      "--profile", "tiny", "--time-scale", str(time_scale), *extra], port)
-        self.procs.append(p)
-        wait_http(p.url + "/health")
-        return p
+        port = free_port()
+        return self.start(["inferoute", "sim", "--model", "sim-model", "--port", str(port),
+                           "--profile", "tiny", "--time-scale", str(time_scale), *extra], port)
 
     def metrics_gate(self, target: str) -> gw.Proc:
         """`metrics_gate.py` in front of `target` (its /metrics can be switched off)."""
-        port = gw.free_port()
+        port = free_port()
         script = str(Path(__file__).with_name("metrics_gate.py"))
-        proc = subprocess.Popen([sys.executable, script, "--port", str(port), "--target", target],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        p = gw.Proc(proc, port)
-        threading.Thread(target=lambda: p.lines.extend(proc.stdout or ()), daemon=True).start()
+        p = gw.Proc([sys.executable, script, "--port", str(port), "--target", target], port)
         self.procs.append(p)
-        wait_http(p.url + "/health")
+        p.wait_for_http(p.url + "/health")
         return p
 
     def serve(self, config: dict, *flags: str) -> gw.Proc:
         """`inferoute serve --config` with extra flags; waits until it is ready."""
-        port = gw.free_port()
-        f = self.tmp_path / f"serve-{port}.yaml"
-        f.write_text(yaml.safe_dump(dict(config, host="127.0.0.1", port=port)))
-        p = gw.spawn(["inferoute", "serve", "--config", str(f), *flags], port)
-        self.procs.append(p)
-        try:
-            wait_http(p.url + "/ready")
-        except RuntimeError:
-            raise RuntimeError("gateway did not start:\n" + p.log()) from None
-        return p
+        return self.gateway(config, flags=flags)
 
 
 def wait_ready(gw_url: str, model: str, n: int, timeout: float = 20.0) -> None:

@@ -18,22 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
+
+from inferoute.procs import ChildProcess, free_port_range
+from inferoute.procs import start_redis as start_redis_server
 
 MODEL = "M"
 MODES = ("precise", "precise-redis", "approx-redis", "approx")
@@ -56,72 +54,26 @@ def policy(mode: str, llm_d: bool = False) -> dict[str, Any]:
 
 # -- processes ---------------------------------------------------------------------------------
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+free_ports = free_port_range  # the name the tests import
+
+def spawn(args: list[str], name: str) -> ChildProcess:
+    """`args` as a child, without a developer's INFEROUTE_API_KEYS."""
+    return ChildProcess(args, name=name, unset_env=("INFEROUTE_API_KEYS",))
 
 
-def free_ports(n: int) -> int:
-    """A base such that base..base+n-1 are free now."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000 - n)
-        if all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no free port range")
-
-
-@dataclass
-class Proc:
-    """A child process whose output is collected (for the failure message and log checks)."""
-
-    proc: subprocess.Popen[str]
-    name: str
-    lines: list[str] = field(default_factory=list)
-
-    @classmethod
-    def spawn(cls, args: list[str], name: str) -> Proc:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("INFEROUTE_API_KEYS", None)
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env)
-        p = cls(proc, name)
-        assert proc.stdout is not None
-        threading.Thread(target=lambda: p.lines.extend(proc.stdout), daemon=True).start()
-        return p
-
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def wait_until(cond: Any, what: str, proc: Proc | None = None, timeout: float = 30.0) -> None:
+def wait_until(cond: Any, what: str, proc: ChildProcess, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
-        if proc is not None and proc.proc.poll() is not None:
+        if not proc.alive():
             raise RuntimeError(f"{proc.name} exited:\n{proc.log()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}:\n"
-                               + (proc.log() if proc is not None else ""))
+            raise RuntimeError(f"timed out waiting for {what}:\n{proc.log()}")
         time.sleep(0.05)
 
 
 @dataclass
 class Sim:
-    proc: Proc
+    proc: ChildProcess
     port: int
     replicas: int
     kv_offset: int
@@ -134,19 +86,18 @@ class Sim:
 
 def start_sim(replicas: int, profile: str = "llama3-8b-h100", time_scale: float = 1.0) -> Sim:
     port, kv = free_ports(replicas), free_ports(2 * replicas)
-    proc = Proc.spawn([sys.executable, "-m", "inferoute", "sim", "--model", MODEL,
-                       "--port", str(port), "--replicas", str(replicas), "--profile", profile,
-                       "--time-scale", str(time_scale), "--kv-events",
-                       "--kv-events-port", str(kv), "--kv-replay-port", str(kv + replicas)],
-                      "inferoute sim")
-    wait_until(lambda: any(line.startswith("serving") for line in proc.lines),
-               "the simulator", proc)
+    proc = spawn([sys.executable, "-m", "inferoute", "sim", "--model", MODEL,
+                  "--port", str(port), "--replicas", str(replicas), "--profile", profile,
+                  "--time-scale", str(time_scale), "--kv-events",
+                  "--kv-events-port", str(kv), "--kv-replay-port", str(kv + replicas)],
+                 "inferoute sim")
+    proc.wait_for_line("serving")
     return Sim(proc, port, replicas, kv - port, kv + replicas - port)
 
 
 @dataclass
 class Gateway:
-    proc: Proc
+    proc: ChildProcess
     port: int
 
     @property
@@ -172,8 +123,8 @@ def start_gateways(configs: list[dict[str, Any]], workdir: Path) -> list[Gateway
         cfg_file = workdir / f"gateway{i}-{time.monotonic_ns()}.yaml"
         cfg_file.write_text(yaml.safe_dump(cfg))
         ready = cfg_file.with_suffix(".port")
-        proc = Proc.spawn([sys.executable, "-m", "inferoute", "serve", "--config", str(cfg_file),
-                           "--ready-file", str(ready)], f"gateway {i}")
+        proc = spawn([sys.executable, "-m", "inferoute", "serve", "--config", str(cfg_file),
+                      "--ready-file", str(ready)], f"gateway {i}")
         started.append((proc, ready))
     gateways = []
     for proc, ready in started:
@@ -181,25 +132,15 @@ def start_gateways(configs: list[dict[str, Any]], workdir: Path) -> list[Gateway
                    "a gateway to listen", proc)
         gateways.append(Gateway(proc, int(ready.read_text())))
     for gw in gateways:
-        wait_until(lambda gw=gw: _ready(gw.url), "a gateway's endpoints to be ready", gw.proc)
+        gw.proc.wait_for_http(gw.url + "/ready")
     return gateways
 
 
-def _ready(url: str) -> bool:
-    import urllib.error
-    import urllib.request
-    try:
-        with urllib.request.urlopen(url + "/ready", timeout=2) as r:
-            return r.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def stop_all(procs: list[Proc]) -> list[str]:
+def stop_all(procs: list[ChildProcess]) -> list[str]:
     """Stop every process; the logs of those that failed or printed a traceback."""
     bad = []
     for p in procs:
-        rc = p.stop()
+        rc = p.stop(timeout=15)
         out = p.log()
         if rc not in (0, -signal.SIGTERM) or "Traceback" in out:
             bad.append(f"{p.name} (exit {rc}):\n{out}")
@@ -208,7 +149,7 @@ def stop_all(procs: list[Proc]) -> list[str]:
 
 @dataclass
 class Redis:
-    proc: Proc
+    proc: ChildProcess
     url: str
 
     def flush(self) -> None:
@@ -220,23 +161,8 @@ class Redis:
 
 def start_redis(workdir: Path) -> Redis | None:
     """A redis-server on a free port; None when the binary is not installed."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        return None
-    port = free_ports(1)
-    proc = Proc.spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                       "--appendonly", "no", "--dir", str(workdir)], "redis-server")
-
-    def pong() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    wait_until(pong, "redis-server", proc, timeout=10)
-    return Redis(proc, f"redis://127.0.0.1:{port}/0")
+    server = start_redis_server(workdir)
+    return None if server is None else Redis(server.child, server.url)
 
 
 # -- workload ----------------------------------------------------------------------------------
