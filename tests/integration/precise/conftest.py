@@ -1,5 +1,5 @@
 """Real processes for the precise-routing tests: `inferoute sim --kv-events` and redis-server,
-on free 127.0.0.1 ports. Redis tests skip, with the reason, when the binary is missing."""
+on free 127.0.0.1 ports (`redis_url` is in tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from inferoute.procs import ChildProcess, free_port_range, start_redis
+from inferoute.procs import ChildProcess, free_port_range
 
 free_ports = free_port_range  # the name the test modules import
 
@@ -49,12 +49,3 @@ def sim() -> Iterator[Sim]:
     rc = s.stop()
     out = s.child.log()
     assert rc == 0 and "Traceback" not in out, out
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    if server is None:
-        pytest.skip("redis-server is not on PATH (install it: apt-get install -y redis-server)")
-    with server:
-        yield server.url

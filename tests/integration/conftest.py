@@ -1,5 +1,4 @@
-"""A real redis-server on a free 127.0.0.1 port for the Redis tests (skipped, with the reason,
-when the binary is missing: `apt-get install -y redis-server`)."""
+"""Fixtures shared by the integration test folders."""
 
 from __future__ import annotations
 
@@ -12,6 +11,8 @@ from inferoute.procs import start_redis
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free 127.0.0.1 port (skipped, with the reason, when the binary
+    is missing: `apt-get install -y redis-server`)."""
     server = start_redis(tmp_path_factory.mktemp("redis"))
     if server is None:
         pytest.skip("redis-server is not on PATH (install it: apt-get install -y redis-server)")
