@@ -157,8 +157,14 @@ class EnvoyStream:
                     else body, "chunks": []}
         for i in range(0, max(len(body), 1), chunk):
             piece = body[i:i + chunk]
-            await self.send(pb.ProcessingRequest(request_body=pb.HttpBody(
-                body=piece, end_of_stream=i + chunk >= len(body))))
+            try:
+                await self.send(pb.ProcessingRequest(request_body=pb.HttpBody(
+                    body=piece, end_of_stream=i + chunk >= len(body))))
+            except Exception:  # noqa: BLE001 - grpc raises a private error type here
+                # the picker may answer (e.g. 413) and end the stream before the whole body
+                # is written; Envoy then stops sending too. What it answered is read below,
+                # so a write that failed for any other reason still fails the test there.
+                break
         first = await self.recv()
         if first.HasField("immediate_response"):
             return {"immediate": first.immediate_response}
