@@ -1,0 +1,47 @@
+"""inferoute.procs: free ports, child output capture, bounded waits, group stop."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+
+from inferoute.procs import ChildProcess, free_port_range, port_free
+
+
+def test_free_port_range_is_bindable() -> None:
+    base = free_port_range(4)
+    for i in range(4):
+        assert port_free(base + i)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", base))
+        assert not port_free(base)
+
+
+def test_child_output_is_captured_and_wait_for_line_returns_the_match() -> None:
+    code = ("import time; print('booting'); print('serving on 1234', flush=True); "
+            "time.sleep(30)")
+    with ChildProcess([sys.executable, "-c", code], name="child") as child:
+        line = child.wait_for_line(r"serving on (\d+)", timeout=20)
+        assert "1234" in line
+        assert "booting" in child.log()
+        assert child.alive()
+    assert not child.alive()
+
+
+def test_a_child_that_dies_fails_the_wait_with_its_output() -> None:
+    code = "print('config error: no pools'); raise SystemExit(3)"
+    child = ChildProcess([sys.executable, "-c", code], name="dying")
+    with pytest.raises(RuntimeError, match="config error: no pools"):
+        child.wait_for_line("never printed", timeout=20)
+    child.stop()
+
+
+def test_stop_ends_a_child_that_ignores_sigterm() -> None:
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('up', flush=True); time.sleep(60)")
+    child = ChildProcess([sys.executable, "-c", code], name="stubborn")
+    child.wait_for_line("up", timeout=20)
+    child.stop(timeout=1)
+    assert not child.alive()
