@@ -31,8 +31,9 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -221,7 +222,7 @@ class Proxy:
                 self.semantic.store(ireq, tenant.tenant.name if tenant else None, flight.reply)
 
     def _upstream_body(self, ireq: InferenceRequest, raw: bytes, body_changed: bool,
-                       flight: "_Flight") -> bytes:
+                       flight: _Flight) -> bytes:
         """The body to send; sets `flight.rewriter` when the response needs changing.
 
         The upstream gets the target model (routes, aliases, semantic picks; for routes and
@@ -241,7 +242,7 @@ class Proxy:
         return up.body
 
     async def _forward(self, request: web.Request, ireq: InferenceRequest, decision: Decision,
-                       body: bytes, candidates: list[Endpoint], flight: "_Flight"
+                       body: bytes, candidates: list[Endpoint], flight: _Flight
                        ) -> web.StreamResponse:
         """Send, relay, and account exactly once whatever happens."""
         data, obs = self.data, self.obs
@@ -287,7 +288,7 @@ class Proxy:
         if self.health is not None:
             self.health.record(pool, ep, ok)
 
-    async def _connect(self, flight: "_Flight", decision: Decision, order: list[Endpoint],
+    async def _connect(self, flight: _Flight, decision: Decision, order: list[Endpoint],
                        body: bytes, headers: dict[str, str], url_path: str) -> None:
         """Get the response headers and first body chunk from the target, retrying on the next
         endpoint after a connect failure, a 5xx or a first-byte timeout; sets
@@ -313,7 +314,7 @@ class Proxy:
                                                      headers=headers, timeout=self.timeout)
                     if upstream.status < 500 or last:
                         flight.first = await upstream.content.readany()
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 if upstream is not None:
                     upstream.close()  # abandoned: the model server sees the disconnect
                 self._outcome(pool, ep, False)
@@ -345,7 +346,7 @@ class Proxy:
             return
         raise NoEndpointAvailable("no endpoint could be tried")  # pragma: no cover
 
-    async def _relay(self, flight: "_Flight", request: web.Request, ireq: InferenceRequest,
+    async def _relay(self, flight: _Flight, request: web.Request, ireq: InferenceRequest,
                      pool: str) -> web.StreamResponse:
         """Stream the upstream response to the client, reading usage on the way."""
         upstream, ep = flight.upstream, flight.endpoint
@@ -370,7 +371,8 @@ class Proxy:
                 collector = self.semantic.collector(ireq)
             elif tracker is not None:
                 tracker.keep_document()
-        read, idle = upstream.content.readany, self.config.upstream.idle_timeout
+        read = upstream.content.readany
+        watch = _IdleWatch(self.config.upstream.idle_timeout, upstream.close)
         chunk, flight.first = flight.first, b""
         try:
             while chunk:
@@ -384,19 +386,21 @@ class Proxy:
                 out = relay.feed(chunk)
                 if out:
                     await resp.write(out)
-                async with asyncio.timeout(idle):  # not around the write: a slow client is ok
-                    chunk = await read()
+                watch.reading = True  # only waits for upstream count: a slow client is fine
+                chunk = await read()
+                watch.reading = False
+            if watch.fired:  # closed by the watch: the read may have ended "normally"
+                raise TimeoutError
             out = relay.finish()
             if out:
                 await resp.write(out)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             if isinstance(exc, ConnectionResetError):
                 # the client went away while we wrote to it: not an error of ours (raising
                 # would make aiohttp log a traceback); the finally in _forward aborts upstream
                 flight.error_code = "client_disconnect"
                 return resp
-            timeout = isinstance(exc, asyncio.TimeoutError)
+            timeout = watch.fired or isinstance(exc, TimeoutError)
             flight.error_code = "504" if timeout else "502"
             self._outcome(pool, ep, False)
             log.warning("upstream %s failed mid-response: %s", ep.name, type(exc).__name__)
@@ -410,6 +414,8 @@ class Proxy:
                 # headers are out: cut the connection so the client sees a truncated body
                 request.transport.close()
             return resp
+        finally:
+            watch.cancel()
         if upstream.status < 500:
             self._outcome(pool, ep, True)
         if tracker is not None:
@@ -423,6 +429,46 @@ class Proxy:
         await resp.write_eof()
         upstream.release()
         return resp
+
+
+class _IdleWatch:
+    """Calls `on_idle` once a read of the upstream has waited `idle` seconds.
+
+    One timer per response, re-armed only when it fires early, instead of a timeout around
+    every chunk read (which costs a timer per chunk). Time spent writing to the client does
+    not count: the relay sets `reading` around its reads only.
+    """
+
+    __slots__ = ("_handle", "_idle", "_loop", "_on_idle", "_since", "fired")
+
+    def __init__(self, idle: float, on_idle: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle = idle
+        self._on_idle = on_idle
+        self._since: float | None = None  # when the current read started
+        self.fired = False
+        self._handle = self._loop.call_later(idle, self._check)
+
+    @property
+    def reading(self) -> bool:
+        return self._since is not None
+
+    @reading.setter
+    def reading(self, value: bool) -> None:
+        self._since = self._loop.time() if value else None
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        since = self._since
+        if since is not None and now - since >= self._idle:
+            self.fired = True
+            self._on_idle()
+        else:  # not reading, or reading for less than `idle`: look again when it could be due
+            self._handle = self._loop.call_at((since if since is not None else now)
+                                              + self._idle, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 @dataclass(slots=True)

@@ -149,14 +149,20 @@ def test_retry_on_failing_and_dead_endpoints(harness, web):
     good = harness.standin("--name", "good")
     bad = harness.standin("--fail-status", "500")
     doomed = harness.standin()
+    # mdead's metrics count as fresh for 60 s too (else the gateway would stop sending new
+    # requests to the dead endpoint as soon as its /metrics is stale, before any retry)
+    slow_staleness = {"plugins": [{"type": "round-robin-picker"}],
+                      "schedulingProfiles": [{"name": "default", "plugins": [
+                          {"pluginRef": "round-robin-picker"}]}],
+                      "saturationDetector": {"metricsStalenessThreshold": "60s"}}
     gw = harness.gateway({"readyWindow": "60s", "pools": [
         {"model": "m500", "scheduler": "round-robin", "endpoints": [good.url, bad.url]},
-        {"model": "mdead", "scheduler": "round-robin", "endpoints": [good.url, doomed.url]}]})
+        {"model": "mdead", "scheduler": slow_staleness, "endpoints": [good.url, doomed.url]}]})
     deadline = time.monotonic() + 20
     while web.get(gw.url + "/ready").json()["ready_endpoints"] != {"m500": 2, "mdead": 2}:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    doomed.stop()  # still "ready" for 60 s: the gateway learns only by connecting
+    doomed.stop()  # still "ready" and fresh for 60 s: the gateway learns only by connecting
     good_name = good.url.removeprefix("http://")
     for model in ("m500", "mdead"):
         for i in range(6):

@@ -82,3 +82,20 @@ def test_fresh_window_follows_the_scheduler_and_the_scrape_period() -> None:
     assert data.fresh_window(data.router.pools["m"]) == 0.5
     data = DataLayer(parse_serving_config({"pools": [POOL], "scrapeInterval": "1s"}))
     assert data.fresh_window(data.router.pools["m"]) == 2.0  # never under two scrape periods
+
+
+async def test_idle_watch_counts_only_time_spent_reading() -> None:
+    """The idle timeout of a relayed stream: time spent writing to a slow client is not idle;
+    a read waiting longer than `idle` fires it once."""
+    import asyncio
+
+    from inferoute.gateway.proxy import _IdleWatch
+
+    calls: list[int] = []
+    watch = _IdleWatch(0.02, lambda: calls.append(1))
+    await asyncio.sleep(0.1)  # "writing": never idle however long
+    assert not watch.fired and calls == []
+    watch.reading = True
+    await asyncio.sleep(0.1)
+    assert watch.fired and calls == [1]
+    watch.cancel()
