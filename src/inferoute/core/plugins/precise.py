@@ -43,7 +43,7 @@ from ..scheduling.config import parse_duration
 from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
-from .prefix import MATCHED_TOKENS_KEY, PrefixIndexStats
+from .prefix import MATCHED_TOKENS_KEY, LookupStats, PrefixIndexStats, chosen_targets
 
 #: requests whose prediction may still move after a fallback (bounded)
 MAX_PENDING = 4096
@@ -60,7 +60,7 @@ class _Cycle:
 
 
 @register
-class PrecisePrefixCacheScorer(BasePlugin):
+class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
     """Fraction of the prompt's leading KV blocks the endpoint's engine reports holding."""
 
     type_name = "precise-prefix-cache-scorer"
@@ -89,7 +89,8 @@ class PrecisePrefixCacheScorer(BasePlugin):
         self.tokenizer: Tokenize | None = None
         self._key = f"precise:{self.name}"
         self._pending: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
-        self._lookups = self._queried = self._hit = self._untokenized = 0
+        LookupStats.__init__(self)
+        self._untokenized = 0
 
     def set_tokenizer(self, tokenize: Tokenize | None) -> None:
         """Token ids for requests that arrive without `token_ids` (attached by the data layer)."""
@@ -154,24 +155,14 @@ class PrecisePrefixCacheScorer(BasePlugin):
                      result: SchedulingResult) -> None:
         state = self._cycle(ctx)
         primary = result.target
-        seen: set[str] = set()
-        for pname in (result.primary, *result.profiles):
-            prof = result.profiles.get(pname)
-            if prof is None or not prof.targets or prof.targets[0].name in seen:
-                continue
-            ep = prof.targets[0]
-            seen.add(ep.name)
+        for ep in chosen_targets(result):
             keys = self._keys(state, request, self.block_size_of(ep))
             if ep is primary:
                 matched = state.matched.get(ep.name)
                 if matched is None:
                     matched = self.index.match(keys, [ep.name], ctx.now,
                                                self.params.speculative)[0] if keys else 0
-                self._lookups += 1
-                self._queried += len(keys)
-                self._hit += matched
-                request.attributes["prefix_cache_hit_ratio"] = (
-                    matched / len(keys) if keys else 0.0)
+                self.record_lookup(request, matched, len(keys))
             if keys and self.params.speculative:
                 self.index.add_speculative(ep.name, keys, ctx.now)
                 if ep is primary:
@@ -203,9 +194,7 @@ class PrecisePrefixCacheScorer(BasePlugin):
         return self._untokenized
 
     def stats(self) -> PrefixIndexStats:
-        return PrefixIndexStats(lookups=self._lookups, blocks_queried=self._queried,
-                                blocks_hit=self._hit, indexed_blocks=len(self.index),
-                                endpoints=len(self.index.endpoints()))
+        return self.lookup_stats(len(self.index), len(self.index.endpoints()))
 
 
 def precise_scorers(plugins: Iterable[Any]) -> list[PrecisePrefixCacheScorer]:

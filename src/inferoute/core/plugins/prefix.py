@@ -65,6 +65,36 @@ class PrefixIndexStats:
         return self.blocks_hit / self.blocks_queried if self.blocks_queried else 0.0
 
 
+def chosen_targets(result: SchedulingResult) -> list[Endpoint]:
+    """Each profile's target, the primary's first, without repeats: where a prefix scorer
+    records that the request's blocks are about to be cached."""
+    out: list[Endpoint] = []
+    for name in (result.primary, *result.profiles):
+        prof = result.profiles.get(name)
+        if prof is not None and prof.targets and prof.targets[0] not in out:
+            out.append(prof.targets[0])
+    return out
+
+
+class LookupStats:
+    """Counts a prefix scorer's lookups at the primary target, for `stats()` and the metric."""
+
+    def __init__(self) -> None:
+        self._lookups = self._queried = self._hit = 0
+
+    def record_lookup(self, request: InferenceRequest, matched: int, total: int) -> None:
+        """Count one routed request; also tells the shells its expected hit ratio."""
+        self._lookups += 1
+        self._queried += total
+        self._hit += matched
+        request.attributes["prefix_cache_hit_ratio"] = matched / total if total else 0.0
+
+    def lookup_stats(self, indexed_blocks: int, endpoints: int) -> PrefixIndexStats:
+        return PrefixIndexStats(lookups=self._lookups, blocks_queried=self._queried,
+                                blocks_hit=self._hit, indexed_blocks=indexed_blocks,
+                                endpoints=endpoints)
+
+
 @dataclass(slots=True)
 class _Pending:
     endpoint: str
@@ -83,7 +113,7 @@ class _Cycle:
 
 
 @register
-class PrefixCacheScorer(BasePlugin):
+class PrefixCacheScorer(BasePlugin, LookupStats):
     """Fraction of the prompt's leading blocks the endpoint probably holds."""
 
     type_name = "prefix-cache-scorer"
@@ -113,9 +143,7 @@ class PrefixCacheScorer(BasePlugin):
         self.index = PrefixIndex()
         self._key = f"prefix:{self.name}"
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
-        self._lookups = 0
-        self._queried = 0
-        self._hit = 0
+        LookupStats.__init__(self)
 
     # -- layout ------------------------------------------------------------------------------
     def layout(self, ep: Endpoint) -> tuple[int, int]:
@@ -173,24 +201,14 @@ class PrefixCacheScorer(BasePlugin):
                      result: SchedulingResult) -> None:
         state = self._cycle(ctx)
         primary = result.target
-        seen: set[str] = set()
-        for name in (result.primary, *result.profiles):
-            prof = result.profiles.get(name)
-            if prof is None or not prof.targets or prof.targets[0].name in seen:
-                continue
-            ep = prof.targets[0]
-            seen.add(ep.name)
+        for ep in chosen_targets(result):
             chars, cap = self.layout(ep)
             hashes = self._hashes(state, request, chars)
             if ep is primary:
                 matched = state.matched.get(ep.name)
                 if matched is None:
                     matched = self.index.match(hashes, [ep.name])[0]
-                self._lookups += 1
-                self._queried += len(hashes)
-                self._hit += matched
-                request.attributes["prefix_cache_hit_ratio"] = (
-                    matched / len(hashes) if hashes else 0.0)
+                self.record_lookup(request, matched, len(hashes))
             if not hashes:
                 continue
             added = self.index.insert(ep.name, hashes, cap)
@@ -224,6 +242,4 @@ class PrefixCacheScorer(BasePlugin):
 
     # -- observability -----------------------------------------------------------------------
     def stats(self) -> PrefixIndexStats:
-        return PrefixIndexStats(lookups=self._lookups, blocks_queried=self._queried,
-                                blocks_hit=self._hit, indexed_blocks=len(self.index),
-                                endpoints=len(self.index.endpoints()))
+        return self.lookup_stats(len(self.index), len(self.index.endpoints()))
