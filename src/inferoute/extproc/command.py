@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from typing import Any
 
 from aiohttp import web
 
+from ..aiotasks import stop_event_on_signals
 from ..core.admission import AdmissionConfig, load_admission_config
 from ..core.errors import ConfigError
 from ..core.scheduling.config import parse_duration
@@ -212,13 +212,7 @@ async def _run(args: argparse.Namespace, config: ServingConfig,
     except BaseException:
         await app.stop()
         raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
+    stop = stop_event_on_signals()
     print(f"inferoute epp: ext_proc on {args.host}:{app.ports['grpc']}, health on "
           f":{app.ports['health']}, metrics on :{app.ports['metrics']}", flush=True)
     try:

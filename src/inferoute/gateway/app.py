@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from typing import Awaitable, Callable
 
 import orjson
 from aiohttp import web
 
+from ..aiotasks import stop_event_on_signals
 from ..core.errors import InferouteError, NoEndpointAvailable
 from ..core.request import API_PATHS
 from ..datalayer.discovery.static import ServingConfig
@@ -190,13 +190,7 @@ async def serve(config: ServingConfig, *, ready_file: str | None = None,
     if ready_file:
         with open(ready_file, "w") as fh:
             fh.write(str(port))
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
+    stop = stop_event_on_signals(stop)
     try:
         await stop.wait()
     finally:

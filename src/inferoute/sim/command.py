@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from typing import Any
 
+from ..aiotasks import stop_event_on_signals
 from ..core.errors import ConfigError
 
 READY_PREFIX = "serving"
@@ -151,11 +150,7 @@ def build_configs(args: argparse.Namespace) -> list[Any]:
 async def serve(configs: list[Any], stop: asyncio.Event | None = None) -> None:
     """Run the replicas until `stop` is set (or SIGINT/SIGTERM)."""
     from .server import Replica
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_event_on_signals(stop)
     replicas = [Replica(c) for c in configs]
     started: list[Any] = []
     try:
