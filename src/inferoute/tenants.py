@@ -35,7 +35,7 @@ import pydantic
 import yaml
 
 from .core.admission.ratelimit import Limits, RateLimiter, Reservation
-from .core.errors import ConfigError, Forbidden, Unauthorized
+from .core.errors import ConfigError, Forbidden, Unauthorized, explain_validation
 
 ENV_VAR = "INFEROUTE_API_KEYS"
 
@@ -181,9 +181,7 @@ class KeyStore:
         try:
             parsed = TenantsFile.model_validate(data)
         except pydantic.ValidationError as exc:
-            lines = [f"  {'.'.join(str(p) for p in e['loc'])}: "
-                     f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
-            raise ConfigError(f"invalid tenants in {source}:\n" + "\n".join(lines)) from None
+            raise ConfigError(explain_validation(exc, "tenants", source)) from None
         return cls.from_specs(parsed.tenants, env, source)
 
     @classmethod

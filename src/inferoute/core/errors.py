@@ -89,3 +89,13 @@ class UpstreamTimeout(InferouteError):
 
 class ConfigError(ValueError):
     """A configuration file or flag is invalid; the message says where and why."""
+
+
+def explain_validation(exc: Any, what: str, source: str) -> str:
+    """A pydantic ValidationError as the message every config loader raises: `invalid WHAT in
+    SOURCE:` then one line per problem with its key path (`pools.0.endpoints: ...`)."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg'].removeprefix('Value error, ')}")
+    return f"invalid {what} in {source}:\n" + "\n".join(lines)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, explain_validation
 
 DEFAULT_CATEGORIES = "categories.yaml"
 
@@ -63,14 +63,6 @@ class Category(BaseModel):
         return best[1] if best else None
 
 
-def _format_validation(exc: ValidationError, where: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        lines.append(f"  {loc}: {err['msg']}")
-    return f"invalid categories in {where}:\n" + "\n".join(lines)
-
-
 def parse_categories(data: Any, where: str = "categories") -> list[Category]:
     """Validate a list of category mappings (or {"categories": [...]}); ConfigError if bad."""
     if isinstance(data, dict) and "categories" in data:
@@ -83,7 +75,7 @@ def parse_categories(data: Any, where: str = "categories") -> list[Category]:
             out.append(Category.model_validate(item))
         except ValidationError as exc:
             name = item.get("name", i) if isinstance(item, dict) else i
-            raise ConfigError(_format_validation(exc, f"{where}[{name}]")) from None
+            raise ConfigError(explain_validation(exc, "categories", f"{where}[{name}]")) from None
     names = [c.name for c in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -14,7 +14,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, explain_validation
 from .categories import Category, load_categories, parse_categories
 
 PII_TYPES = ("credit_card", "email", "phone", "us_ssn", "iban", "ipv4")
@@ -170,14 +170,6 @@ class SemanticConfig(_Strict):
         return ModelConfig(name=name)
 
 
-def _explain(exc: ValidationError, where: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {err['msg']}")
-    return f"invalid semantic-router config in {where}:\n" + "\n".join(lines)
-
-
 def parse_config(data: Any, where: str = "semantic config") -> SemanticConfig:
     """Validate a mapping (a top-level `semantic:` key is unwrapped); ConfigError if bad."""
     if data is None:
@@ -189,7 +181,7 @@ def parse_config(data: Any, where: str = "semantic config") -> SemanticConfig:
     try:
         return SemanticConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, where)) from None
+        raise ConfigError(explain_validation(exc, "semantic-router config", where)) from None
 
 
 def load_config(path: str | Path | None) -> SemanticConfig:

@@ -24,7 +24,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, explain_validation
 from ..scheduling.config import SaturationSpec
 from .controller import FAIRNESS_HEADER, AdmissionController, Admitted
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
@@ -80,9 +80,7 @@ def parse_admission_config(data: Any, source: str = "<admission>") -> AdmissionC
     try:
         return AdmissionConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
-                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
-        raise ConfigError(f"invalid admission config in {source}:\n" + "\n".join(lines)) from None
+        raise ConfigError(explain_validation(exc, "admission config", source)) from None
 
 
 def load_admission_config(path: str | Path) -> AdmissionConfig:

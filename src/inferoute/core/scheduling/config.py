@@ -25,7 +25,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, explain_validation
 
 
 class PluginSpec(pydantic.BaseModel):
@@ -118,15 +118,6 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"not a duration: {text!r} (use e.g. 50ms, 0.2s, 1m)") from None
 
 
-def _format_validation(exc: pydantic.ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc or '(top level)'}: {msg}")
-    return f"invalid EndpointPickerConfig in {source}:\n" + "\n".join(lines)
-
-
 def parse_config(data: Any, source: str = "<config>") -> EndpointPickerConfig:
     """Validate an already-parsed YAML/JSON mapping."""
     if not isinstance(data, dict):
@@ -134,7 +125,7 @@ def parse_config(data: Any, source: str = "<config>") -> EndpointPickerConfig:
     try:
         return EndpointPickerConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ConfigError(_format_validation(exc, source)) from None
+        raise ConfigError(explain_validation(exc, "EndpointPickerConfig", source)) from None
 
 
 def load_config_text(text: str, source: str = "<config>") -> EndpointPickerConfig:

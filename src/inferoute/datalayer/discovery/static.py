@@ -54,7 +54,7 @@ import yaml
 from ...core.admission import AdmissionConfig, parse_admission_config
 from ...core.endpoint import Endpoint, parse_endpoint
 from ...core.health import ActiveCheckSpec, OutlierSpec
-from ...core.errors import ConfigError
+from ...core.errors import ConfigError, explain_validation
 from ...core.scheduling.config import (EndpointPickerConfig, parse_config, parse_duration,
                                        resolve_config)
 
@@ -227,15 +227,6 @@ class ServingConfig(pydantic.BaseModel):
         return self
 
 
-def _format(exc: pydantic.ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc or '(top level)'}: {msg}")
-    return f"invalid serving config in {source}:\n" + "\n".join(lines)
-
-
 def parse_serving_config(data: Any, source: str = "<config>") -> ServingConfig:
     """Validate a parsed mapping; ConfigError lists every problem with its key path.
 
@@ -246,7 +237,7 @@ def parse_serving_config(data: Any, source: str = "<config>") -> ServingConfig:
     try:
         cfg = ServingConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ConfigError(_format(exc, source)) from None
+        raise ConfigError(explain_validation(exc, "serving config", source)) from None
     for i, pool in enumerate(cfg.pools):
         try:
             pool.scheduler_config()
