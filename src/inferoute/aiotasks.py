@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 
+log = logging.getLogger("inferoute.tasks")
 
-async def cancel_tasks(*tasks: asyncio.Task | None) -> None:
-    """Cancel background tasks and wait until they have finished.
+
+async def cancel_tasks(*tasks: asyncio.Task | None, timeout: float = 5.0) -> None:
+    """Cancel background tasks and wait until they have finished, at most `timeout` seconds.
 
     Their cancellation or failure is not re-raised: the caller is shutting them down. None
     entries are skipped, so `await cancel_tasks(self._task)` works whether it started or not.
+    A task still running after a short wait is cancelled again: a library can turn a
+    cancellation into an ordinary error (a read timeout racing the cancel) that a retry loop
+    then swallows, and one lost cancel must not hang a shutdown. What is still running at the
+    deadline is logged and left behind.
     """
-    live = [t for t in tasks if t is not None]
-    for t in live:
-        t.cancel()
-    await asyncio.gather(*live, return_exceptions=True)
+    pending = {t for t in tasks if t is not None}
+    deadline = asyncio.get_running_loop().time() + timeout
+    while pending:
+        for t in pending:
+            t.cancel()
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            log.warning("%d background task(s) ignored cancellation: %s", len(pending),
+                        ", ".join(sorted(t.get_name() for t in pending)))
+            return
+        done, pending = await asyncio.wait(pending, timeout=min(left, 0.5))
+        for t in done:  # retrieved, so asyncio does not warn that it never was
+            if not t.cancelled():
+                t.exception()
 
 
 def stop_event_on_signals(stop: asyncio.Event | None = None) -> asyncio.Event:

@@ -40,6 +40,7 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..aiotasks import cancel_tasks
 from ..core.endpoint import Endpoint
 from ..core.kvindex import KVBlockIndex
 from ..core.plugins.prefixindex import PrefixIndex
@@ -180,6 +181,7 @@ class PrefixShare:
         self._last_id = "0"  # read the capped stream from its start: late joiners catch up
         self._remote: dict[str, tuple[int, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.published = self.applied = self.errors = self.malformed = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -192,11 +194,8 @@ class PrefixShare:
             self._tasks.append(loop.create_task(self._guard(self._inflight_loop, "in-flight")))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        self._stopping = True  # the loops end even if a cancel is lost in the redis client
+        await cancel_tasks(*self._tasks)
         self._tasks.clear()
         # best effort, bounded: the others drop this replica's load when its hash expires anyway
         with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
@@ -207,12 +206,14 @@ class PrefixShare:
         await self.client.delete(self.inflight_prefix + self.replica_id)
 
     async def _guard(self, loop_fn: Callable[[], Any], what: str) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await loop_fn()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                if self._stopping:  # a cancellation the client turned into an error
+                    return
                 self.errors += 1
                 log.warning("prefix share (%s, %s): %s; retrying", self.model, what, exc)
                 await asyncio.sleep(self.retry_delay)
@@ -236,12 +237,12 @@ class PrefixShare:
         return sent
 
     async def _write_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await self.flush()
             await asyncio.sleep(self.flush_interval)
 
     async def _read_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await self.poll(block_ms=self.block_ms)
 
     async def poll(self, block_ms: int | None = None) -> int:
@@ -320,6 +321,6 @@ class PrefixShare:
         return self._remote.get(name, (0, 0))
 
     async def _inflight_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await self.sync_inflight()
             await asyncio.sleep(self.inflight_interval)

@@ -106,38 +106,40 @@ async def run_fleet(mode: str, k: int, base: str, ports: list[int], kv: tuple[in
     next_i = 0
 
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        async def one(i: int, text: str) -> None:
-            nonlocal cached, prompt_tokens
-            async with sem:
-                p = pickers[i % k]
-                body = {"model": model, "prompt": text, "max_tokens": 4}
-                req = parse_request("completions", body, request_id=f"{mode}{k}-{i}",
-                                    arrival_time=time.monotonic())
-                now = time.monotonic()
-                target = p.sched.schedule(req, p.eps, now).target
-                target.on_dispatch(req.prompt_tokens_estimate)
-                try:
-                    async with session.post(target.url + "/v1/completions", json=body) as r:
-                        out = await r.json()
-                finally:
-                    target.on_finish(req.prompt_tokens_estimate)
-                    p.sched.on_finished(req, target, time.monotonic(), None)
-                usage = out["usage"]
-                prompt_tokens += usage["prompt_tokens"]
-                cached += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async def one(i: int, text: str) -> None:
+                nonlocal cached, prompt_tokens
+                async with sem:
+                    p = pickers[i % k]
+                    body = {"model": model, "prompt": text, "max_tokens": 4}
+                    req = parse_request("completions", body, request_id=f"{mode}{k}-{i}",
+                                        arrival_time=time.monotonic())
+                    now = time.monotonic()
+                    target = p.sched.schedule(req, p.eps, now).target
+                    target.on_dispatch(req.prompt_tokens_estimate)
+                    try:
+                        async with session.post(target.url + "/v1/completions", json=body) as r:
+                            out = await r.json()
+                    finally:
+                        target.on_finish(req.prompt_tokens_estimate)
+                        p.sched.on_finished(req, target, time.monotonic(), None)
+                    usage = out["usage"]
+                    prompt_tokens += usage["prompt_tokens"]
+                    cached += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
 
-        tasks = []
-        arrivals = random.Random(seed)
-        for text in prompts:
-            tasks.append(asyncio.create_task(one(next_i, text)))
-            next_i += 1
-            if rate:  # Poisson arrivals; without a rate, a burst limited by `concurrency`
-                await asyncio.sleep(arrivals.expovariate(rate))
-        await asyncio.gather(*tasks)
-    for p in pickers:
-        for close in p.closers:
-            await close()
+            tasks = []
+            arrivals = random.Random(seed)
+            for text in prompts:
+                tasks.append(asyncio.create_task(one(next_i, text)))
+                next_i += 1
+                if rate:  # Poisson arrivals; without a rate, a burst limited by `concurrency`
+                    await asyncio.sleep(arrivals.expovariate(rate))
+            await asyncio.gather(*tasks)
+    finally:  # even when a request failed: no redis tasks or subscribers left behind
+        for p in pickers:
+            for close in p.closers:
+                await close()
     return {"hit_rate": cached / prompt_tokens if prompt_tokens else 0.0,
             "requests": float(len(prompts))}
 
