@@ -359,8 +359,8 @@ class Proxy:
         out_headers = forward_response_headers(upstream.headers)
         if rename is not None:  # the body may change length
             out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-length"]
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                  headers=out_headers)
+        resp = _RelayResponse(status=upstream.status, reason=upstream.reason,
+                              headers=out_headers)
         resp.headers[SERVED_HEADER] = ep.name
         resp.headers.update(flight.headers)
         await resp.prepare(request)
@@ -429,6 +429,19 @@ class Proxy:
         await resp.write_eof()
         upstream.release()
         return resp
+
+
+class _RelayResponse(web.StreamResponse):
+    """A StreamResponse whose headers leave with its first body write, in one send.
+
+    aiohttp sends a StreamResponse's headers as soon as it is prepared; the relay always has
+    a first chunk in hand by then, so holding them saves a send per response (aiohttp's
+    buffered `Response` does the same). Loopback sends are what the gateway spends most of its
+    per-request CPU on (`inferoute overhead`). `_send_headers_immediately` is aiohttp's own
+    switch for this (3.10+); on a version without it, this is a plain StreamResponse.
+    """
+
+    _send_headers_immediately = False
 
 
 class _IdleWatch:
