@@ -81,11 +81,14 @@ class Router:
         return mp
 
     def schedule(self, request: InferenceRequest, now: float,
-                 candidates: list[Endpoint] | None = None) -> Decision:
-        """Resolve the pool and pick endpoints; NoEndpointAvailable when none is ready."""
+                 candidates: list[Endpoint] | None = None, *,
+                 defer_hooks: bool = False) -> Decision:
+        """Resolve the pool and pick endpoints; NoEndpointAvailable when none is ready.
+        `defer_hooks`: see `Scheduler.schedule` (then call the pool scheduler's
+        `run_deferred_hooks` soon)."""
         mp = self.resolve(request)
         eps = mp.pool.candidates() if candidates is None else candidates
-        result = mp.scheduler.schedule(request, eps, now)
+        result = mp.scheduler.schedule(request, eps, now, defer_hooks=defer_hooks)
         return Decision(request=request, pool=mp, result=result)
 
     def dispatch(self, decision: Decision, endpoint: Endpoint, now: float) -> None:

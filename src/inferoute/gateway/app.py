@@ -149,6 +149,7 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
         if tenants is not None:
             await tenants.close()
         await data.close()
+        proxy.close()
 
     async def drain_queue(app: web.Application) -> None:
         # runs when shutdown starts, before in-flight requests are awaited: waiting requests

@@ -3,8 +3,8 @@
 For each POST to an OpenAI route the proxy parses the body into a core `InferenceRequest`;
 runs the optional stages (tenant keys and limits, semantic routing, model routes, admission
 control); asks the core `Router` for a decision among the pool's *ready* endpoints; sends the
-body to the target over the data layer's pooled session; and relays the response chunk by chunk
-as it arrives. An event stream is relayed in whole events (the incomplete last event of a chunk
+body to the target over a kept-alive connection (`upstream.py`); and relays the response
+chunk by chunk as it arrives. An event stream is relayed in whole events (the incomplete last event of a chunk
 waits for its end, so a client never sees half an event); nothing else is held. While relaying
 it reads the `usage` object (see `sse.py`) and, whatever happens, closes the books exactly once:
 `Router.finish` (in-flight counts, plugin hooks), health outcome, metrics, tenant usage.
@@ -30,7 +30,6 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +52,7 @@ from .health import Health
 from .semantic import Semantic
 from .sse import ResponseRelay, UsageTracker
 from .tenants import Tenants
+from .upstream import ConnectTimeout, UpstreamConnectionError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("inferoute.gateway")
 
@@ -87,30 +87,32 @@ def error_response(exc: InferouteError) -> web.Response:
                         content_type="application/json", headers=exc.headers or None)
 
 
-def _connection_tokens(headers: Any) -> set[str]:
-    """Header names listed in `Connection` (hop-by-hop by declaration)."""
-    tokens: set[str] = set()
+def _forwarded(headers: Any, drop: frozenset[str]) -> list[tuple[str, str, str]]:
+    """(name, lowercase name, value) of the headers not in `drop` nor named by `Connection`
+    (hop-by-hop by declaration); one pass, as this runs twice for every request."""
+    kept: list[tuple[str, str, str]] = []
+    named: list[str] = []
     for k, v in headers.items():
-        if k.lower() == "connection":
-            tokens.update(t.strip().lower() for t in v.split(","))
-    return tokens
+        lk = k.lower()
+        if lk in drop:
+            if lk == "connection":
+                named.append(v)
+            continue
+        kept.append((k, lk, v))
+    if named:
+        tokens = {t.strip().lower() for v in named for t in v.split(",")}
+        kept = [h for h in kept if h[1] not in tokens]
+    return kept
 
 
 def forward_request_headers(headers: Any) -> dict[str, str]:
     """Client headers minus hop-by-hop ones and any client-set destination header."""
-    drop = _DROP_REQUEST | _connection_tokens(headers)
-    out: dict[str, str] = {}
-    for k, v in headers.items():
-        lk = k.lower()
-        if lk in drop or lk.startswith("x-gateway-destination-endpoint"):
-            continue
-        out[k] = v
-    return out
+    return {k: v for k, lk, v in _forwarded(headers, _DROP_REQUEST)
+            if not lk.startswith("x-gateway-destination-endpoint")}
 
 
 def forward_response_headers(headers: Any) -> list[tuple[str, str]]:
-    drop = _DROP_RESPONSE | _connection_tokens(headers)
-    return [(k, v) for k, v in headers.items() if k.lower() not in drop]
+    return [(k, v) for k, _, v in _forwarded(headers, _DROP_RESPONSE)]
 
 
 class Proxy:
@@ -126,10 +128,8 @@ class Proxy:
         self.health = health
         self.tenants = tenants
         self.semantic = semantic
-        up = config.upstream
         # first-byte and idle timeouts are applied around the reads in _connect and _relay
-        self.timeout = aiohttp.ClientTimeout(total=up.request_timeout,
-                                             sock_connect=up.connect_timeout)
+        self.upstream = UpstreamPool(connect_timeout=config.upstream.connect_timeout)
         #: API requests in progress, for `maxConcurrentRequests`
         self.active = 0
 
@@ -161,7 +161,8 @@ class Proxy:
         data, obs = self.data, self.obs
         now = data.clock()
         api = API_PATHS[request.path]
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        # a random id without a system call per request (uuid4 reads os.urandom)
+        request_id = request.headers.get("x-request-id") or f"{random.getrandbits(128):032x}"
         model = target = ""
         tenant = None
         flight = _Flight(arrival=now)
@@ -199,9 +200,8 @@ class Proxy:
             now = data.clock()
             candidates = data.ready_endpoints(mp, now)
             t0 = time.perf_counter()
-            decision = data.router.schedule(ireq, now, candidates)
-            obs.scheduled(time.perf_counter() - t0,
-                          ireq.attributes.get("prefix_cache_hit_ratio"))
+            decision = data.router.schedule(ireq, now, candidates, defer_hooks=True)
+            took = time.perf_counter() - t0
         except InferouteError as exc:
             if isinstance(exc, ModelNotFound) or not model:
                 model = target = "unknown"  # never a client-chosen label value
@@ -209,7 +209,10 @@ class Proxy:
             if tenant is not None and self.tenants is not None:  # refund the token estimate
                 await self.tenants.settle(tenant, {"total_tokens": 0}, data.clock())
             return error_response(exc)
-        obs.request_started(model, target, len(raw))
+        # the index updates and these metrics run once the request is on its way (the next
+        # loop iteration: see Scheduler.schedule), off the request's latency
+        asyncio.get_running_loop().call_soon(
+            self._books_after_send, decision, took, model, target, len(raw))
         body = self._upstream_body(ireq, raw, ireq.body is not original_body, flight)
         try:
             return await self._forward(request, ireq, decision, body, candidates, flight)
@@ -220,6 +223,16 @@ class Proxy:
                 await self.tenants.settle(tenant, flight.usage, data.clock())
             if self.semantic is not None and flight.reply is not None:
                 self.semantic.store(ireq, tenant.tenant.name if tenant else None, flight.reply)
+
+    def _books_after_send(self, decision: Decision, took: float, model: str, target: str,
+                          body_bytes: int) -> None:
+        decision.pool.scheduler.run_deferred_hooks()
+        self.obs.scheduled(took, decision.request.attributes.get("prefix_cache_hit_ratio"))
+        self.obs.request_started(model, target, body_bytes)
+
+    def close(self) -> None:
+        """Close the idle upstream connections (at shutdown)."""
+        self.upstream.close()
 
     def _upstream_body(self, ireq: InferenceRequest, raw: bytes, body_changed: bool,
                        flight: _Flight) -> bytes:
@@ -295,8 +308,6 @@ class Proxy:
         `flight.endpoint`, `flight.upstream` and `flight.first`."""
         data, obs, pool = self.data, self.obs, decision.pool.model
         up = self.config.upstream
-        session = data.session
-        assert session is not None, "DataLayer.start() was not awaited"
         for attempt, ep in enumerate(order):
             last = attempt == len(order) - 1
             if flight.endpoint is not None:
@@ -306,26 +317,27 @@ class Proxy:
             data.router.dispatch(decision, ep, data.clock())
             obs.dispatched(pool, ep.name)
             flight.endpoint = ep
-            upstream: aiohttp.ClientResponse | None = None
+            upstream: UpstreamResponse | None = None
             first_byte = asyncio.timeout(up.first_byte_timeout)
             try:
                 async with first_byte:
-                    upstream = await session.request("POST", ep.url + url_path, data=body,
-                                                     headers=headers, timeout=self.timeout)
+                    upstream = await self.upstream.post(
+                        ep.host.strip("[]"), ep.port, url_path, headers, body,
+                        tls=ep.scheme == "https", total_timeout=up.request_timeout)
                     if upstream.status < 500 or last:
-                        flight.first = await upstream.content.readany()
+                        flight.first = await upstream.readany()
             except TimeoutError as exc:
                 if upstream is not None:
                     upstream.close()  # abandoned: the model server sees the disconnect
                 self._outcome(pool, ep, False)
                 if not last and (first_byte.expired()
-                                 or isinstance(exc, aiohttp.ConnectionTimeoutError)):
+                                 or isinstance(exc, ConnectTimeout)):
                     log.warning("%s timed out before the first byte; retrying elsewhere",
                                 ep.name)
                     continue
                 raise UpstreamTimeout(f"model server {ep.name} did not answer in time") \
                     from None
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            except OSError as exc:  # refused, unreachable, reset, closed, bad HTTP
                 if upstream is not None:
                     upstream.close()
                 self._outcome(pool, ep, False)
@@ -371,7 +383,7 @@ class Proxy:
                 collector = self.semantic.collector(ireq)
             elif tracker is not None:
                 tracker.keep_document()
-        read = upstream.content.readany
+        read = upstream.readany
         watch = _IdleWatch(self.config.upstream.idle_timeout, upstream.close)
         chunk, flight.first = flight.first, b""
         try:
@@ -394,7 +406,7 @@ class Proxy:
             out = relay.finish()
             if out:
                 await resp.write(out)
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        except (TimeoutError, UpstreamConnectionError, aiohttp.ClientConnectionError) as exc:
             if isinstance(exc, ConnectionResetError):
                 # the client went away while we wrote to it: not an error of ours (raising
                 # would make aiohttp log a traceback); the finally in _forward aborts upstream
@@ -489,7 +501,7 @@ class _Flight:
     """What one proxied request has done so far, for the accounting in `_forward`."""
 
     endpoint: Endpoint | None = None
-    upstream: aiohttp.ClientResponse | None = None
+    upstream: UpstreamResponse | None = None
     #: the first body chunk, read before the client's response starts (b"": empty body)
     first: bytes = b""
     #: when the request arrived (`clock()` time), for the time to first byte

@@ -8,7 +8,9 @@ through `on_served` / `on_finished` so stateful plugins (prefix index, session a
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Sequence
 
 from ..endpoint import Endpoint
@@ -77,6 +79,8 @@ class Scheduler:
         self._hooked = {
             hook: [p for p in self.plugins.values() if callable(getattr(p, hook, None))]
             for hook in ("on_scheduled", "on_served", "on_finished", "on_endpoint_removed")}
+        #: hook calls waiting for `run_deferred_hooks`, in order
+        self._deferred: list[Callable[[], None]] = []
 
     def _build_profile(self, spec: Any) -> _Profile:
         filters: list[Filter] = []
@@ -132,13 +136,21 @@ class Scheduler:
                              {ep.name: t for ep, t in zip(cands, totals)}, breakdown)
 
     def schedule(self, request: InferenceRequest, endpoints: list[Endpoint], now: float, *,
-                 debug: bool = False) -> SchedulingResult:
+                 debug: bool = False, defer_hooks: bool = False) -> SchedulingResult:
         """Choose endpoints for `request` among `endpoints` (already ready/healthy).
 
         Raises NoEndpointAvailable when none is given or every profile's filters empty the set.
         Calls the plugins' `on_scheduled` hooks on success: the caller is expected to send the
         request to `result.target` (or a fallback, then report it with `on_served`).
+
+        `defer_hooks` queues those hooks (the prefix index update, mostly) instead: they run at
+        `run_deferred_hooks()`, or before this scheduler's next decision or next finished or
+        removed hook, whichever comes first (an `on_served` meanwhile queues behind them), so
+        no decision ever sees the state without them. The gateway sends the request first and
+        runs them while the model server works, which takes them off the request's latency.
         """
+        if self._deferred:
+            self.run_deferred_hooks()
         if not endpoints:
             raise NoEndpointAvailable(f"no ready endpoint for model {request.target_model!r}")
         ctx = CycleContext(now=now, rng=self.rng, data={"debug": debug} if debug else {})
@@ -156,19 +168,43 @@ class Scheduler:
         if not result.profiles.get(result.primary) or not result.targets:
             raise NoEndpointAvailable(
                 f"no endpoint of model {request.target_model!r} passed the filters")
-        for plugin in self._hooked["on_scheduled"]:
-            plugin.on_scheduled(ctx, request, result)
+        if defer_hooks:
+            self._deferred.append(partial(self._scheduled_hooks, ctx, request, result))
+        else:
+            self._scheduled_hooks(ctx, request, result)
         return result
 
+    def _scheduled_hooks(self, ctx: CycleContext, request: InferenceRequest,
+                         result: SchedulingResult) -> None:
+        for plugin in self._hooked["on_scheduled"]:
+            plugin.on_scheduled(ctx, request, result)
+
+    def run_deferred_hooks(self) -> None:
+        """Run the `on_scheduled` hooks of decisions made with `defer_hooks`, in order."""
+        while self._deferred:
+            pending, self._deferred = self._deferred, []
+            for call in pending:
+                call()
+
     def on_served(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        if self._deferred:  # keep the order: after the deferred on_scheduled hooks
+            self._deferred.append(partial(self._served_hooks, request, endpoint, now))
+        else:
+            self._served_hooks(request, endpoint, now)
+
+    def _served_hooks(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
         for plugin in self._hooked["on_served"]:
             plugin.on_served(request, endpoint, now)
 
     def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
                     usage: dict[str, Any] | None = None) -> None:
+        if self._deferred:
+            self.run_deferred_hooks()
         for plugin in self._hooked["on_finished"]:
             plugin.on_finished(request, endpoint, now, usage)
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
+        if self._deferred:
+            self.run_deferred_hooks()
         for plugin in self._hooked["on_endpoint_removed"]:
             plugin.on_endpoint_removed(endpoint)
