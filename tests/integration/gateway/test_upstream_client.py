@@ -5,7 +5,7 @@ server closed, failures mid-body, timeouts, bad HTTP, back-pressure and 1xx resp
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -65,6 +65,13 @@ async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[Server]]]:
         srv.server.close()
 
 
+@pytest.fixture
+def pool() -> Iterator[UpstreamPool]:
+    p = UpstreamPool()
+    yield p
+    p.close()
+
+
 def reply(body: bytes, status: str = "200 OK", extra: str = "") -> bytes:
     return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: "
             f"{len(body)}\r\n{extra}\r\n").encode() + body
@@ -77,13 +84,12 @@ async def read_all(resp) -> bytes:  # type: ignore[no-untyped-def]
     return b"".join(parts)
 
 
-async def test_posts_reuse_one_connection_and_send_what_was_asked(serve):
+async def test_posts_reuse_one_connection_and_send_what_was_asked(serve, pool):
     async def echo(body, reader, writer):
         writer.write(reply(b'{"echo": ' + body + b"}", extra="X-Served: yes\r\n"))
         return True
 
     srv = await serve(echo)
-    pool = UpstreamPool()
     for i in range(5):
         resp = await pool.post("127.0.0.1", srv.port, "/v1/completions",
                                {"Content-Type": "application/json", "X-Request-Id": f"r{i}"},
@@ -96,24 +102,21 @@ async def test_posts_reuse_one_connection_and_send_what_was_asked(serve):
     first = srv.requests[0]
     assert first.startswith(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:")
     assert b"\r\nX-Request-Id: r0\r\n" in first and b"\r\nContent-Length: 8\r\n" in first
-    pool.close()
 
 
-async def test_header_values_with_line_breaks_are_not_sent(serve):
+async def test_header_values_with_line_breaks_are_not_sent(serve, pool):
     async def ok(body, reader, writer):
         writer.write(reply(b"{}"))
         return True
 
     srv = await serve(ok)
-    pool = UpstreamPool()
     resp = await pool.post("127.0.0.1", srv.port, "/x", {"X-Evil": "a\r\nInjected: 1",
                                                          "X-Fine": "b"}, b"")
     resp.release()
     assert b"Injected" not in srv.requests[0] and b"X-Fine: b" in srv.requests[0]
-    pool.close()
 
 
-async def test_a_chunked_stream_arrives_piece_by_piece(serve):
+async def test_a_chunked_stream_arrives_piece_by_piece(serve, pool):
     go = asyncio.Event()
 
     async def stream(body, reader, writer):
@@ -126,7 +129,6 @@ async def test_a_chunked_stream_arrives_piece_by_piece(serve):
         return True
 
     srv = await serve(stream)
-    pool = UpstreamPool()
     resp = await pool.post("127.0.0.1", srv.port, "/s", {}, b"{}")
     assert await resp.readany() == b"data: a\n\n"  # before the rest exists
     go.set()
@@ -135,23 +137,20 @@ async def test_a_chunked_stream_arrives_piece_by_piece(serve):
     resp2 = await pool.post("127.0.0.1", srv.port, "/s", {}, b"{}")  # reused after the end
     resp2.close()
     assert pool.connections_opened == 1
-    pool.close()
 
 
-async def test_a_kept_alive_connection_the_server_closed_is_retried_once(serve):
+async def test_a_kept_alive_connection_the_server_closed_is_retried_once(serve, pool):
     async def once(body, reader, writer):
         writer.write(reply(b"{}"))  # says keep-alive (HTTP/1.1 default) ...
         await writer.drain()
         return False  # ... and closes anyway, as an idle timeout would
 
     srv = await serve(once)
-    pool = UpstreamPool()
     for _ in range(3):
         resp = await pool.post("127.0.0.1", srv.port, "/x", {}, b"{}")
         assert await read_all(resp) == b"{}"
         resp.release()
     assert srv.connections == 3  # every request got its answer on a fresh connection
-    pool.close()
 
 
 async def test_connections_idle_past_their_ttl_are_not_reused(serve):
@@ -168,21 +167,19 @@ async def test_connections_idle_past_their_ttl_are_not_reused(serve):
     pool.close()
 
 
-async def test_refused_and_unanswered_connections_fail_cleanly(serve):
+async def test_refused_and_unanswered_connections_fail_cleanly(serve, pool):
     async def never(body, reader, writer):
         await asyncio.sleep(3600)
         return False
 
     srv = await serve(never)
     port = srv.port
-    pool = UpstreamPool()
     with pytest.raises(TimeoutError):
         await pool.post("127.0.0.1", port, "/x", {}, b"", total_timeout=0.1)
     srv.server.close()  # type: ignore[union-attr]
     await srv.server.wait_closed()  # type: ignore[union-attr]
     with pytest.raises(OSError):
         await pool.post("127.0.0.1", port, "/x", {}, b"")
-    pool.close()
 
 
 async def test_connect_timeout_has_its_own_error():
@@ -192,14 +189,13 @@ async def test_connect_timeout_has_its_own_error():
         await pool.post("192.0.2.1", 9, "/x", {}, b"")
 
 
-async def test_a_body_cut_short_raises_and_is_not_reused(serve):
+async def test_a_body_cut_short_raises_and_is_not_reused(serve, pool):
     async def cut(body, reader, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
         await writer.drain()
         return False
 
     srv = await serve(cut)
-    pool = UpstreamPool()
     resp = await pool.post("127.0.0.1", srv.port, "/x", {}, b"")
     got = await resp.readany()
     assert got == b"only this"
@@ -207,38 +203,33 @@ async def test_a_body_cut_short_raises_and_is_not_reused(serve):
         await resp.readany()
     resp.release()  # not reusable: closed, not pooled
     assert pool._idle == {}
-    pool.close()
 
 
-async def test_a_body_delimited_by_the_connection_end_is_complete(serve):
+async def test_a_body_delimited_by_the_connection_end_is_complete(serve, pool):
     async def legacy(body, reader, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
         await writer.drain()
         return False
 
     srv = await serve(legacy)
-    pool = UpstreamPool()
     resp = await pool.post("127.0.0.1", srv.port, "/x", {}, b"")
     assert await read_all(resp) == b"all of it"
     resp.release()
     assert pool._idle == {}
-    pool.close()
 
 
-async def test_bad_http_is_an_upstream_error(serve):
+async def test_bad_http_is_an_upstream_error(serve, pool):
     async def garbage(body, reader, writer):
         writer.write(b"SMTP READY\r\n\r\n")
         await writer.drain()
         return True
 
     srv = await serve(garbage)
-    pool = UpstreamPool()
     with pytest.raises(UpstreamConnectionError, match="bad HTTP"):
         await pool.post("127.0.0.1", srv.port, "/x", {}, b"")
-    pool.close()
 
 
-async def test_a_slow_reader_pauses_the_socket_and_gets_every_byte(serve):
+async def test_a_slow_reader_pauses_the_socket_and_gets_every_byte(serve, pool):
     big = bytes(range(256)) * (3 * HIGH_WATER // 256)
 
     async def large(body, reader, writer):
@@ -247,16 +238,14 @@ async def test_a_slow_reader_pauses_the_socket_and_gets_every_byte(serve):
         return True
 
     srv = await serve(large)
-    pool = UpstreamPool()
     resp = await pool.post("127.0.0.1", srv.port, "/x", {}, b"")
     await asyncio.sleep(0.2)  # let it fill: reading stops above the high-water mark
     assert resp._buffered <= HIGH_WATER + 256 * 1024 and resp._paused
     assert await read_all(resp) == big
     resp.release()
-    pool.close()
 
 
-async def test_close_ends_a_pending_read(serve):
+async def test_close_ends_a_pending_read(serve, pool):
     async def hang(body, reader, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         await writer.drain()
@@ -264,24 +253,20 @@ async def test_close_ends_a_pending_read(serve):
         return False
 
     srv = await serve(hang)
-    pool = UpstreamPool()
     resp = await pool.post("127.0.0.1", srv.port, "/x", {}, b"")
     read = asyncio.ensure_future(resp.readany())
     await asyncio.sleep(0.05)
     resp.close()
     with pytest.raises(UpstreamConnectionError):
         await asyncio.wait_for(read, 2)
-    pool.close()
 
 
-async def test_an_informational_response_is_skipped(serve):
+async def test_an_informational_response_is_skipped(serve, pool):
     async def early_hints(body, reader, writer):
         writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + reply(b"{}"))
         return True
 
     srv = await serve(early_hints)
-    pool = UpstreamPool()
     resp = await pool.post("127.0.0.1", srv.port, "/x", {}, b"")
     assert resp.status == 200 and await read_all(resp) == b"{}"
     resp.release()
-    pool.close()
