@@ -43,7 +43,7 @@ from .load import LoadSpec, Stage
 from .metrics import RequestRecord, summarize
 from .workloads import WorkItem, Workload
 
-_ARRIVE, _STEP_DONE, _SCRAPE, _STAGE = 0, 1, 2, 3
+_ARRIVE, _STEP_DONE, _SCRAPE, _STAGE, _ENGINE_IN = 0, 1, 2, 3, 4
 
 
 @dataclass(slots=True)
@@ -227,10 +227,19 @@ class VirtualBench:
         rec.endpoint = target.name
         from ..sim.engine import SimRequest
 
-        self.engines[i].add_request(SimRequest(request_id=rid, prompt_tokens=self._token_ids(item),
-                                               max_tokens=item.max_tokens,
-                                               ignore_eos=self.cfg.ignore_eos), now)
+        sim_req = SimRequest(request_id=rid, prompt_tokens=self._token_ids(item),
+                             max_tokens=item.max_tokens, ignore_eos=self.cfg.ignore_eos)
         self._live[rid] = _Live(rec, decision, i)
+        # the serving front end (proxies, the API server tokenizing the prompt) before the
+        # engine sees the request; see EngineProfile.frontend_delay
+        delay = self.profile.frontend_delay(len(sim_req.prompt_tokens))
+        if delay > 0:
+            self._push(now + delay, _ENGINE_IN, (i, sim_req))
+        else:
+            self._engine_in(i, sim_req, now)
+
+    def _engine_in(self, i: int, req: Any, now: float) -> None:
+        self.engines[i].add_request(req, now)
         if not self._busy[i]:
             self._step(i, now)
 
@@ -327,6 +336,8 @@ class VirtualBench:
                 self._push(now + self.cfg.scrape_interval, _SCRAPE, payload)
             elif kind == _ARRIVE:
                 self._send(now, payload)
+            elif kind == _ENGINE_IN:
+                self._engine_in(payload[0], payload[1], now)
             else:
                 self._start_stage(payload, now)
         # whatever is still in flight when the run is cut short counts as failed

@@ -65,6 +65,9 @@ class EngineProfile:
     max_num_seqs: int = 1024
     max_num_batched_tokens: int = 8192
     max_loras: int = 4
+    # -- the serving front end (virtual-time benchmark only; see frontend_delay) --------------
+    frontend_fixed_ms: float = 0.0       # per request: proxies, HTTP handling, first-token output
+    tokenize_us_per_token: float = 0.0   # the API server tokenizing the prompt
     # -- randomness ---------------------------------------------------------------------------
     noise: float = 0.0                   # relative std-dev of step time (0: deterministic)
     num_blocks_derived: bool = field(default=False, init=False)
@@ -84,8 +87,10 @@ class EngineProfile:
                      "interconnect_efficiency", "gpu_memory_utilization"):
             if not 0 < float(getattr(self, name)) <= 1:
                 problems.append(f"{name} must be in (0, 1]")
-        if self.max_loras < 0 or self.noise < 0 or self.step_overhead_ms < 0:
-            problems.append("max_loras, noise and step_overhead_ms must be >= 0")
+        if min(self.max_loras, self.noise, self.step_overhead_ms, self.frontend_fixed_ms,
+               self.tokenize_us_per_token) < 0:
+            problems.append("max_loras, noise, step_overhead_ms, frontend_fixed_ms and "
+                            "tokenize_us_per_token must be >= 0")
         if problems:
             raise ConfigError(f"profile {self.name!r}: " + "; ".join(problems))
         if self.num_blocks is None:
@@ -101,6 +106,13 @@ class EngineProfile:
             raise ConfigError(f"profile {self.name!r}: num_blocks must be >= 1")
 
     # -- derived quantities ----------------------------------------------------------------------
+    def frontend_delay(self, prompt_tokens: int) -> float:
+        """Seconds between a client sending a request and the engine seeing it: the fixed
+        request handling plus the tokenization of the prompt. The virtual-time benchmark adds
+        it to every request (the engine model starts at the scheduler); a live `inferoute sim`
+        has a real front end (its own HTTP server) and does not add it."""
+        return (self.frontend_fixed_ms * 1e3 + self.tokenize_us_per_token * prompt_tokens) * 1e-6
+
     @property
     def weight_bytes(self) -> float:
         """Bytes of all weights (summed over the tensor-parallel GPUs)."""

@@ -1,0 +1,48 @@
+"""The virtual-time benchmark adds the serving front end of the profile (request handling plus
+prompt tokenization) between a request's send and its arrival at the engine."""
+
+from pathlib import Path
+
+import yaml
+
+from inferoute.bench.des import SimConfig, run_virtual
+from inferoute.bench.load import LoadSpec, parse_stages
+from inferoute.bench.workloads import random_prompts
+from inferoute.sim.profile import load_profile
+import inferoute.sim
+
+
+def _profile(tmp_path: Path, fixed_ms: float, us_per_token: float) -> str:
+    spec = yaml.safe_load((Path(inferoute.sim.__file__).parent / "profiles" / "tiny.yaml").read_text())
+    spec.update(name=f"tiny-fe-{fixed_ms}-{us_per_token}", frontend_fixed_ms=fixed_ms,
+                tokenize_us_per_token=us_per_token)
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def _ttfts(profile: str) -> list[float]:
+    w = random_prompts(num_prompts=3, input_len=500, input_spread=0.0, output_len=5,
+                       output_spread=0.0, seed=1)
+    res = run_virtual(SimConfig(policy="round-robin", replicas=1, profile=profile, workload=w,
+                                load=LoadSpec(parse_stages("c1:3"), seed=1), seed=1))
+    recs = res.records[0]
+    assert len(recs) == 3 and all(r.ok for r in recs)
+    return [r.ttft for r in recs]  # type: ignore[misc]
+
+
+def test_each_request_reaches_the_engine_after_the_front_end(tmp_path: Path) -> None:
+    plain = _ttfts(_profile(tmp_path, 0.0, 0.0))
+    slow = _profile(tmp_path, 40.0, 100.0)
+    delay = load_profile(slow).frontend_delay(500)
+    assert abs(delay - (0.040 + 500 * 100e-6)) < 1e-12
+    # one request at a time on an idle engine: the TTFT grows by exactly the front end
+    for a, b in zip(plain, _ttfts(slow)):
+        assert abs(b - a - delay) < 1e-9
+
+
+def test_packaged_gpu_profiles_model_a_front_end() -> None:
+    for name in ("qwen3-32b-2xh100", "llama3-8b-h100"):
+        p = load_profile(name)
+        assert 0.005 < p.frontend_delay(7576) < 0.03  # a few ms + ~1 us per prompt token
+    assert load_profile("tiny").frontend_delay(10_000) == 0.0  # the test fleet stays fast
