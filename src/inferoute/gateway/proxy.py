@@ -4,10 +4,12 @@ For each POST to an OpenAI route the proxy parses the body into a core `Inferenc
 runs the optional stages (tenant keys and limits, semantic routing, model routes, admission
 control); asks the core `Router` for a decision among the pool's *ready* endpoints; sends the
 body to the target over a kept-alive connection (`upstream.py`); and relays the response
-chunk by chunk as it arrives. An event stream is relayed in whole events (the incomplete last event of a chunk
-waits for its end, so a client never sees half an event); nothing else is held. While relaying
-it reads the `usage` object (see `sse.py`) and, whatever happens, closes the books exactly once:
-`Router.finish` (in-flight counts, plugin hooks), health outcome, metrics, tenant usage.
+chunk by chunk as it arrives. An event stream is relayed in whole events (the incomplete last
+event of a chunk waits for its end, so a client never sees half an event); nothing else is
+held. While relaying it reads the `usage` object (see `sse.py`) and, whatever happens, closes
+the books exactly once: `Router.finish` (in-flight counts, plugin hooks), health outcome,
+metrics, tenant usage. The decision's own bookkeeping (the scheduler's `on_scheduled` hooks,
+the scheduling metrics) runs in the loop iteration after the upstream send.
 
 Retries: a connect failure, a 5xx status, or no first body byte within `firstByteTimeout` is
 retried on the next endpoint of the decision (the picker's fallback, else another ready

@@ -13,7 +13,8 @@ import inferoute.sim
 
 
 def _profile(tmp_path: Path, fixed_ms: float, us_per_token: float) -> str:
-    spec = yaml.safe_load((Path(inferoute.sim.__file__).parent / "profiles" / "tiny.yaml").read_text())
+    tiny = Path(inferoute.sim.__file__).parent / "profiles" / "tiny.yaml"
+    spec = yaml.safe_load(tiny.read_text())
     spec.update(name=f"tiny-fe-{fixed_ms}-{us_per_token}", frontend_fixed_ms=fixed_ms,
                 tokenize_us_per_token=us_per_token)
     path = tmp_path / f"{spec['name']}.yaml"

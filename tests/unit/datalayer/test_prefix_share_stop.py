@@ -41,8 +41,8 @@ class SwallowingClient:
 
 async def test_stop_returns_although_the_client_swallows_the_cancel():
     client = SwallowingClient()
-    share = PrefixShare(client, "m", SharedPrefixIndex(), retry_delay=0.01,  # type: ignore[arg-type]
-                        flush_interval=0.01)
+    share = PrefixShare(client, "m", SharedPrefixIndex(),  # type: ignore[arg-type]
+                        retry_delay=0.01, flush_interval=0.01)
     await share.start()
     await asyncio.sleep(0.05)
     assert client.reads == 1
