@@ -77,6 +77,17 @@ def reply(body: bytes, status: str = "200 OK", extra: str = "") -> bytes:
             f"{len(body)}\r\n{extra}\r\n").encode() + body
 
 
+def sends(data: bytes, keep: bool = True) -> Handler:
+    """A handler that answers every request with `data` (closing afterwards unless `keep`)."""
+    async def handler(body: bytes, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> bool:
+        writer.write(data)
+        await writer.drain()
+        return keep
+
+    return handler
+
+
 async def read_all(resp) -> bytes:  # type: ignore[no-untyped-def]
     parts = []
     while chunk := await resp.readany():
@@ -190,12 +201,8 @@ async def test_connect_timeout_has_its_own_error():
 
 
 async def test_a_body_cut_short_raises_and_is_not_reused(serve, pool):
-    async def cut(body, reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
-        await writer.drain()
-        return False
-
-    srv = await serve(cut)
+    srv = await serve(sends(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
+                            keep=False))
     resp = await pool.post("127.0.0.1", srv.port, "/x", {}, b"")
     got = await resp.readany()
     assert got == b"only this"
@@ -206,12 +213,8 @@ async def test_a_body_cut_short_raises_and_is_not_reused(serve, pool):
 
 
 async def test_a_body_delimited_by_the_connection_end_is_complete(serve, pool):
-    async def legacy(body, reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-        await writer.drain()
-        return False
-
-    srv = await serve(legacy)
+    srv = await serve(sends(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it",
+                            keep=False))
     resp = await pool.post("127.0.0.1", srv.port, "/x", {}, b"")
     assert await read_all(resp) == b"all of it"
     resp.release()
@@ -219,12 +222,7 @@ async def test_a_body_delimited_by_the_connection_end_is_complete(serve, pool):
 
 
 async def test_bad_http_is_an_upstream_error(serve, pool):
-    async def garbage(body, reader, writer):
-        writer.write(b"SMTP READY\r\n\r\n")
-        await writer.drain()
-        return True
-
-    srv = await serve(garbage)
+    srv = await serve(sends(b"SMTP READY\r\n\r\n"))
     with pytest.raises(UpstreamConnectionError, match="bad HTTP"):
         await pool.post("127.0.0.1", srv.port, "/x", {}, b"")
 
@@ -232,12 +230,7 @@ async def test_bad_http_is_an_upstream_error(serve, pool):
 async def test_a_slow_reader_pauses_the_socket_and_gets_every_byte(serve, pool):
     big = bytes(range(256)) * (3 * HIGH_WATER // 256)
 
-    async def large(body, reader, writer):
-        writer.write(reply(big))
-        await writer.drain()
-        return True
-
-    srv = await serve(large)
+    srv = await serve(sends(reply(big)))
     resp = await pool.post("127.0.0.1", srv.port, "/x", {}, b"")
     await asyncio.sleep(0.2)  # let it fill: reading stops above the high-water mark
     assert resp._buffered <= HIGH_WATER + 256 * 1024 and resp._paused
