@@ -29,6 +29,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 #: unread body bytes above which a connection stops reading from its socket
 HIGH_WATER = 1 << 20
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
 class UpstreamConnectionError(ConnectionError):
@@ -56,7 +57,7 @@ class UpstreamResponse:
         self._pool = pool
         self.status = 0
         self.reason = ""
-        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.headers: CIMultiDictProxy[str] = _NO_HEADERS  # until they arrive
         self.closed = False
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
