@@ -155,17 +155,22 @@ class EnvoyStream:
             return {"headers": _set_headers(common), "metadata": resp.dynamic_metadata,
                     "body": common.body_mutation.body if common.HasField("body_mutation")
                     else body, "chunks": []}
+        # read while writing: the picker may answer (e.g. 413) and end the stream before the
+        # whole body is written, and Envoy then stops sending. A read posted only after a
+        # failed write can lose that answer to the call's local failure, so post it first.
+        answer = asyncio.ensure_future(self.recv())
         for i in range(0, max(len(body), 1), chunk):
+            if answer.done():
+                break
             piece = body[i:i + chunk]
             try:
                 await self.send(pb.ProcessingRequest(request_body=pb.HttpBody(
                     body=piece, end_of_stream=i + chunk >= len(body))))
             except Exception:  # noqa: BLE001 - grpc raises a private error type here
-                # the picker may answer (e.g. 413) and end the stream before the whole body
-                # is written; Envoy then stops sending too. What it answered is read below,
-                # so a write that failed for any other reason still fails the test there.
+                # what the picker answered is read below, so a write that failed for any
+                # other reason still fails the test there
                 break
-        first = await self.recv()
+        first = await answer
         if first.HasField("immediate_response"):
             return {"immediate": first.immediate_response}
         assert first.HasField("request_headers"), first
