@@ -43,20 +43,13 @@ from ..scheduling.config import parse_duration
 from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
-from .prefix import MATCHED_TOKENS_KEY, LookupStats, PrefixIndexStats, chosen_targets
+from .prefix import (MATCHED_TOKENS_KEY, LookupStats, PrefixCycle, PrefixIndexStats,
+                     chosen_targets, cycle_state)
 
 #: requests whose prediction may still move after a fallback (bounded)
 MAX_PENDING = 4096
 
 Tokenize = Callable[[InferenceRequest], "list[int] | None"]
-
-
-class _Cycle:
-    __slots__ = ("keys", "matched")
-
-    def __init__(self) -> None:
-        self.keys: dict[int, list[int]] = {}
-        self.matched: dict[str, int] = {}
 
 
 @register
@@ -114,13 +107,10 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
         root = chain_root(request.lora_adapter, block_size)
         return block_keys(ids, block_size, root, self.params.max_prefix_blocks_to_match)
 
-    def _cycle(self, ctx: CycleContext) -> _Cycle:
-        state = ctx.data.get(self._key)
-        if state is None:
-            state = ctx.data[self._key] = _Cycle()
-        return state
+    def _cycle(self, ctx: CycleContext) -> PrefixCycle:
+        return cycle_state(ctx, self._key)
 
-    def _keys(self, state: _Cycle, request: InferenceRequest, bs: int) -> list[int]:
+    def _keys(self, state: PrefixCycle, request: InferenceRequest, bs: int) -> list[int]:
         keys = state.keys.get(bs)
         if keys is None:
             keys = state.keys[bs] = self.request_keys(request, bs)

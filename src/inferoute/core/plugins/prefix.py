@@ -95,21 +95,30 @@ class LookupStats:
                                 endpoints=endpoints)
 
 
+class PrefixCycle:
+    """A prefix scorer's scratch for one scheduling cycle: the prompt's block keys by block
+    size (computed once for scoring and the index update) and matched blocks by endpoint."""
+
+    __slots__ = ("keys", "matched")
+
+    def __init__(self) -> None:
+        self.keys: dict[int, list[int]] = {}
+        self.matched: dict[str, int] = {}
+
+
+def cycle_state(ctx: CycleContext, key: str) -> PrefixCycle:
+    """The `PrefixCycle` kept under `key` in this cycle's context (made on first use)."""
+    state = ctx.data.get(key)
+    if state is None:
+        state = ctx.data[key] = PrefixCycle()
+    return state
+
+
 @dataclass(slots=True)
 class _Pending:
     endpoint: str
     block_chars: int
     added: list[int]
-
-
-class _Cycle:
-    """Per-cycle scratch: hashes by block size, matched blocks by endpoint."""
-
-    __slots__ = ("hashes", "matched")
-
-    def __init__(self) -> None:
-        self.hashes: dict[int, list[int]] = {}
-        self.matched: dict[str, int] = {}
 
 
 @register
@@ -160,16 +169,13 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
             cap = p.lru_capacity_per_server
         return chars, cap
 
-    def _cycle(self, ctx: CycleContext) -> _Cycle:
-        state = ctx.data.get(self._key)
-        if state is None:
-            state = ctx.data[self._key] = _Cycle()
-        return state
+    def _cycle(self, ctx: CycleContext) -> PrefixCycle:
+        return cycle_state(ctx, self._key)
 
-    def _hashes(self, state: _Cycle, request: InferenceRequest, block_chars: int) -> list[int]:
-        hashes = state.hashes.get(block_chars)
+    def _hashes(self, state: PrefixCycle, request: InferenceRequest, block_chars: int) -> list[int]:
+        hashes = state.keys.get(block_chars)
         if hashes is None:
-            hashes = state.hashes[block_chars] = block_hashes(
+            hashes = state.keys[block_chars] = block_hashes(
                 request.prefix_text, request.target_model, block_chars,
                 self.params.max_prefix_blocks_to_match)
         return hashes
