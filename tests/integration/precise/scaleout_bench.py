@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from inferoute.bench.workloads import shared_prefix
 from inferoute.core.endpoint import Endpoint
 from inferoute.core.request import parse_request
 from inferoute.core.scheduling.config import parse_config
@@ -82,15 +83,10 @@ async def make_picker(mode: str, seed: int, ports: list[int], kv: tuple[int, int
 
 
 def workload(groups: int, per_group: int, system: int, question: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    vocab = [f"tok{i}" for i in range(5000)]
-    items = []
-    for _g in range(groups):
-        sys_prompt = " ".join(rng.choice(vocab) for _ in range(system))
-        for _q in range(per_group):
-            items.append(sys_prompt + " " + " ".join(rng.choice(vocab) for _ in range(question)))
-    rng.shuffle(items)
-    return items
+    """The package's shared-prefix prompts (words: one token each for the simulator)."""
+    return [it.prompt for it in shared_prefix(
+        num_groups=groups, num_prompts_per_group=per_group, system_prompt_len=system,
+        question_len=question, output_len=1, seed=seed).items]
 
 
 async def run_fleet(mode: str, k: int, base: str, ports: list[int], kv: tuple[int, int],

@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from inferoute.bench.workloads import shared_prefix
 from inferoute.procs import ChildProcess, free_port_range
 from inferoute.procs import start_redis as start_redis_server
 
@@ -168,16 +169,10 @@ def start_redis(workdir: Path) -> Redis | None:
 # -- workload ----------------------------------------------------------------------------------
 
 def workload(groups: int, per_group: int, system: int, question: int, seed: int) -> list[str]:
-    """Shared-prefix prompts (words; the sim's tokenizer counts one token per word), shuffled."""
-    rng = random.Random(seed)
-    vocab = [f"w{i}" for i in range(5000)]
-    items = []
-    for _ in range(groups):
-        head = " ".join(rng.choice(vocab) for _ in range(system))
-        for _ in range(per_group):
-            items.append(head + " " + " ".join(rng.choice(vocab) for _ in range(question)))
-    rng.shuffle(items)
-    return items
+    """The package's shared-prefix prompts (words: one token each for the simulator)."""
+    return [it.prompt for it in shared_prefix(
+        num_groups=groups, num_prompts_per_group=per_group, system_prompt_len=system,
+        question_len=question, output_len=1, seed=seed).items]
 
 
 def best_hit_rate(groups: int, per_group: int, system: int, question: int,
