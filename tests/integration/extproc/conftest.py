@@ -347,6 +347,18 @@ class StandInApiServer:
 
 
 @pytest.fixture
+async def standin():
+    """A stand-in Kubernetes API server on a free loopback port: (server, port)."""
+    api = StandInApiServer()
+    runner = web.AppRunner(api.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield api, site._server.sockets[0].getsockname()[1]
+    await runner.cleanup()
+
+
+@pytest.fixture
 def kit():
     """The helpers above, for the test modules (conftest is not importable by name)."""
     from types import SimpleNamespace

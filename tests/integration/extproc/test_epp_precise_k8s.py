@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -19,38 +18,8 @@ import grpc
 import orjson
 import pytest
 import yaml
-from aiohttp import web
 
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(n: int) -> int:
-    """The first of `n` consecutive free loopback ports (the simulator takes port + i)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n < 65536 and all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no free port range")
-
-
-@pytest.fixture
-async def standin(kit):
-    api = kit.StandInApiServer()
-    runner = web.AppRunner(api.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield api, site._server.sockets[0].getsockname()[1]
-    await runner.cleanup()
+from inferoute.procs import free_port_range as free_ports
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-from aiohttp import web
 from kubernetes_asyncio import client
 
 from inferoute.datalayer.discovery.kubernetes import PoolDiscovery
@@ -27,18 +25,6 @@ async def eventually(cond, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def standin(kit):
-    api = kit.StandInApiServer()
-    runner = web.AppRunner(api.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield api, port
-    await runner.cleanup()
 
 
 async def test_discovery_follows_pods_and_pool_changes(standin, kit):

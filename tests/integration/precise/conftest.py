@@ -3,7 +3,8 @@ on free 127.0.0.1 ports (`redis_url` is in tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -11,6 +12,15 @@ import pytest
 from inferoute.procs import ChildProcess, free_port_range
 
 free_ports = free_port_range  # the name the test modules import
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `cond` every 20 ms; fail the test after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        assert loop.time() < end, "timed out"
+        await asyncio.sleep(0.02)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from inferoute.datalayer.kvevents import KVEventSubscriber
 from inferoute.sim.blocks import AllBlocksCleared, BlockStored
 from inferoute.sim.kvevents import KVEventPublisher
 
-from .conftest import free_ports
+from .conftest import free_ports, until
 
 BS = 16
 TOKENS = list(range(5000, 5000 + 16 * BS))
@@ -26,14 +26,6 @@ def block(i: int) -> BlockStored:
 
 def keys(n: int) -> list[int]:
     return block_keys(TOKENS[: n * BS], BS, chain_root(None, BS))
-
-
-async def until(cond, timeout=10.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def publisher(pub: int, replay: int) -> KVEventPublisher:

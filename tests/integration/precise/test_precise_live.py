@@ -16,6 +16,8 @@ from inferoute.core.scheduling.registry import create_plugin
 from inferoute.datalayer.kvevents import KVEventManager, KVEventsConfig
 from inferoute.datalayer.tokenize import WordsTokenizer
 
+from .conftest import until
+
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
 
@@ -29,14 +31,6 @@ async def post(session, url, api, body):
     async with session.post(url + path, json=body) as r:
         assert r.status == 200, await r.text()
         await r.read()
-
-
-async def until(cond, timeout=10.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def setup(sim):

@@ -16,7 +16,7 @@ from inferoute.core.scheduling.config import parse_config
 from inferoute.core.scheduling.scheduler import Scheduler
 from inferoute.datalayer.prefix_share import PrefixShare, share_scorer_index
 
-from .conftest import free_ports
+from .conftest import free_ports, until
 
 CONFIG = {"plugins": [{"type": "prefix-cache-scorer"}, {"type": "max-score-picker"}],
           "schedulingProfiles": [{"name": "default", "plugins": [
@@ -93,12 +93,6 @@ async def test_running_tasks_share_inserts_and_in_flight_load(redis_url):
         text = prompts(1, 7)[0]
         target = a.route(text, "r1")
         names = [e.name for e in b.eps]
-
-        async def until(cond, timeout=10.0):
-            end = asyncio.get_running_loop().time() + timeout
-            while not cond():
-                assert asyncio.get_running_loop().time() < end, "timed out"
-                await asyncio.sleep(0.02)
 
         hashes = block_hashes(text, "m", 64, 256)
         await until(lambda: max(b.index.match(hashes, names)) == len(hashes))
