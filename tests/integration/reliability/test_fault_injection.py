@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from reliability_kit import (
     OBJECTIVE,
@@ -49,6 +50,28 @@ def _pool(urls: list[str], **extra: object) -> dict:
     return {"pools": [{"model": MODEL, "endpoints": urls}], **extra}
 
 
+def _mid_streams(url: str, sims: list, n: int, max_tokens: int
+                 ) -> tuple[list[Outcome], list[threading.Thread], Any, dict[str, int]]:
+    """Start `n` streams through the gateway at `url` and return once every one has its first
+    event: (outcomes, filled as they end; their threads; the replica serving the most of them;
+    streams per replica, from the gateway's in-flight gauge)."""
+    started = threading.Barrier(n + 1, timeout=30)
+    outcomes: list[Outcome] = [None] * n  # type: ignore[list-item]
+
+    def stream(i: int) -> None:
+        outcomes[i] = call(url + "/v1/completions", _body(i, True, max_tokens=max_tokens),
+                           on_first=lambda _: started.wait())
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    started.wait()  # every stream has its first event: all are mid-stream now
+    page = get(url + "/metrics").text
+    busy = {s.url: metric_value(page, "inferoute_endpoint_in_flight_requests",
+                                endpoint=s.url.removeprefix("http://")) or 0 for s in sims}
+    return outcomes, threads, max(sims, key=lambda s: busy[s.url]), busy
+
+
 #: a replica whose metrics stop is not ready after 2 s instead of 5 s (kept well above the
 #: scrape period and timeout so a busy machine does not flap the healthy replicas)
 QUICK_READY = {"readyWindow": "2s"}
@@ -59,23 +82,7 @@ def test_replica_killed_mid_stream(harness):
     gw = harness.serve(_pool([s.url for s in sims]), "--log-level", "warning")
     wait_ready(gw.url, MODEL, 3)
 
-    n = 9
-    started = threading.Barrier(n + 1, timeout=30)
-    outcomes: list[Outcome] = [None] * n  # type: ignore[list-item]
-
-    def stream(i: int) -> None:
-        outcomes[i] = call(gw.url + "/v1/completions", _body(i, True, max_tokens=80),
-                           on_first=lambda _: started.wait())
-
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    started.wait()  # every stream has its first event: all are mid-stream now
-    # which replica serves how many streams: the gateway's per-endpoint in-flight gauge
-    page = get(gw.url + "/metrics").text
-    busy = {s.url: metric_value(page, "inferoute_endpoint_in_flight_requests",
-                                endpoint=s.url.removeprefix("http://")) or 0 for s in sims}
-    victim = max(sims, key=lambda s: busy[s.url])
+    outcomes, threads, victim, busy = _mid_streams(gw.url, sims, 9, 80)
     assert busy[victim.url] >= 1, busy
     victim.proc.send_signal(signal.SIGKILL)
     for t in threads:
@@ -200,22 +207,7 @@ def test_frozen_replica_ends_in_flight_requests_cleanly(harness):
                              **QUICK_READY),
                        "--log-level", "error")
     wait_ready(gw.url, MODEL, 3)
-    n = 9
-    started = threading.Barrier(n + 1, timeout=30)
-    outcomes: list[Outcome] = [None] * n  # type: ignore[list-item]
-
-    def stream(i: int) -> None:
-        outcomes[i] = call(gw.url + "/v1/completions", _body(i, True, max_tokens=60),
-                           on_first=lambda _: started.wait())
-
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    started.wait()
-    page = get(gw.url + "/metrics").text
-    busy = {s.url: metric_value(page, "inferoute_endpoint_in_flight_requests",
-                                endpoint=s.url.removeprefix("http://")) or 0 for s in sims}
-    victim = max(sims, key=lambda s: busy[s.url])
+    outcomes, threads, victim, _ = _mid_streams(gw.url, sims, 9, 60)
     victim.proc.send_signal(signal.SIGSTOP)
     try:
         for t in threads:
