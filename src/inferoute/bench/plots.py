@@ -41,6 +41,20 @@ def _series(report: dict[str, Any], section: str, key: str,
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def _save(plt: Any, fig: Any, axes: Sequence[Any], titles: Sequence[str], xlabel: str,
+          path: Path) -> Path:
+    """Title, label and grid each panel, put the legend on the first, write `path`."""
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(reports: Sequence[tuple[str, dict[str, Any]]], out_dir: str | Path, *,
                 rate: float | None = None) -> list[Path]:
     """Write the three PNGs into `out_dir`; returns their paths."""
@@ -55,33 +69,17 @@ def write_plots(reports: Sequence[tuple[str, dict[str, Any]]], out_dir: str | Pa
                                          "request_latency"), (1.0, 1000.0, 1.0)):
             xs, ys = _series(rep, "latency", key)
             ax.plot(xs, [y * scale for y in ys], marker="o", label=label)
-    for ax, title in zip(axes, ("mean TTFT (s)", "mean inter-token latency (ms)",
-                                "mean request latency (s)")):
-        ax.set_title(title)
-        ax.set_xlabel("request rate (QPS)")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    p = out / "latency_vs_qps.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(plt, fig, axes, ("mean TTFT (s)", "mean inter-token latency (ms)",
+                                        "mean request latency (s)"),
+                       "request rate (QPS)", out / "latency_vs_qps.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, rep in reports:
         for ax, key in zip(axes, ("requests_per_sec", "output_tokens_per_sec")):
             xs, ys = _series(rep, "throughput", key, field="")
             ax.plot(xs, ys, marker="o", label=label)
-    for ax, title in zip(axes, ("requests/s", "output tokens/s")):
-        ax.set_title(f"throughput: {title}")
-        ax.set_xlabel("request rate (QPS)")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    p = out / "throughput_vs_qps.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(plt, fig, axes, ("throughput: requests/s", "throughput: output tokens/s"),
+                       "request rate (QPS)", out / "throughput_vs_qps.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, rep in reports:
@@ -93,14 +91,7 @@ def write_plots(reports: Sequence[tuple[str, dict[str, Any]]], out_dir: str | Pa
         ys = [0.0, *(q / 100 for q in PERCENTILES), 1.0]
         ax.plot(xs, ys, marker=".", label=f"{label} (rate {stage.get('rate')})")
     ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_title("TTFT distribution")
-    ax.set_xlabel("time to first token (s)")
     ax.set_ylabel("fraction of requests")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    p = out / "ttft_distribution.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(plt, fig, [ax], ("TTFT distribution",), "time to first token (s)",
+                       out / "ttft_distribution.png"))
     return paths
