@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
-import yaml
 
-from ..errors import ConfigError, explain_validation
+from ..errors import ConfigError, explain_validation, read_yaml_file
 from ..scheduling.config import SaturationSpec
 from .controller import FAIRNESS_HEADER, AdmissionController, Admitted
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
@@ -83,18 +82,18 @@ def parse_admission_config(data: Any, source: str = "<admission>") -> AdmissionC
         raise ConfigError(explain_validation(exc, "admission config", source)) from None
 
 
-def load_admission_config(path: str | Path) -> AdmissionConfig:
-    """Load from a YAML file; an `admission:` top-level key is unwrapped if present."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read admission config {p}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+def read_admission_file(path: str | Path) -> Any:
+    """The admission section of a YAML file, unparsed: its `admission:` top-level key when it
+    has one, else the whole document."""
+    data = read_yaml_file(path, "admission config")
     if isinstance(data, dict) and "admission" in data:
         data = data["admission"]
-    return parse_admission_config(data, str(p))
+    return data
+
+
+def load_admission_config(path: str | Path) -> AdmissionConfig:
+    """Load from a YAML file (see `read_admission_file`)."""
+    return parse_admission_config(read_admission_file(path), str(path))
 
 
 __all__ = [

@@ -25,7 +25,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from ..errors import ConfigError, explain_validation
+from ..errors import ConfigError, explain_validation, read_yaml_file
 
 
 class PluginSpec(pydantic.BaseModel):
@@ -137,12 +137,7 @@ def load_config_text(text: str, source: str = "<config>") -> EndpointPickerConfi
 
 
 def load_config_file(path: str | Path) -> EndpointPickerConfig:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read scheduler config {p}: {exc.strerror}") from None
-    return load_config_text(text, str(p))
+    return parse_config(read_yaml_file(path, "scheduler config"), str(path))
 
 
 #: The llm-d guide's default: approximate prefix 3, KV-cache utilisation 2, queue 2.

@@ -49,12 +49,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-import yaml
 
-from ...core.admission import AdmissionConfig, parse_admission_config
+from ...core.admission import AdmissionConfig, parse_admission_config, read_admission_file
 from ...core.endpoint import Endpoint, parse_endpoint
 from ...core.health import ActiveCheckSpec, OutlierSpec
-from ...core.errors import ConfigError, explain_validation
+from ...core.errors import ConfigError, explain_validation, read_yaml_file
 from ...core.scheduling.config import (EndpointPickerConfig, parse_config, parse_duration,
                                        resolve_config)
 
@@ -253,16 +252,7 @@ def parse_serving_config(data: Any, source: str = "<config>") -> ServingConfig:
 
 def load_serving_config(path: str | Path) -> ServingConfig:
     """Read and validate a serving config YAML file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read serving config {p}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
-    return parse_serving_config(data, str(p))
+    return parse_serving_config(read_yaml_file(path, "serving config"), str(path))
 
 
 def config_from_args(args: argparse.Namespace) -> ServingConfig:
@@ -299,14 +289,6 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
             data[key] = value
     admission_file = getattr(args, "admission", None)
     if admission_file:
-        try:
-            raw = yaml.safe_load(Path(admission_file).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read admission config {admission_file}: "
-                              f"{exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{admission_file} is not valid YAML: {exc}") from None
-        if isinstance(raw, dict) and "admission" in raw:
-            raw = raw["admission"]
+        raw = read_admission_file(admission_file)
         data["admission"] = raw if raw is not None else {}
     return parse_serving_config(data, source)
