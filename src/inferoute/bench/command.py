@@ -177,11 +177,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from .des import SimConfig, run_virtual
+    from .workloads import parse_params
 
     workload, load = _build(args)
     cfg = SimConfig(policy=args.policy, replicas=args.replicas, profile=args.profile,
                     workload=workload, load=load, model=args.model, seed=args.seed,
-                    ignore_eos=args.ignore_eos, scrape_interval=args.scrape_interval)
+                    ignore_eos=args.ignore_eos, scrape_interval=args.scrape_interval,
+                    profile_overrides=parse_params(args.engine, "engine override"))
     with _StageProgress([s.label for s in load.stages], not args.quiet) as progress:
         result = run_virtual(cfg, progress)
     report = result.to_dict()
@@ -266,6 +268,9 @@ def register(subparsers: Any) -> None:
                      help=f"packaged policy ({', '.join(POLICIES)}) or config file (inferoute)")
     sim.add_argument("--replicas", type=int, default=8, help="simulated replicas (8)")
     sim.add_argument("--profile", default="qwen3-32b-2xh100", help="engine profile")
+    sim.add_argument("--engine", action="append", default=[], metavar="NAME=VALUE",
+                     help="override a profile field, repeatable (e.g. num_blocks=120000: a "
+                          "KV cache that never runs out)")
     sim.add_argument("--model", default="Qwen/Qwen3-32B", help="model name (Qwen/Qwen3-32B)")
     sim.add_argument("--scrape-interval", type=float, default=0.05,
                      help="simulated metrics scrape period, seconds (0.05)")

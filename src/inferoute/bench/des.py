@@ -59,6 +59,8 @@ class SimConfig:
     seed: int = 0
     ignore_eos: bool = True
     scrape_interval: float = 0.05
+    #: engine profile fields to override, e.g. {"num_blocks": 120000} (the report records them)
+    profile_overrides: dict[str, Any] = field(default_factory=dict)
     #: stop a run whose virtual time passes this many seconds (a safety net; None: no limit)
     max_virtual_time: float | None = None
 
@@ -107,7 +109,7 @@ class VirtualBench:
 
         self.cfg = cfg
         self.progress = progress
-        profile = load_profile(cfg.profile)
+        profile = load_profile(cfg.profile, **cfg.profile_overrides)
         self.profile = profile
         config = (cfg.policy if isinstance(cfg.policy, EndpointPickerConfig)
                   else resolve_config(cfg.policy))
@@ -360,7 +362,8 @@ class VirtualBench:
                             "preemptions": getattr(st, "preemptions", None)})
         wl = self.cfg.workload
         config = {"policy": _policy_name(self.cfg.policy), "replicas": self.cfg.replicas,
-                  "profile": self.cfg.profile, "model": self.cfg.model, "seed": self.cfg.seed,
+                  "profile": self.cfg.profile,
+                  "profile_overrides": dict(self.cfg.profile_overrides), "model": self.cfg.model, "seed": self.cfg.seed,
                   "ignore_eos": self.cfg.ignore_eos, "scrape_interval": self.cfg.scrape_interval,
                   "workload": {"name": wl.name, **wl.params},
                   "load": {"type": self.cfg.load.kind, "burstiness": self.cfg.load.burstiness,

@@ -218,13 +218,13 @@ def make_workload(name: str, params: dict[str, Any] | None = None, *, seed: int 
         raise ValueError(f"workload {name}: {exc}") from None
 
 
-def parse_params(pairs: list[str] | None) -> dict[str, Any]:
+def parse_params(pairs: list[str] | None, what: str = "workload parameter") -> dict[str, Any]:
     """`["num_groups=10", "multi_turn=true"]` -> {"num_groups": 10, "multi_turn": True}."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"workload parameter {pair!r} must look like name=value")
+            raise ValueError(f"{what} {pair!r} must look like name=value")
         value: Any = raw
         low = raw.lower()
         if low in ("true", "false"):

@@ -35,3 +35,20 @@ def test_errors_are_one_line(tmp_path, capsys) -> None:
     assert main(["bench", "compare", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
     assert "cannot read report" in err and "Traceback" not in err
+
+
+def test_engine_overrides_change_the_fleet_and_are_recorded(tmp_path, capsys) -> None:
+    plain, slow = tmp_path / "plain.json", tmp_path / "slow.json"
+    assert main(["bench", "sim", "--policy", "round-robin", *SMALL, "-o", str(plain)]) == 0
+    assert main(["bench", "sim", "--policy", "round-robin", *SMALL, "-o", str(slow),
+                 "--engine", "frontend_fixed_ms=500"]) == 0
+    a, b = json.loads(plain.read_text()), json.loads(slow.read_text())
+    assert a["config"]["profile_overrides"] == {}
+    assert b["config"]["profile_overrides"] == {"frontend_fixed_ms": 500}
+    ttft = [r["stages"][0]["metrics"]["latency"]["time_to_first_token"]["mean"] for r in (a, b)]
+    assert ttft[1] > ttft[0] + 0.45  # every request reaches its engine 0.5 s later
+    capsys.readouterr()
+    assert main(["bench", "sim", *SMALL, "--engine", "num_blocks"]) == 2
+    assert "engine override 'num_blocks' must look like name=value" in capsys.readouterr().err
+    assert main(["bench", "sim", *SMALL, "--engine", "no_such_field=1"]) == 2
+    assert "unknown profile field(s) no_such_field" in capsys.readouterr().err
