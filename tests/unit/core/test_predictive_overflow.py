@@ -29,8 +29,10 @@ def _eps(capacity: int) -> list[Endpoint]:
 
 
 def _scorer(overflow: float) -> PredictiveCostScorer:
+    # pressure thresholds at 0: the balance term is all KV demand whatever the load
     params = PredictiveCostScorer.Params(prefill_weight=12.0, queue_weight=0.0,
-                                         overflow_weight=overflow)
+                                         overflow_weight=overflow, pressure_low=0.0,
+                                         pressure_high=0.0)
     return PredictiveCostScorer(params=params)
 
 

@@ -12,11 +12,21 @@ For every candidate endpoint the scorer predicts, in KV blocks of `blockSizeToke
   output each. It comes from the gateway's own dispatch/finish bookkeeping, so it is never
   stale; `D'` is the same with this request added;
 - **queued prefill** `Q`: prompt tokens sent there and probably not yet prefilled, drained at
-  `prefillTokensPerSecond` (a fluid queue): what this request would wait behind.
+  `prefillTokensPerSecond` (a fluid queue): what this request would wait behind;
+- **decode work** `W`: the blocks the requests in flight there read at every decode step at
+  their peak, a shared prompt block once per request (`W'` with this request).
 
-    cost = D' + prefillWeight x u + queueWeight x Q + overflowWeight x max(0, D' - capacity)
+    cost = a x D' + (1 - a) x W' + prefillWeight x u + queueWeight x Q
+           + overflowWeight x max(0, D' - capacity)
            + waitingWeight x waiting (last scrape) x this request's blocks
            + usageWeight x KV blocks in use (last scrape)
+
+`a`, the share of KV demand in the balance term, is 1 by default. With `pressureLow` <
+`pressureHigh` it follows the candidates' mean `D / capacity`: 0 (balance decode work) at or
+below `pressureLow`, 1 (balance KV demand) from `pressureHigh`, linear between. On the seed's
+run with a KV cache that never fills, 0.5 / 1.0 gained 2% (every decision then balances work);
+with the real cache it lost 3%: prompt families placed while the caches had room stay where
+work balance put them when the cache becomes the limit (docs/benchmark.md).
 
 Balancing `D'` keeps every replica's KV demand level, so no replica preempts or stalls much
 earlier than the others (a preempted or stalled replica sets the tail of a run), while
@@ -61,6 +71,7 @@ class _InFlight:
     endpoint: str
     hashes: list[int]
     out_blocks: int
+    work: int
 
 
 @dataclass(slots=True)
@@ -69,6 +80,8 @@ class _EndpointState:
     blocks: dict[int, int] = field(default_factory=dict)
     #: output blocks the requests in flight will hold at their end
     out_blocks: int = 0
+    #: blocks every request in flight attends to at its end, shared ones once per request
+    work: int = 0
     queue: float = 0.0
     queue_at: float = 0.0
 
@@ -110,6 +123,12 @@ class PredictiveCostScorer(BasePlugin):
             16_384, ge=1, description="KV capacity assumed until a scrape reports num_blocks")
         default_max_tokens: int = pydantic.Field(
             256, ge=1, description="output tokens assumed when a request sets no max_tokens")
+        pressure_low: float = pydantic.Field(
+            0.0, ge=0.0, description="KV pressure (mean demand / capacity) at and below which "
+                                     "the balance term is all decode work")
+        pressure_high: float = pydantic.Field(
+            0.0, ge=0.0, description="KV pressure at and above which it is all KV demand "
+                                     "(both 0, the default: always KV demand)")
         prefill_weight: float = pydantic.Field(12.0, ge=0.0)
         queue_weight: float = pydantic.Field(10.0, ge=0.0)
         overflow_weight: float = pydantic.Field(
@@ -162,18 +181,21 @@ class PredictiveCostScorer(BasePlugin):
         names = [ep.name for ep in endpoints]
         matched = self.index.match(data["hashes"], names)
         bs = p.block_size_tokens
+        states = [self._st(name) for name in names]
+        caps = [self._capacity(ep) for ep in endpoints]
+        alpha = self._demand_share(states, caps)
         out = []
-        for ep, name, m in zip(endpoints, names, matched):
+        for ep, name, m, st, cap in zip(endpoints, names, matched, states, caps):
             data["matched"][name] = m
-            st = self._st(name)
             uncached = max(0, data["prompt_blocks"] - m)
             new_blocks = data["prompt_blocks"] - _held_prefix(data["hashes"], st.blocks)
             demand = st.demand + new_blocks + data["out_blocks"]
+            work = st.work + data["prompt_blocks"] + data["out_blocks"]
             queued = st.queued(ctx.now, p.prefill_tokens_per_second) / bs
-            cost = (demand + p.prefill_weight * uncached + p.queue_weight * queued
+            cost = (alpha * demand + (1.0 - alpha) * work
+                    + p.prefill_weight * uncached + p.queue_weight * queued
                     + p.waiting_weight * ep.metrics.waiting
                     * (data["prompt_blocks"] + data["out_blocks"]))
-            cap = self._capacity(ep)
             if p.usage_weight:
                 cost += p.usage_weight * ep.metrics.kv_usage * cap
             over = demand - cap
@@ -181,6 +203,19 @@ class PredictiveCostScorer(BasePlugin):
                 cost += p.overflow_weight * over
             out.append(cost)
         return out
+
+    def _demand_share(self, states: list[_EndpointState], caps: list[int]) -> float:
+        """How much of the balance term is KV demand (the rest is decode work): 0 while the
+        candidates' mean demand / capacity is at most `pressureLow`, 1 from `pressureHigh`."""
+        if not states:
+            return 1.0
+        lo, hi = self.params.pressure_low, self.params.pressure_high
+        pressure = sum(st.demand / cap for st, cap in zip(states, caps)) / len(states)
+        if pressure >= hi:
+            return 1.0
+        if pressure <= lo:
+            return 0.0
+        return (pressure - lo) / (hi - lo)
 
     def score(self, ctx: CycleContext, request: InferenceRequest,
               endpoints: list[Endpoint]) -> Sequence[float]:
@@ -201,9 +236,11 @@ class PredictiveCostScorer(BasePlugin):
         for h in data["hashes"]:
             held[h] = held.get(h, 0) + 1
         st.out_blocks += data["out_blocks"]
+        st.work += data["prompt_blocks"] + data["out_blocks"]
         st.queue = st.queued(ctx_now, p.prefill_tokens_per_second) + prefill
         st.queue_at = ctx_now
-        self._flying[request.request_id] = _InFlight(name, data["hashes"], data["out_blocks"])
+        self._flying[request.request_id] = _InFlight(name, data["hashes"], data["out_blocks"],
+                                                     data["prompt_blocks"] + data["out_blocks"])
         while len(self._flying) > MAX_TRACKED:
             _, old = self._flying.popitem(last=False)
             self._release(old)
@@ -228,6 +265,7 @@ class PredictiveCostScorer(BasePlugin):
             else:
                 held.pop(h, None)
         st.out_blocks = max(0, st.out_blocks - rec.out_blocks)
+        st.work = max(0, st.work - rec.work)
 
     def on_scheduled(self, ctx: CycleContext, request: InferenceRequest,
                      result: SchedulingResult) -> None:
