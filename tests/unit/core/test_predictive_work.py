@@ -5,6 +5,7 @@ prompt family has little demand but much work, so the two send a new request apa
 
 import random
 
+import pydantic
 import pytest
 
 from inferoute.core.endpoint import Endpoint, EndpointMetrics
@@ -87,3 +88,8 @@ def test_finishing_requests_release_their_work() -> None:
         s.on_finished(_req("x", f"fam{i}"), eps[0], 1.0, None)
     assert s._state[eps[0].name].work == 0 and s._state[eps[0].name].demand == 0
     assert s._state[eps[1].name].work == 22
+
+
+def test_pressure_thresholds_out_of_order_are_a_config_error() -> None:
+    with pytest.raises(pydantic.ValidationError, match="pressureLow must not exceed"):
+        PredictiveCostScorer.Params(pressure_low=1.0, pressure_high=0.5)

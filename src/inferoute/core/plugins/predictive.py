@@ -140,6 +140,12 @@ class PredictiveCostScorer(BasePlugin):
                                      "multiples of this request's blocks")
         prefill_tokens_per_second: float = pydantic.Field(12_000.0, gt=0.0)
 
+        @pydantic.model_validator(mode="after")
+        def _pressure_order(self) -> "PredictiveCostScorer.Params":
+            if self.pressure_low > self.pressure_high:
+                raise ValueError("pressureLow must not exceed pressureHigh")
+            return self
+
     def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
         super().__init__(name, params)
         p = self.params
