@@ -121,7 +121,7 @@ async def send_one(session: aiohttp.ClientSession, cfg: LiveConfig, item: WorkIt
 
 
 class _Runner:
-    """Sends one run's requests; `sent` counts across stages so the workload keeps cycling."""
+    """Sends one run's requests; `sent` counts across stages, for workloads that keep cycling."""
 
     def __init__(self, cfg: LiveConfig, session: aiohttp.ClientSession,
                  clock: Callable[[], float], progress: Progress | None) -> None:
@@ -134,13 +134,14 @@ class _Runner:
     async def stage(self, index: int, stage: Stage) -> list[RequestRecord]:
         records: list[RequestRecord] = []
         total = _stage_total(stage)
-        done = 0
+        done = sent_here = 0
         if self.progress:
             self.progress(index, 0, total)
 
         async def one() -> None:
-            nonlocal done
-            item = self.cfg.workload.item(self.sent)
+            nonlocal done, sent_here
+            item = self.cfg.workload.next_item(sent_here, self.sent)
+            sent_here += 1
             self.sent += 1
             rec = RequestRecord(key=item.key, stage=index, start=self.clock(),
                                 prompt_tokens=item.prompt_tokens)

@@ -136,6 +136,7 @@ class VirtualBench:
         self._stage_sent = 0
         self._stage_done = 0
         self._stage_start = 0.0
+        self._stage_items = 0
         self._sent_total = 0
         self._ids: OrderedDict[str, list[int]] = OrderedDict()
         self._events = 0
@@ -177,6 +178,7 @@ class VirtualBench:
         self._stage_sent = 0
         self._stage_done = 0
         self._stage_start = now
+        self._stage_items = 0
         stage = self.cfg.load.stages[index]
         if self.progress:
             self.progress(index, 0, stage.count)
@@ -203,7 +205,8 @@ class VirtualBench:
         return not stage.duration or now < self._stage_start + stage.duration
 
     def _send(self, now: float, stage_index: int) -> None:
-        item = self.cfg.workload.item(self._sent_total)
+        item = self.cfg.workload.next_item(self._stage_items, self._sent_total)
+        self._stage_items += 1
         self._sent_total += 1
         if self.cfg.load.stages[stage_index].rate is not None:
             self._stage_sent += 1

@@ -51,6 +51,9 @@ class Workload:
     name: str
     items: list[WorkItem]
     params: dict[str, Any]
+    #: every stage starts again from the first item, as inference-perf's data generators do
+    #: (a new `get_data()` per stage); otherwise the list keeps cycling across stages
+    restart_each_stage: bool = False
 
     def __len__(self) -> int:
         return len(self.items)
@@ -58,6 +61,10 @@ class Workload:
     def item(self, i: int) -> WorkItem:
         """The i-th request sent; wraps around when the load outlasts the list."""
         return self.items[i % len(self.items)]
+
+    def next_item(self, sent_in_stage: int, sent_in_run: int) -> WorkItem:
+        """The request to send after `sent_in_stage` of this stage and `sent_in_run` in all."""
+        return self.item(sent_in_stage if self.restart_each_stage else sent_in_run)
 
 
 def _words(rng: np.random.Generator, n: int) -> str:
@@ -79,8 +86,9 @@ def _positive(name: str, value: int, minimum: int = 1) -> int:
 def shared_prefix(*, num_groups: int = 150, num_prompts_per_group: int = 5,
                   system_prompt_len: int = 6000, question_len: int = 1200,
                   output_len: int = 1000, multi_turn: bool = False, seed: int = 0) -> Workload:
-    """inference-perf's shared-prefix workload, in a seeded random order of (group, question);
-    with `multi_turn` each group is one conversation, its turns kept in order."""
+    """inference-perf's shared-prefix workload, in a seeded random order of (group, question),
+    replayed from the top in every stage; with `multi_turn` each group is one conversation, its
+    turns kept in order, cycling on across stages."""
     _positive("num_groups", num_groups)
     _positive("num_prompts_per_group", num_prompts_per_group)
     _positive("system_prompt_len", system_prompt_len, 0)
@@ -109,10 +117,13 @@ def shared_prefix(*, num_groups: int = 150, num_prompts_per_group: int = 5,
         # keep each conversation's turns in order; interleave conversations
         items = [items[g * num_prompts_per_group + q]
                  for q in range(num_prompts_per_group) for g in range(num_groups)]
+    # inference-perf replays its shuffled prompt list from the top in every stage; a multi-turn
+    # run keeps going (its conversations grow across stages)
     return Workload("shared_prefix", items, dict(
         num_groups=num_groups, num_prompts_per_group=num_prompts_per_group,
         system_prompt_len=system_prompt_len, question_len=question_len,
-        output_len=output_len, multi_turn=multi_turn, seed=seed))
+        output_len=output_len, multi_turn=multi_turn, seed=seed),
+        restart_each_stage=not multi_turn)
 
 
 def multi_turn_chat(*, num_conversations: int = 64, turns: int = 8,

@@ -41,6 +41,21 @@ def test_every_request_is_accounted_and_finishes() -> None:
     assert min(r.start for r in res.records[1]) >= end0 + 1.0 - 1e-9
 
 
+def test_each_stage_replays_the_shared_prefix_list_from_the_top() -> None:
+    # inference-perf builds a new data generator per stage: stage 1 (40 requests over a list
+    # of 24) sends items 0..23, 0..15, as stage 0 (20 requests) sent 0..19
+    res = run_virtual(_cfg("round-robin"))
+    w = _cfg("round-robin").workload
+    keys = [[r.key for r in sorted(recs, key=lambda r: r.start)] for recs in res.records]
+    assert keys[0] == [w.items[i].key for i in range(20)]
+    assert keys[1] == [w.items[i % 24].key for i in range(40)]
+    # a multi-turn run keeps cycling: its conversations go on growing in the next stage
+    turns = shared_prefix(num_groups=6, num_prompts_per_group=4, system_prompt_len=200,
+                          question_len=40, output_len=20, multi_turn=True, seed=1)
+    assert not turns.restart_each_stage
+    assert turns.next_item(0, 20) is turns.items[20]
+
+
 def test_round_robin_spreads_and_prefix_policy_hits_cache() -> None:
     rr = run_virtual(_cfg("round-robin"))
     counts: dict[str, int] = {}
