@@ -44,6 +44,9 @@ def _demo_load(duration: float, seed: int) -> tuple[Any, Any]:
     # policy that spreads every group over every replica keeps recomputing prefixes.
     workload = shared_prefix(num_groups=64, num_prompts_per_group=5, system_prompt_len=6000,
                              question_len=600, output_len=100, seed=seed)
+    # new questions in every stage, as live traffic has: inference-perf's replay of the list
+    # from the top in each stage (what the seed reproduction does) would resend whole prompts
+    workload.restart_each_stage = False
     third = max(1.0, duration / 3)
     load = LoadSpec(stages=[Stage(rate=3.0, duration=third), Stage(rate=6.0, duration=third),
                             Stage(rate=9.0, duration=third)], seed=seed)
