@@ -366,7 +366,8 @@ class VirtualBench:
         wl = self.cfg.workload
         config = {"policy": _policy_name(self.cfg.policy), "replicas": self.cfg.replicas,
                   "profile": self.cfg.profile,
-                  "profile_overrides": dict(self.cfg.profile_overrides), "model": self.cfg.model, "seed": self.cfg.seed,
+                  "profile_overrides": dict(self.cfg.profile_overrides),
+                  "model": self.cfg.model, "seed": self.cfg.seed,
                   "ignore_eos": self.cfg.ignore_eos, "scrape_interval": self.cfg.scrape_interval,
                   "workload": {"name": wl.name, **wl.params},
                   "load": {"type": self.cfg.load.kind, "burstiness": self.cfg.load.burstiness,
