@@ -25,8 +25,8 @@ For every candidate endpoint the scorer predicts, in KV blocks of `blockSizeToke
 `pressureHigh` it follows the candidates' mean `D / capacity`: 0 (balance decode work) at or
 below `pressureLow`, 1 (balance KV demand) from `pressureHigh`, linear between. On the seed's
 run with a KV cache that never fills, 0.5 / 1.0 gained 2% (every decision then balances work);
-with the real cache it lost 3%, we think because prompt families placed while the caches had
-room stay where work balance put them once the cache is the limit (docs/benchmark.md).
+with the real cache it lost 3% and 4% on the `mixed` workload, for reasons not yet settled
+(docs/benchmark.md).
 
 Balancing `D'` keeps every replica's KV demand level, so no replica preempts or stalls much
 earlier than the others (a preempted or stalled replica sets the tail of a run), while
