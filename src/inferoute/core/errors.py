@@ -97,11 +97,13 @@ class ConfigError(ValueError):
 def read_yaml_file(path: str | Path, what: str) -> Any:
     """The parsed YAML of a config file; ConfigError "cannot read {what} {path}: ..." or
     "{path} is not valid YAML: ..." instead of an OSError or a parser traceback."""
-    p = Path(path)
+    p = Path(path).expanduser()
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {p}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {p} is not UTF-8 text") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -1,8 +1,9 @@
 """`DataLayer`: the live endpoint state every shell reads (HTTP gateway, Envoy ext_proc picker).
 
 It builds the core `Router` (one `ModelPool` and `Scheduler` per configured model), owns the
-one aiohttp `ClientSession` the shells use for upstream requests, runs a `Scraper` per
-endpoint, and lets discovery add and remove endpoints at run time.
+aiohttp `ClientSession` of the active health probes (the proxy's upstream requests go through
+`gateway/upstream.py`), runs a `Scraper` per endpoint, and lets discovery add and remove
+endpoints at run time.
 
 Readiness: an endpoint is *ready* when it is `healthy` and its last successful scrape is at
 most `ready_window` seconds old (5 s by default, 100 scrape periods). Only ready endpoints are
@@ -92,7 +93,6 @@ class DataLayer:
         if self.session is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300,
                                              keepalive_timeout=60)
-            # auto_decompress off: the gateway relays upstream bytes untouched
             self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                  timeout=aiohttp.ClientTimeout(total=None))
         self._running = True

@@ -13,10 +13,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..core.errors import ConfigError, explain_validation
+from ..core.errors import ConfigError, explain_validation, read_yaml_file
 
 DEFAULT_CATEGORIES = "categories.yaml"
 
@@ -91,10 +90,4 @@ def data_path(name: str) -> Path:
 def load_categories(source: str | Path | None = None) -> list[Category]:
     """Load categories from a YAML file, or the shipped defaults when `source` is None."""
     path = data_path(DEFAULT_CATEGORIES) if source is None else Path(source).expanduser()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"categories file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"categories file {path} is not valid YAML: {exc}") from None
-    return parse_categories(data, str(path))
+    return parse_categories(read_yaml_file(path, "categories file"), str(path))

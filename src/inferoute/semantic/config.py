@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from ..core.errors import ConfigError, explain_validation
+from ..core.errors import ConfigError, explain_validation, read_yaml_file
 from .categories import Category, load_categories, parse_categories
 
 PII_TYPES = ("credit_card", "email", "phone", "us_ssn", "iban", "ipv4")
@@ -189,10 +188,4 @@ def load_config(path: str | Path | None) -> SemanticConfig:
     if path is None:
         return SemanticConfig()
     p = Path(path).expanduser()
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"semantic config file not found: {p}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"semantic config {p} is not valid YAML: {exc}") from None
-    return parse_config(data, str(p))
+    return parse_config(read_yaml_file(p, "semantic config"), str(p))

@@ -157,3 +157,33 @@ def test_llm_d_policy_weights() -> None:
     assert weights == {"prefix-cache-scorer": 3, "kv-cache-utilization-scorer": 2,
                        "queue-scorer": 2}
     assert sched.profiles["default"].picker.type_name == "max-score-picker"
+
+
+def test_every_config_file_read_fails_with_one_clear_line(tmp_path: Path) -> None:
+    from inferoute.core.errors import read_yaml_file
+    from inferoute.semantic.categories import load_categories
+    from inferoute.semantic.config import load_config as load_semantic
+
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("a: [1, 2\n")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    cases = [(tmp_path / "missing.yaml", "cannot read thing"), (tmp_path, "cannot read thing"),
+             (bad_yaml, "is not valid YAML"), (latin1, "is not UTF-8 text")]
+    for path, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            read_yaml_file(path, "thing")
+    assert read_yaml_file(_ok(tmp_path), "x") == {"a": 1}
+    # the semantic router's loaders share it
+    with pytest.raises(ConfigError, match="cannot read categories file"):
+        load_categories(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="cannot read semantic config"):
+        load_semantic(tmp_path)
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_semantic(bad_yaml)
+
+
+def _ok(tmp_path: Path) -> Path:
+    p = tmp_path / "ok.yaml"
+    p.write_text("a: 1\n")
+    return p
