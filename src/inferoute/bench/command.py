@@ -200,18 +200,23 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_reports, seed_table
+    from .compare import compare_reports, seed_stage, seed_table
     from .metrics import headline
     from .report import load_report, pick_stage, report_label
 
+    rate = args.rate
+    if args.with_seed:
+        if args.stage is not None:
+            raise ValueError("--with-seed picks stages by --rate (40 or 60), not --stage")
+        rate = 40.0 if rate is None else rate
+        seed_stage(rate)  # a rate the seed did not publish fails before any report is read
     reports = [load_report(p) for p in args.reports]
     labeled = [(report_label(r, f"#{i}"), r) for i, r in enumerate(reports)]
     if args.with_seed:
-        rate = args.rate if args.rate is not None else 40.0
-        print(seed_table({label: headline(pick_stage(r, rate=rate, index=args.stage))
-                          for label, r in labeled}))
+        print(seed_table({label: headline(pick_stage(r, rate=rate)) for label, r in labeled},
+                         rate=rate))
         return 0
-    print(compare_reports(labeled, rate=args.rate, index=args.stage))
+    print(compare_reports(labeled, rate=rate, index=args.stage))
     return 0
 
 
@@ -283,8 +288,8 @@ def register(subparsers: Any) -> None:
     cmp_.add_argument("--rate", type=float, default=None, help="compare the stage at this rate")
     cmp_.add_argument("--stage", type=int, default=None, help="compare this stage index")
     cmp_.add_argument("--with-seed", action="store_true",
-                      help="the seed's rate-40 table beside reports labelled round-robin, llm-d, "
-                           "... (default --rate 40)")
+                      help="the seed run's figures beside reports labelled round-robin, llm-d, "
+                           "...: --rate 40 (the default, the seed's table) or 60")
     cmp_.set_defaults(func=_guard(cmd_compare))
 
     plot = sub.add_parser("plot", help="PNG plots of reports")

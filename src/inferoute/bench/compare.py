@@ -12,14 +12,28 @@ from typing import Any
 from .metrics import headline
 from .report import ReportError, pick_stage
 
-#: the seed's rate-40 figures (llm-d inference-scheduling guide; 8 x Qwen3-32B TP=2 on H100)
-SEED_ROWS: dict[str, dict[str, float]] = {
-    "k8s (seed)": {"requests_per_sec": 6.3374, "input_tokens_per_sec": 48014.91,
-                   "output_tokens_per_sec": 5926.44, "total_tokens_per_sec": 53941.35,
-                   "request_latency": 97.304, "ttft": 27.695, "itl": 0.06953},
-    "llm-d (seed)": {"requests_per_sec": 15.3932, "input_tokens_per_sec": 116621.97,
-                     "output_tokens_per_sec": 14533.22, "total_tokens_per_sec": 131155.20,
-                     "request_latency": 54.720, "ttft": 0.113, "itl": 0.05452},
+#: The seed run's published stages: 8 x Qwen3-32B TP=2 on H100, inference-perf run
+#: `inference-perf_1769435052`. Rate 40 is the seed document's table; rate 60 is the same run's
+#: last stage, which the llm-d inference-scheduling guide published later (its README, 2026-02).
+SEED_STAGES: dict[float, dict[str, dict[str, float]]] = {
+    40.0: {
+        "k8s (seed)": {"requests_per_sec": 6.3374, "input_tokens_per_sec": 48014.91,
+                       "output_tokens_per_sec": 5926.44, "total_tokens_per_sec": 53941.35,
+                       "request_latency": 97.304, "ttft": 27.695, "itl": 0.06953},
+        "llm-d (seed)": {"requests_per_sec": 15.3932, "input_tokens_per_sec": 116621.97,
+                         "output_tokens_per_sec": 14533.22, "total_tokens_per_sec": 131155.20,
+                         "request_latency": 54.720, "ttft": 0.113, "ttft_p90": 0.17324,
+                         "itl": 0.05452},
+    },
+    60.0: {
+        "k8s (seed)": {"requests_per_sec": 5.7306, "input_tokens_per_sec": 43417.86,
+                       "output_tokens_per_sec": 5362.16, "total_tokens_per_sec": 48780.02,
+                       "request_latency": 105.4133, "ttft": 34.9145, "itl": 0.07042},
+        "llm-d (seed)": {"requests_per_sec": 14.4123, "input_tokens_per_sec": 109192.83,
+                         "output_tokens_per_sec": 13574.37, "total_tokens_per_sec": 122767.19,
+                         "request_latency": 67.8649, "ttft": 0.1203, "ttft_p90": 0.18096,
+                         "itl": 0.06766},
+    },
 }
 
 #: (label, headline key, scale, decimals) rows of the comparison table
@@ -76,13 +90,24 @@ def compare_reports(reports: Sequence[tuple[str, dict[str, Any]]], *, rate: floa
     return compare_table(cols)
 
 
-def seed_table(sim: dict[str, dict[str, Any]]) -> str:
-    """The seed's rate-40 rows beside ours: k8s vs our round-robin, llm-d vs our llm-d (each with
-    the gap to the seed), then any other simulated policy with its gap to our llm-d.
+def seed_stage(rate: float) -> dict[str, dict[str, float]]:
+    """The seed run's published rows at `rate`; a `ReportError` for a rate it did not publish."""
+    seed = SEED_STAGES.get(float(rate))
+    if seed is None:
+        raise ReportError(f"the seed's run published the stages at rates "
+                          f"{' and '.join(f'{r:g}' for r in SEED_STAGES)} only, not {rate:g}")
+    return seed
 
-    `sim` maps policy name -> headline dict of its rate-40 stage.
+
+def seed_table(sim: dict[str, dict[str, Any]], rate: float = 40.0) -> str:
+    """The seed run's rows at `rate` (40 or 60) beside ours: k8s vs our round-robin, llm-d vs
+    our llm-d (each with the gap to the seed), then any other simulated policy with its gap to
+    our llm-d.
+
+    `sim` maps policy name -> headline dict of its stage at `rate`.
     """
-    k8s, llmd = SEED_ROWS["k8s (seed)"], SEED_ROWS["llm-d (seed)"]
+    seed = seed_stage(rate)
+    k8s, llmd = seed["k8s (seed)"], seed["llm-d (seed)"]
     header = ["Metric", "k8s (seed)", "round-robin (sim)", "Δ% vs seed", "llm-d (seed)",
               "llm-d (sim)", "Δ% vs seed"]
     others = [p for p in sim if p not in ("round-robin", "llm-d")]

@@ -35,6 +35,11 @@ def test_errors_are_one_line(tmp_path, capsys) -> None:
     assert main(["bench", "compare", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
     assert "cannot read report" in err and "Traceback" not in err
+    missing = str(tmp_path / "missing.json")  # the seed rate is checked before reports are read
+    assert main(["bench", "compare", missing, "--with-seed", "--rate", "50"]) == 2
+    assert "published the stages at rates 40 and 60 only" in capsys.readouterr().err
+    assert main(["bench", "compare", missing, "--with-seed", "--stage", "9"]) == 2
+    assert "not --stage" in capsys.readouterr().err
 
 
 def test_engine_overrides_change_the_fleet_and_are_recorded(tmp_path, capsys) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from inferoute.bench.compare import compare_reports, compare_table
+from inferoute.bench.compare import compare_reports, compare_table, seed_table
 from inferoute.bench.metrics import RequestRecord, summarize
 from inferoute.bench.report import ReportError, load_report, pick_stage, save_report
 
@@ -52,3 +52,16 @@ def test_compare_table_deltas() -> None:
     text = compare_reports([("slow", _report("slow", 1.0)), ("fast", _report("fast", 2.0))],
                            rate=40)
     assert "TTFT (s) | 0.500 | 0.250 | -0.250 | -50.0% |" in text
+
+
+def test_seed_table_has_the_seed_runs_two_published_stages() -> None:
+    ours = {"round-robin": {"requests_per_sec": 5.7306, "ttft": 69.829},
+            "llm-d": {"requests_per_sec": 15.85353, "ttft": 0.1203, "ttft_p90": 0.18096}}
+    at60 = seed_table(ours, rate=60)
+    assert "| Requests/sec | 5.7306 | 5.7306 | +0.0% | 14.4123 | 15.8535 | +10.0% |" in at60
+    assert "| TTFT (s) | 34.914 | 69.829 | +100.0% | 0.120 | 0.120 | +0.0% |" in at60
+    assert "| TTFT p90 (s) | - | - | - | 0.181 | 0.181 | +0.0% |" in at60
+    at40 = seed_table(ours)  # the seed document's own table
+    assert "| Requests/sec | 6.3374 | 5.7306 | -9.6% | 15.3932 | 15.8535 | +3.0% |" in at40
+    with pytest.raises(ReportError, match="rates 40 and 60 only, not 50"):
+        seed_table(ours, rate=50)
