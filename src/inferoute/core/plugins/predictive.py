@@ -25,9 +25,9 @@ For every candidate endpoint the scorer predicts, in KV blocks of `blockSizeToke
 `pressureHigh` it follows the candidates' mean `D / capacity`: 0 (balance decode work) at or
 below `pressureLow`, 1 (balance KV demand) from `pressureHigh`, linear between. On the seed's
 run with a KV cache that never fills, 0.5 / 1.0 gained 2% (every decision then balances work);
-with the real cache it lost 3% and 4% on the `mixed` workload: prompt families copied to a
-second replica while the load was low stay split when it is high, and the copies take KV
-(docs/benchmark.md).
+with the real cache it lost 3% and 4% on the `mixed` workload. The loss goes with prompt
+families copied to a second replica while the load was low, which stay split when it is high;
+its cause is not settled (docs/benchmark.md).
 
 Balancing `D'` keeps every replica's KV demand level, so no replica preempts or stalls much
 earlier than the others (a preempted or stalled replica sets the tail of a run), while
