@@ -22,9 +22,10 @@ from typing import Any, Self
 from ..core.errors import InferouteError
 
 #: packaged policies (`src/inferoute/configs/<name>.yaml`); `precise` is llm-d's weights with the
-#: precise prefix scorer, fed by the simulated engines' KV events
-POLICIES = ("round-robin", "random", "least-request", "llm-d", "precise", "sglang-cache-aware",
-            "dynamo-kv", "inferoute")
+#: precise prefix scorer, fed by the simulated engines' KV events; `llm-d-optimized` is the
+#: profile of llm-d's guides from v0.8 on (affinity filter + token load)
+POLICIES = ("round-robin", "random", "least-request", "llm-d", "llm-d-optimized", "precise",
+            "sglang-cache-aware", "dynamo-kv", "inferoute")
 
 
 def _add_workload_args(p: argparse.ArgumentParser) -> None:

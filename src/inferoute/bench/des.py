@@ -303,6 +303,7 @@ class VirtualBench:
             if o.first:
                 rec.cached_tokens = o.cached_tokens
                 rec.prompt_tokens = o.prompt_tokens
+                self.router.first_token(entry.decision, now)
             if o.finished:
                 del live[o.request_id]
                 rec.end = now

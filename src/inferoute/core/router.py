@@ -38,6 +38,7 @@ class Decision:
     result: SchedulingResult
     endpoint: Endpoint | None = None
     prompt_tokens: int = 0
+    first_token: bool = False
     finished: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -102,6 +103,13 @@ class Router:
         decision.prompt_tokens = decision.request.prompt_tokens_estimate
         endpoint.on_dispatch(decision.prompt_tokens)
         decision.pool.scheduler.on_served(decision.request, endpoint, now)
+
+    def first_token(self, decision: Decision, now: float) -> None:
+        """The first response bytes arrived from the endpoint; idempotent."""
+        if decision.first_token or decision.finished or decision.endpoint is None:
+            return
+        decision.first_token = True
+        decision.pool.scheduler.on_first_token(decision.request, decision.endpoint, now)
 
     def finish(self, decision: Decision, now: float,
                usage: dict[str, Any] | None = None) -> None:

@@ -447,6 +447,8 @@ class PickerStream:
         rb = req.response_body
         if self.first_byte_at is None and rb.body:
             self.first_byte_at = now
+            if self.decision is not None:
+                self.picker.router.first_token(self.decision, now)
         self.response_bytes += len(rb.body)
         if self.usage_tracker is not None:
             self.usage_tracker.feed(rb.body)

@@ -356,6 +356,7 @@ class Proxy:
                     continue
             if flight.first:
                 flight.ttft = data.clock() - flight.arrival
+                data.router.first_token(decision, data.clock())
             flight.upstream = upstream
             return
         raise NoEndpointAvailable("no endpoint could be tried")  # pragma: no cover

@@ -62,10 +62,13 @@ class StandIn:
         app.router.add_post("/v1/chat/completions", self.generate)
         app.router.add_post("/v1/responses", self.generate)
         app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/health", lambda r: web.Response(text="ok"))
+        app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/admin/waiting", self.set_waiting)
         return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     async def set_waiting(self, request: web.Request) -> web.Response:
         self.waiting = int((await request.json())["waiting"])

@@ -14,7 +14,7 @@ def _cfg(policy: str, seed: int = 1, stages: str = "5:4,10:4") -> SimConfig:
                      load=LoadSpec(parse_stages(stages), seed=seed), seed=seed)
 
 
-@pytest.mark.parametrize("policy", ["llm-d", "inferoute"])
+@pytest.mark.parametrize("policy", ["llm-d", "inferoute", "llm-d-optimized"])
 def test_same_seed_same_summary(policy: str) -> None:
     a = run_virtual(_cfg(policy)).to_dict()
     b = run_virtual(_cfg(policy)).to_dict()

@@ -109,7 +109,7 @@ def test_predictive_sticks_to_prefix_until_demand_outweighs_it() -> None:
 
 
 def test_packaged_policies_build_and_route() -> None:
-    for name in ("sglang-cache-aware", "dynamo-kv", "inferoute"):
+    for name in ("sglang-cache-aware", "dynamo-kv", "inferoute", "llm-d-optimized"):
         sched = Scheduler(resolve_config(name), seed=0)
         eps = _eps(4)
         first = sched.schedule(_req("q " * 300, "1"), eps, 0.0).target

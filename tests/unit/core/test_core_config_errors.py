@@ -144,7 +144,8 @@ def test_missing_file_and_unknown_policy(tmp_path: Path) -> None:
         resolve_config("no-such-policy")
 
 
-@pytest.mark.parametrize("name", ["round-robin", "random", "least-request", "llm-d"])
+@pytest.mark.parametrize("name", ["round-robin", "random", "least-request", "llm-d",
+                                  "llm-d-optimized"])
 def test_packaged_policies_load(name) -> None:
     assert name in packaged_policies()
     sched = Scheduler(resolve_config(name))

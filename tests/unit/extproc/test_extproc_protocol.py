@@ -230,8 +230,10 @@ def test_response_phase_reads_usage_and_finishes_once(router, msgs):
            b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,'
            b'"total_tokens":9}}\n\ndata: [DONE]\n\n')
     out = []
+    assert s.decision is not None and not s.decision.first_token
     for i in range(0, len(sse), 20):  # split mid-line on purpose
         out += s.handle(msgs.resp_body_msg(sse[i:i + 20]), 0.6)
+        assert s.decision.first_token  # reported to the scheduler with the first bytes
     out += s.handle(msgs.resp_body_msg(b"", eos=True), 0.7)
     echoed = msgs.streamed(out, "response_body")
     assert b"".join(c.body for c in echoed) == sse and echoed[-1].end_of_stream

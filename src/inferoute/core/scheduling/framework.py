@@ -125,9 +125,17 @@ class LifecycleHooks(Protocol):
     def on_served(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
         """The proxy reports which endpoint actually served (may differ after a fallback)."""
 
+    def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        """The first response bytes came back from `endpoint`: its prefill is over. Shells that
+        never see the response body (ext_proc without body streaming) do not call it."""
+
     def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
                     usage: dict[str, Any] | None) -> None:
         """The response finished (or failed); `usage` is the OpenAI usage object when known."""
+
+    def bind(self, plugins: dict[str, Any]) -> None:
+        """Called once after every configured plugin exists, with them all by name: resolve
+        references to other plugins here (raise ConfigError when one is missing)."""
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         """Discovery dropped the endpoint; forget its state."""

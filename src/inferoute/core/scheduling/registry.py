@@ -25,6 +25,7 @@ BUILTIN_PLUGIN_MODULES = (
     "inferoute.core.plugins.lora",
     "inferoute.core.plugins.session",
     "inferoute.core.plugins.filters",
+    "inferoute.core.plugins.tokenload",
     "inferoute.core.plugins.pickers",
     "inferoute.core.plugins.profiles",
     # benchmark policies and inferoute's own profile

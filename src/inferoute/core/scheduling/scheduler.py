@@ -2,7 +2,9 @@
 
 Built from an EndpointPickerConfig; synchronous and deterministic for a given RNG seed. The
 caller passes the candidate endpoints and the time, and reports the request's progress back
-through `on_served` / `on_finished` so stateful plugins (prefix index, session affinity) learn.
+through `on_served` / `on_first_token` / `on_finished` so stateful plugins (prefix index,
+session affinity, in-flight token counts) learn. A plugin that reads another one (the prefix-cache
+affinity filter reads a prefix scorer) gets the configured plugins through its `bind` method.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ class Scheduler:
         self.plugins: dict[str, Any] = {
             spec.ref: create_plugin(spec.type, spec.ref, spec.parameters)
             for spec in self.config.plugins}
+        for plugin in self.plugins.values():
+            bind = getattr(plugin, "bind", None)
+            if callable(bind):
+                bind(self.plugins)
         handlers = [p for p in self.plugins.values() if isinstance(p, ProfileHandler)]
         if len(handlers) > 1:
             raise ConfigError("at most one profile handler may be configured, got "
@@ -78,7 +84,8 @@ class Scheduler:
             check(list(self.profiles))
         self._hooked = {
             hook: [p for p in self.plugins.values() if callable(getattr(p, hook, None))]
-            for hook in ("on_scheduled", "on_served", "on_finished", "on_endpoint_removed")}
+            for hook in ("on_scheduled", "on_served", "on_first_token", "on_finished",
+                         "on_endpoint_removed")}
         #: hook calls waiting for `run_deferred_hooks`, in order
         self._deferred: list[Callable[[], None]] = []
 
@@ -195,6 +202,13 @@ class Scheduler:
     def _served_hooks(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
         for plugin in self._hooked["on_served"]:
             plugin.on_served(request, endpoint, now)
+
+    def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        """The first token of `request` came back from `endpoint` (its prefill is done)."""
+        if self._deferred:
+            self.run_deferred_hooks()
+        for plugin in self._hooked["on_first_token"]:
+            plugin.on_first_token(request, endpoint, now)
 
     def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
                     usage: dict[str, Any] | None = None) -> None:
