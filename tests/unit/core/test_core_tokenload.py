@@ -32,24 +32,28 @@ def _eps(n: int) -> list[Endpoint]:
             for i in range(n)]
 
 
-def _scheduler(exploration: float = 0.0, penalty: int = 286_720,
-               accounting: str = "prefill") -> Scheduler:
-    text = f"""
+def _config(filter_params: str, producer_params: str = "{}") -> str:
+    return f"""
 plugins:
 - type: prefix-cache-scorer
   parameters: {{maxPrefixBlocksToMatch: 2560}}
 - type: inflight-load-producer
-  parameters: {{accounting: {accounting}}}
+  parameters: {producer_params}
 - type: prefix-cache-affinity-filter
-  parameters: {{explorationProbability: {exploration}, maxTokensInFlightPenalty: {penalty}}}
+  parameters: {filter_params}
 - type: token-load-scorer
-- type: max-score-picker
 schedulingProfiles:
 - name: default
   plugins:
   - pluginRef: prefix-cache-affinity-filter
   - pluginRef: token-load-scorer
 """
+
+
+def _scheduler(exploration: float = 0.0, penalty: int = 286_720,
+               accounting: str = "prefill") -> Scheduler:
+    text = _config(f"{{explorationProbability: {exploration}, "
+                   f"maxTokensInFlightPenalty: {penalty}}}", f"{{accounting: {accounting}}}")
     return Scheduler(load_config_text(text, "<test>"), seed=0)
 
 
@@ -140,19 +144,7 @@ def test_filter_keeps_all_when_nothing_or_everything_is_sticky() -> None:
      "inFlightLoadProducerName 'gone' names no configured inflight-load-producer"),
 ])
 def test_missing_referenced_plugins_are_config_errors(params: str, missing: str) -> None:
-    text = f"""
-plugins:
-- type: prefix-cache-scorer
-- type: inflight-load-producer
-- type: prefix-cache-affinity-filter
-  parameters: {params}
-- type: token-load-scorer
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: prefix-cache-affinity-filter
-  - pluginRef: token-load-scorer
-"""
+    text = _config(params)
     with pytest.raises(ConfigError, match=missing):
         Scheduler(load_config_text(text, "<test>"))
 

@@ -99,6 +99,7 @@ def uncached_tokens(ctx: CycleContext, request: InferenceRequest, endpoint: str)
 
 
 def _bound(owner: BasePlugin, plugins: dict[str, Any], ref: str, kind: type, what: str) -> Any:
+    """The configured plugin named `ref`, which must be a `kind`; a ConfigError otherwise."""
     plugin = plugins.get(ref)
     if not isinstance(plugin, kind):
         wanted = "scorer" if kind is Scorer else getattr(kind, "type_name", kind.__name__)
