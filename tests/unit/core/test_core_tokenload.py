@@ -187,3 +187,53 @@ def test_packaged_policy_is_llm_d_v08() -> None:
     assert producer.params.accounting == "request"
     flt = sched.plugins["prefix-cache-affinity-filter"]
     assert (flt.params.affinity_threshold, flt.params.max_tokens_in_flight_penalty) == (0.8, 286_720)
+
+
+# llm-d's optimized-baseline plugin config as its guide ships it (llm-d/llm-d,
+# guides/optimized-baseline/router/optimized-baseline.values.yaml), unchanged
+LLM_D_OPTIMIZED_BASELINE = """
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: token-load-scorer
+- type: inflight-load-producer
+- type: approx-prefix-cache-producer
+  parameters:
+      maxPrefixTokensToMatch: 40960
+- type: prefix-cache-affinity-filter
+  parameters:
+    affinityThreshold: 0.80
+    maxTokensInFlightPenalty: 286720
+    maxTTFTPenaltyMs: 0
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-cache-affinity-filter
+  - pluginRef: token-load-scorer
+"""
+
+
+def test_llm_d_config_loads_unchanged_and_routes_like_the_packaged_policy() -> None:
+    theirs = Scheduler(load_config_text(LLM_D_OPTIMIZED_BASELINE, "<llm-d>"), seed=0)
+    ours = Scheduler(resolve_config("llm-d-optimized"), seed=0)
+    flt = theirs.plugins["prefix-cache-affinity-filter"]
+    assert flt.prefix is theirs.plugins["approx-prefix-cache-producer"]
+    assert flt.prefix.params.max_prefix_blocks_to_match == 2560
+    assert flt.penalty_tokens == 286_720
+    eps_a, eps_b = _eps(4), _eps(4)
+    for i in range(40):
+        fam = ("alpha ", "bravo ", "charlie ", "delta ", "echo ")[i % 5]
+        a = theirs.schedule(_family(fam, f"q{i} ", f"r{i}"), eps_a, i * 0.01).target
+        b = ours.schedule(_family(fam, f"q{i} ", f"r{i}"), eps_b, i * 0.01).target
+        assert a.name == b.name
+
+
+def test_time_form_of_the_gate_and_an_ambiguous_prefix_scorer() -> None:
+    text = _config("{maxTTFTPenaltyMs: 18000, peakPrefillThroughput: 15928}")
+    flt = Scheduler(load_config_text(text, "<test>")).plugins["prefix-cache-affinity-filter"]
+    assert flt.penalty_tokens == pytest.approx(286_704)  # the smaller of the two gates
+    two = _config("{}").replace("- type: inflight-load-producer",
+                                "- type: approx-prefix-cache-producer\n"
+                                "- type: inflight-load-producer")
+    with pytest.raises(ConfigError, match="set prefixScorerRef; 2 prefix scorers"):
+        Scheduler(load_config_text(two, "<test>"))
