@@ -201,10 +201,18 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_reports, seed_stage, seed_table
+    from .compare import compare_reports, llm_d_run_table, seed_stage, seed_table
     from .metrics import headline
     from .report import load_report, pick_stage, report_label
 
+    if args.with_llm_d_run:
+        if args.with_seed or args.rate is not None or args.stage is not None:
+            raise ValueError("--with-llm-d-run compares every stage: no --with-seed, --rate "
+                             "or --stage")
+        tables = [llm_d_run_table(report_label(r, f"#{i}"), r)
+                  for i, r in enumerate(load_report(p) for p in args.reports)]
+        print("\n\n".join(tables))
+        return 0
     rate = args.rate
     if args.with_seed:
         if args.stage is not None:
@@ -291,6 +299,9 @@ def register(subparsers: Any) -> None:
     cmp_.add_argument("--with-seed", action="store_true",
                       help="the seed run's figures beside reports labelled round-robin, llm-d, "
                            "...: --rate 40 (the default, the seed's table) or 60")
+    cmp_.add_argument("--with-llm-d-run", action="store_true",
+                      help="every stage beside llm-d's v0.8.0 run of the same benchmark: "
+                           "reports of round-robin (its Service arm) or llm-d-optimized")
     cmp_.set_defaults(func=_guard(cmd_compare))
 
     plot = sub.add_parser("plot", help="PNG plots of reports")

@@ -36,6 +36,27 @@ SEED_STAGES: dict[float, dict[str, dict[str, float]]] = {
     },
 }
 
+#: llm-d's republished run of the same benchmark with llm-d v0.8.0 (same inference-perf ladder and
+#: shared-prefix workload, 8 x Qwen3-32B TP=2 on H100, later llm-d and vLLM images), from
+#: llm-d/llm-d guides/optimized-baseline/benchmark-results/vllm-qwen3-32b-h100/README.md: per
+#: stage rate, (output tokens/s, TTFT p50 s, TTFT p90 s) of its two arms; a TTFT of 0.0 is that
+#: report's empty latency histogram (no figure). Its Service arm pairs with our `round-robin`, its
+#: llm-d arm (the optimized-baseline profile) with our `llm-d-optimized`.
+LLM_D_RUN: dict[str, dict[float, tuple[float, float, float]]] = {
+    "round-robin": {
+        3: (1889, 0.0, 0.0), 10: (4944, 0.0, 0.0), 15: (6066, 0.0, 0.0), 20: (4555, 0.9, 2.4),
+        22: (6239, 18.3, 46.1), 25: (6350, 0.4, 0.9), 30: (6251, 0.8, 4.9),
+        35: (6544, 21.0, 46.2), 40: (6228, 20.0, 37.9), 43: (6860, 25.7, 61.9),
+        46: (6526, 20.4, 66.8), 49: (6956, 66.9, 139.9), 52: (7049, 69.9, 143.8),
+        55: (6402, 78.3, 158.5), 57: (6317, 83.1, 153.3), 60: (6764, 88.1, 154.1)},
+    "llm-d-optimized": {
+        3: (1511, 0.0, 0.0), 10: (4597, 0.0, 0.0), 15: (8995, 0.0, 0.0), 20: (6656, 0.4, 4.2),
+        22: (10809, 0.2, 1.4), 25: (10452, 0.2, 0.2), 30: (10509, 0.1, 0.2),
+        35: (12290, 0.1, 0.2), 40: (14134, 0.1, 0.3), 43: (13522, 0.2, 0.2),
+        46: (14050, 0.1, 0.2), 49: (14941, 0.9, 2.1), 52: (14542, 0.3, 1.3),
+        55: (14607, 0.1, 0.2), 57: (13451, 0.2, 19.9), 60: (13528, 0.2, 0.9)},
+}
+
 #: (label, headline key, scale, decimals) rows of the comparison table
 ROWS: tuple[tuple[str, str, float, int], ...] = (
     ("Requests/sec", "requests_per_sec", 1.0, 4),
@@ -126,5 +147,42 @@ def seed_table(sim: dict[str, dict[str, Any]], rate: float = 40.0) -> str:
         for p in others:
             v = sim[p].get(key)
             row += [_fmt(v, scale, dec), pct(v, ld.get(key))]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def llm_d_run_table(label: str, report: dict[str, Any]) -> str:
+    """llm-d's v0.8.0 run of the benchmark beside `report`, stage by stage: the arm that pairs
+    with the report's policy `label` (`round-robin` or `llm-d-optimized`), its output tokens/s
+    and TTFT p50 / p90 against the report's stage at the same rate (the last one at that rate,
+    so the warm-up stage at 15 req/s is skipped)."""
+    ladder = LLM_D_RUN.get(label)
+    if ladder is None:
+        raise ReportError(f"llm-d's run has arms for {' and '.join(LLM_D_RUN)} only; "
+                          f"this report is {label!r}")
+    header = ["rate", "output tok/s (llm-d's run)", f"{label} (sim)", "Δ%",
+              "TTFT p50 (run)", "(sim)", "TTFT p90 (run)", "(sim)"]
+    lines = [f"**{label}** beside llm-d's v0.8.0 run:", "",
+             "| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
+
+    def secs(v: float | None) -> str:
+        return "-" if not v else f"{v:.1f} s" if v >= 10 else f"{v:.2f} s"
+
+    def published(v: float) -> str:
+        return "-" if not v else f"{v:g} s"
+
+    for rate, (out, p50, p90) in ladder.items():
+        try:
+            stage = pick_stage(report, rate=rate)
+        except ReportError:
+            row = [f"{rate:g}", f"{out:,.0f}", "-", "-", published(p50), "-", published(p90),
+                   "-"]
+        else:
+            m = stage["metrics"]
+            sim_out = m["throughput"]["output_tokens_per_sec"]
+            ttft = m["latency"].get("time_to_first_token") or {}
+            row = [f"{rate:g}", f"{out:,.0f}", f"{sim_out:,.0f}",
+                   f"{(sim_out - out) / out * 100:+.1f}%", published(p50),
+                   secs(ttft.get("p50")), published(p90), secs(ttft.get("p90"))]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

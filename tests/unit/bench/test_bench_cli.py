@@ -25,6 +25,10 @@ def test_sim_compare_plot(tmp_path, capsys) -> None:
     assert main(["bench", "compare", str(a), str(b), "--rate", "8"]) == 0
     table = capsys.readouterr().out
     assert "| Metric | round-robin (Mean) | inferoute (Mean) |" in table
+    assert main(["bench", "compare", str(a), "--with-llm-d-run"]) == 0
+    assert "**round-robin** beside llm-d's v0.8.0 run" in capsys.readouterr().out
+    assert main(["bench", "compare", str(b), "--with-llm-d-run"]) == 2  # no inferoute arm
+    assert "arms for round-robin and llm-d-optimized only" in capsys.readouterr().err
     assert main(["bench", "plot", str(a), str(b), "--out", str(tmp_path / "q")]) == 0
 
 
@@ -40,6 +44,8 @@ def test_errors_are_one_line(tmp_path, capsys) -> None:
     assert "published the stages at rates 40 and 60 only" in capsys.readouterr().err
     assert main(["bench", "compare", missing, "--with-seed", "--stage", "9"]) == 2
     assert "not --stage" in capsys.readouterr().err
+    assert main(["bench", "compare", missing, "--with-llm-d-run", "--rate", "40"]) == 2
+    assert "compares every stage" in capsys.readouterr().err
 
 
 def test_engine_overrides_change_the_fleet_and_are_recorded(tmp_path, capsys) -> None:

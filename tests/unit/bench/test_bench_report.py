@@ -2,7 +2,8 @@
 
 import pytest
 
-from inferoute.bench.compare import compare_reports, compare_table, seed_table
+from inferoute.bench.compare import (compare_reports, compare_table, llm_d_run_table,
+                                     seed_table)
 from inferoute.bench.metrics import RequestRecord, summarize
 from inferoute.bench.report import ReportError, load_report, pick_stage, save_report
 
@@ -65,3 +66,17 @@ def test_seed_table_has_the_seed_runs_two_published_stages() -> None:
     assert "| Requests/sec | 6.3374 | 5.7306 | -9.6% | 15.3932 | 15.8535 | +3.0% |" in at40
     with pytest.raises(ReportError, match="rates 40 and 60 only, not 50"):
         seed_table(ours, rate=50)
+
+
+def test_llm_d_run_table_pairs_each_stage_with_the_published_arm() -> None:
+    rep = _report("round-robin", 1.0)  # stages at 10 and 40 req/s; TTFT 0.5 s, 24 tokens/s
+    out40 = pick_stage(rep, rate=40)["metrics"]["throughput"]["output_tokens_per_sec"]
+    table = llm_d_run_table("round-robin", rep)
+    assert "| 40 | 6,228 | " + f"{out40:,.0f}" + " | " in table
+    assert "| 20 s | 0.50 s | 37.9 s | 0.50 s |" in table  # TTFT p50, p90 at rate 40
+    assert "| 10 | 4,944 | " in table and "| 3 | 1,889 | - | - | - | - | - | - |" in table
+    rows = [ln for ln in llm_d_run_table("llm-d-optimized", rep).splitlines()
+            if ln[:3].strip("| ").isdigit()]
+    assert len(rows) == 16  # every published stage, 3 to 60 req/s
+    with pytest.raises(ReportError, match="arms for round-robin and llm-d-optimized only"):
+        llm_d_run_table("inferoute", rep)
