@@ -205,9 +205,12 @@ class Scheduler:
 
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
         """The first token of `request` came back from `endpoint` (its prefill is done)."""
+        hooked = self._hooked["on_first_token"]
+        if not hooked:  # most policies: leave the deferred hooks' timing alone
+            return
         if self._deferred:
             self.run_deferred_hooks()
-        for plugin in self._hooked["on_first_token"]:
+        for plugin in hooked:
             plugin.on_first_token(request, endpoint, now)
 
     def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
