@@ -237,3 +237,17 @@ def test_time_form_of_the_gate_and_an_ambiguous_prefix_scorer() -> None:
                                 "- type: inflight-load-producer")
     with pytest.raises(ConfigError, match="set prefixScorerRef; 2 prefix scorers"):
         Scheduler(load_config_text(two, "<test>"))
+
+
+def test_exploring_requests_still_count_only_their_uncached_tokens() -> None:
+    s = _scheduler(exploration=1.0, accounting="prefill")
+    eps = _eps(2)
+    first = _family("alpha ", "one ", "1")
+    home = s.schedule(first, eps, 0.0).target
+    s.on_first_token(first, home, 0.5)
+    # make home the emptiest so exploration (every request here) still picks it
+    other = eps[1] if home is eps[0] else eps[0]
+    _tracked(s).add("x", other.name, 1_000_000)
+    second = _family("alpha ", "two ", "2")
+    assert s.schedule(second, eps, 1.0).target is home
+    assert 0 < _tracked(s).get(home.name) < second.prompt_tokens_estimate // 4

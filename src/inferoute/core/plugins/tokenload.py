@@ -230,9 +230,13 @@ class PrefixCacheAffinityFilter(_ReadsLoad):
     def filter(self, ctx: CycleContext, request: InferenceRequest,
                endpoints: list[Endpoint]) -> list[Endpoint]:
         p = self.params
-        if len(endpoints) <= 1 or ctx.rng.random() < p.exploration_probability:
+        if len(endpoints) <= 1:
             return endpoints
+        # scored before the exploration draw, so the match is known for every request (the
+        # producer's `prefill` accounting reads it), as llm-d's prefix producer always runs
         scores = self.prefix.score(ctx, request, endpoints)
+        if ctx.rng.random() < p.exploration_probability:
+            return endpoints
         sticky = [ep for ep, s in zip(endpoints, scores) if s >= p.affinity_threshold]
         if not sticky or len(sticky) == len(endpoints):
             return endpoints
