@@ -43,9 +43,9 @@ async def test_first_token_reaches_the_scheduler(accounting: str) -> None:
     await client.start_server()
     try:
         producer = data.router.pools["m"].scheduler.plugins["inflight-load-producer"]
-        endpoint = f"127.0.0.1:{upstream.port}"
+        endpoint = data.router.pools["m"].pool.get(f"127.0.0.1:{upstream.port}")
         for _ in range(100):  # ready once scraped
-            if data.router.pools["m"].pool.get(endpoint).metrics.scraped_at:
+            if endpoint.metrics.scraped_at:
                 break
             await asyncio.sleep(0.05)
         resp = await client.post("/v1/completions", json={

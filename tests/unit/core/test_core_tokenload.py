@@ -150,16 +150,19 @@ def test_missing_referenced_plugins_are_config_errors(params: str, missing: str)
 
 
 def test_request_accounting_counts_prompt_and_output_until_the_end() -> None:
-    s = _scheduler(accounting="request")
     eps = _eps(2)
+    s = _scheduler(accounting="request")
+    router = Router([ModelPool("m", Pool("m", eps), s)])
+    producer = s.plugins["inflight-load-producer"]
     req = _family("alpha ", "one ", "1")
-    home = s.schedule(req, eps, 0.0).target
-    expected = req.prompt_tokens_estimate + round(1.5 * req.prompt_tokens_estimate)
-    assert _tracked(s).get(home.name) == expected
-    s.on_first_token(req, home, 0.5)  # decoding still loads the endpoint
-    assert _tracked(s).get(home.name) == expected
-    s.on_finished(req, home, 1.0, None)
-    assert _tracked(s).get(home.name) == 0
+    d = router.schedule(req, 0.0, candidates=eps)
+    home = d.result.target
+    router.dispatch(d, home, 0.0)
+    assert producer.tokens(home) == round(2.5 * req.prompt_tokens_estimate)
+    router.first_token(d, 0.5)  # decoding still loads the endpoint
+    assert producer.tokens(home) == round(2.5 * req.prompt_tokens_estimate)
+    router.finish(d, 1.0)
+    assert producer.tokens(home) == 0
 
 
 def test_router_reports_the_first_token_once() -> None:
@@ -221,11 +224,16 @@ def test_llm_d_config_loads_unchanged_and_routes_like_the_packaged_policy() -> N
     assert flt.prefix.params.max_prefix_blocks_to_match == 2560
     assert flt.penalty_tokens == 286_720
     eps_a, eps_b = _eps(4), _eps(4)
-    for i in range(40):
+    ra = Router([ModelPool("m", Pool("m", eps_a), theirs)])
+    rb = Router([ModelPool("m", Pool("m", eps_b), ours)])
+    for i in range(40):  # dispatched and never finished: the load builds up on both
         fam = ("alpha ", "bravo ", "charlie ", "delta ", "echo ")[i % 5]
-        a = theirs.schedule(_family(fam, f"q{i} ", f"r{i}"), eps_a, i * 0.01).target
-        b = ours.schedule(_family(fam, f"q{i} ", f"r{i}"), eps_b, i * 0.01).target
-        assert a.name == b.name
+        da = ra.schedule(_family(fam, f"q{i} ", f"r{i}"), i * 0.01, candidates=eps_a)
+        db = rb.schedule(_family(fam, f"q{i} ", f"r{i}"), i * 0.01, candidates=eps_b)
+        ra.dispatch(da, da.result.target, i * 0.01)
+        rb.dispatch(db, db.result.target, i * 0.01)
+        assert da.result.target.name == db.result.target.name
+    assert sum(ep.in_flight_requests for ep in eps_a) == 40
 
 
 def test_time_form_of_the_gate_and_an_ambiguous_prefix_scorer() -> None:

@@ -4,16 +4,17 @@
 The plugins of llm-d's optimized-baseline router profile (its guides' default from llm-d v0.8
 on: the affinity filter, then the token-load scorer) read one signal, the tokens of the requests
 this gateway sent each endpoint, kept by an `inflight-load-producer` (gateway bookkeeping, never
-stale, at most 65,536 requests: the oldest are forgotten). Its `accounting` is one of llm-d's two
-versions:
+stale). Its `accounting` is one of llm-d's two versions:
 
 - `request` (the default; the producer of `llm-d-inference-scheduler`, before that repository
   became `llm-d-router`): a request counts its estimated prompt tokens plus 1.5 times as many
-  output tokens, from dispatch to its end, so the count follows everything in flight;
+  output tokens, from dispatch to its end (the router's own per-endpoint count of prompt
+  tokens in flight, scaled), so the count follows everything in flight;
 - `prefill` (the later `llm-d-router` producer, without `addEstimatedOutputTokens`): a request
   counts the prompt tokens the chosen endpoint must compute (its prompt minus the leading tokens
   a prefix-cache scorer matched there in the cycle) until its first response bytes (the prefill
-  is over; `on_first_token`) or its end, so the count is the prefill queue.
+  is over; `on_first_token`) or its end, so the count is the prefill queue (its own count, at
+  most 65,536 requests: the oldest are forgotten).
 
 - `token-load-scorer`: `1 - min(tokens, queueThresholdTokens) / queueThresholdTokens`
   (4,194,304 by default: 128 requests of 32k tokens).
@@ -113,7 +114,11 @@ def _bound(owner: BasePlugin, plugins: dict[str, Any], ref: str, kind: type, wha
 
 @register
 class InFlightLoadProducer(BasePlugin):
-    """Tokens of this gateway's requests in flight, per endpoint (see the module docstring)."""
+    """Tokens of this gateway's requests in flight, per endpoint (see the module docstring).
+
+    `request` accounting scales the prompt tokens the router already counts per endpoint
+    (`Endpoint.in_flight_tokens`, dispatch to finish); `prefill` keeps its own count, released
+    at the first token."""
 
     type_name = "inflight-load-producer"
 
@@ -124,29 +129,25 @@ class InFlightLoadProducer(BasePlugin):
 
     def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
         super().__init__(name, params)
+        self.prefill = self.params.accounting == "prefill"
         self.inflight = InFlightTokens()
 
-    def tokens(self, endpoint: str) -> int:
-        return self.inflight.get(endpoint)
-
-    def request_tokens(self, ctx: CycleContext, request: InferenceRequest, endpoint: str) -> int:
-        """What `request` would add to `endpoint`'s count."""
-        if self.params.accounting == "prefill":
-            return uncached_tokens(ctx, request, endpoint)
-        prompt = request.prompt_tokens_estimate
-        return prompt + round(prompt * self.params.output_ratio)
+    def tokens(self, ep: Endpoint) -> int:
+        if self.prefill:
+            return self.inflight.get(ep.name)
+        return round(ep.in_flight_tokens * (1.0 + self.params.output_ratio))
 
     def on_scheduled(self, ctx: CycleContext, request: InferenceRequest,
                      result: SchedulingResult) -> None:
-        target = result.target.name
-        self.inflight.add(request.request_id, target, self.request_tokens(ctx, request, target))
+        if self.prefill:
+            target = result.target.name
+            self.inflight.add(request.request_id, target, uncached_tokens(ctx, request, target))
 
     def on_served(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
         self.inflight.move(request.request_id, endpoint.name)
 
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
-        if self.params.accounting == "prefill":
-            self.inflight.release(request.request_id)
+        self.inflight.release(request.request_id)
 
     def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
                     usage: dict[str, Any] | None) -> None:
@@ -179,7 +180,7 @@ class TokenLoadScorer(_ReadsLoad):
     def score(self, ctx: CycleContext, request: InferenceRequest,
               endpoints: list[Endpoint]) -> Sequence[float]:
         cap = float(self.params.queue_threshold_tokens)
-        return [1.0 - min(self.load.tokens(ep.name), cap) / cap for ep in endpoints]
+        return [1.0 - min(self.load.tokens(ep), cap) / cap for ep in endpoints]
 
 
 @register
@@ -243,7 +244,7 @@ class PrefixCacheAffinityFilter(_ReadsLoad):
         penalty = self.penalty_tokens
         if penalty > 0:
             others = [ep for ep, s in zip(endpoints, scores) if s < p.affinity_threshold]
-            best_sticky = min(self.load.tokens(ep.name) for ep in sticky)
-            if best_sticky - min(self.load.tokens(ep.name) for ep in others) > penalty:
+            best_sticky = min(self.load.tokens(ep) for ep in sticky)
+            if best_sticky - min(self.load.tokens(ep) for ep in others) > penalty:
                 return endpoints
         return sticky
