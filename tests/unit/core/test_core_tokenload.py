@@ -135,7 +135,14 @@ def test_filter_keeps_all_when_nothing_or_everything_is_sticky() -> None:
     flt = s.plugins["prefix-cache-affinity-filter"]
     eps = _eps(3)
     ctx = CycleContext(now=0.0, rng=random.Random(0))
-    assert flt.filter(ctx, _req(SYSTEM, "a"), eps) == eps
+    assert flt.filter(ctx, _req(SYSTEM, "a"), eps) == eps  # nothing cached anywhere
+    for i, ep in enumerate(eps):  # the prompt lands on every endpoint
+        s.schedule(_req(SYSTEM, f"seed{i}"), [ep], 0.0)
+    assert flt.filter(CycleContext(now=1.0, rng=random.Random(0)), _req(SYSTEM, "b"), eps) == eps
+    other = "x" * 400 + SYSTEM  # differs from the first block on: only eps[0] will hold it
+    s.schedule(_req(other, "other"), [eps[0]], 0.0)
+    got = flt.filter(CycleContext(now=1.0, rng=random.Random(0)), _req(other, "c"), eps)
+    assert got == [eps[0]]
 
 
 @pytest.mark.parametrize("params, missing", [
