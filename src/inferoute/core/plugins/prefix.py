@@ -52,6 +52,14 @@ MATCHED_TOKENS_KEY = "prefix.matched_tokens"
 MAX_PENDING = 4096
 
 
+
+def uncached_tokens(ctx: CycleContext, request: InferenceRequest, endpoint: str) -> int:
+    """The prompt tokens `endpoint` would compute: all but those a prefix scorer matched there
+    in this cycle (all of them when no prefix scorer ran)."""
+    matched = ctx.data.get(MATCHED_TOKENS_KEY, {}).get(endpoint, 0)
+    return max(0, request.prompt_tokens_estimate - matched)
+
+
 @dataclass(slots=True, frozen=True)
 class PrefixIndexStats:
     lookups: int

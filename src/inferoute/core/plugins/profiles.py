@@ -27,7 +27,7 @@ from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, ProfileResult, SchedulingResult
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
-from .prefix import MATCHED_TOKENS_KEY
+from .prefix import uncached_tokens
 
 
 @register
@@ -53,8 +53,7 @@ class PdProfileHandler(BasePlugin):
 
     def uncached_tokens(self, ctx: CycleContext, request: InferenceRequest,
                         decode: ProfileResult) -> int:
-        matched = ctx.data.get(MATCHED_TOKENS_KEY, {}).get(decode.targets[0].name, 0)
-        return max(0, request.prompt_tokens_estimate - matched)
+        return uncached_tokens(ctx, request, decode.targets[0].name)
 
     def pick_profiles(self, ctx: CycleContext, request: InferenceRequest,
                       profiles: Sequence[str], results: dict[str, ProfileResult]) -> list[str]:

@@ -46,7 +46,7 @@ from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult, Scorer
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
-from .prefix import MATCHED_TOKENS_KEY, LookupStats
+from .prefix import LookupStats, uncached_tokens
 
 #: requests remembered while in flight (the oldest are forgotten past this)
 MAX_TRACKED = 65_536
@@ -93,13 +93,6 @@ class InFlightTokens:
 
     def __len__(self) -> int:
         return len(self._requests)
-
-
-def uncached_tokens(ctx: CycleContext, request: InferenceRequest, endpoint: str) -> int:
-    """The prompt tokens `endpoint` would compute: all but those a prefix scorer matched there
-    in this cycle."""
-    matched = ctx.data.get(MATCHED_TOKENS_KEY, {}).get(endpoint, 0)
-    return max(0, request.prompt_tokens_estimate - matched)
 
 
 def _bound(owner: BasePlugin, plugins: dict[str, Any], ref: str, kind: type, what: str) -> Any:
