@@ -13,8 +13,8 @@ Completions prompts are encoded with the tokenizer's special tokens (as vLLM doe
 /v1/completions); a prompt given as token ids is used as is; for a list of prompts the first is
 used. Chat conversations (and /v1/responses input) are rendered with the chat template in a
 sandboxed jinja2 environment (`add_generation_prompt=True`, text content parts joined by newlines,
-as vLLM does) and encoded without extra special tokens. When there is no template, or jinja2 is
-not installed, the conversation is rendered plainly: `<|role|>\\ncontent\\n` per message then
+as vLLM does) and encoded without extra special tokens. When there is no template, the
+conversation is rendered plainly: `<|role|>\\ncontent\\n` per message then
 `<|assistant|>`, the text `inferoute sim` renders (a real vLLM server refuses chat requests
 without a template, so this only matters for the simulator).
 
@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import jinja2
 import pydantic
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..core.errors import ConfigError
 from ..core.request import InferenceRequest
@@ -159,15 +161,7 @@ def _special(v: Any) -> str:
     return v if isinstance(v, str) else ""
 
 
-def _compile_template(source: str) -> Callable[..., str] | None:
-    try:
-        import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:
-        log.warning("jinja2 is not installed: chat requests are rendered plainly, which may not "
-                    "match the model server's chat template")
-        return None
-
+def _compile_template(source: str) -> Callable[..., str]:
     def raise_exception(message: str) -> None:
         raise jinja2.TemplateError(message)
 
