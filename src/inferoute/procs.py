@@ -40,21 +40,75 @@ def port_free(port: int) -> bool:
     return True
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections and `bind(port 0)` (Linux), or the usual one."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+class _PortAllocator:
+    """Hands out ports on 127.0.0.1 that nothing else is about to take.
+
+    A port the kernel picked (`bind(0)`) and released is exactly what it hands the next
+    outgoing connection, so a test that opens many client sockets can lose the port before
+    its server binds it (`Address already in use`). These ports come from below the kernel's
+    ephemeral range, where it never allocates; each process walks the range from its own
+    offset (by PID) and never hands out a port twice, so parallel test processes rarely meet,
+    and a port still bound (or in TIME_WAIT) by anyone is skipped.
+    """
+
+    def __init__(self) -> None:
+        lo, _ = _ephemeral_range()
+        self.low, self.high = 10_000, min(lo, 32_768)
+        if self.high - self.low < 2_000:  # an unusual ephemeral range: leave it to the kernel
+            self.low = self.high = 0
+        span = max(1, self.high - self.low)
+        self._next = self.low + (os.getpid() * 7919) % span
+        self._given: set[int] = set()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> int:
+        """A base port with base..base+n-1 all free now and never handed out before."""
+        with self._lock:
+            if self.high == 0:
+                return self._kernel_pick(n)
+            span = self.high - self.low
+            for _ in range(span):
+                base = self._next
+                self._next = base + n if base + n < self.high else self.low
+                ports = range(base, base + n)
+                if base + n <= self.high and not self._given.intersection(ports) \
+                        and all(port_free(p) for p in ports):
+                    self._given.update(ports)
+                    return base
+            raise RuntimeError(f"no {n} consecutive free ports on {LOOPBACK}")
+
+    def _kernel_pick(self, n: int) -> int:
+        for _ in range(200):
+            with socket.socket() as s:
+                s.bind((LOOPBACK, 0))
+                base = int(s.getsockname()[1])
+            if base + n <= 65536 and all(port_free(base + i) for i in range(n)):
+                return base
+        raise RuntimeError(f"no {n} consecutive free ports on {LOOPBACK}")
+
+
+_ports = _PortAllocator()
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago (the kernel's pick)."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    """A free port on 127.0.0.1 for a server this process is about to start (see
+    `_PortAllocator`: outside the kernel's ephemeral range, never handed out twice)."""
+    return _ports.take(1)
 
 
 def free_port_range(n: int) -> int:
-    """A base port such that base..base+n-1 are all free on 127.0.0.1 right now (for servers
-    that take consecutive ports, like `inferoute sim --replicas n`)."""
-    for _ in range(200):
-        base = free_port()
-        if base + n <= 65536 and all(port_free(base + i) for i in range(1, n)):
-            return base
-    raise RuntimeError(f"no {n} consecutive free ports on {LOOPBACK}")
+    """A base port such that base..base+n-1 are free on 127.0.0.1 (for servers that take
+    consecutive ports, like `inferoute sim --replicas n`)."""
+    return _ports.take(n)
 
 
 def http_status(url: str, method: str = "GET", timeout: float = 2.0) -> int:
