@@ -24,15 +24,23 @@ Names and labels follow the Gateway API Inference Extension endpoint picker:
 plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests{pool,endpoint}`,
 `inferoute_endpoint_ready{pool,endpoint}`, `inferoute_endpoint_waiting_requests`,
 `inferoute_endpoint_running_requests`, `inferoute_endpoint_kv_cache_utilization`, and
-`inferoute_upstream_retries_total{pool}`.
+`inferoute_upstream_retries_total{pool}`; and how far the shared routing state has travelled:
+`inferoute_kv_event_batches_total{pool,endpoint}` and `inferoute_kv_event_last_sequence{pool,
+endpoint}` (KV-event batches applied from each engine, precise scoring), and
+`inferoute_prefix_share_published_ops_total{stream}`, `..._applied_ops_total{stream}`,
+`..._pending_ops{stream}` (index changes sent to, read from and waiting for Redis, scale-out),
+`inferoute_endpoint_remote_in_flight_requests{pool,endpoint}` (the other replicas' load).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .datalayer.runtime import DataLayer
@@ -198,6 +206,8 @@ class Observability:
               queue_stats: Callable[[], Mapping[str, Any]] | None = None) -> None:
         """Refresh pool and endpoint gauges from `data` on every `render()`; `queue_stats`
         (e.g. `AdmissionController.queue_stats`) feeds the flow-control gauges."""
+        if self._data is None:
+            self.registry.register(_SharedStateCollector(data))
         self._data = data
         if queue_stats is not None:
             self._queue_stats = queue_stats
@@ -241,3 +251,43 @@ class Observability:
         """The exposition and its content type, for a /metrics handler."""
         self.refresh()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _SharedStateCollector(Collector):
+    """Scrape-time progress of the KV-event subscribers and the Redis prefix shares: with the
+    engines' own counts (or the other replicas' published ops) they tell how far behind this
+    replica's view of the caches is."""
+
+    def __init__(self, data: "DataLayer") -> None:
+        self._data = data
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing read at registration
+
+    def collect(self) -> Iterator[Metric]:
+        batches = CounterMetricFamily("inferoute_kv_event_batches", "KV-event batches applied "
+                                      "from the endpoint's engine.", labels=_EP)
+        last = GaugeMetricFamily("inferoute_kv_event_last_sequence", "Sequence number of the "
+                                 "last KV-event batch applied (-1: none yet).", labels=_EP)
+        for pool, endpoint, st in self._data.kv_event_stats():
+            batches.add_metric([pool, endpoint], st.batches)
+            last.add_metric([pool, endpoint], -1 if st.last_seq is None else st.last_seq)
+        published = CounterMetricFamily("inferoute_prefix_share_published_ops", "Prefix-index "
+                                        "changes this replica wrote to Redis.", labels=["stream"])
+        applied = CounterMetricFamily("inferoute_prefix_share_applied_ops", "Prefix-index "
+                                      "changes of other replicas applied here.",
+                                      labels=["stream"])
+        pending = GaugeMetricFamily("inferoute_prefix_share_pending_ops", "Prefix-index changes "
+                                    "waiting to be written to Redis.", labels=["stream"])
+        remote = GaugeMetricFamily("inferoute_endpoint_remote_in_flight_requests", "Requests "
+                                   "the other gateway replicas have in flight on the endpoint.",
+                                   labels=_EP)
+        for share in self._data.prefix_shares():
+            if share.index is not None:
+                published.add_metric([share.model], share.published)
+                applied.add_metric([share.model], share.applied)
+                pending.add_metric([share.model], len(share.index.outbox))
+            if share.endpoints is not None:
+                for ep in share.endpoints():
+                    remote.add_metric([share.model, ep.name], share.remote_in_flight(ep.name)[0])
+        yield from (batches, last, published, applied, pending, remote)

@@ -34,8 +34,10 @@ from ..core.errors import ConfigError
 from ..core.router import ModelPool, Router
 from ..core.scheduling.scheduler import Scheduler
 from .discovery.static import ServingConfig
+from .kvevents import SubscriberStats
 from .metricsparse import EngineName
 from .precise_pool import PreciseRouting
+from .prefix_share import PrefixShare
 from .scaleout import RedisSharing, share_indexes
 from .scrape import Scraper
 
@@ -199,6 +201,18 @@ class DataLayer:
     def precise_routing(self, model: str) -> PreciseRouting | None:
         """The pool's tokenizer and KV-event subscribers (None without a precise scorer)."""
         return self._precise.get(model)
+
+    def kv_event_stats(self) -> Iterator[tuple[str, str, SubscriberStats]]:
+        """(pool, endpoint, stats) of every KV-event subscriber: how far each has read."""
+        for model, precise in self._precise.items():
+            for manager in precise.managers:
+                for name, sub in manager.subscribers.items():
+                    yield model, name, sub.stats
+
+    def prefix_shares(self) -> list[PrefixShare]:
+        """The Redis shares of this replica (empty without `redis:`): one per shared prefix
+        index (`index` set) and one per pool for in-flight load (`endpoints` set)."""
+        return [] if self.sharing is None else list(self.sharing.shares)
 
     # ------------------------------------------------------------------ readiness
 

@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from inferoute.bench.workloads import shared_prefix
+from inferoute.bench.workloads import WorkItem, shared_prefix
 from inferoute.procs import ChildProcess, free_port_range
 from inferoute.procs import start_redis as start_redis_server
 
@@ -38,19 +41,23 @@ MODEL = "M"
 MODES = ("precise", "precise-redis", "approx-redis", "approx")
 
 
-def policy(mode: str, llm_d: bool = False) -> dict[str, Any]:
+def policy(mode: str, llm_d: bool = False, stale_ok: bool = False) -> dict[str, Any]:
     """Prefix affinity (3) over load (queue 1): a full prefix match always wins, so the hit
     rate measures what the gateways know, not load noise between them. `llm_d`: the llm-d
     weights instead (prefix 3, KV-cache utilisation 2, queue 2), where scraped load can
-    outweigh a match."""
+    outweigh a match. `stale_ok`: metrics up to 10 minutes old still count as fresh, so a
+    starved machine's late scrapes do not take the holder of a prefix out of the candidates."""
     prefix = "precise-prefix-cache-scorer" if mode.startswith("precise") else "prefix-cache-scorer"
     load = {"kv-cache-utilization-scorer": 2, "queue-scorer": 2} if llm_d else {"queue-scorer": 1}
-    return {"plugins": [{"type": prefix}, *({"type": t} for t in load),
-                        {"type": "max-score-picker"}],
-            "schedulingProfiles": [{"name": "default", "plugins": [
-                {"pluginRef": prefix, "weight": 3},
-                *({"pluginRef": t, "weight": w} for t, w in load.items()),
-                {"pluginRef": "max-score-picker"}]}]}
+    config: dict[str, Any] = {
+        "plugins": [{"type": prefix}, *({"type": t} for t in load), {"type": "max-score-picker"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [
+            {"pluginRef": prefix, "weight": 3},
+            *({"pluginRef": t, "weight": w} for t, w in load.items()),
+            {"pluginRef": "max-score-picker"}]}]}
+    if stale_ok:
+        config["saturationDetector"] = {"metricsStalenessThreshold": "600s"}
+    return config
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -170,9 +177,14 @@ def start_redis(workdir: Path) -> Redis | None:
 
 def workload(groups: int, per_group: int, system: int, question: int, seed: int) -> list[str]:
     """The package's shared-prefix prompts (words: one token each for the simulator)."""
-    return [it.prompt for it in shared_prefix(
-        num_groups=groups, num_prompts_per_group=per_group, system_prompt_len=system,
-        question_len=question, output_len=1, seed=seed).items]
+    return [it.prompt for it in shared_prefix_items(groups, per_group, system, question, seed)]
+
+
+def shared_prefix_items(groups: int, per_group: int, system: int, question: int,
+                        seed: int) -> list[WorkItem]:
+    return shared_prefix(num_groups=groups, num_prompts_per_group=per_group,
+                         system_prompt_len=system, question_len=question, output_len=1,
+                         seed=seed).items
 
 
 def best_hit_rate(groups: int, per_group: int, system: int, question: int,
@@ -182,25 +194,34 @@ def best_hit_rate(groups: int, per_group: int, system: int, question: int,
     return cached / ((system + question) * per_group * groups)
 
 
+@dataclass
+class Tally:
+    """What the engines reported: cached and prompt tokens (from `usage`), failed requests."""
+
+    cached: int = 0
+    prompt_tokens: int = 0
+    errors: int = 0
+    requests: int = 0
+
+
 async def drive(gateway_urls: list[str], prompts: list[str], rate: float, seed: int,
-                concurrency: int = 32) -> dict[str, float]:
-    """Poisson arrivals at `rate`; request i goes to gateway i % K (round robin)."""
+                tally: Tally, first: int = 0, concurrency: int = 32) -> None:
+    """Poisson arrivals at `rate`; request i goes to gateway (first + i) % K (round robin)."""
     sem = asyncio.Semaphore(concurrency)
-    cached = prompt_tokens = errors = 0
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         async def one(i: int, text: str) -> None:
-            nonlocal cached, prompt_tokens, errors
             async with sem:
-                url = gateway_urls[i % len(gateway_urls)] + "/v1/completions"
+                url = gateway_urls[(first + i) % len(gateway_urls)] + "/v1/completions"
                 body = {"model": MODEL, "prompt": text, "max_tokens": 4}
                 async with session.post(url, json=body) as r:
+                    tally.requests += 1
                     if r.status != 200:
-                        errors += 1
+                        tally.errors += 1
                         return
                     usage = (await r.json())["usage"]
-            prompt_tokens += usage["prompt_tokens"]
-            cached += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            tally.prompt_tokens += usage["prompt_tokens"]
+            tally.cached += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
 
         arrivals = random.Random(seed)
         tasks = []
@@ -208,8 +229,52 @@ async def drive(gateway_urls: list[str], prompts: list[str], rate: float, seed: 
             tasks.append(asyncio.create_task(one(i, text)))
             await asyncio.sleep(arrivals.expovariate(rate))
         await asyncio.gather(*tasks)
-    return {"hit_rate": cached / prompt_tokens if prompt_tokens else 0.0,
-            "requests": float(len(prompts)), "errors": float(errors)}
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A /metrics page as {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+
+
+def sum_samples(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+                **labels: str) -> float:
+    return sum(v for (n, lab), v in samples.items()
+               if n == name and set(labels.items()) <= set(lab))
+
+
+def routing_state_synced(sim: Sim, gateways: list[Gateway]) -> bool:
+    """Every gateway has applied every KV-event batch the engines published and every prefix-
+    index change the other gateways wrote to Redis (both read from /metrics and the
+    simulator's /admin/stats): what one gateway learned, all of them know."""
+    published = {}
+    for url in sim.urls:
+        with urllib.request.urlopen(url + "/admin/stats", timeout=10) as r:
+            published[url.removeprefix("http://")] = json.loads(r.read())["kv_events"]["published"]
+    metrics = [scrape(g.url) for g in gateways]
+    for m in metrics:
+        for (name, labels), seq in m.items():
+            endpoint = dict(labels).get("endpoint", "")
+            if name == "inferoute_kv_event_last_sequence" and seq < published[endpoint] - 1:
+                return False
+        if sum_samples(m, "inferoute_prefix_share_pending_ops"):
+            return False
+    sent = [sum_samples(m, "inferoute_prefix_share_published_ops_total") for m in metrics]
+    got = [sum_samples(m, "inferoute_prefix_share_applied_ops_total") for m in metrics]
+    return all(got[i] == sum(sent) - sent[i] for i in range(len(metrics)))
+
+
+def kv_events_subscribed(sim: Sim, gateways: list[Gateway]) -> bool:
+    """Every gateway has a KV-event subscriber for every replica."""
+    names = [u.removeprefix("http://") for u in sim.urls]
+    for g in gateways:
+        m = scrape(g.url)
+        if any(not any(n == "inferoute_kv_event_last_sequence" and ("endpoint", ep) in lab
+                       for n, lab in m) for ep in names):
+            return False
+    return True
 
 
 @dataclass
@@ -221,8 +286,21 @@ class Workload:
     rate: float = 20.0
     seed: int = 0
 
+    def items(self) -> list[WorkItem]:
+        return shared_prefix_items(self.groups, self.per_group, self.system, self.question,
+                                   self.seed)
+
     def prompts(self) -> list[str]:
-        return workload(self.groups, self.per_group, self.system, self.question, self.seed)
+        return [it.prompt for it in self.items()]
+
+    def phases(self) -> tuple[list[str], list[str]]:
+        """Each group's first prompt, then the rest (in the workload's order)."""
+        seen: set[str | None] = set()
+        firsts, rest = [], []
+        for it in self.items():
+            (rest if it.group in seen else firsts).append(it.prompt)
+            seen.add(it.group)
+        return firsts, rest
 
     def best(self) -> float:
         return best_hit_rate(self.groups, self.per_group, self.system, self.question)
@@ -230,8 +308,15 @@ class Workload:
 
 def run_fleet(mode: str, k: int, wl: Workload, workdir: Path, *, replicas: int = 4,
               profile: str = "llama3-8b-h100", time_scale: float = 1.0,
-              redis: Redis | None = None, llm_d: bool = False) -> dict[str, float]:
-    """One run from cold: a fresh simulated fleet, K fresh gateways, the workload."""
+              redis: Redis | None = None, llm_d: bool = False,
+              synced: bool = False) -> dict[str, float]:
+    """One run from cold: a fresh simulated fleet, K fresh gateways, the workload.
+
+    `synced` (what the tests run): each group's first prompt is sent first, then the run waits
+    until every gateway knows where all of them went (KV events applied, Redis shares read),
+    then the rest follow. The hit rate then measures what the gateways share, not how fast it
+    travels on a busy machine. Unsynced: one Poisson run, where propagation delays count too.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     redis_url = None
@@ -242,16 +327,29 @@ def run_fleet(mode: str, k: int, wl: Workload, workdir: Path, *, replicas: int =
         redis_url = redis.url
     sim = start_sim(replicas, profile, time_scale)
     procs = [sim.proc]
+    tally = Tally()
     try:
-        gateways = start_gateways([gateway_config(sim, policy(mode, llm_d), redis_url)] * k, workdir)
+        config = gateway_config(sim, policy(mode, llm_d, stale_ok=synced), redis_url)
+        gateways = start_gateways([config] * k, workdir)
         procs += [g.proc for g in gateways]
-        time.sleep(0.3)  # KV-event subscribers connect, Redis readers start
-        res = asyncio.run(drive([g.url for g in gateways], wl.prompts(), wl.rate, wl.seed))
+        urls = [g.url for g in gateways]
+        if mode.startswith("precise"):
+            wait_until(lambda: kv_events_subscribed(sim, gateways), "KV-event subscribers",
+                       sim.proc)
+        if synced:
+            firsts, rest = wl.phases()
+            asyncio.run(drive(urls, firsts, wl.rate, wl.seed, tally))
+            wait_until(lambda: routing_state_synced(sim, gateways), "the gateways to sync",
+                       sim.proc)
+            asyncio.run(drive(urls, rest, wl.rate, wl.seed + 1, tally, first=len(firsts)))
+        else:
+            asyncio.run(drive(urls, wl.prompts(), wl.rate, wl.seed, tally))
     finally:
         bad = stop_all(procs)
     if bad:
         raise RuntimeError("\n".join(bad))
-    return res
+    return {"hit_rate": tally.cached / tally.prompt_tokens if tally.prompt_tokens else 0.0,
+            "requests": float(tally.requests), "errors": float(tally.errors)}
 
 
 def main() -> int:
@@ -270,6 +368,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--llm-d-weights", action="store_true",
                     help="prefix 3, KV-cache 2, queue 2 instead of prefix 3, queue 1")
+    ap.add_argument("--synced", action="store_true",
+                    help="as the tests run it: each group's first prompt, a wait until every "
+                    "gateway knows where they went, then the rest")
     args = ap.parse_args()
     wl = Workload(args.groups, args.per_group, args.system, args.question, args.rate, args.seed)
     counts = [int(x) for x in args.gateways.split(",")]
@@ -290,7 +391,8 @@ def main() -> int:
                     t0 = time.monotonic()
                     res = run_fleet(mode, k, wl, workdir, replicas=args.replicas,
                                     profile=args.profile, time_scale=args.time_scale,
-                                    redis=redis, llm_d=args.llm_d_weights)
+                                    redis=redis, llm_d=args.llm_d_weights,
+                                    synced=args.synced)
                     print(f"{mode:13s} gateways={k} hit_rate={res['hit_rate']:.4f} "
                           f"errors={int(res['errors'])} wall={time.monotonic() - t0:.1f}s",
                           flush=True)

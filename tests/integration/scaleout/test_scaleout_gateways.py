@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +24,16 @@ from .fleet import (
     Sim,
     Workload,
     gateway_config,
+    kv_events_subscribed,
+    routing_state_synced,
     run_fleet,
+    scrape,
     start_gateways,
     start_redis,
     start_sim,
     stop_all,
+    sum_samples,
+    wait_until,
     workload,
 )
 
@@ -59,8 +63,12 @@ def place(sim: Sim, prompts: list[str]) -> list[str]:
     for i, p in enumerate(prompts):
         complete(sim.urls[i % 2], p)
         names.append(sim.urls[i % 2].removeprefix("http://"))
-    time.sleep(0.5)  # the engines' BlockStored events reach the subscribers (loopback: ms)
     return names
+
+
+def synced(sim: Sim, gateways: list[Gateway]) -> None:
+    """Wait until every gateway has applied every KV-event batch the engines published."""
+    wait_until(lambda: routing_state_synced(sim, gateways), "the gateways' KV events", sim.proc)
 
 
 def check_routes(gw: Gateway, prompts: list[str], holders: list[str]) -> None:
@@ -78,13 +86,16 @@ def test_precise_gateway_routes_on_kv_events_and_a_late_one_catches_up(
     first = workload(2, 1, 330, 0, seed=11)
     gateways = start_gateways([cfg], tmp_path)
     try:
+        wait_until(lambda: kv_events_subscribed(sim, gateways), "subscribers", sim.proc)
         holders = place(sim, first)
         assert holders[0] != holders[1]
+        synced(sim, gateways)
         check_routes(gateways[0], first, holders)
         # a gateway started now never saw those events live: it replays the engines' buffers
         later = workload(2, 1, 330, 0, seed=12)
         later_holders = place(sim, later[::-1])[::-1]  # the other way round this time
         gateways += start_gateways([cfg], tmp_path)
+        synced(sim, gateways)
         check_routes(gateways[1], first + later, holders + later_holders)
     finally:
         bad = stop_all([g.proc for g in gateways])
@@ -110,7 +121,7 @@ def redis(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 def test_gateway_fleet_hit_rate_matches_one_gateway(mode: str, request: pytest.FixtureRequest,
                                                     tmp_path: Path) -> None:
     redis = request.getfixturevalue("redis") if mode.endswith("-redis") else None
-    rates = {k: run_fleet(mode, k, WORKLOAD, tmp_path, replicas=4, redis=redis)
+    rates = {k: run_fleet(mode, k, WORKLOAD, tmp_path, replicas=4, redis=redis, synced=True)
              for k in (1, 2, 4)}
     for k, res in rates.items():
         assert res["errors"] == 0, (k, res)
@@ -140,7 +151,10 @@ def test_gateways_share_in_flight_load_through_redis(sim: Sim, redis, tmp_path: 
         with urllib.request.urlopen(req, timeout=20) as stream:
             busy = stream.headers["x-gateway-destination-endpoint-served"]
             stream.readline()  # generating
-            time.sleep(0.5)  # a few in-flight sync periods (100 ms)
+            wait_until(lambda: sum_samples(scrape(gateways[1].url),
+                                           "inferoute_endpoint_remote_in_flight_requests",
+                                           endpoint=busy) == 1,
+                       "gateway B to see A's stream", gateways[1].proc)
             served = [complete(gateways[1].url, f"question {i}")[0] for i in range(4)]
         assert busy in {u.removeprefix("http://") for u in sim.urls}
         assert all(s != busy for s in served), (busy, served)
