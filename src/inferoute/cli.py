@@ -8,6 +8,7 @@ that `inferoute --help` stays fast and a missing optional piece does not break t
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 
@@ -37,12 +38,37 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    _mark_parsers(parser)
     return parser
+
+
+def _mark_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command's parser itself as the default `_cli_parser`: the innermost one
+    parsed wins, so `main` knows which command's usage to print for a bad flag."""
+    parser.set_defaults(_cli_parser=parser)
+    for action in parser._actions:  # argparse keeps subparsers nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _mark_parsers(sub)
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """'unrecognized arguments: ...' plus the closest flag of `parser` for each misspelt one."""
+    flags = [s for a in parser._actions for s in a.option_strings]
+    hints = []
+    for arg in extra:
+        if arg.startswith("-"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{arg.split('=', 1)[0]}: did you mean {close[0]}?")
+    return "unrecognized arguments: " + " ".join(extra) + "".join(f"\n  {h}" for h in hints)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the command's own usage and the closest flag, not the top-level usage
+        args._cli_parser.error(_unknown_arguments(args._cli_parser, extra))
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

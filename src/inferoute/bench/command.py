@@ -318,7 +318,7 @@ def register(subparsers: Any) -> None:
     mat.add_argument("--out", default="bench-results", help="reports folder (bench-results)")
     mat.add_argument("--replicas", type=int, default=8)
     mat.add_argument("--profile", default="qwen3-32b-2xh100")
-    mat.add_argument("--seed", type=int, default=0)
+    mat.add_argument("--seed", type=int, default=0, help="seed of the workloads and arrivals (0)")
     mat.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1)")
     mat.add_argument("--reuse", action="store_true",
                      help="load reports already in --out instead of re-running them")
@@ -332,5 +332,6 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--duration", type=float, default=50.0,
                       help="live seconds of load per policy (50)")
     demo.add_argument("--replicas", type=int, default=4, help="simulated replicas (4)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the workload, the arrivals and the simulator (0)")
     demo.set_defaults(func=_guard(cmd_demo))

@@ -186,8 +186,10 @@ async def serve(config: ServingConfig, *, ready_file: str | None = None,
         raise
     addresses = runner.addresses
     port = addresses[0][1] if addresses else config.port
-    log.info("inferoute gateway listening on http://%s:%d (%d pools, %d endpoints)",
-             config.host, port, len(data.router.pools), sum(1 for _ in data.endpoints()))
+    log.info("inferoute gateway listening on http://%s:%d (%d pools, %d endpoints)%s",
+             config.host, port, len(data.router.pools), sum(1 for _ in data.endpoints()),
+             "; on every interface (--host 127.0.0.1 keeps it local)"
+             if config.host in ("0.0.0.0", "::") else "")
     if ready_file:
         with open(ready_file, "w") as fh:
             fh.write(str(port))

@@ -70,7 +70,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--slow-delay", type=float, default=1.0,
                    help="extra seconds before a 'slow' request starts (1.0)")
     p.set_defaults(func=run_sim)
-    sub = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
+    # optional: `inferoute sim --model m` serves; `inferoute sim calibrate` is another command
+    sub = p.add_subparsers(dest="sim_command", metavar="[SUBCOMMAND]")
     c = sub.add_parser("calibrate", help="print the calibration report of a profile")
     c.add_argument("--profile", dest="calibrate_profile", default="qwen3-32b-2xh100",
                    help="profile name or YAML path (qwen3-32b-2xh100)")
