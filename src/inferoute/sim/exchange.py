@@ -8,7 +8,7 @@ differs, and that lives in the writers of `openai_api` and `responses_api`.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -16,10 +16,7 @@ from . import tokenizer
 from .engine import SimRequest
 from .openai_api import ChunkWriter, SimApiRequest, full_response, usage_dict
 from .responses_api import ResponseEventWriter, ResponseShape, full_response_body
-from .runner import RequestHandle
-
-if TYPE_CHECKING:
-    from .server import Replica
+from .runner import EngineRunner, RequestHandle
 
 #: response id prefixes, as vLLM names them
 _ID_PREFIX = {"completions": "cmpl-", "chat": "chatcmpl-", "responses": "resp_"}
@@ -38,17 +35,19 @@ class StreamWriter(Protocol):
 class Exchange:
     """One request-response exchange: submit after any injected delay, then relay the tokens."""
 
-    def __init__(self, replica: Replica, api: SimApiRequest, rid: str, key: str, arrival: float,
-                 *, drop: bool) -> None:
-        self.replica = replica
+    def __init__(self, runner: EngineRunner, api: SimApiRequest, rid: str, key: str,
+                 arrival: float, *, seed: int, drop_after: int | None) -> None:
+        """`seed` seeds the output words; `drop_after` (an injected fault) cuts the connection
+        after that many streamed tokens."""
+        self.runner = runner
+        self.seed = seed
         self.api = api
         self.rid = rid
         self.key = key
         self.arrival = arrival
-        self.drop = drop
+        self.drop_after = drop_after
         self.response_id = _ID_PREFIX[api.kind] + rid
         self._words: list[str] = []
-        self._shape: ResponseShape | None = None
 
     def _text(self, start: int, n: int) -> list[str]:
         """Output words start..start+n-1, each with its leading space (none before the first
@@ -56,7 +55,7 @@ class Exchange:
         end = start + n
         if end > len(self._words):
             want = max(end, 2 * len(self._words), 16)
-            self._words = tokenizer.output_words(self.replica.cfg.seed, self.key, want)
+            self._words = tokenizer.output_words(self.seed, self.key, want)
         words = self._words[start:end]
         out = [" " + w for w in words]
         if start == 0 and out and self.api.kind != "completions":
@@ -64,10 +63,7 @@ class Exchange:
         return out
 
     def _response_shape(self, max_tokens: int) -> ResponseShape:
-        if self._shape is None:
-            self._shape = ResponseShape(self.api.body, self.response_id, self.api.model,
-                                        max_tokens)
-        return self._shape
+        return ResponseShape(self.api.body, self.response_id, self.api.model, max_tokens)
 
     def _writer(self, max_tokens: int) -> StreamWriter:
         api = self.api
@@ -79,20 +75,18 @@ class Exchange:
     async def _submit(self, sim: SimRequest, delay: float) -> RequestHandle:
         if delay > 0:
             await asyncio.sleep(delay)
-        runner = self.replica.runner
-        assert runner is not None
-        return runner.submit(sim, arrival=self.arrival)
+        return self.runner.submit(sim, arrival=self.arrival)
 
     def _abort(self, handle: RequestHandle | None) -> None:
-        if handle is not None and not handle.finished and self.replica.runner is not None:
-            self.replica.runner.abort(handle.request_id)
+        if handle is not None and not handle.finished:
+            self.runner.abort(handle.request_id)
 
     async def complete(self, request: web.Request, sim: SimRequest,
                        delay: float) -> web.StreamResponse:
         handle: RequestHandle | None = None
         try:
             handle = await self._submit(sim, delay)
-            if self.drop:
+            if self.drop_after is not None:
                 await handle.next_outputs()   # the engine did some work, then the link dies
                 self._abort(handle)
                 _drop_connection(request)
@@ -126,7 +120,7 @@ class Exchange:
             opening = writer.open()
             if opening:
                 await resp.write(opening)
-            drop_at = self.replica.faults.settings.drop_after_tokens if self.drop else -1
+            drop_at = -1 if self.drop_after is None else self.drop_after
             while True:
                 outs = await handle.next_outputs()
                 parts: list[bytes] = []

@@ -363,7 +363,9 @@ class Replica:
                                      else orjson.dumps(ids))
         sim = SimRequest(request_id=rid, prompt_tokens=ids, max_tokens=max_tokens, lora=lora,
                          ignore_eos=api.ignore_eos, output_key=key)
-        exchange = Exchange(self, api, rid, key, arrival, drop=fault == "drop")
+        exchange = Exchange(self.runner, api, rid, key, arrival, seed=self.cfg.seed,
+                            drop_after=self.faults.settings.drop_after_tokens
+                            if fault == "drop" else None)
         try:
             if api.stream:
                 return await exchange.stream(request, sim, delay)
