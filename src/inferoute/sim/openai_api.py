@@ -57,7 +57,8 @@ def error_body(status: int, message: str, *, param: str | None = None,
         "param": param, "code": status}})
 
 
-def _bool(body: Mapping[str, Any], name: str, default: bool = False) -> bool:
+def bool_field(body: Mapping[str, Any], name: str, default: bool = False) -> bool:
+    """A boolean field (`default` when omitted or null); BadRequest naming it otherwise."""
     value = body.get(name, default)
     if value is None:
         return default
@@ -91,7 +92,7 @@ def parse_sim_request(kind: Kind, raw: bytes | Mapping[str, Any]) -> SimApiReque
             ids = list(prompt)
         elif isinstance(prompt, str):
             text = prompt
-        if _bool(body, "echo"):
+        if bool_field(body, "echo"):
             raise BadRequest("'echo' is not supported by the simulator", param="echo")
     else:   # chat, responses: a conversation rendered like a chat template
         if text and not text[-1].isspace():   # a Responses API `input` string
@@ -101,13 +102,13 @@ def parse_sim_request(kind: Kind, raw: bytes | Mapping[str, Any]) -> SimApiReque
         return SimApiRequest(kind=kind, model=req.model, prompt_text=text,
                              prompt_token_ids=None, max_tokens=req.max_tokens,
                              stream=req.stream, include_usage=True, continuous_usage=False,
-                             ignore_eos=_bool(body, "ignore_eos"), body=body)
+                             ignore_eos=bool_field(body, "ignore_eos"), body=body)
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise BadRequest("'stream_options' must be an object", param="stream_options")
     opts = opts or {}
-    include_usage = _bool(opts, "include_usage")
-    continuous = _bool(opts, "continuous_usage_stats")
+    include_usage = bool_field(opts, "include_usage")
+    continuous = bool_field(opts, "continuous_usage_stats")
     if opts and not req.stream:
         raise BadRequest("'stream_options' is only allowed when 'stream' is true",
                          param="stream_options")
@@ -116,7 +117,7 @@ def parse_sim_request(kind: Kind, raw: bytes | Mapping[str, Any]) -> SimApiReque
         max_tokens = DEFAULT_COMPLETION_MAX_TOKENS
     return SimApiRequest(kind=kind, model=req.model, prompt_text=text, prompt_token_ids=ids,
                          max_tokens=max_tokens, stream=req.stream, include_usage=include_usage,
-                         continuous_usage=continuous, ignore_eos=_bool(body, "ignore_eos"),
+                         continuous_usage=continuous, ignore_eos=bool_field(body, "ignore_eos"),
                          body=body)
 
 

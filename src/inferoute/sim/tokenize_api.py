@@ -25,21 +25,13 @@ from collections.abc import Mapping
 from ..core.errors import BadRequest
 from ..core.request import decode_body, parse_request, positive_int
 from . import tokenizer
-from .openai_api import DEFAULT_COMPLETION_MAX_TOKENS, GENERATION_PROMPT, check_context
+from .openai_api import (DEFAULT_COMPLETION_MAX_TOKENS, GENERATION_PROMPT, bool_field,
+                         check_context)
 
 #: largest id a detokenize request may name (vLLM: a signed 64-bit int)
 MAX_TOKEN_ID = 2**63 - 1
 #: vLLM's SamplingParams.output_kind values
 _OUTPUT_DELTA, _OUTPUT_FINAL_ONLY = 1, 2
-
-
-def _flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise BadRequest(f"'{name}' must be a boolean", param=name)
-    return value
 
 
 def request_model(body: Mapping[str, Any]) -> str | None:
@@ -73,20 +65,20 @@ def tokenize(raw: bytes | Mapping[str, Any], max_model_len: int) -> tuple[str | 
     if ("prompt" in body) == ("messages" in body):
         raise BadRequest("give either 'prompt' (completion form) or 'messages' (chat form)",
                          param="prompt")
-    _flag(body, "add_special_tokens", "prompt" in body)   # no special tokens to add
+    bool_field(body, "add_special_tokens", "prompt" in body)   # no special tokens to add
     if "prompt" in body:
         if not isinstance(body["prompt"], str):
             raise BadRequest("'prompt' must be a string", param="prompt")
         text = body["prompt"]
     else:
-        gen = _flag(body, "add_generation_prompt", True)
-        if gen and _flag(body, "continue_final_message", False):
+        gen = bool_field(body, "add_generation_prompt", True)
+        if gen and bool_field(body, "continue_final_message", False):
             raise BadRequest("Cannot set both `continue_final_message` and "
                              "`add_generation_prompt` to True.",
                              param="continue_final_message")
         text = _chat_text(body, generation_prompt=gen)
     ids = tokenizer.encode(text)
-    strs = text.split() if _flag(body, "return_token_strs", False) else None
+    strs = text.split() if bool_field(body, "return_token_strs", False) else None
     return model, {"count": len(ids), "max_model_len": max_model_len, "tokens": ids,
                    "token_strs": strs}
 
@@ -128,7 +120,7 @@ def sampling_params(body: Mapping[str, Any], max_tokens: int, *,
             "top_p": body.get("top_p", 1.0), "top_k": body.get("top_k") or 0,
             "min_p": body.get("min_p") or 0.0, "seed": body.get("seed"),
             "stop": body.get("stop") or [], "stop_token_ids": body.get("stop_token_ids") or [],
-            "ignore_eos": _flag(body, "ignore_eos", False), "max_tokens": max_tokens,
+            "ignore_eos": bool_field(body, "ignore_eos", False), "max_tokens": max_tokens,
             "min_tokens": body.get("min_tokens") or 0, "logprobs": body.get("logprobs"),
             "skip_special_tokens": True,
             "output_kind": _OUTPUT_DELTA if stream else _OUTPUT_FINAL_ONLY}
@@ -136,7 +128,7 @@ def sampling_params(body: Mapping[str, Any], max_tokens: int, *,
 
 def _generate_request(body: Mapping[str, Any], request_id: str, ids: list[int],
                       max_tokens: int | None, max_model_len: int) -> dict[str, Any]:
-    stream = _flag(body, "stream", False)
+    stream = bool_field(body, "stream", False)
     max_tokens = check_context(max_model_len, len(ids), max_tokens)
     return {"request_id": request_id, "token_ids": ids,
             "sampling_params": sampling_params(body, max_tokens, stream=stream),
@@ -169,7 +161,7 @@ def render_chat(raw: bytes | Mapping[str, Any], request_id: str,
     model = request_model(body)
     if "messages" not in body:
         raise BadRequest("'messages' is required", param="messages")
-    text = _chat_text(body, generation_prompt=_flag(body, "add_generation_prompt", True))
+    text = _chat_text(body, generation_prompt=bool_field(body, "add_generation_prompt", True))
     ids = tokenizer.encode(text)
     max_tokens = positive_int(body, "max_completion_tokens", "max_tokens")
     return model, _generate_request(body, f"chatcmpl-{request_id}", ids, max_tokens,
