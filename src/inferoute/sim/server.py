@@ -86,6 +86,11 @@ def _error(status: int, message: str, *, param: str | None = None,
                         content_type="application/json", headers=headers)
 
 
+def _request_id(request: web.Request) -> str:
+    """The client's `X-Request-Id`, else a fresh one (as vLLM names rendered requests)."""
+    return request.headers.get("X-Request-Id") or uuid.uuid4().hex
+
+
 class Replica:
     """One simulated vLLM server."""
 
@@ -212,14 +217,12 @@ class Replica:
         return await self._tokenizer_call(request, tokenize_api.detokenize)
 
     async def render_completion(self, request: web.Request) -> web.Response:
-        rid, limit = request.headers.get("X-Request-Id") or uuid.uuid4().hex, \
-            self.engine.max_model_len
+        rid, limit = _request_id(request), self.engine.max_model_len
         return await self._tokenizer_call(
             request, lambda raw: tokenize_api.render_completion(raw, rid, limit))
 
     async def render_chat(self, request: web.Request) -> web.Response:
-        rid, limit = request.headers.get("X-Request-Id") or uuid.uuid4().hex, \
-            self.engine.max_model_len
+        rid, limit = _request_id(request), self.engine.max_model_len
         return await self._tokenizer_call(
             request, lambda raw: tokenize_api.render_chat(raw, rid, limit))
 
