@@ -141,9 +141,9 @@ def run_demo(out: str, *, duration: float = 50.0, replicas: int = 4, seed: int =
         console.print(Markdown(f"**Live, {replicas} simulated replicas, heaviest stage "
                                f"(rate {load.stages[-1].rate:g}/s):**"))
         console.print(Markdown(compare_reports(reports, index=len(load.stages) - 1)))
-        for p in write_plots(reports, out_dir, rate=load.stages[-1].rate,
-                             caption=cold_start_caption(workload, load)):
-            console.print(f"plot: {p}")
+        for path in write_plots(reports, out_dir, rate=load.stages[-1].rate,
+                                caption=cold_start_caption(workload, load)):
+            console.print(f"plot: {path}")
         console.print(f"reports: {out_dir}/round-robin.json, {out_dir}/inferoute.json")
         return 0
     except KeyboardInterrupt:
