@@ -1,7 +1,9 @@
 """The comparison table of `inferoute bench compare`, shaped like the seed's.
 
-One column per report (its chosen stage's means), then for each report after the first its delta
-and delta % against the first.
+One column per report (its chosen stage's figures; each row says whether it is a mean or a
+percentile), then for each report after the first its change from the first: absolute (Δ) and
+relative (Δ%); a rate such as the prefix-cache hit rate changes in percentage points (pp), never
+relatively. Narrow enough for an 80-column terminal with two reports.
 """
 
 from __future__ import annotations
@@ -59,16 +61,18 @@ LLM_D_RUN: dict[str, dict[float, tuple[float, float, float]]] = {
 
 #: (label, headline key, scale, decimals) rows of the comparison table
 ROWS: tuple[tuple[str, str, float, int], ...] = (
-    ("Requests/sec", "requests_per_sec", 1.0, 4),
-    ("Input tokens/sec", "input_tokens_per_sec", 1.0, 2),
-    ("Output tokens/sec", "output_tokens_per_sec", 1.0, 2),
-    ("Total tokens/sec", "total_tokens_per_sec", 1.0, 2),
-    ("Request latency (s)", "request_latency", 1.0, 3),
-    ("TTFT (s)", "ttft", 1.0, 3),
-    ("TTFT p90 (s)", "ttft_p90", 1.0, 3),
-    ("Inter-token latency (ms)", "itl", 1000.0, 2),
-    ("Prefix cache hit rate (%)", "prefix_cache_hit_rate", 100.0, 1),
+    ("Requests/s", "requests_per_sec", 1.0, 4),
+    ("Input tokens/s", "input_tokens_per_sec", 1.0, 2),
+    ("Output tokens/s", "output_tokens_per_sec", 1.0, 2),
+    ("Total tokens/s", "total_tokens_per_sec", 1.0, 2),
+    ("Latency, mean (s)", "request_latency", 1.0, 3),
+    ("TTFT, mean (s)", "ttft", 1.0, 3),
+    ("TTFT, p90 (s)", "ttft_p90", 1.0, 3),
+    ("ITL, mean (ms)", "itl", 1000.0, 2),
+    ("Cache hit rate (%)", "prefix_cache_hit_rate", 100.0, 1),
 )
+#: rows that are rates (fractions): their change is in percentage points
+POINTS: frozenset[str] = frozenset({"prefix_cache_hit_rate"})
 
 
 def _fmt(value: float | None, scale: float, decimals: int) -> str:
@@ -77,16 +81,25 @@ def _fmt(value: float | None, scale: float, decimals: int) -> str:
     return f"{value * scale:,.{decimals}f}"
 
 
+def _relative(key: str, value: float | None, base: float | None) -> str:
+    """The change from `base`: in percentage points for a rate, else in % of `base`."""
+    if value is None or base is None:
+        return "-"
+    if key in POINTS:
+        return f"{(value - base) * 100:+.1f} pp"
+    return f"{(value - base) / base * 100:+.1f}%" if base else "-"
+
+
 def compare_table(columns: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """Markdown table: one row per metric, one column per (label, headline dict), and for each
-    column after the first its delta and delta % against the first."""
+    column after the first its change from the first (Δ, and Δ% or points), then a legend."""
     if not columns:
         raise ReportError("nothing to compare")
     base_label, base = columns[0]
-    header = ["Metric", *(f"{label} (Mean)" for label, _ in columns)]
+    header = ["Metric", *(label for label, _ in columns)]
     for label, _ in columns[1:]:
-        header += [f"Δ ({label} - {base_label})", f"Δ% vs {base_label}"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " :--- |" * len(header)]
+        header += [f"Δ {label}", "Δ%"]
+    lines = ["| " + " | ".join(header) + " |", "| :--- |" + " ---: |" * (len(header) - 1)]
     for name, key, scale, dec in ROWS:
         if all(c.get(key) is None for _, c in columns):
             continue
@@ -94,13 +107,15 @@ def compare_table(columns: Sequence[tuple[str, dict[str, Any]]]) -> str:
         b = base.get(key)
         for _, c in columns[1:]:
             v = c.get(key)
-            if v is None or b is None:
+            if key in POINTS:   # the points are the change: no relative one beside them
+                row += [_relative(key, v, b), ""]
+            elif v is None or b is None:
                 row += ["-", "-"]
-                continue
-            d = (v - b) * scale
-            row.append(f"{d:+,.{dec}f}")
-            row.append(f"{(v - b) / b * 100:+.1f}%" if b else "-")
+            else:
+                row += [f"{(v - b) * scale:+,.{dec}f}", _relative(key, v, b)]
         lines.append("| " + " | ".join(row) + " |")
+    if len(columns) > 1:
+        lines += ["", f"Δ: change from {base_label}; Δ% relative to it; hit rate in points (pp)."]
     return "\n".join(lines)
 
 
@@ -136,17 +151,14 @@ def seed_table(sim: dict[str, dict[str, Any]], rate: float = 40.0) -> str:
         header += [f"{p} (sim)", "Δ% vs llm-d (sim)"]
     lines = ["| " + " | ".join(header) + " |", "| :--- |" + " ---: |" * (len(header) - 1)]
 
-    def pct(v: float | None, b: float | None) -> str:
-        return "-" if v is None or not b else f"{(v - b) / b * 100:+.1f}%"
-
     for name, key, scale, dec in ROWS:
         rr, ld = sim.get("round-robin", {}), sim.get("llm-d", {})
         row = [name, _fmt(k8s.get(key), scale, dec), _fmt(rr.get(key), scale, dec),
-               pct(rr.get(key), k8s.get(key)), _fmt(llmd.get(key), scale, dec),
-               _fmt(ld.get(key), scale, dec), pct(ld.get(key), llmd.get(key))]
+               _relative(key, rr.get(key), k8s.get(key)), _fmt(llmd.get(key), scale, dec),
+               _fmt(ld.get(key), scale, dec), _relative(key, ld.get(key), llmd.get(key))]
         for p in others:
             v = sim[p].get(key)
-            row += [_fmt(v, scale, dec), pct(v, ld.get(key))]
+            row += [_fmt(v, scale, dec), _relative(key, v, ld.get(key))]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

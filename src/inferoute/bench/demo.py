@@ -14,12 +14,46 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..procs import ChildProcess, free_port, free_port_range, http_status
 
+if TYPE_CHECKING:
+    from .load import LoadSpec
+    from .workloads import Workload
+
 MODEL = "demo-model"
+PROFILE = "qwen3-32b-2xh100"
 DEMO_POLICIES = ("round-robin", "inferoute")
+
+
+def first_sights(workload: Workload, load: LoadSpec) -> list[int]:
+    """Per stage, how many requests are the first of their prompt group: the prefills no policy
+    can avoid, as every stage sends new questions on the same system prompts."""
+    seen: set[str | None] = set()
+    out, sent = [], 0
+    for stage in load.stages:
+        first = 0
+        for i in range(stage.count):
+            group = workload.next_item(i, sent).group
+            sent += 1
+            if group not in seen:
+                seen.add(group)
+                first += 1
+        out.append(first)
+    return out
+
+
+def cold_start_caption(workload: Workload, load: LoadSpec) -> str:
+    """The note under the latency plot: why inferoute's TTFT can fall while the load rises
+    (the stages' share of cold prompts, counted, not estimated)."""
+    counts = ", ".join(f"{n} of {s.count}" for n, s in zip(first_sights(workload, load),
+                                                           load.stages))
+    return ("The replicas' prefix caches start cold and warm across the stages: requests that "
+            f"are the first of their system prompt, per stage: {counts}. A cold prompt is a "
+            "full prefill under any policy, so inferoute's TTFT (each prompt kept on the "
+            "replica that holds it) can fall while the load rises; round-robin spreads every "
+            "prompt over every replica and keeps recomputing it.")
 
 
 # the names tests/integration/bench/test_bench_live.py imports (its fleet predates inferoute.procs)
@@ -70,11 +104,11 @@ def run_demo(out: str, *, duration: float = 50.0, replicas: int = 4, seed: int =
     reports: list[tuple[str, dict[str, Any]]] = []
     try:
         base = free_port_range(replicas)
-        console.print(f"[bold]starting {replicas} simulated replicas[/] (qwen3-32b-2xh100) "
+        console.print(f"[bold]starting {replicas} simulated replicas[/] ({PROFILE}) "
                       f"on 127.0.0.1:{base}..{base + replicas - 1}")
         sim = ChildProcess.inferoute(
             "sim", "--model", MODEL, "--port", str(base), "--replicas", str(replicas),
-            "--profile", "qwen3-32b-2xh100", "--seed", str(seed), name="inferoute sim", keep=200)
+            "--profile", PROFILE, "--seed", str(seed), name="inferoute sim", keep=200)
         procs.append(sim)
         urls = [f"http://127.0.0.1:{base + i}" for i in range(replicas)]
         for u in urls:
@@ -98,7 +132,7 @@ def run_demo(out: str, *, duration: float = 50.0, replicas: int = 4, seed: int =
             with _StageProgress([s.label for s in load.stages]) as progress:
                 records = asyncio.run(run_live(cfg, progress))
             report = live_report(cfg, records, {"label": policy, "policy": policy,
-                                                "replicas": replicas})
+                                                "replicas": replicas, "profile": PROFILE})
             save_report(report, out_dir / f"{policy}.json")
             reports.append((policy, report))
             gw.stop()
@@ -107,8 +141,9 @@ def run_demo(out: str, *, duration: float = 50.0, replicas: int = 4, seed: int =
         console.print(Markdown(f"**Live, {replicas} simulated replicas, heaviest stage "
                                f"(rate {load.stages[-1].rate:g}/s):**"))
         console.print(Markdown(compare_reports(reports, index=len(load.stages) - 1)))
-        for p in write_plots(reports, out_dir, rate=load.stages[-1].rate):
-            console.print(f"plot: {p}")
+        for path in write_plots(reports, out_dir, rate=load.stages[-1].rate,
+                                caption=cold_start_caption(workload, load)):
+            console.print(f"plot: {path}")
         console.print(f"reports: {out_dir}/round-robin.json, {out_dir}/inferoute.json")
         return 0
     except KeyboardInterrupt:

@@ -9,7 +9,9 @@ Definitions (as inference-perf computes them):
 - request latency = end time - send time;
 - throughput = totals / (last end time - first send time) over the stage's requests.
 Summaries carry mean, min, max and the percentiles p0.1 ... p99.9 under inference-perf's key
-names (`p0p1`, `p1`, ..., `p99p9`), with numpy's linear interpolation.
+names (`p0p1`, `p1`, ..., `p99p9`), with numpy's linear interpolation. A stage also keeps its
+requests' TTFTs themselves (`samples.time_to_first_token`, sorted, at most `MAX_SAMPLES`), so a
+plot can draw the real distribution rather than join the percentiles.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from typing import Any
 import numpy as np
 
 PERCENTILES: tuple[float, ...] = (0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
+#: per-request values kept per stage; more are thinned to this many evenly spaced order
+#: statistics (a CDF drawn from them is exact at each kept point)
+MAX_SAMPLES = 2000
 
 
 def percentile_key(p: float) -> str:
@@ -95,6 +100,15 @@ def distribution(values: Sequence[float] | np.ndarray, units: str) -> dict[str, 
     return out
 
 
+def samples(values: Sequence[float], limit: int = MAX_SAMPLES) -> list[float]:
+    """`values` sorted, rounded to 0.1 ms, thinned to at most `limit` evenly spaced order
+    statistics (the minimum and the maximum always kept)."""
+    arr = np.sort(np.asarray(values, dtype=np.float64))
+    if arr.size > limit:
+        arr = arr[np.linspace(0, arr.size - 1, limit).round().astype(np.int64)]
+    return [round(float(v), 4) for v in arr]
+
+
 def summarize(records: Iterable[RequestRecord], **meta: Any) -> dict[str, Any]:
     """inference-perf's lifecycle report for one stage (or any set of requests)."""
     recs = list(records)
@@ -126,6 +140,7 @@ def summarize(records: Iterable[RequestRecord], **meta: Any) -> dict[str, Any]:
     }
     return {
         **meta,
+        "samples": {"time_to_first_token": samples(ttft)},
         "metrics": {
             "latency": latency_block,
             "requests": {

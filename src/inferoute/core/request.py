@@ -134,7 +134,8 @@ def _render_prompt(prompt: Any) -> str:
                       param="prompt")
 
 
-def _positive_int(body: Mapping[str, Any], *names: str) -> int | None:
+def positive_int(body: Mapping[str, Any], *names: str) -> int | None:
+    """The first of `names` present in `body`, checked to be a positive integer (or None)."""
     for name in names:
         value = body.get(name)
         if value is None:
@@ -173,12 +174,12 @@ def parse_request(api: ApiKind, raw: bytes | str | Mapping[str, Any],
         if "prompt" not in body:
             raise BadRequest("'prompt' is required", param="prompt")
         text = _render_prompt(body["prompt"])
-        max_tokens = _positive_int(body, "max_tokens")
+        max_tokens = positive_int(body, "max_tokens")
     elif api == "chat":
         if "messages" not in body:
             raise BadRequest("'messages' is required", param="messages")
         text = _render_messages(body["messages"], "messages")
-        max_tokens = _positive_int(body, "max_completion_tokens", "max_tokens")
+        max_tokens = positive_int(body, "max_completion_tokens", "max_tokens")
     elif api == "responses":
         if "input" not in body:
             raise BadRequest("'input' is required", param="input")
@@ -187,7 +188,7 @@ def parse_request(api: ApiKind, raw: bytes | str | Mapping[str, Any],
         instructions = body.get("instructions")
         if isinstance(instructions, str) and instructions:
             text = f"<|system|>\n{instructions}\n" + text
-        max_tokens = _positive_int(body, "max_output_tokens")
+        max_tokens = positive_int(body, "max_output_tokens")
     else:  # pragma: no cover - callers pass an ApiKind
         raise BadRequest(f"unsupported API {api!r}")
     stream = body.get("stream", False)

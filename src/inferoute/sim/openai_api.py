@@ -19,7 +19,7 @@ import orjson
 from ..core.errors import BadRequest
 from ..core.request import decode_body, parse_request
 
-Kind = Literal["completions", "chat"]
+Kind = Literal["completions", "chat", "responses"]
 
 #: vLLM's (and OpenAI's) default `max_tokens` for /v1/completions
 DEFAULT_COMPLETION_MAX_TOKENS = 16
@@ -34,7 +34,7 @@ _ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 429: "TooManyReque
 
 @dataclass(slots=True)
 class SimApiRequest:
-    """A validated completion or chat request, ready for the engine."""
+    """A validated completion, chat or Responses API request, ready for the engine."""
 
     kind: Kind
     model: str
@@ -45,6 +45,8 @@ class SimApiRequest:
     include_usage: bool
     continuous_usage: bool
     ignore_eos: bool
+    #: the decoded request body (the Responses API echoes some of its fields)
+    body: dict[str, Any]
 
 
 def error_body(status: int, message: str, *, param: str | None = None,
@@ -55,7 +57,8 @@ def error_body(status: int, message: str, *, param: str | None = None,
         "param": param, "code": status}})
 
 
-def _bool(body: Mapping[str, Any], name: str, default: bool = False) -> bool:
+def bool_field(body: Mapping[str, Any], name: str, default: bool = False) -> bool:
+    """A boolean field (`default` when omitted or null); BadRequest naming it otherwise."""
     value = body.get(name, default)
     if value is None:
         return default
@@ -89,16 +92,23 @@ def parse_sim_request(kind: Kind, raw: bytes | Mapping[str, Any]) -> SimApiReque
             ids = list(prompt)
         elif isinstance(prompt, str):
             text = prompt
-        if _bool(body, "echo"):
+        if bool_field(body, "echo"):
             raise BadRequest("'echo' is not supported by the simulator", param="echo")
-    else:
+    else:   # chat, responses: a conversation rendered like a chat template
+        if text and not text[-1].isspace():   # a Responses API `input` string
+            text += "\n"
         text = text + GENERATION_PROMPT
+    if kind == "responses":   # always ends with its usage; no stream_options
+        return SimApiRequest(kind=kind, model=req.model, prompt_text=text,
+                             prompt_token_ids=None, max_tokens=req.max_tokens,
+                             stream=req.stream, include_usage=True, continuous_usage=False,
+                             ignore_eos=bool_field(body, "ignore_eos"), body=body)
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise BadRequest("'stream_options' must be an object", param="stream_options")
     opts = opts or {}
-    include_usage = _bool(opts, "include_usage")
-    continuous = _bool(opts, "continuous_usage_stats")
+    include_usage = bool_field(opts, "include_usage")
+    continuous = bool_field(opts, "continuous_usage_stats")
     if opts and not req.stream:
         raise BadRequest("'stream_options' is only allowed when 'stream' is true",
                          param="stream_options")
@@ -107,7 +117,21 @@ def parse_sim_request(kind: Kind, raw: bytes | Mapping[str, Any]) -> SimApiReque
         max_tokens = DEFAULT_COMPLETION_MAX_TOKENS
     return SimApiRequest(kind=kind, model=req.model, prompt_text=text, prompt_token_ids=ids,
                          max_tokens=max_tokens, stream=req.stream, include_usage=include_usage,
-                         continuous_usage=continuous, ignore_eos=_bool(body, "ignore_eos"))
+                         continuous_usage=continuous, ignore_eos=bool_field(body, "ignore_eos"),
+                         body=body)
+
+
+def check_context(limit: int, prompt_tokens: int, max_tokens: int | None) -> int:
+    """The request's max_tokens (None: what the context leaves), or vLLM's context-length
+    BadRequest when the prompt and completion do not fit in `limit` tokens."""
+    if max_tokens is None:
+        max_tokens = limit - prompt_tokens
+    if max_tokens < 1 or prompt_tokens + max_tokens > limit:
+        raise BadRequest(f"This model's maximum context length is {limit} tokens. However, "
+                         f"you requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} "
+                         f"in the messages, {max_tokens} in the completion). Please reduce the "
+                         "length of the messages or completion.", param="max_tokens")
+    return max_tokens
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
@@ -143,8 +167,11 @@ class ChunkWriter:
             self._tok_pre = b'{"index":0,"delta":{"content":'
             self._tok_post = b'},"logprobs":null,"finish_reason":null}]'
 
-    def role(self) -> bytes:
-        """The first chat chunk: the assistant role with empty content (as vLLM sends)."""
+    def open(self) -> bytes:
+        """What precedes the first token: for chat, the assistant role with empty content
+        (as vLLM sends); nothing for completions."""
+        if self.kind != "chat":
+            return b""
         return (self._head + b'{"index":0,"delta":{"role":"assistant","content":""},'
                 b'"logprobs":null,"finish_reason":null}]' + self._no_usage)
 
@@ -170,6 +197,10 @@ class ChunkWriter:
     def usage(self, usage: dict[str, Any]) -> bytes:
         """The closing usage chunk of `stream_options.include_usage`: no choices."""
         return self._head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
+
+    def close(self, usage: dict[str, Any] | None) -> bytes:
+        """The end of the stream: the usage chunk (when asked for), then `data: [DONE]`."""
+        return (b"" if usage is None else self.usage(usage)) + DONE
 
 
 def full_response(kind: Kind, response_id: str, model: str, text: str, finish_reason: str,

@@ -4,7 +4,8 @@ A `Replica` owns an Engine, the EngineRunner that drives it in real time, its Pr
 registry, its optional KV-event publisher and its fault injector, and serves vLLM's OpenAI API
 on one port. Every response names the replica in the `x-inferoute-sim-replica` header.
 
-Routes: POST /v1/completions, /v1/chat/completions, /v1/load_lora_adapter,
+Routes: POST /v1/completions, /v1/chat/completions, /v1/responses, /tokenize, /detokenize,
+/v1/completions/render, /v1/chat/completions/render, /v1/load_lora_adapter,
 /v1/unload_lora_adapter, /reset_prefix_cache; GET /v1/models, /health, /metrics; admin:
 GET|POST /admin/faults, GET|POST /admin/latency, GET /admin/stats, GET /admin/timings.
 """
@@ -19,21 +20,22 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from collections.abc import Callable
 
 import orjson
 import xxhash
 from aiohttp import web
 
 from ..core.errors import BadRequest
-from . import tokenizer
+from . import tokenize_api, tokenizer
 from .engine import Engine, SimRequest
 from .faults import FaultInjector, FaultSettings
 from .kvevents import KVEventPublisher, topic_for
 from .metrics import CONTENT_TYPE, ReplicaMetrics
-from .openai_api import (DONE, ChunkWriter, Kind, SimApiRequest, error_body, full_response,
-                         model_card, parse_sim_request, usage_dict)
+from .exchange import Exchange
+from .openai_api import Kind, check_context, error_body, model_card, parse_sim_request
 from .profile import EngineProfile
-from .runner import EngineRunner, RequestHandle
+from .runner import EngineRunner
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,11 @@ def _error(status: int, message: str, *, param: str | None = None,
                         content_type="application/json", headers=headers)
 
 
+def _request_id(request: web.Request) -> str:
+    """The client's `X-Request-Id`, else a fresh one (as vLLM names rendered requests)."""
+    return request.headers.get("X-Request-Id") or uuid.uuid4().hex
+
+
 class Replica:
     """One simulated vLLM server."""
 
@@ -122,6 +129,11 @@ class Replica:
         r = app.router
         r.add_post("/v1/completions", self.completions)
         r.add_post("/v1/chat/completions", self.chat_completions)
+        r.add_post("/v1/responses", self.responses)
+        r.add_post("/tokenize", self.tokenize)
+        r.add_post("/detokenize", self.detokenize)
+        r.add_post("/v1/completions/render", self.render_completion)
+        r.add_post("/v1/chat/completions/render", self.render_chat)
         r.add_get("/v1/models", self.models)
         r.add_get("/health", self.health)
         r.add_get("/metrics", self.metrics_handler)
@@ -180,6 +192,39 @@ class Replica:
         if self.publisher is not None:
             self.publisher.publish(self.engine.drain_kv_events())
         return web.Response(status=200)
+
+    # -- tokenizer and render -----------------------------------------------------------------
+
+    def _unknown_model(self, model: str | None) -> web.Response | None:
+        """vLLM's 404 for a model this replica does not serve (None: omitted, the base model)."""
+        if model is None or model == self.cfg.model or model in self.adapters:
+            return None
+        return _error(404, f"The model `{model}` does not exist.", param="model")
+
+    async def _tokenizer_call(self, request: web.Request,
+                              call: Callable[[bytes], tuple[str | None, Any]]) -> web.Response:
+        try:
+            model, out = call(await request.read())
+        except BadRequest as exc:
+            return _error(400, exc.message, param=exc.param)
+        return self._unknown_model(model) or _json(out)
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        limit = self.engine.max_model_len
+        return await self._tokenizer_call(request, lambda raw: tokenize_api.tokenize(raw, limit))
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        return await self._tokenizer_call(request, tokenize_api.detokenize)
+
+    async def render_completion(self, request: web.Request) -> web.Response:
+        rid, limit = _request_id(request), self.engine.max_model_len
+        return await self._tokenizer_call(
+            request, lambda raw: tokenize_api.render_completion(raw, rid, limit))
+
+    async def render_chat(self, request: web.Request) -> web.Response:
+        rid, limit = _request_id(request), self.engine.max_model_len
+        return await self._tokenizer_call(
+            request, lambda raw: tokenize_api.render_chat(raw, rid, limit))
 
     # -- LoRA --------------------------------------------------------------------------------
 
@@ -284,6 +329,9 @@ class Replica:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "chat")
 
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "responses")
+
     async def _serve(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         assert self.runner is not None
         arrival = asyncio.get_running_loop().time()
@@ -291,22 +339,18 @@ class Replica:
             api = parse_sim_request(kind, await request.read())
         except BadRequest as exc:
             return _error(400, exc.message, param=exc.param)
-        lora: str | None = None
-        if api.model != self.cfg.model:
-            if api.model not in self.adapters:
-                return _error(404, f"The model `{api.model}` does not exist.", param="model")
-            lora = api.model
+        missing = self._unknown_model(api.model)
+        if missing is not None:
+            return missing
+        lora = api.model if api.model != self.cfg.model else None
         ids = api.prompt_token_ids if api.prompt_token_ids is not None \
             else tokenizer.encode(api.prompt_text)
         if not ids:
             return _error(400, "The prompt must contain at least one token.", param="prompt")
-        limit = self.engine.max_model_len
-        max_tokens = api.max_tokens if api.max_tokens is not None else limit - len(ids)
-        if max_tokens < 1 or len(ids) + max_tokens > limit:
-            return _error(400, f"This model's maximum context length is {limit} tokens. However, "
-                               f"you requested {len(ids) + max_tokens} tokens ({len(ids)} in the "
-                               f"messages, {max_tokens} in the completion). Please reduce the "
-                               "length of the messages or completion.", param="max_tokens")
+        try:
+            max_tokens = check_context(self.engine.max_model_len, len(ids), api.max_tokens)
+        except BadRequest as exc:
+            return _error(400, exc.message, param=exc.param)
         try:
             fault = self.faults.draw(request.headers)
         except BadRequest as exc:
@@ -322,129 +366,12 @@ class Replica:
                                      else orjson.dumps(ids))
         sim = SimRequest(request_id=rid, prompt_tokens=ids, max_tokens=max_tokens, lora=lora,
                          ignore_eos=api.ignore_eos, output_key=key)
-        exchange = _Exchange(self, api, rid, key, arrival, drop=fault == "drop")
+        exchange = Exchange(self.runner, api, rid, key, arrival, seed=self.cfg.seed,
+                            drop_after=self.faults.settings.drop_after_tokens
+                            if fault == "drop" else None)
         try:
             if api.stream:
                 return await exchange.stream(request, sim, delay)
             return await exchange.complete(request, sim, delay)
         except BadRequest as exc:   # the engine refused it (it re-checks the limits)
             return _error(400, exc.message, param=exc.param)
-
-
-class _Exchange:
-    """One request-response exchange: submit after any injected delay, then relay the tokens."""
-
-    def __init__(self, replica: Replica, api: SimApiRequest, rid: str, key: str, arrival: float,
-                 *, drop: bool) -> None:
-        self.replica = replica
-        self.api = api
-        self.rid = rid
-        self.key = key
-        self.arrival = arrival
-        self.drop = drop
-        self.response_id = ("cmpl-" if api.kind == "completions" else "chatcmpl-") + rid
-        self._words: list[str] = []
-
-    def _text(self, start: int, n: int) -> list[str]:
-        """Output words start..start+n-1, each with its leading space (none before the first
-        chat token)."""
-        end = start + n
-        if end > len(self._words):
-            want = max(end, 2 * len(self._words), 16)
-            self._words = tokenizer.output_words(self.replica.cfg.seed, self.key, want)
-        words = self._words[start:end]
-        out = [" " + w for w in words]
-        if start == 0 and out and self.api.kind == "chat":
-            out[0] = words[0]
-        return out
-
-    async def _submit(self, sim: SimRequest, delay: float) -> RequestHandle:
-        if delay > 0:
-            await asyncio.sleep(delay)
-        runner = self.replica.runner
-        assert runner is not None
-        return runner.submit(sim, arrival=self.arrival)
-
-    def _abort(self, handle: RequestHandle | None) -> None:
-        if handle is not None and not handle.finished and self.replica.runner is not None:
-            self.replica.runner.abort(handle.request_id)
-
-    async def complete(self, request: web.Request, sim: SimRequest,
-                       delay: float) -> web.StreamResponse:
-        handle: RequestHandle | None = None
-        try:
-            handle = await self._submit(sim, delay)
-            if self.drop:
-                await handle.next_outputs()   # the engine did some work, then the link dies
-                self._abort(handle)
-                _drop_connection(request)
-                return web.Response(status=500)
-            while not handle.finished:
-                await handle.next_outputs()
-        finally:
-            self._abort(handle)
-        text = "".join(self._text(0, handle.generated))
-        usage = usage_dict(handle.prompt_tokens, handle.generated, handle.cached_tokens)
-        body = full_response(self.api.kind, self.response_id, self.api.model, text,
-                             handle.finish_reason or "stop", usage)
-        return web.Response(body=body, content_type="application/json")
-
-    async def stream(self, request: web.Request, sim: SimRequest,
-                     delay: float) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                           "Cache-Control": "no-cache"})
-        api = self.api
-        writer = ChunkWriter(api.kind, self.response_id, api.model,
-                             include_usage=api.include_usage or api.continuous_usage)
-        handle: RequestHandle | None = None
-        sent = 0
-        try:
-            # submit first: an engine refusal still gets a proper 400, not a broken stream
-            handle = await self._submit(sim, delay)
-            await resp.prepare(request)
-            if api.kind == "chat":
-                await resp.write(writer.role())
-            drop_at = self.replica.faults.settings.drop_after_tokens if self.drop else -1
-            while True:
-                outs = await handle.next_outputs()
-                parts: list[bytes] = []
-                for o in outs:
-                    texts = self._text(sent, o.new_tokens)
-                    last = len(texts) - 1 if o.finished else -1
-                    for i, text in enumerate(texts):
-                        sent += 1
-                        usage = (usage_dict(handle.prompt_tokens, sent, handle.cached_tokens)
-                                 if api.continuous_usage else None)
-                        if i == last:
-                            parts.append(writer.final(text, o.finish_reason or "stop", usage))
-                        else:
-                            parts.append(writer.token(text, usage))
-                    if o.finished and not texts:
-                        usage = (usage_dict(handle.prompt_tokens, sent, handle.cached_tokens)
-                                 if api.continuous_usage else None)
-                        parts.append(writer.final("", o.finish_reason or "stop", usage))
-                if parts:
-                    await resp.write(b"".join(parts))
-                if 0 <= drop_at <= sent:
-                    self._abort(handle)
-                    _drop_connection(request)
-                    return resp
-                if handle.finished:
-                    break
-            if api.include_usage:
-                await resp.write(writer.usage(usage_dict(handle.prompt_tokens, handle.generated,
-                                                         handle.cached_tokens)))
-            await resp.write(DONE)
-            await resp.write_eof()
-        except ConnectionResetError:
-            pass   # the client went away; the engine request is aborted below
-        finally:
-            self._abort(handle)
-        return resp
-
-
-def _drop_connection(request: web.Request) -> None:
-    """Injected fault: close the TCP connection without finishing the response."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()

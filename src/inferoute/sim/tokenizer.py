@@ -7,6 +7,10 @@ report, so benchmark token figures are exact. Token ids are a stable hash of the
 Output text is drawn from a fixed synthetic vocabulary by a seeded hash of (request key, index),
 so the same seed and key always give the same words, and `encode(" ".join(words))` gives the
 same ids the engine caches for them (multi-turn prompts hit the prefix cache like on vLLM).
+
+Ids are hashes, so decoding needs a reverse map: every id of the output vocabulary, plus the
+words this process has encoded (bounded: cleared with the word memo when it fills). `decode`
+drops an id it cannot name, as vLLM's detokenizer renders an out-of-vocabulary id as "".
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from collections import OrderedDict
 
 import xxhash
 
-__all__ = ["encode", "count", "output_words", "output_token_ids", "output_key_seed", "token_id",
-           "VOCAB"]
+__all__ = ["encode", "count", "decode", "word_of", "output_words", "output_token_ids",
+           "output_key_seed", "token_id", "VOCAB"]
 
 _ID_BASE = 1000
 _ID_SPAN = (2**31 - 1) - _ID_BASE
@@ -27,6 +31,8 @@ _xxh64 = xxhash.xxh64_intdigest
 #: word -> id memo; bounded (cleared when full, words repeat heavily in practice)
 _WORD_IDS: dict[str, int] = {}
 _WORD_IDS_MAX = 1_000_000
+#: id -> word for the words in `_WORD_IDS` (same bound; a hash collision keeps the last word)
+_ID_WORDS: dict[int, str] = {}
 #: text -> ids memo for repeated prompts (the benchmark re-encodes the same long texts)
 _TEXT_IDS: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 _TEXT_IDS_MAX = 512
@@ -39,8 +45,10 @@ def token_id(word: str) -> int:
     if tid is None:
         if len(_WORD_IDS) >= _WORD_IDS_MAX:
             _WORD_IDS.clear()
+            _ID_WORDS.clear()
         tid = _ID_BASE + _xxh32(word.encode()) % _ID_SPAN
         _WORD_IDS[word] = tid
+        _ID_WORDS[tid] = word
     return tid
 
 
@@ -66,6 +74,17 @@ def encode(text: str) -> list[int]:
     return ids
 
 
+def word_of(tid: int) -> str | None:
+    """The word behind a token id: an output-vocabulary word, or a word this process encoded
+    (recently: the map is bounded); None for an id it cannot name."""
+    return _VOCAB_WORDS.get(tid) or _ID_WORDS.get(tid)
+
+
+def decode(ids: list[int]) -> str:
+    """The text of token ids: their words joined by single spaces; unknown ids are dropped."""
+    return " ".join(w for w in map(word_of, ids) if w is not None)
+
+
 def count(text: str) -> int:
     """Number of tokens of `text` (== len(encode(text)), without hashing anything)."""
     return len(text.split())
@@ -82,6 +101,8 @@ def _build_vocab() -> tuple[str, ...]:
 
 VOCAB: tuple[str, ...] = _build_vocab()
 _VOCAB_IDS: tuple[int, ...] = tuple(token_id(w) for w in VOCAB)
+#: the output vocabulary's reverse map: never evicted, so generated text always decodes
+_VOCAB_WORDS: dict[int, str] = dict(zip(_VOCAB_IDS, VOCAB))
 _INDEX_BYTES = [i.to_bytes(4, "little") for i in range(4096)]
 
 

@@ -71,6 +71,28 @@ def test_openai_sdk_through_the_gateway(sim_gateway, web):
     assert "inference_objective_output_tokens_sum" in page
 
 
+def test_responses_api_through_the_gateway_to_the_simulator(sim_gateway, web):
+    gw, urls = sim_gateway
+    client = _client(gw)
+    whole = client.responses.create(model="alias-model", input="What is a KV cache?",
+                                    max_output_tokens=5, extra_body=NO_EOS)
+    assert whole.model == "alias-model" and len(whole.output_text.split()) == 5
+    assert whole.usage.input_tokens == 6 and whole.usage.output_tokens == 5
+    events = list(client.responses.create(model="sim-model", input="Stream please",
+                                          max_output_tokens=7, stream=True, extra_body=NO_EOS))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert len(text.split()) == 7 == events[-1].response.usage.output_tokens
+    page = web.get(gw.url + "/metrics").text
+    # the gateway read the usage of both: the JSON body's and the response.completed event's
+    assert web.metric(page, "inference_objective_input_tokens_sum", model_name="alias-model",
+                      target_model_name="sim-model") == 6.0
+    assert 'inference_objective_output_tokens_sum{model_name="sim-model",' \
+           'target_model_name="sim-model"} 7.0' in page
+    assert web.metric(page, "inference_objective_output_tokens_sum", model_name="alias-model",
+                      target_model_name="sim-model") == 5.0
+
+
 def test_shared_prefixes_stick_and_distinct_prefixes_spread(sim_gateway):
     gw, _ = sim_gateway
     client = _client(gw)

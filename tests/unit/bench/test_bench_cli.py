@@ -24,7 +24,7 @@ def test_sim_compare_plot(tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main(["bench", "compare", str(a), str(b), "--rate", "8"]) == 0
     table = capsys.readouterr().out
-    assert "| Metric | round-robin (Mean) | inferoute (Mean) |" in table
+    assert "| Metric | round-robin | inferoute | Δ inferoute | Δ% |" in table
     assert main(["bench", "compare", str(a), "--with-llm-d-run"]) == 0
     assert "**round-robin** beside llm-d's v0.8.0 run" in capsys.readouterr().out
     assert main(["bench", "compare", str(b), "--with-llm-d-run"]) == 2  # no inferoute arm

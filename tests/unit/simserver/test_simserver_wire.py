@@ -92,7 +92,7 @@ def test_chat_chunks_match_vllm_shape():
     w = ChunkWriter("chat", "chatcmpl-1", "m", created=7)
     assert "usage" not in _sse(w.token("x"))
     assert _sse(ChunkWriter("chat", "c", "m", include_usage=True).token("x"))["usage"] is None
-    role = _sse(w.role())
+    role = _sse(w.open())
     assert role["object"] == "chat.completion.chunk"
     assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert _sse(w.token("hi"))["choices"][0]["delta"] == {"content": "hi"}
