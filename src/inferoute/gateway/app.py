@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Awaitable, Callable
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -25,7 +26,7 @@ from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .admission import Admission
 from .health import Health
-from .httperrors import GatewayRunner
+from .httperrors import GatewayRunner, error_body
 from .semantic import Semantic
 from .tenants import Tenants
 from .proxy import Proxy
@@ -41,14 +42,10 @@ def _json(payload: object, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-class _HttpError(InferouteError):
-    """An aiohttp routing error (404 path, 405 method) in OpenAI form."""
-
-    error_type = "invalid_request_error"
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+def _error(status: int, message: str) -> web.Response:
+    """An OpenAI-style JSON error; a 5xx says `server_error`, not the client's mistake."""
+    return web.Response(body=error_body(status, message), status=status,
+                        content_type="application/json")
 
 
 @web.middleware
@@ -60,9 +57,7 @@ async def _json_errors(request: web.Request,
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        err = _HttpError(exc.status, f"{request.method} {request.path}: {exc.reason}")
-        return web.Response(body=orjson.dumps(err.to_dict()), status=exc.status,
-                            content_type="application/json")
+        return _error(exc.status, f"{request.method} {request.path}: {exc.reason}")
     except InferouteError as exc:
         return web.Response(body=orjson.dumps(exc.to_dict()), status=exc.status,
                             content_type="application/json", headers=exc.headers or None)
@@ -70,9 +65,20 @@ async def _json_errors(request: web.Request,
         raise
     except Exception:  # a bug: logged here with its traceback, a plain 500 for the client
         log.exception("unexpected error on %s %s", request.method, request.path)
-        err = _HttpError(500, "internal error in the gateway")
-        return web.Response(body=orjson.dumps(err.to_dict()), status=500,
-                            content_type="application/json")
+        return _error(500, "internal error in the gateway")
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` as aiohttp does it; any other expectation a JSON 417 (aiohttp's
+    own answer is text/plain, sent before any middleware runs)."""
+    expect = request.headers.get("Expect", "")
+    if expect.strip().lower() == "100-continue":
+        if request.version == aiohttp.HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+    resp = _error(417, f"unsupported Expect header {expect[:40]!r}; only 100-continue is")
+    resp.force_close()  # the client may be holding its body back: do not read it
+    return resp
 
 
 def build_app(data: DataLayer, obs: Observability | None = None) -> web.Application:
@@ -133,7 +139,7 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
         return resp
 
     for path in API_PATHS:
-        app.router.add_post(path, proxy.handle)
+        app.router.add_post(path, proxy.handle, expect_handler=_expect)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

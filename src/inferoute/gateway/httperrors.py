@@ -18,7 +18,23 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from ..core.errors import BadRequest, InferouteError
+
 log = logging.getLogger("inferoute.gateway")
+
+
+class UnreadableBody(BadRequest):
+    """A request body that could not be read to its end (e.g. gzip that does not inflate):
+    the rest of it is still on the connection, so the answer closes the connection."""
+
+    close_connection = True
+
+
+class UnsupportedMediaType(InferouteError):
+    """A request body in an encoding the gateway cannot decode."""
+
+    status = 415
+    error_type = "invalid_request_error"
 
 
 def error_body(status: int, message: str) -> bytes:

@@ -38,7 +38,9 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import compression_utils, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..core.admission.usage import ResponseRewriter, prepare_upstream_body
 from ..core.endpoint import Endpoint
@@ -51,6 +53,7 @@ from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .admission import Admission
 from .health import Health
+from .httperrors import UnreadableBody, UnsupportedMediaType, error_body
 from .semantic import Semantic
 from .sse import ResponseRelay, UsageTracker
 from .tenants import Tenants
@@ -63,11 +66,18 @@ SERVED_HEADER = "x-gateway-destination-endpoint-served"
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                          "proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
                          "upgrade"})
-_DROP_REQUEST = _HOP_BY_HOP | {"host", "content-length"}
+#: the body is forwarded as read, decoded: its client-side Content-Encoding must not go along
+_DROP_REQUEST = _HOP_BY_HOP | {"host", "content-length", "content-encoding"}
+#: request Content-Encodings the server decodes (aiohttp), the others get 415
+_DECODED = frozenset({"", "identity", "gzip", "deflate"} |
+                     ({"br"} if compression_utils.HAS_BROTLI else set()) |
+                     ({"zstd"} if getattr(compression_utils, "HAS_ZSTD", False) else set()))
 _DROP_RESPONSE = _HOP_BY_HOP
 #: attempts per request before its first byte (the first pick plus two retries, each on
 #: another endpoint): one healthy endpoint among three is always reached
 MAX_ATTEMPTS = 3
+#: how much of a model server's non-JSON error body is quoted in the gateway's error
+WRAPPED_ERROR_BYTES = 512
 
 
 def retry_delay(attempt: int, base: float, cap: float,
@@ -85,8 +95,11 @@ def retry_delay(attempt: int, base: float, cap: float,
 
 def error_response(exc: InferouteError) -> web.Response:
     """An OpenAI-style JSON error with the error's status and headers."""
-    return web.Response(body=orjson.dumps(exc.to_dict()), status=exc.status,
+    resp = web.Response(body=orjson.dumps(exc.to_dict()), status=exc.status,
                         content_type="application/json", headers=exc.headers or None)
+    if getattr(exc, "close_connection", False):
+        resp.force_close()
+    return resp
 
 
 def _forwarded(headers: Any, drop: frozenset[str]) -> list[tuple[str, str, str]]:
@@ -140,10 +153,21 @@ class Proxy:
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit "
                                   f"is {limit}")
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in _DECODED:
+            raise UnsupportedMediaType(f"Content-Encoding {encoding[:40]!r} is not supported; "
+                                       f"use one of {', '.join(sorted(_DECODED - {''}))}",
+                                       code="unsupported_content_encoding")
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes") from None
+        except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. gzip that is not
+            cause = exc.__cause__ or exc.__context__ or exc
+            request.content.feed_eof()  # aiohttp would otherwise drain it and log the error
+            raise UnreadableBody(f"the request body could not be read ({encoding or 'identity'}): "
+                             f"{str(cause).strip()[:200] or type(cause).__name__}",
+                             code="invalid_body_encoding") from None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The POST handler: `_handle` within the `maxConcurrentRequests` limit."""
@@ -366,6 +390,8 @@ class Proxy:
         """Stream the upstream response to the client, reading usage on the way."""
         upstream, ep = flight.upstream, flight.endpoint
         assert upstream is not None and ep is not None
+        if upstream.status >= 400 and not _json_typed(upstream.headers):
+            return await self._wrapped_error(flight, upstream, ep)
         clock = self.data.clock
         stream = "text/event-stream" in upstream.headers.get("content-type", "")
         plain = "content-encoding" not in upstream.headers
@@ -444,6 +470,34 @@ class Proxy:
         await resp.write_eof()
         upstream.release()
         return resp
+
+
+    async def _wrapped_error(self, flight: _Flight, upstream: UpstreamResponse,
+                             ep: Endpoint) -> web.Response:
+        """A model server's error that is not JSON (`404: Not Found` from a server without
+        the route) as an OpenAI-style error that says which replica answered what."""
+        text, chunk = b"", flight.first
+        try:
+            async with asyncio.timeout(self.config.upstream.idle_timeout):
+                while chunk and len(text) < WRAPPED_ERROR_BYTES:
+                    text += chunk
+                    chunk = await upstream.readany()
+        except (TimeoutError, UpstreamConnectionError):
+            pass
+        upstream.close()
+        flight.first = b""
+        flight.error_code = str(upstream.status)
+        said = text[:WRAPPED_ERROR_BYTES].decode("utf-8", "replace").strip() or "(no body)"
+        resp = web.Response(body=error_body(upstream.status, f"model server {ep.name} answered "
+                                            f"{upstream.status}: {said}"),
+                            status=upstream.status, content_type="application/json")
+        resp.headers[SERVED_HEADER] = ep.name
+        return resp
+
+
+def _json_typed(headers: Any) -> bool:
+    ctype = headers.get("content-type", "").lower()
+    return "json" in ctype or "text/event-stream" in ctype
 
 
 class _RelayResponse(web.StreamResponse):
