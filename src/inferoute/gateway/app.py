@@ -126,10 +126,16 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
         now = data.now()
         pools = {mp.model: len(data.ready_endpoints(mp, now, prefer_fresh=False))
                  for mp in data.router.pools.values()}
+        # endpoints out for a reason someone must fix (a replica serving another model)
+        problems = {name: p for name in pools if (p := outliers.problems(name))}
+        extra = {"problems": problems} if problems else {}
         if any(pools.values()):
-            return _json({"status": "ready", "ready_endpoints": pools})
-        err = NoEndpointAvailable("no endpoint is ready yet").to_dict()
+            return _json({"status": "ready", "ready_endpoints": pools, **extra})
+        err = NoEndpointAvailable("no endpoint is ready yet" + (
+            ": " + "; ".join(p for ps in problems.values() for p in ps[:3]) if problems
+            else "")).to_dict()
         err["ready_endpoints"] = pools
+        err.update(extra)
         return _json(err, status=503)
 
     async def metrics(request: web.Request) -> web.Response:

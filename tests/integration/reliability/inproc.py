@@ -36,6 +36,10 @@ class Replica:
         self.status: int | None = None
         self.body: bytes = b'{"error": {"message": "injected", "type": "server_error"}}'
         self.ctype = "application/json"
+        self.headers: dict[str, str] = {}  # extra headers of a `status` answer
+        self.models_status = 200  # what GET /v1/models answers
+        self.metrics_frozen = asyncio.Event()  # set: /metrics answers; clear: it hangs
+        self.metrics_frozen.set()
         self.hits = 0
         self.seen_headers: list[dict[str, str]] = []
         self.runner: web.AppRunner | None = None
@@ -47,15 +51,30 @@ class Replica:
         if self.status is not None:
             await request.read()
             return web.Response(status=self.status, body=self.body,
-                                headers={"Content-Type": self.ctype})
+                                headers={"Content-Type": self.ctype, **self.headers})
+        model = orjson.loads(await request.read()).get("model")
+        if model != self.standin.model:  # as vLLM answers a model it does not serve
+            return web.json_response({"error": {
+                "message": f"The model `{model}` does not exist.", "type": "NotFoundError",
+                "param": None, "code": 404}}, status=404)
         return await self.standin.generate(request)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        await self.metrics_frozen.wait()
+        return await self.standin.metrics(request)
+
+    async def models(self, request: web.Request) -> web.Response:
+        if self.models_status != 200:
+            return web.Response(status=self.models_status, text="no")
+        return web.json_response({"object": "list", "data": [
+            {"id": self.standin.model, "object": "model", "max_model_len": 4096}]})
 
     async def start(self) -> "Replica":
         app = web.Application(client_max_size=64 * 1024 * 1024)
         for path in ("/v1/completions", "/v1/chat/completions", "/v1/responses"):
             app.router.add_post(path, self.generate)
-        app.router.add_get("/metrics", self.standin.metrics)
-        app.router.add_get("/v1/models", self.standin.models)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.standin.health)
         self.runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self.runner.setup()
@@ -69,6 +88,7 @@ class Replica:
         return self.url.removeprefix("http://")
 
     async def close(self) -> None:
+        self.metrics_frozen.set()
         if self.runner is not None:
             await self.runner.cleanup()
 
