@@ -30,6 +30,7 @@ from .httperrors import GatewayRunner, error_body
 from .semantic import Semantic
 from .tenants import Tenants
 from .proxy import Proxy
+from .redact import RedactingAccessLogger
 
 log = logging.getLogger("inferoute.gateway")
 
@@ -188,6 +189,7 @@ async def serve(config: ServingConfig, *, ready_file: str | None = None,
         app, handler_cancellation=True, shutdown_timeout=config.drain_timeout,
         max_line_size=config.max_header_bytes, max_field_size=config.max_header_bytes,
         access_log=logging.getLogger("inferoute.access") if access_log else None,
+        access_log_class=RedactingAccessLogger,  # no key in a query string reaches the log
         access_log_format='%a "%r" %s %b %Tf "%{x-gateway-destination-endpoint-served}o"')
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)

@@ -217,7 +217,7 @@ class Proxy:
             original_body = ireq.body
             model = target = ireq.model
             if self.tenants is not None:  # 401 / 403 / 429 before anything else
-                tenant = await self.tenants.admit(ireq, now)
+                tenant = await self.tenants.admit(ireq, now, self._context_length(model))
             semantic_pick = False
             if self.semantic is not None:  # "auto" models, guards, semantic cache
                 cached, flight.headers = self.semantic.route(
@@ -264,9 +264,20 @@ class Proxy:
             if self.admission is not None:
                 self.admission.pump()  # capacity freed: release waiting requests
             if tenant is not None and self.tenants is not None:
-                await self.tenants.settle(tenant, flight.usage, data.clock())
+                up = flight.upstream  # set once a response was relayed
+                await self.tenants.settle(tenant, flight.usage, data.clock(),
+                                          rejected=up is None or up.status >= 400)
             if self.semantic is not None and flight.reply is not None:
                 self.semantic.store(ireq, tenant.tenant.name if tenant else None, flight.reply)
+
+    def _context_length(self, model: str) -> int | None:
+        """The context length the endpoints of `model`'s pool reported, if any."""
+        if self.health is None:
+            return None
+        for mp in self.data.router.pools.values():
+            if model == mp.model or model in mp.aliases or model in mp.lora_adapters:
+                return self.health.context_lengths.get(mp.model)
+        return None
 
     def _candidates(self, mp: ModelPool, now: float) -> list[Endpoint]:
         """The ready endpoints of `mp`, minus those backing off (429/503) while others are

@@ -28,6 +28,10 @@ ROUND_ROBIN = {"plugins": [{"type": "round-robin-picker"}],
                "saturationDetector": {"metricsStalenessThreshold": "2s"}}
 
 
+#: the context length the replicas report and enforce
+MAX_MODEL_LEN = 4096
+
+
 class Replica:
     """A stand-in model server with switchable faults; counts the requests it got."""
 
@@ -52,7 +56,12 @@ class Replica:
             await request.read()
             return web.Response(status=self.status, body=self.body,
                                 headers={"Content-Type": self.ctype, **self.headers})
-        model = orjson.loads(await request.read()).get("model")
+        body = orjson.loads(await request.read())
+        model = body.get("model")
+        if (body.get("max_tokens") or 0) > MAX_MODEL_LEN:  # as vLLM refuses it
+            return web.json_response({"error": {
+                "message": f"This model's maximum context length is {MAX_MODEL_LEN} tokens.",
+                "type": "BadRequestError", "param": None, "code": 400}}, status=400)
         if model != self.standin.model:  # as vLLM answers a model it does not serve
             return web.json_response({"error": {
                 "message": f"The model `{model}` does not exist.", "type": "NotFoundError",
@@ -67,7 +76,7 @@ class Replica:
         if self.models_status != 200:
             return web.Response(status=self.models_status, text="no")
         return web.json_response({"object": "list", "data": [
-            {"id": self.standin.model, "object": "model", "max_model_len": 4096}]})
+            {"id": self.standin.model, "object": "model", "max_model_len": MAX_MODEL_LEN}]})
 
     async def start(self) -> "Replica":
         app = web.Application(client_max_size=64 * 1024 * 1024)
