@@ -26,13 +26,16 @@ from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .admission import Admission
 from .health import Health
-from .httperrors import GatewayRunner, error_body
+from .httperrors import ConnectionBounds, GatewayRunner, error_body, raise_open_file_limit
 from .semantic import Semantic
 from .tenants import Tenants
 from .proxy import Proxy
 from .redact import RedactingAccessLogger
 
 log = logging.getLogger("inferoute.gateway")
+
+#: open files kept back from client connections (upstream connections, scrapers, logs)
+FILES_RESERVED = 256
 
 DATA_KEY = web.AppKey("data", DataLayer)
 OBS_KEY = web.AppKey("obs", Observability)
@@ -184,9 +187,18 @@ async def serve(config: ServingConfig, *, ready_file: str | None = None,
     """
     data = DataLayer(config)
     app = build_app(data)
+    limits = config.connections
+    # every connection is a file; the rest (upstream, scrapers, logs) needs some too
+    nofile = raise_open_file_limit(limits.max_connections + FILES_RESERVED)
+    max_connections = max(1, min(limits.max_connections, nofile - FILES_RESERVED))
+    if max_connections < limits.max_connections:
+        log.warning("open-file limit %d: at most %d client connections (maxConnections %d)",
+                    nofile, max_connections, limits.max_connections)
     # handler_cancellation: a client that hangs up cancels its handler, which aborts upstream
     runner = GatewayRunner(  # JSON errors for requests aiohttp rejects
-        app, handler_cancellation=True, shutdown_timeout=config.drain_timeout,
+        app, bounds=ConnectionBounds(max_connections, limits.header_timeout),
+        keepalive_timeout=limits.keep_alive_timeout,
+        handler_cancellation=True, shutdown_timeout=config.drain_timeout,
         max_line_size=config.max_header_bytes, max_field_size=config.max_header_bytes,
         access_log=logging.getLogger("inferoute.access") if access_log else None,
         access_log_class=RedactingAccessLogger,  # no key in a query string reaches the log

@@ -65,7 +65,7 @@ from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .admission import Admission
 from .health import Health
-from .httperrors import UnreadableBody, UnsupportedMediaType, error_body
+from .httperrors import BodyTimeout, UnreadableBody, UnsupportedMediaType, error_body
 from .semantic import Semantic
 from .sse import ResponseRelay, UsageTracker
 from .tenants import Tenants
@@ -177,7 +177,12 @@ class Proxy:
                                        f"use one of {', '.join(sorted(_DECODED - {''}))}",
                                        code="unsupported_content_encoding")
         try:
-            return await request.read()
+            async with asyncio.timeout(self.config.connections.body_timeout):
+                return await request.read()
+        except TimeoutError:  # a slow or stalled body holds a connection: not for ever
+            request.content.feed_eof()
+            raise BodyTimeout(f"the request body did not arrive within "
+                              f"{self.config.connections.body_timeout:g}s") from None
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes") from None
         except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. gzip that is not
