@@ -58,7 +58,9 @@ class Replica:
                                 headers={"Content-Type": self.ctype, **self.headers})
         body = orjson.loads(await request.read())
         model = body.get("model")
-        if (body.get("max_tokens") or 0) > MAX_MODEL_LEN:  # as vLLM refuses it
+        asked = [body.get(k) for k in ("max_tokens", "max_completion_tokens",
+                                       "max_output_tokens")]
+        if any(isinstance(n, int) and n > MAX_MODEL_LEN for n in asked):  # as vLLM refuses it
             return web.json_response({"error": {
                 "message": f"This model's maximum context length is {MAX_MODEL_LEN} tokens.",
                 "type": "BadRequestError", "param": None, "code": 400}}, status=400)
