@@ -160,7 +160,7 @@ async def _unloaded(url: str, max_tokens: int, n: int = UNLOADED_SAMPLES) -> lis
 
 def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
         load: float = 2.0, max_tokens: int = 24, seed: int = 1, queue_depth: int = 0,
-        modes: tuple[bool, ...] = (True, False)) -> list[Run]:
+        scrape_interval: str = "50ms", modes: tuple[bool, ...] = (True, False)) -> list[Run]:
     """One run per mode (admission on/off) with the same arrivals; processes are stopped and
     their stderr checked for tracebacks."""
     out: list[Run] = []
@@ -172,7 +172,7 @@ def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
     try:
         for admission in modes:
             gw_port = free_port()
-            cfg: dict = {"host": "127.0.0.1", "port": gw_port,
+            cfg: dict = {"host": "127.0.0.1", "port": gw_port, "scrapeInterval": scrape_interval,
                          "pools": [{"model": MODEL, "endpoints": [
                              f"http://127.0.0.1:{base + i}" for i in range(replicas)]}]}
             if admission:
