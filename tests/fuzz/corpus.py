@@ -61,6 +61,27 @@ class Case:
         return head.encode("utf-8", "surrogateescape") + b"\r\n" + self.body
 
 
+def parse_answer(answer: bytes) -> tuple[int | None, dict[str, str], bytes]:
+    """A whole HTTP/1.1 response read until close: (status, lower-case headers, body with any
+    chunked framing removed); (None, {}, b"") for no bytes at all."""
+    if not answer:
+        return None, {}, b""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in
+               (line.partition(":") for line in lines[1:])}
+    if headers.get("transfer-encoding") == "chunked":
+        out, rest = b"", body
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0] or b"0", 16)
+            if size == 0:
+                break
+            out, rest = out + rest[:size], rest[size + 2:]
+        body = out
+    return int(lines[0].split()[1]), headers, body
+
+
 def _with(base: dict, dotted: str, value: object) -> bytes:
     body = json.loads(json.dumps(base))
     keys = dotted.split(".")

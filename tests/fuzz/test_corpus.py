@@ -20,14 +20,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "reliability"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus import API, Case, cases  # noqa: E402
+from corpus import API, Case, cases, parse_answer  # noqa: E402
 from inproc import Replica, start_gateway  # noqa: E402
 
 from inferoute.core.endpoint import Endpoint, Pool  # noqa: E402
 from inferoute.core.router import ModelPool, Router  # noqa: E402
 from inferoute.core.scheduling.config import parse_config  # noqa: E402
 from inferoute.core.scheduling.scheduler import Scheduler  # noqa: E402
-from inferoute.extproc import messages as m  # noqa: E402
 from inferoute.extproc.protocol import Picker  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -50,22 +49,7 @@ async def _send(port: int, case: Case) -> tuple[int | None, dict[str, str], byte
         answer = b""
     finally:
         writer.close()
-    if not answer:
-        return None, {}, b""
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in
-               (line.partition(":") for line in lines[1:])}
-    if headers.get("transfer-encoding") == "chunked":
-        out, rest = b"", body
-        while rest:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line.split(b";")[0] or b"0", 16)
-            if size == 0:
-                break
-            out, rest = out + rest[:size], rest[size + 2:]
-        body = out
-    return int(lines[0].split()[1]), headers, body
+    return parse_answer(answer)
 
 
 async def test_gateway_answers_every_case_with_4xx_json_or_success(tmp_path: Path) -> None:
@@ -168,4 +152,3 @@ def test_picker_answers_every_case_with_4xx_json_or_a_destination() -> None:
     for ep in router.pools["m"].pool:  # every stream closed: nothing left in flight
         assert ep.in_flight_requests == 0
     print(f"\n{len(body_cases)} cases against the picker: {dict(outcomes)}")
-    assert m is not None

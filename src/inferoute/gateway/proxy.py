@@ -617,7 +617,7 @@ def _retry_after(headers: Any) -> float:
         value = float(headers.get("retry-after", ""))
     except ValueError:
         return BACK_OFF_DEFAULT
-    return min(BACK_OFF_MAX, max(0.0, value)) if value == value else BACK_OFF_DEFAULT
+    return BACK_OFF_DEFAULT if math.isnan(value) else min(BACK_OFF_MAX, max(0.0, value))
 
 
 def _model_missing(body: bytes) -> bool:
