@@ -471,11 +471,15 @@ class Proxy:
             elif status == 404 and ireq.target_model == pool and _model_missing(flight.first):
                 if self.health is not None:  # the replica serves another model
                     self.health.not_serving(pool, ep)
+                upstream.close()
                 if not last:
                     log.warning("%s answered 404 for the pool's model '%s'; retrying elsewhere",
                                 ep.name, pool)
-                    upstream.close()
                     continue
+                # in the gateway's shape, as every later request gets it (issue 14, item 7)
+                raise NoEndpointAvailable(
+                    f"no endpoint of pool '{pool}' can serve it: {ep.name} answered 404 for "
+                    f"model '{pool}'", code="model_not_served")
             if _retried(status) and not last:
                 log.warning("%s answered %d; retrying elsewhere", ep.name, status)
                 upstream.release()

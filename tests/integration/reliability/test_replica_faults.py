@@ -166,3 +166,20 @@ async def test_all_metrics_stale_routes_on_own_counts(tmp_path: Path,
             r.metrics_frozen.set()
         await gw.close()
         await close_all(reps)
+
+
+async def test_single_wrong_model_replica_answered_in_gateway_shape(tmp_path: Path) -> None:
+    """Its /v1/models cannot tell; its 404 for the pool's model becomes the gateway's 503
+    (issue 14, item 7), not the model server's own error shape."""
+    wrong, = await replicas(1, model="other")
+    wrong.models_status = 500
+    gw = await start_gateway([wrong], tmp_path)
+    try:
+        for _ in range(2):
+            code, _, body = await gw.complete()
+            err = json.loads(body)["error"]
+            assert code == 503 and err["code"] == "model_not_served", body
+        assert wrong.hits == 1
+    finally:
+        await gw.close()
+        await close_all([wrong])
