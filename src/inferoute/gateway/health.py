@@ -1,8 +1,8 @@
 """Endpoint health for `inferoute serve`: the core `HealthTracker` fed by real outcomes.
 
 Passive outlier detection is on by default: every upstream attempt is reported (`record`: a
-connect error, a timeout, a 5xx or a mid-stream failure is a failure; a 4xx is the client's
-fault and counts as success), and an endpoint that keeps failing is ejected (`healthy = False`,
+connect error, a timeout, a 5xx other than 503 or a mid-stream failure is a failure; a 429 or
+503 is back-pressure, not reported; another 4xx is the client's fault and counts as success), and an endpoint that keeps failing is ejected (`healthy = False`,
 so it is not ready) for a growing back-off, then tried again. Active checks (off by default)
 GET each endpoint's health path on a timer. Settings: the `health:` section of the serving
 config, `{outlier: OutlierSpec, active: ActiveCheckSpec}` (see docs/admission.md).
