@@ -42,7 +42,9 @@ ENV_VAR = "INFEROUTE_API_KEYS"
 
 def hash_key(key: str) -> str:
     """The stored form of an API key: SHA-256 hex digest."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    # surrogateescape: a header that was not UTF-8 reaches here with its bytes escaped; it
+    # hashes to a digest no configured key has (401), not to a UnicodeEncodeError (500)
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class TenantSpec(pydantic.BaseModel):

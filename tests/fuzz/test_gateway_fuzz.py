@@ -23,6 +23,9 @@ from hypothesis import strategies as st
 
 from inferoute.procs import ChildProcess, free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import parse_answer  # noqa: E402
+
 MODEL = "m"
 MAX_BODY = 65536
 PATHS = ["/v1/completions", "/v1/chat/completions", "/v1/responses"]
@@ -61,24 +64,7 @@ def raw(port: int, data: bytes, *, half_close: bool = False,
                 chunks.append(chunk)
         except ConnectionResetError:
             pass
-    answer = b"".join(chunks)
-    if not answer:
-        return None, {}, b""
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, _, v in
-               (line.partition(":") for line in lines[1:])}
-    if headers.get("transfer-encoding") == "chunked":
-        out, rest = b"", body
-        while rest:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line.split(b";")[0] or b"0", 16)
-            if size == 0:
-                break
-            out, rest = out + rest[:size], rest[size + 2:]
-        body = out
-    return status, headers, body
+    return parse_answer(b"".join(chunks))
 
 
 def post(port: int, path: str, body: bytes, headers: dict[str, str] | None = None,

@@ -13,6 +13,14 @@ be), so a pool-wide failure is not turned into "no endpoints".
 Active: the shell GETs each endpoint's health path when `due_checks(now)` says so and reports
 with `record_check`. `unhealthyThreshold` failed checks in a row take the endpoint out;
 `healthyThreshold` good ones bring it back.
+
+Served model: the shell reports which models an endpoint serves (`record_served`, from its
+`/v1/models` or a 404 for the pool's own model); an endpoint that does not serve the pool's
+model is not healthy until it does (no request of the pool can succeed there).
+
+Back-pressure: a 429 or 503 is the endpoint saying "not now", not a failure. `back_off` keeps
+it out of the candidates for a while (`backing_off`), without ejecting it: the shell skips it
+only while another endpoint can be tried.
 """
 
 from __future__ import annotations
@@ -57,7 +65,8 @@ class ActiveCheckSpec(pydantic.BaseModel):
     _dur = pydantic.field_validator("interval", "timeout", mode="before")(_seconds)
 
 
-EventKind = Literal["ejected", "half-open", "restored", "unhealthy", "healthy"]
+EventKind = Literal["ejected", "half-open", "restored", "unhealthy", "healthy", "wrong-model",
+                    "serves-model"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -72,7 +81,7 @@ class HealthEvent:
 class _State:
     __slots__ = ("consecutive", "win_start", "win_total", "win_fail", "ejections",
                  "ejected_until", "half_open", "quiet_since", "active_ok", "check_ok",
-                 "check_fail", "next_check")
+                 "check_fail", "next_check", "serves", "served", "backoff_until")
 
     def __init__(self, now: float) -> None:
         self.consecutive = 0
@@ -87,6 +96,10 @@ class _State:
         self.check_ok = 0
         self.check_fail = 0
         self.next_check = now
+        self.serves = True
+        #: the model names the endpoint said it serves (last report), for log lines
+        self.served: tuple[str, ...] = ()
+        self.backoff_until = 0.0
 
 
 class HealthTracker:
@@ -106,10 +119,12 @@ class HealthTracker:
         return st
 
     def state(self, ep: Endpoint) -> str:
-        """'ejected', 'half-open', 'unhealthy' (active checks), or 'healthy'."""
+        """'wrong-model', 'ejected', 'half-open', 'unhealthy' (active checks), or 'healthy'."""
         st = self._states.get(ep.name)
         if st is None:
             return "healthy"
+        if not st.serves:
+            return "wrong-model"
         if st.ejected_until is not None:
             return "ejected"
         if not st.active_ok:
@@ -205,6 +220,34 @@ class HealthTracker:
         ends = [s.ejected_until for s in self._states.values() if s.ejected_until is not None]
         return min(ends) if ends else None
 
+    # -- served model and back-pressure ------------------------------------------------------
+
+    def record_served(self, ep: Endpoint, served: tuple[str, ...], model: str,
+                      now: float) -> HealthEvent | None:
+        """`ep` says it serves `served`; it is healthy only if `model` is among them."""
+        st = self._st(ep, now)
+        st.served = served
+        serves = model in served
+        if serves == st.serves:
+            return None
+        st.serves = serves
+        self._apply(ep, st)
+        return HealthEvent(ep.name, "serves-model" if serves else "wrong-model")
+
+    def served(self, ep: Endpoint) -> tuple[str, ...]:
+        """What `ep` last said it serves (empty when unknown)."""
+        st = self._states.get(ep.name)
+        return st.served if st is not None else ()
+
+    def back_off(self, ep: Endpoint, now: float, seconds: float) -> None:
+        """`ep` answered 429/503: leave it alone for `seconds` (not a failure)."""
+        st = self._st(ep, now)
+        st.backoff_until = max(st.backoff_until, now + seconds)
+
+    def backing_off(self, ep: Endpoint, now: float) -> bool:
+        st = self._states.get(ep.name)
+        return st is not None and now < st.backoff_until
+
     # -- active ---------------------------------------------------------------------------
 
     def due_checks(self, now: float) -> list[Endpoint]:
@@ -249,4 +292,4 @@ class HealthTracker:
 
     @staticmethod
     def _apply(ep: Endpoint, st: _State) -> None:
-        ep.healthy = st.active_ok and st.ejected_until is None
+        ep.healthy = st.active_ok and st.ejected_until is None and st.serves

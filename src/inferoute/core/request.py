@@ -10,7 +10,7 @@ scorers hash.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import orjson
 
@@ -26,6 +26,9 @@ API_PATHS: dict[str, ApiKind] = {
 
 #: Characters per token used to estimate prompt tokens when no tokenizer is configured.
 CHARS_PER_TOKEN = 4
+#: nesting levels of a body the gateway accepts (what orjson can write back; the body's own
+#: object is one)
+MAX_DEPTH = 254
 
 
 @dataclass(slots=True)
@@ -146,17 +149,87 @@ def positive_int(body: Mapping[str, Any], *names: str) -> int | None:
     return None
 
 
+def _check_depth(body: dict[str, Any], raw: bytes | str | None) -> None:
+    """BadRequest when `body` nests deeper than orjson can write back (`MAX_DEPTH`).
+
+    The gateway re-serialises parts of a body (tool calls, unknown content parts, the whole
+    body with admission or tenants on); a body it cannot write is the client's error, found
+    here rather than as a TypeError later. Counting brackets in the raw text first keeps the
+    common case to two C-speed scans.
+    """
+    if raw is not None:
+        brackets = raw.count(b"[") + raw.count(b"{") if isinstance(raw, bytes) else \
+            raw.count("[") + raw.count("{")
+        if brackets <= MAX_DEPTH:
+            return
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise BadRequest(f"request body is nested too deeply (at most {MAX_DEPTH} "
+                         "levels)", code="nested_too_deeply") from None
+
+
 def decode_body(raw: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
-    """Parse a JSON object body, raising BadRequest for anything else."""
+    """Parse a JSON object body, raising BadRequest for anything else (including nesting
+    too deep to be written back)."""
     if isinstance(raw, Mapping):
-        return dict(raw)
+        body = dict(raw)
+        _check_depth(body, None)
+        return body
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    _check_depth(body, raw)
     return body
+
+
+def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+            integer: bool = False) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+            return False
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        return hi is None or v <= hi
+    return ok
+
+
+def _string_list(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v))
+
+
+#: sampling fields checked at the gateway: (what the value must be, test). The ranges are the
+#: ones vLLM enforces (OpenAI's are narrower for some); null always passes (the default).
+SAMPLING_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "temperature": ("a number >= 0", _number(0)),
+    "top_p": ("a number in (0, 1]", _number(0, 1, lo_open=True)),
+    "n": ("an integer >= 1", _number(1, integer=True)),
+    "best_of": ("an integer >= 1", _number(1, integer=True)),
+    "presence_penalty": ("a number in [-2, 2]", _number(-2, 2)),
+    "frequency_penalty": ("a number in [-2, 2]", _number(-2, 2)),
+    "repetition_penalty": ("a number > 0", _number(0, lo_open=True)),
+    "top_k": ("an integer", _number(integer=True)),
+    "min_p": ("a number in [0, 1]", _number(0, 1)),
+    "seed": ("an integer", _number(integer=True)),
+    "stop": ("a string or a list of strings", _string_list),
+    "logprobs": ("a boolean or an integer >= 0",
+                 lambda v: isinstance(v, bool) or _number(0, integer=True)(v)),
+    "top_logprobs": ("an integer >= 0", _number(0, integer=True)),
+    "user": ("a string", lambda v: isinstance(v, str)),
+    "stream_options": ("an object", lambda v: isinstance(v, dict)),
+    "logit_bias": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
+def _check_sampling(body: Mapping[str, Any]) -> None:
+    """BadRequest naming the first sampling field of the wrong type or out of range."""
+    for name, (what, ok) in SAMPLING_FIELDS.items():
+        value = body.get(name)
+        if value is not None and not ok(value):
+            raise BadRequest(f"'{name}' must be {what}", param=name)
 
 
 def parse_request(api: ApiKind, raw: bytes | str | Mapping[str, Any],
@@ -191,7 +264,10 @@ def parse_request(api: ApiKind, raw: bytes | str | Mapping[str, Any],
         max_tokens = positive_int(body, "max_output_tokens")
     else:  # pragma: no cover - callers pass an ApiKind
         raise BadRequest(f"unsupported API {api!r}")
+    _check_sampling(body)
     stream = body.get("stream", False)
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", param="stream")
     hdrs = dict(headers or {})

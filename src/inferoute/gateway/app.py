@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Awaitable, Callable
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -25,12 +26,16 @@ from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .admission import Admission
 from .health import Health
-from .httperrors import GatewayRunner
+from .httperrors import ConnectionBounds, GatewayRunner, error_body, raise_open_file_limit
 from .semantic import Semantic
 from .tenants import Tenants
 from .proxy import Proxy
+from .redact import RedactingAccessLogger
 
 log = logging.getLogger("inferoute.gateway")
+
+#: open files kept back from client connections (upstream connections, scrapers, logs)
+FILES_RESERVED = 256
 
 DATA_KEY = web.AppKey("data", DataLayer)
 OBS_KEY = web.AppKey("obs", Observability)
@@ -41,14 +46,10 @@ def _json(payload: object, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-class _HttpError(InferouteError):
-    """An aiohttp routing error (404 path, 405 method) in OpenAI form."""
-
-    error_type = "invalid_request_error"
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+def _error(status: int, message: str) -> web.Response:
+    """An OpenAI-style JSON error; a 5xx says `server_error`, not the client's mistake."""
+    return web.Response(body=error_body(status, message), status=status,
+                        content_type="application/json")
 
 
 @web.middleware
@@ -60,9 +61,7 @@ async def _json_errors(request: web.Request,
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        err = _HttpError(exc.status, f"{request.method} {request.path}: {exc.reason}")
-        return web.Response(body=orjson.dumps(err.to_dict()), status=exc.status,
-                            content_type="application/json")
+        return _error(exc.status, f"{request.method} {request.path}: {exc.reason}")
     except InferouteError as exc:
         return web.Response(body=orjson.dumps(exc.to_dict()), status=exc.status,
                             content_type="application/json", headers=exc.headers or None)
@@ -70,9 +69,20 @@ async def _json_errors(request: web.Request,
         raise
     except Exception:  # a bug: logged here with its traceback, a plain 500 for the client
         log.exception("unexpected error on %s %s", request.method, request.path)
-        err = _HttpError(500, "internal error in the gateway")
-        return web.Response(body=orjson.dumps(err.to_dict()), status=500,
-                            content_type="application/json")
+        return _error(500, "internal error in the gateway")
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` as aiohttp does it; any other expectation a JSON 417 (aiohttp's
+    own answer is text/plain, sent before any middleware runs)."""
+    expect = request.headers.get("Expect", "")
+    if expect.strip().lower() == "100-continue":
+        if request.version == aiohttp.HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+    resp = _error(417, f"unsupported Expect header {expect[:40]!r}; only 100-continue is")
+    resp.force_close()  # the client may be holding its body back: do not read it
+    return resp
 
 
 def build_app(data: DataLayer, obs: Observability | None = None) -> web.Application:
@@ -120,10 +130,16 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
         now = data.now()
         pools = {mp.model: len(data.ready_endpoints(mp, now, prefer_fresh=False))
                  for mp in data.router.pools.values()}
+        # endpoints out for a reason someone must fix (a replica serving another model)
+        problems = {name: p for name in pools if (p := outliers.problems(name))}
+        extra = {"problems": problems} if problems else {}
         if any(pools.values()):
-            return _json({"status": "ready", "ready_endpoints": pools})
-        err = NoEndpointAvailable("no endpoint is ready yet").to_dict()
+            return _json({"status": "ready", "ready_endpoints": pools, **extra})
+        err = NoEndpointAvailable("no endpoint is ready yet" + (
+            ": " + "; ".join(p for ps in problems.values() for p in ps[:3]) if problems
+            else "")).to_dict()
         err["ready_endpoints"] = pools
+        err.update(extra)
         return _json(err, status=503)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -133,7 +149,7 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
         return resp
 
     for path in API_PATHS:
-        app.router.add_post(path, proxy.handle)
+        app.router.add_post(path, proxy.handle, expect_handler=_expect)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
@@ -171,11 +187,21 @@ async def serve(config: ServingConfig, *, ready_file: str | None = None,
     """
     data = DataLayer(config)
     app = build_app(data)
+    limits = config.connections
+    # every connection is a file; the rest (upstream, scrapers, logs) needs some too
+    nofile = raise_open_file_limit(limits.max_connections + FILES_RESERVED)
+    max_connections = max(1, min(limits.max_connections, nofile - FILES_RESERVED))
+    if max_connections < limits.max_connections:
+        log.warning("open-file limit %d: at most %d client connections (maxConnections %d)",
+                    nofile, max_connections, limits.max_connections)
     # handler_cancellation: a client that hangs up cancels its handler, which aborts upstream
     runner = GatewayRunner(  # JSON errors for requests aiohttp rejects
-        app, handler_cancellation=True, shutdown_timeout=config.drain_timeout,
+        app, bounds=ConnectionBounds(max_connections, limits.header_timeout),
+        keepalive_timeout=limits.keep_alive_timeout,
+        handler_cancellation=True, shutdown_timeout=config.drain_timeout,
         max_line_size=config.max_header_bytes, max_field_size=config.max_header_bytes,
         access_log=logging.getLogger("inferoute.access") if access_log else None,
+        access_log_class=RedactingAccessLogger,  # no key in a query string reaches the log
         access_log_format='%a "%r" %s %b %Tf "%{x-gateway-destination-endpoint-served}o"')
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)

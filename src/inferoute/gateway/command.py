@@ -109,10 +109,12 @@ def apply_precise_flags(config: ServingConfig, args: argparse.Namespace) -> Serv
 
 def _serve(args: argparse.Namespace) -> int:
     from ..datalayer.discovery.static import config_from_args
+    from . import redact
     from .app import serve
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.install()  # credentials out of every log line, whoever writes it
     try:
         config = apply_precise_flags(config_from_args(args), args)
         run_async(serve(config, ready_file=args.ready_file, access_log=args.access_log))

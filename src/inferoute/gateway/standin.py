@@ -4,7 +4,7 @@ Not a simulator (see `inferoute sim` for that): it answers at once (or with a fi
 token), generates `max_tokens` words, reports `usage`, and serves vLLM-format /metrics built
 from its own counters, so the gateway's scrapers, readiness and usage accounting all work.
 
-    python -m inferoute.gateway.standin --port 8001 --model m [--token-delay 0.01]
+    python -m inferoute.gateway.standin --port 8001 [--model m] [--token-delay 0.01]
                                          [--fail-status 500] [--die-after N] [--waiting N]
 
 Extra metrics: `standin_requests_total`, `standin_cancelled_total` (clients that went away
@@ -43,8 +43,10 @@ def _histograms(labels: str) -> str:
 class StandIn:
     def __init__(self, model: str, *, name: str = "", token_delay: float = 0.0,
                  fail_status: int | None = None, die_after: int | None = None,
-                 waiting: int = 0) -> None:
+                 waiting: int = 0, listed: bool = True) -> None:
         self.model = model
+        #: /v1/models lists `model` (else nothing: the stand-in answers any model name)
+        self.listed = listed
         self.name = name
         self.token_delay = token_delay
         self.fail_status = fail_status
@@ -100,8 +102,10 @@ class StandIn:
         return resp
 
     async def models(self, request: web.Request) -> web.Response:
+        # it answers whatever model is asked for: it lists one only when given one to serve
         return web.json_response({"object": "list", "data": [
-            {"id": self.model, "object": "model", "owned_by": "standin"}]})
+            {"id": self.model, "object": "model", "owned_by": "standin"}] if self.listed
+            else []})
 
     async def metrics(self, request: web.Request) -> web.Response:
         labels = f'engine="0",model_name="{self.model}"'
@@ -200,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--model", default="m")
+    p.add_argument("--model", default=None,
+                   help="the model /v1/models lists (default: none listed, any answered; "
+                        "metrics say 'm')")
     p.add_argument("--name", default="", help="returned as system_fingerprint")
     p.add_argument("--token-delay", type=float, default=0.0, help="seconds per token")
     p.add_argument("--fail-status", type=int, default=None,
@@ -210,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--die-after", type=int, default=None,
                    help="streams drop the connection after this many tokens")
     args = p.parse_args(argv)
-    server = StandIn(args.model, name=args.name or f"{args.host}:{args.port}",
+    server = StandIn(args.model or "m", listed=args.model is not None,
+                     name=args.name or f"{args.host}:{args.port}",
                      token_delay=args.token_delay, fail_status=args.fail_status,
                      die_after=args.die_after, waiting=args.waiting)
     runner_kwargs: dict[str, Any] = {"access_log": None, "handler_cancellation": True,

@@ -34,17 +34,23 @@ class Tenants:
         store = KeyStore.from_file(tenants_file) if tenants_file else KeyStore.from_env()
         return cls(store, redis_url) if store is not None else None
 
-    async def admit(self, request: InferenceRequest, now: float) -> TenantAdmission:
-        """Authenticate, check the model, reserve rate (raises 401 / 403 / 429)."""
+    async def admit(self, request: InferenceRequest, now: float,
+                    context_length: int | None = None) -> TenantAdmission:
+        """Authenticate, check the model, reserve rate (raises 401 / 403 / 429); the token
+        pre-charge is capped at `context_length` (the model's, when known)."""
         adm = await self.gate.admit(
             request.headers, request.model,
-            estimate_tokens(request.prompt_tokens_estimate, request.max_tokens), now)
+            estimate_tokens(request.prompt_tokens_estimate, request.max_tokens,
+                            context_length), now)
         request.tenant = adm.tenant.name
         return adm
 
     async def settle(self, adm: TenantAdmission, usage: dict[str, Any] | None,
-                     now: float) -> None:
-        await self.gate.settle(adm, total_tokens(usage), now)
+                     now: float, *, rejected: bool = False) -> None:
+        """Charge the actual usage; a request nobody served (`rejected`: an error status or
+        no answer at all) costs no tokens, whatever its pre-charge was."""
+        used = total_tokens(usage)
+        await self.gate.settle(adm, 0 if used is None and rejected else used, now)
 
     async def close(self) -> None:
         close = getattr(self.limiter, "close", None)

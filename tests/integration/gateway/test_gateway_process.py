@@ -253,7 +253,7 @@ def test_upstream_dying_mid_stream_ends_with_an_error_event(harness, web):
 
 def test_failing_endpoint_is_ejected(harness, web):
     good = harness.standin()
-    bad = harness.standin("--fail-status", "503")
+    bad = harness.standin("--fail-status", "500")  # (a 503 is back-pressure, not a failure)
     gw = harness.gateway({
         "health": {"outlier": {"consecutiveFailures": 2, "baseEjection": "60s"}},
         "pools": [{"model": "m", "scheduler": "round-robin",

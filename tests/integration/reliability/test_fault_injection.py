@@ -12,6 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from inferoute.procs import free_port
+
 from reliability_kit import (
     OBJECTIVE,
     Outcome,
@@ -224,3 +226,35 @@ def test_frozen_replica_ends_in_flight_requests_cleanly(harness):
         assert_books_closed(gw.url)
     finally:
         victim.proc.send_signal(signal.SIGCONT)
+
+
+def test_three_of_four_separate_replicas_failing(harness):
+    """Four replica processes, three answering every request with 429, 500 or 503: every
+    request succeeds on the fourth (each candidate is tried; 429/503 are backed off)."""
+    sims = [harness.sim_one() for _ in range(4)]
+    gw = harness.serve(_pool([s.url for s in sims]), "--log-level", "error")
+    wait_ready(gw.url, MODEL, 4)
+    for s in sims[:3]:
+        post(s.url + "/admin/faults", json={"rate": 1.0, "kinds": ["429", "500", "503"]})
+    _all_ok(_run(gw.url, 40))
+    assert_books_closed(gw.url)
+
+
+def test_wrong_model_replica_process(harness):
+    """A replica serving another model is found from its /v1/models and gets no request."""
+    good = harness.sim_one()
+    port = free_port()
+    wrong = harness.start(["inferoute", "sim", "--model", "other-model", "--port", str(port),
+                           "--profile", "tiny"], port)
+    gw = harness.serve(_pool([good.url, wrong.url]), "--log-level", "warning")
+    deadline = time.monotonic() + 20
+    while "problems" not in (ready := get(gw.url + "/ready").json()):
+        assert time.monotonic() < deadline, ready
+        time.sleep(0.05)
+    assert ready["ready_endpoints"] == {MODEL: 1}
+    assert ready["problems"][MODEL] == [
+        f"{wrong.url.removeprefix('http://')} serves 'other-model', not '{MODEL}'"]
+    outcomes = _run(gw.url, 16)
+    _all_ok(outcomes)
+    assert {o.headers[SERVED] for o in outcomes} == {good.url.removeprefix("http://")}
+    assert_books_closed(gw.url)

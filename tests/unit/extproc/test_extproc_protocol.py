@@ -121,6 +121,12 @@ def test_fallbacks_are_comma_separated(router, msgs):
     (b"[1, 2]", 400),
     (orjson.dumps({"messages": [{"role": "user", "content": "x"}]}), 400),
     (chat_body(model="nope"), 404),
+    # nesting orjson cannot write back (it was a TypeError ending the gRPC stream)
+    (chat_body(metadata="NEST").replace(b'"NEST"', b"[" * 300 + b"]" * 300), 400),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "x", "tool_calls": '
+     + b"[" * 600 + b"]" * 600 + b"}]}", 400),
+    (chat_body(temperature="x"), 400),
+    (chat_body(n=0), 400),
 ])
 def test_bad_requests_get_json_immediate_responses(router, msgs, body, status):
     s = Picker(router).stream()

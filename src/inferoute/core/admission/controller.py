@@ -11,7 +11,9 @@ The rules, per pool:
 - no candidate endpoint at all: 503 at once;
 - saturated and the request is sheddable (negative priority): 429 with Retry-After;
 - not saturated, nothing queued and dispatch budget left: admitted at once;
-- otherwise the request waits in the pool's `FlowQueue` (429 when the queue is full);
+- otherwise the request waits in the pool's `FlowQueue`; when the queue is full the newest
+  waiting request of the lowest priority below it is evicted to make room (it gets its 429 on
+  the next `expire`), and only a request no lower one can make room for gets 429 at once;
 - a sheddable request still waiting when the pool becomes saturated is shed (429), as it
   would have been had it arrived then.
 
@@ -79,6 +81,8 @@ class AdmissionController:
         self.flow = flow or FlowControlSpec()
         self.candidates_of = candidates_of
         self._pools: dict[str, _PoolState] = {}
+        #: tickets evicted from a full queue, answered by the next `expire`
+        self._evicted: list[tuple[Ticket, InferouteError]] = []
 
     # -- classification -------------------------------------------------------------------
 
@@ -126,8 +130,15 @@ class AdmissionController:
         try:
             st.queue.push(ticket)
         except QueueFull as exc:
-            raise TooManyRequests(f"the request queue is full: {exc}",
-                                  retry_after=self.flow.retry_after, code="queue_full") from None
+            evicted = st.queue.evict_for(ticket.priority, ticket.size)
+            if not evicted:
+                raise TooManyRequests(f"the request queue is full: {exc}",
+                                      retry_after=self.flow.retry_after,
+                                      code="queue_full") from None
+            self._evicted += [(t, TooManyRequests(
+                "the request queue is full and a higher-priority request took this one's "
+                "place", retry_after=self.flow.retry_after, code="queue_full")) for t in evicted]
+            st.queue.push(ticket)
         return ticket
 
     def dispatchable(self, now: float) -> list[Ticket]:
@@ -157,7 +168,7 @@ class AdmissionController:
     def expire(self, now: float) -> list[tuple[Ticket, InferouteError]]:
         """Waiting requests past their TTL, each with the error to return: 503 when the pool has
         no endpoint left, else 429 with Retry-After."""
-        out: list[tuple[Ticket, InferouteError]] = []
+        out, self._evicted = self._evicted, []  # made room for higher priorities
         for st in self._pools.values():
             out += self._shed_queued(st, now)
             expired = st.queue.expire(now)

@@ -8,7 +8,9 @@ Structure (one `FlowQueue` per pool):
 
 Every operation is O(1) or O(log n): enqueue, pop, cancel (lazy deletion, the dead entries are
 compacted away once they outnumber the live ones) and expiry (a heap of deadlines). The queue is
-bounded in requests and in bytes; `push` raises QueueFull rather than grow past either.
+bounded in requests and in bytes; `push` raises QueueFull rather than grow past either, and
+`evict_for` makes room for a request by removing the newest tickets of lower bands (a full queue
+turns away sheddable work, not critical work).
 """
 
 from __future__ import annotations
@@ -259,6 +261,51 @@ class FlowQueue:
             self._drop_band(prio)
         self._maybe_compact()
         return out
+
+    def evict_for(self, priority: int, size: int) -> list[Ticket]:
+        """Make room for a ticket of `priority` and `size` bytes by removing the newest tickets
+        of the lowest band below `priority`, band by band (marked EXPIRED, returned for the
+        shell to answer). Evicts nothing unless that frees enough room."""
+        need_requests = self.requests + 1 - self.max_requests
+        need_bytes = self.bytes + size - self.max_bytes
+        lower = [(-neg, self._bands[-neg].live) for neg in reversed(self._order)
+                 if -neg < priority]
+        if sum(live for _, live in lower) < need_requests:
+            return []
+        if need_bytes > 0 and sum(t.size for p, _ in lower
+                                  for t in self._live_tickets(self._bands[p])) < need_bytes:
+            return []
+        out: list[Ticket] = []
+        while need_requests > 0 or need_bytes > 0:
+            prio = -self._order[-1]
+            t = self._newest(self._bands[prio])
+            t.state = TicketState.EXPIRED
+            self._remove_live(t)
+            out.append(t)
+            need_requests -= 1
+            need_bytes -= t.size
+        return out
+
+    @staticmethod
+    def _live_tickets(band: _Band) -> list[Ticket]:
+        return [e[2] if isinstance(e, tuple) else e for flow in band.flows.values()
+                for e in flow.items
+                if (e[2] if isinstance(e, tuple) else e).state is TicketState.QUEUED]
+
+    def _newest(self, band: _Band) -> Ticket:
+        """The most recently queued live ticket of `band` (the one that waited least)."""
+        best: Ticket | None = None
+        for flow in band.flows.values():
+            if flow.edf:
+                cands = (e[2] for e in flow.items if e[2].state is TicketState.QUEUED)
+                t = max(cands, key=lambda x: x.seq, default=None)
+            else:  # FCFS: the newest live entry is the last live one
+                t = next((x for x in reversed(flow.items) if x.state is TicketState.QUEUED),
+                         None)
+            if t is not None and (best is None or t.seq > best.seq):
+                best = t
+        assert best is not None, "a band with live tickets has a newest one"
+        return best
 
     def next_deadline(self) -> float | None:
         """Earliest deadline of a queued ticket (for the shell's timer)."""

@@ -10,6 +10,10 @@ Tokens are charged in two steps, because a request's size is only known after it
 the key then waits until the refill pays it off. A request is let through when its bucket holds
 at least its cost, or is full (so a request larger than the burst is not refused forever).
 
+No single request can lock a key out: the debt is bounded by one window's refill (`WINDOW`,
+the minute the limits are per), so is Retry-After, and the shells cap the pre-charge at the
+model's context length and settle a rejected request at zero tokens.
+
 `MemoryRateLimiter` is the single-process implementation (sans-I/O, sync `*_now` methods plus
 the async `RateLimiter` protocol); `inferoute.datalayer.redis_limits.RedisRateLimiter` shares
 the same buckets between gateway replicas.
@@ -25,6 +29,8 @@ from ..errors import TooManyRequests
 
 #: default burst as a fraction of the per-minute limit
 BURST_FRACTION = 0.05
+#: seconds the limits are per; bounds a bucket's debt and every Retry-After
+WINDOW = 60.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -92,9 +98,10 @@ class TokenBucket:
         return 0.0 if level >= need else (need - level) / self.rate
 
     def charge(self, amount: float, now: float) -> None:
-        """Take `amount` (negative refunds), capped at capacity, allowing debt."""
+        """Take `amount` (negative refunds), capped at capacity, allowing debt of at most one
+        window's refill."""
         self.refill(now)
-        self.level = min(self.capacity, self.level - amount)
+        self.level = max(-self.rate * WINDOW, min(self.capacity, self.level - amount))
 
     def full(self, now: float) -> bool:
         return self.refill(now) >= self.capacity
@@ -114,7 +121,9 @@ class RateLimiter(Protocol):
 
 
 def over_limit(key_label: str, wait: float, what: str) -> TooManyRequests:
-    """The 429 for a key over its limit (names the tenant, never the key)."""
+    """The 429 for a key over its limit (names the tenant, never the key); the wait is
+    bounded by the window."""
+    wait = min(wait, WINDOW)
     return TooManyRequests(f"rate limit of {what} per minute reached for '{key_label}'; "
                            f"retry in {math.ceil(wait)}s", retry_after=wait)
 
@@ -182,6 +191,9 @@ class MemoryRateLimiter:
         return b.refill(now) if b is not None else None
 
 
-def estimate_tokens(prompt_tokens: int, max_tokens: int | None) -> int:
-    """The pre-charge: prompt tokens plus the requested completion bound when given."""
-    return max(1, prompt_tokens + (max_tokens or 0))
+def estimate_tokens(prompt_tokens: int, max_tokens: int | None,
+                    context_length: int | None = None) -> int:
+    """The pre-charge: prompt tokens plus the requested completion bound when given, at most
+    the model's context length when it is known (no request can use more)."""
+    estimate = max(1, prompt_tokens + (max_tokens or 0))
+    return min(estimate, context_length) if context_length else estimate

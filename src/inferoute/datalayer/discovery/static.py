@@ -10,6 +10,11 @@
     drainTimeout: 60s           # on SIGTERM, how long requests in flight may still finish
     maxHeaderBytes: 8190        # longest request line / header field (larger: 400 or 431)
     maxConcurrentRequests: 4096 # API requests in progress; beyond it: 503 + Retry-After
+    connections:                # client connections to the gateway (docs/reliability.md)
+      maxConnections: 10000     # open at once (at most the open-file limit - 256); beyond: 503
+      headerTimeout: 10s        # a new connection's request head must be in by then (else 408)
+      bodyTimeout: 60s          # a request body must be in by then (else 408)
+      keepAliveTimeout: 15s     # an idle kept-alive connection is closed after this
     upstream:
       connectTimeout: 5s        # TCP connect to a model server (then retried elsewhere)
       firstByteTimeout: 600s    # until the first body byte (then retried elsewhere)
@@ -176,6 +181,20 @@ class PoolConfig(pydantic.BaseModel):
         return resolve_config(self.scheduler)
 
 
+class ConnectionLimits(pydantic.BaseModel):
+    """Bounds on the gateway's client connections: how many, and how long each may stay
+    silent or slow (`inferoute serve` applies them; see docs/reliability.md)."""
+
+    model_config = _CAMEL
+    max_connections: int = pydantic.Field(10000, alias="maxConnections", ge=1)
+    header_timeout: float = pydantic.Field(10.0, alias="headerTimeout", gt=0)
+    body_timeout: float = pydantic.Field(60.0, alias="bodyTimeout", gt=0)
+    keep_alive_timeout: float = pydantic.Field(15.0, alias="keepAliveTimeout", gt=0)
+
+    _d = pydantic.field_validator("header_timeout", "body_timeout", "keep_alive_timeout",
+                                  mode="before")(_duration)
+
+
 class ServingConfig(pydantic.BaseModel):
     """Everything `inferoute serve` (and the ext_proc picker's data layer) needs."""
 
@@ -192,6 +211,7 @@ class ServingConfig(pydantic.BaseModel):
     #: proxied API requests in progress (queued and streaming ones included); beyond: 503
     max_concurrent_requests: int = pydantic.Field(4096, alias="maxConcurrentRequests", ge=1)
     upstream: UpstreamConfig = pydantic.Field(default_factory=UpstreamConfig)
+    connections: ConnectionLimits = pydantic.Field(default_factory=ConnectionLimits)
     pools: list[PoolConfig] = pydantic.Field(min_length=1)
     health: HealthConfig = pydantic.Field(default_factory=HealthConfig)
     #: API keys and per-tenant limits (tenants YAML, docs/admission.md); None: INFEROUTE_API_KEYS
