@@ -34,7 +34,7 @@ from typing import Any
 from ..core.endpoint import Endpoint, EndpointMetrics, Pool
 from ..core.errors import InferouteError
 from ..core.kvindex import apply_engine_events
-from ..core.plugins.precise import precise_scorers
+from ..core.plugins.precise_prefix_cache_scorer import precise_scorers
 from ..core.request import parse_request
 from ..core.router import Decision, ModelPool, Router
 from ..core.scheduling.config import EndpointPickerConfig, resolve_config

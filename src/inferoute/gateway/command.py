@@ -75,7 +75,7 @@ def apply_precise_flags(config: ServingConfig, args: argparse.Namespace) -> Serv
 
     ConfigError when they are given but no pool's scheduler has a precise-prefix-cache-scorer
     (they would be ignored silently otherwise)."""
-    from ..core.plugins.precise import PrecisePrefixCacheScorer
+    from ..core.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
     from ..datalayer.discovery.static import parse_serving_config
     from ..datalayer.kvevents import KVEventsConfig
 

@@ -20,20 +20,20 @@ _REGISTRY: dict[str, type] = {}
 
 #: modules whose import registers the built-in plugins
 BUILTIN_PLUGIN_MODULES = (
-    "inferoute.core.plugins.prefix",
-    "inferoute.core.plugins.load",
-    "inferoute.core.plugins.lora",
-    "inferoute.core.plugins.session",
-    "inferoute.core.plugins.filters",
-    "inferoute.core.plugins.tokenload",
-    "inferoute.core.plugins.pickers",
-    "inferoute.core.plugins.profiles",
+    "inferoute.core.plugins.prefix_cache_scorer",
+    "inferoute.core.plugins.queue_scorer",
+    "inferoute.core.plugins.lora_affinity_scorer",
+    "inferoute.core.plugins.session_affinity_scorer",
+    "inferoute.core.plugins.label_selector_filter",
+    "inferoute.core.plugins.inflight_load_producer",
+    "inferoute.core.plugins.max_score_picker",
+    "inferoute.core.plugins.pd_profile_handler",
     # benchmark policies and inferoute's own profile
     "inferoute.core.plugins.radix",
-    "inferoute.core.plugins.kvcost",
-    "inferoute.core.plugins.predictive",
+    "inferoute.core.plugins.dynamo_kv_scorer",
+    "inferoute.core.plugins.predictive_cost_scorer",
     # precise prefix-cache scoring from the engines' KV events
-    "inferoute.core.plugins.precise",
+    "inferoute.core.plugins.precise_prefix_cache_scorer",
 )
 
 _loaded = False

@@ -43,7 +43,7 @@ from ..scheduling.config import parse_duration
 from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
-from .prefix import (MATCHED_TOKENS_KEY, LookupStats, PrefixCycle, PrefixIndexStats,
+from .prefix_cache_scorer import (MATCHED_TOKENS_KEY, LookupStats, PrefixCycle, PrefixIndexStats,
                      chosen_targets, cycle_state)
 
 #: requests whose prediction may still move after a fallback (bounded)

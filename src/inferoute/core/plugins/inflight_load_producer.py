@@ -46,7 +46,7 @@ from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult, Scorer
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
-from .prefix import LookupStats, uncached_tokens
+from .prefix_cache_scorer import LookupStats, uncached_tokens
 
 #: requests remembered while in flight (the oldest are forgotten past this)
 MAX_TRACKED = 65_536
