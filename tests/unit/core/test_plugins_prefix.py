@@ -8,7 +8,8 @@ import pytest
 
 from inferoute.core.endpoint import EndpointMetrics
 from inferoute.core.plugins.blockhash import block_hashes
-from inferoute.core.plugins.prefix_cache_scorer import MATCHED_TOKENS_KEY, PrefixCacheScorer
+from inferoute.core.plugins.prefix_cache_scorer import PrefixCacheScorer
+from inferoute.core.plugins.prefix_match import MATCHED_TOKENS_KEY
 from inferoute.core.plugins.prefixindex import PrefixIndex
 from inferoute.core.scheduling.framework import ProfileResult, SchedulingResult
 from inferoute.core.scheduling.registry import create_plugin

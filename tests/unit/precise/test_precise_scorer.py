@@ -6,7 +6,7 @@ from __future__ import annotations
 from inferoute.core.endpoint import Endpoint, EndpointMetrics
 from inferoute.core.kvindex import BlockStoredEvent
 from inferoute.core.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
-from inferoute.core.plugins.prefix_cache_scorer import MATCHED_TOKENS_KEY
+from inferoute.core.plugins.prefix_match import MATCHED_TOKENS_KEY
 from inferoute.core.request import InferenceRequest
 from inferoute.core.scheduling.config import parse_config
 from inferoute.core.scheduling.framework import CycleContext

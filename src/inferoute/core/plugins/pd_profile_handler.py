@@ -27,7 +27,7 @@ from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, ProfileResult, SchedulingResult
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
-from .prefix_cache_scorer import uncached_tokens
+from .prefix_match import uncached_tokens
 
 
 @register

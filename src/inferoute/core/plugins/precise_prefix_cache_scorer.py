@@ -43,8 +43,8 @@ from ..scheduling.config import parse_duration
 from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
-from .prefix_cache_scorer import (MATCHED_TOKENS_KEY, LookupStats, PrefixCycle, PrefixIndexStats,
-                     chosen_targets, cycle_state)
+from .prefix_match import (MATCHED_TOKENS_KEY, LookupStats, PrefixCycle, PrefixIndexStats,
+                           chosen_targets, cycle_state)
 
 #: requests whose prediction may still move after a fallback (bounded)
 MAX_PENDING = 4096

@@ -45,81 +45,11 @@ from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, block_hashes
 from .common import BasePlugin, PluginParams
 from .prefixindex import PrefixIndex
+from .prefix_match import (MATCHED_TOKENS_KEY, LookupStats, PrefixCycle, PrefixIndexStats,
+                           chosen_targets, cycle_state)
 
-#: ctx.data key under which the scorer publishes {endpoint name: matched prefix tokens}
-MATCHED_TOKENS_KEY = "prefix.matched_tokens"
 #: requests whose fallback correction is still possible (bounded)
 MAX_PENDING = 4096
-
-
-
-def uncached_tokens(ctx: CycleContext, request: InferenceRequest, endpoint: str) -> int:
-    """The prompt tokens `endpoint` would compute: all but those a prefix scorer matched there
-    in this cycle (all of them when no prefix scorer ran)."""
-    matched = ctx.data.get(MATCHED_TOKENS_KEY, {}).get(endpoint, 0)
-    return max(0, request.prompt_tokens_estimate - matched)
-
-
-@dataclass(slots=True, frozen=True)
-class PrefixIndexStats:
-    lookups: int
-    blocks_queried: int
-    blocks_hit: int
-    indexed_blocks: int
-    endpoints: int
-
-    @property
-    def hit_ratio(self) -> float:
-        return self.blocks_hit / self.blocks_queried if self.blocks_queried else 0.0
-
-
-def chosen_targets(result: SchedulingResult) -> list[Endpoint]:
-    """Each profile's target, the primary's first, without repeats: where a prefix scorer
-    records that the request's blocks are about to be cached."""
-    out: list[Endpoint] = []
-    for name in (result.primary, *result.profiles):
-        prof = result.profiles.get(name)
-        if prof is not None and prof.targets and prof.targets[0] not in out:
-            out.append(prof.targets[0])
-    return out
-
-
-class LookupStats:
-    """Counts a prefix scorer's lookups at the primary target, for `stats()` and the metric."""
-
-    def __init__(self) -> None:
-        self._lookups = self._queried = self._hit = 0
-
-    def record_lookup(self, request: InferenceRequest, matched: int, total: int) -> None:
-        """Count one routed request; also tells the shells its expected hit ratio."""
-        self._lookups += 1
-        self._queried += total
-        self._hit += matched
-        request.attributes["prefix_cache_hit_ratio"] = matched / total if total else 0.0
-
-    def lookup_stats(self, indexed_blocks: int, endpoints: int) -> PrefixIndexStats:
-        return PrefixIndexStats(lookups=self._lookups, blocks_queried=self._queried,
-                                blocks_hit=self._hit, indexed_blocks=indexed_blocks,
-                                endpoints=endpoints)
-
-
-class PrefixCycle:
-    """A prefix scorer's scratch for one scheduling cycle: the prompt's block keys by block
-    size (computed once for scoring and the index update) and matched blocks by endpoint."""
-
-    __slots__ = ("keys", "matched")
-
-    def __init__(self) -> None:
-        self.keys: dict[int, list[int]] = {}
-        self.matched: dict[str, int] = {}
-
-
-def cycle_state(ctx: CycleContext, key: str) -> PrefixCycle:
-    """The `PrefixCycle` kept under `key` in this cycle's context (made on first use)."""
-    state = ctx.data.get(key)
-    if state is None:
-        state = ctx.data[key] = PrefixCycle()
-    return state
 
 
 @dataclass(slots=True)
@@ -257,26 +187,3 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
     # -- observability -----------------------------------------------------------------------
     def stats(self) -> PrefixIndexStats:
         return self.lookup_stats(len(self.index), len(self.index.endpoints()))
-
-
-@register
-class ApproxPrefixCacheProducer(PrefixCacheScorer):
-    """llm-d's name for the same index when filters read it (`prefix-cache-affinity-filter`),
-    so llm-d's configs load unchanged; `maxPrefixTokensToMatch` gives the cap in tokens."""
-
-    type_name = "approx-prefix-cache-producer"
-
-    class Params(PrefixCacheScorer.Params):
-        max_prefix_tokens_to_match: int | None = pydantic.Field(None, ge=1, le=1_048_576)
-
-        @pydantic.model_validator(mode="before")
-        @classmethod
-        def _tokens_to_blocks(cls, data: Any) -> Any:
-            if not isinstance(data, dict):
-                return data
-            tokens = data.get("maxPrefixTokensToMatch", data.get("max_prefix_tokens_to_match"))
-            if isinstance(tokens, int) and tokens >= 1:
-                size = data.get("blockSizeTokens", data.get("block_size_tokens", 16))
-                if isinstance(size, int) and size >= 1:
-                    data = {**data, "maxPrefixBlocksToMatch": min(-(-tokens // size), 65_536)}
-            return data

@@ -2,7 +2,8 @@
 
 A plugin class declares `type_name` and may declare `Params`, a pydantic model validating its
 `parameters`; it is constructed as `cls(name, params)` (or `cls(name)` without Params).
-Plugin modules register themselves on import with `@register`.
+Plugin modules register themselves on import with `@register`; `load_builtins` imports the
+`inferoute.core.plugins` package, which imports all of its modules.
 """
 
 from __future__ import annotations
@@ -17,24 +18,6 @@ from ..errors import ConfigError
 T = TypeVar("T", bound=type)
 
 _REGISTRY: dict[str, type] = {}
-
-#: modules whose import registers the built-in plugins
-BUILTIN_PLUGIN_MODULES = (
-    "inferoute.core.plugins.prefix_cache_scorer",
-    "inferoute.core.plugins.queue_scorer",
-    "inferoute.core.plugins.lora_affinity_scorer",
-    "inferoute.core.plugins.session_affinity_scorer",
-    "inferoute.core.plugins.label_selector_filter",
-    "inferoute.core.plugins.inflight_load_producer",
-    "inferoute.core.plugins.max_score_picker",
-    "inferoute.core.plugins.pd_profile_handler",
-    # benchmark policies and inferoute's own profile
-    "inferoute.core.plugins.radix",
-    "inferoute.core.plugins.dynamo_kv_scorer",
-    "inferoute.core.plugins.predictive_cost_scorer",
-    # precise prefix-cache scoring from the engines' KV events
-    "inferoute.core.plugins.precise_prefix_cache_scorer",
-)
 
 _loaded = False
 
@@ -51,17 +34,11 @@ def register(cls: T) -> T:
 
 
 def load_builtins() -> None:
-    """Import the built-in plugin modules once (missing optional modules are skipped)."""
+    """Register the built-in plugins: importing their package imports every module in it."""
     global _loaded
-    if _loaded:
-        return
-    for mod in BUILTIN_PLUGIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-    _loaded = True
+    if not _loaded:
+        importlib.import_module("inferoute.core.plugins")
+        _loaded = True
 
 
 def plugin_types() -> list[str]:
