@@ -229,7 +229,7 @@ class Proxy:
     def _books_after_send(self, decision: Decision, took: float, model: str, target: str,
                           body_bytes: int) -> None:
         decision.pool.scheduler.run_deferred_hooks()
-        self.obs.scheduled(took, decision.request.attributes.get("prefix_cache_hit_ratio"))
+        self.obs.scheduled(took, decision.request.prefix_cache_hit_ratio)
         self.obs.request_started(model, target, body_bytes)
 
     def close(self) -> None:

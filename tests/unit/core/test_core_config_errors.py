@@ -188,3 +188,29 @@ def _ok(tmp_path: Path) -> Path:
     p = tmp_path / "ok.yaml"
     p.write_text("a: 1\n")
     return p
+
+
+@pytest.mark.parametrize("consumer, profiles", [
+    ("{type: inflight-load-producer, parameters: {accounting: prefill}}", ["default"]),
+    ("{type: pd-profile-handler, parameters: {threshold: 64}}", ["decode", "prefill"]),
+])
+def test_consumed_data_needs_a_configured_producer(consumer: str, profiles: list[str]) -> None:
+    profile_list = ", ".join(f"{{name: {n}, plugins: [{{pluginRef: queue-scorer}}]}}"
+                             for n in profiles)
+    text = f"plugins: [{consumer}, {{type: queue-scorer}}]\nschedulingProfiles: [{profile_list}]\n"
+    msg = error_of(text)
+    assert "consumes prefix-matched-tokens (dict[str, int]), which no configured plugin " \
+           "produces" in msg
+    # the same config with a prefix scorer configured (in no profile, even) loads
+    build(text.replace("{type: queue-scorer}]", "{type: queue-scorer}, {type: prefix-cache-scorer}]"))
+
+
+def test_every_plugin_module_registers_its_type() -> None:
+    """One module per plugin type, named after it: `foo-bar-scorer` lives in `foo_bar_scorer`."""
+    from inferoute.core.scheduling.registry import get_plugin_class, plugin_types
+
+    builtin = [t for t in plugin_types() if get_plugin_class(t).__module__.startswith("inferoute.")]
+    assert len(builtin) >= 24
+    for type_name in builtin:
+        module = get_plugin_class(type_name).__module__
+        assert module == "inferoute.core.plugins." + type_name.replace("-", "_"), type_name

@@ -9,7 +9,7 @@ import pydantic
 from pydantic.alias_generators import to_camel
 
 from ..errors import ConfigError
-from ..scheduling.framework import Scorer
+from ..scheduling.framework import DataKey, Scorer
 
 
 class PluginParams(pydantic.BaseModel):
@@ -38,6 +38,9 @@ class BasePlugin:
 
     type_name: ClassVar[str]
     Params: ClassVar[type[PluginParams]] = PluginParams
+    #: the cycle data it writes and reads (see `DataKey`); checked when a config loads
+    produces: Sequence[DataKey[Any]] = ()
+    consumes: Sequence[DataKey[Any]] = ()
 
     def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
         self.name = name or self.type_name

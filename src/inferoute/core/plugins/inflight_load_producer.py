@@ -11,7 +11,7 @@ stale). Its `accounting` is one of llm-d's two versions:
   tokens in flight, scaled), so the count follows everything in flight;
 - `prefill` (the later `llm-d-router` producer, without `addEstimatedOutputTokens`): a request
   counts the prompt tokens the chosen endpoint must compute (its prompt minus the leading tokens
-  a prefix-cache scorer matched there in the cycle) until its first response bytes (the prefill
+  a prefix-cache scorer matched there in the cycle: it consumes their `MATCHED_TOKENS`) until its first response bytes (the prefill
   is over; `on_first_token`) or its end, so the count is the prefill queue (its own count, at
   most 65,536 requests: the oldest are forgotten).
 
@@ -31,7 +31,7 @@ from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams, bound_plugin
-from .prefix_match import uncached_tokens
+from .prefix_match import MATCHED_TOKENS, uncached_tokens
 
 #: requests remembered while in flight (the oldest are forgotten past this)
 MAX_TRACKED = 65_536
@@ -98,6 +98,8 @@ class InFlightLoadProducer(BasePlugin):
     def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
         super().__init__(name, params)
         self.prefill = self.params.accounting == "prefill"
+        #: `prefill` accounting reads the prefix tokens matched on the target
+        self.consumes = (MATCHED_TOKENS,) if self.prefill else ()
         self.inflight = InFlightTokens()
 
     def tokens(self, ep: Endpoint) -> int:

@@ -27,7 +27,8 @@ Parameters (camelCase in YAML; defaults as in the reference scorer):
 
 `stats()` reports lookups and the hit ratio (blocks predicted cached on the chosen endpoint over
 blocks looked up) for the gateway's "prefix indexer hit ratio" metric; each scheduled request
-also gets `attributes["prefix_cache_hit_ratio"]`.
+also gets `prefix_cache_hit_ratio`. Each cycle it publishes `MATCHED_TOKENS` (the prompt tokens
+matched per endpoint) for the plugins that consume it.
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ import pydantic
 
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
-from ..scheduling.framework import CycleContext, SchedulingResult
+from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, block_hashes
 from .common import BasePlugin, PluginParams
 from .prefixindex import PrefixIndex
-from .prefix_match import (MATCHED_TOKENS_KEY, LookupStats, PrefixCycle, PrefixIndexStats,
-                           chosen_targets, cycle_state)
+from .prefix_match import (MATCHED_TOKENS, LookupStats, PrefixCycle, PrefixIndexStats,
+                           chosen_targets, cycle_state, matched_tokens)
 
 #: requests whose fallback correction is still possible (bounded)
 MAX_PENDING = 4096
@@ -64,6 +65,7 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
     """Fraction of the prompt's leading blocks the endpoint probably holds."""
 
     type_name = "prefix-cache-scorer"
+    produces = (MATCHED_TOKENS,)
 
     class Params(PluginParams):
         auto_tune: bool = True
@@ -88,7 +90,7 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
         p = self.params
         self.block_chars = p.block_size if p.block_size else p.block_size_tokens * CHARS_PER_TOKEN
         self.index = PrefixIndex()
-        self._key = f"prefix:{self.name}"
+        self._key = DataKey(f"prefix:{self.name}", PrefixCycle)
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         LookupStats.__init__(self)
 
@@ -126,7 +128,7 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
         for i, ep in enumerate(endpoints):
             groups.setdefault(self.layout(ep)[0], []).append(i)
         scores = [0.0] * len(endpoints)
-        matched_tokens: dict[str, int] = ctx.data.setdefault(MATCHED_TOKENS_KEY, {})
+        tokens = matched_tokens(ctx)
         for chars, idxs in groups.items():
             hashes = self._hashes(state, request, chars)
             total = len(hashes)
@@ -137,7 +139,7 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
             for i, name, m in zip(idxs, names, self.index.match(hashes, names)):
                 scores[i] = m / total
                 state.matched[name] = m
-                matched_tokens[name] = m * tokens_per_block
+                tokens[name] = m * tokens_per_block
         return scores
 
     # -- learning ----------------------------------------------------------------------------

@@ -7,17 +7,23 @@ from dataclasses import dataclass
 
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
-from ..scheduling.framework import CycleContext, SchedulingResult
+from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 
-#: ctx.data key under which the scorer publishes {endpoint name: matched prefix tokens}
-MATCHED_TOKENS_KEY = "prefix.matched_tokens"
+#: {endpoint name: leading prompt tokens a prefix scorer matched there}, this cycle
+MATCHED_TOKENS: DataKey[dict[str, int]] = DataKey("prefix-matched-tokens", dict[str, int])
 
 
 def uncached_tokens(ctx: CycleContext, request: InferenceRequest, endpoint: str) -> int:
     """The prompt tokens `endpoint` would compute: all but those a prefix scorer matched there
     in this cycle (all of them when no prefix scorer ran)."""
-    matched = ctx.data.get(MATCHED_TOKENS_KEY, {}).get(endpoint, 0)
+    matched = (ctx.get(MATCHED_TOKENS) or {}).get(endpoint, 0)
     return max(0, request.prompt_tokens_estimate - matched)
+
+
+def matched_tokens(ctx: CycleContext) -> dict[str, int]:
+    """This cycle's `MATCHED_TOKENS`, for a prefix scorer to fill in (made on first use)."""
+    matched = ctx.get(MATCHED_TOKENS)
+    return ctx.put(MATCHED_TOKENS, {}) if matched is None else matched
 
 
 @dataclass(slots=True, frozen=True)
@@ -55,7 +61,7 @@ class LookupStats:
         self._lookups += 1
         self._queried += total
         self._hit += matched
-        request.attributes["prefix_cache_hit_ratio"] = matched / total if total else 0.0
+        request.prefix_cache_hit_ratio = matched / total if total else 0.0
 
     def lookup_stats(self, indexed_blocks: int, endpoints: int) -> PrefixIndexStats:
         return PrefixIndexStats(lookups=self._lookups, blocks_queried=self._queried,
@@ -74,9 +80,7 @@ class PrefixCycle:
         self.matched: dict[str, int] = {}
 
 
-def cycle_state(ctx: CycleContext, key: str) -> PrefixCycle:
-    """The `PrefixCycle` kept under `key` in this cycle's context (made on first use)."""
-    state = ctx.data.get(key)
-    if state is None:
-        state = ctx.data[key] = PrefixCycle()
-    return state
+def cycle_state(ctx: CycleContext, key: DataKey[PrefixCycle]) -> PrefixCycle:
+    """The `PrefixCycle` kept under a scorer's private `key` in this cycle (made on first use)."""
+    state = ctx.get(key)
+    return ctx.put(key, PrefixCycle()) if state is None else state
