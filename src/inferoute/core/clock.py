@@ -6,12 +6,6 @@ benchmark). `ManualClock` is for tests and the discrete-event benchmark.
 
 from __future__ import annotations
 
-from typing import Protocol
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
 
 class ManualClock:
     """A clock that only moves when told to."""

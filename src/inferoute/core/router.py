@@ -40,7 +40,6 @@ class Decision:
     prompt_tokens: int = 0
     first_token: bool = False
     finished: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Router:

@@ -202,7 +202,8 @@ def test_consumed_data_needs_a_configured_producer(consumer: str, profiles: list
     assert "consumes prefix-matched-tokens (dict[str, int]), which no configured plugin " \
            "produces" in msg
     # the same config with a prefix scorer configured (in no profile, even) loads
-    build(text.replace("{type: queue-scorer}]", "{type: queue-scorer}, {type: prefix-cache-scorer}]"))
+    build(text.replace("{type: queue-scorer}]",
+                       "{type: queue-scorer}, {type: prefix-cache-scorer}]"))
 
 
 def test_every_plugin_module_registers_its_type() -> None:

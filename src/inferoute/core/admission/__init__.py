@@ -32,7 +32,7 @@ from .ratelimit import Limits, MemoryRateLimiter, RateLimiter, Reservation, esti
 from .routing_rules import RouteChoice, RouteSpec, RoutingRules, rewrite_model
 from .saturation import SaturationDetector
 from .usage import (ResponseRewriter, UpstreamBody, prepare_upstream_body, rewrite_response_model,
-                    sse_error, total_tokens, usage_of)
+                    total_tokens, usage_of)
 
 
 class AdmissionConfig(pydantic.BaseModel):
@@ -102,6 +102,6 @@ __all__ = [
     "Objectives", "QueueFull", "RateLimiter", "Reservation", "ResponseRewriter", "RouteChoice",
     "RouteSpec", "RoutingRules", "SaturationDetector", "Ticket", "TicketState", "UpstreamBody",
     "estimate_tokens", "load_admission_config", "parse_admission_config",
-    "prepare_upstream_body", "rewrite_model", "rewrite_response_model", "sse_error",
+    "prepare_upstream_body", "rewrite_model", "rewrite_response_model",
     "total_tokens", "usage_of",
 ]

@@ -197,10 +197,6 @@ class FlowQueue:
         self.requests += 1
         self.bytes += t.size
 
-    def peek_priority(self) -> int | None:
-        """Priority of the band that would be served next."""
-        return -self._order[0] if self._order else None
-
     def peek_lowest_priority(self) -> int | None:
         """Priority of the lowest band holding tickets."""
         return -self._order[-1] if self._order else None

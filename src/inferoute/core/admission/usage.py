@@ -147,13 +147,6 @@ class ResponseRewriter:
         self._buf.clear()
         return self._event(rest) if rest else b""
 
-    def fail(self, message: str, *, code: str = "upstream_error") -> bytes:
-        """The upstream broke mid-stream: drop the held partial event and return a clean ending
-        (an error event, then `[DONE]`). The client has only ever been given whole events, so
-        this lands on an event boundary."""
-        self._buf.clear()
-        return sse_error(message, code=code)
-
     def _event(self, event: bytes) -> bytes:
         if b'"usage"' not in event and not self.rewrite:
             return event
@@ -176,13 +169,6 @@ class ResponseRewriter:
                     lines[i] = b"data: " + new + (b"\r" if line.endswith(b"\r") else b"")
                     changed = True
         return b"\n".join(lines) if changed else event
-
-
-def sse_error(message: str, *, code: str = "upstream_error",
-              error_type: str = "upstream_error") -> bytes:
-    """An OpenAI-style error as an SSE event followed by `data: [DONE]`."""
-    err = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-    return b"data: " + orjson.dumps(err) + b"\n\ndata: [DONE]\n\n"
 
 
 def _has_usage(payload: bytes) -> bool:

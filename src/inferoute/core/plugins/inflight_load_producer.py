@@ -11,9 +11,9 @@ stale). Its `accounting` is one of llm-d's two versions:
   tokens in flight, scaled), so the count follows everything in flight;
 - `prefill` (the later `llm-d-router` producer, without `addEstimatedOutputTokens`): a request
   counts the prompt tokens the chosen endpoint must compute (its prompt minus the leading tokens
-  a prefix-cache scorer matched there in the cycle: it consumes their `MATCHED_TOKENS`) until its first response bytes (the prefill
-  is over; `on_first_token`) or its end, so the count is the prefill queue (its own count, at
-  most 65,536 requests: the oldest are forgotten).
+  a prefix-cache scorer matched there in the cycle: it consumes their `MATCHED_TOKENS`) until
+  its first response bytes (the prefill is over; `on_first_token`) or its end, so the count is
+  the prefill queue (its own count, at most 65,536 requests: the oldest are forgotten).
 
 `token-load-scorer` and `prefix-cache-affinity-filter` read it (`ReadsInFlightLoad`); it need not
 be in a profile (it learns from every decision through its hooks).
