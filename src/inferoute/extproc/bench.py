@@ -31,7 +31,7 @@ from ..core.endpoint import Endpoint, EndpointMetrics, Pool
 from ..core.router import ModelPool, Router
 from ..core.scheduling.config import default_config
 from ..core.scheduling.scheduler import Scheduler
-from .protocol import Picker
+from .protocol import EndpointPicker
 
 MODEL = "bench-model"
 _FD = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
@@ -64,7 +64,7 @@ def _pct(xs: list[float], q: float) -> float:
 def bench_in_process(endpoints: int, prompt_chars: int, requests: int) -> None:
     eps = [Endpoint(host=f"10.0.0.{i + 1}", port=8000) for i in range(endpoints)]
     router = Router([ModelPool(MODEL, Pool(MODEL, eps), Scheduler(default_config(), seed=0))])
-    picker = Picker(router)
+    picker = EndpointPicker(router)
     msgs = [_messages(i, prompt_chars, groups=max(1, requests // 5)) for i in range(requests)]
     times = []
     t_all = time.perf_counter()

@@ -31,9 +31,9 @@ from ..datalayer.runtime import DataLayer
 from ..gateway.command import add_precise_flags, apply_precise_flags
 from ..observability import Observability
 from .admission import AdmissionRunner
-from .health import Health, start_health_server
+from .health import GrpcHealth, start_health_server
 from .metrics import MetricsObserver
-from .protocol import MODE_NAMES, Picker, PickerSettings
+from .protocol import MODE_NAMES, EndpointPicker, PickerSettings
 from .server import ExternalProcessor, start_grpc_server, stop_servers
 
 log = logging.getLogger("inferoute.extproc")
@@ -141,14 +141,14 @@ class EppApp:
             max_body_bytes=args.max_body_bytes or config.max_body_bytes,
             fallbacks=max(0, args.fallbacks), assumed_mode=MODE_NAMES[args.body_mode])
         self.admission = AdmissionRunner(admission, self.data)
-        self.picker = Picker(self.data.router, settings, observer=MetricsObserver(self.obs),
+        self.picker = EndpointPicker(self.data.router, settings, observer=MetricsObserver(self.obs),
                              admit=self.admission.admit,
                              route_model=self.admission.route_model,
                              candidates=self.data.ready_endpoints, default_model=default_model)
         self.servicer = ExternalProcessor(self.picker, clock=self.data.clock,
                                           wait_ticket=self.admission.wait,
                                           after_stream=self.admission.pump)
-        self.health = Health()
+        self.health = GrpcHealth()
         self.discovery: Any = None
         self.ports: dict[str, int] = {}
         self._grpc: Any = None

@@ -25,7 +25,7 @@ log = logging.getLogger("inferoute.admission")
 TICK = 0.02
 
 
-class Admission:
+class AdmissionDriver:
     """Classify, admit (maybe after a wait), and release queued requests as capacity frees."""
 
     def __init__(self, config: AdmissionConfig, data: DataLayer) -> None:

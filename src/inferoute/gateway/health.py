@@ -25,7 +25,7 @@ log = logging.getLogger("inferoute.health")
 TICK = 0.5
 
 
-class Health:
+class EndpointHealth:
     """One `HealthTracker` per pool, a ticker for ejection ends and active probes."""
 
     def __init__(self, data: DataLayer, outlier: OutlierSpec | None = None,

@@ -49,8 +49,8 @@ from ..core.router import Decision
 from ..datalayer.discovery.static import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
-from .admission import Admission
-from .health import Health
+from .admission import AdmissionDriver
+from .health import EndpointHealth
 from .semantic import Semantic
 from .sse import ResponseRelay, UsageTracker
 from .tenants import Tenants
@@ -121,7 +121,7 @@ class Proxy:
     """Holds what every request needs; `handle` is the aiohttp handler of the POST routes."""
 
     def __init__(self, data: DataLayer, obs: Observability, config: ServingConfig,
-                 admission: Admission | None = None, health: Health | None = None,
+                 admission: AdmissionDriver | None = None, health: EndpointHealth | None = None,
                  tenants: Tenants | None = None, semantic: Semantic | None = None) -> None:
         self.data = data
         self.obs = obs
