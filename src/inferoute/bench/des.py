@@ -37,7 +37,8 @@ from ..core.kvindex import apply_engine_events
 from ..core.plugins.precise_prefix_cache_scorer import precise_scorers
 from ..core.request import parse_request
 from ..core.router import Decision, ModelPool, Router
-from ..core.scheduling.config import EndpointPickerConfig, resolve_config
+from ..configfiles import resolve_config
+from ..core.scheduling.config import EndpointPickerConfig
 from ..core.scheduling.scheduler import Scheduler
 from .load import LoadSpec, Stage
 from .metrics import RequestRecord, summarize
@@ -149,7 +150,7 @@ class VirtualBench:
         heapq.heappush(self._heap, (t, self._seq, kind, payload))
 
     def _token_ids(self, item: WorkItem) -> list[int]:
-        from ..sim.tokenizer import encode
+        from ..core.words import encode
 
         ids = self._ids.get(item.key)
         if ids is None:

@@ -8,7 +8,7 @@ The HTTP gateway, the ext_proc picker and the virtual-time benchmark all go thro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .endpoint import Endpoint, Pool

@@ -22,7 +22,8 @@ from typing import Any
 from aiohttp import web
 
 from ..aiotasks import stop_event_on_signals
-from ..core.admission import AdmissionConfig, load_admission_config
+from ..configfiles import load_admission_config
+from ..core.admission import AdmissionConfig
 from ..core.errors import ConfigError
 from ..core.scheduling.config import parse_duration
 from ..datalayer.discovery.static import (ServingConfig, config_from_args,

@@ -136,7 +136,7 @@ def test_for_pool_without_precise_scorer_or_with_bad_settings():
     import pytest
 
     from inferoute.core.errors import ConfigError
-    from inferoute.core.scheduling.config import resolve_config
+    from inferoute.configfiles import resolve_config
     from inferoute.core.scheduling.scheduler import Scheduler
     from inferoute.datalayer.precise_pool import PreciseRouting
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from inferoute.core.errors import ConfigError
-from inferoute.core.scheduling.config import (load_config_file, load_config_text,
-                                              packaged_policies, resolve_config)
+from inferoute.configfiles import load_config_file, packaged_policies, resolve_config
+from inferoute.core.scheduling.config import load_config_text
 from inferoute.core.scheduling.scheduler import Scheduler
 
 
@@ -161,7 +161,7 @@ def test_llm_d_policy_weights() -> None:
 
 
 def test_every_config_file_read_fails_with_one_clear_line(tmp_path: Path) -> None:
-    from inferoute.core.errors import read_yaml_file
+    from inferoute.configfiles import read_yaml_file
     from inferoute.semantic.categories import load_categories
     from inferoute.semantic.config import load_config as load_semantic
 

@@ -50,12 +50,12 @@ from typing import Any, Literal
 
 import pydantic
 
-from ...core.admission import AdmissionConfig, parse_admission_config, read_admission_file
+from ...configfiles import read_admission_file, read_yaml_file, resolve_config
+from ...core.admission import AdmissionConfig, parse_admission_config
 from ...core.endpoint import Endpoint, parse_endpoint
 from ...core.health import ActiveCheckSpec, OutlierSpec
-from ...core.errors import ConfigError, explain_validation, read_yaml_file
-from ...core.scheduling.config import (EndpointPickerConfig, parse_config, parse_duration,
-                                       resolve_config)
+from ...core.errors import ConfigError, explain_validation
+from ...core.scheduling.config import EndpointPickerConfig, parse_config, parse_duration
 
 _CAMEL = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
 
