@@ -33,7 +33,7 @@ from ..core.endpoint import Endpoint, Pool
 from ..core.errors import ConfigError
 from ..core.router import ModelPool, Router
 from ..core.scheduling.scheduler import Scheduler
-from .discovery.static import ServingConfig
+from .serving_config import ServingConfig
 from .metricsparse import EngineName
 from .precise_pool import PreciseRouting
 from .scaleout import RedisSharing, share_indexes

@@ -20,7 +20,7 @@ from aiohttp import web
 from ..aiotasks import stop_event_on_signals
 from ..core.errors import InferouteError, NoEndpointAvailable
 from ..core.request import API_PATHS
-from ..datalayer.discovery.static import ServingConfig
+from ..datalayer.serving_config import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .admission import AdmissionDriver

@@ -12,7 +12,7 @@ from ..core.errors import ConfigError
 from ..core.scheduling.config import parse_duration
 
 if TYPE_CHECKING:
-    from ..datalayer.discovery.static import ServingConfig
+    from ..datalayer.serving_config import ServingConfig
 
 
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -76,7 +76,7 @@ def apply_precise_flags(config: ServingConfig, args: argparse.Namespace) -> Serv
     ConfigError when they are given but no pool's scheduler has a precise-prefix-cache-scorer
     (they would be ignored silently otherwise)."""
     from ..core.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
-    from ..datalayer.discovery.static import parse_serving_config
+    from ..datalayer.serving_config import parse_serving_config
     from ..datalayer.kvevents import KVEventsConfig
 
     tokenizer = getattr(args, "tokenizer", None)
@@ -108,7 +108,7 @@ def apply_precise_flags(config: ServingConfig, args: argparse.Namespace) -> Serv
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..datalayer.discovery.static import config_from_args
+    from ..datalayer.serving_config import config_from_args
     from .app import serve
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),

@@ -46,7 +46,7 @@ from ..core.errors import (InferouteError, ModelNotFound, NoEndpointAvailable,
                            PayloadTooLarge, UpstreamError, UpstreamTimeout)
 from ..core.request import API_PATHS, InferenceRequest, parse_request
 from ..core.router import Decision
-from ..datalayer.discovery.static import ServingConfig
+from ..datalayer.serving_config import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .admission import AdmissionDriver

@@ -12,7 +12,7 @@ from inferoute.core.clock import ManualClock
 from inferoute.core.endpoint import EndpointMetrics
 from inferoute.core.errors import NoEndpointAvailable, TooManyRequests
 from inferoute.core.request import parse_request
-from inferoute.datalayer.discovery.static import parse_serving_config
+from inferoute.datalayer.serving_config import parse_serving_config
 from inferoute.datalayer.runtime import DataLayer
 from inferoute.extproc.admission import AdmissionRunner
 

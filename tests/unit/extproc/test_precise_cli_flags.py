@@ -8,7 +8,7 @@ import pytest
 from inferoute.cli import build_parser
 from inferoute.core.endpoint import parse_endpoint
 from inferoute.core.errors import ConfigError
-from inferoute.datalayer.discovery.static import config_from_args
+from inferoute.datalayer.serving_config import config_from_args
 from inferoute.datalayer.kvevents import KVEventsConfig
 from inferoute.datalayer.runtime import DataLayer
 from inferoute.extproc import command as epp_command

@@ -8,7 +8,7 @@ import pytest
 from inferoute.core.clock import ManualClock
 from inferoute.core.endpoint import EndpointMetrics
 from inferoute.core.errors import ConfigError
-from inferoute.datalayer.discovery.static import parse_serving_config
+from inferoute.datalayer.serving_config import parse_serving_config
 from inferoute.datalayer.runtime import DataLayer
 from inferoute.gateway.proxy import retry_delay
 

@@ -50,12 +50,12 @@ from typing import Any, Literal
 
 import pydantic
 
-from ...configfiles import read_admission_file, read_yaml_file, resolve_config
-from ...core.admission import AdmissionConfig, parse_admission_config
-from ...core.endpoint import Endpoint, parse_endpoint
-from ...core.health import ActiveCheckSpec, OutlierSpec
-from ...core.errors import ConfigError, explain_validation
-from ...core.scheduling.config import EndpointPickerConfig, parse_config, parse_duration
+from ..configfiles import read_admission_file, read_yaml_file, resolve_config
+from ..core.admission import AdmissionConfig, parse_admission_config
+from ..core.endpoint import Endpoint, parse_endpoint
+from ..core.health import ActiveCheckSpec, OutlierSpec
+from ..core.errors import ConfigError, explain_validation
+from ..core.scheduling.config import EndpointPickerConfig, parse_config, parse_duration
 
 _CAMEL = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -139,7 +139,7 @@ class PoolConfig(pydantic.BaseModel):
     @classmethod
     def _kv_events_ok(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None:
-            from ..kvevents import KVEventsConfig
+            from .kvevents import KVEventsConfig
             _check(KVEventsConfig, v)
         return v
 
@@ -147,7 +147,7 @@ class PoolConfig(pydantic.BaseModel):
     @classmethod
     def _tokenizer_ok(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
         if v is not None:
-            from ..tokenize import TokenizerConfig
+            from .tokenize import TokenizerConfig
             _check(TokenizerConfig, v)
         return v
 
