@@ -126,7 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _overhead(args: argparse.Namespace) -> int:
-    from .overhead import main
+    from ..tools.overhead import main
 
     return main(args)
 

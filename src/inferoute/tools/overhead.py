@@ -158,12 +158,12 @@ async def _stream_cost(gateway: str, gateway_pid: int, streams: int = 80,
 
 
 def main(args: argparse.Namespace) -> int:
-    from .command import run_async
+    from ..gateway.command import run_async
 
     server_port, slow_port, gw_port = free_port(), free_port(), free_port()
-    server = ChildProcess.module("inferoute.gateway.standin", "--port", str(server_port),
+    server = ChildProcess.module("inferoute.tools.standin", "--port", str(server_port),
                                  "--model", "m", keep=200)
-    slow = ChildProcess.module("inferoute.gateway.standin", "--port", str(slow_port),
+    slow = ChildProcess.module("inferoute.tools.standin", "--port", str(slow_port),
                                "--model", "slow", "--token-delay", "0.005", keep=200)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         yaml.safe_dump({"host": "127.0.0.1", "port": gw_port, "pools": [

@@ -8,7 +8,7 @@
    routing answer (what Envoy waits before it forwards), sequential; plus the decisions per
    second that process sustains with concurrent streams.
 
-    python -m inferoute.extproc.bench [--endpoints 16] [--prompt-chars 32000] [--requests 2000]
+    python -m inferoute.tools.picker_bench [--endpoints 16] [--prompt-chars 32000] [--requests 2000]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..core.endpoint import Endpoint, EndpointMetrics, Pool
 from ..core.router import ModelPool, Router
 from ..core.scheduling.config import default_config
 from ..core.scheduling.scheduler import Scheduler
-from .protocol import EndpointPicker
+from ..extproc.protocol import EndpointPicker
 
 MODEL = "bench-model"
 _FD = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
@@ -167,7 +167,7 @@ def bench_grpc(endpoints: int, prompt_chars: int, requests: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m inferoute.extproc.bench",
+    p = argparse.ArgumentParser(prog="python -m inferoute.tools.picker_bench",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--endpoints", type=int, default=16)
     p.add_argument("--prompt-chars", type=int, default=32000,
