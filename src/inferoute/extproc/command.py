@@ -26,10 +26,10 @@ from ..configfiles import load_admission_config
 from ..core.admission import AdmissionConfig
 from ..core.errors import ConfigError
 from ..core.scheduling.config import parse_duration
+from ..datalayer.precise_flags import add_precise_flags, apply_precise_flags
 from ..datalayer.serving_config import (ServingConfig, config_from_args,
                                           parse_serving_config)
 from ..datalayer.runtime import DataLayer
-from ..gateway.command import add_precise_flags, apply_precise_flags
 from ..observability import Observability
 from .admission import AdmissionRunner
 from .health import GrpcHealth, start_health_server
