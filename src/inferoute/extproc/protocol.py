@@ -41,7 +41,7 @@ from ..core.errors import (BadRequest, InferouteError, ModelNotFound, NoEndpoint
 from ..core.request import API_PATHS, InferenceRequest, decode_body, parse_request
 from ..core.router import Decision, ModelPool, Router
 from . import messages as m
-from ..gateway.sse import UsageTracker
+from ..core.sse import UsageTracker
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 DESTINATION_NAMESPACE = "envoy.lb"

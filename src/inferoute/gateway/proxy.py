@@ -52,7 +52,8 @@ from ..observability import Observability
 from .admission import AdmissionDriver
 from .health import EndpointHealth
 from .semantic import Semantic
-from .sse import ResponseRelay, UsageTracker
+from ..core.sse import UsageTracker
+from .sse import ResponseRelay
 from .tenants import Tenants
 from .upstream import ConnectTimeout, UpstreamConnectionError, UpstreamPool, UpstreamResponse
 
@@ -379,7 +380,7 @@ class Proxy:
         resp.headers[SERVED_HEADER] = ep.name
         resp.headers.update(flight.headers)
         await resp.prepare(request)
-        tracker = UsageTracker(stream) if plain else None
+        tracker = UsageTracker(stream, relay.rewriter) if plain else None
         collector = None
         if self.semantic is not None and plain and upstream.status == 200:
             if stream:

@@ -7,7 +7,8 @@ import orjson
 import pytest
 
 from inferoute.core.admission import ResponseRewriter, prepare_upstream_body, total_tokens
-from inferoute.core.admission.usage import rewrite_response_model, usage_of
+from inferoute.core.admission.usage import rewrite_response_model
+from inferoute.core.sse import usage_of
 
 
 def _chunk(content: str | None, model: str = "tgt", usage: dict | None = None) -> bytes:

@@ -30,8 +30,9 @@ from .objectives import OBJECTIVE_HEADER, Objective, Objectives, ObjectiveSpec
 from .ratelimit import Limits, MemoryRateLimiter, RateLimiter, Reservation, estimate_tokens
 from .routing_rules import RouteChoice, RouteSpec, RoutingRules, rewrite_model
 from .saturation import SaturationDetector
+from ..sse import usage_of
 from .usage import (ResponseRewriter, UpstreamBody, prepare_upstream_body, rewrite_response_model,
-                    total_tokens, usage_of)
+                    total_tokens)
 
 
 class AdmissionConfig(pydantic.BaseModel):
