@@ -6,6 +6,8 @@ benchmark). `ManualClock` is for tests and the discrete-event benchmark.
 
 from __future__ import annotations
 
+__all__ = ["ManualClock"]
+
 
 class ManualClock:
     """A clock that only moves when told to."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Literal
 
+__all__ = ["Endpoint", "EndpointMetrics", "Engine", "parse_endpoint", "Pool", "Role"]
+
 Role = Literal["both", "prefill", "decode"]
 Engine = Literal["vllm", "sglang", "trtllm"]
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["BadRequest", "ConfigError", "explain_validation", "Forbidden", "InferouteError",
+           "ModelNotFound", "NoEndpointAvailable", "PayloadTooLarge", "TooManyRequests",
+           "Unauthorized", "UpstreamError", "UpstreamTimeout"]
+
 
 class InferouteError(Exception):
     """Base error: maps to an OpenAI-style JSON error body with an HTTP status."""

@@ -16,6 +16,9 @@ import orjson
 
 from .errors import BadRequest
 
+__all__ = ["API_PATHS", "ApiKind", "CHARS_PER_TOKEN", "decode_body", "InferenceRequest",
+           "parse_request"]
+
 ApiKind = Literal["completions", "chat", "responses"]
 
 API_PATHS: dict[str, ApiKind] = {

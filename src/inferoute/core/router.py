@@ -17,6 +17,8 @@ from .request import InferenceRequest
 from .scheduling.framework import SchedulingResult
 from .scheduling.scheduler import Scheduler
 
+__all__ = ["Decision", "ModelPool", "Router"]
+
 
 @dataclass(slots=True)
 class ModelPool:

@@ -14,6 +14,9 @@ from typing import Any, Protocol
 
 import orjson
 
+__all__ = ["event_end", "has_usage", "MAX_HELD_EVENT", "MAX_KEEP", "split_events", "usage_in",
+           "usage_of", "UsageSource", "UsageTracker"]
+
 _USAGE = b'"usage"'
 #: longest SSE line or JSON body kept for usage extraction; larger ones are skipped
 MAX_KEEP = 4 * 1024 * 1024

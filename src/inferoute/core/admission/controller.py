@@ -37,6 +37,8 @@ from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketSt
 from .objectives import Objective, Objectives
 from .saturation import SaturationDetector
 
+__all__ = ["AdmissionController", "Admitted", "FAIRNESS_HEADER"]
+
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
 
 

@@ -22,6 +22,9 @@ from typing import Any, Literal
 
 import pydantic
 
+__all__ = ["FlowControlSpec", "FlowQueue", "Ordering", "parse_size", "QueueFull", "QueueStats",
+           "Ticket", "TicketState"]
+
 Ordering = Literal["fcfs", "edf"]
 
 

@@ -16,6 +16,9 @@ import orjson
 
 from ..sse import event_end, has_usage, usage_in
 
+__all__ = ["prepare_upstream_body", "ResponseRewriter", "rewrite_response_model", "total_tokens",
+           "UpstreamBody"]
+
 
 @dataclass(slots=True, frozen=True)
 class UpstreamBody:
@@ -96,10 +99,13 @@ class ResponseRewriter:
     def __init__(self, *, strip_usage: bool, target_model: str | None = None,
                  client_model: str | None = None) -> None:
         self.strip_usage = strip_usage
-        self.rewrite = (target_model is not None and client_model is not None
-                        and target_model != client_model)
-        self._patterns = _model_patterns(target_model, client_model) if self.rewrite else []
-        self._target, self._client = target_model, client_model
+        self.rewrite = False
+        self._patterns: list[tuple[bytes, bytes]] = []
+        self._target = self._client = ""
+        if target_model is not None and client_model is not None and target_model != client_model:
+            self.rewrite = True
+            self._patterns = _model_patterns(target_model, client_model)
+            self._target, self._client = target_model, client_model
         self._buf = bytearray()
         self.usage: dict[str, Any] | None = None
 
@@ -153,7 +159,7 @@ class ResponseRewriter:
                     if self.strip_usage and obj.get("choices") == [] and obj.get("usage"):
                         return b""
             if self.rewrite:
-                new = rewrite_response_model(payload, self._target, self._client)  # type: ignore[arg-type]
+                new = rewrite_response_model(payload, self._target, self._client)
                 if new is not payload:
                     lines[i] = b"data: " + new + (b"\r" if line.endswith(b"\r") else b"")
                     changed = True

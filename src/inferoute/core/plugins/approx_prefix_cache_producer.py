@@ -14,6 +14,8 @@ import pydantic
 from ..scheduling.registry import register
 from .prefix_cache_scorer import PrefixCacheScorer
 
+__all__ = ["ApproxPrefixCacheProducer"]
+
 
 @register
 class ApproxPrefixCacheProducer(PrefixCacheScorer):

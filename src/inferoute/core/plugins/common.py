@@ -11,6 +11,8 @@ from pydantic.alias_generators import to_camel
 from ..errors import ConfigError
 from ..scheduling.framework import DataKey, Scorer
 
+__all__ = ["BasePlugin", "bound_plugin", "inverted_min_max", "PickerParams", "PluginParams"]
+
 
 class PluginParams(pydantic.BaseModel):
     """Base of every plugin's `Params`: camelCase keys as in EndpointPickerConfig, typos rejected.

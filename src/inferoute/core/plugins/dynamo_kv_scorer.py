@@ -30,6 +30,8 @@ from .blockhash import CHARS_PER_TOKEN, block_hashes
 from .common import BasePlugin, PluginParams, inverted_min_max
 from .prefixindex import PrefixIndex
 
+__all__ = ["DynamoKvScorer"]
+
 
 @register
 class DynamoKvScorer(BasePlugin):

@@ -15,6 +15,8 @@ from ..scheduling.framework import CycleContext
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams, inverted_min_max
 
+__all__ = ["InFlightScorer"]
+
 
 @register
 class InFlightScorer(BasePlugin):

@@ -33,6 +33,8 @@ from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams, bound_plugin
 from .prefix_match import MATCHED_TOKENS, uncached_tokens
 
+__all__ = ["InFlightLoadProducer", "InFlightTokens", "MAX_TRACKED", "ReadsInFlightLoad"]
+
 #: requests remembered while in flight (the oldest are forgotten past this)
 MAX_TRACKED = 65_536
 

@@ -12,6 +12,8 @@ from ..scheduling.framework import CycleContext
 from ..scheduling.registry import register
 from .common import BasePlugin
 
+__all__ = ["KvCacheUtilizationScorer"]
+
 
 @register
 class KvCacheUtilizationScorer(BasePlugin):

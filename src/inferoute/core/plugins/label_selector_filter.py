@@ -17,6 +17,8 @@ from ..scheduling.framework import CycleContext
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
 
+__all__ = ["LabelExpression", "LabelSelectorFilter"]
+
 
 class LabelExpression(PluginParams):
     key: str = pydantic.Field(min_length=1)

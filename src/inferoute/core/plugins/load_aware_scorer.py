@@ -15,6 +15,8 @@ from ..scheduling.framework import CycleContext
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
 
+__all__ = ["LoadAwareScorer"]
+
 
 @register
 class LoadAwareScorer(BasePlugin):

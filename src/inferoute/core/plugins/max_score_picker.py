@@ -12,6 +12,8 @@ from ..scheduling.framework import CycleContext, ScoredEndpoint
 from ..scheduling.registry import register
 from .common import BasePlugin, PickerParams
 
+__all__ = ["MaxScorePicker", "TIE_EPSILON"]
+
 TIE_EPSILON = 1e-9
 
 

@@ -29,6 +29,8 @@ from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
 from .prefix_match import MATCHED_TOKENS, uncached_tokens
 
+__all__ = ["PdProfileHandler"]
+
 
 @register
 class PdProfileHandler(BasePlugin):

@@ -46,6 +46,8 @@ from .common import BasePlugin, PluginParams
 from .prefix_match import (MATCHED_TOKENS, LookupStats, PrefixCycle, PrefixIndexStats,
                            chosen_targets, cycle_state, matched_tokens)
 
+__all__ = ["MAX_PENDING", "precise_scorers", "PrecisePrefixCacheScorer", "Tokenize"]
+
 #: requests whose prediction may still move after a fallback (bounded)
 MAX_PENDING = 4096
 
@@ -81,7 +83,7 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
             max_speculative=p.max_speculative_per_endpoint if p.speculative else 0,
             lora_names=p.lora_ids)
         self.tokenizer: Tokenize | None = None
-        self._key = DataKey(f"precise:{self.name}", PrefixCycle)
+        self._key: DataKey[PrefixCycle] = DataKey(f"precise:{self.name}", PrefixCycle)
         self._pending: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
         LookupStats.__init__(self)
         self._untokenized = 0

@@ -8,6 +8,8 @@ from ..scheduling.framework import CycleContext
 from ..scheduling.registry import register
 from .common import BasePlugin
 
+__all__ = ["PrefillFilter"]
+
 
 @register
 class PrefillFilter(BasePlugin):

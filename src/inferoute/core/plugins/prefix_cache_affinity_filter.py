@@ -31,6 +31,8 @@ from .common import PluginParams, bound_plugin
 from .inflight_load_producer import ReadsInFlightLoad
 from .prefix_match import LookupStats
 
+__all__ = ["PrefixCacheAffinityFilter"]
+
 
 @register
 class PrefixCacheAffinityFilter(ReadsInFlightLoad):

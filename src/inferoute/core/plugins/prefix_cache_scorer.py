@@ -49,6 +49,8 @@ from .prefixindex import PrefixIndex
 from .prefix_match import (MATCHED_TOKENS, LookupStats, PrefixCycle, PrefixIndexStats,
                            chosen_targets, cycle_state, matched_tokens)
 
+__all__ = ["MAX_PENDING", "PrefixCacheScorer"]
+
 #: requests whose fallback correction is still possible (bounded)
 MAX_PENDING = 4096
 
@@ -90,7 +92,7 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
         p = self.params
         self.block_chars = p.block_size if p.block_size else p.block_size_tokens * CHARS_PER_TOKEN
         self.index = PrefixIndex()
-        self._key = DataKey(f"prefix:{self.name}", PrefixCycle)
+        self._key: DataKey[PrefixCycle] = DataKey(f"prefix:{self.name}", PrefixCycle)
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         LookupStats.__init__(self)
 

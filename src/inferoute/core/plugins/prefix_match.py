@@ -9,6 +9,9 @@ from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 
+__all__ = ["chosen_targets", "cycle_state", "LookupStats", "MATCHED_TOKENS", "matched_tokens",
+           "PrefixCycle", "PrefixIndexStats", "uncached_tokens"]
+
 #: {endpoint name: leading prompt tokens a prefix scorer matched there}, this cycle
 MATCHED_TOKENS: DataKey[dict[str, int]] = DataKey("prefix-matched-tokens", dict[str, int])
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import heapq
 from os.path import commonprefix
 
+__all__ = ["RadixTree"]
+
 
 
 class _Node:

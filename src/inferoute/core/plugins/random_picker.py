@@ -8,6 +8,8 @@ from ..scheduling.framework import CycleContext, ScoredEndpoint
 from ..scheduling.registry import register
 from .common import BasePlugin, PickerParams
 
+__all__ = ["RandomPicker"]
+
 
 @register
 class RandomPicker(BasePlugin):

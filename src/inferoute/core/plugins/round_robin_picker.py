@@ -12,6 +12,8 @@ from ..scheduling.framework import CycleContext, ScoredEndpoint
 from ..scheduling.registry import register
 from .common import BasePlugin, PickerParams, PluginParams
 
+__all__ = ["RoundRobinPicker"]
+
 
 @register
 class RoundRobinPicker(BasePlugin):

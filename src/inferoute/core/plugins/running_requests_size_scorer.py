@@ -13,6 +13,8 @@ from ..scheduling.framework import CycleContext
 from ..scheduling.registry import register
 from .common import BasePlugin, inverted_min_max
 
+__all__ = ["RunningRequestsSizeScorer"]
+
 
 @register
 class RunningRequestsSizeScorer(BasePlugin):

@@ -29,6 +29,8 @@ from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
 from .radix import RadixTree
 
+__all__ = ["SglangCacheAwareScorer"]
+
 
 @register
 class SglangCacheAwareScorer(BasePlugin):

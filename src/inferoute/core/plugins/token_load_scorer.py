@@ -18,6 +18,8 @@ from ..scheduling.registry import register
 from .common import PluginParams
 from .inflight_load_producer import ReadsInFlightLoad
 
+__all__ = ["TokenLoadScorer"]
+
 
 @register
 class TokenLoadScorer(ReadsInFlightLoad):

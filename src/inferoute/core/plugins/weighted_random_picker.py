@@ -13,6 +13,8 @@ from ..scheduling.framework import CycleContext, ScoredEndpoint
 from ..scheduling.registry import register
 from .common import BasePlugin, PickerParams
 
+__all__ = ["WeightedRandomPicker"]
+
 
 @register
 class WeightedRandomPicker(BasePlugin):

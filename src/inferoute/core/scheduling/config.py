@@ -26,6 +26,10 @@ import yaml
 
 from ..errors import ConfigError, explain_validation
 
+__all__ = ["default_config", "DEFAULT_CONFIG_YAML", "EndpointPickerConfig", "load_config_text",
+           "parse_config", "parse_duration", "PluginRef", "PluginSpec", "ProfileSpec",
+           "SaturationSpec"]
+
 
 class PluginSpec(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")

@@ -23,6 +23,9 @@ from typing import Any, ClassVar, Generic, Protocol, Sequence, TypeVar, runtime_
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 
+__all__ = ["CycleContext", "DataKey", "Filter", "LifecycleHooks", "Picker", "Plugin",
+           "ProfileHandler", "ProfileResult", "SchedulingResult", "ScoredEndpoint", "Scorer"]
+
 
 T = TypeVar("T")
 

@@ -15,6 +15,9 @@ import pydantic
 
 from ..errors import ConfigError
 
+__all__ = ["create_plugin", "get_plugin_class", "load_builtins", "plugin_types", "register",
+           "StrictParams"]
+
 T = TypeVar("T", bound=type)
 
 _REGISTRY: dict[str, type] = {}

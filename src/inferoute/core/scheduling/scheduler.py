@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from ..endpoint import Endpoint
 from ..errors import ConfigError, NoEndpointAvailable
@@ -22,6 +22,8 @@ from .config import EndpointPickerConfig, default_config
 from .framework import (CycleContext, DataKey, Filter, Picker, ProfileHandler, ProfileResult,
                         SchedulingResult, ScoredEndpoint, Scorer)
 from .registry import create_plugin
+
+__all__ = ["check_data_flow", "DEFAULT_PICKER", "Scheduler", "SingleProfileHandler"]
 
 DEFAULT_PICKER = "max-score-picker"
 
@@ -37,7 +39,7 @@ class _Profile:
 class SingleProfileHandler:
     """Runs the one configured profile; used when the config names no profile handler."""
 
-    type_name = "single-profile-handler"
+    type_name: ClassVar[str] = "single-profile-handler"
 
     def __init__(self, name: str = "single-profile-handler") -> None:
         self.name = name
