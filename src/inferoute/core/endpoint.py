@@ -140,7 +140,3 @@ class Pool:
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._endpoints.values())
-
-    def candidates(self) -> list[Endpoint]:
-        """Endpoints eligible for scheduling: healthy ones."""
-        return [ep for ep in self._endpoints.values() if ep.healthy]

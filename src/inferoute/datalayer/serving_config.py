@@ -52,6 +52,7 @@ import pydantic
 
 from ..configfiles import read_admission_file, read_yaml_file, resolve_config
 from ..core.admission import AdmissionConfig, parse_admission_config
+from ..core.candidates import DEFAULT_READY_WINDOW, DEFAULT_SCRAPE_INTERVAL
 from ..core.endpoint import Endpoint, parse_endpoint
 from ..core.health import ActiveCheckSpec, OutlierSpec
 from ..core.errors import ConfigError, explain_validation
@@ -182,9 +183,9 @@ class ServingConfig(pydantic.BaseModel):
     model_config = _CAMEL
     host: str = "0.0.0.0"
     port: int = pydantic.Field(8080, ge=0, le=65535)
-    scrape_interval: float = pydantic.Field(0.05, alias="scrapeInterval", gt=0)
+    scrape_interval: float = pydantic.Field(DEFAULT_SCRAPE_INTERVAL, alias="scrapeInterval", gt=0)
     scrape_timeout: float = pydantic.Field(1.0, alias="scrapeTimeout", gt=0)
-    ready_window: float = pydantic.Field(5.0, alias="readyWindow", gt=0)
+    ready_window: float = pydantic.Field(DEFAULT_READY_WINDOW, alias="readyWindow", gt=0)
     max_body_bytes: int = pydantic.Field(16 * 1024 * 1024, alias="maxBodyBytes", ge=1024)
     drain_timeout: float = pydantic.Field(60.0, alias="drainTimeout", ge=0)
     #: longest request line and longest header field aiohttp's parser accepts

@@ -351,7 +351,7 @@ class PickerStream:
 
     def _ready(self, pool: ModelPool, now: float) -> list[Endpoint]:
         if self.picker.candidates is None:
-            return pool.pool.candidates()
+            return self.picker.router.candidates(pool, now)
         return self.picker.candidates(pool, now)
 
     def _candidates(self, pool: ModelPool, now: float) -> list[Endpoint]:

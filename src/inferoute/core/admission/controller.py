@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from ..candidates import CandidateRule
 from ..endpoint import Endpoint, Pool
 from ..errors import InferouteError, NoEndpointAvailable, TooManyRequests
 from ..request import InferenceRequest
@@ -62,7 +63,7 @@ class _PoolState:
 
 
 def _healthy(pool: Pool, now: float) -> list[Endpoint]:
-    return pool.candidates()
+    return CandidateRule().ready(pool, now)
 
 
 class AdmissionController:
