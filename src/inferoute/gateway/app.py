@@ -20,10 +20,10 @@ from aiohttp import web
 from ..aiotasks import stop_event_on_signals
 from ..core.errors import InferouteError, NoEndpointAvailable
 from ..core.request import API_PATHS
+from ..datalayer.admission_driver import AdmissionDriver
 from ..datalayer.serving_config import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
-from .admission import AdmissionDriver
 from .health import EndpointHealth
 from .httperrors import GatewayRunner
 from .semantic import Semantic

@@ -46,10 +46,10 @@ from ..core.errors import (InferouteError, ModelNotFound, NoEndpointAvailable,
                            PayloadTooLarge, UpstreamError, UpstreamTimeout)
 from ..core.request import API_PATHS, InferenceRequest, parse_request
 from ..core.router import Decision
+from ..datalayer.admission_driver import AdmissionDriver
 from ..datalayer.serving_config import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
-from .admission import AdmissionDriver
 from .health import EndpointHealth
 from .semantic import Semantic
 from ..core.sse import UsageTracker
