@@ -4,8 +4,10 @@ Nothing here sleeps, opens a socket or reads a clock. One run wires:
 - N `inferoute.sim.engine.Engine`s (the simulator's sans-I/O model of a vLLM replica), stepped
   back to back while they have work: a step planned at t delivers its tokens at t + duration;
 - the gateway's decision path, unchanged: `Router.schedule` (the packaged or given
-  EndpointPickerConfig), `Router.dispatch` and `Router.finish` (in-flight bookkeeping, plugin
-  hooks), on the same `Endpoint` objects the HTTP gateway uses;
+  EndpointPickerConfig) among the candidates of the gateway's own rule (`CandidateRule`: ready
+  and fresh, with the serving config's default ready window and this run's scrape interval; an
+  endpoint is a candidate from its first scrape on), `Router.dispatch` and `Router.finish`
+  (in-flight bookkeeping, plugin hooks), on the same `Endpoint` objects the HTTP gateway uses;
 - simulated metric scrapes: every `scrape_interval` each endpoint's `EndpointMetrics` is replaced
   by the engine's stats at that instant, so the scheduler sees metrics exactly as stale as a live
   gateway would (scrapes are staggered across endpoints);
@@ -31,13 +33,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..configfiles import resolve_config
+from ..core.candidates import DEFAULT_READY_WINDOW, CandidateRule
 from ..core.endpoint import Endpoint, EndpointMetrics, Pool
 from ..core.errors import InferouteError
 from ..core.kvindex import apply_engine_events
 from ..core.plugins.precise_prefix_cache_scorer import precise_scorers
 from ..core.request import parse_request
 from ..core.router import Decision, ModelPool, Router
-from ..configfiles import resolve_config
 from ..core.scheduling.config import EndpointPickerConfig
 from ..core.scheduling.scheduler import Scheduler
 from .load import LoadSpec, Stage
@@ -127,7 +130,8 @@ class VirtualBench:
         #: KV events of each engine's step in progress, applied when the step completes
         self._pending_events: list[list[Any]] = [[] for _ in range(cfg.replicas)]
         self.router = Router([ModelPool(cfg.model, Pool(cfg.model, self.endpoints),
-                                        self.scheduler)])
+                                        self.scheduler)],
+                             CandidateRule(DEFAULT_READY_WINDOW, cfg.scrape_interval))
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self._busy = [False] * cfg.replicas
