@@ -38,7 +38,7 @@ from .endpoint import Endpoint
 from .errors import InferouteError, UpstreamError
 from .request import ApiKind, InferenceRequest, parse_request
 from .router import Decision, Router
-from .sse import UsageTracker, split_events
+from .sse import UsageTracker, error_event, split_events
 
 __all__ = ["Finish", "Phase", "Relay", "RequestLifecycle", "Respond", "RetryPolicy",
            "SendUpstream", "Wait"]
@@ -177,7 +177,7 @@ class RequestLifecycle:
         self._expect(Phase.STREAMING)
         out: list[Action] = []
         if self._tracker is not None and self._tracker.stream:  # end the stream cleanly
-            out.append(Relay(b"data: " + orjson.dumps(err.to_dict()) + b"\n\ndata: [DONE]\n\n"))
+            out.append(Relay(error_event(err.to_dict())))
         return self._over(now, None, err, out)
 
     def first_byte(self, now: float, *, stream: bool = True) -> list[Action]:

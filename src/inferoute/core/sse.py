@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import orjson
 
-__all__ = ["event_end", "has_usage", "MAX_HELD_EVENT", "MAX_KEEP", "split_events", "usage_in",
-           "usage_of", "UsageSource", "UsageTracker"]
+__all__ = ["error_event", "event_end", "has_usage", "MAX_HELD_EVENT", "MAX_KEEP", "split_events",
+           "usage_in", "usage_of", "UsageSource", "UsageTracker"]
 
 _USAGE = b'"usage"'
 #: longest SSE line or JSON body kept for usage extraction; larger ones are skipped
@@ -47,6 +47,12 @@ def split_events(data: bytes) -> tuple[bytes, bytes]:
     if end == len(data) or len(data) - end > MAX_HELD_EVENT:
         return data, b""
     return data[:end], data[end:]
+
+
+def error_event(error: dict[str, Any]) -> bytes:
+    """An OpenAI-style error (`InferouteError.to_dict()`) as the event that ends a stream
+    cleanly, followed by `data: [DONE]`."""
+    return b"data: " + orjson.dumps(error) + b"\n\ndata: [DONE]\n\n"
 
 
 def usage_in(obj: Any) -> dict[str, Any] | None:

@@ -4,11 +4,9 @@ framing and the usage parsing are the core's (`inferoute.core.sse`)."""
 
 from __future__ import annotations
 
-import orjson
-
 from ..core.admission.usage import ResponseRewriter, rewrite_response_model
 from ..core.errors import InferouteError
-from ..core.sse import MAX_KEEP, split_events
+from ..core.sse import MAX_KEEP, error_event, split_events
 
 
 class ResponseRelay:
@@ -63,4 +61,4 @@ class ResponseRelay:
         self._held = b""
         if self.rewriter is not None:
             self.rewriter.finish()
-        return b"data: " + orjson.dumps(error.to_dict()) + b"\n\ndata: [DONE]\n\n"
+        return error_event(error.to_dict())
