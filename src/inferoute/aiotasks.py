@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any, Coroutine
 
 log = logging.getLogger("inferoute.tasks")
 
@@ -46,3 +47,12 @@ def stop_event_on_signals(stop: asyncio.Event | None = None) -> asyncio.Event:
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
     return stop
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run `coro` on uvloop when installed, else the default asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Unix
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -17,6 +17,7 @@ from . import __version__
 #: (module, subcommand names it registers) in help order
 COMMAND_MODULES = (
     "inferoute.gateway.command",   # serve
+    "inferoute.tools.overhead",    # overhead
     "inferoute.sim.command",       # sim, sim calibrate
     "inferoute.bench.command",     # bench run|sim|compare, demo
     "inferoute.extproc.command",   # epp

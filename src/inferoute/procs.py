@@ -236,19 +236,6 @@ class ChildProcess:
         raise self._fail(f"no line matching {rx.pattern!r} "
                          + ("before it exited" if self._eof else f"after {timeout:g}s"))
 
-    def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
-        """Until something accepts TCP connections on 127.0.0.1:`port`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise self._fail(f"exited (code {self.proc.returncode}) before port {port}")
-            try:
-                socket.create_connection((LOOPBACK, port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise self._fail(f"port {port} not listening after {timeout:g}s")
-
     def wait_for_http(self, url: str, timeout: float = 30.0, status: int = 200) -> None:
         """Until `url` answers `status`; fails early if the child exits."""
         try:

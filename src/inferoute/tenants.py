@@ -211,7 +211,7 @@ class KeyStore:
 
 
 @dataclass(slots=True)
-class Admission:
+class TenantAdmission:
     """An authenticated, rate-limited request: settle it with `TenantGate.settle`."""
 
     tenant: Tenant
@@ -231,15 +231,16 @@ class TenantGate:
         self.limiter = limiter
 
     async def admit(self, headers: Mapping[str, str], model: str, estimated_tokens: int,
-                    now: float) -> Admission:
+                    now: float) -> TenantAdmission:
         tenant = self.store.authenticate(headers)
         tenant.check_model(model)
         if tenant.limits.unlimited:
-            return Admission(tenant, None)
+            return TenantAdmission(tenant, None)
         res = await self.limiter.reserve(tenant.name, tenant.limits, estimated_tokens, now)
-        return Admission(tenant, res)
+        return TenantAdmission(tenant, res)
 
-    async def settle(self, admission: Admission, actual_tokens: int | None, now: float) -> None:
+    async def settle(self, admission: TenantAdmission, actual_tokens: int | None,
+                     now: float) -> None:
         """Charge actual usage; with no usage known the estimate stands."""
         res = admission.reservation
         if res is None or res.settled:
@@ -266,5 +267,5 @@ if __name__ == "__main__":
     raise SystemExit(_main(sys.argv[1:]))
 
 
-__all__ = ["Admission", "KeyStore", "Tenant", "TenantGate", "TenantSpec", "hash_key",
+__all__ = ["KeyStore", "Tenant", "TenantAdmission", "TenantGate", "TenantSpec", "hash_key",
            "presented_key", "ENV_VAR"]

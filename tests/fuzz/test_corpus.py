@@ -27,7 +27,7 @@ from inferoute.core.endpoint import Endpoint, Pool  # noqa: E402
 from inferoute.core.router import ModelPool, Router  # noqa: E402
 from inferoute.core.scheduling.config import parse_config  # noqa: E402
 from inferoute.core.scheduling.scheduler import Scheduler  # noqa: E402
-from inferoute.extproc.protocol import Picker  # noqa: E402
+from inferoute.extproc.protocol import EndpointPicker  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 CORPUS = cases()
@@ -116,7 +116,7 @@ def _picker_messages(case: Case) -> list[object]:
 
 def test_picker_answers_every_case_with_4xx_json_or_a_destination() -> None:
     router = _router()
-    picker = Picker(router)
+    picker = EndpointPicker(router)
     bad: list[str] = []
     outcomes: Counter[str] = Counter()
     body_cases = [c for c in CORPUS if c.method == "POST" and c.path in API]

@@ -79,7 +79,7 @@ def post(port: int, path: str, body: bytes, headers: dict[str, str] | None = Non
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     up_port = free_port()
-    upstream = Server(["inferoute.gateway.standin", "--port", str(up_port), "--model", MODEL],
+    upstream = Server(["inferoute.tools.standin", "--port", str(up_port), "--model", MODEL],
                       up_port)
     upstream.wait("/health")
     port = free_port()

@@ -24,7 +24,7 @@ import yaml
 
 from inferoute.cli import build_parser
 from inferoute.core.scheduling.config import parse_config
-from inferoute.datalayer.discovery.static import parse_serving_config
+from inferoute.datalayer.serving_config import parse_serving_config
 from inferoute.procs import ChildProcess, free_port_range
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,9 +17,10 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
 from ..core.errors import InferouteError
+from .progress import StageProgress
 
 #: packaged policies (`src/inferoute/configs/<name>.yaml`); `precise` is llm-d's weights with the
 #: precise prefix scorer, fed by the simulated engines' KV events; `llm-d-optimized` is the
@@ -67,47 +68,6 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any]:
                     burstiness=args.burstiness if args.burstiness is not None else burst,
                     interval=args.interval, seed=args.seed)
     return workload, load
-
-
-class _StageProgress:
-    """A rich progress bar per stage (on stderr), fed by (stage, done, total) callbacks."""
-
-    def __init__(self, labels: list[str], enabled: bool = True) -> None:
-        self.labels = labels
-        self.enabled = enabled
-        self._progress: Any = None
-        self._tasks: dict[int, Any] = {}
-
-    def __enter__(self) -> Self:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                      MofNCompleteColumn(), TimeElapsedColumn(),
-                                      console=Console(stderr=True), transient=False)
-            self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-    def __call__(self, stage: int, done: int, total: int) -> None:
-        if self._progress is None:
-            return
-        task = self._tasks.get(stage)
-        if task is None:
-            label = self.labels[stage] if stage < len(self.labels) else ""
-            task = self._tasks[stage] = self._progress.add_task(
-                f"stage {stage} {label}", total=total or None)
-        self._progress.update(task, completed=done)
 
 
 def _finish(report: dict[str, Any], args: argparse.Namespace, label: str) -> None:
@@ -169,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = LiveConfig(target=args.target, model=args.model, workload=workload, load=load,
                      api=args.api, ignore_eos=args.ignore_eos, timeout=args.timeout,
                      max_connections=args.max_connections)
-    with _StageProgress([s.label for s in load.stages], not args.quiet) as progress:
+    with StageProgress([s.label for s in load.stages], not args.quiet) as progress:
         records = asyncio.run(run_live(cfg, progress))
     report = live_report(cfg, records, {"label": args.label} if args.label else None)
     _finish(report, args, args.label or "live")
@@ -185,7 +145,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                     workload=workload, load=load, model=args.model, seed=args.seed,
                     ignore_eos=args.ignore_eos, scrape_interval=args.scrape_interval,
                     profile_overrides=parse_params(args.engine, "engine override"))
-    with _StageProgress([s.label for s in load.stages], not args.quiet) as progress:
+    with StageProgress([s.label for s in load.stages], not args.quiet) as progress:
         result = run_virtual(cfg, progress)
     report = result.to_dict()
     print(f"virtual {result.virtual_seconds:.1f}s in {result.wall_seconds:.1f}s wall, "

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from ..core.endpoint import Endpoint, EndpointMetrics
 from ..core.request import InferenceRequest
-from ..core.scheduling.config import resolve_config
+from ..configfiles import resolve_config
 from ..core.scheduling.scheduler import Scheduler
 
 _WORDS = ("the of and to in is that for it as with was on be by at this from or an are "

@@ -93,7 +93,7 @@ def run_demo(out: str, *, duration: float = 50.0, replicas: int = 4, seed: int =
     from rich.markdown import Markdown
 
     from .client import LiveConfig, live_report, run_live
-    from .command import _StageProgress
+    from .progress import StageProgress
     from .compare import compare_reports
     from .plots import write_plots
     from .report import save_report
@@ -129,7 +129,7 @@ def run_demo(out: str, *, duration: float = 50.0, replicas: int = 4, seed: int =
                           f"{sum(s.count for s in load.stages)} requests in {len(load.stages)} stages")
             cfg = LiveConfig(target=f"http://127.0.0.1:{gw_port}", model=MODEL,
                              workload=workload, load=load, ignore_eos=True, timeout=120.0)
-            with _StageProgress([s.label for s in load.stages]) as progress:
+            with StageProgress([s.label for s in load.stages]) as progress:
                 records = asyncio.run(run_live(cfg, progress))
             report = live_report(cfg, records, {"label": policy, "policy": policy,
                                                 "replicas": replicas, "profile": PROFILE})
@@ -161,7 +161,7 @@ def run_virtual_demo(out: str, *, seed: int = 0,
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from .command import _StageProgress
+    from .progress import StageProgress
     from .compare import seed_table
     from .des import SimConfig, run_virtual
     from .load import LoadSpec, parse_stages
@@ -178,7 +178,7 @@ def run_virtual_demo(out: str, *, seed: int = 0,
         load = LoadSpec(parse_stages("seed"), seed=seed)
         console.print(f"[bold]{policy}[/]: 8 x qwen3-32b-2xh100, 150x5 groups, 6000+1200 "
                       "prompt tokens, 1000 output tokens, 17 stages (virtual time)")
-        with _StageProgress([s.label for s in load.stages]) as progress:
+        with StageProgress([s.label for s in load.stages]) as progress:
             result = run_virtual(SimConfig(policy=policy, replicas=8, profile="qwen3-32b-2xh100",
                                            workload=workload, load=load,
                                            model="Qwen/Qwen3-32B", seed=seed), progress)

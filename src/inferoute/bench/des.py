@@ -3,9 +3,12 @@
 Nothing here sleeps, opens a socket or reads a clock. One run wires:
 - N `inferoute.sim.engine.Engine`s (the simulator's sans-I/O model of a vLLM replica), stepped
   back to back while they have work: a step planned at t delivers its tokens at t + duration;
-- the gateway's decision path, unchanged: `Router.schedule` (the packaged or given
-  EndpointPickerConfig), `Router.dispatch` and `Router.finish` (in-flight bookkeeping, plugin
-  hooks), on the same `Endpoint` objects the HTTP gateway uses;
+- the core's request lifecycle (`core.lifecycle.RequestLifecycle`) for every request: parse,
+  resolve, `Router.schedule` (the packaged or given EndpointPickerConfig) among the candidates
+  of the gateway's own rule (`CandidateRule`: ready and fresh, with the serving config's default
+  ready window and this run's scrape interval; an endpoint is a candidate from its first scrape
+  on), dispatch, first token and finish (in-flight bookkeeping, plugin hooks), on the same
+  `Endpoint` objects the HTTP gateway uses;
 - simulated metric scrapes: every `scrape_interval` each endpoint's `EndpointMetrics` is replaced
   by the engine's stats at that instant, so the scheduler sees metrics exactly as stale as a live
   gateway would (scrapes are staggered across endpoints);
@@ -31,13 +34,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..configfiles import resolve_config
+from ..core.candidates import DEFAULT_READY_WINDOW, CandidateRule
 from ..core.endpoint import Endpoint, EndpointMetrics, Pool
-from ..core.errors import InferouteError
 from ..core.kvindex import apply_engine_events
-from ..core.plugins.precise import precise_scorers
-from ..core.request import parse_request
-from ..core.router import Decision, ModelPool, Router
-from ..core.scheduling.config import EndpointPickerConfig, resolve_config
+from ..core.plugins.precise_prefix_cache_scorer import precise_scorers
+from ..core.lifecycle import RequestLifecycle, Respond, SendUpstream
+from ..core.router import ModelPool, Router
+from ..core.scheduling.config import EndpointPickerConfig
 from ..core.scheduling.scheduler import Scheduler
 from .load import LoadSpec, Stage
 from .metrics import RequestRecord, summarize
@@ -68,7 +72,7 @@ class SimConfig:
 @dataclass(slots=True)
 class _Live:
     record: RequestRecord
-    decision: Decision
+    lifecycle: RequestLifecycle
     engine: int
 
 
@@ -126,7 +130,8 @@ class VirtualBench:
         #: KV events of each engine's step in progress, applied when the step completes
         self._pending_events: list[list[Any]] = [[] for _ in range(cfg.replicas)]
         self.router = Router([ModelPool(cfg.model, Pool(cfg.model, self.endpoints),
-                                        self.scheduler)])
+                                        self.scheduler)],
+                             CandidateRule(DEFAULT_READY_WINDOW, cfg.scrape_interval))
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self._busy = [False] * cfg.replicas
@@ -149,7 +154,7 @@ class VirtualBench:
         heapq.heappush(self._heap, (t, self._seq, kind, payload))
 
     def _token_ids(self, item: WorkItem) -> list[int]:
-        from ..sim.tokenizer import encode
+        from ..core.words import encode
 
         ids = self._ids.get(item.key)
         if ids is None:
@@ -216,25 +221,23 @@ class VirtualBench:
         self._records[stage_index].append(rec)
         body = {"model": self.cfg.model, "prompt": item.prompt, "max_tokens": item.max_tokens,
                 "stream": True}
-        try:
-            req = parse_request("completions", body, {}, request_id=rid, arrival_time=now)
-            if self.precise:
-                req.token_ids = self._token_ids(item)
-            decision = self.router.schedule(req, now)
-            target = decision.result.target
-        except InferouteError as exc:
-            rec.error = f"{exc.status} {exc.message}"
+        lifecycle = RequestLifecycle(self.router)
+        (action,) = lifecycle.receive("completions", body, {}, request_id=rid, now=now,
+                                      token_ids=self._token_ids(item) if self.precise else None)
+        if not isinstance(action, SendUpstream):
+            assert isinstance(action, Respond)
+            rec.error = f"{action.error.status} {action.error.message}"
             rec.end = now
             self._request_over(now)
             return
-        self.router.dispatch(decision, target, now)
+        target = action.endpoint
         i = self.by_name[target.name]
         rec.endpoint = target.name
         from ..sim.engine import SimRequest
 
         sim_req = SimRequest(request_id=rid, prompt_tokens=self._token_ids(item),
                              max_tokens=item.max_tokens, ignore_eos=self.cfg.ignore_eos)
-        self._live[rid] = _Live(rec, decision, i)
+        self._live[rid] = _Live(rec, lifecycle, i)
         # the serving front end (proxies, the API server tokenizing the prompt) before the
         # engine sees the request; see EngineProfile.frontend_delay
         delay = self.profile.frontend_delay(len(sim_req.prompt_tokens))
@@ -303,7 +306,7 @@ class VirtualBench:
             if o.first:
                 rec.cached_tokens = o.cached_tokens
                 rec.prompt_tokens = o.prompt_tokens
-                self.router.first_token(entry.decision, now)
+                entry.lifecycle.first_byte(now)
             if o.finished:
                 del live[o.request_id]
                 rec.end = now
@@ -312,7 +315,7 @@ class VirtualBench:
                 usage = {"prompt_tokens": rec.prompt_tokens,
                          "completion_tokens": rec.output_tokens,
                          "prompt_tokens_details": {"cached_tokens": rec.cached_tokens or 0}}
-                self.router.finish(entry.decision, now, usage)
+                entry.lifecycle.end(now, usage)
                 self._request_over(now)
 
     # -- the loop ---------------------------------------------------------------------------

@@ -64,14 +64,3 @@ def pick_stage(report: dict[str, Any], *, rate: float | None = None,
             raise ReportError(f"no stage at rate {rate:g}")
         return hits[-1]
     return max(stages, key=lambda s: s["metrics"]["throughput"]["output_tokens_per_sec"])
-
-
-def saturation_throughput(report: dict[str, Any], from_rate: float = 0.0) -> dict[str, float]:
-    """Best requests/s and output tokens/s over stages at or above `from_rate`."""
-    stages = [s for s in report["stages"] if (s.get("rate") or 0.0) >= from_rate] or \
-        report["stages"]
-    return {
-        "requests_per_sec": max(s["metrics"]["throughput"]["requests_per_sec"] for s in stages),
-        "output_tokens_per_sec": max(s["metrics"]["throughput"]["output_tokens_per_sec"]
-                                     for s in stages),
-    }

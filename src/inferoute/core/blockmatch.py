@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+__all__ = ["prefix_depths"]
+
 
 def prefix_depths(masks: Iterable[int], active: int, by_slot: dict[int, int],
                   result: list[int]) -> list[int]:

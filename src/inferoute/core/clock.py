@@ -6,11 +6,7 @@ benchmark). `ManualClock` is for tests and the discrete-event benchmark.
 
 from __future__ import annotations
 
-from typing import Protocol
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
+__all__ = ["ManualClock"]
 
 
 class ManualClock:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Literal
 
+__all__ = ["Endpoint", "EndpointMetrics", "Engine", "parse_endpoint", "Pool", "Role"]
+
 Role = Literal["both", "prefill", "decode"]
 Engine = Literal["vllm", "sglang", "trtllm"]
 
@@ -138,7 +140,3 @@ class Pool:
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._endpoints.values())
-
-    def candidates(self) -> list[Endpoint]:
-        """Endpoints eligible for scheduling: healthy ones."""
-        return [ep for ep in self._endpoints.values() if ep.healthy]

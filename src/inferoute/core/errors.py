@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import yaml
+__all__ = ["BadRequest", "ConfigError", "explain_validation", "Forbidden", "InferouteError",
+           "ModelNotFound", "NoEndpointAvailable", "PayloadTooLarge", "TooManyRequests",
+           "Unauthorized", "UpstreamError", "UpstreamTimeout"]
 
 
 class InferouteError(Exception):
@@ -92,22 +93,6 @@ class UpstreamTimeout(InferouteError):
 
 class ConfigError(ValueError):
     """A configuration file or flag is invalid; the message says where and why."""
-
-
-def read_yaml_file(path: str | Path, what: str) -> Any:
-    """The parsed YAML of a config file; ConfigError "cannot read {what} {path}: ..." or
-    "{path} is not valid YAML: ..." instead of an OSError or a parser traceback."""
-    p = Path(path).expanduser()
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {p}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} {p} is not UTF-8 text") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
 
 
 def explain_validation(exc: Any, what: str, source: str) -> str:

@@ -32,6 +32,8 @@ import pydantic
 
 from .endpoint import Endpoint, Pool
 
+__all__ = ["ActiveCheckSpec", "EventKind", "HealthEvent", "HealthTracker", "OutlierSpec"]
+
 
 def _seconds(v: Any) -> Any:
     from .scheduling.config import parse_duration

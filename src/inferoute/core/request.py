@@ -16,6 +16,9 @@ import orjson
 
 from .errors import BadRequest
 
+__all__ = ["API_PATHS", "ApiKind", "CHARS_PER_TOKEN", "decode_body", "InferenceRequest",
+           "parse_request"]
+
 ApiKind = Literal["completions", "chat", "responses"]
 
 API_PATHS: dict[str, ApiKind] = {
@@ -57,6 +60,9 @@ class InferenceRequest:
     fairness_id: str = "default"
     tenant: str | None = None
     token_ids: list[int] | None = None
+    #: the prefix scorer's expected cache hit ratio on the chosen endpoint (None: no prefix
+    #: scorer ran), exported by the shells
+    prefix_cache_hit_ratio: float | None = None
     #: free-form annotations plugins and shells attach (e.g. semantic category)
     attributes: dict[str, Any] = field(default_factory=dict)
 

@@ -8,14 +8,17 @@ The HTTP gateway, the ext_proc picker and the virtual-time benchmark all go thro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
+from .candidates import CandidateRule
 from .endpoint import Endpoint, Pool
 from .errors import ModelNotFound
 from .request import InferenceRequest
 from .scheduling.framework import SchedulingResult
 from .scheduling.scheduler import Scheduler
+
+__all__ = ["Decision", "ModelPool", "Router"]
 
 
 @dataclass(slots=True)
@@ -40,13 +43,14 @@ class Decision:
     prompt_tokens: int = 0
     first_token: bool = False
     finished: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Router:
     """Model name -> pool; schedule; account dispatch and finish."""
 
-    def __init__(self, pools: Iterable[ModelPool] = ()) -> None:
+    def __init__(self, pools: Iterable[ModelPool] = (), rule: CandidateRule | None = None) -> None:
+        #: which endpoints are offered to the scheduler (default: healthy ones, no scraping)
+        self.rule = rule or CandidateRule()
         self.pools: dict[str, ModelPool] = {}
         self._names: dict[str, tuple[ModelPool, str | None]] = {}
         for mp in pools:
@@ -81,14 +85,20 @@ class Router:
             request.lora_adapter = adapter
         return mp
 
+    def candidates(self, mp: ModelPool, now: float, *, prefer_fresh: bool = True) -> list[Endpoint]:
+        """The endpoints of `mp` the scheduler may pick from at `now` (see `CandidateRule`)."""
+        threshold = mp.scheduler.config.saturation_detector.metrics_staleness_threshold
+        return self.rule.candidates(mp.pool, now, threshold, prefer_fresh=prefer_fresh)
+
     def schedule(self, request: InferenceRequest, now: float,
                  candidates: list[Endpoint] | None = None, *,
                  defer_hooks: bool = False) -> Decision:
-        """Resolve the pool and pick endpoints; NoEndpointAvailable when none is ready.
+        """Resolve the pool and pick among `candidates` (default: the rule's); raises
+        NoEndpointAvailable when none is ready.
         `defer_hooks`: see `Scheduler.schedule` (then call the pool scheduler's
         `run_deferred_hooks` soon)."""
         mp = self.resolve(request)
-        eps = mp.pool.candidates() if candidates is None else candidates
+        eps = self.candidates(mp, now) if candidates is None else candidates
         result = mp.scheduler.schedule(request, eps, now, defer_hooks=defer_hooks)
         return Decision(request=request, pool=mp, result=result)
 

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from ..core.endpoint import Endpoint
 from ..core.errors import ConfigError
-from ..core.plugins.precise import PrecisePrefixCacheScorer, precise_scorers
+from ..core.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer, precise_scorers
 from .kvevents import KVEventManager, KVEventsConfig
 from .tokenize import RequestTokenizer, TokenizerConfig, load_tokenizer
 

@@ -5,13 +5,9 @@ aiohttp `ClientSession` of the active health probes (the proxy's upstream reques
 `gateway/upstream.py`), runs a `Scraper` per endpoint, and lets discovery add and remove
 endpoints at run time.
 
-Readiness: an endpoint is *ready* when it is `healthy` and its last successful scrape is at
-most `ready_window` seconds old (5 s by default, 100 scrape periods). Only ready endpoints are
-offered to the scheduler, and among them those with *fresh* metrics (no older than the
-scheduler's staleness threshold, 200 ms by default) when there is at least one: a replica that
-froze stops answering /metrics at once, and gets no new requests from then on rather than at
-the end of the ready window. Past the window, or when it never answered /metrics, an endpoint
-is skipped.
+Readiness is the core's `CandidateRule` (ready: healthy and scraped within `readyWindow`, 5 s by
+default; fresh: scraped within the scheduler's staleness threshold, 200 ms by default), set on
+the router with this layer's scrape settings; `is_ready` and `ready_endpoints` apply it.
 
 Per pool it also runs what the pool's scheduler needs beyond metrics: with a
 `precise-prefix-cache-scorer`, the pool's tokenizer and one KV-event subscriber per endpoint
@@ -29,12 +25,13 @@ from typing import Protocol
 
 import aiohttp
 
+from ..core.candidates import CandidateRule
 from ..core.endpoint import Endpoint, Pool
 from ..core.errors import ConfigError
 from ..core.router import ModelPool, Router
 from ..core.scheduling.scheduler import Scheduler
-from .discovery.static import ServingConfig
 from .kvevents import SubscriberStats
+from .serving_config import ServingConfig
 from .metricsparse import EngineName
 from .precise_pool import PreciseRouting
 from .prefix_share import PrefixShare
@@ -60,7 +57,6 @@ class DataLayer:
         self.config = config
         self.clock = clock
         self.scrape = scrape
-        self.ready_window = config.ready_window
         self.session: aiohttp.ClientSession | None = None
         self._engines: dict[str, EngineName | None] = {}
         self._scrapers: dict[tuple[str, str], Scraper] = {}
@@ -86,7 +82,8 @@ class DataLayer:
                 model=pc.model, pool=pool, scheduler=sched,
                 aliases=tuple(pc.aliases), lora_adapters=tuple(pc.lora_adapters)))
             self._engines[pc.model] = None if pc.engine == "auto" else pc.engine
-        self.router = Router(pools)
+        self.router = Router(pools, CandidateRule(config.ready_window if scrape else None,
+                                                  config.scrape_interval))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -220,38 +217,15 @@ class DataLayer:
         return self.clock()
 
     def is_ready(self, ep: Endpoint, now: float | None = None) -> bool:
-        """Healthy and scraped successfully within the ready window."""
-        if not ep.healthy:
-            return False
-        if not self.scrape:
-            return True
-        at = ep.metrics.scraped_at
-        t = self.clock() if now is None else now
-        return at is not None and t - at <= self.ready_window
-
-    def fresh_window(self, mp: ModelPool) -> float:
-        """Age below which `mp`'s metrics count as fresh: the scheduler's staleness threshold,
-        but never under two scrape periods (else a slow scrape period makes every endpoint
-        flicker between fresh and stale)."""
-        threshold = mp.scheduler.config.saturation_detector.metrics_staleness_threshold
-        return max(threshold, 2 * self.config.scrape_interval)
+        """Healthy and scraped successfully within the ready window (the core's rule)."""
+        return self.router.rule.is_ready(ep, self.clock() if now is None else now)
 
     def ready_endpoints(self, mp: ModelPool, now: float | None = None, *,
                         prefer_fresh: bool = True) -> list[Endpoint]:
-        """The endpoints of `mp` the scheduler may pick from right now.
-
-        With `prefer_fresh` (the default), when at least one ready endpoint has fresh metrics
-        (see `fresh_window`) only those are offered: a frozen or overwhelmed replica stops
-        answering /metrics long before it leaves the ready window, and new requests should
-        not go to it meanwhile. When none is fresh, every ready endpoint is offered.
-        """
-        t = self.clock() if now is None else now
-        ready = [ep for ep in mp.pool if self.is_ready(ep, t)]
-        if not prefer_fresh or not self.scrape or len(ready) < 2:
-            return ready
-        window = self.fresh_window(mp)
-        fresh = [ep for ep in ready if not ep.is_stale(t, window)]
-        return fresh or ready
+        """The endpoints of `mp` the scheduler may pick from right now: `Router.candidates`,
+        the core's ready and fresh rule."""
+        return self.router.candidates(mp, self.clock() if now is None else now,
+                                      prefer_fresh=prefer_fresh)
 
     def endpoints(self) -> Iterator[tuple[ModelPool, Endpoint]]:
         for mp in self.router.pools.values():

@@ -137,7 +137,7 @@ class WordsTokenizer:
     name = "words"
 
     def __init__(self) -> None:
-        from ..sim.tokenizer import encode
+        from ..core.words import encode
 
         self._encode: Callable[[str], list[int]] = encode
 

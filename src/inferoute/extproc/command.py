@@ -22,18 +22,19 @@ from typing import Any
 from aiohttp import web
 
 from ..aiotasks import stop_event_on_signals
-from ..core.admission import AdmissionConfig, load_admission_config
+from ..configfiles import load_admission_config
+from ..core.admission import AdmissionConfig
 from ..core.errors import ConfigError
 from ..core.scheduling.config import parse_duration
-from ..datalayer.discovery.static import (ServingConfig, config_from_args,
+from ..datalayer.admission_driver import AdmissionDriver
+from ..datalayer.precise_flags import add_precise_flags, apply_precise_flags
+from ..datalayer.serving_config import (ServingConfig, config_from_args,
                                           parse_serving_config)
 from ..datalayer.runtime import DataLayer
-from ..gateway.command import add_precise_flags, apply_precise_flags
 from ..observability import Observability
-from .admission import AdmissionRunner
-from .health import Health, start_health_server
+from .health import GrpcHealth, start_health_server
 from .metrics import MetricsObserver
-from .protocol import MODE_NAMES, Picker, PickerSettings
+from .protocol import MODE_NAMES, EndpointPicker, PickerSettings
 from .server import ExternalProcessor, start_grpc_server, stop_servers
 
 log = logging.getLogger("inferoute.extproc")
@@ -140,15 +141,15 @@ class EppApp:
         settings = PickerSettings(
             max_body_bytes=args.max_body_bytes or config.max_body_bytes,
             fallbacks=max(0, args.fallbacks), assumed_mode=MODE_NAMES[args.body_mode])
-        self.admission = AdmissionRunner(admission, self.data)
-        self.picker = Picker(self.data.router, settings, observer=MetricsObserver(self.obs),
-                             admit=self.admission.admit,
+        self.admission = AdmissionDriver(admission, self.data)
+        self.picker = EndpointPicker(self.data.router, settings, observer=MetricsObserver(self.obs),
+                             admit=self.admission.check,
                              route_model=self.admission.route_model,
                              candidates=self.data.ready_endpoints, default_model=default_model)
         self.servicer = ExternalProcessor(self.picker, clock=self.data.clock,
                                           wait_ticket=self.admission.wait,
                                           after_stream=self.admission.pump)
-        self.health = Health()
+        self.health = GrpcHealth()
         self.discovery: Any = None
         self.ports: dict[str, int] = {}
         self._grpc: Any = None
@@ -194,7 +195,7 @@ class EppApp:
 
     async def stop(self) -> None:
         await self.health.set_ready(False)
-        await self.admission.stop()
+        await self.admission.close()
         if self.discovery is not None:
             await self.discovery.stop()
         servers = [s for s in (self._grpc, self._health_server) if s is not None]

@@ -20,7 +20,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-class Health:
+class GrpcHealth:
     """The health service and its states; `set_ready(True)` when discovery has synced."""
 
     def __init__(self) -> None:
@@ -39,7 +39,7 @@ class Health:
         await self.servicer.set(SERVICE_NAME, status)
 
 
-async def start_health_server(h: Health, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+async def start_health_server(h: GrpcHealth, host: str, port: int) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(h.servicer, server)
     bound = server.add_insecure_port(_address(host, port))

@@ -27,7 +27,7 @@ class MetricsObserver:
     def routed(self, s: PickerStream, now: float) -> None:
         assert s.request is not None and s.decision is not None
         req, obs = s.request, self.obs
-        obs.scheduled(s.schedule_seconds, req.attributes.get("prefix_cache_hit_ratio"))
+        obs.scheduled(s.schedule_seconds, req.prefix_cache_hit_ratio)
         obs.request_started(req.model, req.target_model, s.request_size)
         if s.decision.endpoint is not None:
             obs.dispatched(s.decision.pool.model, s.decision.endpoint.name)

@@ -41,7 +41,7 @@ from ..core.errors import (BadRequest, InferouteError, ModelNotFound, NoEndpoint
 from ..core.request import API_PATHS, InferenceRequest, decode_body, parse_request
 from ..core.router import Decision, ModelPool, Router
 from . import messages as m
-from ..gateway.sse import UsageTracker
+from ..core.sse import UsageTracker
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 DESTINATION_NAMESPACE = "envoy.lb"
@@ -60,7 +60,7 @@ BUFFERED = _Mode.BUFFERED
 MODE_NAMES = {"full-duplex": FULL_DUPLEX, "buffered": BUFFERED}
 
 
-class Admission(Protocol):
+class AdmitFn(Protocol):
     """Admission control, before scheduling: raise TooManyRequests to shed the request; return
     None (or an object whose `admitted` is true) to go ahead, or a ticket to make it wait."""
 
@@ -111,12 +111,12 @@ class PickerSettings:
 
 
 @dataclass
-class Picker:
+class EndpointPicker:
     """What every stream shares: the router, admission, metrics and settings."""
 
     router: Router
     settings: PickerSettings = field(default_factory=PickerSettings)
-    admit: Admission | None = None
+    admit: AdmitFn | None = None
     observer: StreamObserver = field(default_factory=NullObserver)
     #: the endpoints of a pool that may be picked now (default: its healthy ones); the data
     #: layer narrows this to endpoints with fresh metrics
@@ -141,7 +141,7 @@ class Picker:
 class PickerStream:
     """The state of one ext_proc stream (one HTTP request and its response)."""
 
-    def __init__(self, picker: Picker) -> None:
+    def __init__(self, picker: EndpointPicker) -> None:
         self.picker = picker
         self.settings = picker.settings
         self.request_mode: int | None = None
@@ -351,7 +351,7 @@ class PickerStream:
 
     def _ready(self, pool: ModelPool, now: float) -> list[Endpoint]:
         if self.picker.candidates is None:
-            return pool.pool.candidates()
+            return self.picker.router.candidates(pool, now)
         return self.picker.candidates(pool, now)
 
     def _candidates(self, pool: ModelPool, now: float) -> list[Endpoint]:

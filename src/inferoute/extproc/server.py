@@ -19,7 +19,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ..core.errors import InferouteError
-from .protocol import Picker, PickerStream
+from .protocol import EndpointPicker, PickerStream
 
 log = logging.getLogger("inferoute.extproc")
 
@@ -32,7 +32,7 @@ TicketWaiter = Callable[[Any], Awaitable[None]]
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     """The ext_proc servicer: one `PickerStream` per gRPC stream."""
 
-    def __init__(self, picker: Picker, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, picker: EndpointPicker, *, clock: Callable[[], float] = time.monotonic,
                  wait_ticket: TicketWaiter | None = None,
                  after_stream: Callable[[], None] | None = None) -> None:
         self.picker = picker

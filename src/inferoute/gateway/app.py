@@ -21,11 +21,11 @@ from aiohttp import web
 from ..aiotasks import stop_event_on_signals
 from ..core.errors import InferouteError, NoEndpointAvailable
 from ..core.request import API_PATHS
-from ..datalayer.discovery.static import ServingConfig
+from ..datalayer.admission_driver import AdmissionDriver
+from ..datalayer.serving_config import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
-from .admission import Admission
-from .health import Health
+from .health import EndpointHealth
 from .httperrors import ConnectionBounds, GatewayRunner, error_body, raise_open_file_limit
 from .semantic import Semantic
 from .tenants import Tenants
@@ -94,10 +94,10 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
     app[DATA_KEY] = data
     app[OBS_KEY] = obs
     adm_config = config.admission_config()
-    admission = Admission(adm_config, data) if adm_config is not None else None
+    admission = AdmissionDriver(adm_config, data) if adm_config is not None else None
     if admission is not None:
         obs.watch(data, admission.controller.queue_stats)
-    outliers = Health(data, config.health.outlier, config.health.active)
+    outliers = EndpointHealth(data, config.health.outlier, config.health.active)
     tenants = Tenants.from_config(config.tenants, config.redis)
     semantic = None
     if config.semantic:

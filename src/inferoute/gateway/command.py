@@ -1,27 +1,15 @@
-"""`inferoute serve` (the gateway) and `inferoute overhead` (its latency benchmark)."""
+"""`inferoute serve`: the gateway."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Coroutine
 
+from ..aiotasks import run_async
 from ..core.errors import ConfigError
 from ..core.scheduling.config import parse_duration
-
-if TYPE_CHECKING:
-    from ..datalayer.discovery.static import ServingConfig
-
-
-def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run `coro` on uvloop when installed, else the default asyncio loop."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Unix
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+from ..datalayer.precise_flags import add_precise_flags, apply_precise_flags
 
 
 def _duration_arg(text: str) -> float:
@@ -31,84 +19,8 @@ def _duration_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-#: `--kv-events-*` flag (argparse dest) -> `kvEvents:` key (KVEventsConfig alias)
-_KV_EVENT_FLAGS = {"kv_events_pub_port": "pubPort", "kv_events_replay_port": "replayPort",
-                   "kv_events_pub_port_offset": "pubPortOffset",
-                   "kv_events_replay_port_offset": "replayPortOffset"}
-
-
-def _port_arg(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is out of range (1-65535)")
-    return port
-
-
-def add_precise_flags(p: argparse.ArgumentParser) -> None:
-    """The precise-scoring pool settings as flags (`inferoute serve` and `inferoute epp`)."""
-    g = p.add_argument_group(
-        "precise prefix scoring (scheduler 'precise'; pool keys tokenizer/kvEvents, "
-        "docs/precise-routing.md; with --config they replace those keys in every pool)")
-    g.add_argument("--tokenizer", metavar="PATH|words",
-                   help="the model's tokenizer: a local tokenizer.json or Hugging Face "
-                        "tokenizer directory (nothing is downloaded), or 'words' for "
-                        "`inferoute sim`")
-    g.add_argument("--kv-events-pub-port", type=_port_arg, metavar="N",
-                   help="port of each endpoint's KV-event PUB socket, on the endpoint's host "
-                        "(default 5557, vLLM's)")
-    g.add_argument("--kv-events-replay-port", type=_port_arg, metavar="N",
-                   help="port of each endpoint's KV-event replay socket (default 5558; 0: "
-                        "none, no gap filling)")
-    g.add_argument("--kv-events-pub-port-offset", type=int, metavar="N",
-                   help="PUB port = the endpoint's HTTP port + N instead (several replicas "
-                        "per host; `inferoute sim --port 8000 --kv-events`: -2443)")
-    g.add_argument("--kv-events-replay-port-offset", type=int, metavar="N",
-                   help="replay port = the endpoint's HTTP port + N (`inferoute sim`: -2343)")
-
-
-def apply_precise_flags(config: ServingConfig, args: argparse.Namespace) -> ServingConfig:
-    """`config` with every pool's `tokenizer:` / `kvEvents:` set from the flags of
-    `add_precise_flags` (kvEvents keys merged over the pool's own); unchanged without them.
-
-    ConfigError when they are given but no pool's scheduler has a precise-prefix-cache-scorer
-    (they would be ignored silently otherwise)."""
-    from ..core.plugins.precise import PrecisePrefixCacheScorer
-    from ..datalayer.discovery.static import parse_serving_config
-    from ..datalayer.kvevents import KVEventsConfig
-
-    tokenizer = getattr(args, "tokenizer", None)
-    kv: dict[str, Any] = {}
-    for dest, key in _KV_EVENT_FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            kv[key] = None if key == "replayPort" and value == 0 else value
-    if tokenizer is None and not kv:
-        return config
-    if kv.get("pubPort") == 0:
-        raise ConfigError("--kv-events-pub-port must be 1-65535")
-    precise = PrecisePrefixCacheScorer.type_name
-    if not any(spec.type == precise for pc in config.pools
-               for spec in pc.scheduler_config().plugins):
-        raise ConfigError("--tokenizer and --kv-events-* configure precise prefix scoring: "
-                          "use them with a scheduler that has a precise-prefix-cache-scorer "
-                          "(e.g. --scheduler precise)")
-    data = config.model_dump(by_alias=False)
-    for pool in data["pools"]:
-        if tokenizer is not None:
-            pool["tokenizer"] = tokenizer
-        if kv:
-            own = pool.get("kv_events") or {}
-            own = KVEventsConfig.model_validate(own).model_dump(by_alias=True,
-                                                                 exclude_unset=True)
-            pool["kv_events"] = {**own, **kv}
-    return parse_serving_config(data, "the --tokenizer/--kv-events-* flags")
-
-
 def _serve(args: argparse.Namespace) -> int:
-    from ..datalayer.discovery.static import config_from_args
+    from ..datalayer.serving_config import config_from_args
     from . import redact
     from .app import serve
 
@@ -125,12 +37,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"inferoute serve: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _overhead(args: argparse.Namespace) -> int:
-    from .overhead import main
-
-    return main(args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -172,20 +78,3 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)
     add_precise_flags(p)
     p.set_defaults(func=_serve)
-
-    o = sub.add_parser(
-        "overhead", help="measure the latency the gateway adds and the scheduling decision time",
-        description="Start a stand-in model server and the gateway in front of it, send "
-                    "requests at a fixed rate alternately direct and through the gateway, and "
-                    "print both latency distributions; then time scheduling decisions for an "
-                    "8k-token prompt with 16 endpoints.")
-    o.add_argument("--rate", type=float, default=200.0, help="gateway requests/s (the same "
-                   "number again goes direct, interleaved; default 200)")
-    o.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
-    o.add_argument("--scheduler", default=None, help="policy for the gateway (default llm-d "
-                   "default config)")
-    o.add_argument("--prompt-chars", type=int, default=2000,
-                   help="prompt size of the measured requests (default 2000 chars)")
-    o.add_argument("--skip-decision", action="store_true",
-                   help="do not run the scheduling-decision benchmark")
-    o.set_defaults(func=_overhead)

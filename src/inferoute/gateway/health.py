@@ -36,7 +36,7 @@ MODELS_INTERVAL = 5.0
 MODELS_TIMEOUT = 2.0
 
 
-class Health:
+class EndpointHealth:
     """One `HealthTracker` per pool, a ticker for ejection ends and active probes."""
 
     def __init__(self, data: DataLayer, outlier: OutlierSpec | None = None,

@@ -60,14 +60,15 @@ from ..core.errors import (InferouteError, ModelNotFound, NoEndpointAvailable,
                            PayloadTooLarge, UpstreamError, UpstreamTimeout)
 from ..core.request import API_PATHS, InferenceRequest, parse_request
 from ..core.router import Decision, ModelPool
-from ..datalayer.discovery.static import ServingConfig
+from ..datalayer.admission_driver import AdmissionDriver
+from ..datalayer.serving_config import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
-from .admission import Admission
-from .health import Health
+from .health import EndpointHealth
 from .httperrors import BodyTimeout, UnreadableBody, UnsupportedMediaType, error_body
 from .semantic import Semantic
-from .sse import ResponseRelay, UsageTracker
+from ..core.sse import UsageTracker
+from .sse import ResponseRelay
 from .tenants import Tenants
 from .upstream import ConnectTimeout, UpstreamConnectionError, UpstreamPool, UpstreamResponse
 
@@ -146,7 +147,7 @@ class Proxy:
     """Holds what every request needs; `handle` is the aiohttp handler of the POST routes."""
 
     def __init__(self, data: DataLayer, obs: Observability, config: ServingConfig,
-                 admission: Admission | None = None, health: Health | None = None,
+                 admission: AdmissionDriver | None = None, health: EndpointHealth | None = None,
                  tenants: Tenants | None = None, semantic: Semantic | None = None) -> None:
         self.data = data
         self.obs = obs
@@ -317,7 +318,7 @@ class Proxy:
     def _books_after_send(self, decision: Decision, took: float, model: str, target: str,
                           body_bytes: int) -> None:
         decision.pool.scheduler.run_deferred_hooks()
-        self.obs.scheduled(took, decision.request.attributes.get("prefix_cache_hit_ratio"))
+        self.obs.scheduled(took, decision.request.prefix_cache_hit_ratio)
         self.obs.request_started(model, target, body_bytes)
 
     def close(self) -> None:
@@ -511,7 +512,7 @@ class Proxy:
         resp.headers[SERVED_HEADER] = ep.name
         resp.headers.update(flight.headers)
         # prepared at the first byte for the client: until then a failure is retried elsewhere
-        tracker = UsageTracker(stream) if plain else None
+        tracker = UsageTracker(stream, relay.rewriter) if plain else None
         collector = None
         if self.semantic is not None and plain and upstream.status == 200:
             if stream:

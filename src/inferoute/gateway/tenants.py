@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.admission import MemoryRateLimiter, estimate_tokens, total_tokens
 from ..core.request import InferenceRequest
-from ..tenants import Admission as TenantAdmission
+from ..tenants import TenantAdmission
 from ..tenants import KeyStore, TenantGate
 
 

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..core.errors import ConfigError, explain_validation, read_yaml_file
+from ..configfiles import read_yaml_file
+from ..core.errors import ConfigError, explain_validation
 
 DEFAULT_CATEGORIES = "categories.yaml"
 

@@ -13,7 +13,8 @@ from typing import Any, Literal
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from ..core.errors import ConfigError, explain_validation, read_yaml_file
+from ..configfiles import read_yaml_file
+from ..core.errors import ConfigError, explain_validation
 from .categories import Category, load_categories, parse_categories
 
 PII_TYPES = ("credit_card", "email", "phone", "us_ssn", "iban", "ipv4")

@@ -115,11 +115,6 @@ def load_jailbreak_data(path: str | None = None) -> JailbreakData:
     return JailbreakData(*lists)
 
 
-def load_jailbreak_examples(path: str | None = None) -> list[str]:
-    """The jailbreak example utterances."""
-    return load_jailbreak_data(path).examples
-
-
 def train_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, scale: float = 5.0,
                    iterations: int = 500, rate: float = 2.0) -> tuple[np.ndarray, float]:
     """Class-balanced L2-regularised logistic regression by full-batch gradient descent

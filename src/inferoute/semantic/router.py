@@ -305,9 +305,6 @@ class SemanticRouter:
         listed = self._listed.get(model)
         return True if listed is None else listed.pii_allowed
 
-    def is_auto(self, model: str) -> bool:
-        return model in self.auto_names
-
     # -- routing ---------------------------------------------------------------------------
 
     def _candidates(self, available: Collection[str] | None) -> set[str]:

@@ -469,7 +469,3 @@ class Engine:
     def drain_kv_events(self) -> list[KVEvent]:
         """KV events since the last call, in order (empty unless built with kv_events=True)."""
         return self.kv.drain_events()
-
-    def request_ids(self) -> list[str]:
-        """Requests in flight (waiting or running)."""
-        return list(self._by_id)

@@ -1,8 +1,8 @@
 """The simulator's tokenizer: one token per whitespace-separated word, deterministic and cheap.
 
 A client that splits its prompt on whitespace knows the exact token count the simulator will
-report, so benchmark token figures are exact. Token ids are a stable hash of the word (ids are
->= 1000, below 2**31 - 1), identical in every process and run.
+report, so benchmark token figures are exact. The id scheme (`encode`, `count`, `token_id`) is
+`inferoute.core.words`, shared with the data layer.
 
 Output text is drawn from a fixed synthetic vocabulary by a seeded hash of (request key, index),
 so the same seed and key always give the same words, and `encode(" ".join(words))` gives the
@@ -15,79 +15,25 @@ drops an id it cannot name, as vLLM's detokenizer renders an out-of-vocabulary i
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import xxhash
+
+from ..core.words import count, encode, encoded_word, token_id
 
 __all__ = ["encode", "count", "decode", "word_of", "output_words", "output_token_ids",
            "output_key_seed", "token_id", "VOCAB"]
 
-_ID_BASE = 1000
-_ID_SPAN = (2**31 - 1) - _ID_BASE
-
-_xxh32 = xxhash.xxh32_intdigest
 _xxh64 = xxhash.xxh64_intdigest
-
-#: word -> id memo; bounded (cleared when full, words repeat heavily in practice)
-_WORD_IDS: dict[str, int] = {}
-_WORD_IDS_MAX = 1_000_000
-#: id -> word for the words in `_WORD_IDS` (same bound; a hash collision keeps the last word)
-_ID_WORDS: dict[int, str] = {}
-#: text -> ids memo for repeated prompts (the benchmark re-encodes the same long texts)
-_TEXT_IDS: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-_TEXT_IDS_MAX = 512
-_TEXT_MEMO_MIN_CHARS = 256
-
-
-def token_id(word: str) -> int:
-    """The id of one word: a stable 32-bit hash folded into [1000, 2**31 - 1)."""
-    tid = _WORD_IDS.get(word)
-    if tid is None:
-        if len(_WORD_IDS) >= _WORD_IDS_MAX:
-            _WORD_IDS.clear()
-            _ID_WORDS.clear()
-        tid = _ID_BASE + _xxh32(word.encode()) % _ID_SPAN
-        _WORD_IDS[word] = tid
-        _ID_WORDS[tid] = word
-    return tid
-
-
-def _encode_words(words: list[str]) -> list[int]:
-    out = list(map(_WORD_IDS.get, words))
-    if None in out:
-        out = [tid if tid is not None else token_id(w) for tid, w in zip(out, words)]
-    return out  # type: ignore[return-value]
-
-
-def encode(text: str) -> list[int]:
-    """Token ids of `text`: one per whitespace-separated word (a fresh list the caller may keep)."""
-    if len(text) < _TEXT_MEMO_MIN_CHARS:
-        return _encode_words(text.split())
-    hit = _TEXT_IDS.get(text)
-    if hit is not None:
-        _TEXT_IDS.move_to_end(text)
-        return list(hit)
-    ids = _encode_words(text.split())
-    _TEXT_IDS[text] = tuple(ids)
-    if len(_TEXT_IDS) > _TEXT_IDS_MAX:
-        _TEXT_IDS.popitem(last=False)
-    return ids
 
 
 def word_of(tid: int) -> str | None:
     """The word behind a token id: an output-vocabulary word, or a word this process encoded
     (recently: the map is bounded); None for an id it cannot name."""
-    return _VOCAB_WORDS.get(tid) or _ID_WORDS.get(tid)
+    return _VOCAB_WORDS.get(tid) or encoded_word(tid)
 
 
 def decode(ids: list[int]) -> str:
     """The text of token ids: their words joined by single spaces; unknown ids are dropped."""
     return " ".join(w for w in map(word_of, ids) if w is not None)
-
-
-def count(text: str) -> int:
-    """Number of tokens of `text` (== len(encode(text)), without hashing anything)."""
-    return len(text.split())
 
 
 def _build_vocab() -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import time
 from kubernetes_asyncio import client
 
 from inferoute.datalayer.discovery.kubernetes import PoolDiscovery
-from inferoute.datalayer.discovery.static import parse_serving_config
+from inferoute.datalayer.serving_config import parse_serving_config
 from inferoute.datalayer.runtime import DataLayer
 
 async def eventually(cond, timeout: float = 10.0) -> None:

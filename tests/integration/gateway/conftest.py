@@ -105,7 +105,7 @@ class Harness:
 
     def standin(self, *extra: str) -> Proc:
         port = free_port()
-        return self.start(["inferoute.gateway.standin", "--port", str(port), *extra], port)
+        return self.start(["inferoute.tools.standin", "--port", str(port), *extra], port)
 
     def sim(self, replicas: int) -> list[str]:
         """`inferoute sim` with `replicas` tiny replicas; their URLs."""

@@ -14,10 +14,10 @@ import asyncio
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from inferoute.datalayer.discovery.static import parse_serving_config
+from inferoute.datalayer.serving_config import parse_serving_config
 from inferoute.datalayer.runtime import DataLayer
 from inferoute.gateway.app import build_app
-from inferoute.gateway.standin import StandIn
+from inferoute.tools.standin import StandIn
 
 
 def scheduler(accounting: str) -> dict:

@@ -19,10 +19,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from inferoute.datalayer.discovery.static import ServingConfig, parse_serving_config
+from inferoute.datalayer.serving_config import ServingConfig, parse_serving_config
 from inferoute.gateway import proxy as proxy_mod
 from inferoute.gateway.app import serve
-from inferoute.gateway.standin import StandIn
+from inferoute.tools.standin import StandIn
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -125,7 +125,7 @@ async def test_pool_wiring_routes_a_repeated_prompt_to_its_holder(sim):
         for i in range(5):
             req = parse_request("chat", chat, request_id=f"x{i}")
             assert sched.schedule(req, eps, 0.0).target is eps[1]
-            assert req.attributes["prefix_cache_hit_ratio"] == 1.0
+            assert req.prefix_cache_hit_ratio == 1.0
         await routing.remove(eps[0].name)
         assert eps[0].name not in routing.managers[0].subscribers
     finally:
@@ -136,7 +136,7 @@ def test_for_pool_without_precise_scorer_or_with_bad_settings():
     import pytest
 
     from inferoute.core.errors import ConfigError
-    from inferoute.core.scheduling.config import resolve_config
+    from inferoute.configfiles import resolve_config
     from inferoute.core.scheduling.scheduler import Scheduler
     from inferoute.datalayer.precise_pool import PreciseRouting
 

@@ -1,6 +1,6 @@
 """In-process model servers and gateways on 127.0.0.1 for the fast reliability tests.
 
-`Replica` is the stand-in model server (`inferoute.gateway.standin.StandIn`) whose behaviour
+`Replica` is the stand-in model server (`inferoute.tools.standin.StandIn`) whose behaviour
 a test switches (`status`: answer every request with that status; `body`/`ctype`: what such
 an answer carries; `model`: the model it serves). `start_gateway` runs the real `serve()` in
 front of replicas on this test's event loop, waits until every replica is ready and returns a
@@ -18,9 +18,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from inferoute.datalayer.discovery.static import parse_serving_config
+from inferoute.datalayer.serving_config import parse_serving_config
 from inferoute.gateway.app import serve
-from inferoute.gateway.standin import StandIn
+from inferoute.tools.standin import StandIn
 
 ROUND_ROBIN = {"plugins": [{"type": "round-robin-picker"}],
                "schedulingProfiles": [{"name": "default",

@@ -72,7 +72,7 @@ async def test_keys_never_reach_the_logs(tmp_path: Path,
     # serve(access_log=True) as `inferoute serve --access-log` runs it (which also puts the
     # RedactFilter on its log handlers, as here)
     install([caplog.handler])
-    from inferoute.datalayer.discovery.static import parse_serving_config
+    from inferoute.datalayer.serving_config import parse_serving_config
     from inferoute.gateway.app import serve
     ready = tmp_path / "ready-access"
     stop = asyncio.Event()

@@ -169,7 +169,8 @@ async def test_metrics_parse_and_reflect_running_and_waiting(sim):
                  for _ in range(11)]   # the tiny profile runs at most 8 sequences
         try:
             fams: dict = {}
-            for _ in range(100):
+            deadline = asyncio.get_running_loop().time() + 60  # all 11 arrive (busy machine)
+            while asyncio.get_running_loop().time() < deadline:
                 fams = await _scrape(s, url)
                 if _value(fams, "vllm:num_requests_running") + \
                         _value(fams, "vllm:num_requests_waiting") == 11:

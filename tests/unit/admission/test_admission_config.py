@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from inferoute.core.admission import (AdmissionConfig, Admitted, load_admission_config,
-                                      parse_admission_config)
+from inferoute.configfiles import load_admission_config
+from inferoute.core.admission import AdmissionConfig, Admitted, parse_admission_config
 from inferoute.core.admission.flowcontrol import parse_size
 from inferoute.core.errors import ConfigError
 

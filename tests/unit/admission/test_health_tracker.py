@@ -23,7 +23,7 @@ def test_consecutive_failures_eject_and_successes_reset(ep, pool_of) -> None:
     ev = h.record(a, False, 0.5)
     assert ev is not None and ev.kind == "ejected" and ev.until == 10.5
     assert not a.healthy and h.state(a) == "ejected"
-    assert [e.name for e in h.pool.candidates()] == [b.name]
+    assert [e.name for e in h.pool if e.healthy] == [b.name]
 
 
 def test_backoff_grows_then_half_open_probe_decides(ep, pool_of) -> None:

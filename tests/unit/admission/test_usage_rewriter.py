@@ -7,7 +7,8 @@ import orjson
 import pytest
 
 from inferoute.core.admission import ResponseRewriter, prepare_upstream_body, total_tokens
-from inferoute.core.admission.usage import rewrite_response_model, usage_of
+from inferoute.core.admission.usage import rewrite_response_model
+from inferoute.core.sse import usage_of
 
 
 def _chunk(content: str | None, model: str = "tgt", usage: dict | None = None) -> bytes:
@@ -106,16 +107,3 @@ def test_json_body_helpers() -> None:
                          "response": {"usage": {"input_tokens": 4, "output_tokens": 6}}})
     assert total_tokens(usage_of(resp)) == 10
     assert usage_of(b'{"usage": null}') is None and total_tokens(None) is None
-
-
-def test_fail_mid_stream_ends_on_an_event_boundary() -> None:
-    rw = ResponseRewriter(strip_usage=True)
-    first = _chunk("Hel")
-    sent = rw.feed(first + _chunk("lo")[:10])  # the second event is cut off upstream
-    assert sent == first
-    tail = rw.fail("model server 10.0.0.1:8000 failed mid-response")
-    events = [e for e in (sent + tail).split(b"\n\n") if e]
-    assert events[-1] == b"data: [DONE]"
-    err = orjson.loads(events[-2][len(b"data: "):])
-    assert err["error"]["code"] == "upstream_error" and "mid-response" in err["error"]["message"]
-    assert rw.finish() == b""

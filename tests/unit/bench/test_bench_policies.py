@@ -5,11 +5,12 @@ import random
 import pytest
 
 from inferoute.core.endpoint import Endpoint, EndpointMetrics
-from inferoute.core.plugins.kvcost import DynamoKvScorer
-from inferoute.core.plugins.predictive import PredictiveCostScorer
-from inferoute.core.plugins.radix import RadixTree, SglangCacheAwareScorer
+from inferoute.core.plugins.dynamo_kv_scorer import DynamoKvScorer
+from inferoute.core.plugins.predictive_cost_scorer import PredictiveCostScorer
+from inferoute.core.plugins.radix import RadixTree
+from inferoute.core.plugins.sglang_cache_aware_scorer import SglangCacheAwareScorer
 from inferoute.core.request import parse_request
-from inferoute.core.scheduling.config import resolve_config
+from inferoute.configfiles import resolve_config
 from inferoute.core.scheduling.framework import CycleContext
 from inferoute.core.scheduling.scheduler import Scheduler
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from inferoute.core.errors import ConfigError
-from inferoute.core.scheduling.config import (load_config_file, load_config_text,
-                                              packaged_policies, resolve_config)
+from inferoute.configfiles import load_config_file, packaged_policies, resolve_config
+from inferoute.core.scheduling.config import load_config_text
 from inferoute.core.scheduling.scheduler import Scheduler
 
 
@@ -161,7 +161,7 @@ def test_llm_d_policy_weights() -> None:
 
 
 def test_every_config_file_read_fails_with_one_clear_line(tmp_path: Path) -> None:
-    from inferoute.core.errors import read_yaml_file
+    from inferoute.configfiles import read_yaml_file
     from inferoute.semantic.categories import load_categories
     from inferoute.semantic.config import load_config as load_semantic
 
@@ -188,3 +188,30 @@ def _ok(tmp_path: Path) -> Path:
     p = tmp_path / "ok.yaml"
     p.write_text("a: 1\n")
     return p
+
+
+@pytest.mark.parametrize("consumer, profiles", [
+    ("{type: inflight-load-producer, parameters: {accounting: prefill}}", ["default"]),
+    ("{type: pd-profile-handler, parameters: {threshold: 64}}", ["decode", "prefill"]),
+])
+def test_consumed_data_needs_a_configured_producer(consumer: str, profiles: list[str]) -> None:
+    profile_list = ", ".join(f"{{name: {n}, plugins: [{{pluginRef: queue-scorer}}]}}"
+                             for n in profiles)
+    text = f"plugins: [{consumer}, {{type: queue-scorer}}]\nschedulingProfiles: [{profile_list}]\n"
+    msg = error_of(text)
+    assert "consumes prefix-matched-tokens (dict[str, int]), which no configured plugin " \
+           "produces" in msg
+    # the same config with a prefix scorer configured (in no profile, even) loads
+    build(text.replace("{type: queue-scorer}]",
+                       "{type: queue-scorer}, {type: prefix-cache-scorer}]"))
+
+
+def test_every_plugin_module_registers_its_type() -> None:
+    """One module per plugin type, named after it: `foo-bar-scorer` lives in `foo_bar_scorer`."""
+    from inferoute.core.scheduling.registry import get_plugin_class, plugin_types
+
+    builtin = [t for t in plugin_types() if get_plugin_class(t).__module__.startswith("inferoute.")]
+    assert len(builtin) >= 24
+    for type_name in builtin:
+        module = get_plugin_class(type_name).__module__
+        assert module == "inferoute.core.plugins." + type_name.replace("-", "_"), type_name

@@ -7,7 +7,7 @@ import pytest
 from inferoute.core.endpoint import Pool, parse_endpoint
 from inferoute.core.errors import ModelNotFound, NoEndpointAvailable
 from inferoute.core.router import ModelPool, Router
-from inferoute.core.scheduling.config import resolve_config
+from inferoute.configfiles import resolve_config
 from inferoute.core.scheduling.scheduler import Scheduler
 
 

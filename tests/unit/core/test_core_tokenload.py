@@ -6,10 +6,11 @@ import pytest
 
 from inferoute.core.endpoint import Endpoint, EndpointMetrics, Pool
 from inferoute.core.errors import ConfigError
-from inferoute.core.plugins.tokenload import InFlightTokens
+from inferoute.core.plugins.inflight_load_producer import InFlightTokens
 from inferoute.core.request import parse_request
 from inferoute.core.router import ModelPool, Router
-from inferoute.core.scheduling.config import load_config_text, resolve_config
+from inferoute.configfiles import resolve_config
+from inferoute.core.scheduling.config import load_config_text
 from inferoute.core.scheduling.framework import CycleContext
 from inferoute.core.scheduling.scheduler import Scheduler
 

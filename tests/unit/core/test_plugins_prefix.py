@@ -8,7 +8,8 @@ import pytest
 
 from inferoute.core.endpoint import EndpointMetrics
 from inferoute.core.plugins.blockhash import block_hashes
-from inferoute.core.plugins.prefix import MATCHED_TOKENS_KEY, PrefixCacheScorer
+from inferoute.core.plugins.prefix_cache_scorer import PrefixCacheScorer
+from inferoute.core.plugins.prefix_match import MATCHED_TOKENS
 from inferoute.core.plugins.prefixindex import PrefixIndex
 from inferoute.core.scheduling.framework import ProfileResult, SchedulingResult
 from inferoute.core.scheduling.registry import create_plugin
@@ -167,7 +168,7 @@ def test_auto_tune_uses_scraped_block_size_and_capacity(make_ep, make_req, new_c
     # mixed block sizes in one cycle: each endpoint matched with hashes of its own size
     ctx = new_ctx()
     assert s.score(ctx, make_req(text), [big, tiny_pages, unknown]) == [1.0, 1.0, 1.0]
-    assert ctx.data[MATCHED_TOKENS_KEY] == {big.name: 128, tiny_pages.name: 128,
+    assert ctx.get(MATCHED_TOKENS) == {big.name: 128, tiny_pages.name: 128,
                                             unknown.name: 128}
     # the scrape shrinks the capacity: the next insert evicts down to it
     big.metrics = EndpointMetrics(block_size=32, num_blocks=2, scraped_at=1.0)
@@ -215,5 +216,5 @@ def test_stats_hit_ratio(make_ep, make_req, new_ctx) -> None:
     st = s.stats()
     assert (st.lookups, st.blocks_queried, st.blocks_hit) == (2, 8, 2)
     assert st.hit_ratio == 0.25 and st.endpoints == 1 and st.indexed_blocks == 6
-    assert first.attributes["prefix_cache_hit_ratio"] == 0.0
-    assert second.attributes["prefix_cache_hit_ratio"] == 0.5
+    assert first.prefix_cache_hit_ratio == 0.0
+    assert second.prefix_cache_hit_ratio == 0.5

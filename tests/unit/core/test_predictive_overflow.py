@@ -5,9 +5,9 @@ smaller demand gap; below capacity the weight changes nothing."""
 import random
 
 from inferoute.core.endpoint import Endpoint, EndpointMetrics
-from inferoute.core.plugins.predictive import PredictiveCostScorer
+from inferoute.core.plugins.predictive_cost_scorer import PredictiveCostScorer
 from inferoute.core.request import parse_request
-from inferoute.core.scheduling.config import resolve_config
+from inferoute.configfiles import resolve_config
 from inferoute.core.scheduling.framework import CycleContext
 
 BLOCK_CHARS = 64  # 16 tokens x 4 characters: one KV block of prompt text

@@ -9,7 +9,7 @@ import pydantic
 import pytest
 
 from inferoute.core.endpoint import Endpoint, EndpointMetrics
-from inferoute.core.plugins.predictive import PredictiveCostScorer
+from inferoute.core.plugins.predictive_cost_scorer import PredictiveCostScorer
 from inferoute.core.request import parse_request
 from inferoute.core.scheduling.framework import CycleContext
 

@@ -7,7 +7,7 @@ import random
 from collections import Counter, deque
 from dataclasses import replace
 
-from inferoute.core.scheduling.config import resolve_config
+from inferoute.configfiles import resolve_config
 from inferoute.core.scheduling.scheduler import Scheduler
 
 #: fewer groups than endpoints, so a rotation would split every group

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from inferoute.core.clock import ManualClock
 from inferoute.core.endpoint import EndpointMetrics, parse_endpoint
-from inferoute.datalayer.discovery.static import parse_serving_config
+from inferoute.datalayer.serving_config import parse_serving_config
 from inferoute.datalayer.runtime import DataLayer
 from inferoute.observability import Observability
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from inferoute.core.errors import ConfigError
-from inferoute.datalayer.discovery.static import (config_from_args, load_serving_config,
+from inferoute.datalayer.serving_config import (config_from_args, load_serving_config,
                                                   parse_serving_config)
 from inferoute.datalayer.runtime import DataLayer
 

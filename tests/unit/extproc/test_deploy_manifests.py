@@ -135,7 +135,7 @@ def test_other_examples_parse():
     route = yaml.safe_load((DEPLOY / "examples/httproute.yaml").read_text())
     ref = route["spec"]["rules"][0]["backendRefs"][0]
     assert (ref["group"], ref["kind"]) == ("inference.networking.k8s.io", "InferencePool")
-    from inferoute.datalayer.discovery.static import load_serving_config
+    from inferoute.datalayer.serving_config import load_serving_config
     cfg = load_serving_config(DEPLOY / "examples/serving.yaml")
     assert cfg.pools[0].model == "Qwen/Qwen3-32B"
 

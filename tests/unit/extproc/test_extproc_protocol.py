@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from inferoute.core.errors import TooManyRequests
-from inferoute.extproc.protocol import Picker, PickerSettings
+from inferoute.extproc.protocol import EndpointPicker, PickerSettings
 
 CHAT = "/v1/chat/completions"
 
@@ -21,7 +21,7 @@ def req_headers(path: str = CHAT, **extra: str) -> dict[str, str]:
 
 
 def test_full_duplex_holds_headers_then_answers_with_destination(router, msgs):
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     assert s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0) == []
     body = chat_body()
     assert s.handle(msgs.body_msg(body[:10], eos=False), 0.1) == []
@@ -41,14 +41,14 @@ def test_full_duplex_holds_headers_then_answers_with_destination(router, msgs):
 
 
 def test_no_protocol_config_assumes_full_duplex(router, msgs):
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     assert s.handle(msgs.headers_msg(req_headers()), 0.0) == []
     out = s.handle(msgs.body_msg(chat_body()), 0.0)
     assert out[0].WhichOneof("response") == "request_headers"
 
 
 def test_large_body_goes_back_in_62000_byte_chunks(router, msgs):
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     body = chat_body("x" * 3_000_000)
     out = []
@@ -63,7 +63,7 @@ def test_large_body_goes_back_in_62000_byte_chunks(router, msgs):
 
 
 def test_body_over_the_bound_is_413(router, msgs):
-    s = Picker(router, PickerSettings(max_body_bytes=1000)).stream()
+    s = EndpointPicker(router, PickerSettings(max_body_bytes=1000)).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     assert s.handle(msgs.body_msg(b"x" * 600, eos=False), 0.0) == []
     (out,) = s.handle(msgs.body_msg(b"x" * 600, eos=False), 0.0)
@@ -74,7 +74,7 @@ def test_body_over_the_bound_is_413(router, msgs):
 
 def test_model_rewrite_header_rewrites_body_and_length(msgs):
     router = msgs.make_router(model="base")
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     s.handle(msgs.headers_msg(req_headers(**{"x-gateway-model-name-rewrite": "base"}),
                               mode=msgs.FULL_DUPLEX), 0.0)
     body = chat_body(model="alias-from-client", temperature=0.5)
@@ -88,14 +88,14 @@ def test_model_rewrite_header_rewrites_body_and_length(msgs):
 
 def test_alias_is_rewritten_to_the_pool_model(msgs):
     router = msgs.make_router(model="base", aliases=("nick",))
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     out = s.handle(msgs.body_msg(chat_body(model="nick")), 0.0)
     assert orjson.loads(msgs.streamed(out[1:])[0].body)["model"] == "base"
 
 
 def test_client_destination_headers_are_stripped(router, msgs):
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     s.handle(msgs.headers_msg(req_headers(**{
         "x-gateway-destination-endpoint": "6.6.6.6:1",
         "x-gateway-destination-endpoint-served": "6.6.6.6:1",
@@ -109,7 +109,7 @@ def test_client_destination_headers_are_stripped(router, msgs):
 
 
 def test_fallbacks_are_comma_separated(router, msgs):
-    s = Picker(router, PickerSettings(fallbacks=3)).stream()
+    s = EndpointPicker(router, PickerSettings(fallbacks=3)).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     out = s.handle(msgs.body_msg(chat_body()), 0.0)
     assert msgs.set_headers(out[0])["x-gateway-destination-endpoint"] == \
@@ -129,7 +129,7 @@ def test_fallbacks_are_comma_separated(router, msgs):
     (chat_body(n=0), 400),
 ])
 def test_bad_requests_get_json_immediate_responses(router, msgs, body, status):
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     (out,) = s.handle(msgs.body_msg(body), 0.0)
     ir = out.immediate_response
@@ -143,7 +143,7 @@ def test_bad_requests_get_json_immediate_responses(router, msgs, body, status):
 def test_no_ready_endpoint_is_503(router, msgs):
     for ep in router.pools["m"].pool:
         ep.healthy = False
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     (out,) = s.handle(msgs.body_msg(chat_body()), 0.0)
     assert out.immediate_response.status.code == 503
@@ -153,7 +153,7 @@ def test_shed_is_429_with_retry_after(router, msgs):
     def shed(request, pool, now):
         raise TooManyRequests("saturated", retry_after=2)
 
-    s = Picker(router, admit=shed).stream()
+    s = EndpointPicker(router, admit=shed).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     (out,) = s.handle(msgs.body_msg(chat_body()), 0.0)
     assert out.immediate_response.status.code == 429
@@ -166,7 +166,7 @@ def test_admission_ticket_waits_then_resumes(router, msgs):
     class Ticket:
         admitted = False
 
-    s = Picker(router, admit=lambda r, p, now: Ticket()).stream()
+    s = EndpointPicker(router, admit=lambda r, p, now: Ticket()).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     assert s.handle(msgs.body_msg(chat_body()), 0.0) == []
     assert s.waiting is not None
@@ -175,7 +175,7 @@ def test_admission_ticket_waits_then_resumes(router, msgs):
 
 
 def test_buffered_mode_answers_headers_at_once_and_routes_on_the_body(router, msgs):
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     (first,) = s.handle(msgs.headers_msg(req_headers(), mode=msgs.BUFFERED), 0.0)
     assert first.WhichOneof("response") == "request_headers"
     assert not first.request_headers.response.header_mutation.set_headers
@@ -189,7 +189,7 @@ def test_buffered_mode_answers_headers_at_once_and_routes_on_the_body(router, ms
 
 
 def test_streamed_mode_is_refused_with_a_clear_error(router, msgs):
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     (out,) = s.handle(msgs.headers_msg(req_headers(), mode=msgs.STREAMED), 0.0)
     assert out.immediate_response.status.code == 500
     assert b"FULL_DUPLEX_STREAMED" in out.immediate_response.body
@@ -197,14 +197,14 @@ def test_streamed_mode_is_refused_with_a_clear_error(router, msgs):
 
 def test_bodyless_request_goes_to_the_least_loaded_endpoint(router, msgs):
     router.pools["m"].pool.get("10.0.0.1:8000").in_flight_requests = 3
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     (out,) = s.handle(msgs.headers_msg({":method": "GET", ":path": "/v1/models"}, eos=True,
                                        mode=msgs.FULL_DUPLEX), 0.0)
     assert msgs.set_headers(out)["x-gateway-destination-endpoint"] == "10.0.0.2:8000"
 
 
 def test_subset_hint_restricts_candidates(router, msgs):
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     req = msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX)
     s.handle(req, 0.0)
     body = msgs.body_msg(chat_body())
@@ -223,7 +223,7 @@ def test_response_phase_reads_usage_and_finishes_once(router, msgs):
         def rejected(self, stream, err, now): pass
         def finished(self, stream, now): finished.append((stream.usage, stream.completed))
 
-    s = Picker(router, observer=Obs()).stream()
+    s = EndpointPicker(router, observer=Obs()).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     s.handle(msgs.body_msg(chat_body(stream=True)), 0.0)
     ep = router.pools["m"].pool.get("10.0.0.1:8000")
@@ -250,7 +250,7 @@ def test_response_phase_reads_usage_and_finishes_once(router, msgs):
 
 
 def test_served_fallback_moves_bookkeeping(router, msgs):
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     s.handle(msgs.body_msg(chat_body()), 0.0)
     a, b = router.pools["m"].pool.endpoints()
@@ -262,7 +262,7 @@ def test_served_fallback_moves_bookkeeping(router, msgs):
 
 
 def test_json_response_usage_in_buffered_response_mode(router, msgs):
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.BUFFERED), 0.0)
     s.handle(msgs.body_msg(chat_body()), 0.0)
     s.handle(msgs.resp_headers_msg({":status": "200", "content-type": "application/json"}), 0.1)
@@ -279,7 +279,7 @@ def test_stream_closed_at_any_phase_leaves_nothing_in_flight(router, msgs, stop_
              msgs.body_msg(chat_body()),
              msgs.resp_headers_msg({":status": "200", "content-type": "text/event-stream"}),
              msgs.resp_body_msg(b'data: {"x": 1}\n\n')]
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     for msg in steps[: stop_after + 1]:
         s.handle(msg, 0.0)
     s.close(1.0)
@@ -289,7 +289,7 @@ def test_stream_closed_at_any_phase_leaves_nothing_in_flight(router, msgs, stop_
 
 
 def test_concurrent_streams_spread_then_release(router, msgs):
-    picker = Picker(router)
+    picker = EndpointPicker(router)
     streams = [picker.stream() for _ in range(6)]
     dests = []
     for s in streams:
@@ -304,7 +304,7 @@ def test_concurrent_streams_spread_then_release(router, msgs):
 
 def test_request_trailers_end_the_body(router, msgs):
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-    s = Picker(router).stream()
+    s = EndpointPicker(router).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     s.handle(msgs.body_msg(chat_body(), eos=False), 0.0)
     out = s.handle(pb.ProcessingRequest(request_trailers=pb.HttpTrailers()), 0.0)
@@ -314,13 +314,13 @@ def test_request_trailers_end_the_body(router, msgs):
 
 
 def test_default_pool_takes_unclaimed_model_names_unchanged(router, msgs):
-    s = Picker(router, default_model="m").stream()
+    s = EndpointPicker(router, default_model="m").stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     body = chat_body(model="whatever-the-client-says")
     out = s.handle(msgs.body_msg(body), 0.0)
     assert msgs.set_headers(out[0])["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
     assert msgs.streamed(out[1:])[0].body == body  # passed through, not rewritten
-    s2 = Picker(router).stream()  # without a default pool: 404
+    s2 = EndpointPicker(router).stream()  # without a default pool: 404
     s2.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     (err,) = s2.handle(msgs.body_msg(body), 0.0)
     assert err.immediate_response.status.code == 404
@@ -349,7 +349,7 @@ def test_same_decisions_as_the_gateway_path(msgs):
         bodies.append(orjson.dumps({"model": "m", "messages": [
             {"role": "system", "content": system}, {"role": "user", "content": f"q{i}"}]}))
     gw, epp = build(), build()
-    picker = Picker(epp)
+    picker = EndpointPicker(epp)
     via_gateway, via_picker, open_gw, open_epp = [], [], [], []
     for i, body in enumerate(bodies):
         now = i * 0.01

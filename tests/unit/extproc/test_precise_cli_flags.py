@@ -8,11 +8,11 @@ import pytest
 from inferoute.cli import build_parser
 from inferoute.core.endpoint import parse_endpoint
 from inferoute.core.errors import ConfigError
-from inferoute.datalayer.discovery.static import config_from_args
+from inferoute.datalayer.serving_config import config_from_args
 from inferoute.datalayer.kvevents import KVEventsConfig
 from inferoute.datalayer.runtime import DataLayer
 from inferoute.extproc import command as epp_command
-from inferoute.gateway.command import apply_precise_flags
+from inferoute.datalayer.precise_flags import apply_precise_flags
 
 SIM_OFFSETS = ["--kv-events-pub-port-offset", "-2443", "--kv-events-replay-port-offset", "-2343"]
 

@@ -8,7 +8,7 @@ import pytest
 from inferoute.core.clock import ManualClock
 from inferoute.core.endpoint import EndpointMetrics
 from inferoute.core.errors import ConfigError
-from inferoute.datalayer.discovery.static import parse_serving_config
+from inferoute.datalayer.serving_config import parse_serving_config
 from inferoute.datalayer.runtime import DataLayer
 from inferoute.gateway.proxy import retry_delay
 
@@ -78,10 +78,15 @@ def test_fresh_window_follows_the_scheduler_and_the_scrape_period() -> None:
              "schedulingProfiles": [{"name": "default",
                                      "plugins": [{"pluginRef": "round-robin-picker"}]}],
              "saturationDetector": {"metricsStalenessThreshold": "500ms"}}
-    data = DataLayer(parse_serving_config({"pools": [dict(POOL, scheduler=sched)]}))
-    assert data.fresh_window(data.router.pools["m"]) == 0.5
-    data = DataLayer(parse_serving_config({"pools": [POOL], "scrapeInterval": "1s"}))
-    assert data.fresh_window(data.router.pools["m"]) == 2.0  # never under two scrape periods
+    def fresh_window(data: DataLayer) -> float:
+        mp = data.router.pools["m"]
+        threshold = mp.scheduler.config.saturation_detector.metrics_staleness_threshold
+        return data.router.rule.fresh_window(threshold)
+
+    assert fresh_window(DataLayer(parse_serving_config(
+        {"pools": [dict(POOL, scheduler=sched)]}))) == 0.5
+    assert fresh_window(DataLayer(parse_serving_config(
+        {"pools": [POOL], "scrapeInterval": "1s"}))) == 2.0  # never under two scrape periods
 
 
 async def test_idle_watch_counts_only_time_spent_reading() -> None:

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from inferoute.gateway.proxy import forward_request_headers, forward_response_headers
-from inferoute.gateway.sse import UsageTracker
+from inferoute.core.sse import UsageTracker
 
 USAGE = {"prompt_tokens": 812, "completion_tokens": 5, "total_tokens": 817}
 
@@ -86,7 +86,7 @@ def test_hop_by_hop_and_destination_headers_are_stripped():
 
 
 def test_split_events_holds_only_an_incomplete_tail():
-    from inferoute.gateway.sse import split_events as _split_events
+    from inferoute.core.sse import split_events as _split_events
 
     assert _split_events(b"data: a\n\ndata: b\n\n") == (b"data: a\n\ndata: b\n\n", b"")
     assert _split_events(b"data: a\n\ndata: b") == (b"data: a\n\n", b"data: b")

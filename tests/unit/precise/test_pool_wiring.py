@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from inferoute.core.errors import ConfigError
-from inferoute.datalayer.discovery.static import parse_serving_config
+from inferoute.datalayer.serving_config import parse_serving_config
 from inferoute.datalayer.prefix_share import SharedKVIndex, SharedPrefixIndex
 from inferoute.datalayer.runtime import DataLayer
 from inferoute.datalayer.tokenize import WordsTokenizer

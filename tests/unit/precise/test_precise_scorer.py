@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from inferoute.core.endpoint import Endpoint, EndpointMetrics
 from inferoute.core.kvindex import BlockStoredEvent
-from inferoute.core.plugins.precise import PrecisePrefixCacheScorer
-from inferoute.core.plugins.prefix import MATCHED_TOKENS_KEY
+from inferoute.core.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
+from inferoute.core.plugins.prefix_match import MATCHED_TOKENS
 from inferoute.core.request import InferenceRequest
 from inferoute.core.scheduling.config import parse_config
 from inferoute.core.scheduling.framework import CycleContext
@@ -47,7 +47,7 @@ def test_scores_are_matched_over_total_blocks():
     store(s, e[1].name, PROMPT[:32])
     c = ctx()
     assert list(s.score(c, req(PROMPT + [5, 6]), e)) == [1.0, 0.5, 0.0]
-    assert c.data[MATCHED_TOKENS_KEY] == {e[0].name: 64, e[1].name: 32, e[2].name: 0}
+    assert c.get(MATCHED_TOKENS) == {e[0].name: 64, e[1].name: 32, e[2].name: 0}
     # shorter than a block, or no token ids at all: zeros
     assert list(s.score(ctx(), req(PROMPT[:15]), e)) == [0.0, 0.0, 0.0]
     assert list(s.score(ctx(), req(None), e)) == [0.0, 0.0, 0.0]
@@ -115,7 +115,7 @@ def test_speculation_keeps_a_burst_together_until_ttl():
     for i in range(1, 10):
         r = req(PROMPT, f"r{i}")
         assert sched.schedule(r, e, now=0.1 * i).target is first
-        assert r.attributes["prefix_cache_hit_ratio"] == 1.0
+        assert r.prefix_cache_hit_ratio == 1.0
     # nothing confirmed it: after the TTL the prediction is gone
     assert list(s.score(ctx(now=10.0), req(PROMPT), e)) == [0.0] * 4
     assert s.index.stats().expired_speculative == 4

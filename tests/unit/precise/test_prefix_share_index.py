@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inferoute.core.plugins.prefix import PrefixCacheScorer
+from inferoute.core.plugins.prefix_cache_scorer import PrefixCacheScorer
 from inferoute.datalayer.prefix_share import SharedPrefixIndex, share_scorer_index
 
 
@@ -46,7 +46,7 @@ def test_share_scorer_index():
 
 def test_shared_kv_index_shares_speculation_only():
     from inferoute.core.kvindex import BlockStoredEvent
-    from inferoute.core.plugins.precise import PrecisePrefixCacheScorer
+    from inferoute.core.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
     from inferoute.datalayer.prefix_share import SharedKVIndex
 
     s = PrecisePrefixCacheScorer(params=PrecisePrefixCacheScorer.Params(speculative_ttl=3.0))

@@ -18,12 +18,11 @@ routing rules and usage accounting. Sans-I/O; see docs/admission.md for how a sh
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pydantic
 
-from ..errors import ConfigError, explain_validation, read_yaml_file
+from ..errors import ConfigError, explain_validation
 from ..scheduling.config import SaturationSpec
 from .controller import FAIRNESS_HEADER, AdmissionController, Admitted
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
@@ -31,8 +30,9 @@ from .objectives import OBJECTIVE_HEADER, Objective, Objectives, ObjectiveSpec
 from .ratelimit import Limits, MemoryRateLimiter, RateLimiter, Reservation, estimate_tokens
 from .routing_rules import RouteChoice, RouteSpec, RoutingRules, rewrite_model
 from .saturation import SaturationDetector
+from ..sse import usage_of
 from .usage import (ResponseRewriter, UpstreamBody, prepare_upstream_body, rewrite_response_model,
-                    sse_error, total_tokens, usage_of)
+                    total_tokens)
 
 
 class AdmissionConfig(pydantic.BaseModel):
@@ -82,26 +82,12 @@ def parse_admission_config(data: Any, source: str = "<admission>") -> AdmissionC
         raise ConfigError(explain_validation(exc, "admission config", source)) from None
 
 
-def read_admission_file(path: str | Path) -> Any:
-    """The admission section of a YAML file, unparsed: its `admission:` top-level key when it
-    has one, else the whole document."""
-    data = read_yaml_file(path, "admission config")
-    if isinstance(data, dict) and "admission" in data:
-        data = data["admission"]
-    return data
-
-
-def load_admission_config(path: str | Path) -> AdmissionConfig:
-    """Load from a YAML file (see `read_admission_file`)."""
-    return parse_admission_config(read_admission_file(path), str(path))
-
-
 __all__ = [
     "AdmissionConfig", "AdmissionController", "Admitted", "FAIRNESS_HEADER", "FlowControlSpec",
     "FlowQueue", "Limits", "MemoryRateLimiter", "OBJECTIVE_HEADER", "Objective", "ObjectiveSpec",
     "Objectives", "QueueFull", "RateLimiter", "Reservation", "ResponseRewriter", "RouteChoice",
     "RouteSpec", "RoutingRules", "SaturationDetector", "Ticket", "TicketState", "UpstreamBody",
-    "estimate_tokens", "load_admission_config", "parse_admission_config",
-    "prepare_upstream_body", "rewrite_model", "rewrite_response_model", "sse_error",
+    "estimate_tokens", "parse_admission_config",
+    "prepare_upstream_body", "rewrite_model", "rewrite_response_model",
     "total_tokens", "usage_of",
 ]

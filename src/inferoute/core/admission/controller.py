@@ -32,12 +32,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from ..candidates import CandidateRule
 from ..endpoint import Endpoint, Pool
 from ..errors import InferouteError, NoEndpointAvailable, TooManyRequests
 from ..request import InferenceRequest
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
 from .objectives import Objective, Objectives
 from .saturation import SaturationDetector
+
+__all__ = ["AdmissionController", "Admitted", "FAIRNESS_HEADER"]
 
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
 
@@ -62,7 +65,7 @@ class _PoolState:
 
 
 def _healthy(pool: Pool, now: float) -> list[Endpoint]:
-    return pool.candidates()
+    return CandidateRule().ready(pool, now)
 
 
 class AdmissionController:

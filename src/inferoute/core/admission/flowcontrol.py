@@ -24,6 +24,9 @@ from typing import Any, Literal
 
 import pydantic
 
+__all__ = ["FlowControlSpec", "FlowQueue", "Ordering", "parse_size", "QueueFull", "QueueStats",
+           "Ticket", "TicketState"]
+
 Ordering = Literal["fcfs", "edf"]
 
 
@@ -198,10 +201,6 @@ class FlowQueue:
         heapq.heappush(self._deadlines, (t.deadline, t.seq, t))
         self.requests += 1
         self.bytes += t.size
-
-    def peek_priority(self) -> int | None:
-        """Priority of the band that would be served next."""
-        return -self._order[0] if self._order else None
 
     def peek_lowest_priority(self) -> int | None:
         """Priority of the lowest band holding tickets."""

@@ -16,6 +16,8 @@ from typing import Mapping
 
 import pydantic
 
+__all__ = ["DEFAULT_OBJECTIVE", "Objective", "OBJECTIVE_HEADER", "Objectives", "ObjectiveSpec"]
+
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 
 

@@ -27,6 +27,9 @@ from typing import Protocol
 
 from ..errors import TooManyRequests
 
+__all__ = ["BURST_FRACTION", "estimate_tokens", "Limits", "MemoryRateLimiter", "over_limit",
+           "RateLimiter", "Reservation", "TokenBucket"]
+
 #: default burst as a fraction of the per-minute limit
 BURST_FRACTION = 0.05
 #: seconds the limits are per; bounds a bucket's debt and every Retry-After

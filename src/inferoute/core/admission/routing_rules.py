@@ -27,6 +27,8 @@ import xxhash
 
 from ..request import InferenceRequest
 
+__all__ = ["rewrite_model", "RouteChoice", "RouteSpec", "RoutingRules", "TargetSpec"]
+
 
 class TargetSpec(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")

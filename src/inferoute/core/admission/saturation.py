@@ -19,6 +19,8 @@ from typing import Iterable
 from ..endpoint import Endpoint
 from ..scheduling.config import SaturationSpec
 
+__all__ = ["EndpointState", "SaturationDetector"]
+
 
 @dataclass(slots=True, frozen=True)
 class EndpointState:

@@ -14,6 +14,11 @@ from typing import Any
 
 import orjson
 
+from ..sse import event_end, has_usage, usage_in
+
+__all__ = ["prepare_upstream_body", "ResponseRewriter", "rewrite_response_model", "total_tokens",
+           "UpstreamBody"]
+
 
 @dataclass(slots=True, frozen=True)
 class UpstreamBody:
@@ -67,25 +72,6 @@ def rewrite_response_model(payload: bytes, target: str, client: str) -> bytes:
     return payload
 
 
-def usage_of(payload: bytes) -> dict[str, Any] | None:
-    """The `usage` object of a JSON response or SSE payload, if it has a non-null one.
-
-    Handles the Responses API too, where usage sits in `response.usage`.
-    """
-    if b'"usage"' not in payload:
-        return None
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    usage = obj.get("usage")
-    if usage is None and isinstance(obj.get("response"), dict):
-        usage = obj["response"].get("usage")
-    return usage if isinstance(usage, dict) else None
-
-
 def total_tokens(usage: dict[str, Any] | None) -> int | None:
     """total_tokens, or prompt + completion (input + output for the Responses API)."""
     if not usage:
@@ -113,15 +99,18 @@ class ResponseRewriter:
     def __init__(self, *, strip_usage: bool, target_model: str | None = None,
                  client_model: str | None = None) -> None:
         self.strip_usage = strip_usage
-        self.rewrite = (target_model is not None and client_model is not None
-                        and target_model != client_model)
-        self._patterns = _model_patterns(target_model, client_model) if self.rewrite else []
-        self._target, self._client = target_model, client_model
+        self.rewrite = False
+        self._patterns: list[tuple[bytes, bytes]] = []
+        self._target = self._client = ""
+        if target_model is not None and client_model is not None and target_model != client_model:
+            self.rewrite = True
+            self._patterns = _model_patterns(target_model, client_model)
+            self._target, self._client = target_model, client_model
         self._buf = bytearray()
         self.usage: dict[str, Any] | None = None
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self._buf and chunk.endswith(b"\n\n") and not _has_usage(chunk):
+        if not self._buf and chunk.endswith(b"\n\n") and not has_usage(chunk):
             # fast path: whole events and no usage; at most a byte-level model rename
             if not self.rewrite:
                 return chunk
@@ -131,7 +120,7 @@ class ResponseRewriter:
         self._buf += chunk
         out = bytearray()
         while True:
-            end, sep = _event_end(self._buf)
+            end, sep = event_end(self._buf)
             if end < 0:
                 break
             event = bytes(self._buf[:end + sep])
@@ -147,13 +136,6 @@ class ResponseRewriter:
         self._buf.clear()
         return self._event(rest) if rest else b""
 
-    def fail(self, message: str, *, code: str = "upstream_error") -> bytes:
-        """The upstream broke mid-stream: drop the held partial event and return a clean ending
-        (an error event, then `[DONE]`). The client has only ever been given whole events, so
-        this lands on an event boundary."""
-        self._buf.clear()
-        return sse_error(message, code=code)
-
     def _event(self, event: bytes) -> bytes:
         if b'"usage"' not in event and not self.rewrite:
             return event
@@ -165,47 +147,20 @@ class ResponseRewriter:
             payload = line[5:].strip()
             if not payload or payload == b"[DONE]":
                 continue
-            usage = usage_of(payload) if _has_usage(payload) else None
-            if usage is not None:
-                self.usage = usage
-                if self.strip_usage and _usage_only(payload):
-                    return b""
+            if has_usage(payload):
+                try:
+                    obj = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    obj = None
+                usage = usage_in(obj)
+                if usage is not None:
+                    self.usage = usage
+                    # the final usage-only chunk: `choices` is an empty list
+                    if self.strip_usage and obj.get("choices") == [] and obj.get("usage"):
+                        return b""
             if self.rewrite:
-                new = rewrite_response_model(payload, self._target, self._client)  # type: ignore[arg-type]
+                new = rewrite_response_model(payload, self._target, self._client)
                 if new is not payload:
                     lines[i] = b"data: " + new + (b"\r" if line.endswith(b"\r") else b"")
                     changed = True
         return b"\n".join(lines) if changed else event
-
-
-def sse_error(message: str, *, code: str = "upstream_error",
-              error_type: str = "upstream_error") -> bytes:
-    """An OpenAI-style error as an SSE event followed by `data: [DONE]`."""
-    err = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-    return b"data: " + orjson.dumps(err) + b"\n\ndata: [DONE]\n\n"
-
-
-def _has_usage(payload: bytes) -> bool:
-    """Cheap test for a non-null usage field (chunks often carry `"usage":null`)."""
-    n = payload.count(b'"usage"')
-    return n > 0 and n > payload.count(b'"usage":null') + payload.count(b'"usage": null')
-
-
-def _usage_only(payload: bytes) -> bool:
-    """The final usage chunk: `choices` is an empty list."""
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(obj, dict) and obj.get("choices") == [] and obj.get("usage") is not None
-
-
-def _event_end(buf: bytearray) -> tuple[int, int]:
-    """Index and length of the first event terminator (blank line), or (-1, 0)."""
-    a = buf.find(b"\n\n")
-    b = buf.find(b"\r\n\r\n")
-    if a < 0 and b < 0:
-        return -1, 0
-    if b >= 0 and (a < 0 or b < a):
-        return b, 4
-    return a, 2

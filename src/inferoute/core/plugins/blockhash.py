@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from xxhash import xxh64_intdigest
 
+__all__ = ["block_hashes", "chain_seed", "CHARS_PER_TOKEN"]
+
 #: estimated characters per token, used to size blocks of untokenised text
 CHARS_PER_TOKEN = 4
 

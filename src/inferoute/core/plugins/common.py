@@ -1,4 +1,5 @@
-"""Shared pieces of the built-in plugins: the Params base model and score normalisation."""
+"""Shared pieces of the built-in plugins: the Params base models, the plugin base class and
+score normalisation."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ from typing import Any, ClassVar, Sequence
 
 import pydantic
 from pydantic.alias_generators import to_camel
+
+from ..errors import ConfigError
+from ..scheduling.framework import DataKey, Scorer
+
+__all__ = ["BasePlugin", "bound_plugin", "inverted_min_max", "PickerParams", "PluginParams"]
 
 
 class PluginParams(pydantic.BaseModel):
@@ -19,11 +25,24 @@ class PluginParams(pydantic.BaseModel):
                                        alias_generator=to_camel, frozen=True)
 
 
+class PickerParams(PluginParams):
+    """Every picker's parameters. The first endpoint it returns is the target; the rest are
+    fallbacks the proxy retries on when the target fails before the first byte.
+    `maxNumOfEndpoints` (default 2: the target and one fallback; 1 disables fallbacks; the
+    reference picker's default is 1 because Envoy does the retrying there)."""
+
+    max_num_of_endpoints: int = pydantic.Field(
+        2, ge=1, le=64, description="target plus fallbacks returned, best first")
+
+
 class BasePlugin:
     """Holds the plugin's configured name and validated parameters."""
 
     type_name: ClassVar[str]
     Params: ClassVar[type[PluginParams]] = PluginParams
+    #: the cycle data it writes and reads (see `DataKey`); checked when a config loads
+    produces: Sequence[DataKey[Any]] = ()
+    consumes: Sequence[DataKey[Any]] = ()
 
     def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
         self.name = name or self.type_name
@@ -46,3 +65,14 @@ def inverted_min_max(values: Sequence[float]) -> list[float]:
         return [1.0] * len(values)
     span = hi - lo
     return [(hi - v) / span for v in values]
+
+
+def bound_plugin(owner: BasePlugin, plugins: dict[str, Any], ref: str, kind: type,
+                 what: str) -> Any:
+    """The configured plugin named `ref`, which must be a `kind`; a ConfigError otherwise."""
+    plugin = plugins.get(ref)
+    if not isinstance(plugin, kind):
+        wanted = "scorer" if kind is Scorer else getattr(kind, "type_name", kind.__name__)
+        raise ConfigError(f"{owner.type_name} {owner.name!r}: {what} {ref!r} names no configured "
+                          f"{wanted}")
+    return plugin

@@ -19,6 +19,8 @@ from typing import Iterable, Sequence
 
 from ..blockmatch import prefix_depths
 
+__all__ = ["PrefixIndex"]
+
 
 class PrefixIndex:
     """Block-hash index over endpoints, by endpoint name."""

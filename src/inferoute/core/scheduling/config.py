@@ -19,13 +19,16 @@ Loading validates everything a user can get wrong and raises ConfigError saying 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pydantic
 import yaml
 
-from ..errors import ConfigError, explain_validation, read_yaml_file
+from ..errors import ConfigError, explain_validation
+
+__all__ = ["default_config", "DEFAULT_CONFIG_YAML", "EndpointPickerConfig", "load_config_text",
+           "parse_config", "parse_duration", "PluginRef", "PluginSpec", "ProfileSpec",
+           "SaturationSpec"]
 
 
 class PluginSpec(pydantic.BaseModel):
@@ -136,10 +139,6 @@ def load_config_text(text: str, source: str = "<config>") -> EndpointPickerConfi
     return parse_config(data, source)
 
 
-def load_config_file(path: str | Path) -> EndpointPickerConfig:
-    return parse_config(read_yaml_file(path, "scheduler config"), str(path))
-
-
 #: The llm-d guide's default: approximate prefix 3, KV-cache utilisation 2, queue 2.
 DEFAULT_CONFIG_YAML = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -164,22 +163,3 @@ schedulingProfiles:
 
 def default_config() -> EndpointPickerConfig:
     return load_config_text(DEFAULT_CONFIG_YAML, "<default>")
-
-
-def packaged_policies() -> dict[str, Path]:
-    """Named scheduler configs shipped in `inferoute/configs/` (`round-robin`, `llm-d`, ...)."""
-    folder = Path(__file__).resolve().parent.parent.parent / "configs"
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
-
-
-def resolve_config(name_or_path: str | None) -> EndpointPickerConfig:
-    """A config by packaged policy name, by file path, or the default when None."""
-    if name_or_path is None:
-        return default_config()
-    policies = packaged_policies()
-    if name_or_path in policies:
-        return load_config_file(policies[name_or_path])
-    if Path(name_or_path).exists():
-        return load_config_file(name_or_path)
-    raise ConfigError(f"scheduler config {name_or_path!r} is neither a file nor a packaged "
-                      f"policy ({', '.join(policies) or 'none shipped'})")

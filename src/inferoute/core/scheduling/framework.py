@@ -8,26 +8,58 @@ handler* chooses which profiles run (e.g. prefill then decode) and combines thei
 
 Any plugin may also implement the lifecycle hooks of `LifecycleHooks`; the scheduler calls
 them on every plugin that has them.
+
+Plugins hand data to each other through the cycle's context under typed `DataKey`s, never bare
+strings: a plugin declares the keys it writes in `produces` and those it reads in `consumes`,
+and the scheduler refuses a config where a consumed key has no configured producer.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, Sequence, TypeVar, runtime_checkable
 
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 
+__all__ = ["CycleContext", "DataKey", "Filter", "LifecycleHooks", "Picker", "Plugin",
+           "ProfileHandler", "ProfileResult", "SchedulingResult", "ScoredEndpoint", "Scorer"]
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey(Generic[T]):
+    """The typed name of data one plugin produces in a scheduling cycle and others consume."""
+
+    name: str
+    #: what the value is, for the config check's messages (e.g. `dict[str, int]`)
+    type: Any
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.type.__name__ if isinstance(self.type, type) else self.type})"
+
 
 @dataclass(slots=True)
 class CycleContext:
-    """Per-cycle state: the time, a seeded RNG, and scratch data plugins share in a cycle
-    (e.g. the prefix block hashes, computed once and read by the scorer and the hook)."""
+    """Per-cycle state: the time, a seeded RNG, and the data plugins share in a cycle (under
+    `DataKey`s, `get` / `put`) or keep for themselves (a plugin's own scratch, e.g. the prompt's
+    block hashes computed once for scoring and the hook, under a key private to it)."""
 
     now: float
     rng: random.Random
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[Any, Any] = field(default_factory=dict)
+    #: keep each scorer's raw scores in `ProfileResult.breakdown`
+    debug: bool = False
+
+    def get(self, key: DataKey[T]) -> T | None:
+        return self.data.get(key)
+
+    def put(self, key: DataKey[T], value: T) -> T:
+        self.data[key] = value
+        return value
 
 
 @dataclass(slots=True)
@@ -68,6 +100,10 @@ class Plugin(Protocol):
     #: the `type` string used in EndpointPickerConfig
     type_name: ClassVar[str]
     name: str
+    #: the cycle data it writes and reads (`BasePlugin` declares none; the scheduler checks
+    #: at config load that every consumed key has a configured producer)
+    produces: Sequence[DataKey[Any]]
+    consumes: Sequence[DataKey[Any]]
 
 
 @runtime_checkable

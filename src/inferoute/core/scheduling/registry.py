@@ -2,7 +2,8 @@
 
 A plugin class declares `type_name` and may declare `Params`, a pydantic model validating its
 `parameters`; it is constructed as `cls(name, params)` (or `cls(name)` without Params).
-Plugin modules register themselves on import with `@register`.
+Plugin modules register themselves on import with `@register`; `load_builtins` imports the
+`inferoute.core.plugins` package, which imports all of its modules.
 """
 
 from __future__ import annotations
@@ -14,27 +15,12 @@ import pydantic
 
 from ..errors import ConfigError
 
+__all__ = ["create_plugin", "get_plugin_class", "load_builtins", "plugin_types", "register",
+           "StrictParams"]
+
 T = TypeVar("T", bound=type)
 
 _REGISTRY: dict[str, type] = {}
-
-#: modules whose import registers the built-in plugins
-BUILTIN_PLUGIN_MODULES = (
-    "inferoute.core.plugins.prefix",
-    "inferoute.core.plugins.load",
-    "inferoute.core.plugins.lora",
-    "inferoute.core.plugins.session",
-    "inferoute.core.plugins.filters",
-    "inferoute.core.plugins.tokenload",
-    "inferoute.core.plugins.pickers",
-    "inferoute.core.plugins.profiles",
-    # benchmark policies and inferoute's own profile
-    "inferoute.core.plugins.radix",
-    "inferoute.core.plugins.kvcost",
-    "inferoute.core.plugins.predictive",
-    # precise prefix-cache scoring from the engines' KV events
-    "inferoute.core.plugins.precise",
-)
 
 _loaded = False
 
@@ -51,17 +37,11 @@ def register(cls: T) -> T:
 
 
 def load_builtins() -> None:
-    """Import the built-in plugin modules once (missing optional modules are skipped)."""
+    """Register the built-in plugins: importing their package imports every module in it."""
     global _loaded
-    if _loaded:
-        return
-    for mod in BUILTIN_PLUGIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-    _loaded = True
+    if not _loaded:
+        importlib.import_module("inferoute.core.plugins")
+        _loaded = True
 
 
 def plugin_types() -> list[str]:

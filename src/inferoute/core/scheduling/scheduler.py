@@ -13,15 +13,17 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from ..endpoint import Endpoint
 from ..errors import ConfigError, NoEndpointAvailable
 from ..request import InferenceRequest
 from .config import EndpointPickerConfig, default_config
-from .framework import (CycleContext, Filter, Picker, ProfileHandler, ProfileResult,
+from .framework import (CycleContext, DataKey, Filter, Picker, ProfileHandler, ProfileResult,
                         SchedulingResult, ScoredEndpoint, Scorer)
 from .registry import create_plugin
+
+__all__ = ["check_data_flow", "DEFAULT_PICKER", "Scheduler", "SingleProfileHandler"]
 
 DEFAULT_PICKER = "max-score-picker"
 
@@ -37,7 +39,7 @@ class _Profile:
 class SingleProfileHandler:
     """Runs the one configured profile; used when the config names no profile handler."""
 
-    type_name = "single-profile-handler"
+    type_name: ClassVar[str] = "single-profile-handler"
 
     def __init__(self, name: str = "single-profile-handler") -> None:
         self.name = name
@@ -50,6 +52,24 @@ class SingleProfileHandler:
                         results: dict[str, ProfileResult]) -> SchedulingResult:
         (name,) = results
         return SchedulingResult(primary=name, profiles=results)
+
+
+def check_data_flow(plugins: dict[str, Any]) -> None:
+    """Raise ConfigError unless every key a plugin consumes is produced by a configured plugin
+    (and every producer of a name agrees on its type)."""
+    produced: dict[str, DataKey[Any]] = {}
+    for plugin in plugins.values():
+        for key in getattr(plugin, "produces", ()):
+            known = produced.setdefault(key.name, key)
+            if known != key:
+                raise ConfigError(f"plugin {plugin.name!r} produces {key}, another plugin {known}")
+    for plugin in plugins.values():
+        for key in getattr(plugin, "consumes", ()):
+            if produced.get(key.name) != key:
+                raise ConfigError(
+                    f"plugin {plugin.name!r} ({plugin.type_name}) consumes {key}, which no "
+                    "configured plugin produces" + (f" (one produces {produced[key.name]})"
+                                                    if key.name in produced else ""))
 
 
 class Scheduler:
@@ -66,6 +86,7 @@ class Scheduler:
             bind = getattr(plugin, "bind", None)
             if callable(bind):
                 bind(self.plugins)
+        check_data_flow(self.plugins)
         handlers = [p for p in self.plugins.values() if isinstance(p, ProfileHandler)]
         if len(handlers) > 1:
             raise ConfigError("at most one profile handler may be configured, got "
@@ -135,7 +156,7 @@ class Scheduler:
             for i, s in enumerate(scores):
                 s = 0.0 if s < 0.0 else 1.0 if s > 1.0 else s
                 totals[i] += weight * s
-            if ctx.data.get("debug"):
+            if ctx.debug:
                 breakdown[scorer.name] = {ep.name: s for ep, s in zip(cands, scores)}
         scored = [ScoredEndpoint(ep, t) for ep, t in zip(cands, totals)]
         targets = prof.picker.pick(ctx, request, scored)
@@ -160,7 +181,7 @@ class Scheduler:
             self.run_deferred_hooks()
         if not endpoints:
             raise NoEndpointAvailable(f"no ready endpoint for model {request.target_model!r}")
-        ctx = CycleContext(now=now, rng=self.rng, data={"debug": debug} if debug else {})
+        ctx = CycleContext(now=now, rng=self.rng, debug=debug)
         results: dict[str, ProfileResult] = {}
         names = list(self.profiles)
         for _ in range(len(names) + 1):

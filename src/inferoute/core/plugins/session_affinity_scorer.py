@@ -22,6 +22,8 @@ from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
 
+__all__ = ["SessionAffinityScorer"]
+
 
 @register
 class SessionAffinityScorer(BasePlugin):

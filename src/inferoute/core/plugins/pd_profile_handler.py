@@ -8,9 +8,9 @@ passes that choice on (e.g. the `x-prefiller-host-port` header of llm-d's sideca
 Parameters:
 - `decodeProfile` ("decode"), `prefillProfile` ("prefill"): profile names; both must exist.
 - `threshold` (0): run prefill only when the prompt's uncached tokens on the decode target are at
-  least this many. Uncached = estimated prompt tokens - prefix tokens matched by a
-  `prefix-cache-scorer` in the decode profile (0 matched when there is none). 0 always
-  disaggregates.
+  least this many. Uncached = estimated prompt tokens - prefix tokens matched by a prefix scorer
+  in the decode profile (it consumes their `MATCHED_TOKENS`: a config with a threshold and no
+  prefix scorer is refused). 0 always disaggregates.
 
 When the prefill profile finds no endpoint (no prefill-capable endpoint is ready), the request
 is served by the decode target alone and the result has no prefill entry.
@@ -27,7 +27,9 @@ from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, ProfileResult, SchedulingResult
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
-from .prefix import uncached_tokens
+from .prefix_match import MATCHED_TOKENS, uncached_tokens
+
+__all__ = ["PdProfileHandler"]
 
 
 @register
@@ -40,6 +42,10 @@ class PdProfileHandler(BasePlugin):
         decode_profile: str = pydantic.Field("decode", min_length=1)
         prefill_profile: str = pydantic.Field("prefill", min_length=1)
         threshold: int = pydantic.Field(0, ge=0, description="uncached prompt tokens")
+
+    def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
+        super().__init__(name, params)
+        self.consumes = (MATCHED_TOKENS,) if self.params.threshold > 0 else ()
 
     def check_profiles(self, names: Sequence[str]) -> None:
         """Called by the scheduler at start-up: both profiles must be configured."""

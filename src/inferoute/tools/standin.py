@@ -4,7 +4,7 @@ Not a simulator (see `inferoute sim` for that): it answers at once (or with a fi
 token), generates `max_tokens` words, reports `usage`, and serves vLLM-format /metrics built
 from its own counters, so the gateway's scrapers, readiness and usage accounting all work.
 
-    python -m inferoute.gateway.standin --port 8001 [--model m] [--token-delay 0.01]
+    python -m inferoute.tools.standin --port 8001 [--model m] [--token-delay 0.01]
                                          [--fail-status 500] [--die-after N] [--waiting N]
 
 Extra metrics: `standin_requests_total`, `standin_cancelled_total` (clients that went away

@@ -27,7 +27,8 @@ Parameters (camelCase in YAML; defaults as in the reference scorer):
 
 `stats()` reports lookups and the hit ratio (blocks predicted cached on the chosen endpoint over
 blocks looked up) for the gateway's "prefix indexer hit ratio" metric; each scheduled request
-also gets `attributes["prefix_cache_hit_ratio"]`.
+also gets `prefix_cache_hit_ratio`. Each cycle it publishes `MATCHED_TOKENS` (the prompt tokens
+matched per endpoint) for the plugins that consume it.
 """
 
 from __future__ import annotations
@@ -40,86 +41,18 @@ import pydantic
 
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
-from ..scheduling.framework import CycleContext, SchedulingResult
+from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, block_hashes
 from .common import BasePlugin, PluginParams
 from .prefixindex import PrefixIndex
+from .prefix_match import (MATCHED_TOKENS, LookupStats, PrefixCycle, PrefixIndexStats,
+                           chosen_targets, cycle_state, matched_tokens)
 
-#: ctx.data key under which the scorer publishes {endpoint name: matched prefix tokens}
-MATCHED_TOKENS_KEY = "prefix.matched_tokens"
+__all__ = ["MAX_PENDING", "PrefixCacheScorer"]
+
 #: requests whose fallback correction is still possible (bounded)
 MAX_PENDING = 4096
-
-
-
-def uncached_tokens(ctx: CycleContext, request: InferenceRequest, endpoint: str) -> int:
-    """The prompt tokens `endpoint` would compute: all but those a prefix scorer matched there
-    in this cycle (all of them when no prefix scorer ran)."""
-    matched = ctx.data.get(MATCHED_TOKENS_KEY, {}).get(endpoint, 0)
-    return max(0, request.prompt_tokens_estimate - matched)
-
-
-@dataclass(slots=True, frozen=True)
-class PrefixIndexStats:
-    lookups: int
-    blocks_queried: int
-    blocks_hit: int
-    indexed_blocks: int
-    endpoints: int
-
-    @property
-    def hit_ratio(self) -> float:
-        return self.blocks_hit / self.blocks_queried if self.blocks_queried else 0.0
-
-
-def chosen_targets(result: SchedulingResult) -> list[Endpoint]:
-    """Each profile's target, the primary's first, without repeats: where a prefix scorer
-    records that the request's blocks are about to be cached."""
-    out: list[Endpoint] = []
-    for name in (result.primary, *result.profiles):
-        prof = result.profiles.get(name)
-        if prof is not None and prof.targets and prof.targets[0] not in out:
-            out.append(prof.targets[0])
-    return out
-
-
-class LookupStats:
-    """Counts a prefix scorer's lookups at the primary target, for `stats()` and the metric."""
-
-    def __init__(self) -> None:
-        self._lookups = self._queried = self._hit = 0
-
-    def record_lookup(self, request: InferenceRequest, matched: int, total: int) -> None:
-        """Count one routed request; also tells the shells its expected hit ratio."""
-        self._lookups += 1
-        self._queried += total
-        self._hit += matched
-        request.attributes["prefix_cache_hit_ratio"] = matched / total if total else 0.0
-
-    def lookup_stats(self, indexed_blocks: int, endpoints: int) -> PrefixIndexStats:
-        return PrefixIndexStats(lookups=self._lookups, blocks_queried=self._queried,
-                                blocks_hit=self._hit, indexed_blocks=indexed_blocks,
-                                endpoints=endpoints)
-
-
-class PrefixCycle:
-    """A prefix scorer's scratch for one scheduling cycle: the prompt's block keys by block
-    size (computed once for scoring and the index update) and matched blocks by endpoint."""
-
-    __slots__ = ("keys", "matched")
-
-    def __init__(self) -> None:
-        self.keys: dict[int, list[int]] = {}
-        self.matched: dict[str, int] = {}
-
-
-def cycle_state(ctx: CycleContext, key: str) -> PrefixCycle:
-    """The `PrefixCycle` kept under `key` in this cycle's context (made on first use)."""
-    state = ctx.data.get(key)
-    if state is None:
-        state = ctx.data[key] = PrefixCycle()
-    return state
 
 
 @dataclass(slots=True)
@@ -134,6 +67,7 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
     """Fraction of the prompt's leading blocks the endpoint probably holds."""
 
     type_name = "prefix-cache-scorer"
+    produces = (MATCHED_TOKENS,)
 
     class Params(PluginParams):
         auto_tune: bool = True
@@ -158,7 +92,7 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
         p = self.params
         self.block_chars = p.block_size if p.block_size else p.block_size_tokens * CHARS_PER_TOKEN
         self.index = PrefixIndex()
-        self._key = f"prefix:{self.name}"
+        self._key: DataKey[PrefixCycle] = DataKey(f"prefix:{self.name}", PrefixCycle)
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         LookupStats.__init__(self)
 
@@ -196,7 +130,7 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
         for i, ep in enumerate(endpoints):
             groups.setdefault(self.layout(ep)[0], []).append(i)
         scores = [0.0] * len(endpoints)
-        matched_tokens: dict[str, int] = ctx.data.setdefault(MATCHED_TOKENS_KEY, {})
+        tokens = matched_tokens(ctx)
         for chars, idxs in groups.items():
             hashes = self._hashes(state, request, chars)
             total = len(hashes)
@@ -207,7 +141,7 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
             for i, name, m in zip(idxs, names, self.index.match(hashes, names)):
                 scores[i] = m / total
                 state.matched[name] = m
-                matched_tokens[name] = m * tokens_per_block
+                tokens[name] = m * tokens_per_block
         return scores
 
     # -- learning ----------------------------------------------------------------------------
@@ -257,26 +191,3 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
     # -- observability -----------------------------------------------------------------------
     def stats(self) -> PrefixIndexStats:
         return self.lookup_stats(len(self.index), len(self.index.endpoints()))
-
-
-@register
-class ApproxPrefixCacheProducer(PrefixCacheScorer):
-    """llm-d's name for the same index when filters read it (`prefix-cache-affinity-filter`),
-    so llm-d's configs load unchanged; `maxPrefixTokensToMatch` gives the cap in tokens."""
-
-    type_name = "approx-prefix-cache-producer"
-
-    class Params(PrefixCacheScorer.Params):
-        max_prefix_tokens_to_match: int | None = pydantic.Field(None, ge=1, le=1_048_576)
-
-        @pydantic.model_validator(mode="before")
-        @classmethod
-        def _tokens_to_blocks(cls, data: Any) -> Any:
-            if not isinstance(data, dict):
-                return data
-            tokens = data.get("maxPrefixTokensToMatch", data.get("max_prefix_tokens_to_match"))
-            if isinstance(tokens, int) and tokens >= 1:
-                size = data.get("blockSizeTokens", data.get("block_size_tokens", 16))
-                if isinstance(size, int) and size >= 1:
-                    data = {**data, "maxPrefixBlocksToMatch": min(-(-tokens // size), 65_536)}
-            return data

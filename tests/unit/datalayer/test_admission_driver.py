@@ -1,5 +1,6 @@
-"""The picker's admission runner: queued streams wait, are released when capacity returns,
-expire with 429, leave the queue when cancelled, and get 503 at shutdown (no sockets)."""
+"""The admission driver the gateway and the picker share: queued requests wait, are released
+when capacity returns, expire with 429, leave the queue when cancelled, and get 503 at shutdown
+(no sockets)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from inferoute.core.clock import ManualClock
 from inferoute.core.endpoint import EndpointMetrics
 from inferoute.core.errors import NoEndpointAvailable, TooManyRequests
 from inferoute.core.request import parse_request
-from inferoute.datalayer.discovery.static import parse_serving_config
+from inferoute.datalayer.admission_driver import AdmissionDriver
 from inferoute.datalayer.runtime import DataLayer
-from inferoute.extproc.admission import AdmissionRunner
+from inferoute.datalayer.serving_config import parse_serving_config
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def setup():
         "objectives": [{"name": "batch", "priority": -1}],
         "flowControl": {"ttl": "1s"},
         "modelRoutes": [{"model": "alias", "targets": [{"model": "m"}]}]})
-    runner = AdmissionRunner(adm, data)
+    runner = AdmissionDriver(adm, data)
     mp = data.router.pools["m"]
     ep = mp.pool.endpoints()[0]
     return clock, runner, mp, ep
@@ -42,8 +43,8 @@ async def test_queue_release_expiry_and_cancel(setup):
     clock, runner, mp, ep = setup
     ep.metrics = EndpointMetrics(waiting=50, scraped_at=clock.now())  # saturated
     with pytest.raises(TooManyRequests):
-        runner.admit(request(objective="batch"), mp, clock.now())
-    ticket = runner.admit(request(), mp, clock.now())
+        runner.check(request(objective="batch"), mp, clock.now())
+    ticket = runner.check(request(), mp, clock.now())
     assert ticket is not None
     waiter = asyncio.ensure_future(runner.wait(ticket))
     await asyncio.sleep(0)
@@ -53,14 +54,14 @@ async def test_queue_release_expiry_and_cancel(setup):
     await asyncio.wait_for(waiter, 1)
 
     ep.metrics = EndpointMetrics(waiting=50, scraped_at=clock.now())
-    expiring = asyncio.ensure_future(runner.wait(runner.admit(request(), mp, clock.now())))
+    expiring = asyncio.ensure_future(runner.wait(runner.check(request(), mp, clock.now())))
     await asyncio.sleep(0)
     clock.advance(2.0)
     runner.pump()
     with pytest.raises(TooManyRequests):
         await expiring
 
-    cancelled_ticket = runner.admit(request(), mp, clock.now())
+    cancelled_ticket = runner.check(request(), mp, clock.now())
     cancelled = asyncio.ensure_future(runner.wait(cancelled_ticket))
     await asyncio.sleep(0)
     assert runner.controller.queued("m") == 1
@@ -70,13 +71,13 @@ async def test_queue_release_expiry_and_cancel(setup):
     assert runner.controller.queued("m") == 0
 
 
-async def test_stop_answers_waiting_streams_with_503(setup):
+async def test_close_answers_waiting_requests_with_503(setup):
     clock, runner, mp, ep = setup
     ep.metrics = EndpointMetrics(waiting=50, scraped_at=clock.now())
     runner.start()
-    waiter = asyncio.ensure_future(runner.wait(runner.admit(request(), mp, clock.now())))
+    waiter = asyncio.ensure_future(runner.wait(runner.check(request(), mp, clock.now())))
     await asyncio.sleep(0)
-    await runner.stop()
+    await runner.close()
     with pytest.raises(NoEndpointAvailable):
         await waiter
 
@@ -86,3 +87,19 @@ def test_model_routes_set_the_target(setup):
     r = request(model="alias")
     runner.route_model(r)
     assert (r.model, r.target_model) == ("alias", "m")
+
+
+async def test_admit_waits_and_reports_the_time_waited(setup):
+    """The gateway's one call: check, then wait for the ticket; seconds waited come back."""
+    clock, runner, mp, ep = setup
+    ep.metrics = EndpointMetrics(waiting=0, scraped_at=clock.now())
+    assert await runner.admit(request(), mp, clock.now()) == 0.0  # capacity: no wait
+    ep.metrics = EndpointMetrics(waiting=50, scraped_at=clock.now())
+    admitted = asyncio.ensure_future(runner.admit(request(), mp, clock.now()))
+    while runner.controller.queued("m") == 0 and not admitted.done():
+        await asyncio.sleep(0)
+    assert not admitted.done()
+    clock.advance(0.5)
+    ep.metrics = EndpointMetrics(waiting=0, scraped_at=clock.now())
+    runner.pump()
+    assert await asyncio.wait_for(admitted, 1) == 0.5

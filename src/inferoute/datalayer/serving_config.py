@@ -55,12 +55,13 @@ from typing import Any, Literal
 
 import pydantic
 
-from ...core.admission import AdmissionConfig, parse_admission_config, read_admission_file
-from ...core.endpoint import Endpoint, parse_endpoint
-from ...core.health import ActiveCheckSpec, OutlierSpec
-from ...core.errors import ConfigError, explain_validation, read_yaml_file
-from ...core.scheduling.config import (EndpointPickerConfig, parse_config, parse_duration,
-                                       resolve_config)
+from ..configfiles import read_admission_file, read_yaml_file, resolve_config
+from ..core.admission import AdmissionConfig, parse_admission_config
+from ..core.candidates import DEFAULT_READY_WINDOW, DEFAULT_SCRAPE_INTERVAL
+from ..core.endpoint import Endpoint, parse_endpoint
+from ..core.health import ActiveCheckSpec, OutlierSpec
+from ..core.errors import ConfigError, explain_validation
+from ..core.scheduling.config import EndpointPickerConfig, parse_config, parse_duration
 
 _CAMEL = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -144,7 +145,7 @@ class PoolConfig(pydantic.BaseModel):
     @classmethod
     def _kv_events_ok(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None:
-            from ..kvevents import KVEventsConfig
+            from .kvevents import KVEventsConfig
             _check(KVEventsConfig, v)
         return v
 
@@ -152,7 +153,7 @@ class PoolConfig(pydantic.BaseModel):
     @classmethod
     def _tokenizer_ok(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
         if v is not None:
-            from ..tokenize import TokenizerConfig
+            from .tokenize import TokenizerConfig
             _check(TokenizerConfig, v)
         return v
 
@@ -201,9 +202,9 @@ class ServingConfig(pydantic.BaseModel):
     model_config = _CAMEL
     host: str = "0.0.0.0"
     port: int = pydantic.Field(8080, ge=0, le=65535)
-    scrape_interval: float = pydantic.Field(0.05, alias="scrapeInterval", gt=0)
+    scrape_interval: float = pydantic.Field(DEFAULT_SCRAPE_INTERVAL, alias="scrapeInterval", gt=0)
     scrape_timeout: float = pydantic.Field(1.0, alias="scrapeTimeout", gt=0)
-    ready_window: float = pydantic.Field(5.0, alias="readyWindow", gt=0)
+    ready_window: float = pydantic.Field(DEFAULT_READY_WINDOW, alias="readyWindow", gt=0)
     max_body_bytes: int = pydantic.Field(16 * 1024 * 1024, alias="maxBodyBytes", ge=1024)
     drain_timeout: float = pydantic.Field(60.0, alias="drainTimeout", ge=0)
     #: longest request line and longest header field aiohttp's parser accepts

@@ -21,6 +21,8 @@ from ..scheduling.framework import CycleContext
 from ..scheduling.registry import register
 from .common import BasePlugin
 
+__all__ = ["lora_affinity", "LoraAffinityScorer"]
+
 ACTIVE, FREE_SLOT, WAITING, NONE = 1.0, 0.8, 0.6, 0.0
 
 

@@ -24,11 +24,13 @@ import pydantic
 
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
-from ..scheduling.framework import CycleContext, SchedulingResult
+from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, block_hashes
 from .common import BasePlugin, PluginParams, inverted_min_max
 from .prefixindex import PrefixIndex
+
+__all__ = ["DynamoKvScorer"]
 
 
 @register
@@ -47,14 +49,14 @@ class DynamoKvScorer(BasePlugin):
         super().__init__(name, params)
         self.block_chars = self.params.block_size_tokens * CHARS_PER_TOKEN
         self.index = PrefixIndex()
-        self._key = f"kvcost:{self.name}"
+        self._key: DataKey[list[int]] = DataKey(f"kvcost:{self.name}", list[int])
 
     def _hashes(self, ctx: CycleContext, request: InferenceRequest) -> list[int]:
-        hashes = ctx.data.get(self._key)
+        hashes = ctx.get(self._key)
         if hashes is None:
-            hashes = ctx.data[self._key] = block_hashes(
+            hashes = ctx.put(self._key, block_hashes(
                 request.prefix_text, request.target_model, self.block_chars,
-                self.params.max_prefix_blocks)
+                self.params.max_prefix_blocks))
         return hashes
 
     def costs(self, ctx: CycleContext, request: InferenceRequest,

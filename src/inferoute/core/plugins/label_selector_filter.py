@@ -1,11 +1,8 @@
-"""Filters: narrow the candidate endpoints before scoring.
+"""`label-selector-filter`: keeps endpoints whose labels match a Kubernetes-style selector.
 
-- `label-selector-filter`: keeps endpoints whose labels match a Kubernetes-style selector:
-  `matchLabels: {key: value}` (all must be equal) and `matchExpressions: [{key, operator,
-  values}]` with operator `In` / `NotIn` (non-empty `values`) or `Exists` / `DoesNotExist`
-  (no `values`). An empty selector keeps every endpoint.
-- `decode-filter`: keeps endpoints whose role is `decode` or `both`.
-- `prefill-filter`: keeps endpoints whose role is `prefill` or `both`.
+`matchLabels: {key: value}` (all must be equal) and `matchExpressions: [{key, operator, values}]`
+with operator `In` / `NotIn` (non-empty `values`) or `Exists` / `DoesNotExist` (no `values`).
+An empty selector keeps every endpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +16,8 @@ from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
+
+__all__ = ["LabelExpression", "LabelSelectorFilter"]
 
 
 class LabelExpression(PluginParams):
@@ -66,25 +65,3 @@ class LabelSelectorFilter(BasePlugin):
     def filter(self, ctx: CycleContext, request: InferenceRequest,
                endpoints: list[Endpoint]) -> list[Endpoint]:
         return [ep for ep in endpoints if self.matches(ep)]
-
-
-@register
-class DecodeFilter(BasePlugin):
-    """Keeps endpoints that can decode: role `decode` or `both`."""
-
-    type_name = "decode-filter"
-
-    def filter(self, ctx: CycleContext, request: InferenceRequest,
-               endpoints: list[Endpoint]) -> list[Endpoint]:
-        return [ep for ep in endpoints if ep.role != "prefill"]
-
-
-@register
-class PrefillFilter(BasePlugin):
-    """Keeps endpoints that can prefill: role `prefill` or `both`."""
-
-    type_name = "prefill-filter"
-
-    def filter(self, ctx: CycleContext, request: InferenceRequest,
-               endpoints: list[Endpoint]) -> list[Endpoint]:
-        return [ep for ep in endpoints if ep.role != "decode"]

@@ -40,11 +40,13 @@ from ..endpoint import Endpoint
 from ..kvindex import KVBlockIndex, block_keys, chain_root
 from ..request import InferenceRequest
 from ..scheduling.config import parse_duration
-from ..scheduling.framework import CycleContext, SchedulingResult
+from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
-from .prefix import (MATCHED_TOKENS_KEY, LookupStats, PrefixCycle, PrefixIndexStats,
-                     chosen_targets, cycle_state)
+from .prefix_match import (MATCHED_TOKENS, LookupStats, PrefixCycle, PrefixIndexStats,
+                           chosen_targets, cycle_state, matched_tokens)
+
+__all__ = ["MAX_PENDING", "precise_scorers", "PrecisePrefixCacheScorer", "Tokenize"]
 
 #: requests whose prediction may still move after a fallback (bounded)
 MAX_PENDING = 4096
@@ -57,6 +59,7 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
     """Fraction of the prompt's leading KV blocks the endpoint's engine reports holding."""
 
     type_name = "precise-prefix-cache-scorer"
+    produces = (MATCHED_TOKENS,)
 
     class Params(PluginParams):
         block_size: int = pydantic.Field(16, ge=1, le=4096)
@@ -80,7 +83,7 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
             max_speculative=p.max_speculative_per_endpoint if p.speculative else 0,
             lora_names=p.lora_ids)
         self.tokenizer: Tokenize | None = None
-        self._key = f"precise:{self.name}"
+        self._key: DataKey[PrefixCycle] = DataKey(f"precise:{self.name}", PrefixCycle)
         self._pending: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
         LookupStats.__init__(self)
         self._untokenized = 0
@@ -127,7 +130,7 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
         for i, ep in enumerate(endpoints):
             groups.setdefault(self.block_size_of(ep), []).append(i)
         scores = [0.0] * len(endpoints)
-        matched_tokens: dict[str, int] = ctx.data.setdefault(MATCHED_TOKENS_KEY, {})
+        tokens = matched_tokens(ctx)
         for bs, idxs in groups.items():
             keys = self._keys(state, request, bs)
             if not keys:
@@ -137,7 +140,7 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
             for i, name, m in zip(idxs, names, found):
                 scores[i] = m / len(keys)
                 state.matched[name] = m
-                matched_tokens[name] = m * bs
+                tokens[name] = m * bs
         return scores
 
     # -- speculation -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import aiohttp
 import yaml
 
+from ..aiotasks import run_async
 from ..procs import ChildProcess, free_port
 
 
@@ -158,12 +159,11 @@ async def _stream_cost(gateway: str, gateway_pid: int, streams: int = 80,
 
 
 def main(args: argparse.Namespace) -> int:
-    from .command import run_async
 
     server_port, slow_port, gw_port = free_port(), free_port(), free_port()
-    server = ChildProcess.module("inferoute.gateway.standin", "--port", str(server_port),
+    server = ChildProcess.module("inferoute.tools.standin", "--port", str(server_port),
                                  "--model", "m", keep=200)
-    slow = ChildProcess.module("inferoute.gateway.standin", "--port", str(slow_port),
+    slow = ChildProcess.module("inferoute.tools.standin", "--port", str(slow_port),
                                "--model", "slow", "--token-delay", "0.005", keep=200)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         yaml.safe_dump({"host": "127.0.0.1", "port": gw_port, "pools": [
@@ -225,3 +225,22 @@ def main(args: argparse.Namespace) -> int:
                   f"endpoints, {dl.samples} samples): p50 {dl.p50_ms:.3f} ms  "
                   f"p99 {dl.p99_ms:.3f} ms")
     return 0 if res.errors == 0 else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    o = sub.add_parser(
+        "overhead", help="measure the latency the gateway adds and the scheduling decision time",
+        description="Start a stand-in model server and the gateway in front of it, send "
+                    "requests at a fixed rate alternately direct and through the gateway, and "
+                    "print both latency distributions; then time scheduling decisions for an "
+                    "8k-token prompt with 16 endpoints.")
+    o.add_argument("--rate", type=float, default=200.0, help="gateway requests/s (the same "
+                   "number again goes direct, interleaved; default 200)")
+    o.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
+    o.add_argument("--scheduler", default=None, help="policy for the gateway (default llm-d "
+                   "default config)")
+    o.add_argument("--prompt-chars", type=int, default=2000,
+                   help="prompt size of the measured requests (default 2000 chars)")
+    o.add_argument("--skip-decision", action="store_true",
+                   help="do not run the scheduling-decision benchmark")
+    o.set_defaults(func=main)

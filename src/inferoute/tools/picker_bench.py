@@ -8,7 +8,7 @@
    routing answer (what Envoy waits before it forwards), sequential; plus the decisions per
    second that process sustains with concurrent streams.
 
-    python -m inferoute.extproc.bench [--endpoints 16] [--prompt-chars 32000] [--requests 2000]
+    python -m inferoute.tools.picker_bench [--endpoints 16] [--prompt-chars 32000] [--requests 2000]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..core.endpoint import Endpoint, EndpointMetrics, Pool
 from ..core.router import ModelPool, Router
 from ..core.scheduling.config import default_config
 from ..core.scheduling.scheduler import Scheduler
-from .protocol import Picker
+from ..extproc.protocol import EndpointPicker
 
 MODEL = "bench-model"
 _FD = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
@@ -64,7 +64,7 @@ def _pct(xs: list[float], q: float) -> float:
 def bench_in_process(endpoints: int, prompt_chars: int, requests: int) -> None:
     eps = [Endpoint(host=f"10.0.0.{i + 1}", port=8000) for i in range(endpoints)]
     router = Router([ModelPool(MODEL, Pool(MODEL, eps), Scheduler(default_config(), seed=0))])
-    picker = Picker(router)
+    picker = EndpointPicker(router)
     msgs = [_messages(i, prompt_chars, groups=max(1, requests // 5)) for i in range(requests)]
     times = []
     t_all = time.perf_counter()
@@ -167,7 +167,7 @@ def bench_grpc(endpoints: int, prompt_chars: int, requests: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m inferoute.extproc.bench",
+    p = argparse.ArgumentParser(prog="python -m inferoute.tools.picker_bench",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--endpoints", type=int, default=16)
     p.add_argument("--prompt-chars", type=int, default=32000,

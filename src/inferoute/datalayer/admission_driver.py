@@ -1,0 +1,121 @@
+"""The asyncio side of the core's admission control: one driver for the gateway and the picker.
+
+Enabled by an `admission:` section in the serving config (or `--admission FILE`); the rules
+are in docs/admission.md. The core `AdmissionController` decides admit / queue / shed; this
+module makes queued requests *wait*: each waiting request (an HTTP request, or an ext_proc
+stream that simply stays open) holds a future that `pump()` resolves when the controller
+releases it (or fails with 429/503 when its TTL passes). `pump()` runs after every enqueue,
+after every finished request, and from a ticker every 20 ms while anything waits, which also
+catches capacity freed by fresh scrapes. Admission and scheduling share the core's candidate
+rule (`DataLayer.is_ready`).
+
+Per request: `route_model` applies a model route (the picker's; the gateway routes itself),
+`check` classifies and admits or queues (sync: None, or a `Ticket` to `wait` for), `admit` is
+both for the gateway (async; returns the seconds waited).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..aiotasks import cancel_tasks
+from ..core.admission import AdmissionConfig, Admitted, Ticket
+from ..core.endpoint import Endpoint, Pool
+from ..core.request import InferenceRequest
+from ..core.router import ModelPool
+from .runtime import DataLayer
+
+log = logging.getLogger("inferoute.admission")
+
+#: the ticker's period while requests wait
+TICK = 0.02
+
+
+class AdmissionDriver:
+    """Classify, admit (maybe after a wait), and release queued requests as capacity frees."""
+
+    def __init__(self, config: AdmissionConfig, data: DataLayer, *, tick: float = TICK) -> None:
+        self.config = config
+        self.data = data
+        self.tick = tick
+        self.controller = config.controller(candidates_of=self._candidates)
+        self.rules = config.routing_rules()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def _candidates(self, pool: Pool, now: float) -> list[Endpoint]:
+        return [ep for ep in pool if self.data.is_ready(ep, now)]
+
+    # -- per request ---------------------------------------------------------------------------
+
+    def route_model(self, request: InferenceRequest) -> None:
+        """Apply a model route (weighted split across models or adapters), if one matches."""
+        if request.model in self.rules:
+            self.rules.route(request)
+
+    def check(self, request: InferenceRequest, mp: ModelPool, now: float, *,
+              tenant_objective: str | None = None,
+              tenant_fairness_id: str | None = None) -> Ticket | None:
+        """Classify and admit: None to go ahead, a Ticket to `wait` for; raises 429 / 503."""
+        self.controller.classify(request, tenant_objective=tenant_objective,
+                                 tenant_fairness_id=tenant_fairness_id)
+        res = self.controller.admit(request, mp.pool, now)
+        return None if isinstance(res, Admitted) else res
+
+    async def wait(self, ticket: Ticket) -> None:
+        """Until the ticket is released; raises its error on expiry; a cancelled waiter (the
+        client went away) leaves the queue."""
+        ticket.waiter = asyncio.get_running_loop().create_future()
+        self.pump()
+        try:
+            await ticket.waiter
+        except asyncio.CancelledError:
+            self.controller.cancel(ticket)
+            raise
+
+    async def admit(self, request: InferenceRequest, mp: ModelPool, now: float, *,
+                    tenant_objective: str | None = None,
+                    tenant_fairness_id: str | None = None) -> float:
+        """Return once `request` may be scheduled (seconds it waited); raises 429 or 503."""
+        ticket = self.check(request, mp, now, tenant_objective=tenant_objective,
+                            tenant_fairness_id=tenant_fairness_id)
+        if ticket is None:
+            return 0.0
+        await self.wait(ticket)
+        return self.data.now() - now
+
+    # -- the queue -----------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Fail expired waiters and wake those the controller releases now."""
+        now = self.data.now()
+        for ticket, err in self.controller.expire(now):
+            waiter = ticket.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(err)
+        for ticket in self.controller.dispatchable(now):
+            waiter = ticket.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            if self.controller.queued():
+                try:
+                    self.pump()
+                except Exception:  # pragma: no cover - never let the ticker die silently
+                    log.exception("admission pump failed")
+
+    def start(self) -> None:
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick(),
+                                                                  name="admission ticker")
+
+    async def close(self) -> None:
+        """Graceful shutdown: every waiting request gets its 503, the ticker stops."""
+        for ticket, err in self.controller.drain():
+            if ticket.waiter is not None and not ticket.waiter.done():
+                ticket.waiter.set_exception(err)
+        task, self._ticker = self._ticker, None
+        await cancel_tasks(task)
