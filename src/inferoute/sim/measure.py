@@ -124,10 +124,12 @@ async def measure_prefill(session: aiohttp.ClientSession, url: str, model: str,
 
 async def measure_decode(session: aiohttp.ClientSession, url: str, model: str,
                          batches: list[int], contexts: list[int], max_tokens: int,
-                         words: _Words, log: Log) -> list[DecodePoint]:
+                         kv_tokens: float, words: _Words, log: Log) -> list[DecodePoint]:
     out = []
     for ctx in contexts:
         for b in batches:
+            if b * (ctx + max_tokens) > kv_tokens:
+                continue
             runs = await asyncio.gather(*(_stream(session, url, _body(model, words(ctx),
                                                                       max_tokens))
                                           for _ in range(b)))
@@ -158,13 +160,18 @@ async def measure_server(url: str, *, model: str | None = None, lengths: list[in
         log(f"{url}: model {facts.model}, max_model_len {facts.max_model_len}, "
             f"block size {facts.block_size}, KV blocks {facts.num_blocks}")
         limit = (facts.max_model_len or 4096) - decode_tokens - 8
+        # keep every measurement inside the KV cache (a preempted batch measures preemption)
+        kv = (facts.num_blocks or 0) * (facts.block_size or 0) * 0.8 or float("inf")
+        limit = int(min(limit, kv - decode_tokens))
         lengths = [n for n in (lengths or [16, 128, 256, 512, 1024, 1536, 2048, 3072])
                    if n <= limit]
         contexts = [n for n in (contexts or [64, limit // 2]) if n <= limit]
+        batches = [b for b in (batches or [1, 2, 4, 8])
+                   if b * (min(contexts) + decode_tokens) <= kv]
         m = Measurements(facts)
         # one warm-up request: the first one after a start pays one-off costs
         await _stream(session, url, _body(facts.model, words(32), 2))
         m.prefill = await measure_prefill(session, url, facts.model, lengths, repeats, words, log)
-        m.decode = await measure_decode(session, url, facts.model, batches or [1, 2, 4, 8],
-                                        contexts, decode_tokens, words, log)
+        m.decode = await measure_decode(session, url, facts.model, batches, contexts,
+                                        decode_tokens, kv, words, log)
         return m

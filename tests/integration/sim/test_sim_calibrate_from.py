@@ -27,8 +27,9 @@ def test_calibrate_from_a_live_server_writes_a_loadable_profile(tmp_path: Path):
         sim.stop()
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
-    # every measured point is printed beside the fitted profile's prediction
-    assert r.stdout.count("TTFT, ") == 3 and r.stdout.count("decode step, batch") == 4
+    # every measured point is printed beside the fitted profile's prediction; the batch of two
+    # long prompts would not fit the 64 blocks of 16 tokens (80% of them) and is skipped
+    assert r.stdout.count("TTFT, ") == 3 and r.stdout.count("decode step, batch") == 3
     p = load_profile(str(out))
     tiny = load_profile("tiny")
     assert (p.block_size, p.num_blocks, p.max_model_len) == (tiny.block_size, tiny.num_blocks,
