@@ -6,8 +6,8 @@ new, so nothing is served from the prefix cache):
 - prefill: time to first token of one prompt alone, for a ladder of prompt lengths (median of
   `repeats`); the prompt's token count is the server's own `usage.prompt_tokens`;
 - decode: `batch` streams started together at `context` prompt tokens, `max_tokens` each with
-  `ignore_eos`; the median gap between a stream's tokens over the second half of its output
-  (all of the batch is decoding by then);
+  `ignore_eos`; per stream the mean gap between tokens over the second half of its output (all
+  of the batch is decoding by then), the median over the streams;
 - KV capacity and block size: `vllm:cache_config_info` on /metrics (LoRA slots:
   `vllm:lora_requests_info`); the model name and its longest context: /v1/models.
 
@@ -133,14 +133,14 @@ async def measure_decode(session: aiohttp.ClientSession, url: str, model: str,
             runs = await asyncio.gather(*(_stream(session, url, _body(model, words(ctx),
                                                                       max_tokens))
                                           for _ in range(b)))
-            gaps = []
-            for _, times, _ in runs:
-                tail = times[len(times) // 2:]
-                gaps += [y - x for x, y in zip(tail, tail[1:])]
-            if not gaps:
+            # a stream's mean gap over the second half of its tokens: chunks that arrive in
+            # bursts (a busy client or server) shift single gaps, not the span
+            steps = [(t[-1] - t[len(t) // 2]) / (len(t) - 1 - len(t) // 2)
+                     for _, t, _ in runs if len(t) - len(t) // 2 >= 2]
+            if not steps:
                 continue
             prompt = statistics.mean(p or ctx for *_, p in runs)
-            point = DecodePoint(b, prompt + 0.75 * max_tokens, statistics.median(gaps))
+            point = DecodePoint(b, prompt + 0.75 * max_tokens, statistics.median(steps))
             log(f"decode batch {b:>3}, context {point.context:>7.0f}: "
                 f"step {point.itl * 1e3:7.2f} ms")
             out.append(point)
