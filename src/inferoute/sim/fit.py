@@ -132,10 +132,10 @@ def fit_profile(base: EngineProfile, prefill: list[PrefillPoint], decode: list[D
         rows.append([1.0, chunks, 2 * body * pt.prompt_tokens + 2 * embed, attn_pair * pairs,
                      0.0])
         target.append(pt.ttft)
-    for pt in decode:
-        rows.append([0.0, 1.0, pt.batch * (2 * body + 2 * embed), 0.0,
-                     pt.batch * pt.context * p.kv_bytes_per_token])
-        target.append(pt.itl)
+    for dp in decode:
+        rows.append([0.0, 1.0, dp.batch * (2 * body + 2 * embed), 0.0,
+                     dp.batch * dp.context * p.kv_bytes_per_token])
+        target.append(dp.itl)
     x = _fit_with_floor(np.array(rows), np.array(target), p.weight_bytes)
     f, o, u, w, m = (float(v) for v in x)
     # a zero fit: no cost per token shows at these lengths (it hides in the fixed costs)
@@ -163,10 +163,10 @@ def check_fit(fit: FitResult, prefill: list[PrefillPoint],
         model = fit.frontend_seconds + t.prefill_seconds(pt.prompt_tokens)
         out.append({"what": f"TTFT, {pt.prompt_tokens}-token prompt", "measured": pt.ttft,
                     "model": model, "error": model / pt.ttft - 1})
-    for pt in decode:
-        model = t.decode_seconds(pt.batch, int(pt.context))
-        out.append({"what": f"decode step, batch {pt.batch}, context {pt.context:.0f}",
-                    "measured": pt.itl, "model": model, "error": model / pt.itl - 1})
+    for dp in decode:
+        model = t.decode_seconds(dp.batch, int(dp.context))
+        out.append({"what": f"decode step, batch {dp.batch}, context {dp.context:.0f}",
+                    "measured": dp.itl, "model": model, "error": model / dp.itl - 1})
     return out
 
 
