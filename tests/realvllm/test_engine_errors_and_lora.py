@@ -16,11 +16,9 @@ from inferoute.datalayer.metricsparse import parse_metrics
 from .conftest import LORA, MAX_LEN, MODEL, Engines, Gateway, gateway_for, pool, until, words
 
 SERVED = "x-gateway-destination-endpoint-served"
-#: llm-d's lora-affinity scorer alone: 1 where the adapter runs, 0.8 where a slot is free. A
-#: replica busy generating on its one core can take from tens of ms to over a second to answer
-#: /metrics on a loaded machine; with the 200 ms default its metrics then go stale and the
-#: gateway prefers the idle replica's fresh ones, so CPU engines need a longer staleness
-#: threshold (docs/real-vllm.md); the test takes a generous one
+#: llm-d's lora-affinity scorer alone: 1 where the adapter runs, 0.8 where a slot is free; with
+#: a generous staleness threshold, so that a slow /metrics answer from the replica busy with
+#: the long request cannot decide the outcome on a loaded machine
 LORA_AFFINITY = {
     "saturationDetector": {"metricsStalenessThreshold": "5s"},
     "plugins": [{"type": "lora-affinity-scorer"}, {"type": "max-score-picker"}],
