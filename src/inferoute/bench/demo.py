@@ -13,6 +13,7 @@ llm-d, inferoute; a few minutes of CPU) and prints our rate-40 figures beside th
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,31 @@ def _wait(url: str, proc: ChildProcess, timeout: float = 60.0) -> None:
     proc.wait_for_http(url, timeout)
 
 
+class Gateway(ChildProcess):
+    """An `inferoute serve` child and its port."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start_gateway(urls: list[str], policy: str, model: str = MODEL,
+                  timeout: float = 60.0) -> Gateway:
+    """`inferoute serve` with `policy` in front of `urls` on a free port, once /ready."""
+    port = free_port()
+    args = ["serve", "--model", model, "--port", str(port), "--host", "127.0.0.1",
+            "--scheduler", policy, "--log-level", "warning"]
+    for u in urls:
+        args += ["--endpoint", u]
+    gw = Gateway([sys.executable, "-m", "inferoute", *args],
+                 name=f"inferoute serve ({policy})", keep=200)
+    gw.port = port
+    gw.wait_for_http(gw.url + "/ready", timeout)
+    return gw
+
+
 def _demo_load(duration: float, seed: int) -> tuple[Any, Any]:
     from .load import LoadSpec, Stage
     from .workloads import shared_prefix
@@ -117,14 +143,9 @@ def run_demo(out: str, *, duration: float = 50.0, replicas: int = 4, seed: int =
         for policy in DEMO_POLICIES:
             for u in urls:
                 http_status(u + "/reset_prefix_cache", method="POST")
-            gw_port = free_port()
-            args = ["serve", "--model", MODEL, "--port", str(gw_port), "--host", "127.0.0.1",
-                    "--scheduler", policy, "--log-level", "warning"]
-            for u in urls:
-                args += ["--endpoint", u]
-            gw = ChildProcess.inferoute(*args, name=f"inferoute serve ({policy})", keep=200)
+            gw = start_gateway(urls, policy)
             procs.append(gw)
-            gw.wait_for_http(f"http://127.0.0.1:{gw_port}/ready", 60)
+            gw_port = gw.port
             console.print(f"[bold]{policy}[/]: gateway on 127.0.0.1:{gw_port}, "
                           f"{sum(s.count for s in load.stages)} requests in {len(load.stages)} stages")
             cfg = LiveConfig(target=f"http://127.0.0.1:{gw_port}", model=MODEL,

@@ -6,11 +6,11 @@ by `kvdecode` (both event formats, integer and bytes hashes). A malformed messag
 logged and skipped, never fatal.
 
 Sequence handling (`SequenceTracker`, pure): the next number is applied; a jump ahead is a gap,
-filled from the replay ROUTER socket (send `[b"", start_seq]`, receive `[b"", seq, payload]`
-until seq -1); when the replay cannot fill it, the endpoint's entries are dropped and rebuilt
-from whatever the replay buffer holds (a *resync*). A number at or below the last one means the
-publisher restarted (unless the last replay already delivered it: a duplicate, skipped): the
-endpoint is resynced the same way. Every subscriber starts by replaying the publisher's buffer,
+filled from the replay ROUTER socket (send `[b"", start_seq]`, receive `[b"", seq, payload]`,
+or `[b"", topic, seq, payload]` from newer vLLM, until seq -1); when the replay cannot fill it,
+the endpoint's entries are dropped and rebuilt from whatever the replay buffer holds (a
+*resync*). A number at or below the last one means the publisher restarted (unless the last
+replay already delivered it: a duplicate, skipped): the endpoint is resynced the same way. Every subscriber starts by replaying the publisher's buffer,
 so one that starts late catches up. `AllBlocksCleared` clears the endpoint in the index.
 
 Where to connect (`KVEventsConfig`): by default port 5557 (PUB) and 5558 (replay) on the
@@ -308,6 +308,8 @@ class KVEventSubscriber:
                                 self.endpoint, start, len(out))
                     return out
                 frames = await sock.recv_multipart()
+                if len(frames) == 4:  # vLLM 0.32 adds the topic: [b"", topic, seq, data]
+                    frames = [frames[0], frames[2], frames[3]]
                 if len(frames) != 3 or len(frames[1]) != 8:
                     continue
                 seq = int.from_bytes(frames[1], "big", signed=True)

@@ -78,6 +78,25 @@ def register(subparsers: Any) -> None:
     c.add_argument("--steps", type=int, default=2000,
                    help="engine steps timed for the speed line (2000)")
     c.add_argument("--no-speed", action="store_true", help="skip timing the engine itself")
+    c.add_argument("--from", dest="from_url", metavar="URL",
+                   help="measure the OpenAI/vLLM server at URL and write a fitted profile "
+                        "(the model's shape from --model-config, else from --profile)")
+    c.add_argument("--model-config", metavar="PATH",
+                   help="with --from: the model's Hugging Face config.json (or its directory)")
+    c.add_argument("--served-model", metavar="NAME",
+                   help="with --from: model to request (default: the first /v1/models lists)")
+    c.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                   help="with --from: the server's token budget per step (2048, vLLM CPU)")
+    c.add_argument("--max-num-seqs", type=int, default=128,
+                   help="with --from: the server's sequence limit (128, vLLM CPU)")
+    c.add_argument("--lengths", metavar="N,N,...",
+                   help="with --from: prompt lengths of the prefill ladder")
+    c.add_argument("--batches", metavar="N,N,...", help="with --from: decode batch sizes (1,2,4,8)")
+    c.add_argument("--repeats", type=int, default=3, help="with --from: runs per prompt length (3)")
+    c.add_argument("--decode-tokens", type=int, default=64,
+                   help="with --from: output tokens per decode stream (64)")
+    c.add_argument("--name", help="with --from: the profile's name (fitted-MODEL)")
+    c.add_argument("-o", "--output", help="with --from: write the profile YAML here")
     c.set_defaults(func=run_calibrate)
     b = sub.add_parser("bench-live",
                        help="measure how closely one simulator process keeps real-time token "
@@ -102,7 +121,10 @@ def run_bench_live(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    """`inferoute sim calibrate --profile NAME`."""
+    """`inferoute sim calibrate --profile NAME`, or `--from URL` to fit a profile."""
+    if args.from_url:
+        from .calibrate_from import run_calibrate_from
+        return run_calibrate_from(args)
     from .calibrate import main_calibrate
     args.profile = args.calibrate_profile
     return int(main_calibrate(args) or 0)

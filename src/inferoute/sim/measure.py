@@ -1,0 +1,177 @@
+"""Measuring a running OpenAI/vLLM server for `inferoute sim calibrate --from URL`.
+
+Three measurements, all with streamed completions of random three-letter words (every prompt
+new, so nothing is served from the prefix cache):
+
+- prefill: time to first token of one prompt alone, for a ladder of prompt lengths (median of
+  `repeats`); the prompt's token count is the server's own `usage.prompt_tokens`;
+- decode: `batch` streams started together at `context` prompt tokens, `max_tokens` each with
+  `ignore_eos`; per stream the mean gap between tokens over the second half of its output (all
+  of the batch is decoding by then), the median over the streams;
+- KV capacity and block size: `vllm:cache_config_info` on /metrics (LoRA slots:
+  `vllm:lora_requests_info`); the model name and its longest context: /v1/models.
+
+Traffic goes only to the given URL, one request (or one batch) at a time, bounded in count and
+per-request time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+
+from ..bench.workloads import VOCAB
+from ..datalayer.metricsparse import parse_metrics
+from .fit import DecodePoint, PrefillPoint
+
+__all__ = ["ServerFacts", "Measurements", "measure_server"]
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ServerFacts:
+    model: str
+    max_model_len: int | None
+    block_size: int | None
+    num_blocks: int | None
+    max_loras: int | None = None
+
+
+@dataclass
+class Measurements:
+    facts: ServerFacts
+    prefill: list[PrefillPoint] = field(default_factory=list)
+    decode: list[DecodePoint] = field(default_factory=list)
+
+
+class _Words:
+    """Fresh random prompts (a seeded stream, so a run is repeatable)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, n: int) -> str:
+        return " ".join(VOCAB[self.rng.integers(0, len(VOCAB), size=n)].tolist())
+
+
+async def server_facts(session: aiohttp.ClientSession, url: str,
+                       model: str | None) -> ServerFacts:
+    """Model name, context length, block size and KV blocks, from /v1/models and /metrics."""
+    async with session.get(url + "/v1/models") as r:
+        r.raise_for_status()
+        models = (await r.json()).get("data") or []
+    entry = next((m for m in models if model is None or m.get("id") == model), None)
+    if entry is None:
+        raise RuntimeError(f"{url}/v1/models does not list {model!r}")
+    block_size = num_blocks = max_loras = None
+    async with session.get(url + "/metrics") as r:
+        if r.status == 200:
+            m = parse_metrics(await r.text())
+            block_size, num_blocks, max_loras = m.block_size, m.num_blocks, m.max_lora
+    return ServerFacts(entry["id"], entry.get("max_model_len"), block_size, num_blocks,
+                       max_loras)
+
+
+async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+                  ) -> tuple[float, list[float], int]:
+    """(start, arrival time of every content chunk, prompt tokens) of one streamed request."""
+    t0 = time.perf_counter()
+    times: list[float] = []
+    prompt_tokens = 0
+    async with session.post(url + "/v1/completions", json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{url}: {r.status} {await r.text()}")
+        async for line in r.content:
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                continue
+            obj = orjson.loads(line[6:])
+            if obj.get("choices") and obj["choices"][0].get("text"):
+                times.append(time.perf_counter())
+            if obj.get("usage"):
+                prompt_tokens = int(obj["usage"].get("prompt_tokens") or 0)
+    return t0, times, prompt_tokens
+
+
+def _body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    return {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
+            "ignore_eos": True, "temperature": 0.0,
+            "stream_options": {"include_usage": True}}
+
+
+async def measure_prefill(session: aiohttp.ClientSession, url: str, model: str,
+                          lengths: list[int], repeats: int, words: _Words,
+                          log: Log) -> list[PrefillPoint]:
+    out = []
+    for n in lengths:
+        ttfts, tokens = [], n
+        for _ in range(repeats):
+            t0, times, tokens = await _stream(session, url, _body(model, words(n), 1))
+            ttfts.append(times[0] - t0)
+        point = PrefillPoint(tokens or n, statistics.median(ttfts))
+        log(f"prefill {point.prompt_tokens:>6} tokens: TTFT {point.ttft * 1e3:8.1f} ms")
+        out.append(point)
+    return out
+
+
+async def measure_decode(session: aiohttp.ClientSession, url: str, model: str,
+                         batches: list[int], contexts: list[int], max_tokens: int,
+                         kv_tokens: float, words: _Words, log: Log) -> list[DecodePoint]:
+    out = []
+    for ctx in contexts:
+        for b in batches:
+            if b * (ctx + max_tokens) > kv_tokens:
+                continue
+            runs = await asyncio.gather(*(_stream(session, url, _body(model, words(ctx),
+                                                                      max_tokens))
+                                          for _ in range(b)))
+            # a stream's mean gap over the second half of its tokens: chunks that arrive in
+            # bursts (a busy client or server) shift single gaps, not the span
+            steps = [(t[-1] - t[len(t) // 2]) / (len(t) - 1 - len(t) // 2)
+                     for _, t, _ in runs if len(t) - len(t) // 2 >= 2]
+            if not steps:
+                continue
+            prompt = statistics.mean(p or ctx for *_, p in runs)
+            point = DecodePoint(b, prompt + 0.75 * max_tokens, statistics.median(steps))
+            log(f"decode batch {b:>3}, context {point.context:>7.0f}: "
+                f"step {point.itl * 1e3:7.2f} ms")
+            out.append(point)
+    return out
+
+
+async def measure_server(url: str, *, model: str | None = None, lengths: list[int] | None = None,
+                         batches: list[int] | None = None, contexts: list[int] | None = None,
+                         repeats: int = 3, decode_tokens: int = 64, seed: int = 0,
+                         timeout: float = 300.0, log: Log = print) -> Measurements:
+    """All three measurements of the server at `url` (a base URL, no /v1)."""
+    url = url.rstrip("/")
+    words = _Words(seed)
+    tmo = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(timeout=tmo) as session:
+        facts = await server_facts(session, url, model)
+        log(f"{url}: model {facts.model}, max_model_len {facts.max_model_len}, "
+            f"block size {facts.block_size}, KV blocks {facts.num_blocks}")
+        limit = (facts.max_model_len or 4096) - decode_tokens - 8
+        # keep every measurement inside the KV cache (a preempted batch measures preemption)
+        kv = (facts.num_blocks or 0) * (facts.block_size or 0) * 0.8 or float("inf")
+        limit = int(min(limit, kv - decode_tokens))
+        lengths = [n for n in (lengths or [16, 128, 256, 512, 1024, 1536, 2048, 3072])
+                   if n <= limit]
+        contexts = [n for n in (contexts or [64, limit // 2]) if n <= limit]
+        batches = [b for b in (batches or [1, 2, 4, 8])
+                   if b * (min(contexts) + decode_tokens) <= kv]
+        m = Measurements(facts)
+        # one warm-up request: the first one after a start pays one-off costs
+        await _stream(session, url, _body(facts.model, words(32), 2))
+        m.prefill = await measure_prefill(session, url, facts.model, lengths, repeats, words, log)
+        m.decode = await measure_decode(session, url, facts.model, batches, contexts,
+                                        decode_tokens, kv, words, log)
+        return m

@@ -1,0 +1,49 @@
+"""`inferoute sim calibrate --from URL` end to end against a live `inferoute sim` (the real-engine
+tier runs it against vLLM): it measures, fits and writes a profile the simulator loads, with the
+server's block size, KV blocks and context length."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from inferoute.sim.profile import load_profile
+
+from .conftest import start_sim
+
+
+def test_calibrate_from_a_live_server_writes_a_loadable_profile(tmp_path: Path):
+    sim = start_sim("--profile", "tiny", replicas=1)
+    out = tmp_path / "fitted.yaml"
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "inferoute", "sim", "calibrate", "--from", sim.url(0),
+             "--lengths", "16,64,200", "--batches", "1,2", "--repeats", "1",
+             "--decode-tokens", "12", "--max-num-batched-tokens", "128", "--max-num-seqs", "8",
+             "--profile", "tiny",
+             "-o", str(out)], capture_output=True, text=True, timeout=120)
+    finally:
+        sim.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    # every measured point is printed beside the fitted profile's prediction; the batch of two
+    # long prompts would not fit the 64 blocks of 16 tokens (80% of them) and is skipped
+    assert r.stdout.count("TTFT, ") == 3 and r.stdout.count("decode step, batch") == 3
+    p = load_profile(str(out))
+    tiny = load_profile("tiny")
+    assert (p.block_size, p.num_blocks, p.max_model_len) == (tiny.block_size, tiny.num_blocks,
+                                                             tiny.max_model_len)
+    assert p.max_num_batched_tokens == 128 and p.model == "sim-model"
+    assert p.step_overhead_ms >= 0 and p.gpu_tflops > 0
+    assert out.read_text().startswith("# Fitted by `inferoute sim calibrate --from")
+
+
+def test_calibrate_from_nothing_listening_is_a_clean_error():
+    from inferoute.procs import free_port
+
+    r = subprocess.run([sys.executable, "-m", "inferoute", "sim", "calibrate", "--from",
+                        f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "inferoute sim calibrate:" in r.stderr
+    assert "Traceback" not in r.stderr
