@@ -11,7 +11,7 @@ import aiohttp
 import openai
 import pytest
 
-from inferoute.datalayer.metricsparse import parse_metrics
+from inferoute.core.metricsparse import parse_metrics
 
 from .conftest import LORA, MAX_LEN, MODEL, Engines, Gateway, gateway_for, pool, until, words
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from inferoute.datalayer.metricsparse import parse_metrics
+from inferoute.core.metricsparse import parse_metrics
 
 from .conftest import BLOCK, MODEL, Engines, Gateway, gateway_for, pool, words
 

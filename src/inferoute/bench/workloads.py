@@ -19,17 +19,16 @@ Workloads:
 
 from __future__ import annotations
 
-import string
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import product
 from typing import Any
 
 import numpy as np
 
+from ..core.words import WORKLOAD_WORDS
+
 #: every three-letter lower-case word: 17,576 distinct tokens
-VOCAB: np.ndarray = np.array(["".join(p) for p in product(string.ascii_lowercase, repeat=3)],
-                             dtype=object)
+VOCAB: np.ndarray = np.array(WORKLOAD_WORDS, dtype=object)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,18 @@ process and run.
 
 from __future__ import annotations
 
+import string
 from collections import OrderedDict
+from itertools import product
 
 import xxhash
 
-__all__ = ["count", "encode", "encoded_word", "token_id"]
+__all__ = ["WORKLOAD_WORDS", "count", "encode", "encoded_word", "token_id"]
+
+#: every three-letter lower-case word (17,576): what the benchmark's prompts are made of, and so
+#: what a tokenizer built for real-engine tests must know
+WORKLOAD_WORDS: tuple[str, ...] = tuple("".join(p) for p in product(string.ascii_lowercase,
+                                                                     repeat=3))
 
 _ID_BASE = 1000
 _ID_SPAN = (2**31 - 1) - _ID_BASE

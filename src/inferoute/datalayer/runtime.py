@@ -32,7 +32,7 @@ from ..core.router import ModelPool, Router
 from ..core.scheduling.scheduler import Scheduler
 from .kvevents import SubscriberStats
 from .serving_config import ServingConfig
-from .metricsparse import EngineName
+from ..core.metricsparse import EngineName
 from .precise_pool import PreciseRouting
 from .prefix_share import PrefixShare
 from .scaleout import RedisSharing, share_indexes

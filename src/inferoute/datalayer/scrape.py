@@ -23,7 +23,7 @@ from typing import Callable
 
 from ..core.endpoint import Endpoint
 from ..aiotasks import cancel_tasks
-from .metricsparse import EngineName, PageHints, detect_engine, parse_metrics
+from ..core.metricsparse import EngineName, PageHints, detect_engine, parse_metrics
 
 log = logging.getLogger("inferoute.scrape")
 

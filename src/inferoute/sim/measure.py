@@ -28,8 +28,8 @@ import aiohttp
 import numpy as np
 import orjson
 
-from ..bench.workloads import VOCAB
-from ..datalayer.metricsparse import parse_metrics
+from ..core.words import WORKLOAD_WORDS
+from ..core.metricsparse import parse_metrics
 from .fit import DecodePoint, PrefillPoint
 
 __all__ = ["ServerFacts", "Measurements", "measure_server"]
@@ -60,7 +60,7 @@ class _Words:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, n: int) -> str:
-        return " ".join(VOCAB[self.rng.integers(0, len(VOCAB), size=n)].tolist())
+        return " ".join(WORKLOAD_WORDS[i] for i in self.rng.integers(0, len(WORKLOAD_WORDS), size=n))
 
 
 async def server_facts(session: aiohttp.ClientSession, url: str,

@@ -134,7 +134,7 @@ import time  # noqa: E402
 
 import pytest  # noqa: E402
 
-from inferoute.datalayer.metricsparse import (  # noqa: E402
+from inferoute.core.metricsparse import (  # noqa: E402
     detect_engine, find_samples, parse_labels, parse_metrics)
 
 
@@ -234,7 +234,7 @@ def test_parse_is_fast_enough_for_16_endpoints_every_50ms():
 
 def test_hints_give_the_same_result_on_changing_pages():
     """Values change and families move around; every family stays present."""
-    from inferoute.datalayer.metricsparse import PageHints
+    from inferoute.core.metricsparse import PageHints
 
     hints = PageHints(recheck=3)
     lookalike = 'vllm:num_requests_waiting_by_reason{r="x"} 50\n' + "# " + "x" * 3000 + "\n"
@@ -252,7 +252,7 @@ def test_hints_give_the_same_result_on_changing_pages():
 
 
 def test_hints_recheck_absent_families_every_n_parses():
-    from inferoute.datalayer.metricsparse import PageHints
+    from inferoute.core.metricsparse import PageHints
 
     hints = PageHints(recheck=2)
     without = "vllm:num_requests_running 1\n"

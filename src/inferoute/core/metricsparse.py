@@ -30,7 +30,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from ..core.endpoint import EndpointMetrics
+from .endpoint import EndpointMetrics
+
+__all__ = ["EngineName", "PageHints", "Sample", "detect_engine", "find_samples", "parse_labels",
+           "parse_metrics"]
 
 EngineName = Literal["vllm", "sglang", "trtllm"]
 
