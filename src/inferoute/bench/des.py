@@ -6,8 +6,8 @@ Nothing here sleeps, opens a socket or reads a clock. One run wires:
 - the core's request lifecycle (`core.lifecycle.RequestLifecycle`) for every request: parse,
   resolve, `Router.schedule` (the packaged or given EndpointPickerConfig) among the candidates
   of the gateway's own rule (`CandidateRule`: ready and fresh, with the serving config's default
-  ready window and this run's scrape interval; an endpoint is a candidate from its first scrape
-  on), dispatch, first token and finish (in-flight bookkeeping, plugin hooks), on the same
+  ready window and this run's scrape interval; every endpoint is scraped once at time 0, as a
+  gateway that was up before the load began has done), dispatch, first token and finish (in-flight bookkeeping, plugin hooks), on the same
   `Endpoint` objects the HTTP gateway uses;
 - simulated metric scrapes: every `scrape_interval` each endpoint's `EndpointMetrics` is replaced
   by the engine's stats at that instant, so the scheduler sees metrics exactly as stale as a live
@@ -324,6 +324,8 @@ class VirtualBench:
         wall0 = time.perf_counter()
         n = self.cfg.replicas
         for i in range(n):
+            # the gateway was up before the load began: every endpoint has been scraped once
+            self._scrape(i, 0.0)
             self._push(self.cfg.scrape_interval * i / n, _SCRAPE, i)
         self._push(0.0, _STAGE, 0)
         heap = self._heap
