@@ -262,7 +262,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     workloads = args.workloads.split(",") if args.workloads else None
     print(run_matrix(policies, workloads, out_dir=args.out, replicas=args.replicas,
                      profile=args.profile, seed=args.seed, jobs=args.jobs, reuse=args.reuse,
-                     ceiling=args.ceiling))
+                     ceiling=args.ceiling or bool(args.ceiling_policies),
+                     ceiling_policies=(args.ceiling_policies.split(",")
+                                       if args.ceiling_policies else None)))
     return 0
 
 
@@ -339,6 +341,9 @@ def register(subparsers: Any) -> None:
     mat.add_argument("--ceiling", action="store_true",
                      help="also run every policy with unlimited KV; print each one's %% of "
                           "the best of those runs")
+    mat.add_argument("--ceiling-policies", default=None,
+                     help="comma list: only these policies run with unlimited KV for the "
+                          "ceiling (implies --ceiling)")
     mat.add_argument("--out", default="bench-results", help="reports folder (bench-results)")
     mat.add_argument("--replicas", type=int, default=8)
     mat.add_argument("--profile", default="qwen3-32b-2xh100")

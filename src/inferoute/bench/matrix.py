@@ -3,8 +3,8 @@
 Each (policy, scenario) run uses the scenario's workload, stages, arrival process and fleet
 (`bench/scenarios.py`; the four workload presets run on `replicas` x `profile`), the same seed,
 and is saved as `<out>/<scenario>/<policy>.json`. With `ceiling`, every policy also runs the same
-load with an unlimited KV cache (`<policy>.unlimited.json`); the scenario's ceiling is the best
-of those. The table reports, per scenario and policy, the throughput at saturation (the best
+load with an unlimited KV cache (`<policy>.unlimited.json`; or only `ceiling_policies`); the
+scenario's ceiling is the best of those. The table reports, per scenario and policy, the throughput at saturation (the best
 output tokens/s over the stages) with its gap to the best policy and its % of the ceiling, and
 the heaviest stage's p50 / p90 time to first token and prefix-cache hit rate.
 """
@@ -77,13 +77,15 @@ def scenario_table(reports: dict[str, dict[str, Any]], ceiling: float | None) ->
 
 def run_matrix(policies: Sequence[str], workloads: Sequence[str] | None, *, out_dir: str,
                replicas: int = 8, profile: str = "qwen3-32b-2xh100", seed: int = 0,
-               jobs: int = 1, reuse: bool = False, ceiling: bool = False) -> str:
+               jobs: int = 1, reuse: bool = False, ceiling: bool = False,
+               ceiling_policies: Sequence[str] | None = None) -> str:
     """Run (or, with `reuse`, load existing reports for) every pair; return the tables."""
     names = list(workloads or WORKLOADS)
     for n in names:
         scenario(n)
-    runs = [(p, n, u) for n in names for p in policies for u in ((False, True) if ceiling
-                                                                 else (False,))]
+    top_policies = list(ceiling_policies or policies) if ceiling else []
+    runs = [(p, n, False) for n in names for p in policies]
+    runs += [(p, n, True) for n in names for p in top_policies]
     todo = [r for r in runs if not (reuse and _path(out_dir, r[1], r[0], r[2]).exists())]
     if jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=min(jobs, os.cpu_count() or 1)) as pool:
@@ -97,8 +99,8 @@ def run_matrix(policies: Sequence[str], workloads: Sequence[str] | None, *, out_
     tables = []
     for n in names:
         reports = {p: load_report(_path(out_dir, n, p, False)) for p in policies}
-        top = (max(saturation(load_report(_path(out_dir, n, p, True))) for p in policies)
-               if ceiling else None)
+        top = (max(saturation(load_report(_path(out_dir, n, p, True))) for p in top_policies)
+               if top_policies else None)
         sc = SCENARIOS[n]
         about = sc.about or f"{sc.replicas or replicas} x {sc.profile or profile}"
         head = f"**{n}** ({about}, stages {sc.stages}, seed {seed}"

@@ -56,7 +56,7 @@ SCENARIOS.update({
     # 384 families x 2,000 tokens = 48k blocks over 16 x 2,000: overflow 1.5, many small replicas
     "kv-overflow-16x8b": Scenario(
         "shared_prefix", dict(num_groups=384, num_prompts_per_group=8, system_prompt_len=2000,
-                              question_len=100, output_len=100), "40:20,80:20,160:20",
+                              question_len=100, output_len=100), "100:15,200:15,300:15",
         replicas=16, profile="llama3-8b-h100", engine={"num_blocks": 2000},
         about="16 x Llama-3-8B with 2,000 KV blocks, 384 families of 2,000 + 100 tokens, 100 out"),
 })
