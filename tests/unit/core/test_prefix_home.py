@@ -65,3 +65,19 @@ def test_home_weight_sends_an_unheld_family_home_despite_a_small_load_gap() -> N
     assert chosen != home  # without homes: the least loaded endpoint
     chosen, home = _pick(2.0, prompt)
     assert chosen == home  # 30 uncached blocks x >= 1 elsewhere outweigh a 21-block demand gap
+
+
+def test_blocks_past_max_prefix_blocks_count_as_demand_and_are_released() -> None:
+    s = PredictiveCostScorer(params=PredictiveCostScorer.Params(max_prefix_blocks=8))
+    ep = Endpoint(host="10.0.0.9", port=8000,
+                  metrics=EndpointMetrics(num_blocks=10_000, block_size=16, scraped_at=0.0))
+    long_req, short_req = _req("a" * (30 * BLOCK_CHARS), "long"), _req("b" * (5 * BLOCK_CHARS),
+                                                                      "short")
+    for r in (long_req, short_req):
+        s._account(0.0, r, ep, s._cycle(_ctx(), r))
+    st = s._state[ep.name]
+    assert len(s._cycle(_ctx(), long_req)["hashes"]) == 8  # only 8 blocks hashed
+    # 8 hashed + 22 past the cap for the long prompt, 5 for the short one, 1 output block each
+    assert st.demand == 8 + 22 + 5 + 2 and st.tail == 22
+    s.on_finished(long_req, ep, 1.0, None)
+    assert st.demand == 5 + 1 and st.tail == 0

@@ -80,6 +80,8 @@ class _InFlight:
     hashes: list[int]
     out_blocks: int
     work: int
+    #: prompt blocks past `maxPrefixBlocks` (not hashed, never shared)
+    tail: int = 0
 
 
 @dataclass(slots=True)
@@ -90,13 +92,15 @@ class _EndpointState:
     out_blocks: int = 0
     #: blocks every request in flight attends to at its end, shared ones once per request
     work: int = 0
+    #: prompt blocks past `maxPrefixBlocks` of the requests in flight
+    tail: int = 0
     queue: float = 0.0
     queue_at: float = 0.0
 
     @property
     def demand(self) -> int:
         """Peak KV blocks of the requests in flight (shared prompt blocks counted once)."""
-        return len(self.blocks) + self.out_blocks
+        return len(self.blocks) + self.out_blocks + self.tail
 
     def queued(self, now: float, rate: float) -> float:
         """Prefill tokens still queued at `now` (fluid drain since the last update)."""
@@ -126,7 +130,10 @@ class PredictiveCostScorer(BasePlugin):
 
     class Params(PluginParams):
         block_size_tokens: int = pydantic.Field(16, ge=1, le=4096)
-        max_prefix_blocks: int = pydantic.Field(16_384, ge=1)
+        max_prefix_blocks: int = pydantic.Field(
+            512, ge=1, description="leading blocks of a prompt hashed and matched (8,192 "
+                                   "tokens): keeps a decision's cost flat in the prompt's "
+                                   "length; the blocks past it count as demand, unshared")
         default_capacity_blocks: int = pydantic.Field(
             16_384, ge=1, description="KV capacity assumed until a scrape reports num_blocks")
         default_max_tokens: int = pydantic.Field(
@@ -188,8 +195,10 @@ class PredictiveCostScorer(BasePlugin):
             bs = p.block_size_tokens
             prompt_blocks = max(len(hashes), -(-request.prompt_tokens_estimate // bs))
             out_blocks = -(-(request.max_tokens or p.default_max_tokens) // bs)
+            tail = prompt_blocks - len(hashes) if len(hashes) >= p.max_prefix_blocks else 0
             data = ctx.data[self._key] = {"hashes": hashes, "prompt_blocks": prompt_blocks,
-                                          "out_blocks": out_blocks, "matched": {}}
+                                          "out_blocks": out_blocks, "tail": tail,
+                                          "matched": {}}
         return data
 
     # -- scoring -----------------------------------------------------------------------------
@@ -267,11 +276,13 @@ class PredictiveCostScorer(BasePlugin):
         for h in data["hashes"]:
             held[h] = held.get(h, 0) + 1
         st.out_blocks += data["out_blocks"]
+        st.tail += data["tail"]
         st.work += data["prompt_blocks"] + data["out_blocks"]
         st.queue = st.queued(ctx_now, p.prefill_tokens_per_second) + prefill
         st.queue_at = ctx_now
         self._flying[request.request_id] = _InFlight(name, data["hashes"], data["out_blocks"],
-                                                     data["prompt_blocks"] + data["out_blocks"])
+                                                     data["prompt_blocks"] + data["out_blocks"],
+                                                     data["tail"])
         while len(self._flying) > MAX_TRACKED:
             _, old = self._flying.popitem(last=False)
             self._release(old)
@@ -296,6 +307,7 @@ class PredictiveCostScorer(BasePlugin):
             else:
                 held.pop(h, None)
         st.out_blocks = max(0, st.out_blocks - rec.out_blocks)
+        st.tail = max(0, st.tail - rec.tail)
         st.work = max(0, st.work - rec.work)
 
     def on_scheduled(self, ctx: CycleContext, request: InferenceRequest,
