@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ def run_one(policy: str, name: str, out_dir: str, replicas: int, profile: str, s
                     model="Qwen/Qwen3-32B", seed=seed, profile_overrides=dict(sc.engine))
     if unlimited:
         cfg = ceiling_config(cfg)
-    result = run_virtual(replace(cfg))
+    result = run_virtual(cfg)
     path = _path(out_dir, name, policy, unlimited)
     save_report(result.to_dict(), path)
     return str(path)
@@ -58,8 +57,8 @@ def _fmt(v: Any, fmt: str) -> str:
 
 def scenario_table(reports: dict[str, dict[str, Any]], ceiling: float | None) -> str:
     """Markdown for one scenario: a row per policy (its report in `reports`)."""
-    lines = ["| policy | output tok/s at saturation | % of best | % of ceiling "
-             "| TTFT p50 / p90 (s), top stage | prefix-cache hit, top stage |",
+    lines = [("| policy | output tok/s at saturation | % of best | % of ceiling "
+              "| TTFT p50 / p90 (s), top stage | prefix-cache hit, top stage |"),
              "| :--- | ---: | ---: | ---: | ---: | ---: |"]
     best = max((saturation(r) for r in reports.values()), default=0.0)
     for policy, rep in reports.items():

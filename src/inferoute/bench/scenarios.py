@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .load import LoadSpec, parse_stages
-from .workloads import DEFAULT_LOAD, DEFAULT_PARAMS, DEFAULT_STAGES, Workload, make_workload
+from .workloads import (
+    DEFAULT_LOAD,
+    DEFAULT_PARAMS,
+    DEFAULT_STAGES,
+    Workload,
+    make_workload,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +50,19 @@ SCENARIOS.update({
     # 225 families x 6,000 prefix tokens = 84k blocks over 4 x 21,090: overflow 1.0 for the
     # prefixes alone, about 2 with the requests running (the shape at half the fleet)
     "kv-overflow-4x32b": Scenario(
-        "shared_prefix", dict(num_groups=225), "10:20,20:20,30:20",
+        "shared_prefix", {"num_groups": 225}, "10:20,20:20,30:20",
         replicas=4, profile="qwen3-32b-2xh100",
         about="4 x Qwen3-32B, 225 families of 6,000 + 1,200 tokens, 1,000 out"),
     # 128 families x 4,000 tokens = 32k blocks over 4 x 4,000: overflow 2, prefill-heavy
     "kv-overflow-4x8b": Scenario(
-        "shared_prefix", dict(num_groups=128, system_prompt_len=4000, question_len=200,
-                              output_len=200), "10:30,20:30,40:30",
+        "shared_prefix", {"num_groups": 128, "system_prompt_len": 4000, "question_len": 200,
+                              "output_len": 200}, "10:30,20:30,40:30",
         replicas=4, profile="llama3-8b-h100", engine={"num_blocks": 4000},
         about="4 x Llama-3-8B with 4,000 KV blocks, 128 families of 4,000 + 200 tokens, 200 out"),
     # 384 families x 2,000 tokens = 48k blocks over 16 x 2,000: overflow 1.5, many small replicas
     "kv-overflow-16x8b": Scenario(
-        "shared_prefix", dict(num_groups=384, num_prompts_per_group=8, system_prompt_len=2000,
-                              question_len=100, output_len=100), "100:15,200:15,300:15",
+        "shared_prefix", {"num_groups": 384, "num_prompts_per_group": 8, "system_prompt_len": 2000,
+                              "question_len": 100, "output_len": 100}, "100:15,200:15,300:15",
         replicas=16, profile="llama3-8b-h100", engine={"num_blocks": 2000},
         about="16 x Llama-3-8B with 2,000 KV blocks, 384 families of 2,000 + 100 tokens, 100 out"),
 })

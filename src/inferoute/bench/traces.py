@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -182,7 +182,7 @@ def load_trace(path: str | Path, *, speed: float = 1.0, start: float = 0.0,
     times = [(r.arrival - t0) / speed for r in rows]
     span = max(times[-1], 1e-9)
     stage = Stage(duration=span, rate=len(rows) / span, num_requests=len(rows))
-    params = dict(path=str(path), format=fmt, speed=speed, start=start, duration=duration,
-                  max_requests=max_requests, requests=len(rows))
+    params = {"path": str(path), "format": fmt, "speed": speed, "start": start, "duration": duration,
+                  "max_requests": max_requests, "requests": len(rows)}
     load = LoadSpec([stage], kind="trace", seed=seed, extra={"times": times})
     return Workload(f"trace-{fmt}", items, params), load

@@ -39,16 +39,16 @@ def test_sim_ceiling_reports_the_unlimited_run_and_the_share_of_it(tmp_path, cap
 
 
 def test_matrix_ceiling_table(tmp_path, monkeypatch) -> None:
-    tiny = scenarios.Scenario("shared_prefix", dict(num_groups=6, system_prompt_len=400,
-                                                    question_len=20, output_len=10),
+    tiny = scenarios.Scenario("shared_prefix", {"num_groups": 6, "system_prompt_len": 400,
+                                                    "question_len": 20, "output_len": 10},
                               "4:3,8:3", replicas=2, profile="tiny",
                               engine={"num_blocks": 64}, about="tiny, starved")
     monkeypatch.setitem(scenarios.SCENARIOS, "tiny-overflow", tiny)
     table = matrix.run_matrix(["round-robin", "inferoute"], ["tiny-overflow"],
                               out_dir=str(tmp_path), ceiling=True)
     assert (tmp_path / "tiny-overflow" / "inferoute.unlimited.json").exists()
-    rows = [line for line in table.splitlines() if line.startswith("| round-robin")
-            or line.startswith("| inferoute")]
+    rows = [line for line in table.splitlines()
+            if line.startswith(("| round-robin", "| inferoute"))]
     assert len(rows) == 2 and "ceiling" in table.splitlines()[0]
     for row in rows:
         pct_ceiling = float(row.split("|")[4].strip().rstrip("%"))

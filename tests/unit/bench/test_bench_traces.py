@@ -2,6 +2,7 @@
 times (windowed, sped up), in virtual time and through the CLI."""
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def test_window_and_speed() -> None:
 def test_azure_rows() -> None:
     rows = list(read_azure(AZURE))
     assert len(rows) == 100 and rows[0].arrival == 0.0
-    assert all(b.arrival >= a.arrival for a, b in zip(rows, rows[1:]))
+    assert all(b.arrival >= a.arrival for a, b in pairwise(rows))
     wl, _ = load_trace(AZURE)
     assert [len(i.prompt.split()) for i in wl.items] == [r.input_length for r in rows]
     assert len({i.prompt[:40] for i in wl.items}) == 100  # nothing shared
