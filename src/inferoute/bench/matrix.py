@@ -52,7 +52,10 @@ def _top_stage(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fmt(v: Any, fmt: str) -> str:
-    return "-" if v is None else format(v, fmt)
+    """`v` in `fmt` (a trailing % is printed after the number, not as a percentage)."""
+    if v is None:
+        return "-"
+    return format(v, fmt[:-1]) + "%" if fmt.endswith("%") else format(v, fmt)
 
 
 def scenario_table(reports: dict[str, dict[str, Any]], ceiling: float | None) -> str:
@@ -68,9 +71,9 @@ def scenario_table(reports: dict[str, dict[str, Any]], ceiling: float | None) ->
         hit = (top.get("prefix_cache") or {}).get("hit_rate")
         lines.append(
             f"| {policy} | {sat:,.0f} | {sat / best * 100 if best else 0:.1f}% | "
-            f"{_fmt(sat / ceiling * 100 if ceiling else None, '.1f')}% | "
+            f"{_fmt(sat / ceiling * 100 if ceiling else None, '.1f%')} | "
             f"{_fmt(ttft.get('p50'), '.3f')} / {_fmt(ttft.get('p90'), '.3f')} | "
-            f"{_fmt(None if hit is None else hit * 100, '.1f')}% |")
+            f"{_fmt(None if hit is None else hit * 100, '.1f%')} |")
     return "\n".join(lines)
 
 
