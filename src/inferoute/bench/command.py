@@ -44,6 +44,19 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=float, default=1.0,
                    help="pause between stages, seconds (1.0, as inference-perf)")
     p.add_argument("--seed", type=int, default=0, help="seed of the workload and arrivals (0)")
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="replay a trace instead of --workload/--stages: Mooncake JSONL "
+                        "(.jsonl) or Azure CSV (.csv), at its own arrival times")
+    p.add_argument("--trace-format", choices=("mooncake", "azure"), default=None,
+                   help="the trace's format (default: from the file suffix)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="trace replay speed factor (2: twice as fast; 1)")
+    p.add_argument("--trace-start", type=float, default=0.0,
+                   help="window start, seconds of the trace's clock (0)")
+    p.add_argument("--trace-duration", type=float, default=None,
+                   help="window length, seconds of the trace's clock (all)")
+    p.add_argument("--max-requests", type=int, default=None,
+                   help="at most this many requests of the trace window")
     p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
                    help="ask for exactly max_tokens output tokens (default on, as the seed run)")
     p.add_argument("-o", "--output", default=None, help="report file (.json or .yaml)")
@@ -52,6 +65,15 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
 
 def _build(args: argparse.Namespace) -> tuple[Any, Any]:
     from .load import LoadSpec, parse_stages
+    from .traces import load_trace
+
+    if args.trace:
+        if args.stages or args.param or args.workload != "shared_prefix":
+            raise ValueError("--trace replays the trace's own requests and times: no "
+                             "--workload, --param or --stages")
+        return load_trace(args.trace, speed=args.speed, start=args.trace_start,
+                          duration=args.trace_duration, max_requests=args.max_requests,
+                          fmt=args.trace_format, seed=args.seed)
     from .workloads import (
         DEFAULT_LOAD,
         DEFAULT_PARAMS,
@@ -87,6 +109,15 @@ def _finish(report: dict[str, Any], args: argparse.Namespace, label: str) -> Non
         name = f"stage {s['stage']} ({'rate ' + format(s['rate'], 'g') if s.get('rate') is not None else 'conc ' + str(s.get('concurrency'))})"
         rows.append((name, headline(s)))
     print(compare_table(rows[:1]) if len(rows) == 1 else _stage_table(rows))
+    ceiling = report.get("ceiling")
+    if ceiling:
+        print(f"\nunlimited-KV ceiling ({ceiling['num_blocks']:,} blocks a replica, "
+              f"{ceiling['evictions']} evictions): {ceiling['output_tokens_per_sec']:,.0f} "
+              f"output tok/s at saturation; this run {ceiling['pct_of_ceiling']:.1f}% of it "
+              f"(per stage: " + ", ".join(
+                  f"{s['metrics']['throughput']['output_tokens_per_sec'] / c * 100:.1f}%"
+                  if c else "-" for s, c in zip(report["stages"],
+                                               ceiling["stages_output_tokens_per_sec"])) + ")")
 
 
 def _stage_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -148,6 +179,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
     with StageProgress([s.label for s in load.stages], not args.quiet) as progress:
         result = run_virtual(cfg, progress)
     report = result.to_dict()
+    if args.ceiling:
+        from .ceiling import attach_ceiling, ceiling_config
+
+        with StageProgress([f"ceiling {s.label}" for s in load.stages],
+                           not args.quiet) as progress:
+            attach_ceiling(report, run_virtual(ceiling_config(cfg), progress).to_dict())
     print(f"virtual {result.virtual_seconds:.1f}s in {result.wall_seconds:.1f}s wall, "
           f"{result.events} events", file=sys.stderr)
     for name, st in (result.kv_index or {}).items():
@@ -206,7 +243,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     policies = args.policies.split(",") if args.policies else list(POLICIES)
     workloads = args.workloads.split(",") if args.workloads else None
     print(run_matrix(policies, workloads, out_dir=args.out, replicas=args.replicas,
-                     profile=args.profile, seed=args.seed, jobs=args.jobs, reuse=args.reuse))
+                     profile=args.profile, seed=args.seed, jobs=args.jobs, reuse=args.reuse,
+                     ceiling=args.ceiling or bool(args.ceiling_policies),
+                     ceiling_policies=(args.ceiling_policies.split(",")
+                                       if args.ceiling_policies else None)))
     return 0
 
 
@@ -252,6 +292,9 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--model", default="Qwen/Qwen3-32B", help="model name (Qwen/Qwen3-32B)")
     sim.add_argument("--scrape-interval", type=float, default=0.05,
                      help="simulated metrics scrape period, seconds (0.05)")
+    sim.add_argument("--ceiling", action="store_true",
+                     help="also run the same load with unlimited KV and print this run's "
+                          "%% of that ceiling")
     sim.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_workload_args(sim)
     sim.set_defaults(func=_guard(cmd_sim))
@@ -278,7 +321,15 @@ def register(subparsers: Any) -> None:
     mat = sub.add_parser("matrix", help="every policy x workload in virtual time: the README table")
     mat.add_argument("--policies", default=None, help=f"comma list ({','.join(POLICIES)})")
     mat.add_argument("--workloads", default=None,
-                     help="comma list (shared_prefix,multi_turn_chat,random,mixed)")
+                     help="comma list of scenarios: the workloads shared_prefix, "
+                          "multi_turn_chat, random, mixed (the default) and kv-overflow-4x32b, "
+                          "kv-overflow-4x8b, kv-overflow-16x8b")
+    mat.add_argument("--ceiling", action="store_true",
+                     help="also run every policy with unlimited KV; print each one's %% of "
+                          "the best of those runs")
+    mat.add_argument("--ceiling-policies", default=None,
+                     help="comma list: only these policies run with unlimited KV for the "
+                          "ceiling (implies --ceiling)")
     mat.add_argument("--out", default="bench-results", help="reports folder (bench-results)")
     mat.add_argument("--replicas", type=int, default=8)
     mat.add_argument("--profile", default="qwen3-32b-2xh100")

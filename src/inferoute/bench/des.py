@@ -368,7 +368,8 @@ class VirtualBench:
             engines.append({"endpoint": ep.name,
                             "prefix_cache_queries": getattr(st, "prefix_cache_queries", None),
                             "prefix_cache_hits": getattr(st, "prefix_cache_hits", None),
-                            "preemptions": getattr(st, "preemptions", None)})
+                            "preemptions": getattr(st, "preemptions", None),
+                            "evictions": getattr(st, "evictions", None)})
         wl = self.cfg.workload
         config = {"policy": _policy_name(self.cfg.policy), "replicas": self.cfg.replicas,
                   "profile": self.cfg.profile,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-LoadKind = Literal["poisson", "constant", "gamma", "concurrency"]
+LoadKind = Literal["poisson", "constant", "gamma", "concurrency", "trace"]
 
 #: the 17 stages of the seed's run (llm-d inference-scheduling guide, inference-perf)
 SEED_STAGES: list[dict[str, float]] = [
@@ -67,6 +67,8 @@ class LoadSpec:
         stage = self.stages[index]
         if stage.rate is None:
             raise ValueError(f"stage {index} is a concurrency stage: it has no arrival times")
+        if self.kind == "trace":  # a trace's own times (bench/traces.py), one stage
+            return list(self.extra["times"]) if index == 0 else []
         n = stage.count
         if n <= 0:
             return []

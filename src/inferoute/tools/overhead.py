@@ -216,14 +216,11 @@ def main(args: argparse.Namespace) -> int:
           "~20 kB vLLM-format pages)")
     if not args.skip_decision:
         try:
-            from ..bench.decision import decision_latency
+            from ..bench.decision import decision_costs
         except ImportError:
             print("scheduling decision latency: inferoute.bench.decision is not available")
         else:
-            dl = decision_latency(endpoints=16, prompt_tokens=8192, config=args.scheduler)
-            print(f"scheduling decision ({dl.prompt_tokens}-token prompt, {dl.endpoints} "
-                  f"endpoints, {dl.samples} samples): p50 {dl.p50_ms:.3f} ms  "
-                  f"p99 {dl.p99_ms:.3f} ms")
+            print(decision_costs([args.scheduler]))  # 8k/32k/100k-token prompts, 16 endpoints
     return 0 if res.errors == 0 else 1
 
 

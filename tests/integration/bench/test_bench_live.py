@@ -89,3 +89,24 @@ def test_live_chat_api_through_gateway(fleet: str) -> None:
     for r in recs:
         assert r.error is None, r.error
         assert r.output_tokens == 5 and r.ttft is not None
+
+
+def test_live_trace_replay_through_gateway(fleet: str, tmp_path: Path) -> None:
+    from inferoute.bench.traces import load_trace
+
+    trace = tmp_path / "t.jsonl"
+    rows = [{"timestamp": 100 * i, "input_length": 200 + 10 * i, "output_length": 4,
+             "hash_ids": [7, 100 + i]} for i in range(6)]
+    trace.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wl, load = load_trace(trace, speed=5.0, block_tokens=128)
+    cfg = LiveConfig(target=fleet, model=MODEL, workload=wl, load=load, ignore_eos=True,
+                     timeout=30.0)
+    records = asyncio.run(run_live(cfg))
+    assert [len(r) for r in records] == [6]
+    recs = sorted(records[0], key=lambda r: r.start)
+    assert [r.key for r in recs] == [i.key for i in wl.items]  # sent in trace order
+    for r, row in zip(recs, rows):
+        assert r.error is None, r.error
+        assert r.prompt_tokens == row["input_length"] and r.output_tokens == 4
+    # hash id 7 (the first 128 words) is shared by every request: served from cache
+    assert live_report(cfg, records)["stages"][0]["metrics"]["prefix_cache"]["cached_tokens"] > 0

@@ -16,10 +16,16 @@ For every candidate endpoint the scorer predicts, in KV blocks of `blockSizeToke
 - **decode work** `W`: the blocks the requests in flight there read at every decode step at
   their peak, a shared prompt block once per request (`W'` with this request).
 
-    cost = a x D' + (1 - a) x W' + prefillWeight x u + queueWeight x Q
+    cost = a x D' + (1 - a) x W' + (prefillWeight + h) x u + queueWeight x Q
            + overflowWeight x max(0, D' - capacity)
            + waitingWeight x waiting (last scrape) x this request's blocks
            + usageWeight x KV blocks in use (last scrape)
+
+`h` is 0 at the prompt family's home (core/plugins/prefixhome.py: rendezvous rank 0 of a
+leading block's hash) and `homeWeight` x (1 + rank / (n - 1)) / 2 elsewhere, so a family that
+no endpoint holds any more goes back to its home rather than to whichever endpoint is least
+loaded, and a hot family spills to the same few replicas (off by default: on two KV-overflow
+scenarios of docs/benchmark.md it changed throughput by -1.6% and +0.1%).
 
 `a`, the share of KV demand in the balance term, is 1 by default. With `pressureLow` <
 `pressureHigh` it follows the candidates' mean `D / capacity`: 0 (balance decode work) at or
@@ -60,7 +66,10 @@ from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, block_hashes
 from .common import BasePlugin, PluginParams, inverted_min_max
+from .prefixhome import family_key, home_ranks
 from .prefixindex import PrefixIndex
+
+__all__ = ["PredictiveCostScorer"]
 
 #: requests remembered while in flight (bounded: the oldest are dropped past this)
 MAX_TRACKED = 65_536
@@ -73,6 +82,8 @@ class _InFlight:
     hashes: list[int]
     out_blocks: int
     work: int
+    #: prompt blocks past `maxPrefixBlocks` (not hashed, never shared)
+    tail: int = 0
 
 
 @dataclass(slots=True)
@@ -83,13 +94,15 @@ class _EndpointState:
     out_blocks: int = 0
     #: blocks every request in flight attends to at its end, shared ones once per request
     work: int = 0
+    #: prompt blocks past `maxPrefixBlocks` of the requests in flight
+    tail: int = 0
     queue: float = 0.0
     queue_at: float = 0.0
 
     @property
     def demand(self) -> int:
         """Peak KV blocks of the requests in flight (shared prompt blocks counted once)."""
-        return len(self.blocks) + self.out_blocks
+        return len(self.blocks) + self.out_blocks + self.tail
 
     def queued(self, now: float, rate: float) -> float:
         """Prefill tokens still queued at `now` (fluid drain since the last update)."""
@@ -119,7 +132,10 @@ class PredictiveCostScorer(BasePlugin):
 
     class Params(PluginParams):
         block_size_tokens: int = pydantic.Field(16, ge=1, le=4096)
-        max_prefix_blocks: int = pydantic.Field(16_384, ge=1)
+        max_prefix_blocks: int = pydantic.Field(
+            512, ge=1, description="leading blocks of a prompt hashed and matched (8,192 "
+                                   "tokens): keeps a decision's cost flat in the prompt's "
+                                   "length; the blocks past it count as demand, unshared")
         default_capacity_blocks: int = pydantic.Field(
             16_384, ge=1, description="KV capacity assumed until a scrape reports num_blocks")
         default_max_tokens: int = pydantic.Field(
@@ -140,6 +156,12 @@ class PredictiveCostScorer(BasePlugin):
             0.0, ge=0.0, description="per request waiting at the endpoint (last scrape), in "
                                      "multiples of this request's blocks")
         prefill_tokens_per_second: float = pydantic.Field(12_000.0, gt=0.0)
+        home_weight: float = pydantic.Field(
+            0.0, ge=0.0, description="extra weight per uncached block away from the prompt "
+                                     "family's home (rendezvous rank 0): half of it at rank 1, "
+                                     "rising to all of it at the last rank")
+        home_key_blocks: int = pydantic.Field(
+            8, ge=1, description="the leading block whose hash names a prompt family")
 
         @pydantic.model_validator(mode="after")
         def _pressure_order(self) -> "PredictiveCostScorer.Params":
@@ -175,8 +197,10 @@ class PredictiveCostScorer(BasePlugin):
             bs = p.block_size_tokens
             prompt_blocks = max(len(hashes), -(-request.prompt_tokens_estimate // bs))
             out_blocks = -(-(request.max_tokens or p.default_max_tokens) // bs)
+            tail = prompt_blocks - len(hashes) if len(hashes) >= p.max_prefix_blocks else 0
             data = ctx.data[self._key] = {"hashes": hashes, "prompt_blocks": prompt_blocks,
-                                          "out_blocks": out_blocks, "matched": {}}
+                                          "out_blocks": out_blocks, "tail": tail,
+                                          "matched": {}}
         return data
 
     # -- scoring -----------------------------------------------------------------------------
@@ -191,8 +215,9 @@ class PredictiveCostScorer(BasePlugin):
         states = [self._st(name) for name in names]
         caps = [self._capacity(ep) for ep in endpoints]
         alpha = self._demand_share(states, caps)
+        away = self._away(data["hashes"], names)
         out = []
-        for ep, name, m, st, cap in zip(endpoints, names, matched, states, caps):
+        for ep, name, m, st, cap, far in zip(endpoints, names, matched, states, caps, away):
             data["matched"][name] = m
             uncached = max(0, data["prompt_blocks"] - m)
             new_blocks = data["prompt_blocks"] - _held_prefix(data["hashes"], st.blocks)
@@ -200,7 +225,7 @@ class PredictiveCostScorer(BasePlugin):
             work = st.work + data["prompt_blocks"] + data["out_blocks"]
             queued = st.queued(ctx.now, p.prefill_tokens_per_second) / bs
             cost = (alpha * demand + (1.0 - alpha) * work
-                    + p.prefill_weight * uncached + p.queue_weight * queued
+                    + (p.prefill_weight + far) * uncached + p.queue_weight * queued
                     + p.waiting_weight * ep.metrics.waiting
                     * (data["prompt_blocks"] + data["out_blocks"]))
             if p.usage_weight:
@@ -210,6 +235,16 @@ class PredictiveCostScorer(BasePlugin):
                 cost += p.overflow_weight * over
             out.append(cost)
         return out
+
+    def _away(self, hashes: list[int], names: list[str]) -> list[float]:
+        """Per endpoint, the extra weight of an uncached block there: 0 at the family's home,
+        `homeWeight` x (1 + rank / (n - 1)) / 2 at rank >= 1."""
+        w = self.params.home_weight
+        key = family_key(hashes, self.params.home_key_blocks)
+        if not w or key is None or len(names) < 2:
+            return [0.0] * len(names)
+        last = len(names) - 1
+        return [w * (1.0 + r / last) / 2.0 if r else 0.0 for r in home_ranks(key, names)]
 
     def _demand_share(self, states: list[_EndpointState], caps: list[int]) -> float:
         """How much of the balance term is KV demand (the rest is decode work): 0 while the
@@ -243,11 +278,13 @@ class PredictiveCostScorer(BasePlugin):
         for h in data["hashes"]:
             held[h] = held.get(h, 0) + 1
         st.out_blocks += data["out_blocks"]
+        st.tail += data["tail"]
         st.work += data["prompt_blocks"] + data["out_blocks"]
         st.queue = st.queued(ctx_now, p.prefill_tokens_per_second) + prefill
         st.queue_at = ctx_now
         self._flying[request.request_id] = _InFlight(name, data["hashes"], data["out_blocks"],
-                                                     data["prompt_blocks"] + data["out_blocks"])
+                                                     data["prompt_blocks"] + data["out_blocks"],
+                                                     data["tail"])
         while len(self._flying) > MAX_TRACKED:
             _, old = self._flying.popitem(last=False)
             self._release(old)
@@ -272,6 +309,7 @@ class PredictiveCostScorer(BasePlugin):
             else:
                 held.pop(h, None)
         st.out_blocks = max(0, st.out_blocks - rec.out_blocks)
+        st.tail = max(0, st.tail - rec.tail)
         st.work = max(0, st.work - rec.work)
 
     def on_scheduled(self, ctx: CycleContext, request: InferenceRequest,
