@@ -24,7 +24,9 @@ Names and labels follow the Gateway API Inference Extension endpoint picker:
 plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests{pool,endpoint}`,
 `inferoute_endpoint_ready{pool,endpoint}`, `inferoute_endpoint_waiting_requests`,
 `inferoute_endpoint_running_requests`, `inferoute_endpoint_kv_cache_utilization`, and
-`inferoute_upstream_retries_total{pool}`; and how far the shared routing state has travelled:
+`inferoute_upstream_retries_total{pool}`, `inferoute_endpoint_scrapes_total{pool,endpoint}` and
+`inferoute_endpoint_scrape_failures_total{pool,endpoint}`; and how far the shared routing state
+has travelled:
 `inferoute_kv_event_batches_total{pool,endpoint}` and `inferoute_kv_event_last_sequence{pool,
 endpoint}` (KV-event batches applied from each engine, precise scoring), and
 `inferoute_prefix_share_published_ops_total{stream}`, `..._applied_ops_total{stream}`,
@@ -254,9 +256,9 @@ class Observability:
 
 
 class _SharedStateCollector(Collector):
-    """Scrape-time progress of the KV-event subscribers and the Redis prefix shares: with the
-    engines' own counts (or the other replicas' published ops) they tell how far behind this
-    replica's view of the caches is."""
+    """Scrape-time progress of what the gateway learns from outside: metric scrapes per
+    endpoint, the KV-event subscribers and the Redis prefix shares (with the engines' own counts,
+    or the other replicas' published ops, these tell how far behind its view is)."""
 
     def __init__(self, data: "DataLayer") -> None:
         self._data = data
@@ -265,6 +267,13 @@ class _SharedStateCollector(Collector):
         return []  # nothing read at registration
 
     def collect(self) -> Iterator[Metric]:
+        scrapes = CounterMetricFamily("inferoute_endpoint_scrapes", "Metric scrapes of the "
+                                      "endpoint started.", labels=_EP)
+        failures = CounterMetricFamily("inferoute_endpoint_scrape_failures", "Metric scrapes of "
+                                       "the endpoint that failed.", labels=_EP)
+        for pool, endpoint, scraper in self._data.scrape_stats():
+            scrapes.add_metric([pool, endpoint], scraper.scrapes)
+            failures.add_metric([pool, endpoint], scraper.failures)
         batches = CounterMetricFamily("inferoute_kv_event_batches", "KV-event batches applied "
                                       "from the endpoint's engine.", labels=_EP)
         last = GaugeMetricFamily("inferoute_kv_event_last_sequence", "Sequence number of the "
@@ -290,4 +299,4 @@ class _SharedStateCollector(Collector):
             if share.endpoints is not None:
                 for ep in share.endpoints():
                     remote.add_metric([share.model, ep.name], share.remote_in_flight(ep.name)[0])
-        yield from (batches, last, published, applied, pending, remote)
+        yield from (scrapes, failures, batches, last, published, applied, pending, remote)

@@ -65,14 +65,27 @@ def running_loras(url: str) -> tuple[str, ...]:
         return parse_metrics(r.read().decode(), "vllm").running_loras
 
 
-def gateway_running(gateway: Gateway, endpoint: str) -> float:
-    """The running requests the gateway last scraped from `endpoint`."""
+def gateway_metric(gateway: Gateway, name: str, endpoint: str) -> float:
+    """A per-endpoint sample of the gateway's /metrics (0 when absent)."""
     with urllib.request.urlopen(gateway.url + "/metrics", timeout=10) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith("inferoute_endpoint_running_requests{") and \
-                    f'endpoint="{endpoint}"' in line:
+            if line.startswith(name + "{") and f'endpoint="{endpoint}"' in line:
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def gateway_running(gateway: Gateway, endpoint: str) -> float:
+    """The running requests the gateway last scraped from `endpoint`."""
+    return gateway_metric(gateway, "inferoute_endpoint_running_requests", endpoint)
+
+
+async def rescraped(gateway: Gateway, endpoints: list[str]) -> None:
+    """Wait until the gateway has scraped every endpoint from start to end since now: a scrape
+    started after a second one has (scrapes of one endpoint run one after the other)."""
+    total = "inferoute_endpoint_scrapes_total"
+    start = {ep: gateway_metric(gateway, total, ep) for ep in endpoints}
+    await until(lambda: all(gateway_metric(gateway, total, ep) >= start[ep] + 2
+                            for ep in endpoints))
 
 
 async def test_adapter_requests_follow_the_replica_running_it(gateway: Gateway,
@@ -88,6 +101,7 @@ async def test_adapter_requests_follow_the_replica_running_it(gateway: Gateway,
                               json={"model": MODEL, "prompt": words(10, 8), "max_tokens": 1}) as x:
                 assert x.status == 200
         await until(lambda: not any(LORA in running_loras(u) for u in engines.urls))
+        await rescraped(gateway, [r.name for r in engines.replicas])  # the gateway sees it too
         async with s.post(gateway.url + "/v1/completions", json=long) as first:
             assert first.status == 200
             holder = engines.by_name(first.headers[SERVED])

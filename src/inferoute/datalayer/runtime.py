@@ -199,6 +199,11 @@ class DataLayer:
         """The pool's tokenizer and KV-event subscribers (None without a precise scorer)."""
         return self._precise.get(model)
 
+    def scrape_stats(self) -> Iterator[tuple[str, str, Scraper]]:
+        """(pool, endpoint, scraper) of every endpoint scraped: attempts, failures, last error."""
+        for (model, name), scraper in self._scrapers.items():
+            yield model, name, scraper
+
     def kv_event_stats(self) -> Iterator[tuple[str, str, SubscriberStats]]:
         """(pool, endpoint, stats) of every KV-event subscriber: how far each has read."""
         for model, precise in self._precise.items():
