@@ -24,7 +24,8 @@ Names and labels follow the Gateway API Inference Extension endpoint picker:
 plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests{pool,endpoint}`,
 `inferoute_endpoint_ready{pool,endpoint}`, `inferoute_endpoint_waiting_requests`,
 `inferoute_endpoint_running_requests`, `inferoute_endpoint_kv_cache_utilization`, and
-`inferoute_upstream_retries_total{pool}`.
+`inferoute_upstream_retries_total{pool}`, and `inferoute_pool_desired_replicas{name}` (the
+replicas the pool needs for its TTFT target, `core.autoscale`; when `autoscaling:` is set).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest)
+
+from .core.autoscale import Autoscaler
 
 if TYPE_CHECKING:
     from .datalayer.runtime import DataLayer
@@ -119,6 +122,11 @@ class Observability:
         self.queue_bytes = Gauge("inference_extension_flow_control_queue_bytes", "Request body "
                                  "bytes waiting in the flow-control queue.", ("inference_pool",),
                                  registry=r)
+        self.desired = Gauge("inferoute_pool_desired_replicas", "Replicas the pool needs to "
+                             "meet the configured TTFT target (docs/kubernetes.md).", ("name",),
+                             registry=r)
+        #: the desired-replicas estimator, fed by the router (set by `watch` when configured)
+        self.autoscaler: Autoscaler | None = None
         self._data: DataLayer | None = None
         self._queue_stats: Callable[[], Mapping[str, Any]] | None = None
         #: labelled children by (metric, labels): `labels()` validates and locks on every
@@ -197,7 +205,12 @@ class Observability:
     def watch(self, data: "DataLayer",
               queue_stats: Callable[[], Mapping[str, Any]] | None = None) -> None:
         """Refresh pool and endpoint gauges from `data` on every `render()`; `queue_stats`
-        (e.g. `AdmissionController.queue_stats`) feeds the flow-control gauges."""
+        (e.g. `AdmissionController.queue_stats`) feeds the flow-control gauges. With
+        `autoscaling:` configured, an `Autoscaler` listens to the router."""
+        spec = data.config.autoscale_spec()
+        if spec is not None and self.autoscaler is None:
+            self.autoscaler = Autoscaler(spec)
+            data.router.listeners.append(self.autoscaler)
         self._data = data
         if queue_stats is not None:
             self._queue_stats = queue_stats
@@ -229,6 +242,9 @@ class Observability:
             n = len(ready) or 1  # no ready endpoint: 0, not the last known average
             self.pool_kv.labels(mp.model).set(sum(ep.metrics.kv_usage for ep in ready) / n)
             self.pool_queue.labels(mp.model).set(sum(ep.metrics.waiting for ep in ready) / n)
+            if self.autoscaler is not None:
+                est = self.autoscaler.estimate(mp.model, now, ready)
+                self.desired.labels(mp.model).set(est.desired)
             for ep in mp.pool:
                 labels = (mp.model, ep.name)
                 self.ep_ready.labels(*labels).set(1 if ep in ready else 0)

@@ -9,7 +9,7 @@ The HTTP gateway, the ext_proc picker and the virtual-time benchmark all go thro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from .endpoint import Endpoint, Pool
 from .errors import ModelNotFound
@@ -43,11 +43,23 @@ class Decision:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+class RouterListener(Protocol):
+    """Told of every request's arrival, first token and end (e.g. the autoscale estimator)."""
+
+    def arrived(self, pool: ModelPool, now: float) -> None: ...
+
+    def first_token(self, decision: Decision, now: float) -> None: ...
+
+    def finished(self, decision: Decision, now: float,
+                 usage: dict[str, Any] | None) -> None: ...
+
+
 class Router:
     """Model name -> pool; schedule; account dispatch and finish."""
 
     def __init__(self, pools: Iterable[ModelPool] = ()) -> None:
         self.pools: dict[str, ModelPool] = {}
+        self.listeners: list[RouterListener] = []
         self._names: dict[str, tuple[ModelPool, str | None]] = {}
         for mp in pools:
             self.add_pool(mp)
@@ -88,6 +100,8 @@ class Router:
         `defer_hooks`: see `Scheduler.schedule` (then call the pool scheduler's
         `run_deferred_hooks` soon)."""
         mp = self.resolve(request)
+        for listener in self.listeners:
+            listener.arrived(mp, now)
         eps = mp.pool.candidates() if candidates is None else candidates
         result = mp.scheduler.schedule(request, eps, now, defer_hooks=defer_hooks)
         return Decision(request=request, pool=mp, result=result)
@@ -110,6 +124,8 @@ class Router:
             return
         decision.first_token = True
         decision.pool.scheduler.on_first_token(decision.request, decision.endpoint, now)
+        for listener in self.listeners:
+            listener.first_token(decision, now)
 
     def finish(self, decision: Decision, now: float,
                usage: dict[str, Any] | None = None) -> None:
@@ -120,3 +136,5 @@ class Router:
         if decision.endpoint is not None:
             decision.endpoint.on_finish(decision.prompt_tokens)
             decision.pool.scheduler.on_finished(decision.request, decision.endpoint, now, usage)
+        for listener in self.listeners:
+            listener.finished(decision, now, usage)

@@ -33,6 +33,8 @@
     redis: null                 # e.g. redis://10.0.0.9:6379/0: replicas share rate limits,
                                 # prefix-index inserts and in-flight load (docs/precise-routing.md)
     semantic: null              # semantic routing YAML (docs/semantic.md): "auto", guards, cache
+    autoscaling: {ttftTarget: 1s}   # inferoute_pool_desired_replicas (docs/kubernetes.md); off when absent
+    dashboard: false            # GET /dashboard, the live page (docs/gateway.md)
     admission:                  # optional; see docs/admission.md (off when absent)
       objectives: [{name: batch, priority: -1}]
       flowControl: {enabled: true, ttl: 30s}
@@ -50,6 +52,7 @@ from typing import Any, Literal
 
 import pydantic
 
+from ...core.autoscale import AutoscaleSpec, parse_autoscale_spec
 from ...core.admission import AdmissionConfig, parse_admission_config, read_admission_file
 from ...core.endpoint import Endpoint, parse_endpoint
 from ...core.health import ActiveCheckSpec, OutlierSpec
@@ -205,6 +208,13 @@ class ServingConfig(pydantic.BaseModel):
     #: admission control (saturation, objectives, flow control, model routes); None: off.
     #: The `admission:` section of docs/admission.md, validated in `admission_config()`.
     admission: dict[str, Any] | None = None
+    #: the desired-replicas estimator (`core.autoscale`, TTFT target etc.); None: no gauge
+    autoscaling: dict[str, Any] | None = None
+    #: serve GET /dashboard (read-only; behind the API keys when tenants are on)
+    dashboard: bool = False
+
+    def autoscale_spec(self) -> AutoscaleSpec | None:
+        return None if self.autoscaling is None else parse_autoscale_spec(self.autoscaling)
 
     def admission_config(self) -> AdmissionConfig | None:
         if self.admission is None:
@@ -245,6 +255,7 @@ def parse_serving_config(data: Any, source: str = "<config>") -> ServingConfig:
                               f"{exc}") from None
     try:
         cfg.admission_config()
+        cfg.autoscale_spec()
     except ConfigError as exc:
         raise ConfigError(f"invalid serving config in {source}: {exc}") from None
     return cfg
