@@ -298,8 +298,25 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
+    apply_ops_args(data, args)
     admission_file = getattr(args, "admission", None)
     if admission_file:
         raw = read_admission_file(admission_file)
         data["admission"] = raw if raw is not None else {}
     return parse_serving_config(data, source)
+
+
+def apply_ops_args(data: dict[str, Any], args: argparse.Namespace) -> None:
+    """`--autoscaling YAML` (the `autoscaling:` section inline, e.g. `{ttftTarget: 1s}`) and
+    `--dashboard` into a config mapping, when given."""
+    text = getattr(args, "autoscaling", None)
+    if text:
+        import yaml
+
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--autoscaling is not valid YAML: {exc}") from None
+        data["autoscaling"] = value if value is not None else {}
+    if getattr(args, "dashboard", False):
+        data["dashboard"] = True
