@@ -1,30 +1,36 @@
 """How many replicas a pool needs to meet a TTFT target: the `inferoute_pool_desired_replicas`
 estimator.
 
-Sans-I/O: the shells report arrivals and finished requests (through `Router` listeners, so the
-gateway, the ext_proc picker and the virtual benchmark feed it the same way) and ask for an
-estimate with the time and the pool's ready endpoints. Per pool, over a sliding window of `W`
-seconds:
+Sans-I/O: the shells report arrivals, dispatches, first tokens and finished requests (as
+`Router` listeners, so the gateway, the ext_proc picker and the virtual benchmark feed it the
+same way) and ask for an estimate with the time and the pool's ready endpoints. Per pool, over
+a sliding window of `W` seconds:
 
-    lambda    arrival rate (requests/s) of requests routed to the pool
+    lambda    arrival rate (requests/s) of requests routed to the pool, `horizon` seconds
+              ahead (a replica asked for now serves that much later): the least-squares line
+              through the window's per-second arrival counts, at now + horizon (at least 0)
     u         uncached prompt tokens per request (prompt - cached tokens from usage, else
               prompt x (1 - the pool's scraped prefix-cache hit rate))
-    S         a replica's prefill speed, uncached tokens / TTFT; per replica the 90th
-              percentile of its streamed requests (the least queued ones show the speed),
-              then the median over replicas
-    x = u/S   the time-to-first-token of a request that does not queue
-    D         decode time per request (e2e - TTFT), mean
+    S         a replica's prefill speed, uncached tokens / TTFT over its streamed requests that
+              found no queue (scraped waiting 0 at dispatch); per replica the 90th percentile,
+              kept while every request queues; the median over replicas
+    x = u/S   the TTFT of a request that does not queue
+    O, D      output tokens and decode time (e2e - TTFT) per request
+    beta      what one more running sequence adds to a decode step: the least-squares slope of
+              time per output token over the replica's running requests at the first token
     k         KV cache per running request (sum of scraped KV use / sum of running requests)
     Q         requests waiting in the replicas' queues (scraped)
 
-    prefill:  a replica's prefill is one server (M/D/1). Its mean queueing delay at load rho is
-              rho x / (2 (1 - rho)); with the p90 delay taken as ln(10) times the mean, the
-              target T holds while x + 2.3 rho x / (2 (1 - rho)) <= T, i.e.
-              rho <= rho_max = 2 (T - x) / (2 (T - x) + 2.3 x)   (floored at 0.05)
-              N_prefill = lambda x / rho_max + Q x / W           (the backlog drained over W)
+    work:     a request occupies a replica for s = x + O beta (its prefill, plus what its
+              decoding adds to every step it shares)
+    TTFT:     a replica is one server of load rho = lambda s / N. Its mean queueing delay is
+              rho s / (2 (1 - rho)) (M/D/1); with the p90 delay taken as ln(10) times the
+              mean, the target T holds while x + 2.3 rho s / (2 (1 - rho)) <= T, i.e.
+              rho <= rho_max = 2 (T - x) / (2 (T - x) + 2.3 s)     (floored at 0.05)
+              N_ttft = lambda s / rho_max + Q s / W               (the backlog drained over W)
     KV:       by Little's law lambda (x + D) requests are in service, each holding k of a
               replica's KV cache; N_kv = lambda (x + D) k / maxKvUtilization
-    desired = clamp(ceil(max(N_prefill, N_kv)), minReplicas, maxReplicas)
+    desired = clamp(ceil(max(N_ttft, N_kv)), minReplicas, maxReplicas)
 
 With no finished request in the window yet the estimate holds the ready replica count (no
 measurement, no opinion); with no arrivals it is `minReplicas`.
@@ -46,6 +52,8 @@ __all__ = ["AutoscaleSpec", "Estimate", "PoolEstimator", "Autoscaler", "parse_au
 #: p90 of the queueing delay over its mean (exponential tail: ln 10)
 TAIL_FACTOR = math.log(10.0)
 RHO_FLOOR = 0.05
+#: replicas whose last prefill speed is remembered, per pool
+_MAX_REPLICAS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,8 @@ class AutoscaleSpec:
 
     ttft_target: float = 1.0
     window: float = 60.0
+    #: how far ahead to estimate the arrival rate: about a new replica's start-up time
+    horizon: float = 60.0
     max_kv_utilization: float = 0.8
     min_replicas: int = 1
     max_replicas: int = 64
@@ -61,7 +71,7 @@ class AutoscaleSpec:
     max_samples: int = 4096
 
 
-_KEYS = {"ttftTarget": "ttft_target", "window": "window",
+_KEYS = {"ttftTarget": "ttft_target", "window": "window", "horizon": "horizon",
          "maxKvUtilization": "max_kv_utilization", "minReplicas": "min_replicas",
          "maxReplicas": "max_replicas", "maxSamples": "max_samples"}
 
@@ -83,7 +93,7 @@ def parse_autoscale_spec(data: Mapping[str, Any] | None) -> AutoscaleSpec:
             continue
         value = data[key]
         try:
-            if field in ("ttft_target", "window"):
+            if field in ("ttft_target", "window", "horizon"):
                 kw[field] = (float(value) if isinstance(value, (int, float))
                              and not isinstance(value, bool) else parse_duration(str(value)))
             elif field == "max_kv_utilization":
@@ -95,8 +105,8 @@ def parse_autoscale_spec(data: Mapping[str, Any] | None) -> AutoscaleSpec:
         except (TypeError, ValueError, ConfigError) as exc:
             raise ConfigError(f"autoscaling.{key}: {exc}") from None
     spec = AutoscaleSpec(**kw)
-    if spec.ttft_target <= 0 or spec.window <= 0:
-        raise ConfigError("autoscaling: ttftTarget and window must be positive")
+    if spec.ttft_target <= 0 or spec.window <= 0 or spec.horizon < 0:
+        raise ConfigError("autoscaling: ttftTarget and window must be positive, horizon >= 0")
     if not 0 < spec.max_kv_utilization <= 1:
         raise ConfigError("autoscaling.maxKvUtilization must be in (0, 1]")
     if not 0 <= spec.min_replicas <= spec.max_replicas or spec.max_samples < 16:
@@ -111,8 +121,9 @@ class Estimate:
     desired: int
     arrival_rate: float = 0.0
     unqueued_ttft: float = 0.0
+    work: float = 0.0
     rho_max: float = 0.0
-    prefill_replicas: float = 0.0
+    ttft_replicas: float = 0.0
     kv_replicas: float = 0.0
     measured: bool = False
 
@@ -122,8 +133,13 @@ class _Sample:
     at: float
     endpoint: str
     uncached: float
+    output: int
     ttft: float | None
     decode: float
+    #: the replica had no waiting request (scraped) when this one was sent
+    unqueued: bool
+    #: the replica's running requests (scraped) at this one's first token
+    batch: int
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -141,6 +157,9 @@ class PoolEstimator:
         self._first_arrival: float | None = None
         self._samples: deque[_Sample] = deque(maxlen=spec.max_samples)
         self._kv_per_request = 0.0
+        #: last known prefill speed per replica (kept while its requests all queue)
+        self._speed: dict[str, float] = {}
+        self._beta = 0.0
 
     def arrived(self, now: float) -> None:
         sec = math.floor(now)
@@ -153,7 +172,8 @@ class PoolEstimator:
         self._trim(now)
 
     def finished(self, endpoint: str, now: float, *, prompt_tokens: int,
-                 cached_tokens: int | None, ttft: float | None, e2e: float,
+                 cached_tokens: int | None, output_tokens: int, ttft: float | None,
+                 e2e: float, unqueued: bool = True, batch: int = 1,
                  hit_rate: float = 0.0) -> None:
         """A request served by `endpoint` is over; `ttft` None when not streamed (its first
         byte is its whole answer) and `cached_tokens` None when usage did not say."""
@@ -161,8 +181,9 @@ class PoolEstimator:
             uncached = prompt_tokens * (1.0 - hit_rate)
         else:
             uncached = max(0, prompt_tokens - cached_tokens)
-        decode = e2e - ttft if ttft is not None else 0.0
-        self._samples.append(_Sample(now, endpoint, float(uncached), ttft, max(0.0, decode)))
+        decode = max(0.0, e2e - ttft) if ttft is not None else 0.0
+        self._samples.append(_Sample(now, endpoint, float(uncached), max(0, output_tokens),
+                                     ttft, decode, unqueued, max(1, batch)))
 
     def _trim(self, now: float) -> None:
         horizon = now - self.spec.window
@@ -172,43 +193,85 @@ class PoolEstimator:
             self._samples.popleft()
 
     def arrival_rate(self, now: float) -> float:
+        """Mean arrivals/s over the window (or since the first arrival, if later)."""
         self._trim(now)
         if self._first_arrival is None:
             return 0.0
         span = min(self.spec.window, max(1.0, now - self._first_arrival))
         return sum(c for _, c in self._arrivals) / span
 
+    def forecast_rate(self, now: float) -> float:
+        """The arrival rate `horizon` seconds ahead, on the window's trend."""
+        mean = self.arrival_rate(now)
+        if mean == 0.0 or self._first_arrival is None:
+            return mean
+        start = max(now - self.spec.window, self._first_arrival)
+        secs = math.floor(now) - math.floor(start)
+        if secs < 10:  # too short a history for a trend
+            return mean
+        counts = {int(sec): c for sec, c in self._arrivals}
+        first = math.floor(start)
+        ts = range(first, first + secs)
+        ys = [counts.get(t, 0) for t in ts]
+        mt, my = sum(ts) / secs, sum(ys) / secs
+        var = sum((t - mt) ** 2 for t in ts)
+        slope = sum((t - mt) * (y - my) for t, y in zip(ts, ys)) / var
+        return max(0.0, my + slope * (now + self.spec.horizon - mt))
+
+    def _prefill_speed(self, streamed: list[_Sample]) -> float:
+        fresh: dict[str, list[float]] = {}
+        for smp in streamed:
+            if smp.unqueued and smp.uncached > 0:
+                fresh.setdefault(smp.endpoint, []).append(smp.uncached / smp.ttft)  # type: ignore[operator]
+        for name, speeds in fresh.items():
+            self._speed[name] = _quantile(speeds, 0.9)
+        if len(self._speed) > _MAX_REPLICAS:  # replicas come and go: stay bounded
+            self._speed = {name: self._speed[name] for name in fresh}
+        known = [self._speed[n] for n in {smp.endpoint for smp in streamed} if n in self._speed]
+        return _quantile(known, 0.5) if known else 0.0
+
+    def _decode_slope(self, streamed: list[_Sample]) -> float:
+        """Seconds one more running sequence adds to a decode step (least squares of time per
+        output token over the batch size); the last fit while the batch sizes are all alike."""
+        pts = [(smp.batch, smp.decode / (smp.output - 1)) for smp in streamed if smp.output > 1]
+        if len(pts) >= 8:
+            mb = sum(b for b, _ in pts) / len(pts)
+            mt = sum(t for _, t in pts) / len(pts)
+            var = sum((b - mb) ** 2 for b, _ in pts)
+            if var >= len(pts):  # batch sizes spread by at least one sequence on average
+                self._beta = max(0.0, sum((b - mb) * (t - mt) for b, t in pts) / var)
+        return self._beta
+
     def estimate(self, now: float, ready: Iterable[Endpoint]) -> Estimate:
         """Desired replicas at `now`, given the pool's ready endpoints (their scraped state)."""
         spec = self.spec
         ready = list(ready)
-        lam = self.arrival_rate(now)
-        if lam == 0.0:
+        if self.arrival_rate(now) == 0.0:
             return Estimate(desired=spec.min_replicas)
-        streamed = [s for s in self._samples if s.ttft is not None and s.ttft > 0]
-        speeds: dict[str, list[float]] = {}
-        for s in streamed:
-            speeds.setdefault(s.endpoint, []).append(s.uncached / s.ttft)  # type: ignore[operator]
-        if not streamed or not self._samples:
+        lam = self.forecast_rate(now)
+        streamed = [smp for smp in self._samples if smp.ttft is not None and smp.ttft > 0]
+        speed = self._prefill_speed(streamed)
+        if not streamed or speed <= 0:
             return Estimate(desired=self._clamp(max(1, len(ready))), arrival_rate=lam)
-        per_replica = [_quantile(v, 0.9) for v in speeds.values()]
-        speed = _quantile(per_replica, 0.5)
-        uncached = sum(s.uncached for s in self._samples) / len(self._samples)
-        # x: the unqueued TTFT; the shortest observed TTFT bounds it below (fixed costs)
-        x = max(uncached / speed if speed > 0 else 0.0, min(s.ttft for s in streamed))  # type: ignore[type-var]
-        decode = sum(s.decode for s in streamed) / len(streamed)
+        n = len(self._samples)
+        uncached = sum(smp.uncached for smp in self._samples) / n
+        output = sum(smp.output for smp in self._samples) / n
+        # x: the unqueued TTFT; the shortest TTFT seen bounds it below (fixed costs)
+        x = max(uncached / speed, min(smp.ttft for smp in streamed))  # type: ignore[type-var]
+        work = x + output * self._decode_slope(streamed)
+        decode = sum(smp.decode for smp in streamed) / len(streamed)
         slack = spec.ttft_target - x
-        rho = 2 * slack / (2 * slack + TAIL_FACTOR * x) if slack > 0 else 0.0
+        rho = 2 * slack / (2 * slack + TAIL_FACTOR * work) if slack > 0 else 0.0
         rho = max(RHO_FLOOR, rho)
         waiting = sum(ep.metrics.waiting for ep in ready)
-        n_prefill = lam * x / rho + waiting * x / spec.window
+        n_ttft = lam * work / rho + waiting * work / spec.window
         running = sum(ep.metrics.running for ep in ready)
         if running > 0:
             self._kv_per_request = sum(ep.metrics.kv_usage for ep in ready) / running
         n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
-        desired = self._clamp(math.ceil(max(n_prefill, n_kv) - 1e-9))
-        return Estimate(desired=desired, arrival_rate=lam, unqueued_ttft=x, rho_max=rho,
-                        prefill_replicas=n_prefill, kv_replicas=n_kv, measured=True)
+        desired = self._clamp(math.ceil(max(n_ttft, n_kv) - 1e-9))
+        return Estimate(desired=desired, arrival_rate=lam, unqueued_ttft=x, work=work,
+                        rho_max=rho, ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True)
 
     def _clamp(self, n: int) -> int:
         return max(self.spec.min_replicas, min(self.spec.max_replicas, n))
@@ -244,8 +307,12 @@ class Autoscaler:
         """A request resolved to `pool` (a `ModelPool`) and is about to be scheduled."""
         self.pool(pool.model).arrived(now)
 
+    def dispatched(self, decision: Any, now: float) -> None:
+        decision.extras["unqueued"] = decision.endpoint.metrics.waiting == 0
+
     def first_token(self, decision: Any, now: float) -> None:
         decision.extras["first_token_at"] = now
+        decision.extras["batch"] = decision.endpoint.metrics.running
 
     def finished(self, decision: Any, now: float, usage: Mapping[str, Any] | None) -> None:
         ep = decision.endpoint
@@ -260,11 +327,14 @@ class Autoscaler:
         cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
         if not isinstance(cached, int):
             cached = None
+        output = usage.get("completion_tokens")
         first = decision.extras.get("first_token_at")
         ttft = first - req.arrival_time if (first is not None and req.stream) else None
         self.pool(decision.pool.model).finished(
-            ep.name, now, prompt_tokens=prompt, cached_tokens=cached, ttft=ttft,
-            e2e=now - req.arrival_time,
+            ep.name, now, prompt_tokens=prompt, cached_tokens=cached,
+            output_tokens=output if isinstance(output, int) else 0, ttft=ttft,
+            e2e=now - req.arrival_time, unqueued=decision.extras.get("unqueued", True),
+            batch=decision.extras.get("batch", 1),
             hit_rate=_hit_rate(decision.pool.pool) if cached is None else 0.0)
 
     def estimate(self, pool: str, now: float, ready: Iterable[Endpoint]) -> Estimate:

@@ -48,6 +48,8 @@ class RouterListener(Protocol):
 
     def arrived(self, pool: ModelPool, now: float) -> None: ...
 
+    def dispatched(self, decision: Decision, now: float) -> None: ...
+
     def first_token(self, decision: Decision, now: float) -> None: ...
 
     def finished(self, decision: Decision, now: float,
@@ -117,6 +119,8 @@ class Router:
         decision.prompt_tokens = decision.request.prompt_tokens_estimate
         endpoint.on_dispatch(decision.prompt_tokens)
         decision.pool.scheduler.on_served(decision.request, endpoint, now)
+        for listener in self.listeners:
+            listener.dispatched(decision, now)
 
     def first_token(self, decision: Decision, now: float) -> None:
         """The first response bytes arrived from the endpoint; idempotent."""

@@ -16,14 +16,16 @@ from inferoute.core.scheduling.scheduler import Scheduler
 
 
 def _feed(est: PoolEstimator, *, rate: float, seconds: float, uncached: int = 1000,
-          ttft: float = 0.1, e2e: float = 2.0, endpoints: int = 1, start: float = 0.0) -> float:
+          ttft: float = 0.1, e2e: float = 2.0, endpoints: int = 1, start: float = 0.0,
+          output: int = 100, batch: int = 1, unqueued: bool = True) -> float:
     """`rate` arrivals/s for `seconds`, each finished at once with the given shape."""
     n = int(rate * seconds)
     for i in range(n):
         t = start + i / rate
         est.arrived(t)
         est.finished(f"ep{i % endpoints}", t, prompt_tokens=uncached, cached_tokens=0,
-                     ttft=ttft, e2e=e2e)
+                     output_tokens=output, ttft=ttft, e2e=e2e, batch=batch,
+                     unqueued=unqueued)
     return start + n / rate
 
 
@@ -39,10 +41,11 @@ def test_formula_on_a_steady_window(make_ep) -> None:
     assert e.arrival_rate == pytest.approx(10.0, rel=0.02)
     assert e.unqueued_ttft == pytest.approx(x)
     assert e.rho_max == pytest.approx(rho)
-    assert e.prefill_replicas == pytest.approx(e.arrival_rate * x / rho)
+    assert e.work == pytest.approx(x)  # one batch size seen: no decode slope measured
+    assert e.ttft_replicas == pytest.approx(e.arrival_rate * x / rho)
     # Little: rate x (x + decode 1.9 s) in service, 0.05 of a replica's KV each, at most 0.8
     assert e.kv_replicas == pytest.approx(e.arrival_rate * 2.0 * 0.05 / 0.8)
-    assert e.desired == math.ceil(max(e.prefill_replicas, e.kv_replicas))
+    assert e.desired == math.ceil(max(e.ttft_replicas, e.kv_replicas))
 
 
 def test_desired_grows_with_load_and_shrinks_with_the_target_slack(make_ep) -> None:
@@ -65,23 +68,23 @@ def test_prefix_hits_lower_the_prefill_need(make_ep) -> None:
             est.arrived(t)
             # the speed is measured from uncached tokens: 10,000 tokens/s on both
             est.finished("ep0", t, prompt_tokens=4000, cached_tokens=cached,
-                         ttft=(4000 - cached) / 10_000, e2e=1.0)
+                         output_tokens=10, ttft=(4000 - cached) / 10_000, e2e=1.0)
     ready = [make_ep(0)]
-    assert warm.estimate(60, ready).prefill_replicas < cold.estimate(60, ready).prefill_replicas
+    assert warm.estimate(60, ready).ttft_replicas < cold.estimate(60, ready).ttft_replicas
     # without usage's cached tokens, the scraped hit rate stands in
     scraped = PoolEstimator(AutoscaleSpec())
     for i in range(600):
         scraped.arrived(i / 10)
-        scraped.finished("ep0", i / 10, prompt_tokens=4000, cached_tokens=None, ttft=0.1,
-                         e2e=1.0, hit_rate=0.75)
+        scraped.finished("ep0", i / 10, prompt_tokens=4000, cached_tokens=None,
+                         output_tokens=10, ttft=0.1, e2e=1.0, hit_rate=0.75)
     assert scraped.estimate(60, ready).unqueued_ttft == pytest.approx(0.1)
 
 
 def test_queue_and_unreachable_target(make_ep) -> None:
     est = PoolEstimator(AutoscaleSpec(ttft_target=1.0, max_replicas=50))
     t = _feed(est, rate=10, seconds=60)
-    calm = est.estimate(t, [make_ep(0)]).prefill_replicas
-    queued = est.estimate(t, [make_ep(0, waiting=600)]).prefill_replicas
+    calm = est.estimate(t, [make_ep(0)]).ttft_replicas
+    queued = est.estimate(t, [make_ep(0, waiting=600)]).ttft_replicas
     assert queued == pytest.approx(calm + 600 * 0.1 / 60)
     slow = PoolEstimator(AutoscaleSpec(ttft_target=0.05, max_replicas=50))
     _feed(slow, rate=10, seconds=60)  # unqueued TTFT 0.1 s > the 0.05 s target
@@ -102,6 +105,53 @@ def test_no_measurement_holds_and_no_load_goes_to_min(make_ep) -> None:
     assert est.estimate(13.0 + 61, [make_ep(0)]).desired == 2
 
 
+def test_rate_forecast_follows_the_trend() -> None:
+    est = PoolEstimator(AutoscaleSpec(window=60, horizon=30))
+    for sec in range(60):  # 1 req/s rising to 7 req/s: 0.1 more each second
+        for k in range(1 + sec // 10):
+            est.arrived(sec + k / 10)
+    assert est.arrival_rate(60.0) == pytest.approx(3.5, abs=0.01)
+    # the line through the counts, 30 s after now: about 1 + 0.1 x 90
+    assert est.forecast_rate(60.0) == pytest.approx(10.0, abs=1.0)
+    flat = PoolEstimator(AutoscaleSpec(horizon=30))
+    for i in range(300):
+        flat.arrived(i / 5)
+    assert flat.forecast_rate(60.0) == pytest.approx(5.0, abs=0.01)
+    young = PoolEstimator(AutoscaleSpec())
+    for i in range(8):
+        young.arrived(i)
+    assert young.forecast_rate(8.0) == young.arrival_rate(8.0)  # too short for a trend
+
+
+def test_decode_slope_adds_work(make_ep) -> None:
+    est = PoolEstimator(AutoscaleSpec(horizon=0))
+    for i in range(600):  # time per output token 10 ms + 1 ms per running sequence
+        batch = 1 + i % 40
+        est.arrived(i / 10)
+        est.finished("ep0", i / 10, prompt_tokens=1000, cached_tokens=0, output_tokens=101,
+                     ttft=0.1, e2e=0.1 + 100 * (0.010 + 0.001 * batch), batch=batch)
+    e = est.estimate(60.0, [make_ep(0)])
+    assert e.work == pytest.approx(0.1 + 101 * 0.001)
+
+
+def test_prefill_speed_from_unqueued_requests_only(make_ep) -> None:
+    est = PoolEstimator(AutoscaleSpec(window=60, horizon=0))
+    t = _feed(est, rate=10, seconds=60, uncached=1000, ttft=0.1)  # 10,000 tokens/s
+    assert est.estimate(t, [make_ep(0)]).unqueued_ttft == pytest.approx(0.1)
+    # a minute later every request queues for 2 s: the speed seen unqueued is kept
+    t = _feed(est, rate=10, seconds=60, uncached=1000, ttft=2.1, start=t, unqueued=False)
+    e = est.estimate(t, [make_ep(0)])
+    assert e.unqueued_ttft == pytest.approx(2.1)  # the shortest TTFT seen bounds it below
+    est2 = PoolEstimator(AutoscaleSpec(window=60, horizon=0))
+    t = _feed(est2, rate=10, seconds=60, uncached=1000, ttft=0.1)
+    for i in range(300):  # half of the next 30 s queue, the other half does not
+        est2.arrived(t + i / 10)
+        est2.finished("ep0", t + i / 10, prompt_tokens=1000, cached_tokens=0,
+                      output_tokens=100, ttft=0.1 if i % 2 else 3.0, e2e=4.0,
+                      unqueued=bool(i % 2))
+    assert est2.estimate(t + 30, [make_ep(0)]).unqueued_ttft == pytest.approx(0.1)
+
+
 def test_the_window_is_bounded() -> None:
     est = PoolEstimator(AutoscaleSpec(window=10, max_samples=100))
     _feed(est, rate=100, seconds=100)
@@ -114,6 +164,7 @@ def test_spec_parsing() -> None:
     assert (spec.ttft_target, spec.window, spec.max_replicas) == (0.5, 120.0, 8)
     assert parse_autoscale_spec(None) == AutoscaleSpec()
     for bad, match in (({"ttft": 1}, "unknown keys ttft"), ({"ttftTarget": 0}, "positive"),
+                       ({"horizon": -1}, "horizon"),
                        ({"maxKvUtilization": 1.5}, "maxKvUtilization"),
                        ({"minReplicas": 3, "maxReplicas": 2}, "minReplicas"),
                        ({"maxReplicas": "x"}, "autoscaling.maxReplicas"), ([1], "mapping")):
@@ -141,4 +192,5 @@ def test_router_feeds_the_estimator(make_ep, make_req) -> None:
     s = pool._samples[-1]
     assert (s.uncached, s.ttft, s.decode) == (400.0, pytest.approx(0.2), pytest.approx(0.8))
     assert {x.endpoint for x in pool._samples} == {ep.name for ep in eps}
+    assert (s.output, s.unqueued, s.batch) == (9, True, 1)
     assert auto.estimate("m", 20.0, eps).unqueued_ttft == pytest.approx(0.2)
