@@ -11,10 +11,11 @@ a sliding window of `W` seconds:
               through the window's per-second arrival counts, at now + horizon (at least 0)
     u         uncached prompt tokens per request (prompt - cached tokens from usage, else
               prompt x (1 - the pool's scraped prefix-cache hit rate))
-    S         a replica's prefill speed, uncached tokens / TTFT over its streamed requests that
-              found no queue (scraped waiting 0 at dispatch); per replica the 90th percentile,
-              kept while every request queues; the median over replicas
-    x = u/S   the TTFT of a request that does not queue
+    a, 1/S    fixed cost and prefill speed S: the least-squares line TTFT = a + u / S through
+              the streamed requests that found no queue (scraped waiting 0 at dispatch); the
+              last fit is kept while every request queues; with too little spread in u, a is
+              their median TTFT and 1/S = 0
+    x         the TTFT of a request that does not queue, a + u / S
     O, D      output tokens and decode time (e2e - TTFT) per request
     beta      what one more running sequence adds to a decode step: the least-squares slope of
               time per output token over the replica's running requests at the first token
@@ -52,8 +53,6 @@ __all__ = ["AutoscaleSpec", "Estimate", "PoolEstimator", "Autoscaler", "parse_au
 #: p90 of the queueing delay over its mean (exponential tail: ln 10)
 TAIL_FACTOR = math.log(10.0)
 RHO_FLOOR = 0.05
-#: replicas whose last prefill speed is remembered, per pool
-_MAX_REPLICAS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +120,8 @@ class Estimate:
     desired: int
     arrival_rate: float = 0.0
     unqueued_ttft: float = 0.0
+    #: uncached prompt tokens/s of the unqueued TTFT line (None: no slope measured)
+    prefill_speed: float | None = None
     work: float = 0.0
     rho_max: float = 0.0
     ttft_replicas: float = 0.0
@@ -157,8 +158,8 @@ class PoolEstimator:
         self._first_arrival: float | None = None
         self._samples: deque[_Sample] = deque(maxlen=spec.max_samples)
         self._kv_per_request = 0.0
-        #: last known prefill speed per replica (kept while its requests all queue)
-        self._speed: dict[str, float] = {}
+        #: last fit of unqueued TTFT = a + b u (kept while every request queues)
+        self._prefill: tuple[float, float] | None = None
         self._beta = 0.0
 
     def arrived(self, now: float) -> None:
@@ -218,17 +219,23 @@ class PoolEstimator:
         slope = sum((t - mt) * (y - my) for t, y in zip(ts, ys)) / var
         return max(0.0, my + slope * (now + self.spec.horizon - mt))
 
-    def _prefill_speed(self, streamed: list[_Sample]) -> float:
-        fresh: dict[str, list[float]] = {}
-        for smp in streamed:
-            if smp.unqueued and smp.uncached > 0:
-                fresh.setdefault(smp.endpoint, []).append(smp.uncached / smp.ttft)  # type: ignore[operator]
-        for name, speeds in fresh.items():
-            self._speed[name] = _quantile(speeds, 0.9)
-        if len(self._speed) > _MAX_REPLICAS:  # replicas come and go: stay bounded
-            self._speed = {name: self._speed[name] for name in fresh}
-        known = [self._speed[n] for n in {smp.endpoint for smp in streamed} if n in self._speed]
-        return _quantile(known, 0.5) if known else 0.0
+    def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
+        """(a, b) of unqueued TTFT = a + b x uncached tokens; the last fit when no request
+        of the window found the replica's queue empty."""
+        pts = [(smp.uncached, smp.ttft) for smp in streamed if smp.unqueued]
+        if len(pts) >= 3:
+            mu = sum(u for u, _ in pts) / len(pts)
+            mt = sum(t for _, t in pts) / len(pts)  # type: ignore[misc]
+            var = sum((u - mu) ** 2 for u, _ in pts)
+            b = sum((u - mu) * (t - mt) for u, t in pts) / var if var > 0 else 0.0  # type: ignore[operator]
+            # a prompt-size spread of 16 tokens (a block) at least, and a rising line
+            if var < len(pts) * 16 ** 2 or b <= 0:
+                b = 0.0
+            a = mt - b * mu if b > 0 else _quantile([t for _, t in pts], 0.5)  # type: ignore[misc]
+            self._prefill = (max(0.0, a), b)
+        elif pts and self._prefill is None:
+            self._prefill = (_quantile([t for _, t in pts], 0.5), 0.0)  # type: ignore[misc]
+        return self._prefill
 
     def _decode_slope(self, streamed: list[_Sample]) -> float:
         """Seconds one more running sequence adds to a decode step (least squares of time per
@@ -250,14 +257,13 @@ class PoolEstimator:
             return Estimate(desired=spec.min_replicas)
         lam = self.forecast_rate(now)
         streamed = [smp for smp in self._samples if smp.ttft is not None and smp.ttft > 0]
-        speed = self._prefill_speed(streamed)
-        if not streamed or speed <= 0:
+        fit = self._prefill_fit(streamed)
+        if not streamed or fit is None:
             return Estimate(desired=self._clamp(max(1, len(ready))), arrival_rate=lam)
         n = len(self._samples)
         uncached = sum(smp.uncached for smp in self._samples) / n
         output = sum(smp.output for smp in self._samples) / n
-        # x: the unqueued TTFT; the shortest TTFT seen bounds it below (fixed costs)
-        x = max(uncached / speed, min(smp.ttft for smp in streamed))  # type: ignore[type-var]
+        x = fit[0] + fit[1] * uncached
         work = x + output * self._decode_slope(streamed)
         decode = sum(smp.decode for smp in streamed) / len(streamed)
         slack = spec.ttft_target - x
@@ -271,6 +277,7 @@ class PoolEstimator:
         n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
         desired = self._clamp(math.ceil(max(n_ttft, n_kv) - 1e-9))
         return Estimate(desired=desired, arrival_rate=lam, unqueued_ttft=x, work=work,
+                        prefill_speed=1 / fit[1] if fit[1] > 0 else None,
                         rho_max=rho, ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True)
 
     def _clamp(self, n: int) -> int:

@@ -123,6 +123,18 @@ def test_rate_forecast_follows_the_trend() -> None:
     assert young.forecast_rate(8.0) == young.arrival_rate(8.0)  # too short for a trend
 
 
+def test_unqueued_ttft_is_a_fixed_cost_plus_prompt_over_speed(make_ep) -> None:
+    est = PoolEstimator(AutoscaleSpec(horizon=0))
+    for i in range(600):  # 50 ms fixed, 10,000 uncached tokens/s; prompts of 1000-3995
+        u = 1000 + 5 * i
+        est.arrived(i / 10)
+        est.finished("ep0", i / 10, prompt_tokens=u, cached_tokens=0, output_tokens=10,
+                     ttft=0.05 + u / 10_000, e2e=1.0)
+    e = est.estimate(60.0, [make_ep(0)])
+    assert e.prefill_speed == pytest.approx(10_000)
+    assert e.unqueued_ttft == pytest.approx(0.05 + 2497.5 / 10_000)
+
+
 def test_decode_slope_adds_work(make_ep) -> None:
     est = PoolEstimator(AutoscaleSpec(horizon=0))
     for i in range(600):  # time per output token 10 ms + 1 ms per running sequence
@@ -141,7 +153,7 @@ def test_prefill_speed_from_unqueued_requests_only(make_ep) -> None:
     # a minute later every request queues for 2 s: the speed seen unqueued is kept
     t = _feed(est, rate=10, seconds=60, uncached=1000, ttft=2.1, start=t, unqueued=False)
     e = est.estimate(t, [make_ep(0)])
-    assert e.unqueued_ttft == pytest.approx(2.1)  # the shortest TTFT seen bounds it below
+    assert e.unqueued_ttft == pytest.approx(0.1)  # the last unqueued fit is kept
     est2 = PoolEstimator(AutoscaleSpec(window=60, horizon=0))
     t = _feed(est2, rate=10, seconds=60, uncached=1000, ttft=0.1)
     for i in range(300):  # half of the next 30 s queue, the other half does not
