@@ -48,7 +48,8 @@ from .endpoint import Endpoint
 from .errors import ConfigError
 from .scheduling.config import parse_duration
 
-__all__ = ["AutoscaleSpec", "Estimate", "PoolEstimator", "Autoscaler", "parse_autoscale_spec"]
+__all__ = ["AutoscaleSpec", "Estimate", "PoolEstimator", "Autoscaler", "parse_autoscale_spec",
+           "quantile"]
 
 #: p90 of the queueing delay over its mean (exponential tail: ln 10)
 TAIL_FACTOR = math.log(10.0)
@@ -143,9 +144,32 @@ class _Sample:
     batch: int
 
 
-def _quantile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
+def quantile(values: Iterable[float], q: float) -> float:
+    """The `q` quantile of a non-empty sample (nearest rank, no interpolation)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """Least squares y = mean_y + slope (x - mean_x); `sxx` the sum of squared deviations."""
+
+    mean_x: float
+    mean_y: float
+    slope: float
+    sxx: float
+
+    def at(self, x: float) -> float:
+        return self.mean_y + self.slope * (x - self.mean_x)
+
+
+def _fit(points: list[tuple[float, float]]) -> _Line:
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx > 0 else 0.0
+    return _Line(mx, my, slope, sxx)
 
 
 class PoolEstimator:
@@ -212,29 +236,22 @@ class PoolEstimator:
             return mean
         counts = {int(sec): c for sec, c in self._arrivals}
         first = math.floor(start)
-        ts = range(first, first + secs)
-        ys = [counts.get(t, 0) for t in ts]
-        mt, my = sum(ts) / secs, sum(ys) / secs
-        var = sum((t - mt) ** 2 for t in ts)
-        slope = sum((t - mt) * (y - my) for t, y in zip(ts, ys)) / var
-        return max(0.0, my + slope * (now + self.spec.horizon - mt))
+        line = _fit([(t, counts.get(t, 0)) for t in range(first, first + secs)])
+        return max(0.0, line.at(now + self.spec.horizon))
 
     def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
         """(a, b) of unqueued TTFT = a + b x uncached tokens; the last fit when no request
         of the window found the replica's queue empty."""
         pts = [(smp.uncached, smp.ttft) for smp in streamed if smp.unqueued]
         if len(pts) >= 3:
-            mu = sum(u for u, _ in pts) / len(pts)
-            mt = sum(t for _, t in pts) / len(pts)  # type: ignore[misc]
-            var = sum((u - mu) ** 2 for u, _ in pts)
-            b = sum((u - mu) * (t - mt) for u, t in pts) / var if var > 0 else 0.0  # type: ignore[operator]
+            line = _fit(pts)  # type: ignore[arg-type]
             # a prompt-size spread of 16 tokens (a block) at least, and a rising line
-            if var < len(pts) * 16 ** 2 or b <= 0:
-                b = 0.0
-            a = mt - b * mu if b > 0 else _quantile([t for _, t in pts], 0.5)  # type: ignore[misc]
-            self._prefill = (max(0.0, a), b)
+            if line.sxx >= len(pts) * 16 ** 2 and line.slope > 0:
+                self._prefill = (max(0.0, line.at(0.0)), line.slope)
+            else:
+                self._prefill = (quantile((t for _, t in pts), 0.5), 0.0)  # type: ignore[misc]
         elif pts and self._prefill is None:
-            self._prefill = (_quantile([t for _, t in pts], 0.5), 0.0)  # type: ignore[misc]
+            self._prefill = (quantile((t for _, t in pts), 0.5), 0.0)  # type: ignore[misc]
         return self._prefill
 
     def _decode_slope(self, streamed: list[_Sample]) -> float:
@@ -242,11 +259,9 @@ class PoolEstimator:
         output token over the batch size); the last fit while the batch sizes are all alike."""
         pts = [(smp.batch, smp.decode / (smp.output - 1)) for smp in streamed if smp.output > 1]
         if len(pts) >= 8:
-            mb = sum(b for b, _ in pts) / len(pts)
-            mt = sum(t for _, t in pts) / len(pts)
-            var = sum((b - mb) ** 2 for b, _ in pts)
-            if var >= len(pts):  # batch sizes spread by at least one sequence on average
-                self._beta = max(0.0, sum((b - mb) * (t - mt) for b, t in pts) / var)
+            line = _fit(pts)  # type: ignore[arg-type]
+            if line.sxx >= len(pts):  # batch sizes spread by at least one sequence on average
+                self._beta = max(0.0, line.slope)
         return self._beta
 
     def estimate(self, now: float, ready: Iterable[Endpoint]) -> Estimate:

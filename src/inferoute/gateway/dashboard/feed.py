@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ...core.autoscale import quantile
+
 RECENT = 50
 HISTORY = 300
 TTFT_PER_SECOND = 256
@@ -23,11 +25,6 @@ class _Second:
     finished: int = 0
     output_tokens: int = 0
     ttfts: list[float] = field(default_factory=list)
-
-
-def _quantile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 class DashboardFeed:
@@ -97,8 +94,8 @@ class DashboardFeed:
         return {"step": step, "seconds": n * step,
                 "requests_per_s": [f / step for f in finished],
                 "output_tokens_per_s": [t / step for t in tokens],
-                "ttft_p50": [_quantile(v, 0.5) if v else None for v in ttfts],
-                "ttft_p90": [_quantile(v, 0.9) if v else None for v in ttfts]}
+                "ttft_p50": [quantile(v, 0.5) if v else None for v in ttfts],
+                "ttft_p90": [quantile(v, 0.9) if v else None for v in ttfts]}
 
     def last(self, now: float) -> list[dict[str, Any]]:
         """The recent decisions, newest first, with their age in seconds."""
