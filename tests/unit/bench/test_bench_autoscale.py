@@ -3,6 +3,8 @@ leaving a run, and a whole autoscaled run on the tiny profile."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from inferoute.bench.autoscale import (AutoscaleConfig, DayLoad, HorizontalPodAutoscaler,
@@ -109,3 +111,21 @@ def test_table_marks_the_best_threshold() -> None:
     assert "| KV utilisation 0.4 (best) | 1,000 |" in text
     assert "(best)" not in text.split("KV utilisation 0.4")[0]
     assert "| desired-replicas gauge | 900 | 4 | 0.100 | 0.400 | 3 (3.0%) | 100 |" in text
+
+
+def test_the_command_prints_the_table_and_writes_timelines(tmp_path, capsys) -> None:
+    from inferoute.cli import main
+
+    out = tmp_path / "autoscale.json"
+    argv = ["bench", "autoscale", "--profile", "tiny", "--policy", "round-robin",
+            "--param", "num_prompts=100", "--param", "input_len=300", "--param",
+            "output_len=12", "--base", "1", "--peak", "20", "--duration", "60",
+            "--cold-start", "10", "--ttft-target", "0.02", "--max-replicas", "4",
+            "--kv-targets", "0.2,0.4", "-o", str(out)]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| desired-replicas gauge |" in table and "| KV utilisation 0.4" in table
+    report = json.loads(out.read_text())
+    assert [r["rule"] for r in report["runs"]] == ["gauge", "kv", "kv"]
+    assert all(r["requests"] == 630 and r["timeline"] for r in report["runs"])
+    assert main([*argv[:-2], "--kv-targets", "1.5"]) == 2  # a utilisation above 1
