@@ -6,7 +6,7 @@ Sans-I/O: the shells report arrivals, dispatches, first tokens and finished requ
 same way) and ask for an estimate with the time and the pool's ready endpoints. Per pool, over
 a sliding window of `W` seconds:
 
-    lambda    arrival rate (requests/s) of requests routed to the pool, `horizon` seconds
+    lambda    arrival rate (requests/s) of requests sent to the pool's replicas, `horizon` seconds
               ahead (a replica asked for now serves that much later): the least-squares line
               through the window's per-second arrival counts, at now + horizon (at least 0)
     u         uncached prompt tokens per request (prompt - cached tokens from usage, else
@@ -325,11 +325,10 @@ class Autoscaler:
 
     # -- Router listener ----------------------------------------------------------------------
 
-    def arrived(self, pool: Any, now: float) -> None:
-        """A request resolved to `pool` (a `ModelPool`) and is about to be scheduled."""
-        self.pool(pool.model).arrived(now)
-
     def dispatched(self, decision: Any, now: float) -> None:
+        """Sent: an arrival the first time (not on a retry elsewhere)."""
+        if "unqueued" not in decision.extras:
+            self.pool(decision.pool.model).arrived(now)
         decision.extras["unqueued"] = decision.endpoint.metrics.waiting == 0
 
     def first_token(self, decision: Any, now: float) -> None:

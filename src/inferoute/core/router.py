@@ -44,9 +44,8 @@ class Decision:
 
 
 class RouterListener(Protocol):
-    """Told of every request's arrival, first token and end (e.g. the autoscale estimator)."""
-
-    def arrived(self, pool: ModelPool, now: float) -> None: ...
+    """Told of every request sent to an endpoint (again on a retry elsewhere), its first token
+    and its end (e.g. the autoscale estimator, the dashboard)."""
 
     def dispatched(self, decision: Decision, now: float) -> None: ...
 
@@ -102,8 +101,6 @@ class Router:
         `defer_hooks`: see `Scheduler.schedule` (then call the pool scheduler's
         `run_deferred_hooks` soon)."""
         mp = self.resolve(request)
-        for listener in self.listeners:
-            listener.arrived(mp, now)
         eps = mp.pool.candidates() if candidates is None else candidates
         result = mp.scheduler.schedule(request, eps, now, defer_hooks=defer_hooks)
         return Decision(request=request, pool=mp, result=result)

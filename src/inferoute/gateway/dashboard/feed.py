@@ -38,9 +38,6 @@ class DashboardFeed:
 
     # -- Router listener --------------------------------------------------------------------
 
-    def arrived(self, pool: Any, now: float) -> None:
-        pass
-
     def dispatched(self, decision: Any, now: float) -> None:
         result, ep = decision.result, decision.endpoint
         profile = result.profiles[result.primary]
