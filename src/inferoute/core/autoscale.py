@@ -12,9 +12,10 @@ a sliding window of `W` seconds:
     u         uncached prompt tokens per request (prompt - cached tokens from usage, else
               prompt x (1 - the pool's scraped prefix-cache hit rate))
     a, 1/S    fixed cost and prefill speed S: the least-squares line TTFT = a + u / S through
-              the streamed requests that found no queue (scraped waiting 0 at dispatch); the
-              last fit is kept while every request queues; with too little spread in u, a is
-              their median TTFT and 1/S = 0
+              the streamed requests that found no queue (scraped waiting 0 at dispatch), refit
+              through those at or under it (the lower envelope: the requests that shared their
+              prefill steps least); the last fit is kept while every request queues; with too
+              little spread in u, a is their median TTFT and 1/S = 0
     x         the TTFT of a request that does not queue, a + u / S
     O, D      output tokens and decode time (e2e - TTFT) per request
     beta      what one more running sequence adds to a decode step: the least-squares slope of
@@ -245,6 +246,12 @@ class PoolEstimator:
         pts = [(smp.uncached, smp.ttft) for smp in streamed if smp.unqueued]
         if len(pts) >= 3:
             line = _fit(pts)  # type: ignore[arg-type]
+            # the lower envelope: refit on the requests at or under the line, those that
+            # shared their prefill steps least with others (waiting 0 is not an idle replica)
+            low = [(u, t) for u, t in pts if t <= line.at(u)]  # type: ignore[operator]
+            if len(low) >= 3:
+                line = _fit(low)  # type: ignore[arg-type]
+                pts = low
             # a prompt-size spread of 16 tokens (a block) at least, and a rising line
             if line.sxx >= len(pts) * 16 ** 2 and line.slope > 0:
                 self._prefill = (max(0.0, line.at(0.0)), line.slope)
