@@ -23,9 +23,10 @@ Names and labels follow the Gateway API Inference Extension endpoint picker:
 
 plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests{pool,endpoint}`,
 `inferoute_endpoint_ready{pool,endpoint}`, `inferoute_endpoint_waiting_requests`,
-`inferoute_endpoint_running_requests`, `inferoute_endpoint_kv_cache_utilization`, and
-`inferoute_upstream_retries_total{pool}`, and `inferoute_pool_desired_replicas{name}` (the
-replicas the pool needs for its TTFT target, `core.autoscale`; when `autoscaling:` is set).
+`inferoute_endpoint_running_requests`, `inferoute_endpoint_kv_cache_utilization`,
+`inferoute_upstream_retries_total{pool}`, and with `autoscaling:` configured
+`inferoute_pool_desired_replicas{name}` (the replicas the pool needs for its TTFT target,
+`core.autoscale`).
 """
 
 from __future__ import annotations
