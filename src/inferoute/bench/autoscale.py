@@ -20,6 +20,7 @@ Replica-seconds, TTFT p90 and the requests over the TTFT target come from one ru
 from __future__ import annotations
 
 import math
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,7 +49,7 @@ class DayLoad(LoadSpec):
     peak: float = 10.0
 
     @classmethod
-    def make(cls, base: float, peak: float, duration: float, seed: int = 0) -> "DayLoad":
+    def make(cls, base: float, peak: float, duration: float, seed: int = 0) -> DayLoad:
         mean = (base + peak) / 2
         return cls(stages=[Stage(duration=duration, rate=mean)], seed=seed, base=base,
                    peak=peak)
@@ -203,7 +204,7 @@ class AutoscaledBench:
         for _ in range(want - len(active)):
             rep = Replica(None, now)
             self.replicas.append(rep)
-            self.bench.call_at(now + self.cfg.cold_start, lambda t, r=rep: self._ready(r, t))
+            self.bench.call_at(now + self.cfg.cold_start, partial(self._ready, rep))
         if want < len(active):  # starting replicas first, then the newest
             order = sorted(active, key=lambda r: (r.ready_at is not None, -r.asked))
             for rep in order[:len(active) - want]:

@@ -27,9 +27,10 @@ def _configs(args: argparse.Namespace) -> list[AutoscaleConfig]:
         else parse_params(args.param)
     workload = make_workload(args.workload, params, seed=args.seed)
     load = DayLoad.make(args.base, args.peak, args.duration, seed=args.seed)
-    common = dict(workload=workload, load=load, profile=args.profile, policy=args.policy,
-                  seed=args.seed, ttft_target=args.ttft_target, cold_start=args.cold_start,
-                  min_replicas=args.min_replicas, max_replicas=args.max_replicas)
+    common: dict[str, Any] = {
+        "workload": workload, "load": load, "profile": args.profile, "policy": args.policy,
+        "seed": args.seed, "ttft_target": args.ttft_target, "cold_start": args.cold_start,
+        "min_replicas": args.min_replicas, "max_replicas": args.max_replicas}
     targets = [float(t) for t in args.kv_targets.split(",") if t.strip()]
     if not targets or any(not 0 < t <= 1 for t in targets):
         raise ValueError("--kv-targets: a comma list of utilisations in (0, 1]")
@@ -42,8 +43,8 @@ def table(results: list[AutoscaleResult], ttft_target: float) -> str:
     """Markdown: one row per run; the cheapest KV threshold that meets the target marked."""
     meets = [r for r in results if r.rule == "kv" and r.ttft_p90 <= ttft_target]
     best = min(meets, key=lambda r: r.replica_seconds) if meets else None
-    lines = ["| rule | replica-seconds | peak replicas | TTFT p50 (s) | TTFT p90 (s) | "
-             f"requests over {ttft_target:g} s | requests |",
+    lines = [("| rule | replica-seconds | peak replicas | TTFT p50 (s) | TTFT p90 (s) | "
+              f"requests over {ttft_target:g} s | requests |"),
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         name = ("desired-replicas gauge" if r.rule == "gauge"

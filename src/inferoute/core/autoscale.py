@@ -43,14 +43,21 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 from .endpoint import Endpoint
 from .errors import ConfigError
 from .scheduling.config import parse_duration
 
-__all__ = ["AutoscaleSpec", "Estimate", "PoolEstimator", "Autoscaler", "parse_autoscale_spec",
-           "quantile"]
+__all__ = [
+    "AutoscaleSpec",
+    "Autoscaler",
+    "Estimate",
+    "PoolEstimator",
+    "parse_autoscale_spec",
+    "quantile",
+]
 
 #: p90 of the queueing delay over its mean (exponential tail: ln 10)
 TAIL_FACTOR = math.log(10.0)

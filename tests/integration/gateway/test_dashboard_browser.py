@@ -27,10 +27,10 @@ if CHROMIUM is None or CHROMEDRIVER is None:
     pytest.skip("chromium / chromedriver not on PATH (Debian: apt-get install -y chromium "
                 "chromium-driver)", allow_module_level=True)
 
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 #: the tiny profile at 1/40 speed: a decode step takes tens of milliseconds, so a long stream
 #: holds a replica's running count still while the page is read
@@ -122,7 +122,11 @@ def test_dashboard_in_chromium(harness, web, browser, tmp_path: Path) -> None:
         # page's numbers lie between the two (KV use only grows while the stream decodes)
         before = web.get(gw.url + "/metrics").text
         fetched = time.time()
-        shown = wait.until(lambda d: (lambda p: p if p["updated"] > fetched else None)(_page(d)))
+        def redrawn(d):  # from a state built after `before`
+            shown = _page(d)
+            return shown if shown["updated"] > fetched else None
+
+        shown = wait.until(redrawn)
         page = web.get(gw.url + "/metrics").text
         rows = shown["rows"]
         assert set(rows) == {s[7:] for s in sims}

@@ -27,27 +27,26 @@ def snapshot(data: DataLayer, obs: Observability, feed: DashboardFeed) -> dict[s
     now = data.now()
     pools = []
     for mp in data.router.pools.values():
+        ready = [ep for ep in mp.pool if data.is_ready(ep, now)]
         replicas = []
         for ep in mp.pool:
             m = ep.metrics
-            ready = data.is_ready(ep, now)
+            is_ready = ep in ready
             replicas.append({
-                "endpoint": ep.name, "ready": ready, "healthy": ep.healthy,
-                "health": "ready" if ready else ("ejected" if not ep.healthy else "stale"),
+                "endpoint": ep.name, "ready": is_ready, "healthy": ep.healthy,
+                "health": "ready" if is_ready else ("ejected" if not ep.healthy else "stale"),
                 "waiting": m.waiting, "running": m.running, "kv": m.kv_usage,
                 "prefix_hit_rate": _ratio(m.prefix_cache_hits, m.prefix_cache_queries),
                 "in_flight": ep.in_flight_requests,
                 "scraped_ago": None if m.scraped_at is None else round(now - m.scraped_at, 3)})
-        ready = [r for r in replicas if r["ready"]]
         n = len(ready) or 1
         pool: dict[str, Any] = {
             "name": mp.model, "ready": len(ready), "replicas": replicas,
-            "average_kv": sum(r["kv"] for r in ready) / n,
-            "average_queue": sum(r["waiting"] for r in ready) / n,
+            "average_kv": sum(ep.metrics.kv_usage for ep in ready) / n,
+            "average_queue": sum(ep.metrics.waiting for ep in ready) / n,
             "desired_replicas": None}
         if obs.autoscaler is not None:
-            est = obs.autoscaler.estimate(
-                mp.model, now, [ep for ep in mp.pool if data.is_ready(ep, now)])
+            est = obs.autoscaler.estimate(mp.model, now, ready)
             pool["desired_replicas"] = est.desired
             pool["estimate"] = asdict(est)
         pools.append(pool)
