@@ -68,8 +68,10 @@ def _unknown_arguments(parser: argparse.ArgumentParser, extra: list[str]) -> str
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    command_parser = args._cli_parser
+    del args._cli_parser  # commands see only their own options (some write them to reports)
     if extra:  # the command's own usage and the closest flag, not the top-level usage
-        args._cli_parser.error(_unknown_arguments(args._cli_parser, extra))
+        command_parser.error(_unknown_arguments(command_parser, extra))
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -23,8 +23,10 @@ Names and labels follow the Gateway API Inference Extension endpoint picker:
 
 plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests{pool,endpoint}`,
 `inferoute_endpoint_ready{pool,endpoint}`, `inferoute_endpoint_waiting_requests`,
-`inferoute_endpoint_running_requests`, `inferoute_endpoint_kv_cache_utilization`, and
-`inferoute_upstream_retries_total{pool}`, `inferoute_endpoint_scrapes_total{pool,endpoint}` and
+`inferoute_endpoint_running_requests`, `inferoute_endpoint_kv_cache_utilization`,
+`inferoute_upstream_retries_total{pool}`, with `autoscaling:` configured
+`inferoute_pool_desired_replicas{name}` (the replicas the pool needs for its TTFT target,
+`core.autoscale`), `inferoute_endpoint_scrapes_total{pool,endpoint}` and
 `inferoute_endpoint_scrape_failures_total{pool,endpoint}`; and how far the shared routing state
 has travelled:
 `inferoute_kv_event_batches_total{pool,endpoint}` and `inferoute_kv_event_last_sequence{pool,
@@ -43,6 +45,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                Histogram, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .core.autoscale import Autoscaler
 
 if TYPE_CHECKING:
     from .datalayer.runtime import DataLayer
@@ -129,6 +133,11 @@ class Observability:
         self.queue_bytes = Gauge("inference_extension_flow_control_queue_bytes", "Request body "
                                  "bytes waiting in the flow-control queue.", ("inference_pool",),
                                  registry=r)
+        self.desired = Gauge("inferoute_pool_desired_replicas", "Replicas the pool needs to "
+                             "meet the configured TTFT target (docs/kubernetes.md).", ("name",),
+                             registry=r)
+        #: the desired-replicas estimator, fed by the router (set by `watch` when configured)
+        self.autoscaler: Autoscaler | None = None
         self._data: DataLayer | None = None
         self._queue_stats: Callable[[], Mapping[str, Any]] | None = None
         #: labelled children by (metric, labels): `labels()` validates and locks on every
@@ -207,7 +216,12 @@ class Observability:
     def watch(self, data: "DataLayer",
               queue_stats: Callable[[], Mapping[str, Any]] | None = None) -> None:
         """Refresh pool and endpoint gauges from `data` on every `render()`; `queue_stats`
-        (e.g. `AdmissionController.queue_stats`) feeds the flow-control gauges."""
+        (e.g. `AdmissionController.queue_stats`) feeds the flow-control gauges. With
+        `autoscaling:` configured, an `Autoscaler` listens to the router."""
+        spec = data.config.autoscale_spec()
+        if spec is not None and self.autoscaler is None:
+            self.autoscaler = Autoscaler(spec)
+            data.router.listeners.append(self.autoscaler)
         if self._data is None:
             self.registry.register(_SharedStateCollector(data))
         self._data = data
@@ -241,6 +255,9 @@ class Observability:
             n = len(ready) or 1  # no ready endpoint: 0, not the last known average
             self.pool_kv.labels(mp.model).set(sum(ep.metrics.kv_usage for ep in ready) / n)
             self.pool_queue.labels(mp.model).set(sum(ep.metrics.waiting for ep in ready) / n)
+            if self.autoscaler is not None:
+                est = self.autoscaler.estimate(mp.model, now, ready)
+                self.desired.labels(mp.model).set(est.desired)
             for ep in mp.pool:
                 labels = (mp.model, ep.name)
                 self.ep_ready.labels(*labels).set(1 if ep in ready else 0)

@@ -8,6 +8,7 @@
     inferoute bench compare round-robin.json llm-d.json --rate 40
     inferoute bench plot round-robin.json llm-d.json --out plots/
     inferoute bench matrix --out results/            # every policy x workload, virtual time
+    inferoute bench autoscale -o autoscale.json      # HPA rules under a day's load (virtual)
     inferoute demo                                    # live demo; --virtual: the seed run
 """
 
@@ -338,6 +339,9 @@ def register(subparsers: Any) -> None:
     mat.add_argument("--reuse", action="store_true",
                      help="load reports already in --out instead of re-running them")
     mat.set_defaults(func=_guard(cmd_matrix))
+
+    from .autoscale_command import register as register_autoscale
+    register_autoscale(sub, _guard)
 
     demo = subparsers.add_parser("demo", help="live demo: round-robin vs inferoute on a "
                                               "simulated fleet (about 2 minutes)")

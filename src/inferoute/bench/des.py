@@ -19,6 +19,9 @@ Nothing here sleeps, opens a socket or reads a clock. One run wires:
   configured with `tokenizer: words` would send). The events an engine step emits reach the
   scorer's index when that step completes, one step duration after the engine recorded them,
   like a ZMQ hop plus the subscriber's batching.
+- replicas added and removed during a run (`add_replica`, `remove_replica`: a removed replica
+  takes no new request and finishes what it holds), and callbacks at virtual times (`call_at`),
+  for an autoscaler (bench/autoscale.py).
 
 Per-token work is one `RequestRecord.on_tokens` call per engine output; the heap holds one event
 per engine step, per scrape and per arrival, never per token. Same inputs, same seed: the same
@@ -47,7 +50,7 @@ from .load import LoadSpec, Stage
 from .metrics import RequestRecord, summarize
 from .workloads import WorkItem, Workload
 
-_ARRIVE, _STEP_DONE, _SCRAPE, _STAGE, _ENGINE_IN = 0, 1, 2, 3, 4
+_ARRIVE, _STEP_DONE, _SCRAPE, _STAGE, _ENGINE_IN, _CALL = 0, 1, 2, 3, 4, 5
 
 
 @dataclass(slots=True)
@@ -121,6 +124,7 @@ class VirtualBench:
         #: precise prefix scorers fed by the engines' KV events (empty: no events published)
         self.precise = precise_scorers(self.scheduler.plugins.values())
         kv_events = bool(self.precise)
+        self._kv_events = kv_events
         self.engines = [Engine(profile, seed=cfg.seed * 1000 + i, name=f"engine-{i}",
                                kv_events=kv_events)
                         for i in range(cfg.replicas)]
@@ -146,6 +150,7 @@ class VirtualBench:
         self._ids: OrderedDict[str, list[int]] = OrderedDict()
         self._events = 0
         self._finished = False
+        self._removed: set[int] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -175,6 +180,40 @@ class VirtualBench:
             waiting_loras=tuple(g(st, "waiting_loras", ()) or ()),
             prefix_cache_queries=g(st, "prefix_cache_queries", None),
             prefix_cache_hits=g(st, "prefix_cache_hits", None), scraped_at=now)
+
+    # -- replicas during a run ----------------------------------------------------------------
+
+    def call_at(self, t: float, fn: Callable[[float], None]) -> None:
+        """Call `fn(now)` at virtual time `t` (an autoscaler's ticks and delayed actions)."""
+        self._push(t, _CALL, fn)
+
+    def add_replica(self, now: float) -> Endpoint:
+        """A new replica joins the pool at `now`, ready (any cold start is the caller's)."""
+        from ..sim.engine import Engine
+
+        i = len(self.engines)
+        self.engines.append(Engine(self.profile, seed=self.cfg.seed * 1000 + i,
+                                   name=f"engine-{i}", kv_events=self._kv_events))
+        ep = Endpoint(host=f"10.0.{i // 250}.{i % 250 + 1}", port=8000)
+        self.endpoints.append(ep)
+        self.by_name[ep.name] = i
+        self._pending_events.append([])
+        self._busy.append(False)
+        self.router.pools[self.cfg.model].pool.add(ep)
+        self._scrape(i, now)
+        self._push(now + self.cfg.scrape_interval, _SCRAPE, i)
+        return ep
+
+    def remove_replica(self, name: str) -> None:
+        """Take a replica out of the pool: no new requests; it finishes the ones it holds."""
+        self.router.pools[self.cfg.model].pool.remove(name)
+        self._removed.add(self.by_name[name])
+
+    def drained(self, name: str) -> bool:
+        """True once a removed replica has no request left."""
+        i = self.by_name[name]
+        return i in self._removed and not self.engines[i].has_work() and not any(
+            live.engine == i for live in self._live.values())
 
     # -- load -------------------------------------------------------------------------------
 
@@ -344,11 +383,14 @@ class VirtualBench:
                 self._step(i, now)
             elif kind == _SCRAPE:
                 self._scrape(payload, now)
-                self._push(now + self.cfg.scrape_interval, _SCRAPE, payload)
+                if payload not in self._removed:
+                    self._push(now + self.cfg.scrape_interval, _SCRAPE, payload)
             elif kind == _ARRIVE:
                 self._send(now, payload)
             elif kind == _ENGINE_IN:
                 self._engine_in(payload[0], payload[1], now)
+            elif kind == _CALL:
+                payload(now)
             else:
                 self._start_stage(payload, now)
         # whatever is still in flight when the run is cut short counts as failed

@@ -9,7 +9,7 @@ The HTTP gateway, the ext_proc picker and the virtual-time benchmark all go thro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from .candidates import CandidateRule
 from .endpoint import Endpoint, Pool
@@ -18,7 +18,7 @@ from .request import InferenceRequest
 from .scheduling.framework import SchedulingResult
 from .scheduling.scheduler import Scheduler
 
-__all__ = ["Decision", "ModelPool", "Router"]
+__all__ = ["Decision", "ModelPool", "Router", "RouterListener"]
 
 
 @dataclass(slots=True)
@@ -43,6 +43,24 @@ class Decision:
     prompt_tokens: int = 0
     first_token: bool = False
     finished: bool = False
+    #: what the autoscaler (`core.autoscale`) notes along the way: whether the first dispatch
+    #: found the endpoint's queue empty (None: not dispatched yet), when the first token came,
+    #: and the endpoint's running batch then
+    unqueued: bool | None = None
+    first_token_at: float | None = None
+    batch_at_first_token: int | None = None
+
+
+class RouterListener(Protocol):
+    """Told of every request sent to an endpoint (again on a retry elsewhere), its first token
+    and its end (e.g. the autoscale estimator, the dashboard)."""
+
+    def dispatched(self, decision: Decision, now: float) -> None: ...
+
+    def first_token(self, decision: Decision, now: float) -> None: ...
+
+    def finished(self, decision: Decision, now: float,
+                 usage: dict[str, Any] | None) -> None: ...
 
 
 class Router:
@@ -52,6 +70,7 @@ class Router:
         #: which endpoints are offered to the scheduler (default: healthy ones, no scraping)
         self.rule = rule or CandidateRule()
         self.pools: dict[str, ModelPool] = {}
+        self.listeners: list[RouterListener] = []
         self._names: dict[str, tuple[ModelPool, str | None]] = {}
         for mp in pools:
             self.add_pool(mp)
@@ -113,6 +132,8 @@ class Router:
         decision.prompt_tokens = decision.request.prompt_tokens_estimate
         endpoint.on_dispatch(decision.prompt_tokens)
         decision.pool.scheduler.on_served(decision.request, endpoint, now)
+        for listener in self.listeners:
+            listener.dispatched(decision, now)
 
     def first_token(self, decision: Decision, now: float) -> None:
         """The first response bytes arrived from the endpoint; idempotent."""
@@ -120,6 +141,8 @@ class Router:
             return
         decision.first_token = True
         decision.pool.scheduler.on_first_token(decision.request, decision.endpoint, now)
+        for listener in self.listeners:
+            listener.first_token(decision, now)
 
     def finish(self, decision: Decision, now: float,
                usage: dict[str, Any] | None = None) -> None:
@@ -130,3 +153,5 @@ class Router:
         if decision.endpoint is not None:
             decision.endpoint.on_finish(decision.prompt_tokens)
             decision.pool.scheduler.on_finished(decision.request, decision.endpoint, now, usage)
+        for listener in self.listeners:
+            listener.finished(decision, now, usage)

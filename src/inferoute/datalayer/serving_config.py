@@ -38,6 +38,8 @@
     redis: null                 # e.g. redis://10.0.0.9:6379/0: replicas share rate limits,
                                 # prefix-index inserts and in-flight load (docs/precise-routing.md)
     semantic: null              # semantic routing YAML (docs/semantic.md): "auto", guards, cache
+    autoscaling: {ttftTarget: 1s}   # inferoute_pool_desired_replicas (docs/kubernetes.md); off when absent
+    dashboard: false            # GET /dashboard, the live page (docs/gateway.md)
     admission:                  # optional; see docs/admission.md (off when absent)
       objectives: [{name: batch, priority: -1}]
       flowControl: {enabled: true, ttl: 30s}
@@ -56,6 +58,7 @@ from typing import Any, Literal
 import pydantic
 
 from ..configfiles import read_admission_file, read_yaml_file, resolve_config
+from ..core.autoscale import AutoscaleSpec, parse_autoscale_spec
 from ..core.admission import AdmissionConfig, parse_admission_config
 from ..core.candidates import DEFAULT_READY_WINDOW, DEFAULT_SCRAPE_INTERVAL
 from ..core.endpoint import Endpoint, parse_endpoint
@@ -226,6 +229,13 @@ class ServingConfig(pydantic.BaseModel):
     #: admission control (saturation, objectives, flow control, model routes); None: off.
     #: The `admission:` section of docs/admission.md, validated in `admission_config()`.
     admission: dict[str, Any] | None = None
+    #: the desired-replicas estimator (`core.autoscale`, TTFT target etc.); None: no gauge
+    autoscaling: dict[str, Any] | None = None
+    #: serve GET /dashboard (read-only; behind the API keys when tenants are on)
+    dashboard: bool = False
+
+    def autoscale_spec(self) -> AutoscaleSpec | None:
+        return None if self.autoscaling is None else parse_autoscale_spec(self.autoscaling)
 
     def admission_config(self) -> AdmissionConfig | None:
         if self.admission is None:
@@ -266,6 +276,7 @@ def parse_serving_config(data: Any, source: str = "<config>") -> ServingConfig:
                               f"{exc}") from None
     try:
         cfg.admission_config()
+        cfg.autoscale_spec()
     except ConfigError as exc:
         raise ConfigError(f"invalid serving config in {source}: {exc}") from None
     return cfg
@@ -308,8 +319,25 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
+    apply_ops_args(data, args)
     admission_file = getattr(args, "admission", None)
     if admission_file:
         raw = read_admission_file(admission_file)
         data["admission"] = raw if raw is not None else {}
     return parse_serving_config(data, source)
+
+
+def apply_ops_args(data: dict[str, Any], args: argparse.Namespace) -> None:
+    """`--autoscaling YAML` (the `autoscaling:` section inline, e.g. `{ttftTarget: 1s}`) and
+    `--dashboard` into a config mapping, when given."""
+    text = getattr(args, "autoscaling", None)
+    if text:
+        import yaml
+
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--autoscaling is not valid YAML: {exc}") from None
+        data["autoscaling"] = value if value is not None else {}
+    if getattr(args, "dashboard", False):
+        data["dashboard"] = True

@@ -28,8 +28,8 @@ from ..core.errors import ConfigError
 from ..core.scheduling.config import parse_duration
 from ..datalayer.admission_driver import AdmissionDriver
 from ..datalayer.precise_flags import add_precise_flags, apply_precise_flags
-from ..datalayer.serving_config import (ServingConfig, config_from_args,
-                                          parse_serving_config)
+from ..datalayer.serving_config import (ServingConfig, apply_ops_args, config_from_args,
+                                        parse_serving_config)
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
 from .health import GrpcHealth, start_health_server
@@ -88,6 +88,9 @@ def register(sub: Any) -> None:
                    help="share prefix-index inserts and in-flight load with the other picker "
                         "replicas through this Redis (e.g. redis://redis:6379/0)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--autoscaling", metavar="YAML", default=None,
+                   help="export inferoute_pool_desired_replicas for this TTFT target etc., "
+                        "e.g. '{ttftTarget: 1s}' (docs/kubernetes.md)")
     add_precise_flags(p)
     p.set_defaults(func=main)
 
@@ -119,11 +122,13 @@ def _base_config(args: argparse.Namespace) -> ServingConfig:
             data["scrapeInterval"] = args.scrape_interval
         if getattr(args, "redis", None):
             data["redis"] = args.redis
+        apply_ops_args(data, args)
         return parse_serving_config(data, "the command line")
     ns = argparse.Namespace(config=args.config, model=args.model, endpoint=args.endpoint,
                             engine=args.engine, scheduler=args.scheduler, host=None, port=None,
                             scrape_interval=args.scrape_interval,
-                            redis=getattr(args, "redis", None))
+                            redis=getattr(args, "redis", None),
+                            autoscaling=getattr(args, "autoscaling", None))
     return config_from_args(ns)
 
 

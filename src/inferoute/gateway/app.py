@@ -2,9 +2,9 @@
 
 Routes: `POST /v1/completions`, `/v1/chat/completions`, `/v1/responses` (proxied, see
 `proxy.py`), `GET /v1/models` (every name of every pool, OpenAI list format), `GET /health`
-(the process is up), `GET /ready` (503 until at least one endpoint is ready) and `GET /metrics`
-(Prometheus). Every error, including unknown routes and wrong methods, is an OpenAI-style JSON
-body.
+(the process is up), `GET /ready` (503 until at least one endpoint is ready), `GET /metrics`
+(Prometheus) and, when enabled, `GET /dashboard` (`dashboard/`). Every error, including unknown
+routes and wrong methods, is an OpenAI-style JSON body.
 """
 
 from __future__ import annotations
@@ -154,6 +154,9 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    if config.dashboard:
+        from .dashboard import add_dashboard
+        add_dashboard(app, data, obs, tenants)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await data.start()

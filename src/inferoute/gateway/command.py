@@ -76,5 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="log one line per request (client, request line, status, bytes, "
                         "seconds, served endpoint)")
     p.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)
+    p.add_argument("--autoscaling", metavar="YAML", default=None,
+                   help="export inferoute_pool_desired_replicas for this TTFT target etc., "
+                        "e.g. '{ttftTarget: 1s}' (docs/kubernetes.md)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve the live page at /dashboard (read-only; behind the API keys "
+                        "when tenants are on)")
     add_precise_flags(p)
     p.set_defaults(func=_serve)

@@ -468,3 +468,148 @@ def test_httproute_example_is_valid_and_reaches_the_documented_pool(helm, tmp_pa
                         ("inference.networking.k8s.io", "InferencePool") for r in refs)
     assert {r["name"] for r in refs} == {pool["metadata"]["name"]}
     validate_manifest(pool)
+
+
+# --- monitoring and autoscaling (opt-in) ---------------------------------------------------
+
+#: id -> values turning on the opt-in monitoring and autoscaling templates
+OPS_SETS: dict[str, dict[str, Any]] = {
+    "kv-rule-gmp": {  # GKE's guide: PodMonitoring + HPA on the pool's mean KV utilisation
+        "monitoring": {"podMonitoring": {"enabled": True, "interval": "30s"}},
+        "autoscaling": {"hpa": {
+            "enabled": True, "targetDeployment": "vllm-qwen", "metric": "kv-cache",
+            "kvCacheUtilization": 0.6, "poolLabel": "metric.labels.name",
+            "externalMetricName":
+                "prometheus.googleapis.com|inference_pool_average_kv_cache_utilization|gauge"}}},
+    "queue-rule": {
+        "autoscaling": {"hpa": {"enabled": True, "targetDeployment": "vllm-qwen",
+                                "metric": "queue", "queueSize": 3, "maxReplicas": 16}}},
+    "desired-replicas": {
+        "model": "Qwen/Qwen3-32B",
+        "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "autoscaling": {
+            "estimator": {"ttftTarget": "800ms", "maxReplicas": 32},
+            "hpa": {"enabled": True, "targetDeployment": "vllm-qwen",
+                    "metric": "desired-replicas", "poolLabelValue": "qwen3-32b",
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": 120}}}}},
+}
+
+_OPS_SCHEMAS = {"ServiceMonitor": "servicemonitor-v1.json",
+                "PodMonitoring": "podmonitoring-v1.json"}
+
+
+def _validate_ops(doc: dict[str, Any]) -> None:
+    """Built-in kinds against Kubernetes' schemas, the monitoring CRDs against ours."""
+    if doc["kind"] in _OPS_SCHEMAS:
+        errors = _schema_errors(_schema(_OPS_SCHEMAS[doc["kind"]]), doc)
+        assert not errors, errors
+        assert DNS_LABEL.match(doc["metadata"]["name"])
+        assert doc["metadata"]["namespace"] == NAMESPACE
+    else:
+        validate_manifest(doc)
+
+
+def test_ops_templates_are_off_by_default(helm, tmp_path):
+    kinds = set(by_kind(render(helm, tmp_path, {})))
+    assert not kinds & {"ServiceMonitor", "PodMonitoring", "HorizontalPodAutoscaler"}
+
+
+@pytest.mark.parametrize("name", OPS_SETS)
+def test_ops_templates_render_validate_and_agree(helm, tmp_path, name):
+    from inferoute.cli import build_parser
+    from inferoute.extproc import command
+    from inferoute.observability import Observability
+
+    values = _merged(OPS_SETS[name])
+    lint = _helm(helm, "lint", "--strict", str(CHART), "--namespace", NAMESPACE,
+                 "-f", str(_values_file(tmp_path, OPS_SETS[name])))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    docs = render(helm, tmp_path, OPS_SETS[name])
+    for doc in docs:
+        _validate_ops(doc)
+    kinds = by_kind(docs)
+    dep, svc = kinds["Deployment"], kinds["Service"]
+    pod = dep["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    mon = values["monitoring"]
+    # the scrape configs find the picker's pods / Service and its metrics port by name
+    if mon["podMonitoring"]["enabled"]:
+        pm = kinds["PodMonitoring"]["spec"]
+        assert pm["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        (ep,) = pm["endpoints"]
+        assert ep["port"] in {p["name"] for p in container["ports"]}
+        assert ep["interval"] == mon["podMonitoring"]["interval"]
+    if mon["serviceMonitor"]["enabled"]:
+        sm = kinds["ServiceMonitor"]
+        assert sm["metadata"]["labels"].items() >= mon["serviceMonitor"]["labels"].items()
+        assert sm["spec"]["selector"]["matchLabels"].items() <= \
+            svc["metadata"]["labels"].items()
+        (ep,) = sm["spec"]["endpoints"]
+        assert ep["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    # the HPA scales the model servers on a metric the picker exports, for this pool
+    hpa_values = values["autoscaling"]["hpa"]
+    hpa = kinds["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "name": hpa_values["targetDeployment"]}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (hpa_values["minReplicas"],
+                                                         hpa_values["maxReplicas"])
+    (metric,) = hpa["metrics"]
+    ext = metric["external"]
+    exported = {fam.name for fam in Observability().registry.collect()}
+    prom_name = ext["metric"]["name"].split("|")[1] if "|" in ext["metric"]["name"] \
+        else ext["metric"]["name"]
+    assert prom_name in exported
+    label_value = hpa_values["poolLabelValue"] or values["model"] or "qwen-inferoute"
+    assert ext["metric"]["selector"]["matchLabels"] == {hpa_values["poolLabel"]: label_value}
+    target = ext["target"]
+    if hpa_values["metric"] == "desired-replicas":
+        assert target == {"type": "AverageValue", "averageValue": "1"}
+        assert hpa["behavior"] == hpa_values["behavior"]
+    elif hpa_values["metric"] == "kv-cache":
+        assert target == {"type": "Value", "value": str(hpa_values["kvCacheUtilization"])}
+    else:
+        assert target == {"type": "Value", "value": str(hpa_values["queueSize"])}
+    # the estimator's settings reach the picker, which loads them
+    args = build_parser().parse_args(container["args"])
+    estimator = values["autoscaling"]["estimator"]
+    assert bool(args.autoscaling) == bool(estimator)
+    if estimator:
+        mounted = tmp_path / "mounted"
+        mounted.mkdir()
+        for key, text in kinds["ConfigMap"]["data"].items():
+            (mounted / key).write_text(text)
+        args = build_parser().parse_args([a.replace(MOUNT, str(mounted))
+                                          for a in container["args"]])
+        spec = command._serving_config(args).autoscale_spec()
+        assert spec is not None and spec.ttft_target == 0.8 and spec.max_replicas == 32
+
+
+@pytest.mark.parametrize("override, message", [
+    (("autoscaling.hpa.enabled=true",), "needs autoscaling.hpa.targetDeployment"),
+    (("autoscaling.hpa.enabled=true", "autoscaling.hpa.targetDeployment=v",
+      "autoscaling.hpa.metric=desired-replicas"), "needs autoscaling.estimator"),
+    (("autoscaling.hpa.enabled=true", "autoscaling.hpa.targetDeployment=v",
+      "model=Qwen/Qwen3-32B"), "not a valid label value"),
+    (("autoscaling.hpa.metric=cpu",), "metric must be one of"),
+    (("autoscaling.hpa.kvCacheUtilization=2",), "kvCacheUtilization"),
+    (("monitoring.podMonitoring.interval=15",), "interval"),
+    (("autoscaling.estimator.ttft=1s",), "estimator"),
+])
+def test_bad_ops_values_fail_before_rendering(helm, override, message):
+    args = [a for kv in override for a in ("--set", kv)]
+    out = _helm(helm, "template", "qwen", str(CHART), *args)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+def test_ops_validation_catches_broken_manifests(helm, tmp_path):
+    kinds = by_kind(render(helm, tmp_path, OPS_SETS["desired-replicas"]))
+    sm = json.loads(json.dumps(kinds["ServiceMonitor"]))
+    sm["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    with pytest.raises(AssertionError, match="15 seconds"):
+        _validate_ops(sm)
+    hpa = json.loads(json.dumps(kinds["HorizontalPodAutoscaler"]))
+    hpa["spec"]["metrics"][0]["external"]["target"]["type"] = "Percent"
+    del hpa["spec"]["metrics"][0]["external"]["target"]["averageValue"]
+    hpa["spec"]["metrics"][0]["external"]["target"]["avgValue"] = "1"
+    with pytest.raises(AssertionError, match="avgValue"):
+        _validate_ops(hpa)

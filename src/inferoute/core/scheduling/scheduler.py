@@ -79,6 +79,9 @@ class Scheduler:
                  seed: int | None = None) -> None:
         self.config = config or default_config()
         self.rng = random.Random(seed)
+        #: keep every scorer's per-endpoint scores in each result (as `debug=True` does), for
+        #: a caller that shows them (the gateway's /dashboard)
+        self.record_scores = False
         self.plugins: dict[str, Any] = {
             spec.ref: create_plugin(spec.type, spec.ref, spec.parameters)
             for spec in self.config.plugins}
@@ -181,6 +184,7 @@ class Scheduler:
             self.run_deferred_hooks()
         if not endpoints:
             raise NoEndpointAvailable(f"no ready endpoint for model {request.target_model!r}")
+        debug = debug or self.record_scores
         ctx = CycleContext(now=now, rng=self.rng, debug=debug)
         results: dict[str, ProfileResult] = {}
         names = list(self.profiles)

@@ -1,0 +1,105 @@
+"""`inferoute bench autoscale`: the KV-utilisation HPA rule (a sweep of thresholds) against the
+desired-replicas gauge, under one rising and falling load, in virtual time; a markdown table.
+
+    inferoute bench autoscale --kv-targets 0.05,0.1,0.15,0.2,0.3 -o autoscale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .autoscale import AutoscaleConfig, AutoscaleResult, DayLoad, run_autoscaled
+from .workloads import make_workload, parse_params
+
+#: the table's default workload: unrelated 3000-token prompts (uniform 1500-4500), 300 output
+#: tokens (150-450): prefill-bound, no prefix to share
+DEFAULT_PARAMS = {"num_prompts": 4000, "input_len": 3000, "output_len": 300}
+
+
+def _configs(args: argparse.Namespace) -> list[AutoscaleConfig]:
+    params = {**DEFAULT_PARAMS, **parse_params(args.param)} if args.workload == "random" \
+        else parse_params(args.param)
+    workload = make_workload(args.workload, params, seed=args.seed)
+    load = DayLoad.make(args.base, args.peak, args.duration, seed=args.seed)
+    common: dict[str, Any] = {
+        "workload": workload, "load": load, "profile": args.profile, "policy": args.policy,
+        "seed": args.seed, "ttft_target": args.ttft_target, "cold_start": args.cold_start,
+        "min_replicas": args.min_replicas, "max_replicas": args.max_replicas}
+    targets = [float(t) for t in args.kv_targets.split(",") if t.strip()]
+    if not targets or any(not 0 < t <= 1 for t in targets):
+        raise ValueError("--kv-targets: a comma list of utilisations in (0, 1]")
+    return ([AutoscaleConfig(rule="gauge", **common)]  # type: ignore[arg-type]
+            + [AutoscaleConfig(rule="kv", kv_target=t, **common)  # type: ignore[arg-type]
+               for t in targets])
+
+
+def table(results: list[AutoscaleResult], ttft_target: float) -> str:
+    """Markdown: one row per run; the cheapest KV threshold that meets the target marked."""
+    meets = [r for r in results if r.rule == "kv" and r.ttft_p90 <= ttft_target]
+    best = min(meets, key=lambda r: r.replica_seconds) if meets else None
+    lines = [("| rule | replica-seconds | peak replicas | TTFT p50 (s) | TTFT p90 (s) | "
+              f"requests over {ttft_target:g} s | requests |"),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        name = ("desired-replicas gauge" if r.rule == "gauge"
+                else f"KV utilisation {r.kv_target:g}" + (" (best)" if r is best else ""))
+        over = f"{r.over_target} ({100 * r.over_target / max(1, r.requests):.1f}%)"
+        lines.append(f"| {name} | {r.replica_seconds:,.0f} | {r.peak_replicas} | "
+                     f"{r.ttft_p50:.3f} | {r.ttft_p90:.3f} | {over} | {r.requests} |")
+    return "\n".join(lines)
+
+
+def cmd_autoscale(args: argparse.Namespace) -> int:
+    configs = _configs(args)
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            results = list(pool.map(run_autoscaled, configs))
+    else:
+        results = []
+        for cfg in configs:
+            results.append(run_autoscaled(cfg))
+            r = results[-1]
+            print(f"{r.rule} {r.kv_target or ''}: {r.wall_seconds:.0f} s wall", file=sys.stderr)
+    print(table(results, args.ttft_target))
+    if args.output:
+        report = {"args": {k: v for k, v in vars(args).items() if k != "func"},
+                  "runs": [{**r.row(), "timeline": [
+                      {"t": t, "replicas": w, "ready": rd,
+                       "metric": None if math.isnan(v) else round(v, 4)}
+                      for t, w, rd, v in r.timeline]} for r in results]}
+        Path(args.output).write_text(json.dumps(report, indent=1))
+        print(f"report written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def register(sub: Any, guard: Any) -> None:
+    """Add `bench autoscale` to the bench subcommands."""
+    p = sub.add_parser("autoscale", help="HPA on KV utilisation vs the desired-replicas gauge "
+                                         "under a rising and falling load (virtual time)")
+    p.add_argument("--kv-targets", default="0.05,0.1,0.15,0.2,0.3",
+                   help="KV-utilisation thresholds of the seed's rule to sweep")
+    p.add_argument("--ttft-target", type=float, default=1.0, help="seconds (1.0)")
+    p.add_argument("--base", type=float, default=1.0, help="lowest arrival rate, req/s (1)")
+    p.add_argument("--peak", type=float, default=16.0, help="highest arrival rate, req/s (16)")
+    p.add_argument("--duration", type=float, default=600.0,
+                   help="seconds of the rise and fall (600)")
+    p.add_argument("--cold-start", type=float, default=60.0,
+                   help="seconds from a replica asked for to serving (60)")
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--max-replicas", type=int, default=16)
+    p.add_argument("--profile", default="qwen3-32b-2xh100", help="engine profile")
+    p.add_argument("--policy", default="inferoute", help="routing policy (inferoute)")
+    p.add_argument("--workload", default="random",
+                   help="random (3000-token prompts, 300 out) | shared_prefix | mixed | ...")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="workload parameter, repeatable")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1)")
+    p.add_argument("-o", "--output", default=None, help="JSON report with the timelines")
+    p.set_defaults(func=guard(cmd_autoscale))

@@ -1,0 +1,181 @@
+"""/dashboard in a real browser: headless Debian chromium driven by selenium loads the page in
+front of `inferoute sim`, checks the numbers it shows against the gateway's and the replicas'
+/metrics, and chats through the gateway, reading the streamed reply.
+
+Skips, saying why, without chromium, chromedriver (Debian: `apt-get install chromium
+chromium-driver`) or selenium (the `test` extra). Set INFEROUTE_DASHBOARD_SCREENSHOT=PATH to
+keep a screenshot (docs/dashboard.png is made that way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from inferoute.procs import free_port_range
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
+                                "(pip install -e '.[test]')")
+if CHROMIUM is None or CHROMEDRIVER is None:
+    pytest.skip("chromium / chromedriver not on PATH (Debian: apt-get install -y chromium "
+                "chromium-driver)", allow_module_level=True)
+
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+#: the tiny profile at 1/40 speed: a decode step takes tens of milliseconds, so a long stream
+#: holds a replica's running count still while the page is read
+TIME_SCALE = "40"
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium must not fetch drivers: ours are given
+    opts = Options()
+    opts.binary_location = CHROMIUM  # type: ignore[assignment]
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--disable-dev-shm-usage", "--window-size=1400,1100",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER,
+                                              log_output=str(tmp_path / "chromedriver.log")),
+                              options=opts)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+#: what the page shows, read in one script run (the page redraws every second)
+READ_PAGE = """
+const rows = {};
+for (const tr of document.querySelectorAll("table.replicas tr[data-endpoint]")) {
+  const cells = {};
+  for (const td of tr.querySelectorAll("td[data-field]"))
+    cells[td.dataset.field] = td.dataset.value ?? td.textContent;
+  rows[tr.dataset.endpoint] = cells;
+}
+const text = (sel) => document.querySelector(sel)?.textContent ?? null;
+return {
+  rows,
+  ready: text("[data-field=ready]"),
+  desired: text("[data-field=desired]"),
+  recent: [...document.querySelectorAll("#recent tbody tr")].map((tr) => ({
+    endpoint: tr.querySelector("[data-field=endpoint]").textContent,
+    scores: tr.querySelector("[data-field=scores]").textContent})),
+  throughputLines: document.querySelectorAll("#chart-throughput polyline").length,
+  updated: Number(document.body.dataset.updated || 0),
+};
+"""
+
+
+def _page(driver) -> dict:
+    return driver.execute_script(READ_PAGE)
+
+
+def test_dashboard_in_chromium(harness, web, browser, tmp_path: Path) -> None:
+    base = free_port_range(2)
+    harness.start(["inferoute", "sim", "--model", "sim-model", "--port", str(base),
+                   "--replicas", "2", "--profile", "tiny", "--time-scale", TIME_SCALE], base)
+    sims = [f"http://127.0.0.1:{base + i}" for i in range(2)]
+    harness.procs[-1].wait_for_http(sims[1] + "/health")
+    gw = harness.gateway({"dashboard": True, "autoscaling": {"ttftTarget": "1s"},
+                          "pools": [{"model": "sim-model", "endpoints": sims}]})
+    prompt = "the quick brown fox jumps over the lazy dog " * 12
+    for _ in range(4):  # the same prefix: later requests hit the replica's prefix cache
+        r = web.post(gw.url + "/v1/completions", json={"model": "sim-model", "prompt": prompt,
+                                                        "max_tokens": 2}, timeout=60)
+        assert r.status_code == 200, r.text
+    # a long stream keeps one replica running while the page is checked
+    conn, stream = web.open_stream(gw.url + "/v1/completions", {
+        "model": "sim-model", "prompt": "tell me a long story", "max_tokens": 600,
+        "stream": True, "ignore_eos": True})
+    try:
+        assert stream.status == 200
+        busy = stream.getheader("x-gateway-destination-endpoint-served")
+        assert stream.readline()  # streaming: it is running on `busy`
+
+        browser.get(gw.url + "/dashboard")
+        wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+        # the page's state: the busy replica running the stream, seen by the scrape and the
+        # router, and the five routed requests listed
+        def settled(d):  # the busy replica running the stream, five requests listed
+            shown = _page(d)
+            cells = shown["rows"].get(busy, {})
+            ok = cells.get("running") == "1" and cells.get("in_flight") == "1" \
+                and len(shown["recent"]) == 5
+            return shown if ok else None
+
+        wait.until(settled)
+        # /metrics, then a page drawn from a state built after it, then /metrics again: the
+        # page's numbers lie between the two (KV use only grows while the stream decodes)
+        before = web.get(gw.url + "/metrics").text
+        fetched = time.time()
+        def redrawn(d):  # from a state built after `before`
+            shown = _page(d)
+            return shown if shown["updated"] > fetched else None
+
+        shown = wait.until(redrawn)
+        page = web.get(gw.url + "/metrics").text
+        rows = shown["rows"]
+        assert set(rows) == {s[7:] for s in sims}
+        for ep, cells in rows.items():
+            labels = {"pool": "sim-model", "endpoint": ep}
+            for field, metric in (("waiting", "inferoute_endpoint_waiting_requests"),
+                                  ("running", "inferoute_endpoint_running_requests"),
+                                  ("in_flight", "inferoute_endpoint_in_flight_requests")):
+                assert float(cells[field]) == web.metric(before, metric, **labels) \
+                    == web.metric(page, metric, **labels), (ep, field)
+            assert cells["health"] == "ready"
+            assert web.metric(page, "inferoute_endpoint_ready", **labels) == 1
+            kv = "inferoute_endpoint_kv_cache_utilization"
+            assert web.metric(before, kv, **labels) <= float(cells["kv"]) \
+                <= web.metric(page, kv, **labels), (ep, cells["kv"])
+            # the prefix-cache hit rate is the replica's own counters' ratio
+            own = web.get(f"http://{ep}/metrics").text
+            hits = web.metric(own, "vllm:prefix_cache_hits_total")
+            queries = web.metric(own, "vllm:prefix_cache_queries_total")
+            if queries:
+                assert float(cells["prefix_hit_rate"]) == pytest.approx(hits / queries)
+            else:  # a replica no request has reached yet
+                assert cells["prefix_hit_rate"] == "null"
+        assert any(float(c["prefix_hit_rate"]) > 0 for c in rows.values())
+        ready_line = 'inference_pool_ready_pods{name="sim-model"} '
+        (ready,) = [ln[len(ready_line):] for ln in page.splitlines()
+                    if ln.startswith(ready_line)]
+        assert float(shown["ready"]) == float(ready) == 2
+        assert int(shown["desired"]) >= 1
+        newest = shown["recent"][0]
+        assert newest["endpoint"] == busy
+        assert "prefix-cache-scorer" in newest["scores"] and "queue-scorer" in newest["scores"]
+        assert shown["throughputLines"] == 2  # requests/s and tokens/s, four requests finished
+    finally:
+        conn.close()
+
+    # the chat box streams a reply through the gateway
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-model option"))
+    browser.find_element(By.ID, "chat-input").send_keys("Hello, who are you?")
+    browser.find_element(By.ID, "chat-send").click()
+    reply = wait.until(lambda d: (d.find_elements(By.CSS_SELECTOR, "#chat-log .assistant")
+                                  or [None])[-1])
+    wait.until(lambda d: reply.get_attribute("data-done") == "true")
+    assert "error" not in (reply.get_attribute("class") or ""), reply.text
+    assert int(reply.get_attribute("data-chunks")) >= 2 and reply.text.strip()
+    state = json.loads(web.get(gw.url + "/dashboard/state").text)
+    assert state["recent"][0]["model"] == "sim-model"
+    assert state["pools"][0]["estimate"]["measured"]  # the gauge's terms, shown on the page
+    browser.save_screenshot(str(tmp_path / "dashboard.png"))
+    keep = os.environ.get("INFEROUTE_DASHBOARD_SCREENSHOT")
+    if keep:
+        shutil.copy(tmp_path / "dashboard.png", keep)

@@ -1,0 +1,131 @@
+"""Autoscaling in virtual time: the HPA's arithmetic, the day-shaped load, replicas joining and
+leaving a run, and a whole autoscaled run on the tiny profile."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inferoute.bench.autoscale import (AutoscaleConfig, DayLoad, HorizontalPodAutoscaler,
+                                       run_autoscaled)
+from inferoute.bench.autoscale_command import table
+from inferoute.bench.des import SimConfig, VirtualBench
+from inferoute.bench.load import LoadSpec, parse_stages
+from inferoute.bench.workloads import random_prompts
+
+
+def test_hpa_value_target_tolerance_and_rate_limit() -> None:
+    hpa = HorizontalPodAutoscaler(1, 20, 0.5, "Value")
+    assert hpa.recommend(0, current=4, ready=4, value=0.54) == 4     # within 10%
+    assert hpa.recommend(15, current=4, ready=4, value=0.75) == 6    # ceil(4 x 1.5)
+    # a jump is capped at max(+4 pods, double) per sync
+    assert hpa.recommend(30, current=2, ready=2, value=5.0) == 6
+    assert hpa.recommend(45, current=1, ready=1, value=20.0) == 5
+
+
+def test_hpa_scale_down_waits_for_the_window() -> None:
+    hpa = HorizontalPodAutoscaler(1, 20, 1.0, "AverageValue")
+    assert hpa.recommend(0, current=8, ready=8, value=8.0) == 8
+    # the gauge drops to 2: held at the highest proposal of the last 300 s
+    assert hpa.recommend(15, current=8, ready=8, value=2.0) == 8
+    assert hpa.recommend(290, current=8, ready=8, value=2.0) == 8
+    assert hpa.recommend(301, current=8, ready=8, value=2.0) == 2
+    assert hpa.recommend(316, current=2, ready=2, value=30.0) == 6   # up: capped, then max
+    assert HorizontalPodAutoscaler(1, 3, 1.0, "AverageValue").recommend(
+        0, current=2, ready=2, value=9.0) == 3
+
+
+def test_day_load_rises_and_falls() -> None:
+    load = DayLoad.make(base=1, peak=9, duration=100, seed=3)
+    times = load.arrivals(0)
+    assert len(times) == load.stages[0].count == 500
+    assert times == sorted(times) and 0 <= times[0] and times[-1] <= 100
+    middle = sum(1 for t in times if 40 <= t < 60)
+    edge = sum(1 for t in times if t < 10 or t >= 90)
+    assert middle > 5 * edge
+    assert load.rate(50) == pytest.approx(9) and load.rate(0) == pytest.approx(1)
+    assert DayLoad.make(1, 9, 100, seed=3).arrivals(0) == times
+
+
+def _workload():
+    return random_prompts(num_prompts=200, input_len=300, output_len=12, seed=1)
+
+
+def test_replicas_join_and_leave_a_run() -> None:
+    cfg = SimConfig(policy="round-robin", replicas=2, profile="tiny", workload=_workload(),
+                    load=LoadSpec(parse_stages("20:6"), seed=1), seed=1)  # 120 requests
+    bench = VirtualBench(cfg)
+    events: dict[str, float] = {}
+
+    def grow(now: float) -> None:
+        events["added"] = now
+        events["new"] = bench.add_replica(now).name  # type: ignore[assignment]
+
+    def shrink(now: float) -> None:
+        events["removed"] = now
+        bench.remove_replica(bench.endpoints[0].name)
+        assert not bench.drained(bench.endpoints[1].name)  # never removed
+
+    bench.call_at(2.0, grow)
+    bench.call_at(4.0, shrink)
+    result = bench.run()
+    records = result.records[0]
+    assert len(records) == 120 and all(r.ok for r in records)
+    first, new = bench.endpoints[0].name, events["new"]
+    assert any(r.endpoint == new for r in records)
+    assert all(r.start >= events["added"] for r in records if r.endpoint == new)
+    assert all(r.start < events["removed"] for r in records if r.endpoint == first)
+    assert bench.drained(first) and len(result.engines) == 3
+
+
+def _autoscaled(rule: str, **kw) -> AutoscaleConfig:
+    return AutoscaleConfig(rule=rule, workload=_workload(),  # type: ignore[arg-type]
+                           load=DayLoad.make(2, 40, 160, seed=1), profile="tiny",
+                           policy="round-robin", ttft_target=0.02, cold_start=20,
+                           max_replicas=6, scale_down_window=45, **kw)
+
+
+@pytest.mark.parametrize("rule", ["gauge", "kv"])
+def test_an_autoscaled_run_adds_and_removes_replicas(rule: str) -> None:
+    res = run_autoscaled(_autoscaled(rule, kv_target=0.3))
+    assert res.requests == 3360 and res.failed == 0
+    asked = [w for _, w, _, _ in res.timeline]
+    assert max(asked) > 1 and res.peak_replicas == max(asked) <= 6
+    assert asked[-1] < max(asked)  # the load fell: the pool shrank
+    # replica-seconds: at least one replica all along, at most the peak all along
+    assert res.virtual_seconds <= res.replica_seconds <= res.peak_replicas * res.virtual_seconds
+    assert 0 < res.ttft_p50 <= res.ttft_p90
+    if rule == "gauge":
+        again = run_autoscaled(_autoscaled(rule))
+        assert again.row() == res.row() and again.timeline == res.timeline  # deterministic
+
+
+def test_table_marks_the_best_threshold() -> None:
+    from inferoute.bench.autoscale import AutoscaleResult
+
+    def r(rule, kv, rs, p90):
+        return AutoscaleResult(rule, kv, rs, 100, 0, p90, 0.1, 3, 4, 10.0, 1.0)
+    text = table([r("gauge", None, 900, 0.4), r("kv", 0.2, 1200, 0.5), r("kv", 0.4, 1000, 0.8),
+                  r("kv", 0.6, 800, 1.5)], ttft_target=1.0)
+    assert "| KV utilisation 0.4 (best) | 1,000 |" in text
+    assert "(best)" not in text.split("KV utilisation 0.4")[0]
+    assert "| desired-replicas gauge | 900 | 4 | 0.100 | 0.400 | 3 (3.0%) | 100 |" in text
+
+
+def test_the_command_prints_the_table_and_writes_timelines(tmp_path, capsys) -> None:
+    from inferoute.cli import main
+
+    out = tmp_path / "autoscale.json"
+    argv = ["bench", "autoscale", "--profile", "tiny", "--policy", "round-robin",
+            "--param", "num_prompts=100", "--param", "input_len=300", "--param",
+            "output_len=12", "--base", "1", "--peak", "20", "--duration", "60",
+            "--cold-start", "10", "--ttft-target", "0.02", "--max-replicas", "4",
+            "--kv-targets", "0.2,0.4", "-o", str(out)]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| desired-replicas gauge |" in table and "| KV utilisation 0.4" in table
+    report = json.loads(out.read_text())
+    assert [r["rule"] for r in report["runs"]] == ["gauge", "kv", "kv"]
+    assert all(r["requests"] == 630 and r["timeline"] for r in report["runs"])
+    assert main([*argv[:-2], "--kv-targets", "1.5"]) == 2  # a utilisation above 1

@@ -1,0 +1,208 @@
+"""The desired-replicas estimator: its formula on hand-made windows, its config, its feed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from inferoute.core.autoscale import (TAIL_FACTOR, AutoscaleSpec, Autoscaler, PoolEstimator,
+                                      parse_autoscale_spec)
+from inferoute.core.endpoint import Pool
+from inferoute.core.errors import ConfigError
+from inferoute.core.router import ModelPool, Router
+from inferoute.configfiles import resolve_config
+from inferoute.core.scheduling.scheduler import Scheduler
+
+
+def _feed(est: PoolEstimator, *, rate: float, seconds: float, uncached: int = 1000,
+          ttft: float = 0.1, e2e: float = 2.0, endpoints: int = 1, start: float = 0.0,
+          output: int = 100, batch: int = 1, unqueued: bool = True) -> float:
+    """`rate` arrivals/s for `seconds`, each finished at once with the given shape."""
+    n = int(rate * seconds)
+    for i in range(n):
+        t = start + i / rate
+        est.arrived(t)
+        est.finished(f"ep{i % endpoints}", t, prompt_tokens=uncached, cached_tokens=0,
+                     output_tokens=output, ttft=ttft, e2e=e2e, batch=batch,
+                     unqueued=unqueued)
+    return start + n / rate
+
+
+def test_formula_on_a_steady_window(make_ep) -> None:
+    spec = AutoscaleSpec(ttft_target=1.0, window=60.0, max_kv_utilization=0.8)
+    est = PoolEstimator(spec)
+    now = _feed(est, rate=10, seconds=60)
+    ready = [make_ep(0, running=10, kv_usage=0.5)]
+    e = est.estimate(now, ready)
+    x = 0.1  # 1000 uncached tokens at 10,000 tokens/s
+    rho = 2 * 0.9 / (2 * 0.9 + TAIL_FACTOR * x)
+    assert e.measured
+    assert e.arrival_rate == pytest.approx(10.0, rel=0.02)
+    assert e.unqueued_ttft == pytest.approx(x)
+    assert e.rho_max == pytest.approx(rho)
+    assert e.work == pytest.approx(x)  # one batch size seen: no decode slope measured
+    assert e.ttft_replicas == pytest.approx(e.arrival_rate * x / rho)
+    # Little: rate x (x + decode 1.9 s) in service, 0.05 of a replica's KV each, at most 0.8
+    assert e.kv_replicas == pytest.approx(e.arrival_rate * 2.0 * 0.05 / 0.8)
+    assert e.desired == math.ceil(max(e.ttft_replicas, e.kv_replicas))
+
+
+def test_desired_grows_with_load_and_shrinks_with_the_target_slack(make_ep) -> None:
+    ready = [make_ep(0, running=4, kv_usage=0.1)]
+    low, high = PoolEstimator(AutoscaleSpec()), PoolEstimator(AutoscaleSpec())
+    t = _feed(low, rate=20, seconds=60, uncached=4000, ttft=0.4)
+    _feed(high, rate=80, seconds=60, uncached=4000, ttft=0.4)
+    d_low, d_high = low.estimate(t, ready).desired, high.estimate(t, ready).desired
+    assert d_high > 3 * d_low >= 3
+    tight = PoolEstimator(AutoscaleSpec(ttft_target=0.5))
+    _feed(tight, rate=20, seconds=60, uncached=4000, ttft=0.4)
+    assert tight.estimate(t, ready).desired > d_low
+
+
+def test_prefix_hits_lower_the_prefill_need(make_ep) -> None:
+    cold, warm = PoolEstimator(AutoscaleSpec()), PoolEstimator(AutoscaleSpec())
+    for i in range(600):
+        t = i / 10
+        for est, cached in ((cold, 0), (warm, 3000)):
+            est.arrived(t)
+            # the speed is measured from uncached tokens: 10,000 tokens/s on both
+            est.finished("ep0", t, prompt_tokens=4000, cached_tokens=cached,
+                         output_tokens=10, ttft=(4000 - cached) / 10_000, e2e=1.0)
+    ready = [make_ep(0)]
+    assert warm.estimate(60, ready).ttft_replicas < cold.estimate(60, ready).ttft_replicas
+    # without usage's cached tokens, the scraped hit rate stands in
+    scraped = PoolEstimator(AutoscaleSpec())
+    for i in range(600):
+        scraped.arrived(i / 10)
+        scraped.finished("ep0", i / 10, prompt_tokens=4000, cached_tokens=None,
+                         output_tokens=10, ttft=0.1, e2e=1.0, hit_rate=0.75)
+    assert scraped.estimate(60, ready).unqueued_ttft == pytest.approx(0.1)
+
+
+def test_queue_and_unreachable_target(make_ep) -> None:
+    est = PoolEstimator(AutoscaleSpec(ttft_target=1.0, max_replicas=50))
+    t = _feed(est, rate=10, seconds=60)
+    calm = est.estimate(t, [make_ep(0)]).ttft_replicas
+    queued = est.estimate(t, [make_ep(0, waiting=600)]).ttft_replicas
+    assert queued == pytest.approx(calm + 600 * 0.1 / 60)
+    slow = PoolEstimator(AutoscaleSpec(ttft_target=0.05, max_replicas=50))
+    _feed(slow, rate=10, seconds=60)  # unqueued TTFT 0.1 s > the 0.05 s target
+    e = slow.estimate(t, [make_ep(0)])
+    assert e.rho_max == 0.05 and e.desired == 20
+
+
+def test_no_measurement_holds_and_no_load_goes_to_min(make_ep) -> None:
+    est = PoolEstimator(AutoscaleSpec(min_replicas=2))
+    assert est.estimate(0.0, [make_ep(i) for i in range(3)]).desired == 2  # no arrivals
+    for i in range(30):
+        est.arrived(i / 10)
+    hold = est.estimate(3.0, [make_ep(i) for i in range(5)])
+    assert hold.desired == 5 and not hold.measured
+    _feed(est, rate=10, seconds=10, start=3.0)
+    assert est.estimate(13.0, [make_ep(0)]).measured
+    # a window later with no arrivals: the minimum
+    assert est.estimate(13.0 + 61, [make_ep(0)]).desired == 2
+
+
+def test_rate_forecast_follows_the_trend() -> None:
+    est = PoolEstimator(AutoscaleSpec(window=60, horizon=30))
+    for sec in range(60):  # 1 req/s rising to 7 req/s: 0.1 more each second
+        for k in range(1 + sec // 10):
+            est.arrived(sec + k / 10)
+    assert est.arrival_rate(60.0) == pytest.approx(3.5, abs=0.01)
+    # the line through the counts, 30 s after now: about 1 + 0.1 x 90
+    assert est.forecast_rate(60.0) == pytest.approx(10.0, abs=1.0)
+    flat = PoolEstimator(AutoscaleSpec(horizon=30))
+    for i in range(300):
+        flat.arrived(i / 5)
+    assert flat.forecast_rate(60.0) == pytest.approx(5.0, abs=0.01)
+    young = PoolEstimator(AutoscaleSpec())
+    for i in range(8):
+        young.arrived(i)
+    assert young.forecast_rate(8.0) == young.arrival_rate(8.0)  # too short for a trend
+
+
+def test_unqueued_ttft_is_a_fixed_cost_plus_prompt_over_speed(make_ep) -> None:
+    est = PoolEstimator(AutoscaleSpec(horizon=0))
+    for i in range(600):  # 50 ms fixed, 10,000 uncached tokens/s; prompts of 1000-3995
+        u = 1000 + 5 * i
+        est.arrived(i / 10)
+        est.finished("ep0", i / 10, prompt_tokens=u, cached_tokens=0, output_tokens=10,
+                     ttft=0.05 + u / 10_000, e2e=1.0)
+    e = est.estimate(60.0, [make_ep(0)])
+    assert e.prefill_speed == pytest.approx(10_000)
+    assert e.unqueued_ttft == pytest.approx(0.05 + 2497.5 / 10_000)
+
+
+def test_decode_slope_adds_work(make_ep) -> None:
+    est = PoolEstimator(AutoscaleSpec(horizon=0))
+    for i in range(600):  # time per output token 10 ms + 1 ms per running sequence
+        batch = 1 + i % 40
+        est.arrived(i / 10)
+        est.finished("ep0", i / 10, prompt_tokens=1000, cached_tokens=0, output_tokens=101,
+                     ttft=0.1, e2e=0.1 + 100 * (0.010 + 0.001 * batch), batch=batch)
+    e = est.estimate(60.0, [make_ep(0)])
+    assert e.work == pytest.approx(0.1 + 101 * 0.001)
+
+
+def test_prefill_speed_from_unqueued_requests_only(make_ep) -> None:
+    est = PoolEstimator(AutoscaleSpec(window=60, horizon=0))
+    t = _feed(est, rate=10, seconds=60, uncached=1000, ttft=0.1)  # 10,000 tokens/s
+    assert est.estimate(t, [make_ep(0)]).unqueued_ttft == pytest.approx(0.1)
+    # a minute later every request queues for 2 s: the speed seen unqueued is kept
+    t = _feed(est, rate=10, seconds=60, uncached=1000, ttft=2.1, start=t, unqueued=False)
+    e = est.estimate(t, [make_ep(0)])
+    assert e.unqueued_ttft == pytest.approx(0.1)  # the last unqueued fit is kept
+    est2 = PoolEstimator(AutoscaleSpec(window=60, horizon=0))
+    t = _feed(est2, rate=10, seconds=60, uncached=1000, ttft=0.1)
+    for i in range(300):  # half of the next 30 s queue, the other half does not
+        est2.arrived(t + i / 10)
+        est2.finished("ep0", t + i / 10, prompt_tokens=1000, cached_tokens=0,
+                      output_tokens=100, ttft=0.1 if i % 2 else 3.0, e2e=4.0,
+                      unqueued=bool(i % 2))
+    assert est2.estimate(t + 30, [make_ep(0)]).unqueued_ttft == pytest.approx(0.1)
+
+
+def test_the_window_is_bounded() -> None:
+    est = PoolEstimator(AutoscaleSpec(window=10, max_samples=100))
+    _feed(est, rate=100, seconds=100)
+    assert len(est._samples) <= 100 and len(est._arrivals) <= 11
+    assert est.arrival_rate(100.0) == pytest.approx(100.0, rel=0.1)
+
+
+def test_spec_parsing() -> None:
+    spec = parse_autoscale_spec({"ttftTarget": "500ms", "window": "2m", "maxReplicas": 8})
+    assert (spec.ttft_target, spec.window, spec.max_replicas) == (0.5, 120.0, 8)
+    assert parse_autoscale_spec(None) == AutoscaleSpec()
+    for bad, match in (({"ttft": 1}, "unknown keys ttft"), ({"ttftTarget": 0}, "positive"),
+                       ({"horizon": -1}, "horizon"),
+                       ({"maxKvUtilization": 1.5}, "maxKvUtilization"),
+                       ({"minReplicas": 3, "maxReplicas": 2}, "minReplicas"),
+                       ({"maxReplicas": "x"}, "autoscaling.maxReplicas"), ([1], "mapping")):
+        with pytest.raises(ConfigError, match=match):
+            parse_autoscale_spec(bad)  # type: ignore[arg-type]
+
+
+def test_router_feeds_the_estimator(make_ep, make_req) -> None:
+    eps = [make_ep(i) for i in range(2)]
+    mp = ModelPool("m", Pool("m", eps), Scheduler(resolve_config("round-robin"), seed=1))
+    router = Router([mp])
+    auto = Autoscaler(AutoscaleSpec())
+    router.listeners.append(auto)
+    for i in range(20):
+        req = make_req("word " * 400, model="m")
+        req.stream = True
+        req.arrival_time = float(i)
+        d = router.schedule(req, now=float(i))
+        router.dispatch(d, d.result.target, now=float(i))
+        router.first_token(d, now=i + 0.2)
+        router.finish(d, now=i + 1.0, usage={"prompt_tokens": 500, "completion_tokens": 9,
+                                             "prompt_tokens_details": {"cached_tokens": 100}})
+    pool = auto.pools["m"]
+    assert pool.arrival_rate(20.0) == pytest.approx(1.0)
+    s = pool._samples[-1]
+    assert (s.uncached, s.ttft, s.decode) == (400.0, pytest.approx(0.2), pytest.approx(0.8))
+    assert {x.endpoint for x in pool._samples} == {ep.name for ep in eps}
+    assert (s.output, s.unqueued, s.batch) == (9, True, 1)
+    assert auto.estimate("m", 20.0, eps).unqueued_ttft == pytest.approx(0.2)

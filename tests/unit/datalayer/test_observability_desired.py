@@ -1,0 +1,54 @@
+"""`inferoute_pool_desired_replicas`: exported when `autoscaling:` is configured, fed by the
+router's requests."""
+
+from __future__ import annotations
+
+from inferoute.core.clock import ManualClock
+from inferoute.core.endpoint import EndpointMetrics
+from inferoute.core.request import parse_request
+from inferoute.datalayer.serving_config import parse_serving_config
+from inferoute.datalayer.runtime import DataLayer
+from inferoute.observability import Observability
+
+
+def _data(clock: ManualClock, **extra: object) -> DataLayer:
+    return DataLayer(parse_serving_config({"pools": [
+        {"model": "m", "endpoints": ["http://a:1", "http://b:2"]}], **extra}), clock=clock.now)
+
+
+def test_gauge_follows_the_router() -> None:
+    clock = ManualClock(0.0)
+    data = _data(clock, autoscaling={"ttftTarget": "1s", "maxReplicas": 10})
+    obs = Observability()
+    obs.watch(data)
+    obs.watch(data)  # the gateway calls it twice: one listener only
+    assert len(data.router.listeners) == 1
+    for ep in data.router.pools["m"].pool:
+        ep.metrics = EndpointMetrics(running=1, kv_usage=0.01, scraped_at=0.0)
+    page = obs.render()[0].decode()
+    assert 'inferoute_pool_desired_replicas{name="m"} 1.0' in page  # no load: minReplicas
+    for i in range(600):  # 10 req/s, 8000 uncached tokens at 10,000 tokens/s: x = 0.8 s
+        now = i / 10
+        clock.set(now)
+        for ep in data.router.pools["m"].pool:  # freshly scraped: candidates for the router
+            ep.metrics = EndpointMetrics(running=1, kv_usage=0.01, scraped_at=now)
+        req = parse_request("completions", {"model": "m", "prompt": "hi", "stream": True}, {},
+                            request_id=f"r{i}", arrival_time=now)
+        d = data.router.schedule(req, now)
+        data.router.dispatch(d, d.result.target, now)
+        data.router.first_token(d, now + 0.8)
+        data.router.finish(d, now + 1.0, {"prompt_tokens": 8000, "completion_tokens": 10})
+    for ep in data.router.pools["m"].pool:
+        ep.metrics = EndpointMetrics(running=1, kv_usage=0.01, scraped_at=clock.now())
+    est = obs.autoscaler.estimate("m", clock.now(), data.router.pools["m"].pool)
+    assert est.measured and est.desired == 10  # 8 s of prefill per second at rho_max 0.18: 45, capped
+    page = obs.render()[0].decode()
+    assert 'inferoute_pool_desired_replicas{name="m"} 10.0' in page
+
+
+def test_no_section_no_gauge() -> None:
+    obs = Observability()
+    data = _data(ManualClock(0.0))
+    obs.watch(data)
+    assert obs.autoscaler is None and not data.router.listeners
+    assert "inferoute_pool_desired_replicas{" not in obs.render()[0].decode()
