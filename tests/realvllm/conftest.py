@@ -15,6 +15,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import openai
@@ -127,6 +128,15 @@ def client(gateway: Gateway) -> openai.OpenAI:
 
 def pool(engines: Engines, scheduler: str | dict = "llm-d", **extra: object) -> dict:
     return {"model": MODEL, "endpoints": engines.urls, "scheduler": scheduler, **extra}
+
+
+def late_scrapes_ok(policy: str) -> dict:
+    """A packaged policy whose metrics count as fresh for 10 s: two CPU replicas beside the
+    tests can starve the gateway's 50 ms scrapes past the 200 ms threshold, which takes a replica
+    out of the candidates; tests of routing, not of staleness, use this."""
+    config = yaml.safe_load(files("inferoute.configs").joinpath(f"{policy}.yaml").read_text())
+    config["saturationDetector"] = {"metricsStalenessThreshold": "10s"}
+    return config
 
 
 async def until(cond: Callable[[], bool], timeout: float = 60.0) -> None:

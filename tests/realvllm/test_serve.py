@@ -12,14 +12,14 @@ import pytest
 
 from inferoute.core.metricsparse import parse_metrics
 
-from .conftest import BLOCK, MODEL, Engines, Gateway, gateway_for, pool, words
+from .conftest import BLOCK, MODEL, Engines, Gateway, gateway_for, late_scrapes_ok, pool, words
 
 SERVED = "x-gateway-destination-endpoint-served"
 
 
 @pytest.fixture(scope="module")
 def gateway(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    with gateway_for(tmp_path_factory.mktemp("serve"), pool(engines, "llm-d")) as gw:
+    with gateway_for(tmp_path_factory.mktemp("serve"), pool(engines, late_scrapes_ok("llm-d"))) as gw:
         yield gw
 
 
