@@ -20,7 +20,10 @@ def _overload():  # type: ignore[no-untyped-def]
 
 def test_admission_protects_critical_requests_at_2x_capacity():
     ov = _overload()
-    on, off = ov.run(duration=2.0, load=2.0, max_tokens=16, seed=3)
+    # the product's default queue-depth threshold (5): with 0 the gateway's own queue keeps the
+    # replicas' queues empty, the saturation detector never trips and sheddable requests wait
+    # instead of being shed, so a 2 s run may shed nothing
+    on, off = ov.run(duration=2.0, load=2.0, max_tokens=16, seed=3, queue_depth=5)
     assert on.admission and not off.admission and on.rate == off.rate
     crit_on, crit_off = on.of("critical"), off.of("critical")
     assert len(crit_on) == len(crit_off) >= 5
