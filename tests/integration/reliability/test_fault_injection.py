@@ -163,30 +163,45 @@ def test_stale_metrics_replica(harness):
 
 
 def test_all_replicas_saturated(harness):
+    """Every replica full and the gateway's queue holding the rest: sheddable requests get 429
+    with Retry-After, every other request completes. The replicas are slowed 1000-fold while
+    the state builds (no request can finish, however slowly this machine sends them), then
+    run at 10x once the shedding has been seen, so the queue drains."""
     urls = harness.sim(2)
     admission = {"objectives": [{"name": "critical", "priority": 10},
                                 {"name": "standard", "priority": 0},
                                 {"name": "sheddable", "priority": -1}],
-                 "flowControl": {"ttl": "60s", "retryAfter": "1s"}}
+                 "flowControl": {"ttl": "120s", "retryAfter": "1s"}}
     gw = harness.serve(_pool(urls, admission=admission), "--log-level", "error")
     wait_ready(gw.url, MODEL, 2)
-    for url in urls:
-        post(url + "/admin/latency", json={"time_scale": 10})
+
+    def scale(factor: float) -> None:
+        for url in urls:
+            post(url + "/admin/latency", json={"time_scale": factor})
 
     def one(i: int, objective: str) -> tuple[str, Outcome]:
         return objective, call(gw.url + "/v1/completions", _body(i, i % 2 == 0, 30),
-                               {OBJECTIVE: objective}, timeout=90)
+                               {OBJECTIVE: objective}, timeout=180)
 
+    def wait_for(what: str, done) -> None:  # a state, bounded; polled, never a fixed wait
+        deadline = time.monotonic() + 90
+        while not done():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
+    def queued() -> float:
+        return metric_value(get(gw.url + "/metrics").text,
+                            "inference_extension_flow_control_queue_size",
+                            priority="all") or 0
+
+    scale(1000)
     with ThreadPoolExecutor(48) as pool:
         fill = [pool.submit(one, i, "standard") for i in range(32)]  # 2 x 8 seqs + queues
-        deadline = time.monotonic() + 30
-        while (metric_value(get(gw.url + "/metrics").text,
-                            "inference_extension_flow_control_queue_size",
-                            priority="all") or 0) == 0:
-            assert time.monotonic() < deadline, ("the pool never saturated", [
-                (f.result()[1].status, f.result()[1].error) for f in fill if f.done()])
-            time.sleep(0.02)
+        wait_for("the pool never saturated", lambda: queued() > 0)
         mixed = [pool.submit(one, 100 + i, ("critical", "sheddable")[i % 2]) for i in range(16)]
+        shed_side = mixed[1::2]
+        wait_for("nothing was shed", lambda: any(f.done() for f in shed_side))
+        scale(10)
         results = [f.result() for f in fill + mixed]
 
     for objective, o in results:
