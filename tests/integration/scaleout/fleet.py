@@ -69,7 +69,7 @@ def spawn(args: list[str], name: str) -> ChildProcess:
     return ChildProcess(args, name=name, unset_env=("INFEROUTE_API_KEYS",))
 
 
-def wait_until(cond: Any, what: str, proc: ChildProcess, timeout: float = 30.0) -> None:
+def wait_until(cond: Any, what: str, proc: ChildProcess, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if not proc.alive():
