@@ -42,6 +42,28 @@ async def complete(session: aiohttp.ClientSession, port: int, prompt: str) -> in
     return (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
 
 
+async def events_applied(session: aiohttp.ClientSession, metrics_port: int, http: int,
+                         kit, timeout: float = 120.0) -> None:
+    """Wait until the picker has applied every KV-event batch both replicas published (the
+    simulator's /admin/stats against the picker's `inferoute_kv_event_last_sequence`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        samples = await kit.scrape(metrics_port)
+        behind = []
+        for port in (http, http + 1):
+            async with session.get(f"http://127.0.0.1:{port}/admin/stats") as r:
+                published = (await r.json())["kv_events"]["published"]
+            seen = kit.metric(samples, "inferoute_kv_event_last_sequence",
+                              endpoint=f"127.0.0.1:{port}")
+            if seen < published - 1:
+                behind.append((port, seen, published))
+        if not behind:
+            return
+        assert loop.time() < deadline, ("KV events never reached the picker", behind)
+        await asyncio.sleep(0.05)
+
+
 async def test_epp_pool_mode_routes_on_the_pods_kv_events(standin, kv_sim, kit, tmp_path,
                                                           monkeypatch):
     api, api_port = standin
@@ -68,7 +90,7 @@ async def test_epp_pool_mode_routes_on_the_pods_kv_events(standin, kv_sim, kit, 
         async with aiohttp.ClientSession() as session:
             for prompt, port in zip(prompts, holders):
                 assert await complete(session, port, prompt) == 0  # a cold miss
-            await asyncio.sleep(0.5)  # BlockStored events reach the picker (loopback: ms)
+            await events_applied(session, epp.ports["metrics"], http, kit)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{epp.ports['grpc']}") as ch:
                 for prompt, port in zip(prompts, holders):
                     body = orjson.dumps({"model": kit.MODEL, "prompt": prompt,
