@@ -62,7 +62,9 @@ def test_failures_before_the_first_byte_retry_on_the_fallbacks(router) -> None:
     assert isinstance(retry, SendUpstream) and retry.endpoint is targets[1]
     assert retry.attempt == 2 and 0.0 <= retry.delay <= 0.1
     assert targets[0].in_flight_requests == 0 and targets[1].in_flight_requests == 1
-    respond, finish = lc.upstream_failed(100.2, UpstreamError("refused"))
+    (third,) = lc.upstream_failed(100.2)  # then the other candidate
+    assert third.endpoint not in targets and third.last and third.attempt == 3
+    respond, finish = lc.upstream_failed(100.3, UpstreamError("refused"))
     assert isinstance(respond, Respond) and respond.error.status == 502
     assert isinstance(finish, Finish) and flight(router) == 0 and lc.phase is Phase.DONE
 
