@@ -58,10 +58,8 @@ def test_a_404_for_the_pools_model_takes_the_replica_out(msgs) -> None:
     s2, second = pick(picker, msgs)
     assert second != first
     answer(s2, msgs, "404", b"404: Not Found")  # a missing route: the replica stays in
-    s3, third = pick(picker, msgs)
-    assert third == second
-    assert all(ep.in_flight_requests == 1 for ep in router.pools["m"].pool
-               if ep.name == third)
+    # (were both out, the least-loaded picker would take the first by name again)
+    assert pick(picker, msgs)[1] == second
 
 
 def test_every_scrape_stale_routes_on_in_flight_counts(msgs) -> None:
@@ -72,7 +70,7 @@ def test_every_scrape_stale_routes_on_in_flight_counts(msgs) -> None:
     events = []
     stale = EndpointPicker(router, selector=CandidateSelector(
         router, stale_fallback=True, on_stale=lambda pool, ev: events.append(ev)))
-    s, first = pick(stale, msgs, now=60.0)  # every scrape is a minute old
+    pick(stale, msgs, now=60.0)  # every scrape is a minute old
     assert events == ["start", "routed"]
     plain = EndpointPicker(router).stream()
     plain.handle(msgs.headers_msg(HEADERS, mode=msgs.FULL_DUPLEX), 60.0)
