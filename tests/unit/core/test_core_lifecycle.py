@@ -147,7 +147,7 @@ def test_usage_is_asked_for_and_hidden_when_the_shell_must_know_it(router) -> No
 
 
 def test_a_model_route_renames_the_answer_back_but_a_choice_made_before_does_not(router) -> None:
-    lc, (send,) = start(router, body=orjson.dumps({"model": "alias", "prompt": "x"}))
+    lc, _ = start(router, body=orjson.dumps({"model": "alias", "prompt": "x"}))
     assert lc.rename == ("m", "alias") and lc.rewriter is not None
     assert b'"model":"alias"' in lc.rewriter.feed(b'data: {"model":"m"}\n\n')
     picked = RequestLifecycle(router)
