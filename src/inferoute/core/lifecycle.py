@@ -125,6 +125,11 @@ class Phase(Enum):
 class RequestLifecycle:
     """One request from its body to its end (see the module docstring)."""
 
+    __slots__ = ("_allowed", "_held", "_last", "_parsed_body", "_raw", "_tracker", "admission",
+                 "attempt", "body", "decision", "default_model", "defer_hooks", "inject_usage",
+                 "phase", "plan", "pool", "rename", "request", "retry", "rewriter", "rng",
+                 "router", "rules", "schedule_seconds", "selector", "status", "ticket", "timer")
+
     def __init__(self, router: Router, *, selector: CandidateSelector | None = None,
                  admission: AdmissionControl | None = None, rules: RoutingRules | None = None,
                  retry: RetryPolicy | None = None, rng: random.Random | None = None,

@@ -137,10 +137,13 @@ class EndpointPicker:
     #: measures the scheduling decision (wall time, for the scheduler latency metric)
     timer: Callable[[], float] = time.perf_counter
     _ids: Any = field(default_factory=lambda: itertools.count(1))
+    _retry: RetryPolicy = field(default=RetryPolicy(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.selector is None:
             self.selector = CandidateSelector(self.router)
+        # Envoy does the sending: no retries here, the plan's next endpoints are the fallbacks
+        self._retry = RetryPolicy(max_attempts=1 + self.settings.fallbacks)
 
     def stream(self) -> "PickerStream":
         return PickerStream(self)
@@ -151,10 +154,6 @@ class EndpointPicker:
         return RequestLifecycle(self.router, selector=self.selector, admission=self.admission,
                                 rules=self.rules, retry=self._retry, timer=self.timer,
                                 default_model=self.default_model)
-
-    @property
-    def _retry(self) -> RetryPolicy:
-        return RetryPolicy(max_attempts=1 + self.settings.fallbacks)
 
     def next_request_id(self) -> str:
         return f"epp-{next(self._ids)}"
