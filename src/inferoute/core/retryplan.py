@@ -96,12 +96,13 @@ class AttemptPlan:
         """Whether another endpoint may still be tried at `now`."""
         return self._next < len(self._order) and now < self.deadline
 
-    def take(self, now: float, rng: random.Random) -> tuple[Endpoint, float, bool]:
+    def take(self, now: float, rng: random.Random | None) -> tuple[Endpoint, float, bool]:
         """The next endpoint, the back-off before sending to it (within the deadline) and
-        whether it is the last attempt."""
+        whether it is the last attempt (`rng`: needed from the second attempt on)."""
         ep = self._order[self._next]
         delay = 0.0
         if self._next:  # never before the first attempt
+            assert rng is not None
             delay = min(self.policy.delay(self._next, rng), max(0.0, self.deadline - now))
         self._next += 1
         last = self._next >= len(self._order) or now + delay >= self.deadline
