@@ -3,12 +3,15 @@
 Nothing here sleeps, opens a socket or reads a clock. One run wires:
 - N `inferoute.sim.engine.Engine`s (the simulator's sans-I/O model of a vLLM replica), stepped
   back to back while they have work: a step planned at t delivers its tokens at t + duration;
-- the core's request lifecycle (`core.lifecycle.RequestLifecycle`) for every request: parse,
-  resolve, `Router.schedule` (the packaged or given EndpointPickerConfig) among the candidates
-  of the gateway's own rule (`CandidateRule`: ready and fresh, with the serving config's default
+- the core's request lifecycle (`core.lifecycle.RequestLifecycle`, the object the HTTP gateway
+  and the ext_proc picker drive too) for every request: parse, resolve, `Router.schedule` (the
+  packaged or given EndpointPickerConfig) among the candidates of the gateway's own rule
+  (`CandidateSelector` over `CandidateRule`: ready and fresh, with the serving config's default
   ready window and this run's scrape interval; every endpoint is scraped once at time 0, as a
-  gateway that was up before the load began has done), dispatch, first token and finish (in-flight bookkeeping, plugin hooks), on the same
-  `Endpoint` objects the HTTP gateway uses;
+  gateway that was up before the load began has done; no health, so no back-pressure, and no
+  all-stale fallback), dispatch, first token and finish (in-flight bookkeeping, plugin hooks),
+  on the same `Endpoint` objects the HTTP gateway uses; no request fails upstream here, so the
+  lifecycle's retries never run;
 - simulated metric scrapes: every `scrape_interval` each endpoint's `EndpointMetrics` is replaced
   by the engine's stats at that instant, so the scheduler sees metrics exactly as stale as a live
   gateway would (scrapes are staggered across endpoints);

@@ -93,6 +93,11 @@ class Router:
         """Every name a client may put in `model`."""
         return list(self._names)
 
+    def pool_of(self, name: str) -> ModelPool | None:
+        """The pool that serves model name `name` (base, alias or adapter), if any."""
+        entry = self._names.get(name)
+        return entry[0] if entry is not None else None
+
     def resolve(self, request: InferenceRequest) -> ModelPool:
         """The pool for `request.target_model`; sets `lora_adapter` when it names an adapter."""
         entry = self._names.get(request.target_model)
@@ -110,13 +115,13 @@ class Router:
         return self.rule.candidates(mp.pool, now, threshold, prefer_fresh=prefer_fresh)
 
     def schedule(self, request: InferenceRequest, now: float,
-                 candidates: list[Endpoint] | None = None, *,
+                 candidates: list[Endpoint] | None = None, *, pool: ModelPool | None = None,
                  defer_hooks: bool = False) -> Decision:
-        """Resolve the pool and pick among `candidates` (default: the rule's); raises
-        NoEndpointAvailable when none is ready.
+        """Resolve the pool (unless given: `pool`) and pick among `candidates` (default: the
+        rule's); raises NoEndpointAvailable when none is ready.
         `defer_hooks`: see `Scheduler.schedule` (then call the pool scheduler's
         `run_deferred_hooks` soon)."""
-        mp = self.resolve(request)
+        mp = self.resolve(request) if pool is None else pool
         eps = self.candidates(mp, now) if candidates is None else candidates
         result = mp.scheduler.schedule(request, eps, now, defer_hooks=defer_hooks)
         return Decision(request=request, pool=mp, result=result)

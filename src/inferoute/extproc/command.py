@@ -26,11 +26,13 @@ from ..configfiles import load_admission_config
 from ..core.admission import AdmissionConfig
 from ..core.errors import ConfigError
 from ..core.scheduling.config import parse_duration
+from ..core.selection import CandidateSelector, PoolsHealth
 from ..datalayer.admission_driver import AdmissionDriver
 from ..datalayer.precise_flags import add_precise_flags, apply_precise_flags
 from ..datalayer.serving_config import (ServingConfig, apply_ops_args, config_from_args,
                                         parse_serving_config)
 from ..datalayer.runtime import DataLayer
+from ..datalayer.stale_fallback import StaleFallbackReport
 from ..observability import Observability
 from .health import GrpcHealth, start_health_server
 from .metrics import MetricsObserver
@@ -147,10 +149,16 @@ class EppApp:
             max_body_bytes=args.max_body_bytes or config.max_body_bytes,
             fallbacks=max(0, args.fallbacks), assumed_mode=MODE_NAMES[args.body_mode])
         self.admission = AdmissionDriver(admission, self.data)
+        # Envoy reports the answers (429/503 back-pressure, a wrong-model 404): health keeps
+        # them for later picks; the all-stale fallback as in the gateway
+        selector = CandidateSelector(
+            self.data.router, PoolsHealth(self.data.router, self.data.clock),
+            stale_fallback=self.data.scrape, on_stale=StaleFallbackReport(self.obs.registry,
+                                                                         "picker"))
         self.picker = EndpointPicker(self.data.router, settings, observer=MetricsObserver(self.obs),
-                             admit=self.admission.check,
-                             route_model=self.admission.route_model,
-                             candidates=self.data.ready_endpoints, default_model=default_model)
+                                     admission=self.admission.controller,
+                                     rules=self.admission.rules, selector=selector,
+                                     default_model=default_model)
         self.servicer = ExternalProcessor(self.picker, clock=self.data.clock,
                                           wait_ticket=self.admission.wait,
                                           after_stream=self.admission.pump)

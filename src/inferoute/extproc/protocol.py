@@ -1,28 +1,38 @@
-"""The endpoint-picker side of one Envoy ext_proc stream, as a pure state machine.
+"""The endpoint-picker side of one Envoy ext_proc stream: Envoy's messages <-> lifecycle events.
 
 One HTTP request through Envoy is one gRPC stream of `ProcessingRequest`s. `PickerStream`
 consumes them in order (`handle(message, now)`) and returns the `ProcessingResponse`s to send
 back; it performs no I/O and reads no clock, so every rule below is unit-tested with fake
-messages. The rules follow the Gateway API Inference Extension's endpoint-picker protocol:
+messages. What happens to the request (parse, model route, pool, alias, admission, candidates,
+scheduling, the fallbacks, accounting) is the core's `RequestLifecycle`, the same object the
+HTTP gateway and the virtual benchmark drive; this module only translates. The translation
+follows the Gateway API Inference Extension's endpoint-picker protocol:
 
 * Request headers are held (no answer) until the whole body has arrived, when Envoy runs the
   request body in FULL_DUPLEX_STREAMED mode (the reference set-up). The body is accumulated up to
-  a bound (413 beyond it), parsed with the core's `parse_request` (API from `:path`), resolved,
-  admitted and scheduled with the core `Router`.
-* The answer: a headers response with `clear_route_cache`, header
-  `x-gateway-destination-endpoint: ip:port` (optionally followed by fallbacks, comma-separated),
-  a fixed `Content-Length`, client-supplied `x-gateway-destination-endpoint*` headers removed, and
-  the same endpoint in dynamic metadata `envoy.lb`; then the body in streamed chunks of at most
-  62,000 bytes, the last with end_of_stream. The body is re-serialised only when the model was
-  rewritten (header `x-gateway-model-name-rewrite` or a model alias).
+  a bound (413 beyond it), then fed to the lifecycle (`parse`, with the API from `:path`; the
+  proxy's `x-gateway-model-name-rewrite`, objective and fairness headers and its endpoint subset
+  hint; then `route`).
+* `SendUpstream` becomes a headers response with `clear_route_cache`, header
+  `x-gateway-destination-endpoint: ip:port` (followed by `fallbacks` more, comma-separated: the
+  lifecycle's attempt plan, as the gateway would retry), a fixed `Content-Length`,
+  client-supplied `x-gateway-destination-endpoint*` headers removed, and the same endpoint in
+  dynamic metadata `envoy.lb`; then the body in streamed chunks of at most 62,000 bytes, the
+  last with end_of_stream. The body is re-serialised only when the model was rewritten (the
+  rewrite header, a model route or an alias).
 * In BUFFERED mode (announced by Envoy in `protocol_config`) the headers are answered at once and
   the routing mutation rides on the body response instead.
-* Errors end the stream with an ImmediateResponse and an OpenAI-style JSON body: 400 invalid
-  body, 404 unknown model, 413 body too large, 429 shed, 503 no ready endpoint.
+* `Respond` ends the stream with an ImmediateResponse and an OpenAI-style JSON body: 400 invalid
+  body, 404 unknown model, 413 body too large, 429 shed, 503 no ready endpoint. `Wait` leaves
+  the stream open until the server's admission driver releases the ticket.
 * Response phase: the endpoint Envoy reports in metadata `envoy.lb /
   x-gateway-destination-endpoint-served` moves the in-flight bookkeeping there if it differs;
-  usage is read from the (streamed) response body; the request is finished exactly once, on the
-  end of the response or in `close()` when the stream ends early.
+  the status (and Retry-After, and for a 404 the first body bytes) go to the lifecycle, which
+  tells health: back-pressure and wrong-model replicas are then skipped by later picks, and
+  5xx answers count towards outlier ejection, as in the gateway (Envoy relays the answer: the
+  picker cannot retry it); usage is read from the
+  (streamed) response body; the request is finished exactly once, on the end of the response
+  or in `close()` when the stream ends early.
 """
 
 from __future__ import annotations
@@ -32,16 +42,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-import orjson
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 
+from ..core.admission.routing_rules import RoutingRules
 from ..core.endpoint import Endpoint
-from ..core.errors import (BadRequest, InferouteError, ModelNotFound, NoEndpointAvailable,
-                           PayloadTooLarge)
-from ..core.request import API_PATHS, InferenceRequest, decode_body, parse_request
-from ..core.router import Decision, ModelPool, Router
+from ..core.errors import BadRequest, InferouteError, NoEndpointAvailable, PayloadTooLarge
+from ..core.lifecycle import (Action, AdmissionControl, Finish, Phase, RequestLifecycle,
+                              Respond, SendUpstream, Wait)
+from ..core.request import API_PATHS, InferenceRequest
+from ..core.retryplan import RetryPolicy
+from ..core.router import Decision, Router
+from ..core.selection import CandidateSelector
 from . import messages as m
-from ..core.sse import UsageTracker
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 DESTINATION_NAMESPACE = "envoy.lb"
@@ -58,13 +70,6 @@ _Mode = processing_mode_pb2.ProcessingMode
 FULL_DUPLEX = _Mode.FULL_DUPLEX_STREAMED
 BUFFERED = _Mode.BUFFERED
 MODE_NAMES = {"full-duplex": FULL_DUPLEX, "buffered": BUFFERED}
-
-
-class AdmitFn(Protocol):
-    """Admission control, before scheduling: raise TooManyRequests to shed the request; return
-    None (or an object whose `admitted` is true) to go ahead, or a ticket to make it wait."""
-
-    def __call__(self, request: InferenceRequest, pool: ModelPool, now: float) -> Any: ...
 
 
 class StreamObserver(Protocol):
@@ -112,34 +117,51 @@ class PickerSettings:
 
 @dataclass
 class EndpointPicker:
-    """What every stream shares: the router, admission, metrics and settings."""
+    """What every stream shares: the router, the candidate selector, admission, metrics and
+    settings; `lifecycle()` makes the core `RequestLifecycle` of one stream."""
 
     router: Router
     settings: PickerSettings = field(default_factory=PickerSettings)
-    admit: AdmitFn | None = None
+    #: admission control (the core's `AdmissionController`): classify, then admit, queue or shed
+    admission: AdmissionControl | None = None
+    #: model routing rules: may set `request.target_model` (not applied when the proxy sent
+    #: `x-gateway-model-name-rewrite`)
+    rules: RoutingRules | None = None
     observer: StreamObserver = field(default_factory=NullObserver)
-    #: the endpoints of a pool that may be picked now (default: its healthy ones); the data
-    #: layer narrows this to endpoints with fresh metrics
-    candidates: Callable[[ModelPool, float], list[Endpoint]] | None = None
+    #: which endpoints may be picked (the core's rule; with health: back-pressure and
+    #: wrong-model answers Envoy reports, and the all-stale fallback when it is on)
+    selector: CandidateSelector | None = None
     #: the pool for a model name no pool claims (the reference picker passes any model through
     #: to its one InferencePool); None answers 404 instead
     default_model: str | None = None
-    #: model routing rules: may set `request.target_model` (not applied when the proxy sent
-    #: `x-gateway-model-name-rewrite`)
-    route_model: Callable[[InferenceRequest], None] | None = None
     #: measures the scheduling decision (wall time, for the scheduler latency metric)
     timer: Callable[[], float] = time.perf_counter
     _ids: Any = field(default_factory=lambda: itertools.count(1))
+    _retry: RetryPolicy = field(default=RetryPolicy(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.selector is None:
+            self.selector = CandidateSelector(self.router)
+        # Envoy does the sending: no retries here, the plan's next endpoints are the fallbacks
+        self._retry = RetryPolicy(max_attempts=1 + self.settings.fallbacks)
 
     def stream(self) -> "PickerStream":
         return PickerStream(self)
+
+    def lifecycle(self) -> RequestLifecycle:
+        """One request's lifecycle; Envoy does the sending, so no retries (the fallbacks in
+        the destination header are the attempt plan's next endpoints)."""
+        return RequestLifecycle(self.router, selector=self.selector, admission=self.admission,
+                                rules=self.rules, retry=self._retry, timer=self.timer,
+                                default_model=self.default_model)
 
     def next_request_id(self) -> str:
         return f"epp-{next(self._ids)}"
 
 
 class PickerStream:
-    """The state of one ext_proc stream (one HTTP request and its response)."""
+    """The state of one ext_proc stream (one HTTP request and its response): Envoy's messages
+    translated into the events of one core `RequestLifecycle`, its actions into Envoy's."""
 
     def __init__(self, picker: EndpointPicker) -> None:
         self.picker = picker
@@ -151,18 +173,15 @@ class PickerStream:
         self.body = bytearray()
         self.routed = False
         self.done = False
-        self.request: InferenceRequest | None = None
-        self.decision: Decision | None = None
+        self.lifecycle: RequestLifecycle | None = None
         self.destination: str = ""
         self.request_size = 0
-        self.schedule_seconds = 0.0
         self.error: InferouteError | None = None
         self.received_at: float | None = None
         self.routed_at: float | None = None
         self.first_byte_at: float | None = None
         self.finished_at: float | None = None
         self.status = 0
-        self.usage_tracker: UsageTracker | None = None
         self.response_bytes = 0
         self.usage: dict[str, Any] | None = None
         self.completed = False
@@ -170,9 +189,23 @@ class PickerStream:
         self.waiting: Any = None
         self._raw = b""
         self._trailers_follow = False
-        self._pool: ModelPool | None = None
-        #: the proxy's endpoint subset hint (ip:port or ip), when it sends one
-        self._allowed: set[str] | None = None
+        #: the response is read for usage (not compressed), as an event stream or not
+        self._read_usage = False
+        self._sse = False
+        #: a 404's verdict waits for its first body bytes (does it name the model?)
+        self._judge_404 = False
+
+    @property
+    def request(self) -> InferenceRequest | None:
+        return self.lifecycle.request if self.lifecycle is not None else None
+
+    @property
+    def decision(self) -> Decision | None:
+        return self.lifecycle.decision if self.lifecycle is not None else None
+
+    @property
+    def schedule_seconds(self) -> float:
+        return self.lifecycle.schedule_seconds if self.lifecycle is not None else 0.0
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -251,119 +284,66 @@ class PickerStream:
 
     def _route(self, req: m.ProcessingRequest, now: float,
                trailers_follow: bool) -> list[m.ProcessingResponse]:
-        """The body is complete: parse, admit, schedule and answer with the destination."""
+        """The body is complete: the lifecycle parses, routes, admits and schedules it."""
         self.routed = True
         self._trailers_follow = trailers_follow
         self._raw = bytes(self.body)
         self.body = bytearray()
-        request = self._parse(self._raw, now)
-        self.request = request
-        pool = self._resolve(request)
-        if request.target_model in pool.aliases:
-            request.target_model = pool.model
-        self._pool = pool
-        hint = m.filter_metadata(req, SUBSET_NAMESPACE).get(SUBSET_KEY)
-        if hint is not None:
-            self._allowed = {str(x) for x in hint} if isinstance(hint, list) else {str(hint)}
-        if self.picker.admit is not None:
-            ticket = self.picker.admit(request, pool, now)
-            if ticket is not None and not getattr(ticket, "admitted", False):
-                # queued by flow control: the server waits, then calls resume() or reject()
-                self.waiting = ticket
-                return []
-        return self._schedule(now)
-
-    def resume(self, now: float) -> list[m.ProcessingResponse]:
-        """Flow control released the waiting request: schedule it now."""
-        self.waiting = None
-        try:
-            return self._schedule(now)
-        except InferouteError as err:
-            return self._fail(err, now)
-
-    def reject(self, err: InferouteError, now: float) -> list[m.ProcessingResponse]:
-        """Flow control gave up on the waiting request (TTL, pool gone)."""
-        self.waiting = None
-        return self._fail(err, now)
-
-    def _schedule(self, now: float) -> list[m.ProcessingResponse]:
-        request, router = self.request, self.picker.router
-        assert request is not None
-        assert self._pool is not None
-        candidates = self._candidates(self._pool, now)
-        t0 = self.picker.timer()
-        # the pool is already resolved (possibly the default pool for an unclaimed name)
-        result = self._pool.scheduler.schedule(request, candidates, now)
-        self.schedule_seconds = self.picker.timer() - t0
-        decision = Decision(request=request, pool=self._pool, result=result)
-        targets = decision.result.targets
-        router.dispatch(decision, targets[0], now)
-        self.decision = decision
-        self.routed_at = now
-        self.destination = ",".join(ep.name for ep in targets[: 1 + self.settings.fallbacks])
-        raw, body = self._raw, self._raw
-        self._raw = b""
-        if request.target_model != request.model:
-            request.body["model"] = request.target_model
-            body = orjson.dumps(request.body)
-        self.request_size = len(body)
-        self.picker.observer.routed(self, now)
-        return self._routing_responses(body, rewritten=body is not raw,
-                                       end_of_stream=not self._trailers_follow)
-
-    def _parse(self, raw: bytes, now: float) -> InferenceRequest:
+        lc = self.lifecycle = self.picker.lifecycle()
         path = self.headers.get(":path", "").split("?", 1)[0]
-        api = API_PATHS.get(path.rstrip("/"))
         headers = {k: v for k, v in self.headers.items() if not k.startswith(":")}
         rid = headers.get("x-request-id") or self.picker.next_request_id()
-        if api is not None:
-            request = parse_request(api, raw, headers, request_id=rid, arrival_time=now)
-        else:
-            # other OpenAI-style endpoints (embeddings, ...): route on `model` alone
-            body = decode_body(raw)
-            model = body.get("model")
-            if not isinstance(model, str) or not model:
-                raise BadRequest("'model' is required and must be a non-empty string",
-                                 param="model")
-            request = InferenceRequest(request_id=rid, api="completions", model=model,
-                                       body=body, headers=headers, prefix_text="",
-                                       arrival_time=now, body_size=len(raw))
-        rewrite = headers.get(MODEL_REWRITE_HEADER)
-        if rewrite:
+        # another OpenAI-style path (embeddings, ...): None, routed on `model` alone
+        api = API_PATHS.get(path.rstrip("/"))
+        if refused := lc.parse(api, self._raw, headers, request_id=rid, now=now):
+            return self._act(refused, now)
+        request = lc.request
+        assert request is not None
+        if rewrite := headers.get(MODEL_REWRITE_HEADER):  # the proxy chose the model
             request.target_model = rewrite
-        elif self.picker.route_model is not None:
-            self.picker.route_model(request)
         if headers.get(OBJECTIVE_HEADER):
             request.objective = headers[OBJECTIVE_HEADER]
         if headers.get(FAIRNESS_HEADER):
             request.fairness_id = headers[FAIRNESS_HEADER]
-        return request
+        hint = m.filter_metadata(req, SUBSET_NAMESPACE).get(SUBSET_KEY)
+        allowed = None
+        if hint is not None:
+            allowed = frozenset(str(x) for x in hint) if isinstance(hint, list) \
+                else frozenset({str(hint)})
+        return self._act(lc.route(now, allowed=allowed), now)
 
-    def _resolve(self, request: InferenceRequest) -> ModelPool:
-        router = self.picker.router
-        try:
-            return router.resolve(request)
-        except ModelNotFound:
-            default = self.picker.default_model
-            if default is None or default not in router.pools:
-                raise
-            return router.pools[default]
+    def resume(self, now: float) -> list[m.ProcessingResponse]:
+        """Flow control released the waiting request: schedule it now."""
+        self.waiting = None
+        assert self.lifecycle is not None
+        return self._act(self.lifecycle.released(now), now)
 
-    def _ready(self, pool: ModelPool, now: float) -> list[Endpoint]:
-        if self.picker.candidates is None:
-            return self.picker.router.candidates(pool, now)
-        return self.picker.candidates(pool, now)
+    def reject(self, err: InferouteError, now: float) -> list[m.ProcessingResponse]:
+        """Flow control gave up on the waiting request (TTL, pool gone)."""
+        self.waiting = None
+        if self.lifecycle is not None:
+            self.lifecycle.expired(err)
+        return self._fail(err, now)
 
-    def _candidates(self, pool: ModelPool, now: float) -> list[Endpoint]:
-        """Ready endpoints, restricted to the proxy's subset hint when it sent one."""
-        ready = self._ready(pool, now)
-        if self._allowed is None:
-            return ready
-        eps = [ep for ep in ready if ep.name in self._allowed or ep.host in self._allowed]
-        if not eps:
-            raise NoEndpointAvailable("no ready endpoint of model "
-                                      f"{pool.model!r} is in the proxy's endpoint subset")
-        return eps
+    def _act(self, actions: list[Action], now: float) -> list[m.ProcessingResponse]:
+        """The lifecycle's answer to the request, in Envoy's messages."""
+        first = actions[0]
+        if isinstance(first, Wait):  # queued: the server waits, then resume() or reject()
+            self.waiting = first.ticket
+            return []
+        if isinstance(first, Respond):
+            return self._fail(first.error, now)
+        assert isinstance(first, SendUpstream) and self.lifecycle is not None
+        lc = self.lifecycle
+        assert lc.plan is not None
+        self.routed_at = now
+        self.destination = ",".join(ep.name for ep in lc.plan.order)
+        raw, body = self._raw, lc.body
+        self._raw = b""
+        self.request_size = len(body)
+        self.picker.observer.routed(self, now)
+        return self._routing_responses(body, rewritten=body is not raw,
+                                       end_of_stream=not self._trailers_follow)
 
     def _routing_headers(self, body_len: int, with_length: bool) -> m.pb.HeaderMutation:
         set_headers = {DESTINATION_HEADER: self.destination}
@@ -403,7 +383,8 @@ class PickerStream:
     def _route_bodyless(self, now: float) -> m.ProcessingResponse:
         """A request without a body (GET /v1/models ...): any ready endpoint will do."""
         self.routed = True
-        eps = [ep for mp in self.picker.router.pools.values() for ep in self._ready(mp, now)]
+        router = self.picker.router
+        eps = [ep for mp in router.pools.values() for ep in router.candidates(mp, now)]
         if not eps:
             raise NoEndpointAvailable("no ready endpoint")
         ep = min(eps, key=lambda e: e.in_flight_requests)
@@ -414,46 +395,50 @@ class PickerStream:
 
     # -- response phase -----------------------------------------------------------------------
 
+    def _live(self) -> RequestLifecycle | None:
+        """The lifecycle while the routed request is in flight (None for a bodyless one)."""
+        lc = self.lifecycle
+        return lc if lc is not None and lc.phase in (Phase.SENDING, Phase.STREAMING) else None
+
     def _on_response_headers(self, req: m.ProcessingRequest, now: float) -> list[m.ProcessingResponse]:
         headers = m.header_map(req.response_headers)
         try:
             self.status = int(headers.get(":status", "0"))
         except ValueError:
             self.status = 0
-        served = m.filter_metadata(req, DESTINATION_NAMESPACE).get(SERVED_KEY)
-        if isinstance(served, str) and served and self.decision is not None:
-            self._served(served, now)
-        ctype = headers.get("content-type", "")
-        # a compressed body cannot be read for usage: pass it through untouched
-        if "content-encoding" not in headers:
-            self.usage_tracker = UsageTracker("text/event-stream" in ctype)
+        lc = self._live()
+        if lc is not None:
+            served = m.filter_metadata(req, DESTINATION_NAMESPACE).get(SERVED_KEY)
+            if isinstance(served, str) and served:
+                old = lc.served_by(served, now)  # Envoy's own retry used a fallback
+                if old is not None:
+                    self.picker.observer.moved(self, old, now)
+            # a compressed body cannot be read for usage: pass it through untouched
+            self._read_usage = "content-encoding" not in headers
+            self._sse = "text/event-stream" in headers.get("content-type", "")
+            if self.status == 404 and not req.response_headers.end_of_stream:
+                self._judge_404 = True  # is it about the model? its body says
+            else:
+                lc.upstream_answered(now, self.status, retry_after=headers.get("retry-after"),
+                                     final=True)
         out = [m.headers_response(request=False)]
         if req.response_headers.end_of_stream:
             self._finish(now, completed=True)
         return out
 
-    def _served(self, served: str, now: float) -> None:
-        """Envoy reports where the request went (a fallback after a failed attempt, maybe)."""
-        assert self.decision is not None
-        current = self.decision.endpoint
-        if current is not None and current.name == served:
-            return
-        ep = self.decision.pool.pool.get(served)
-        if ep is not None and current is not None:
-            self.picker.router.dispatch(self.decision, ep, now)
-            self.picker.observer.moved(self, current, now)
-
     def _on_response_body(self, req: m.ProcessingRequest, now: float) -> list[m.ProcessingResponse]:
         rb = req.response_body
-        if self.first_byte_at is None and rb.body:
-            self.first_byte_at = now
-            if self.decision is not None:
-                self.picker.router.first_token(self.decision, now)
+        lc = self._live()
+        if lc is not None and (rb.body or rb.end_of_stream):
+            if self._judge_404:
+                self._judge_404 = False
+                lc.upstream_answered(now, self.status, head=rb.body, final=True)
+            if self.first_byte_at is None and rb.body:
+                self.first_byte_at = now
+                lc.first_byte(now, stream=self._sse)
+            if self._read_usage and rb.body:
+                lc.body_chunk(rb.body, relay=False)
         self.response_bytes += len(rb.body)
-        if self.usage_tracker is not None:
-            self.usage_tracker.feed(rb.body)
-            if rb.end_of_stream:
-                self.usage = self.usage_tracker.finish()
         if self.response_mode == FULL_DUPLEX:
             out = m.streamed_bodies(rb.body, request=False, end_of_stream=rb.end_of_stream,
                                     limit=self.settings.chunk_limit)
@@ -477,10 +462,17 @@ class PickerStream:
         if self.finished_at is not None:
             return
         self.finished_at = now
-        if self.usage is None and self.usage_tracker is not None:
-            self.usage = self.usage_tracker.finish()
         self.completed = completed and 200 <= self.status < 400
+        lc = self.lifecycle
+        if lc is None:
+            return
+        live = self._live()
+        if live is not None and self._judge_404:  # ended without a body to judge
+            self._judge_404 = False
+            live.upstream_answered(now, self.status, final=True)
+        actions = (live.end(now) if completed and live is not None else lc.close(now))
+        for action in actions:
+            if isinstance(action, Finish):
+                self.usage = action.usage
         if self.decision is not None:
-            self.picker.router.finish(self.decision, now, self.usage)
             self.picker.observer.finished(self, now)
-

@@ -1,36 +1,34 @@
-"""The inference request path: parse, admit, schedule, forward, relay, account.
+"""The HTTP gateway's request path: an I/O loop around the core's `RequestLifecycle`.
 
-For each POST to an OpenAI route the proxy parses the body into a core `InferenceRequest`;
-runs the optional stages (tenant keys and limits, semantic routing, model routes, admission
-control); asks the core `Router` for a decision among the pool's *ready* endpoints; sends the
-body to the target over a kept-alive connection (`upstream.py`); and relays the response
-chunk by chunk as it arrives. An event stream is relayed in whole events (the incomplete last
-event of a chunk waits for its end, so a client never sees half an event); nothing else is
-held. While relaying it reads the `usage` object (see `sse.py`) and, whatever happens, closes
-the books exactly once: `Router.finish` (in-flight counts, plugin hooks), health outcome,
-metrics, tenant usage. The decision's own bookkeeping (the scheduler's `on_scheduled` hooks,
+For each POST to an OpenAI route the proxy reads the body (bounded, decoded, within
+`bodyTimeout`) and feeds it to a `RequestLifecycle` (`core/lifecycle.py`), which parses it,
+applies model routes, resolves the pool, rewrites aliases, prepares the upstream body, admits,
+selects the candidates and schedules. Between `parse` and `route` the proxy does what is I/O by
+nature: the tenant key look-up and limits (its objective and fairness id go to `route`) and
+semantic routing (an "auto" pick sets the target model; a semantic-cache hit is answered at
+once). A `Wait` action waits on the shared admission driver's ticket. The proxy then carries out
+`SendUpstream` over a kept-alive connection (`upstream.py`), reports what happens (connect
+failure or timeout, the status line with Retry-After and first bytes, a failure before anything
+reached the client) and carries out the next action: a retry elsewhere after the back-off it
+names, an error, or relaying the answer. Which endpoint comes next, what a 429/503 (back-pressure:
+skipped for its Retry-After), a 5xx or a 404 for the pool's own model (a replica serving another
+model: taken out until its `/v1/models` lists the model, see `health.py`) mean, the request's
+deadline (`requestTimeout`) and the all-stale fallback are the core's (`core/retryplan.py`,
+`core/selection.py`); `inferoute_stale_metrics_fallback_total{pool}` counts that fallback here.
+
+The answer is relayed chunk by chunk as it arrives; an event stream in whole events (the
+incomplete last event of a chunk waits for its end, so a client never sees half an event), with
+the lifecycle's response rewriter (the client's model name written back after a route or alias,
+the usage chunk hidden when the gateway asked for it); usage is read on the way (`sse.py`). The
+client's response starts with its first byte, so until then a failure is retried elsewhere
+(the abandoned attempt's connection is closed, which vLLM takes as an abort). The last attempt's
+timeout maps to 504, its connect failure to 502, its status is relayed. After the first byte, a
+gap longer than `idleTimeout` or a model server failing mid-response ends an event stream with
+an error event and `data: [DONE]` (the OpenAI SDK raises it as an APIError); a plain body is cut
+off. A client that disconnects cancels the upstream request the same way. Whatever happens the
+lifecycle closes the books exactly once (`Router.finish`, health outcome); the proxy adds
+metrics and tenant usage. The decision's own bookkeeping (the scheduler's `on_scheduled` hooks,
 the scheduling metrics) runs in the loop iteration after the upstream send.
-
-Retries: a connect failure, a 5xx, a 429, a 404 for the pool's own model (a replica that
-serves another model: it is taken out until its `/v1/models` lists the model, see `health.py`)
-or no first body byte within `firstByteTimeout` moves the request to the next endpoint: the
-decision's targets (the picker's fallbacks), the other candidates, then every other ready
-endpoint, those on a failure streak or backing off last; every endpoint is tried once, within
-the request's deadline (`requestTimeout`, when set), after a short jittered backoff (`retry_delay`; never
-before the first attempt). A 429 or 503 is back-pressure, not a failure: the replica is
-skipped for its Retry-After (1 s without one, 30 s at most) while others are left. The
-client's response starts with its first byte, so until then nothing is lost by a retry,
-including a stream that failed upstream before a whole event arrived (the abandoned attempt's
-connection is closed, which vLLM takes as an abort). The last attempt's timeout maps to 504, its
-connect failure to 502, its status is relayed. After the first byte, a gap longer than
-`idleTimeout` or a model server failing mid-response ends an event stream with an error event
-and `data: [DONE]` (the OpenAI SDK raises it as an APIError); a plain body is cut off. A client
-that disconnects cancels the upstream request the same way.
-
-When every endpoint of a pool is unready only because its metrics are stale (a starved gateway
-host stops scraping in time, not the replicas), requests go to the healthy endpoints with the
-fewest requests in flight from this gateway, counted in
-`inferoute_stale_metrics_fallback_total{pool}` and logged when it starts and ends.
 
 Limits: at most `maxConcurrentRequests` API requests are in progress (queued and streaming ones
 included); one more gets an immediate 503 with `Retry-After`, never a wait.
@@ -40,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import Callable
@@ -52,22 +49,25 @@ import orjson
 from aiohttp import compression_utils, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from prometheus_client import Counter
 
-from ..core.admission.usage import ResponseRewriter, prepare_upstream_body
+from ..core.admission.flowcontrol import Ticket
 from ..core.endpoint import Endpoint
 from ..core.errors import (InferouteError, ModelNotFound, NoEndpointAvailable,
                            PayloadTooLarge, UpstreamError, UpstreamTimeout)
-from ..core.request import API_PATHS, InferenceRequest, parse_request
-from ..core.router import Decision, ModelPool
+from ..core.lifecycle import Action, RequestLifecycle, Respond, SendUpstream, Wait
+from ..core.request import API_PATHS
+from ..core.retryplan import RetryPolicy
+from ..core.router import Decision
+from ..core.selection import CandidateSelector
+from ..core.sse import UsageTracker
 from ..datalayer.admission_driver import AdmissionDriver
 from ..datalayer.serving_config import ServingConfig
 from ..datalayer.runtime import DataLayer
+from ..datalayer.stale_fallback import StaleFallbackReport
 from ..observability import Observability
 from .health import EndpointHealth
 from .httperrors import BodyTimeout, UnreadableBody, UnsupportedMediaType, error_body
 from .semantic import Semantic
-from ..core.sse import UsageTracker
 from .sse import ResponseRelay
 from .tenants import Tenants
 from .upstream import ConnectTimeout, UpstreamConnectionError, UpstreamPool, UpstreamResponse
@@ -86,24 +86,8 @@ _DECODED = frozenset({"", "identity", "gzip", "deflate"} |
                      ({"br"} if compression_utils.HAS_BROTLI else set()) |
                      ({"zstd"} if getattr(compression_utils, "HAS_ZSTD", False) else set()))
 _DROP_RESPONSE = _HOP_BY_HOP
-_BACK_PRESSURE = frozenset({429, 503})
-#: how long a replica that said 429/503 is skipped: its Retry-After, within these bounds
-BACK_OFF_DEFAULT, BACK_OFF_MAX = 1.0, 30.0
 #: how much of a model server's non-JSON error body is quoted in the gateway's error
 WRAPPED_ERROR_BYTES = 512
-
-
-def retry_delay(attempt: int, base: float, cap: float,
-                rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait before attempt number `attempt` (0 = the first, never delayed).
-
-    Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))).
-    The jitter keeps many requests that failed together (a replica dying) from retrying in
-    lockstep; the cap bounds what a client can be kept waiting by retries.
-    """
-    if attempt <= 0 or base <= 0:
-        return 0.0
-    return rand() * min(cap, base * 2 ** (attempt - 1))
 
 
 def error_response(exc: InferouteError) -> web.Response:
@@ -160,12 +144,13 @@ class Proxy:
         self.upstream = UpstreamPool(connect_timeout=config.upstream.connect_timeout)
         #: API requests in progress, for `maxConcurrentRequests`
         self.active = 0
-        #: pools routed on in-flight counts because every endpoint's metrics are stale
-        self._stale_pools: set[str] = set()
-        self._stale_fallback = Counter(
-            "inferoute_stale_metrics_fallback_total",
-            "Requests routed on the gateway's own in-flight counts because every endpoint's "
-            "metrics were stale.", ("pool",), registry=obs.registry)
+        self.selector = CandidateSelector(data.router, health, stale_fallback=data.scrape,
+                                          on_stale=StaleFallbackReport(obs.registry, "gateway"))
+        up = config.upstream
+        self.retry = RetryPolicy(backoff=up.retry_backoff, backoff_max=up.retry_backoff_max,
+                                 request_timeout=up.request_timeout)
+        #: the retries' back-off jitter
+        self.rng = random.Random()
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.config.max_body_bytes
@@ -213,18 +198,20 @@ class Proxy:
         api = API_PATHS[request.path]
         # a random id without a system call per request (uuid4 reads os.urandom)
         request_id = request.headers.get("x-request-id") or f"{random.getrandbits(128):032x}"
+        lc = self._lifecycle()
         model = target = ""
         tenant = None
         flight = _Flight(arrival=now)
         try:
             raw = await self._read_body(request)
             headers = {k.lower(): v for k, v in request.headers.items()}
-            ireq = parse_request(api, raw, headers, request_id=request_id, arrival_time=now)
-            original_body = ireq.body
+            if refused := lc.parse(api, raw, headers, request_id=request_id, now=now):
+                _check(refused)  # raises its error
+            ireq = lc.request
+            assert ireq is not None
             model = target = ireq.model
             if self.tenants is not None:  # 401 / 403 / 429 before anything else
                 tenant = await self.tenants.admit(ireq, now, self._context_length(model))
-            semantic_pick = False
             if self.semantic is not None:  # "auto" models, guards, semantic cache
                 cached, flight.headers = self.semantic.route(
                     ireq, tenant.tenant.name if tenant else None, now)
@@ -233,25 +220,12 @@ class Proxy:
                     obs.request_finished(model, model, latency=data.clock() - now,
                                          response_bytes=len(cached.body or b""))
                     return cached
-                semantic_pick = ireq.target_model != ireq.model
-            adm = self.admission
-            if adm is not None and not semantic_pick:
-                adm.rules.route(ireq)  # a model route may pick another target model
-            mp = data.router.resolve(ireq)
-            if ireq.target_model in mp.aliases:  # an alias names the pool's model upstream
-                ireq.target_model = mp.model
+            actions = lc.route(now, tenant_objective=tenant.tenant.objective if tenant else None,
+                               tenant_fairness_id=tenant.tenant.fairness_id if tenant else None)
             target = ireq.target_model
-            if target != model and not semantic_pick:
-                flight.rename = (target, model)  # the client sees its own name back
-            if adm is not None:  # may wait in the flow-control queue
-                await adm.admit(ireq, mp, now,
-                                tenant_objective=tenant.tenant.objective if tenant else None,
-                                tenant_fairness_id=tenant.tenant.fairness_id if tenant else None)
-            now = data.clock()
-            candidates = self._candidates(mp, now)
-            t0 = time.perf_counter()
-            decision = data.router.schedule(ireq, now, candidates, defer_hooks=True)
-            took = time.perf_counter() - t0
+            if isinstance(actions[0], Wait):  # queued by admission
+                actions = await self._wait(lc, actions[0].ticket)
+            send = _check(actions)
         except InferouteError as exc:
             if isinstance(exc, ModelNotFound) or not model:
                 model = target = "unknown"  # never a client-chosen label value
@@ -262,10 +236,9 @@ class Proxy:
         # the index updates and these metrics run once the request is on its way (the next
         # loop iteration: see Scheduler.schedule), off the request's latency
         asyncio.get_running_loop().call_soon(
-            self._books_after_send, decision, took, model, target, len(raw))
-        body = self._upstream_body(ireq, raw, ireq.body is not original_body, flight)
+            self._books_after_send, lc.decision, lc.schedule_seconds, model, target, len(raw))
         try:
-            return await self._forward(request, ireq, decision, body, candidates, flight)
+            return await self._forward(request, lc, send, flight)
         finally:
             if self.admission is not None:
                 self.admission.pump()  # capacity freed: release waiting requests
@@ -276,44 +249,30 @@ class Proxy:
             if self.semantic is not None and flight.reply is not None:
                 self.semantic.store(ireq, tenant.tenant.name if tenant else None, flight.reply)
 
+    def _lifecycle(self) -> RequestLifecycle:
+        adm = self.admission
+        return RequestLifecycle(
+            self.data.router, selector=self.selector,
+            admission=adm.controller if adm is not None else None,
+            rules=adm.rules if adm is not None else None, retry=self.retry, rng=self.rng,
+            defer_hooks=True, inject_usage=adm is not None or self.tenants is not None,
+            timer=time.perf_counter)
+
+    async def _wait(self, lc: RequestLifecycle, ticket: Ticket) -> list[Action]:
+        """Wait in the admission queue (a client that leaves is taken out of it)."""
+        assert self.admission is not None
+        try:
+            await self.admission.wait(ticket)
+        except InferouteError as exc:
+            return lc.expired(exc)
+        return lc.released(self.data.clock())
+
     def _context_length(self, model: str) -> int | None:
         """The context length the endpoints of `model`'s pool reported, if any."""
-        if self.health is None:
+        mp = self.data.router.pool_of(model)
+        if self.health is None or mp is None:
             return None
-        for mp in self.data.router.pools.values():
-            if model == mp.model or model in mp.aliases or model in mp.lora_adapters:
-                return self.health.context_lengths.get(mp.model)
-        return None
-
-    def _candidates(self, mp: ModelPool, now: float) -> list[Endpoint]:
-        """The ready endpoints of `mp`, minus those backing off (429/503) while others are
-        left; when none is ready only because every scrape is stale (the gateway's own host
-        starved, not the replicas), the healthy endpoints with the fewest requests in flight
-        from this gateway. NoEndpointAvailable says why when nothing can take the request."""
-        ready = self.data.ready_endpoints(mp, now)
-        health = self.health
-        if ready and health is not None:
-            ready = [ep for ep in ready if not health.backing_off(mp.model, ep)] or ready
-        pool = mp.model
-        if ready:
-            if pool in self._stale_pools:
-                self._stale_pools.discard(pool)
-                log.info("pool '%s': fresh metrics again; routing on them", pool)
-            return ready
-        alive = [ep for ep in mp.pool if ep.healthy and ep.metrics.scraped_at is not None]
-        if alive and self.data.scrape:
-            least = min(ep.in_flight_requests for ep in alive)
-            self._stale_fallback.labels(pool).inc()
-            if pool not in self._stale_pools:
-                self._stale_pools.add(pool)
-                log.warning("pool '%s': every endpoint's metrics are stale; routing on this "
-                            "gateway's own in-flight counts until a scrape succeeds", pool)
-            return [ep for ep in alive if ep.in_flight_requests == least]
-        problems = health.problems(pool) if health is not None else []
-        if problems:
-            raise NoEndpointAvailable(f"no endpoint of pool '{pool}' can serve it: "
-                                      + "; ".join(problems[:3]), code="model_not_served")
-        raise NoEndpointAvailable(f"no ready endpoint for model '{pool}'")
+        return self.health.context_lengths.get(mp.model)
 
     def _books_after_send(self, decision: Decision, took: float, model: str, target: str,
                           body_bytes: int) -> None:
@@ -325,48 +284,23 @@ class Proxy:
         """Close the idle upstream connections (at shutdown)."""
         self.upstream.close()
 
-    def _upstream_body(self, ireq: InferenceRequest, raw: bytes, body_changed: bool,
-                       flight: _Flight) -> bytes:
-        """The body to send; sets `flight.rewriter` when the response needs changing.
-
-        The upstream gets the target model (routes, aliases, semantic picks; for routes and
-        aliases the client's name is written back into the response). With admission or
-        tenants on, streaming requests also get `stream_options.include_usage` so usage is
-        always known (the usage chunk is then hidden from a client that did not ask).
-        """
-        inject = self.admission is not None or self.tenants is not None
-        if not (inject or body_changed or ireq.target_model != ireq.model):
-            return raw
-        up = prepare_upstream_body(ireq.body, api=ireq.api, target_model=ireq.target_model,
-                                   inject_usage=inject)
-        if flight.rename is not None or up.injected:
-            target, client = flight.rename or (None, None)
-            flight.rewriter = ResponseRewriter(strip_usage=up.injected, target_model=target,
-                                               client_model=client)
-        return up.body
-
-    async def _forward(self, request: web.Request, ireq: InferenceRequest, decision: Decision,
-                       body: bytes, candidates: list[Endpoint], flight: _Flight
-                       ) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, lc: RequestLifecycle, send: SendUpstream,
+                       flight: _Flight) -> web.StreamResponse:
         """Send, relay, and account exactly once whatever happens."""
         data, obs = self.data, self.obs
-        order = self._attempt_order(decision, candidates)
-        # retries end at requestTimeout; without one each attempt has its firstByteTimeout
-        deadline = asyncio.get_running_loop().time() + (self.config.upstream.request_timeout
-                                                         or math.inf)
+        ireq, decision = lc.request, lc.decision
+        assert ireq is not None and decision is not None
         try:
             headers = forward_request_headers(request.headers)
             if self.tenants is not None:  # the caller's gateway key stays here
                 headers = {k: v for k, v in headers.items()
                            if k.lower() not in ("authorization", "x-api-key")}
             while True:
-                await self._connect(flight, decision, ireq, order, deadline, body, headers,
-                                    request.rel_url.raw_path_qs)
+                await self._connect(flight, lc, send, headers, request.rel_url.raw_path_qs)
                 try:
-                    return await self._relay(flight, request, ireq, decision.pool.model)
+                    return await self._relay(flight, request, lc)
                 except _NothingRelayed as exc:  # failed before a byte reached the client
-                    if not order or asyncio.get_running_loop().time() >= deadline:
-                        raise exc.error from None
+                    send = _check(lc.upstream_failed(data.clock(), exc.error, relayed=False))
                     log.warning("%s; retrying elsewhere (nothing was relayed yet)", exc.error)
         except InferouteError as exc:
             flight.error_code = str(exc.status)
@@ -381,7 +315,10 @@ class Proxy:
             up = flight.upstream
             if up is not None and not up.closed and flight.error_code is not None:
                 up.close()  # abort: the model server sees the disconnect and stops
-            data.router.finish(decision, data.clock(), flight.usage)
+            if flight.ended:
+                lc.end(data.clock(), flight.usage, record=flight.record)
+            else:
+                lc.close(data.clock())
             if flight.endpoint is not None:
                 obs.released(decision.pool.model, flight.endpoint.name)
             obs.request_finished(ireq.model, ireq.target_model,
@@ -389,121 +326,76 @@ class Proxy:
                                  usage=flight.usage, response_bytes=flight.nbytes,
                                  error_code=flight.error_code)
 
-    def _attempt_order(self, decision: Decision, candidates: list[Endpoint]) -> list[Endpoint]:
-        """Every endpoint a request may be tried on, in order: the decision's targets, the
-        other candidates, then every other ready endpoint (stale metrics included); those on a
-        failure streak or backing off go last."""
-        order = list(decision.result.targets)
-        order += [ep for ep in candidates if ep not in order]
-        every = self.data.ready_endpoints(decision.pool, self.data.clock(), prefer_fresh=False)
-        order += [ep for ep in every if ep not in order]
-        health = self.health
-        if health is not None and len(order) > 2:
-            pool = decision.pool.model
-            order[1:] = sorted(order[1:], key=lambda ep: (
-                health.failure_streak(pool, ep) > 0 or health.backing_off(pool, ep)))
-        return order
-
-    def _outcome(self, pool: str, ep: Endpoint, ok: bool) -> None:
-        if self.health is not None:
-            self.health.record(pool, ep, ok)
-
-    async def _connect(self, flight: _Flight, decision: Decision, ireq: InferenceRequest,
-                       order: list[Endpoint], deadline: float, body: bytes,
+    async def _connect(self, flight: _Flight, lc: RequestLifecycle, send: SendUpstream,
                        headers: dict[str, str], url_path: str) -> None:
-        """Get the response headers and first body chunk from the next endpoint of `order`
-        (taken from its front), moving on after a connect failure, a 5xx, a 429/503
-        (back-pressure: backed off, not a failure), a 404 for the pool's own model (a replica
-        serving another model), or a first-byte timeout, until every endpoint was tried once
-        or the request's `deadline` (loop time) is near; sets `flight.endpoint`,
-        `flight.upstream` and `flight.first`."""
-        data, obs, pool = self.data, self.obs, decision.pool.model
+        """Carry out `send` and the retries the lifecycle asks for until it accepts an answer
+        (its headers and first body chunk: `flight.endpoint`, `flight.upstream`,
+        `flight.first`); raises the error it responds with."""
+        assert lc.pool is not None and lc.deadline is not None
+        clock, obs, pool = self.data.clock, self.obs, lc.pool.model
         up = self.config.upstream
-        loop = asyncio.get_running_loop()
-        attempt = 0
-        while order:
-            ep = order.pop(0)
+        while True:
+            ep = send.endpoint
             if flight.endpoint is not None:
                 obs.released(pool, flight.endpoint.name)
                 obs.retried(pool)
-                attempt += 1
-                delay = retry_delay(attempt, up.retry_backoff, up.retry_backoff_max)
-                await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
-            last = not order or loop.time() >= deadline
-            data.router.dispatch(decision, ep, data.clock())
+                await asyncio.sleep(send.delay)
             obs.dispatched(pool, ep.name)
             flight.endpoint = ep
             upstream: UpstreamResponse | None = None
             first_byte = asyncio.timeout(min(up.first_byte_timeout,
-                                             max(0.001, deadline - loop.time())))
+                                             max(0.001, lc.deadline - clock())))
             try:
                 async with first_byte:
                     upstream = await self.upstream.post(
-                        ep.host.strip("[]"), ep.port, url_path, headers, body,
+                        ep.host.strip("[]"), ep.port, url_path, headers, lc.body,
                         tls=ep.scheme == "https", total_timeout=up.request_timeout)
-                    if not _retried(upstream.status) or last:
+                    if lc.needs_head(upstream.status):
                         flight.first = await upstream.readany()
             except TimeoutError as exc:
                 if upstream is not None:
                     upstream.close()  # abandoned: the model server sees the disconnect
-                self._outcome(pool, ep, False)
-                if not last and (first_byte.expired()
-                                 or isinstance(exc, ConnectTimeout)):
-                    log.warning("%s timed out before the first byte; retrying elsewhere",
-                                ep.name)
-                    continue
-                raise UpstreamTimeout(f"model server {ep.name} did not answer in time") \
-                    from None
+                send = _check(lc.upstream_failed(
+                    clock(), UpstreamTimeout(f"model server {ep.name} did not answer in time"),
+                    retry=first_byte.expired() or isinstance(exc, ConnectTimeout)))
+                log.warning("%s timed out before the first byte; retrying elsewhere", ep.name)
+                continue
             except OSError as exc:  # refused, unreachable, reset, closed, bad HTTP
                 if upstream is not None:
                     upstream.close()
-                self._outcome(pool, ep, False)
-                if not last:
-                    log.warning("request to %s failed (%s); retrying elsewhere", ep.name, exc)
-                    continue
-                raise UpstreamError(f"model server {ep.name} is unreachable: "
-                                    f"{type(exc).__name__}") from None
-            status = upstream.status
-            if status in _BACK_PRESSURE:  # "not now": leave it alone a while, not a failure
-                if self.health is not None:
-                    self.health.back_off(pool, ep, _retry_after(upstream.headers))
-            elif status >= 500:
-                self._outcome(pool, ep, False)
-            elif status == 404 and ireq.target_model == pool and _model_missing(flight.first):
-                if self.health is not None:  # the replica serves another model
-                    self.health.not_serving(pool, ep)
-                upstream.close()
-                if not last:
-                    log.warning("%s answered 404 for the pool's model '%s'; retrying elsewhere",
-                                ep.name, pool)
-                    continue
-                # in the gateway's shape, as every later request gets it (issue 14, item 7)
-                raise NoEndpointAvailable(
-                    f"no endpoint of pool '{pool}' can serve it: {ep.name} answered 404 for "
-                    f"model '{pool}'", code="model_not_served")
-            if _retried(status) and not last:
-                log.warning("%s answered %d; retrying elsewhere", ep.name, status)
-                upstream.release()
+                send = _check(lc.upstream_failed(
+                    clock(), UpstreamError(f"model server {ep.name} is unreachable: "
+                                           f"{type(exc).__name__}")))
+                log.warning("request to %s failed (%s); retrying elsewhere", ep.name, exc)
                 continue
-            if flight.first:
-                flight.ttft = data.clock() - flight.arrival
-                data.router.first_token(decision, data.clock())
-            flight.upstream = upstream
-            return
-        raise NoEndpointAvailable("no endpoint could be tried")
+            status = upstream.status
+            actions = lc.upstream_answered(clock(), status, head=flight.first,
+                                           retry_after=upstream.headers.get("retry-after"))
+            if not actions:  # the client's answer
+                if flight.first:
+                    flight.ttft = clock() - flight.arrival
+                flight.upstream = upstream
+                return
+            if status == 404:  # for the pool's own model: the replica serves another
+                upstream.close()
+            else:
+                upstream.release()
+            send = _check(actions)
+            log.warning("%s answered %d%s; retrying elsewhere", ep.name, status,
+                        " for the pool's model" if status == 404 else "")
 
-    async def _relay(self, flight: _Flight, request: web.Request, ireq: InferenceRequest,
-                     pool: str) -> web.StreamResponse:
+    async def _relay(self, flight: _Flight, request: web.Request,
+                     lc: RequestLifecycle) -> web.StreamResponse:
         """Stream the upstream response to the client, reading usage on the way."""
-        upstream, ep = flight.upstream, flight.endpoint
-        assert upstream is not None and ep is not None
+        upstream, ep, ireq = flight.upstream, flight.endpoint, lc.request
+        assert upstream is not None and ep is not None and ireq is not None
         if upstream.status >= 400 and not _json_typed(upstream.headers):
             return await self._wrapped_error(flight, upstream, ep)
         clock = self.data.clock
         stream = "text/event-stream" in upstream.headers.get("content-type", "")
         plain = "content-encoding" not in upstream.headers
-        rename = flight.rename if plain else None
-        relay = ResponseRelay(stream, flight.rewriter if plain else None, rename)
+        rename = lc.rename if plain else None
+        relay = ResponseRelay(stream, lc.rewriter if plain else None, rename)
         out_headers = forward_response_headers(upstream.headers)
         if rename is not None:  # the body may change length
             out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-length"]
@@ -554,7 +446,6 @@ class Proxy:
                 return resp
             timeout = watch.fired or isinstance(exc, TimeoutError)
             flight.error_code = "504" if timeout else "502"
-            self._outcome(pool, ep, False)
             upstream.close()
             failure = (UpstreamTimeout if timeout else UpstreamError)(
                 f"model server {ep.name} failed mid-stream ({type(exc).__name__})")
@@ -562,6 +453,7 @@ class Proxy:
                 flight.upstream, flight.error_code, flight.ttft = None, None, None
                 raise _NothingRelayed(failure)
             log.warning("upstream %s failed mid-response: %s", ep.name, type(exc).__name__)
+            lc.upstream_failed(clock(), failure)
             ending = relay.fail(failure)
             if ending is not None:  # an event stream: error event, [DONE], clean end
                 await resp.write(ending)
@@ -572,8 +464,7 @@ class Proxy:
             return resp
         finally:
             watch.cancel()
-        if upstream.status < 500:
-            self._outcome(pool, ep, True)
+        flight.ended = True
         if tracker is not None:
             flight.usage = tracker.finish()
         if collector is not None:
@@ -585,7 +476,6 @@ class Proxy:
         await resp.write_eof()
         upstream.release()
         return resp
-
 
     async def _wrapped_error(self, flight: _Flight, upstream: UpstreamResponse,
                              ep: Endpoint) -> web.Response:
@@ -602,6 +492,7 @@ class Proxy:
         upstream.close()
         flight.first = b""
         flight.error_code = str(upstream.status)
+        flight.ended, flight.record = True, False  # not an outcome for health
         said = text[:WRAPPED_ERROR_BYTES].decode("utf-8", "replace").strip() or "(no body)"
         resp = web.Response(body=error_body(upstream.status, f"model server {ep.name} answered "
                                             f"{upstream.status}: {said}"),
@@ -610,32 +501,18 @@ class Proxy:
         return resp
 
 
-def _retried(status: int) -> bool:
-    """Statuses that send a request on to the next endpoint, when one is left: a 5xx
-    (failure or back-pressure) and 429 (back-pressure)."""
-    return status >= 500 or status == 429
-
-
-def _retry_after(headers: Any) -> float:
-    """Seconds from a Retry-After header (seconds form), bounded; the default without one."""
-    try:
-        value = float(headers.get("retry-after", ""))
-    except ValueError:
-        return BACK_OFF_DEFAULT
-    return BACK_OFF_DEFAULT if math.isnan(value) else min(BACK_OFF_MAX, max(0.0, value))
-
-
-def _model_missing(body: bytes) -> bool:
-    """Whether a 404 body says the model does not exist (vLLM: "The model `x` does not
-    exist."; OpenAI: code model_not_found), rather than a missing route."""
-    low = body[:2048].lower()
-    return b"model" in low and (b"does not exist" in low or b"not found" in low
-                                or b"model_not_found" in low) and b"{" in low
-
-
 def _json_typed(headers: Any) -> bool:
     ctype = headers.get("content-type", "").lower()
     return "json" in ctype or "text/event-stream" in ctype
+
+
+def _check(actions: list[Action]) -> SendUpstream:
+    """The send the lifecycle asks for; raises the error it responds with instead."""
+    first = actions[0]
+    if isinstance(first, Respond):
+        raise first.error
+    assert isinstance(first, SendUpstream)
+    return first
 
 
 class _NothingRelayed(Exception):
@@ -713,9 +590,9 @@ class _Flight:
     ttft: float | None = None
     nbytes: int = 0
     error_code: str | None = None
-    #: (target, client) model names to write back into the response
-    rename: tuple[str, str] | None = None
-    rewriter: ResponseRewriter | None = None
+    #: the answer was relayed to its end (`record`: tell health its outcome)
+    ended: bool = False
+    record: bool = True
     #: extra response headers (semantic routing)
     headers: dict[str, str] = field(default_factory=dict)
     #: a finished 2xx reply to offer to the semantic cache

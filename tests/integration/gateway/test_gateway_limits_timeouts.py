@@ -19,8 +19,8 @@ import orjson
 import pytest
 from aiohttp import web
 
+from inferoute.core import retryplan
 from inferoute.datalayer.serving_config import ServingConfig, parse_serving_config
-from inferoute.gateway import proxy as proxy_mod
 from inferoute.gateway.app import serve
 from inferoute.tools.standin import StandIn
 
@@ -168,13 +168,13 @@ async def test_first_byte_timeout_is_retried_elsewhere_after_a_backoff(
     """Headers without a first body byte within firstByteTimeout: the request moves on to the
     other endpoint (after one backoff, none before a first attempt), and succeeds."""
     delays: list[int] = []
-    real = proxy_mod.retry_delay
+    real = retryplan.retry_delay
 
-    def recording(attempt: int, base: float, cap: float) -> float:
+    def recording(attempt: int, base: float, cap: float, *rand: Any) -> float:
         delays.append(attempt)
-        return real(attempt, base, cap)
+        return real(attempt, base, cap, *rand)
 
-    monkeypatch.setattr(proxy_mod, "retry_delay", recording)
+    monkeypatch.setattr(retryplan, "retry_delay", recording)
     silent, good = upstreams
     silent.mode = "silent"
     gw = await gateway(upstream={"firstByteTimeout": "400ms", "idleTimeout": "30s"})

@@ -62,7 +62,9 @@ def test_failures_before_the_first_byte_retry_on_the_fallbacks(router) -> None:
     assert isinstance(retry, SendUpstream) and retry.endpoint is targets[1]
     assert retry.attempt == 2 and 0.0 <= retry.delay <= 0.1
     assert targets[0].in_flight_requests == 0 and targets[1].in_flight_requests == 1
-    respond, finish = lc.upstream_failed(100.2, UpstreamError("refused"))
+    (third,) = lc.upstream_failed(100.2)  # then the other candidate
+    assert third.endpoint not in targets and third.last and third.attempt == 3
+    respond, finish = lc.upstream_failed(100.3, UpstreamError("refused"))
     assert isinstance(respond, Respond) and respond.error.status == 502
     assert isinstance(finish, Finish) and flight(router) == 0 and lc.phase is Phase.DONE
 
@@ -130,3 +132,48 @@ def test_events_out_of_order_are_refused(router) -> None:
     lc.end(100.1)
     with pytest.raises(RuntimeError, match="phase done"):
         lc.first_byte(100.2)
+
+
+def test_usage_is_asked_for_and_hidden_when_the_shell_must_know_it(router) -> None:
+    lc, (send,) = start(router, inject_usage=True)
+    assert orjson.loads(send.body)["stream_options"] == {"include_usage": True}
+    assert lc.rewriter is not None and lc.rewriter.strip_usage and lc.rename is None
+    hidden = lc.rewriter.feed(sse({"choices": [], "usage": USAGE}))
+    assert hidden == b"" and lc.rewriter.usage == USAGE
+    asked = orjson.dumps({"model": "m", "prompt": "x", "stream": True,
+                          "stream_options": {"include_usage": True}})
+    lc2, (send2,) = start(router, body=asked, inject_usage=True)
+    assert send2.body == asked and lc2.rewriter is None  # passed through untouched
+
+
+def test_a_model_route_renames_the_answer_back_but_a_choice_made_before_does_not(router) -> None:
+    lc, _ = start(router, body=orjson.dumps({"model": "alias", "prompt": "x"}))
+    assert lc.rename == ("m", "alias") and lc.rewriter is not None
+    assert b'"model":"alias"' in lc.rewriter.feed(b'data: {"model":"m"}\n\n')
+    picked = RequestLifecycle(router)
+    picked.parse("completions", orjson.dumps({"model": "auto", "prompt": "x"}), {},
+                 request_id="r2", now=100.0)
+    picked.request.target_model = "m"  # e.g. a semantic pick, or the proxy's rewrite header
+    (send2,) = picked.route(100.0)
+    assert orjson.loads(send2.body)["model"] == "m" and picked.rename is None
+
+
+def test_other_paths_the_default_pool_and_the_proxys_subset(router) -> None:
+    lc = RequestLifecycle(router, default_model="m")
+    (send,) = lc.receive(None, orjson.dumps({"model": "anything", "input": "x"}), {},
+                         request_id="e1", now=100.0)
+    assert isinstance(send, SendUpstream) and lc.pool is router.pools["m"]
+    (refused,) = RequestLifecycle(router).receive(None, b'{"input": "x"}', {},
+                                                  request_id="e2", now=100.0)
+    assert isinstance(refused, Respond) and refused.error.status == 400
+    names = [ep.name for ep in router.pools["m"].pool]
+    for name in names:
+        only = RequestLifecycle(router)
+        only.parse("completions", BODY, {}, request_id=name, now=100.0)
+        (send,) = only.route(100.0, allowed=frozenset({name}))
+        assert send.endpoint.name == name
+        only.close(100.0)
+    out = RequestLifecycle(router)
+    out.parse("completions", BODY, {}, request_id="x", now=100.0)
+    (none,) = out.route(100.0, allowed=frozenset({"10.9.9.9:1"}))
+    assert isinstance(none, Respond) and none.error.status == 503

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from inferoute.core.admission.flowcontrol import Ticket
 from inferoute.core.errors import TooManyRequests
 from inferoute.extproc.protocol import EndpointPicker, PickerSettings
 
@@ -149,11 +150,27 @@ def test_no_ready_endpoint_is_503(router, msgs):
     assert out.immediate_response.status.code == 503
 
 
-def test_shed_is_429_with_retry_after(router, msgs):
-    def shed(request, pool, now):
-        raise TooManyRequests("saturated", retry_after=2)
+class FakeAdmission:
+    """Admission control that sheds everything, or queues everything."""
 
-    s = EndpointPicker(router, admit=shed).stream()
+    def __init__(self, shed: bool) -> None:
+        self.shed = shed
+
+    def classify(self, request, **kw) -> None:
+        pass
+
+    def admit(self, request, pool, now):
+        if self.shed:
+            raise TooManyRequests("saturated", retry_after=2)
+        return Ticket(request=request, pool=pool.model, priority=0, flow="default", size=1,
+                      enqueued_at=now, deadline=now + 10)
+
+    def cancel(self, ticket) -> bool:
+        return True
+
+
+def test_shed_is_429_with_retry_after(router, msgs):
+    s = EndpointPicker(router, admission=FakeAdmission(shed=True)).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     (out,) = s.handle(msgs.body_msg(chat_body()), 0.0)
     assert out.immediate_response.status.code == 429
@@ -163,10 +180,7 @@ def test_shed_is_429_with_retry_after(router, msgs):
 
 
 def test_admission_ticket_waits_then_resumes(router, msgs):
-    class Ticket:
-        admitted = False
-
-    s = EndpointPicker(router, admit=lambda r, p, now: Ticket()).stream()
+    s = EndpointPicker(router, admission=FakeAdmission(shed=False)).stream()
     s.handle(msgs.headers_msg(req_headers(), mode=msgs.FULL_DUPLEX), 0.0)
     assert s.handle(msgs.body_msg(chat_body()), 0.0) == []
     assert s.waiting is not None

@@ -10,7 +10,7 @@ from inferoute.core.endpoint import EndpointMetrics
 from inferoute.core.errors import ConfigError
 from inferoute.datalayer.serving_config import parse_serving_config
 from inferoute.datalayer.runtime import DataLayer
-from inferoute.gateway.proxy import retry_delay
+from inferoute.core.retryplan import retry_delay
 
 POOL = {"model": "m", "endpoints": ["http://a:1", "http://b:2", "http://c:3"]}
 
