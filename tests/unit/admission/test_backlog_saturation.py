@@ -108,3 +108,17 @@ def test_an_endpoint_never_seen_full_gets_the_threshold_room(ep, pool_of, req) -
     pool = pool_of(e)
     results = [_admit(ctl, req, pool, 0.01) for _ in range(10)]
     assert sum(isinstance(x, Admitted) for x in results) == 6
+
+
+def test_the_gateways_own_count_bounds_the_room(ep, pool_of, req) -> None:
+    """A page behind the gateway's own count (an end seen in both, a send not yet arrived)
+    does not make room that is not there: what this gateway has in flight bounds it."""
+    ctl = _ctl(0)
+    eps, pool = _pool(ctl, ep, pool_of, req)
+    _scrape(ctl, eps, 0.0, running=6)  # two free slots each, says the page...
+    for e in eps:
+        e.in_flight_requests = 9  # ...but this gateway has 9 requests on each
+    assert not any(isinstance(_admit(ctl, req, pool, 0.01), Admitted) for _ in range(5))
+    eps[0].in_flight_requests = 8  # one ended there
+    ctl.finished("m", eps[0], 0.02)
+    assert len(ctl.dispatchable(0.02)) == 1  # one past its batch of 8

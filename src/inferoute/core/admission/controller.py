@@ -25,12 +25,15 @@ The rules, per pool:
   would have been had it arrived then.
 
 The dispatch budget keeps a just-freed pool from receiving its whole queue at once. Per good
-endpoint: the room its last scrape showed (`SaturationDetector.room`: its free batch slots once
-its batch size is known, plus up to the queue-depth threshold while nothing waits in the
-gateway, only one more while something does), less
-the requests sent to it since that scrape, plus those that finished there since (each frees a
-batch slot: a waiting request goes the moment one ends, not at the next scrape); summed over the
-endpoints, less the requests released but not yet sent. So between two scrapes the gateway sends
+endpoint, `SaturationDetector.room`: until its batch size is known, the queue-depth threshold's
+room by its last scrape, less the requests sent to it since, plus those that finished there
+since; once known, its batch size plus the threshold's allowance (only one while requests wait
+in the gateway) less what it holds: its requests running and waiting by the scrape, adjusted
+by the sends and ends since, or this gateway's own count in flight there if larger (that count
+lags nothing: an end is seen after the slot freed, a send before it arrives, so it never
+overestimates the room, where the scrape-based count can count an end twice). A waiting
+request goes the moment one ends, not at the next scrape. Summed over the endpoints, less the
+requests released but not yet sent. So between two scrapes the gateway sends
 no more than the endpoints said they could take, and under overload critical requests queue in
 the gateway, in priority order, not inside a model server behind earlier arrivals. The shell
 reports sends and ends (`dispatched` / `finished`, e.g. from a router listener) and scrapes
@@ -359,9 +362,15 @@ class AdmissionController:
             else:
                 book = st.book(ep)
                 book.note(ep)
-                room = self.detector.room(ep, now, backlog=backlog, slots=book.batch())
-                if room is not None:
-                    room += book.since(at)
+                freed = book.since(at)
+                if (slots := book.batch()) is None:  # the threshold's room, as slots free
+                    room = self.detector.room(ep, now)
+                    room = None if room is None else room + freed
+                else:  # the gateway's own in-flight count lags nothing: never trust less
+                    m = ep.metrics
+                    room = self.detector.room(
+                        ep, now, backlog=backlog, slots=slots,
+                        occupied=max(ep.in_flight_requests, m.running + m.waiting - freed))
             if room is not None:
                 total += max(0, room)
         releases = st.releases

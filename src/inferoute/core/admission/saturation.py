@@ -84,9 +84,10 @@ class SaturationDetector:
         return True
 
     def room(self, ep: Endpoint, now: float, *, backlog: bool = False,
-             slots: int | None = None) -> int | None:
+             slots: int | None = None, occupied: int | None = None) -> int | None:
         """How many more requests `ep` can take as of its last scrape (None: not a good
         endpoint; negative: requests wait there beyond it); `slots`: its batch size, if known;
+        `occupied`: its requests running or waiting, if better known than by its last scrape;
         `backlog`: requests wait in the gateway (see the module docstring).
 
         A stale endpoint admitted through `stale_in_flight_limit` has its remaining in-flight
@@ -100,7 +101,7 @@ class SaturationDetector:
         if slots is None:
             return self.spec.queue_depth_threshold + 1 - m.waiting
         past = 1 if backlog else self.spec.queue_depth_threshold + 1
-        return slots - m.running + past - m.waiting
+        return slots + past - (m.running + m.waiting if occupied is None else occupied)
 
     def headroom(self, candidates: Iterable[Endpoint], now: float) -> int:
         """How many more requests the good endpoints can take before their next scrape (batch
