@@ -186,6 +186,12 @@ def test_all_replicas_saturated(harness):
             assert time.monotonic() < deadline, ("the pool never saturated", [
                 (f.result()[1].status, f.result()[1].error) for f in fill if f.done()])
             time.sleep(0.02)
+        # the backlog must outlive a scrape to count as saturation (the replicas' own queues
+        # stay short): wait until every replica was scraped again since (two scrapes started)
+        seen = _scrapes_started(gw.url)
+        while min(n - seen.get(ep, 0) for ep, n in _scrapes_started(gw.url).items()) < 2:
+            assert time.monotonic() < deadline + 30, "the replicas were not scraped again"
+            time.sleep(0.02)
         mixed = [pool.submit(one, 100 + i, ("critical", "sheddable")[i % 2]) for i in range(16)]
         results = [f.result() for f in fill + mixed]
 
@@ -198,6 +204,16 @@ def test_all_replicas_saturated(harness):
             assert o.ok(), (objective, o.status, o.error)
     assert any(not o.ok() for obj, o in results if obj == "sheddable"), "nothing was shed"
     assert_books_closed(gw.url)
+
+
+def _scrapes_started(url: str) -> dict[str, float]:
+    """endpoint -> scrapes of it the gateway has started (`inferoute_endpoint_scrapes_total`)."""
+    out = {}
+    for line in get(url + "/metrics").text.splitlines():
+        if line.startswith("inferoute_endpoint_scrapes_total{"):
+            ep = line.split('endpoint="', 1)[1].split('"', 1)[0]
+            out[ep] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def test_frozen_replica_ends_in_flight_requests_cleanly(harness):
