@@ -1,15 +1,16 @@
 """Overload benchmark: offered load at 2x capacity with mixed priorities, admission on vs off.
 
     python benchmarks/overload.py [--replicas 2] [--time-scale 10] [--duration 6] [--load 2.0]
-                                  [--queue-depth 0]
+                                  [--queue-depth N] [--admission-only]
 
 Starts `inferoute sim` (tiny replicas, slowed by --time-scale so a 2-core machine keeps up) and
 `inferoute serve` in front of it, as real processes on 127.0.0.1. Capacity is measured, not
 assumed: one request's end-to-end time alone gives `replicas x max_num_seqs / e2e` requests/s.
 Then the same seeded Poisson arrivals at `--load` x capacity (20% critical, 40% standard, 40%
 sheddable, chosen by `x-gateway-inference-objective`; streaming completions of fixed length)
-go through the gateway twice: with an `admission:` section (flow control + shedding, the
-saturation detector's `queueDepthThreshold` set by --queue-depth) and without one. Prints, per
+go through the gateway twice: with an `admission:` section (flow control + shedding; the
+saturation detector's `queueDepthThreshold` the product's default unless --queue-depth sets
+it) and without one. Prints, per
 run and objective: requests, completed, shed (429 with Retry-After), other failures, and
 client-side TTFT p50/p90; and critical TTFT p90 against its unloaded value (critical requests
 one at a time through the same gateway, before the load): the target is at most 2x with
@@ -159,10 +160,10 @@ async def _unloaded(url: str, max_tokens: int, n: int = UNLOADED_SAMPLES) -> lis
 
 
 def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
-        load: float = 2.0, max_tokens: int = 24, seed: int = 1, queue_depth: int = 0,
+        load: float = 2.0, max_tokens: int = 24, seed: int = 1, queue_depth: int | None = None,
         scrape_interval: str = "50ms", modes: tuple[bool, ...] = (True, False)) -> list[Run]:
     """One run per mode (admission on/off) with the same arrivals; processes are stopped and
-    their stderr checked for tracebacks."""
+    their stderr checked for tracebacks. `queue_depth` None: the product's default threshold."""
     out: list[Run] = []
     capacity = 0.0
     base = free_port_range(replicas)
@@ -176,12 +177,10 @@ def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
                          "pools": [{"model": MODEL, "endpoints": [
                              f"http://127.0.0.1:{base + i}" for i in range(replicas)]}]}
             if admission:
-                # queueDepthThreshold: how many requests may wait inside a model server; a
-                # critical request waits behind those, so keep it low (it costs throughput
-                # only when scrapes are late)
                 cfg["admission"] = {"objectives": OBJECTIVES, "defaultObjective": "standard",
-                                    "flowControl": {"ttl": "60s", "retryAfter": "1s"},
-                                    "saturationDetector": {"queueDepthThreshold": queue_depth}}
+                                    "flowControl": {"ttl": "60s", "retryAfter": "1s"}}
+                if queue_depth is not None:
+                    cfg["admission"]["saturationDetector"] = {"queueDepthThreshold": queue_depth}
             with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
                 yaml.safe_dump(cfg, fh)
             gw = _spawn("serve", "--config", fh.name, "--log-level", "error")
@@ -253,14 +252,19 @@ def main() -> int:
     p.add_argument("--load", type=float, default=2.0, help="offered load / capacity")
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--queue-depth", type=int, default=0,
-                   help="saturationDetector.queueDepthThreshold with admission on (0)")
+    p.add_argument("--queue-depth", type=int, default=None,
+                   help="saturationDetector.queueDepthThreshold with admission on (default: "
+                        "the product's, 5)")
+    p.add_argument("--admission-only", action="store_true",
+                   help="skip the run without admission")
     a = p.parse_args()
     runs = run(replicas=a.replicas, time_scale=a.time_scale, duration=a.duration, load=a.load,
-               max_tokens=a.max_tokens, seed=a.seed, queue_depth=a.queue_depth)
+               max_tokens=a.max_tokens, seed=a.seed, queue_depth=a.queue_depth,
+               modes=(True,) if a.admission_only else (True, False))
     print(f"capacity {runs[0].capacity:.1f} req/s measured; offered {runs[0].rate:.1f} req/s "
           f"({a.load:g}x) for {a.duration:g} s; {a.replicas} tiny replicas, time scale "
-          f"{a.time_scale:g}, {a.max_tokens} output tokens, seed {a.seed}")
+          f"{a.time_scale:g}, {a.max_tokens} output tokens, seed {a.seed}, queue depth "
+          f"{'default' if a.queue_depth is None else a.queue_depth}")
     print(table(runs))
     for run_ in runs:
         idle, loaded, ratio = critical_ratio(run_)

@@ -36,6 +36,8 @@ class EndpointMetrics:
     prefix_cache_queries: float | None = None
     prefix_cache_hits: float | None = None
     scraped_at: float | None = None
+    #: the `model_name` labels of the page's queue gauge: what the server says it serves
+    model_names: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, eq=False)

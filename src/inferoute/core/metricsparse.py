@@ -18,6 +18,8 @@ Families read, per engine (missing ones are tolerated and leave the field at its
   value is a unix time: the newest sample wins
 - prefix cache counters (tokens): `vllm:prefix_cache_queries[_total]`,
   `vllm:prefix_cache_hits[_total]`
+- model_names: the `model_name` labels of the waiting gauge (what the server serves; the
+  gateway's wrong-model check looks at it on every scrape)
 
 Counters are accepted with or without the `_total` suffix (exporters differ on whether the
 TYPE line and samples carry it). Several samples of one gauge (data-parallel engines, several
@@ -328,7 +330,11 @@ def parse_metrics(text: str, engine: EngineName | None = None,
     """
     eng = engine or detect_engine(text) or "vllm"
     fam = FAMILIES[eng]
-    waiting = _finite(find_samples(text, fam.waiting, hints=hints))
+    waiting_samples = find_samples(text, fam.waiting, hints=hints)
+    waiting = _finite(waiting_samples)
+    model_names = tuple(sorted({
+        name for s in waiting_samples
+        if (name := (hints.labels(s) if hints is not None else s.labels).get("model_name"))}))
     running = _finite(find_samples(text, fam.running, hints=hints))
     kv: list[float] = []
     for name in fam.kv_usage:
@@ -375,4 +381,5 @@ def parse_metrics(text: str, engine: EngineName | None = None,
         prefix_cache_queries=queries,
         prefix_cache_hits=hits,
         scraped_at=scraped_at,
+        model_names=model_names,
     )

@@ -9,6 +9,11 @@ after every finished request, and from a ticker every 20 ms while anything waits
 catches capacity freed by fresh scrapes. Admission and scheduling share the core's candidate
 rule (`DataLayer.is_ready`).
 
+The controller is told what the dispatch budget needs: every scrape (`observe`, a data-layer
+page hook) and every request sent to and finished on an endpoint (`dispatched` / `finished`,
+a router listener, which also pumps), so a request that ends frees its slot for a waiting one
+at once, in the gateway and in the picker alike, not at the next tick or scrape.
+
 Per request: `route_model` applies a model route (the picker's; the gateway routes itself),
 `check` classifies and admits or queues (sync: None, or a `Ticket` to `wait` for), `admit` is
 both for the gateway (async; returns the seconds waited).
@@ -18,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from ..aiotasks import cancel_tasks
 from ..core.admission import AdmissionConfig, Admitted, Ticket
 from ..core.endpoint import Endpoint, Pool
 from ..core.request import InferenceRequest
-from ..core.router import ModelPool
+from ..core.router import Decision, ModelPool
 from .runtime import DataLayer
 
 log = logging.getLogger("inferoute.admission")
@@ -42,6 +48,8 @@ class AdmissionDriver:
         self.controller = config.controller(candidates_of=self._candidates)
         self.rules = config.routing_rules()
         self._ticker: asyncio.Task[None] | None = None
+        data.add_page_hook(self.controller.observe)
+        data.router.listeners.append(_SlotFeed(self))
 
     def _candidates(self, pool: Pool, now: float) -> list[Endpoint]:
         return [ep for ep in pool if self.data.is_ready(ep, now)]
@@ -119,3 +127,28 @@ class AdmissionDriver:
                 ticket.waiter.set_exception(err)
         task, self._ticker = self._ticker, None
         await cancel_tasks(task)
+
+
+class _SlotFeed:
+    """A router listener that tells the controller of sends and ends (`RouterListener`); an
+    end releases what its slot lets through."""
+
+    def __init__(self, driver: AdmissionDriver) -> None:
+        self.driver = driver
+        self.controller = driver.controller
+
+    def dispatched(self, decision: Decision, now: float) -> None:
+        if decision.endpoint is not None:
+            self.controller.dispatched(decision.pool.model, decision.endpoint, now)
+
+    def first_token(self, decision: Decision, now: float) -> None:
+        pass
+
+    def finished(self, decision: Decision, now: float, usage: Any = None) -> None:
+        if decision.endpoint is not None:
+            self.controller.finished(decision.pool.model, decision.endpoint, now)
+            if self.controller.queued():
+                try:
+                    self.driver.pump()
+                except Exception:  # pragma: no cover - never break the router's books
+                    log.exception("admission pump failed")

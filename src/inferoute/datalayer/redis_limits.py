@@ -3,7 +3,9 @@
 The same token buckets as `core.admission.ratelimit.MemoryRateLimiter` (same `RateLimiter`
 protocol, same burst and debt rules), kept in Redis hashes `{prefix}{tenant}:req|tok` with fields
 `l` (level) and `t` (time of the level). One Lua script refills, checks and charges all of a
-request's buckets atomically, so two replicas cannot both spend the last token.
+request's buckets atomically, so two replicas cannot both spend the last token. A bucket's debt
+is at most one window's refill (as in memory): a request that used far more than a minute's
+tokens delays its key by at most the window.
 
 Time: replicas do not share a monotonic clock, so by default the script reads the Redis server's
 clock (`TIME`) and the `now` argument is ignored; `use_server_time=False` uses `now` instead
@@ -26,10 +28,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ..core.admission.ratelimit import Limits, Reservation, over_limit
+from ..core.admission.ratelimit import WINDOW, Limits, Reservation, over_limit
 
-# KEYS: bucket keys. ARGV: mode ("take" | "adjust"), now ("" = server TIME), then per key:
-# capacity, refill per second, cost. "take" checks every bucket before charging any.
+# KEYS: bucket keys. ARGV: mode ("take" | "adjust"), now ("" = server TIME), the window (s),
+# then per key: capacity, refill per second, cost. "take" checks every bucket before charging
+# any. A level never goes below minus one window's refill (the debt bound of the memory buckets).
 # Returns {1} when charged, or {0, index of the short bucket (1-based), seconds to wait}.
 _SCRIPT = """
 local now = tonumber(ARGV[2])
@@ -37,10 +40,11 @@ if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
+local window = tonumber(ARGV[3])
 local levels = {}
 for i = 1, #KEYS do
-  local cap = tonumber(ARGV[3 * i])
-  local rate = tonumber(ARGV[3 * i + 1])
+  local cap = tonumber(ARGV[3 * i + 1])
+  local rate = tonumber(ARGV[3 * i + 2])
   local v = redis.call('HMGET', KEYS[i], 'l', 't')
   local level, at = tonumber(v[1]), tonumber(v[2])
   if level == nil or at == nil then
@@ -53,8 +57,8 @@ for i = 1, #KEYS do
 end
 if ARGV[1] == 'take' then
   for i = 1, #KEYS do
-    local cap, rate, cost = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1]),
-                            tonumber(ARGV[3 * i + 2])
+    local cap, rate, cost = tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2]),
+                            tonumber(ARGV[3 * i + 3])
     local need = math.min(cost, cap)
     if levels[i] < need then
       return {0, i, tostring((need - levels[i]) / rate)}
@@ -62,9 +66,9 @@ if ARGV[1] == 'take' then
   end
 end
 for i = 1, #KEYS do
-  local cap, rate, cost = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1]),
-                          tonumber(ARGV[3 * i + 2])
-  local level = math.min(cap, levels[i] - cost)
+  local cap, rate, cost = tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2]),
+                          tonumber(ARGV[3 * i + 3])
+  local level = math.max(-rate * window, math.min(cap, levels[i] - cost))
   redis.call('HSET', KEYS[i], 'l', tostring(level), 't', tostring(now))
   redis.call('PEXPIRE', KEYS[i], math.ceil((cap - level) / rate * 1000) + 1000)
 end
@@ -118,7 +122,7 @@ class RedisRateLimiter:
     async def reserve(self, key: str, limits: Limits, estimated_tokens: int,
                       now: float) -> Reservation:
         keys: list[str] = []
-        args: list[Any] = ["take", self._now(now)]
+        args: list[Any] = ["take", self._now(now), repr(WINDOW)]
         what: list[str] = []
         if (spec := limits.request_bucket()) is not None:
             keys.append(f"{self.prefix}{key}:req")
@@ -147,7 +151,8 @@ class RedisRateLimiter:
         if spec is None or not delta:
             return
         await self._call([f"{self.prefix}{reservation.key}:tok"],
-                         ["adjust", self._now(now), repr(spec[0]), repr(spec[1]), int(delta)])
+                         ["adjust", self._now(now), repr(WINDOW), repr(spec[0]), repr(spec[1]),
+                          int(delta)])
 
     async def level(self, key: str, kind: str) -> float | None:
         """The stored level of a bucket (without refill), None if absent."""

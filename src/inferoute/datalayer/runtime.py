@@ -18,6 +18,7 @@ with the other gateway replicas (`RedisSharing`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +62,7 @@ class DataLayer:
         self._engines: dict[str, EngineName | None] = {}
         self._scrapers: dict[tuple[str, str], Scraper] = {}
         self._listeners: list[EndpointListener] = []
+        self._page_hooks: list[Callable[[str, Endpoint], None]] = []
         self._running = False
         self._precise: dict[str, PreciseRouting] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,11 +132,20 @@ class DataLayer:
             return
         scraper = Scraper(ep, interval=self.config.scrape_interval,
                           timeout=self.config.scrape_timeout, engine=self._engines.get(model),
-                          clock=self.clock)
+                          clock=self.clock, on_page=functools.partial(self._paged, model))
         self._scrapers[(model, ep.name)] = scraper
         scraper.start()
 
     # ------------------------------------------------------------------ discovery
+
+    def add_page_hook(self, hook: Callable[[str, Endpoint], None]) -> None:
+        """Call `hook(model, endpoint)` after every scrape that brought fresh metrics (cheap,
+        synchronous: it runs in the scrape loop)."""
+        self._page_hooks.append(hook)
+
+    def _paged(self, model: str, ep: Endpoint) -> None:
+        for hook in self._page_hooks:
+            hook(model, ep)
 
     def add_listener(self, listener: EndpointListener) -> None:
         """Tell `listener` about endpoints as they come and go while running (per-endpoint

@@ -136,8 +136,11 @@ class Scraper:
 
     def __init__(self, endpoint: Endpoint, *, interval: float = 0.05, timeout: float = 1.0,
                  engine: EngineName | None = None, path: str = "/metrics",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_page: Callable[[Endpoint], None] | None = None) -> None:
         self.endpoint = endpoint
+        #: called after every scrape that installed fresh metrics (e.g. the served-model check)
+        self.on_page = on_page
         self.interval = interval
         self.timeout = timeout
         self.engine = engine
@@ -179,6 +182,8 @@ class Scraper:
                      self.consecutive_failures)
         self.consecutive_failures = 0
         self.last_error = None
+        if self.on_page is not None:
+            self.on_page(self.endpoint)
         return True
 
     def _failed(self, reason: str) -> bool:

@@ -7,7 +7,13 @@ so it is not ready) for a growing back-off, then tried again. Active checks (off
 GET each endpoint's health path on a timer. Settings: the `health:` section of the serving
 config, `{outlier: OutlierSpec, active: ActiveCheckSpec}` (see docs/admission.md).
 
-Always on: at start and every `MODELS_INTERVAL` seconds each endpoint's `/v1/models` is read.
+Always on: the served model is checked on every scrape. A /metrics page names the model its
+samples are for (`model_name`); when that changes and the pool's model is not among the names
+(or the endpoint was out for serving another model), the endpoint's `/v1/models` is read at
+once, and its answer decides (a page may name only the first of a server's aliases). So a
+replica restarted with another model is out within one scrape interval plus one `/v1/models`
+read. Pages without `model_name` (and a page that keeps naming the same model) rely on the
+full read at start and every `MODELS_INTERVAL` seconds.
 An endpoint that does not list its pool's model is not ready (logged with what it serves),
 and a pool none of whose endpoints serves its model is logged as such at start and shown by
 `/ready` (`problems`); the smallest `max_model_len` reported is the pool's context length
@@ -34,6 +40,8 @@ TICK = 0.5
 MODELS_INTERVAL = 5.0
 #: how long one /v1/models read may take
 MODELS_TIMEOUT = 2.0
+#: endpoints whose last page's model names are remembered
+MAX_REMEMBERED = 4096
 
 
 class EndpointHealth:
@@ -50,6 +58,11 @@ class EndpointHealth:
         #: pool -> the smallest max_model_len its serving endpoints reported
         self.context_lengths: dict[str, int] = {}
         self._next_models = 0.0
+        #: (pool, endpoint) -> the model names its last page carried
+        self._page_models: dict[tuple[str, str], tuple[str, ...]] = {}
+        #: per-endpoint /v1/models reads the scrapes asked for, at most one each at a time
+        self._reads: dict[tuple[str, str], asyncio.Task[None]] = {}
+        data.add_page_hook(self.scraped)
 
     def record(self, pool: str, ep: Endpoint, ok: bool) -> None:
         """One upstream outcome of a request of `pool` on `ep`."""
@@ -120,21 +133,50 @@ class EndpointHealth:
                    and c.get("parent") is None]
         return ids, min(lengths) if lengths else None
 
+    def scraped(self, pool: str, ep: Endpoint) -> None:
+        """A fresh page of `ep` (in `pool`): read its /v1/models now if the model its page
+        names changed away from the pool's, or back while it is out for serving another."""
+        names = ep.metrics.model_names
+        key = (pool, ep.name)
+        if not names or self._page_models.get(key) == names:
+            return
+        if len(self._page_models) >= MAX_REMEMBERED:  # endpoints come and go: start afresh
+            self._page_models.clear()
+        self._page_models[key] = names
+        tracker = self.trackers.get(pool)
+        if tracker is None or self._task is None:
+            return
+        if pool in names and tracker.state(ep) != "wrong-model":
+            return
+        task = self._reads.get(key)
+        if task is None or task.done():
+            self._reads[key] = asyncio.get_running_loop().create_task(
+                self._check_one(pool, tracker, ep), name=f"models {ep.name}")
+
+    async def _check_one(self, pool: str, tracker: HealthTracker, ep: Endpoint) -> None:
+        try:
+            answer = await self._models_of(ep)
+            if answer is not None:
+                self._apply(pool, tracker, ep, answer)
+        finally:
+            self._reads.pop((pool, ep.name), None)
+
+    def _apply(self, pool: str, tracker: HealthTracker, ep: Endpoint,
+               answer: tuple[tuple[str, ...], int | None]) -> int | None:
+        """Record what `ep` serves; its context length when it serves the pool's model."""
+        served, length = answer
+        self._served_event(pool, tracker.record_served(ep, served, pool, self.data.now()),
+                           served)
+        return length if pool in served else None
+
     async def check_models(self) -> None:
         """Read every endpoint's /v1/models once and apply what they say."""
         first = not self.context_lengths and self._next_models == 0.0
         for name, tracker in self.trackers.items():
             eps = list(tracker.pool)
             answers = await asyncio.gather(*(self._models_of(ep) for ep in eps))
-            now = self.data.now()
-            lengths = []
-            for ep, answer in zip(eps, answers):
-                if answer is None:
-                    continue
-                served, length = answer
-                self._served_event(name, tracker.record_served(ep, served, name, now), served)
-                if name in served and length is not None:
-                    lengths.append(length)
+            lengths = [length for ep, answer in zip(eps, answers) if answer is not None
+                       and (length := self._apply(name, tracker, ep, answer)) is not None]
             if lengths:
                 self.context_lengths[name] = min(lengths)
             told = [a for a in answers if a is not None]
@@ -187,7 +229,8 @@ class EndpointHealth:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        await cancel_tasks(task)
+        reads, self._reads = list(self._reads.values()), {}
+        await cancel_tasks(task, *reads)
 
 
 def _names(models: tuple[str, ...]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.admission import MemoryRateLimiter, estimate_tokens, total_tokens
+from ..core.admission.ratelimit import sequences_requested
 from ..core.request import InferenceRequest
 from ..tenants import TenantAdmission
 from ..tenants import KeyStore, TenantGate
@@ -37,11 +38,12 @@ class Tenants:
     async def admit(self, request: InferenceRequest, now: float,
                     context_length: int | None = None) -> TenantAdmission:
         """Authenticate, check the model, reserve rate (raises 401 / 403 / 429); the token
-        pre-charge is capped at `context_length` (the model's, when known)."""
+        pre-charge covers every sequence asked for (`n`, `best_of`), each capped at
+        `context_length` (the model's, when known)."""
         adm = await self.gate.admit(
             request.headers, request.model,
             estimate_tokens(request.prompt_tokens_estimate, request.max_tokens,
-                            context_length), now)
+                            context_length, sequences_requested(request.body)), now)
         request.tenant = adm.tenant.name
         return adm
 

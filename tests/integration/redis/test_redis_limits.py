@@ -137,3 +137,21 @@ async def test_unreachable_redis_fails_open_or_raises() -> None:
     assert strict.errors == 2
     await lim.close()
     await strict.close()
+
+
+@pytest.mark.parametrize("actual", [10 ** 6, 2 ** 62])
+async def test_debt_is_bounded_by_the_window(limiter, actual: int) -> None:
+    """A request that used far more than a minute's tokens leaves at most a window's debt
+    (the memory limiter's bound): the key is usable again once the window has passed."""
+    from inferoute.core.admission.ratelimit import WINDOW
+    limits = Limits(tokens_per_minute=600)  # 10 tokens/s
+    mem = MemoryRateLimiter()
+    res = await limiter.reserve("k", limits, 10, 0.0)
+    await limiter.reconcile(res, actual, 0.0)
+    mem.reconcile_now(mem.reserve_now("k", limits, 10, 0.0), actual, 0.0)
+    assert await limiter.level("k", "tok") == pytest.approx(-600.0)
+    assert await limiter.level("k", "tok") == pytest.approx(mem.level("k", "tok", 0.0))
+    with pytest.raises(TooManyRequests) as exc:
+        await limiter.reserve("k", limits, 10, 0.0)
+    assert exc.value.retry_after <= WINDOW
+    await limiter.reserve("k", limits, 10, WINDOW + 2.0)  # the debt is paid off in a window

@@ -198,6 +198,11 @@ def test_all_replicas_saturated(harness):
     with ThreadPoolExecutor(48) as pool:
         fill = [pool.submit(one, i, "standard") for i in range(32)]  # 2 x 8 seqs + queues
         wait_for("the pool never saturated", lambda: queued() > 0)
+        # the backlog must outlive a scrape to count as saturation (the replicas' own queues
+        # stay short): wait until every replica was scraped again since (two scrapes started)
+        seen = _scrapes_started(gw.url)
+        wait_for("the replicas were not scraped again", lambda: min(
+            n - seen.get(ep, 0) for ep, n in _scrapes_started(gw.url).items()) >= 2)
         mixed = [pool.submit(one, 100 + i, ("critical", "sheddable")[i % 2]) for i in range(16)]
         shed_side = mixed[1::2]
         wait_for("nothing was shed", lambda: any(f.done() for f in shed_side))
@@ -213,6 +218,16 @@ def test_all_replicas_saturated(harness):
             assert o.ok(), (objective, o.status, o.error)
     assert any(not o.ok() for obj, o in results if obj == "sheddable"), "nothing was shed"
     assert_books_closed(gw.url)
+
+
+def _scrapes_started(url: str) -> dict[str, float]:
+    """endpoint -> scrapes of it the gateway has started (`inferoute_endpoint_scrapes_total`)."""
+    out = {}
+    for line in get(url + "/metrics").text.splitlines():
+        if line.startswith("inferoute_endpoint_scrapes_total{"):
+            ep = line.split('endpoint="', 1)[1].split('"', 1)[0]
+            out[ep] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def test_frozen_replica_ends_in_flight_requests_cleanly(harness):

@@ -18,21 +18,37 @@ def _overload():  # type: ignore[no-untyped-def]
     return module
 
 
-def test_admission_protects_critical_requests_at_2x_capacity():
-    ov = _overload()
-    # the product's default queue-depth threshold (5): with 0 the gateway's own queue keeps the
-    # replicas' queues empty, the saturation detector never trips and sheddable requests wait
-    # instead of being shed, so a 2 s run may shed nothing
-    on, off = ov.run(duration=2.0, load=2.0, max_tokens=16, seed=3, queue_depth=5)
-    assert on.admission and not off.admission and on.rate == off.rate
-    crit_on, crit_off = on.of("critical"), off.of("critical")
-    assert len(crit_on) == len(crit_off) >= 5
-    # no critical request fails, in either run; with admission on nothing fails except shedding
-    assert all(r.complete for r in crit_on + crit_off), [r.error for r in crit_on + crit_off]
-    assert not [r for r in on.results if r.failed], [r.error for r in on.results if r.failed]
-    shed = [r for r in on.results if r.shed]
+def _check_shedding(run) -> None:  # type: ignore[no-untyped-def]
+    """Sheddable requests are shed (429 + Retry-After), nothing else is, nothing fails."""
+    assert run.admission
+    crit = run.of("critical")
+    assert len(crit) >= 5
+    assert all(r.complete for r in crit), [r.error for r in crit]
+    assert not [r for r in run.results if r.failed], [r.error for r in run.results if r.failed]
+    shed = [r for r in run.results if r.shed]
     assert shed and all(r.objective == "sheddable" and r.retry_after == "1" for r in shed)
+
+
+def test_admission_protects_critical_requests_at_2x_capacity():
+    """The product's defaults (queueDepthThreshold 5): same arrivals with admission on and off."""
+    ov = _overload()
+    on, off = ov.run(duration=2.0, load=2.0, max_tokens=16, seed=3)
+    assert not off.admission and on.rate == off.rate
+    _check_shedding(on)
+    crit_off = off.of("critical")
+    assert len(crit_off) == len(on.of("critical"))
+    assert all(r.complete for r in crit_off), [r.error for r in crit_off]
     assert not any(r.shed for r in off.results)  # without admission nothing is shed...
-    p90_on = ov.percentile([r.ttft for r in crit_on], 90)
+    p90_on = ov.percentile([r.ttft for r in on.of("critical")], 90)
     p90_off = ov.percentile([r.ttft for r in crit_off], 90)
     assert p90_on < p90_off, (p90_on, p90_off)  # ...and critical requests wait behind all
+
+
+def test_sheddable_requests_are_shed_at_queue_depth_0():
+    """At threshold 0 the budget keeps the replicas' queues empty, so their metrics never say
+    saturated; the gateway's own backlog does, and sheddable requests are shed (they used to
+    wait in the gateway's queue instead)."""
+    ov = _overload()
+    on, = ov.run(duration=2.0, load=2.0, max_tokens=16, seed=4, queue_depth=0,
+                 modes=(True,))
+    _check_shedding(on)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,6 +86,39 @@ async def test_wrong_model_replica_is_found_at_start(tmp_path: Path,
     finally:
         await gw.close()
         await close_all([good, wrong])
+
+
+async def test_model_switch_is_found_on_the_next_scrape(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica restarted with another model is out from the next scrape that names it (and
+    back when it serves the pool's model again), without the periodic /v1/models read."""
+    from inferoute.gateway import health
+    monkeypatch.setattr(health, "MODELS_INTERVAL", 3600.0)  # only the start-up read
+    good, turned = await replicas(2)
+    gw = await start_gateway([good, turned], tmp_path)
+    try:
+        turned.standin.model = "other"  # its /metrics, /v1/models and answers change
+        while (problems := await _problems(gw)) == {}:
+            await asyncio.sleep(0.02)  # scrapes come every 50 ms
+        assert problems == {"m": [f"{turned.name} serves 'other', not 'm'"]}
+        hits = turned.hits
+        for _ in range(6):
+            assert (await gw.complete())[0] == 200
+        assert turned.hits == hits
+        turned.standin.model = "m"
+        while await _problems(gw):
+            await asyncio.sleep(0.02)
+        for _ in range(6):
+            assert (await gw.complete())[0] == 200
+        assert turned.hits == hits + 3  # round robin over both again
+    finally:
+        await gw.close()
+        await close_all([good, turned])
+
+
+async def _problems(gw: Any) -> dict[str, Any]:
+    _, _, body = await gw.call("GET", "/ready")
+    return json.loads(body).get("problems", {})
 
 
 async def test_wrong_model_found_by_its_404(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ import yaml
 
 from inproc import MAX_MODEL_LEN, Replica, start_gateway
 from inferoute.core.admission import MemoryRateLimiter
-from inferoute.core.admission.ratelimit import WINDOW, Limits, estimate_tokens
+from inferoute.core.admission.ratelimit import (WINDOW, Limits, estimate_tokens,
+                                               sequences_requested)
 from inferoute.core.errors import TooManyRequests
 from inferoute.gateway.redact import RedactFilter, install, redact
 
@@ -50,6 +51,37 @@ def test_pre_charge_is_capped_at_the_context_length() -> None:
     assert estimate_tokens(10, 2 ** 62, MAX_MODEL_LEN) == MAX_MODEL_LEN
     assert estimate_tokens(10, 20, MAX_MODEL_LEN) == 30
     assert estimate_tokens(10, 2 ** 62) == 10 + 2 ** 62  # unknown context: as asked
+
+
+def test_pre_charge_counts_every_sequence() -> None:
+    """`n` (or a larger `best_of`) completions of up to `max_tokens` each; the prompt once;
+    each completion capped at what the context leaves after the prompt."""
+    assert estimate_tokens(10, 20, None, 4) == 90
+    assert estimate_tokens(10, 2 ** 62, MAX_MODEL_LEN, 3) == 10 + 3 * (MAX_MODEL_LEN - 10)
+    assert estimate_tokens(10, None, MAX_MODEL_LEN, 3) == 10  # no bound asked: the prompt
+    assert [sequences_requested(b) for b in (
+        {}, {"n": 4}, {"best_of": 5}, {"n": 2, "best_of": 6}, {"n": 3, "best_of": None},
+        {"n": True})] == [1, 4, 5, 6, 3, 1]
+
+
+async def test_gateway_pre_charges_n_sequences_and_settles_with_usage(tmp_path: Path) -> None:
+    """What serve's tenant gate reserves for `n: 4` and what it keeps after the usage."""
+    from inferoute.core.request import parse_request
+    from inferoute.gateway.tenants import Tenants
+    keys = tmp_path / "tenants.yaml"
+    keys.write_text(yaml.safe_dump({"tenants": [{"name": "a", "key": KEY,
+                                                 "tokensPerMinute": 60_000}]}))  # burst 3000
+    tenants = Tenants.from_config(str(keys), None)
+    assert tenants is not None
+    body = {"model": "m", "prompt": "word " * 40, "max_tokens": 100, "n": 4}
+    req = parse_request("completions", body, {"authorization": AUTH["Authorization"]},
+                        request_id="r1")
+    adm = await tenants.admit(req, 0.0, context_length=MAX_MODEL_LEN)
+    expected = req.prompt_tokens_estimate + 4 * 100
+    assert tenants.limiter.level("a", "tok", 0.0) == pytest.approx(3000 - expected)
+    await tenants.settle(adm, {"prompt_tokens": 41, "completion_tokens": 4 * 37}, 0.0)
+    assert tenants.limiter.level("a", "tok", 0.0) == pytest.approx(3000 - 41 - 4 * 37)
+    await tenants.close()
 
 
 @pytest.mark.parametrize("actual", [10 ** 6, 10 ** 12, 2 ** 62])

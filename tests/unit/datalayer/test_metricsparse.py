@@ -147,6 +147,15 @@ def test_vllm_v1_page():
     assert m.scraped_at == 12.5
 
 
+def test_the_page_names_the_served_model():
+    from inferoute.core.metricsparse import PageHints
+    hints = PageHints()
+    for _ in range(2):  # with and without remembered labels
+        assert parse_metrics(VLLM_V1, "vllm", hints=hints).model_names == ("Qwen/Qwen3-32B",)
+    assert parse_metrics(VLLM_OLD).model_names == ("m",)  # two engines, one model
+    assert parse_metrics("vllm:num_requests_waiting 2\n", "vllm").model_names == ()
+
+
 def test_lora_info_newest_sample_wins_whatever_its_position():
     m = parse_metrics(VLLM_V1, "vllm")
     assert m.max_lora == 4

@@ -3,13 +3,20 @@
     classify(request, tenant)       -> sets request.priority / objective / fairness_id
     admit(request, pool, now)       -> Admitted | Ticket            (or raises 429 / 503)
     dispatchable(now)               -> [Ticket, ...]  to release now, in service order
+    dispatched(pool, endpoint, now) -> a request was sent to endpoint (the shell's router hook)
+    finished(pool, endpoint, now)   -> a request ended there: its batch slot is free
     cancel(ticket)                  -> the client went away
     expire(now)                     -> [(Ticket, error), ...] that waited past their TTL,
                                        or are sheddable and the pool is now saturated
 
 The rules, per pool:
 - no candidate endpoint at all: 503 at once;
-- saturated and the request is sheddable (negative priority): 429 with Retry-After;
+- saturated and the request is sheddable (negative priority): 429 with Retry-After. The pool is
+  saturated when no candidate has good capacity by its metrics (`SaturationDetector`), or when
+  the gateway itself holds a backlog: requests have waited in its queue since before the last
+  fresh scrape and the dispatch budget that scrape gave is spent. (With the budget pacing
+  dispatch, the replicas' own queues stay short under overload and their metrics alone would
+  never say saturated: the backlog is where the overload shows);
 - not saturated, nothing queued and dispatch budget left: admitted at once;
 - otherwise the request waits in the pool's `FlowQueue`; when the queue is full the newest
   waiting request of the lowest priority below it is evicted to make room (it gets its 429 on
@@ -17,9 +24,21 @@ The rules, per pool:
 - a sheddable request still waiting when the pool becomes saturated is shed (429), as it
   would have been had it arrived then.
 
-The dispatch budget keeps a just-freed pool from receiving its whole queue at once: it is the
-saturation detector's headroom minus the requests released since the oldest fresh scrape, so
-between two scrapes the gateway sends no more than the endpoints said they could take.
+The dispatch budget keeps a just-freed pool from receiving its whole queue at once. Per good
+endpoint, `SaturationDetector.room`: until its batch size is known, the queue-depth threshold's
+room by its last scrape, less the requests sent to it since, plus those that finished there
+since; once known, its batch size plus the threshold's allowance (only one while requests wait
+in the gateway) less what it holds: its requests running and waiting by the scrape, adjusted
+by the sends and ends since, or this gateway's own count in flight there if larger (that count
+lags nothing: an end is seen after the slot freed, a send before it arrives, so it never
+overestimates the room, where the scrape-based count can count an end twice). A waiting
+request goes the moment one ends, not at the next scrape. Summed over the endpoints, less the
+requests released but not yet sent. So between two scrapes the gateway sends
+no more than the endpoints said they could take, and under overload critical requests queue in
+the gateway, in priority order, not inside a model server behind earlier arrivals. The shell
+reports sends and ends (`dispatched` / `finished`, e.g. from a router listener) and scrapes
+(`observe`); without them the budget counts releases since the scrape instead, slots free only
+at scrapes and batch sizes are learned from the pages the budget reads.
 
 With flow control disabled, nothing waits: sheddable requests are shed while saturated and the
 rest are admitted (the reference endpoint picker's behaviour without its flow controller).
@@ -53,15 +72,59 @@ class Admitted:
     queued_for: float = 0.0
 
 
+class _Book:
+    """What the controller knows of one endpoint beyond its metrics: the requests sent to it
+    and finished on it since its last scrape, and its batch size once seen full."""
+
+    __slots__ = ("sent", "done", "slots", "seen_full")
+
+    def __init__(self) -> None:
+        self.sent: deque[float] = deque()
+        self.done: deque[float] = deque()
+        #: the most requests seen running at once (a lower bound of its batch size)
+        self.slots = 0
+        #: a scrape showed requests waiting: the batch was full, `slots` means something
+        self.seen_full = False
+
+    def note(self, ep: Endpoint) -> None:
+        m = ep.metrics
+        if m.scraped_at is not None:
+            self.slots = max(self.slots, m.running)
+            self.seen_full = self.seen_full or m.waiting > 0
+
+    def batch(self) -> int | None:
+        return self.slots if self.seen_full and self.slots > 0 else None
+
+    def since(self, scraped_at: float) -> int:
+        """Slots freed minus slots taken since the scrape (older events are in it)."""
+        for q in (self.sent, self.done):
+            while q and q[0] < scraped_at:
+                q.popleft()
+        return len(self.done) - len(self.sent)
+
+
 class _PoolState:
-    __slots__ = ("pool", "queue", "releases")
+    __slots__ = ("pool", "queue", "releases", "books", "waiting_since")
 
     def __init__(self, pool: Pool, spec: FlowControlSpec) -> None:
         self.pool = pool
         self.queue = FlowQueue(ordering=spec.ordering, max_requests=spec.max_requests,
                                max_bytes=spec.max_bytes)
-        #: times requests were let through, kept for one staleness window (the budget)
+        #: times requests were let through and not yet sent, kept for one staleness window
         self.releases: deque[float] = deque()
+        #: endpoint name -> its book (pool members only)
+        self.books: dict[str, _Book] = {}
+        #: since when the queue has held requests without a break (None: empty)
+        self.waiting_since: float | None = None
+
+    def book(self, ep: Endpoint) -> _Book:
+        b = self.books.get(ep.name)
+        if b is None:
+            if len(self.books) > 2 * len(self.pool) + 16:  # endpoints came and went
+                names = {e.name for e in self.pool}
+                self.books = {n: v for n, v in self.books.items() if n in names}
+            b = self.books[ep.name] = _Book()
+        return b
 
 
 def _healthy(pool: Pool, now: float) -> list[Endpoint]:
@@ -86,6 +149,8 @@ class AdmissionController:
         self._pools: dict[str, _PoolState] = {}
         #: tickets evicted from a full queue, answered by the next `expire`
         self._evicted: list[tuple[Ticket, InferouteError]] = []
+        #: the shell reports sends (`dispatched`): released requests are pending until then
+        self._told_sends = False
 
     # -- classification -------------------------------------------------------------------
 
@@ -114,13 +179,14 @@ class AdmissionController:
         if not candidates:
             raise NoEndpointAvailable(f"no ready endpoint serves model '{pool.model}'")
         saturated = self.detector.is_saturated(candidates, now)
-        if saturated and request.priority < 0:
+        st = self._state(pool)
+        budget = 0 if saturated or not self.flow.enabled else self._budget(st, candidates, now)
+        if request.priority < 0 and (saturated or self._backlogged(st, candidates, budget, now)):
             raise TooManyRequests("the model is saturated; sheddable request rejected",
                                   retry_after=self.flow.retry_after, code="overloaded")
         if not self.flow.enabled:
             return Admitted(pool.model)
-        st = self._state(pool)
-        if not saturated and not st.queue and self._budget(st, candidates, now) > 0:
+        if not saturated and not st.queue and budget > 0:
             st.releases.append(now)
             return Admitted(pool.model)
         ttl = self.flow.ttl
@@ -130,6 +196,8 @@ class AdmissionController:
         ticket = Ticket(request=request, pool=pool.model, priority=request.priority,
                         flow=request.fairness_id, size=max(request.body_size, 1),
                         enqueued_at=now, deadline=now + ttl)
+        if not st.queue:
+            st.waiting_since = now
         try:
             st.queue.push(ticket)
         except QueueFull as exc:
@@ -161,7 +229,33 @@ class AdmissionController:
                 st.releases.append(now)
                 out.append(t)
                 budget -= 1
+            if not st.queue:
+                st.waiting_since = None
         return out
+
+    def dispatched(self, pool: str, ep: Endpoint, now: float) -> None:
+        """A request of `pool` was sent to `ep` (also a retry there): it takes a slot, and a
+        released request is no longer on its way."""
+        st = self._pools.get(pool)
+        if st is None:
+            return
+        self._told_sends = True
+        if st.releases:
+            st.releases.popleft()
+        st.book(ep).sent.append(now)
+
+    def observe(self, pool: str, ep: Endpoint) -> None:
+        """A fresh scrape of `ep` in `pool` (the shell's scrape hook): learns its batch size
+        from every page, not only those read while requests wait."""
+        st = self._pools.get(pool)
+        if st is not None:
+            st.book(ep).note(ep)
+
+    def finished(self, pool: str, ep: Endpoint, now: float) -> None:
+        """A request of `pool` on `ep` ended: its batch slot is free for a waiting one."""
+        st = self._pools.get(pool)
+        if st is not None:
+            st.book(ep).done.append(now)
 
     def cancel(self, ticket: Ticket) -> bool:
         """Take a waiting request out of its queue (client disconnected)."""
@@ -199,8 +293,11 @@ class AdmissionController:
         if low is None or low >= 0:
             return []
         candidates = self.candidates_of(st.pool, now)
-        if not candidates or not self.detector.is_saturated(candidates, now):
+        if not candidates:
             return []  # (no endpoint at all: their TTL gives them the 503)
+        if not self.detector.is_saturated(candidates, now) and not self._backlogged(
+                st, candidates, self._budget(st, candidates, now), now):
+            return []
         return [(t, TooManyRequests("the model is saturated; sheddable request rejected",
                                     retry_after=self.flow.retry_after, code="overloaded"))
                 for t in st.queue.shed_below(0)]
@@ -254,18 +351,49 @@ class AdmissionController:
         return st
 
     def _budget(self, st: _PoolState, candidates: list[Endpoint], now: float) -> int:
-        """Headroom minus releases since the oldest fresh scrape of a good endpoint."""
-        headroom = self.detector.headroom(candidates, now)
+        """Requests the pool can take now (see the module docstring)."""
+        backlog = bool(st.queue)
+        staleness = self.detector.spec.metrics_staleness_threshold
+        total = 0
+        for ep in candidates:
+            at = ep.metrics.scraped_at
+            if at is None or ep.is_stale(now, staleness):
+                room = self.detector.room(ep, now)
+            else:
+                book = st.book(ep)
+                book.note(ep)
+                freed = book.since(at)
+                if (slots := book.batch()) is None:  # the threshold's room, as slots free
+                    room = self.detector.room(ep, now)
+                    room = None if room is None else room + freed
+                else:  # the gateway's own in-flight count lags nothing: never trust less
+                    m = ep.metrics
+                    room = self.detector.room(
+                        ep, now, backlog=backlog, slots=slots,
+                        occupied=max(ep.in_flight_requests, m.running + m.waiting - freed))
+            if room is not None:
+                total += max(0, room)
         releases = st.releases
         window = self.detector.spec.metrics_staleness_threshold
         while releases and releases[0] < now - window:
             releases.popleft()
+        if self._told_sends:  # a release leaves `releases` when it is sent
+            return total - len(releases)
         since = self.detector.oldest_fresh_scrape(candidates, now)
         if since is None:  # only stale-but-allowed endpoints: in-flight counts already tell
-            return headroom
-        # releases at or after the scrape time are not reflected in it yet
-        spent = len(releases) - bisect.bisect_left(releases, since)
-        return headroom - spent
+            return total
+        # untold, releases at or after the scrape time are taken as not reflected in it yet
+        return total - (len(releases) - bisect.bisect_left(releases, since))
+
+    def _backlogged(self, st: _PoolState, candidates: list[Endpoint], budget: int,
+                    now: float) -> bool:
+        """The gateway's own view of saturation: requests have waited in the queue since
+        before the oldest fresh scrape (so that scrape's room did not cover them) and the
+        budget is spent."""
+        if not st.queue or budget > 0 or st.waiting_since is None:
+            return False
+        since = self.detector.oldest_fresh_scrape(candidates, now)
+        return since is not None and st.waiting_since < since
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -5,7 +5,8 @@ the burst is 5% of the per-minute limit (at least one request), so over any 60 s
 let through at most about 1.05x its limit, plus the last request's overshoot for tokens.
 
 Tokens are charged in two steps, because a request's size is only known after its response:
-`reserve` takes the estimate up front (prompt tokens plus `max_tokens` when given) and
+`reserve` takes the estimate up front (prompt tokens plus `max_tokens` for each of the `n` /
+`best_of` sequences asked for) and
 `reconcile` charges or refunds the difference once usage is known. A bucket may go into debt;
 the key then waits until the refill pays it off. A request is let through when its bucket holds
 at least its cost, or is full (so a request larger than the burst is not refused forever).
@@ -23,12 +24,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Mapping, Protocol
 
 from ..errors import TooManyRequests
 
 __all__ = ["BURST_FRACTION", "estimate_tokens", "Limits", "MemoryRateLimiter", "over_limit",
-           "RateLimiter", "Reservation", "TokenBucket"]
+           "RateLimiter", "Reservation", "sequences_requested", "TokenBucket"]
 
 #: default burst as a fraction of the per-minute limit
 BURST_FRACTION = 0.05
@@ -194,9 +195,23 @@ class MemoryRateLimiter:
         return b.refill(now) if b is not None else None
 
 
+def sequences_requested(body: Mapping[str, Any]) -> int:
+    """How many completions one request asks the model server to generate: `n`, or `best_of`
+    when larger (it generates `best_of` and returns the best `n`); 1 by default. The values
+    were validated (integers >= 1) when the request was parsed."""
+    counts = [v for name in ("n", "best_of")
+              if isinstance(v := body.get(name), int) and not isinstance(v, bool) and v >= 1]
+    return max(counts, default=1)
+
+
 def estimate_tokens(prompt_tokens: int, max_tokens: int | None,
-                    context_length: int | None = None) -> int:
-    """The pre-charge: prompt tokens plus the requested completion bound when given, at most
-    the model's context length when it is known (no request can use more)."""
-    estimate = max(1, prompt_tokens + (max_tokens or 0))
-    return min(estimate, context_length) if context_length else estimate
+                    context_length: int | None = None, sequences: int = 1) -> int:
+    """The pre-charge: prompt tokens plus `sequences` x the requested completion bound when
+    given. With the model's context length known, each sequence's completion is capped at what
+    the context leaves after the prompt (no request can use more; the prompt is counted once,
+    as the model server's usage counts it)."""
+    completion = max_tokens or 0
+    if context_length:
+        prompt_tokens = min(prompt_tokens, context_length)
+        completion = min(completion, context_length - prompt_tokens)
+    return max(1, prompt_tokens + max(1, sequences) * completion)

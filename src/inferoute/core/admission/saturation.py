@@ -6,9 +6,15 @@ usage is at most `kvCacheUtilThreshold` (the reference endpoint picker's rule: s
 threshold is saturated). The pool is saturated when no candidate endpoint has good capacity, and
 an empty pool is saturated too.
 
-`headroom` turns the same metrics into a dispatch budget, so the flow controller does not release
-its whole queue on the first fresh scrape: each good endpoint can take
-`queueDepthThreshold - waiting + 1` more requests before the next scrape would call it saturated.
+`room` turns the same metrics into a dispatch budget, so the flow controller does not release
+its whole queue on the first fresh scrape. An endpoint can take its free batch slots (when its
+batch size is known: the flow controller learns it once it has seen the endpoint full) plus
+`queueDepthThreshold + 1` requests past them, less what waits there: before the next scrape it
+is then at most just past the threshold. While requests wait in the gateway (`backlog`) and
+the batch size is known, only one past the free slots: anything more would wait inside the
+model server in arrival order, where a critical request arriving next must wait behind it;
+kept in the gateway it waits in priority order (the flow controller's point). The one request
+past the slots also finds out whether the batch is larger than seen so far.
 """
 
 from __future__ import annotations
@@ -77,22 +83,30 @@ class SaturationDetector:
                 return False
         return True
 
-    def headroom(self, candidates: Iterable[Endpoint], now: float) -> int:
-        """How many more requests the good endpoints can take before their next scrape.
+    def room(self, ep: Endpoint, now: float, *, backlog: bool = False,
+             slots: int | None = None, occupied: int | None = None) -> int | None:
+        """How many more requests `ep` can take as of its last scrape (None: not a good
+        endpoint; negative: requests wait there beyond it); `slots`: its batch size, if known;
+        `occupied`: its requests running or waiting, if better known than by its last scrape;
+        `backlog`: requests wait in the gateway (see the module docstring).
 
-        A stale endpoint admitted through `stale_in_flight_limit` contributes its remaining
-        in-flight slots.
+        A stale endpoint admitted through `stale_in_flight_limit` has its remaining in-flight
+        slots (the gateway's own counts: always current).
         """
-        total = 0
-        qmax = self.spec.queue_depth_threshold
-        for ep in candidates:
-            if self._reason(ep, now) != "ok":
-                continue
-            if ep.is_stale(now, self.spec.metrics_staleness_threshold):
-                total += max(0, (self.stale_in_flight_limit or 0) - ep.in_flight_requests)
-            else:
-                total += qmax - ep.metrics.waiting + 1
-        return total
+        if self._reason(ep, now) != "ok":
+            return None
+        if ep.is_stale(now, self.spec.metrics_staleness_threshold):
+            return max(0, (self.stale_in_flight_limit or 0) - ep.in_flight_requests)
+        m = ep.metrics
+        if slots is None:
+            return self.spec.queue_depth_threshold + 1 - m.waiting
+        past = 1 if backlog else self.spec.queue_depth_threshold + 1
+        return slots + past - (m.running + m.waiting if occupied is None else occupied)
+
+    def headroom(self, candidates: Iterable[Endpoint], now: float) -> int:
+        """How many more requests the good endpoints can take before their next scrape (batch
+        sizes unknown, nothing waiting in the gateway)."""
+        return sum(max(0, r) for ep in candidates if (r := self.room(ep, now)) is not None)
 
     def oldest_fresh_scrape(self, candidates: Iterable[Endpoint], now: float) -> float | None:
         """The oldest scrape time among good endpoints with fresh metrics, or None."""
