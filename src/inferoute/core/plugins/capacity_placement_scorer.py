@@ -73,15 +73,8 @@ class _Pending:
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading hashes `a` and `b` share (chained hashes: equal at i means equal up to i)."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[mid - 1] == b[mid - 1]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """How many leading hashes `a` and `b` share (once per family: a linear scan will do)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 @register
