@@ -117,3 +117,17 @@ def test_endpoint_removal_and_bounds() -> None:
     assert s.stats()["queued_prefill_tokens"] == {eps[1].name: 20 * 16}
     # a family whose only home went away is placed afresh
     assert _scores(s, _req(_family("c", 20), "c2"), eps[1:]) == [1.0]
+
+
+def test_past_capacity_only_the_lru_share_of_a_home_prefix_counts_as_cached() -> None:
+    s = CapacityPlacementScorer()
+    ep = _eps([50])[0]  # 800 tokens of KV
+    queued = lambda: s.stats()["queued_prefill_tokens"][ep.name]
+    for letter in "ab":  # two families of a 40-block (640-token) prefix, both homed at ep
+        _send(s, _req(_family(letter, 40) + "q1", letter + "1"), ep)
+        _send(s, _req(_family(letter, 40) + "q2", letter + "2"), ep)
+    assert s.working_set(ep.name) == 1280
+    before = queued()
+    _send(s, _req(_family("a", 40) + "q3", "a3"), ep)
+    # prompt 640 tokens; of the prefix, capacity / working set = 800 / 1280 is taken as cached
+    assert queued() - before == 640 - 640 * 800 // 1280
