@@ -59,7 +59,7 @@ MAX_PENDING = 65_536
 class _Family:
     #: block hashes of the first request, until the second one fixes the shared prefix
     first: list[int] | None
-    #: tokens the family's requests share (0 until the second request)
+    #: tokens the family's requests share (the whole first prompt until the second request)
     prefix_tokens: int = 0
     #: endpoints that hold (or are meant to hold) the prefix, in the order they were added
     homes: list[str] = field(default_factory=list)
