@@ -26,7 +26,7 @@ from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.registry import register
-from .blockhash import CHARS_PER_TOKEN, block_hashes
+from .blockhash import CHARS_PER_TOKEN, request_hashes
 from .common import BasePlugin, PluginParams, inverted_min_max
 from .prefixindex import PrefixIndex
 
@@ -54,9 +54,8 @@ class DynamoKvScorer(BasePlugin):
     def _hashes(self, ctx: CycleContext, request: InferenceRequest) -> list[int]:
         hashes = ctx.get(self._key)
         if hashes is None:
-            hashes = ctx.put(self._key, block_hashes(
-                request.prefix_text, request.target_model, self.block_chars,
-                self.params.max_prefix_blocks))
+            hashes = ctx.put(self._key, request_hashes(request, self.block_chars,
+                                                       self.params.max_prefix_blocks))
         return hashes
 
     def costs(self, ctx: CycleContext, request: InferenceRequest,

@@ -64,7 +64,7 @@ from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
-from .blockhash import CHARS_PER_TOKEN, block_hashes
+from .blockhash import CHARS_PER_TOKEN, request_hashes
 from .common import BasePlugin, PluginParams, inverted_min_max
 from .prefixhome import family_key, home_ranks
 from .prefixindex import PrefixIndex
@@ -192,8 +192,7 @@ class PredictiveCostScorer(BasePlugin):
         data = ctx.data.get(self._key)
         if data is None:
             p = self.params
-            hashes = block_hashes(request.prefix_text, request.target_model, self.block_chars,
-                                  p.max_prefix_blocks)
+            hashes = request_hashes(request, self.block_chars, p.max_prefix_blocks)
             bs = p.block_size_tokens
             prompt_blocks = max(len(hashes), -(-request.prompt_tokens_estimate // bs))
             out_blocks = -(-(request.max_tokens or p.default_max_tokens) // bs)

@@ -43,7 +43,7 @@ from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.registry import register
-from .blockhash import CHARS_PER_TOKEN, block_hashes
+from .blockhash import CHARS_PER_TOKEN, request_hashes
 from .common import BasePlugin, PluginParams
 from .prefixindex import PrefixIndex
 from .prefix_match import (MATCHED_TOKENS, LookupStats, PrefixCycle, PrefixIndexStats,
@@ -117,9 +117,8 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
     def _hashes(self, state: PrefixCycle, request: InferenceRequest, block_chars: int) -> list[int]:
         hashes = state.keys.get(block_chars)
         if hashes is None:
-            hashes = state.keys[block_chars] = block_hashes(
-                request.prefix_text, request.target_model, block_chars,
-                self.params.max_prefix_blocks_to_match)
+            hashes = state.keys[block_chars] = request_hashes(
+                request, block_chars, self.params.max_prefix_blocks_to_match)
         return hashes
 
     # -- scoring -----------------------------------------------------------------------------
@@ -176,8 +175,7 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
         # The target never saw this request: take back what it added there, credit the server.
         self.index.discard(rec.endpoint, rec.added)
         chars, cap = self.layout(endpoint)
-        hashes = block_hashes(request.prefix_text, request.target_model, chars,
-                              self.params.max_prefix_blocks_to_match)
+        hashes = request_hashes(request, chars, self.params.max_prefix_blocks_to_match)
         added = self.index.insert(endpoint.name, hashes, cap) if hashes else []
         self._pending[request.request_id] = _Pending(endpoint.name, chars, added)
 
