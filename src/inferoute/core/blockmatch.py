@@ -12,9 +12,9 @@ candidate's depth by bisection: O(distinct depths x log blocks) lookups, not one
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Container, Iterable, Sequence
 
-__all__ = ["nested_prefix_depths", "prefix_depths"]
+__all__ = ["held_prefix", "nested_prefix_depths", "prefix_depths"]
 
 
 def prefix_depths(masks: Iterable[int], active: int, by_slot: dict[int, int],
@@ -55,6 +55,8 @@ def nested_prefix_depths(keys: Sequence[int], mask_of: Callable[[int], int], act
     n = len(keys)
     if not n or not active:
         return result
+    # lazily computed keys (`blockhash.PromptKeys`) are cheap at every `stride`-th position
+    stride = getattr(keys, "stride", 1)
     # (lo, hi, mask at lo, mask at hi): block -1 is held by every candidate, block n by none
     stack = [(-1, n, active, 0)]
     while stack:
@@ -68,8 +70,38 @@ def nested_prefix_depths(keys: Sequence[int], mask_of: Callable[[int], int], act
                 result[by_slot[low.bit_length() - 1]] = hi
                 dropped ^= low
             continue
-        mid = (lo + hi) // 2
+        mid = _middle(lo, hi, stride)
         m_mid = (mask_of(keys[mid]) & m_lo) | m_hi
         stack.append((mid, hi, m_mid, m_hi))
         stack.append((lo, mid, m_lo, m_mid))
     return result
+
+
+def _middle(lo: int, hi: int, stride: int) -> int:
+    """A position strictly between `lo` and `hi`: the middle, moved to the nearest cheap one
+    (`stride - 1` modulo `stride`) when the interval holds one."""
+    mid = (lo + hi) // 2
+    if stride > 1 and hi - lo > stride:
+        cheap = mid - (mid + 1) % stride
+        if cheap > lo:
+            return cheap
+        cheap += stride
+        if cheap < hi:
+            return cheap
+    return mid
+
+
+def held_prefix(keys: Sequence[int], held: Container[int]) -> int:
+    """How many leading `keys` are in `held`, for holdings that form whole prefixes (an
+    endpoint's blocks, the blocks of requests in flight): a binary search, on cheap positions
+    first (see `nested_prefix_depths`)."""
+    lo, hi = 0, len(keys)  # the first lo keys are held; key hi (if any) is not
+    stride = getattr(keys, "stride", 1)
+    while lo < hi:
+        # probe key `mid`: held -> at least mid + 1 held
+        mid = _middle(lo - 1, hi, stride)
+        if keys[mid] in held:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo

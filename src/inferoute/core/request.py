@@ -66,8 +66,8 @@ class InferenceRequest:
     #: free-form annotations plugins and shells attach (e.g. semantic category)
     attributes: dict[str, Any] = field(default_factory=dict)
     #: the prompt's chained block hashes by (target model, block size in characters), hashed
-    #: once per request and shared by every prefix scorer and hook (`blockhash.request_hashes`)
-    block_hash_cache: dict[tuple[str, int], list[int]] = field(default_factory=dict, repr=False,
+    #: once per request and shared by every prefix scorer and hook (`blockhash.request_keys`)
+    block_hash_cache: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False,
                                                                compare=False)
 
     def __post_init__(self) -> None:

@@ -1,9 +1,9 @@
-"""The decision path's prefix work: hashed once per request, matched by bisection.
+"""The decision path's prefix work: keyed once per request, lazily, matched by bisection.
 
 `PrefixIndex.match` bisects a prompt's blocks (an endpoint's blocks always form whole prefixes);
 these tests hold it to the greedy block-by-block walk it replaced, on indexes built by random
-inserts with LRU eviction, and check that the prompt is hashed once per block size however many
-scorers read it.
+inserts with LRU eviction, with keys as lists and as lazy `PromptKeys`; and check that the keys
+are computed once per request and block size, and only as far as a lookup needs them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from itertools import repeat
 
 from inferoute.core.blockmatch import prefix_depths
 from inferoute.core.plugins import blockhash
-from inferoute.core.plugins.blockhash import block_hashes, request_hashes
+from inferoute.core.blockmatch import held_prefix
+from inferoute.core.plugins.blockhash import CHUNK_BLOCKS, block_hashes, request_keys
 from inferoute.core.plugins.prefixindex import PrefixIndex
 from inferoute.core.plugins.radix import RadixTree
 from inferoute.core.request import InferenceRequest
@@ -42,31 +43,47 @@ def test_bisected_match_equals_the_greedy_walk_under_eviction() -> None:
     for prompt in prompts[-150:] + families:
         subset = rng.sample(names + ["unseen"], rng.randrange(1, 7))
         assert index.match(prompt, subset) == _greedy(index, prompt, subset)
+        assert all(held_prefix(prompt, index._lru[n]) == d for n, d in zip(
+            subset, index.match(prompt, subset)) if n in index._lru)
 
 
-def test_a_request_is_hashed_once_per_block_size(monkeypatch) -> None:
-    text = "word " * 2000  # 10,000 characters: 156 blocks of 64
-    want_100, want_all = block_hashes(text, "m", 64, 100), block_hashes(text, "m", 64, 1000)
-    want_128 = block_hashes(text, "m", 128, 10)
-    calls = []
-    real = blockhash._extend
+def _request(text: str) -> InferenceRequest:
+    return InferenceRequest(request_id="r", api="completions", model="m", body={}, headers={},
+                            prefix_text=text)
 
-    def counting(out, text, model, chars, max_blocks):
-        calls.append((len(out), max_blocks))
-        return real(out, text, model, chars, max_blocks)
 
-    monkeypatch.setattr(blockhash, "_extend", counting)
-    req = InferenceRequest(request_id="r", api="completions", model="m", body={}, headers={},
-                           prefix_text=text)
-    first = request_hashes(req, 64, 100)
-    assert first == want_100
-    assert request_hashes(req, 64, 50) == first[:50]
-    assert request_hashes(req, 64, 100) is first          # shared, not recomputed
-    assert calls == [(0, 100)]
-    longer = request_hashes(req, 64, 1000)                # extends the chain from block 100
-    assert calls[-1] == (100, 1000)
-    assert longer == want_all and len(longer) == 156
-    assert request_hashes(req, 128, 10) == want_128
+def test_lazy_keys_equal_the_eager_chain_and_are_shared() -> None:
+    text = "".join(f"w{i} " for i in range(3000))  # ~16,000 characters: 260 blocks of 64
+    eager = block_hashes(text, "m", 64, 10_000)
+    assert len(eager) == len(text.encode()) // 64 and len(set(eager)) == len(eager)
+    req = _request(text)
+    small = request_keys(req, 64, 50)
+    assert len(small) == 50 and small.tolist() == eager[:50]
+    assert [small[i] for i in (0, 31, 49, -1)] == [eager[i] for i in (0, 31, 49, 49)]
+    full = request_keys(req, 64, 10_000)  # grows the same chain
+    assert full.tolist() == eager and small.tolist() == eager[:50]
+    assert len(req.block_hash_cache) == 1
+    # a block's key stands for its whole prefix: it does not depend on how far we key
+    assert block_hashes(text, "m", 64, 100) == eager[:100]
+    assert block_hashes(text, "other-model", 64, 100)[0] != eager[0]
+    assert request_keys(req, 128, 10).tolist() == block_hashes(text, "m", 128, 10)
+
+
+def test_a_lookup_keys_only_the_chunks_it_lands_in() -> None:
+    text = "x" * (64 * CHUNK_BLOCKS * 40)  # 40 chunks
+    keys = request_keys(_request(text), 64, 10_000)
+    eager = block_hashes(text, "m", 64, 10_000)
+    chain = keys._chain
+    assert not chain.inner
+    index = PrefixIndex()
+    index.insert("a", eager[:700], capacity=10_000)
+    index.insert("b", eager[:64], capacity=10_000)
+    assert index.match(keys, ["a", "b", "c"]) == [700, 64, 0]
+    # bisection on chunk keys, then within the chunks where a match ends: 700 is in chunk 21;
+    # 64 ends exactly at a chunk's end, so b needs no chunk's inner keys at all
+    assert set(chain.inner) <= {21, 22, 2}
+    assert held_prefix(keys, set(eager[:333])) == 333
+    assert held_prefix(eager, set(eager[:333])) == 333
 
 
 def test_radix_match_is_the_longest_common_prefix() -> None:

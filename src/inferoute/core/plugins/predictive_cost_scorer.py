@@ -64,7 +64,8 @@ from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
-from .blockhash import CHARS_PER_TOKEN, request_hashes
+from ..blockmatch import nested_prefix_depths
+from .blockhash import CHARS_PER_TOKEN, request_keys
 from .common import BasePlugin, PluginParams, inverted_min_max
 from .prefixhome import family_key, home_ranks
 from .prefixindex import PrefixIndex
@@ -108,20 +109,6 @@ class _EndpointState:
         """Prefill tokens still queued at `now` (fluid drain since the last update)."""
         left = self.queue - rate * max(0.0, now - self.queue_at)
         return max(0.0, left)
-
-
-def _held_prefix(hashes: list[int], held: dict[int, int]) -> int:
-    """How many leading `hashes` are in `held`. Block hashes are chained, so a request in flight
-    that holds block k holds blocks 0..k-1 too: the held blocks of a prompt form a prefix, found
-    by binary search in O(log n) lookups."""
-    lo, hi = 0, len(hashes)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if hashes[mid - 1] in held:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 @register
@@ -175,6 +162,10 @@ class PredictiveCostScorer(BasePlugin):
         self.block_chars = p.block_size_tokens * CHARS_PER_TOKEN
         self.index = PrefixIndex()
         self._state: dict[str, _EndpointState] = {}
+        #: prompt block -> bitmask of the endpoint slots with a request in flight holding it
+        #: (each endpoint's in-flight blocks form whole prefixes: one bisection matches all)
+        self._flying_owners: dict[int, int] = {}
+        self._slots: dict[str, int] = {}
         self._flying: OrderedDict[str, _InFlight] = OrderedDict()
         self._key = f"predictive:{self.name}"
 
@@ -183,7 +174,19 @@ class PredictiveCostScorer(BasePlugin):
         st = self._state.get(name)
         if st is None:
             st = self._state[name] = _EndpointState()
+            free = set(range(len(self._slots) + 1)) - set(self._slots.values())
+            self._slots[name] = min(free)
         return st
+
+    def _held_in_flight(self, hashes: Sequence[int], names: list[str]) -> list[int]:
+        """Per endpoint, how many leading `hashes` requests in flight there hold."""
+        by_slot = {self._slots[n]: i for i, n in enumerate(names)}
+        active = 0
+        for slot in by_slot:
+            active |= 1 << slot
+        owners = self._flying_owners
+        return nested_prefix_depths(hashes, lambda h: owners.get(h, 0), active, by_slot,
+                                    [0] * len(names))
 
     def _capacity(self, ep: Endpoint) -> int:
         return ep.metrics.num_blocks or self.params.default_capacity_blocks
@@ -192,7 +195,7 @@ class PredictiveCostScorer(BasePlugin):
         data = ctx.data.get(self._key)
         if data is None:
             p = self.params
-            hashes = request_hashes(request, self.block_chars, p.max_prefix_blocks)
+            hashes = request_keys(request, self.block_chars, p.max_prefix_blocks)
             bs = p.block_size_tokens
             prompt_blocks = max(len(hashes), -(-request.prompt_tokens_estimate // bs))
             out_blocks = -(-(request.max_tokens or p.default_max_tokens) // bs)
@@ -215,11 +218,13 @@ class PredictiveCostScorer(BasePlugin):
         caps = [self._capacity(ep) for ep in endpoints]
         alpha = self._demand_share(states, caps)
         away = self._away(data["hashes"], names)
+        flying = self._held_in_flight(data["hashes"], names)
         out = []
-        for ep, name, m, st, cap, far in zip(endpoints, names, matched, states, caps, away):
+        for ep, name, m, st, cap, far, held in zip(endpoints, names, matched, states, caps, away,
+                                                   flying):
             data["matched"][name] = m
             uncached = max(0, data["prompt_blocks"] - m)
-            new_blocks = data["prompt_blocks"] - _held_prefix(data["hashes"], st.blocks)
+            new_blocks = data["prompt_blocks"] - held
             demand = st.demand + new_blocks + data["out_blocks"]
             work = st.work + data["prompt_blocks"] + data["out_blocks"]
             queued = st.queued(ctx.now, p.prefill_tokens_per_second) / bs
@@ -274,21 +279,25 @@ class PredictiveCostScorer(BasePlugin):
         prefill = float(uncached * p.block_size_tokens)
         st = self._st(name)
         held = st.blocks
-        for h in data["hashes"]:
-            held[h] = held.get(h, 0) + 1
+        hashes = data["hashes"].tolist()
+        owners, bit = self._flying_owners, 1 << self._slots[name]
+        for h in hashes:
+            n = held.get(h, 0)
+            if not n:
+                owners[h] = owners.get(h, 0) | bit
+            held[h] = n + 1
         st.out_blocks += data["out_blocks"]
         st.tail += data["tail"]
         st.work += data["prompt_blocks"] + data["out_blocks"]
         st.queue = st.queued(ctx_now, p.prefill_tokens_per_second) + prefill
         st.queue_at = ctx_now
-        self._flying[request.request_id] = _InFlight(name, data["hashes"], data["out_blocks"],
+        self._flying[request.request_id] = _InFlight(name, hashes, data["out_blocks"],
                                                      data["prompt_blocks"] + data["out_blocks"],
                                                      data["tail"])
         while len(self._flying) > MAX_TRACKED:
             _, old = self._flying.popitem(last=False)
             self._release(old)
         cap = self._capacity(ep)
-        hashes = data["hashes"]
         if hashes:
             self.index.insert(name, hashes, cap)
         # placeholder blocks for the output: they age the LRU like the server's generated KV
@@ -301,12 +310,17 @@ class PredictiveCostScorer(BasePlugin):
         if st is None:
             return
         held = st.blocks
+        owners, clear = self._flying_owners, ~(1 << self._slots[rec.endpoint])
         for h in rec.hashes:
             n = held.get(h, 0) - 1
             if n > 0:
                 held[h] = n
-            else:
-                held.pop(h, None)
+            elif held.pop(h, None) is not None:
+                m = owners[h] & clear
+                if m:
+                    owners[h] = m
+                else:
+                    del owners[h]
         st.out_blocks = max(0, st.out_blocks - rec.out_blocks)
         st.tail = max(0, st.tail - rec.tail)
         st.work = max(0, st.work - rec.work)
@@ -332,7 +346,15 @@ class PredictiveCostScorer(BasePlugin):
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         self.index.remove_endpoint(endpoint.name)
-        self._state.pop(endpoint.name, None)
+        st = self._state.pop(endpoint.name, None)
+        if st is not None:
+            owners, clear = self._flying_owners, ~(1 << self._slots.pop(endpoint.name))
+            for h in st.blocks:
+                m = owners[h] & clear
+                if m:
+                    owners[h] = m
+                else:
+                    del owners[h]
         for rid in [r for r, rec in self._flying.items() if rec.endpoint == endpoint.name]:
             del self._flying[rid]
 
