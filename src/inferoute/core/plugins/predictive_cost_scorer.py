@@ -60,14 +60,15 @@ from typing import Any
 import pydantic
 from xxhash import xxh64_intdigest
 
+from ..blockmatch import nested_prefix_depths
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
-from ..blockmatch import nested_prefix_depths
 from .blockhash import CHARS_PER_TOKEN, request_keys
 from .common import BasePlugin, PluginParams, inverted_min_max
 from .prefixhome import family_key, home_ranks
+from .prefix_match import MATCHED_TOKENS, matched_tokens
 from .prefixindex import PrefixIndex
 
 __all__ = ["PredictiveCostScorer"]
@@ -116,6 +117,8 @@ class PredictiveCostScorer(BasePlugin):
     """Lowest predicted KV demand + prefill cost wins (see module docstring)."""
 
     type_name = "predictive-cost-scorer"
+    #: the prompt tokens each endpoint probably holds (for `latency-slo-scorer` and others)
+    produces = (MATCHED_TOKENS,)
 
     class Params(PluginParams):
         block_size_tokens: int = pydantic.Field(16, ge=1, le=4096)
@@ -219,10 +222,12 @@ class PredictiveCostScorer(BasePlugin):
         alpha = self._demand_share(states, caps)
         away = self._away(data["hashes"], names)
         flying = self._held_in_flight(data["hashes"], names)
+        tokens = matched_tokens(ctx)
         out = []
         for ep, name, m, st, cap, far, held in zip(endpoints, names, matched, states, caps, away,
                                                    flying):
             data["matched"][name] = m
+            tokens[name] = m * bs
             uncached = max(0, data["prompt_blocks"] - m)
             new_blocks = data["prompt_blocks"] - held
             demand = st.demand + new_blocks + data["out_blocks"]
