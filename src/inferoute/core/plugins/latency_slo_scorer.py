@@ -125,7 +125,9 @@ class LatencySloScorer(BasePlugin):
             50, ge=0, description="TTFT checks before predictions may shed a request")
         use_prefix_match: bool = pydantic.Field(
             True, description="read the cached prompt tokens from a prefix scorer")
-        forgetting: float = pydantic.Field(0.998, gt=0.0, le=1.0)
+        forgetting: float = pydantic.Field(
+            0.98, gt=0.0, le=1.0, description="per sample, of the older ones (memory about "
+                                              "1 / (1 - forgetting) samples per endpoint)")
         error_window: int = pydantic.Field(512, ge=1, le=1_000_000)
         default_max_tokens: int = pydantic.Field(
             256, ge=1, description="output tokens assumed when a request sets no max_tokens")
