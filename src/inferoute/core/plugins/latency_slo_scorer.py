@@ -206,9 +206,9 @@ class LatencySloScorer(BasePlugin):
         best = preds[ratio.index(min(ratio))]
         parts = []
         if ttft_slo:
-            parts.append(f"TTFT {best.ttft * 1e3:.0f} ms against {ttft_slo * 1e3:.0f} ms")
+            parts.append(f"TTFT {best.ttft * 1e3:.4g} ms against {ttft_slo * 1e3:.4g} ms")
         if tpot_slo:
-            parts.append(f"TPOT {best.tpot * 1e3:.1f} ms against {tpot_slo * 1e3:.1f} ms")
+            parts.append(f"TPOT {best.tpot * 1e3:.4g} ms against {tpot_slo * 1e3:.4g} ms")
         self.shed_count += 1
         raise TooManyRequests(
             "no endpoint is predicted to meet this request's latency objective (best: "
