@@ -18,7 +18,7 @@ and hook of a policy shares the work; the index updates, which need every key, c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import overload
 
 from xxhash import xxh64_intdigest
@@ -131,7 +131,7 @@ class PromptKeys(Sequence[int]):
             return self._chain.bounds[c]
         return self._chain.chunk(c)[j]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[int]:
         return iter(self.tolist())
 
     def __eq__(self, other: object) -> bool:
