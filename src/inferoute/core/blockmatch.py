@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, Container, Iterable, Sequence
 
-__all__ = ["held_prefix", "nested_prefix_depths", "prefix_depths"]
+__all__ = ["clear_owner", "held_prefix", "nested_prefix_depths", "prefix_depths"]
 
 
 def prefix_depths(masks: Iterable[int], active: int, by_slot: dict[int, int],
@@ -105,3 +105,14 @@ def held_prefix(keys: Sequence[int], held: Container[int]) -> int:
         else:
             hi = mid
     return lo
+
+
+def clear_owner(owners: dict[int, int], keys: Iterable[int], bit: int) -> None:
+    """Clear `bit` from the owner masks of `keys`, dropping masks left empty."""
+    clear = ~bit
+    for key in keys:
+        m = owners[key] & clear
+        if m:
+            owners[key] = m
+        else:
+            del owners[key]

@@ -60,7 +60,7 @@ from typing import Any
 import pydantic
 from xxhash import xxh64_intdigest
 
-from ..blockmatch import nested_prefix_depths
+from ..blockmatch import clear_owner, nested_prefix_depths
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult
@@ -315,17 +315,14 @@ class PredictiveCostScorer(BasePlugin):
         if st is None:
             return
         held = st.blocks
-        owners, clear = self._flying_owners, ~(1 << self._slots[rec.endpoint])
+        gone = []
         for h in rec.hashes:
             n = held.get(h, 0) - 1
             if n > 0:
                 held[h] = n
             elif held.pop(h, None) is not None:
-                m = owners[h] & clear
-                if m:
-                    owners[h] = m
-                else:
-                    del owners[h]
+                gone.append(h)
+        clear_owner(self._flying_owners, gone, 1 << self._slots[rec.endpoint])
         st.out_blocks = max(0, st.out_blocks - rec.out_blocks)
         st.tail = max(0, st.tail - rec.tail)
         st.work = max(0, st.work - rec.work)
@@ -353,13 +350,7 @@ class PredictiveCostScorer(BasePlugin):
         self.index.remove_endpoint(endpoint.name)
         st = self._state.pop(endpoint.name, None)
         if st is not None:
-            owners, clear = self._flying_owners, ~(1 << self._slots.pop(endpoint.name))
-            for h in st.blocks:
-                m = owners[h] & clear
-                if m:
-                    owners[h] = m
-                else:
-                    del owners[h]
+            clear_owner(self._flying_owners, st.blocks, 1 << self._slots.pop(endpoint.name))
         for rid in [r for r, rec in self._flying.items() if rec.endpoint == endpoint.name]:
             del self._flying[rid]
 
