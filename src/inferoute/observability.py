@@ -25,6 +25,8 @@ plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests
 `inferoute_endpoint_ready{pool,endpoint}`, `inferoute_endpoint_waiting_requests`,
 `inferoute_endpoint_running_requests`, `inferoute_endpoint_kv_cache_utilization`,
 `inferoute_upstream_retries_total{pool}`, with `autoscaling:` configured
+`inferoute_latency_prediction_error_ratio{name,target}` (median absolute relative error of
+the pool's learned TTFT / TPOT model, with `latency-slo-scorer` configured),
 `inferoute_pool_desired_replicas{name}` (the replicas the pool needs for its TTFT target,
 `core.autoscale`), `inferoute_endpoint_scrapes_total{pool,endpoint}` and
 `inferoute_endpoint_scrape_failures_total{pool,endpoint}`; and how far the shared routing state
@@ -136,6 +138,10 @@ class Observability:
         self.desired = Gauge("inferoute_pool_desired_replicas", "Replicas the pool needs to "
                              "meet the configured TTFT target (docs/kubernetes.md).", ("name",),
                              registry=r)
+        self.latency_error = Gauge("inferoute_latency_prediction_error_ratio", "Median "
+                                   "absolute relative error of the pool's learned latency "
+                                   "model over its last checked predictions (0.1 = 10%).",
+                                   ("name", "target"), registry=r)
         #: the desired-replicas estimator, fed by the router (set by `watch` when configured)
         self.autoscaler: Autoscaler | None = None
         self._data: DataLayer | None = None
@@ -255,6 +261,12 @@ class Observability:
             n = len(ready) or 1  # no ready endpoint: 0, not the last known average
             self.pool_kv.labels(mp.model).set(sum(ep.metrics.kv_usage for ep in ready) / n)
             self.pool_queue.labels(mp.model).set(sum(ep.metrics.waiting for ep in ready) / n)
+            for plugin in mp.scheduler.plugins.values():
+                errors = getattr(plugin, "latency_errors", None)
+                if callable(errors):
+                    for target, value in errors().items():
+                        if value is not None:
+                            self.latency_error.labels(mp.model, target).set(value)
             if self.autoscaler is not None:
                 est = self.autoscaler.estimate(mp.model, now, ready)
                 self.desired.labels(mp.model).set(est.desired)

@@ -169,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from .des import SimConfig, run_virtual
+    from .des import SimConfig, VirtualBench, run_virtual
     from .workloads import parse_params
 
     workload, load = _build(args)
@@ -178,8 +178,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
                     ignore_eos=args.ignore_eos, scrape_interval=args.scrape_interval,
                     profile_overrides=parse_params(args.engine, "engine override"))
     with StageProgress([s.label for s in load.stages], not args.quiet) as progress:
-        result = run_virtual(cfg, progress)
+        bench = VirtualBench(cfg, progress)
+        result = bench.run()
     report = result.to_dict()
+    models = latency_models(bench.scheduler)
+    if models:
+        report["latency_model"] = models
     if args.ceiling:
         from .ceiling import attach_ceiling, ceiling_config
 
@@ -194,8 +198,30 @@ def cmd_sim(args: argparse.Namespace) -> int:
               f"speculative {st['confirmed_speculative']} confirmed / "
               f"{st['expired_speculative']} expired; at decisions the chosen endpoint held "
               f"{st['blocks_hit']} of {st['blocks_queried']} prompt blocks", file=sys.stderr)
+    for name, st in models.items():
+        print(latency_model_line(name, st), file=sys.stderr)
     _finish(report, args, str(args.policy))
     return 0
+
+
+def latency_models(scheduler: Any) -> dict[str, dict[str, Any]]:
+    """Per latency-slo-scorer of the policy: its model's error figures (`stats()`)."""
+    from ..core.plugins.latency_slo_scorer import LatencySloScorer
+
+    return {p.name: p.stats() for p in scheduler.plugins.values()
+            if isinstance(p, LatencySloScorer)}
+
+
+def latency_model_line(name: str, st: dict[str, Any]) -> str:
+    """One line on how well a latency model predicted, as `bench sim` prints it."""
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v * 100:.1f}%"
+
+    return (f"{name}: median absolute error of the last {min(st['window'], st['ttft_checks'])}"
+            f" predictions: TTFT {pct(st['ttft_error'])}, TPOT {pct(st['tpot_error'])} (first "
+            f"{st['window']}: TTFT {pct(st['ttft_error_first'])}, TPOT "
+            f"{pct(st['tpot_error_first'])}); {st['ttft_checks']} TTFT / {st['tpot_checks']} "
+            f"TPOT checks, {st['shed']} requests shed")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

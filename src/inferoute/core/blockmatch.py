@@ -3,13 +3,18 @@
 Both prefix indexes (the approximate one fed by routing decisions and the precise one fed by KV
 events) keep, per block key, a bitmask of the endpoint slots holding it; matching a prompt
 against every candidate at once is then one AND per block, done here.
+
+When every endpoint's blocks form whole prefixes (an endpoint holding block k holds blocks
+0..k-1: true of the approximate index, whose LRU always touches a prompt's head after its
+tail), the masks only lose bits along a prompt, and `nested_prefix_depths` finds each
+candidate's depth by bisection: O(distinct depths x log blocks) lookups, not one per block.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Container, Iterable, Sequence
 
-__all__ = ["prefix_depths"]
+__all__ = ["clear_owner", "held_prefix", "nested_prefix_depths", "prefix_depths"]
 
 
 def prefix_depths(masks: Iterable[int], active: int, by_slot: dict[int, int],
@@ -39,3 +44,75 @@ def prefix_depths(masks: Iterable[int], active: int, by_slot: dict[int, int],
         result[by_slot[low.bit_length() - 1]] = depth
         active ^= low
     return result
+
+
+def nested_prefix_depths(keys: Sequence[int], mask_of: Callable[[int], int], active: int,
+                         by_slot: dict[int, int], result: list[int]) -> list[int]:
+    """`prefix_depths` for nested holdings: `mask_of(key)` is the owner bitmask of a block key
+    and the masks of `keys` only lose bits from one block to the next. Bisects between blocks
+    whose masks (restricted to `active`) differ; an interval whose two ends agree holds no
+    boundary. Writes each candidate's depth into `result` and returns it."""
+    n = len(keys)
+    if not n or not active:
+        return result
+    # lazily computed keys (`blockhash.PromptKeys`) are cheap at every `stride`-th position
+    stride = getattr(keys, "stride", 1)
+    # (lo, hi, mask at lo, mask at hi): block -1 is held by every candidate, block n by none
+    stack = [(-1, n, active, 0)]
+    while stack:
+        lo, hi, m_lo, m_hi = stack.pop()
+        if m_lo == m_hi:
+            continue
+        if hi - lo == 1:
+            dropped = m_lo & ~m_hi
+            while dropped:
+                low = dropped & -dropped
+                result[by_slot[low.bit_length() - 1]] = hi
+                dropped ^= low
+            continue
+        mid = _middle(lo, hi, stride)
+        m_mid = (mask_of(keys[mid]) & m_lo) | m_hi
+        stack.append((mid, hi, m_mid, m_hi))
+        stack.append((lo, mid, m_lo, m_mid))
+    return result
+
+
+def _middle(lo: int, hi: int, stride: int) -> int:
+    """A position strictly between `lo` and `hi`: the middle, moved to the nearest cheap one
+    (`stride - 1` modulo `stride`) when the interval holds one."""
+    mid = (lo + hi) // 2
+    if stride > 1 and hi - lo > stride:
+        cheap = mid - (mid + 1) % stride
+        if cheap > lo:
+            return cheap
+        cheap += stride
+        if cheap < hi:
+            return cheap
+    return mid
+
+
+def held_prefix(keys: Sequence[int], held: Container[int]) -> int:
+    """How many leading `keys` are in `held`, for holdings that form whole prefixes (an
+    endpoint's blocks, the blocks of requests in flight): a binary search, on cheap positions
+    first (see `nested_prefix_depths`)."""
+    lo, hi = 0, len(keys)  # the first lo keys are held; key hi (if any) is not
+    stride = getattr(keys, "stride", 1)
+    while lo < hi:
+        # probe key `mid`: held -> at least mid + 1 held
+        mid = _middle(lo - 1, hi, stride)
+        if keys[mid] in held:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def clear_owner(owners: dict[int, int], keys: Iterable[int], bit: int) -> None:
+    """Clear `bit` from the owner masks of `keys`, dropping masks left empty."""
+    clear = ~bit
+    for key in keys:
+        m = owners[key] & clear
+        if m:
+            owners[key] = m
+        else:
+            del owners[key]

@@ -65,6 +65,10 @@ class InferenceRequest:
     prefix_cache_hit_ratio: float | None = None
     #: free-form annotations plugins and shells attach (e.g. semantic category)
     attributes: dict[str, Any] = field(default_factory=dict)
+    #: the prompt's chained block hashes by (target model, block size in characters), hashed
+    #: once per request and shared by every prefix scorer and hook (`blockhash.request_keys`)
+    block_hash_cache: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False,
+                                                               compare=False)
 
     def __post_init__(self) -> None:
         if not self.target_model:

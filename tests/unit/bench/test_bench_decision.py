@@ -7,11 +7,13 @@ from inferoute.bench.decision import decision_costs
 def test_decision_costs_table_has_a_cell_per_size() -> None:
     table = decision_costs(["round-robin", "inferoute"], (256, 1024), endpoints=4, samples=5)
     lines = table.splitlines()
-    assert lines[0] == ("| policy (4 endpoints) | 256 tokens p50 / p99 (CPU ms) | "
-                        "1,024 tokens p50 / p99 (CPU ms) |")
+    assert lines[0] == ("| policy (4 endpoints) | 256 tokens: decision p50 / p99, update p50 "
+                        "(CPU ms) | 1,024 tokens: decision p50 / p99, update p50 (CPU ms) |")
     rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in lines[2:]}
     assert set(rows) == {"round-robin", "inferoute"}
     for cells in rows.values():
         for cell in cells:
-            p50, p99 = (float(x) for x in cell.split("/"))
+            decision, update = cell.split(",")
+            p50, p99 = (float(x) for x in decision.split("/"))
             assert 0 < p50 <= p99
+            assert float(update) >= 0

@@ -62,7 +62,8 @@ def test_index_greedy_longest_prefix_match() -> None:
     h = list(range(1, 11))
     idx.insert("a", h[:6], capacity=100)
     idx.insert("b", h[:3], capacity=100)
-    idx.insert("c", [99] + h[1:], capacity=100)  # holds later blocks but not the first
+    # another prompt: its first block differs, so (keys being chained) every later key does
+    idx.insert("c", [99] + [k + 100 for k in h[1:]], capacity=100)
     assert idx.match(h, ["a", "b", "c", "unknown"]) == [6, 3, 0, 0]
     idx.insert("b", h, capacity=100)
     assert idx.match(h, ["a", "b"]) == [6, 10]

@@ -26,7 +26,7 @@ from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.registry import register
-from .blockhash import CHARS_PER_TOKEN, block_hashes
+from .blockhash import CHARS_PER_TOKEN, PromptKeys, request_keys
 from .common import BasePlugin, PluginParams, inverted_min_max
 from .prefixindex import PrefixIndex
 
@@ -49,14 +49,13 @@ class DynamoKvScorer(BasePlugin):
         super().__init__(name, params)
         self.block_chars = self.params.block_size_tokens * CHARS_PER_TOKEN
         self.index = PrefixIndex()
-        self._key: DataKey[list[int]] = DataKey(f"kvcost:{self.name}", list[int])
+        self._key: DataKey[PromptKeys] = DataKey(f"kvcost:{self.name}", PromptKeys)
 
-    def _hashes(self, ctx: CycleContext, request: InferenceRequest) -> list[int]:
+    def _hashes(self, ctx: CycleContext, request: InferenceRequest) -> PromptKeys:
         hashes = ctx.get(self._key)
         if hashes is None:
-            hashes = ctx.put(self._key, block_hashes(
-                request.prefix_text, request.target_model, self.block_chars,
-                self.params.max_prefix_blocks))
+            hashes = ctx.put(self._key, request_keys(request, self.block_chars,
+                                                     self.params.max_prefix_blocks))
         return hashes
 
     def costs(self, ctx: CycleContext, request: InferenceRequest,
@@ -84,7 +83,7 @@ class DynamoKvScorer(BasePlugin):
         if hashes:
             ep = result.target
             cap = ep.metrics.num_blocks or self.params.lru_capacity_per_server
-            self.index.insert(ep.name, hashes, cap)
+            self.index.insert(ep.name, hashes.tolist(), cap)
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         self.index.remove_endpoint(endpoint.name)

@@ -115,8 +115,9 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
 
     def _keys(self, state: PrefixCycle, request: InferenceRequest, bs: int) -> list[int]:
         keys = state.keys.get(bs)
-        if keys is None:
-            keys = state.keys[bs] = self.request_keys(request, bs)
+        if not isinstance(keys, list):
+            keys = self.request_keys(request, bs)
+            state.keys[bs] = keys
         return keys
 
     # -- scoring -----------------------------------------------------------------------------

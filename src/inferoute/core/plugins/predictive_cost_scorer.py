@@ -60,13 +60,15 @@ from typing import Any
 import pydantic
 from xxhash import xxh64_intdigest
 
+from ..blockmatch import clear_owner, nested_prefix_depths
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
-from .blockhash import CHARS_PER_TOKEN, block_hashes
+from .blockhash import CHARS_PER_TOKEN, request_keys
 from .common import BasePlugin, PluginParams, inverted_min_max
 from .prefixhome import family_key, home_ranks
+from .prefix_match import MATCHED_TOKENS, matched_tokens
 from .prefixindex import PrefixIndex
 
 __all__ = ["PredictiveCostScorer"]
@@ -110,25 +112,13 @@ class _EndpointState:
         return max(0.0, left)
 
 
-def _held_prefix(hashes: list[int], held: dict[int, int]) -> int:
-    """How many leading `hashes` are in `held`. Block hashes are chained, so a request in flight
-    that holds block k holds blocks 0..k-1 too: the held blocks of a prompt form a prefix, found
-    by binary search in O(log n) lookups."""
-    lo, hi = 0, len(hashes)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if hashes[mid - 1] in held:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 @register
 class PredictiveCostScorer(BasePlugin):
     """Lowest predicted KV demand + prefill cost wins (see module docstring)."""
 
     type_name = "predictive-cost-scorer"
+    #: the prompt tokens each endpoint probably holds (for `latency-slo-scorer` and others)
+    produces = (MATCHED_TOKENS,)
 
     class Params(PluginParams):
         block_size_tokens: int = pydantic.Field(16, ge=1, le=4096)
@@ -175,6 +165,10 @@ class PredictiveCostScorer(BasePlugin):
         self.block_chars = p.block_size_tokens * CHARS_PER_TOKEN
         self.index = PrefixIndex()
         self._state: dict[str, _EndpointState] = {}
+        #: prompt block -> bitmask of the endpoint slots with a request in flight holding it
+        #: (each endpoint's in-flight blocks form whole prefixes: one bisection matches all)
+        self._flying_owners: dict[int, int] = {}
+        self._slots: dict[str, int] = {}
         self._flying: OrderedDict[str, _InFlight] = OrderedDict()
         self._key = f"predictive:{self.name}"
 
@@ -183,7 +177,19 @@ class PredictiveCostScorer(BasePlugin):
         st = self._state.get(name)
         if st is None:
             st = self._state[name] = _EndpointState()
+            free = set(range(len(self._slots) + 1)) - set(self._slots.values())
+            self._slots[name] = min(free)
         return st
+
+    def _held_in_flight(self, hashes: Sequence[int], names: list[str]) -> list[int]:
+        """Per endpoint, how many leading `hashes` requests in flight there hold."""
+        by_slot = {self._slots[n]: i for i, n in enumerate(names)}
+        active = 0
+        for slot in by_slot:
+            active |= 1 << slot
+        owners = self._flying_owners
+        return nested_prefix_depths(hashes, lambda h: owners.get(h, 0), active, by_slot,
+                                    [0] * len(names))
 
     def _capacity(self, ep: Endpoint) -> int:
         return ep.metrics.num_blocks or self.params.default_capacity_blocks
@@ -192,8 +198,7 @@ class PredictiveCostScorer(BasePlugin):
         data = ctx.data.get(self._key)
         if data is None:
             p = self.params
-            hashes = block_hashes(request.prefix_text, request.target_model, self.block_chars,
-                                  p.max_prefix_blocks)
+            hashes = request_keys(request, self.block_chars, p.max_prefix_blocks)
             bs = p.block_size_tokens
             prompt_blocks = max(len(hashes), -(-request.prompt_tokens_estimate // bs))
             out_blocks = -(-(request.max_tokens or p.default_max_tokens) // bs)
@@ -216,11 +221,15 @@ class PredictiveCostScorer(BasePlugin):
         caps = [self._capacity(ep) for ep in endpoints]
         alpha = self._demand_share(states, caps)
         away = self._away(data["hashes"], names)
+        flying = self._held_in_flight(data["hashes"], names)
+        tokens = matched_tokens(ctx)
         out = []
-        for ep, name, m, st, cap, far in zip(endpoints, names, matched, states, caps, away):
+        for ep, name, m, st, cap, far, held in zip(endpoints, names, matched, states, caps, away,
+                                                   flying):
             data["matched"][name] = m
+            tokens[name] = m * bs
             uncached = max(0, data["prompt_blocks"] - m)
-            new_blocks = data["prompt_blocks"] - _held_prefix(data["hashes"], st.blocks)
+            new_blocks = data["prompt_blocks"] - held
             demand = st.demand + new_blocks + data["out_blocks"]
             work = st.work + data["prompt_blocks"] + data["out_blocks"]
             queued = st.queued(ctx.now, p.prefill_tokens_per_second) / bs
@@ -275,21 +284,25 @@ class PredictiveCostScorer(BasePlugin):
         prefill = float(uncached * p.block_size_tokens)
         st = self._st(name)
         held = st.blocks
-        for h in data["hashes"]:
-            held[h] = held.get(h, 0) + 1
+        hashes = data["hashes"].tolist()
+        owners, bit = self._flying_owners, 1 << self._slots[name]
+        for h in hashes:
+            n = held.get(h, 0)
+            if not n:
+                owners[h] = owners.get(h, 0) | bit
+            held[h] = n + 1
         st.out_blocks += data["out_blocks"]
         st.tail += data["tail"]
         st.work += data["prompt_blocks"] + data["out_blocks"]
         st.queue = st.queued(ctx_now, p.prefill_tokens_per_second) + prefill
         st.queue_at = ctx_now
-        self._flying[request.request_id] = _InFlight(name, data["hashes"], data["out_blocks"],
+        self._flying[request.request_id] = _InFlight(name, hashes, data["out_blocks"],
                                                      data["prompt_blocks"] + data["out_blocks"],
                                                      data["tail"])
         while len(self._flying) > MAX_TRACKED:
             _, old = self._flying.popitem(last=False)
             self._release(old)
         cap = self._capacity(ep)
-        hashes = data["hashes"]
         if hashes:
             self.index.insert(name, hashes, cap)
         # placeholder blocks for the output: they age the LRU like the server's generated KV
@@ -302,12 +315,14 @@ class PredictiveCostScorer(BasePlugin):
         if st is None:
             return
         held = st.blocks
+        gone = []
         for h in rec.hashes:
             n = held.get(h, 0) - 1
             if n > 0:
                 held[h] = n
-            else:
-                held.pop(h, None)
+            elif held.pop(h, None) is not None:
+                gone.append(h)
+        clear_owner(self._flying_owners, gone, 1 << self._slots[rec.endpoint])
         st.out_blocks = max(0, st.out_blocks - rec.out_blocks)
         st.tail = max(0, st.tail - rec.tail)
         st.work = max(0, st.work - rec.work)
@@ -333,7 +348,9 @@ class PredictiveCostScorer(BasePlugin):
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         self.index.remove_endpoint(endpoint.name)
-        self._state.pop(endpoint.name, None)
+        st = self._state.pop(endpoint.name, None)
+        if st is not None:
+            clear_owner(self._flying_owners, st.blocks, 1 << self._slots.pop(endpoint.name))
         for rid in [r for r, rec in self._flying.items() if rec.endpoint == endpoint.name]:
             del self._flying[rid]
 

@@ -43,7 +43,7 @@ from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.registry import register
-from .blockhash import CHARS_PER_TOKEN, block_hashes
+from .blockhash import CHARS_PER_TOKEN, PromptKeys, request_keys
 from .common import BasePlugin, PluginParams
 from .prefixindex import PrefixIndex
 from .prefix_match import (MATCHED_TOKENS, LookupStats, PrefixCycle, PrefixIndexStats,
@@ -114,12 +114,12 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
     def _cycle(self, ctx: CycleContext) -> PrefixCycle:
         return cycle_state(ctx, self._key)
 
-    def _hashes(self, state: PrefixCycle, request: InferenceRequest, block_chars: int) -> list[int]:
+    def _hashes(self, state: PrefixCycle, request: InferenceRequest,
+                block_chars: int) -> PromptKeys:
         hashes = state.keys.get(block_chars)
-        if hashes is None:
-            hashes = state.keys[block_chars] = block_hashes(
-                request.prefix_text, request.target_model, block_chars,
-                self.params.max_prefix_blocks_to_match)
+        if not isinstance(hashes, PromptKeys):
+            hashes = state.keys[block_chars] = request_keys(
+                request, block_chars, self.params.max_prefix_blocks_to_match)
         return hashes
 
     # -- scoring -----------------------------------------------------------------------------
@@ -159,7 +159,7 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
                 self.record_lookup(request, matched, len(hashes))
             if not hashes:
                 continue
-            added = self.index.insert(ep.name, hashes, cap)
+            added = self.index.insert(ep.name, hashes.tolist(), cap)
             if ep is primary:
                 self._remember(request.request_id, _Pending(ep.name, chars, added))
 
@@ -176,9 +176,8 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
         # The target never saw this request: take back what it added there, credit the server.
         self.index.discard(rec.endpoint, rec.added)
         chars, cap = self.layout(endpoint)
-        hashes = block_hashes(request.prefix_text, request.target_model, chars,
-                              self.params.max_prefix_blocks_to_match)
-        added = self.index.insert(endpoint.name, hashes, cap) if hashes else []
+        hashes = request_keys(request, chars, self.params.max_prefix_blocks_to_match)
+        added = self.index.insert(endpoint.name, hashes.tolist(), cap) if hashes else []
         self._pending[request.request_id] = _Pending(endpoint.name, chars, added)
 
     def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,

@@ -3,6 +3,7 @@ lookup statistics, and the targets whose index learns a decision."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..endpoint import Endpoint
@@ -79,7 +80,7 @@ class PrefixCycle:
     __slots__ = ("keys", "matched")
 
     def __init__(self) -> None:
-        self.keys: dict[int, list[int]] = {}
+        self.keys: dict[int, Sequence[int]] = {}
         self.matched: dict[str, int] = {}
 
 

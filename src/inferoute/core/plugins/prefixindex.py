@@ -9,15 +9,17 @@ Two structures kept in step:
 
 Endpoints get small integer slots on first use; `remove_endpoint` frees the slot. Every
 structure is bounded: the global map holds at most the sum of the endpoints' capacities.
+
+An endpoint's blocks always form whole prefixes (see `insert`), so `match` bisects a prompt's
+blocks instead of walking them: its cost grows with the log of the prompt's length.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from itertools import repeat
 from typing import Iterable, Sequence
 
-from ..blockmatch import prefix_depths
+from ..blockmatch import nested_prefix_depths
 
 __all__ = ["PrefixIndex"]
 
@@ -91,8 +93,10 @@ class PrefixIndex:
         result = [0] * len(names)
         if not active:
             return result
-        get = self._owners.get
-        return prefix_depths(map(get, hashes, repeat(0)), active, by_slot, result)
+        # every endpoint's blocks form whole prefixes (see `insert`): bisect, don't walk
+        owners = self._owners
+        return nested_prefix_depths(hashes, lambda h: owners.get(h, 0), active, by_slot,
+                                    result)
 
     # -- updates -----------------------------------------------------------------------------
     def insert(self, name: str, hashes: Sequence[int], capacity: int) -> list[int]:

@@ -5,10 +5,24 @@ characters: the per-worker tree of the SGLang router's cache-aware policy
 from __future__ import annotations
 
 import heapq
-from os.path import commonprefix
 
 __all__ = ["RadixTree"]
 
+
+def _common(edge: str, text: str, pos: int) -> int:
+    """Length of the common prefix of `edge` and `text[pos:]`, by C-speed comparisons: one
+    `startswith` when the whole edge matches, else a binary search of them (a character loop,
+    as `os.path.commonprefix` runs, costs ~0.1 us a character: 30 ms for a long prompt)."""
+    if text.startswith(edge, pos):
+        return len(edge)
+    lo, hi = 0, min(len(edge), len(text) - pos)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if text.startswith(edge[lo:mid], pos + lo):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 class _Node:
@@ -38,7 +52,7 @@ class RadixTree:
             if child is None:
                 break
             edge = child.edge
-            k = len(commonprefix((edge, text[pos:pos + len(edge)])))
+            k = _common(edge, text, pos)
             pos += k
             if k < len(edge):
                 break
@@ -60,7 +74,7 @@ class RadixTree:
                 self.size += n - pos
                 break
             edge = child.edge
-            k = len(commonprefix((edge, text[pos:pos + len(edge)])))
+            k = _common(edge, text, pos)
             if k < len(edge):
                 # split the edge at k: node -> mid(edge[:k]) -> child(edge[k:])
                 mid = _Node(edge[:k], node, stamp)

@@ -1,0 +1,143 @@
+"""An online-trained model of a request's TTFT and time per output token (TPOT) on an endpoint.
+
+Sans-I/O and numpy only. Each target is a linear model over a few features of the endpoint's
+state at dispatch, fitted by recursive least squares of the relative error (each sample
+weighted by 1 / its value: the figure reported is a relative error too) with exponential
+forgetting. An update or a prediction is O(f^2) in the number of features f (six), whatever
+the number of requests seen, so it sits on the scheduler's hot path. The features are the
+gateway's own bookkeeping (never stale) plus the last scrape:
+
+- TTFT: the prompt tokens the endpoint must compute (not cached there), the prefill tokens
+  already queued there (requests sent, first token not back), their sum times the running
+  batch (a prefill chunk's step slows with the batch), the running batch, the scraped waiting
+  queue; seconds.
+- TPOT: the running batch, the context it attends to, the prefill tokens queued there (prefill
+  chunks interleave with decode steps), the scraped KV-cache use; seconds per token.
+
+`ErrorWindow` keeps the absolute relative error of the last predictions that were checked
+against what happened, for the median the gateway exports and the benchmark prints.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["EndpointLoad", "ErrorWindow", "LatencyModel", "RecursiveLeastSquares",
+           "tpot_features", "ttft_features"]
+
+
+class RecursiveLeastSquares:
+    """Linear regression fitted online: y ~ theta . x, newest samples weighted most.
+
+    `forgetting` (lambda < 1) discounts a sample by lambda per later update, so the fit follows
+    an endpoint whose behaviour drifts (an effective memory of 1 / (1 - lambda) samples). The
+    covariance's trace is capped so features that stay constant (no information) cannot wind
+    it up while the forgetting inflates it.
+    """
+
+    def __init__(self, features: int, *, forgetting: float = 0.998, prior: float = 100.0,
+                 max_trace: float = 1e6) -> None:
+        if not 0.0 < forgetting <= 1.0:
+            raise ValueError("forgetting must be in (0, 1]")
+        self.theta = np.zeros(features)
+        self.p = np.eye(features) * prior
+        self.forgetting = forgetting
+        self.max_trace = max_trace
+        self.samples = 0
+
+    def predict(self, x: np.ndarray) -> float:
+        return float(self.theta @ x)
+
+    def update(self, x: np.ndarray, y: float, weight: float = 1.0) -> None:
+        """Fold in one observation `y` of features `x`; the sample's residual counts
+        `weight` times (1 / y: least squares of the relative error)."""
+        if weight != 1.0:
+            x, y = x * weight, y * weight
+        px = self.p @ x
+        gain = px / (self.forgetting + x @ px)
+        self.theta += gain * (y - self.theta @ x)
+        self.p = (self.p - np.outer(gain, px)) / self.forgetting
+        trace = np.trace(self.p)
+        if trace > self.max_trace:
+            self.p *= self.max_trace / trace
+        self.samples += 1
+
+
+class ErrorWindow:
+    """Absolute relative errors |predicted - actual| / actual of the last `size` checks, and of
+    the first `size` (what the model did before it had learnt: `first_median`)."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.errors: deque[float] = deque(maxlen=size)
+        self.first: list[float] = []
+        self.count = 0
+
+    def add(self, predicted: float, actual: float) -> None:
+        if actual > 0.0:
+            err = abs(predicted - actual) / actual
+            self.errors.append(err)
+            if len(self.first) < (self.errors.maxlen or 0):
+                self.first.append(err)
+            self.count += 1
+
+    def median(self) -> float | None:
+        """The median over the last `size` checks (None before the first check)."""
+        return float(np.median(self.errors)) if self.errors else None
+
+    def first_median(self) -> float | None:
+        """The median over the first `size` checks."""
+        return float(np.median(self.first)) if self.first else None
+
+
+@dataclass(slots=True, frozen=True)
+class EndpointLoad:
+    """What the model reads about an endpoint at dispatch (see the module docstring)."""
+
+    #: prompt tokens sent there whose first token has not come back (queued or prefilling)
+    queued_prefill_tokens: float
+    #: requests in flight there (the running batch, as the gateway counts it)
+    running: int
+    #: prompt tokens of the requests in flight there (the context decode steps attend to)
+    context_tokens: float
+    #: scraped: requests waiting in the engine's queue, KV-cache use (0-1)
+    waiting: int = 0
+    kv_usage: float = 0.0
+
+
+def ttft_features(uncached_tokens: float, load: EndpointLoad) -> np.ndarray:
+    """The TTFT model's features (scaled to order 1 at typical loads)."""
+    queued = load.queued_prefill_tokens / 1000.0
+    own = uncached_tokens / 1000.0
+    batch = load.running / 64.0
+    return np.array((1.0, own, queued, (own + queued) * batch, batch, load.waiting / 8.0))
+
+
+def tpot_features(load: EndpointLoad) -> np.ndarray:
+    """The TPOT model's features."""
+    return np.array((1.0, load.running / 64.0, load.context_tokens / 100_000.0,
+                     load.queued_prefill_tokens / 10_000.0, load.kv_usage))
+
+
+class LatencyModel:
+    """The TTFT and TPOT predictors of one endpoint (each replica learns its own: pools may mix
+    hardware, and a replica's state is what its own history explains)."""
+
+    def __init__(self, *, forgetting: float = 0.998) -> None:
+        self.ttft = RecursiveLeastSquares(6, forgetting=forgetting)
+        self.tpot = RecursiveLeastSquares(5, forgetting=forgetting)
+
+    def predict(self, x_ttft: np.ndarray, x_tpot: np.ndarray) -> tuple[float, float]:
+        """Predicted (TTFT, TPOT) in seconds, never negative, for the features of
+        `ttft_features` and `tpot_features`."""
+        return max(0.0, self.ttft.predict(x_ttft)), max(0.0, self.tpot.predict(x_tpot))
+
+    def observe_ttft(self, features: np.ndarray, actual: float) -> None:
+        """A first token came `actual` seconds after dispatch."""
+        self.ttft.update(features, actual, 1.0 / max(actual, 1e-3))
+
+    def observe_tpot(self, features: np.ndarray, actual: float) -> None:
+        """A request's output came `actual` seconds a token after its first."""
+        self.tpot.update(features, actual, 1.0 / max(actual, 1e-4))

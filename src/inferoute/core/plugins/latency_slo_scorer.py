@@ -1,0 +1,297 @@
+"""`latency-slo-scorer`: prefer endpoints predicted to meet the request's TTFT and TPOT targets.
+
+A `core.latency_model.LatencyModel` per endpoint is trained online from what the gateway
+sees: the endpoint's load when a request is sent there, the time its first token came back
+(TTFT) and, at its end, (end - first token) / (output tokens - 1) (TPOT). Every decision
+predicts both for each candidate.
+
+Targets come per request in the headers `x-slo-ttft-ms` and `x-slo-tpot-ms` (the names of
+llm-d's predicted-latency scheduling), or from `defaultTtftMs` / `defaultTpotMs` for the pool.
+With a target, an endpoint predicted to meet every target scores 1 (the other scorers choose
+among those) and one predicted to miss scores in (0, 0.5], less the further it misses, so with
+this scorer's weight above twice the others' sum the scheduler always prefers an endpoint
+predicted to meet them. When none is predicted
+to, and the request is sheddable (negative priority, from its InferenceObjective), it is
+refused with 429 `slo_unattainable` rather than sent to miss, once the model has checked
+`minSamples` predictions (an untrained model never sheds). Without any target every endpoint
+scores 1 (`scoreWithoutSlo: false`, the default: the other scorers decide and the model only
+learns) or by predicted latency, TTFT + TPOT x output tokens (`scoreWithoutSlo: true`).
+
+It reads the prompt tokens each endpoint holds from a prefix scorer (`MATCHED_TOKENS`), so a
+config needs one (`prefix-cache-scorer`, `predictive-cost-scorer`...); `usePrefixMatch: false`
+drops that need and counts the whole prompt as uncached. `latency_errors()` (the gateway's
+`inferoute_latency_prediction_error_ratio` gauge) and `stats()` (printed by `bench sim`) report
+the model's median absolute relative error.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pydantic
+
+from ..endpoint import Endpoint
+from ..errors import BadRequest, TooManyRequests
+from ..latency_model import (EndpointLoad, ErrorWindow, LatencyModel, tpot_features,
+                             ttft_features)
+from ..request import InferenceRequest
+from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
+from ..scheduling.registry import register
+from .common import BasePlugin, PluginParams
+from .prefix_match import MATCHED_TOKENS, uncached_tokens
+
+__all__ = ["LatencySloScorer", "slo_targets", "TPOT_HEADER", "TTFT_HEADER"]
+
+TTFT_HEADER = "x-slo-ttft-ms"
+TPOT_HEADER = "x-slo-tpot-ms"
+#: requests followed from dispatch to end (bounded: the oldest are dropped past this)
+MAX_TRACKED = 65_536
+
+
+def _header_ms(request: InferenceRequest, name: str) -> float | None:
+    raw = request.header(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1e9:  # also rejects nan and inf
+        raise BadRequest(f"header {name!r} must be a positive number of milliseconds, "
+                         f"got {raw!r}", param=name)
+    return value / 1000.0
+
+
+def slo_targets(request: InferenceRequest, default_ttft_ms: float | None = None,
+                default_tpot_ms: float | None = None) -> tuple[float | None, float | None]:
+    """(TTFT, TPOT) targets of `request` in seconds (None: none), headers first; raises
+    BadRequest for a header that is not a positive number."""
+    ttft = _header_ms(request, TTFT_HEADER)
+    tpot = _header_ms(request, TPOT_HEADER)
+    if ttft is None and default_ttft_ms is not None:
+        ttft = default_ttft_ms / 1000.0
+    if tpot is None and default_tpot_ms is not None:
+        tpot = default_tpot_ms / 1000.0
+    return ttft, tpot
+
+
+@dataclass(slots=True)
+class _Load:
+    """The gateway's own count of what is in flight on an endpoint."""
+
+    prefill_tokens: float = 0.0
+    running: int = 0
+    context_tokens: float = 0.0
+
+
+@dataclass(slots=True)
+class _Tracked:
+    endpoint: str
+    sent_at: float
+    uncached: float
+    prompt_tokens: float
+    load: EndpointLoad
+    x_ttft: np.ndarray
+    x_tpot: np.ndarray
+    ttft: float
+    tpot: float
+    #: the prediction was for the endpoint that served (not moved to a fallback)
+    trained: bool = True
+    first_token_at: float | None = None
+
+
+@register
+class LatencySloScorer(BasePlugin):
+    """Predicted TTFT / TPOT against the request's targets (see module docstring)."""
+
+    type_name = "latency-slo-scorer"
+
+    class Params(PluginParams):
+        default_ttft_ms: float | None = pydantic.Field(
+            None, gt=0, description="TTFT target of requests without an x-slo-ttft-ms header")
+        default_tpot_ms: float | None = pydantic.Field(
+            None, gt=0, description="TPOT target of requests without an x-slo-tpot-ms header")
+        score_without_slo: bool = pydantic.Field(
+            False, description="rank by predicted latency when a request has no target "
+                               "(default: every endpoint scores 1)")
+        shed: bool = pydantic.Field(
+            True, description="refuse a sheddable request no endpoint is predicted to serve "
+                              "within its targets (429)")
+        min_samples: int = pydantic.Field(
+            50, ge=0, description="TTFT checks before predictions may shed a request")
+        use_prefix_match: bool = pydantic.Field(
+            True, description="read the cached prompt tokens from a prefix scorer")
+        forgetting: float = pydantic.Field(
+            0.98, gt=0.0, le=1.0, description="per sample, of the older ones (memory about "
+                                              "1 / (1 - forgetting) samples per endpoint)")
+        error_window: int = pydantic.Field(512, ge=1, le=1_000_000)
+        default_max_tokens: int = pydantic.Field(
+            256, ge=1, description="output tokens assumed when a request sets no max_tokens")
+
+    def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
+        super().__init__(name, params)
+        p = self.params
+        self.consumes: Sequence[DataKey[Any]] = (MATCHED_TOKENS,) if p.use_prefix_match else ()
+        self._models: dict[str, LatencyModel] = {}
+        #: the pool's prediction errors, every endpoint's checks together
+        self.ttft_error = ErrorWindow(p.error_window)
+        self.tpot_error = ErrorWindow(p.error_window)
+        self._load: dict[str, _Load] = {}
+        self._tracked: OrderedDict[str, _Tracked] = OrderedDict()
+        self._key: DataKey[dict[str, _Tracked]] = DataKey(f"latency:{self.name}", dict)
+        #: requests refused because no endpoint was predicted to meet their targets
+        self.shed_count = 0
+
+    # -- prediction --------------------------------------------------------------------------
+    def _model(self, name: str) -> LatencyModel:
+        model = self._models.get(name)
+        if model is None:
+            model = self._models[name] = LatencyModel(forgetting=self.params.forgetting)
+        return model
+
+    def _endpoint_load(self, ep: Endpoint) -> EndpointLoad:
+        own = self._load.get(ep.name) or _Load()
+        return EndpointLoad(queued_prefill_tokens=own.prefill_tokens, running=own.running,
+                            context_tokens=own.context_tokens, waiting=ep.metrics.waiting,
+                            kv_usage=ep.metrics.kv_usage)
+
+    def _predict(self, ctx: CycleContext, request: InferenceRequest,
+                 endpoints: list[Endpoint]) -> list[_Tracked]:
+        out = []
+        prompt = float(request.prompt_tokens_estimate)
+        for ep in endpoints:
+            if self.params.use_prefix_match:
+                uncached = float(uncached_tokens(ctx, request, ep.name))
+            else:
+                uncached = prompt
+            load = self._endpoint_load(ep)
+            x_ttft, x_tpot = ttft_features(uncached, load), tpot_features(load)
+            ttft, tpot = self._model(ep.name).predict(x_ttft, x_tpot)
+            out.append(_Tracked(ep.name, ctx.now, uncached, prompt, load, x_ttft, x_tpot, ttft,
+                                tpot))
+        ctx.put(self._key, {t.endpoint: t for t in out})
+        return out
+
+    def score(self, ctx: CycleContext, request: InferenceRequest,
+              endpoints: list[Endpoint]) -> Sequence[float]:
+        p = self.params
+        ttft_slo, tpot_slo = slo_targets(request, p.default_ttft_ms, p.default_tpot_ms)
+        has_slo = ttft_slo is not None or tpot_slo is not None
+        if not has_slo and not p.score_without_slo:
+            self._predict(ctx, request, endpoints)  # kept for the training hooks
+            return [1.0] * len(endpoints)
+        preds = self._predict(ctx, request, endpoints)
+        if not has_slo:
+            out_tokens = request.max_tokens or p.default_max_tokens
+            cost = [t.ttft + t.tpot * out_tokens for t in preds]
+            best = min(cost)
+            return [best / c if c > 0 else 1.0 for c in cost]
+        # the worst ratio of predicted to target: <= 1 meets every target
+        ratio = [max(t.ttft / ttft_slo if ttft_slo else 0.0,
+                     t.tpot / tpot_slo if tpot_slo else 0.0) for t in preds]
+        if min(ratio) > 1.0:
+            self._maybe_shed(request, preds, ratio, ttft_slo, tpot_slo)
+        best_miss = min((r for r in ratio if r > 1.0), default=1.0)
+        return [1.0 if r <= 1.0 else 0.5 * best_miss / r for r in ratio]
+
+    def _maybe_shed(self, request: InferenceRequest, preds: list[_Tracked], ratio: list[float],
+                    ttft_slo: float | None, tpot_slo: float | None) -> None:
+        p = self.params
+        if not p.shed or request.priority >= 0 or self.ttft_error.count < p.min_samples:
+            return
+        best = preds[ratio.index(min(ratio))]
+        parts = []
+        if ttft_slo:
+            parts.append(f"TTFT {best.ttft * 1e3:.4g} ms against {ttft_slo * 1e3:.4g} ms")
+        if tpot_slo:
+            parts.append(f"TPOT {best.tpot * 1e3:.4g} ms against {tpot_slo * 1e3:.4g} ms")
+        self.shed_count += 1
+        raise TooManyRequests(
+            "no endpoint is predicted to meet this request's latency objective (best: "
+            + ", ".join(parts) + "); it is sheddable, so it was not sent",
+            code="slo_unattainable", retry_after=1.0)
+
+    # -- learning ----------------------------------------------------------------------------
+    def _add(self, rec: _Tracked) -> None:
+        load = self._load.setdefault(rec.endpoint, _Load())
+        load.prefill_tokens += rec.uncached
+        load.running += 1
+        load.context_tokens += rec.prompt_tokens
+
+    def _drop_prefill(self, rec: _Tracked) -> None:
+        load = self._load.get(rec.endpoint)
+        if load is not None:
+            load.prefill_tokens = max(0.0, load.prefill_tokens - rec.uncached)
+
+    def _remove(self, rec: _Tracked) -> None:
+        if rec.first_token_at is None:
+            self._drop_prefill(rec)
+        load = self._load.get(rec.endpoint)
+        if load is not None:
+            load.running = max(0, load.running - 1)
+            load.context_tokens = max(0.0, load.context_tokens - rec.prompt_tokens)
+
+    def on_scheduled(self, ctx: CycleContext, request: InferenceRequest,
+                     result: SchedulingResult) -> None:
+        preds = ctx.get(self._key)
+        rec = preds.get(result.target.name) if preds else None
+        if rec is None:  # this scorer did not run in the primary profile
+            return
+        self._add(rec)
+        self._tracked[request.request_id] = rec
+        while len(self._tracked) > MAX_TRACKED:
+            self._remove(self._tracked.popitem(last=False)[1])
+
+    def on_served(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        rec = self._tracked.get(request.request_id)
+        if rec is None or rec.endpoint == endpoint.name:
+            return
+        # a fallback served it: move its load there; the prediction was for another endpoint
+        self._remove(rec)
+        rec.endpoint, rec.trained, rec.sent_at = endpoint.name, False, now
+        self._add(rec)
+
+    def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        rec = self._tracked.get(request.request_id)
+        if rec is None or rec.first_token_at is not None:
+            return
+        rec.first_token_at = now
+        self._drop_prefill(rec)
+        if rec.trained:
+            self.ttft_error.add(rec.ttft, now - rec.sent_at)
+            self._model(rec.endpoint).observe_ttft(rec.x_ttft, now - rec.sent_at)
+
+    def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
+                    usage: dict[str, Any] | None) -> None:
+        rec = self._tracked.pop(request.request_id, None)
+        if rec is None:
+            return
+        self._remove(rec)
+        tokens = (usage or {}).get("completion_tokens")
+        if (rec.trained and rec.first_token_at is not None and isinstance(tokens, int)
+                and tokens >= 2):
+            tpot = (now - rec.first_token_at) / (tokens - 1)
+            self.tpot_error.add(rec.tpot, tpot)
+            self._model(rec.endpoint).observe_tpot(rec.x_tpot, tpot)
+
+    def on_endpoint_removed(self, endpoint: Endpoint) -> None:
+        self._load.pop(endpoint.name, None)
+        self._models.pop(endpoint.name, None)
+        for rid in [r for r, rec in self._tracked.items() if rec.endpoint == endpoint.name]:
+            del self._tracked[rid]
+
+    # -- reporting ---------------------------------------------------------------------------
+    def latency_errors(self) -> dict[str, float | None]:
+        """Median absolute relative error of the last checked TTFT and TPOT predictions."""
+        return {"ttft": self.ttft_error.median(), "tpot": self.tpot_error.median()}
+
+    def stats(self) -> dict[str, Any]:
+        return {"ttft_error": self.ttft_error.median(), "tpot_error": self.tpot_error.median(),
+                "ttft_error_first": self.ttft_error.first_median(),
+                "tpot_error_first": self.tpot_error.first_median(),
+                "ttft_checks": self.ttft_error.count, "tpot_checks": self.tpot_error.count,
+                "window": self.ttft_error.errors.maxlen, "shed": self.shed_count}

@@ -1,0 +1,167 @@
+"""The learned latency model and `latency-slo-scorer`, with an injected clock and a synthetic
+fleet whose latency is a known function of its load."""
+
+from __future__ import annotations
+
+import random
+from itertools import count
+
+import numpy as np
+import pytest
+
+from inferoute.core.endpoint import Pool, parse_endpoint
+from inferoute.core.errors import BadRequest, TooManyRequests
+from inferoute.core.latency_model import ErrorWindow, RecursiveLeastSquares
+from inferoute.core.plugins.latency_slo_scorer import LatencySloScorer
+from inferoute.core.request import InferenceRequest
+from inferoute.core.router import ModelPool, Router
+from inferoute.core.scheduling.config import parse_config
+from inferoute.core.scheduling.scheduler import Scheduler
+
+_ids = count()
+
+
+def test_rls_recovers_a_linear_law_and_follows_a_change() -> None:
+    rng = np.random.default_rng(1)
+    rls = RecursiveLeastSquares(3, forgetting=0.98)
+    for _ in range(300):
+        x = np.array((1.0, rng.uniform(0, 4), rng.uniform(0, 2)))
+        y = 0.2 + 0.5 * x[1] + 0.1 * x[2]
+        rls.update(x, y, 1.0 / y)
+    assert np.allclose(rls.theta, (0.2, 0.5, 0.1), atol=1e-3)
+    for _ in range(300):  # the endpoint got twice as slow
+        x = np.array((1.0, rng.uniform(0, 4), rng.uniform(0, 2)))
+        rls.update(x, 2 * (0.2 + 0.5 * x[1] + 0.1 * x[2]))
+    assert np.allclose(rls.theta, (0.4, 1.0, 0.2), atol=1e-2)
+
+
+def test_error_window_keeps_the_first_and_the_last_checks() -> None:
+    w = ErrorWindow(size=3)
+    assert w.median() is None
+    for predicted in (2.0, 1.5, 1.2, 1.0, 1.0, 1.1):
+        w.add(predicted, 1.0)
+    assert w.first_median() == pytest.approx(0.5)
+    assert w.median() == pytest.approx(0.0)
+    assert w.count == 6
+
+
+POLICY = {
+    "plugins": [{"type": "latency-slo-scorer",
+                 "parameters": {"usePrefixMatch": False, "minSamples": 20}},
+                {"type": "in-flight-scorer"}, {"type": "max-score-picker"}],
+    "schedulingProfiles": [{"name": "default", "plugins": [
+        {"pluginRef": "latency-slo-scorer", "weight": 3},
+        {"pluginRef": "in-flight-scorer", "weight": 1},
+        {"pluginRef": "max-score-picker"}]}],
+}
+
+
+class Fleet:
+    """Endpoints whose TTFT is 20 ms + prompt tokens queued there / their prefill rate, and TPOT
+    5 ms + 0.5 ms per request in flight; time is told, never read."""
+
+    def __init__(self, rates: tuple[float, ...]) -> None:
+        self.eps = [parse_endpoint(f"http://10.0.0.{i + 1}:8000") for i in range(len(rates))]
+        self.rate = {ep.name: r for ep, r in zip(self.eps, rates)}
+        sched = Scheduler(parse_config(POLICY), seed=3)
+        self.scorer = sched.plugins["latency-slo-scorer"]
+        assert isinstance(self.scorer, LatencySloScorer)
+        self.router = Router([ModelPool("m", Pool("m", self.eps), sched)])
+        self.queued = {ep.name: 0.0 for ep in self.eps}
+        self.events: list[tuple[float, int, str, object]] = []
+        self.now = 0.0
+
+    def send(self, tokens: int, headers: dict[str, str] | None = None, priority: int = 0,
+             out: int = 50) -> object:
+        req = InferenceRequest(request_id=f"r{next(_ids)}", api="completions", model="m",
+                               body={}, headers=headers or {}, prefix_text="w" * (4 * tokens),
+                               max_tokens=out, priority=priority)
+        d = self.router.schedule(req, self.now, self.eps)
+        ep = d.result.target
+        self.router.dispatch(d, ep, self.now)
+        self.queued[ep.name] += tokens
+        ttft = 0.02 + self.queued[ep.name] / self.rate[ep.name]
+        tpot = 0.005 + 0.0005 * ep.in_flight_requests
+        self.events.append((self.now + ttft, 0, "first", (d, ep, tokens)))
+        self.events.append((self.now + ttft + tpot * (out - 1), 1, "end", (d, out)))
+        return d
+
+    def advance(self, until: float) -> None:
+        self.events.sort(key=lambda e: (e[0], e[1]))
+        while self.events and self.events[0][0] <= until:
+            t, _, kind, payload = self.events.pop(0)
+            self.now = t
+            if kind == "first":
+                d, ep, tokens = payload
+                self.queued[ep.name] -= tokens
+                self.router.first_token(d, t)
+            else:
+                d, out = payload
+                self.router.finish(d, t, {"completion_tokens": out})
+        self.now = until
+
+
+def _run(fleet: Fleet, n: int, rng: random.Random, gap: float = 0.05) -> None:
+    for _ in range(n):
+        fleet.send(rng.randrange(200, 3000))
+        fleet.advance(fleet.now + rng.expovariate(1 / gap))
+
+
+def test_the_error_falls_as_the_model_learns() -> None:
+    fleet = Fleet((40_000.0, 20_000.0, 10_000.0))
+    _run(fleet, 800, random.Random(5))
+    st = fleet.scorer.stats()
+    assert st["ttft_checks"] > 700 and st["tpot_checks"] > 700
+    assert st["ttft_error"] < 0.5 * st["ttft_error_first"]
+    assert st["ttft_error"] < 0.15 and st["tpot_error"] < 0.15
+    assert fleet.scorer.latency_errors() == {"ttft": st["ttft_error"], "tpot": st["tpot_error"]}
+
+
+def test_slo_headers_steer_to_an_endpoint_predicted_to_meet_them() -> None:
+    fleet = Fleet((80_000.0, 2_000.0))
+    rng = random.Random(9)
+    _run(fleet, 400, rng)
+    fleet.advance(fleet.now + 60)  # everything drained
+    slow, fast = fleet.eps[1], fleet.eps[0]
+    fleet.send(4000, out=2)  # without a target, in-flight-scorer sends the next one ...
+    d = fleet.send(4000, {"x-slo-ttft-ms": "500"})  # ... with one, only where it is met
+    assert d.result.target is fast  # 4,000 tokens at 2,000/s take 2 s on the slow one
+    assert slow.name != fast.name
+
+
+def test_a_sheddable_request_no_endpoint_can_serve_in_time_gets_429() -> None:
+    fleet = Fleet((20_000.0, 20_000.0))
+    _run(fleet, 300, random.Random(2))
+    with pytest.raises(TooManyRequests) as exc:
+        fleet.send(30_000, {"x-slo-ttft-ms": "100"}, priority=-1)
+    assert exc.value.status == 429 and exc.value.code == "slo_unattainable"
+    assert "TTFT" in exc.value.message and "against 100 ms" in exc.value.message
+    # the same request at priority 0 is routed anyway (to miss its target as little as it can)
+    assert fleet.send(30_000, {"x-slo-ttft-ms": "100"}).result.target in fleet.eps
+    assert fleet.scorer.stats()["shed"] == 1
+
+
+def test_an_untrained_model_never_sheds() -> None:
+    fleet = Fleet((20_000.0,))
+    d = fleet.send(30_000, {"x-slo-ttft-ms": "1"}, priority=-1)
+    assert d.result.target is fleet.eps[0]
+
+
+@pytest.mark.parametrize("value", ["fast", "0", "-5", "nan", "inf"])
+def test_a_bad_slo_header_is_a_400(value: str) -> None:
+    fleet = Fleet((20_000.0,))
+    with pytest.raises(BadRequest) as exc:
+        fleet.send(100, {"x-slo-tpot-ms": value})
+    assert exc.value.status == 400 and exc.value.param == "x-slo-tpot-ms"
+
+
+def test_tracking_is_bounded_and_forgets_removed_endpoints(monkeypatch) -> None:
+    from inferoute.core.plugins import latency_slo_scorer
+
+    monkeypatch.setattr(latency_slo_scorer, "MAX_TRACKED", 10)
+    fleet = Fleet((20_000.0, 20_000.0))
+    for _ in range(30):
+        fleet.send(100)
+    assert len(fleet.scorer._tracked) == 10
+    fleet.scorer.on_endpoint_removed(fleet.eps[0])
+    assert all(rec.endpoint != fleet.eps[0].name for rec in fleet.scorer._tracked.values())

@@ -1,0 +1,104 @@
+"""The decision path's prefix work: keyed once per request, lazily, matched by bisection.
+
+`PrefixIndex.match` bisects a prompt's blocks (an endpoint's blocks always form whole prefixes);
+these tests hold it to the greedy block-by-block walk it replaced, on indexes built by random
+inserts with LRU eviction, with keys as lists and as lazy `PromptKeys`; and check that the keys
+are computed once per request and block size, and only as far as a lookup needs them.
+"""
+
+from __future__ import annotations
+
+import random
+from itertools import repeat
+
+from inferoute.core.blockmatch import prefix_depths
+from inferoute.core.plugins import blockhash
+from inferoute.core.blockmatch import held_prefix
+from inferoute.core.plugins.blockhash import CHUNK_BLOCKS, block_hashes, request_keys
+from inferoute.core.plugins.prefixindex import PrefixIndex
+from inferoute.core.plugins.radix import RadixTree
+from inferoute.core.request import InferenceRequest
+
+
+def _greedy(index: PrefixIndex, hashes: list[int], names: list[str]) -> list[int]:
+    slots = {index._slots[n]: i for i, n in enumerate(names) if n in index._slots}
+    active = sum(1 << s for s in slots)
+    return prefix_depths(map(index._owners.get, hashes, repeat(0)), active, slots,
+                         [0] * len(names))
+
+
+def test_bisected_match_equals_the_greedy_walk_under_eviction() -> None:
+    rng = random.Random(7)
+    index = PrefixIndex()
+    names = [f"ep{i}" for i in range(6)]
+    families = [block_hashes(f"family {f} " * 400, "m", 64, 200) for f in range(12)]
+    prompts = []
+    for _ in range(400):
+        fam = rng.choice(families)
+        cut = rng.randrange(1, len(fam))
+        tail = block_hashes(f"{rng.random()} " * 40, "m", 64, rng.randrange(0, 30))
+        prompt = fam[:cut] + tail
+        prompts.append(prompt)
+        index.insert(rng.choice(names), prompt, capacity=rng.choice((150, 400, 900)))
+    for prompt in prompts[-150:] + families:
+        subset = rng.sample(names + ["unseen"], rng.randrange(1, 7))
+        assert index.match(prompt, subset) == _greedy(index, prompt, subset)
+        assert all(held_prefix(prompt, index._lru[n]) == d for n, d in zip(
+            subset, index.match(prompt, subset)) if n in index._lru)
+
+
+def _request(text: str) -> InferenceRequest:
+    return InferenceRequest(request_id="r", api="completions", model="m", body={}, headers={},
+                            prefix_text=text)
+
+
+def test_lazy_keys_equal_the_eager_chain_and_are_shared() -> None:
+    text = "".join(f"w{i} " for i in range(3000))  # ~16,000 characters: 260 blocks of 64
+    eager = block_hashes(text, "m", 64, 10_000)
+    assert len(eager) == len(text.encode()) // 64 and len(set(eager)) == len(eager)
+    req = _request(text)
+    small = request_keys(req, 64, 50)
+    assert len(small) == 50 and small.tolist() == eager[:50]
+    assert [small[i] for i in (0, 31, 49, -1)] == [eager[i] for i in (0, 31, 49, 49)]
+    full = request_keys(req, 64, 10_000)  # grows the same chain
+    assert full.tolist() == eager and small.tolist() == eager[:50]
+    assert len(req.block_hash_cache) == 1
+    # a block's key stands for its whole prefix: it does not depend on how far we key
+    assert block_hashes(text, "m", 64, 100) == eager[:100]
+    assert block_hashes(text, "other-model", 64, 100)[0] != eager[0]
+    assert request_keys(req, 128, 10).tolist() == block_hashes(text, "m", 128, 10)
+
+
+def test_a_lookup_keys_only_the_chunks_it_lands_in() -> None:
+    text = "x" * (64 * CHUNK_BLOCKS * 40)  # 40 chunks
+    keys = request_keys(_request(text), 64, 10_000)
+    eager = block_hashes(text, "m", 64, 10_000)
+    chain = keys._chain
+    assert not chain.inner
+    index = PrefixIndex()
+    index.insert("a", eager[:700], capacity=10_000)
+    index.insert("b", eager[:64], capacity=10_000)
+    assert index.match(keys, ["a", "b", "c"]) == [700, 64, 0]
+    # bisection on chunk keys, then within the chunks where a match ends: 700 is in chunk 21;
+    # 64 ends exactly at a chunk's end, so b needs no chunk's inner keys at all
+    assert set(chain.inner) <= {21, 22, 2}
+    assert held_prefix(keys, set(eager[:333])) == 333
+    assert held_prefix(eager, set(eager[:333])) == 333
+
+
+def test_radix_match_is_the_longest_common_prefix() -> None:
+    rng = random.Random(3)
+    tree = RadixTree(max_chars=1 << 20)
+    texts = ["".join(rng.choice("ab") for _ in range(rng.randrange(1, 60))) for _ in range(80)]
+    for t in texts[:40]:
+        tree.insert(t)
+    for t in texts:
+        best = max(len(_lcp(t, s)) for s in texts[:40])
+        assert tree.match(t) == best
+
+
+def _lcp(a: str, b: str) -> str:
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    return a[:i]
