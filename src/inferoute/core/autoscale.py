@@ -8,10 +8,7 @@ a sliding window of `W` seconds:
 
     lambda    arrival rate (requests/s) of requests sent to the pool's replicas, `horizon` seconds
               ahead (a replica asked for now serves that much later): the least-squares line
-              through the window's per-second counts at now + horizon, its slope shrunk
-              towards 0 by one standard error (a soft threshold: Poisson noise alone draws
-              slopes of about one standard error, which extrapolated 90 s ahead would swing
-              the forecast by +-20% at 10 req/s)
+              through the window's per-second counts, at now + horizon (at least 0)
     u         uncached prompt tokens per request (prompt - cached tokens from usage, else
               prompt x (1 - the pool's scraped prefix-cache hit rate)): its mean, second
               moment and 20 quantiles
@@ -72,8 +69,6 @@ __all__ = [
 
 #: the share of requests a TTFT target allows over it (the target is a p90)
 OVER_SHARE = 0.1
-#: standard errors the arrival trend is shrunk by before it is extrapolated
-TREND_SHRINK = 1.0
 #: standard errors a prefill-speed slope must clear to replace the last one
 TREND_ERRORS = 2.0
 #: prompt-size quantiles the share over the target is averaged on
@@ -308,12 +303,8 @@ class PoolEstimator:
         counts = {int(sec): c for sec, c in self._arrivals}
         first = math.floor(start)
         line = _fit([(t, counts.get(t, 0)) for t in range(first, first + secs)])
-        # the counts' noise is not extrapolated (a spike of the gauge would be held by the
-        # HPA's scale-down window for minutes): the slope less one standard error
-        clear = max(0.0, abs(line.slope) - TREND_SHRINK * line.slope_error)
-        slope = math.copysign(clear, line.slope)
         ahead = self.spec.horizon if ahead is None else ahead
-        return max(0.0, line.mean_y + slope * (now + ahead - line.mean_x))
+        return max(0.0, line.at(now + ahead))
 
     def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
         """(a, b) of unqueued TTFT = a + b x uncached tokens; the last fit when no request

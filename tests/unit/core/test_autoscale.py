@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 
@@ -12,7 +11,6 @@ from inferoute.core.autoscale import (
     Autoscaler,
     AutoscaleSpec,
     PoolEstimator,
-    _fit,
     parse_autoscale_spec,
 )
 from inferoute.core.endpoint import Pool
@@ -143,13 +141,13 @@ def test_no_measurement_holds_and_no_load_goes_to_min(make_ep) -> None:
     assert est.estimate(13.0 + 61, [make_ep(0)]).desired == 2
 
 
-def test_rate_forecast_follows_a_clear_trend_only() -> None:
+def test_rate_forecast_follows_the_trend() -> None:
     est = PoolEstimator(AutoscaleSpec(window=60, horizon=30))
     for sec in range(60):  # 1 req/s rising to 7 req/s: 0.1 more each second
         for k in range(1 + sec // 10):
             est.arrived(sec + k / 10)
     assert est.arrival_rate(60.0) == pytest.approx(3.5, abs=0.01)
-    # the line through the counts, 30 s after now: about 1 + 0.1 x 90 (a clear trend)
+    # the line through the counts, 30 s after now: about 1 + 0.1 x 90
     assert est.forecast_rate(60.0) == pytest.approx(10.0, abs=1.0)
     flat = PoolEstimator(AutoscaleSpec(horizon=30))
     for i in range(300):
@@ -159,21 +157,6 @@ def test_rate_forecast_follows_a_clear_trend_only() -> None:
     for i in range(20):
         young.arrived(i)
     assert young.forecast_rate(20.0) == young.arrival_rate(20.0)  # too short for a trend
-    # Poisson counts at a steady 10 req/s: the slopes their noise draws are damped, so the
-    # forecast 60 s ahead errs far less than the plain line through the counts would
-    rng = random.Random(5)
-    damped = plain = 0.0
-    for _ in range(40):
-        noisy = PoolEstimator(AutoscaleSpec(window=60, horizon=60))
-        t = 0.0
-        while t < 60:
-            noisy.arrived(t)
-            t += rng.expovariate(10.0)
-        counts = dict(noisy._arrivals)
-        line = _fit([(float(sec), float(counts.get(sec, 0))) for sec in range(60)])
-        damped += (noisy.forecast_rate(60.0) - 10.0) ** 2
-        plain += (line.at(120.0) - 10.0) ** 2
-    assert damped < 0.3 * plain
 
 
 def test_unqueued_ttft_is_a_fixed_cost_plus_prompt_over_speed(make_ep) -> None:
