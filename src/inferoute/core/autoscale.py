@@ -34,7 +34,9 @@ a sliding window of `W` seconds:
               P(w > t) = rho exp(-t rho / E[w]); the request with u uncached tokens is over
               the target T when a + b u + w > T. N_ttft is the least N at which the share over
               T, averaged over the window's prompt sizes, is at most 10% (the target is a
-              p90), plus Q s / W (the backlog, drained over the window)
+              p90), plus B s / W: the backlog B when the replicas asked for now serve (Q,
+              grown by what the ready replicas cannot take until then: the rate horizon / 2
+              ahead less N_ready / s, over the horizon), drained over the window
     KV:       by Little's law lambda (x + D) requests are in service (x = a + b mean u), each
               holding k of a replica's KV cache; N_kv = lambda (x + D) k / maxKvUtilization
     desired = clamp(ceil(max(N_ttft, N_kv)), minReplicas, maxReplicas)
@@ -307,14 +309,14 @@ class PoolEstimator:
         return max(0.0, line.at(now + ahead))
 
     def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
-        """(a, b) of unqueued TTFT = a + b x uncached tokens; the last fit when no request
-        of the window found the replica's queue empty, or the window's line is lost in its
-        noise; (median TTFT, 0) while there has been no line (prompts all alike)."""
+        """(a, b) of unqueued TTFT = a + b x uncached tokens, from the requests whose prefill
+        had its replica to itself; the last fit when the window has none, or its line is lost
+        in its noise; (median TTFT, 0) while there has been no line (prompts all alike)."""
         pts = [(smp.uncached, smp.ttft) for smp in streamed if smp.unqueued]
         if len(pts) >= 3:
             line = _fit(pts)  # type: ignore[arg-type]
             # the lower envelope: refit on the requests at or under the line, those that
-            # shared their prefill steps least with others (waiting 0 is not an idle replica)
+            # waited least for a step in progress
             low = [(u, t) for u, t in pts if t <= line.at(u)]  # type: ignore[operator]
             if len(low) >= 3:
                 line = _fit(low)  # type: ignore[arg-type]

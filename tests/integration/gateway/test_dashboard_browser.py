@@ -84,6 +84,18 @@ def _page(driver) -> dict:
     return driver.execute_script(READ_PAGE)
 
 
+def _chat(browser, wait, text: str) -> None:
+    """Send `text` from the chat box and wait for a streamed reply (two chunks at least)."""
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-model option"))
+    browser.find_element(By.ID, "chat-input").send_keys(text)
+    browser.find_element(By.ID, "chat-send").click()
+    reply = wait.until(lambda d: (d.find_elements(By.CSS_SELECTOR, "#chat-log .assistant")
+                                  or [None])[-1])
+    wait.until(lambda d: reply.get_attribute("data-done") == "true")
+    assert "error" not in (reply.get_attribute("class") or ""), reply.text
+    assert int(reply.get_attribute("data-chunks")) >= 2 and reply.text.strip()
+
+
 def test_dashboard_in_chromium(harness, web, browser, tmp_path: Path) -> None:
     base = free_port_range(2)
     harness.start(["inferoute", "sim", "--model", "sim-model", "--port", str(base),
@@ -166,14 +178,7 @@ def test_dashboard_in_chromium(harness, web, browser, tmp_path: Path) -> None:
         conn.close()
 
     # the chat box streams a reply through the gateway
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-model option"))
-    browser.find_element(By.ID, "chat-input").send_keys("Hello, who are you?")
-    browser.find_element(By.ID, "chat-send").click()
-    reply = wait.until(lambda d: (d.find_elements(By.CSS_SELECTOR, "#chat-log .assistant")
-                                  or [None])[-1])
-    wait.until(lambda d: reply.get_attribute("data-done") == "true")
-    assert "error" not in (reply.get_attribute("class") or ""), reply.text
-    assert int(reply.get_attribute("data-chunks")) >= 2 and reply.text.strip()
+    _chat(browser, wait, "Hello, who are you?")
     state = json.loads(web.get(gw.url + "/dashboard/state").text)
     assert state["recent"][0]["model"] == "sim-model"
     assert state["pools"][0]["estimate"]["measured"]  # the gauge's terms, shown on the page
@@ -208,14 +213,7 @@ def test_dashboard_sign_in_in_chromium(harness, browser, tmp_path: Path) -> None
     assert browser.execute_script("return document.cookie") == ""  # HttpOnly
     (cookie,) = browser.get_cookies()
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and secret not in cookie["value"]
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-model option"))
-    browser.find_element(By.ID, "chat-input").send_keys("Hello there")
-    browser.find_element(By.ID, "chat-send").click()
-    reply = wait.until(lambda d: (d.find_elements(By.CSS_SELECTOR, "#chat-log .assistant")
-                                  or [None])[-1])
-    wait.until(lambda d: reply.get_attribute("data-done") == "true")
-    assert "error" not in (reply.get_attribute("class") or ""), reply.text
-    assert int(reply.get_attribute("data-chunks")) >= 2 and reply.text.strip()
+    _chat(browser, wait, "Hello there")
     browser.find_element(By.CSS_SELECTOR, "#logout-form button").click()
     wait.until(lambda d: d.find_elements(By.ID, "login-form"))
     assert not browser.get_cookies()
