@@ -100,15 +100,15 @@ def test_replicas_join_and_leave_a_run() -> None:
 
 def _autoscaled(rule: str, **kw) -> AutoscaleConfig:
     return AutoscaleConfig(rule=rule, workload=_workload(),  # type: ignore[arg-type]
-                           load=ShapedLoad.make(2, 40, 160, seed=1), profile="tiny",
-                           policy="round-robin", ttft_target=0.02, cold_start=20,
-                           max_replicas=6, scale_down_window=45, **kw)
+                           load=ShapedLoad.make(2, 50, 100, seed=1), profile="tiny",
+                           policy="round-robin", ttft_target=0.02, cold_start=15,
+                           max_replicas=6, scale_down_window=15, **kw)
 
 
 @pytest.mark.parametrize("rule", ["gauge", "kv"])
 def test_an_autoscaled_run_adds_and_removes_replicas(rule: str) -> None:
     res = run_autoscaled(_autoscaled(rule, kv_target=0.3))
-    assert res.requests == 3360 and res.failed == 0
+    assert res.requests == 2600 and res.failed == 0
     asked = [w for _, w, _, _ in res.timeline]
     assert max(asked) > 1 and res.peak_replicas == max(asked) <= 6
     assert asked[-1] < max(asked)  # the load fell: the pool shrank
