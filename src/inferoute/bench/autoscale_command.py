@@ -68,7 +68,8 @@ def table(results: list[AutoscaleResult], ttft_target: float) -> str:
     for g in (r for r in results if r.rule == "gauge"):
         verdict = "meets" if g.ttft_p90 <= ttft_target else "misses"
         if best is None:
-            lines.append(f"\ngauge: {verdict} the target; no KV threshold of the sweep does")
+            lines.append(f"\ngauge: {verdict} the target; " + (
+                "no KV threshold of the sweep does" if kv else "no KV run to compare with"))
             continue
         edge = (" (the sweep's highest threshold: a higher one might be cheaper)"
                 if best.kv_target == max(r.kv_target or 0.0 for r in kv) else "")

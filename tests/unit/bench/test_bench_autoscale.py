@@ -134,6 +134,10 @@ def test_table_marks_the_best_threshold() -> None:
         "(0.4)\n" not in text  # the last line has no newline after it
     assert text.endswith("gauge: meets the target, -10.0% replica-seconds against the best KV "
                          "threshold (0.4)")
+    assert table([r("gauge", None, 900, 0.4)], 1.0).endswith(
+        "gauge: meets the target; no KV run to compare with")
+    assert table([r("gauge", None, 900, 0.4), r("kv", 0.2, 800, 1.5)], 1.0).endswith(
+        "gauge: meets the target; no KV threshold of the sweep does")
     edge = table([r("gauge", None, 900, 1.2), r("kv", 0.2, 800, 0.9)], ttft_target=1.0)
     assert edge.endswith("gauge: misses the target, +12.5% replica-seconds against the best KV "
                          "threshold (0.2) (the sweep's highest threshold: a higher one might "
