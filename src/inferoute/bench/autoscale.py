@@ -2,9 +2,9 @@
 that rises and falls, on (a) the seed's rule, the pool's mean KV-cache utilisation, or (b)
 `inferoute_pool_desired_replicas`.
 
-- the load: one day's shape compressed into `duration` seconds, rate(t) = base + (peak - base)
-  (1 - cos(2 pi t / duration)) / 2, Poisson arrivals (the count fixed by the mean rate, the
-  times drawn from the shape);
+- the load: a shape between a base and a peak rate over `duration` seconds (`ShapedLoad`: a
+  day, rate(t) = base + (peak - base)(1 - cos(2 pi t / duration)) / 2; a spike; a step),
+  Poisson arrivals (the count fixed by the mean rate, the times drawn from the shape);
 - the HPA: Kubernetes' algorithm (autoscaling/v2, default behavior): every 15 s, a proposal
   from the External metric (Value target: ceil(ready x value / target); AverageValue target:
   ceil(value / target)), unchanged within the 10% tolerance; scale-up at most max(4 pods,
@@ -20,13 +20,13 @@ Replica-seconds, TTFT p90 and the requests over the TTFT target come from one ru
 from __future__ import annotations
 
 import math
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 
-from ..core.autoscale import AutoscaleSpec, Autoscaler
+from ..core.autoscale import Autoscaler, AutoscaleSpec
 from .des import SimConfig, VirtualBench
 from .load import LoadSpec, Stage
 from .workloads import Workload
@@ -41,21 +41,42 @@ SCALE_UP_PODS = 4
 DRAIN_CHECK = 1.0
 
 
+ShapeKind = Literal["day", "spike", "step"]
+SHAPES: tuple[ShapeKind, ...] = ("day", "spike", "step")
+
+
 @dataclass(slots=True)
-class DayLoad(LoadSpec):
-    """One stage whose arrival rate rises from `base` to `peak` and falls back (a day)."""
+class ShapedLoad(LoadSpec):
+    """One stage whose Poisson arrival rate follows a shape between `base` and `peak`:
+
+    - `day`: rises from base to peak and falls back, base + (peak - base)(1 - cos 2 pi t/d)/2;
+    - `spike`: base, then peak from 30% to 50% of the duration (a burst), then base;
+    - `step`: base for the first quarter, then peak to the end.
+
+    The count is fixed by the mean rate; the times are drawn from the shape."""
 
     base: float = 1.0
     peak: float = 10.0
+    shape: ShapeKind = "day"
 
     @classmethod
-    def make(cls, base: float, peak: float, duration: float, seed: int = 0) -> DayLoad:
-        mean = (base + peak) / 2
+    def make(cls, base: float, peak: float, duration: float, seed: int = 0,
+             shape: ShapeKind = "day") -> ShapedLoad:
+        if shape not in SHAPES:
+            raise ValueError(f"unknown load shape {shape!r}; choose one of {', '.join(SHAPES)}")
+        if not 0 <= base <= peak or peak <= 0 or duration <= 0:
+            raise ValueError("a load shape needs 0 <= base <= peak, peak > 0, duration > 0")
+        mean = {"day": (base + peak) / 2, "spike": 0.8 * base + 0.2 * peak,
+                "step": 0.25 * base + 0.75 * peak}[shape]
         return cls(stages=[Stage(duration=duration, rate=mean)], seed=seed, base=base,
-                   peak=peak)
+                   peak=peak, shape=shape)
 
     def rate(self, t: float) -> float:
         d = self.stages[0].duration
+        if self.shape == "spike":
+            return self.peak if 0.3 * d <= t < 0.5 * d else self.base
+        if self.shape == "step":
+            return self.peak if t >= 0.25 * d else self.base
         return self.base + (self.peak - self.base) * (1 - math.cos(2 * math.pi * t / d)) / 2
 
     def arrivals(self, index: int) -> list[float]:
@@ -115,7 +136,7 @@ class AutoscaleConfig:
 
     rule: RuleKind
     workload: Workload
-    load: DayLoad
+    load: ShapedLoad
     profile: str = "qwen3-32b-2xh100"
     policy: str = "inferoute"
     model: str = "model"
@@ -168,9 +189,11 @@ class AutoscaledBench:
         self.replicas = [Replica(ep.name, 0.0, ready_at=0.0) for ep in self.bench.endpoints]
         self.estimator: Autoscaler | None = None
         if cfg.rule == "gauge":
+            # the count asked for now must hold from when its replicas serve (cold start)
+            # to when the HPA can correct it (one sync later)
             self.estimator = Autoscaler(AutoscaleSpec(
                 ttft_target=cfg.ttft_target, min_replicas=cfg.min_replicas,
-                max_replicas=cfg.max_replicas))
+                max_replicas=cfg.max_replicas, horizon=cfg.cold_start + SYNC_PERIOD))
             self.bench.router.listeners.append(self.estimator)
             self.hpa = HorizontalPodAutoscaler(cfg.min_replicas, cfg.max_replicas, 1.0,
                                                "AverageValue", cfg.scale_down_window)

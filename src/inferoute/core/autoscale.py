@@ -8,43 +8,52 @@ a sliding window of `W` seconds:
 
     lambda    arrival rate (requests/s) of requests sent to the pool's replicas, `horizon` seconds
               ahead (a replica asked for now serves that much later): the least-squares line
-              through the window's per-second arrival counts, at now + horizon (at least 0)
+              through the window's per-second counts, at now + horizon (at least 0)
     u         uncached prompt tokens per request (prompt - cached tokens from usage, else
-              prompt x (1 - the pool's scraped prefix-cache hit rate))
-    a, 1/S    fixed cost and prefill speed S: the least-squares line TTFT = a + u / S through
-              the streamed requests that found no queue (scraped waiting 0 at dispatch), refit
-              through those at or under it (the lower envelope: the requests that shared their
-              prefill steps least); the last fit is kept while every request queues; with too
-              little spread in u, a is their median TTFT and 1/S = 0
-    x         the TTFT of a request that does not queue, a + u / S
+              prompt x (1 - the pool's scraped prefix-cache hit rate)): its mean, second
+              moment and 20 quantiles
+    a, b      fixed cost and seconds per uncached prompt token (1 / the prefill speed): the
+              least-squares line TTFT = a + b u through the streamed requests whose prefill
+              had the replica to itself (scraped waiting 0 at dispatch, and no other request
+              this gateway sent there from its dispatch to its first token: under load
+              prefills share steps and each one's TTFT grows, not the replica's speed),
+              refit through those at or under it (the lower envelope); the last fit is kept
+              while no request is alone or the line is lost in its noise; with too little
+              spread in u, b is their median TTFT / mean u (all of it counted as prefill)
     O, D      output tokens and decode time (e2e - TTFT) per request
-    beta      what one more running sequence adds to a decode step: the least-squares slope of
-              time per output token over the replica's running requests at the first token
     k         KV cache per running request (sum of scraped KV use / sum of running requests)
     Q         requests waiting in the replicas' queues (scraped)
 
-    work:     a request occupies a replica for s = x + O beta (its prefill, plus what its
-              decoding adds to every step it shares)
-    TTFT:     a replica is one server of load rho = lambda s / N. Its mean queueing delay is
-              rho s / (2 (1 - rho)) (M/D/1); with the p90 delay taken as ln(10) times the
-              mean, the target T holds while x + 2.3 rho s / (2 (1 - rho)) <= T, i.e.
-              rho <= rho_max = 2 (T - x) / (2 (T - x) + 2.3 s)     (floored at 0.05)
-              N_ttft = lambda s / rho_max + Q s / W               (the backlog drained over W)
-    KV:       by Little's law lambda (x + D) requests are in service, each holding k of a
-              replica's KV cache; N_kv = lambda (x + D) k / maxKvUtilization
+    work:     a replica's steps compute prompt and output tokens alike (chunked prefill batches
+              a prompt's chunk with the running decodes), so a request occupies it for
+              s = (u + O) b; with N replicas each is busy rho = lambda s / N
+    TTFT:     a request's first token waits for the prefill work queued before it on its
+              replica (M/G/1, Pollaczek-Khinchine; decode tokens are scheduled first in every
+              step, so they count in rho but queue nothing): mean wait
+              E[w] = (lambda / N) b^2 E[u^2] / (2 (1 - rho)), with the tail
+              P(w > t) = rho exp(-t rho / E[w]); the request with u uncached tokens is over
+              the target T when a + b u + w > T. N_ttft is the least N at which the share over
+              T, averaged over the window's prompt sizes, is at most 10% (the target is a
+              p90), plus B s / W: the backlog B when the replicas asked for now serve (Q,
+              grown by what the ready replicas cannot take until then: the rate horizon / 2
+              ahead less N_ready / s, over the horizon), drained over the window
+    KV:       by Little's law lambda (x + D) requests are in service (x = a + b mean u), each
+              holding k of a replica's KV cache; N_kv = lambda (x + D) k / maxKvUtilization
     desired = clamp(ceil(max(N_ttft, N_kv)), minReplicas, maxReplicas)
 
 With no finished request in the window yet the estimate holds the ready replica count (no
-measurement, no opinion); with no arrivals it is `minReplicas`.
+measurement, no opinion); with no arrivals it is `minReplicas`. When the target is out of
+reach even with idle replicas (more than 10% of prompts take longer than T to prefill alone),
+twice the p90 unqueued TTFT stands in for T.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Iterable, Mapping
 
 from .endpoint import Endpoint
 from .errors import ConfigError
@@ -60,9 +69,12 @@ __all__ = [
     "quantile",
 ]
 
-#: p90 of the queueing delay over its mean (exponential tail: ln 10)
-TAIL_FACTOR = math.log(10.0)
-RHO_FLOOR = 0.05
+#: the share of requests a TTFT target allows over it (the target is a p90)
+OVER_SHARE = 0.1
+#: standard errors a prefill-speed slope must clear to replace the last one
+TREND_ERRORS = 2.0
+#: prompt-size quantiles the share over the target is averaged on
+SIZE_POINTS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +144,9 @@ class Estimate:
     unqueued_ttft: float = 0.0
     #: uncached prompt tokens/s of the unqueued TTFT line (None: no slope measured)
     prefill_speed: float | None = None
+    #: replica-seconds of work per request, (u + O) b
     work: float = 0.0
+    #: a replica's busy share at N_ttft (the highest load that meets the target)
     rho_max: float = 0.0
     ttft_replicas: float = 0.0
     kv_replicas: float = 0.0
@@ -149,8 +163,6 @@ class _Sample:
     decode: float
     #: the replica had no waiting request (scraped) when this one was sent
     unqueued: bool
-    #: the replica's running requests (scraped) at this one's first token
-    batch: int
 
 
 def quantile(values: Iterable[float], q: float) -> float:
@@ -167,6 +179,8 @@ class _Line:
     mean_y: float
     slope: float
     sxx: float
+    #: the slope's standard error (inf with fewer than three points or no spread)
+    slope_error: float = math.inf
 
     def at(self, x: float) -> float:
         return self.mean_y + self.slope * (x - self.mean_x)
@@ -178,7 +192,53 @@ def _fit(points: list[tuple[float, float]]) -> _Line:
     my = sum(y for _, y in points) / n
     sxx = sum((x - mx) ** 2 for x, _ in points)
     slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx > 0 else 0.0
-    return _Line(mx, my, slope, sxx)
+    error = math.inf
+    if n > 2 and sxx > 0:
+        residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in points)
+        error = math.sqrt(residual / (n - 2) / sxx)
+    return _Line(mx, my, slope, sxx, error)
+
+
+def _over_share(n: float, lam: float, work: float, wait_moment: float,
+                unqueued: list[float], target: float) -> float:
+    """The share of requests whose TTFT exceeds `target` with `n` replicas: `unqueued` the
+    TTFTs without a queue (one per prompt-size quantile), `wait_moment` b^2 E[u^2]."""
+    rho = lam * work / n
+    if rho >= 1.0:
+        return 1.0
+    mean_wait = lam / n * wait_moment / (2.0 * (1.0 - rho))
+    over = 0.0
+    for x in unqueued:
+        slack = target - x
+        if slack <= 0:
+            over += 1.0
+        elif mean_wait > 0:
+            over += rho * math.exp(-slack * rho / mean_wait)
+    return over / len(unqueued)
+
+
+def _replicas_for_target(lam: float, work: float, wait_moment: float,
+                         unqueued: list[float], target: float) -> float:
+    """The least (real) replica count whose share over the target is at most OVER_SHARE. A
+    target more than OVER_SHARE of the prompts miss on an idle replica is out of reach: then
+    twice the p90 unqueued TTFT stands in for it (queueing may add as much as prefill)."""
+    if lam <= 0 or work <= 0:
+        return 0.0
+    p90 = sorted(unqueued)[min(len(unqueued) - 1, int((1 - OVER_SHARE) * len(unqueued)))]
+    if p90 > target:
+        target = 2 * p90
+    low = lam * work  # every replica busy all the time
+    high = max(2.0 * low, 1e-6)
+    while _over_share(high, lam, work, wait_moment, unqueued, target) > OVER_SHARE \
+            and high < 1e6:
+        low, high = high, 2.0 * high
+    for _ in range(50):
+        mid = (low + high) / 2
+        if _over_share(mid, lam, work, wait_moment, unqueued, target) > OVER_SHARE:
+            low = mid
+        else:
+            high = mid
+    return high
 
 
 class PoolEstimator:
@@ -193,7 +253,6 @@ class PoolEstimator:
         self._kv_per_request = 0.0
         #: last fit of unqueued TTFT = a + b u (kept while every request queues)
         self._prefill: tuple[float, float] | None = None
-        self._beta = 0.0
 
     def arrived(self, now: float) -> None:
         sec = math.floor(now)
@@ -207,8 +266,7 @@ class PoolEstimator:
 
     def finished(self, endpoint: str, now: float, *, prompt_tokens: int,
                  cached_tokens: int | None, output_tokens: int, ttft: float | None,
-                 e2e: float, unqueued: bool = True, batch: int = 1,
-                 hit_rate: float = 0.0) -> None:
+                 e2e: float, unqueued: bool = True, hit_rate: float = 0.0) -> None:
         """A request served by `endpoint` is over; `ttft` None when not streamed (its first
         byte is its whole answer) and `cached_tokens` None when usage did not say."""
         if cached_tokens is None:
@@ -217,7 +275,7 @@ class PoolEstimator:
             uncached = max(0, prompt_tokens - cached_tokens)
         decode = max(0.0, e2e - ttft) if ttft is not None else 0.0
         self._samples.append(_Sample(now, endpoint, float(uncached), max(0, output_tokens),
-                                     ttft, decode, unqueued, max(1, batch)))
+                                     ttft, decode, unqueued))
 
     def _trim(self, now: float) -> None:
         horizon = now - self.spec.window
@@ -234,50 +292,44 @@ class PoolEstimator:
         span = min(self.spec.window, max(1.0, now - self._first_arrival))
         return sum(c for _, c in self._arrivals) / span
 
-    def forecast_rate(self, now: float) -> float:
-        """The arrival rate `horizon` seconds ahead, on the window's trend."""
+    def forecast_rate(self, now: float, ahead: float | None = None) -> float:
+        """The arrival rate `ahead` seconds (default: `horizon`) from now, on the window's
+        trend."""
         mean = self.arrival_rate(now)
         if mean == 0.0 or self._first_arrival is None:
             return mean
         start = max(now - self.spec.window, self._first_arrival)
         secs = math.floor(now) - math.floor(start)
-        if secs < 10:  # too short a history for a trend
+        if secs < self.spec.window / 2:  # too short a history for a trend
             return mean
         counts = {int(sec): c for sec, c in self._arrivals}
         first = math.floor(start)
         line = _fit([(t, counts.get(t, 0)) for t in range(first, first + secs)])
-        return max(0.0, line.at(now + self.spec.horizon))
+        ahead = self.spec.horizon if ahead is None else ahead
+        return max(0.0, line.at(now + ahead))
 
     def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
-        """(a, b) of unqueued TTFT = a + b x uncached tokens; the last fit when no request
-        of the window found the replica's queue empty."""
+        """(a, b) of unqueued TTFT = a + b x uncached tokens, from the requests whose prefill
+        had its replica to itself; the last fit when the window has none, or its line is lost
+        in its noise; (median TTFT, 0) while there has been no line (prompts all alike)."""
         pts = [(smp.uncached, smp.ttft) for smp in streamed if smp.unqueued]
         if len(pts) >= 3:
             line = _fit(pts)  # type: ignore[arg-type]
             # the lower envelope: refit on the requests at or under the line, those that
-            # shared their prefill steps least with others (waiting 0 is not an idle replica)
+            # waited least for a step in progress
             low = [(u, t) for u, t in pts if t <= line.at(u)]  # type: ignore[operator]
             if len(low) >= 3:
                 line = _fit(low)  # type: ignore[arg-type]
                 pts = low
-            # a prompt-size spread of 16 tokens (a block) at least, and a rising line
-            if line.sxx >= len(pts) * 16 ** 2 and line.slope > 0:
+            # a prompt-size spread of 16 tokens (a block) at least, and a rising line clear
+            # of its standard error (a saturated window's few unqueued requests give neither)
+            if line.sxx >= len(pts) * 16 ** 2 and line.slope > TREND_ERRORS * line.slope_error:
                 self._prefill = (max(0.0, line.at(0.0)), line.slope)
-            else:
+            elif self._prefill is None or self._prefill[1] == 0.0:
                 self._prefill = (quantile((t for _, t in pts), 0.5), 0.0)  # type: ignore[misc]
         elif pts and self._prefill is None:
             self._prefill = (quantile((t for _, t in pts), 0.5), 0.0)  # type: ignore[misc]
         return self._prefill
-
-    def _decode_slope(self, streamed: list[_Sample]) -> float:
-        """Seconds one more running sequence adds to a decode step (least squares of time per
-        output token over the batch size); the last fit while the batch sizes are all alike."""
-        pts = [(smp.batch, smp.decode / (smp.output - 1)) for smp in streamed if smp.output > 1]
-        if len(pts) >= 8:
-            line = _fit(pts)  # type: ignore[arg-type]
-            if line.sxx >= len(pts):  # batch sizes spread by at least one sequence on average
-                self._beta = max(0.0, line.slope)
-        return self._beta
 
     def estimate(self, now: float, ready: Iterable[Endpoint]) -> Estimate:
         """Desired replicas at `now`, given the pool's ready endpoints (their scraped state)."""
@@ -290,25 +342,36 @@ class PoolEstimator:
         fit = self._prefill_fit(streamed)
         if not streamed or fit is None:
             return Estimate(desired=self._clamp(max(1, len(ready))), arrival_rate=lam)
-        n = len(self._samples)
-        uncached = sum(smp.uncached for smp in self._samples) / n
-        output = sum(smp.output for smp in self._samples) / n
-        x = fit[0] + fit[1] * uncached
-        work = x + output * self._decode_slope(streamed)
-        decode = sum(smp.decode for smp in streamed) / len(streamed)
-        slack = spec.ttft_target - x
-        rho = 2 * slack / (2 * slack + TAIL_FACTOR * work) if slack > 0 else 0.0
-        rho = max(RHO_FLOOR, rho)
+        samples = list(self._samples)
+        n = len(samples)
+        sizes = sorted(smp.uncached for smp in samples)
+        uncached = sum(sizes) / n
+        output = sum(smp.output for smp in samples) / n
+        a, b = fit
+        x = a + b * uncached
+        if b == 0.0:  # no speed measured: the whole unqueued TTFT counts as prefill
+            a, b = 0.0, x / max(uncached, 1.0)
+        work = (uncached + output) * b
+        wait_moment = b * b * sum(u * u for u in sizes) / n
+        unqueued = [a + b * sizes[min(n - 1, int((i + 0.5) * n / SIZE_POINTS))]
+                    for i in range(SIZE_POINTS)]
+        core = _replicas_for_target(lam, work, wait_moment, unqueued, spec.ttft_target)
+        # the backlog when replicas asked for now serve: the queue now, grown by what the
+        # ready replicas cannot take meanwhile; drained over the window after that
         waiting = sum(ep.metrics.waiting for ep in ready)
-        n_ttft = lam * work / rho + waiting * work / spec.window
+        ahead = self.forecast_rate(now, spec.horizon / 2)
+        backlog = waiting + max(0.0, ahead - len(ready) / work) * spec.horizon
+        n_ttft = core + backlog * work / spec.window
         running = sum(ep.metrics.running for ep in ready)
         if running > 0:
             self._kv_per_request = sum(ep.metrics.kv_usage for ep in ready) / running
+        decode = sum(smp.decode for smp in streamed) / len(streamed)
         n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
         desired = self._clamp(math.ceil(max(n_ttft, n_kv) - 1e-9))
         return Estimate(desired=desired, arrival_rate=lam, unqueued_ttft=x, work=work,
                         prefill_speed=1 / fit[1] if fit[1] > 0 else None,
-                        rho_max=rho, ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True)
+                        rho_max=lam * work / core if core > 0 else 0.0,
+                        ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True)
 
     def _clamp(self, n: int) -> int:
         return max(self.spec.min_replicas, min(self.spec.max_replicas, n))
@@ -331,6 +394,10 @@ class Autoscaler:
     def __init__(self, spec: AutoscaleSpec) -> None:
         self.spec = spec
         self.pools: dict[str, PoolEstimator] = {}
+        #: per endpoint: requests sent and not yet at their first token, and requests sent
+        #: while any of those was (the marks' counter)
+        self._prefilling: dict[str, int] = {}
+        self._sent: dict[str, int] = {}
 
     def pool(self, name: str) -> PoolEstimator:
         est = self.pools.get(name)
@@ -341,18 +408,42 @@ class Autoscaler:
     # -- Router listener ----------------------------------------------------------------------
 
     def dispatched(self, decision: Decision, now: float) -> None:
-        """Sent: an arrival the first time (not on a retry elsewhere)."""
+        """Sent: an arrival the first time (not on a retry elsewhere). The request's prefill
+        has the replica to itself when its scraped queue is empty and no other request this
+        gateway sent there is still waiting for its first token."""
         if decision.unqueued is None:
             self.pool(decision.pool.model).arrived(now)
-        if decision.endpoint is not None:
-            decision.unqueued = decision.endpoint.metrics.waiting == 0
+        self._prefill_over(decision)  # a retry: the first attempt's prefill is over
+        ep = decision.endpoint
+        if ep is None:
+            return
+        decision.unqueued = ep.metrics.waiting == 0 and not self._prefilling.get(ep.name)
+        self._prefilling[ep.name] = self._prefilling.get(ep.name, 0) + 1
+        self._sent[ep.name] = self._sent.get(ep.name, 0) + 1
+        decision.prefill_mark = (ep.name, self._sent[ep.name])
 
     def first_token(self, decision: Decision, now: float) -> None:
+        """The prefill is over; it was not alone if another request was sent to the replica
+        meanwhile (it joined the same steps)."""
         decision.first_token_at = now
-        if decision.endpoint is not None:
-            decision.batch_at_first_token = decision.endpoint.metrics.running
+        mark = decision.prefill_mark
+        if mark is not None and self._sent.get(mark[0]) != mark[1]:
+            decision.unqueued = False
+        self._prefill_over(decision)
+
+    def _prefill_over(self, decision: Decision) -> None:
+        mark, decision.prefill_mark = decision.prefill_mark, None
+        if mark is None:
+            return
+        left = self._prefilling.get(mark[0], 1) - 1
+        if left > 0:
+            self._prefilling[mark[0]] = left
+        else:  # nobody holds a mark on it: forget the endpoint (bounded by requests prefilling)
+            self._prefilling.pop(mark[0], None)
+            self._sent.pop(mark[0], None)
 
     def finished(self, decision: Decision, now: float, usage: Mapping[str, Any] | None) -> None:
+        self._prefill_over(decision)  # over with no first token (an error, a cancel)
         ep = decision.endpoint
         if ep is None:
             return
@@ -371,9 +462,8 @@ class Autoscaler:
         self.pool(decision.pool.model).finished(
             ep.name, now, prompt_tokens=prompt, cached_tokens=cached,
             output_tokens=output if isinstance(output, int) else 0, ttft=ttft,
-            e2e=now - req.arrival_time, unqueued=True if decision.unqueued is None else decision.unqueued,
-            batch=1 if decision.batch_at_first_token is None else decision.batch_at_first_token,
-            hit_rate=_hit_rate(decision.pool.pool) if cached is None else 0.0)
+            e2e=now - req.arrival_time,
+            unqueued=True if decision.unqueued is None else decision.unqueued, hit_rate=_hit_rate(decision.pool.pool) if cached is None else 0.0)
 
     def estimate(self, pool: str, now: float, ready: Iterable[Endpoint]) -> Estimate:
         return self.pool(pool).estimate(now, ready)

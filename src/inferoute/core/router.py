@@ -43,12 +43,12 @@ class Decision:
     prompt_tokens: int = 0
     first_token: bool = False
     finished: bool = False
-    #: what the autoscaler (`core.autoscale`) notes along the way: whether the first dispatch
-    #: found the endpoint's queue empty (None: not dispatched yet), when the first token came,
-    #: and the endpoint's running batch then
+    #: what the autoscaler (`core.autoscale`) notes along the way: whether the request's
+    #: prefill had its endpoint to itself (None: not dispatched yet), its mark while it
+    #: prefills (endpoint, requests sent there so far) and when the first token came
     unqueued: bool | None = None
+    prefill_mark: tuple[str, int] | None = None
     first_token_at: float | None = None
-    batch_at_first_token: int | None = None
 
 
 class RouterListener(Protocol):

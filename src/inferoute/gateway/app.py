@@ -156,7 +156,7 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
     app.router.add_get("/metrics", metrics)
     if config.dashboard:
         from .dashboard import add_dashboard
-        add_dashboard(app, data, obs, tenants)
+        add_dashboard(app, data, obs, tenants, proxy.handle)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await data.start()

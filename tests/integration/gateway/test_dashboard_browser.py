@@ -84,6 +84,18 @@ def _page(driver) -> dict:
     return driver.execute_script(READ_PAGE)
 
 
+def _chat(browser, wait, text: str) -> None:
+    """Send `text` from the chat box and wait for a streamed reply (two chunks at least)."""
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-model option"))
+    browser.find_element(By.ID, "chat-input").send_keys(text)
+    browser.find_element(By.ID, "chat-send").click()
+    reply = wait.until(lambda d: (d.find_elements(By.CSS_SELECTOR, "#chat-log .assistant")
+                                  or [None])[-1])
+    wait.until(lambda d: reply.get_attribute("data-done") == "true")
+    assert "error" not in (reply.get_attribute("class") or ""), reply.text
+    assert int(reply.get_attribute("data-chunks")) >= 2 and reply.text.strip()
+
+
 def test_dashboard_in_chromium(harness, web, browser, tmp_path: Path) -> None:
     base = free_port_range(2)
     harness.start(["inferoute", "sim", "--model", "sim-model", "--port", str(base),
@@ -166,14 +178,7 @@ def test_dashboard_in_chromium(harness, web, browser, tmp_path: Path) -> None:
         conn.close()
 
     # the chat box streams a reply through the gateway
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-model option"))
-    browser.find_element(By.ID, "chat-input").send_keys("Hello, who are you?")
-    browser.find_element(By.ID, "chat-send").click()
-    reply = wait.until(lambda d: (d.find_elements(By.CSS_SELECTOR, "#chat-log .assistant")
-                                  or [None])[-1])
-    wait.until(lambda d: reply.get_attribute("data-done") == "true")
-    assert "error" not in (reply.get_attribute("class") or ""), reply.text
-    assert int(reply.get_attribute("data-chunks")) >= 2 and reply.text.strip()
+    _chat(browser, wait, "Hello, who are you?")
     state = json.loads(web.get(gw.url + "/dashboard/state").text)
     assert state["recent"][0]["model"] == "sim-model"
     assert state["pools"][0]["estimate"]["measured"]  # the gauge's terms, shown on the page
@@ -181,3 +186,34 @@ def test_dashboard_in_chromium(harness, web, browser, tmp_path: Path) -> None:
     keep = os.environ.get("INFEROUTE_DASHBOARD_SCREENSHOT")
     if keep:
         shutil.copy(tmp_path / "dashboard.png", keep)
+
+
+def test_dashboard_sign_in_in_chromium(harness, browser, tmp_path: Path) -> None:
+    """With tenants on the page is a sign-in form until a key is posted; then the page, its
+    live state and the chat box work on the session cookie, which the page's script cannot
+    read; signing out brings the form back."""
+    secret = "sk-browser-0123456789abcdef"
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(json.dumps({"tenants": [{"name": "ops", "key": secret}]}))
+    sims = harness.sim(1)
+    gw = harness.gateway({"tenants": str(tenants), "dashboard": True,
+                          "pools": [{"model": "sim-model", "endpoints": sims}]})
+    wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+    browser.get(gw.url + "/dashboard")
+    assert browser.find_elements(By.ID, "login-form") and not browser.find_elements(By.ID, "pools")
+    browser.find_element(By.ID, "api-key").send_keys("sk-not-the-key-000")
+    browser.find_element(By.ID, "login").click()
+    wait.until(lambda d: d.find_elements(By.ID, "login-error"))
+    browser.find_element(By.ID, "api-key").send_keys(secret)
+    browser.find_element(By.ID, "login").click()
+    # the page, drawn from the state it polls with the cookie alone
+    wait.until(lambda d: (_page(d)["rows"].keys() == {sims[0][7:]}) or None)
+    assert browser.current_url == gw.url + "/dashboard"  # the key is in no URL
+    assert browser.find_element(By.ID, "signed-in-as").text == "ops"
+    assert browser.execute_script("return document.cookie") == ""  # HttpOnly
+    (cookie,) = browser.get_cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and secret not in cookie["value"]
+    _chat(browser, wait, "Hello there")
+    browser.find_element(By.CSS_SELECTOR, "#logout-form button").click()
+    wait.until(lambda d: d.find_elements(By.ID, "login-form"))
+    assert not browser.get_cookies()

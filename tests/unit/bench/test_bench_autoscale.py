@@ -7,8 +7,12 @@ import json
 
 import pytest
 
-from inferoute.bench.autoscale import (AutoscaleConfig, DayLoad, HorizontalPodAutoscaler,
-                                       run_autoscaled)
+from inferoute.bench.autoscale import (
+    AutoscaleConfig,
+    HorizontalPodAutoscaler,
+    ShapedLoad,
+    run_autoscaled,
+)
 from inferoute.bench.autoscale_command import table
 from inferoute.bench.des import SimConfig, VirtualBench
 from inferoute.bench.load import LoadSpec, parse_stages
@@ -37,7 +41,7 @@ def test_hpa_scale_down_waits_for_the_window() -> None:
 
 
 def test_day_load_rises_and_falls() -> None:
-    load = DayLoad.make(base=1, peak=9, duration=100, seed=3)
+    load = ShapedLoad.make(base=1, peak=9, duration=100, seed=3)
     times = load.arrivals(0)
     assert len(times) == load.stages[0].count == 500
     assert times == sorted(times) and 0 <= times[0] and times[-1] <= 100
@@ -45,7 +49,22 @@ def test_day_load_rises_and_falls() -> None:
     edge = sum(1 for t in times if t < 10 or t >= 90)
     assert middle > 5 * edge
     assert load.rate(50) == pytest.approx(9) and load.rate(0) == pytest.approx(1)
-    assert DayLoad.make(1, 9, 100, seed=3).arrivals(0) == times
+    assert ShapedLoad.make(1, 9, 100, seed=3).arrivals(0) == times
+
+
+@pytest.mark.parametrize(("shape", "inside", "count"), [("spike", (30, 50), 260),
+                                                        ("step", (25, 100), 700)])
+def test_spike_and_step_loads(shape: str, inside: tuple[float, float], count: int) -> None:
+    load = ShapedLoad.make(base=1, peak=9, duration=100, seed=3, shape=shape)  # type: ignore[arg-type]
+    times = load.arrivals(0)
+    assert len(times) == count  # the mean rate's count
+    lo, hi = inside
+    assert load.rate(lo) == load.rate(hi - 1) == 9 and load.rate(lo - 1) == 1
+    peak = sum(1 for t in times if lo <= t < hi) / (hi - lo)
+    rest = sum(1 for t in times if t < lo or t >= hi) / (100 - (hi - lo))
+    assert peak > 5 * rest
+    with pytest.raises(ValueError, match="shape"):
+        ShapedLoad.make(1, 9, 100, shape="wave")  # type: ignore[arg-type]
 
 
 def _workload():
@@ -81,15 +100,15 @@ def test_replicas_join_and_leave_a_run() -> None:
 
 def _autoscaled(rule: str, **kw) -> AutoscaleConfig:
     return AutoscaleConfig(rule=rule, workload=_workload(),  # type: ignore[arg-type]
-                           load=DayLoad.make(2, 40, 160, seed=1), profile="tiny",
-                           policy="round-robin", ttft_target=0.02, cold_start=20,
-                           max_replicas=6, scale_down_window=45, **kw)
+                           load=ShapedLoad.make(2, 50, 100, seed=1), profile="tiny",
+                           policy="round-robin", ttft_target=0.02, cold_start=15,
+                           max_replicas=6, scale_down_window=15, **kw)
 
 
 @pytest.mark.parametrize("rule", ["gauge", "kv"])
 def test_an_autoscaled_run_adds_and_removes_replicas(rule: str) -> None:
     res = run_autoscaled(_autoscaled(rule, kv_target=0.3))
-    assert res.requests == 3360 and res.failed == 0
+    assert res.requests == 2600 and res.failed == 0
     asked = [w for _, w, _, _ in res.timeline]
     assert max(asked) > 1 and res.peak_replicas == max(asked) <= 6
     assert asked[-1] < max(asked)  # the load fell: the pool shrank
@@ -111,6 +130,18 @@ def test_table_marks_the_best_threshold() -> None:
     assert "| KV utilisation 0.4 (best) | 1,000 |" in text
     assert "(best)" not in text.split("KV utilisation 0.4")[0]
     assert "| desired-replicas gauge | 900 | 4 | 0.100 | 0.400 | 3 (3.0%) | 100 |" in text
+    assert "gauge: meets the target, -10.0% replica-seconds against the best KV threshold " \
+        "(0.4)\n" not in text  # the last line has no newline after it
+    assert text.endswith("gauge: meets the target, -10.0% replica-seconds against the best KV "
+                         "threshold (0.4)")
+    assert table([r("gauge", None, 900, 0.4)], 1.0).endswith(
+        "gauge: meets the target; no KV run to compare with")
+    assert table([r("gauge", None, 900, 0.4), r("kv", 0.2, 800, 1.5)], 1.0).endswith(
+        "gauge: meets the target; no KV threshold of the sweep does")
+    edge = table([r("gauge", None, 900, 1.2), r("kv", 0.2, 800, 0.9)], ttft_target=1.0)
+    assert edge.endswith("gauge: misses the target, +12.5% replica-seconds against the best KV "
+                         "threshold (0.2) (the sweep's highest threshold: a higher one might "
+                         "be cheaper)")
 
 
 def test_the_command_prints_the_table_and_writes_timelines(tmp_path, capsys) -> None:

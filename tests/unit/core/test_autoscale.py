@@ -6,26 +6,29 @@ import math
 
 import pytest
 
-from inferoute.core.autoscale import (TAIL_FACTOR, AutoscaleSpec, Autoscaler, PoolEstimator,
-                                      parse_autoscale_spec)
+from inferoute.configfiles import resolve_config
+from inferoute.core.autoscale import (
+    Autoscaler,
+    AutoscaleSpec,
+    PoolEstimator,
+    parse_autoscale_spec,
+)
 from inferoute.core.endpoint import Pool
 from inferoute.core.errors import ConfigError
 from inferoute.core.router import ModelPool, Router
-from inferoute.configfiles import resolve_config
 from inferoute.core.scheduling.scheduler import Scheduler
 
 
 def _feed(est: PoolEstimator, *, rate: float, seconds: float, uncached: int = 1000,
           ttft: float = 0.1, e2e: float = 2.0, endpoints: int = 1, start: float = 0.0,
-          output: int = 100, batch: int = 1, unqueued: bool = True) -> float:
+          output: int = 100, unqueued: bool = True) -> float:
     """`rate` arrivals/s for `seconds`, each finished at once with the given shape."""
     n = int(rate * seconds)
     for i in range(n):
         t = start + i / rate
         est.arrived(t)
         est.finished(f"ep{i % endpoints}", t, prompt_tokens=uncached, cached_tokens=0,
-                     output_tokens=output, ttft=ttft, e2e=e2e, batch=batch,
-                     unqueued=unqueued)
+                     output_tokens=output, ttft=ttft, e2e=e2e, unqueued=unqueued)
     return start + n / rate
 
 
@@ -33,23 +36,46 @@ def test_formula_on_a_steady_window(make_ep) -> None:
     spec = AutoscaleSpec(ttft_target=1.0, window=60.0, max_kv_utilization=0.8)
     est = PoolEstimator(spec)
     now = _feed(est, rate=10, seconds=60)
-    ready = [make_ep(0, running=10, kv_usage=0.5)]
+    # two ready replicas keep up with the load (no backlog ahead); 5 running requests each
+    ready = [make_ep(i, running=5, kv_usage=0.25) for i in range(2)]
     e = est.estimate(now, ready)
-    x = 0.1  # 1000 uncached tokens at 10,000 tokens/s
-    rho = 2 * 0.9 / (2 * 0.9 + TAIL_FACTOR * x)
-    assert e.measured
+    # prompts all alike (no speed measured): the 0.1 s unqueued TTFT is all prefill, 1e-4 s
+    # a token; 1000 prompt + 100 output tokens a request
+    b, work = 0.1 / 1000, 1100 * 0.1 / 1000
+    assert e.measured and e.prefill_speed is None
     assert e.arrival_rate == pytest.approx(10.0, rel=0.02)
-    assert e.unqueued_ttft == pytest.approx(x)
+    assert e.unqueued_ttft == pytest.approx(0.1)
+    assert e.work == pytest.approx(work)
+    # at N_ttft the share over the target is the 10% a p90 allows: rho exp(-0.9 rho / E[w])
+    n, lam = e.ttft_replicas, e.arrival_rate
+    rho = lam * work / n
+    mean_wait = lam / n * (b * 1000) ** 2 / (2 * (1 - rho))
+    assert rho * math.exp(-0.9 * rho / mean_wait) == pytest.approx(0.1, rel=1e-6)
     assert e.rho_max == pytest.approx(rho)
-    assert e.work == pytest.approx(x)  # one batch size seen: no decode slope measured
-    assert e.ttft_replicas == pytest.approx(e.arrival_rate * x / rho)
+    assert 0.5 < rho < 1  # fast prefills: a replica can be busy most of the time
     # Little: rate x (x + decode 1.9 s) in service, 0.05 of a replica's KV each, at most 0.8
     assert e.kv_replicas == pytest.approx(e.arrival_rate * 2.0 * 0.05 / 0.8)
     assert e.desired == math.ceil(max(e.ttft_replicas, e.kv_replicas))
 
 
+def test_share_over_target_is_averaged_over_prompt_sizes(make_ep) -> None:
+    """Long prompts eat the slack: with the same mean prompt, a wide spread needs more."""
+    narrow, wide = PoolEstimator(AutoscaleSpec(horizon=0)), PoolEstimator(AutoscaleSpec(horizon=0))
+    for i in range(1200):  # 20 ms fixed, 10,000 tokens/s; prompts 4000 +- 500 and +- 3500
+        t = i / 20
+        for est, spread in ((narrow, 500), (wide, 3500)):
+            u = 4000 + spread * (2 * ((i * 7919) % 1000) / 999 - 1)
+            est.arrived(t)
+            est.finished("ep0", t, prompt_tokens=int(u), cached_tokens=0, output_tokens=10,
+                         ttft=0.02 + int(u) / 10_000, e2e=1.0)
+    a, b = narrow.estimate(60.0, [make_ep(0)]), wide.estimate(60.0, [make_ep(0)])
+    assert a.prefill_speed == pytest.approx(10_000) and b.prefill_speed == pytest.approx(10_000)
+    assert a.work == pytest.approx(b.work, rel=0.01)
+    assert b.ttft_replicas > 1.2 * a.ttft_replicas
+
+
 def test_desired_grows_with_load_and_shrinks_with_the_target_slack(make_ep) -> None:
-    ready = [make_ep(0, running=4, kv_usage=0.1)]
+    ready = [make_ep(i, running=4, kv_usage=0.1) for i in range(40)]  # no backlog ahead
     low, high = PoolEstimator(AutoscaleSpec()), PoolEstimator(AutoscaleSpec())
     t = _feed(low, rate=20, seconds=60, uncached=4000, ttft=0.4)
     _feed(high, rate=80, seconds=60, uncached=4000, ttft=0.4)
@@ -83,13 +109,23 @@ def test_prefix_hits_lower_the_prefill_need(make_ep) -> None:
 def test_queue_and_unreachable_target(make_ep) -> None:
     est = PoolEstimator(AutoscaleSpec(ttft_target=1.0, max_replicas=50))
     t = _feed(est, rate=10, seconds=60)
-    calm = est.estimate(t, [make_ep(0)]).ttft_replicas
-    queued = est.estimate(t, [make_ep(0, waiting=600)]).ttft_replicas
-    assert queued == pytest.approx(calm + 600 * 0.1 / 60)
+    calm = est.estimate(t, [make_ep(0), make_ep(1)])
+    queued = est.estimate(t, [make_ep(0, waiting=600), make_ep(1)]).ttft_replicas
+    assert queued == pytest.approx(calm.ttft_replicas + 600 * calm.work / 60)
+    # one ready replica takes 1 / 0.11 s = 9.1 of the 10 req/s: the backlog grows until the
+    # replicas asked for now serve (horizon, 60 s), then is drained over the window
+    short = est.estimate(t, [make_ep(0)]).ttft_replicas
+    growth = (calm.arrival_rate - 1 / calm.work) * 60
+    assert short == pytest.approx(calm.ttft_replicas + growth * calm.work / 60)
+    # unqueued TTFT 0.1 s > a 0.05 s target: sized for 0.2 s (twice the p90 unqueued TTFT)
     slow = PoolEstimator(AutoscaleSpec(ttft_target=0.05, max_replicas=50))
-    _feed(slow, rate=10, seconds=60)  # unqueued TTFT 0.1 s > the 0.05 s target
-    e = slow.estimate(t, [make_ep(0)])
-    assert e.rho_max == 0.05 and e.desired == 20
+    _feed(slow, rate=10, seconds=60)
+    twice = PoolEstimator(AutoscaleSpec(ttft_target=0.2, max_replicas=50))
+    _feed(twice, rate=10, seconds=60)
+    e, f = slow.estimate(t, [make_ep(0)]), twice.estimate(t, [make_ep(0)])
+    calm = est.estimate(t, [make_ep(0), make_ep(1)])
+    assert e.ttft_replicas == pytest.approx(f.ttft_replicas)
+    assert calm.ttft_replicas < e.ttft_replicas < 10 * calm.ttft_replicas
 
 
 def test_no_measurement_holds_and_no_load_goes_to_min(make_ep) -> None:
@@ -118,9 +154,9 @@ def test_rate_forecast_follows_the_trend() -> None:
         flat.arrived(i / 5)
     assert flat.forecast_rate(60.0) == pytest.approx(5.0, abs=0.01)
     young = PoolEstimator(AutoscaleSpec())
-    for i in range(8):
+    for i in range(20):
         young.arrived(i)
-    assert young.forecast_rate(8.0) == young.arrival_rate(8.0)  # too short for a trend
+    assert young.forecast_rate(20.0) == young.arrival_rate(20.0)  # too short for a trend
 
 
 def test_unqueued_ttft_is_a_fixed_cost_plus_prompt_over_speed(make_ep) -> None:
@@ -135,15 +171,18 @@ def test_unqueued_ttft_is_a_fixed_cost_plus_prompt_over_speed(make_ep) -> None:
     assert e.unqueued_ttft == pytest.approx(0.05 + 2497.5 / 10_000)
 
 
-def test_decode_slope_adds_work(make_ep) -> None:
-    est = PoolEstimator(AutoscaleSpec(horizon=0))
-    for i in range(600):  # time per output token 10 ms + 1 ms per running sequence
-        batch = 1 + i % 40
-        est.arrived(i / 10)
-        est.finished("ep0", i / 10, prompt_tokens=1000, cached_tokens=0, output_tokens=101,
-                     ttft=0.1, e2e=0.1 + 100 * (0.010 + 0.001 * batch), batch=batch)
-    e = est.estimate(60.0, [make_ep(0)])
-    assert e.work == pytest.approx(0.1 + 101 * 0.001)
+def test_output_tokens_add_work_at_the_prefill_speed(make_ep) -> None:
+    short, long = PoolEstimator(AutoscaleSpec(horizon=0)), PoolEstimator(AutoscaleSpec(horizon=0))
+    for i in range(600):  # 10,000 tokens/s, prompts 1000-3995 tokens; 10 or 1000 out
+        u = 1000 + 5 * i
+        for est, out in ((short, 10), (long, 1000)):
+            est.arrived(i / 10)
+            est.finished("ep0", i / 10, prompt_tokens=u, cached_tokens=0, output_tokens=out,
+                         ttft=u / 10_000, e2e=1.0)
+    a, b = short.estimate(60.0, [make_ep(0)]), long.estimate(60.0, [make_ep(0)])
+    assert a.work == pytest.approx((2497.5 + 10) / 10_000)
+    assert b.work == pytest.approx((2497.5 + 1000) / 10_000)
+    assert b.ttft_replicas > a.ttft_replicas
 
 
 def test_prefill_speed_from_unqueued_requests_only(make_ep) -> None:
@@ -204,5 +243,48 @@ def test_router_feeds_the_estimator(make_ep, make_req) -> None:
     s = pool._samples[-1]
     assert (s.uncached, s.ttft, s.decode) == (400.0, pytest.approx(0.2), pytest.approx(0.8))
     assert {x.endpoint for x in pool._samples} == {ep.name for ep in eps}
-    assert (s.output, s.unqueued, s.batch) == (9, True, 1)
+    assert (s.output, s.unqueued) == (9, True)
     assert auto.estimate("m", 20.0, eps).unqueued_ttft == pytest.approx(0.2)
+
+
+def test_a_prefill_is_alone_only_without_another_in_flight_to_its_replica(make_ep,
+                                                                            make_req) -> None:
+    """Two requests prefilling on one replica share its steps: neither measures its speed; a
+    retry elsewhere ends the first attempt's prefill; the marks are forgotten when done."""
+    ep0, ep1 = make_ep(0), make_ep(1)
+    mp = ModelPool("m", Pool("m", [ep0, ep1]), Scheduler(resolve_config("round-robin"), seed=1))
+    router = Router([mp])
+    auto = Autoscaler(AutoscaleSpec())
+    router.listeners.append(auto)
+
+    def sent(ep, now: float):
+        req = make_req("word " * 100, model="m")
+        req.stream, req.arrival_time = True, now
+        d = router.schedule(req, now=now)
+        router.dispatch(d, ep, now=now)
+        return d
+
+    first = sent(ep0, 0.0)
+    second = sent(ep0, 0.1)  # while the first prefills
+    assert first.unqueued and not second.unqueued
+    router.first_token(first, now=0.3)
+    assert not first.unqueued  # the second joined its steps
+    lone = sent(ep1, 0.4)
+    router.first_token(lone, now=0.5)
+    assert lone.unqueued
+    retried = sent(ep1, 1.0)
+    router.dispatch(retried, ep0, now=1.1)  # the first attempt failed: retried on ep0
+    assert not retried.unqueued  # ep0 still has the second request prefilling
+    for d in (second, retried):
+        router.first_token(d, now=1.5)
+    for d in (first, second, lone, retried):
+        router.finish(d, now=2.0, usage={"prompt_tokens": 100, "completion_tokens": 5})
+    assert auto._prefilling == {} and auto._sent == {}
+    busy = make_ep(2, waiting=1)  # a scraped queue: not alone either
+    mp2 = ModelPool("q", Pool("q", [busy]), Scheduler(resolve_config("round-robin"), seed=1))
+    router2 = Router([mp2])
+    router2.listeners.append(auto)
+    req = make_req("word " * 100, model="q")
+    d = router2.schedule(req, now=3.0)
+    router2.dispatch(d, busy, now=3.0)
+    assert d.unqueued is False

@@ -41,7 +41,7 @@ def test_gauge_follows_the_router() -> None:
     for ep in data.router.pools["m"].pool:
         ep.metrics = EndpointMetrics(running=1, kv_usage=0.01, scraped_at=clock.now())
     est = obs.autoscaler.estimate("m", clock.now(), data.router.pools["m"].pool)
-    assert est.measured and est.desired == 10  # 8 s of prefill per second at rho_max 0.18: 45, capped
+    assert est.measured and est.desired == 10  # 8 s of work a second, tight target: capped
     page = obs.render()[0].decode()
     assert 'inferoute_pool_desired_replicas{name="m"} 10.0' in page
 

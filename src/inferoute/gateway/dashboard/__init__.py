@@ -5,8 +5,12 @@
 - `/dashboard/state`: JSON the page polls every second: per pool and replica the scraped
   queue, running requests, KV use and prefix-cache hit rate, the gateway's in-flight count and
   health; the last routing decisions with each scorer's score; requests/s, output tokens/s and
-  TTFT over the last five minutes. Behind the API keys when tenants are on (the page asks for
-  a key and sends it as a bearer token, as its chat box does to /v1/chat/completions).
+  TTFT over the last five minutes;
+- `/dashboard/chat`: the chat box's streamed reply, from the gateway's `/v1/chat/completions`.
+
+With tenants on, every one of them wants a key: `/dashboard` answers a sign-in form (401)
+until `/dashboard/login` has taken a key from its body and set a session cookie (`sessions.py`);
+the state takes that cookie or the API's bearer key, the others the cookie (401 JSON without).
 """
 
 from .routes import add_dashboard

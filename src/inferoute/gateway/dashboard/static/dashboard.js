@@ -1,5 +1,7 @@
 // The dashboard: polls /dashboard/state every second and draws the tables and two SVG charts;
-// the chat box streams a reply from the gateway's own /v1/chat/completions. No libraries.
+// the chat box streams a reply from the gateway's /v1/chat/completions (through
+// /dashboard/chat, which adds the signed-in session's key when tenants are on). No libraries;
+// no key in the page: the session is an HttpOnly cookie.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -11,9 +13,6 @@ const el = (tag, attrs = {}, ...children) => {
 };
 const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
 const num = (x, d = 2) => (x === null || x === undefined ? "–" : x.toFixed(d));
-
-let apiKey = sessionStorage.getItem("inferoute-key") || "";
-const authHeaders = () => (apiKey ? { Authorization: "Bearer " + apiKey } : {});
 
 function setStatus(state, text) {
   const s = $("#status");
@@ -90,10 +89,9 @@ function drawChart(svg, a, b, digits) {
 
 async function poll() {
   try {
-    const resp = await fetch("/dashboard/state", { headers: authHeaders(), cache: "no-store" });
-    if (resp.status === 401) {
-      $("#key-form").hidden = false;
-      setStatus("error", "API key needed");
+    const resp = await fetch("/dashboard/state", { cache: "no-store" });
+    if (resp.status === 401) {  // the session ended: back to the sign-in form
+      location.reload();
       return;
     }
     if (!resp.ok) throw new Error("HTTP " + resp.status);
@@ -105,20 +103,16 @@ async function poll() {
     drawChart($("#chart-ttft"), s.ttft_p50, s.ttft_p90, 2);
     const select = $("#chat-model");
     if (!select.options.length) for (const m of state.models) select.append(el("option", {}, m));
+    if (state.signed_in_as !== null) {
+      $("#signed-in-as").textContent = state.signed_in_as;
+      $("#logout-form").hidden = false;
+    }
     setStatus("ok", "live · " + new Date(state.time * 1000).toLocaleTimeString());
     document.body.dataset.updated = String(state.time);
   } catch (err) {
     setStatus("error", "no data: " + err.message);
   }
 }
-
-$("#key-form").addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  apiKey = $("#api-key").value.trim();
-  sessionStorage.setItem("inferoute-key", apiKey);
-  $("#key-form").hidden = true;
-  poll();
-});
 
 const conversation = [];
 $("#chat-form").addEventListener("submit", async (ev) => {
@@ -135,9 +129,9 @@ $("#chat-form").addEventListener("submit", async (ev) => {
   $("#chat-send").disabled = true;
   let answer = "";
   try {
-    const resp = await fetch("/v1/chat/completions", {
+    const resp = await fetch("/dashboard/chat", {
       method: "POST",
-      headers: { "Content-Type": "application/json", ...authHeaders() },
+      headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ model: $("#chat-model").value, messages: conversation, stream: true, max_tokens: 64 }),
     });
     if (!resp.ok) {
