@@ -141,23 +141,28 @@ def test_fault_update_rejects_bad_settings_atomically(patch):
 
 # -- KV events --------------------------------------------------------------------------------
 
-def test_kv_event_batch_is_vllm_tagged_arrays():
+def test_kv_event_batch_is_vllm_032_tagged_maps():
     events = [BlockStored([11, 12], None, list(range(32)), 16, None),
-              BlockStored([13], 12, list(range(32, 48)), 16, 3),
+              BlockStored([13], 12, list(range(32, 48)), 16, 3, lora_name="a1"),
               BlockRemoved([11]), AllBlocksCleared()]
     batch = msgpack.unpackb(encode_batch(events, 12.5, 0), raw=False)
+    base = {"block_size": 16, "medium": "GPU", "group_idx": 0}
     assert batch == [12.5, [
-        ["BlockStored", [11, 12], None, list(range(32)), 16, None, "GPU"],
-        ["BlockStored", [13], 12, list(range(32, 48)), 16, 3, "GPU"],
-        ["BlockRemoved", [11], "GPU"],
-        ["AllBlocksCleared"]], 0]
+        {"type": "BlockStored", "block_hashes": [11, 12], "parent_block_hash": None,
+         "token_ids": list(range(32)), "lora_id": None, "lora_name": None,
+         "extra_keys": [None, None], **base},
+        {"type": "BlockStored", "block_hashes": [13], "parent_block_hash": 12,
+         "token_ids": list(range(32, 48)), "lora_id": 3, "lora_name": "a1",
+         "extra_keys": [["a1"]], **base},
+        {"type": "BlockRemoved", "block_hashes": [11], "medium": "GPU", "group_idx": 0},
+        {"type": "AllBlocksCleared"}], 0]
     assert topic_for("10.0.0.1", 8000, "m") == "kv@10.0.0.1:8000@m"
 
 
 def test_large_block_hashes_survive_msgpack():
     h = 2**64 - 5
     batch = msgpack.unpackb(encode_batch([BlockRemoved([h])], 1.0), raw=False)
-    assert batch[1][0][1] == [h]
+    assert batch[1][0]["block_hashes"] == [h]
 
 
 # -- metrics ----------------------------------------------------------------------------------
