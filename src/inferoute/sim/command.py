@@ -78,9 +78,10 @@ def register(subparsers: Any) -> None:
     c.add_argument("--steps", type=int, default=2000,
                    help="engine steps timed for the speed line (2000)")
     c.add_argument("--no-speed", action="store_true", help="skip timing the engine itself")
-    c.add_argument("--from", dest="from_url", metavar="URL",
+    c.add_argument("--from", dest="from_url", metavar="URL", action="append",
                    help="measure the OpenAI/vLLM server at URL and write a fitted profile "
-                        "(the model's shape from --model-config, else from --profile)")
+                        "(the model's shape from --model-config, else from --profile); once "
+                        "per replica of a fleet sharing one host: all measured at once")
     c.add_argument("--model-config", metavar="PATH",
                    help="with --from: the model's Hugging Face config.json (or its directory)")
     c.add_argument("--served-model", metavar="NAME",

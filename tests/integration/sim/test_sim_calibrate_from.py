@@ -39,6 +39,25 @@ def test_calibrate_from_a_live_server_writes_a_loadable_profile(tmp_path: Path):
     assert out.read_text().startswith("# Fitted by `inferoute sim calibrate --from")
 
 
+def test_calibrate_from_every_replica_at_once_pools_their_points(tmp_path: Path):
+    sim = start_sim("--profile", "tiny", replicas=2)
+    out = tmp_path / "fitted.yaml"
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "inferoute", "sim", "calibrate", "--from", sim.url(0),
+             "--from", sim.url(1), "--lengths", "16,64", "--batches", "1,2", "--repeats", "1",
+             "--decode-tokens", "12", "--max-num-batched-tokens", "128", "--max-num-seqs", "8",
+             "--profile", "tiny", "-o", str(out)], capture_output=True, text=True, timeout=120)
+    finally:
+        sim.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    # each replica's two prefill and three decode points (two contexts, batches 1 and 2 at the
+    # short one), all in one fit
+    assert r.stdout.count("TTFT, ") == 4 and r.stdout.count("decode step, batch") == 6
+    assert f"--from {sim.url(0)} --from {sim.url(1)}" in out.read_text().splitlines()[0]
+    assert load_profile(str(out)).num_blocks == load_profile("tiny").num_blocks
+
+
 def test_calibrate_from_nothing_listening_is_a_clean_error():
     from inferoute.procs import free_port
 
