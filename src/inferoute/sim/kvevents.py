@@ -17,7 +17,9 @@ Wire format, as vLLM 0.32's ZmqEventPublisher sends it (vllm/distributed/kv_even
 Older vLLM servers sent tagged arrays and replied to replay without the topic frame; the
 gateway's subscriber reads both (datalayer/kvdecode.py), the simulator speaks the current one.
 One batch is published per engine step that produced events. The replay buffer keeps the
-last `buffer_steps` batches.
+last `buffer_steps` batches. As in vLLM, the PUB socket binds by default (subscribers connect)
+or, given `connect` (vLLM's `endpoint` without a `*`), connects to a subscriber that binds; the
+replay socket always binds.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class KVEventPublisher:
     """PUB + replay ROUTER sockets of one replica; `publish` is called from the event loop."""
 
     def __init__(self, *, host: str, pub_port: int, replay_port: int | None, topic: str,
-                 buffer_steps: int = 10_000, hwm: int = 100_000, dp_rank: int = 0) -> None:
+                 buffer_steps: int = 10_000, hwm: int = 100_000, dp_rank: int = 0,
+                 connect: str | None = None) -> None:
         self.host = host
         self.topic = topic
         self._topic = topic.encode()
@@ -86,7 +89,12 @@ class KVEventPublisher:
         self._pub = zmq.Context.instance().socket(zmq.PUB)
         self._pub.setsockopt(zmq.SNDHWM, hwm)
         self._pub.setsockopt(zmq.LINGER, 0)
-        self.pub_port = self._bind(self._pub, pub_port)
+        self.connect = connect
+        if connect is None:
+            self.pub_port: int | None = self._bind(self._pub, pub_port)
+        else:
+            self._pub.connect(connect)
+            self.pub_port = None
         self._replay: zmq.asyncio.Socket | None = None
         self.replay_port: int | None = None
         if replay_port is not None:
@@ -105,7 +113,9 @@ class KVEventPublisher:
 
     @property
     def pub_endpoint(self) -> str:
-        return f"tcp://{self.host}:{self.pub_port}"
+        """Where subscribers meet this publisher (its bound port, or the address it connects
+        to)."""
+        return self.connect or f"tcp://{self.host}:{self.pub_port}"
 
     @property
     def replay_endpoint(self) -> str | None:

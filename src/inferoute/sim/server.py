@@ -59,6 +59,8 @@ class ReplicaConfig:
     loras: list[str] = field(default_factory=list)
     kv_events: bool = False
     kv_pub_port: int = 0
+    #: connect the PUB socket here (a subscriber binds) instead of binding kv_pub_port
+    kv_connect: str | None = None
     kv_replay_port: int | None = None
     faults: FaultSettings = field(default_factory=FaultSettings)
 
@@ -110,7 +112,8 @@ class Replica:
         if cfg.kv_events:
             self.publisher = KVEventPublisher(
                 host=cfg.host, pub_port=cfg.kv_pub_port, replay_port=cfg.kv_replay_port,
-                topic=topic_for(_advertised_host(cfg.host), cfg.port, cfg.model))
+                topic=topic_for(_advertised_host(cfg.host), cfg.port, cfg.model),
+                connect=cfg.kv_connect)
         self.runner: EngineRunner | None = None
         self.faults = FaultInjector(cfg.faults, seed=cfg.seed + cfg.index)
         self.extra_ttft = 0.0
