@@ -11,7 +11,11 @@ import aiohttp
 
 from inferoute.core.endpoint import parse_endpoint
 from inferoute.core.kvindex import KVBlockIndex
-from inferoute.datalayer.kvevents import KVEventManager, KVEventsConfig, endpoint_for_topic
+from inferoute.datalayer.kvevents import (
+    KVEventManager,
+    KVEventsConfig,
+    endpoint_for_topic,
+)
 from inferoute.procs import ChildProcess
 
 from .conftest import free_ports, until
@@ -36,10 +40,9 @@ async def _heard(cond: Callable[[], bool], timeout: float = 1.0) -> bool:
 
 
 async def _complete(url: str, prompt: str) -> None:
-    async with aiohttp.ClientSession() as s:
-        async with s.post(url + "/v1/completions",
-                          json={"model": "M", "prompt": prompt, "max_tokens": 2}) as r:
-            assert r.status == 200
+    body = {"model": "M", "prompt": prompt, "max_tokens": 2}
+    async with aiohttp.ClientSession() as s, s.post(url + "/v1/completions", json=body) as r:
+        assert r.status == 200
 
 
 async def test_engines_connect_to_the_pools_bound_socket():

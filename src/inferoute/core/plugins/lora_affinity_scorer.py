@@ -21,7 +21,8 @@ No parameters.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..endpoint import Endpoint, EndpointMetrics
 from ..request import InferenceRequest
@@ -29,7 +30,7 @@ from ..scheduling.framework import CycleContext
 from ..scheduling.registry import register
 from .common import BasePlugin
 
-__all__ = ["lora_affinity", "reported_loras", "LoraAffinityScorer"]
+__all__ = ["LoraAffinityScorer", "lora_affinity", "reported_loras"]
 
 ACTIVE, FREE_SLOT, WAITING, NONE = 1.0, 0.8, 0.6, 0.0
 #: requests the scorer remembers as in flight (a shell that never reports a finish must not
