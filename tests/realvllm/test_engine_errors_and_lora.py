@@ -93,9 +93,8 @@ async def test_adapter_requests_follow_the_replica_running_it(gateway: Gateway,
     long = {"model": LORA, "prompt": words(11, 20), "max_tokens": 1500, "stream": True,
             "ignore_eos": True}
     async with aiohttp.ClientSession() as s:
-        # vLLM refreshes lora_requests_info only with the scheduler stats of an engine step, so
-        # an idle replica can go on listing the adapter of a request that finished (here: the
-        # tests above) as running; a base-model step on each replica brings it up to date
+        # every replica idle and its page's newest lora_requests_info series empty before the
+        # adapter's long request starts (a base-model step on each replica makes sure)
         for r in engines.replicas:
             async with s.post(r.url + "/v1/completions",
                               json={"model": MODEL, "prompt": words(10, 8), "max_tokens": 1}) as x:
@@ -120,3 +119,32 @@ async def test_adapter_requests_follow_the_replica_running_it(gateway: Gateway,
             first.close()
     # every one went where the adapter runs (score 1) rather than to a free slot (0.8)
     assert served == [holder.name] * 4, (served, holder.name)
+
+
+async def test_a_finished_adapter_stays_on_the_page_but_not_as_running(engines: Engines):
+    """vLLM 0.32 keeps every past label set of lora_requests_info on the page, valued with the
+    time it was last reported, and lists an adapter with running requests as waiting too; the
+    newest series is the current one, and the parser reads that."""
+    r = engines.replicas[0]
+    async with aiohttp.ClientSession() as s:
+        long = {"model": LORA, "prompt": words(21, 20), "max_tokens": 1500, "stream": True,
+                "ignore_eos": True}
+        async with s.post(r.url + "/v1/completions", json=long) as resp:
+            assert resp.status == 200
+            await resp.content.readline()
+            await until(lambda: LORA in running_loras(r.url))
+            busy = _lora_page(r.url)
+            assert busy.running == 1 and busy.waiting_loras == (LORA,)   # "waiting" too
+        async with s.post(r.url + "/v1/completions",
+                          json={"model": MODEL, "prompt": words(22, 8), "max_tokens": 1}) as x:
+            assert x.status == 200
+    await until(lambda: _lora_page(r.url).running == 0 and not running_loras(r.url))
+    with urllib.request.urlopen(r.url + "/metrics", timeout=10) as page:
+        series = [line for line in page.read().decode().splitlines()
+                  if line.startswith("vllm:lora_requests_info{")]
+    assert any(f'running_lora_adapters="{LORA}"' in line for line in series), series
+
+
+def _lora_page(url: str):  # type: ignore[no-untyped-def]
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        return parse_metrics(r.read().decode(), "vllm")

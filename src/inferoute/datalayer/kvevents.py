@@ -18,6 +18,13 @@ endpoint's host, vLLM's usual choice; `pubPortOffset`/`replayPortOffset` derive 
 the endpoint's HTTP port instead, as for several simulated replicas on one host. vLLM serves
 replay only when started with a `replay_endpoint`; without one set `replayPort: null` (a replay
 request to a silent port costs `replayTimeout` before the subscriber gives up on it).
+
+The other way round (`bind: tcp://HOST:PORT`): the pool binds one SUB socket and the engines
+connect to it (vLLM's `endpoint` without a `*`, `inferoute sim --kv-events-connect`). Every
+message's topic then tells whose it is: `kv@<host:port>@<model>` (llm-d's convention, and
+`inferoute sim`'s) or the endpoint's `host:port` alone; each endpoint keeps its own sequence
+numbers and replay socket, so gaps, restarts and late starts are handled as above. A message
+whose topic names no endpoint of the pool is counted and dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pydantic
 import zmq
@@ -40,6 +47,7 @@ from ..core.scheduling.config import parse_duration
 from .kvdecode import EventBatch, KVDecodeError, decode_batch, decode_event
 
 __all__ = ["KVEventSubscriber", "KVEventManager", "KVEventsConfig", "SequenceTracker",
+           "endpoint_for_topic",
            "SeqAction", "SubscriberStats", "EventBatch", "KVDecodeError", "decode_batch",
            "decode_event", "END_SEQ"]
 
@@ -103,6 +111,15 @@ class KVEventsConfig(pydantic.BaseModel):
     replay_port_offset: int | None = pydantic.Field(None, alias="replayPortOffset")
     topic: str = ""
     replay_timeout: float = pydantic.Field(1.0, alias="replayTimeout", gt=0, le=60)
+    #: bind this address and let the engines connect (None: connect to each engine)
+    bind: str | None = None
+
+    @pydantic.field_validator("bind")
+    @classmethod
+    def _bind_address(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"bind {v!r} must be a ZMQ address such as tcp://0.0.0.0:5557")
+        return v
 
     @pydantic.field_validator("replay_timeout", mode="before")
     @classmethod
@@ -140,14 +157,19 @@ class SubscriberStats:
     errors: list[str] = field(default_factory=list)
 
 
+#: messages a fed subscriber holds before it drops (a drop is a gap the replay then fills)
+FEED_LIMIT = 100_000
+
+
 class KVEventSubscriber:
     """Consumes one endpoint's KV events into `index` under the endpoint's name.
 
     `start()` inside a running loop, `await stop()` to end. `on_apply` (optional) is called after
-    each applied batch, e.g. to wake a waiter in tests.
+    each applied batch, e.g. to wake a waiter in tests. Without a `pub_address` it has no socket
+    of its own: the pool's bound socket hands it the endpoint's messages (`feed`).
     """
 
-    def __init__(self, endpoint: str, index: KVBlockIndex, pub_address: str,
+    def __init__(self, endpoint: str, index: KVBlockIndex, pub_address: str | None,
                  replay_address: str | None = None, *, topic: str = "",
                  replay_timeout: float = 1.0, clock: Callable[[], float] = time.monotonic,
                  on_apply: Callable[[int], None] | None = None) -> None:
@@ -163,19 +185,29 @@ class KVEventSubscriber:
         self.tracker = SequenceTracker()
         self._ctx = zmq.asyncio.Context.instance()
         self._sub: zmq.asyncio.Socket | None = None
+        self._fed: asyncio.Queue[list[bytes]] = asyncio.Queue(FEED_LIMIT)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is not None:
             return
-        sub = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 100_000)
-        sub.setsockopt(zmq.SUBSCRIBE, self.topic)
-        sub.connect(self.pub_address)
-        self._sub = sub
+        if self.pub_address is not None:
+            sub = self._ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RCVHWM, 100_000)
+            sub.setsockopt(zmq.SUBSCRIBE, self.topic)
+            sub.connect(self.pub_address)
+            self._sub = sub
         self._task = asyncio.get_running_loop().create_task(self._run(),
                                                             name=f"kv-events {self.endpoint}")
+
+    def feed(self, frames: list[bytes]) -> None:
+        """A message of this endpoint from the pool's bound socket (handled in order after the
+        catch-up; dropped when FEED_LIMIT are waiting, which the next message sees as a gap)."""
+        try:
+            self._fed.put_nowait(frames)
+        except asyncio.QueueFull:
+            self.stats.malformed += 1
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -186,10 +218,10 @@ class KVEventSubscriber:
             self._sub = None
 
     async def _run(self) -> None:
-        assert self._sub is not None
         await self.catch_up()
         while True:
-            frames = await self._sub.recv_multipart()
+            frames = await (self._sub.recv_multipart() if self._sub is not None
+                            else self._fed.get())
             try:
                 await self.handle(frames)
             except asyncio.CancelledError:
@@ -324,13 +356,32 @@ class KVEventSubscriber:
 
 # -- one pool's subscribers ----------------------------------------------------------------------
 
+def endpoint_for_topic(topic: str, names: Iterable[str]) -> str | None:
+    """The endpoint (by `host:port` name) a bound socket's message belongs to: the middle of
+    `kv@<host:port>@<model>`, or the whole topic; a bare `host` matches when one endpoint has
+    it. None when no endpoint matches."""
+    parts = topic.split("@")
+    key = parts[1] if len(parts) >= 3 and parts[0] == "kv" else topic
+    names = list(names)
+    if key in names:
+        return key
+    on_host = [n for n in names if n.rpartition(":")[0].strip("[]") == key.strip("[]")]
+    return on_host[0] if len(on_host) == 1 else None
+
+
 class KVEventManager:
-    """The subscribers of one pool: `add(endpoint)`, `remove(name)`, `await close()`."""
+    """The subscribers of one pool: `add(endpoint)`, `remove(name)`, `await close()`.
+
+    With `bind` in the config it owns the pool's bound SUB socket and hands every message to
+    the subscriber its topic names (`unrouted` counts those that name none)."""
 
     def __init__(self, index: KVBlockIndex, config: KVEventsConfig) -> None:
         self.index = index
         self.config = config
         self.subscribers: dict[str, KVEventSubscriber] = {}
+        self.unrouted = 0
+        self._bound: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.Task[None] | None = None
 
     def add(self, ep: Endpoint) -> KVEventSubscriber | None:
         if not self.config.enabled:
@@ -338,12 +389,44 @@ class KVEventManager:
         sub = self.subscribers.get(ep.name)
         if sub is None:
             pub, replay = self.config.addresses(ep)
+            if self.config.bind is not None:
+                self._bind()
+                pub = None
             sub = KVEventSubscriber(ep.name, self.index, pub, replay, topic=self.config.topic,
                                     replay_timeout=self.config.replay_timeout)
             self.subscribers[ep.name] = sub
             sub.start()
-            log.info("subscribed to KV events of %s at %s (replay %s)", ep.name, pub, replay)
+            log.info("subscribed to KV events of %s at %s (replay %s)", ep.name,
+                     pub or f"{self.config.bind} (bound)", replay)
         return sub
+
+    def _bind(self) -> None:
+        if self._bound is not None:
+            return
+        sock = zmq.asyncio.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.SUBSCRIBE, self.config.topic.encode())
+        sock.bind(self.config.bind)
+        self._bound = sock
+        self._reader = asyncio.get_running_loop().create_task(self._route(sock),
+                                                              name="kv-events bound")
+        log.info("KV events: bound %s for the engines to connect to", self.config.bind)
+
+    async def _route(self, sock: zmq.asyncio.Socket) -> None:
+        warned: set[str] = set()
+        while True:
+            frames = await sock.recv_multipart()
+            topic = frames[0].decode("utf-8", "replace") if frames else ""
+            name = endpoint_for_topic(topic, self.subscribers)
+            if name is None:
+                self.unrouted += 1
+                if topic not in warned and len(warned) < 100:
+                    warned.add(topic)
+                    log.warning("KV events: topic %r names no endpoint of the pool; dropped",
+                                topic)
+                continue
+            self.subscribers[name].feed(frames)
 
     async def remove(self, name: str) -> None:
         sub = self.subscribers.pop(name, None)
@@ -355,4 +438,9 @@ class KVEventManager:
         subs = list(self.subscribers.values())
         self.subscribers.clear()
         await asyncio.gather(*(s.stop() for s in subs))
-
+        if self._reader is not None:
+            await cancel_tasks(self._reader)
+            self._reader = None
+        if self._bound is not None:
+            self._bound.close(linger=0)
+            self._bound = None

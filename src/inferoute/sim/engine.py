@@ -362,7 +362,7 @@ class Engine:
         self._materialize(seq, full * bs)
         self.kv.cache(seq.blocks[lo:full], seq.hashes[lo:full],
                       seq.hashes[lo - 1] if lo else None,
-                      seq.tokens[lo * bs:full * bs], seq.lora_id)
+                      seq.tokens[lo * bs:full * bs], seq.lora_id, seq.lora)
         seq.ncached = full
 
     def _preempt(self, seq: _Seq) -> None:

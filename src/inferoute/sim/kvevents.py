@@ -1,19 +1,25 @@
 """vLLM's KV-cache event stream for one simulated replica, over ZMQ.
 
-Wire format (as vLLM's ZmqEventPublisher sends it, vllm/distributed/kv_events.py):
+Wire format, as vLLM 0.32's ZmqEventPublisher sends it (vllm/distributed/kv_events.py):
 
 - PUB socket, every message three frames: topic (`kv@<host:port>@<model>`), an 8-byte
   big-endian sequence number (0, 1, 2, ... per publisher), and a msgpack payload
-  `[ts, [event, ...], data_parallel_rank]`;
-- events are tagged arrays: `["BlockStored", block_hashes, parent_block_hash, token_ids,
-  block_size, lora_id, medium]`, `["BlockRemoved", block_hashes, medium]`,
-  `["AllBlocksCleared"]`;
+  `[ts, [event, ...], data_parallel_rank]` (the batch is an array-like msgspec struct);
+- events are maps tagged with `type` (msgspec `tag=True`, defaults omitted), fields in the
+  struct's order: `{"type": "BlockStored", "block_hashes", "parent_block_hash", "token_ids",
+  "block_size", "lora_id", "medium", "lora_name", "extra_keys", "group_idx"}` (extra_keys: per
+  block `[lora_name]` or nil), `{"type": "BlockRemoved", "block_hashes", "medium",
+  "group_idx"}` (one hash per event, as vLLM evicts), `{"type": "AllBlocksCleared"}`;
 - a ROUTER replay socket: a client (DEALER, or REQ) sends `[b"", start_seq (8 bytes, big
-  endian)]` and receives `[b"", seq, payload]` for every buffered batch with seq >= start_seq,
-  then the end marker `[b"", (-1 as 8 signed bytes), b""]`.
+  endian)]` and receives `[b"", topic, seq, payload]` for every buffered batch with
+  seq >= start_seq, then the end marker `[b"", b"", (-1 as 8 signed bytes), b""]`.
 
+Older vLLM servers sent tagged arrays and replied to replay without the topic frame; the
+gateway's subscriber reads both (datalayer/kvdecode.py), the simulator speaks the current one.
 One batch is published per engine step that produced events. The replay buffer keeps the
-last `buffer_steps` batches.
+last `buffer_steps` batches. As in vLLM, the PUB socket binds by default (subscribers connect)
+or, given `connect` (vLLM's `endpoint` without a `*`), connects to a subscriber that binds; the
+replay socket always binds.
 """
 
 from __future__ import annotations
@@ -36,16 +42,23 @@ END_SEQ = (-1).to_bytes(8, "big", signed=True)
 MEDIUM_GPU = "GPU"
 
 
-def encode_event(ev: Any) -> list[Any]:
-    """An engine KV event (dataclass) as vLLM's tagged array."""
+def encode_event(ev: Any) -> dict[str, Any]:
+    """An engine KV event (dataclass) as vLLM 0.32's tagged map (unset optional fields
+    omitted, as msgspec's `omit_defaults` does)."""
     name = type(ev).__name__
     if name == "BlockStored":
-        return [name, list(ev.block_hashes), ev.parent_block_hash, list(ev.token_ids),
-                ev.block_size, ev.lora_id, getattr(ev, "medium", MEDIUM_GPU)]
+        lora = ev.lora_name
+        return {"type": name, "block_hashes": list(ev.block_hashes),
+                "parent_block_hash": ev.parent_block_hash, "token_ids": list(ev.token_ids),
+                "block_size": ev.block_size, "lora_id": ev.lora_id, "medium": ev.medium,
+                "lora_name": lora,
+                "extra_keys": [None if lora is None else [lora]] * len(ev.block_hashes),
+                "group_idx": 0}
     if name == "BlockRemoved":
-        return [name, list(ev.block_hashes), getattr(ev, "medium", MEDIUM_GPU)]
+        return {"type": name, "block_hashes": list(ev.block_hashes), "medium": ev.medium,
+                "group_idx": 0}
     if name == "AllBlocksCleared":
-        return [name]
+        return {"type": name}
     raise TypeError(f"unknown KV event type {name}")
 
 
@@ -63,7 +76,8 @@ class KVEventPublisher:
     """PUB + replay ROUTER sockets of one replica; `publish` is called from the event loop."""
 
     def __init__(self, *, host: str, pub_port: int, replay_port: int | None, topic: str,
-                 buffer_steps: int = 10_000, hwm: int = 100_000, dp_rank: int = 0) -> None:
+                 buffer_steps: int = 10_000, hwm: int = 100_000, dp_rank: int = 0,
+                 connect: str | None = None) -> None:
         self.host = host
         self.topic = topic
         self._topic = topic.encode()
@@ -75,7 +89,12 @@ class KVEventPublisher:
         self._pub = zmq.Context.instance().socket(zmq.PUB)
         self._pub.setsockopt(zmq.SNDHWM, hwm)
         self._pub.setsockopt(zmq.LINGER, 0)
-        self.pub_port = self._bind(self._pub, pub_port)
+        self.connect = connect
+        if connect is None:
+            self.pub_port: int | None = self._bind(self._pub, pub_port)
+        else:
+            self._pub.connect(connect)
+            self.pub_port = None
         self._replay: zmq.asyncio.Socket | None = None
         self.replay_port: int | None = None
         if replay_port is not None:
@@ -94,7 +113,9 @@ class KVEventPublisher:
 
     @property
     def pub_endpoint(self) -> str:
-        return f"tcp://{self.host}:{self.pub_port}"
+        """Where subscribers meet this publisher (its bound port, or the address it connects
+        to)."""
+        return self.connect or f"tcp://{self.host}:{self.pub_port}"
 
     @property
     def replay_endpoint(self) -> str | None:
@@ -134,9 +155,9 @@ class KVEventPublisher:
             start_seq = int.from_bytes(start, "big")
             for seq, payload in list(self._buffer):
                 if seq >= start_seq:
-                    await self._replay.send_multipart((client, b"", seq.to_bytes(8, "big"),
-                                                       payload))
-            await self._replay.send_multipart((client, b"", END_SEQ, b""))
+                    await self._replay.send_multipart((client, b"", self._topic,
+                                                       seq.to_bytes(8, "big"), payload))
+            await self._replay.send_multipart((client, b"", b"", END_SEQ, b""))
 
     async def close(self) -> None:
         if self._task is not None:

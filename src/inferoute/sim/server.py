@@ -59,6 +59,8 @@ class ReplicaConfig:
     loras: list[str] = field(default_factory=list)
     kv_events: bool = False
     kv_pub_port: int = 0
+    #: connect the PUB socket here (a subscriber binds) instead of binding kv_pub_port
+    kv_connect: str | None = None
     kv_replay_port: int | None = None
     faults: FaultSettings = field(default_factory=FaultSettings)
 
@@ -110,7 +112,8 @@ class Replica:
         if cfg.kv_events:
             self.publisher = KVEventPublisher(
                 host=cfg.host, pub_port=cfg.kv_pub_port, replay_port=cfg.kv_replay_port,
-                topic=topic_for(_advertised_host(cfg.host), cfg.port, cfg.model))
+                topic=topic_for(_advertised_host(cfg.host), cfg.port, cfg.model),
+                connect=cfg.kv_connect)
         self.runner: EngineRunner | None = None
         self.faults = FaultInjector(cfg.faults, seed=cfg.seed + cfg.index)
         self.extra_ttft = 0.0
@@ -360,7 +363,10 @@ class Replica:
             headers = {"Retry-After": str(self.faults.settings.retry_after)} \
                 if status == 429 else None
             return _error(status, f"injected fault: HTTP {status}", headers=headers)
-        delay = self.extra_ttft + (self.faults.settings.slow_delay if fault == "slow" else 0.0)
+        # the profile's front end (a fitted one: the real server's HTTP, tokenizer and first
+        # token path, far slower than this process's own), then any injected delay
+        delay = (self.engine.profile.frontend_delay(len(ids)) * self.runner.time_scale
+                 + self.extra_ttft + (self.faults.settings.slow_delay if fault == "slow" else 0.0))
         rid = uuid.uuid4().hex
         key = xxhash.xxh64_hexdigest(api.prompt_text.encode() if api.prompt_token_ids is None
                                      else orjson.dumps(ids))

@@ -13,18 +13,23 @@ from inferoute.sim.profile import load_profile
 from .conftest import start_sim
 
 
-def test_calibrate_from_a_live_server_writes_a_loadable_profile(tmp_path: Path):
-    sim = start_sim("--profile", "tiny", replicas=1)
-    out = tmp_path / "fitted.yaml"
+def _calibrate(replicas: int, lengths: str, out: Path) -> subprocess.CompletedProcess[str]:
+    """`sim calibrate` with one `--from` per replica of a live tiny `inferoute sim`."""
+    sim = start_sim("--profile", "tiny", replicas=replicas)
+    sources = [a for i in range(replicas) for a in ("--from", sim.url(i))]
     try:
-        r = subprocess.run(
-            [sys.executable, "-m", "inferoute", "sim", "calibrate", "--from", sim.url(0),
-             "--lengths", "16,64,200", "--batches", "1,2", "--repeats", "1",
+        return subprocess.run(
+            [sys.executable, "-m", "inferoute", "sim", "calibrate", *sources,
+             "--lengths", lengths, "--batches", "1,2", "--repeats", "1",
              "--decode-tokens", "12", "--max-num-batched-tokens", "128", "--max-num-seqs", "8",
-             "--profile", "tiny",
-             "-o", str(out)], capture_output=True, text=True, timeout=120)
+             "--profile", "tiny", "-o", str(out)], capture_output=True, text=True, timeout=120)
     finally:
         sim.stop()
+
+
+def test_calibrate_from_a_live_server_writes_a_loadable_profile(tmp_path: Path):
+    out = tmp_path / "fitted.yaml"
+    r = _calibrate(1, "16,64,200", out)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     # every measured point is printed beside the fitted profile's prediction; the batch of two
@@ -37,6 +42,17 @@ def test_calibrate_from_a_live_server_writes_a_loadable_profile(tmp_path: Path):
     assert p.max_num_batched_tokens == 128 and p.model == "sim-model"
     assert p.step_overhead_ms >= 0 and p.gpu_tflops > 0
     assert out.read_text().startswith("# Fitted by `inferoute sim calibrate --from")
+
+
+def test_calibrate_from_every_replica_at_once_pools_their_points(tmp_path: Path):
+    out = tmp_path / "fitted.yaml"
+    r = _calibrate(2, "16,64", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # each replica's two prefill and three decode points (two contexts, batches 1 and 2 at the
+    # short one), all in one fit
+    assert r.stdout.count("TTFT, ") == 4 and r.stdout.count("decode step, batch") == 6
+    assert out.read_text().splitlines()[0].count("--from http://127.0.0.1:") == 2
+    assert load_profile(str(out)).num_blocks == load_profile("tiny").num_blocks
 
 
 def test_calibrate_from_nothing_listening_is_a_clean_error():

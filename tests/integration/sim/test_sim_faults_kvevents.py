@@ -112,8 +112,8 @@ async def _recv_batches(sub: zmq.asyncio.Socket, want_stored_tokens: set[int],
         batch = msgpack.unpackb(payload, raw=False)
         got.append((topic, int.from_bytes(seq, "big"), batch))
         for ev in batch[1]:
-            if ev[0] == "BlockStored":
-                seen.update(ev[3])
+            if ev["type"] == "BlockStored":
+                seen.update(ev["token_ids"])
     return got
 
 
@@ -136,31 +136,40 @@ async def test_kv_events_published_and_replayed(sim):
             assert topic_b.decode() == topic
             ts, events, dp_rank = batch
             assert isinstance(ts, float) and dp_rank == 0
-        stored = [ev for _, _, b in batches for ev in b[1] if ev[0] == "BlockStored"]
-        ours = [ev for ev in stored if set(ev[3]) <= set(ids)]
+        stored = [ev for _, _, b in batches for ev in b[1] if ev["type"] == "BlockStored"]
+        ours = [ev for ev in stored if set(ev["token_ids"]) <= set(ids)]
         assert ours, stored
-        tag, hashes, parent, token_ids, block_size, lora_id, medium = ours[0]
-        assert block_size == 16 and lora_id is None and medium == "GPU"
-        assert len(token_ids) == 16 * len(hashes)
+        # vLLM 0.32's map, fields in its order (a base-model block: no LoRA, no extra keys)
+        hashes = ours[0]["block_hashes"]
+        assert list(ours[0]) == ["type", "block_hashes", "parent_block_hash", "token_ids",
+                                 "block_size", "lora_id", "medium", "lora_name", "extra_keys",
+                                 "group_idx"]
+        assert ours[0]["block_size"] == 16 and ours[0]["medium"] == "GPU"
+        assert ours[0]["lora_id"] is None and ours[0]["lora_name"] is None
+        assert ours[0]["extra_keys"] == [None] * len(hashes) and ours[0]["group_idx"] == 0
+        assert len(ours[0]["token_ids"]) == 16 * len(hashes)
         assert all(isinstance(h, int) for h in hashes)
-        all_tokens = [t for ev in ours for t in ev[3]]
+        all_tokens = [t for ev in ours for t in ev["token_ids"]]
         assert all_tokens[:32] == ids[:32]                  # the two full blocks, in order
         seqs = [seq for _, seq, _ in batches]
         assert seqs == sorted(seqs)
 
-        # replay from the first sequence number we saw: the same payloads, then the end marker
+        # replay from the first sequence number we saw: the same payloads, then the end marker,
+        # in vLLM 0.32's layout (a topic frame before the sequence number; an empty one at the
+        # end)
         dealer = ctx.socket(zmq.DEALER)
         dealer.connect(f"tcp://127.0.0.1:{sim.replay_port}")
         await dealer.send_multipart([b"", seqs[0].to_bytes(8, "big")])
         replayed: dict[int, list] = {}
         while True:
             frames = await asyncio.wait_for(dealer.recv_multipart(), 5)
-            empty, seq_b, payload = frames
+            empty, topic_b, seq_b, payload = frames
             assert empty == b""
             seq = int.from_bytes(seq_b, "big", signed=True)
             if seq == -1:
-                assert payload == b""
+                assert topic_b == b"" and payload == b""
                 break
+            assert topic_b.decode() == topic
             replayed[seq] = msgpack.unpackb(payload, raw=False)
         dealer.close(linger=0)
         for _, seq, batch in batches:
@@ -172,7 +181,7 @@ async def test_kv_events_published_and_replayed(sim):
             async with s.post(sim.url(0) + "/reset_prefix_cache") as r:
                 assert r.status == 200
             frames = await asyncio.wait_for(sub.recv_multipart(), 5)
-            assert msgpack.unpackb(frames[2], raw=False)[1] == [["AllBlocksCleared"]]
+            assert msgpack.unpackb(frames[2], raw=False)[1] == [{"type": "AllBlocksCleared"}]
             async with s.post(sim.url(0) + URL_PATH, json=body) as r:
                 assert (await r.json())["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     finally:

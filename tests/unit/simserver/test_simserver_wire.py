@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferoute.core.errors import BadRequest
+from inferoute.core.metricsparse import parse_metrics
 from inferoute.sim.blocks import AllBlocksCleared, BlockRemoved, BlockStored
 from inferoute.sim.faults import FaultInjector
 from inferoute.sim.kvevents import encode_batch, topic_for
@@ -141,23 +142,28 @@ def test_fault_update_rejects_bad_settings_atomically(patch):
 
 # -- KV events --------------------------------------------------------------------------------
 
-def test_kv_event_batch_is_vllm_tagged_arrays():
+def test_kv_event_batch_is_vllm_032_tagged_maps():
     events = [BlockStored([11, 12], None, list(range(32)), 16, None),
-              BlockStored([13], 12, list(range(32, 48)), 16, 3),
+              BlockStored([13], 12, list(range(32, 48)), 16, 3, lora_name="a1"),
               BlockRemoved([11]), AllBlocksCleared()]
     batch = msgpack.unpackb(encode_batch(events, 12.5, 0), raw=False)
+    base = {"block_size": 16, "medium": "GPU", "group_idx": 0}
     assert batch == [12.5, [
-        ["BlockStored", [11, 12], None, list(range(32)), 16, None, "GPU"],
-        ["BlockStored", [13], 12, list(range(32, 48)), 16, 3, "GPU"],
-        ["BlockRemoved", [11], "GPU"],
-        ["AllBlocksCleared"]], 0]
+        {"type": "BlockStored", "block_hashes": [11, 12], "parent_block_hash": None,
+         "token_ids": list(range(32)), "lora_id": None, "lora_name": None,
+         "extra_keys": [None, None], **base},
+        {"type": "BlockStored", "block_hashes": [13], "parent_block_hash": 12,
+         "token_ids": list(range(32, 48)), "lora_id": 3, "lora_name": "a1",
+         "extra_keys": [["a1"]], **base},
+        {"type": "BlockRemoved", "block_hashes": [11], "medium": "GPU", "group_idx": 0},
+        {"type": "AllBlocksCleared"}], 0]
     assert topic_for("10.0.0.1", 8000, "m") == "kv@10.0.0.1:8000@m"
 
 
 def test_large_block_hashes_survive_msgpack():
     h = 2**64 - 5
     batch = msgpack.unpackb(encode_batch([BlockRemoved([h])], 1.0), raw=False)
-    assert batch[1][0][1] == [h]
+    assert batch[1][0]["block_hashes"] == [h]
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -190,8 +196,9 @@ def test_metrics_exposition_parses_with_vllm_names():
             if s.name.endswith("_total")}
     assert succ == {"stop": 0, "length": 1, "abort": 0}
     lora = fams["vllm:lora_requests_info"].samples[0]
-    assert lora.labels == {"max_lora": "2", "waiting_lora_adapters": "c",
-                           "running_lora_adapters": "a,b"}
+    # as vLLM 0.32: both labels list every adapter with requests, waiting or running
+    assert lora.labels == {"max_lora": "2", "waiting_lora_adapters": "a,b,c",
+                           "running_lora_adapters": "a,b,c"}
     itl = [s for s in fams["vllm:inter_token_latency_seconds"].samples
            if s.name.endswith("_bucket")]
     assert [s.labels["le"] for s in itl][:3] == ["0.01", "0.025", "0.05"] and len(itl) == 20
@@ -203,6 +210,30 @@ def test_metrics_exposition_parses_with_vllm_names():
     assert abs(tpot["vllm:request_time_per_output_token_seconds_sum"] - 0.1) < 1e-9
     cache = fams["vllm:cache_config_info"].samples[0]
     assert cache.value == 1 and cache.labels["num_gpu_blocks"] == "64"
+
+
+def test_lora_info_keeps_past_label_sets_and_the_newest_is_current():
+    """As a real vLLM 0.32 page after an adapter's request finished: the old series stays with
+    its older time, the empty one is newer; the parser takes the newest, with the page's idle
+    request counts."""
+    state = {"st": _stats(running=1, waiting=0, running_loras=["a1"], waiting_loras=[])}
+    m = ReplicaMetrics("m", lambda: state["st"], block_size=16, num_gpu_blocks=64,
+                       max_model_len=1024, lora_enabled=True)
+    busy = parse_metrics(m.render().decode(), "vllm")
+    assert busy.running_loras == busy.waiting_loras == ("a1",)
+    state["st"] = _stats(running=0, waiting=0, running_loras=[], waiting_loras=[])
+    text = m.render().decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    series = {s.labels["running_lora_adapters"]: s.value
+              for s in fams["vllm:lora_requests_info"].samples}
+    assert set(series) == {"a1", ""} and series[""] >= series["a1"]
+    idle = parse_metrics(text, "vllm")
+    assert idle.running_loras == () and idle.running == 0
+    # an idle engine does not step: its current series keeps its time
+    again = {s.labels["running_lora_adapters"]: s.value for f in
+             text_string_to_metric_families(m.render().decode())
+             if f.name == "vllm:lora_requests_info" for s in f.samples}
+    assert again == series
 
 
 def test_metrics_without_lora_have_no_lora_info():
