@@ -9,6 +9,7 @@ itself instead of leaving a caller hanging.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import os
 import re
@@ -142,13 +143,28 @@ def wait_for_http(url: str, timeout: float = 30.0, status: int = 200,
     raise RuntimeError(f"{url} not answering {status} after {timeout:g}s (last: {last})")
 
 
+#: every ChildProcess not yet stopped (held strongly: one dropped without `stop()` must still be
+#: found at exit; pruned of exited ones on each start, so it holds only live children)
+_running: set[ChildProcess] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """At interpreter exit, stop the process group of every child still running: a run cut
+    short (a test's timeout, Ctrl-C, an exception past the `with`) leaves no server behind.
+    Its own session keeps a child out of the terminal's SIGINT, so nothing else would."""
+    for child in list(_running):
+        child.stop(timeout=5.0)
+
+
 class ChildProcess:
     """A child process whose merged stdout/stderr is read by a thread into a bounded buffer
     (the last `keep` lines), so its pipe never fills and its output can explain a failure.
 
     It runs in its own process group: `stop()` signals the whole group, so anything it spawned
-    goes too. Use it as a context manager to stop it on the way out. `preexec_fn` (e.g. CPU
-    pinning) is only safe while the caller has no other threads, i.e. for its first child.
+    goes too. Use it as a context manager to stop it on the way out; one still running when
+    the interpreter exits is stopped then. `preexec_fn` (e.g. CPU pinning) is only safe while
+    the caller has no other threads, i.e. for its first child.
     """
 
     def __init__(self, argv: list[str], *, name: str | None = None,
@@ -169,6 +185,8 @@ class ChildProcess:
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, name=f"out:{self.name}", daemon=True)
         self._reader.start()
+        _running.difference_update([c for c in _running if c.proc.poll() is not None])
+        _running.add(self)
 
     @classmethod
     def inferoute(cls, *args: str, **kw: object) -> ChildProcess:
@@ -246,6 +264,7 @@ class ChildProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         """Send `sig` to the child's process group, wait up to `timeout` s, then kill the
         group; the exit code (negative: killed by that signal)."""
+        _running.discard(self)
         if self.proc.poll() is None:
             self._signal_group(sig)
             try:

@@ -45,3 +45,46 @@ def test_stop_ends_a_child_that_ignores_sigterm() -> None:
     child.wait_for_line("up", timeout=20)
     child.stop(timeout=1)
     assert not child.alive()
+
+
+
+_LEAVER = """
+import os, subprocess, sys, time
+from inferoute.procs import ChildProcess
+
+pids = sys.argv[1]
+if len(sys.argv) > 2:  # the child: start a grandchild, say both pids, wait
+    g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open(pids + ".tmp", "w") as fh:
+        fh.write(f"{os.getpid()} {g.pid}")
+    os.rename(pids + ".tmp", pids)
+    time.sleep(600)
+else:  # the parent: start the child, wait for its pids, exit without stopping it
+    c = ChildProcess([sys.executable, __file__, pids, "child"], name="left")
+    while not os.path.exists(pids):
+        time.sleep(0.02)
+"""
+
+
+def test_children_left_running_are_stopped_when_the_interpreter_exits(tmp_path) -> None:
+    """A parent that exits without stopping its child (a test cut short by its timeout, an
+    exception past the `with`) leaves nothing behind: the exit hook stops the child's group,
+    grandchildren included."""
+    import subprocess
+    script, pids = tmp_path / "leaver.py", tmp_path / "pids"
+    script.write_text(_LEAVER)
+    subprocess.run([sys.executable, str(script), str(pids)], check=True, timeout=120)
+    # the parent has exited, and its exit hook waited for the group to go
+    for pid in map(int, pids.read_text().split()):
+        assert _gone(pid), pid
+
+
+def _gone(pid: int) -> bool:
+    """`pid` has exited (reaped, or a zombie waiting for its reaper)."""
+    import os
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1].startswith("Z")
+    except (ProcessLookupError, FileNotFoundError):
+        return True
