@@ -12,6 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+
 from inferoute.procs import free_port
 
 from reliability_kit import (
@@ -162,6 +164,9 @@ def test_stale_metrics_replica(harness):
     assert_books_closed(gw.url)
 
 
+# real processes slowed 1000-fold, then drained at 10x: minutes on a starved host; the cap
+# catches a hang, not slowness
+@pytest.mark.timeout(600)
 def test_all_replicas_saturated(harness):
     """Every replica full and the gateway's queue holding the rest: sheddable requests get 429
     with Retry-After, every other request completes. The replicas are slowed 1000-fold while
@@ -171,7 +176,9 @@ def test_all_replicas_saturated(harness):
     admission = {"objectives": [{"name": "critical", "priority": 10},
                                 {"name": "standard", "priority": 0},
                                 {"name": "sheddable", "priority": -1}],
-                 "flowControl": {"ttl": "120s", "retryAfter": "1s"}}
+                 "flowControl": {"ttl": "300s", "retryAfter": "1s"},
+                 # a starved host scrapes late: this tests shedding, not staleness
+                 "saturationDetector": {"metricsStalenessThreshold": "2s"}}
     gw = harness.serve(_pool(urls, admission=admission), "--log-level", "error")
     wait_ready(gw.url, MODEL, 2)
 
@@ -196,17 +203,19 @@ def test_all_replicas_saturated(harness):
 
     scale(1000)
     with ThreadPoolExecutor(48) as pool:
-        fill = [pool.submit(one, i, "standard") for i in range(32)]  # 2 x 8 seqs + queues
-        wait_for("the pool never saturated", lambda: queued() > 0)
-        # the backlog must outlive a scrape to count as saturation (the replicas' own queues
-        # stay short): wait until every replica was scraped again since (two scrapes started)
-        seen = _scrapes_started(gw.url)
-        wait_for("the replicas were not scraped again", lambda: min(
-            n - seen.get(ep, 0) for ep, n in _scrapes_started(gw.url).items()) >= 2)
-        mixed = [pool.submit(one, 100 + i, ("critical", "sheddable")[i % 2]) for i in range(16)]
-        shed_side = mixed[1::2]
-        wait_for("nothing was shed", lambda: any(f.done() for f in shed_side))
-        scale(10)
+        try:
+            fill = [pool.submit(one, i, "standard") for i in range(32)]  # 2 x 8 seqs + queues
+            wait_for("the pool never saturated", lambda: queued() > 0)
+            # the backlog must outlive a scrape to count as saturation (the replicas' own queues
+            # stay short): wait until every replica was scraped again since (two scrapes started)
+            seen = _scrapes_started(gw.url)
+            wait_for("the replicas were not scraped again", lambda: min(
+                n - seen.get(ep, 0) for ep, n in _scrapes_started(gw.url).items()) >= 2)
+            mixed = [pool.submit(one, 100 + i, ("critical", "sheddable")[i % 2])
+                     for i in range(16)]
+            wait_for("nothing was shed", lambda: any(f.done() for f in mixed[1::2]))
+        finally:
+            scale(10)  # the queue drains (and a failed wait leaves nothing frozen behind it)
         results = [f.result() for f in fill + mixed]
 
     for objective, o in results:
