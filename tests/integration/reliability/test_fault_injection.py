@@ -205,7 +205,12 @@ def test_all_replicas_saturated(harness):
     with ThreadPoolExecutor(48) as pool:
         try:
             fill = [pool.submit(one, i, "standard") for i in range(32)]  # 2 x 8 seqs + queues
-            wait_for("the pool never saturated", lambda: queued() > 0)
+            # saturated: the gateway queues, or every replica's own queue is past the
+            # detector's default depth (5; which of the two comes first depends on when the
+            # gateway's scrapes saw the replicas fill)
+            wait_for("the pool never saturated", lambda: queued() > 0 or all(
+                (metric_value(get(u + "/metrics").text, "vllm:num_requests_waiting") or 0) >= 5
+                for u in urls))
             # the backlog must outlive a scrape to count as saturation (the replicas' own queues
             # stay short): wait until every replica was scraped again since (two scrapes started)
             seen = _scrapes_started(gw.url)
