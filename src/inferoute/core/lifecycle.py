@@ -20,8 +20,12 @@ benchmark (`bench/des.py`) drive it. It owns, in order:
              (failure, back-off, wrong model), then SendUpstream to the plan's next endpoint or
              Respond(error); `final=True` (the picker: Envoy already relays the answer) only
              tells health
-    first_byte -> Router.first_token; body_chunk -> Relay(whole SSE events), usage read once
-    end -> Finish(usage) and Router.finish; client_gone / close -> Finish, the queue slot or
+    first_byte -> Router.first_token and the relay set up (`core/relay.py`); body_chunk ->
+             Relay(what the client gets: whole SSE events, the client's model name written
+             back, the injected usage chunk dropped), usage read once on the way
+    end -> Relay(the rest), Finish(usage) and Router.finish; a failure once bytes reached the
+             client -> Relay(an error event that ends the stream), or nothing for a plain body
+             (the shell cuts the connection), and Finish; client_gone / close -> Finish, the queue slot or
              the endpoint released, exactly once
 
 What stays in a shell is I/O by nature: reading bytes, connecting, timeouts, waiting on the
@@ -56,11 +60,12 @@ from .errors import (
     NoEndpointAvailable,
     UpstreamError,
 )
+from .relay import ResponseRelay
 from .request import ApiKind, InferenceRequest, decode_body, parse_request
 from .retryplan import AttemptPlan, RetryPolicy, Verdict, judge, needs_head
 from .router import Decision, ModelPool, Router
 from .selection import CandidateSelector
-from .sse import UsageTracker, error_event, split_events
+from .sse import UsageTracker
 
 __all__ = ["Action", "AdmissionControl", "Finish", "Phase", "Relay", "RequestLifecycle",
            "Respond", "RetryPolicy", "SendUpstream", "Wait"]
@@ -125,7 +130,8 @@ class Phase(Enum):
 class RequestLifecycle:
     """One request from its body to its end (see the module docstring)."""
 
-    __slots__ = ("_allowed", "_held", "_last", "_parsed_body", "_raw", "_tracker", "admission",
+    __slots__ = ("_allowed", "_last", "_parsed_body", "_raw", "_relay", "_told", "_tracker",
+                 "admission",
                  "attempt", "body", "decision", "default_model", "defer_hooks", "inject_usage",
                  "phase", "plan", "pool", "rename", "request", "retry", "rewriter", "rng",
                  "router", "rules", "schedule_seconds", "selector", "status", "ticket", "timer")
@@ -168,7 +174,9 @@ class RequestLifecycle:
         self._allowed: frozenset[str] | None = None
         self._last = True
         self._tracker: UsageTracker | None = None
-        self._held = b""
+        self._relay: ResponseRelay | None = None
+        #: Router.first_token was called for the accepted answer
+        self._told = False
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -284,8 +292,7 @@ class RequestLifecycle:
             self.status = status
             self.phase = Phase.STREAMING
             if head:
-                assert self.decision is not None
-                self.router.first_token(self.decision, now)
+                self._first_token(now)
             return []
         if outcome.verdict is Verdict.WRONG_MODEL and self._last:
             # in the gateway's shape, as every later request gets it
@@ -308,34 +315,39 @@ class RequestLifecycle:
             if not retry:
                 return self._over(now, None, err, [Respond(err)])
             return self._retry(now, err, anew=self.phase is Phase.STREAMING)
-        out: list[Action] = []
-        if self._tracker is not None and self._tracker.stream:  # end the stream cleanly
-            out.append(Relay(error_event(err.to_dict())))
-        return self._over(now, None, err, out)
+        ending = self._relay.fail(err) if self._relay is not None else None
+        return self._over(now, None, err, [Relay(ending)] if ending else [])
 
-    def first_byte(self, now: float, *, stream: bool = True) -> list[Action]:
-        """The first response bytes came back (its prefill is over); `stream`: an event stream.
-        Accepts the answer when `upstream_answered` was not fed."""
+    def first_byte(self, now: float, *, stream: bool = True, plain: bool = True,
+                   keep_document: bool = False) -> list[Action]:
+        """The answer's body begins (its prefill is over; accepts the answer when
+        `upstream_answered` was not fed): `stream`, an event stream; `plain`, not
+        content-encoded (else its bytes pass through unread and unchanged); `keep_document`,
+        decode a plain JSON body at the end (`document`, for a cache)."""
         self._expect(Phase.SENDING, Phase.STREAMING)
-        assert self.decision is not None
         self.phase = Phase.STREAMING
-        self._tracker = UsageTracker(stream)
-        self.router.first_token(self.decision, now)
+        self._first_token(now)
+        self._start_relay(stream, plain, keep_document)
         return []
 
     def body_chunk(self, data: bytes, *, relay: bool = True) -> list[Action]:
-        """Response bytes: relayed in whole events (a failure can always end them cleanly);
-        `relay=False`: the shell relays them itself (the picker: Envoy does), usage is read."""
+        """Response bytes: Relay(what the client gets now, if anything); `relay=False`: the
+        shell relays them itself (the picker: Envoy does), only usage is read."""
         self._expect(Phase.STREAMING)
-        if self._tracker is None:
-            self._tracker = UsageTracker(True)
-        self._tracker.feed(data)
+        if self._relay is None:  # first_byte was not fed: an event stream, presumably
+            self._start_relay(True, True, False)
+        if self._tracker is not None:
+            self._tracker.feed(data)
         if not relay:
             return []
-        if not self._tracker.stream:
-            return [Relay(data)]
-        out, self._held = split_events(self._held + data if self._held else data)
+        assert self._relay is not None
+        out = self._relay.feed(data)
         return [Relay(out)] if out else []
+
+    @property
+    def document(self) -> dict[str, Any] | None:
+        """The decoded JSON body after `end`, when `first_byte` was asked to keep it."""
+        return self._tracker.document if self._tracker is not None else None
 
     def end(self, now: float, usage: dict[str, Any] | None = None, *,
             record: bool = True) -> list[Action]:
@@ -343,8 +355,8 @@ class RequestLifecycle:
         knows it, else it is read from the relayed bytes; `record`: tell health the outcome
         (a success unless the answer was a 5xx)."""
         self._expect(Phase.SENDING, Phase.STREAMING)
-        out: list[Action] = [Relay(self._held)] if self._held else []
-        self._held = b""
+        rest = self._relay.finish() if self._relay is not None else b""
+        out: list[Action] = [Relay(rest)] if rest else []
         if usage is None and self._tracker is not None:
             usage = self._tracker.finish()
         if record and self.status < 500:
@@ -428,8 +440,8 @@ class RequestLifecycle:
         ep, delay, self._last = self.plan.take(now, self.rng)
         self.attempt += 1
         self.phase = Phase.SENDING
-        self._tracker = None
-        self._held = b""
+        self._tracker = self._relay = None
+        self._told = False
         self.router.dispatch(self.decision, ep, now + delay)
         return SendUpstream(ep, self.body, self.attempt, delay, self._last)
 
@@ -447,6 +459,21 @@ class RequestLifecycle:
             self.rewriter = ResponseRewriter(strip_usage=up.injected, target_model=target,
                                              client_model=client)
         return up.body
+
+    def _first_token(self, now: float) -> None:
+        if not self._told:
+            assert self.decision is not None
+            self._told = True
+            self.router.first_token(self.decision, now)
+
+    def _start_relay(self, stream: bool, plain: bool, keep_document: bool) -> None:
+        if plain:
+            self._relay = ResponseRelay(stream, self.rewriter, self.rename)
+            self._tracker = UsageTracker(stream, self._relay.rewriter)
+            if keep_document and not stream:
+                self._tracker.keep_document()
+        else:  # content-encoded: passed on as it comes, nothing read
+            self._relay, self._tracker = ResponseRelay(False), None
 
     def _tell_health(self, ok: bool) -> None:
         health, mp, ep = self.selector.health, self.pool, self.endpoint

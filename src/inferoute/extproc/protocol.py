@@ -435,8 +435,8 @@ class PickerStream:
                 lc.upstream_answered(now, self.status, head=rb.body, final=True)
             if self.first_byte_at is None and rb.body:
                 self.first_byte_at = now
-                lc.first_byte(now, stream=self._sse)
-            if self._read_usage and rb.body:
+                lc.first_byte(now, stream=self._sse, plain=self._read_usage)
+            if rb.body:
                 lc.body_chunk(rb.body, relay=False)
         self.response_bytes += len(rb.body)
         if self.response_mode == FULL_DUPLEX:

@@ -54,12 +54,11 @@ from ..core.admission.flowcontrol import Ticket
 from ..core.endpoint import Endpoint
 from ..core.errors import (InferouteError, ModelNotFound, NoEndpointAvailable,
                            PayloadTooLarge, UpstreamError, UpstreamTimeout)
-from ..core.lifecycle import Action, RequestLifecycle, Respond, SendUpstream, Wait
+from ..core.lifecycle import Action, Finish, Relay, RequestLifecycle, Respond, SendUpstream, Wait
 from ..core.request import API_PATHS
 from ..core.retryplan import RetryPolicy
 from ..core.router import Decision
 from ..core.selection import CandidateSelector
-from ..core.sse import UsageTracker
 from ..datalayer.admission_driver import AdmissionDriver
 from ..datalayer.serving_config import ServingConfig
 from ..datalayer.runtime import DataLayer
@@ -68,7 +67,6 @@ from ..observability import Observability
 from .health import EndpointHealth
 from .httperrors import BodyTimeout, UnreadableBody, UnsupportedMediaType, error_body
 from .semantic import Semantic
-from .sse import ResponseRelay
 from .tenants import Tenants
 from .upstream import ConnectTimeout, UpstreamConnectionError, UpstreamPool, UpstreamResponse
 
@@ -315,10 +313,7 @@ class Proxy:
             up = flight.upstream
             if up is not None and not up.closed and flight.error_code is not None:
                 up.close()  # abort: the model server sees the disconnect and stops
-            if flight.ended:
-                lc.end(data.clock(), flight.usage, record=flight.record)
-            else:
-                lc.close(data.clock())
+            lc.close(data.clock())  # unless the relay ended it
             if flight.endpoint is not None:
                 obs.released(decision.pool.model, flight.endpoint.name)
             obs.request_finished(ireq.model, ireq.target_model,
@@ -386,31 +381,28 @@ class Proxy:
 
     async def _relay(self, flight: _Flight, request: web.Request,
                      lc: RequestLifecycle) -> web.StreamResponse:
-        """Stream the upstream response to the client, reading usage on the way."""
+        """Stream the upstream response to the client: each chunk goes to the lifecycle, what
+        it relays goes to the client."""
         upstream, ep, ireq = flight.upstream, flight.endpoint, lc.request
         assert upstream is not None and ep is not None and ireq is not None
         if upstream.status >= 400 and not _json_typed(upstream.headers):
-            return await self._wrapped_error(flight, upstream, ep)
+            return await self._wrapped_error(flight, upstream, ep, lc)
         clock = self.data.clock
         stream = "text/event-stream" in upstream.headers.get("content-type", "")
         plain = "content-encoding" not in upstream.headers
-        rename = lc.rename if plain else None
-        relay = ResponseRelay(stream, lc.rewriter if plain else None, rename)
+        collector = None
+        if self.semantic is not None and plain and upstream.status == 200 and stream:
+            collector = self.semantic.collector(ireq)
+        lc.first_byte(clock(), stream=stream, plain=plain,
+                      keep_document=self.semantic is not None and upstream.status == 200)
         out_headers = forward_response_headers(upstream.headers)
-        if rename is not None:  # the body may change length
+        if plain and lc.rename is not None:  # the body may change length
             out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-length"]
         resp = _RelayResponse(status=upstream.status, reason=upstream.reason,
                               headers=out_headers)
         resp.headers[SERVED_HEADER] = ep.name
         resp.headers.update(flight.headers)
         # prepared at the first byte for the client: until then a failure is retried elsewhere
-        tracker = UsageTracker(stream, relay.rewriter) if plain else None
-        collector = None
-        if self.semantic is not None and plain and upstream.status == 200:
-            if stream:
-                collector = self.semantic.collector(ireq)
-            elif tracker is not None:
-                tracker.keep_document()
         read = upstream.readany
         watch = _IdleWatch(self.config.upstream.idle_timeout, upstream.close)
         chunk, flight.first = flight.first, b""
@@ -419,11 +411,9 @@ class Proxy:
                 if flight.ttft is None:
                     flight.ttft = clock() - ireq.arrival_time
                 flight.nbytes += len(chunk)
-                if tracker is not None:
-                    tracker.feed(chunk)
                 if collector is not None:
                     collector.feed(chunk)
-                out = relay.feed(chunk)
+                out = _relayed(lc.body_chunk(chunk))
                 if out:
                     if not resp.prepared:
                         await resp.prepare(request)
@@ -433,7 +423,8 @@ class Proxy:
                 watch.reading = False
             if watch.fired:  # closed by the watch: the read may have ended "normally"
                 raise TimeoutError
-            out = relay.finish()
+            ended = lc.end(clock())
+            out = _relayed(ended)
             if not resp.prepared:
                 await resp.prepare(request)
             if out:
@@ -453,9 +444,8 @@ class Proxy:
                 flight.upstream, flight.error_code, flight.ttft = None, None, None
                 raise _NothingRelayed(failure)
             log.warning("upstream %s failed mid-response: %s", ep.name, type(exc).__name__)
-            lc.upstream_failed(clock(), failure)
-            ending = relay.fail(failure)
-            if ending is not None:  # an event stream: error event, [DONE], clean end
+            ending = _relayed(lc.upstream_failed(clock(), failure))
+            if ending:  # an event stream: error event, [DONE], clean end
                 await resp.write(ending)
                 await resp.write_eof()
             elif request.transport is not None:
@@ -464,13 +454,11 @@ class Proxy:
             return resp
         finally:
             watch.cancel()
-        flight.ended = True
-        if tracker is not None:
-            flight.usage = tracker.finish()
+        flight.usage = next(a.usage for a in ended if isinstance(a, Finish))
         if collector is not None:
             flight.reply = collector.reply()
-        elif tracker is not None and tracker.document:
-            flight.reply = tracker.document
+        elif lc.document:
+            flight.reply = lc.document
         if upstream.status >= 400:
             flight.error_code = str(upstream.status)
         await resp.write_eof()
@@ -478,7 +466,7 @@ class Proxy:
         return resp
 
     async def _wrapped_error(self, flight: _Flight, upstream: UpstreamResponse,
-                             ep: Endpoint) -> web.Response:
+                             ep: Endpoint, lc: RequestLifecycle) -> web.Response:
         """A model server's error that is not JSON (`404: Not Found` from a server without
         the route) as an OpenAI-style error that says which replica answered what."""
         text, chunk = b"", flight.first
@@ -492,7 +480,7 @@ class Proxy:
         upstream.close()
         flight.first = b""
         flight.error_code = str(upstream.status)
-        flight.ended, flight.record = True, False  # not an outcome for health
+        lc.end(self.data.clock(), record=False)  # not an outcome for health
         said = text[:WRAPPED_ERROR_BYTES].decode("utf-8", "replace").strip() or "(no body)"
         resp = web.Response(body=error_body(upstream.status, f"model server {ep.name} answered "
                                             f"{upstream.status}: {said}"),
@@ -504,6 +492,11 @@ class Proxy:
 def _json_typed(headers: Any) -> bool:
     ctype = headers.get("content-type", "").lower()
     return "json" in ctype or "text/event-stream" in ctype
+
+
+def _relayed(actions: list[Action]) -> bytes:
+    """The bytes the lifecycle relays to the client among `actions`."""
+    return b"".join(a.data for a in actions if isinstance(a, Relay))
 
 
 def _check(actions: list[Action]) -> SendUpstream:
@@ -590,9 +583,6 @@ class _Flight:
     ttft: float | None = None
     nbytes: int = 0
     error_code: str | None = None
-    #: the answer was relayed to its end (`record`: tell health its outcome)
-    ended: bool = False
-    record: bool = True
     #: extra response headers (semantic routing)
     headers: dict[str, str] = field(default_factory=dict)
     #: a finished 2xx reply to offer to the semantic cache

@@ -177,3 +177,47 @@ def test_other_paths_the_default_pool_and_the_proxys_subset(router) -> None:
     out.parse("completions", BODY, {}, request_id="x", now=100.0)
     (none,) = out.route(100.0, allowed=frozenset({"10.9.9.9:1"}))
     assert isinstance(none, Respond) and none.error.status == 503
+
+
+def relayed(actions: list) -> bytes:
+    return b"".join(a.data for a in actions if isinstance(a, Relay))
+
+
+def test_the_relay_writes_the_clients_model_back_and_hides_the_injected_usage(router) -> None:
+    lc, _ = start(router, body=orjson.dumps({"model": "alias", "prompt": "x", "stream": True}),
+                  inject_usage=True)
+    lc.first_byte(100.1)
+    out = relayed(lc.body_chunk(sse({"model": "m", "choices": [{"text": "a"}]})[:-1]))
+    assert out == b""  # half an event is held until it ends
+    out = relayed(lc.body_chunk(b"\n" + sse({"model": "m", "choices": [], "usage": USAGE},
+                                            b"[DONE]")))
+    ends = lc.end(100.2)
+    out += relayed(ends)
+    assert out == sse({"model": "alias", "choices": [{"text": "a"}]}, b"[DONE]")
+    assert ends[-1] == Finish(USAGE)
+
+
+def test_a_plain_body_is_renamed_whole_and_its_document_kept(router) -> None:
+    lc, _ = start(router, body=orjson.dumps({"model": "alias", "prompt": "x"}))
+    lc.first_byte(100.1, stream=False, keep_document=True)
+    body = orjson.dumps({"model": "m", "choices": [{"text": "a"}], "usage": USAGE})
+    assert relayed(lc.body_chunk(body[:9]) + lc.body_chunk(body[9:])) == b""  # held to rename
+    ends = lc.end(100.2)
+    assert orjson.loads(relayed(ends))["model"] == "alias" and ends[-1] == Finish(USAGE)
+    assert lc.document is not None and lc.document["choices"] == [{"text": "a"}]
+
+
+def test_a_compressed_body_passes_through_unread(router) -> None:
+    lc, _ = start(router, body=orjson.dumps({"model": "alias", "prompt": "x", "stream": True}))
+    lc.first_byte(100.1, plain=False)
+    gz = b"\x1f\x8b\x08\x00data: not text\n\n\x00\x01"
+    assert relayed(lc.body_chunk(gz)) == gz  # not cut into events, not renamed
+    assert lc.end(100.2) == [Finish(None)]
+
+
+def test_a_plain_body_cut_mid_way_relays_nothing_more(router) -> None:
+    lc, _ = start(router)
+    lc.first_byte(100.1, stream=False)
+    lc.body_chunk(b'{"choices": [')
+    (finish,) = lc.upstream_failed(100.2, UpstreamError("model server reset"))
+    assert isinstance(finish, Finish) and finish.error is not None  # the shell cuts the body

@@ -1,12 +1,14 @@
-"""What the client gets for each upstream chunk: `ResponseRelay` (whole SSE events, the model name
-written back when a route or alias renamed it, the gateway's injected usage chunk removed). The
-framing and the usage parsing are the core's (`inferoute.core.sse`)."""
+"""What the client gets for each upstream chunk, sans-I/O: `ResponseRelay` (whole SSE events, the
+model name written back when a route or alias renamed it, the gateway's injected usage chunk
+removed). The request lifecycle feeds it; the framing is `sse.py`'s."""
 
 from __future__ import annotations
 
-from ..core.admission.usage import ResponseRewriter, rewrite_response_model
-from ..core.errors import InferouteError
-from ..core.sse import MAX_KEEP, error_event, split_events
+from .admission.usage import ResponseRewriter, rewrite_response_model
+from .errors import InferouteError
+from .sse import MAX_KEEP, error_event, split_events
+
+__all__ = ["ResponseRelay"]
 
 
 class ResponseRelay:
