@@ -10,8 +10,9 @@ every request it routes, "end" when fresh metrics are back. Nothing left: NoEndp
 saying why when health knows (a replica serving another model).
 
 `HealthView` is what the selector, the lifecycle and the attempt plan need to know and tell
-about endpoint health; the gateway's `EndpointHealth` is one, `PoolsHealth` (here, over the
-core's `HealthTracker`, with an injected clock) another.
+about endpoint health; both shells use `datalayer/endpoint_health.py`'s `EndpointHealth` (it
+reads what each replica serves), `PoolsHealth` (here, over the core's `HealthTracker`, with an
+injected clock) serves where nothing can be read (unit tests, an embedding without I/O).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class HealthView(Protocol):
 
 
 class PoolsHealth:
-    """A `HealthView` over one core `HealthTracker` per pool, for a shell that reads no
-    `/v1/models` (the picker): a replica that answered 404 for its pool's model is skipped for
+    """A `HealthView` over one core `HealthTracker` per pool, for a user that reads no
+    `/v1/models`: a replica that answered 404 for its pool's model is skipped for
     `BACK_OFF_MAX` seconds, as it may be fixed without anyone telling."""
 
     def __init__(self, router: Router, clock: Callable[[], float],

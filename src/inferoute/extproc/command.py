@@ -26,8 +26,9 @@ from ..configfiles import load_admission_config
 from ..core.admission import AdmissionConfig
 from ..core.errors import ConfigError
 from ..core.scheduling.config import parse_duration
-from ..core.selection import CandidateSelector, PoolsHealth
+from ..core.selection import CandidateSelector
 from ..datalayer.admission_driver import AdmissionDriver
+from ..datalayer.endpoint_health import EndpointHealth
 from ..datalayer.precise_flags import add_precise_flags, apply_precise_flags
 from ..datalayer.serving_config import (ServingConfig, apply_ops_args, config_from_args,
                                         parse_serving_config)
@@ -149,10 +150,14 @@ class EppApp:
             max_body_bytes=args.max_body_bytes or config.max_body_bytes,
             fallbacks=max(0, args.fallbacks), assumed_mode=MODE_NAMES[args.body_mode])
         self.admission = AdmissionDriver(admission, self.data)
-        # Envoy reports the answers (429/503 back-pressure, a wrong-model 404): health keeps
-        # them for later picks; the all-stale fallback as in the gateway
+        # the gateway's endpoint health: what each replica serves (its /v1/models, read at
+        # start, every few seconds and when a scrape names another model) and the answers
+        # Envoy reports (429/503 back-pressure, 5xx outliers, a wrong-model 404) decide which
+        # endpoints later picks may use; the all-stale fallback as in the gateway
+        self.endpoint_health = EndpointHealth(self.data, config.health.outlier,
+                                              config.health.active)
         selector = CandidateSelector(
-            self.data.router, PoolsHealth(self.data.router, self.data.clock),
+            self.data.router, self.endpoint_health,
             stale_fallback=self.data.scrape, on_stale=StaleFallbackReport(self.obs.registry,
                                                                          "picker"))
         self.picker = EndpointPicker(self.data.router, settings, observer=MetricsObserver(self.obs),
@@ -172,6 +177,7 @@ class EppApp:
     async def start(self) -> None:
         args = self.args
         await self.data.start()
+        self.endpoint_health.start()
         self.admission.start()
         self._grpc, self.ports["grpc"] = await start_grpc_server(
             self.servicer, args.host, args.grpc_port)
@@ -209,6 +215,7 @@ class EppApp:
     async def stop(self) -> None:
         await self.health.set_ready(False)
         await self.admission.close()
+        await self.endpoint_health.close()
         if self.discovery is not None:
             await self.discovery.stop()
         servers = [s for s in (self._grpc, self._health_server) if s is not None]

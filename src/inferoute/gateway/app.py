@@ -25,7 +25,7 @@ from ..datalayer.admission_driver import AdmissionDriver
 from ..datalayer.serving_config import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..observability import Observability
-from .health import EndpointHealth
+from ..datalayer.endpoint_health import EndpointHealth
 from .httperrors import ConnectionBounds, GatewayRunner, error_body, raise_open_file_limit
 from .semantic import Semantic
 from .tenants import Tenants

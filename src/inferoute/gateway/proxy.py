@@ -12,14 +12,14 @@ failure or timeout, the status line with Retry-After and first bytes, a failure 
 reached the client) and carries out the next action: a retry elsewhere after the back-off it
 names, an error, or relaying the answer. Which endpoint comes next, what a 429/503 (back-pressure:
 skipped for its Retry-After), a 5xx or a 404 for the pool's own model (a replica serving another
-model: taken out until its `/v1/models` lists the model, see `health.py`) mean, the request's
-deadline (`requestTimeout`) and the all-stale fallback are the core's (`core/retryplan.py`,
-`core/selection.py`); `inferoute_stale_metrics_fallback_total{pool}` counts that fallback here.
+model: taken out until its `/v1/models` lists the model, see `datalayer/endpoint_health.py`)
+mean, the request's deadline (`requestTimeout`) and the all-stale fallback are the core's
+(`core/retryplan.py`, `core/selection.py`); `inferoute_stale_metrics_fallback_total{pool}` counts that fallback here.
 
 The answer is relayed chunk by chunk as it arrives; an event stream in whole events (the
 incomplete last event of a chunk waits for its end, so a client never sees half an event), with
-the lifecycle's response rewriter (the client's model name written back after a route or alias,
-the usage chunk hidden when the gateway asked for it); usage is read on the way (`sse.py`). The
+the lifecycle's relay (the client's model name written back after a route or alias, the usage
+chunk hidden when the gateway asked for it); usage is read on the way (`core/relay.py`). The
 client's response starts with its first byte, so until then a failure is retried elsewhere
 (the abandoned attempt's connection is closed, which vLLM takes as an abort). The last attempt's
 timeout maps to 504, its connect failure to 502, its status is relayed. After the first byte, a
@@ -64,7 +64,7 @@ from ..datalayer.serving_config import ServingConfig
 from ..datalayer.runtime import DataLayer
 from ..datalayer.stale_fallback import StaleFallbackReport
 from ..observability import Observability
-from .health import EndpointHealth
+from ..datalayer.endpoint_health import EndpointHealth
 from .httperrors import BodyTimeout, UnreadableBody, UnsupportedMediaType, error_body
 from .semantic import Semantic
 from .tenants import Tenants

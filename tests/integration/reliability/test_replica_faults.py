@@ -92,7 +92,7 @@ async def test_model_switch_is_found_on_the_next_scrape(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A replica restarted with another model is out from the next scrape that names it (and
     back when it serves the pool's model again), without the periodic /v1/models read."""
-    from inferoute.gateway import health
+    from inferoute.datalayer import endpoint_health as health
     monkeypatch.setattr(health, "MODELS_INTERVAL", 3600.0)  # only the start-up read
     good, turned = await replicas(2)
     gw = await start_gateway([good, turned], tmp_path)

@@ -1,4 +1,5 @@
-"""Endpoint health for `inferoute serve`: the core `HealthTracker` fed by real outcomes.
+"""Endpoint health for both shells (`inferoute serve`, `inferoute epp`): the core `HealthTracker`
+fed by real outcomes (the gateway's own attempts; the answers Envoy reports to the picker).
 
 Passive outlier detection is on by default: every upstream attempt is reported (`record`: a
 connect error, a timeout, a 5xx other than 503 or a mid-stream failure is a failure; a 429 or
@@ -31,7 +32,7 @@ import aiohttp
 from ..aiotasks import cancel_tasks
 from ..core.endpoint import Endpoint
 from ..core.health import ActiveCheckSpec, HealthEvent, HealthTracker, OutlierSpec
-from ..datalayer.runtime import DataLayer
+from .runtime import DataLayer
 
 log = logging.getLogger("inferoute.health")
 
