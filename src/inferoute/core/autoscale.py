@@ -75,6 +75,8 @@ OVER_SHARE = 0.1
 TREND_ERRORS = 2.0
 #: prompt-size quantiles the share over the target is averaged on
 SIZE_POINTS = 20
+#: the fewest seconds after a level shift
+MIN_SHIFT = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +201,56 @@ def _fit(points: list[tuple[float, float]]) -> _Line:
     return _Line(mx, my, slope, sxx, error)
 
 
+@dataclass(frozen=True, slots=True)
+class RateTrend:
+    """The arrival rate (per second) as a line with at most one level shift: rate(x) =
+    level + slope x + shift [x >= at], x in seconds from the first count's start."""
+
+    level: float
+    slope: float
+    shift: float = 0.0
+    #: where the shift is (None: no shift)
+    at: float | None = None
+
+    def rate(self, x: float) -> float:
+        return self.level + self.slope * x + (self.shift if self.at is not None
+                                              and x >= self.at else 0.0)
+
+
+def rate_trend(counts: list[float]) -> RateTrend:
+    """The trend of per-second arrival `counts` (the count of second i at x = i + 0.5).
+
+    A line through a window that holds a step reads the step as a trend: extrapolated a cold
+    start ahead, a step from 2 to 10 req/s asked for 15 replicas where 4 served, and the HPA
+    held them for its 300-s scale-down window. So the line may shift its level once: at the
+    second that fits the counts with the least squared error, if the shift lowers it by more
+    than 2 ln(20 n) Poisson variances (the level at which a scan of n seconds of constant
+    counts finds a shift by chance 5% of the time). The slope is fitted on the whole window:
+    a step does not tilt it, and a short tail after a shift does not make it noise. O(n):
+    adding the shift's indicator d to the line's regressors lowers the squared error by R^2 / V (R the sum of
+    the line's residuals after the shift, V the part of d the line does not explain)."""
+    n = len(counts)
+    xs = [i + 0.5 for i in range(n)]
+    mean_x, mean_y = n / 2, sum(counts) / n
+    dxx = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * y for x, y in zip(xs, counts, strict=True)) / dxx
+    residuals = [y - mean_y - slope * (x - mean_x) for x, y in zip(xs, counts, strict=True)]
+    penalty = 2 * math.log(20 * n) * max(1.0, mean_y)  # Poisson: variance = mean count
+    gain, shift, at, tail_dx, tail_r = 0.0, 0.0, n, 0.0, 0.0
+    best_dx = 0.0
+    for c in range(n - 1, 0, -1):  # the shift at second c: the tail is c..n-1
+        tail_r += residuals[c]
+        tail_dx += xs[c] - mean_x
+        m = n - c
+        v = m - m * m / n - tail_dx * tail_dx / dxx
+        if m >= MIN_SHIFT and v > 1e-9 and tail_r * tail_r / v > max(gain, penalty):
+            gain, shift, at, best_dx = tail_r * tail_r / v, tail_r / v, c, tail_dx
+    m = n - at
+    slope -= shift * best_dx / dxx
+    level = mean_y - shift * m / n - slope * mean_x
+    return RateTrend(level, slope, shift, float(at) if at < n else None)
+
+
 def _over_share(n: float, lam: float, work: float, wait_moment: float,
                 unqueued: list[float], target: float) -> float:
     """The share of requests whose TTFT exceeds `target` with `n` replicas: `unqueued` the
@@ -292,21 +344,28 @@ class PoolEstimator:
         span = min(self.spec.window, max(1.0, now - self._first_arrival))
         return sum(c for _, c in self._arrivals) / span
 
-    def forecast_rate(self, now: float, ahead: float | None = None) -> float:
-        """The arrival rate `ahead` seconds (default: `horizon`) from now, on the window's
-        trend."""
-        mean = self.arrival_rate(now)
-        if mean == 0.0 or self._first_arrival is None:
-            return mean
-        start = max(now - self.spec.window, self._first_arrival)
-        secs = math.floor(now) - math.floor(start)
-        if secs < self.spec.window / 2:  # too short a history for a trend
-            return mean
+    def _counts(self, now: float) -> list[float]:
+        """Arrivals in each whole second of the window before the current one."""
+        self._trim(now)
+        if self._first_arrival is None:
+            return []
+        first = math.floor(max(now - self.spec.window, self._first_arrival))
         counts = {int(sec): c for sec, c in self._arrivals}
-        first = math.floor(start)
-        line = _fit([(t, counts.get(t, 0)) for t in range(first, first + secs)])
+        return [counts.get(t, 0) for t in range(first, math.floor(now))]
+
+    def forecast_rate(self, now: float, ahead: float | None = None) -> float:
+        """The highest arrival rate from now to `ahead` seconds (default: `horizon`) later on
+        the line through the per-second counts with at most one level shift (`rate_trend`):
+        the rate at the end when it rises; when it falls, the rate now (a replica removed
+        goes at once, so the next sync, not a cold start, is when a falling rate is met)."""
+        mean = self.arrival_rate(now)
+        counts = self._counts(now)
+        if mean == 0.0 or len(counts) < self.spec.window / 2:  # too short for a trend
+            return mean
+        trend = rate_trend(counts)
         ahead = self.spec.horizon if ahead is None else ahead
-        return max(0.0, line.at(now + ahead))
+        x = len(counts) + (now - math.floor(now))
+        return max(0.0, trend.rate(x), trend.rate(x + ahead))
 
     def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
         """(a, b) of unqueued TTFT = a + b x uncached tokens, from the requests whose prefill
