@@ -52,7 +52,11 @@ def _configs(args: argparse.Namespace) -> list[AutoscaleConfig]:
 
 def table(results: list[AutoscaleResult], ttft_target: float) -> str:
     """Markdown: one row per run, the cheapest KV threshold that meets the target marked, and
-    how the gauge compares with it (the goal: meet the target with fewer replica-seconds)."""
+    how the gauge compares with it (the goal: meet the target with fewer replica-seconds);
+    then, as the goal cannot be read where no rule meets the target, each rule at the
+    other's cost: the fewest requests over the target of a KV threshold that used no more
+    replica-seconds than the gauge, and the fewest replica-seconds of one with no more
+    requests over."""
     kv = [r for r in results if r.rule == "kv"]
     meets = [r for r in kv if r.ttft_p90 <= ttft_target]
     best = min(meets, key=lambda r: r.replica_seconds) if meets else None
@@ -62,21 +66,48 @@ def table(results: list[AutoscaleResult], ttft_target: float) -> str:
     for r in results:
         name = ("desired-replicas gauge" if r.rule == "gauge"
                 else f"KV utilisation {r.kv_target:g}" + (" (best)" if r is best else ""))
-        over = f"{r.over_target} ({100 * r.over_target / max(1, r.requests):.1f}%)"
         lines.append(f"| {name} | {r.replica_seconds:,.0f} | {r.peak_replicas} | "
-                     f"{r.ttft_p50:.3f} | {r.ttft_p90:.3f} | {over} | {r.requests} |")
+                     f"{r.ttft_p50:.3f} | {r.ttft_p90:.3f} | {_over(r)} | {r.requests} |")
     for g in (r for r in results if r.rule == "gauge"):
         verdict = "meets" if g.ttft_p90 <= ttft_target else "misses"
         if best is None:
             lines.append(f"\ngauge: {verdict} the target; " + (
                 "no KV threshold of the sweep does" if kv else "no KV run to compare with"))
-            continue
-        edge = (" (the sweep's highest threshold: a higher one might be cheaper)"
-                if best.kv_target == max(r.kv_target or 0.0 for r in kv) else "")
-        ratio = 100 * (g.replica_seconds / best.replica_seconds - 1)
-        lines.append(f"\ngauge: {verdict} the target, {ratio:+.1f}% replica-seconds against "
-                     f"the best KV threshold ({best.kv_target:g}){edge}")
+        else:
+            edge = (" (the sweep's highest threshold: a higher one might be cheaper)"
+                    if best.kv_target == max(r.kv_target or 0.0 for r in kv) else "")
+            ratio = 100 * (g.replica_seconds / best.replica_seconds - 1)
+            lines.append(f"\ngauge: {verdict} the target, {ratio:+.1f}% replica-seconds "
+                         f"against the best KV threshold ({best.kv_target:g}){edge}")
+        if kv:
+            lines.append(_at_equal_cost(g, kv))
     return "\n".join(lines)
+
+
+def _over(r: AutoscaleResult) -> str:
+    return f"{r.over_target} ({100 * r.over_target / max(1, r.requests):.1f}%)"
+
+
+def _at_equal_cost(g: AutoscaleResult, kv: list[AutoscaleResult]) -> str:
+    """The KV sweep at the gauge's replica-seconds and at its requests over the target."""
+    cheaper = [r for r in kv if r.replica_seconds <= g.replica_seconds]
+    fewer = [r for r in kv if r.over_target <= g.over_target]
+    parts = []
+    if cheaper:
+        r = min(cheaper, key=lambda r: (r.over_target, r.replica_seconds))
+        parts.append(f"with no more replica-seconds ({g.replica_seconds:,.0f}), a KV "
+                     f"threshold has at best {_over(r)} requests over (KV {r.kv_target:g}; "
+                     f"the gauge {_over(g)})")
+    else:
+        parts.append(f"no KV threshold used as few replica-seconds ({g.replica_seconds:,.0f})")
+    if fewer:
+        r = min(fewer, key=lambda r: (r.replica_seconds, r.over_target))
+        parts.append(f"with no more requests over ({g.over_target}), a KV threshold used at "
+                     f"best {r.replica_seconds:,.0f} replica-seconds (KV {r.kv_target:g}, "
+                     f"{100 * (r.replica_seconds / g.replica_seconds - 1):+.1f}%)")
+    else:
+        parts.append(f"no KV threshold had as few requests over ({g.over_target})")
+    return "at equal cost: " + "; ".join(parts)
 
 
 def cmd_autoscale(args: argparse.Namespace) -> int:

@@ -6,9 +6,14 @@ Sans-I/O: the shells report arrivals, dispatches, first tokens and finished requ
 same way) and ask for an estimate with the time and the pool's ready endpoints. Per pool, over
 a sliding window of `W` seconds:
 
-    lambda    arrival rate (requests/s) of requests sent to the pool's replicas, `horizon` seconds
-              ahead (a replica asked for now serves that much later): the least-squares line
-              through the window's per-second counts, at now + horizon (at least 0)
+    lambda    arrival rate (requests/s) of requests sent to the pool's replicas: the line
+              through the window's per-second counts, its level shifted once where that fits
+              them better than a 5% false-alarm scan of Poisson counts allows (a step is a
+              new level, not a trend), at its highest from now to `horizon` seconds ahead (a
+              replica asked for now serves that much later; one removed goes at once); and
+              sigma, its standard error there (the line's residual scatter times the lever
+              from the window's centre). The replicas are sized for lambda + 1.28 sigma, the
+              rate's one-sided 90% bound
     u         uncached prompt tokens per request (prompt - cached tokens from usage, else
               prompt x (1 - the pool's scraped prefix-cache hit rate)): its mean, second
               moment and 20 quantiles
@@ -33,8 +38,8 @@ a sliding window of `W` seconds:
               E[w] = (lambda / N) b^2 E[u^2] / (2 (1 - rho)), with the tail
               P(w > t) = rho exp(-t rho / E[w]); the request with u uncached tokens is over
               the target T when a + b u + w > T. N_ttft is the least N at which the share over
-              T, averaged over the window's prompt sizes, is at most 10% (the target is a
-              p90), plus B s / W: the backlog B when the replicas asked for now serve (Q,
+              T at the rate lambda + 1.28 sigma, averaged over the window's prompt sizes, is
+              at most 10% (the target is a p90), plus B s / W: the backlog B when the replicas asked for now serve (Q,
               grown by what the ready replicas cannot take until then: the rate horizon / 2
               ahead less N_ready / s, over the horizon), drained over the window
     KV:       by Little's law lambda (x + D) requests are in service (x = a + b mean u), each
@@ -75,6 +80,9 @@ OVER_SHARE = 0.1
 TREND_ERRORS = 2.0
 #: prompt-size quantiles the share over the target is averaged on
 SIZE_POINTS = 20
+#: standard errors of the forecast rate the pool is sized above it (its one-sided 90% bound:
+#: the target is a p90, and a rate above the capacity is not averaged out, it queues)
+RATE_Z = 1.2816
 #: the fewest seconds after a level shift
 MIN_SHIFT = 5
 
@@ -143,6 +151,8 @@ class Estimate:
 
     desired: int
     arrival_rate: float = 0.0
+    #: the standard error of `arrival_rate` (the forecast's, from the window's scatter)
+    rate_error: float = 0.0
     unqueued_ttft: float = 0.0
     #: uncached prompt tokens/s of the unqueued TTFT line (None: no slope measured)
     prefill_speed: float | None = None
@@ -211,10 +221,38 @@ class RateTrend:
     shift: float = 0.0
     #: where the shift is (None: no shift)
     at: float | None = None
+    #: the residual variance of a count, and the regressors' moment matrix (X'X: over 1, x
+    #: and, with a shift, the indicator of x >= at), for the rate's standard error
+    variance: float = 0.0
+    moments: tuple[tuple[float, ...], ...] = ()
 
     def rate(self, x: float) -> float:
         return self.level + self.slope * x + (self.shift if self.at is not None
                                               and x >= self.at else 0.0)
+
+    def error(self, x: float) -> float:
+        """The standard error of `rate(x)`: sqrt(variance v' (X'X)^-1 v), v the regressors
+        at x; it grows with the distance from the window's centre (the slope's error times
+        the lever)."""
+        if not self.moments:
+            return 0.0
+        v = [1.0, x] + ([1.0 if x >= self.at else 0.0] if self.at is not None else [])
+        return math.sqrt(max(0.0, self.variance * _quadratic_form(self.moments, v)))
+
+
+def _quadratic_form(matrix: tuple[tuple[float, ...], ...], v: list[float]) -> float:
+    """v' M^-1 v for a small symmetric positive definite M (Gaussian elimination)."""
+    k = len(v)
+    a = [list(row) + [v[i]] for i, row in enumerate(matrix)]
+    for i in range(k):
+        for j in range(i + 1, k):
+            f = a[j][i] / a[i][i]
+            for c in range(i, k + 1):
+                a[j][c] -= f * a[i][c]
+    y = [0.0] * k
+    for i in reversed(range(k)):
+        y[i] = (a[i][k] - sum(a[i][c] * y[c] for c in range(i + 1, k))) / a[i][i]
+    return sum(vi * yi for vi, yi in zip(v, y, strict=True))
 
 
 def rate_trend(counts: list[float]) -> RateTrend:
@@ -248,7 +286,16 @@ def rate_trend(counts: list[float]) -> RateTrend:
     m = n - at
     slope -= shift * best_dx / dxx
     level = mean_y - shift * m / n - slope * mean_x
-    return RateTrend(level, slope, shift, float(at) if at < n else None)
+    sxx = dxx + n * mean_x * mean_x
+    sse = sum(r * r for r in residuals) - gain
+    if at < n:
+        tail_x = sum(xs[at:])
+        moments: tuple[tuple[float, ...], ...] = (
+            (n, n * mean_x, m), (n * mean_x, sxx, tail_x), (m, tail_x, m))
+    else:
+        moments = ((n, n * mean_x), (n * mean_x, sxx))
+    variance = max(sse, 0.0) / max(1, n - len(moments))
+    return RateTrend(level, slope, shift, float(at) if at < n else None, variance, moments)
 
 
 def _over_share(n: float, lam: float, work: float, wait_moment: float,
@@ -354,18 +401,26 @@ class PoolEstimator:
         return [counts.get(t, 0) for t in range(first, math.floor(now))]
 
     def forecast_rate(self, now: float, ahead: float | None = None) -> float:
-        """The highest arrival rate from now to `ahead` seconds (default: `horizon`) later on
-        the line through the per-second counts with at most one level shift (`rate_trend`):
-        the rate at the end when it rises; when it falls, the rate now (a replica removed
-        goes at once, so the next sync, not a cold start, is when a falling rate is met)."""
+        """The arrival rate on the line through the per-second counts with at most one level
+        shift (`rate_trend`), now or `ahead` seconds (default: `horizon`) later, whichever
+        has the higher one-sided 90% bound (lambda + 1.28 sigma): later when the rate rises
+        or holds, now when it falls faster than its error widens (a replica removed goes at
+        once, so the next sync, not a cold start, is when a falling rate is met)."""
+        return self.forecast(now, ahead)[0]
+
+    def forecast(self, now: float, ahead: float | None = None) -> tuple[float, float]:
+        """`forecast_rate` and its standard error (0 without a trend)."""
         mean = self.arrival_rate(now)
         counts = self._counts(now)
         if mean == 0.0 or len(counts) < self.spec.window / 2:  # too short for a trend
-            return mean
+            return mean, 0.0
         trend = rate_trend(counts)
         ahead = self.spec.horizon if ahead is None else ahead
         x = len(counts) + (now - math.floor(now))
-        return max(0.0, trend.rate(x), trend.rate(x + ahead))
+        # where the one-sided 90% bound is higher: a rising rate (or a flat one, less sure
+        # the further ahead) at the horizon, a falling one now
+        at = max((x, x + ahead), key=lambda t: trend.rate(t) + RATE_Z * trend.error(t))
+        return max(0.0, trend.rate(at)), trend.error(at)
 
     def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
         """(a, b) of unqueued TTFT = a + b x uncached tokens, from the requests whose prefill
@@ -396,7 +451,7 @@ class PoolEstimator:
         ready = list(ready)
         if self.arrival_rate(now) == 0.0:
             return Estimate(desired=spec.min_replicas)
-        lam = self.forecast_rate(now)
+        lam, error = self.forecast(now)
         streamed = [smp for smp in self._samples if smp.ttft is not None and smp.ttft > 0]
         fit = self._prefill_fit(streamed)
         if not streamed or fit is None:
@@ -414,7 +469,8 @@ class PoolEstimator:
         wait_moment = b * b * sum(u * u for u in sizes) / n
         unqueued = [a + b * sizes[min(n - 1, int((i + 0.5) * n / SIZE_POINTS))]
                     for i in range(SIZE_POINTS)]
-        core = _replicas_for_target(lam, work, wait_moment, unqueued, spec.ttft_target)
+        bound = lam + RATE_Z * error  # the rate the replicas asked for now must carry
+        core = _replicas_for_target(bound, work, wait_moment, unqueued, spec.ttft_target)
         # the backlog when replicas asked for now serve: the queue now, grown by what the
         # ready replicas cannot take meanwhile; drained over the window after that
         waiting = sum(ep.metrics.waiting for ep in ready)
@@ -427,9 +483,10 @@ class PoolEstimator:
         decode = sum(smp.decode for smp in streamed) / len(streamed)
         n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
         desired = self._clamp(math.ceil(max(n_ttft, n_kv) - 1e-9))
-        return Estimate(desired=desired, arrival_rate=lam, unqueued_ttft=x, work=work,
+        return Estimate(desired=desired, arrival_rate=lam, rate_error=error,
+                        unqueued_ttft=x, work=work,
                         prefill_speed=1 / fit[1] if fit[1] > 0 else None,
-                        rho_max=lam * work / core if core > 0 else 0.0,
+                        rho_max=bound * work / core if core > 0 else 0.0,
                         ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True)
 
     def _clamp(self, n: int) -> int:

@@ -221,6 +221,31 @@ def test_a_step_asks_for_the_new_level(make_ep) -> None:
     assert desired([2] * 45 + [10] * 15) == steady
 
 
+def test_a_scattered_rate_is_sized_for_its_upper_bound(make_ep) -> None:
+    """The replicas asked for now serve a cold start later: they are sized for the rate's
+    one-sided 90% bound there, lambda + 1.28 sigma, sigma growing with the counts' scatter
+    and the lever from the window's centre. Same mean rate, same requests: the scattered
+    window asks for more."""
+    ready = [make_ep(i, running=4, kv_usage=0.1) for i in range(8)]
+
+    def estimate(counts: list[int]):
+        est = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+        for sec, count in enumerate(counts):
+            _feed(est, rate=count, seconds=1, start=float(sec), uncached=4000, ttft=0.4)
+        return est.estimate(60.0, ready)
+
+    smooth, scattered = estimate([10] * 60), estimate([5, 15] * 15 + [15, 5] * 15)  # no trend
+    assert smooth.rate_error == 0.0
+    assert smooth.arrival_rate == scattered.arrival_rate == pytest.approx(10.0, abs=0.3)
+    # residual variance 25 per count (over n - 2 degrees of freedom); at 75 s past the
+    # window's end, 105 s from its centre
+    lever = 1 / 60 + 105 ** 2 / sum((i + 0.5 - 30) ** 2 for i in range(60))
+    assert scattered.rate_error == pytest.approx(math.sqrt(25 * 60 / 58 * lever), rel=1e-6)
+    assert scattered.ttft_replicas > smooth.ttft_replicas * (1 + 1.2 * scattered.rate_error
+                                                              / scattered.arrival_rate)
+    assert scattered.desired > smooth.desired
+
+
 def test_unqueued_ttft_is_a_fixed_cost_plus_prompt_over_speed(make_ep) -> None:
     est = PoolEstimator(AutoscaleSpec(horizon=0))
     for i in range(600):  # 50 ms fixed, 10,000 uncached tokens/s; prompts of 1000-3995
