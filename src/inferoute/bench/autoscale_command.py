@@ -39,13 +39,17 @@ def _configs(args: argparse.Namespace) -> list[AutoscaleConfig]:
         "workload": workload, "load": load, "profile": args.profile, "policy": args.policy,
         "seed": args.seed, "ttft_target": args.ttft_target, "cold_start": args.cold_start,
         "min_replicas": args.min_replicas, "max_replicas": args.max_replicas}
+    if not 0 < args.rate_quantile < 1:
+        raise ValueError("--rate-quantile: a quantile in (0, 1)")
     targets = [float(t) for t in args.kv_targets.split(",") if t.strip()]
     if not targets or any(not 0 < t <= 1 for t in targets):
         raise ValueError("--kv-targets: a comma list of utilisations in (0, 1]")
     rules = {r.strip() for r in args.rules.split(",") if r.strip()}
     if not rules or rules - {"gauge", "kv"}:
         raise ValueError("--rules: gauge, kv or gauge,kv")
-    return ([AutoscaleConfig(rule="gauge", **common)] if "gauge" in rules  # type: ignore[arg-type]
+    gauge = AutoscaleConfig(rule="gauge", rate_quantile=args.rate_quantile,  # type: ignore[arg-type]
+                            **common)
+    return ([gauge] if "gauge" in rules
             else []) + ([AutoscaleConfig(rule="kv", kv_target=t, **common)  # type: ignore[arg-type]
                          for t in targets] if "kv" in rules else [])
 
@@ -153,6 +157,9 @@ def register(sub: Any, guard: Any) -> None:
     p.add_argument("--cold-start", type=float, default=60.0,
                    help="seconds from a replica asked for to serving (60)")
     p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--rate-quantile", type=float, default=0.5,
+                   help="gauge: the quantile of its forecast rate it sizes for (0.5: the "
+                        "forecast; 0.9: its one-sided 90%% bound)")
     p.add_argument("--max-replicas", type=int, default=16)
     p.add_argument("--profile", default="qwen3-32b-2xh100", help="engine profile")
     p.add_argument("--policy", default="inferoute", help="routing policy (inferoute)")

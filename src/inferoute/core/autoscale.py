@@ -12,8 +12,9 @@ a sliding window of `W` seconds:
               new level, not a trend), at its highest from now to `horizon` seconds ahead (a
               replica asked for now serves that much later; one removed goes at once); and
               sigma, its standard error there (the line's residual scatter times the lever
-              from the window's centre). The replicas are sized for lambda + 1.28 sigma, the
-              rate's one-sided 90% bound
+              from the window's centre). The replicas are sized for lambda' = lambda + z sigma,
+              z the normal quantile of `rateQuantile` (0.5: z = 0, the forecast itself; 0.9:
+              z = 1.28, its one-sided 90% bound)
     u         uncached prompt tokens per request (prompt - cached tokens from usage, else
               prompt x (1 - the pool's scraped prefix-cache hit rate)): its mean, second
               moment and 20 quantiles
@@ -38,7 +39,7 @@ a sliding window of `W` seconds:
               E[w] = (lambda / N) b^2 E[u^2] / (2 (1 - rho)), with the tail
               P(w > t) = rho exp(-t rho / E[w]); the request with u uncached tokens is over
               the target T when a + b u + w > T. N_ttft is the least N at which the share over
-              T at the rate lambda + 1.28 sigma, averaged over the window's prompt sizes, is
+              T at the rate lambda', averaged over the window's prompt sizes, is
               at most 10% (the target is a p90), plus B s / W: the backlog B when the replicas asked for now serve (Q,
               grown by what the ready replicas cannot take until then: the rate horizon / 2
               ahead less N_ready / s, over the horizon), drained over the window
@@ -58,6 +59,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 from .endpoint import Endpoint
@@ -80,9 +82,6 @@ OVER_SHARE = 0.1
 TREND_ERRORS = 2.0
 #: prompt-size quantiles the share over the target is averaged on
 SIZE_POINTS = 20
-#: standard errors of the forecast rate the pool is sized above it (its one-sided 90% bound:
-#: the target is a p90, and a rate above the capacity is not averaged out, it queues)
-RATE_Z = 1.2816
 #: the fewest seconds after a level shift
 MIN_SHIFT = 5
 
@@ -100,11 +99,20 @@ class AutoscaleSpec:
     max_replicas: int = 64
     #: finished-request samples kept per pool (the window's bound under heavy load)
     max_samples: int = 4096
+    #: the quantile of the forecast rate the replicas are sized for: 0.5 the forecast itself;
+    #: 0.9 its one-sided 90% bound, lambda + 1.28 sigma (safer TTFT at a cost: see the docs)
+    rate_quantile: float = 0.5
+
+    @property
+    def rate_z(self) -> float:
+        """Standard errors above the forecast rate that `rate_quantile` sizes for."""
+        return NormalDist().inv_cdf(self.rate_quantile)
 
 
 _KEYS = {"ttftTarget": "ttft_target", "window": "window", "horizon": "horizon",
          "maxKvUtilization": "max_kv_utilization", "minReplicas": "min_replicas",
-         "maxReplicas": "max_replicas", "maxSamples": "max_samples"}
+         "maxReplicas": "max_replicas", "maxSamples": "max_samples",
+         "rateQuantile": "rate_quantile"}
 
 
 def parse_autoscale_spec(data: Mapping[str, Any] | None) -> AutoscaleSpec:
@@ -127,7 +135,7 @@ def parse_autoscale_spec(data: Mapping[str, Any] | None) -> AutoscaleSpec:
             if field in ("ttft_target", "window", "horizon"):
                 kw[field] = (float(value) if isinstance(value, (int, float))
                              and not isinstance(value, bool) else parse_duration(str(value)))
-            elif field == "max_kv_utilization":
+            elif field in ("max_kv_utilization", "rate_quantile"):
                 kw[field] = float(value)
             else:
                 if isinstance(value, bool) or not isinstance(value, int):
@@ -140,6 +148,8 @@ def parse_autoscale_spec(data: Mapping[str, Any] | None) -> AutoscaleSpec:
         raise ConfigError("autoscaling: ttftTarget and window must be positive, horizon >= 0")
     if not 0 < spec.max_kv_utilization <= 1:
         raise ConfigError("autoscaling.maxKvUtilization must be in (0, 1]")
+    if not 0 < spec.rate_quantile < 1:
+        raise ConfigError("autoscaling.rateQuantile must be in (0, 1)")
     if not 0 <= spec.min_replicas <= spec.max_replicas or spec.max_samples < 16:
         raise ConfigError("autoscaling: need 0 <= minReplicas <= maxReplicas, maxSamples >= 16")
     return spec
@@ -402,10 +412,10 @@ class PoolEstimator:
 
     def forecast_rate(self, now: float, ahead: float | None = None) -> float:
         """The arrival rate on the line through the per-second counts with at most one level
-        shift (`rate_trend`), now or `ahead` seconds (default: `horizon`) later, whichever
-        has the higher one-sided 90% bound (lambda + 1.28 sigma): later when the rate rises
-        or holds, now when it falls faster than its error widens (a replica removed goes at
-        once, so the next sync, not a cold start, is when a falling rate is met)."""
+        shift (`rate_trend`), now or `ahead` seconds (default: `horizon`) later, whichever is
+        higher at the `rateQuantile` (lambda + z sigma): later when the rate rises, now when
+        it falls (a replica removed goes at once, so the next sync, not a cold start, is when
+        a falling rate is met)."""
         return self.forecast(now, ahead)[0]
 
     def forecast(self, now: float, ahead: float | None = None) -> tuple[float, float]:
@@ -417,9 +427,10 @@ class PoolEstimator:
         trend = rate_trend(counts)
         ahead = self.spec.horizon if ahead is None else ahead
         x = len(counts) + (now - math.floor(now))
-        # where the one-sided 90% bound is higher: a rising rate (or a flat one, less sure
-        # the further ahead) at the horizon, a falling one now
-        at = max((x, x + ahead), key=lambda t: trend.rate(t) + RATE_Z * trend.error(t))
+        # where the sized-for quantile is higher: a rising rate at the horizon, a falling one
+        # now (with z > 0 a flat one at the horizon, less sure the further ahead)
+        z = self.spec.rate_z
+        at = max((x, x + ahead), key=lambda t: trend.rate(t) + z * trend.error(t))
         return max(0.0, trend.rate(at)), trend.error(at)
 
     def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
@@ -469,7 +480,7 @@ class PoolEstimator:
         wait_moment = b * b * sum(u * u for u in sizes) / n
         unqueued = [a + b * sizes[min(n - 1, int((i + 0.5) * n / SIZE_POINTS))]
                     for i in range(SIZE_POINTS)]
-        bound = lam + RATE_Z * error  # the rate the replicas asked for now must carry
+        bound = lam + spec.rate_z * error  # the rate the replicas asked for now must carry
         core = _replicas_for_target(bound, work, wait_moment, unqueued, spec.ttft_target)
         # the backlog when replicas asked for now serve: the queue now, grown by what the
         # ready replicas cannot take meanwhile; drained over the window after that

@@ -222,14 +222,14 @@ def test_a_step_asks_for_the_new_level(make_ep) -> None:
 
 
 def test_a_scattered_rate_is_sized_for_its_upper_bound(make_ep) -> None:
-    """The replicas asked for now serve a cold start later: they are sized for the rate's
-    one-sided 90% bound there, lambda + 1.28 sigma, sigma growing with the counts' scatter
+    """With `rateQuantile: 0.9` the replicas asked for now are sized for the rate's one-sided
+    90% bound when they serve, lambda + 1.28 sigma, sigma growing with the counts' scatter
     and the lever from the window's centre. Same mean rate, same requests: the scattered
-    window asks for more."""
+    window asks for more (and, at the default 0.5, the same)."""
     ready = [make_ep(i, running=4, kv_usage=0.1) for i in range(8)]
 
-    def estimate(counts: list[int]):
-        est = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+    def estimate(counts: list[int], quantile: float = 0.9):
+        est = PoolEstimator(AutoscaleSpec(window=60, horizon=75, rate_quantile=quantile))
         for sec, count in enumerate(counts):
             _feed(est, rate=count, seconds=1, start=float(sec), uncached=4000, ttft=0.4)
         return est.estimate(60.0, ready)
@@ -244,6 +244,8 @@ def test_a_scattered_rate_is_sized_for_its_upper_bound(make_ep) -> None:
     assert scattered.ttft_replicas > smooth.ttft_replicas * (1 + 1.2 * scattered.rate_error
                                                               / scattered.arrival_rate)
     assert scattered.desired > smooth.desired
+    central = estimate([5, 15] * 15 + [15, 5] * 15, 0.5)
+    assert central.ttft_replicas == pytest.approx(smooth.ttft_replicas, rel=0.01)
 
 
 def test_unqueued_ttft_is_a_fixed_cost_plus_prompt_over_speed(make_ep) -> None:
@@ -300,6 +302,10 @@ def test_the_window_is_bounded() -> None:
 def test_spec_parsing() -> None:
     spec = parse_autoscale_spec({"ttftTarget": "500ms", "window": "2m", "maxReplicas": 8})
     assert (spec.ttft_target, spec.window, spec.max_replicas) == (0.5, 120.0, 8)
+    assert spec.rate_quantile == 0.5 and spec.rate_z == 0.0
+    assert parse_autoscale_spec({"rateQuantile": 0.9}).rate_z == pytest.approx(1.2816, abs=1e-4)
+    with pytest.raises(ConfigError, match="rateQuantile"):
+        parse_autoscale_spec({"rateQuantile": 1})
     assert parse_autoscale_spec(None) == AutoscaleSpec()
     for bad, match in (({"ttft": 1}, "unknown keys ttft"), ({"ttftTarget": 0}, "positive"),
                        ({"horizon": -1}, "horizon"),
