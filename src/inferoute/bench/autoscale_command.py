@@ -47,11 +47,10 @@ def _configs(args: argparse.Namespace) -> list[AutoscaleConfig]:
     rules = {r.strip() for r in args.rules.split(",") if r.strip()}
     if not rules or rules - {"gauge", "kv"}:
         raise ValueError("--rules: gauge, kv or gauge,kv")
-    gauge = AutoscaleConfig(rule="gauge", rate_quantile=args.rate_quantile,  # type: ignore[arg-type]
-                            **common)
-    return ([gauge] if "gauge" in rules
-            else []) + ([AutoscaleConfig(rule="kv", kv_target=t, **common)  # type: ignore[arg-type]
-                         for t in targets] if "kv" in rules else [])
+    gauge = AutoscaleConfig(rule="gauge", rate_quantile=args.rate_quantile, **common)
+    return ([gauge] if "gauge" in rules else []) + (
+        [AutoscaleConfig(rule="kv", kv_target=t, **common) for t in targets]
+        if "kv" in rules else [])
 
 
 def table(results: list[AutoscaleResult], ttft_target: float) -> str:
@@ -94,24 +93,21 @@ def _over(r: AutoscaleResult) -> str:
 
 def _at_equal_cost(g: AutoscaleResult, kv: list[AutoscaleResult]) -> str:
     """The KV sweep at the gauge's replica-seconds and at its requests over the target."""
-    cheaper = [r for r in kv if r.replica_seconds <= g.replica_seconds]
-    fewer = [r for r in kv if r.over_target <= g.over_target]
-    parts = []
-    if cheaper:
-        r = min(cheaper, key=lambda r: (r.over_target, r.replica_seconds))
-        parts.append(f"with no more replica-seconds ({g.replica_seconds:,.0f}), a KV "
-                     f"threshold has at best {_over(r)} requests over (KV {r.kv_target:g}; "
-                     f"the gauge {_over(g)})")
-    else:
-        parts.append(f"no KV threshold used as few replica-seconds ({g.replica_seconds:,.0f})")
-    if fewer:
-        r = min(fewer, key=lambda r: (r.replica_seconds, r.over_target))
-        parts.append(f"with no more requests over ({g.over_target}), a KV threshold used at "
-                     f"best {r.replica_seconds:,.0f} replica-seconds (KV {r.kv_target:g}, "
-                     f"{100 * (r.replica_seconds / g.replica_seconds - 1):+.1f}%)")
-    else:
-        parts.append(f"no KV threshold had as few requests over ({g.over_target})")
-    return "at equal cost: " + "; ".join(parts)
+    cheaper = min((r for r in kv if r.replica_seconds <= g.replica_seconds),
+                  key=lambda r: (r.over_target, r.replica_seconds), default=None)
+    fewer = min((r for r in kv if r.over_target <= g.over_target),
+                key=lambda r: (r.replica_seconds, r.over_target), default=None)
+    cost = f"{g.replica_seconds:,.0f}"
+    at_cost = (f"with no more replica-seconds ({cost}), a KV threshold has at best "
+               f"{_over(cheaper)} requests over (KV {cheaper.kv_target:g}; the gauge "
+               f"{_over(g)})" if cheaper is not None
+               else f"no KV threshold used as few replica-seconds ({cost})")
+    at_over = (f"with no more requests over ({g.over_target}), a KV threshold used at best "
+               f"{fewer.replica_seconds:,.0f} replica-seconds (KV {fewer.kv_target:g}, "
+               f"{100 * (fewer.replica_seconds / g.replica_seconds - 1):+.1f}%)"
+               if fewer is not None
+               else f"no KV threshold had as few requests over ({g.over_target})")
+    return f"at equal cost: {at_cost}; {at_over}"
 
 
 def cmd_autoscale(args: argparse.Namespace) -> int:
