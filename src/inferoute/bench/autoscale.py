@@ -150,6 +150,8 @@ class AutoscaleConfig:
     initial_replicas: int = 1
     #: the HPA's scale-down stabilization window (behavior.scaleDown), seconds
     scale_down_window: float = SCALE_DOWN_WINDOW
+    #: gauge: the quantile of its forecast rate it sizes for (`rateQuantile`)
+    rate_quantile: float = 0.5
     profile_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -193,7 +195,8 @@ class AutoscaledBench:
             # to when the HPA can correct it (one sync later)
             self.estimator = Autoscaler(AutoscaleSpec(
                 ttft_target=cfg.ttft_target, min_replicas=cfg.min_replicas,
-                max_replicas=cfg.max_replicas, horizon=cfg.cold_start + SYNC_PERIOD))
+                max_replicas=cfg.max_replicas, horizon=cfg.cold_start + SYNC_PERIOD,
+                rate_quantile=cfg.rate_quantile))
             self.bench.router.listeners.append(self.estimator)
             self.hpa = HorizontalPodAutoscaler(cfg.min_replicas, cfg.max_replicas, 1.0,
                                                "AverageValue", cfg.scale_down_window)

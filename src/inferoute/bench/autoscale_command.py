@@ -39,20 +39,27 @@ def _configs(args: argparse.Namespace) -> list[AutoscaleConfig]:
         "workload": workload, "load": load, "profile": args.profile, "policy": args.policy,
         "seed": args.seed, "ttft_target": args.ttft_target, "cold_start": args.cold_start,
         "min_replicas": args.min_replicas, "max_replicas": args.max_replicas}
+    if not 0 < args.rate_quantile < 1:
+        raise ValueError("--rate-quantile: a quantile in (0, 1)")
     targets = [float(t) for t in args.kv_targets.split(",") if t.strip()]
     if not targets or any(not 0 < t <= 1 for t in targets):
         raise ValueError("--kv-targets: a comma list of utilisations in (0, 1]")
     rules = {r.strip() for r in args.rules.split(",") if r.strip()}
     if not rules or rules - {"gauge", "kv"}:
         raise ValueError("--rules: gauge, kv or gauge,kv")
-    return ([AutoscaleConfig(rule="gauge", **common)] if "gauge" in rules  # type: ignore[arg-type]
-            else []) + ([AutoscaleConfig(rule="kv", kv_target=t, **common)  # type: ignore[arg-type]
-                         for t in targets] if "kv" in rules else [])
+    gauge = AutoscaleConfig(rule="gauge", rate_quantile=args.rate_quantile, **common)
+    return ([gauge] if "gauge" in rules else []) + (
+        [AutoscaleConfig(rule="kv", kv_target=t, **common) for t in targets]
+        if "kv" in rules else [])
 
 
 def table(results: list[AutoscaleResult], ttft_target: float) -> str:
     """Markdown: one row per run, the cheapest KV threshold that meets the target marked, and
-    how the gauge compares with it (the goal: meet the target with fewer replica-seconds)."""
+    how the gauge compares with it (the goal: meet the target with fewer replica-seconds);
+    then, as the goal cannot be read where no rule meets the target, each rule at the
+    other's cost: the fewest requests over the target of a KV threshold that used no more
+    replica-seconds than the gauge, and the fewest replica-seconds of one with no more
+    requests over."""
     kv = [r for r in results if r.rule == "kv"]
     meets = [r for r in kv if r.ttft_p90 <= ttft_target]
     best = min(meets, key=lambda r: r.replica_seconds) if meets else None
@@ -62,21 +69,45 @@ def table(results: list[AutoscaleResult], ttft_target: float) -> str:
     for r in results:
         name = ("desired-replicas gauge" if r.rule == "gauge"
                 else f"KV utilisation {r.kv_target:g}" + (" (best)" if r is best else ""))
-        over = f"{r.over_target} ({100 * r.over_target / max(1, r.requests):.1f}%)"
         lines.append(f"| {name} | {r.replica_seconds:,.0f} | {r.peak_replicas} | "
-                     f"{r.ttft_p50:.3f} | {r.ttft_p90:.3f} | {over} | {r.requests} |")
+                     f"{r.ttft_p50:.3f} | {r.ttft_p90:.3f} | {_over(r)} | {r.requests} |")
     for g in (r for r in results if r.rule == "gauge"):
         verdict = "meets" if g.ttft_p90 <= ttft_target else "misses"
         if best is None:
             lines.append(f"\ngauge: {verdict} the target; " + (
                 "no KV threshold of the sweep does" if kv else "no KV run to compare with"))
-            continue
-        edge = (" (the sweep's highest threshold: a higher one might be cheaper)"
-                if best.kv_target == max(r.kv_target or 0.0 for r in kv) else "")
-        ratio = 100 * (g.replica_seconds / best.replica_seconds - 1)
-        lines.append(f"\ngauge: {verdict} the target, {ratio:+.1f}% replica-seconds against "
-                     f"the best KV threshold ({best.kv_target:g}){edge}")
+        else:
+            edge = (" (the sweep's highest threshold: a higher one might be cheaper)"
+                    if best.kv_target == max(r.kv_target or 0.0 for r in kv) else "")
+            ratio = 100 * (g.replica_seconds / best.replica_seconds - 1)
+            lines.append(f"\ngauge: {verdict} the target, {ratio:+.1f}% replica-seconds "
+                         f"against the best KV threshold ({best.kv_target:g}){edge}")
+        if kv:
+            lines.append(_at_equal_cost(g, kv))
     return "\n".join(lines)
+
+
+def _over(r: AutoscaleResult) -> str:
+    return f"{r.over_target} ({100 * r.over_target / max(1, r.requests):.1f}%)"
+
+
+def _at_equal_cost(g: AutoscaleResult, kv: list[AutoscaleResult]) -> str:
+    """The KV sweep at the gauge's replica-seconds and at its requests over the target."""
+    cheaper = min((r for r in kv if r.replica_seconds <= g.replica_seconds),
+                  key=lambda r: (r.over_target, r.replica_seconds), default=None)
+    fewer = min((r for r in kv if r.over_target <= g.over_target),
+                key=lambda r: (r.replica_seconds, r.over_target), default=None)
+    cost = f"{g.replica_seconds:,.0f}"
+    at_cost = (f"with no more replica-seconds ({cost}), a KV threshold has at best "
+               f"{_over(cheaper)} requests over (KV {cheaper.kv_target:g}; the gauge "
+               f"{_over(g)})" if cheaper is not None
+               else f"no KV threshold used as few replica-seconds ({cost})")
+    at_over = (f"with no more requests over ({g.over_target}), a KV threshold used at best "
+               f"{fewer.replica_seconds:,.0f} replica-seconds (KV {fewer.kv_target:g}, "
+               f"{100 * (fewer.replica_seconds / g.replica_seconds - 1):+.1f}%)"
+               if fewer is not None
+               else f"no KV threshold had as few requests over ({g.over_target})")
+    return f"at equal cost: {at_cost}; {at_over}"
 
 
 def cmd_autoscale(args: argparse.Namespace) -> int:
@@ -122,6 +153,9 @@ def register(sub: Any, guard: Any) -> None:
     p.add_argument("--cold-start", type=float, default=60.0,
                    help="seconds from a replica asked for to serving (60)")
     p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--rate-quantile", type=float, default=0.5,
+                   help="gauge: the quantile of its forecast rate it sizes for (0.5: the "
+                        "forecast; 0.9: its one-sided 90%% bound)")
     p.add_argument("--max-replicas", type=int, default=16)
     p.add_argument("--profile", default="qwen3-32b-2xh100", help="engine profile")
     p.add_argument("--policy", default="inferoute", help="routing policy (inferoute)")

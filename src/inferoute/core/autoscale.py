@@ -6,9 +6,15 @@ Sans-I/O: the shells report arrivals, dispatches, first tokens and finished requ
 same way) and ask for an estimate with the time and the pool's ready endpoints. Per pool, over
 a sliding window of `W` seconds:
 
-    lambda    arrival rate (requests/s) of requests sent to the pool's replicas, `horizon` seconds
-              ahead (a replica asked for now serves that much later): the least-squares line
-              through the window's per-second counts, at now + horizon (at least 0)
+    lambda    arrival rate (requests/s) of requests sent to the pool's replicas: the line
+              through the window's per-second counts, its level shifted once where that fits
+              them better than a 5% false-alarm scan of Poisson counts allows (a step is a
+              new level, not a trend), at its highest from now to `horizon` seconds ahead (a
+              replica asked for now serves that much later; one removed goes at once); and
+              sigma, its standard error there (the line's residual scatter times the lever
+              from the window's centre). The replicas are sized for lambda' = lambda + z sigma,
+              z the normal quantile of `rateQuantile` (0.5: z = 0, the forecast itself; 0.9:
+              z = 1.28, its one-sided 90% bound)
     u         uncached prompt tokens per request (prompt - cached tokens from usage, else
               prompt x (1 - the pool's scraped prefix-cache hit rate)): its mean, second
               moment and 20 quantiles
@@ -33,8 +39,8 @@ a sliding window of `W` seconds:
               E[w] = (lambda / N) b^2 E[u^2] / (2 (1 - rho)), with the tail
               P(w > t) = rho exp(-t rho / E[w]); the request with u uncached tokens is over
               the target T when a + b u + w > T. N_ttft is the least N at which the share over
-              T, averaged over the window's prompt sizes, is at most 10% (the target is a
-              p90), plus B s / W: the backlog B when the replicas asked for now serve (Q,
+              T at the rate lambda', averaged over the window's prompt sizes, is
+              at most 10% (the target is a p90), plus B s / W: the backlog B when the replicas asked for now serve (Q,
               grown by what the ready replicas cannot take until then: the rate horizon / 2
               ahead less N_ready / s, over the horizon), drained over the window
     KV:       by Little's law lambda (x + D) requests are in service (x = a + b mean u), each
@@ -53,6 +59,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 from .endpoint import Endpoint
@@ -75,6 +82,8 @@ OVER_SHARE = 0.1
 TREND_ERRORS = 2.0
 #: prompt-size quantiles the share over the target is averaged on
 SIZE_POINTS = 20
+#: the fewest seconds after a level shift
+MIN_SHIFT = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +99,20 @@ class AutoscaleSpec:
     max_replicas: int = 64
     #: finished-request samples kept per pool (the window's bound under heavy load)
     max_samples: int = 4096
+    #: the quantile of the forecast rate the replicas are sized for: 0.5 the forecast itself;
+    #: 0.9 its one-sided 90% bound, lambda + 1.28 sigma (safer TTFT at a cost: see the docs)
+    rate_quantile: float = 0.5
+
+    @property
+    def rate_z(self) -> float:
+        """Standard errors above the forecast rate that `rate_quantile` sizes for."""
+        return NormalDist().inv_cdf(self.rate_quantile)
 
 
 _KEYS = {"ttftTarget": "ttft_target", "window": "window", "horizon": "horizon",
          "maxKvUtilization": "max_kv_utilization", "minReplicas": "min_replicas",
-         "maxReplicas": "max_replicas", "maxSamples": "max_samples"}
+         "maxReplicas": "max_replicas", "maxSamples": "max_samples",
+         "rateQuantile": "rate_quantile"}
 
 
 def parse_autoscale_spec(data: Mapping[str, Any] | None) -> AutoscaleSpec:
@@ -117,7 +135,7 @@ def parse_autoscale_spec(data: Mapping[str, Any] | None) -> AutoscaleSpec:
             if field in ("ttft_target", "window", "horizon"):
                 kw[field] = (float(value) if isinstance(value, (int, float))
                              and not isinstance(value, bool) else parse_duration(str(value)))
-            elif field == "max_kv_utilization":
+            elif field in ("max_kv_utilization", "rate_quantile"):
                 kw[field] = float(value)
             else:
                 if isinstance(value, bool) or not isinstance(value, int):
@@ -130,6 +148,8 @@ def parse_autoscale_spec(data: Mapping[str, Any] | None) -> AutoscaleSpec:
         raise ConfigError("autoscaling: ttftTarget and window must be positive, horizon >= 0")
     if not 0 < spec.max_kv_utilization <= 1:
         raise ConfigError("autoscaling.maxKvUtilization must be in (0, 1]")
+    if not 0 < spec.rate_quantile < 1:
+        raise ConfigError("autoscaling.rateQuantile must be in (0, 1)")
     if not 0 <= spec.min_replicas <= spec.max_replicas or spec.max_samples < 16:
         raise ConfigError("autoscaling: need 0 <= minReplicas <= maxReplicas, maxSamples >= 16")
     return spec
@@ -141,6 +161,8 @@ class Estimate:
 
     desired: int
     arrival_rate: float = 0.0
+    #: the standard error of `arrival_rate` (the forecast's, from the window's scatter)
+    rate_error: float = 0.0
     unqueued_ttft: float = 0.0
     #: uncached prompt tokens/s of the unqueued TTFT line (None: no slope measured)
     prefill_speed: float | None = None
@@ -197,6 +219,93 @@ def _fit(points: list[tuple[float, float]]) -> _Line:
         residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in points)
         error = math.sqrt(residual / (n - 2) / sxx)
     return _Line(mx, my, slope, sxx, error)
+
+
+@dataclass(frozen=True, slots=True)
+class RateTrend:
+    """The arrival rate (per second) as a line with at most one level shift: rate(x) =
+    level + slope x + shift [x >= at], x in seconds from the first count's start."""
+
+    level: float
+    slope: float
+    shift: float = 0.0
+    #: where the shift is (None: no shift)
+    at: float | None = None
+    #: the residual variance of a count, and the regressors' moment matrix (X'X: over 1, x
+    #: and, with a shift, the indicator of x >= at), for the rate's standard error
+    variance: float = 0.0
+    moments: tuple[tuple[float, ...], ...] = ()
+
+    def rate(self, x: float) -> float:
+        return self.level + self.slope * x + (self.shift if self.at is not None
+                                              and x >= self.at else 0.0)
+
+    def error(self, x: float) -> float:
+        """The standard error of `rate(x)`: sqrt(variance v' (X'X)^-1 v), v the regressors
+        at x; it grows with the distance from the window's centre (the slope's error times
+        the lever)."""
+        if not self.moments:
+            return 0.0
+        v = [1.0, x] + ([1.0 if x >= self.at else 0.0] if self.at is not None else [])
+        return math.sqrt(max(0.0, self.variance * _quadratic_form(self.moments, v)))
+
+
+def _quadratic_form(matrix: tuple[tuple[float, ...], ...], v: list[float]) -> float:
+    """v' M^-1 v for a small symmetric positive definite M (Gaussian elimination)."""
+    k = len(v)
+    a = [list(row) + [v[i]] for i, row in enumerate(matrix)]
+    for i in range(k):
+        for j in range(i + 1, k):
+            f = a[j][i] / a[i][i]
+            for c in range(i, k + 1):
+                a[j][c] -= f * a[i][c]
+    y = [0.0] * k
+    for i in reversed(range(k)):
+        y[i] = (a[i][k] - sum(a[i][c] * y[c] for c in range(i + 1, k))) / a[i][i]
+    return sum(vi * yi for vi, yi in zip(v, y, strict=True))
+
+
+def rate_trend(counts: list[float]) -> RateTrend:
+    """The trend of per-second arrival `counts` (the count of second i at x = i + 0.5).
+
+    A line through a window that holds a step reads the step as a trend: extrapolated a cold
+    start ahead, a step from 2 to 10 req/s asked for 15 replicas where 4 served, and the HPA
+    held them for its 300-s scale-down window. So the line may shift its level once: at the
+    second that fits the counts with the least squared error, if the shift lowers it by more
+    than 2 ln(20 n) Poisson variances (the level at which a scan of n seconds of constant
+    counts finds a shift by chance 5% of the time). The slope is fitted on the whole window:
+    a step does not tilt it, and a short tail after a shift does not make it noise. O(n):
+    adding the shift's indicator d to the line's regressors lowers the squared error by R^2 / V (R the sum of
+    the line's residuals after the shift, V the part of d the line does not explain)."""
+    n = len(counts)
+    xs = [i + 0.5 for i in range(n)]
+    mean_x, mean_y = n / 2, sum(counts) / n
+    dxx = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * y for x, y in zip(xs, counts, strict=True)) / dxx
+    residuals = [y - mean_y - slope * (x - mean_x) for x, y in zip(xs, counts, strict=True)]
+    penalty = 2 * math.log(20 * n) * max(1.0, mean_y)  # Poisson: variance = mean count
+    gain, shift, at, tail_dx, tail_r = 0.0, 0.0, n, 0.0, 0.0
+    best_dx = 0.0
+    for c in range(n - 1, 0, -1):  # the shift at second c: the tail is c..n-1
+        tail_r += residuals[c]
+        tail_dx += xs[c] - mean_x
+        m = n - c
+        v = m - m * m / n - tail_dx * tail_dx / dxx
+        if m >= MIN_SHIFT and v > 1e-9 and tail_r * tail_r / v > max(gain, penalty):
+            gain, shift, at, best_dx = tail_r * tail_r / v, tail_r / v, c, tail_dx
+    m = n - at
+    slope -= shift * best_dx / dxx
+    level = mean_y - shift * m / n - slope * mean_x
+    sxx = dxx + n * mean_x * mean_x
+    sse = sum(r * r for r in residuals) - gain
+    if at < n:
+        tail_x = sum(xs[at:])
+        moments: tuple[tuple[float, ...], ...] = (
+            (n, n * mean_x, m), (n * mean_x, sxx, tail_x), (m, tail_x, m))
+    else:
+        moments = ((n, n * mean_x), (n * mean_x, sxx))
+    variance = max(sse, 0.0) / max(1, n - len(moments))
+    return RateTrend(level, slope, shift, float(at) if at < n else None, variance, moments)
 
 
 def _over_share(n: float, lam: float, work: float, wait_moment: float,
@@ -292,21 +401,37 @@ class PoolEstimator:
         span = min(self.spec.window, max(1.0, now - self._first_arrival))
         return sum(c for _, c in self._arrivals) / span
 
-    def forecast_rate(self, now: float, ahead: float | None = None) -> float:
-        """The arrival rate `ahead` seconds (default: `horizon`) from now, on the window's
-        trend."""
-        mean = self.arrival_rate(now)
-        if mean == 0.0 or self._first_arrival is None:
-            return mean
-        start = max(now - self.spec.window, self._first_arrival)
-        secs = math.floor(now) - math.floor(start)
-        if secs < self.spec.window / 2:  # too short a history for a trend
-            return mean
+    def _counts(self, now: float) -> list[float]:
+        """Arrivals in each whole second of the window before the current one."""
+        self._trim(now)
+        if self._first_arrival is None:
+            return []
+        first = math.floor(max(now - self.spec.window, self._first_arrival))
         counts = {int(sec): c for sec, c in self._arrivals}
-        first = math.floor(start)
-        line = _fit([(t, counts.get(t, 0)) for t in range(first, first + secs)])
+        return [counts.get(t, 0) for t in range(first, math.floor(now))]
+
+    def forecast_rate(self, now: float, ahead: float | None = None) -> float:
+        """The arrival rate on the line through the per-second counts with at most one level
+        shift (`rate_trend`), now or `ahead` seconds (default: `horizon`) later, whichever is
+        higher at the `rateQuantile` (lambda + z sigma): later when the rate rises, now when
+        it falls (a replica removed goes at once, so the next sync, not a cold start, is when
+        a falling rate is met)."""
+        return self.forecast(now, ahead)[0]
+
+    def forecast(self, now: float, ahead: float | None = None) -> tuple[float, float]:
+        """`forecast_rate` and its standard error (0 without a trend)."""
+        mean = self.arrival_rate(now)
+        counts = self._counts(now)
+        if mean == 0.0 or len(counts) < self.spec.window / 2:  # too short for a trend
+            return mean, 0.0
+        trend = rate_trend(counts)
         ahead = self.spec.horizon if ahead is None else ahead
-        return max(0.0, line.at(now + ahead))
+        x = len(counts) + (now - math.floor(now))
+        # where the sized-for quantile is higher: a rising rate at the horizon, a falling one
+        # now (with z > 0 a flat one at the horizon, less sure the further ahead)
+        z = self.spec.rate_z
+        at = max((x, x + ahead), key=lambda t: trend.rate(t) + z * trend.error(t))
+        return max(0.0, trend.rate(at)), trend.error(at)
 
     def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
         """(a, b) of unqueued TTFT = a + b x uncached tokens, from the requests whose prefill
@@ -337,7 +462,7 @@ class PoolEstimator:
         ready = list(ready)
         if self.arrival_rate(now) == 0.0:
             return Estimate(desired=spec.min_replicas)
-        lam = self.forecast_rate(now)
+        lam, error = self.forecast(now)
         streamed = [smp for smp in self._samples if smp.ttft is not None and smp.ttft > 0]
         fit = self._prefill_fit(streamed)
         if not streamed or fit is None:
@@ -355,7 +480,8 @@ class PoolEstimator:
         wait_moment = b * b * sum(u * u for u in sizes) / n
         unqueued = [a + b * sizes[min(n - 1, int((i + 0.5) * n / SIZE_POINTS))]
                     for i in range(SIZE_POINTS)]
-        core = _replicas_for_target(lam, work, wait_moment, unqueued, spec.ttft_target)
+        bound = lam + spec.rate_z * error  # the rate the replicas asked for now must carry
+        core = _replicas_for_target(bound, work, wait_moment, unqueued, spec.ttft_target)
         # the backlog when replicas asked for now serve: the queue now, grown by what the
         # ready replicas cannot take meanwhile; drained over the window after that
         waiting = sum(ep.metrics.waiting for ep in ready)
@@ -368,9 +494,10 @@ class PoolEstimator:
         decode = sum(smp.decode for smp in streamed) / len(streamed)
         n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
         desired = self._clamp(math.ceil(max(n_ttft, n_kv) - 1e-9))
-        return Estimate(desired=desired, arrival_rate=lam, unqueued_ttft=x, work=work,
+        return Estimate(desired=desired, arrival_rate=lam, rate_error=error,
+                        unqueued_ttft=x, work=work,
                         prefill_speed=1 / fit[1] if fit[1] > 0 else None,
-                        rho_max=lam * work / core if core > 0 else 0.0,
+                        rho_max=bound * work / core if core > 0 else 0.0,
                         ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True)
 
     def _clamp(self, n: int) -> int:

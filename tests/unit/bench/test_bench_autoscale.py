@@ -123,25 +123,34 @@ def test_an_autoscaled_run_adds_and_removes_replicas(rule: str) -> None:
 def test_table_marks_the_best_threshold() -> None:
     from inferoute.bench.autoscale import AutoscaleResult
 
-    def r(rule, kv, rs, p90):
-        return AutoscaleResult(rule, kv, rs, 100, 0, p90, 0.1, 3, 4, 10.0, 1.0)
-    text = table([r("gauge", None, 900, 0.4), r("kv", 0.2, 1200, 0.5), r("kv", 0.4, 1000, 0.8),
-                  r("kv", 0.6, 800, 1.5)], ttft_target=1.0)
+    def r(rule, kv, rs, p90, over=3):
+        return AutoscaleResult(rule, kv, rs, 100, 0, p90, 0.1, over, 4, 10.0, 1.0)
+    text = table([r("gauge", None, 900, 0.4), r("kv", 0.2, 1200, 0.5, 2), r("kv", 0.4, 1000, 0.8),
+                  r("kv", 0.6, 800, 1.5, 30)], ttft_target=1.0)
     assert "| KV utilisation 0.4 (best) | 1,000 |" in text
     assert "(best)" not in text.split("KV utilisation 0.4")[0]
     assert "| desired-replicas gauge | 900 | 4 | 0.100 | 0.400 | 3 (3.0%) | 100 |" in text
-    assert "gauge: meets the target, -10.0% replica-seconds against the best KV threshold " \
-        "(0.4)\n" not in text  # the last line has no newline after it
-    assert text.endswith("gauge: meets the target, -10.0% replica-seconds against the best KV "
-                         "threshold (0.4)")
+    verdict, equal = text.split("\n")[-2:]
+    assert verdict == ("gauge: meets the target, -10.0% replica-seconds against the best KV "
+                       "threshold (0.4)")
+    # at the gauge's 900 replica-seconds only KV 0.6 ran (30 over); as few over (3) cost
+    # KV 0.4 1,000
+    assert equal == ("at equal cost: with no more replica-seconds (900), a KV threshold has at "
+                     "best 30 (30.0%) requests over (KV 0.6; the gauge 3 (3.0%)); with no more "
+                     "requests over (3), a KV threshold used at best 1,000 replica-seconds "
+                     "(KV 0.4, +11.1%)")
     assert table([r("gauge", None, 900, 0.4)], 1.0).endswith(
         "gauge: meets the target; no KV run to compare with")
-    assert table([r("gauge", None, 900, 0.4), r("kv", 0.2, 800, 1.5)], 1.0).endswith(
-        "gauge: meets the target; no KV threshold of the sweep does")
-    edge = table([r("gauge", None, 900, 1.2), r("kv", 0.2, 800, 0.9)], ttft_target=1.0)
-    assert edge.endswith("gauge: misses the target, +12.5% replica-seconds against the best KV "
-                         "threshold (0.2) (the sweep's highest threshold: a higher one might "
-                         "be cheaper)")
+    assert table([r("gauge", None, 900, 0.4), r("kv", 0.2, 800, 1.5, 9)], 1.0).endswith(
+        "gauge: meets the target; no KV threshold of the sweep does\nat equal cost: with no "
+        "more replica-seconds (900), a KV threshold has at best 9 (9.0%) requests over (KV "
+        "0.2; the gauge 3 (3.0%)); no KV threshold had as few requests over (3)")
+    edge = table([r("gauge", None, 900, 1.2, 20), r("kv", 0.2, 1000, 0.9)], ttft_target=1.0)
+    assert ("gauge: misses the target, -10.0% replica-seconds against the best KV threshold "
+            "(0.2) (the sweep's highest threshold: a higher one might be cheaper)\nat equal "
+            "cost: no KV threshold used as few replica-seconds (900); with no more requests "
+            "over (20), a KV threshold used at best 1,000 replica-seconds (KV 0.2, +11.1%)"
+            ) in edge
 
 
 def test_the_command_prints_the_table_and_writes_timelines(tmp_path, capsys) -> None:

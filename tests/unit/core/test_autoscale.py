@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -12,6 +13,7 @@ from inferoute.core.autoscale import (
     AutoscaleSpec,
     PoolEstimator,
     parse_autoscale_spec,
+    rate_trend,
 )
 from inferoute.core.endpoint import Pool
 from inferoute.core.errors import ConfigError
@@ -159,6 +161,93 @@ def test_rate_forecast_follows_the_trend() -> None:
     assert young.forecast_rate(20.0) == young.arrival_rate(20.0)  # too short for a trend
 
 
+def _arrivals(est: PoolEstimator, rates: list[float], start: float = 0.0) -> float:
+    """`rates[i]` arrivals, evenly spread, in second i; returns the end."""
+    for sec, rate in enumerate(rates):
+        for k in range(int(rate)):
+            est.arrived(start + sec + k / rate)
+    return start + len(rates)
+
+
+def test_a_step_is_a_new_level_not_a_trend() -> None:
+    """2 req/s, then 10 req/s for the last 15 s: the rate a cold start ahead is 10, not the
+    line through the window (which rises 0.2 req/s per second and reads 25 at +75 s)."""
+    est = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+    now = _arrivals(est, [2] * 45 + [10] * 15)
+    assert est.forecast_rate(now) == pytest.approx(10.0, abs=0.5)
+    trend = rate_trend(est._counts(now))
+    assert trend.at == 45 and trend.shift == pytest.approx(8.0, abs=0.5)
+    assert trend.slope == pytest.approx(0.0, abs=0.01)
+    # a rise that keeps rising stays a trend
+    ramp = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+    now = _arrivals(ramp, [2 + 0.2 * i for i in range(60)])
+    assert rate_trend(ramp._counts(now)).at is None
+    assert ramp.forecast_rate(now) == pytest.approx(2 + 0.2 * 135, abs=1.5)
+
+
+def test_a_falling_rate_is_met_at_the_next_sync_not_a_cold_start_later() -> None:
+    """Replicas go at once: a falling rate is sized for now (the line 75 s on says 0)."""
+    est = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+    now = _arrivals(est, [12 - 0.1 * i for i in range(60)])
+    assert est.forecast_rate(now) == pytest.approx(6.0, abs=0.5)
+    # the end of a burst: back to the base, not below it
+    burst = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+    now = _arrivals(burst, [12] * 40 + [2] * 20)
+    assert burst.forecast_rate(now) == pytest.approx(2.0, abs=0.3)
+
+
+def test_poisson_noise_is_not_a_shift() -> None:
+    rng = random.Random(7)
+    shifts = 0
+    for _ in range(200):
+        counts = [float(sum(1 for _ in range(40) if rng.random() < 0.25)) for _ in range(60)]
+        shifts += rate_trend(counts).at is not None
+    assert shifts <= 20  # the penalty is set for 5% by chance
+
+
+def test_a_step_asks_for_the_new_level(make_ep) -> None:
+    """The desired count 15 s after a step is the one a steady window at the new rate
+    asks for (before: the step's line, 2.5 times the rate 75 s on)."""
+    ready = [make_ep(i, running=4, kv_usage=0.1) for i in range(8)]  # no backlog ahead
+
+    def desired(rates: list[float]) -> int:
+        est = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+        t = 0.0
+        for sec, rate in enumerate(rates):
+            t = _feed(est, rate=rate, seconds=1, start=float(sec), uncached=4000, ttft=0.4)
+        return est.estimate(t, ready).desired
+
+    steady = desired([10] * 60)
+    assert desired([2] * 45 + [10] * 15) == steady
+
+
+def test_a_scattered_rate_is_sized_for_its_upper_bound(make_ep) -> None:
+    """With `rateQuantile: 0.9` the replicas asked for now are sized for the rate's one-sided
+    90% bound when they serve, lambda + 1.28 sigma, sigma growing with the counts' scatter
+    and the lever from the window's centre. Same mean rate, same requests: the scattered
+    window asks for more (and, at the default 0.5, the same)."""
+    ready = [make_ep(i, running=4, kv_usage=0.1) for i in range(8)]
+
+    def estimate(counts: list[int], quantile: float = 0.9):
+        est = PoolEstimator(AutoscaleSpec(window=60, horizon=75, rate_quantile=quantile))
+        for sec, count in enumerate(counts):
+            _feed(est, rate=count, seconds=1, start=float(sec), uncached=4000, ttft=0.4)
+        return est.estimate(60.0, ready)
+
+    smooth, scattered = estimate([10] * 60), estimate([5, 15] * 15 + [15, 5] * 15)  # no trend
+    assert smooth.rate_error == 0.0
+    assert smooth.arrival_rate == scattered.arrival_rate == pytest.approx(10.0, abs=0.3)
+    # residual variance 25 per count (over n - 2 degrees of freedom); at 75 s past the
+    # window's end, 105 s from its centre
+    lever = 1 / 60 + 105 ** 2 / sum((i + 0.5 - 30) ** 2 for i in range(60))
+    assert scattered.rate_error == pytest.approx(math.sqrt(25 * 60 / 58 * lever), rel=1e-6)
+    assert scattered.ttft_replicas > smooth.ttft_replicas * (1 + 1.2 * scattered.rate_error
+                                                              / scattered.arrival_rate)
+    assert scattered.desired > smooth.desired
+    central = estimate([5, 15] * 15 + [15, 5] * 15, 0.5)
+    assert central.ttft_replicas == pytest.approx(smooth.ttft_replicas, rel=0.01)
+
+
 def test_unqueued_ttft_is_a_fixed_cost_plus_prompt_over_speed(make_ep) -> None:
     est = PoolEstimator(AutoscaleSpec(horizon=0))
     for i in range(600):  # 50 ms fixed, 10,000 uncached tokens/s; prompts of 1000-3995
@@ -213,6 +302,10 @@ def test_the_window_is_bounded() -> None:
 def test_spec_parsing() -> None:
     spec = parse_autoscale_spec({"ttftTarget": "500ms", "window": "2m", "maxReplicas": 8})
     assert (spec.ttft_target, spec.window, spec.max_replicas) == (0.5, 120.0, 8)
+    assert spec.rate_quantile == 0.5 and spec.rate_z == 0.0
+    assert parse_autoscale_spec({"rateQuantile": 0.9}).rate_z == pytest.approx(1.2816, abs=1e-4)
+    with pytest.raises(ConfigError, match="rateQuantile"):
+        parse_autoscale_spec({"rateQuantile": 1})
     assert parse_autoscale_spec(None) == AutoscaleSpec()
     for bad, match in (({"ttft": 1}, "unknown keys ttft"), ({"ttftTarget": 0}, "positive"),
                        ({"horizon": -1}, "horizon"),
