@@ -613,3 +613,13 @@ def test_ops_validation_catches_broken_manifests(helm, tmp_path):
     hpa["spec"]["metrics"][0]["external"]["target"]["avgValue"] = "1"
     with pytest.raises(AssertionError, match="avgValue"):
         _validate_ops(hpa)
+
+
+def test_the_estimator_keys_the_chart_accepts_are_the_gateways() -> None:
+    """The chart's schema lists the `autoscaling:` keys the serving config parses, no more, no
+    fewer (a key the gauge gained was once refused by the chart)."""
+    from inferoute.core.autoscale import _KEYS
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    estimator = schema["properties"]["autoscaling"]["properties"]["estimator"]
+    assert sorted(estimator["propertyNames"]["enum"]) == sorted(_KEYS)
