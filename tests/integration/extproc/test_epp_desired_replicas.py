@@ -30,6 +30,9 @@ async def test_picker_exports_the_gauge_fed_by_its_streams(sim, kit):
                 relayed = await s.respond(session, f"http://{dest}{CHAT}", ans["body"],
                                           served=dest)
                 assert b"data: [DONE]" in relayed
+                # the picker ends the stream once it has seen the response's end: only then
+                # is the request over in its books (a scrape before that raced the finish)
+                assert await s.call.read() is grpc.aio.EOF
         # measured now: three light streams need one replica
         assert kit.metric(await kit.scrape(port), gauge, name=kit.MODEL) == 1
     finally:
