@@ -104,7 +104,7 @@ class SendUpstream:
     last: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per relayed chunk, and a frozen __init__ costs ~1 us
 class Relay:
     data: bytes
 
@@ -333,7 +333,8 @@ class RequestLifecycle:
     def body_chunk(self, data: bytes, *, relay: bool = True) -> list[Action]:
         """Response bytes: Relay(what the client gets now, if anything); `relay=False`: the
         shell relays them itself (the picker: Envoy does), only usage is read."""
-        self._expect(Phase.STREAMING)
+        if self.phase is not Phase.STREAMING:  # the per-chunk path: `_expect` inlined
+            self._expect(Phase.STREAMING)
         if self._relay is None:  # first_byte was not fed: an event stream, presumably
             self._start_relay(True, True, False)
         if self._tracker is not None:

@@ -134,10 +134,10 @@ class UsageTracker:
                 return
             complete, self._pending = data[:cut], data[cut + 1:]
         self.events += complete.count(b"data:") - complete.count(b"data: [DONE]")
-        if self._source is not None or _USAGE not in complete:
+        if self._source is not None or not has_usage(complete):
             return
-        for line in complete.split(b"\n"):
-            if line.startswith(b"data:") and _USAGE in line:
+        for line in complete.split(b"\n"):  # `"usage":null` chunks are not decoded
+            if line.startswith(b"data:") and has_usage(line):
                 usage = usage_of(line[5:])
                 if usage is not None:
                     self.usage = usage

@@ -496,6 +496,8 @@ def _json_typed(headers: Any) -> bool:
 
 def _relayed(actions: list[Action]) -> bytes:
     """The bytes the lifecycle relays to the client among `actions`."""
+    if len(actions) == 1:  # the per-chunk case
+        return actions[0].data if isinstance(actions[0], Relay) else b""
     return b"".join(a.data for a in actions if isinstance(a, Relay))
 
 
