@@ -47,7 +47,7 @@ from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, block_hashes
 from .common import BasePlugin, PluginParams
-from .prefixhome import family_key
+from .prefixhome import common_prefix, family_key
 
 __all__ = ["CapacityPlacementScorer"]
 
@@ -70,11 +70,6 @@ class _Pending:
     endpoint: str
     tokens: int
     family: _Family | None
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading hashes `a` and `b` share (once per family: a linear scan will do)."""
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 @register
@@ -217,7 +212,7 @@ class CapacityPlacementScorer(BasePlugin):
             return fam
         self._families.move_to_end(key)
         if fam.first is not None:
-            shared = _common_prefix(fam.first, data["hashes"])
+            shared = common_prefix(fam.first, data["hashes"])
             fam.first = None
             self._set_prefix(fam, shared * self.params.hash_block_tokens)
         if data["spill"] == target or not fam.homes:
