@@ -24,7 +24,8 @@ Nothing here sleeps, opens a socket or reads a clock. One run wires:
   like a ZMQ hop plus the subscriber's batching.
 - admission, when the policy has a release rule (a plugin such as `kv-fit-filter` that decides
   which waiting request goes next, core/admission/release.py): the gateway's
-  `AdmissionController` with its default flow control and that rule, so requests wait in the
+  `AdmissionController` with that rule (and a TTL and bound no stage reaches, `BENCH_FLOW`:
+  every request is served, as with the other policies), so requests wait in the
   gateway's queue and are released as first tokens and ends free room (the gateway's
   admission driver releases on ends and on a 20 ms tick). Other policies run without
   admission, as before;
@@ -47,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..configfiles import resolve_config
-from ..core.admission import AdmissionController, ReleaseRule
+from ..core.admission import AdmissionController, FlowControlSpec, ReleaseRule
 from ..core.candidates import DEFAULT_READY_WINDOW, CandidateRule
 from ..core.endpoint import Endpoint, EndpointMetrics, Pool
 from ..core.kvindex import apply_engine_events
@@ -61,6 +62,11 @@ from .metrics import RequestRecord, summarize
 from .workloads import WorkItem, Workload
 
 _ARRIVE, _STEP_DONE, _SCRAPE, _STAGE, _ENGINE_IN, _CALL = 0, 1, 2, 3, 4, 5
+
+#: flow control for a policy with a release rule: every request is served, as every other
+#: policy serves it (the gateway's default TTL of 30 s would turn the longest waits of an
+#: overloaded stage into 429s, and its 1,000-request bound the deepest backlogs)
+BENCH_FLOW = FlowControlSpec(ttl=3600.0, max_requests=100_000)
 
 
 @dataclass(slots=True)
@@ -135,7 +141,8 @@ class VirtualBench:
         self.precise = precise_scorers(self.scheduler.plugins.values())
         rules = [p for p in self.scheduler.plugins.values() if isinstance(p, ReleaseRule)]
         #: the gateway's admission, with the policy's release rule (None: no admission)
-        self.admission = AdmissionController(release=rules[0]) if rules else None
+        self.admission = (AdmissionController(flow=BENCH_FLOW, release=rules[0]) if rules
+                          else None)
         kv_events = bool(self.precise)
         self._kv_events = kv_events
         self.engines = [Engine(profile, seed=cfg.seed * 1000 + i, name=f"engine-{i}",

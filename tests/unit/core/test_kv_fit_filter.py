@@ -94,31 +94,42 @@ def test_release_takes_the_oldest_when_no_family_is_affine_and_holds_when_nothin
 def test_release_spreads_by_prefill_queue_and_caps_it() -> None:
     f = KvFitFilter(params=KvFitFilter.Params(max_pending=1))
     eps = _eps([10_000, 10_000])
-    first = f.place(_req("a", "x", "1"), eps, 0.0)
-    assert first is eps[0]
-    # eps[0] has one prefill pending: an unrelated family goes to the idle endpoint
-    assert f.place(_req("b", "x", "2"), eps, 0.0) is eps[1]
+    a1, b1, a2 = _req("a", "x", "1"), _req("b", "x", "2"), _req("a", "y", "3")
+    assert f.choose([a1], eps, 0.0) == 0
+    assert _filter(f, a1, eps) == [eps[0].name]  # reserved there
+    f.on_served(a1, eps[0], 0.0)
+    # eps[0] has one prefill pending: the next goes to the idle endpoint
+    assert f.choose([b1], eps, 0.0) == 0
+    assert _filter(f, b1, eps) == [eps[1].name]
+    f.on_served(b1, eps[1], 0.0)
     # both at the cap: nothing more goes until a first token comes back
-    assert f.place(_req("a", "y", "3"), eps, 0.0) is None
-    f.on_first_token(_req("a", "x", "1"), eps[0], 0.1)
-    assert f.place(_req("a", "y", "3"), eps, 0.1) is eps[0]
+    assert f.place(a2, eps, 0.0) is None and f.choose([a2], eps, 0.0) is None
+    f.on_first_token(a1, eps[0], 0.1)
+    assert f.place(a2, eps, 0.1) is eps[0]
+    # placed, not reserved: the filter keeps every endpoint it fits with room, and the
+    # scorers choose
+    assert _filter(f, a2, eps) == [eps[0].name]
+    f.on_first_token(b1, eps[1], 0.1)
+    assert _filter(f, a2, eps) == [eps[0].name, eps[1].name]
 
 
-def test_a_reserved_request_is_routed_to_its_reservation() -> None:
+def test_a_reserved_request_is_charged_once_where_it_is_served() -> None:
     f = KvFitFilter()
     eps = _eps([10_000, 10_000, 10_000])
     req = _req("a", "x", "1")
-    ep = f.place(req, eps, 0.0)
-    assert ep is not None
-    assert _filter(f, req, eps) == [ep.name]
-    f.on_served(req, ep, 0.0)  # served where reserved: charged once
+    assert f.choose([req], eps, 0.0) == 0
+    (name,) = _filter(f, req, eps)
+    (ep,) = [e for e in eps if e.name == name]
+    f.on_served(req, ep, 0.0)
     assert f.stats()[ep.name]["need_tokens"] == 720 + 160
+    assert sum(st["need_tokens"] for st in f.stats().values()) == 720 + 160
 
 
 def test_a_reservation_never_sent_is_dropped() -> None:
     f = KvFitFilter(params=KvFitFilter.Params(reservation_seconds=5.0))
     (ep,) = _eps([10_000])
-    assert f.place(_req("a", "x", "1"), [ep], 0.0) is ep
+    assert f.choose([_req("a", "x", "1")], [ep], 0.0) == 0
     assert f.stats()[ep.name]["pending"] == 1
-    f.place(_req("b", "x", "2"), [ep], 6.0)  # the first was released, never sent
+    f.choose([_req("b", "x", "2")], [ep], 6.0)  # the first was released, never sent
     assert f.stats()[ep.name]["need_tokens"] == 720 + 160
+    assert f.stats()[ep.name]["pending"] == 1

@@ -26,13 +26,14 @@ than `maxPending`; release to it the oldest waiting request of a family in fligh
 there, else the oldest waiting request, if its need fits there (an endpoint with nothing in
 flight takes anything); else try the next endpoint; None when nothing fits anywhere, and
 the requests wait in the gateway, where they can still be chosen by family, rather than in
-a replica's first-come-first-served queue. An arrival goes at once (`place`) when nothing
-waits and it fits: on an endpoint that has its family in flight or cached, else the least
-loaded one. The chosen endpoint is reserved for the request (its need charged at once).
+a replica's first-come-first-served queue. A released request's endpoint is reserved for
+it (its need charged at once). An arrival goes at once (`place`) when nothing waits and it
+fits on some endpoint whose prefill queue has room; the scorers then choose among those.
 
-As a **filter**: keeps the endpoint reserved for the request; without a reservation (no
-admission configured) the endpoints where its need fits, or all of them when it fits
-nowhere (a filter never refuses a request).
+As a **filter**: keeps the endpoint reserved for the request; without a reservation the
+endpoints where its need fits and whose prefill queue has room, else those where it fits,
+else all of them (a filter never refuses a request: without admission configured, it only
+steers).
 
 Parameters: `outputShare` (1: every request's whole output counted from the start, so the
 engine never preempts; less over-commits, as the engine's own admission does),
@@ -215,17 +216,10 @@ class KvFitFilter(BasePlugin):
 
     def place(self, request: InferenceRequest, candidates: list[Endpoint],
               now: float) -> Endpoint | None:
-        """Where `request` may go now (reserved), or None: it waits."""
+        """An endpoint `request` fits now (it goes, and the scheduler picks among the
+        endpoints it fits), or None: it waits."""
         need = self.need_of(request)
-        eps = self._open(candidates, now)
-        if need.key is not None:  # where its family runs or is cached first
-            home = [ep for ep in eps if need.key in self._affine(ep)]
-            eps = home + [ep for ep in eps if ep not in home]
-        for ep in eps:
-            if self.fits(need, ep):
-                self._hold(request, need, ep, now)
-                return ep
-        return None
+        return next((ep for ep in self._open(candidates, now) if self.fits(need, ep)), None)
 
     def choose(self, waiting: Sequence[InferenceRequest], candidates: list[Endpoint],
                now: float) -> int | None:
@@ -307,7 +301,9 @@ class KvFitFilter(BasePlugin):
                 return kept
         need = self.need_of(request)
         fitting = [ep for ep in endpoints if self.fits(need, ep)]
-        return fitting or endpoints
+        limit = self.params.max_pending
+        open_ = [ep for ep in fitting if self._state(ep.name).pending < limit]
+        return open_ or fitting or endpoints
 
     # -- hooks -----------------------------------------------------------------------------------
     def on_served(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
