@@ -4,8 +4,7 @@ chooses, out of the queue's order, from its highest band, whatever the scraped K
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from inferoute.core.admission import AdmissionController, Admitted, ReleaseRule, Ticket
 from inferoute.core.admission.flowcontrol import FlowQueue, TicketState

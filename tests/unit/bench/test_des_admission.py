@@ -3,9 +3,9 @@ holds requests in the gateway's queue and releases them as room frees; other pol
 without admission."""
 
 from inferoute.bench.des import SimConfig, VirtualBench, run_virtual
-from inferoute.core.admission import Ticket
 from inferoute.bench.load import LoadSpec, parse_stages
 from inferoute.bench.workloads import shared_prefix
+from inferoute.core.admission import Ticket
 
 
 def _cfg(policy: str, seed: int = 3) -> SimConfig:

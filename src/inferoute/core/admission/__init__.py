@@ -27,8 +27,8 @@ from ..scheduling.config import SaturationSpec
 from .controller import FAIRNESS_HEADER, AdmissionController, Admitted
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
 from .objectives import OBJECTIVE_HEADER, Objective, Objectives, ObjectiveSpec
-from .release import ReleaseRule
 from .ratelimit import Limits, MemoryRateLimiter, RateLimiter, Reservation, estimate_tokens
+from .release import ReleaseRule
 from .routing_rules import RouteChoice, RouteSpec, RoutingRules, rewrite_model
 from .saturation import SaturationDetector
 from ..sse import usage_of

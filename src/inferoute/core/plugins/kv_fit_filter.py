@@ -54,7 +54,7 @@ from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, request_keys
-from .common import BasePlugin, PluginParams
+from .common import BasePlugin, FamilyParams, PluginParams, kv_capacity_tokens
 from .prefixhome import common_prefix, family_key
 
 __all__ = ["KvFitFilter"]
@@ -101,25 +101,15 @@ class KvFitFilter(BasePlugin):
 
     type_name = "kv-fit-filter"
 
-    class Params(PluginParams):
+    class Params(FamilyParams):
         output_share: float = pydantic.Field(
             1.0, ge=0.0, le=1.0, description="share of max_tokens counted in a request's need")
         max_pending: int = pydantic.Field(
             4, ge=1, description="requests sent to an endpoint without a first token yet")
         default_max_tokens: int = pydantic.Field(
             1024, ge=1, description="output tokens assumed when a request sets no max_tokens")
-        hash_block_tokens: int = pydantic.Field(
-            16, ge=1, le=4096, description="tokens per hashed block (prefix granularity)")
-        family_key_blocks: int = pydantic.Field(
-            8, ge=1, description="the leading block whose hash names a prompt family")
-        max_prefix_blocks: int = pydantic.Field(
-            512, ge=1, description="leading blocks hashed to measure a family's prefix")
-        max_families: int = pydantic.Field(
-            65_536, ge=1, description="families remembered (least recently seen dropped)")
         max_requests: int = pydantic.Field(
             65_536, ge=1, description="requests tracked at once (the oldest dropped past it)")
-        default_capacity_tokens: int = pydantic.Field(
-            262_144, ge=1, description="KV capacity assumed until a scrape reports it")
         reservation_seconds: float = pydantic.Field(
             30.0, gt=0, description="a reservation never sent is dropped after this long")
 
@@ -163,10 +153,7 @@ class KvFitFilter(BasePlugin):
 
     def capacity(self, ep: Endpoint) -> int:
         """The endpoint's KV capacity in tokens, from its scraped cache config."""
-        m = ep.metrics
-        if m.num_blocks and m.block_size:
-            return m.num_blocks * m.block_size
-        return self.params.default_capacity_tokens
+        return kv_capacity_tokens(ep, self.params.default_capacity_tokens)
 
     def _state(self, name: str) -> _Endpoint:
         st = self._endpoints.get(name)
