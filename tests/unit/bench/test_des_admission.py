@@ -34,8 +34,6 @@ def test_a_release_rule_brings_admission_and_every_request_finishes() -> None:
     assert len(recs) == 60 and all(r.ok and r.output_tokens == 30 for r in recs)
     assert any(waited) and not all(waited)  # some went at once, some waited in the gateway
     assert bench.admission.queued() == 0
-    # the KV need of what was sent never passed a replica's capacity: nothing was preempted
-    assert sum(e["preemptions"] for e in res.engines) == 0
 
 
 def test_with_admission_the_run_is_still_repeatable_to_the_bit() -> None:

@@ -24,12 +24,17 @@ def _eps(blocks: list[int]) -> list[Endpoint]:
             for i, n in enumerate(blocks)]
 
 
+def _fit(**params: float) -> KvFitFilter:
+    """The filter counting each request's whole output (the figures below are exact)."""
+    return KvFitFilter(params=KvFitFilter.Params(**{"output_share": 1.0, **params}))
+
+
 def _filter(f: KvFitFilter, req: InferenceRequest, eps: list[Endpoint]) -> list[str]:
     return [ep.name for ep in f.filter(CycleContext(now=0.0, rng=random.Random(0)), req, eps)]
 
 
 def test_a_familys_prefix_counts_once_per_endpoint() -> None:
-    f = KvFitFilter()
+    f = _fit()
     (ep,) = _eps([1000])
     f.on_served(_req("a", "x", "1"), ep, 0.0)
     # seen once: the whole prompt is the family's prefix (720 tokens) + 160 out
@@ -41,8 +46,15 @@ def test_a_familys_prefix_counts_once_per_endpoint() -> None:
     assert f.stats()[ep.name]["families_in_flight"] == 1
 
 
-def test_the_filter_keeps_endpoints_where_the_need_fits_or_all_when_none_does() -> None:
+def test_by_default_half_of_a_requests_output_counts() -> None:
     f = KvFitFilter()
+    (ep,) = _eps([1000])
+    f.on_served(_req("a", "x", "1", max_tokens=160), ep, 0.0)
+    assert f.stats()[ep.name]["need_tokens"] == 720 + 80
+
+
+def test_the_filter_keeps_endpoints_where_the_need_fits_or_all_when_none_does() -> None:
+    f = _fit()
     eps = _eps([60, 60])  # 960 tokens each
     f.on_served(_req("a", "x", "1"), eps[0], 0.0)
     f.on_served(_req("a", "y", "2"), eps[0], 0.0)  # need 960: full
@@ -53,7 +65,7 @@ def test_the_filter_keeps_endpoints_where_the_need_fits_or_all_when_none_does() 
 
 
 def test_finishing_frees_the_need_and_a_first_token_the_prefill_slot() -> None:
-    f = KvFitFilter()
+    f = _fit()
     (ep,) = _eps([1000])
     a1, a2 = _req("a", "x", "1"), _req("a", "y", "2")
     f.on_served(a1, ep, 0.0)
@@ -67,7 +79,7 @@ def test_finishing_frees_the_need_and_a_first_token_the_prefill_slot() -> None:
 
 
 def test_release_prefers_the_oldest_request_of_a_family_the_endpoint_runs() -> None:
-    f = KvFitFilter()
+    f = _fit()
     (ep,) = _eps([10_000])
     f.on_served(_req("a", "x", "1"), ep, 0.0)
     waiting = [_req("b", "y", "2"), _req("c", "y", "3"), _req("a", "y", "4"),
@@ -80,7 +92,7 @@ def test_release_prefers_the_oldest_request_of_a_family_the_endpoint_runs() -> N
 
 
 def test_release_takes_the_oldest_when_no_family_is_affine_and_holds_when_nothing_fits() -> None:
-    f = KvFitFilter()
+    f = _fit()
     (ep,) = _eps([60])  # 960 tokens
     waiting = [_req("b", "y", "2"), _req("c", "y", "3")]
     assert f.choose(waiting, [ep], 0.0) == 0  # nothing in flight: the oldest goes
@@ -91,30 +103,25 @@ def test_release_takes_the_oldest_when_no_family_is_affine_and_holds_when_nothin
     assert f.choose([waiting[1]], [ep], 1.0) == 0
 
 
-def test_release_spreads_by_prefill_queue_and_caps_it() -> None:
-    f = KvFitFilter(params=KvFitFilter.Params(max_pending=1))
+def test_release_goes_to_the_endpoint_with_the_fewest_prefills_pending() -> None:
+    f = _fit()
     eps = _eps([10_000, 10_000])
     a1, b1, a2 = _req("a", "x", "1"), _req("b", "x", "2"), _req("a", "y", "3")
     assert f.choose([a1], eps, 0.0) == 0
     assert _filter(f, a1, eps) == [eps[0].name]  # reserved there
     f.on_served(a1, eps[0], 0.0)
-    # eps[0] has one prefill pending: the next goes to the idle endpoint
+    # eps[0] has one prefill pending: an unrelated family goes to the idle endpoint
     assert f.choose([b1], eps, 0.0) == 0
     assert _filter(f, b1, eps) == [eps[1].name]
     f.on_served(b1, eps[1], 0.0)
-    # both at the cap: nothing more goes until a first token comes back
-    assert f.place(a2, eps, 0.0) is None and f.choose([a2], eps, 0.0) is None
     f.on_first_token(a1, eps[0], 0.1)
+    # placed, not reserved: the filter keeps every endpoint it fits, and the scorers choose
     assert f.place(a2, eps, 0.1) is eps[0]
-    # placed, not reserved: the filter keeps every endpoint it fits with room, and the
-    # scorers choose
-    assert _filter(f, a2, eps) == [eps[0].name]
-    f.on_first_token(b1, eps[1], 0.1)
     assert _filter(f, a2, eps) == [eps[0].name, eps[1].name]
 
 
 def test_a_reserved_request_is_charged_once_where_it_is_served() -> None:
-    f = KvFitFilter()
+    f = _fit()
     eps = _eps([10_000, 10_000, 10_000])
     req = _req("a", "x", "1")
     assert f.choose([req], eps, 0.0) == 0
@@ -126,7 +133,7 @@ def test_a_reserved_request_is_charged_once_where_it_is_served() -> None:
 
 
 def test_a_reservation_never_sent_is_dropped() -> None:
-    f = KvFitFilter(params=KvFitFilter.Params(reservation_seconds=5.0))
+    f = _fit(reservation_seconds=5.0)
     (ep,) = _eps([10_000])
     assert f.choose([_req("a", "x", "1")], [ep], 0.0) == 0
     assert f.stats()[ep.name]["pending"] == 1

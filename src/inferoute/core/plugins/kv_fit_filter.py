@@ -20,24 +20,24 @@ What it knows, from the gateway's own bookkeeping (the scheduler's hooks), never
 - per endpoint, the families that finished there last, newest first, as many as their
   prefixes fit in capacity - need: what its LRU cache still holds of them.
 
-As a **release rule** (core/admission/release.py; admission asks it before releasing): take
-the endpoint with the fewest pending requests (then the least need) among those with fewer
-than `maxPending`; release to it the oldest waiting request of a family in flight or cached
-there, else the oldest waiting request, if its need fits there (an endpoint with nothing in
-flight takes anything); else try the next endpoint; None when nothing fits anywhere, and
-the requests wait in the gateway, where they can still be chosen by family, rather than in
-a replica's first-come-first-served queue. A released request's endpoint is reserved for
-it (its need charged at once). An arrival goes at once (`place`) when nothing waits and it
-fits on some endpoint whose prefill queue has room; the scorers then choose among those.
+As a **release rule** (core/admission/release.py; admission asks it before releasing): for
+each endpoint, fewest pending requests first (then least need), the oldest waiting request
+of a family in flight or cached there, else the oldest waiting request, is released to it
+if its need fits there (an endpoint with nothing in flight takes anything); None when
+nothing fits anywhere, and the requests wait in the gateway, where they can still be chosen
+by family, rather than in a replica's first-come-first-served queue. A released request's
+endpoint is reserved for it (its need charged at once). An arrival goes at once (`place`)
+when nothing waits and it fits somewhere; the scorers then choose among those endpoints.
 
 As a **filter**: keeps the endpoint reserved for the request; without a reservation the
-endpoints where its need fits and whose prefill queue has room, else those where it fits,
-else all of them (a filter never refuses a request: without admission configured, it only
-steers).
+endpoints where its need fits, else all of them (a filter never refuses a request: without
+admission configured, it only steers).
 
-Parameters: `outputShare` (1: every request's whole output counted from the start, so the
-engine never preempts; less over-commits, as the engine's own admission does),
-`maxPending` (the prefill queue allowed per endpoint), the hashing granularity and bounds.
+`outputShare` (0.5) is the share of a request's `max_tokens` counted in its need: a running
+request holds half its output on average over its life, so a replica runs the batch its KV
+holds on average and preempts a little when its running requests grow together; 1 counts
+every request at its peak (it never preempts, and runs smaller batches). Both, and a cap on
+the prefill queue per endpoint that was dropped, are measured in docs/benchmark.md.
 """
 
 from __future__ import annotations
@@ -103,9 +103,7 @@ class KvFitFilter(BasePlugin):
 
     class Params(FamilyParams):
         output_share: float = pydantic.Field(
-            1.0, ge=0.0, le=1.0, description="share of max_tokens counted in a request's need")
-        max_pending: int = pydantic.Field(
-            4, ge=1, description="requests sent to an endpoint without a first token yet")
+            0.5, ge=0.0, le=1.0, description="share of max_tokens counted in a request's need")
         default_max_tokens: int = pydantic.Field(
             1024, ge=1, description="output tokens assumed when a request sets no max_tokens")
         max_requests: int = pydantic.Field(
@@ -193,20 +191,18 @@ class KvFitFilter(BasePlugin):
         yield from self._cached(ep)
 
     # -- the release rule --------------------------------------------------------------------
-    def _open(self, candidates: list[Endpoint], now: float) -> list[Endpoint]:
-        """Endpoints whose prefill queue has room, fewest pending first (then least need)."""
+    def _by_load(self, candidates: list[Endpoint], now: float) -> list[Endpoint]:
+        """The candidates, fewest requests pending first (then least need)."""
         self._expire(now)
-        limit = self.params.max_pending
-        eps = [ep for ep in candidates if self._state(ep.name).pending < limit]
-        eps.sort(key=lambda ep: (self._state(ep.name).pending, self._state(ep.name).need))
-        return eps
+        return sorted(candidates, key=lambda ep: (self._state(ep.name).pending,
+                                                  self._state(ep.name).need))
 
     def place(self, request: InferenceRequest, candidates: list[Endpoint],
               now: float) -> Endpoint | None:
         """An endpoint `request` fits now (it goes, and the scheduler picks among the
         endpoints it fits), or None: it waits."""
         need = self.need_of(request)
-        return next((ep for ep in self._open(candidates, now) if self.fits(need, ep)), None)
+        return next((ep for ep in self._by_load(candidates, now) if self.fits(need, ep)), None)
 
     def choose(self, waiting: Sequence[InferenceRequest], candidates: list[Endpoint],
                now: float) -> int | None:
@@ -219,7 +215,7 @@ class KvFitFilter(BasePlugin):
         for i, need in enumerate(needs):
             if need.key is not None and need.key not in oldest:
                 oldest[need.key] = i
-        for ep in self._open(candidates, now):
+        for ep in self._by_load(candidates, now):
             pick = min((oldest[k] for k in self._affine(ep) if k in oldest), default=0)
             if self.fits(needs[pick], ep):
                 self._hold(waiting[pick], needs[pick], ep, now)
@@ -288,9 +284,7 @@ class KvFitFilter(BasePlugin):
                 return kept
         need = self.need_of(request)
         fitting = [ep for ep in endpoints if self.fits(need, ep)]
-        limit = self.params.max_pending
-        open_ = [ep for ep in fitting if self._state(ep.name).pending < limit]
-        return open_ or fitting or endpoints
+        return fitting or endpoints
 
     # -- hooks -----------------------------------------------------------------------------------
     def on_served(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
