@@ -270,7 +270,12 @@ class KvFitFilter(BasePlugin):
     def _expire(self, now: float) -> None:
         """Drop reservations never sent (the client went away while it was released)."""
         limit = now - self.params.reservation_seconds
-        stale = [rid for rid, h in self._held.items() if not h.served and h.reserved_at < limit]
+        stale = []
+        for rid, h in self._held.items():  # in the order they were held: oldest first
+            if h.reserved_at >= limit:
+                break
+            if not h.served:
+                stale.append(rid)
         for rid in stale:
             self._release(rid)
 
