@@ -22,6 +22,13 @@ Nothing here sleeps, opens a socket or reads a clock. One run wires:
   configured with `tokenizer: words` would send). The events an engine step emits reach the
   scorer's index when that step completes, one step duration after the engine recorded them,
   like a ZMQ hop plus the subscriber's batching.
+- admission, when the policy has a release rule (a plugin such as `kv-fit-filter` that decides
+  which waiting request goes next, core/admission/release.py): the gateway's
+  `AdmissionController` with that rule (and a TTL and bound no stage reaches, `BENCH_FLOW`:
+  every request is served, as with the other policies), so requests wait in the
+  gateway's queue and are released as first tokens and ends free room (the gateway's
+  admission driver releases on ends and on a 20 ms tick). Other policies run without
+  admission, as before;
 - replicas added and removed during a run (`add_replica`, `remove_replica`: a removed replica
   takes no new request and finishes what it holds), and callbacks at virtual times (`call_at`),
   for an autoscaler (bench/autoscale.py).
@@ -41,11 +48,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..configfiles import resolve_config
+from ..core.admission import AdmissionController, FlowControlSpec, ReleaseRule
 from ..core.candidates import DEFAULT_READY_WINDOW, CandidateRule
 from ..core.endpoint import Endpoint, EndpointMetrics, Pool
 from ..core.kvindex import apply_engine_events
 from ..core.plugins.precise_prefix_cache_scorer import precise_scorers
-from ..core.lifecycle import RequestLifecycle, Respond, SendUpstream
+from ..core.lifecycle import RequestLifecycle, Respond, SendUpstream, Wait
 from ..core.router import ModelPool, Router
 from ..core.scheduling.config import EndpointPickerConfig
 from ..core.scheduling.scheduler import Scheduler
@@ -54,6 +62,11 @@ from .metrics import RequestRecord, summarize
 from .workloads import WorkItem, Workload
 
 _ARRIVE, _STEP_DONE, _SCRAPE, _STAGE, _ENGINE_IN, _CALL = 0, 1, 2, 3, 4, 5
+
+#: flow control for a policy with a release rule: every request is served, as every other
+#: policy serves it (the gateway's default TTL of 30 s would turn the longest waits of an
+#: overloaded stage into 429s, and its 1,000-request bound the deepest backlogs)
+BENCH_FLOW = FlowControlSpec(ttl=3600.0, max_requests=100_000)
 
 
 @dataclass(slots=True)
@@ -126,6 +139,10 @@ class VirtualBench:
         self.scheduler = Scheduler(config, seed=cfg.seed)
         #: precise prefix scorers fed by the engines' KV events (empty: no events published)
         self.precise = precise_scorers(self.scheduler.plugins.values())
+        rules = [p for p in self.scheduler.plugins.values() if isinstance(p, ReleaseRule)]
+        #: the gateway's admission, with the policy's release rule (None: no admission)
+        self.admission = (AdmissionController(flow=BENCH_FLOW, release=rules[0]) if rules
+                          else None)
         kv_events = bool(self.precise)
         self._kv_events = kv_events
         self.engines = [Engine(profile, seed=cfg.seed * 1000 + i, name=f"engine-{i}",
@@ -263,9 +280,17 @@ class VirtualBench:
         self._records[stage_index].append(rec)
         body = {"model": self.cfg.model, "prompt": item.prompt, "max_tokens": item.max_tokens,
                 "stream": True}
-        lifecycle = RequestLifecycle(self.router)
+        lifecycle = RequestLifecycle(self.router, admission=self.admission)
         (action,) = lifecycle.receive("completions", body, {}, request_id=rid, now=now,
                                       token_ids=self._token_ids(item) if self.precise else None)
+        if isinstance(action, Wait):
+            action.ticket.waiter = (lifecycle, item, rec, rid)
+            return
+        self._sent(now, action, lifecycle, item, rec, rid)
+
+    def _sent(self, now: float, action: Any, lifecycle: RequestLifecycle, item: WorkItem,
+              rec: RequestRecord, rid: str) -> None:
+        """The lifecycle's answer to a request: an error, or the engine it goes to."""
         if not isinstance(action, SendUpstream):
             assert isinstance(action, Respond)
             rec.error = f"{action.error.status} {action.error.message}"
@@ -287,6 +312,17 @@ class VirtualBench:
             self._push(now + delay, _ENGINE_IN, (i, sim_req))
         else:
             self._engine_in(i, sim_req, now)
+
+    def _pump(self, now: float) -> None:
+        """Admission: fail the waiting requests past their TTL, send those it releases."""
+        adm = self.admission
+        assert adm is not None
+        for ticket, err in adm.expire(now):
+            lifecycle, item, rec, rid = ticket.waiter
+            self._sent(now, lifecycle.expired(err)[0], lifecycle, item, rec, rid)
+        for ticket in adm.dispatchable(now):
+            lifecycle, item, rec, rid = ticket.waiter
+            self._sent(now, lifecycle.released(now)[0], lifecycle, item, rec, rid)
 
     def _engine_in(self, i: int, req: Any, now: float) -> None:
         self.engines[i].add_request(req, now)
@@ -333,6 +369,7 @@ class VirtualBench:
 
     def _deliver(self, now: float, outputs: list[Any]) -> None:
         live = self._live
+        freed = False
         for o in outputs:
             entry = live.get(o.request_id)
             if entry is None:
@@ -349,7 +386,9 @@ class VirtualBench:
                 rec.cached_tokens = o.cached_tokens
                 rec.prompt_tokens = o.prompt_tokens
                 entry.lifecycle.first_byte(now)
+                freed = True
             if o.finished:
+                freed = True
                 del live[o.request_id]
                 rec.end = now
                 if o.finish_reason not in ("stop", "length"):
@@ -359,6 +398,8 @@ class VirtualBench:
                          "prompt_tokens_details": {"cached_tokens": rec.cached_tokens or 0}}
                 entry.lifecycle.end(now, usage)
                 self._request_over(now)
+        if freed and self.admission is not None and self.admission.queued():
+            self._pump(now)
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from .controller import FAIRNESS_HEADER, AdmissionController, Admitted
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
 from .objectives import OBJECTIVE_HEADER, Objective, Objectives, ObjectiveSpec
 from .ratelimit import Limits, MemoryRateLimiter, RateLimiter, Reservation, estimate_tokens
+from .release import ReleaseRule
 from .routing_rules import RouteChoice, RouteSpec, RoutingRules, rewrite_model
 from .saturation import SaturationDetector
 from ..sse import usage_of
@@ -85,7 +86,7 @@ def parse_admission_config(data: Any, source: str = "<admission>") -> AdmissionC
 __all__ = [
     "AdmissionConfig", "AdmissionController", "Admitted", "FAIRNESS_HEADER", "FlowControlSpec",
     "FlowQueue", "Limits", "MemoryRateLimiter", "OBJECTIVE_HEADER", "Objective", "ObjectiveSpec",
-    "Objectives", "QueueFull", "RateLimiter", "Reservation", "ResponseRewriter", "RouteChoice",
+    "Objectives", "QueueFull", "RateLimiter", "ReleaseRule", "Reservation", "ResponseRewriter", "RouteChoice",
     "RouteSpec", "RoutingRules", "SaturationDetector", "Ticket", "TicketState", "UpstreamBody",
     "estimate_tokens", "parse_admission_config",
     "prepare_upstream_body", "rewrite_model", "rewrite_response_model",

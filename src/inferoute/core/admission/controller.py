@@ -40,6 +40,14 @@ reports sends and ends (`dispatched` / `finished`, e.g. from a router listener) 
 (`observe`); without them the budget counts releases since the scrape instead, slots free only
 at scrapes and batch sizes are learned from the pages the budget reads.
 
+A release rule (`release`, core/admission/release.py; e.g. the `kv-fit-filter` plugin of the
+pool's scheduler, which the shell attaches) replaces the dispatch budget and the queue's
+order: an arrival is admitted at once when nothing waits and the rule places it; otherwise it
+waits, and `dispatchable` releases, from the highest band, the requests the rule chooses, one
+at a time while it finds one that fits. The saturation detector then only decides shedding:
+the rule's own accounting says when a replica is full (KV usage near 1 is the normal state of
+a replica the rule keeps full, not a reason to hold everything).
+
 With flow control disabled, nothing waits: sheddable requests are shed while saturated and the
 rest are admitted (the reference endpoint picker's behaviour without its flow controller).
 """
@@ -57,6 +65,7 @@ from ..errors import InferouteError, NoEndpointAvailable, TooManyRequests
 from ..request import InferenceRequest
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
 from .objectives import Objective, Objectives
+from .release import ReleaseRule
 from .saturation import SaturationDetector
 
 __all__ = ["AdmissionController", "Admitted", "FAIRNESS_HEADER"]
@@ -141,8 +150,12 @@ class AdmissionController:
     def __init__(self, detector: SaturationDetector | None = None,
                  objectives: Objectives | None = None,
                  flow: FlowControlSpec | None = None, *,
-                 candidates_of: Callable[[Pool, float], list[Endpoint]] = _healthy) -> None:
+                 candidates_of: Callable[[Pool, float], list[Endpoint]] = _healthy,
+                 release: ReleaseRule | None = None) -> None:
         self.detector = detector or SaturationDetector()
+        #: decides which waiting request goes next, and where (None: the queue's order and
+        #: the dispatch budget)
+        self.release = release
         self.objectives = objectives or Objectives()
         self.flow = flow or FlowControlSpec()
         self.candidates_of = candidates_of
@@ -180,13 +193,18 @@ class AdmissionController:
             raise NoEndpointAvailable(f"no ready endpoint serves model '{pool.model}'")
         saturated = self.detector.is_saturated(candidates, now)
         st = self._state(pool)
-        budget = 0 if saturated or not self.flow.enabled else self._budget(st, candidates, now)
+        rule = self.release
+        budget = (0 if saturated or not self.flow.enabled or rule is not None
+                  else self._budget(st, candidates, now))
         if request.priority < 0 and (saturated or self._backlogged(st, candidates, budget, now)):
             raise TooManyRequests("the model is saturated; sheddable request rejected",
                                   retry_after=self.flow.retry_after, code="overloaded")
         if not self.flow.enabled:
             return Admitted(pool.model)
-        if not saturated and not st.queue and budget > 0:
+        if rule is not None:
+            if not st.queue and rule.place(request, candidates, now) is not None:
+                return Admitted(pool.model)
+        elif not saturated and not st.queue and budget > 0:
             st.releases.append(now)
             return Admitted(pool.model)
         ttl = self.flow.ttl
@@ -219,6 +237,9 @@ class AdmissionController:
             if not st.queue:
                 continue
             candidates = self.candidates_of(st.pool, now)
+            if candidates and self.release is not None and self.flow.enabled:
+                out += self._release_by_rule(st, self.release, candidates, now)
+                continue
             if not candidates or self.detector.is_saturated(candidates, now):
                 continue
             budget = self._budget(st, candidates, now)
@@ -231,6 +252,26 @@ class AdmissionController:
                 budget -= 1
             if not st.queue:
                 st.waiting_since = None
+        return out
+
+    @staticmethod
+    def _release_by_rule(st: _PoolState, rule: ReleaseRule, candidates: list[Endpoint],
+                         now: float) -> list[Ticket]:
+        """The tickets `rule` chooses, one at a time from the highest band, while it finds
+        one that fits."""
+        out: list[Ticket] = []
+        band: list[Ticket] = []
+        while st.queue:
+            if not band:
+                band = sorted(st.queue.top_band(), key=lambda t: t.seq)
+            i = rule.choose([t.request for t in band], candidates, now)
+            if i is None:
+                break
+            t = band.pop(i)
+            st.queue.take(t)
+            out.append(t)
+        if not st.queue:
+            st.waiting_since = None
         return out
 
     def dispatched(self, pool: str, ep: Endpoint, now: float) -> None:

@@ -224,6 +224,25 @@ class FlowQueue:
             return t
         return None
 
+    def take(self, t: Ticket) -> bool:
+        """Release one queued ticket out of service order (a release rule chose it); marks it
+        DISPATCHED. False if it was no longer queued."""
+        if t.state is not TicketState.QUEUED:
+            return False
+        t.state = TicketState.DISPATCHED
+        self._remove_live(t)
+        return True
+
+    def top_band(self) -> list[Ticket]:
+        """The live tickets of the highest priority band (any order; `seq` is their age)."""
+        while self._order:
+            prio = -self._order[0]
+            band = self._bands[prio]
+            if band.live:
+                return self._live_tickets(band)
+            self._drop_band(prio)
+        return []
+
     def cancel(self, t: Ticket) -> bool:
         """Remove a queued ticket (client gone); False if it was no longer queued."""
         if t.state is not TicketState.QUEUED:

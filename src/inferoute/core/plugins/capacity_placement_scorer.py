@@ -46,8 +46,8 @@ from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, block_hashes
-from .common import BasePlugin, PluginParams
-from .prefixhome import family_key
+from .common import BasePlugin, FamilyParams, PluginParams, kv_capacity_tokens
+from .prefixhome import common_prefix, family_key
 
 __all__ = ["CapacityPlacementScorer"]
 
@@ -72,28 +72,13 @@ class _Pending:
     family: _Family | None
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading hashes `a` and `b` share (once per family: a linear scan will do)."""
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
 @register
 class CapacityPlacementScorer(BasePlugin):
     """A family's homes score 1; a new home only when spilling costs less prefill than waiting."""
 
     type_name = "capacity-placement-scorer"
 
-    class Params(PluginParams):
-        hash_block_tokens: int = pydantic.Field(
-            16, ge=1, le=4096, description="tokens per hashed block (prefix granularity)")
-        family_key_blocks: int = pydantic.Field(
-            8, ge=1, description="the leading block whose hash names a prompt family")
-        max_prefix_blocks: int = pydantic.Field(
-            512, ge=1, description="leading blocks hashed to measure a family's prefix")
-        max_families: int = pydantic.Field(
-            65_536, ge=1, description="families remembered (least recently seen dropped)")
-        default_capacity_tokens: int = pydantic.Field(
-            262_144, ge=1, description="KV capacity assumed until a scrape reports it")
+    class Params(FamilyParams):
         spill: bool = pydantic.Field(
             True, description="copy a family to another endpoint when that pays (false: "
                               "every family stays on the endpoint it was placed on)")
@@ -111,10 +96,7 @@ class CapacityPlacementScorer(BasePlugin):
     # -- state -------------------------------------------------------------------------------
     def capacity_tokens(self, ep: Endpoint) -> int:
         """The endpoint's KV capacity in tokens, from its scraped cache config."""
-        m = ep.metrics
-        if m.num_blocks and m.block_size:
-            return m.num_blocks * m.block_size
-        return self.params.default_capacity_tokens
+        return kv_capacity_tokens(ep, self.params.default_capacity_tokens)
 
     def _cached(self, ep: Endpoint, tokens: int) -> int:
         """Expected cached part of a `tokens` prefix homed at `ep`: all of it while the working
@@ -217,7 +199,7 @@ class CapacityPlacementScorer(BasePlugin):
             return fam
         self._families.move_to_end(key)
         if fam.first is not None:
-            shared = _common_prefix(fam.first, data["hashes"])
+            shared = common_prefix(fam.first, data["hashes"])
             fam.first = None
             self._set_prefix(fam, shared * self.params.hash_block_tokens)
         if data["spill"] == target or not fam.homes:

@@ -8,10 +8,12 @@ from typing import Any, ClassVar, Sequence
 import pydantic
 from pydantic.alias_generators import to_camel
 
+from ..endpoint import Endpoint
 from ..errors import ConfigError
 from ..scheduling.framework import DataKey, Scorer
 
-__all__ = ["BasePlugin", "bound_plugin", "inverted_min_max", "PickerParams", "PluginParams"]
+__all__ = ["BasePlugin", "bound_plugin", "FamilyParams", "inverted_min_max", "kv_capacity_tokens",
+           "PickerParams", "PluginParams"]
 
 
 class PluginParams(pydantic.BaseModel):
@@ -33,6 +35,31 @@ class PickerParams(PluginParams):
 
     max_num_of_endpoints: int = pydantic.Field(
         2, ge=1, le=64, description="target plus fallbacks returned, best first")
+
+
+class FamilyParams(PluginParams):
+    """The parameters of plugins that group prompts into families (prompts sharing a leading
+    block, core/plugins/prefixhome.py) and weigh them against an endpoint's KV capacity."""
+
+    hash_block_tokens: int = pydantic.Field(
+        16, ge=1, le=4096, description="tokens per hashed block (prefix granularity)")
+    family_key_blocks: int = pydantic.Field(
+        8, ge=1, description="the leading block whose hash names a prompt family")
+    max_prefix_blocks: int = pydantic.Field(
+        512, ge=1, description="leading blocks hashed to measure a family's prefix")
+    max_families: int = pydantic.Field(
+        65_536, ge=1, description="families remembered (least recently seen dropped)")
+    default_capacity_tokens: int = pydantic.Field(
+        262_144, ge=1, description="KV capacity assumed until a scrape reports it")
+
+
+def kv_capacity_tokens(ep: Endpoint, default: int) -> int:
+    """The endpoint's KV capacity in tokens, from its scraped cache config (`default` until
+    a scrape reports it)."""
+    m = ep.metrics
+    if m.num_blocks and m.block_size:
+        return m.num_blocks * m.block_size
+    return default
 
 
 class BasePlugin:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from xxhash import xxh64_intdigest
 
-__all__ = ["family_key", "home_ranks"]
+__all__ = ["common_prefix", "family_key", "home_ranks"]
 
 
 def family_key(hashes: Sequence[int], key_blocks: int) -> int | None:
@@ -27,6 +27,12 @@ def family_key(hashes: Sequence[int], key_blocks: int) -> int | None:
     if not hashes:
         return None
     return hashes[min(len(hashes), key_blocks) - 1]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading hashes `a` and `b` share (a family's prefix, from its first two
+    requests: once per family, so a linear scan will do)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def home_ranks(key: int, names: Sequence[str]) -> list[int]:

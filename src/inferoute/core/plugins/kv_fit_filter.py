@@ -1,0 +1,321 @@
+"""`kv-fit-filter`: send a request only where its KV need fits; release waiting ones by family.
+
+Why (docs/benchmark.md, "Where the KV cache runs out"): where prompt families need more KV
+than the fleet has, a saturated replica's running requests hold 90-92% of its blocks, each
+of another family, so what is left between requests is about one family's prefix and every
+other request recomputes its own. Placement cannot fix that (a perfect partition hits 1-4
+points more); the running set's composition can: a replica whose running requests share few
+prefixes holds more of them at once and recomputes less. With admission's queue in front of
+the replicas, this plugin decides which waiting request goes next and where.
+
+What it knows, from the gateway's own bookkeeping (the scheduler's hooks), never stale:
+
+- a **family** is the prompts sharing a leading block (`familyKeyBlocks`); its **prefix** is
+  what its first two requests share (the whole prompt until the second one);
+- per endpoint, its **KV need**: the prefix of every family it has in flight, once, plus
+  each request's own tokens (its prompt past the prefix, and `outputShare` x `max_tokens`);
+  its **capacity** is `num_blocks x block_size` from its scrape (`defaultCapacityTokens`
+  until then);
+- per endpoint, its requests **pending**: sent, no first token back yet (its prefill queue);
+- per endpoint, the families that finished there last, newest first, as many as their
+  prefixes fit in capacity - need: what its LRU cache still holds of them.
+
+As a **release rule** (core/admission/release.py; admission asks it before releasing): for
+each endpoint, fewest pending requests first (then least need), the oldest waiting request
+of a family in flight or cached there, else the oldest waiting request, is released to it
+if its need fits there (an endpoint with nothing in flight takes anything); None when
+nothing fits anywhere, and the requests wait in the gateway, where they can still be chosen
+by family, rather than in a replica's first-come-first-served queue. A released request's
+endpoint is reserved for it (its need charged at once). An arrival goes at once (`place`)
+when nothing waits and it fits somewhere; the scorers then choose among those endpoints.
+
+As a **filter**: keeps the endpoint reserved for the request; without a reservation the
+endpoints where its need fits, else all of them (a filter never refuses a request: without
+admission configured, it only steers).
+
+`outputShare` (0.5) is the share of a request's `max_tokens` counted in its need: a running
+request holds half its output on average over its life, so a replica runs the batch its KV
+holds on average and preempts a little when its running requests grow together; 1 counts
+every request at its peak (it never preempts, and runs smaller batches). Both, and a cap on
+the prefill queue per endpoint that was dropped, are measured in docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from ..endpoint import Endpoint
+from ..request import InferenceRequest
+from ..scheduling.framework import CycleContext
+from ..scheduling.registry import register
+from .blockhash import CHARS_PER_TOKEN, request_keys
+from .common import BasePlugin, FamilyParams, PluginParams, kv_capacity_tokens
+from .prefixhome import common_prefix, family_key
+
+__all__ = ["KvFitFilter"]
+
+#: per endpoint: finished families remembered (the cache holds fewer; see `_cached`)
+MAX_RECENT = 256
+
+
+@dataclass(slots=True)
+class _Need:
+    """A request's KV need: its family, the family's prefix, and its own tokens."""
+
+    key: int | None
+    prefix: int
+    own: int
+
+
+@dataclass(slots=True)
+class _Held:
+    """A request reserved for, or in flight on, an endpoint."""
+
+    endpoint: str
+    need: _Need
+    #: the family's prefix was charged with this request (the family's first in flight there)
+    charged: int
+    reserved_at: float
+    pending: bool = True
+    served: bool = False
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    need: int = 0
+    pending: int = 0
+    #: family key -> [requests in flight, prefix tokens charged]
+    families: dict[int, list[int]] = field(default_factory=dict)
+    #: families that finished here, oldest first: key -> prefix tokens
+    recent: OrderedDict[int, int] = field(default_factory=OrderedDict)
+
+
+@register
+class KvFitFilter(BasePlugin):
+    """Keeps the endpoint a request's KV need was reserved on (or fits); a release rule."""
+
+    type_name = "kv-fit-filter"
+
+    class Params(FamilyParams):
+        output_share: float = pydantic.Field(
+            0.5, ge=0.0, le=1.0, description="share of max_tokens counted in a request's need")
+        default_max_tokens: int = pydantic.Field(
+            1024, ge=1, description="output tokens assumed when a request sets no max_tokens")
+        max_requests: int = pydantic.Field(
+            65_536, ge=1, description="requests tracked at once (the oldest dropped past it)")
+        reservation_seconds: float = pydantic.Field(
+            30.0, gt=0, description="a reservation never sent is dropped after this long")
+
+    def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
+        super().__init__(name, params)
+        #: family key -> the first request's hashes (prefix not known yet) or the prefix tokens
+        self._families: OrderedDict[int, list[int] | int] = OrderedDict()
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+
+    # -- the request's need ------------------------------------------------------------------
+    def need_of(self, request: InferenceRequest) -> _Need:
+        """The request's family, its prefix and its own tokens (learns the family's prefix)."""
+        cached = request.attributes.get(self.name)
+        if isinstance(cached, _Need):
+            return cached
+        p = self.params
+        keys = request_keys(request, p.hash_block_tokens * CHARS_PER_TOKEN, p.max_prefix_blocks)
+        key = family_key(keys, p.family_key_blocks)
+        prefix = 0
+        if key is not None:
+            fam = self._families.get(key)
+            if fam is None:
+                hashes = keys.tolist()
+                self._families[key] = hashes
+                prefix = len(hashes) * p.hash_block_tokens
+                while len(self._families) > p.max_families:
+                    self._families.popitem(last=False)
+            elif isinstance(fam, list):
+                prefix = common_prefix(fam, keys.tolist()) * p.hash_block_tokens
+                self._families[key] = prefix
+            else:
+                prefix = fam
+            self._families.move_to_end(key)
+        prompt = request.prompt_tokens_estimate
+        prefix = min(prefix, prompt)
+        out = request.max_tokens if request.max_tokens else p.default_max_tokens
+        need = _Need(key, prefix, prompt - prefix + int(p.output_share * out))
+        request.attributes[self.name] = need
+        return need
+
+    def capacity(self, ep: Endpoint) -> int:
+        """The endpoint's KV capacity in tokens, from its scraped cache config."""
+        return kv_capacity_tokens(ep, self.params.default_capacity_tokens)
+
+    def _state(self, name: str) -> _Endpoint:
+        st = self._endpoints.get(name)
+        if st is None:
+            st = self._endpoints[name] = _Endpoint()
+        return st
+
+    def cost(self, need: _Need, ep: Endpoint) -> int:
+        """Tokens of KV `ep` would add for the request: its own, and its family's prefix
+        unless the family is in flight there already."""
+        st = self._state(ep.name)
+        shared = need.key is not None and need.key in st.families
+        return need.own + (0 if shared else need.prefix)
+
+    def fits(self, need: _Need, ep: Endpoint) -> bool:
+        """The request's need fits in what `ep`'s requests in flight leave of its capacity
+        (an endpoint with nothing in flight takes any one request)."""
+        st = self._state(ep.name)
+        return st.need == 0 or st.need + self.cost(need, ep) <= self.capacity(ep)
+
+    def _cached(self, ep: Endpoint) -> Iterator[int]:
+        """Families finished at `ep` that its cache still holds: newest first, while their
+        prefixes fit in what its requests in flight leave free."""
+        st = self._state(ep.name)
+        free = self.capacity(ep) - st.need
+        for key in reversed(st.recent):
+            if key in st.families:
+                continue
+            free -= st.recent[key]
+            if free < 0:
+                return
+            yield key
+
+    def _affine(self, ep: Endpoint) -> Iterator[int]:
+        """Families whose requests run cheaper at `ep`: in flight there, then cached there."""
+        yield from self._state(ep.name).families
+        yield from self._cached(ep)
+
+    # -- the release rule --------------------------------------------------------------------
+    def _by_load(self, candidates: list[Endpoint], now: float) -> list[Endpoint]:
+        """The candidates, fewest requests pending first (then least need)."""
+        self._expire(now)
+        return sorted(candidates, key=lambda ep: (self._state(ep.name).pending,
+                                                  self._state(ep.name).need))
+
+    def place(self, request: InferenceRequest, candidates: list[Endpoint],
+              now: float) -> Endpoint | None:
+        """An endpoint `request` fits now (it goes, and the scheduler picks among the
+        endpoints it fits), or None: it waits."""
+        need = self.need_of(request)
+        return next((ep for ep in self._by_load(candidates, now) if self.fits(need, ep)), None)
+
+    def choose(self, waiting: Sequence[InferenceRequest], candidates: list[Endpoint],
+               now: float) -> int | None:
+        """The index of the waiting request (oldest first) to release now, reserved on its
+        endpoint; None while nothing fits (see the module docstring)."""
+        if not waiting:
+            return None
+        needs = [self.need_of(r) for r in waiting]
+        oldest: dict[int, int] = {}
+        for i, need in enumerate(needs):
+            if need.key is not None and need.key not in oldest:
+                oldest[need.key] = i
+        for ep in self._by_load(candidates, now):
+            pick = min((oldest[k] for k in self._affine(ep) if k in oldest), default=0)
+            if self.fits(needs[pick], ep):
+                self._hold(waiting[pick], needs[pick], ep, now)
+                return pick
+        return None
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _hold(self, request: InferenceRequest, need: _Need, ep: Endpoint, now: float) -> None:
+        """Charge the request's need to `ep` (reserved or dispatched there)."""
+        self._release(request.request_id)
+        st = self._state(ep.name)
+        charged = 0
+        if need.key is not None:
+            fam = st.families.get(need.key)
+            if fam is None:
+                charged = need.prefix
+                fam = st.families[need.key] = [0, charged]
+                st.recent.pop(need.key, None)
+            fam[0] += 1
+        else:
+            charged = need.prefix
+        st.need += need.own + charged
+        st.pending += 1
+        self._held[request.request_id] = _Held(ep.name, need, charged, now)
+        while len(self._held) > self.params.max_requests:
+            self._release(next(iter(self._held)))
+
+    def _release(self, rid: str) -> None:
+        held = self._held.pop(rid, None)
+        if held is None:
+            return
+        st = self._state(held.endpoint)
+        st.need = max(0, st.need - held.need.own)
+        if held.pending:
+            st.pending = max(0, st.pending - 1)
+        key = held.need.key
+        if key is None:
+            st.need = max(0, st.need - held.charged)
+            return
+        fam = st.families.get(key)
+        if fam is None:
+            return
+        fam[0] -= 1
+        if fam[0] <= 0:
+            del st.families[key]
+            st.need = max(0, st.need - fam[1])
+            st.recent[key] = held.need.prefix
+            st.recent.move_to_end(key)
+            while len(st.recent) > MAX_RECENT:
+                st.recent.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        """Drop reservations never sent (the client went away while it was released)."""
+        limit = now - self.params.reservation_seconds
+        stale = []
+        for rid, h in self._held.items():  # in the order they were held: oldest first
+            if h.reserved_at >= limit:
+                break
+            if not h.served:
+                stale.append(rid)
+        for rid in stale:
+            self._release(rid)
+
+    # -- the filter ----------------------------------------------------------------------------
+    def filter(self, ctx: CycleContext, request: InferenceRequest,
+               endpoints: list[Endpoint]) -> list[Endpoint]:
+        held = self._held.get(request.request_id)
+        if held is not None:
+            kept = [ep for ep in endpoints if ep.name == held.endpoint]
+            if kept:
+                return kept
+        need = self.need_of(request)
+        fitting = [ep for ep in endpoints if self.fits(need, ep)]
+        return fitting or endpoints
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def on_served(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        held = self._held.get(request.request_id)
+        if held is None or held.endpoint != endpoint.name:
+            self._hold(request, self.need_of(request), endpoint, now)
+            held = self._held[request.request_id]
+        held.served = True
+
+    def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        held = self._held.get(request.request_id)
+        if held is not None and held.pending:
+            held.pending = False
+            st = self._state(held.endpoint)
+            st.pending = max(0, st.pending - 1)
+
+    def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
+                    usage: dict[str, Any] | None) -> None:
+        self._release(request.request_id)
+
+    def on_endpoint_removed(self, endpoint: Endpoint) -> None:
+        for rid in [r for r, h in self._held.items() if h.endpoint == endpoint.name]:
+            del self._held[rid]
+        self._endpoints.pop(endpoint.name, None)
+
+    def stats(self) -> dict[str, Any]:
+        return {name: {"need_tokens": st.need, "pending": st.pending,
+                       "families_in_flight": len(st.families)}
+                for name, st in self._endpoints.items()}

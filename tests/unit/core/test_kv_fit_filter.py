@@ -1,0 +1,142 @@
+"""`kv-fit-filter`: a request goes only where its KV need fits (a family's prefix counted once
+per endpoint), and waiting requests are released family by family."""
+
+import random
+
+from inferoute.core.endpoint import Endpoint, EndpointMetrics
+from inferoute.core.plugins.kv_fit_filter import KvFitFilter
+from inferoute.core.request import InferenceRequest, parse_request
+from inferoute.core.scheduling.framework import CycleContext
+
+BLOCK_CHARS = 64  # 16 tokens x 4 characters
+
+
+def _req(family: str, own: str, rid: str, max_tokens: int = 160) -> InferenceRequest:
+    """A prompt of 40 blocks of `family` (640 tokens) and 5 of its own (80 tokens)."""
+    prompt = family * (40 * BLOCK_CHARS) + own * (5 * BLOCK_CHARS)
+    return parse_request("completions", {"model": "m", "prompt": prompt,
+                                         "max_tokens": max_tokens}, {}, request_id=rid)
+
+
+def _eps(blocks: list[int]) -> list[Endpoint]:
+    return [Endpoint(host=f"10.0.0.{i}", port=8000,
+                     metrics=EndpointMetrics(num_blocks=n, block_size=16, scraped_at=0.0))
+            for i, n in enumerate(blocks)]
+
+
+def _fit(**params: float) -> KvFitFilter:
+    """The filter counting each request's whole output (the figures below are exact)."""
+    return KvFitFilter(params=KvFitFilter.Params(**{"output_share": 1.0, **params}))
+
+
+def _filter(f: KvFitFilter, req: InferenceRequest, eps: list[Endpoint]) -> list[str]:
+    return [ep.name for ep in f.filter(CycleContext(now=0.0, rng=random.Random(0)), req, eps)]
+
+
+def test_a_familys_prefix_counts_once_per_endpoint() -> None:
+    f = _fit()
+    (ep,) = _eps([1000])
+    f.on_served(_req("a", "x", "1"), ep, 0.0)
+    # seen once: the whole prompt is the family's prefix (720 tokens) + 160 out
+    assert f.stats()[ep.name]["need_tokens"] == 720 + 160
+    f.on_served(_req("a", "y", "2"), ep, 0.0)
+    # the second request fixes the prefix at the 40 shared blocks: it adds its own 80 + 160
+    # only (the family's prefix is charged already)
+    assert f.stats()[ep.name]["need_tokens"] == 720 + 160 + 80 + 160
+    assert f.stats()[ep.name]["families_in_flight"] == 1
+
+
+def test_by_default_half_of_a_requests_output_counts() -> None:
+    f = KvFitFilter()
+    (ep,) = _eps([1000])
+    f.on_served(_req("a", "x", "1", max_tokens=160), ep, 0.0)
+    assert f.stats()[ep.name]["need_tokens"] == 720 + 80
+
+
+def test_the_filter_keeps_endpoints_where_the_need_fits_or_all_when_none_does() -> None:
+    f = _fit()
+    eps = _eps([60, 60])  # 960 tokens each
+    f.on_served(_req("a", "x", "1"), eps[0], 0.0)
+    f.on_served(_req("a", "y", "2"), eps[0], 0.0)  # need 960: full
+    # another family does not fit on the full endpoint; its own family would not either
+    assert _filter(f, _req("b", "z", "3"), eps) == [eps[1].name]
+    f.on_served(_req("b", "z", "3"), eps[1], 0.0)
+    assert _filter(f, _req("c", "w", "4"), eps) == [eps[0].name, eps[1].name]
+
+
+def test_finishing_frees_the_need_and_a_first_token_the_prefill_slot() -> None:
+    f = _fit()
+    (ep,) = _eps([1000])
+    a1, a2 = _req("a", "x", "1"), _req("a", "y", "2")
+    f.on_served(a1, ep, 0.0)
+    f.on_served(a2, ep, 0.0)
+    assert f.stats()[ep.name]["pending"] == 2
+    f.on_first_token(a1, ep, 0.1)
+    assert f.stats()[ep.name]["pending"] == 1
+    f.on_finished(a1, ep, 0.2, None)
+    f.on_finished(a2, ep, 0.2, None)
+    assert f.stats()[ep.name] == {"need_tokens": 0, "pending": 0, "families_in_flight": 0}
+
+
+def test_release_prefers_the_oldest_request_of_a_family_the_endpoint_runs() -> None:
+    f = _fit()
+    (ep,) = _eps([10_000])
+    f.on_served(_req("a", "x", "1"), ep, 0.0)
+    waiting = [_req("b", "y", "2"), _req("c", "y", "3"), _req("a", "y", "4"),
+               _req("a", "z", "5")]
+    # "b" waited longest, but "a" is in flight there: its prefix is shared, not recomputed
+    assert f.choose(waiting, [ep], 0.0) == 2
+    f.on_finished(_req("a", "x", "1"), ep, 0.1, None)
+    # "a" finished and is still cached there (its prefix fits in what is free): still first
+    assert f.choose([_req("b", "y", "6"), _req("a", "w", "7")], [ep], 0.1) == 1
+
+
+def test_release_takes_the_oldest_when_no_family_is_affine_and_holds_when_nothing_fits() -> None:
+    f = _fit()
+    (ep,) = _eps([60])  # 960 tokens
+    waiting = [_req("b", "y", "2"), _req("c", "y", "3")]
+    assert f.choose(waiting, [ep], 0.0) == 0  # nothing in flight: the oldest goes
+    f.on_served(waiting[0], ep, 0.0)
+    # "c" needs 720 + 160 more: past the capacity, it waits in the gateway
+    assert f.choose([waiting[1]], [ep], 0.0) is None
+    f.on_finished(waiting[0], ep, 1.0, None)
+    assert f.choose([waiting[1]], [ep], 1.0) == 0
+
+
+def test_release_goes_to_the_endpoint_with_the_fewest_prefills_pending() -> None:
+    f = _fit()
+    eps = _eps([10_000, 10_000])
+    a1, b1, a2 = _req("a", "x", "1"), _req("b", "x", "2"), _req("a", "y", "3")
+    assert f.choose([a1], eps, 0.0) == 0
+    assert _filter(f, a1, eps) == [eps[0].name]  # reserved there
+    f.on_served(a1, eps[0], 0.0)
+    # eps[0] has one prefill pending: an unrelated family goes to the idle endpoint
+    assert f.choose([b1], eps, 0.0) == 0
+    assert _filter(f, b1, eps) == [eps[1].name]
+    f.on_served(b1, eps[1], 0.0)
+    f.on_first_token(a1, eps[0], 0.1)
+    # placed, not reserved: the filter keeps every endpoint it fits, and the scorers choose
+    assert f.place(a2, eps, 0.1) is eps[0]
+    assert _filter(f, a2, eps) == [eps[0].name, eps[1].name]
+
+
+def test_a_reserved_request_is_charged_once_where_it_is_served() -> None:
+    f = _fit()
+    eps = _eps([10_000, 10_000, 10_000])
+    req = _req("a", "x", "1")
+    assert f.choose([req], eps, 0.0) == 0
+    (name,) = _filter(f, req, eps)
+    (ep,) = [e for e in eps if e.name == name]
+    f.on_served(req, ep, 0.0)
+    assert f.stats()[ep.name]["need_tokens"] == 720 + 160
+    assert sum(st["need_tokens"] for st in f.stats().values()) == 720 + 160
+
+
+def test_a_reservation_never_sent_is_dropped() -> None:
+    f = _fit(reservation_seconds=5.0)
+    (ep,) = _eps([10_000])
+    assert f.choose([_req("a", "x", "1")], [ep], 0.0) == 0
+    assert f.stats()[ep.name]["pending"] == 1
+    f.choose([_req("b", "x", "2")], [ep], 6.0)  # the first was released, never sent
+    assert f.stats()[ep.name]["need_tokens"] == 720 + 160
+    assert f.stats()[ep.name]["pending"] == 1
