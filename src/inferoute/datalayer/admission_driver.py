@@ -26,16 +26,27 @@ import logging
 from typing import Any
 
 from ..aiotasks import cancel_tasks
-from ..core.admission import AdmissionConfig, Admitted, Ticket
+from ..core.admission import AdmissionConfig, Admitted, ReleaseRule, Ticket
 from ..core.endpoint import Endpoint, Pool
 from ..core.request import InferenceRequest
-from ..core.router import Decision, ModelPool
+from ..core.router import Decision, ModelPool, Router
 from .runtime import DataLayer
 
 log = logging.getLogger("inferoute.admission")
 
 #: the ticker's period while requests wait
 TICK = 0.02
+
+
+def release_rules(router: Router) -> dict[str, ReleaseRule]:
+    """Each pool's release rule: the first plugin of its scheduler that is one."""
+    out: dict[str, ReleaseRule] = {}
+    for model, mp in router.pools.items():
+        rule = next((p for p in mp.scheduler.plugins.values() if isinstance(p, ReleaseRule)),
+                    None)
+        if rule is not None:
+            out[model] = rule
+    return out
 
 
 class AdmissionDriver:
@@ -45,7 +56,10 @@ class AdmissionDriver:
         self.config = config
         self.data = data
         self.tick = tick
-        self.controller = config.controller(candidates_of=self._candidates)
+        # a pool whose policy has a release rule (e.g. `kv-fit-filter`) releases its waiting
+        # requests by that rule, as the virtual benchmark does
+        self.controller = config.controller(candidates_of=self._candidates,
+                                            release=release_rules(data.router))
         self.rules = config.routing_rules()
         self._ticker: asyncio.Task[None] | None = None
         data.add_page_hook(self.controller.observe)

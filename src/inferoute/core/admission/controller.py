@@ -151,10 +151,10 @@ class AdmissionController:
                  objectives: Objectives | None = None,
                  flow: FlowControlSpec | None = None, *,
                  candidates_of: Callable[[Pool, float], list[Endpoint]] = _healthy,
-                 release: ReleaseRule | None = None) -> None:
+                 release: ReleaseRule | Mapping[str, ReleaseRule] | None = None) -> None:
         self.detector = detector or SaturationDetector()
-        #: decides which waiting request goes next, and where (None: the queue's order and
-        #: the dispatch budget)
+        #: decides which waiting request goes next, and where: one rule, or one per pool (by
+        #: model; a pool without one, and None: the queue's order and the dispatch budget)
         self.release = release
         self.objectives = objectives or Objectives()
         self.flow = flow or FlowControlSpec()
@@ -193,7 +193,7 @@ class AdmissionController:
             raise NoEndpointAvailable(f"no ready endpoint serves model '{pool.model}'")
         saturated = self.detector.is_saturated(candidates, now)
         st = self._state(pool)
-        rule = self.release
+        rule = self._rule(pool.model)
         budget = (0 if saturated or not self.flow.enabled or rule is not None
                   else self._budget(st, candidates, now))
         if request.priority < 0 and (saturated or self._backlogged(st, candidates, budget, now)):
@@ -237,8 +237,9 @@ class AdmissionController:
             if not st.queue:
                 continue
             candidates = self.candidates_of(st.pool, now)
-            if candidates and self.release is not None and self.flow.enabled:
-                out += self._release_by_rule(st, self.release, candidates, now)
+            rule = self._rule(st.pool.model)
+            if candidates and rule is not None and self.flow.enabled:
+                out += self._release_by_rule(st, rule, candidates, now)
                 continue
             if not candidates or self.detector.is_saturated(candidates, now):
                 continue
@@ -253,6 +254,10 @@ class AdmissionController:
             if not st.queue:
                 st.waiting_since = None
         return out
+
+    def _rule(self, pool: str) -> ReleaseRule | None:
+        rule = self.release
+        return rule.get(pool) if isinstance(rule, Mapping) else rule
 
     @staticmethod
     def _release_by_rule(st: _PoolState, rule: ReleaseRule, candidates: list[Endpoint],
