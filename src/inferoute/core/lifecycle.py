@@ -25,8 +25,8 @@ benchmark (`bench/des.py`) drive it. It owns, in order:
              back, the injected usage chunk dropped), usage read once on the way
     end -> Relay(the rest), Finish(usage) and Router.finish; a failure once bytes reached the
              client -> Relay(an error event that ends the stream), or nothing for a plain body
-             (the shell cuts the connection), and Finish; client_gone / close -> Finish, the queue slot or
-             the endpoint released, exactly once
+             (the shell cuts the connection), and Finish; client_gone / close -> Finish, the
+             queue slot or the endpoint released, exactly once
 
 What stays in a shell is I/O by nature: reading bytes, connecting, timeouts, waiting on the
 admission ticket, tenant key look-ups (their objective and fairness id are inputs of `route`),
@@ -131,10 +131,10 @@ class RequestLifecycle:
     """One request from its body to its end (see the module docstring)."""
 
     __slots__ = ("_allowed", "_last", "_parsed_body", "_raw", "_relay", "_told", "_tracker",
-                 "admission",
-                 "attempt", "body", "decision", "default_model", "defer_hooks", "inject_usage",
-                 "phase", "plan", "pool", "rename", "request", "retry", "rewriter", "rng",
-                 "router", "rules", "schedule_seconds", "selector", "status", "ticket", "timer")
+                 "admission", "attempt", "body", "decision", "default_model", "defer_hooks",
+                 "inject_usage", "phase", "plan", "pool", "rename", "request", "retry",
+                 "rewriter", "rng", "router", "rules", "schedule_seconds", "selector", "status",
+                 "ticket", "timer")
 
     def __init__(self, router: Router, *, selector: CandidateSelector | None = None,
                  admission: AdmissionControl | None = None, rules: RoutingRules | None = None,
