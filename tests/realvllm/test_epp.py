@@ -18,10 +18,11 @@ import aiohttp
 import grpc
 import orjson
 import pytest
+import yaml
 
 from inferoute.procs import ChildProcess
 
-from .conftest import BLOCK, MODEL, Engines, words
+from .conftest import BLOCK, MODEL, Engines, late_scrapes_ok, words
 
 DEST = "x-gateway-destination-endpoint"
 COMPLETIONS = "/v1/completions"
@@ -55,8 +56,11 @@ def start_epp(engines: Engines, *extra: str) -> ChildProcess:
 
 
 @pytest.fixture(scope="module", params=["llm-d", "precise"])
-def epp(request: pytest.FixtureRequest, engines: Engines) -> Iterator[ChildProcess]:
-    extra: tuple[str, ...] = ("--scheduler", request.param)
+def epp(request: pytest.FixtureRequest, engines: Engines,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildProcess]:
+    policy = tmp_path_factory.mktemp("epp") / f"{request.param}.yaml"
+    policy.write_text(yaml.safe_dump(late_scrapes_ok(request.param)))
+    extra: tuple[str, ...] = ("--scheduler", str(policy))
     if request.param == "precise":
         off = engines.kv_offsets()
         extra += ("--tokenizer", str(engines.model_dir),

@@ -1,11 +1,15 @@
 """Which endpoints the scheduler may pick from: the one candidate rule of every shell.
 
 An endpoint is *ready* when it is `healthy` and its last successful scrape is at most
-`ready_window` seconds old. Among the ready endpoints, those with *fresh* metrics (no older
-than the scheduler's staleness threshold, but never under two scrape periods, else a slow scrape
-period makes every endpoint flicker between fresh and stale) are offered when there is at least
-one: a replica that froze stops answering /metrics at once and gets no new requests from then
-on, rather than at the end of the ready window. When none is fresh, every ready endpoint is.
+`ready_window` seconds old. Among the ready endpoints, the *live* ones are offered when there is
+at least one: a replica that froze stops answering /metrics at once and gets no new requests
+from then on, rather than at the end of the ready window. When none is live, every ready
+endpoint is. Live means scraped, or seen answering a request (first bytes or end), within the
+fresh window: the scheduler's staleness threshold, but never under two scrape periods, else a
+slow scrape period makes every endpoint flicker. The answers count because a busy replica's
+/metrics can run late on a crowded host (vLLM serves it from the process that serves the
+requests): scrape age alone would take the replica that holds a conversation's cache out of
+the candidates just after it answered, and send the next turn elsewhere.
 
 Without scraping (`ready_window=None`: tests, or a data layer told not to scrape) readiness is
 health alone and nothing is stale.
@@ -27,7 +31,7 @@ DEFAULT_SCRAPE_INTERVAL = 0.05
 
 @dataclass(frozen=True, slots=True)
 class CandidateRule:
-    """The ready and fresh rule (see the module docstring)."""
+    """The ready and live rule (see the module docstring)."""
 
     #: seconds a good scrape keeps an endpoint ready; None: endpoints are not scraped
     ready_window: float | None = None
@@ -51,11 +55,11 @@ class CandidateRule:
 
     def candidates(self, endpoints: Iterable[Endpoint], now: float, staleness_threshold: float,
                    *, prefer_fresh: bool = True) -> list[Endpoint]:
-        """The ready endpoints, only the fresh ones among them when there are any (and
+        """The ready endpoints, only the live ones among them when there are any (and
         `prefer_fresh`)."""
         ready = self.ready(endpoints, now)
         if not prefer_fresh or self.ready_window is None or len(ready) < 2:
             return ready
         window = self.fresh_window(staleness_threshold)
-        fresh = [ep for ep in ready if not ep.is_stale(now, window)]
-        return fresh or ready
+        live = [ep for ep in ready if ep.is_live(now, window)]
+        return live or ready

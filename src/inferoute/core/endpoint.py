@@ -56,6 +56,9 @@ class Endpoint:
     in_flight_tokens: int = 0
     #: False while health checks or outlier detection keep it out of rotation
     healthy: bool = True
+    #: core time it last sent the gateway an answer's first bytes or its end (None: never):
+    #: the gateway's own proof it is alive when a scrape of its /metrics runs late
+    answered_at: float | None = None
 
     @property
     def name(self) -> str:
@@ -78,6 +81,14 @@ class Endpoint:
         """True when the last scrape is older than `staleness` seconds, or never happened."""
         at = self.metrics.scraped_at
         return at is None or now - at > staleness
+
+    def is_live(self, now: float, window: float) -> bool:
+        """True when it was scraped or answered a request within the last `window` seconds."""
+        at = self.metrics.scraped_at
+        if at is not None and now - at <= window:
+            return True
+        heard = self.answered_at
+        return heard is not None and now - heard <= window
 
     def on_dispatch(self, prompt_tokens: int) -> None:
         """Account a request sent to this endpoint."""

@@ -14,7 +14,7 @@ benchmark (`bench/des.py`) drive it. It owns, in order:
              when usage must be known) and the response rewriter (the client's model name
              written back, the injected usage chunk hidden) -> admission (go / Wait / 429 / 503)
     schedule (at once, or on `released` after a Wait): candidates (`CandidateSelector`: the
-             ready and fresh rule, back-pressure, the proxy's subset, the all-stale fallback)
+             ready and live rule, back-pressure, the proxy's subset, the all-stale fallback)
              -> Router.schedule -> the attempt plan (`AttemptPlan`) -> SendUpstream
     upstream_failed / upstream_answered before anything reached the client: health told
              (failure, back-off, wrong model), then SendUpstream to the plan's next endpoint or
@@ -362,6 +362,7 @@ class RequestLifecycle:
             usage = self._tracker.finish()
         if record and self.status < 500:
             self._tell_health(True)
+            self._answered(now)
         return self._over(now, usage, None, out)
 
     def client_gone(self, now: float) -> list[Action]:
@@ -466,6 +467,13 @@ class RequestLifecycle:
             assert self.decision is not None
             self._told = True
             self.router.first_token(self.decision, now)
+            self._answered(now)
+
+    def _answered(self, now: float) -> None:
+        """The endpoint is seen answering (the candidate rule's proof of life)."""
+        ep = self.endpoint
+        if ep is not None:
+            ep.answered_at = now
 
     def _start_relay(self, stream: bool, plain: bool, keep_document: bool) -> None:
         if plain:

@@ -1,6 +1,6 @@
 """The endpoints a request of a pool may be scheduled on, for every shell (sans-I/O).
 
-`CandidateSelector.select` starts from the router's ready and fresh rule (`CandidateRule`), and
+`CandidateSelector.select` starts from the router's ready and live rule (`CandidateRule`), and
 then: leaves out the endpoints backing off (they said 429/503) while others are left; keeps only
 the proxy's endpoint subset when one was given; and, when no endpoint is ready only because
 every scrape is stale (the gateway's own host starved, not the replicas) and the fallback is

@@ -239,7 +239,7 @@ class DataLayer:
     def ready_endpoints(self, mp: ModelPool, now: float | None = None, *,
                         prefer_fresh: bool = True) -> list[Endpoint]:
         """The endpoints of `mp` the scheduler may pick from right now: `Router.candidates`,
-        the core's ready and fresh rule."""
+        the core's ready and live rule."""
         return self.router.candidates(mp, self.clock() if now is None else now,
                                       prefer_fresh=prefer_fresh)
 

@@ -31,3 +31,14 @@ def test_without_scraping_health_alone_decides(make_ep) -> None:
     a, b = make_ep(0, scraped_at=None), make_ep(1, scraped_at=0.0)
     b.healthy = False
     assert rule.candidates([a, b], 1e9, 0.2) == [a]
+
+
+def test_an_endpoint_seen_answering_stays_live_while_its_scrape_runs_late(make_ep) -> None:
+    """A busy replica's /metrics can lag on a crowded host; the answer it just sent proves it
+    alive for the fresh window, so the conversation's next turn may still go back to it."""
+    rule = CandidateRule(ready_window=5.0, scrape_interval=0.05)
+    a, b = make_ep(0, scraped_at=100.0), make_ep(1, scraped_at=100.5)
+    assert rule.candidates([a, b], 100.5, 0.2) == [b]  # a's scrape is late
+    a.answered_at = 100.4
+    assert rule.candidates([a, b], 100.5, 0.2) == [a, b]
+    assert rule.candidates([a, b], 100.65, 0.2) == [b]  # and so is its answer, by now

@@ -54,6 +54,19 @@ def test_a_streamed_request_from_body_to_finish(router) -> None:
     assert rest[-1] == Finish(USAGE) and lc.phase is Phase.DONE and flight(router) == 0
 
 
+def test_the_endpoint_is_seen_answering_at_its_first_byte_and_at_a_good_end(router) -> None:
+    lc, (send,) = start(router)
+    assert send.endpoint.answered_at is None
+    lc.first_byte(100.1)
+    assert send.endpoint.answered_at == 100.1
+    lc.end(100.5)
+    assert send.endpoint.answered_at == 100.5
+    lc, (send,) = start(router)
+    lc.upstream_answered(100.6, 503, final=True)
+    lc.end(100.9)  # a 5xx end is no proof of life
+    assert send.endpoint.answered_at != 100.9
+
+
 def test_failures_before_the_first_byte_retry_on_the_fallbacks(router) -> None:
     lc, (send,) = start(router, retry=RetryPolicy(max_attempts=3, backoff=0.1, backoff_max=1.0))
     targets = lc.decision.result.targets
