@@ -251,10 +251,12 @@ class RequestLifecycle:
         return self._schedule(now)
 
     def released(self, now: float) -> list[Action]:
-        """Admission released the queued request: schedule it now."""
+        """Admission released the queued request: schedule it now, among the endpoints the
+        dispatch budget had room on (the last scrape may still show them full)."""
         self._expect(Phase.WAITING)
+        room_on = self.ticket.room_on if self.ticket is not None else None
         self.ticket = None
-        return self._schedule(now)
+        return self._schedule(now, room_on)
 
     def expired(self, error: InferouteError) -> list[Action]:
         """Admission gave up on the queued request (its TTL passed, or shutdown)."""
@@ -403,13 +405,13 @@ class RequestLifecycle:
                 raise
             return self.router.pools[default]
 
-    def _schedule(self, now: float) -> list[Action]:
+    def _schedule(self, now: float, prefer: frozenset[str] | None = None) -> list[Action]:
         req, mp = self.request, self.pool
         assert req is not None and mp is not None
         timer = self.timer
         t0 = timer() if timer is not None else 0.0
         try:
-            candidates = self.selector.select(mp, now, self._allowed)
+            candidates = self.selector.select(mp, now, self._allowed, prefer=prefer)
             self.decision = self.router.schedule(req, now, candidates, pool=mp,
                                                  defer_hooks=self.defer_hooks)
         except InferouteError as exc:

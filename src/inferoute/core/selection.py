@@ -107,10 +107,12 @@ class CandidateSelector:
         #: pools routed on in-flight counts because every endpoint's metrics are stale
         self.stale_pools: set[str] = set()
 
-    def select(self, mp: ModelPool, now: float,
-               allowed: frozenset[str] | None = None) -> list[Endpoint]:
+    def select(self, mp: ModelPool, now: float, allowed: frozenset[str] | None = None, *,
+               prefer: frozenset[str] | None = None) -> list[Endpoint]:
         """The endpoints `mp`'s scheduler may pick from at `now` (`allowed`: the proxy's
-        subset, names or hosts); raises NoEndpointAvailable when there is none."""
+        subset, names or hosts; `prefer`: names to keep when any of them is a candidate, e.g.
+        those admission released the request for); raises NoEndpointAvailable when there is
+        none."""
         ready = self.router.candidates(mp, now)
         health, pool = self.health, mp.model
         if ready and health is not None:
@@ -120,6 +122,8 @@ class CandidateSelector:
             if not ready:
                 raise NoEndpointAvailable(f"no ready endpoint of model {pool!r} is in the "
                                           "proxy's endpoint subset")
+        if prefer and ready:
+            ready = [ep for ep in ready if ep.name in prefer] or ready
         if ready:
             if pool in self.stale_pools:
                 self.stale_pools.discard(pool)

@@ -243,12 +243,14 @@ class AdmissionController:
                 continue
             if not candidates or self.detector.is_saturated(candidates, now):
                 continue
-            budget = self._budget(st, candidates, now)
+            rooms: dict[str, int] = {}
+            budget = self._budget(st, candidates, now, rooms)
             while budget > 0:
                 t = st.queue.pop()
                 if t is None:
                     break
                 st.releases.append(now)
+                t.room_on = _take_room(rooms)
                 out.append(t)
                 budget -= 1
             if not st.queue:
@@ -396,8 +398,10 @@ class AdmissionController:
                 st.pool = pool
         return st
 
-    def _budget(self, st: _PoolState, candidates: list[Endpoint], now: float) -> int:
-        """Requests the pool can take now (see the module docstring)."""
+    def _budget(self, st: _PoolState, candidates: list[Endpoint], now: float,
+                rooms: dict[str, int] | None = None) -> int:
+        """Requests the pool can take now (see the module docstring); `rooms` gets each
+        endpoint's share of it (by name)."""
         backlog = bool(st.queue)
         staleness = self.detector.spec.metrics_staleness_threshold
         total = 0
@@ -419,6 +423,8 @@ class AdmissionController:
                         occupied=max(ep.in_flight_requests, m.running + m.waiting - freed))
             if room is not None:
                 total += max(0, room)
+                if rooms is not None and room > 0:
+                    rooms[ep.name] = room
         releases = st.releases
         window = self.detector.spec.metrics_staleness_threshold
         while releases and releases[0] < now - window:
@@ -440,6 +446,19 @@ class AdmissionController:
             return False
         since = self.detector.oldest_fresh_scrape(candidates, now)
         return since is not None and st.waiting_since < since
+
+
+def _take_room(rooms: dict[str, int]) -> frozenset[str] | None:
+    """The endpoints with room for one released request, and one slot taken from the roomiest
+    (the scheduler chooses among them; None when the budget is not per endpoint)."""
+    if not rooms:
+        return None
+    names = frozenset(rooms)
+    roomiest = max(rooms, key=rooms.__getitem__)
+    rooms[roomiest] -= 1
+    if rooms[roomiest] <= 0:
+        del rooms[roomiest]
+    return names
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -51,6 +51,9 @@ class Ticket:
     seq: int = 0
     state: TicketState = TicketState.QUEUED
     waiter: Any = None
+    #: set at release by the dispatch budget: the endpoints (names) with room for it then;
+    #: the request is scheduled among them (the last scrape may still show them full)
+    room_on: frozenset[str] | None = None
 
     def waited(self, now: float) -> float:
         return now - self.enqueued_at

@@ -1,0 +1,51 @@
+"""A request the dispatch budget releases because a slot freed on one endpoint is scheduled
+among the endpoints with room, not on the last scrape alone (which may still show the freed
+endpoint as the worse one and send the request to a full one)."""
+
+from __future__ import annotations
+
+import orjson
+
+from inferoute.configfiles import resolve_config
+from inferoute.core.admission import AdmissionController
+from inferoute.core.admission.saturation import SaturationDetector
+from inferoute.core.endpoint import Endpoint, EndpointMetrics, Pool
+from inferoute.core.lifecycle import RequestLifecycle, SendUpstream, Wait
+from inferoute.core.router import ModelPool, Router
+from inferoute.core.scheduling.config import SaturationSpec
+from inferoute.core.scheduling.scheduler import Scheduler
+
+BODY = orjson.dumps({"model": "m", "prompt": "hello there", "max_tokens": 4})
+
+
+def _fleet() -> tuple[Router, Endpoint, Endpoint, AdmissionController]:
+    a, b = Endpoint(host="10.0.0.1", port=8000), Endpoint(host="10.0.0.2", port=8000)
+    # the scrape at t=100: both idle, A's KV emptier (the scheduler's pick on this page)
+    a.metrics = EndpointMetrics(waiting=0, running=1, kv_usage=0.1, scraped_at=100.0)
+    b.metrics = EndpointMetrics(waiting=0, running=1, kv_usage=0.6, scraped_at=100.0)
+    router = Router([ModelPool("m", Pool("m", [a, b]),
+                               Scheduler(resolve_config("llm-d"), seed=1))])
+    # queueDepthThreshold 0: each endpoint takes one request past its last scrape
+    controller = AdmissionController(SaturationDetector(SaturationSpec(queue_depth_threshold=0)))
+    return router, a, b, controller
+
+
+def test_a_released_request_goes_where_the_slot_freed() -> None:
+    router, a, b, controller = _fleet()
+    first = RequestLifecycle(router, admission=controller)
+    (send,) = first.receive("completions", BODY, {}, request_id="r0", now=100.0)
+    assert isinstance(send, SendUpstream) and send.endpoint is a  # the page's pick
+    controller.dispatched("m", a, 100.01)  # as the shells' router listener tells it
+    controller.dispatched("m", b, 100.02)  # and one sent to B: no room left anywhere
+    lc = RequestLifecycle(router, admission=controller)
+    (wait,) = lc.receive("completions", BODY, {}, request_id="r1", now=100.05)
+    assert isinstance(wait, Wait)
+    controller.finished("m", b, 100.1)  # B's slot frees; its page still shows more KV used
+    (ticket,) = controller.dispatchable(100.1)
+    assert ticket is wait.ticket and ticket.room_on == frozenset({b.name})
+    (send,) = lc.released(100.1)
+    assert isinstance(send, SendUpstream) and send.endpoint is b
+    # the same request scheduled on the page alone goes to A, which has no room
+    (alone,) = RequestLifecycle(router).receive("completions", BODY, {}, request_id="r2",
+                                                now=100.1)
+    assert isinstance(alone, SendUpstream) and alone.endpoint is a
