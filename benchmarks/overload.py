@@ -1,7 +1,7 @@
 """Overload benchmark: offered load at 2x capacity with mixed priorities, admission on vs off.
 
     python benchmarks/overload.py [--replicas 2] [--time-scale 10] [--duration 6] [--load 2.0]
-                                  [--queue-depth N] [--admission-only]
+                                  [--queue-depth N] [--reserve N] [--admission-only]
 
 Starts `inferoute sim` (tiny replicas, slowed by --time-scale so a 2-core machine keeps up) and
 `inferoute serve` in front of it, as real processes on 127.0.0.1. Capacity is measured, not
@@ -10,7 +10,8 @@ Then the same seeded Poisson arrivals at `--load` x capacity (20% critical, 40% 
 sheddable, chosen by `x-gateway-inference-objective`; streaming completions of fixed length)
 go through the gateway twice: with an `admission:` section (flow control + shedding; the
 saturation detector's `queueDepthThreshold` the product's default unless --queue-depth sets
-it) and without one. Prints, per
+it; `flowControl.reserve`, the room kept on each replica for the top priority, 0 unless
+--reserve sets it) and without one. Prints, per
 run and objective: requests, completed, shed (429 with Retry-After), other failures, and
 client-side TTFT p50/p90; and critical TTFT p90 against its unloaded value (critical requests
 one at a time through the same gateway, before the load): the target is at most 2x with
@@ -161,7 +162,8 @@ async def _unloaded(url: str, max_tokens: int, n: int = UNLOADED_SAMPLES) -> lis
 
 def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
         load: float = 2.0, max_tokens: int = 24, seed: int = 1, queue_depth: int | None = None,
-        scrape_interval: str = "50ms", modes: tuple[bool, ...] = (True, False)) -> list[Run]:
+        scrape_interval: str = "50ms", modes: tuple[bool, ...] = (True, False),
+        reserve: int = 0) -> list[Run]:
     """One run per mode (admission on/off) with the same arrivals; processes are stopped and
     their stderr checked for tracebacks. `queue_depth` None: the product's default threshold."""
     out: list[Run] = []
@@ -178,7 +180,8 @@ def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
                              f"http://127.0.0.1:{base + i}" for i in range(replicas)]}]}
             if admission:
                 cfg["admission"] = {"objectives": OBJECTIVES, "defaultObjective": "standard",
-                                    "flowControl": {"ttl": "60s", "retryAfter": "1s"}}
+                                    "flowControl": {"ttl": "60s", "retryAfter": "1s",
+                                                    "reserve": reserve}}
                 if queue_depth is not None:
                     cfg["admission"]["saturationDetector"] = {"queueDepthThreshold": queue_depth}
             with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
@@ -255,16 +258,19 @@ def main() -> int:
     p.add_argument("--queue-depth", type=int, default=None,
                    help="saturationDetector.queueDepthThreshold with admission on (default: "
                         "the product's, 5)")
+    p.add_argument("--reserve", type=int, default=0,
+                   help="flowControl.reserve with admission on: room kept on each replica for "
+                        "the top priority (default 0, the product's)")
     p.add_argument("--admission-only", action="store_true",
                    help="skip the run without admission")
     a = p.parse_args()
     runs = run(replicas=a.replicas, time_scale=a.time_scale, duration=a.duration, load=a.load,
                max_tokens=a.max_tokens, seed=a.seed, queue_depth=a.queue_depth,
-               modes=(True,) if a.admission_only else (True, False))
+               modes=(True,) if a.admission_only else (True, False), reserve=a.reserve)
     print(f"capacity {runs[0].capacity:.1f} req/s measured; offered {runs[0].rate:.1f} req/s "
           f"({a.load:g}x) for {a.duration:g} s; {a.replicas} tiny replicas, time scale "
           f"{a.time_scale:g}, {a.max_tokens} output tokens, seed {a.seed}, queue depth "
-          f"{'default' if a.queue_depth is None else a.queue_depth}")
+          f"{'default' if a.queue_depth is None else a.queue_depth}, reserve {a.reserve}")
     print(table(runs))
     for run_ in runs:
         idle, loaded, ratio = critical_ratio(run_)

@@ -49,3 +49,28 @@ def test_a_released_request_goes_where_the_slot_freed() -> None:
     (alone,) = RequestLifecycle(router).receive("completions", BODY, {}, request_id="r2",
                                                 now=100.1)
     assert isinstance(alone, SendUpstream) and alone.endpoint is a
+
+
+def test_the_reserve_keeps_room_for_the_top_priority() -> None:
+    """`flowControl.reserve`: lower priorities go only past the room kept on each endpoint for
+    the top priority, which then goes at once; with 0 (the default) nothing is kept."""
+    from inferoute.core.admission import parse_admission_config
+
+    for reserve, standard_waits in ((1, True), (0, False)):
+        router, a, b, _ = _fleet()
+        controller = parse_admission_config({
+            "objectives": [{"name": "critical", "priority": 10},
+                           {"name": "standard", "priority": 0}],
+            "defaultObjective": "standard",
+            "saturationDetector": {"queueDepthThreshold": 0},
+            "flowControl": {"reserve": reserve}}).controller()
+        # one request past each endpoint's last scrape: room 2, all of it kept with reserve 1
+        standard = RequestLifecycle(router, admission=controller)
+        (got,) = standard.receive("completions", BODY, {}, request_id="s", now=100.0)
+        assert isinstance(got, Wait) is standard_waits
+        assert controller.dispatchable(100.0) == []  # the reserve is not released either
+        critical = RequestLifecycle(router, admission=controller)
+        (sent,) = critical.receive("completions", BODY,
+                                   {"x-gateway-inference-objective": "critical"},
+                                   request_id="c", now=100.0)
+        assert isinstance(sent, SendUpstream)  # past a waiting standard request, at once

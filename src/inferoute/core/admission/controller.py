@@ -196,6 +196,8 @@ class AdmissionController:
         rule = self._rule(pool.model)
         budget = (0 if saturated or not self.flow.enabled or rule is not None
                   else self._budget(st, candidates, now))
+        # room kept for the top priority: lower ones see the budget without it
+        budget -= self._reserve(request.priority, candidates)
         if request.priority < 0 and (saturated or self._backlogged(st, candidates, budget, now)):
             raise TooManyRequests("the model is saturated; sheddable request rejected",
                                   retry_after=self.flow.retry_after, code="overloaded")
@@ -204,8 +206,9 @@ class AdmissionController:
         if rule is not None:
             if not st.queue and rule.place(request, candidates, now) is not None:
                 return Admitted(pool.model)
-        elif not saturated and not st.queue and budget > 0:
-            st.releases.append(now)
+        elif not saturated and budget > 0 and (not st.queue or (
+                (top := st.queue.top_priority()) is not None and top < request.priority)):
+            st.releases.append(now)  # nothing of its priority or higher waits: it goes now
             return Admitted(pool.model)
         ttl = self.flow.ttl
         obj = self.objectives.get(request.objective) if request.objective else None
@@ -246,6 +249,9 @@ class AdmissionController:
             rooms: dict[str, int] = {}
             budget = self._budget(st, candidates, now, rooms)
             while budget > 0:
+                prio = st.queue.top_priority()
+                if prio is None or budget <= self._reserve(prio, candidates):
+                    break  # what is left waits: the room kept for the top priority
                 t = st.queue.pop()
                 if t is None:
                     break
@@ -256,6 +262,12 @@ class AdmissionController:
             if not st.queue:
                 st.waiting_since = None
         return out
+
+    def _reserve(self, priority: int, candidates: list[Endpoint]) -> int:
+        """Room kept for the top priority that a request of `priority` may not take."""
+        if priority >= self.objectives.top_priority:
+            return 0
+        return self.flow.reserve * len(candidates)
 
     def _rule(self, pool: str) -> ReleaseRule | None:
         rule = self.release
@@ -343,8 +355,9 @@ class AdmissionController:
         candidates = self.candidates_of(st.pool, now)
         if not candidates:
             return []  # (no endpoint at all: their TTL gives them the 503)
+        budget = self._budget(st, candidates, now) - self._reserve(low, candidates)
         if not self.detector.is_saturated(candidates, now) and not self._backlogged(
-                st, candidates, self._budget(st, candidates, now), now):
+                st, candidates, budget, now):
             return []
         return [(t, TooManyRequests("the model is saturated; sheddable request rejected",
                                     retry_after=self.flow.retry_after, code="overloaded"))

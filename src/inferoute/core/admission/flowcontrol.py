@@ -72,6 +72,9 @@ class FlowControlSpec(pydantic.BaseModel):
     ttl: float = pydantic.Field(30.0, gt=0, description="seconds a request may wait")
     max_requests: int = pydantic.Field(1000, alias="maxRequests", ge=1)
     max_bytes: int = pydantic.Field(64 * 1024 * 1024, alias="maxBytes", ge=1)
+    reserve: int = pydantic.Field(
+        0, ge=0, description="room kept on each endpoint for the highest-priority objective: "
+        "lower priorities go only past it, so a critical request finds a slot free at once")
     retry_after: float = pydantic.Field(1.0, alias="retryAfter", gt=0,
                                         description="Retry-After seconds on 429")
 
@@ -235,6 +238,15 @@ class FlowQueue:
         t.state = TicketState.DISPATCHED
         self._remove_live(t)
         return True
+
+    def top_priority(self) -> int | None:
+        """Priority of the highest band holding live tickets (None: empty)."""
+        while self._order:
+            prio = -self._order[0]
+            if self._bands[prio].live:
+                return prio
+            self._drop_band(prio)
+        return None
 
     def top_band(self) -> list[Ticket]:
         """The live tickets of the highest priority band (any order; `seq` is their age)."""

@@ -69,6 +69,11 @@ class Objectives:
     def get(self, name: str) -> Objective | None:
         return self._by_name.get(name)
 
+    @property
+    def top_priority(self) -> int:
+        """The highest priority a request can have (defined objectives and the default)."""
+        return max([self.default.priority, *(o.priority for o in self._by_name.values())])
+
     def names(self) -> list[str]:
         return list(self._by_name)
 
