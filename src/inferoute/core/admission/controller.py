@@ -256,7 +256,7 @@ class AdmissionController:
                 if t is None:
                     break
                 st.releases.append(now)
-                t.room_on = _take_room(rooms)
+                t.room_on = _take_room(rooms, candidates)
                 out.append(t)
                 budget -= 1
             if not st.queue:
@@ -413,8 +413,8 @@ class AdmissionController:
 
     def _budget(self, st: _PoolState, candidates: list[Endpoint], now: float,
                 rooms: dict[str, int] | None = None) -> int:
-        """Requests the pool can take now (see the module docstring); `rooms` gets each
-        endpoint's share of it (by name)."""
+        """Requests the pool can take now (see the module docstring); `rooms` gets the room
+        of each endpoint whose room is known (by name; 0 or less: full)."""
         backlog = bool(st.queue)
         staleness = self.detector.spec.metrics_staleness_threshold
         total = 0
@@ -436,7 +436,7 @@ class AdmissionController:
                         occupied=max(ep.in_flight_requests, m.running + m.waiting - freed))
             if room is not None:
                 total += max(0, room)
-                if rooms is not None and room > 0:
+                if rooms is not None:
                     rooms[ep.name] = room
         releases = st.releases
         window = self.detector.spec.metrics_staleness_threshold
@@ -461,17 +461,18 @@ class AdmissionController:
         return since is not None and st.waiting_since < since
 
 
-def _take_room(rooms: dict[str, int]) -> frozenset[str] | None:
-    """The endpoints with room for one released request, and one slot taken from the roomiest
-    (the scheduler chooses among them; None when the budget is not per endpoint)."""
-    if not rooms:
+def _take_room(rooms: dict[str, int], candidates: list[Endpoint]) -> frozenset[str] | None:
+    """The candidates one released request may go to: all but those known to be full (an
+    endpoint whose room is unknown, e.g. its metrics are stale, stays); one slot is taken from
+    the roomiest. None: no candidate is known to be full, nothing to restrict."""
+    full = {name for name, room in rooms.items() if room <= 0}
+    if rooms:
+        roomiest = max(rooms, key=rooms.__getitem__)
+        if rooms[roomiest] > 0:
+            rooms[roomiest] -= 1
+    if not full:
         return None
-    names = frozenset(rooms)
-    roomiest = max(rooms, key=rooms.__getitem__)
-    rooms[roomiest] -= 1
-    if rooms[roomiest] <= 0:
-        del rooms[roomiest]
-    return names
+    return frozenset(ep.name for ep in candidates if ep.name not in full) or None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
