@@ -251,8 +251,8 @@ class RequestLifecycle:
         return self._schedule(now)
 
     def released(self, now: float) -> list[Action]:
-        """Admission released the queued request: schedule it now, among the endpoints the
-        dispatch budget had room on (the last scrape may still show them full)."""
+        """Admission released the queued request: schedule it now, off the endpoints the
+        dispatch budget knew to be full (their last scrape may not show it yet)."""
         self._expect(Phase.WAITING)
         room_on = self.ticket.room_on if self.ticket is not None else None
         self.ticket = None

@@ -51,8 +51,8 @@ class Ticket:
     seq: int = 0
     state: TicketState = TicketState.QUEUED
     waiter: Any = None
-    #: set at release by the dispatch budget: the endpoints (names) with room for it then;
-    #: the request is scheduled among them (the last scrape may still show them full)
+    #: set at release by the dispatch budget: the endpoints (names) it may go to, all but those
+    #: known to be full then (None: no restriction); the scheduler chooses among them
     room_on: frozenset[str] | None = None
 
     def waited(self, now: float) -> float:
