@@ -7,7 +7,7 @@ stream that simply stays open) holds a future that `pump()` resolves when the co
 releases it (or fails with 429/503 when its TTL passes). `pump()` runs after every enqueue,
 after every finished request, and from a ticker every 20 ms while anything waits, which also
 catches capacity freed by fresh scrapes. Admission and scheduling share the core's candidate
-rule (`DataLayer.is_ready`).
+rule (`Router.candidates`: ready, and live when any endpoint is).
 
 The controller is told what the dispatch budget needs: every scrape (`observe`, a data-layer
 page hook) and every request sent to and finished on an endpoint (`dispatched` / `finished`,
@@ -66,7 +66,13 @@ class AdmissionDriver:
         data.router.listeners.append(_SlotFeed(self))
 
     def _candidates(self, pool: Pool, now: float) -> list[Endpoint]:
-        return [ep for ep in pool if self.data.is_ready(ep, now)]
+        """The endpoints the scheduler will pick from (ready, and live when any is), so the
+        dispatch budget counts only room where admitted requests can go: counted on a replica
+        whose scrape runs late, it let requests through that all went to the others."""
+        mp = self.data.router.pools.get(pool.model)
+        if mp is None or mp.pool is not pool:
+            return [ep for ep in pool if self.data.is_ready(ep, now)]
+        return self.data.router.candidates(mp, now)
 
     # -- per request ---------------------------------------------------------------------------
 

@@ -103,3 +103,21 @@ async def test_admit_waits_and_reports_the_time_waited(setup):
     ep.metrics = EndpointMetrics(waiting=0, scraped_at=clock.now())
     runner.pump()
     assert await asyncio.wait_for(admitted, 1) == 0.5
+
+
+def test_admission_counts_room_only_where_the_scheduler_may_send() -> None:
+    """A replica whose scrape runs late is out of the scheduler's candidates while another is
+    live; its room must not admit requests that would all go to the live one (seen: 23 requests
+    piled on one simulator, none on the other, nothing held in the gateway)."""
+    clock = ManualClock(100.0)
+    cfg = parse_serving_config({"pools": [{"model": "m", "endpoints": [
+        "http://10.0.0.1:8000", "http://10.0.0.2:8000"]}]})
+    data = DataLayer(cfg, clock=clock.now, scrape=True)  # scraped: stale endpoints exist
+    adm = parse_admission_config({"saturationDetector": {"metricsStalenessThreshold": "2s"}})
+    driver = AdmissionDriver(adm, data)
+    mp = data.router.pools["m"]
+    live, late = mp.pool.endpoints()
+    live.metrics = EndpointMetrics(running=8, waiting=50, scraped_at=100.0)  # full
+    late.metrics = EndpointMetrics(scraped_at=99.0)  # idle, but its scrape is 1 s old
+    assert data.router.candidates(mp, clock.now()) == [live]
+    assert driver.check(request(), mp, clock.now()) is not None  # it waits in the gateway
