@@ -77,7 +77,8 @@ class AdmissionControl(Protocol):
     def classify(self, request: InferenceRequest, *, tenant_objective: str | None = None,
                  tenant_fairness_id: str | None = None) -> Any: ...
 
-    def admit(self, request: InferenceRequest, pool: Pool, now: float) -> Any: ...
+    def admit(self, request: InferenceRequest, pool: Pool, now: float) -> Any:
+        """An `Admitted` (its `room_on`: the endpoints to keep to) or a `Ticket`."""
 
     def cancel(self, ticket: Ticket) -> bool: ...
 
@@ -228,6 +229,7 @@ class RequestLifecycle:
         req = self.request
         assert req is not None
         self._allowed = allowed
+        prefer: frozenset[str] | None = None
         try:
             chosen = req.target_model != req.model  # a semantic pick, a rewrite header
             if self.rules is not None and not chosen:
@@ -246,9 +248,11 @@ class RequestLifecycle:
                     self.ticket = res
                     self.phase = Phase.WAITING
                     return [Wait(res)]
+                # admitted on some endpoint's room: not sent to one known to be full
+                prefer = getattr(res, "room_on", None)
         except InferouteError as exc:
             return self._respond(exc)
-        return self._schedule(now)
+        return self._schedule(now, prefer)
 
     def released(self, now: float) -> list[Action]:
         """Admission released the queued request: schedule it now, off the endpoints the

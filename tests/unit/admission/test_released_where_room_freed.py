@@ -1,6 +1,6 @@
-"""A request the dispatch budget releases because a slot freed on one endpoint is scheduled
-among the endpoints with room, not on the last scrape alone (which may still show the freed
-endpoint as the worse one and send the request to a full one)."""
+"""A request the dispatch budget admits or releases is scheduled off the endpoints it knows to
+be full, not on the last scrape alone (which may still show a full endpoint as the better one
+and send the request there, to wait inside the model server)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,26 @@ def test_a_released_request_goes_where_the_slot_freed() -> None:
     # the same request scheduled on the page alone goes to A, which has no room
     (alone,) = RequestLifecycle(router).receive("completions", BODY, {}, request_id="r2",
                                                 now=100.1)
+    assert isinstance(alone, SendUpstream) and alone.endpoint is a
+
+
+def test_admitted_requests_do_not_pile_on_a_full_endpoint_the_scheduler_prefers() -> None:
+    """The budget is the pool's: without the hint, the room of an endpoint the scheduler never
+    chose kept admitting requests that all went to the one it prefers (seen: 23 requests on one
+    simulator, none on the other, nothing held in the gateway)."""
+    router, a, b, controller = _fleet()
+    sent = []
+    for i in range(3):
+        lc = RequestLifecycle(router, admission=controller)
+        (action,) = lc.receive("completions", BODY, {}, request_id=f"r{i}", now=100.0 + i / 100)
+        if isinstance(action, SendUpstream):
+            sent.append(action.endpoint)
+            controller.dispatched("m", action.endpoint, 100.0 + i / 100)  # the router listener
+    assert sent == [a, b]  # each endpoint its room (one past its last scrape), then the third
+    assert isinstance(action, Wait)  # request waits in the gateway
+    # on the page alone, A is every request's pick
+    (alone,) = RequestLifecycle(router).receive("completions", BODY, {}, request_id="x",
+                                                now=100.05)
     assert isinstance(alone, SendUpstream) and alone.endpoint is a
 
 

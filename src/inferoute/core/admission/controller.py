@@ -79,6 +79,9 @@ class Admitted:
 
     pool: str
     queued_for: float = 0.0
+    #: the endpoints (names) to schedule it among: all but those the dispatch budget knows to
+    #: be full (None: no restriction), as for a released request (`Ticket.room_on`)
+    room_on: frozenset[str] | None = None
 
 
 class _Book:
@@ -194,10 +197,12 @@ class AdmissionController:
         saturated = self.detector.is_saturated(candidates, now)
         st = self._state(pool)
         rule = self._rule(pool.model)
+        rooms: dict[str, int] = {}
         budget = (0 if saturated or not self.flow.enabled or rule is not None
-                  else self._budget(st, candidates, now))
+                  else self._budget(st, candidates, now, rooms))
         # room kept for the top priority: lower ones see the budget without it
-        budget -= self._reserve(request.priority, candidates)
+        kept = self._kept(request.priority)
+        budget -= kept * len(candidates)
         if request.priority < 0 and (saturated or self._backlogged(st, candidates, budget, now)):
             raise TooManyRequests("the model is saturated; sheddable request rejected",
                                   retry_after=self.flow.retry_after, code="overloaded")
@@ -209,7 +214,10 @@ class AdmissionController:
         elif not saturated and budget > 0 and (not st.queue or (
                 (top := st.queue.top_priority()) is not None and top < request.priority)):
             st.releases.append(now)  # nothing of its priority or higher waits: it goes now
-            return Admitted(pool.model)
+            # to an endpoint whose room admitted it: the budget is the pool's, and a scheduler
+            # that kept choosing a full replica (prefix affinity, a late scrape) would pile
+            # every admitted request there while the others' unused room kept admitting more
+            return Admitted(pool.model, room_on=_take_room(rooms, candidates, kept))
         ttl = self.flow.ttl
         obj = self.objectives.get(request.objective) if request.objective else None
         if obj is not None and obj.ttl is not None:
@@ -250,24 +258,25 @@ class AdmissionController:
             budget = self._budget(st, candidates, now, rooms)
             while budget > 0:
                 prio = st.queue.top_priority()
-                if prio is None or budget <= self._reserve(prio, candidates):
+                if prio is None or budget <= self._kept(prio) * len(candidates):
                     break  # what is left waits: the room kept for the top priority
                 t = st.queue.pop()
                 if t is None:
                     break
                 st.releases.append(now)
-                t.room_on = _take_room(rooms, candidates)
+                t.room_on = _take_room(rooms, candidates, self._kept(t.priority))
                 out.append(t)
                 budget -= 1
             if not st.queue:
                 st.waiting_since = None
         return out
 
-    def _reserve(self, priority: int, candidates: list[Endpoint]) -> int:
-        """Room kept for the top priority that a request of `priority` may not take."""
+    def _kept(self, priority: int) -> int:
+        """Room kept on each endpoint for the top priority that a request of `priority` may
+        not take."""
         if priority >= self.objectives.top_priority:
             return 0
-        return self.flow.reserve * len(candidates)
+        return self.flow.reserve
 
     def _rule(self, pool: str) -> ReleaseRule | None:
         rule = self.release
@@ -355,7 +364,7 @@ class AdmissionController:
         candidates = self.candidates_of(st.pool, now)
         if not candidates:
             return []  # (no endpoint at all: their TTL gives them the 503)
-        budget = self._budget(st, candidates, now) - self._reserve(low, candidates)
+        budget = self._budget(st, candidates, now) - self._kept(low) * len(candidates)
         if not self.detector.is_saturated(candidates, now) and not self._backlogged(
                 st, candidates, budget, now):
             return []
@@ -461,11 +470,13 @@ class AdmissionController:
         return since is not None and st.waiting_since < since
 
 
-def _take_room(rooms: dict[str, int], candidates: list[Endpoint]) -> frozenset[str] | None:
-    """The candidates one released request may go to: all but those known to be full (an
-    endpoint whose room is unknown, e.g. its metrics are stale, stays); one slot is taken from
-    the roomiest. None: no candidate is known to be full, nothing to restrict."""
-    full = {name for name, room in rooms.items() if room <= 0}
+def _take_room(rooms: dict[str, int], candidates: list[Endpoint], kept: int = 0
+               ) -> frozenset[str] | None:
+    """The candidates one admitted or released request may go to: all but those known to be
+    full for it (no room past the `kept` room reserved for a higher priority; an endpoint whose
+    room is unknown, e.g. its metrics are stale, stays); one slot is taken from the roomiest.
+    None: no candidate is known to be full, nothing to restrict."""
+    full = {name for name, room in rooms.items() if room <= kept}
     if rooms:
         roomiest = max(rooms, key=rooms.__getitem__)
         if rooms[roomiest] > 0:
