@@ -41,8 +41,9 @@ _FIELDS = ("name", "description", "model", "params_billion", "num_layers", "hidd
            "num_attention_heads", "num_kv_heads", "head_dim", "vocab_size", "tied_embeddings",
            "dtype_bytes", "kv_dtype_bytes", "max_model_len", "gpu", "tensor_parallel",
            "gpu_tflops", "hbm_tbps", "compute_efficiency", "attention_efficiency",
-           "memory_efficiency", "step_overhead_ms", "block_size", "num_blocks", "max_num_seqs",
-           "max_num_batched_tokens", "max_loras", "frontend_fixed_ms", "noise")
+           "memory_efficiency", "step_overhead_ms", "sequence_overhead_us", "block_size",
+           "num_blocks", "max_num_seqs", "max_num_batched_tokens", "max_loras",
+           "frontend_fixed_ms", "noise")
 
 
 def profile_yaml(profile: Any, source: str, rows: list[dict[str, Any]]) -> str:

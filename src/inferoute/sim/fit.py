@@ -1,12 +1,15 @@
 """Fitting a simulator profile to timings measured on a real engine (pure: numbers in, profile out).
 
-The timing model (sim/timing.py) is linear in five unknowns once the model's shape is fixed:
+The timing model (sim/timing.py) is linear in six unknowns once the model's shape is fixed:
 
-    TTFT(L)      = f + k(L) o + u (2 body L + 2 embed) + w A pairs(L)
-    ITL(B, C)    = o + u B (2 body + 2 embed) + m B C kv_bytes
+    TTFT(L)      = f + k(L) o + u (2 body L + 2 embed) + w A pairs(L) + s
+    ITL(B, C)    = o + u B (2 body + 2 embed) + m B C kv_bytes + s B
 
 with f the front end's fixed cost (HTTP, tokenizer, queueing of an idle server), o the step
 overhead, u seconds per linear FLOP, w seconds per attention FLOP, m seconds per KV byte read,
+s seconds per sampled sequence beyond its FLOPs (without it, a CPU engine's decode cost per
+sequence, ~3 ms against ~0.4 ms per prefill token, had to come out of u: prefills fitted
+25-90% slow and batch-8 decode steps 23-26% fast),
 k(L) the prefill chunks of an L-token prompt, pairs(L) its causal query x key pairs, A the
 attention FLOPs of one pair, body/embed the non-embedding/embedding parameters. The fit is a
 non-negative least squares on *relative* errors (each row divided by its measurement), so a
@@ -91,17 +94,18 @@ def _predict(x: np.ndarray, rows: np.ndarray, weights: float) -> np.ndarray:
     """The timing model on fit rows: the linear FLOPs of each step floored by a weights read."""
     steps = np.maximum(rows[:, 1], 1.0)
     linear = np.maximum(x[2] * rows[:, 2] / steps, x[4] * weights) * steps
-    return x[0] * rows[:, 0] + x[1] * rows[:, 1] + linear + x[3] * rows[:, 3] + x[4] * rows[:, 4]
+    return (x[0] * rows[:, 0] + x[1] * rows[:, 1] + linear + x[3] * rows[:, 3]
+            + x[4] * rows[:, 4] + x[5] * rows[:, 5])
 
 
 def _fit_with_floor(rows: np.ndarray, target: np.ndarray, weights: float) -> np.ndarray:
-    """Coefficients [f, o, u, w, m] minimising relative errors, where a step whose weights read
+    """Coefficients [f, o, u, w, m, s] minimising relative errors, where a step whose weights read
     (m x weight bytes) outlasts its linear FLOPs costs the read instead. The floor binds for
     the points with the fewest FLOPs per step, so every cut of the points sorted by FLOPs per
     step is tried; the best fit under the floored model wins."""
     steps = np.maximum(rows[:, 1], 1.0)
     per_step = rows[:, 2] / steps
-    best, best_err = np.zeros(5), np.inf
+    best, best_err = np.zeros(rows.shape[1]), np.inf
     for cut in [0.0, *sorted(set(per_step.tolist()))]:
         floor = per_step <= cut
         a = rows.copy()
@@ -124,20 +128,21 @@ def fit_profile(base: EngineProfile, prefill: list[PrefillPoint], decode: list[D
     if not prefill or not decode:
         raise ValueError("the fit needs prefill and decode measurements")
     body, embed, attn_pair = _shape(p)
-    # per point: [f, o, linear FLOPs, attention FLOPs, KV bytes], and whether the step's weights
-    # read (m x weight bytes) outweighs its linear FLOPs (then that term replaces them)
+    # per point: [f, o, linear FLOPs, attention FLOPs, KV bytes, sampled sequences], and whether
+    # the step's weights read (m x weight bytes) outweighs its linear FLOPs (then that term
+    # replaces them)
     rows, target = [], []
     for pt in prefill:
         chunks, pairs = _prefill_terms(p, pt.prompt_tokens)
         rows.append([1.0, chunks, 2 * body * pt.prompt_tokens + 2 * embed, attn_pair * pairs,
-                     0.0])
+                     0.0, 1.0])
         target.append(pt.ttft)
     for dp in decode:
         rows.append([0.0, 1.0, dp.batch * (2 * body + 2 * embed), 0.0,
-                     dp.batch * dp.context * p.kv_bytes_per_token])
+                     dp.batch * dp.context * p.kv_bytes_per_token, float(dp.batch)])
         target.append(dp.itl)
     x = _fit_with_floor(np.array(rows), np.array(target), p.weight_bytes)
-    f, o, u, w, m = (float(v) for v in x)
+    f, o, u, w, m, s = (float(v) for v in x)
     # a zero fit: no cost per token shows at these lengths (it hides in the fixed costs)
     tflops = 1.0 / u / 1e12 if u > 0 else 1e6
     # attention no cheaper per FLOP than the GEMMs (efficiency <= 1); a zero fit means its cost
@@ -146,11 +151,12 @@ def fit_profile(base: EngineProfile, prefill: list[PrefillPoint], decode: list[D
     hbm = 1.0 / m / 1e12 if m > 0 else 1e3
     profile = p.replace(tensor_parallel=1, gpu_tflops=tflops, compute_efficiency=1.0,
                         attention_efficiency=attn_eff, hbm_tbps=hbm, memory_efficiency=1.0,
-                        step_overhead_ms=o * 1e3, frontend_fixed_ms=f * 1e3,
+                        step_overhead_ms=o * 1e3, sequence_overhead_us=s * 1e6,
+                        frontend_fixed_ms=f * 1e3,
                         tokenize_us_per_token=0.0, noise=0.0)
     return FitResult(profile, f, {"frontend_s": f, "step_overhead_s": o,
                                   "s_per_linear_flop": u, "s_per_attention_flop": w,
-                                  "s_per_kv_byte": m})
+                                  "s_per_kv_byte": m, "s_per_sequence": s})
 
 
 def check_fit(fit: FitResult, prefill: list[PrefillPoint],

@@ -56,6 +56,9 @@ class EngineProfile:
     memory_efficiency: float = 0.80      # streaming weights and KV from HBM
     interconnect_efficiency: float = 0.80
     step_overhead_ms: float = 1.5        # scheduler, input prep, sampling, launch gaps per step
+    #: per sequence that samples a token in a step, beyond its FLOPs: sampling and per-sequence
+    #: bookkeeping on the host (small on a GPU; a CPU engine's main decode cost per sequence)
+    sequence_overhead_us: float = 0.0
     # -- memory planning (vLLM) ---------------------------------------------------------------
     gpu_memory_utilization: float = 0.9
     memory_reserve_gib: float = 3.5      # per GPU: activation peak, sampler, NCCL, CUDA graphs
@@ -88,9 +91,9 @@ class EngineProfile:
             if not 0 < float(getattr(self, name)) <= 1:
                 problems.append(f"{name} must be in (0, 1]")
         if min(self.max_loras, self.noise, self.step_overhead_ms, self.frontend_fixed_ms,
-               self.tokenize_us_per_token) < 0:
-            problems.append("max_loras, noise, step_overhead_ms, frontend_fixed_ms and "
-                            "tokenize_us_per_token must be >= 0")
+               self.tokenize_us_per_token, self.sequence_overhead_us) < 0:
+            problems.append("max_loras, noise, step_overhead_ms, sequence_overhead_us, "
+                            "frontend_fixed_ms and tokenize_us_per_token must be >= 0")
         if problems:
             raise ConfigError(f"profile {self.name!r}: " + "; ".join(problems))
         if self.num_blocks is None:

@@ -4,6 +4,7 @@ A step computes `tokens` new tokens for a batch of sequences (prefill chunks and
 as vLLM V1 does) and samples one token for `sampled` of them. Its time is a roofline sum:
 
     overhead                                          (scheduler, input prep, sampling, launches)
+  + sampled x per-sequence overhead                  (host-side sampling and bookkeeping)
   + max(linear FLOPs / (FLOP/s x eff_c), weight bytes / (HBM B/s x eff_m))   (GEMMs: the weights
                                                          are read once per step, shared by all)
   + max(prefill attention FLOPs / (FLOP/s x eff_a), prefill KV bytes / (B/s x eff_m))
@@ -48,6 +49,7 @@ class TimingModel:
         # head runs only for sampled rows)
         body = p.params_billion * 1e9 - embed * (1 if p.tied_embeddings else 2)
         self.overhead = p.step_overhead_ms / 1e3
+        self.sec_per_sequence = p.sequence_overhead_us / 1e6
         self.sec_per_token_linear = 2.0 * body / (flops * p.compute_efficiency)
         self.sec_per_sample = 2.0 * embed / (flops * p.compute_efficiency)
         self.sec_weights = p.weight_bytes / (hbm * p.memory_efficiency)
@@ -81,7 +83,7 @@ class TimingModel:
         attn_c = prefill_attn_pairs * self.sec_per_attn_pair
         attn_m = prefill_kv_tokens * self.sec_per_kv_token
         return (self.overhead + linear + (attn_c if attn_c > attn_m else attn_m)
-                + decode_context * self.sec_per_kv_token
+                + sampled * self.sec_per_sequence + decode_context * self.sec_per_kv_token
                 + self.sec_comm_fixed + tokens * self.sec_comm_per_token)
 
     # -- closed forms used by the calibration report ----------------------------------------------

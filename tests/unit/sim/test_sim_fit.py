@@ -36,6 +36,22 @@ def test_fit_recovers_a_profile_that_predicts_its_own_timings():
     assert fit.frontend_seconds == pytest.approx(FRONTEND, rel=0.1)
 
 
+def test_fit_recovers_a_per_sequence_cost_apart_from_the_per_token_one():
+    """A CPU engine's decode costs ~3 ms a sequence against ~0.4 ms a prefill token; with one
+    cost per FLOP for both, the fit had prefills 25-90% slow and batch-8 steps 23-26% fast."""
+    truth = load_profile("tiny").replace(gpu_tflops=0.4, compute_efficiency=1.0,
+                                         attention_efficiency=0.5, hbm_tbps=0.02,
+                                         memory_efficiency=1.0, step_overhead_ms=6.0,
+                                         sequence_overhead_us=2500.0)
+    prefill, decode = synthetic(truth)
+    fit = fit_profile(load_profile("tiny"), prefill, decode)
+    rows = check_fit(fit, prefill, decode)
+    assert max(abs(r["error"]) for r in rows) < 0.02, rows
+    assert fit.profile.sequence_overhead_us == pytest.approx(2500.0, rel=0.05)
+    assert TimingModel(truth).decode_seconds(8, 64) > TimingModel(truth.replace(
+        sequence_overhead_us=0.0)).decode_seconds(8, 64) + 0.019  # the term is in the steps
+
+
 def test_fit_needs_both_kinds_of_points():
     prefill, _ = synthetic(load_profile("tiny"))
     with pytest.raises(ValueError):
