@@ -250,13 +250,8 @@ class FlowQueue:
 
     def top_band(self) -> list[Ticket]:
         """The live tickets of the highest priority band (any order; `seq` is their age)."""
-        while self._order:
-            prio = -self._order[0]
-            band = self._bands[prio]
-            if band.live:
-                return self._live_tickets(band)
-            self._drop_band(prio)
-        return []
+        prio = self.top_priority()
+        return [] if prio is None else self._live_tickets(self._bands[prio])
 
     def cancel(self, t: Ticket) -> bool:
         """Remove a queued ticket (client gone); False if it was no longer queued."""
