@@ -10,8 +10,8 @@ Then the same seeded Poisson arrivals at `--load` x capacity (20% critical, 40% 
 sheddable, chosen by `x-gateway-inference-objective`; streaming completions of fixed length)
 go through the gateway twice: with an `admission:` section (flow control + shedding; the
 saturation detector's `queueDepthThreshold` the product's default unless --queue-depth sets
-it; `flowControl.reserve`, the room kept on each replica for the top priority, 0 unless
---reserve sets it) and without one. Prints, per
+it; `flowControl.reserve`, the batch slots kept free on each replica for the top priority,
+the product's default `auto` unless --reserve sets a number) and without one. Prints, per
 run and objective: requests, completed, shed (429 with Retry-After), other failures, and
 client-side TTFT p50/p90; and critical TTFT p90 against its unloaded value (critical requests
 one at a time through the same gateway, before the load): the target is at most 2x with
@@ -163,7 +163,7 @@ async def _unloaded(url: str, max_tokens: int, n: int = UNLOADED_SAMPLES) -> lis
 def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
         load: float = 2.0, max_tokens: int = 24, seed: int = 1, queue_depth: int | None = None,
         scrape_interval: str = "50ms", modes: tuple[bool, ...] = (True, False),
-        reserve: int = 0) -> list[Run]:
+        reserve: int | str = "auto", reserve_miss: float | None = None) -> list[Run]:
     """One run per mode (admission on/off) with the same arrivals; processes are stopped and
     their stderr checked for tracebacks. `queue_depth` None: the product's default threshold."""
     out: list[Run] = []
@@ -182,6 +182,8 @@ def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
                 cfg["admission"] = {"objectives": OBJECTIVES, "defaultObjective": "standard",
                                     "flowControl": {"ttl": "60s", "retryAfter": "1s",
                                                     "reserve": reserve}}
+                if reserve_miss is not None:
+                    cfg["admission"]["flowControl"]["reserveMiss"] = reserve_miss
                 if queue_depth is not None:
                     cfg["admission"]["saturationDetector"] = {"queueDepthThreshold": queue_depth}
             with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
@@ -258,19 +260,23 @@ def main() -> int:
     p.add_argument("--queue-depth", type=int, default=None,
                    help="saturationDetector.queueDepthThreshold with admission on (default: "
                         "the product's, 5)")
-    p.add_argument("--reserve", type=int, default=0,
-                   help="flowControl.reserve with admission on: room kept on each replica for "
-                        "the top priority (default 0, the product's)")
+    p.add_argument("--reserve", type=lambda v: v if v == "auto" else int(v), default="auto",
+                   help="flowControl.reserve with admission on: batch slots kept free on each "
+                        "replica for the top priority, or auto (the product's default)")
+    p.add_argument("--reserve-miss", type=float, default=None,
+                   help="flowControl.reserveMiss with reserve auto (default: the product's)")
     p.add_argument("--admission-only", action="store_true",
                    help="skip the run without admission")
     a = p.parse_args()
     runs = run(replicas=a.replicas, time_scale=a.time_scale, duration=a.duration, load=a.load,
                max_tokens=a.max_tokens, seed=a.seed, queue_depth=a.queue_depth,
-               modes=(True,) if a.admission_only else (True, False), reserve=a.reserve)
+               modes=(True,) if a.admission_only else (True, False), reserve=a.reserve,
+               reserve_miss=a.reserve_miss)
     print(f"capacity {runs[0].capacity:.1f} req/s measured; offered {runs[0].rate:.1f} req/s "
           f"({a.load:g}x) for {a.duration:g} s; {a.replicas} tiny replicas, time scale "
           f"{a.time_scale:g}, {a.max_tokens} output tokens, seed {a.seed}, queue depth "
-          f"{'default' if a.queue_depth is None else a.queue_depth}, reserve {a.reserve}")
+          f"{'default' if a.queue_depth is None else a.queue_depth}, reserve {a.reserve}"
+          + ("" if a.reserve_miss is None else f", reserve miss {a.reserve_miss:g}"))
     print(table(runs))
     for run_ in runs:
         idle, loaded, ratio = critical_ratio(run_)

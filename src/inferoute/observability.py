@@ -19,7 +19,8 @@ Names and labels follow the Gateway API Inference Extension endpoint picker:
 - `inference_extension_scheduler_e2e_duration_seconds` (histogram)
 - `inference_extension_prefix_indexer_hit_ratio` (histogram of matched/total prefix blocks)
 - `inference_extension_flow_control_queue_size{inference_pool,priority}` ("all" = every band),
-  `inference_extension_flow_control_queue_bytes{inference_pool}` (when admission is on)
+  `inference_extension_flow_control_queue_bytes{inference_pool}`,
+  `inferoute_flow_control_reserved_slots{inference_pool}` (when admission is on)
 
 plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests{pool,endpoint}`,
 `inferoute_endpoint_ready{pool,endpoint}`, `inferoute_endpoint_waiting_requests`,
@@ -132,6 +133,10 @@ class Observability:
         self.queue_size = Gauge("inference_extension_flow_control_queue_size", "Requests "
                                 "waiting in the gateway's flow-control queue.",
                                 ("inference_pool", "priority"), registry=r)
+        self.reserved = Gauge("inferoute_flow_control_reserved_slots", "Batch slots the pool "
+                              "keeps free for the top-priority objective "
+                              "(flowControl.reserve; with auto, as last computed).",
+                              ("inference_pool",), registry=r)
         self.queue_bytes = Gauge("inference_extension_flow_control_queue_bytes", "Request body "
                                  "bytes waiting in the flow-control queue.", ("inference_pool",),
                                  registry=r)
@@ -238,6 +243,7 @@ class Observability:
         if self._queue_stats is not None:
             for pool, st in self._queue_stats().items():
                 self.queue_bytes.labels(pool).set(st.bytes)
+                self.reserved.labels(pool).set(st.reserved)
                 self.queue_size.labels(pool, "all").set(st.requests)
                 for prio, n in st.by_priority.items():
                     self.queue_size.labels(pool, str(prio)).set(n)

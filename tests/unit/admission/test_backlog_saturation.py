@@ -19,7 +19,7 @@ def _ctl(queue_depth: int) -> AdmissionController:
         SaturationDetector(SaturationSpec(queue_depth_threshold=queue_depth)),
         Objectives([ObjectiveSpec(name="critical", priority=10),
                     ObjectiveSpec(name="sheddable", priority=-1)]),
-        FlowControlSpec(ttl=30.0))
+        FlowControlSpec(ttl=30.0, reserve=0))  # the budget alone (the reserve: test_top_reserve)
 
 
 def _admit(ctl, req, pool, now: float, objective: str | None = None):  # type: ignore[no-untyped-def]

@@ -57,3 +57,16 @@ def test_request_life_cycle_and_pool_gauges():
     page = _page(obs)
     assert 'inference_pool_ready_pods{name="m"} 0.0' in page
     assert 'endpoint="a:1"' not in page and 'endpoint="c:3"' in page
+
+
+def test_flow_control_gauges_show_the_queue_and_the_reserve():
+    from inferoute.core.admission.flowcontrol import QueueStats
+    obs = Observability()
+    data = DataLayer(parse_serving_config({"pools": [
+        {"model": "m", "endpoints": ["http://a:1"]}]}), clock=ManualClock(1.0).now)
+    obs.watch(data, lambda: {"m": QueueStats(3, 900, {10: 1, 0: 2}, reserved=2)})
+    page = _page(obs)
+    assert 'inference_extension_flow_control_queue_size{inference_pool="m",priority="all"} 3.0' \
+        in page
+    assert 'inference_extension_flow_control_queue_bytes{inference_pool="m"} 900.0' in page
+    assert 'inferoute_flow_control_reserved_slots{inference_pool="m"} 2.0' in page

@@ -35,10 +35,18 @@ overestimates the room, where the scrape-based count can count an end twice). A 
 request goes the moment one ends, not at the next scrape. Summed over the endpoints, less the
 requests released but not yet sent. So between two scrapes the gateway sends
 no more than the endpoints said they could take, and under overload critical requests queue in
-the gateway, in priority order, not inside a model server behind earlier arrivals. The shell
+the gateway, in priority order, not inside a model server behind earlier arrivals. A request
+goes to an endpoint with a free batch slot when one has one (`Admitted.room_on`,
+`Ticket.room_on`). The shell
 reports sends and ends (`dispatched` / `finished`, e.g. from a router listener) and scrapes
 (`observe`); without them the budget counts releases since the scrape instead, slots free only
 at scrapes and batch sizes are learned from the pages the budget reads.
+
+The reserve (`flowControl.reserve`): batch slots the pool keeps free for the top priority, so
+that under overload a top-priority arrival finds one at once. Lower priorities are admitted
+and released only past it (and then never into a model server's own queue); with `auto`,
+`TopReserve` sizes it from the top priority's arrivals per completion
+(core/admission/reserve.py).
 
 A release rule (`release`, core/admission/release.py; e.g. the `kv-fit-filter` plugin of the
 pool's scheduler, which the shell attaches) replaces the dispatch budget and the queue's
@@ -56,7 +64,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from ..candidates import CandidateRule
@@ -66,6 +74,7 @@ from ..request import InferenceRequest
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
 from .objectives import Objective, Objectives
 from .release import ReleaseRule
+from .reserve import TopReserve
 from .saturation import SaturationDetector
 
 __all__ = ["AdmissionController", "Admitted", "FAIRNESS_HEADER"]
@@ -115,8 +124,55 @@ class _Book:
         return len(self.done) - len(self.sent)
 
 
+class _Rooms:
+    """What the dispatch budget found: each endpoint's room (by name; 0 or less: full), the
+    part of it past its free batch slots (a request sent there waits in the model server),
+    the batch slots the pool keeps free for the top priority, and the requests released but
+    not yet sent."""
+
+    __slots__ = ("past", "pending", "reserve", "room")
+
+    def __init__(self, reserve: int = 0) -> None:
+        self.room: dict[str, int] = {}
+        self.past: dict[str, int] = {}
+        self.reserve = reserve
+        self.pending = 0
+
+    def left(self, name: str, top: bool) -> int:
+        """Room on one endpoint for the top priority (`top`) or a lower one (with a reserve,
+        a lower one does not wait inside the model server)."""
+        if top or not self.reserve:
+            return self.room[name]
+        return self.free(name)
+
+    def free(self, name: str) -> int:
+        """Free batch slots on one endpoint."""
+        return self.room[name] - self.past[name]
+
+    def budget(self, top: bool) -> int:
+        """Requests of the top priority (`top`) or a lower one (past the reserve) the pool
+        can take now."""
+        total = sum(max(0, self.left(n, top)) for n in self.room) - self.pending
+        return total if top else total - self.reserve
+
+    def take(self, candidates: list[Endpoint], top: bool) -> frozenset[str] | None:
+        """The candidates one admitted or released request may go to: those with a free
+        batch slot for it if any, else those with room (an endpoint whose room is unknown, e.g.
+        its metrics are stale, stays); one slot is taken from the roomiest. None: no candidate
+        is ruled out."""
+        fits = {name for name in self.room if self.left(name, top) > 0}
+        fits = {name for name in fits if self.free(name) > 0} or fits
+        if fits:
+            roomiest = max(fits, key=lambda name: (self.free(name), self.left(name, top)))
+            self.room[roomiest] -= 1
+        ruled_out = self.room.keys() - fits
+        if not ruled_out:
+            return None
+        return frozenset(ep.name for ep in candidates if ep.name not in ruled_out) or None
+
+
 class _PoolState:
-    __slots__ = ("pool", "queue", "releases", "books", "waiting_since")
+    __slots__ = ("pool", "queue", "releases", "books", "waiting_since", "reserve", "reserved")
 
     def __init__(self, pool: Pool, spec: FlowControlSpec) -> None:
         self.pool = pool
@@ -128,6 +184,10 @@ class _PoolState:
         self.books: dict[str, _Book] = {}
         #: since when the queue has held requests without a break (None: empty)
         self.waiting_since: float | None = None
+        #: the top priority's arrivals and the pool's completions (`reserve: auto`)
+        self.reserve = TopReserve(spec.reserve_miss)
+        #: the slots kept free for the top priority, as last computed (for metrics)
+        self.reserved = 0
 
     def book(self, ep: Endpoint) -> _Book:
         b = self.books.get(ep.name)
@@ -167,6 +227,8 @@ class AdmissionController:
         self._evicted: list[tuple[Ticket, InferouteError]] = []
         #: the shell reports sends (`dispatched`): released requests are pending until then
         self._told_sends = False
+        #: the shell reports ends (`finished`): the pool's completions are measured
+        self._told_ends = False
 
     # -- classification -------------------------------------------------------------------
 
@@ -197,12 +259,13 @@ class AdmissionController:
         saturated = self.detector.is_saturated(candidates, now)
         st = self._state(pool)
         rule = self._rule(pool.model)
-        rooms: dict[str, int] = {}
-        budget = (0 if saturated or not self.flow.enabled or rule is not None
-                  else self._budget(st, candidates, now, rooms))
+        top = request.priority >= self.objectives.top_priority
+        if top:
+            st.reserve.arrived()
+        rooms = (None if saturated or not self.flow.enabled or rule is not None
+                 else self._rooms(st, candidates, now))
         # room kept for the top priority: lower ones see the budget without it
-        kept = self._kept(request.priority)
-        budget -= kept * len(candidates)
+        budget = 0 if rooms is None else rooms.budget(top)
         if request.priority < 0 and (saturated or self._backlogged(st, candidates, budget, now)):
             raise TooManyRequests("the model is saturated; sheddable request rejected",
                                   retry_after=self.flow.retry_after, code="overloaded")
@@ -211,13 +274,13 @@ class AdmissionController:
         if rule is not None:
             if not st.queue and rule.place(request, candidates, now) is not None:
                 return Admitted(pool.model)
-        elif not saturated and budget > 0 and (not st.queue or (
-                (top := st.queue.top_priority()) is not None and top < request.priority)):
+        elif rooms is not None and budget > 0 and (not st.queue or (
+                (first := st.queue.top_priority()) is not None and first < request.priority)):
             st.releases.append(now)  # nothing of its priority or higher waits: it goes now
             # to an endpoint whose room admitted it: the budget is the pool's, and a scheduler
             # that kept choosing a full replica (prefix affinity, a late scrape) would pile
             # every admitted request there while the others' unused room kept admitting more
-            return Admitted(pool.model, room_on=_take_room(rooms, candidates, kept))
+            return Admitted(pool.model, room_on=rooms.take(candidates, top))
         ttl = self.flow.ttl
         obj = self.objectives.get(request.objective) if request.objective else None
         if obj is not None and obj.ttl is not None:
@@ -254,29 +317,40 @@ class AdmissionController:
                 continue
             if not candidates or self.detector.is_saturated(candidates, now):
                 continue
-            rooms: dict[str, int] = {}
-            budget = self._budget(st, candidates, now, rooms)
-            while budget > 0:
-                prio = st.queue.top_priority()
-                if prio is None or budget <= self._kept(prio) * len(candidates):
-                    break  # what is left waits: the room kept for the top priority
+            rooms = self._rooms(st, candidates, now)
+            while (prio := st.queue.top_priority()) is not None:
+                top = prio >= self.objectives.top_priority
+                if rooms.budget(top) <= 0:
+                    break  # what is left waits (a lower priority: past the room kept)
                 t = st.queue.pop()
                 if t is None:
                     break
                 st.releases.append(now)
-                t.room_on = _take_room(rooms, candidates, self._kept(t.priority))
+                t.room_on = rooms.take(candidates, top)  # (the slot it takes leaves the budget)
                 out.append(t)
-                budget -= 1
             if not st.queue:
                 st.waiting_since = None
         return out
 
-    def _kept(self, priority: int) -> int:
-        """Room kept on each endpoint for the top priority that a request of `priority` may
-        not take."""
-        if priority >= self.objectives.top_priority:
-            return 0
-        return self.flow.reserve
+    def reserve(self, pool: str, now: float) -> int | None:
+        """Batch slots `pool` keeps free for the top priority now (None: no such pool seen
+        yet); for metrics and logs."""
+        st = self._pools.get(pool)
+        return None if st is None else self._reserve(st, self.candidates_of(st.pool, now), now)
+
+    def _reserve(self, st: _PoolState, candidates: list[Endpoint], now: float) -> int:
+        """Batch slots the pool keeps free for the top priority: the setting's per endpoint,
+        or with `auto` what `TopReserve` calls for, at most half of the candidates' batch
+        slots (an endpoint's batch size unknown yet counts as 2)."""
+        spec = self.flow.reserve
+        if spec != "auto":
+            st.reserved = spec * len(candidates)
+        elif not candidates or not self._told_ends:
+            st.reserved = 0  # without reported ends the completions are not measured
+        else:
+            cap = sum(st.book(ep).batch() or 2 for ep in candidates) // 2
+            st.reserved = st.reserve.slots(cap)
+        return st.reserved
 
     def _rule(self, pool: str) -> ReleaseRule | None:
         rule = self.release
@@ -324,7 +398,9 @@ class AdmissionController:
         """A request of `pool` on `ep` ended: its batch slot is free for a waiting one."""
         st = self._pools.get(pool)
         if st is not None:
+            self._told_ends = True
             st.book(ep).done.append(now)
+            st.reserve.completed()
 
     def cancel(self, ticket: Ticket) -> bool:
         """Take a waiting request out of its queue (client disconnected)."""
@@ -364,7 +440,7 @@ class AdmissionController:
         candidates = self.candidates_of(st.pool, now)
         if not candidates:
             return []  # (no endpoint at all: their TTL gives them the 503)
-        budget = self._budget(st, candidates, now) - self._kept(low) * len(candidates)
+        budget = self._rooms(st, candidates, now).budget(low >= self.objectives.top_priority)
         if not self.detector.is_saturated(candidates, now) and not self._backlogged(
                 st, candidates, budget, now):
             return []
@@ -386,7 +462,8 @@ class AdmissionController:
 
     def queue_stats(self) -> dict[str, Any]:
         """{pool: QueueStats} for metrics."""
-        return {name: st.queue.stats() for name, st in self._pools.items()}
+        return {name: replace(st.queue.stats(), reserved=st.reserved)
+                for name, st in self._pools.items()}
 
     def drain(self) -> list[tuple[Ticket, InferouteError]]:
         """Graceful shutdown: every waiting request, removed, each with a 503 to return."""
@@ -420,16 +497,18 @@ class AdmissionController:
                 st.pool = pool
         return st
 
-    def _budget(self, st: _PoolState, candidates: list[Endpoint], now: float,
-                rooms: dict[str, int] | None = None) -> int:
-        """Requests the pool can take now (see the module docstring); `rooms` gets the room
-        of each endpoint whose room is known (by name; 0 or less: full)."""
+    def _rooms(self, st: _PoolState, candidates: list[Endpoint], now: float) -> _Rooms:
+        """The dispatch budget's view of the pool now (see the module docstring): the room
+        of each endpoint whose room is known, what of it is kept for the top priority, and
+        the releases not yet sent."""
         backlog = bool(st.queue)
-        staleness = self.detector.spec.metrics_staleness_threshold
-        total = 0
+        spec = self.detector.spec
+        reserve = self._reserve(st, candidates, now)
+        rooms = _Rooms(reserve)
         for ep in candidates:
             at = ep.metrics.scraped_at
-            if at is None or ep.is_stale(now, staleness):
+            past = 0  # the room beyond the endpoint's free batch slots
+            if at is None or ep.is_stale(now, spec.metrics_staleness_threshold):
                 room = self.detector.room(ep, now)
             else:
                 book = st.book(ep)
@@ -443,21 +522,20 @@ class AdmissionController:
                     room = self.detector.room(
                         ep, now, backlog=backlog, slots=slots,
                         occupied=max(ep.in_flight_requests, m.running + m.waiting - freed))
+                    past = 1 if backlog else spec.queue_depth_threshold + 1
             if room is not None:
-                total += max(0, room)
-                if rooms is not None:
-                    rooms[ep.name] = room
+                rooms.room[ep.name] = room
+                rooms.past[ep.name] = past
         releases = st.releases
-        window = self.detector.spec.metrics_staleness_threshold
-        while releases and releases[0] < now - window:
+        while releases and releases[0] < now - spec.metrics_staleness_threshold:
             releases.popleft()
         if self._told_sends:  # a release leaves `releases` when it is sent
-            return total - len(releases)
-        since = self.detector.oldest_fresh_scrape(candidates, now)
-        if since is None:  # only stale-but-allowed endpoints: in-flight counts already tell
-            return total
-        # untold, releases at or after the scrape time are taken as not reflected in it yet
-        return total - (len(releases) - bisect.bisect_left(releases, since))
+            rooms.pending = len(releases)
+        elif (since := self.detector.oldest_fresh_scrape(candidates, now)) is not None:
+            # untold, releases at or after the scrape time are taken as not reflected in it
+            # yet (with only stale-but-allowed endpoints, in-flight counts already tell)
+            rooms.pending = len(releases) - bisect.bisect_left(releases, since)
+        return rooms
 
     def _backlogged(self, st: _PoolState, candidates: list[Endpoint], budget: int,
                     now: float) -> bool:
@@ -468,22 +546,6 @@ class AdmissionController:
             return False
         since = self.detector.oldest_fresh_scrape(candidates, now)
         return since is not None and st.waiting_since < since
-
-
-def _take_room(rooms: dict[str, int], candidates: list[Endpoint], kept: int = 0
-               ) -> frozenset[str] | None:
-    """The candidates one admitted or released request may go to: all but those known to be
-    full for it (no room past the `kept` room reserved for a higher priority; an endpoint whose
-    room is unknown, e.g. its metrics are stale, stays); one slot is taken from the roomiest.
-    None: no candidate is known to be full, nothing to restrict."""
-    full = {name for name, room in rooms.items() if room <= kept}
-    if rooms:
-        roomiest = max(rooms, key=rooms.__getitem__)
-        if rooms[roomiest] > 0:
-            rooms[roomiest] -= 1
-    if not full:
-        return None
-    return frozenset(ep.name for ep in candidates if ep.name not in full) or None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

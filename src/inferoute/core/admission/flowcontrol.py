@@ -72,9 +72,15 @@ class FlowControlSpec(pydantic.BaseModel):
     ttl: float = pydantic.Field(30.0, gt=0, description="seconds a request may wait")
     max_requests: int = pydantic.Field(1000, alias="maxRequests", ge=1)
     max_bytes: int = pydantic.Field(64 * 1024 * 1024, alias="maxBytes", ge=1)
-    reserve: int = pydantic.Field(
-        0, ge=0, description="room kept on each endpoint for the highest-priority objective: "
-        "lower priorities go only past it, so a critical request finds a slot free at once")
+    reserve: int | Literal["auto"] = pydantic.Field(
+        "auto", description="batch slots kept free for the highest-priority objective, so "
+        "that a critical request finds one at once: lower priorities go only past them. A "
+        "number: that many per endpoint. auto: as many for the pool as the top priority's "
+        "measured share of its completions calls for (core/admission/reserve.py), 0 while "
+        "none arrives")
+    reserve_miss: float = pydantic.Field(
+        0.05, alias="reserveMiss", gt=0, lt=1, description="with reserve auto: the share of "
+        "top-priority arrivals that may find no slot free")
     retry_after: float = pydantic.Field(1.0, alias="retryAfter", gt=0,
                                         description="Retry-After seconds on 429")
 
@@ -83,6 +89,13 @@ class FlowControlSpec(pydantic.BaseModel):
     def _duration(cls, v: Any) -> Any:
         from ..scheduling.config import parse_duration
         return parse_duration(v) if isinstance(v, str) else v
+
+    @pydantic.field_validator("reserve")
+    @classmethod
+    def _reserve(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("reserve must be >= 0 or 'auto'")
+        return v
 
     @pydantic.field_validator("max_bytes", mode="before")
     @classmethod
@@ -158,6 +171,8 @@ class QueueStats:
     requests: int
     bytes: int
     by_priority: dict[int, int] = field(default_factory=dict)
+    #: batch slots the pool keeps free for the top priority, as last computed
+    reserved: int = 0
 
 
 class FlowQueue:

@@ -15,9 +15,9 @@ the batch size is known, only one past the free slots: anything more would wait 
 model server in arrival order, where a critical request arriving next must wait behind it;
 kept in the gateway it waits in priority order (the flow controller's point). The one request
 past the slots also finds out whether the batch is larger than seen so far. A request the
-budget releases is kept off the endpoints known to be full (`Ticket.room_on`: fresh metrics,
-no room left): the last scrape may show one emptier than the endpoint whose slot just freed,
-and the scheduler alone would send it there.
+budget releases is kept off the endpoints known to be full, and off those without a free
+batch slot while another has one (`Ticket.room_on`): the last scrape may show one emptier than
+the endpoint whose slot just freed, and the scheduler alone would send it there.
 """
 
 from __future__ import annotations
