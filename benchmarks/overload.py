@@ -70,6 +70,9 @@ class Run:
     results: list[Result] = field(default_factory=list)
     #: critical TTFTs one request at a time through the same gateway, before the load
     unloaded: list[float] = field(default_factory=list)
+    #: the gateway's `inferoute_flow_control_reserved_slots` once the load is over (None:
+    #: admission off)
+    reserved: float | None = None
 
     def of(self, objective: str) -> list[Result]:
         return [r for r in self.results if r.objective == objective]
@@ -137,6 +140,16 @@ async def _drive(url: str, rate: float, duration: float, max_tokens: int, seed: 
         return list(await asyncio.gather(*tasks))
 
 
+async def _reserved(url: str) -> float | None:
+    """The pool's reserved slots by the gateway's /metrics (None: not exported)."""
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as r:
+        page = await r.text()
+    for line in page.splitlines():
+        if line.startswith(f'inferoute_flow_control_reserved_slots{{inference_pool="{MODEL}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 async def _capacity(url: str, replicas: int, max_tokens: int) -> float:
     """Requests/s the replicas complete at full batch: replicas x seqs / one request's e2e."""
     async with aiohttp.ClientSession() as session:
@@ -195,7 +208,8 @@ def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
                 cap = capacity or await _capacity(url, replicas, max_tokens)
                 idle = await _unloaded(url, max_tokens)
                 res = await _drive(url, load * cap, duration, max_tokens, seed)
-                return Run(admission, cap, load * cap, res, idle)
+                return Run(admission, cap, load * cap, res, idle,
+                           await _reserved(url) if admission else None)
 
             try:
                 for i in range(replicas):
@@ -282,7 +296,8 @@ def main() -> int:
         idle, loaded, ratio = critical_ratio(run_)
         print(f"admission {'on' if run_.admission else 'off'}: critical TTFT p90 unloaded "
               f"{idle:.3f} s, at {a.load:g}x {loaded:.3f} s: {ratio:.2f}x unloaded"
-              + (" (target <= 2x)" if run_.admission else ""))
+              + (f" (target <= 2x; slots reserved at the end: {run_.reserved})"
+                 if run_.admission else ""))
     return 0
 
 

@@ -39,6 +39,9 @@ def test_admission_protects_critical_requests_at_2x_capacity():
     assert len(crit_off) == len(on.of("critical"))
     assert all(r.complete for r in crit_off), [r.error for r in crit_off]
     assert not any(r.shed for r in off.results)  # without admission nothing is shed...
+    # the gateway measured the critical share of its completions and kept slots for it
+    # (flowControl.reserve: auto): its router reported the ends to admission
+    assert on.reserved is not None and on.reserved >= 1, on.reserved
     p90_on = ov.percentile([r.ttft for r in on.of("critical")], 90)
     p90_off = ov.percentile([r.ttft for r in crit_off], 90)
     assert p90_on < p90_off, (p90_on, p90_off)  # ...and critical requests wait behind all
