@@ -144,12 +144,13 @@ class EppApp:
         self.config = config
         self.data = DataLayer(config)
         self.obs = Observability()
-        self.obs.watch(self.data)
         default_model = config.pools[0].model if args.pool_name else None
         settings = PickerSettings(
             max_body_bytes=args.max_body_bytes or config.max_body_bytes,
             fallbacks=max(0, args.fallbacks), assumed_mode=MODE_NAMES[args.body_mode])
         self.admission = AdmissionDriver(admission, self.data)
+        # the flow-control gauges (queue by priority, bytes, reserved slots) as the gateway's
+        self.obs.watch(self.data, self.admission.controller.queue_stats)
         # the gateway's endpoint health: what each replica serves (its /v1/models, read at
         # start, every few seconds and when a scrape names another model) and the answers
         # Envoy reports (429/503 back-pressure, 5xx outliers, a wrong-model 404) decide which

@@ -215,5 +215,15 @@ async def test_admission_sheds_and_queues_while_saturated(sim, kit, tmp_path):
             ir = queued["immediate"]
             assert ir.status.code == 429
             assert orjson.loads(ir.body)["error"]["code"] == "queue_timeout"
+        # the flow-control gauges are exported, as by the gateway (the request that waited
+        # has timed out: nothing queued now)
+        samples = await kit.scrape(p.ports["metrics"])
+        for name, labels in (("inference_extension_flow_control_queue_size",
+                              (("inference_pool", "sim-model"), ("priority", "all"))),
+                             ("inference_extension_flow_control_queue_bytes",
+                              (("inference_pool", "sim-model"),)),
+                             ("inferoute_flow_control_reserved_slots",
+                              (("inference_pool", "sim-model"),))):
+            assert samples.get((name, labels)) == 0.0, (name, sorted(samples))
     finally:
         assert p.stop() == 0
