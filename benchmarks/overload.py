@@ -73,6 +73,9 @@ class Run:
     #: the gateway's `inferoute_flow_control_reserved_slots` once the load is over (None:
     #: admission off)
     reserved: float | None = None
+    #: critical requests of the load that found no free batch slot, and all of them, by the
+    #: gateway's counters (admission on)
+    without_slot: tuple[float, float] | None = None
 
     def of(self, objective: str) -> list[Result]:
         return [r for r in self.results if r.objective == objective]
@@ -140,14 +143,22 @@ async def _drive(url: str, rate: float, duration: float, max_tokens: int, seed: 
         return list(await asyncio.gather(*tasks))
 
 
-async def _reserved(url: str) -> float | None:
-    """The pool's reserved slots by the gateway's /metrics (None: not exported)."""
+FLOW_METRICS = ("inferoute_flow_control_reserved_slots",
+                "inferoute_flow_control_top_priority_without_free_slot_total",
+                "inferoute_flow_control_top_priority_requests_total")
+
+
+async def _flow_metrics(url: str) -> dict[str, float]:
+    """The pool's flow-control figures by the gateway's /metrics (FLOW_METRICS, when
+    exported)."""
     async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as r:
         page = await r.text()
+    out = {}
     for line in page.splitlines():
-        if line.startswith(f'inferoute_flow_control_reserved_slots{{inference_pool="{MODEL}"}}'):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+        name, _, rest = line.partition("{")
+        if name in FLOW_METRICS and rest.startswith(f'inference_pool="{MODEL}"}}'):
+            out[name] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 async def _capacity(url: str, replicas: int, max_tokens: int) -> float:
@@ -207,9 +218,16 @@ def run(*, replicas: int = 2, time_scale: float = 10.0, duration: float = 6.0,
             async def go(url: str, admission: bool, capacity: float) -> Run:
                 cap = capacity or await _capacity(url, replicas, max_tokens)
                 idle = await _unloaded(url, max_tokens)
+                before = await _flow_metrics(url)
                 res = await _drive(url, load * cap, duration, max_tokens, seed)
-                return Run(admission, cap, load * cap, res, idle,
-                           await _reserved(url) if admission else None)
+                after = await _flow_metrics(url)
+                run_ = Run(admission, cap, load * cap, res, idle)
+                if admission:
+                    run_.reserved = after.get(FLOW_METRICS[0])
+                    missed, all_ = (after.get(m, 0.0) - before.get(m, 0.0)
+                                    for m in FLOW_METRICS[1:])
+                    run_.without_slot = (missed, all_)
+                return run_
 
             try:
                 for i in range(replicas):
@@ -296,8 +314,12 @@ def main() -> int:
         idle, loaded, ratio = critical_ratio(run_)
         print(f"admission {'on' if run_.admission else 'off'}: critical TTFT p90 unloaded "
               f"{idle:.3f} s, at {a.load:g}x {loaded:.3f} s: {ratio:.2f}x unloaded"
-              + (f" (target <= 2x; slots reserved at the end: {run_.reserved})"
-                 if run_.admission else ""))
+              + (" (target <= 2x)" if run_.admission else ""))
+        if run_.without_slot:
+            missed, all_ = run_.without_slot
+            print(f"  critical requests that found no free batch slot: {missed:g} of {all_:g}"
+                  f" ({missed / all_:.1%}); slots reserved at the end: {run_.reserved}"
+                  if all_ else "  no critical request counted")
     return 0
 
 

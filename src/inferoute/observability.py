@@ -20,7 +20,9 @@ Names and labels follow the Gateway API Inference Extension endpoint picker:
 - `inference_extension_prefix_indexer_hit_ratio` (histogram of matched/total prefix blocks)
 - `inference_extension_flow_control_queue_size{inference_pool,priority}` ("all" = every band),
   `inference_extension_flow_control_queue_bytes{inference_pool}`,
-  `inferoute_flow_control_reserved_slots{inference_pool}` (when admission is on)
+  `inferoute_flow_control_reserved_slots{inference_pool}`,
+  `inferoute_flow_control_top_priority_requests_total{inference_pool}` and
+  `inferoute_flow_control_top_priority_without_free_slot_total` (when admission is on)
 
 plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests{pool,endpoint}`,
 `inferoute_endpoint_ready{pool,endpoint}`, `inferoute_endpoint_waiting_requests`,
@@ -237,6 +239,8 @@ class Observability:
             self.registry.register(_SharedStateCollector(data))
         self._data = data
         if queue_stats is not None:
+            if self._queue_stats is None:
+                self.registry.register(_FlowControlCollector(self))
             self._queue_stats = queue_stats
 
     def refresh(self) -> None:
@@ -288,6 +292,32 @@ class Observability:
         """The exposition and its content type, for a /metrics handler."""
         self.refresh()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _FlowControlCollector(Collector):
+    """The flow-control counters, read from the admission controller's queue stats at scrape
+    time: top-priority arrivals, and those that found no free batch slot (the reserve's aim:
+    `flowControl.reserveMiss` of them at most, docs/admission.md)."""
+
+    def __init__(self, obs: Observability) -> None:
+        self._obs = obs
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing read at registration
+
+    def collect(self) -> Iterator[Metric]:
+        arrivals = CounterMetricFamily(
+            "inferoute_flow_control_top_priority_requests", "Requests of the top-priority "
+            "objective scheduled by the dispatch budget.", labels=["inference_pool"])
+        missed = CounterMetricFamily(
+            "inferoute_flow_control_top_priority_without_free_slot", "Top-priority requests "
+            "that found no free batch slot (queued, or sent where they wait in a model "
+            "server).", labels=["inference_pool"])
+        stats = self._obs._queue_stats
+        for pool, st in (stats() if stats is not None else {}).items():
+            arrivals.add_metric([pool], st.top_arrivals)
+            missed.add_metric([pool], st.top_without_slot)
+        yield from (arrivals, missed)
 
 
 class _SharedStateCollector(Collector):

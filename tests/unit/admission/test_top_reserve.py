@@ -56,6 +56,32 @@ def test_the_share_is_counted_over_the_last_completions() -> None:
     assert r.rho() < 0.01 and r.slots(8) == 0
 
 
+def test_measured_misses_correct_the_model() -> None:
+    """More than twice the allowed misses in a window of top-priority arrivals add a slot to
+    the model's count; a window without a miss takes it back; never past the cap."""
+    r = TopReserve(0.05, horizon=64)
+    for _ in range(400):  # rho 0.4: the model keeps 3
+        r.arrived(), r.arrived()
+        for _ in range(5):
+            r.completed()
+    assert r.window == 32 and r.slots(8) == 3
+    for i in range(32):  # 4 of 32 found no free slot: 12.5% > 2 x 5%
+        r.outcome(found_slot=i % 8 != 0)
+    assert r.slots(8) == 4
+    for i in range(32):  # 3 of 32 (9.4%): within twice the aim, no change
+        r.outcome(found_slot=i % 11 != 0)
+    assert r.slots(8) == 4
+    for _ in range(32):
+        r.outcome(found_slot=True)
+    assert r.slots(8) == 3  # back to the model's count, and not below it
+    for _ in range(32):
+        r.outcome(found_slot=True)
+    assert r.slots(8) == 3
+    for _ in range(20 * 32):  # misses all along: at most the cap
+        r.outcome(found_slot=False)
+    assert r.slots(8) == 8 and r.extra == 8
+
+
 OBJECTIVES = Objectives([ObjectiveSpec(name="critical", priority=10),
                          ObjectiveSpec(name="standard", priority=0)], default="standard")
 CRITICAL = {OBJECTIVE_HEADER: "critical"}
@@ -164,3 +190,22 @@ def test_a_request_goes_where_a_batch_slot_is_free() -> None:
     # now no endpoint has a free slot: the room past the batches is for anyone
     nxt = _admit(ctl, pool, 1.0, CRITICAL)
     assert isinstance(nxt, Admitted) and nxt.room_on is None
+
+
+def test_top_priority_requests_without_a_free_slot_are_counted() -> None:
+    """The reserve's aim, measured: top-priority arrivals, and those that found no free batch
+    slot (sent past a full batch, or queued)."""
+    ctl, pool, eps = _fleet(reserve=0)
+    base = ctl.queue_stats()["m"]
+    eps[0].metrics = EndpointMetrics(running=8, waiting=0, scraped_at=1.0)
+    eps[1].metrics = EndpointMetrics(running=7, waiting=0, scraped_at=1.0)
+    assert isinstance(_admit(ctl, pool, 1.0, CRITICAL), Admitted)  # the free slot on eps[1]
+    ctl.dispatched("m", eps[1], 1.0)
+    assert isinstance(_admit(ctl, pool, 1.0, CRITICAL), Admitted)  # past a full batch
+    ctl.dispatched("m", eps[0], 1.0)
+    ctl.dispatched("m", eps[1], 1.0)  # (and the other one past its batch is taken)
+    assert isinstance(_admit(ctl, pool, 1.0, CRITICAL), Ticket)  # queued
+    _admit(ctl, pool, 1.0)  # a standard request is not counted
+    st = ctl.queue_stats()["m"]
+    assert st.top_arrivals - base.top_arrivals == 3
+    assert st.top_without_slot - base.top_without_slot == 2

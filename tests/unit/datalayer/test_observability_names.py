@@ -64,9 +64,13 @@ def test_flow_control_gauges_show_the_queue_and_the_reserve():
     obs = Observability()
     data = DataLayer(parse_serving_config({"pools": [
         {"model": "m", "endpoints": ["http://a:1"]}]}), clock=ManualClock(1.0).now)
-    obs.watch(data, lambda: {"m": QueueStats(3, 900, {10: 1, 0: 2}, reserved=2)})
+    obs.watch(data, lambda: {"m": QueueStats(3, 900, {10: 1, 0: 2}, reserved=2,
+                                             top_arrivals=40, top_without_slot=3)})
     page = _page(obs)
     assert 'inference_extension_flow_control_queue_size{inference_pool="m",priority="all"} 3.0' \
         in page
     assert 'inference_extension_flow_control_queue_bytes{inference_pool="m"} 900.0' in page
     assert 'inferoute_flow_control_reserved_slots{inference_pool="m"} 2.0' in page
+    assert 'inferoute_flow_control_top_priority_requests_total{inference_pool="m"} 40.0' in page
+    assert ('inferoute_flow_control_top_priority_without_free_slot_total{inference_pool="m"} '
+            '3.0') in page

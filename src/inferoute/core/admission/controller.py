@@ -149,6 +149,10 @@ class _Rooms:
         """Free batch slots on one endpoint."""
         return self.room[name] - self.past[name]
 
+    def slot_free(self) -> bool:
+        """Some endpoint has a free batch slot (for the top priority)."""
+        return any(self.free(name) > 0 for name in self.room)
+
     def budget(self, top: bool) -> int:
         """Requests of the top priority (`top`) or a lower one (past the reserve) the pool
         can take now."""
@@ -172,7 +176,8 @@ class _Rooms:
 
 
 class _PoolState:
-    __slots__ = ("pool", "queue", "releases", "books", "waiting_since", "reserve", "reserved")
+    __slots__ = ("books", "pool", "queue", "releases", "reserve", "reserved", "top_arrivals",
+                 "top_without_slot", "waiting_since")
 
     def __init__(self, pool: Pool, spec: FlowControlSpec) -> None:
         self.pool = pool
@@ -188,6 +193,10 @@ class _PoolState:
         self.reserve = TopReserve(spec.reserve_miss)
         #: the slots kept free for the top priority, as last computed (for metrics)
         self.reserved = 0
+        #: top-priority arrivals, and those that found no free batch slot (queued, or sent
+        #: where they wait inside a model server), scheduled by the dispatch budget
+        self.top_arrivals = 0
+        self.top_without_slot = 0
 
     def book(self, ep: Endpoint) -> _Book:
         b = self.books.get(ep.name)
@@ -274,13 +283,25 @@ class AdmissionController:
         if rule is not None:
             if not st.queue and rule.place(request, candidates, now) is not None:
                 return Admitted(pool.model)
-        elif rooms is not None and budget > 0 and (not st.queue or (
-                (first := st.queue.top_priority()) is not None and first < request.priority)):
-            st.releases.append(now)  # nothing of its priority or higher waits: it goes now
-            # to an endpoint whose room admitted it: the budget is the pool's, and a scheduler
-            # that kept choosing a full replica (prefix affinity, a late scrape) would pile
-            # every admitted request there while the others' unused room kept admitting more
-            return Admitted(pool.model, room_on=rooms.take(candidates, top))
+        else:
+            if top:  # how often the top priority finds a free batch slot (the reserve's aim)
+                st.top_arrivals += 1
+            if rooms is not None and budget > 0 and (not st.queue or (
+                    (first := st.queue.top_priority()) is not None
+                    and first < request.priority)):
+                st.releases.append(now)  # nothing of its priority or higher waits: it goes now
+                if top:
+                    found = rooms.slot_free()
+                    st.top_without_slot += not found
+                    st.reserve.outcome(found)
+                # to an endpoint whose room admitted it: the budget is the pool's, and a
+                # scheduler that kept choosing a full replica (prefix affinity, a late scrape)
+                # would pile every admitted request there while the others' unused room kept
+                # admitting more
+                return Admitted(pool.model, room_on=rooms.take(candidates, top))
+            if top:
+                st.top_without_slot += 1
+                st.reserve.outcome(False)
         ttl = self.flow.ttl
         obj = self.objectives.get(request.objective) if request.objective else None
         if obj is not None and obj.ttl is not None:
@@ -462,7 +483,9 @@ class AdmissionController:
 
     def queue_stats(self) -> dict[str, Any]:
         """{pool: QueueStats} for metrics."""
-        return {name: replace(st.queue.stats(), reserved=st.reserved)
+        return {name: replace(st.queue.stats(), reserved=st.reserved,
+                              top_arrivals=st.top_arrivals,
+                              top_without_slot=st.top_without_slot)
                 for name, st in self._pools.items()}
 
     def drain(self) -> list[tuple[Ticket, InferouteError]]:

@@ -173,6 +173,9 @@ class QueueStats:
     by_priority: dict[int, int] = field(default_factory=dict)
     #: batch slots the pool keeps free for the top priority, as last computed
     reserved: int = 0
+    #: top-priority arrivals so far, and those that found no free batch slot
+    top_arrivals: int = 0
+    top_without_slot: int = 0
 
 
 class FlowQueue:

@@ -19,6 +19,13 @@ the pool's last completions (`TopReserve`), so the reserve follows the traffic: 
 top-priority request arrives, a slot or two while the top priority is a small share of what
 the pool completes, more as it grows. Measured completions, not an assumed capacity: they are
 what refills the reserve, and under overload they are the capacity.
+
+The model is a lower bound: completions in a batched engine come in bursts (requests that
+started together end together), and the gateway learns of a free slot late, so more arrivals
+find none than it says. The controller therefore tells `TopReserve` whether each top-priority
+arrival found a free batch slot, and the reserve is corrected by what it measures: over each
+window of about 1.6 / miss such arrivals (32 at 5%), more than twice the allowed misses add a
+slot to the model's count, none takes one back (never below the model's).
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ class TopReserve:
     CPU pool's last minute) and no clock is needed.
     """
 
-    __slots__ = ("_arrivals", "_completions", "_keep", "horizon", "miss")
+    __slots__ = ("_arrivals", "_cap", "_completions", "_keep", "_missed", "_seen", "extra",
+                 "horizon", "miss", "window")
 
     def __init__(self, miss: float, horizon: int = 64) -> None:
         if not 0 < miss < 1 or horizon < 1:
@@ -65,6 +73,24 @@ class TopReserve:
         self._keep = 1 - 1 / horizon
         self._arrivals = 0.0
         self._completions = 0.0
+        #: top-priority arrivals per correction window, and the misses the model allows
+        self.window = math.ceil(1.6 / miss)
+        #: slots added to the model's count by the measured misses
+        self.extra = 0
+        self._seen = 0
+        self._missed = 0
+        self._cap = 0  # the last cap asked for: `extra` never winds up past it
+
+    def outcome(self, found_slot: bool) -> None:
+        """Whether a top-priority arrival found a free batch slot (module docstring)."""
+        self._seen += 1
+        self._missed += not found_slot
+        if self._seen >= self.window:
+            if self._missed > 2 * self.miss * self.window:
+                self.extra = min(self.extra + 1, self._cap)
+            elif self._missed == 0 and self.extra:
+                self.extra -= 1
+            self._seen = self._missed = 0
 
     def arrived(self) -> None:
         """A top-priority request arrived (admitted or queued)."""
@@ -84,7 +110,10 @@ class TopReserve:
     def slots(self, cap: int) -> int:
         """Free slots the pool should keep for its top priority now (at most `cap`); none
         while less than one top-priority request arrived over the horizon."""
+        self._cap = cap
         if self._arrivals < 1:
             return 0
         rho = self.rho()
-        return cap if math.isinf(rho) else slots_to_keep(rho, self.miss, cap)
+        if math.isinf(rho):
+            return cap
+        return min(cap, slots_to_keep(rho, self.miss, cap) + self.extra)
