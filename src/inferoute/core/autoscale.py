@@ -343,19 +343,19 @@ class LocalTrend:
         return math.sqrt(max(0.0, v00 + 2 * ahead * v01 + ahead * ahead * v11))
 
 
-def _trend_filter(counts: list[float], noise: float, shift_at: int | None,
+def _trend_filter(counts: list[float], noise: float, shifts: frozenset[int],
                   scored: int) -> tuple[float, LocalTrend]:
     """One Kalman filter of a local linear trend (level += slope; slope += N(0, `noise`))
     observed through Poisson counts (variance: the predicted level): its log-likelihood on
-    the last `scored` counts and its state after the last count. At `shift_at` the level's
-    variance is reset."""
+    the last `scored` counts and its state after the last count. At each of `shifts` the
+    level's variance is reset."""
     level, slope = counts[0], 0.0
     p00, p01, p11 = max(counts[0], MIN_COUNT_VARIANCE), 0.0, 1.0  # the slope: diffuse
     loglik = 0.0
     for i in range(1, len(counts)):
         level += slope  # predict one second on (integrated random walk)
         p00, p01, p11 = (p00 + 2 * p01 + p11 + noise / 3, p01 + p11 + noise / 2, p11 + noise)
-        if i == shift_at:
+        if i in shifts:
             p00 += SHIFT_VARIANCE
         var = p00 + max(level, MIN_COUNT_VARIANCE)
         v = counts[i] - level
@@ -367,7 +367,7 @@ def _trend_filter(counts: list[float], noise: float, shift_at: int | None,
     return loglik, LocalTrend(level, slope, (p00, p01, p11))
 
 
-def local_trend(counts: list[float], shift_at: int | None = None,
+def local_trend(counts: list[float], shifts: Iterable[int] = (),
                 scored: int | None = None) -> LocalTrend:
     """The level and slope now of per-second arrival `counts` (at least two).
 
@@ -377,10 +377,12 @@ def local_trend(counts: list[float], shift_at: int | None = None,
     A Kalman filter of a local linear trend measures a slope that turns slowly over more
     counts; how fast it may turn (its noise) is not set but weighed: one filter per
     `TREND_NOISES`, averaged by their likelihood on the last `scored` counts (default: all;
-    Bayesian model averaging; a count's noise is known: Poisson). `shift_at`: a level shift
-    found by `rate_trend`, where the filters take a new level (the slope goes on)."""
+    Bayesian model averaging; a count's noise is known: Poisson). `shifts`: the level
+    shifts `rate_trend` found, where the filters take a new level (the slope goes on): a
+    step is not a slope, also after it has left the window."""
     scored = len(counts) if scored is None else scored
-    fits = [_trend_filter(counts, q, shift_at, scored) for q in TREND_NOISES]
+    at = frozenset(shifts)
+    fits = [_trend_filter(counts, q, at, scored) for q in TREND_NOISES]
     top = max(ll for ll, _ in fits)
     weights = [math.exp(ll - top) for ll, _ in fits]
     total = sum(weights)
@@ -466,6 +468,8 @@ class PoolEstimator:
         #: last fit of unqueued TTFT = a + b u (kept while every request queues)
         self._prefill: tuple[float, float] | None = None
         self._trend_cache: tuple[int, LocalTrend] | None = None
+        #: the seconds of the level shifts `rate_trend` has found (kept for the filters)
+        self._shifts: list[int] = []
 
     def arrived(self, now: float) -> None:
         sec = math.floor(now)
@@ -546,11 +550,21 @@ class PoolEstimator:
         sec = math.floor(now)
         if self._trend_cache is None or self._trend_cache[0] != sec:
             counts = self._counts(now, TREND_WINDOWS)
-            shift = rate_trend(counts[-recent:]).at
-            at = None if shift is None else len(counts) - recent + int(shift)
-            trend = local_trend(counts, at, recent)
+            first = sec - len(counts)  # the second of counts[0]
+            self._note_shift(rate_trend(counts[-recent:]).at, sec - recent)
+            shifts = [t - first for t in self._shifts if t > first]
+            trend = local_trend(counts, shifts, recent)
             self._trend_cache = (sec, _shrunk(trend, counts[-recent:]))
         return self._trend_cache[1]
+
+    def _note_shift(self, at: float | None, start: int) -> None:
+        """Keep a shift found at `at` seconds into a window starting at second `start`: the
+        same step found again (within MIN_SHIFT seconds of one kept) moves it."""
+        if at is None:
+            return
+        t = start + int(at)
+        self._shifts = [s for s in self._shifts if abs(s - t) >= MIN_SHIFT and s > start
+                        - TREND_WINDOWS * self.spec.window] + [t]
 
     def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
         """(a, b) of unqueued TTFT = a + b x uncached tokens, from the requests whose prefill
