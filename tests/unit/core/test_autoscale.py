@@ -249,9 +249,26 @@ def test_local_trend_follows_a_line_and_takes_a_shift_as_a_new_level() -> None:
     trend = local_trend([2 + 0.1 * i for i in range(120)])
     assert trend.level == pytest.approx(2 + 0.1 * 119, abs=0.2)
     assert trend.slope == pytest.approx(0.1, abs=0.01)
-    step = local_trend([2.0] * 100 + [10.0] * 20, shift_at=100)
+    step = local_trend([2.0] * 100 + [10.0] * 20, shifts=[100])
     assert step.level == pytest.approx(10.0, abs=0.3)
     assert step.slope == pytest.approx(0.0, abs=0.02)
+
+
+def test_a_step_stays_a_level_after_it_has_left_the_window() -> None:
+    """The trend filters see four windows of counts; the shifts found in the window are kept
+    for them, so a step is not read as a slope once the window no longer holds it (without:
+    a spike from 2 to 12 req/s read as 35 req/s a minute later), and the end of a burst is
+    the base again."""
+    est = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+    t = _arrivals(est, [2] * 120)
+    for sec in range(100):  # 10 req/s from t = 120: every second, the new level
+        t = _arrivals(est, [10], start=t)
+        if sec >= 15:
+            assert est.forecast_rate(t) == pytest.approx(10.0, abs=0.6), sec
+    for sec in range(60):  # back to 2 req/s
+        t = _arrivals(est, [2], start=t)
+        if sec >= 15:
+            assert est.forecast_rate(t) == pytest.approx(2.0, abs=0.6), sec
 
 
 def test_a_step_asks_for_the_new_level(make_ep) -> None:
