@@ -9,9 +9,9 @@ import pytest
 
 from inferoute.configfiles import resolve_config
 from inferoute.core.autoscale import (
+    TREND_WINDOWS,
     Autoscaler,
     AutoscaleSpec,
-    TREND_WINDOWS,
     PoolEstimator,
     local_trend,
     parse_autoscale_spec,
