@@ -6,15 +6,17 @@ Sans-I/O: the shells report arrivals, dispatches, first tokens and finished requ
 same way) and ask for an estimate with the time and the pool's ready endpoints. Per pool, over
 a sliding window of `W` seconds:
 
-    lambda    arrival rate (requests/s) of requests sent to the pool's replicas: the line
-              through the window's per-second counts, its level shifted once where that fits
-              them better than a 5% false-alarm scan of Poisson counts allows (a step is a
-              new level, not a trend), at its highest from now to `horizon` seconds ahead (a
-              replica asked for now serves that much later; one removed goes at once); and
-              sigma, its standard error there (the line's residual scatter times the lever
-              from the window's centre). The replicas are sized for lambda' = lambda + z sigma,
-              z the normal quantile of `rateQuantile` (0.5: z = 0, the forecast itself; 0.9:
-              z = 1.28, its one-sided 90% bound)
+    lambda    arrival rate (requests/s) of requests sent to the pool's replicas: the level and
+              slope now of a local linear trend through the per-second counts of the last
+              4 windows (Kalman filters with Poisson count noise, one per slope noise,
+              averaged by their likelihood on the last window), the slope shrunk by the last
+              window's evidence for it (S^2 / (S^2 + V), V a Poisson slope's variance over
+              the window); the level shifted once where a 5% false-alarm scan of Poisson
+              counts finds a step (a step is a new level, not a trend); at its highest from
+              now to `horizon` seconds ahead (a replica asked for now serves that much
+              later; one removed goes at once); and sigma, its standard error there. The
+              replicas are sized for lambda' = lambda + z sigma, z the normal quantile of
+              `rateQuantile` (0.5: z = 0, the forecast itself; 0.9: z = 1.28)
     u         uncached prompt tokens per request (prompt - cached tokens from usage, else
               prompt x (1 - the pool's scraped prefix-cache hit rate)): its mean, second
               moment and 20 quantiles
@@ -72,8 +74,10 @@ __all__ = [
     "Autoscaler",
     "Estimate",
     "PoolEstimator",
+    "local_trend",
     "parse_autoscale_spec",
     "quantile",
+    "rate_trend",
 ]
 
 #: the share of requests a TTFT target allows over it (the target is a p90)
@@ -308,6 +312,106 @@ def rate_trend(counts: list[float]) -> RateTrend:
     return RateTrend(level, slope, shift, float(at) if at < n else None, variance, moments)
 
 
+#: the slope noises (variance of the slope's change per second, (req/s^2)^2) of the trend
+#: filters `local_trend` weighs by their likelihood: from a near-straight line (1e-8) to a
+#: slope that turns within seconds (0.03); the counts choose, no smoothing constant is set
+TREND_NOISES = tuple(10 ** (k / 2) for k in range(-16, -2))
+#: the least variance of a count: a Poisson count's variance is its mean, which a filter may
+#: drive to 0 on a quiet window
+MIN_COUNT_VARIANCE = 0.25
+#: the level variance added at a level shift (an intervention: the level is new, the slope not)
+SHIFT_VARIANCE = 1e4
+#: the trend filters run over this many windows of counts (a slowly turning slope is measured
+#: over more than one window) and are weighed on the last window's
+TREND_WINDOWS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class LocalTrend:
+    """The arrival rate's level and slope at the last counted second, and their covariance."""
+
+    level: float
+    slope: float
+    cov: tuple[float, float, float] = (0.0, 0.0, 0.0)  # var level, cov, var slope
+
+    def rate(self, ahead: float) -> float:
+        return self.level + self.slope * ahead
+
+    def error(self, ahead: float) -> float:
+        """The standard error of `rate(ahead)`."""
+        v00, v01, v11 = self.cov
+        return math.sqrt(max(0.0, v00 + 2 * ahead * v01 + ahead * ahead * v11))
+
+
+def _trend_filter(counts: list[float], noise: float, shifts: frozenset[int],
+                  scored: int) -> tuple[float, LocalTrend]:
+    """One Kalman filter of a local linear trend (level += slope; slope += N(0, `noise`))
+    observed through Poisson counts (variance: the predicted level): its log-likelihood on
+    the last `scored` counts and its state after the last count. At each of `shifts` the
+    level's variance is reset."""
+    level, slope = counts[0], 0.0
+    p00, p01, p11 = max(counts[0], MIN_COUNT_VARIANCE), 0.0, 1.0  # the slope: diffuse
+    loglik = 0.0
+    for i in range(1, len(counts)):
+        level += slope  # predict one second on (integrated random walk)
+        p00, p01, p11 = (p00 + 2 * p01 + p11 + noise / 3, p01 + p11 + noise / 2, p11 + noise)
+        if i in shifts:
+            p00 += SHIFT_VARIANCE
+        var = p00 + max(level, MIN_COUNT_VARIANCE)
+        v = counts[i] - level
+        k0, k1 = p00 / var, p01 / var
+        level, slope = level + k0 * v, slope + k1 * v
+        p00, p01, p11 = p00 - k0 * p00, p01 - k0 * p01, p11 - k1 * p01
+        if i >= len(counts) - scored:
+            loglik -= 0.5 * (math.log(2 * math.pi * var) + v * v / var)
+    return loglik, LocalTrend(level, slope, (p00, p01, p11))
+
+
+def local_trend(counts: list[float], shifts: Iterable[int] = (),
+                scored: int | None = None) -> LocalTrend:
+    """The level and slope now of per-second arrival `counts` (at least two).
+
+    A line through one window's counts measures its slope with an error that a horizon's
+    extrapolation multiplies (at 12 req/s, +-0.026 req/s^2 over 60 s: +-2.7 req/s 105 s on),
+    and the HPA keeps the highest of its proposals for 300 s, so the error becomes replicas.
+    A Kalman filter of a local linear trend measures a slope that turns slowly over more
+    counts; how fast it may turn (its noise) is not set but weighed: one filter per
+    `TREND_NOISES`, averaged by their likelihood on the last `scored` counts (default: all;
+    Bayesian model averaging; a count's noise is known: Poisson). `shifts`: the level
+    shifts `rate_trend` found, where the filters take a new level (the slope goes on): a
+    step is not a slope, also after it has left the window."""
+    scored = len(counts) if scored is None else scored
+    at = frozenset(shifts)
+    fits = [_trend_filter(counts, q, at, scored) for q in TREND_NOISES]
+    top = max(ll for ll, _ in fits)
+    weights = [math.exp(ll - top) for ll, _ in fits]
+    total = sum(weights)
+    level = sum(w * f.level for w, (_, f) in zip(weights, fits, strict=True)) / total
+    slope = sum(w * f.slope for w, (_, f) in zip(weights, fits, strict=True)) / total
+    cov = [0.0, 0.0, 0.0]
+    for w, (_, f) in zip(weights, fits, strict=True):
+        dl, ds = f.level - level, f.slope - slope
+        for j, (c, d) in enumerate(zip(f.cov, (dl * dl, dl * ds, ds * ds), strict=True)):
+            cov[j] += w / total * (c + d)
+    return LocalTrend(level, slope, (cov[0], cov[1], cov[2]))
+
+
+def _shrunk(trend: LocalTrend, window: list[float]) -> LocalTrend:
+    """The trend with its slope shrunk by the last window's evidence for it: times S^2 /
+    (S^2 + V), V the variance of a slope fitted to the window's Poisson counts alone (mean
+    count / sum of squared deviations of the seconds; empirical Bayes, a N(0, S^2) prior).
+    The filters' longer memory carries a rise's slope into its peak; a slope the last
+    window cannot tell from noise is not extrapolated a horizon ahead, a clear one is,
+    nearly whole."""
+    n = len(window)
+    sxx = n * (n * n - 1) / 12
+    v = max(sum(window) / n, MIN_COUNT_VARIANCE) / sxx
+    s = trend.slope
+    factor = s * s / (s * s + v) if s else 0.0
+    v00, v01, v11 = trend.cov
+    return LocalTrend(trend.level, s * factor, (v00, v01 * factor, v11 * factor * factor))
+
+
 def _over_share(n: float, lam: float, work: float, wait_moment: float,
                 unqueued: list[float], target: float) -> float:
     """The share of requests whose TTFT exceeds `target` with `n` replicas: `unqueued` the
@@ -355,13 +459,17 @@ class PoolEstimator:
 
     def __init__(self, spec: AutoscaleSpec) -> None:
         self.spec = spec
-        #: arrivals counted per whole second: (second, count), at most window + 1 entries
+        #: arrivals counted per whole second: (second, count), at most TREND_WINDOWS x
+        #: window + 1 entries
         self._arrivals: deque[list[float]] = deque()
         self._first_arrival: float | None = None
         self._samples: deque[_Sample] = deque(maxlen=spec.max_samples)
         self._kv_per_request = 0.0
         #: last fit of unqueued TTFT = a + b u (kept while every request queues)
         self._prefill: tuple[float, float] | None = None
+        self._trend_cache: tuple[int, LocalTrend] | None = None
+        #: the seconds of the level shifts `rate_trend` has found (kept for the filters)
+        self._shifts: list[int] = []
 
     def arrived(self, now: float) -> None:
         sec = math.floor(now)
@@ -388,7 +496,8 @@ class PoolEstimator:
 
     def _trim(self, now: float) -> None:
         horizon = now - self.spec.window
-        while self._arrivals and self._arrivals[0][0] + 1 <= horizon:
+        history = now - TREND_WINDOWS * self.spec.window  # the trend filters' counts
+        while self._arrivals and self._arrivals[0][0] + 1 <= history:
             self._arrivals.popleft()
         while self._samples and self._samples[0].at < horizon:
             self._samples.popleft()
@@ -399,23 +508,25 @@ class PoolEstimator:
         if self._first_arrival is None:
             return 0.0
         span = min(self.spec.window, max(1.0, now - self._first_arrival))
-        return sum(c for _, c in self._arrivals) / span
+        start = now - self.spec.window
+        return sum(c for sec, c in self._arrivals if sec + 1 > start) / span
 
-    def _counts(self, now: float) -> list[float]:
-        """Arrivals in each whole second of the window before the current one."""
+    def _counts(self, now: float, windows: int = 1) -> list[float]:
+        """Arrivals in each whole second of the last `windows` windows before the current
+        second."""
         self._trim(now)
         if self._first_arrival is None:
             return []
-        first = math.floor(max(now - self.spec.window, self._first_arrival))
+        first = math.floor(max(now - windows * self.spec.window, self._first_arrival))
         counts = {int(sec): c for sec, c in self._arrivals}
         return [counts.get(t, 0) for t in range(first, math.floor(now))]
 
     def forecast_rate(self, now: float, ahead: float | None = None) -> float:
-        """The arrival rate on the line through the per-second counts with at most one level
-        shift (`rate_trend`), now or `ahead` seconds (default: `horizon`) later, whichever is
-        higher at the `rateQuantile` (lambda + z sigma): later when the rate rises, now when
-        it falls (a replica removed goes at once, so the next sync, not a cold start, is when
-        a falling rate is met)."""
+        """The arrival rate of the local trend (`local_trend`: level and slope now, a level
+        shift where `rate_trend` finds one), now or `ahead` seconds (default: `horizon`)
+        later, whichever is higher at the `rateQuantile` (lambda + z sigma): later when the
+        rate rises, now when it falls (a replica removed goes at once, so the next sync, not
+        a cold start, is when a falling rate is met)."""
         return self.forecast(now, ahead)[0]
 
     def forecast(self, now: float, ahead: float | None = None) -> tuple[float, float]:
@@ -424,14 +535,36 @@ class PoolEstimator:
         counts = self._counts(now)
         if mean == 0.0 or len(counts) < self.spec.window / 2:  # too short for a trend
             return mean, 0.0
-        trend = rate_trend(counts)
+        trend = self._trend(now, len(counts))
         ahead = self.spec.horizon if ahead is None else ahead
-        x = len(counts) + (now - math.floor(now))
+        x = 0.5 + (now - math.floor(now))  # from the last counted second's centre to now
         # where the sized-for quantile is higher: a rising rate at the horizon, a falling one
         # now (with z > 0 a flat one at the horizon, less sure the further ahead)
         z = self.spec.rate_z
         at = max((x, x + ahead), key=lambda t: trend.rate(t) + z * trend.error(t))
         return max(0.0, trend.rate(at)), trend.error(at)
+
+    def _trend(self, now: float, recent: int) -> LocalTrend:
+        """`local_trend` of the last `TREND_WINDOWS` windows' counts, weighed on the last
+        `recent` (the window's), once per second (the counts change no faster)."""
+        sec = math.floor(now)
+        if self._trend_cache is None or self._trend_cache[0] != sec:
+            counts = self._counts(now, TREND_WINDOWS)
+            first = sec - len(counts)  # the second of counts[0]
+            self._note_shift(rate_trend(counts[-recent:]).at, sec - recent)
+            shifts = [t - first for t in self._shifts if t > first]
+            trend = local_trend(counts, shifts, recent)
+            self._trend_cache = (sec, _shrunk(trend, counts[-recent:]))
+        return self._trend_cache[1]
+
+    def _note_shift(self, at: float | None, start: int) -> None:
+        """Keep a shift found at `at` seconds into a window starting at second `start`: the
+        same step found again (within MIN_SHIFT seconds of one kept) moves it."""
+        if at is None:
+            return
+        t = start + int(at)
+        self._shifts = [s for s in self._shifts if abs(s - t) >= MIN_SHIFT and s > start
+                        - TREND_WINDOWS * self.spec.window] + [t]
 
     def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
         """(a, b) of unqueued TTFT = a + b x uncached tokens, from the requests whose prefill
