@@ -209,3 +209,25 @@ def test_top_priority_requests_without_a_free_slot_are_counted() -> None:
     st = ctl.queue_stats()["m"]
     assert st.top_arrivals - base.top_arrivals == 3
     assert st.top_without_slot - base.top_without_slot == 2
+
+
+def test_only_misses_a_reserve_could_prevent_correct_it() -> None:
+    """A pool saturated by its metrics queues everything: those waits do not grow the reserve;
+    waits for a free slot in a full pool do."""
+    ctl, pool, eps = _fleet()
+    _traffic(ctl, pool, eps, critical=2, ends=5)
+    assert ctl.reserve("m", 1.0) == 3
+    reserve = ctl._pools["m"].reserve
+    for ep in eps:  # requests waiting past the threshold (0): saturated by the metrics
+        ep.metrics = EndpointMetrics(running=8, waiting=2, scraped_at=1.0)
+    for _ in range(3 * reserve.window):
+        got = _admit(ctl, pool, 1.0, CRITICAL)
+        assert isinstance(got, Ticket) and ctl.cancel(got)
+    assert reserve.extra == 0
+    for ep in eps:  # full batches, nothing waiting: not saturated, no free slot anywhere
+        ep.metrics = EndpointMetrics(running=8, waiting=0, scraped_at=1.0)
+    for _ in range(reserve.window):
+        got = _admit(ctl, pool, 1.0, CRITICAL)
+        if isinstance(got, Ticket):
+            ctl.cancel(got)
+    assert reserve.extra == 1  # (the arrivals, with no end, also raised rho meanwhile)

@@ -301,7 +301,8 @@ class AdmissionController:
                 return Admitted(pool.model, room_on=rooms.take(candidates, top))
             if top:
                 st.top_without_slot += 1
-                st.reserve.outcome(False)
+                if rooms is not None:  # (saturated by its metrics: no reserve would help)
+                    st.reserve.outcome(False)
         ttl = self.flow.ttl
         obj = self.objectives.get(request.objective) if request.objective else None
         if obj is not None and obj.ttl is not None:

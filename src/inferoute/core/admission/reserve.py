@@ -13,8 +13,8 @@ with K = the reserve being full:
 
     P(none free) = rho^K (1 - rho) / (1 - rho^(K + 1))      (1 / (K + 1) at rho = 1)
 
-and the pool keeps the smallest K that brings it to at most `miss` (e.g. 5%: the top
-priority's p90 then never waits behind a full batch). Both are counted by the controller over
+and the pool keeps the smallest K that brings it to at most `miss` (5% by default, well
+inside the 10% of its requests a p90 target lets wait). Both are counted by the controller over
 the pool's last completions (`TopReserve`), so the reserve follows the traffic: 0 while no
 top-priority request arrives, a slot or two while the top priority is a small share of what
 the pool completes, more as it grows. Measured completions, not an assumed capacity: they are
@@ -25,7 +25,9 @@ started together end together), and the gateway learns of a free slot late, so m
 find none than it says. The controller therefore tells `TopReserve` whether each top-priority
 arrival found a free batch slot, and the reserve is corrected by what it measures: over each
 window of about 1.6 / miss such arrivals (32 at 5%), more than twice the allowed misses add a
-slot to the model's count, none takes one back (never below the model's).
+slot to the model's count, and a window without a miss takes one back (never below the
+model's count, never past the cap). Only misses the reserve could have prevented are counted:
+not those of a pool its metrics call saturated, where everything waits.
 """
 
 from __future__ import annotations
