@@ -243,6 +243,11 @@ class Observability:
                 self.registry.register(_FlowControlCollector(self))
             self._queue_stats = queue_stats
 
+    def queue_stats(self) -> Mapping[str, Any] | None:
+        """{pool: QueueStats} of the admission controller being watched (None: admission
+        off)."""
+        return None if self._queue_stats is None else self._queue_stats()
+
     def refresh(self) -> None:
         if self._queue_stats is not None:
             for pool, st in self._queue_stats().items():
@@ -313,8 +318,7 @@ class _FlowControlCollector(Collector):
             "inferoute_flow_control_top_priority_without_free_slot", "Top-priority requests "
             "that found no free batch slot (queued, or sent where they wait in a model "
             "server).", labels=["inference_pool"])
-        stats = self._obs._queue_stats
-        for pool, st in (stats() if stats is not None else {}).items():
+        for pool, st in (self._obs.queue_stats() or {}).items():
             arrivals.add_metric([pool], st.top_arrivals)
             missed.add_metric([pool], st.top_without_slot)
         yield from (arrivals, missed)

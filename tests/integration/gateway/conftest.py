@@ -52,11 +52,11 @@ class Resp:
 
 
 def request(method: str, url: str, *, json: object = None, content: bytes | None = None,
-            timeout: float = 10.0) -> Resp:
+            timeout: float = 10.0, headers: dict[str, str] | None = None) -> Resp:
     """One HTTP request with the standard library; error statuses are returned, not raised."""
     data = content if json is None else jsonlib.dumps(json).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        **({"Content-Type": "application/json"} if data else {}), **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return Resp(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())

@@ -71,6 +71,8 @@ return {
   rows,
   ready: text("[data-field=ready]"),
   desired: text("[data-field=desired]"),
+  queued: text("[data-field=queued]"),
+  reserved: text("[data-field=reserved]"),
   recent: [...document.querySelectorAll("#recent tbody tr")].map((tr) => ({
     endpoint: tr.querySelector("[data-field=endpoint]").textContent,
     scores: tr.querySelector("[data-field=scores]").textContent})),
@@ -103,7 +105,8 @@ def test_dashboard_in_chromium(harness, web, browser, tmp_path: Path) -> None:
     sims = [f"http://127.0.0.1:{base + i}" for i in range(2)]
     harness.procs[-1].wait_for_http(sims[1] + "/health")
     gw = harness.gateway({"dashboard": True, "autoscaling": {"ttftTarget": "1s"},
-                          "pools": [{"model": "sim-model", "endpoints": sims}]})
+                          "pools": [{"model": "sim-model", "endpoints": sims}],
+                          "admission": {"objectives": [{"name": "critical", "priority": 10}]}})
     prompt = "the quick brown fox jumps over the lazy dog " * 12
     for _ in range(4):  # the same prefix: later requests hit the replica's prefix cache
         r = web.post(gw.url + "/v1/completions", json={"model": "sim-model", "prompt": prompt,
@@ -170,6 +173,12 @@ def test_dashboard_in_chromium(harness, web, browser, tmp_path: Path) -> None:
                     if ln.startswith(ready_line)]
         assert float(shown["ready"]) == float(ready) == 2
         assert int(shown["desired"]) >= 1
+        # admission's own figures: nothing waits in the gateway, the reserve as exported
+        pool = {"inference_pool": "sim-model"}
+        assert float(shown["queued"]) == web.metric(
+            page, "inference_extension_flow_control_queue_size", priority="all", **pool) == 0
+        assert float(shown["reserved"]) == web.metric(
+            page, "inferoute_flow_control_reserved_slots", **pool)
         newest = shown["recent"][0]
         assert newest["endpoint"] == busy
         assert "prefix-cache-scorer" in newest["scores"] and "queue-scorer" in newest["scores"]

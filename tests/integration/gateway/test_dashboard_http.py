@@ -155,3 +155,33 @@ def test_dashboard_pages_and_state_behind_keys(harness, tmp_path, web) -> None:
     gw.stop()
     assert secret not in gw.log()  # neither the access log nor anything else wrote the key
     assert "/dashboard/login" in gw.log()  # (the access log was on)
+
+
+def test_dashboard_state_shows_the_admission_queue_and_reserve(harness, web) -> None:
+    """With admission on, each pool's state has the gateway's own queue and the slots kept
+    for the top priority, the numbers /metrics exports; without it, none."""
+    server = harness.standin()
+    gw = harness.gateway({"dashboard": True, "pools": [{"model": "m", "endpoints": [server.url]}],
+                          "admission": {"objectives": [{"name": "critical", "priority": 10}]}})
+    for objective in ("critical", "critical", None):
+        r = web.post(gw.url + "/v1/completions", json={"model": "m", "prompt": "hi",
+                                                       "max_tokens": 2}, timeout=30,
+                     headers={"x-gateway-inference-objective": objective} if objective else {})
+        assert r.status_code == 200, r.text
+    status, _, body = _get(gw.url + "/dashboard/state")
+    assert status == 200
+    (pool,) = json.loads(body)["pools"]
+    adm = pool["admission"]
+    page = web.get(gw.url + "/metrics").text
+    assert adm["queued"] == web.metric(page, "inference_extension_flow_control_queue_size",
+                                       inference_pool="m", priority="all") == 0
+    assert adm["reserved_slots"] == web.metric(page, "inferoute_flow_control_reserved_slots",
+                                               inference_pool="m")
+    assert adm["top_priority_requests"] == web.metric(
+        page, "inferoute_flow_control_top_priority_requests_total", inference_pool="m") == 2
+    assert adm["top_priority_without_free_slot"] == web.metric(
+        page, "inferoute_flow_control_top_priority_without_free_slot_total", inference_pool="m")
+    off = harness.gateway({"dashboard": True,
+                           "pools": [{"model": "m", "endpoints": [server.url]}]})
+    (pool,) = json.loads(_get(off.url + "/dashboard/state")[2])["pools"]
+    assert pool["admission"] is None

@@ -4,8 +4,9 @@
 - `/dashboard` and its script and stylesheet, from the package (nothing from a CDN);
 - `/dashboard/state`: JSON the page polls every second: per pool and replica the scraped
   queue, running requests, KV use and prefix-cache hit rate, the gateway's in-flight count and
-  health; the last routing decisions with each scorer's score; requests/s, output tokens/s and
-  TTFT over the last five minutes;
+  health; with admission on, per pool the requests waiting in the gateway, the batch slots
+  kept free for the top priority and how often it found none; the last routing decisions
+  with each scorer's score; requests/s, output tokens/s and TTFT over the last five minutes;
 - `/dashboard/chat`: the chat box's streamed reply, from the gateway's `/v1/chat/completions`.
 
 With tenants on, every one of them wants a key: `/dashboard` answers a sign-in form (401)

@@ -30,6 +30,7 @@ def _ratio(hits: float | None, queries: float | None) -> float | None:
 def snapshot(data: DataLayer, obs: Observability, feed: DashboardFeed) -> dict[str, Any]:
     """Everything the page shows, at this instant."""
     now = data.now()
+    queues = obs.queue_stats()
     pools = []
     for mp in data.router.pools.values():
         ready = [ep for ep in mp.pool if data.is_ready(ep, now)]
@@ -49,7 +50,16 @@ def snapshot(data: DataLayer, obs: Observability, feed: DashboardFeed) -> dict[s
             "name": mp.model, "ready": len(ready), "replicas": replicas,
             "average_kv": sum(ep.metrics.kv_usage for ep in ready) / n,
             "average_queue": sum(ep.metrics.waiting for ep in ready) / n,
-            "desired_replicas": None}
+            "desired_replicas": None, "admission": None}
+        if queues is not None:  # admission on: the gateway's own queue and reserve
+            st = queues.get(mp.model)
+            pool["admission"] = {
+                "queued": st.requests if st else 0,
+                "queued_by_priority": {str(p): n for p, n in st.by_priority.items()}
+                if st else {},
+                "reserved_slots": st.reserved if st else 0,
+                "top_priority_requests": st.top_arrivals if st else 0,
+                "top_priority_without_free_slot": st.top_without_slot if st else 0}
         if obs.autoscaler is not None:
             est = obs.autoscaler.estimate(mp.model, now, ready)
             pool["desired_replicas"] = est.desired

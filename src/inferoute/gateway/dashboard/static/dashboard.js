@@ -28,6 +28,14 @@ function drawPools(pools) {
     head.append(el("span", {}, "ready ", el("span", { "data-pool": pool.name, "data-field": "ready" }, String(pool.ready))));
     head.append(el("span", {}, "mean KV ", pct(pool.average_kv)));
     head.append(el("span", {}, "mean queue ", num(pool.average_queue, 1)));
+    const adm = pool.admission;
+    if (adm) {
+      head.append(el("span", {}, "waiting in gateway ", el("span", { "data-pool": pool.name, "data-field": "queued" }, String(adm.queued))));
+      head.append(el("span", {}, "slots kept for top priority ", el("span", { "data-pool": pool.name, "data-field": "reserved" }, String(adm.reserved_slots))));
+      if (adm.top_priority_requests) {
+        head.append(el("span", { class: "estimate" }, `(top priority without a free slot: ${adm.top_priority_without_free_slot} of ${adm.top_priority_requests})`));
+      }
+    }
     if (pool.desired_replicas !== null) {
       head.append(el("span", {}, "desired replicas ", el("span", { "data-pool": pool.name, "data-field": "desired" }, String(pool.desired_replicas))));
       const e = pool.estimate;
