@@ -301,8 +301,8 @@ class Observability:
 
 class _FlowControlCollector(Collector):
     """The flow-control counters, read from the admission controller's queue stats at scrape
-    time: top-priority arrivals, and those that found no free batch slot (the reserve's aim:
-    `flowControl.reserveMiss` of them at most, docs/admission.md)."""
+    time: top-priority arrivals, and those that found no free batch slot (the reserve aims at
+    `flowControl.reserveMiss` of them, docs/admission.md)."""
 
     def __init__(self, obs: Observability) -> None:
         self._obs = obs
