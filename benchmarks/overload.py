@@ -34,6 +34,7 @@ import aiohttp
 import orjson
 import yaml
 
+from inferoute.core.metricsparse import find_samples
 from inferoute.procs import ChildProcess, free_port, free_port_range
 
 MODEL = "sim-model"
@@ -153,12 +154,8 @@ async def _flow_metrics(url: str) -> dict[str, float]:
     exported)."""
     async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as r:
         page = await r.text()
-    out = {}
-    for line in page.splitlines():
-        name, _, rest = line.partition("{")
-        if name in FLOW_METRICS and rest.startswith(f'inference_pool="{MODEL}"}}'):
-            out[name] = float(line.rsplit(" ", 1)[1])
-    return out
+    return {name: smp.value for name in FLOW_METRICS for smp in find_samples(page, name)
+            if smp.labels.get("inference_pool") == MODEL}
 
 
 async def _capacity(url: str, replicas: int, max_tokens: int) -> float:

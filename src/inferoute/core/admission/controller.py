@@ -284,25 +284,22 @@ class AdmissionController:
             if not st.queue and rule.place(request, candidates, now) is not None:
                 return Admitted(pool.model)
         else:
+            # nothing of its priority or higher waits: it goes now
+            now_ok = rooms is not None and budget > 0 and (not st.queue or (
+                (first := st.queue.top_priority()) is not None and first < request.priority))
             if top:  # how often the top priority finds a free batch slot (the reserve's aim)
+                found = now_ok and rooms is not None and rooms.slot_free()
                 st.top_arrivals += 1
-            if rooms is not None and budget > 0 and (not st.queue or (
-                    (first := st.queue.top_priority()) is not None
-                    and first < request.priority)):
-                st.releases.append(now)  # nothing of its priority or higher waits: it goes now
-                if top:
-                    found = rooms.slot_free()
-                    st.top_without_slot += not found
+                st.top_without_slot += not found
+                if rooms is not None:  # (saturated by its metrics: no reserve would help)
                     st.reserve.outcome(found)
+            if now_ok and rooms is not None:
+                st.releases.append(now)
                 # to an endpoint whose room admitted it: the budget is the pool's, and a
                 # scheduler that kept choosing a full replica (prefix affinity, a late scrape)
                 # would pile every admitted request there while the others' unused room kept
                 # admitting more
                 return Admitted(pool.model, room_on=rooms.take(candidates, top))
-            if top:
-                st.top_without_slot += 1
-                if rooms is not None:  # (saturated by its metrics: no reserve would help)
-                    st.reserve.outcome(False)
         ttl = self.flow.ttl
         obj = self.objectives.get(request.objective) if request.objective else None
         if obj is not None and obj.ttl is not None:
@@ -355,8 +352,8 @@ class AdmissionController:
         return out
 
     def reserve(self, pool: str, now: float) -> int | None:
-        """Batch slots `pool` keeps free for the top priority now (None: no such pool seen
-        yet); for metrics and logs."""
+        """Batch slots `pool` keeps free for the top priority, computed now (None: no such
+        pool seen yet); `queue_stats` has the value last used."""
         st = self._pools.get(pool)
         return None if st is None else self._reserve(st, self.candidates_of(st.pool, now), now)
 

@@ -72,7 +72,7 @@ class FlowControlSpec(pydantic.BaseModel):
     ttl: float = pydantic.Field(30.0, gt=0, description="seconds a request may wait")
     max_requests: int = pydantic.Field(1000, alias="maxRequests", ge=1)
     max_bytes: int = pydantic.Field(64 * 1024 * 1024, alias="maxBytes", ge=1)
-    reserve: int | Literal["auto"] = pydantic.Field(
+    reserve: pydantic.NonNegativeInt | Literal["auto"] = pydantic.Field(
         "auto", description="batch slots kept free for the highest-priority objective, so "
         "that a critical request finds one at once: lower priorities go only past them. A "
         "number: that many per endpoint. auto: as many for the pool as the top priority's "
@@ -89,13 +89,6 @@ class FlowControlSpec(pydantic.BaseModel):
     def _duration(cls, v: Any) -> Any:
         from ..scheduling.config import parse_duration
         return parse_duration(v) if isinstance(v, str) else v
-
-    @pydantic.field_validator("reserve")
-    @classmethod
-    def _reserve(cls, v: Any) -> Any:
-        if isinstance(v, int) and v < 0:
-            raise ValueError("reserve must be >= 0 or 'auto'")
-        return v
 
     @pydantic.field_validator("max_bytes", mode="before")
     @classmethod
