@@ -49,45 +49,54 @@ def prefix_depths(masks: Iterable[int], active: int, by_slot: dict[int, int],
 def nested_prefix_depths(keys: Sequence[int], mask_of: Callable[[int], int], active: int,
                          by_slot: dict[int, int], result: list[int]) -> list[int]:
     """`prefix_depths` for nested holdings: `mask_of(key)` is the owner bitmask of a block key
-    and the masks of `keys` only lose bits from one block to the next. Bisects between blocks
-    whose masks (restricted to `active`) differ; an interval whose two ends agree holds no
-    boundary. Writes each candidate's depth into `result` and returns it."""
+    and the masks of `keys` only lose bits from one block to the next. Probes the first block
+    (most candidates hold none of a prompt), then bisects between blocks whose masks
+    (restricted to `active`) differ; an interval whose two ends agree holds no boundary.
+    Writes each candidate's depth into `result` and returns it."""
     n = len(keys)
     if not n or not active:
         return result
-    # lazily computed keys (`blockhash.PromptKeys`) are cheap at every `stride`-th position
-    stride = getattr(keys, "stride", 1)
-    # (lo, hi, mask at lo, mask at hi): block -1 is held by every candidate, block n by none
-    stack = [(-1, n, active, 0)]
+    # lazily computed keys (`blockhash.PromptKeys`) are cheap at multiples of their `strides`
+    strides = getattr(keys, "strides", ())
+    key_at = getattr(keys, "at", keys.__getitem__)
+    first = mask_of(key_at(0)) & active
+    _settle(active & ~first, 0, by_slot, result)
+    # (lo, hi, mask at lo, mask at hi): block n is held by none
+    stack = [(0, n, first, 0)]
     while stack:
         lo, hi, m_lo, m_hi = stack.pop()
         if m_lo == m_hi:
             continue
         if hi - lo == 1:
-            dropped = m_lo & ~m_hi
-            while dropped:
-                low = dropped & -dropped
-                result[by_slot[low.bit_length() - 1]] = hi
-                dropped ^= low
+            _settle(m_lo & ~m_hi, hi, by_slot, result)
             continue
-        mid = _middle(lo, hi, stride)
-        m_mid = (mask_of(keys[mid]) & m_lo) | m_hi
+        mid = _middle(lo, hi, strides)
+        m_mid = (mask_of(key_at(mid)) & m_lo) | m_hi
         stack.append((mid, hi, m_mid, m_hi))
         stack.append((lo, mid, m_lo, m_mid))
     return result
 
 
-def _middle(lo: int, hi: int, stride: int) -> int:
+def _settle(dropped: int, depth: int, by_slot: dict[int, int], result: list[int]) -> None:
+    """Write `depth` for every candidate whose bit is in `dropped`."""
+    while dropped:
+        low = dropped & -dropped
+        result[by_slot[low.bit_length() - 1]] = depth
+        dropped ^= low
+
+
+def _middle(lo: int, hi: int, strides: Sequence[int]) -> int:
     """A position strictly between `lo` and `hi`: the middle, moved to the nearest cheap one
-    (`stride - 1` modulo `stride`) when the interval holds one."""
+    (`stride - 1` modulo a stride, the largest stride first) when the interval holds one."""
     mid = (lo + hi) // 2
-    if stride > 1 and hi - lo > stride:
-        cheap = mid - (mid + 1) % stride
-        if cheap > lo:
-            return cheap
-        cheap += stride
-        if cheap < hi:
-            return cheap
+    for stride in strides:
+        if hi - lo > stride:
+            cheap = mid - (mid + 1) % stride
+            if cheap > lo:
+                return cheap
+            cheap += stride
+            if cheap < hi:
+                return cheap
     return mid
 
 
@@ -96,11 +105,12 @@ def held_prefix(keys: Sequence[int], held: Container[int]) -> int:
     endpoint's blocks, the blocks of requests in flight): a binary search, on cheap positions
     first (see `nested_prefix_depths`)."""
     lo, hi = 0, len(keys)  # the first lo keys are held; key hi (if any) is not
-    stride = getattr(keys, "stride", 1)
+    strides = getattr(keys, "strides", ())
+    key_at = getattr(keys, "at", keys.__getitem__)
     while lo < hi:
         # probe key `mid`: held -> at least mid + 1 held
-        mid = _middle(lo - 1, hi, stride)
-        if keys[mid] in held:
+        mid = _middle(lo - 1, hi, strides)
+        if key_at(mid) in held:
             lo = mid + 1
         else:
             hi = mid

@@ -59,13 +59,15 @@ class Endpoint:
     #: core time it last sent the gateway an answer's first bytes or its end (None: never):
     #: the gateway's own proof it is alive when a scrape of its /metrics runs late
     answered_at: float | None = None
+    #: the `ip:port` form used in headers, metrics labels and logs (made once: the scheduler
+    #: reads it for every candidate of every decision; host and port never change)
+    name: str = field(init=False, repr=False)
 
-    @property
-    def name(self) -> str:
-        """The `ip:port` form used in headers, metrics labels and logs."""
+    def __post_init__(self) -> None:
         if ":" in self.host and not self.host.startswith("["):
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+            self.name = f"[{self.host}]:{self.port}"
+        else:
+            self.name = f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:

@@ -79,9 +79,15 @@ def test_a_lookup_keys_only_the_chunks_it_lands_in() -> None:
     index.insert("a", eager[:700], capacity=10_000)
     index.insert("b", eager[:64], capacity=10_000)
     assert index.match(keys, ["a", "b", "c"]) == [700, 64, 0]
-    # bisection on chunk keys, then within the chunks where a match ends: 700 is in chunk 21;
-    # 64 ends exactly at a chunk's end, so b needs no chunk's inner keys at all
-    assert set(chain.inner) <= {21, 22, 2}
+    # the first block (c holds none), then bisection on span and chunk keys, then within the
+    # chunks where a match ends (700 is block 28 of chunk 21, 64 block 0 of chunk 2), each made
+    # only as far as the bisection probes: at most to the chunk's middle for b
+    assert set(chain.inner) <= {0, 2, 21}
+    assert len(chain.inner[0]) == 1 and len(chain.inner.get(2, ())) <= 16
+    assert sum(len(made) for made in chain.inner.values()) <= 1 + 16 + 31
+    # chunk ends: in spans 0 (b's match) and 2 (a's) only, each as far as the bisection probed
+    assert set(chain.ends) <= {0, 2}
+    assert len(chain.ends.get(2, ())) <= 6  # a's match ends in chunk 21, the span's 6th
     assert held_prefix(keys, set(eager[:333])) == 333
     assert held_prefix(eager, set(eager[:333])) == 333
 

@@ -9,11 +9,17 @@ other block by hashing that block seeded with the key before it. The chain start
 derived from the target model name and the block size, so two models (or LoRA adapters) never
 share entries, nor do two block sizes.
 
-Why chunks: a decision needs only the keys where a prompt's match ends. `PromptKeys` computes the
-chunk keys up front (one C call per 2 KB: ~200 for a 100k-token prompt instead of ~6,000) and a
-chunk's other keys when a lookup lands in it; the prefix index bisects on chunk keys first
-(`stride`). `request_keys` keeps one `PromptKeys` per block size on the request, so every scorer
-and hook of a policy shares the work; the index updates, which need every key, call `tolist()`.
+Why chunks and spans: a decision needs only the keys where a prompt's match ends. Blocks are
+grouped in chunks of `CHUNK_BLOCKS` (2 KB at 16-token blocks) and chunks in spans of
+`SPAN_CHUNKS`; a span's last block is keyed by one hash of the whole span seeded with the
+previous span's key, a chunk's last block (inside a span) by one hash of the chunk seeded with
+the key before it, and every other block by hashing that block seeded with the key before it.
+`PromptKeys` computes the span keys up front (one C call per 16 KB: ~25 for a 100k-token prompt
+instead of ~6,000 per block or ~200 per chunk) and a chunk's or a block's key only when a lookup
+lands there, as far into its span or chunk as the lookup needs; the prefix index bisects on
+span keys first, then chunk keys (`strides`). A key, once made, never changes as the chain grows.
+`request_keys` keeps one `PromptKeys` per block size on the request, so every scorer and hook of
+a policy shares the work; the index updates, which need every key, call `tolist()`.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from xxhash import xxh64_intdigest
 from ..request import InferenceRequest
 
 __all__ = ["block_hashes", "chain_seed", "CHARS_PER_TOKEN", "CHUNK_BLOCKS", "PromptKeys",
-           "request_keys"]
+           "request_keys", "SPAN_BLOCKS"]
 
 #: estimated characters per token, used to size blocks of untokenised text
 CHARS_PER_TOKEN = 4
 #: blocks per chunk: the last block of each is keyed by one hash of the whole chunk
 CHUNK_BLOCKS = 32
+#: chunks per span: the last block of each span is keyed by one hash of the whole span
+SPAN_CHUNKS = 8
+SPAN_BLOCKS = CHUNK_BLOCKS * SPAN_CHUNKS
 
 
 def chain_seed(model: str, block_chars: int) -> int:
@@ -42,7 +51,7 @@ def chain_seed(model: str, block_chars: int) -> int:
 class _Chain:
     """One prompt's keys at one block size, computed as far as asked (shared by its views)."""
 
-    __slots__ = ("text", "seed", "bc", "data", "n", "limit", "bounds", "inner")
+    __slots__ = ("text", "seed", "bc", "data", "n", "limit", "spans", "ends", "inner")
 
     def __init__(self, text: str, model: str, block_chars: int) -> None:
         if block_chars <= 0:
@@ -53,62 +62,81 @@ class _Chain:
         self.data = b""
         self.n = 0
         self.limit = 0
-        #: key of each full chunk's last block
-        self.bounds: list[int] = []
-        #: a chunk's keys by chunk number (the last chunk's only while `n` stays)
+        #: key of each full span's last block
+        self.spans: list[int] = []
+        #: per span, the keys of its chunks' last blocks made so far (its last chunk's: `spans`)
+        self.ends: dict[int, list[int]] = {}
+        #: per chunk, the keys of its blocks made so far (its last block's: `ends` or `spans`)
         self.inner: dict[int, list[int]] = {}
 
     def grow(self, max_blocks: int) -> None:
         """Make the first `max_blocks` blocks (as many as the text has) addressable."""
         if max_blocks <= self.limit:
             return
-        if self.n % CHUNK_BLOCKS:  # a partial last chunk may get more blocks
-            self.inner.pop(self.n // CHUNK_BLOCKS, None)
-        # Characters never encode to fewer bytes, so this slice holds every byte we may hash.
+        # Characters never encode to fewer bytes, so this slice holds every byte we may hash;
+        # a longer slice's bytes start with a shorter one's, so keys made before stay right.
         self.data = data = self.text[: max_blocks * self.bc].encode()
         self.n = min(len(data) // self.bc, max_blocks)
         self.limit = max_blocks
-        bounds = self.bounds
-        step = CHUNK_BLOCKS * self.bc
-        h = bounds[-1] if bounds else self.seed
+        spans = self.spans
+        step = SPAN_BLOCKS * self.bc
+        h = spans[-1] if spans else self.seed
         view = memoryview(data)
-        for c in range(len(bounds), self.n // CHUNK_BLOCKS):
-            h = xxh64_intdigest(view[c * step:(c + 1) * step], h)
-            bounds.append(h)
+        for s in range(len(spans), self.n // SPAN_BLOCKS):
+            h = xxh64_intdigest(view[s * step:(s + 1) * step], h)
+            spans.append(h)
 
-    def chunk(self, c: int) -> list[int]:
-        """The keys of chunk `c`'s blocks (fewer than `CHUNK_BLOCKS` for a last partial one)."""
+    def end(self, c: int) -> int:
+        """The key of full chunk `c`'s last block."""
+        s, k = divmod(c, SPAN_CHUNKS)
+        if k == SPAN_CHUNKS - 1:
+            return self.spans[s]
+        ends = self.ends.get(s)
+        if ends is None:
+            ends = self.ends[s] = []
+        if k >= len(ends):
+            step = CHUNK_BLOCKS * self.bc
+            view = memoryview(self.data)
+            h = ends[-1] if ends else self.spans[s - 1] if s else self.seed
+            for kk in range(len(ends), k + 1):
+                at = (s * SPAN_CHUNKS + kk) * step
+                h = xxh64_intdigest(view[at:at + step], h)
+                ends.append(h)
+        return ends[k]
+
+    def block(self, i: int) -> int:
+        """The key of block `i` (0 <= i < n)."""
+        c, j = divmod(i, CHUNK_BLOCKS)
+        if j == CHUNK_BLOCKS - 1:
+            return self.end(c)
         keys = self.inner.get(c)
         if keys is None:
-            first = c * CHUNK_BLOCKS
-            count = min(CHUNK_BLOCKS, self.n - first)
-            full = count == CHUNK_BLOCKS
-            h = self.bounds[c - 1] if c else self.seed
-            bc, view = self.bc, memoryview(self.data)
-            keys = []
-            end = first * bc
-            for _ in range(count - 1 if full else count):
-                start = end
-                end += bc
-                h = xxh64_intdigest(view[start:end], h)
+            keys = self.inner[c] = []
+        if j >= len(keys):
+            bc = self.bc
+            view = memoryview(self.data)
+            h = keys[-1] if keys else self.end(c - 1) if c else self.seed
+            at = (c * CHUNK_BLOCKS + len(keys)) * bc
+            for _ in range(len(keys), j + 1):
+                h = xxh64_intdigest(view[at:at + bc], h)
                 keys.append(h)
-            if full:
-                keys.append(self.bounds[c])
-            self.inner[c] = keys
-        return keys
+                at += bc
+        return keys[j]
 
 
 class PromptKeys(Sequence[int]):
     """The first `len(self)` block keys of a prompt, computed lazily (see the module
-    docstring); `stride` tells a bisection which positions are cheap (every chunk's last)."""
+    docstring); `strides` tells a bisection which positions are cheap (every span's last
+    block, then every chunk's last), and `at(i)` is the unchecked index for one."""
 
-    __slots__ = ("_chain", "_n")
+    __slots__ = ("_chain", "_n", "at")
 
-    stride = CHUNK_BLOCKS
+    strides = (SPAN_BLOCKS, CHUNK_BLOCKS)
 
     def __init__(self, chain: _Chain, n: int) -> None:
         self._chain = chain
         self._n = n
+        self.at = chain.block
 
     def __len__(self) -> int:
         return self._n
@@ -126,10 +154,7 @@ class PromptKeys(Sequence[int]):
             i += self._n
         if not 0 <= i < self._n:
             raise IndexError("block index out of range")
-        c, j = divmod(i, CHUNK_BLOCKS)
-        if j == CHUNK_BLOCKS - 1:
-            return self._chain.bounds[c]
-        return self._chain.chunk(c)[j]
+        return self._chain.block(i)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.tolist())
@@ -142,12 +167,17 @@ class PromptKeys(Sequence[int]):
     __hash__ = None  # type: ignore[assignment]
 
     def tolist(self) -> list[int]:
-        """Every key, first block first (computes the chunks not computed yet)."""
+        """Every key, first block first (makes the ones not made yet)."""
         chain, n = self._chain, self._n
         out: list[int] = []
-        for c in range(-(-n // CHUNK_BLOCKS)):
-            out += chain.chunk(c)
-        del out[n:]
+        full = n // CHUNK_BLOCKS
+        for c in range(full):
+            chain.block(c * CHUNK_BLOCKS + CHUNK_BLOCKS - 2)  # makes the chunk's inner keys
+            out += chain.inner[c]
+            out.append(chain.end(c))
+        if n > full * CHUNK_BLOCKS:
+            chain.block(n - 1)
+            out += chain.inner[full][: n - full * CHUNK_BLOCKS]
         return out
 
 

@@ -31,18 +31,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pydantic
 
 from ..endpoint import Endpoint
 from ..errors import BadRequest, TooManyRequests
-from ..latency_model import (EndpointLoad, ErrorWindow, LatencyModel, tpot_features,
-                             ttft_features)
+from ..latency_model import (EndpointLoad, ErrorWindow, Features, LatencyModel,
+                             tpot_features, ttft_features)
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
-from .prefix_match import MATCHED_TOKENS, uncached_tokens
+from .prefix_match import MATCHED_TOKENS
 
 __all__ = ["LatencySloScorer", "slo_targets", "TPOT_HEADER", "TTFT_HEADER"]
 
@@ -88,15 +87,18 @@ class _Load:
     context_tokens: float = 0.0
 
 
+#: the load of an endpoint with nothing in flight (read-only)
+_IDLE = _Load()
+
+
 @dataclass(slots=True)
 class _Tracked:
     endpoint: str
     sent_at: float
     uncached: float
     prompt_tokens: float
-    load: EndpointLoad
-    x_ttft: np.ndarray
-    x_tpot: np.ndarray
+    x_ttft: Features
+    x_tpot: Features
     ttft: float
     tpot: float
     #: the prediction was for the endpoint that served (not moved to a fallback)
@@ -154,24 +156,22 @@ class LatencySloScorer(BasePlugin):
         return model
 
     def _endpoint_load(self, ep: Endpoint) -> EndpointLoad:
-        own = self._load.get(ep.name) or _Load()
-        return EndpointLoad(queued_prefill_tokens=own.prefill_tokens, running=own.running,
-                            context_tokens=own.context_tokens, waiting=ep.metrics.waiting,
-                            kv_usage=ep.metrics.kv_usage)
+        own = self._load.get(ep.name) or _IDLE
+        m = ep.metrics
+        return EndpointLoad(own.prefill_tokens, own.running, own.context_tokens, m.waiting,
+                            m.kv_usage)
 
     def _predict(self, ctx: CycleContext, request: InferenceRequest,
                  endpoints: list[Endpoint]) -> list[_Tracked]:
         out = []
         prompt = float(request.prompt_tokens_estimate)
+        matched = (ctx.get(MATCHED_TOKENS) or {}) if self.params.use_prefix_match else {}
         for ep in endpoints:
-            if self.params.use_prefix_match:
-                uncached = float(uncached_tokens(ctx, request, ep.name))
-            else:
-                uncached = prompt
+            uncached = max(0.0, prompt - matched.get(ep.name, 0))
             load = self._endpoint_load(ep)
             x_ttft, x_tpot = ttft_features(uncached, load), tpot_features(load)
             ttft, tpot = self._model(ep.name).predict(x_ttft, x_tpot)
-            out.append(_Tracked(ep.name, ctx.now, uncached, prompt, load, x_ttft, x_tpot, ttft,
+            out.append(_Tracked(ep.name, ctx.now, uncached, prompt, x_ttft, x_tpot, ttft,
                                 tpot))
         ctx.put(self._key, {t.endpoint: t for t in out})
         return out
