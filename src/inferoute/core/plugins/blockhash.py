@@ -2,7 +2,7 @@
 
 The prompt text is cut into blocks of `block_chars` UTF-8 bytes (a block of N tokens is taken
 as 4N characters, the usual English average); only full blocks are keyed, as a model server
-caches only full KV blocks. Each block's key is an xxhash64 that stands for the whole prefix up
+caches only full KV blocks. Each block's key is an XXH3 64-bit hash that stands for the whole prefix up
 to and including that block: blocks are grouped in chunks of `CHUNK_BLOCKS`, the last block of
 a chunk is keyed by hashing the whole chunk seeded with the previous chunk's key, and every
 other block by hashing that block seeded with the key before it. The chain starts from a seed
@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import overload
 
-from xxhash import xxh64_intdigest
+from xxhash import xxh3_64_intdigest
 
 from ..request import InferenceRequest
 
@@ -45,7 +45,7 @@ SPAN_BLOCKS = CHUNK_BLOCKS * SPAN_CHUNKS
 
 def chain_seed(model: str, block_chars: int) -> int:
     """The hash the chain starts from for `model` at this block size."""
-    return xxh64_intdigest(f"{block_chars}\x00{model}".encode())
+    return xxh3_64_intdigest(f"{block_chars}\x00{model}".encode())
 
 
 class _Chain:
@@ -83,7 +83,7 @@ class _Chain:
         h = spans[-1] if spans else self.seed
         view = memoryview(data)
         for s in range(len(spans), self.n // SPAN_BLOCKS):
-            h = xxh64_intdigest(view[s * step:(s + 1) * step], h)
+            h = xxh3_64_intdigest(view[s * step:(s + 1) * step], h)
             spans.append(h)
 
     def end(self, c: int) -> int:
@@ -100,7 +100,7 @@ class _Chain:
             h = ends[-1] if ends else self.spans[s - 1] if s else self.seed
             for kk in range(len(ends), k + 1):
                 at = (s * SPAN_CHUNKS + kk) * step
-                h = xxh64_intdigest(view[at:at + step], h)
+                h = xxh3_64_intdigest(view[at:at + step], h)
                 ends.append(h)
         return ends[k]
 
@@ -118,7 +118,7 @@ class _Chain:
             h = keys[-1] if keys else self.end(c - 1) if c else self.seed
             at = (c * CHUNK_BLOCKS + len(keys)) * bc
             for _ in range(len(keys), j + 1):
-                h = xxh64_intdigest(view[at:at + bc], h)
+                h = xxh3_64_intdigest(view[at:at + bc], h)
                 keys.append(h)
                 at += bc
         return keys[j]

@@ -214,34 +214,40 @@ class PredictiveCostScorer(BasePlugin):
         """The predicted cost (in KV blocks) of sending `request` to each endpoint."""
         p = self.params
         data = self._cycle(ctx, request)
+        hashes = data["hashes"]
         names = [ep.name for ep in endpoints]
-        matched = self.index.match(data["hashes"], names)
-        bs = p.block_size_tokens
         states = [self._st(name) for name in names]
-        caps = [self._capacity(ep) for ep in endpoints]
+        default_cap = p.default_capacity_blocks
+        caps = [ep.metrics.num_blocks or default_cap for ep in endpoints]
         alpha = self._demand_share(states, caps)
-        away = self._away(data["hashes"], names)
-        flying = self._held_in_flight(data["hashes"], names)
+        away = self._away(hashes, names)
+        flying = self._held_in_flight(hashes, names)
+        matched_here = data["matched"]
         tokens = matched_tokens(ctx)
+        bs = p.block_size_tokens
+        prompt_blocks, out_blocks = data["prompt_blocks"], data["out_blocks"]
+        own = prompt_blocks + out_blocks
+        prefill_w, queue_w, overflow_w = p.prefill_weight, p.queue_weight, p.overflow_weight
+        waiting_w, usage_w = p.waiting_weight, p.usage_weight
+        # the fluid prefill queue, drained at `rate` tokens/s since its last update, in blocks
+        now, rate = ctx.now, p.prefill_tokens_per_second
         out = []
-        for ep, name, m, st, cap, far, held in zip(endpoints, names, matched, states, caps, away,
-                                                   flying):
-            data["matched"][name] = m
+        for ep, name, m, st, cap, far, held in zip(endpoints, names,
+                                                   self.index.match(hashes, names), states,
+                                                   caps, away, flying):
+            matched_here[name] = m
             tokens[name] = m * bs
-            uncached = max(0, data["prompt_blocks"] - m)
-            new_blocks = data["prompt_blocks"] - held
-            demand = st.demand + new_blocks + data["out_blocks"]
-            work = st.work + data["prompt_blocks"] + data["out_blocks"]
-            queued = st.queued(ctx.now, p.prefill_tokens_per_second) / bs
-            cost = (alpha * demand + (1.0 - alpha) * work
-                    + (p.prefill_weight + far) * uncached + p.queue_weight * queued
-                    + p.waiting_weight * ep.metrics.waiting
-                    * (data["prompt_blocks"] + data["out_blocks"]))
-            if p.usage_weight:
-                cost += p.usage_weight * ep.metrics.kv_usage * cap
-            over = demand - cap
-            if over > 0:
-                cost += p.overflow_weight * over
+            demand = len(st.blocks) + st.out_blocks + st.tail + prompt_blocks - held + out_blocks
+            queued = st.queue - rate * max(0.0, now - st.queue_at)
+            cost = (alpha * demand + (1.0 - alpha) * (st.work + own)
+                    + (prefill_w + far) * max(0, prompt_blocks - m)
+                    + (queue_w * (queued / bs) if queued > 0.0 else 0.0))
+            if waiting_w:
+                cost += waiting_w * ep.metrics.waiting * own
+            if usage_w:
+                cost += usage_w * ep.metrics.kv_usage * cap
+            if demand > cap:
+                cost += overflow_w * (demand - cap)
             out.append(cost)
         return out
 
@@ -249,8 +255,8 @@ class PredictiveCostScorer(BasePlugin):
         """Per endpoint, the extra weight of an uncached block there: 0 at the family's home,
         `homeWeight` x (1 + rank / (n - 1)) / 2 at rank >= 1."""
         w = self.params.home_weight
-        key = family_key(hashes, self.params.home_key_blocks)
-        if not w or key is None or len(names) < 2:
+        key = family_key(hashes, self.params.home_key_blocks) if w and len(names) > 1 else None
+        if key is None:
             return [0.0] * len(names)
         last = len(names) - 1
         return [w * (1.0 + r / last) / 2.0 if r else 0.0 for r in home_ranks(key, names)]
@@ -261,6 +267,8 @@ class PredictiveCostScorer(BasePlugin):
         if not states:
             return 1.0
         lo, hi = self.params.pressure_low, self.params.pressure_high
+        if hi <= 0.0:  # the default: always KV demand
+            return 1.0
         pressure = sum(st.demand / cap for st, cap in zip(states, caps)) / len(states)
         if pressure >= hi:
             return 1.0
