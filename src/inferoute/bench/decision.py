@@ -61,13 +61,16 @@ def _endpoints(n: int, rng: random.Random) -> list[Endpoint]:
 
 def decision_latency(*, endpoints: int = 16, prompt_tokens: int = 8192, groups: int = 64,
                      warmup: int = 512, samples: int = 2000, config: str | None = None,
-                     seed: int = 1, cpu_time: bool = False) -> DecisionLatency:
+                     seed: int = 1, cpu_time: bool = False,
+                     headers: dict[str, str] | None = None) -> DecisionLatency:
     """Time `Scheduler.schedule` for `prompt_tokens`-token prompts against `endpoints` endpoints.
 
     Prompts are a group's system prompt (3/4 of the length) plus a distinct question; the index
     is warmed with `warmup` such requests first. `config` is a packaged policy name or a path
     (default: the llm-d default config). With `cpu_time`, each decision is timed by this
     thread's CPU clock, so time the process spends descheduled on a busy machine is not counted.
+    `headers` go on every request (e.g. `x-slo-ttft-ms`, which makes `latency-slo-scorer`
+    predict for every candidate).
     """
     rng = random.Random(seed)
     sched = Scheduler(resolve_config(config), seed=seed)
@@ -79,7 +82,7 @@ def decision_latency(*, endpoints: int = 16, prompt_tokens: int = 8192, groups: 
     def request(i: int) -> InferenceRequest:
         text = system[rng.randrange(groups)] + questions[i % len(questions)]
         return InferenceRequest(request_id=f"r{i}", api="completions", model="m",
-                                body={}, headers={}, prefix_text=text)
+                                body={}, headers=dict(headers or {}), prefix_text=text)
 
     for i in range(warmup):
         sched.schedule(request(i), eps, now=float(i))
@@ -120,19 +123,29 @@ if __name__ == "__main__":
 DECISION_SIZES = (8192, 32768, 100_000)
 
 
+#: the TTFT target of the SLO rows (`decision_costs`)
+SLO_HEADERS = {"x-slo-ttft-ms": "1000"}
+
+
 def decision_costs(configs: list[str | None], sizes: tuple[int, ...] = DECISION_SIZES, *,
                    endpoints: int = 16, samples: int = 300) -> str:
     """A markdown table: per policy and prompt size, the p50 / p99 decision time and the p50 of
-    its deferred index update (CPU ms)."""
+    its deferred index update (CPU ms). A policy with `latency-slo-scorer` gets a second row
+    for requests with a TTFT target, for which it predicts every candidate's latency."""
     head = (f"| policy ({endpoints} endpoints) | "
             + " | ".join(f"{s:,} tokens: decision p50 / p99, update p50 (CPU ms)" for s in sizes)
             + " |")
     lines = [head, "| :--- |" + " ---: |" * len(sizes)]
     for cfg in configs:
-        cells = []
-        for size in sizes:
-            dl = decision_latency(endpoints=endpoints, prompt_tokens=size, config=cfg,
-                                  samples=samples, warmup=min(512, samples), cpu_time=True)
-            cells.append(f"{dl.p50_ms:.3f} / {dl.p99_ms:.3f}, {dl.hooks_p50_ms:.3f}")
-        lines.append(f"| {cfg or 'llm-d (default)'} | " + " | ".join(cells) + " |")
+        rows: list[tuple[str, dict[str, str] | None]] = [(cfg or "llm-d (default)", None)]
+        if any(p.type == "latency-slo-scorer" for p in resolve_config(cfg).plugins):
+            rows.append((f"{cfg}, with `x-slo-ttft-ms`", SLO_HEADERS))
+        for label, headers in rows:
+            cells = []
+            for size in sizes:
+                dl = decision_latency(endpoints=endpoints, prompt_tokens=size, config=cfg,
+                                      samples=samples, warmup=min(512, samples), cpu_time=True,
+                                      headers=headers)
+                cells.append(f"{dl.p50_ms:.3f} / {dl.p99_ms:.3f}, {dl.hooks_p50_ms:.3f}")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

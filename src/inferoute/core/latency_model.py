@@ -27,11 +27,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["EndpointLoad", "ErrorWindow", "Features", "LatencyModel", "RecursiveLeastSquares",
-           "tpot_features", "ttft_features"]
+__all__ = ["EndpointLoad", "ErrorWindow", "Features", "LatencyModel", "pool_features",
+           "predict_pool", "RecursiveLeastSquares", "tpot_features", "ttft_features"]
 
-#: a model's inputs: a few floats (a tuple, not an array: a prediction, on the scheduler's hot
-#: path for every candidate, is then a plain dot product, ~10x cheaper than numpy's for six)
+#: a model's inputs, a few floats: a tuple, not an array, as a decision predicts for every
+#: candidate and numpy's per-call cost exceeds a six-term dot product's in Python
 Features = tuple[float, ...]
 
 
@@ -49,15 +49,15 @@ class RecursiveLeastSquares:
         if not 0.0 < forgetting <= 1.0:
             raise ValueError("forgetting must be in (0, 1]")
         self.theta = np.zeros(features)
-        #: `theta` as floats, for `predict`
-        self._coef: Features = (0.0,) * features
+        #: `theta` as floats, for predictions
+        self.coef: Features = (0.0,) * features
         self.p = np.eye(features) * prior
         self.forgetting = forgetting
         self.max_trace = max_trace
         self.samples = 0
 
     def predict(self, x: Sequence[float]) -> float:
-        return float(sum(map(mul, self._coef, x)))
+        return float(sum(map(mul, self.coef, x)))
 
     def update(self, features: Sequence[float], y: float, weight: float = 1.0) -> None:
         """Fold in one observation `y` of `features`; the sample's residual counts
@@ -72,7 +72,7 @@ class RecursiveLeastSquares:
         trace = np.trace(self.p)
         if trace > self.max_trace:
             self.p *= self.max_trace / trace
-        self._coef = tuple(self.theta.tolist())
+        self.coef = tuple(self.theta.tolist())
         self.samples += 1
 
 
@@ -117,18 +117,29 @@ class EndpointLoad(NamedTuple):
     kv_usage: float = 0.0
 
 
+def pool_features(uncached_tokens: Sequence[float],
+                  loads: Sequence[EndpointLoad]) -> tuple[list[Features], list[Features]]:
+    """The TTFT and the TPOT model's features of several endpoints, a row each (scaled to
+    order 1 at typical loads)."""
+    x_ttft: list[Features] = []
+    x_tpot: list[Features] = []
+    for uncached, load in zip(uncached_tokens, loads):
+        queued, batch = load.queued_prefill_tokens, load.running / 64.0
+        own, ahead = uncached / 1000.0, queued / 1000.0
+        x_ttft.append((1.0, own, ahead, (own + ahead) * batch, batch, load.waiting / 8.0))
+        x_tpot.append((1.0, batch, load.context_tokens / 100_000.0, queued / 10_000.0,
+                       load.kv_usage))
+    return x_ttft, x_tpot
+
+
 def ttft_features(uncached_tokens: float, load: EndpointLoad) -> Features:
-    """The TTFT model's features (scaled to order 1 at typical loads)."""
-    queued = load.queued_prefill_tokens / 1000.0
-    own = uncached_tokens / 1000.0
-    batch = load.running / 64.0
-    return (1.0, own, queued, (own + queued) * batch, batch, load.waiting / 8.0)
+    """One endpoint's TTFT features (`pool_features`)."""
+    return pool_features((uncached_tokens,), (load,))[0][0]
 
 
 def tpot_features(load: EndpointLoad) -> Features:
-    """The TPOT model's features."""
-    return (1.0, load.running / 64.0, load.context_tokens / 100_000.0,
-            load.queued_prefill_tokens / 10_000.0, load.kv_usage)
+    """One endpoint's TPOT features (`pool_features`)."""
+    return pool_features((0.0,), (load,))[1][0]
 
 
 class LatencyModel:
@@ -151,3 +162,14 @@ class LatencyModel:
     def observe_tpot(self, features: Features, actual: float) -> None:
         """A request's output came `actual` seconds a token after its first."""
         self.tpot.update(features, actual, 1.0 / max(actual, 1e-4))
+
+
+def predict_pool(models: Sequence[LatencyModel], x_ttft: Sequence[Features],
+                 x_tpot: Sequence[Features]) -> tuple[list[float], list[float]]:
+    """Predicted TTFTs and TPOTs (seconds, never negative) of endpoints whose models are
+    `models`, from their rows of `pool_features`."""
+    ttft, tpot = [], []
+    for model, xt, xp in zip(models, x_ttft, x_tpot):
+        ttft.append(max(0.0, sum(map(mul, model.ttft.coef, xt))))
+        tpot.append(max(0.0, sum(map(mul, model.tpot.coef, xp))))
+    return ttft, tpot

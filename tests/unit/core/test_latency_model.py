@@ -165,3 +165,34 @@ def test_tracking_is_bounded_and_forgets_removed_endpoints(monkeypatch) -> None:
     assert len(fleet.scorer._tracked) == 10
     fleet.scorer.on_endpoint_removed(fleet.eps[0])
     assert all(rec.endpoint != fleet.eps[0].name for rec in fleet.scorer._tracked.values())
+
+
+def test_without_a_target_only_the_chosen_endpoint_is_predicted(monkeypatch) -> None:
+    """A decision without an SLO does not use the predictions, so it makes none; the chosen
+    endpoint's, made in `on_scheduled`, is the one a full prediction would have made."""
+    from inferoute.core.plugins import latency_slo_scorer
+    from inferoute.core.scheduling.framework import CycleContext
+
+    fleet = Fleet((40_000.0, 20_000.0, 10_000.0))
+    _run(fleet, 300, random.Random(4))
+    fleet.send(2000)  # one in flight, so the candidates' loads differ
+    calls: list[int] = []
+    real = latency_slo_scorer.predict_pool
+    monkeypatch.setattr(latency_slo_scorer, "predict_pool",
+                        lambda models, *rows: calls.append(len(models)) or real(models, *rows))
+    scorer = fleet.scorer
+
+    def cycle(headers: dict[str, str]) -> CycleContext:
+        ctx = CycleContext(now=fleet.now, rng=random.Random(0))
+        req = InferenceRequest(request_id=f"r{next(_ids)}", api="completions", model="m",
+                               body={}, headers=headers, prefix_text="w" * 4000, max_tokens=50)
+        assert scorer.score(ctx, req, fleet.eps) == [1.0, 1.0, 1.0]
+        return ctx
+
+    full, lazy = cycle({"x-slo-ttft-ms": "100000"}), cycle({})
+    assert calls == [3]
+    for ep in fleet.eps:
+        a = full.get(scorer._key).tracked(ep.name, scorer._model)
+        b = lazy.get(scorer._key).tracked(ep.name, scorer._model)
+        assert a is not None and b is not None and a.ttft > 0.0
+        assert (b.ttft, b.tpot, b.x_ttft, b.x_tpot) == (a.ttft, a.tpot, a.x_ttft, a.x_tpot)

@@ -108,3 +108,15 @@ def _lcp(a: str, b: str) -> str:
     while i < min(len(a), len(b)) and a[i] == b[i]:
         i += 1
     return a[:i]
+
+
+def test_common_prefix_by_growing_windows_equals_the_character_walk() -> None:
+    from inferoute.core.plugins.radix import _common
+
+    rng = random.Random(11)
+    for _ in range(3000):
+        edge = "".join(rng.choice("ab") for _ in range(rng.randrange(1, 400)))
+        shared = rng.randrange(0, len(edge) + 1)
+        other = edge[:shared] + "".join(rng.choice("ab") for _ in range(rng.randrange(0, 400)))
+        lead = "x" * rng.randrange(0, 4)
+        assert _common(edge, lead + other, len(lead)) == len(_lcp(edge, other))

@@ -27,16 +27,16 @@ the model's median absolute relative error.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pydantic
 
-from ..endpoint import Endpoint
+from ..endpoint import Endpoint, EndpointMetrics
 from ..errors import BadRequest, TooManyRequests
 from ..latency_model import (EndpointLoad, ErrorWindow, Features, LatencyModel,
-                             tpot_features, ttft_features)
+                             pool_features, predict_pool)
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.registry import register
@@ -106,6 +106,52 @@ class _Tracked:
     first_token_at: float | None = None
 
 
+class _Predictions:
+    """One decision's candidates as the latency model sees them: their features and predicted
+    TTFT and TPOT, made for all of them at once (`core.latency_model.pool_features`) when the
+    score needs them, else for the chosen one only, in `on_scheduled`. What they read does not
+    change in between: the load counts move only in this scorer's hooks, which run in order,
+    and each candidate's scrape is kept as it was."""
+
+    __slots__ = ("now", "prompt", "names", "matched", "metrics", "loads", "x_ttft", "x_tpot",
+                 "ttft", "tpot")
+
+    def __init__(self, now: float, prompt: float, names: list[str], matched: dict[str, int],
+                 metrics: list[EndpointMetrics], loads: dict[str, _Load]) -> None:
+        self.now, self.prompt, self.names, self.matched = now, prompt, names, matched
+        self.metrics, self.loads = metrics, loads
+        self.ttft: list[float] = []
+        self.tpot: list[float] = []
+
+    def _uncached(self, name: str) -> float:
+        return max(0.0, self.prompt - self.matched.get(name, 0))
+
+    def _load(self, i: int) -> EndpointLoad:
+        own, m = self.loads.get(self.names[i]) or _IDLE, self.metrics[i]
+        return EndpointLoad(own.prefill_tokens, own.running, own.context_tokens, m.waiting,
+                            m.kv_usage)
+
+    def predict(self, models: Sequence[LatencyModel]) -> None:
+        self.x_ttft, self.x_tpot = pool_features([self._uncached(n) for n in self.names],
+                                                 [self._load(i) for i in range(len(models))])
+        self.ttft, self.tpot = predict_pool(models, self.x_ttft, self.x_tpot)
+
+    def tracked(self, name: str, model_of: Callable[[str], LatencyModel]) -> _Tracked | None:
+        """The record that follows the request sent to `name` (None: not a candidate)."""
+        if name not in self.names:
+            return None
+        i = self.names.index(name)
+        uncached = self._uncached(name)
+        if self.ttft:
+            x_ttft, x_tpot = self.x_ttft[i], self.x_tpot[i]
+            ttft, tpot = self.ttft[i], self.tpot[i]
+        else:
+            rows = pool_features((uncached,), (self._load(i),))
+            x_ttft, x_tpot = rows[0][0], rows[1][0]
+            ttft, tpot = model_of(name).predict(x_ttft, x_tpot)
+        return _Tracked(name, self.now, uncached, self.prompt, x_ttft, x_tpot, ttft, tpot)
+
+
 @register
 class LatencySloScorer(BasePlugin):
     """Predicted TTFT / TPOT against the request's targets (see module docstring)."""
@@ -144,7 +190,7 @@ class LatencySloScorer(BasePlugin):
         self.tpot_error = ErrorWindow(p.error_window)
         self._load: dict[str, _Load] = {}
         self._tracked: OrderedDict[str, _Tracked] = OrderedDict()
-        self._key: DataKey[dict[str, _Tracked]] = DataKey(f"latency:{self.name}", dict)
+        self._key: DataKey[_Predictions] = DataKey(f"latency:{self.name}", _Predictions)
         #: requests refused because no endpoint was predicted to meet their targets
         self.shed_count = 0
 
@@ -155,26 +201,17 @@ class LatencySloScorer(BasePlugin):
             model = self._models[name] = LatencyModel(forgetting=self.params.forgetting)
         return model
 
-    def _endpoint_load(self, ep: Endpoint) -> EndpointLoad:
-        own = self._load.get(ep.name) or _IDLE
-        m = ep.metrics
-        return EndpointLoad(own.prefill_tokens, own.running, own.context_tokens, m.waiting,
-                            m.kv_usage)
-
     def _predict(self, ctx: CycleContext, request: InferenceRequest,
-                 endpoints: list[Endpoint]) -> list[_Tracked]:
-        out = []
-        prompt = float(request.prompt_tokens_estimate)
+                 endpoints: list[Endpoint], *, predict: bool = True) -> _Predictions:
+        """The candidates as the model sees them (predicted with `predict`), kept in the cycle
+        for `on_scheduled`."""
         matched = (ctx.get(MATCHED_TOKENS) or {}) if self.params.use_prefix_match else {}
-        for ep in endpoints:
-            uncached = max(0.0, prompt - matched.get(ep.name, 0))
-            load = self._endpoint_load(ep)
-            x_ttft, x_tpot = ttft_features(uncached, load), tpot_features(load)
-            ttft, tpot = self._model(ep.name).predict(x_ttft, x_tpot)
-            out.append(_Tracked(ep.name, ctx.now, uncached, prompt, x_ttft, x_tpot, ttft,
-                                tpot))
-        ctx.put(self._key, {t.endpoint: t for t in out})
-        return out
+        names = [ep.name for ep in endpoints]
+        preds = _Predictions(ctx.now, float(request.prompt_tokens_estimate), names, matched,
+                             [ep.metrics for ep in endpoints], self._load)
+        if predict:
+            preds.predict([self._model(name) for name in names])
+        return ctx.put(self._key, preds)
 
     def score(self, ctx: CycleContext, request: InferenceRequest,
               endpoints: list[Endpoint]) -> Sequence[float]:
@@ -182,33 +219,35 @@ class LatencySloScorer(BasePlugin):
         ttft_slo, tpot_slo = slo_targets(request, p.default_ttft_ms, p.default_tpot_ms)
         has_slo = ttft_slo is not None or tpot_slo is not None
         if not has_slo and not p.score_without_slo:
-            self._predict(ctx, request, endpoints)  # kept for the training hooks
+            # nothing to score: only the target's prediction is needed, for the training
+            # hooks, and `on_scheduled` makes it (off the request's path)
+            self._predict(ctx, request, endpoints, predict=False)
             return [1.0] * len(endpoints)
         preds = self._predict(ctx, request, endpoints)
         if not has_slo:
             out_tokens = request.max_tokens or p.default_max_tokens
-            cost = [t.ttft + t.tpot * out_tokens for t in preds]
+            cost = [ttft + tpot * out_tokens for ttft, tpot in zip(preds.ttft, preds.tpot)]
             best = min(cost)
             return [best / c if c > 0 else 1.0 for c in cost]
         # the worst ratio of predicted to target: <= 1 meets every target
-        ratio = [max(t.ttft / ttft_slo if ttft_slo else 0.0,
-                     t.tpot / tpot_slo if tpot_slo else 0.0) for t in preds]
+        ratio = [max(ttft / ttft_slo if ttft_slo else 0.0, tpot / tpot_slo if tpot_slo else 0.0)
+                 for ttft, tpot in zip(preds.ttft, preds.tpot)]
         if min(ratio) > 1.0:
             self._maybe_shed(request, preds, ratio, ttft_slo, tpot_slo)
         best_miss = min((r for r in ratio if r > 1.0), default=1.0)
         return [1.0 if r <= 1.0 else 0.5 * best_miss / r for r in ratio]
 
-    def _maybe_shed(self, request: InferenceRequest, preds: list[_Tracked], ratio: list[float],
+    def _maybe_shed(self, request: InferenceRequest, preds: _Predictions, ratio: list[float],
                     ttft_slo: float | None, tpot_slo: float | None) -> None:
         p = self.params
         if not p.shed or request.priority >= 0 or self.ttft_error.count < p.min_samples:
             return
-        best = preds[ratio.index(min(ratio))]
+        best = ratio.index(min(ratio))
         parts = []
         if ttft_slo:
-            parts.append(f"TTFT {best.ttft * 1e3:.4g} ms against {ttft_slo * 1e3:.4g} ms")
+            parts.append(f"TTFT {preds.ttft[best] * 1e3:.4g} ms against {ttft_slo * 1e3:.4g} ms")
         if tpot_slo:
-            parts.append(f"TPOT {best.tpot * 1e3:.4g} ms against {tpot_slo * 1e3:.4g} ms")
+            parts.append(f"TPOT {preds.tpot[best] * 1e3:.4g} ms against {tpot_slo * 1e3:.4g} ms")
         self.shed_count += 1
         raise TooManyRequests(
             "no endpoint is predicted to meet this request's latency objective (best: "
@@ -238,7 +277,7 @@ class LatencySloScorer(BasePlugin):
     def on_scheduled(self, ctx: CycleContext, request: InferenceRequest,
                      result: SchedulingResult) -> None:
         preds = ctx.get(self._key)
-        rec = preds.get(result.target.name) if preds else None
+        rec = preds.tracked(result.target.name, self._model) if preds else None
         if rec is None:  # this scorer did not run in the primary profile
             return
         self._add(rec)

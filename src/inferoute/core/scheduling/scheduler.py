@@ -156,9 +156,8 @@ class Scheduler:
             if len(scores) != len(cands):
                 raise RuntimeError(f"scorer {scorer.name!r} returned {len(scores)} scores "
                                    f"for {len(cands)} endpoints")
-            for i, s in enumerate(scores):
-                s = 0.0 if s < 0.0 else 1.0 if s > 1.0 else s
-                totals[i] += weight * s
+            totals = [t + weight * (0.0 if s < 0.0 else 1.0 if s > 1.0 else s)
+                      for t, s in zip(totals, scores)]
             if ctx.debug:
                 breakdown[scorer.name] = {ep.name: s for ep, s in zip(cands, scores)}
         scored = [ScoredEndpoint(ep, t) for ep, t in zip(cands, totals)]
