@@ -73,16 +73,24 @@ def decision_latency(*, endpoints: int = 16, prompt_tokens: int = 8192, groups: 
     predict for every candidate).
     """
     rng = random.Random(seed)
-    sched = Scheduler(resolve_config(config), seed=seed)
+    cfg = resolve_config(config)
+    sched = Scheduler(cfg, seed=seed)
     eps = _endpoints(endpoints, rng)
     chars = prompt_tokens * 4
     system = [_text(rng, chars * 3 // 4) for _ in range(groups)]
     questions = [_text(rng, chars - chars * 3 // 4) for _ in range(256)]
+    # a precise prefix scorer hashes token ids, which the gateway gives it (it tokenizes
+    # before scheduling): one id per 4 characters here, equal text -> equal ids
+    vocab: dict[str, int] | None = (
+        {} if any(p.type == "precise-prefix-cache-scorer" for p in cfg.plugins) else None)
 
     def request(i: int) -> InferenceRequest:
         text = system[rng.randrange(groups)] + questions[i % len(questions)]
+        ids = None if vocab is None else [vocab.setdefault(text[j:j + 4], len(vocab))
+                                          for j in range(0, len(text), 4)]
         return InferenceRequest(request_id=f"r{i}", api="completions", model="m",
-                                body={}, headers=dict(headers or {}), prefix_text=text)
+                                body={}, headers=dict(headers or {}), prefix_text=text,
+                                token_ids=ids)
 
     for i in range(warmup):
         sched.schedule(request(i), eps, now=float(i))

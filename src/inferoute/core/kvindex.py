@@ -357,13 +357,22 @@ class KVBlockIndex:
 
     def _expire(self, ep: _Endpoint, now: float) -> None:
         spec = ep.spec
+        if not spec or next(iter(spec.values())) > now:  # the usual case: nothing is due
+            return
+        owners, clear, expired = self._spec_owners, ~ep.bit, 0
         while spec:
-            key, t = next(iter(spec.items()))
+            key, t = spec.popitem(last=False)  # oldest first
             if t > now:
-                return
-            del spec[key]
-            self._expired += 1
-            self._drop_spec_bit(key, ep.bit)
+                spec[key] = t
+                spec.move_to_end(key, last=False)
+                break
+            expired += 1
+            m = owners.get(key, 0) & clear
+            if m:
+                owners[key] = m
+            else:
+                owners.pop(key, None)
+        self._expired += expired
 
     def _drop_spec_bit(self, key: int, bit: int) -> None:
         m = self._spec_owners.get(key, 0) & ~bit
