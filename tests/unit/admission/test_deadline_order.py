@@ -2,7 +2,8 @@
 (`x-slo-ttft-ms`) is released earliest deadline first; one without keeps its arrival order and
 is overtaken only by requests due before its own deadline (its TTL, or
 `deadlineWithoutTarget`); a sheddable request still queued at its TTFT deadline gets 429
-`slo_unattainable`, a non-sheddable one waits on. Core only: injected times, no sockets."""
+`slo_unattainable`, a non-sheddable one waits on; a released request's target, for the
+scheduler, is what its wait left of it. Core only: injected times, no sockets."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from inferoute.core.admission.flowcontrol import FlowQueue
 from inferoute.core.endpoint import Endpoint, EndpointMetrics, Pool
 from inferoute.core.errors import BadRequest, TooManyRequests
 from inferoute.core.request import InferenceRequest
-from inferoute.core.scheduling.config import SaturationSpec
-from inferoute.core.slo import TTFT_HEADER
+from inferoute.core.router import ModelPool, Router
+from inferoute.core.scheduling.config import SaturationSpec, parse_config
+from inferoute.core.scheduling.scheduler import Scheduler
+from inferoute.core.slo import TTFT_HEADER, note_wait, slo_targets
 
 Req = Callable[..., InferenceRequest]
 
@@ -212,3 +215,60 @@ def test_a_release_rule_sees_the_band_in_deadline_order(ep, req: Req) -> None:
     _queue(ctl, pool, req, 0.2, "tight", ttft_ms=300)
     assert _names(ctl.dispatchable(0.3)) == ["tight"]
     assert rule.seen[0] == ["tight", "plain"]
+
+
+def test_a_released_request_carries_its_wait_and_the_target_left(ep, req: Req) -> None:
+    ctl = _ctl()
+    e, pool = _saturated(ep)
+    t = _queue(ctl, pool, req, 0.0, "tight", ttft_ms=800)
+    _free(e, 0.3)
+    assert ctl.dispatchable(0.3) == [t]
+    assert slo_targets(t.request) == (pytest.approx(0.5), None)
+    assert slo_targets(req(headers={TTFT_HEADER: "800"})) == (0.8, None)  # never queued
+    note_wait(t.request, 5.0)  # spent: the least budget, still a target
+    assert slo_targets(t.request)[0] == pytest.approx(0.001)
+
+
+class _Fleet:
+    """One endpoint whose first token comes 0.2 s after a request is sent, with
+    `latency-slo-scorer` (no prefix scorer needed) in front of it; time is told."""
+
+    POLICY = {"plugins": [{"type": "latency-slo-scorer",
+                           "parameters": {"usePrefixMatch": False, "minSamples": 20}},
+                          {"type": "max-score-picker"}],
+              "schedulingProfiles": [{"name": "default", "plugins": [
+                  {"pluginRef": "latency-slo-scorer", "weight": 1},
+                  {"pluginRef": "max-score-picker"}]}]}
+
+    def __init__(self) -> None:
+        self.ep = Endpoint("10.2.0.1", 8000, metrics=EndpointMetrics(scraped_at=0.0))
+        self.router = Router([ModelPool("m", Pool("m", [self.ep]),
+                                        Scheduler(parse_config(self.POLICY), seed=1))])
+        self.now = 0.0
+
+    def serve(self, r: InferenceRequest) -> None:
+        d = self.router.schedule(r, self.now, [self.ep])
+        self.router.dispatch(d, self.ep, self.now)
+        self.router.first_token(d, self.now + 0.2)
+        self.router.finish(d, self.now + 0.3, {"completion_tokens": 10})
+        self.now += 1.0
+
+
+def test_the_scheduler_sheds_a_sheddable_request_whose_wait_left_too_little(req: Req) -> None:
+    """The latency model predicts 0.2 s: a 500-ms target is met when the request comes
+    straight in, not after it waited 0.4 s in the queue (0.1 s left)."""
+    fleet = _Fleet()
+    for _ in range(40):
+        fleet.serve(req(request_id=f"train{fleet.now:g}"))
+    fresh = req(headers={TTFT_HEADER: "500"})
+    fresh.priority = -1
+    fleet.serve(fresh)
+    late = req(headers={TTFT_HEADER: "500"})
+    late.priority = -1
+    note_wait(late, 0.4)
+    with pytest.raises(TooManyRequests) as info:
+        fleet.serve(late)
+    assert info.value.status == 429 and info.value.code == "slo_unattainable"
+    standard = req(headers={TTFT_HEADER: "500"})  # priority 0: sent, never shed for it
+    note_wait(standard, 0.4)
+    fleet.serve(standard)

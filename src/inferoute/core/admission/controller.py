@@ -28,7 +28,8 @@ The rules, per pool:
   it reached admission plus that target, one without at its TTL (or `deadlineWithoutTarget`);
   with `shedLate`, a sheddable request still waiting at its TTFT deadline gets 429
   `slo_unattainable` on the next `expire` instead of a first token too late; a request of
-  priority 0 or above waits on (its TTL still applies).
+  priority 0 or above waits on (its TTL still applies). A released request carries the time
+  it waited (`slo.note_wait`): the scheduler's latency objective is what is left of its target.
 
 The dispatch budget keeps a just-freed pool from receiving its whole queue at once. Per good
 endpoint, `SaturationDetector.room`: until its batch size is known, the queue-depth threshold's
@@ -77,7 +78,7 @@ from ..candidates import CandidateRule
 from ..endpoint import Endpoint, Pool
 from ..errors import InferouteError, NoEndpointAvailable, TooManyRequests
 from ..request import InferenceRequest
-from ..slo import ttft_target
+from ..slo import note_wait, ttft_target
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
 from .objectives import Objective, Objectives
 from .release import ReleaseRule
@@ -367,6 +368,7 @@ class AdmissionController:
                 t = st.queue.pop()
                 if t is None:
                     break
+                note_wait(t.request, now - t.enqueued_at)
                 st.releases.append(now)
                 t.room_on = rooms.take(candidates, top)  # (the slot it takes leaves the budget)
                 out.append(t)
@@ -413,6 +415,7 @@ class AdmissionController:
                 break
             t = band.pop(i)
             st.queue.take(t)
+            note_wait(t.request, now - t.enqueued_at)
             out.append(t)
         if not st.queue:
             st.waiting_since = None
