@@ -2,7 +2,7 @@
 
     python benchmarks/edf.py [--policies inferoute,inferoute-kv-fit] [--replicas 2]
                              [--stages 6:60,9:60] [--share 0.3] [--ttft-ms 1500]
-                             [--sheddable] [--seed 0]
+                             [--sheddable] [--seed 0] [--engine max_num_seqs=32]
 
 A mixed load (random prompts, 3,000 tokens in, 300 out; simulated Qwen3-32B on 2xH100) goes
 through the gateway's admission (flow control with its dispatch budget, the defaults
@@ -27,7 +27,7 @@ from typing import Any
 from inferoute.bench.des import SimConfig, run_virtual
 from inferoute.bench.load import LoadSpec, parse_stages
 from inferoute.bench.slo_mix import SloMix, slo_summary
-from inferoute.bench.workloads import make_workload
+from inferoute.bench.workloads import make_workload, parse_params
 from inferoute.core.admission import parse_admission_config
 
 VARIANTS = (("fcfs", False), ("edf", False), ("edf", True))
@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, list[dict[str, Any]]]]:
         load = LoadSpec(stages=parse_stages(args.stages), seed=args.seed)
         cfg = SimConfig(policy=policy, replicas=args.replicas, profile=args.profile,
                         workload=workload, load=load, model="model", seed=args.seed,
-                        admission=admission, slo=mix)
+                        admission=admission, slo=mix,
+                        profile_overrides=parse_params(args.engine, "engine override"))
         label = f"{policy} | {ordering}{' + shedLate' if shed_late else ''}"
         print(f"running {label} ...", file=sys.stderr, flush=True)
         out.append((label, slo_summary(run_virtual(cfg))))
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sheddable", action="store_true",
                    help="the targeted requests' objective is sheddable (priority -1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", action="append", metavar="NAME=VALUE",
+                   help="override a profile field, repeatable (e.g. max_num_seqs=32)")
     args = p.parse_args(argv)
     results = run(args)
     rates = [s.rate for s in parse_stages(args.stages)]

@@ -55,12 +55,13 @@ from typing import Any
 
 from ..configfiles import resolve_config
 from ..core.admission import AdmissionConfig, AdmissionController, FlowControlSpec, ReleaseRule
+from ..core.admission.slot_feed import SlotFeed
 from ..core.candidates import DEFAULT_READY_WINDOW, CandidateRule
 from ..core.endpoint import Endpoint, EndpointMetrics, Pool
 from ..core.kvindex import apply_engine_events
 from ..core.plugins.precise_prefix_cache_scorer import precise_scorers
 from ..core.lifecycle import RequestLifecycle, Respond, SendUpstream, Wait
-from ..core.router import Decision, ModelPool, Router
+from ..core.router import ModelPool, Router
 from ..core.scheduling.config import EndpointPickerConfig
 from ..core.scheduling.scheduler import Scheduler
 from .load import LoadSpec, Stage
@@ -180,7 +181,7 @@ class VirtualBench:
                                         self.scheduler)],
                              CandidateRule(DEFAULT_READY_WINDOW, cfg.scrape_interval))
         if self._driven and self.admission is not None:
-            self.router.listeners.append(_SlotFeed(self.admission))
+            self.router.listeners.append(SlotFeed(self.admission))
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self._busy = [False] * cfg.replicas
@@ -521,25 +522,6 @@ class VirtualBench:
                          virtual_seconds=now, wall_seconds=wall, events=events,
                          kv_index=kv_index,
                          targets=self._targets if self.cfg.slo is not None else [])
-
-
-class _SlotFeed:
-    """Tells admission of every send and end (a router listener, as the gateway's driver
-    has): the dispatch budget counts them, and a request that ends frees its slot at once."""
-
-    def __init__(self, admission: AdmissionController) -> None:
-        self.admission = admission
-
-    def dispatched(self, decision: Decision, now: float) -> None:
-        if decision.endpoint is not None:
-            self.admission.dispatched(decision.pool.model, decision.endpoint, now)
-
-    def first_token(self, decision: Decision, now: float) -> None:
-        pass
-
-    def finished(self, decision: Decision, now: float, usage: Any = None) -> None:
-        if decision.endpoint is not None:
-            self.admission.finished(decision.pool.model, decision.endpoint, now)
 
 
 def run_virtual(cfg: SimConfig,

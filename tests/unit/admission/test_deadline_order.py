@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
-from inferoute.core.admission import (AdmissionController, SaturationDetector, FlowControlSpec, OBJECTIVE_HEADER,
-                                      ObjectiveSpec, Objectives, Ticket, TicketState)
+from inferoute.core.admission import (OBJECTIVE_HEADER, AdmissionController, FlowControlSpec,
+                                      Objectives, ObjectiveSpec, SaturationDetector, Ticket,
+                                      TicketState)
 from inferoute.core.admission.flowcontrol import FlowQueue
 from inferoute.core.endpoint import Endpoint, EndpointMetrics, Pool
 from inferoute.core.errors import BadRequest, TooManyRequests
