@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, list[dict[str, Any]]]]:
                         profile_overrides=parse_params(args.engine, "engine override"))
         label = f"{policy} | {ordering}{' + shedLate' if shed_late else ''}"
         print(f"running {label} ...", file=sys.stderr, flush=True)
-        out.append((label, slo_summary(run_virtual(cfg))))
+        res = run_virtual(cfg)
+        out.append((label, slo_summary(res.records, res.targets)))
     return out
 
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from ..core.admission.objectives import OBJECTIVE_HEADER
 from ..core.slo import TTFT_HEADER
-
-if TYPE_CHECKING:  # (des.py imports this module)
-    from .des import SimResult
+from .metrics import RequestRecord
 
 __all__ = ["SloMix", "slo_summary"]
 
@@ -64,12 +62,14 @@ def _pct(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
 
-def slo_summary(result: "SimResult") -> list[dict[str, Any]]:
-    """Per stage of a run with a `SloMix`: targeted requests, how many met their target
-    (attainment: of all targeted, shed ones count as missed), goodput, shed counts by code
-    and the TTFT of the requests without a target."""
+def slo_summary(records_by_stage: list[list[RequestRecord]],
+                targets_by_stage: list[list[float | None]]) -> list[dict[str, Any]]:
+    """Per stage of a run with a `SloMix` (`SimResult.records`, `SimResult.targets`):
+    targeted requests, how many met their target (attainment: of all targeted, shed ones
+    count as missed), goodput, shed counts by code and the TTFT of the requests without a
+    target."""
     out = []
-    for stage, (records, targets) in enumerate(zip(result.records, result.targets)):
+    for stage, (records, targets) in enumerate(zip(records_by_stage, targets_by_stage)):
         met = targeted = good = 0
         shed: dict[str, int] = {}
         plain_ttft: list[float] = []
