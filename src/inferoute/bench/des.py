@@ -29,6 +29,12 @@ Nothing here sleeps, opens a socket or reads a clock. One run wires:
   gateway's queue and are released as first tokens and ends free room (the gateway's
   admission driver releases on ends and on a 20 ms tick). Other policies run without
   admission, as before;
+- or the gateway's whole admission (`SimConfig.admission`, an `admission:` section: flow
+  control with its dispatch budget, objectives, deadline order and shedding), driven as the
+  gateway's admission driver drives it: told of every scrape, send and end, pumped after an
+  enqueue, a scrape, a first token or an end, and every 20 ms while requests wait (so a TTL or
+  TTFT deadline is answered within 20 ms, as in the gateway); requests carry the objective and
+  `x-slo-ttft-ms` headers a `SloMix` gives them (bench/slo_mix.py);
 - replicas added and removed during a run (`add_replica`, `remove_replica`: a removed replica
   takes no new request and finishes what it holds), and callbacks at virtual times (`call_at`),
   for an autoscaler (bench/autoscale.py).
@@ -48,7 +54,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..configfiles import resolve_config
-from ..core.admission import AdmissionController, FlowControlSpec, ReleaseRule
+from ..core.admission import AdmissionConfig, AdmissionController, FlowControlSpec, ReleaseRule
+from ..core.admission.slot_feed import SlotFeed
 from ..core.candidates import DEFAULT_READY_WINDOW, CandidateRule
 from ..core.endpoint import Endpoint, EndpointMetrics, Pool
 from ..core.kvindex import apply_engine_events
@@ -59,9 +66,12 @@ from ..core.scheduling.config import EndpointPickerConfig
 from ..core.scheduling.scheduler import Scheduler
 from .load import LoadSpec, Stage
 from .metrics import RequestRecord, summarize
+from .slo_mix import SloMix
 from .workloads import WorkItem, Workload
 
-_ARRIVE, _STEP_DONE, _SCRAPE, _STAGE, _ENGINE_IN, _CALL = 0, 1, 2, 3, 4, 5
+_ARRIVE, _STEP_DONE, _SCRAPE, _STAGE, _ENGINE_IN, _CALL, _TICK = 0, 1, 2, 3, 4, 5, 6
+#: the admission driver's ticker period while requests wait (datalayer/admission_driver.py)
+ADMISSION_TICK = 0.02
 
 #: flow control for a policy with a release rule: every request is served, as every other
 #: policy serves it (the gateway's default TTL of 30 s would turn the longest waits of an
@@ -86,6 +96,11 @@ class SimConfig:
     profile_overrides: dict[str, Any] = field(default_factory=dict)
     #: stop a run whose virtual time passes this many seconds (a safety net; None: no limit)
     max_virtual_time: float | None = None
+    #: the gateway's admission section (None: admission only for a policy with a release
+    #: rule, with `BENCH_FLOW`)
+    admission: AdmissionConfig | None = None
+    #: the objective and TTFT-target headers each request carries (None: no headers)
+    slo: SloMix | None = None
 
 
 @dataclass(slots=True)
@@ -108,6 +123,8 @@ class SimResult:
     events: int = 0
     #: per precise prefix scorer: its KV index's counters (stored / removed events, ...)
     kv_index: dict[str, dict[str, Any]] | None = None
+    #: with a `SloMix`: per stage, per record, the TTFT target (s) it carried (None: none)
+    targets: list[list[float | None]] = field(repr=False, default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"config": self.config, "stages": self.stages, "engines": self.engines,
@@ -141,8 +158,15 @@ class VirtualBench:
         self.precise = precise_scorers(self.scheduler.plugins.values())
         rules = [p for p in self.scheduler.plugins.values() if isinstance(p, ReleaseRule)]
         #: the gateway's admission, with the policy's release rule (None: no admission)
-        self.admission = (AdmissionController(flow=BENCH_FLOW, release=rules[0]) if rules
-                          else None)
+        self.admission: AdmissionController | None
+        if cfg.admission is not None:
+            self.admission = cfg.admission.controller(release=rules[0] if rules else None)
+        else:
+            self.admission = (AdmissionController(flow=BENCH_FLOW, release=rules[0]) if rules
+                              else None)
+        #: driven like the gateway's admission driver (scrapes, sends, ends, a ticker)
+        self._driven = cfg.admission is not None
+        self._ticking = False
         kv_events = bool(self.precise)
         self._kv_events = kv_events
         self.engines = [Engine(profile, seed=cfg.seed * 1000 + i, name=f"engine-{i}",
@@ -156,11 +180,14 @@ class VirtualBench:
         self.router = Router([ModelPool(cfg.model, Pool(cfg.model, self.endpoints),
                                         self.scheduler)],
                              CandidateRule(DEFAULT_READY_WINDOW, cfg.scrape_interval))
+        if self._driven and self.admission is not None:
+            self.router.listeners.append(SlotFeed(self.admission))
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self._busy = [False] * cfg.replicas
         self._live: dict[str, _Live] = {}
         self._records: list[list[RequestRecord]] = [[] for _ in cfg.load.stages]
+        self._targets: list[list[float | None]] = [[] for _ in cfg.load.stages]
         self._stage = -1
         self._stage_sent = 0
         self._stage_done = 0
@@ -200,6 +227,10 @@ class VirtualBench:
             waiting_loras=tuple(g(st, "waiting_loras", ()) or ()),
             prefix_cache_queries=g(st, "prefix_cache_queries", None),
             prefix_cache_hits=g(st, "prefix_cache_hits", None), scraped_at=now)
+        if self._driven and self.admission is not None:
+            self.admission.observe(self.cfg.model, self.endpoints[i])
+            if self.admission.queued():
+                self._pump(now)
 
     # -- replicas during a run ----------------------------------------------------------------
 
@@ -278,13 +309,17 @@ class VirtualBench:
         rec = RequestRecord(key=item.key, stage=stage_index, start=now,
                             prompt_tokens=item.prompt_tokens)
         self._records[stage_index].append(rec)
+        headers = self.cfg.slo.headers(self._sent_total) if self.cfg.slo else {}
+        self._targets[stage_index].append(SloMix.target_of(headers))
         body = {"model": self.cfg.model, "prompt": item.prompt, "max_tokens": item.max_tokens,
                 "stream": True}
         lifecycle = RequestLifecycle(self.router, admission=self.admission)
-        (action,) = lifecycle.receive("completions", body, {}, request_id=rid, now=now,
+        (action,) = lifecycle.receive("completions", body, headers, request_id=rid, now=now,
                                       token_ids=self._token_ids(item) if self.precise else None)
         if isinstance(action, Wait):
             action.ticket.waiter = (lifecycle, item, rec, rid)
+            if self._driven:
+                self._pump(now)  # as the gateway's driver does after an enqueue
             return
         self._sent(now, action, lifecycle, item, rec, rid)
 
@@ -293,7 +328,7 @@ class VirtualBench:
         """The lifecycle's answer to a request: an error, or the engine it goes to."""
         if not isinstance(action, SendUpstream):
             assert isinstance(action, Respond)
-            rec.error = f"{action.error.status} {action.error.message}"
+            rec.error = f"{action.error.status} {action.error.code}: {action.error.message}"
             rec.end = now
             self._request_over(now)
             return
@@ -323,6 +358,9 @@ class VirtualBench:
         for ticket in adm.dispatchable(now):
             lifecycle, item, rec, rid = ticket.waiter
             self._sent(now, lifecycle.released(now)[0], lifecycle, item, rec, rid)
+        if self._driven and not self._ticking and adm.queued():
+            self._ticking = True
+            self._push(now + ADMISSION_TICK, _TICK, None)
 
     def _engine_in(self, i: int, req: Any, now: float) -> None:
         self.engines[i].add_request(req, now)
@@ -435,6 +473,10 @@ class VirtualBench:
                 self._engine_in(payload[0], payload[1], now)
             elif kind == _CALL:
                 payload(now)
+            elif kind == _TICK:
+                self._ticking = False
+                if self.admission is not None and self.admission.queued():
+                    self._pump(now)
             else:
                 self._start_stage(payload, now)
         # whatever is still in flight when the run is cut short counts as failed
@@ -472,9 +514,14 @@ class VirtualBench:
                   "mode": "virtual"}
         kv_index = ({s.name: {**asdict(s.index.stats()), **asdict(s.stats())}
                      for s in self.precise} if self.precise else None)
+        if self.cfg.admission is not None:
+            config["admission"] = self.cfg.admission.model_dump(by_alias=True, mode="json")
+        if self.cfg.slo is not None:
+            config["slo"] = asdict(self.cfg.slo)
         return SimResult(config=config, stages=stages, records=self._records, engines=engines,
                          virtual_seconds=now, wall_seconds=wall, events=events,
-                         kv_index=kv_index)
+                         kv_index=kv_index,
+                         targets=self._targets if self.cfg.slo is not None else [])
 
 
 def run_virtual(cfg: SimConfig,

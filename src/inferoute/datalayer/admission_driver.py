@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from ..aiotasks import cancel_tasks
 from ..core.admission import AdmissionConfig, Admitted, ReleaseRule, Ticket
+from ..core.admission.slot_feed import SlotFeed
 from ..core.endpoint import Endpoint, Pool
 from ..core.request import InferenceRequest
-from ..core.router import Decision, ModelPool, Router
+from ..core.router import ModelPool, Router
 from .runtime import DataLayer
 
 log = logging.getLogger("inferoute.admission")
@@ -63,7 +63,7 @@ class AdmissionDriver:
         self.rules = config.routing_rules()
         self._ticker: asyncio.Task[None] | None = None
         data.add_page_hook(self.controller.observe)
-        data.router.listeners.append(_SlotFeed(self))
+        data.router.listeners.append(SlotFeed(self.controller, on_end=self._pump_safely))
 
     def _candidates(self, pool: Pool, now: float) -> list[Endpoint]:
         """The endpoints the scheduler will pick from (ready, and live when any is), so the
@@ -126,6 +126,13 @@ class AdmissionDriver:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
+    def _pump_safely(self) -> None:
+        """`pump` from a router listener: never break the router's books."""
+        try:
+            self.pump()
+        except Exception:  # pragma: no cover
+            log.exception("admission pump failed")
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.tick)
@@ -147,28 +154,3 @@ class AdmissionDriver:
                 ticket.waiter.set_exception(err)
         task, self._ticker = self._ticker, None
         await cancel_tasks(task)
-
-
-class _SlotFeed:
-    """A router listener that tells the controller of sends and ends (`RouterListener`); an
-    end releases what its slot lets through."""
-
-    def __init__(self, driver: AdmissionDriver) -> None:
-        self.driver = driver
-        self.controller = driver.controller
-
-    def dispatched(self, decision: Decision, now: float) -> None:
-        if decision.endpoint is not None:
-            self.controller.dispatched(decision.pool.model, decision.endpoint, now)
-
-    def first_token(self, decision: Decision, now: float) -> None:
-        pass
-
-    def finished(self, decision: Decision, now: float, usage: Any = None) -> None:
-        if decision.endpoint is not None:
-            self.controller.finished(decision.pool.model, decision.endpoint, now)
-            if self.controller.queued():
-                try:
-                    self.driver.pump()
-                except Exception:  # pragma: no cover - never break the router's books
-                    log.exception("admission pump failed")

@@ -9,7 +9,7 @@ routing rules and usage accounting. Sans-I/O; see docs/admission.md for how a sh
     - {name: critical, priority: 10}
     - {name: batch, priority: -1, ttl: 5s}
     defaultObjective: null
-    flowControl: {enabled: true, ordering: fcfs, ttl: 30s, maxRequests: 1000,
+    flowControl: {enabled: true, ordering: edf, ttl: 30s, maxRequests: 1000,
                   maxBytes: 64MiB, retryAfter: 1s}
     modelRoutes:
     - model: chat

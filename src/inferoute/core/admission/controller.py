@@ -22,7 +22,14 @@ The rules, per pool:
   waiting request of the lowest priority below it is evicted to make room (it gets its 429 on
   the next `expire`), and only a request no lower one can make room for gets 429 at once;
 - a sheddable request still waiting when the pool becomes saturated is shed (429), as it
-  would have been had it arrived then.
+  would have been had it arrived then;
+- within a priority band and flow, the queue releases earliest deadline first (`ordering:
+  edf`, the default): a request with a TTFT target (`x-slo-ttft-ms`, core/slo.py) is due when
+  it reached admission plus that target, one without at its TTL (or `deadlineWithoutTarget`);
+  with `shedLate`, a sheddable request still waiting at its TTFT deadline gets 429
+  `slo_unattainable` on the next `expire` instead of a first token too late; a request of
+  priority 0 or above waits on (its TTL still applies). A released request carries the time
+  it waited (`slo.note_wait`): the scheduler's latency objective is what is left of its target.
 
 The dispatch budget keeps a just-freed pool from receiving its whole queue at once. Per good
 endpoint, `SaturationDetector.room`: until its batch size is known, the queue-depth threshold's
@@ -71,6 +78,7 @@ from ..candidates import CandidateRule
 from ..endpoint import Endpoint, Pool
 from ..errors import InferouteError, NoEndpointAvailable, TooManyRequests
 from ..request import InferenceRequest
+from ..slo import note_wait, ttft_target
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
 from .objectives import Objective, Objectives
 from .release import ReleaseRule
@@ -262,6 +270,7 @@ class AdmissionController:
 
     def admit(self, request: InferenceRequest, pool: Pool, now: float) -> Admitted | Ticket:
         """Admit, enqueue or reject (TooManyRequests / NoEndpointAvailable) one request."""
+        target = ttft_target(request)  # a malformed header is a 400 whether it waits or not
         candidates = self.candidates_of(pool, now)
         if not candidates:
             raise NoEndpointAvailable(f"no ready endpoint serves model '{pool.model}'")
@@ -304,9 +313,7 @@ class AdmissionController:
         obj = self.objectives.get(request.objective) if request.objective else None
         if obj is not None and obj.ttl is not None:
             ttl = obj.ttl
-        ticket = Ticket(request=request, pool=pool.model, priority=request.priority,
-                        flow=request.fairness_id, size=max(request.body_size, 1),
-                        enqueued_at=now, deadline=now + ttl)
+        ticket = self._ticket(request, pool.model, now, ttl, target)
         if not st.queue:
             st.waiting_since = now
         try:
@@ -322,6 +329,23 @@ class AdmissionController:
                 "place", retry_after=self.flow.retry_after, code="queue_full")) for t in evicted]
             st.queue.push(ticket)
         return ticket
+
+    def _ticket(self, request: InferenceRequest, pool: str, now: float, ttl: float,
+                target: float | None) -> Ticket:
+        """A queue ticket: due at its TTFT target, else at `deadlineWithoutTarget` or its TTL;
+        a sheddable one leaves the queue at its target when `shedLate` says so."""
+        flow = self.flow
+        deadline = now + ttl
+        slo_deadline = None if target is None else now + target
+        if slo_deadline is not None:
+            due = slo_deadline
+            if flow.shed_late and request.priority < 0:
+                deadline = min(deadline, slo_deadline)
+        else:
+            due = now + (flow.deadline_without_target or ttl)
+        return Ticket(request=request, pool=pool, priority=request.priority,
+                      flow=request.fairness_id, size=max(request.body_size, 1),
+                      enqueued_at=now, deadline=deadline, due=due, slo_deadline=slo_deadline)
 
     def dispatchable(self, now: float) -> list[Ticket]:
         """Tickets to release now (the shell resolves their waiters), across all pools."""
@@ -344,6 +368,7 @@ class AdmissionController:
                 t = st.queue.pop()
                 if t is None:
                     break
+                note_wait(t.request, now - t.enqueued_at)
                 st.releases.append(now)
                 t.room_on = rooms.take(candidates, top)  # (the slot it takes leaves the budget)
                 out.append(t)
@@ -384,12 +409,13 @@ class AdmissionController:
         band: list[Ticket] = []
         while st.queue:
             if not band:
-                band = sorted(st.queue.top_band(), key=lambda t: t.seq)
+                band = sorted(st.queue.top_band(), key=st.queue.service_key)
             i = rule.choose([t.request for t in band], candidates, now)
             if i is None:
                 break
             t = band.pop(i)
             st.queue.take(t)
+            note_wait(t.request, now - t.enqueued_at)
             out.append(t)
         if not st.queue:
             st.waiting_since = None
@@ -428,7 +454,8 @@ class AdmissionController:
 
     def expire(self, now: float) -> list[tuple[Ticket, InferouteError]]:
         """Waiting requests past their TTL, each with the error to return: 503 when the pool has
-        no endpoint left, else 429 with Retry-After."""
+        no endpoint left, else 429 with Retry-After (`slo_unattainable` for a sheddable one
+        past its TTFT target)."""
         out, self._evicted = self._evicted, []  # made room for higher priorities
         for st in self._pools.values():
             out += self._shed_queued(st, now)
@@ -438,7 +465,13 @@ class AdmissionController:
             empty = not self.candidates_of(st.pool, now)
             for t in expired:
                 err: InferouteError
-                if empty:
+                if t.missed_slo and t.slo_deadline is not None:
+                    err = TooManyRequests(
+                        f"the request waited {t.slo_deadline - t.enqueued_at:.4g}s in the "
+                        "gateway's queue, its whole TTFT target; it is sheddable, so it was "
+                        "not sent late", retry_after=self.flow.retry_after,
+                        code="slo_unattainable")
+                elif empty:
                     err = NoEndpointAvailable(
                         f"no ready endpoint served model '{t.pool}' within "
                         f"{t.deadline - t.enqueued_at:g}s")

@@ -4,7 +4,13 @@ Structure (one `FlowQueue` per pool):
 
     priority bands  (served strictly: a lower band waits while a higher one has requests)
       └ flows       (one per fairness id; served round-robin within the band)
-          └ tickets (FCFS, or earliest deadline first)
+          └ tickets (earliest deadline first, or FCFS)
+
+A ticket's deadline for the order (`Ticket.due`) is when it should have its first token: the
+controller sets it from the request's TTFT target (core/slo.py), and for a request without one
+from its TTL or `deadlineWithoutTarget` (docs/admission.md). Fairness between flows comes
+before deadlines: a client sets its own targets, and a tight one must not take another
+tenant's turn.
 
 Every operation is O(1) or O(log n): enqueue, pop, cancel (lazy deletion, the dead entries are
 compacted away once they outnumber the live ones) and expiry (a heap of deadlines). The queue is
@@ -47,7 +53,13 @@ class Ticket:
     flow: str
     size: int
     enqueued_at: float
+    #: when it leaves the queue at the latest: its TTL, or for a sheddable request with a TTFT
+    #: target and `shedLate` the earlier of that and `slo_deadline`
     deadline: float
+    #: the order key with `ordering: edf` (None: `deadline`)
+    due: float | None = None
+    #: when a first token would come too late for its TTFT target (None: no target)
+    slo_deadline: float | None = None
     seq: int = 0
     state: TicketState = TicketState.QUEUED
     waiter: Any = None
@@ -58,18 +70,39 @@ class Ticket:
     def waited(self, now: float) -> float:
         return now - self.enqueued_at
 
+    @property
+    def order_key(self) -> float:
+        """Its place under earliest-deadline-first."""
+        return self.deadline if self.due is None else self.due
+
+    @property
+    def missed_slo(self) -> bool:
+        """Its queue deadline is its TTFT target's, not its TTL (see `deadline`)."""
+        return self.slo_deadline is not None and self.deadline == self.slo_deadline
+
 
 class QueueFull(Exception):
     """The queue is at its request or byte bound."""
 
 
 class FlowControlSpec(pydantic.BaseModel):
-    """`flowControl` settings: ordering within a flow, the queue TTL and the bounds."""
+    """`flowControl` settings: ordering within a flow, deadlines, the queue TTL and the bounds."""
 
     model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
     enabled: bool = True
-    ordering: Ordering = "fcfs"
+    ordering: Ordering = pydantic.Field(
+        "edf", description="within a flow: edf, earliest deadline first (a request's deadline "
+        "is when it arrived plus its x-slo-ttft-ms target, or plus deadlineWithoutTarget "
+        "without one); fcfs, arrival order")
     ttl: float = pydantic.Field(30.0, gt=0, description="seconds a request may wait")
+    deadline_without_target: float | None = pydantic.Field(
+        None, alias="deadlineWithoutTarget", gt=0, description="with edf: the deadline of a "
+        "request without a TTFT target, in seconds after its arrival (None: its TTL). A "
+        "targeted request goes before it only if due earlier, so it waits for newcomers at "
+        "most this long")
+    shed_late: bool = pydantic.Field(
+        True, alias="shedLate", description="a sheddable request still queued when its TTFT "
+        "target has passed gets 429 slo_unattainable instead of being sent late")
     max_requests: int = pydantic.Field(1000, alias="maxRequests", ge=1)
     max_bytes: int = pydantic.Field(64 * 1024 * 1024, alias="maxBytes", ge=1)
     reserve: pydantic.NonNegativeInt | Literal["auto"] = pydantic.Field(
@@ -84,7 +117,7 @@ class FlowControlSpec(pydantic.BaseModel):
     retry_after: float = pydantic.Field(1.0, alias="retryAfter", gt=0,
                                         description="Retry-After seconds on 429")
 
-    @pydantic.field_validator("ttl", "retry_after", mode="before")
+    @pydantic.field_validator("ttl", "retry_after", "deadline_without_target", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         from ..scheduling.config import parse_duration
@@ -126,7 +159,7 @@ class _Flow:
 
     def push(self, t: Ticket) -> None:
         if self.edf:
-            heapq.heappush(self.items, (t.deadline, t.seq, t))
+            heapq.heappush(self.items, (t.order_key, t.seq, t))
         else:
             self.items.append(t)
         self.live += 1
@@ -249,6 +282,10 @@ class FlowQueue:
         t.state = TicketState.DISPATCHED
         self._remove_live(t)
         return True
+
+    def service_key(self, t: Ticket) -> tuple[float, int]:
+        """Sort key of the queue's order within a flow (deadline then age, or age)."""
+        return (t.order_key if self.edf else 0.0, t.seq)
 
     def top_priority(self) -> int | None:
         """Priority of the highest band holding live tickets (None: empty)."""

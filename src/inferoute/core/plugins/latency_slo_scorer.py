@@ -34,48 +34,20 @@ from typing import Any
 import pydantic
 
 from ..endpoint import Endpoint, EndpointMetrics
-from ..errors import BadRequest, TooManyRequests
+from ..errors import TooManyRequests
 from ..latency_model import (EndpointLoad, ErrorWindow, Features, LatencyModel,
                              pool_features, predict_pool)
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.registry import register
+from ..slo import TPOT_HEADER, TTFT_HEADER, slo_targets
 from .common import BasePlugin, PluginParams
 from .prefix_match import MATCHED_TOKENS
 
 __all__ = ["LatencySloScorer", "slo_targets", "TPOT_HEADER", "TTFT_HEADER"]
 
-TTFT_HEADER = "x-slo-ttft-ms"
-TPOT_HEADER = "x-slo-tpot-ms"
 #: requests followed from dispatch to end (bounded: the oldest are dropped past this)
 MAX_TRACKED = 65_536
-
-
-def _header_ms(request: InferenceRequest, name: str) -> float | None:
-    raw = request.header(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value < 1e9:  # also rejects nan and inf
-        raise BadRequest(f"header {name!r} must be a positive number of milliseconds, "
-                         f"got {raw!r}", param=name)
-    return value / 1000.0
-
-
-def slo_targets(request: InferenceRequest, default_ttft_ms: float | None = None,
-                default_tpot_ms: float | None = None) -> tuple[float | None, float | None]:
-    """(TTFT, TPOT) targets of `request` in seconds (None: none), headers first; raises
-    BadRequest for a header that is not a positive number."""
-    ttft = _header_ms(request, TTFT_HEADER)
-    tpot = _header_ms(request, TPOT_HEADER)
-    if ttft is None and default_ttft_ms is not None:
-        ttft = default_ttft_ms / 1000.0
-    if tpot is None and default_tpot_ms is not None:
-        tpot = default_tpot_ms / 1000.0
-    return ttft, tpot
 
 
 @dataclass(slots=True)
