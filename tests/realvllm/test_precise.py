@@ -20,7 +20,7 @@ from inferoute.core.scheduling.registry import create_plugin
 from inferoute.datalayer.kvevents import KVEventManager, KVEventsConfig
 from inferoute.datalayer.tokenize import load_tokenizer
 
-from .conftest import BLOCK, LORA, MODEL, Engines, until, words
+from .conftest import BLOCK, KV_BLOCKS, LORA, MODEL, Engines, until, words
 
 
 def setup(engines: Engines, replay: bool = True):
@@ -93,6 +93,30 @@ async def test_index_learns_real_blocks_and_scores_the_holder(engines: Engines):
         assert score(scorer, "completions", partial, eps) == [0.5, 0.0]
         assert all(s.stats.malformed == 0 for s in subs)
         assert all(s.stats.errors == [] for s in subs)
+    finally:
+        await manager.close()
+
+
+async def test_blocks_the_engine_evicts_leave_the_index(engines: Engines):
+    """Past its KV cache the engine evicts the least recently used blocks and says so
+    (BlockRemoved): the index drops them, so the prompt that held them no longer matches."""
+    scorer, manager, eps = setup(engines)
+    subs = [manager.add(ep) for ep in eps]
+    try:
+        await live(scorer, eps, engines, [0])
+        first = {"model": MODEL, "prompt": words(31, 8 * BLOCK + 10), "max_tokens": 1}
+        async with aiohttp.ClientSession() as s:
+            await post(s, engines.urls[0], "completions", first)
+            await until(lambda: score(scorer, "completions", first, eps)[0] == 1.0)
+            removed = scorer.index.stats().removed_events
+            # distinct prompts of 8 blocks each, more than the cache holds: the oldest go
+            for i in range(KV_BLOCKS // 8 + 4):
+                await post(s, engines.urls[0], "completions",
+                           {"model": MODEL, "prompt": words(1000 + i, 8 * BLOCK + 10),
+                            "max_tokens": 1})
+        await until(lambda: score(scorer, "completions", first, eps)[0] < 1.0)
+        assert scorer.index.stats().removed_events > removed
+        assert all(s.stats.malformed == 0 and s.stats.errors == [] for s in subs)
     finally:
         await manager.close()
 
