@@ -9,6 +9,7 @@ socket (or, without one, learn only what comes after it)."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import aiohttp
@@ -19,8 +20,10 @@ from inferoute.core.scheduling.framework import CycleContext
 from inferoute.core.scheduling.registry import create_plugin
 from inferoute.datalayer.kvevents import KVEventManager, KVEventsConfig
 from inferoute.datalayer.tokenize import load_tokenizer
+from inferoute.bench.vllm_fleet import START_TIMEOUT, replica_argv, replica_env
+from inferoute.procs import LOOPBACK, ChildProcess, free_port
 
-from .conftest import BLOCK, KV_BLOCKS, LORA, MODEL, Engines, until, words
+from .conftest import BLOCK, KV_BLOCKS, LORA, MAX_LEN, MODEL, Engines, until, words
 
 
 def setup(engines: Engines, replay: bool = True):
@@ -164,3 +167,48 @@ async def test_late_subscriber_without_replay_learns_only_what_follows(engines: 
         assert sub.stats.replayed == 0
     finally:
         await manager.close()
+
+
+async def test_an_engine_that_connects_reaches_the_pools_bound_socket(engines: Engines):
+    """vLLM with an `endpoint` without `*` connects its PUB socket; the pool binds one SUB
+    socket (`kvEvents: {bind: ...}`) and routes each message by its topic
+    (`kv@<host:port>@<model>`) to the endpoint it names."""
+    port, replay, bound = free_port(), free_port(), free_port()
+    kv = {"enable_kv_cache_events": True, "publisher": "zmq",
+          "topic": f"kv@{LOOPBACK}:{port}@{MODEL}", "endpoint": f"tcp://{LOOPBACK}:{bound}",
+          "replay_endpoint": f"tcp://*:{replay}"}
+    # the later --kv-events-config replaces the fleet's (which binds)
+    argv = replica_argv(engines.python, engines.model_dir, engines.lora_dir, port, 0, 0, MAX_LEN,
+                        "--kv-events-config", json.dumps(kv),
+                        "--num-gpu-blocks-override", str(KV_BLOCKS))
+    child = ChildProcess(argv, name="vllm-connect", env=replica_env(0), keep=400)
+    scorer = create_plugin("precise-prefix-cache-scorer", "precise", {"speculative": False})
+    scorer.set_tokenizer(load_tokenizer(str(engines.model_dir)))
+    manager = KVEventManager(scorer.index, KVEventsConfig(
+        bind=f"tcp://{LOOPBACK}:{bound}", replayPortOffset=replay - port, replayTimeout="5s"))
+    try:
+        child.wait_for_http(f"http://{LOOPBACK}:{port}/health", timeout=START_TIMEOUT)
+        ep = Endpoint(host=LOOPBACK, port=port)
+        sub = manager.add(ep)
+        assert sub is not None
+        # a PUB socket drops what it sends before the subscription reaches it: send fresh
+        # prompts until one's blocks arrive
+        async with aiohttp.ClientSession() as s:
+            for attempt in range(20):
+                body = {"model": MODEL, "prompt": words(5000 + attempt, 2 * BLOCK + 5),
+                        "max_tokens": 1}
+                await post(s, f"http://{LOOPBACK}:{port}", "completions", body)
+                try:
+                    await until(lambda: score(scorer, "completions", body, [ep]) == [1.0],
+                                timeout=5)
+                    break
+                except AssertionError:
+                    continue
+            else:
+                raise AssertionError("no KV events reached the bound socket")
+        assert manager.unrouted == 0
+        assert sub.stats.malformed == 0 and sub.stats.errors == []
+        assert scorer.index.block_size(ep.name) == BLOCK
+    finally:
+        await manager.close()
+        child.stop(timeout=30)

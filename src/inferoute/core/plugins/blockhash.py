@@ -2,18 +2,16 @@
 
 The prompt text is cut into blocks of `block_chars` UTF-8 bytes (a block of N tokens is taken
 as 4N characters, the usual English average); only full blocks are keyed, as a model server
-caches only full KV blocks. Each block's key is an XXH3 64-bit hash that stands for the whole prefix up
-to and including that block: blocks are grouped in chunks of `CHUNK_BLOCKS`, the last block of
-a chunk is keyed by hashing the whole chunk seeded with the previous chunk's key, and every
-other block by hashing that block seeded with the key before it. The chain starts from a seed
-derived from the target model name and the block size, so two models (or LoRA adapters) never
-share entries, nor do two block sizes.
+caches only full KV blocks. Each block's key is a 64-bit XXH3 hash that stands for the whole
+prefix up to and including that block (every hash is seeded with the key of the block just
+before the bytes it hashes, see below); the chain starts from a seed derived from the target model name and the block size, so two
+models (or LoRA adapters) never share entries, nor do two block sizes.
 
 Why chunks and spans: a decision needs only the keys where a prompt's match ends. Blocks are
 grouped in chunks of `CHUNK_BLOCKS` (2 KB at 16-token blocks) and chunks in spans of
-`SPAN_CHUNKS`; a span's last block is keyed by one hash of the whole span seeded with the
-previous span's key, a chunk's last block (inside a span) by one hash of the chunk seeded with
-the key before it, and every other block by hashing that block seeded with the key before it.
+`SPAN_CHUNKS`; a span's last block is keyed by one hash of the whole span, a chunk's last
+block (inside a span) by one hash of the whole chunk, every other block by one hash of itself,
+each seeded with the key of the block just before what it hashes.
 `PromptKeys` computes the span keys up front (one C call per 16 KB: ~25 for a 100k-token prompt
 instead of ~6,000 per block or ~200 per chunk) and a chunk's or a block's key only when a lookup
 lands there, as far into its span or chunk as the lookup needs; the prefix index bisects on
