@@ -3,9 +3,10 @@
 The prompt text is cut into blocks of `block_chars` UTF-8 bytes (a block of N tokens is taken
 as 4N characters, the usual English average); only full blocks are keyed, as a model server
 caches only full KV blocks. Each block's key is a 64-bit XXH3 hash that stands for the whole
-prefix up to and including that block (every hash is seeded with the key of the block just
-before the bytes it hashes, see below); the chain starts from a seed derived from the target model name and the block size, so two
-models (or LoRA adapters) never share entries, nor do two block sizes.
+prefix up to and including that block: every hash is seeded with the key of the block just
+before the bytes it hashes (see below), and the chain starts from a seed derived from the target
+model name and the block size, so two models (or LoRA adapters) never share entries, nor do two
+block sizes.
 
 Why chunks and spans: a decision needs only the keys where a prompt's match ends. Blocks are
 grouped in chunks of `CHUNK_BLOCKS` (2 KB at 16-token blocks) and chunks in spans of
