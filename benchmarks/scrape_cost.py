@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -39,6 +40,7 @@ import yaml
 from inferoute.bench.client import LiveConfig, run_live
 from inferoute.bench.load import LoadSpec, Stage
 from inferoute.bench.workloads import make_workload
+from inferoute.core.metricsparse import find_samples
 from inferoute.procs import LOOPBACK, ChildProcess, free_port, free_port_range
 
 ROUTER_VENV = Path(os.environ.get("SGLANG_ROUTER_VENV",
@@ -95,6 +97,17 @@ class ArmResult:
     ok: int
     failed: int
     ttft_p50: float
+    scrapes: int
+
+
+def _scrapes(url: str | None) -> int:
+    """The gateway's scrapes of its endpoints so far (`inferoute_endpoint_scrapes_total`)."""
+    if url is None:
+        return 0
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        page = r.read().decode()
+    return int(sum(s.value for s in find_samples(page, "inferoute_endpoint_scrapes",
+                                                 counter=True)))
 
 
 def _start_sim(n: int, model: str, time_scale: float, profile: str) -> tuple[ChildProcess, int]:
@@ -107,15 +120,17 @@ def _start_sim(n: int, model: str, time_scale: float, profile: str) -> tuple[Chi
     return sim, port
 
 
-def _start_gateway(urls: list[str], model: str, extra: dict[str, object]) -> tuple[ChildProcess,
-                                                                                    str, str]:
+def _start_gateway(urls: list[str], model: str, extra: dict[str, object],
+                   src: str | None = None) -> tuple[ChildProcess, str, str]:
     port = free_port()
     cfg = {"host": LOOPBACK, "port": port, **extra,
            "pools": [{"model": model, "endpoints": urls}]}
     fd, path = tempfile.mkstemp(suffix=".yaml", prefix="scrape-cost-")
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(cfg, fh)
-    gw = ChildProcess.inferoute("serve", "--config", path, "--log-level", "warning", keep=200)
+    env = None if src is None else dict(os.environ, PYTHONPATH=src)
+    gw = ChildProcess.inferoute("serve", "--config", path, "--log-level", "warning", keep=200,
+                                env=env)
     url = f"http://{LOOPBACK}:{port}"
     deadline = time.monotonic() + 60
     while True:  # every endpoint scraped once: the gateway's steady state
@@ -165,13 +180,17 @@ def run_arm(arm: str, args: argparse.Namespace, gateway_extra: dict[str, object]
     front: ChildProcess | None = None
     cfg_path = None
     try:
-        if arm == "inferoute":
-            front, url, cfg_path = _start_gateway(urls, model, gateway_extra)
+        if arm in ("inferoute", "before"):
+            front, url, cfg_path = _start_gateway(urls, model, gateway_extra,
+                                                  args.before_src if arm == "before" else None)
         else:
             front, url = _start_router(urls)
+        gw = url if arm != "sglang" else None
+        s0 = _scrapes(gw)
         c_front, c_sim, t0 = cpu_seconds(front.pid), cpu_seconds(sim.pid), time.monotonic()
         ok, failed, ttft = _load(args, url, model)
         c_front1, c_sim1, t1 = cpu_seconds(front.pid), cpu_seconds(sim.pid), time.monotonic()
+        scrapes = _scrapes(gw) - s0
         if not front.alive():
             raise RuntimeError(f"{arm} exited during the load:\n{front.tail(30)}")
     finally:
@@ -180,7 +199,8 @@ def run_arm(arm: str, args: argparse.Namespace, gateway_extra: dict[str, object]
         sim.stop(timeout=10)
         if cfg_path:
             os.unlink(cfg_path)
-    return ArmResult(arm, c_front1 - c_front, c_sim1 - c_sim, t1 - t0, ok, failed, ttft)
+    return ArmResult(arm, c_front1 - c_front, c_sim1 - c_sim, t1 - t0, ok, failed, ttft,
+                     scrapes)
 
 
 def live(args: argparse.Namespace) -> int:
@@ -191,23 +211,27 @@ def live(args: argparse.Namespace) -> int:
           f"gateway extra config: {extra or '{}'}")
     print(f"# load before: {os.getloadavg()[0]:.2f}")
     arms = [a for a in args.arms.split(",") if a]
+    if "before" in arms and not args.before_src:
+        raise SystemExit("the 'before' arm needs --before-src DIR")
     results: dict[str, list[ArmResult]] = {a: [] for a in arms}
     print(f"{'run':>3} {'arm':<10} {'front CPU-s':>11} {'replicas CPU-s':>14} {'wall s':>7} "
-          f"{'ok':>5} {'failed':>6} {'TTFT p50 s':>10}")
+          f"{'ok':>5} {'failed':>6} {'TTFT p50 s':>10} {'scrapes':>7}")
     for run in range(args.runs):
         for arm in arms:
             r = run_arm(arm, args, extra)
             results[arm].append(r)
             print(f"{run:>3} {arm:<10} {r.router_cpu:>11.2f} {r.replicas_cpu:>14.2f} "
-                  f"{r.seconds:>7.1f} {r.ok:>5} {r.failed:>6} {r.ttft_p50:>10.3f}", flush=True)
+                  f"{r.seconds:>7.1f} {r.ok:>5} {r.failed:>6} {r.ttft_p50:>10.3f} "
+                  f"{r.scrapes:>7}", flush=True)
     print(f"# load after: {os.getloadavg()[0]:.2f}")
     med = {a: (statistics.median(r.router_cpu for r in rs),
                statistics.median(r.replicas_cpu for r in rs)) for a, rs in results.items()}
     for a, (f, s) in med.items():
         print(f"median {a:<10} front {f:.2f} CPU-s, replicas {s:.2f} CPU-s")
-    if "inferoute" in med and "sglang" in med:
-        print(f"ratio inferoute/sglang: front {med['inferoute'][0] / med['sglang'][0]:.2f}x, "
-              f"replicas {med['inferoute'][1] / med['sglang'][1]:.2f}x")
+    for a in ("before", "inferoute"):
+        if a in med and "sglang" in med:
+            print(f"ratio {a}/sglang: front {med[a][0] / med['sglang'][0]:.2f}x, "
+                  f"replicas {med[a][1] / med['sglang'][1]:.2f}x")
     return 0
 
 
@@ -302,7 +326,12 @@ def main() -> int:
     lv = sub.add_parser("live", help="gateway vs SGLang's router in front of simulated replicas")
     lv.add_argument("--replicas", type=int, default=4)
     lv.add_argument("--runs", type=int, default=3)
-    lv.add_argument("--arms", default="inferoute,sglang")
+    lv.add_argument("--arms", default="inferoute,sglang",
+                    help="comma-separated: inferoute (this tree), sglang (the Rust router), "
+                         "before (the gateway from --before-src)")
+    lv.add_argument("--before-src", default=None, metavar="DIR",
+                    help="an older inferoute's src/ for the 'before' arm, e.g. from "
+                         "`git archive COMMIT src | tar -x -C DIR`")
     lv.add_argument("--rate", type=float, default=8.0)
     lv.add_argument("--duration", type=float, default=30.0)
     lv.add_argument("--groups", type=int, default=16)
@@ -321,6 +350,7 @@ def main() -> int:
     vl.add_argument("--runs", type=int, default=3)
     vl.add_argument("--concurrency", type=int, default=4)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children on the way out
     if args.mode == "vllm":
         return vllm(args)
     if args.mode is None:
