@@ -8,7 +8,8 @@ scorer, admission, the autoscaling gauge) the period is
 
 - `fast` (50 ms) after a change: the gateway dispatched a request there or saw one finish
   since the last scrape (`Endpoint.books_changes`), the last two pages' queue or batch
-  differed, or requests wait there (a queue drains without us);
+  differed with no such dispatch or finish between them (someone else's requests), or
+  requests wait there (a queue drains without us);
 - `busy` while it has work and nothing changed: requests in flight or running. Decode grows
   the KV usage between changes; `busy` (the staleness threshold less one fast interval, 150 ms
   by default) keeps every page younger than the threshold that calls metrics stale;
@@ -89,9 +90,11 @@ class ScrapePacer:
         self._last = now
         self._failures = 0
         m = ep.metrics
-        self._changed = (before.scraped_at is not None
+        books = ep.books_changes if books is None else books
+        # a change our own dispatches or finishes explain is not news: the page shows it
+        self._changed = (before.scraped_at is not None and books == self._books
                          and (before.waiting, before.running) != (m.waiting, m.running))
-        self._books = ep.books_changes if books is None else books
+        self._books = books
         self._planned = self.period(ep)
         return self._planned
 

@@ -175,3 +175,13 @@ def test_a_dispatch_during_a_scrape_is_not_taken_as_seen():
 def test_intervals_must_be_positive():
     with pytest.raises(ValueError):
         ScrapePacer(0.0, 1.0)
+
+
+def test_a_change_our_own_dispatch_explains_costs_one_fast_scrape_not_two():
+    ep = _ep()
+    ticks = Ticks(ScrapePacer(FAST, IDLE, busy=BUSY), ep)
+    ticks.run(1.1)
+    ticks.scrapes.clear()
+    ep.on_dispatch(10)  # the page shows it as one more running request
+    ticks.run(1.0, lambda now: EndpointMetrics(running=1))
+    assert _gaps(ticks)[:3] == [BUSY] * 3
