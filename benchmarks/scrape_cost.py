@@ -97,6 +97,8 @@ class ArmResult:
     ok: int
     failed: int
     ttft_p50: float
+    ttft_p90: float
+    hit_rate: float
     scrapes: int
 
 
@@ -158,7 +160,9 @@ def _start_router(urls: list[str]) -> tuple[ChildProcess, str]:
     return router, url
 
 
-def _load(args: argparse.Namespace, url: str, model: str) -> tuple[int, int, float]:
+def _load(args: argparse.Namespace, url: str,
+          model: str) -> tuple[int, int, float, float, float]:
+    """Run the load; (succeeded, failed, TTFT p50, TTFT p90, cached share of prompt tokens)."""
     wl = make_workload("shared_prefix", {
         "num_groups": args.groups, "num_prompts_per_group": 5,
         "system_prompt_len": args.system_len, "question_len": args.question_len,
@@ -169,7 +173,12 @@ def _load(args: argparse.Namespace, url: str, model: str) -> tuple[int, int, flo
     records = asyncio.run(run_live(cfg))[0]
     ok = [r for r in records if r.error is None]
     ttfts = sorted(r.first_token - r.start for r in ok if r.first_token is not None)
-    return len(ok), len(records) - len(ok), ttfts[len(ttfts) // 2] if ttfts else float("nan")
+    if not ttfts:
+        raise RuntimeError(f"no request succeeded: {records[0].error if records else ''}")
+    prompt = sum(r.prompt_tokens for r in ok)
+    cached = sum(r.cached_tokens or 0 for r in ok)
+    return (len(ok), len(records) - len(ok), ttfts[len(ttfts) // 2],
+            ttfts[int(len(ttfts) * 0.9)], cached / prompt if prompt else float("nan"))
 
 
 def run_arm(arm: str, args: argparse.Namespace, gateway_extra: dict[str, object]) -> ArmResult:
@@ -188,7 +197,7 @@ def run_arm(arm: str, args: argparse.Namespace, gateway_extra: dict[str, object]
         gw = url if arm != "sglang" else None
         s0 = _scrapes(gw)
         c_front, c_sim, t0 = cpu_seconds(front.pid), cpu_seconds(sim.pid), time.monotonic()
-        ok, failed, ttft = _load(args, url, model)
+        ok, failed, p50, p90, hits = _load(args, url, model)
         c_front1, c_sim1, t1 = cpu_seconds(front.pid), cpu_seconds(sim.pid), time.monotonic()
         scrapes = _scrapes(gw) - s0
         if not front.alive():
@@ -199,8 +208,8 @@ def run_arm(arm: str, args: argparse.Namespace, gateway_extra: dict[str, object]
         sim.stop(timeout=10)
         if cfg_path:
             os.unlink(cfg_path)
-    return ArmResult(arm, c_front1 - c_front, c_sim1 - c_sim, t1 - t0, ok, failed, ttft,
-                     scrapes)
+    return ArmResult(arm, c_front1 - c_front, c_sim1 - c_sim, t1 - t0, ok, failed, p50, p90,
+                     hits, scrapes)
 
 
 def live(args: argparse.Namespace) -> int:
@@ -215,19 +224,25 @@ def live(args: argparse.Namespace) -> int:
         raise SystemExit("the 'before' arm needs --before-src DIR")
     results: dict[str, list[ArmResult]] = {a: [] for a in arms}
     print(f"{'run':>3} {'arm':<10} {'front CPU-s':>11} {'replicas CPU-s':>14} {'wall s':>7} "
-          f"{'ok':>5} {'failed':>6} {'TTFT p50 s':>10} {'scrapes':>7}")
+          f"{'ok':>5} {'failed':>6} {'TTFT p50/p90 s':>14} {'cached':>6} {'scrapes':>7}")
     for run in range(args.runs):
         for arm in arms:
             r = run_arm(arm, args, extra)
             results[arm].append(r)
             print(f"{run:>3} {arm:<10} {r.router_cpu:>11.2f} {r.replicas_cpu:>14.2f} "
-                  f"{r.seconds:>7.1f} {r.ok:>5} {r.failed:>6} {r.ttft_p50:>10.3f} "
-                  f"{r.scrapes:>7}", flush=True)
+                  f"{r.seconds:>7.1f} {r.ok:>5} {r.failed:>6} "
+                  f"{r.ttft_p50:>7.3f}/{r.ttft_p90:<6.3f} {r.hit_rate:>6.1%} {r.scrapes:>7}",
+                  flush=True)
     print(f"# load after: {os.getloadavg()[0]:.2f}")
     med = {a: (statistics.median(r.router_cpu for r in rs),
                statistics.median(r.replicas_cpu for r in rs)) for a, rs in results.items()}
     for a, (f, s) in med.items():
-        print(f"median {a:<10} front {f:.2f} CPU-s, replicas {s:.2f} CPU-s")
+        rs = results[a]
+        print(f"median {a:<10} front {f:.2f} CPU-s, replicas {s:.2f} CPU-s, TTFT p50 "
+              f"{statistics.median(r.ttft_p50 for r in rs):.3f} s, p90 "
+              f"{statistics.median(r.ttft_p90 for r in rs):.3f} s, cached "
+              f"{statistics.median(r.hit_rate for r in rs):.1%}, scrapes "
+              f"{statistics.median(r.scrapes for r in rs):.0f}")
     for a in ("before", "inferoute"):
         if a in med and "sglang" in med:
             print(f"ratio {a}/sglang: front {med[a][0] / med['sglang'][0]:.2f}x, "
