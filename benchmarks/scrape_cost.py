@@ -99,6 +99,7 @@ class ArmResult:
     ttft_p50: float
     ttft_p90: float
     hit_rate: float
+    bunched: float
     scrapes: int
 
 
@@ -161,8 +162,10 @@ def _start_router(urls: list[str]) -> tuple[ChildProcess, str]:
 
 
 def _load(args: argparse.Namespace, url: str,
-          model: str) -> tuple[int, int, float, float, float]:
-    """Run the load; (succeeded, failed, TTFT p50, TTFT p90, cached share of prompt tokens)."""
+          model: str) -> tuple[int, int, float, float, float, float]:
+    """Run the load; (succeeded, failed, TTFT p50, TTFT p90, cached share of prompt tokens,
+    share of tokens that reached the client in the same read as the one before: a late
+    server sends several events at once, and a proxy then relays fewer, larger chunks)."""
     wl = make_workload("shared_prefix", {
         "num_groups": args.groups, "num_prompts_per_group": 5,
         "system_prompt_len": args.system_len, "question_len": args.question_len,
@@ -177,8 +180,10 @@ def _load(args: argparse.Namespace, url: str,
         raise RuntimeError(f"no request succeeded: {records[0].error if records else ''}")
     prompt = sum(r.prompt_tokens for r in ok)
     cached = sum(r.cached_tokens or 0 for r in ok)
+    gaps = [g for r in ok for g in r.itl]
+    bunched = sum(1 for g in gaps if g < 2e-4) / len(gaps) if gaps else float("nan")
     return (len(ok), len(records) - len(ok), ttfts[len(ttfts) // 2],
-            ttfts[int(len(ttfts) * 0.9)], cached / prompt if prompt else float("nan"))
+            ttfts[int(len(ttfts) * 0.9)], cached / prompt if prompt else float("nan"), bunched)
 
 
 def run_arm(arm: str, args: argparse.Namespace, gateway_extra: dict[str, object]) -> ArmResult:
@@ -197,7 +202,7 @@ def run_arm(arm: str, args: argparse.Namespace, gateway_extra: dict[str, object]
         gw = url if arm != "sglang" else None
         s0 = _scrapes(gw)
         c_front, c_sim, t0 = cpu_seconds(front.pid), cpu_seconds(sim.pid), time.monotonic()
-        ok, failed, p50, p90, hits = _load(args, url, model)
+        ok, failed, p50, p90, hits, bunched = _load(args, url, model)
         c_front1, c_sim1, t1 = cpu_seconds(front.pid), cpu_seconds(sim.pid), time.monotonic()
         scrapes = _scrapes(gw) - s0
         if not front.alive():
@@ -209,7 +214,7 @@ def run_arm(arm: str, args: argparse.Namespace, gateway_extra: dict[str, object]
         if cfg_path:
             os.unlink(cfg_path)
     return ArmResult(arm, c_front1 - c_front, c_sim1 - c_sim, t1 - t0, ok, failed, p50, p90,
-                     hits, scrapes)
+                     hits, bunched, scrapes)
 
 
 def live(args: argparse.Namespace) -> int:
@@ -224,14 +229,14 @@ def live(args: argparse.Namespace) -> int:
         raise SystemExit("the 'before' arm needs --before-src DIR")
     results: dict[str, list[ArmResult]] = {a: [] for a in arms}
     print(f"{'run':>3} {'arm':<10} {'front CPU-s':>11} {'replicas CPU-s':>14} {'wall s':>7} "
-          f"{'ok':>5} {'failed':>6} {'TTFT p50/p90 s':>14} {'cached':>6} {'scrapes':>7}")
+          f"{'ok':>5} {'failed':>6} {'TTFT p50/p90 s':>14} {'cached':>6} {'bunched':>7} {'scrapes':>7}")
     for run in range(args.runs):
         for arm in arms:
             r = run_arm(arm, args, extra)
             results[arm].append(r)
             print(f"{run:>3} {arm:<10} {r.router_cpu:>11.2f} {r.replicas_cpu:>14.2f} "
                   f"{r.seconds:>7.1f} {r.ok:>5} {r.failed:>6} "
-                  f"{r.ttft_p50:>7.3f}/{r.ttft_p90:<6.3f} {r.hit_rate:>6.1%} {r.scrapes:>7}",
+                  f"{r.ttft_p50:>7.3f}/{r.ttft_p90:<6.3f} {r.hit_rate:>6.1%} {r.bunched:>7.1%} {r.scrapes:>7}",
                   flush=True)
     print(f"# load after: {os.getloadavg()[0]:.2f}")
     med = {a: (statistics.median(r.router_cpu for r in rs),
@@ -241,7 +246,8 @@ def live(args: argparse.Namespace) -> int:
         print(f"median {a:<10} front {f:.2f} CPU-s, replicas {s:.2f} CPU-s, TTFT p50 "
               f"{statistics.median(r.ttft_p50 for r in rs):.3f} s, p90 "
               f"{statistics.median(r.ttft_p90 for r in rs):.3f} s, cached "
-              f"{statistics.median(r.hit_rate for r in rs):.1%}, scrapes "
+              f"{statistics.median(r.hit_rate for r in rs):.1%}, bunched "
+              f"{statistics.median(r.bunched for r in rs):.1%}, scrapes "
               f"{statistics.median(r.scrapes for r in rs):.0f}")
     for a in ("before", "inferoute"):
         if a in med and "sglang" in med:
@@ -280,8 +286,9 @@ async def _stream_load(url: str, stop: asyncio.Event, concurrency: int) -> int:
 
 
 async def _window(server_pid: int, url: str, seconds: float, scrapes: int, loaded: bool,
-                  concurrency: int) -> float:
-    """Server CPU-s over `seconds` of wall time with `scrapes` scrapes spread over it."""
+                  concurrency: int) -> tuple[float, float]:
+    """(server CPU-s, wall s) over at least `seconds` with `scrapes` scrapes spread over it
+    (longer when the scrapes take longer)."""
     stop = asyncio.Event()
     load = (asyncio.ensure_future(_stream_load(url, stop, concurrency)) if loaded else None)
     if load is not None:
@@ -293,11 +300,11 @@ async def _window(server_pid: int, url: str, seconds: float, scrapes: int, loade
     rest = seconds - (time.monotonic() - t0)
     if rest > 0:
         await asyncio.sleep(rest)
-    used = cpu_seconds(server_pid) - c0
+    used, wall = cpu_seconds(server_pid) - c0, time.monotonic() - t0
     stop.set()
     if load is not None:
         await load
-    return used
+    return used, wall
 
 
 def vllm(args: argparse.Namespace) -> int:
@@ -315,18 +322,20 @@ def vllm(args: argparse.Namespace) -> int:
             page = urllib.request.urlopen(r.url + "/metrics", timeout=10).read()
             print(f"# real vLLM-CPU, one replica; /metrics page {len(page)} bytes; "
                   f"load {os.getloadavg()[0]:.2f}")
-            for loaded in (False, True):
+            for loaded in [p == "loaded" for p in args.phases.split(",")]:
                 rows = []
                 for _ in range(args.runs):
-                    base = asyncio.run(_window(r.child.pid, r.url, args.seconds, 0, loaded,
-                                               args.concurrency))
-                    with_s = asyncio.run(_window(r.child.pid, r.url, args.seconds, args.scrapes,
-                                                 loaded, args.concurrency))
-                    rows.append((base, with_s))
-                    print(f"{'loaded' if loaded else 'idle':<6} no scrapes {base:6.2f} CPU-s, "
-                          f"{args.scrapes} scrapes {with_s:6.2f} CPU-s over {args.seconds:g} s",
-                          flush=True)
-                per_k = statistics.median((w - b) / args.scrapes * 1000 for b, w in rows)
+                    base, t_base = asyncio.run(_window(r.child.pid, r.url, args.seconds, 0,
+                                                       loaded, args.concurrency))
+                    with_s, t_with = asyncio.run(_window(r.child.pid, r.url, args.seconds,
+                                                         args.scrapes, loaded,
+                                                         args.concurrency))
+                    extra = with_s - base / t_base * t_with  # same wall time without scrapes
+                    rows.append(extra)
+                    print(f"{'loaded' if loaded else 'idle':<6} no scrapes {base:6.2f} CPU-s "
+                          f"in {t_base:.1f} s, {args.scrapes} scrapes {with_s:6.2f} CPU-s in "
+                          f"{t_with:.1f} s", flush=True)
+                per_k = statistics.median(e / args.scrapes * 1000 for e in rows)
                 print(f"median {'loaded' if loaded else 'idle'}: {per_k:.2f} CPU-s per 1,000 "
                       f"scrapes")
             print(f"# load after: {os.getloadavg()[0]:.2f}")
@@ -364,6 +373,7 @@ def main() -> int:
     vl.add_argument("--seconds", type=float, default=20.0)
     vl.add_argument("--runs", type=int, default=3)
     vl.add_argument("--concurrency", type=int, default=4)
+    vl.add_argument("--phases", default="idle,loaded", help="idle, loaded or both")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children on the way out
     if args.mode == "vllm":
