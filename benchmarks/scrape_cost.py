@@ -124,10 +124,13 @@ def _start_sim(n: int, model: str, time_scale: float, profile: str) -> tuple[Chi
 
 
 def _start_gateway(urls: list[str], model: str, extra: dict[str, object],
-                   src: str | None = None) -> tuple[ChildProcess, str, str]:
+                   src: str | None = None,
+                   policy: str | None = None) -> tuple[ChildProcess, str, str]:
     port = free_port()
-    cfg = {"host": LOOPBACK, "port": port, **extra,
-           "pools": [{"model": model, "endpoints": urls}]}
+    pool: dict[str, object] = {"model": model, "endpoints": urls}
+    if policy:
+        pool["scheduler"] = policy
+    cfg = {"host": LOOPBACK, "port": port, **extra, "pools": [pool]}
     fd, path = tempfile.mkstemp(suffix=".yaml", prefix="scrape-cost-")
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(cfg, fh)
@@ -196,7 +199,8 @@ def run_arm(arm: str, args: argparse.Namespace, gateway_extra: dict[str, object]
     try:
         if arm in ("inferoute", "before"):
             front, url, cfg_path = _start_gateway(urls, model, gateway_extra,
-                                                  args.before_src if arm == "before" else None)
+                                                  args.before_src if arm == "before" else None,
+                                                  args.policy)
         else:
             front, url = _start_router(urls)
         gw = url if arm != "sglang" else None
@@ -222,7 +226,7 @@ def live(args: argparse.Namespace) -> int:
     print(f"# {args.replicas} sim replicas ({args.profile}, time scale {args.time_scale:g}), "
           f"shared-prefix {args.groups}x5, {args.system_len}+{args.question_len} -> "
           f"{args.output_len} tokens, Poisson {args.rate:g} req/s for {args.duration:g} s; "
-          f"gateway extra config: {extra or '{}'}")
+          f"gateway policy {args.policy or 'default'}, extra config: {extra or '{}'}")
     print(f"# load before: {os.getloadavg()[0]:.2f}")
     arms = [a for a in args.arms.split(",") if a]
     if "before" in arms and not args.before_src:
@@ -365,6 +369,8 @@ def main() -> int:
     lv.add_argument("--profile", default="qwen3-32b-2xh100")
     lv.add_argument("--time-scale", type=float, default=1.0)
     lv.add_argument("--seed", type=int, default=0)
+    lv.add_argument("--policy", default=None,
+                    help="the gateway's scheduler (packaged name; default: serve's default)")
     lv.add_argument("--gateway-config", default="",
                     help="YAML mapping merged into the gateway's serving config, e.g. "
                          "'{scrapeInterval: 50ms}'")
