@@ -296,7 +296,8 @@ def load_serving_config(path: str | Path) -> ServingConfig:
 def config_from_args(args: argparse.Namespace) -> ServingConfig:
     """The serving config from `--config FILE` or `--model/--endpoint` flags.
 
-    With `--config`, the flags `--host`, `--port`, `--scrape-interval` and `--scheduler`
+    With `--config`, the flags `--host`, `--port`, `--scrape-interval`,
+    `--scrape-idle-interval` and `--scheduler`
     (applied to every pool) override the file when given; `--admission FILE` sets (or
     replaces) the admission section.
     """
@@ -321,7 +322,8 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
                            "engine": getattr(args, "engine", None) or "auto",
                            "scheduler": scheduler}]}
         source = "the command line"
-    for key in ("host", "port", "scrape_interval", "tenants", "redis", "semantic"):
+    for key in ("host", "port", "scrape_interval", "scrape_idle_interval", "tenants", "redis",
+                "semantic"):
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
