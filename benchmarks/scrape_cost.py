@@ -233,14 +233,16 @@ def live(args: argparse.Namespace) -> int:
         raise SystemExit("the 'before' arm needs --before-src DIR")
     results: dict[str, list[ArmResult]] = {a: [] for a in arms}
     print(f"{'run':>3} {'arm':<10} {'front CPU-s':>11} {'replicas CPU-s':>14} {'wall s':>7} "
-          f"{'ok':>5} {'failed':>6} {'TTFT p50/p90 s':>14} {'cached':>6} {'bunched':>7} {'scrapes':>7}")
+          f"{'ok':>5} {'failed':>6} {'TTFT p50/p90 s':>14} {'cached':>6} {'bunched':>7} "
+          f"{'scrapes':>7}")
     for run in range(args.runs):
         for arm in arms:
             r = run_arm(arm, args, extra)
             results[arm].append(r)
             print(f"{run:>3} {arm:<10} {r.router_cpu:>11.2f} {r.replicas_cpu:>14.2f} "
                   f"{r.seconds:>7.1f} {r.ok:>5} {r.failed:>6} "
-                  f"{r.ttft_p50:>7.3f}/{r.ttft_p90:<6.3f} {r.hit_rate:>6.1%} {r.bunched:>7.1%} {r.scrapes:>7}",
+                  f"{r.ttft_p50:>7.3f}/{r.ttft_p90:<6.3f} {r.hit_rate:>6.1%} "
+                  f"{r.bunched:>7.1%} {r.scrapes:>7}",
                   flush=True)
     print(f"# load after: {os.getloadavg()[0]:.2f}")
     med = {a: (statistics.median(r.router_cpu for r in rs),
@@ -312,7 +314,12 @@ async def _window(server_pid: int, url: str, seconds: float, scrapes: int, loade
 
 
 def vllm(args: argparse.Namespace) -> int:
-    from inferoute.bench.vllm_fleet import build_model, start_replicas, stop_replicas, vllm_python
+    from inferoute.bench.vllm_fleet import (
+        build_model,
+        start_replicas,
+        stop_replicas,
+        vllm_python,
+    )
 
     py = vllm_python()
     if py is None:

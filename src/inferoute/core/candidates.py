@@ -8,10 +8,10 @@ endpoint is. Live means scraped, or seen answering a request (first bytes or end
 fresh window: the scheduler's staleness threshold, but never under two scrape periods, else a
 slow scrape period makes every endpoint flicker; an endpoint the data layer scrapes more slowly
 (idle, or read by no load-sensitive plugin: `Endpoint.scrape_period`) is live for two of its
-own periods. The answers count because a busy replica's
-/metrics can run late on a crowded host (vLLM serves it from the process that serves the
-requests): scrape age alone would take the replica that holds a conversation's cache out of
-the candidates just after it answered, and send the next turn elsewhere.
+own periods. The answers count because a busy replica's /metrics can run late on a crowded
+host (vLLM serves it from the process that serves the requests): scrape age alone would take
+the replica that holds a conversation's cache out of the candidates just after it answered,
+and send the next turn elsewhere.
 
 Without scraping (`ready_window=None`: tests, or a data layer told not to scrape) readiness is
 health alone and nothing is stale.

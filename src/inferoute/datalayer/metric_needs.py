@@ -25,10 +25,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.metricsparse import ALL_FIELDS, MetricField as Field
+from ..core.metricsparse import ALL_FIELDS
+from ..core.metricsparse import MetricField as Field
 
-__all__ = ["ADMISSION_NEEDS", "ALWAYS_PARSED", "AUTOSCALING_NEEDS", "MetricNeeds",
-           "PLUGIN_NEEDS", "needs_of_plugins"]
+__all__ = ["ADMISSION_NEEDS", "ALWAYS_PARSED", "AUTOSCALING_NEEDS", "PLUGIN_NEEDS", "MetricNeeds",
+           "needs_of_plugins"]
+
 #: parsed on every page whatever the plugins read: the queue gauge carries the served model
 #: names (the wrong-model check); the three load gauges are exported on the gateway's /metrics
 ALWAYS_PARSED: frozenset[Field] = frozenset(("waiting", "running", "kv_usage"))

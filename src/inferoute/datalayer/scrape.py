@@ -1,4 +1,6 @@
-"""One asyncio task per endpoint that polls its /metrics and swaps in fresh `EndpointMetrics`.
+"""One asyncio task per endpoint that polls its /metrics and swaps in fresh `EndpointMetrics`,
+as often as its `ScrapePacer` says (see `scrape_pacing`: fast while the pool's plugins need the
+endpoint's load fresh and it changes, slowly when idle).
 
 Each successful scrape replaces `Endpoint.metrics` whole with a new frozen value whose
 `scraped_at` is the monotonic time the page arrived. A failed scrape (refused, timeout,

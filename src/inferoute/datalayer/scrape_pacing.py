@@ -40,8 +40,8 @@ DEFAULT_IDLE_INTERVAL = 1.0
 class ScrapePacer:
     """The scrape schedule of one endpoint (sans-I/O: it is told the time)."""
 
-    __slots__ = ("fast", "busy", "idle", "fresh_load", "_last", "_planned", "_changed",
-                 "_failures", "_books")
+    __slots__ = ("_books", "_changed", "_failures", "_last", "_planned", "busy", "fast",
+                 "fresh_load", "idle")
 
     def __init__(self, fast: float, idle: float = DEFAULT_IDLE_INTERVAL, *,
                  busy: float | None = None, fresh_load: bool = True,

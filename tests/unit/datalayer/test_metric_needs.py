@@ -8,8 +8,12 @@ import pytest
 from inferoute.configfiles import resolve_config
 from inferoute.core.metricsparse import parse_metrics
 from inferoute.core.scheduling.scheduler import Scheduler
-from inferoute.datalayer.metric_needs import (ADMISSION_NEEDS, ALWAYS_PARSED, MetricNeeds,
-                                              needs_of_plugins)
+from inferoute.datalayer.metric_needs import (
+    ADMISSION_NEEDS,
+    ALWAYS_PARSED,
+    MetricNeeds,
+    needs_of_plugins,
+)
 from inferoute.datalayer.runtime import DataLayer
 from inferoute.datalayer.serving_config import parse_serving_config
 

@@ -4,6 +4,8 @@ the ticks that scrape."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from inferoute.core.candidates import CandidateRule
@@ -84,12 +86,12 @@ def test_every_dispatch_and_finish_is_seen_within_one_fast_interval():
 def test_load_reported_by_the_server_keeps_it_busy_without_our_requests():
     """Someone else's requests (another gateway replica) show in the page."""
     ticks = Ticks(ScrapePacer(FAST, IDLE, busy=BUSY), _ep())
-    running = lambda now: EndpointMetrics(running=3)  # noqa: E731
+    running = lambda now: EndpointMetrics(running=3)
     ticks.run(1.1, running)
     ticks.scrapes.clear()
     ticks.run(1.5, running)
     assert set(_gaps(ticks)) == {BUSY}
-    waiting = lambda now: EndpointMetrics(running=3, waiting=2)  # noqa: E731
+    waiting = lambda now: EndpointMetrics(running=3, waiting=2)
     ticks.run(0.2, waiting)
     ticks.scrapes.clear()
     ticks.run(1.0, waiting)  # a queue drains without us: fast
@@ -129,7 +131,7 @@ def test_failures_back_off_from_fast_to_the_period():
         if pacer.due(now, ep):
             pacer.failed(now)
             attempts.append(now)
-    gaps = [round(b - a, 3) for a, b in zip(attempts, attempts[1:])]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(attempts)]
     assert gaps[:4] == [0.05, 0.1, 0.2, 0.4]
     assert max(gaps) <= IDLE + FAST
 
