@@ -291,6 +291,34 @@ async def _stream_load(url: str, stop: asyncio.Event, concurrency: int) -> int:
     return done
 
 
+async def _fixed_work(server_pid: int, url: str, requests: int, concurrency: int,
+                      scrape_every: float | None) -> tuple[float, int]:
+    """(server CPU-s, scrapes) while `requests` completions run `concurrency` at a time, with
+    a scrape every `scrape_every` seconds until they are done (None: no scrapes). The same
+    work with and without scrapes: the difference is what the scrapes cost."""
+    body = {"model": "tiny", "prompt": "hello world " * 20, "max_tokens": 32,
+            "ignore_eos": True}
+    left = requests
+    scrapes = 0
+    async with aiohttp.ClientSession() as s:
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                async with s.post(url + "/v1/completions", json=body) as r:
+                    await r.read()
+
+        c0 = cpu_seconds(server_pid)
+        load = asyncio.gather(*(worker() for _ in range(concurrency)))
+        while scrape_every is not None and not load.done():
+            async with s.get(url + "/metrics") as r:
+                await r.read()
+            scrapes += 1
+            await asyncio.sleep(scrape_every)
+        await load
+        return cpu_seconds(server_pid) - c0, scrapes
+
+
 async def _window(server_pid: int, url: str, seconds: float, scrapes: int, loaded: bool,
                   concurrency: int) -> tuple[float, float]:
     """(server CPU-s, wall s) over at least `seconds` with `scrapes` scrapes spread over it
@@ -333,7 +361,19 @@ def vllm(args: argparse.Namespace) -> int:
             page = urllib.request.urlopen(r.url + "/metrics", timeout=10).read()
             print(f"# real vLLM-CPU, one replica; /metrics page {len(page)} bytes; "
                   f"load {os.getloadavg()[0]:.2f}")
-            for loaded in [p == "loaded" for p in args.phases.split(",")]:
+            if "work" in args.phases.split(","):
+                per_k_runs = []
+                for _ in range(args.runs):
+                    base, _ = asyncio.run(_fixed_work(r.child.pid, r.url, args.requests,
+                                                      args.concurrency, None))
+                    with_s, n = asyncio.run(_fixed_work(r.child.pid, r.url, args.requests,
+                                                        args.concurrency, 0.05))
+                    per_k_runs.append((with_s - base) / n * 1000)
+                    print(f"work   {args.requests} requests: no scrapes {base:6.2f} CPU-s, "
+                          f"with {n} scrapes {with_s:6.2f} CPU-s", flush=True)
+                print(f"median under load (same work): "
+                      f"{statistics.median(per_k_runs):.2f} CPU-s per 1,000 scrapes")
+            for loaded in [p == "loaded" for p in args.phases.split(",") if p != "work"]:
                 rows = []
                 for _ in range(args.runs):
                     base, t_base = asyncio.run(_window(r.child.pid, r.url, args.seconds, 0,
@@ -386,7 +426,10 @@ def main() -> int:
     vl.add_argument("--seconds", type=float, default=20.0)
     vl.add_argument("--runs", type=int, default=3)
     vl.add_argument("--concurrency", type=int, default=4)
-    vl.add_argument("--phases", default="idle,loaded", help="idle, loaded or both")
+    vl.add_argument("--phases", default="idle,work",
+                    help="comma-separated: idle (a fixed window), work (the same completions "
+                         "with and without scrapes), loaded (a fixed window under load)")
+    vl.add_argument("--requests", type=int, default=400, help="completions of a 'work' run")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children on the way out
     if args.mode == "vllm":
