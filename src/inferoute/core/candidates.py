@@ -6,10 +6,12 @@ at least one: a replica that froze stops answering /metrics at once and gets no 
 from then on, rather than at the end of the ready window. When none is live, every ready
 endpoint is. Live means scraped, or seen answering a request (first bytes or end), within the
 fresh window: the scheduler's staleness threshold, but never under two scrape periods, else a
-slow scrape period makes every endpoint flicker. The answers count because a busy replica's
-/metrics can run late on a crowded host (vLLM serves it from the process that serves the
-requests): scrape age alone would take the replica that holds a conversation's cache out of
-the candidates just after it answered, and send the next turn elsewhere.
+slow scrape period makes every endpoint flicker; an endpoint the data layer scrapes more slowly
+(idle, or read by no load-sensitive plugin: `Endpoint.scrape_period`) is live for two of its
+own periods. The answers count because a busy replica's /metrics can run late on a crowded
+host (vLLM serves it from the process that serves the requests): scrape age alone would take
+the replica that holds a conversation's cache out of the candidates just after it answered,
+and send the next turn elsewhere.
 
 Without scraping (`ready_window=None`: tests, or a data layer told not to scrape) readiness is
 health alone and nothing is stale.
@@ -61,5 +63,7 @@ class CandidateRule:
         if not prefer_fresh or self.ready_window is None or len(ready) < 2:
             return ready
         window = self.fresh_window(staleness_threshold)
-        live = [ep for ep in ready if ep.is_live(now, window)]
+        live = [ep for ep in ready
+                if ep.is_live(now, window if ep.scrape_period is None
+                              else max(window, 2 * ep.scrape_period))]
         return live or ready

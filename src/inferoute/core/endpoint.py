@@ -59,6 +59,12 @@ class Endpoint:
     #: core time it last sent the gateway an answer's first bytes or its end (None: never):
     #: the gateway's own proof it is alive when a scrape of its /metrics runs late
     answered_at: float | None = None
+    #: dispatches and finishes accounted here so far: the data layer scrapes soon after its
+    #: own traffic changed the endpoint's state
+    books_changes: int = 0
+    #: seconds until the scrape planned after the last one (None: the rule's scrape interval);
+    #: the data layer slows the scrapes of idle endpoints, and liveness follows (`is_live`)
+    scrape_period: float | None = None
     #: the `ip:port` form used in headers, metrics labels and logs (made once: the scheduler
     #: reads it for every candidate of every decision; host and port never change)
     name: str = field(init=False, repr=False)
@@ -96,11 +102,13 @@ class Endpoint:
         """Account a request sent to this endpoint."""
         self.in_flight_requests += 1
         self.in_flight_tokens += prompt_tokens
+        self.books_changes += 1
 
     def on_finish(self, prompt_tokens: int) -> None:
         """Account a request finished (completed, failed or cancelled) on this endpoint."""
         self.in_flight_requests = max(0, self.in_flight_requests - 1)
         self.in_flight_tokens = max(0, self.in_flight_tokens - prompt_tokens)
+        self.books_changes += 1
 
 
 def parse_endpoint(url: str, **kw: object) -> Endpoint:

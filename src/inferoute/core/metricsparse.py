@@ -29,15 +29,20 @@ TYPE line and samples carry it). Several samples of one gauge (data-parallel eng
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
 from .endpoint import EndpointMetrics
 
-__all__ = ["EngineName", "PageHints", "Sample", "detect_engine", "find_samples", "parse_labels",
-           "parse_metrics"]
+__all__ = ["ALL_FIELDS", "EngineName", "MetricField", "PageHints", "Sample", "detect_engine",
+           "find_samples", "parse_labels", "parse_metrics"]
 
 EngineName = Literal["vllm", "sglang", "trtllm"]
+#: the groups of `EndpointMetrics` fields `parse_metrics` can be asked for
+MetricField = Literal["waiting", "running", "kv_usage", "cache_config", "lora", "prefix_cache"]
+ALL_FIELDS: frozenset[MetricField] = frozenset(
+    ("waiting", "running", "kv_usage", "cache_config", "lora", "prefix_cache"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,12 +326,15 @@ def _adapters(raw: str | None) -> tuple[str, ...]:
 
 def parse_metrics(text: str, engine: EngineName | None = None,
                   scraped_at: float | None = None,
-                  hints: PageHints | None = None) -> EndpointMetrics:
+                  hints: PageHints | None = None,
+                  fields: Collection[MetricField] = ALL_FIELDS) -> EndpointMetrics:
     """Normalise one /metrics page; `engine` None detects it from the metric names.
 
     A page with none of the known families gives default (zero) metrics with `scraped_at`
     set: the caller decides whether that is acceptable (see `detect_engine`). Pass the same
-    `hints` for successive pages of one endpoint (see `PageHints`).
+    `hints` for successive pages of one endpoint (see `PageHints`). Only the families of
+    `fields` are looked for (the queue gauge always: it names the served models); the others
+    keep their defaults.
     """
     eng = engine or detect_engine(text) or "vllm"
     fam = FAMILIES[eng]
@@ -335,14 +343,15 @@ def parse_metrics(text: str, engine: EngineName | None = None,
     model_names = tuple(sorted({
         name for s in waiting_samples
         if (name := (hints.labels(s) if hints is not None else s.labels).get("model_name"))}))
-    running = _finite(find_samples(text, fam.running, hints=hints))
+    running = (_finite(find_samples(text, fam.running, hints=hints)) if "running" in fields
+               else [])
     kv: list[float] = []
-    for name in fam.kv_usage:
+    for name in fam.kv_usage if "kv_usage" in fields else ():
         kv = _finite(find_samples(text, name, hints=hints))
         if kv:
             break
     block_size = num_blocks = None
-    if fam.cache_info:
+    if fam.cache_info and "cache_config" in fields:
         for s in find_samples(text, fam.cache_info, hints=hints):
             labels = hints.labels(s) if hints is not None else s.labels
             block_size = _int_label(labels, fam.block_size_label)
@@ -351,7 +360,7 @@ def parse_metrics(text: str, engine: EngineName | None = None,
     max_lora: int | None = None
     running_loras: tuple[str, ...] = ()
     waiting_loras: tuple[str, ...] = ()
-    if fam.lora_info:
+    if fam.lora_info and "lora" in fields:
         newest: Sample | None = None
         for s in find_samples(text, fam.lora_info, hints=hints):
             if newest is None or s.value > newest.value:
@@ -363,7 +372,7 @@ def parse_metrics(text: str, engine: EngineName | None = None,
             running_loras = _adapters(labels.get("running_lora_adapters"))
             waiting_loras = _adapters(labels.get("waiting_lora_adapters"))
     queries = hits = None
-    if fam.prefix_queries:
+    if fam.prefix_queries and "prefix_cache" in fields:
         q = _finite(find_samples(text, fam.prefix_queries, counter=True, hints=hints))
         h = _finite(find_samples(text, fam.prefix_hits, counter=True, hints=hints))
         queries = sum(q) if q else None

@@ -9,6 +9,11 @@ Readiness is the core's `CandidateRule` (ready: healthy and scraped within `read
 default; fresh: scraped within the scheduler's staleness threshold, 200 ms by default), set on
 the router with this layer's scrape settings; `is_ready` and `ready_endpoints` apply it.
 
+Each endpoint's scrapes are paced by what its pool reads (`metric_needs`) and what the
+endpoint is doing (`scrape_pacing`): every `scrapeInterval` while a load-sensitive plugin needs
+fresh metrics and the gateway's own traffic there or its queue just changed, within the
+staleness threshold while it has work, every `scrapeIdleInterval` otherwise.
+
 Per pool it also runs what the pool's scheduler needs beyond metrics: with a
 `precise-prefix-cache-scorer`, the pool's tokenizer and one KV-event subscriber per endpoint
 (`PreciseRouting`); with `redis:` configured, the sharing of prefix indexes and in-flight load
@@ -37,7 +42,9 @@ from ..core.metricsparse import EngineName
 from .precise_pool import PreciseRouting
 from .prefix_share import PrefixShare
 from .scaleout import RedisSharing, share_indexes
+from .metric_needs import ADMISSION_NEEDS, AUTOSCALING_NEEDS, MetricNeeds, needs_of_plugins
 from .scrape import Scraper
+from .scrape_pacing import ScrapePacer
 
 log = logging.getLogger("inferoute.datalayer")
 
@@ -60,6 +67,17 @@ class DataLayer:
         self.scrape = scrape
         self.session: aiohttp.ClientSession | None = None
         self._engines: dict[str, EngineName | None] = {}
+        #: per pool, what its plugins, admission and autoscaling read from the scrapes
+        self.metric_needs: dict[str, MetricNeeds] = {}
+        self._busy_period: dict[str, float] = {}
+        admission = config.admission_config()
+        #: the longest scrape period: four per ready window (one lost scrape never un-readies
+        #: an endpoint) and, with admission, within its staleness threshold (which calls
+        #: older metrics saturated)
+        self._period_cap = config.ready_window / 4
+        if admission is not None:
+            self._period_cap = min(self._period_cap, admission.saturation_detector
+                                   .metrics_staleness_threshold - config.scrape_interval)
         self._scrapers: dict[tuple[str, str], Scraper] = {}
         self._listeners: list[EndpointListener] = []
         self._page_hooks: list[Callable[[str, Endpoint], None]] = []
@@ -84,6 +102,18 @@ class DataLayer:
                 model=pc.model, pool=pool, scheduler=sched,
                 aliases=tuple(pc.aliases), lora_adapters=tuple(pc.lora_adapters)))
             self._engines[pc.model] = None if pc.engine == "auto" else pc.engine
+            needs = needs_of_plugins(sched.plugins.values())
+            if admission is not None:
+                needs |= ADMISSION_NEEDS
+            if config.autoscaling is not None:
+                needs |= AUTOSCALING_NEEDS
+            self.metric_needs[pc.model] = needs
+            threshold = sched.config.saturation_detector.metrics_staleness_threshold
+            if admission is not None:
+                threshold = min(threshold,
+                                admission.saturation_detector.metrics_staleness_threshold)
+            #: a busy endpoint's pages stay younger than the staleness threshold
+            self._busy_period[pc.model] = threshold - config.scrape_interval
         self.router = Router(pools, CandidateRule(config.ready_window if scrape else None,
                                                   config.scrape_interval))
 
@@ -130,9 +160,14 @@ class DataLayer:
     def _start_scraper(self, model: str, ep: Endpoint) -> None:
         if not self.scrape or self.session is None or (model, ep.name) in self._scrapers:
             return
-        scraper = Scraper(ep, interval=self.config.scrape_interval,
-                          timeout=self.config.scrape_timeout, engine=self._engines.get(model),
-                          clock=self.clock, on_page=functools.partial(self._paged, model))
+        cfg, needs = self.config, self.metric_needs[model]
+        pacer = ScrapePacer(cfg.scrape_interval, cfg.scrape_idle_interval,
+                            busy=self._busy_period[model], fresh_load=needs.needs_fresh_load,
+                            period_cap=self._period_cap)
+        scraper = Scraper(ep, interval=cfg.scrape_interval, timeout=cfg.scrape_timeout,
+                          engine=self._engines.get(model), clock=self.clock,
+                          on_page=functools.partial(self._paged, model), pacer=pacer,
+                          fields=needs.parsed)
         self._scrapers[(model, ep.name)] = scraper
         scraper.start()
 

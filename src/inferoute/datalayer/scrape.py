@@ -1,4 +1,6 @@
-"""One asyncio task per endpoint that polls its /metrics and swaps in fresh `EndpointMetrics`.
+"""One asyncio task per endpoint that polls its /metrics and swaps in fresh `EndpointMetrics`,
+as often as its `ScrapePacer` says (see `scrape_pacing`: fast while the pool's plugins need the
+endpoint's load fresh and it changes, slowly when idle).
 
 Each successful scrape replaces `Endpoint.metrics` whole with a new frozen value whose
 `scraped_at` is the monotonic time the page arrived. A failed scrape (refused, timeout,
@@ -21,9 +23,13 @@ import math
 import time
 from typing import Callable
 
+from collections.abc import Collection
+
 from ..core.endpoint import Endpoint
 from ..aiotasks import cancel_tasks
-from ..core.metricsparse import EngineName, PageHints, detect_engine, parse_metrics
+from ..core.metricsparse import (ALL_FIELDS, EngineName, MetricField, PageHints, detect_engine,
+                                 parse_metrics)
+from .scrape_pacing import ScrapePacer
 
 log = logging.getLogger("inferoute.scrape")
 
@@ -122,8 +128,8 @@ def _grid_after(now: float, interval: float) -> float:
 
 
 class Scraper:
-    """Polls `endpoint`'s /metrics every `interval` seconds, at multiples of `interval` on the
-    event loop's clock.
+    """Polls `endpoint`'s /metrics on ticks every `interval` seconds, at multiples of
+    `interval` on the event loop's clock; `pacer` decides which ticks scrape (default: all).
 
     All scrapers with one interval wake at the same instants, so one loop wake-up sends every
     endpoint's request and the replies are read together. Staggered polls cost a wake-up each:
@@ -132,16 +138,22 @@ class Scraper:
     metrics at the same age.
 
     `engine` None detects the engine from the first page that names one and then keeps it.
+    `fields`: the metric families parsed (see `parse_metrics`; `metric_needs` derives them
+    from the pool's plugins).
     """
 
     def __init__(self, endpoint: Endpoint, *, interval: float = 0.05, timeout: float = 1.0,
                  engine: EngineName | None = None, path: str = "/metrics",
                  clock: Callable[[], float] = time.monotonic,
-                 on_page: Callable[[Endpoint], None] | None = None) -> None:
+                 on_page: Callable[[Endpoint], None] | None = None,
+                 pacer: ScrapePacer | None = None,
+                 fields: Collection[MetricField] = ALL_FIELDS) -> None:
         self.endpoint = endpoint
         #: called after every scrape that installed fresh metrics (e.g. the served-model check)
         self.on_page = on_page
         self.interval = interval
+        self.pacer = pacer if pacer is not None else ScrapePacer(interval, interval)
+        self.fields = fields
         self.timeout = timeout
         self.engine = engine
         self.url = endpoint.url + path
@@ -158,6 +170,7 @@ class Scraper:
     async def scrape_once(self) -> bool:
         """One poll; True when fresh metrics were installed."""
         self.scrapes += 1
+        started, books = self.clock(), self.endpoint.books_changes
         try:
             async with asyncio.timeout(self.timeout):
                 status, raw = await self._http.get()
@@ -165,18 +178,21 @@ class Scraper:
             raise
         except (ScrapeError, asyncio.TimeoutError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError, OSError, ValueError) as exc:
-            return self._failed(f"{type(exc).__name__}: {exc}" if str(exc) else
+            return self._failed(started, f"{type(exc).__name__}: {exc}" if str(exc) else
                                 type(exc).__name__)
         if status != 200:
-            return self._failed(f"HTTP {status}")
+            return self._failed(started, f"HTTP {status}")
         text = raw.decode("utf-8", "replace")
         if self.engine is None:
             detected = detect_engine(text)
             if detected is not None:
                 self.engine = detected
                 self.endpoint.engine = detected
-        self.endpoint.metrics = parse_metrics(text, self.engine or self.endpoint.engine,
-                                              scraped_at=self.clock(), hints=self._hints)
+        ep = self.endpoint
+        before = ep.metrics
+        ep.metrics = parse_metrics(text, self.engine or ep.engine, scraped_at=self.clock(),
+                                   hints=self._hints, fields=self.fields)
+        ep.scrape_period = self.pacer.scraped(started, ep, before, books)
         if self.consecutive_failures:
             log.info("metrics of %s are back after %d failed scrapes", self.endpoint.name,
                      self.consecutive_failures)
@@ -186,7 +202,8 @@ class Scraper:
             self.on_page(self.endpoint)
         return True
 
-    def _failed(self, reason: str) -> bool:
+    def _failed(self, started: float, reason: str) -> bool:
+        self.pacer.failed(started)
         self.failures += 1
         self.consecutive_failures += 1
         if self.consecutive_failures == 1:
@@ -195,14 +212,17 @@ class Scraper:
         return False
 
     async def run(self) -> None:
-        """Poll until cancelled, at a fixed rate on the shared grid (a slow scrape delays only
-        its own next poll; one that falls behind skips to the next grid point, never bursts)."""
+        """Tick until cancelled, at a fixed rate on the shared grid, scraping on the ticks the
+        pacer calls due (a slow scrape delays only its own next tick; one that falls behind
+        skips to the next grid point, never bursts)."""
         loop = asyncio.get_running_loop()
         interval = self.interval
         next_at = _grid_after(loop.time(), interval)
+        pacer, ep = self.pacer, self.endpoint
         while True:
             await asyncio.sleep(next_at - loop.time())
-            await self.scrape_once()
+            if pacer.due(self.clock(), ep):
+                await self.scrape_once()
             next_at += interval
             now = loop.time()
             if next_at < now:

@@ -3,7 +3,8 @@
     # inferoute serve --config serving.yaml
     host: 0.0.0.0
     port: 8080
-    scrapeInterval: 50ms        # per-endpoint /metrics scrape period
+    scrapeInterval: 50ms        # per-endpoint /metrics scrape period while fresh load matters
+    scrapeIdleInterval: 1s      # ... otherwise (idle endpoint, or no plugin reads its load)
     scrapeTimeout: 1s
     readyWindow: 5s             # an endpoint is ready while its last good scrape is this recent
     maxBodyBytes: 16777216      # larger request bodies get 413
@@ -65,6 +66,7 @@ from ..core.endpoint import Endpoint, parse_endpoint
 from ..core.health import ActiveCheckSpec, OutlierSpec
 from ..core.errors import ConfigError, explain_validation
 from ..core.scheduling.config import EndpointPickerConfig, parse_config, parse_duration
+from .scrape_pacing import DEFAULT_IDLE_INTERVAL
 
 _CAMEL = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -206,6 +208,10 @@ class ServingConfig(pydantic.BaseModel):
     host: str = "0.0.0.0"
     port: int = pydantic.Field(8080, ge=0, le=65535)
     scrape_interval: float = pydantic.Field(DEFAULT_SCRAPE_INTERVAL, alias="scrapeInterval", gt=0)
+    #: the scrape period of an endpoint whose load nobody needs fresh (docs/gateway.md);
+    #: never below `scrapeInterval` (set them equal for a fixed rate)
+    scrape_idle_interval: float = pydantic.Field(DEFAULT_IDLE_INTERVAL,
+                                                 alias="scrapeIdleInterval", gt=0)
     scrape_timeout: float = pydantic.Field(1.0, alias="scrapeTimeout", gt=0)
     ready_window: float = pydantic.Field(DEFAULT_READY_WINDOW, alias="readyWindow", gt=0)
     max_body_bytes: int = pydantic.Field(16 * 1024 * 1024, alias="maxBodyBytes", ge=1024)
@@ -242,8 +248,8 @@ class ServingConfig(pydantic.BaseModel):
             return None
         return parse_admission_config(self.admission, "the admission section")
 
-    _d = pydantic.field_validator("scrape_interval", "scrape_timeout", "ready_window",
-                                  "drain_timeout", mode="before")(_duration)
+    _d = pydantic.field_validator("scrape_interval", "scrape_idle_interval", "scrape_timeout",
+                                  "ready_window", "drain_timeout", mode="before")(_duration)
 
     @pydantic.model_validator(mode="after")
     def _unique_names(self) -> "ServingConfig":
@@ -290,7 +296,8 @@ def load_serving_config(path: str | Path) -> ServingConfig:
 def config_from_args(args: argparse.Namespace) -> ServingConfig:
     """The serving config from `--config FILE` or `--model/--endpoint` flags.
 
-    With `--config`, the flags `--host`, `--port`, `--scrape-interval` and `--scheduler`
+    With `--config`, the flags `--host`, `--port`, `--scrape-interval`,
+    `--scrape-idle-interval` and `--scheduler`
     (applied to every pool) override the file when given; `--admission FILE` sets (or
     replaces) the admission section.
     """
@@ -315,7 +322,8 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
                            "engine": getattr(args, "engine", None) or "auto",
                            "scheduler": scheduler}]}
         source = "the command line"
-    for key in ("host", "port", "scrape_interval", "tenants", "redis", "semantic"):
+    for key in ("host", "port", "scrape_interval", "scrape_idle_interval", "tenants", "redis",
+                "semantic"):
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value

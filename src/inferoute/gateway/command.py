@@ -69,7 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--host", default=None, help="listen address (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
     p.add_argument("--scrape-interval", type=_duration_arg, default=None, metavar="DURATION",
-                   help="metrics scrape period per endpoint (default 50ms)")
+                   help="metrics scrape period per endpoint while its load matters "
+                        "(default 50ms)")
+    p.add_argument("--scrape-idle-interval", type=_duration_arg, default=None,
+                   metavar="DURATION",
+                   help="scrape period of an idle endpoint, or of every endpoint when no "
+                        "plugin reads load metrics (default 1s; docs/gateway.md)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"))
     p.add_argument("--access-log", action="store_true",

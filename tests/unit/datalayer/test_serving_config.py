@@ -172,3 +172,15 @@ async def test_listeners_follow_endpoints():
     await data.close()
     assert events == [("add", "m", "10.0.0.1:1"), ("add", "m", "10.0.0.2:1"),
                       ("remove", "m", "10.0.0.1:1"), ("remove", "m", "10.0.0.2:1")]
+
+
+def test_scrape_idle_interval_from_the_file_and_the_flag():
+    cfg = parse_serving_config({"scrapeIdleInterval": "2s", "pools": [
+        {"model": "m", "endpoints": ["http://a:1"]}]})
+    assert cfg.scrape_idle_interval == 2.0
+    assert config_from_args(_args(model="m", endpoint=["http://a:1"])).scrape_idle_interval == 1.0
+    flag = config_from_args(_args(model="m", endpoint=["http://a:1"], scrape_idle_interval=0.5))
+    assert flag.scrape_idle_interval == 0.5
+    with pytest.raises(ConfigError, match="scrapeIdleInterval"):
+        parse_serving_config({"scrapeIdleInterval": 0, "pools": [
+            {"model": "m", "endpoints": ["http://a:1"]}]})
