@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -78,6 +78,10 @@ class ShapedLoad(LoadSpec):
         if self.shape == "step":
             return self.peak if t >= 0.25 * d else self.base
         return self.base + (self.peak - self.base) * (1 - math.cos(2 * math.pi * t / d)) / 2
+
+    def rate_at(self, t: float) -> float:
+        """The arrival rate at `t` on the run's clock: the shape's within the load, 0 after."""
+        return self.rate(t) if 0 <= t < self.stages[0].duration else 0.0
 
     def arrivals(self, index: int) -> list[float]:
         stage = self.stages[index]
@@ -155,6 +159,23 @@ class AutoscaleConfig:
     profile_overrides: dict[str, Any] = field(default_factory=dict)
 
 
+class Sync(NamedTuple):
+    """One HPA sync: what it asked for, what served, the metric it read; for the gauge, the
+    arrival rate its estimator forecast, next to the load's true rate then and `horizon`
+    seconds on (what a perfect forecast would have read), so a run shows where the forecast
+    erred."""
+
+    t: float
+    asked: int
+    ready: int
+    metric: float
+    #: the estimator's forecast rate (req/s; NaN for the KV rule)
+    forecast: float
+    #: the load's true rate at t and at t + the gauge's horizon (cold start + one sync)
+    rate: float
+    rate_ahead: float
+
+
 @dataclass(slots=True)
 class AutoscaleResult:
     rule: str
@@ -168,8 +189,8 @@ class AutoscaleResult:
     peak_replicas: int
     virtual_seconds: float
     wall_seconds: float
-    #: (t, replicas asked for, replicas serving, metric value) at every HPA sync
-    timeline: list[tuple[float, int, int, float]] = field(repr=False, default_factory=list)
+    #: every HPA sync
+    timeline: list[Sync] = field(repr=False, default_factory=list)
 
     def row(self) -> dict[str, Any]:
         return {"rule": self.rule, "kv_target": self.kv_target,
@@ -203,18 +224,21 @@ class AutoscaledBench:
         else:
             self.hpa = HorizontalPodAutoscaler(cfg.min_replicas, cfg.max_replicas,
                                                cfg.kv_target, "Value", cfg.scale_down_window)
-        self.timeline: list[tuple[float, int, int, float]] = []
+        self.timeline: list[Sync] = []
 
     # -- what the HPA reads -----------------------------------------------------------------
 
     def _serving(self) -> list[Any]:
         return self.bench.router.pools[self.cfg.model].pool.endpoints()
 
-    def metric(self, now: float) -> float:
+    def metric(self, now: float) -> tuple[float, float]:
+        """The metric's value, and the gauge's forecast arrival rate (NaN for the KV rule)."""
         ready = self._serving()
         if self.estimator is not None:
-            return float(self.estimator.estimate(self.cfg.model, now, ready).desired)
-        return sum(ep.metrics.kv_usage for ep in ready) / len(ready) if ready else 0.0
+            est = self.estimator.estimate(self.cfg.model, now, ready)
+            return float(est.desired), est.arrival_rate
+        kv = sum(ep.metrics.kv_usage for ep in ready) / len(ready) if ready else 0.0
+        return kv, math.nan
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -224,9 +248,11 @@ class AutoscaledBench:
     def _sync(self, now: float) -> None:
         active = self._active()
         ready = sum(1 for r in active if r.ready_at is not None)
-        value = self.metric(now)
+        value, forecast = self.metric(now)
         want = self.hpa.recommend(now, len(active), ready, value)
-        self.timeline.append((now, want, ready, value))
+        load = self.cfg.load
+        self.timeline.append(Sync(now, want, ready, value, forecast, load.rate_at(now),
+                                  load.rate_at(now + self.cfg.cold_start + SYNC_PERIOD)))
         for _ in range(want - len(active)):
             rep = Replica(None, now)
             self.replicas.append(rep)
@@ -265,7 +291,7 @@ class AutoscaledBench:
         ttfts = np.array([rec.ttft for rec in records if rec.ok and rec.ttft is not None])
         failed = sum(1 for rec in records if not rec.ok)
         over = int((ttfts > self.cfg.ttft_target).sum()) + failed
-        peak = max((w for _, w, _, _ in self.timeline), default=self.cfg.initial_replicas)
+        peak = max((s.asked for s in self.timeline), default=self.cfg.initial_replicas)
         return AutoscaleResult(
             rule=self.cfg.rule, kv_target=self.cfg.kv_target if self.cfg.rule == "kv" else None,
             replica_seconds=replica_seconds, requests=len(records), failed=failed,

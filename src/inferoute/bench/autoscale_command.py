@@ -110,6 +110,10 @@ def _at_equal_cost(g: AutoscaleResult, kv: list[AutoscaleResult]) -> str:
     return f"at equal cost: {at_cost}; {at_over}"
 
 
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else round(v, 4)
+
+
 def cmd_autoscale(args: argparse.Namespace) -> int:
     configs = _configs(args)
     if args.jobs > 1:
@@ -125,9 +129,10 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
     if args.output:
         report = {"args": {k: v for k, v in vars(args).items() if k != "func"},
                   "runs": [{**r.row(), "timeline": [
-                      {"t": t, "replicas": w, "ready": rd,
-                       "metric": None if math.isnan(v) else round(v, 4)}
-                      for t, w, rd, v in r.timeline]} for r in results]}
+                      {"t": s.t, "replicas": s.asked, "ready": s.ready,
+                       "metric": _num(s.metric), "forecast": _num(s.forecast),
+                       "rate": _num(s.rate), "rate_ahead": _num(s.rate_ahead)}
+                      for s in r.timeline]} for r in results]}
         Path(args.output).write_text(json.dumps(report, indent=1))
         print(f"report written to {args.output}", file=sys.stderr)
     return 0

@@ -26,8 +26,9 @@ a sliding window of `W` seconds:
               this gateway sent there from its dispatch to its first token: under load
               prefills share steps and each one's TTFT grows, not the replica's speed),
               refit through those at or under it (the lower envelope); the last fit is kept
-              while no request is alone or the line is lost in its noise; with too little
-              spread in u, b is their median TTFT / mean u (all of it counted as prefill)
+              while no request is alone or the line is lost in its noise; before any line
+              (too little spread in u, or too few requests alone), a = 0 and b is their
+              summed TTFT / their summed u (all of it counted as prefill of those prompts)
     O, D      output tokens and decode time (e2e - TTFT) per request
     k         KV cache per running request (sum of scraped KV use / sum of running requests)
     Q         requests waiting in the replicas' queues (scraped)
@@ -465,8 +466,10 @@ class PoolEstimator:
         self._first_arrival: float | None = None
         self._samples: deque[_Sample] = deque(maxlen=spec.max_samples)
         self._kv_per_request = 0.0
-        #: last fit of unqueued TTFT = a + b u (kept while every request queues)
+        #: last fit of unqueued TTFT = a + b u (kept while every request queues), and whether
+        #: it is a line (else a = 0 and b the ratio of their TTFTs to their prompts)
         self._prefill: tuple[float, float] | None = None
+        self._line = False
         self._trend_cache: tuple[int, LocalTrend] | None = None
         #: the seconds of the level shifts `rate_trend` has found (kept for the filters)
         self._shifts: list[int] = []
@@ -569,7 +572,11 @@ class PoolEstimator:
     def _prefill_fit(self, streamed: list[_Sample]) -> tuple[float, float] | None:
         """(a, b) of unqueued TTFT = a + b x uncached tokens, from the requests whose prefill
         had its replica to itself; the last fit when the window has none, or its line is lost
-        in its noise; (median TTFT, 0) while there has been no line (prompts all alike)."""
+        in its noise. While there has been no line (prompts all alike, or too few requests
+        alone: a window's first), a = 0 and b = their summed TTFT / their summed uncached
+        tokens: all of it counted as prefill of those prompts. (The median TTFT over the
+        window's mean prompt was half the speed's worth at the first sync of a 4 req/s start,
+        its one request alone a 1,560-token prompt in a window averaging 3,168.)"""
         pts = [(smp.uncached, smp.ttft) for smp in streamed if smp.unqueued]
         if len(pts) >= 3:
             line = _fit(pts)  # type: ignore[arg-type]
@@ -582,11 +589,11 @@ class PoolEstimator:
             # a prompt-size spread of 16 tokens (a block) at least, and a rising line clear
             # of its standard error (a saturated window's few unqueued requests give neither)
             if line.sxx >= len(pts) * 16 ** 2 and line.slope > TREND_ERRORS * line.slope_error:
-                self._prefill = (max(0.0, line.at(0.0)), line.slope)
-            elif self._prefill is None or self._prefill[1] == 0.0:
-                self._prefill = (quantile((t for _, t in pts), 0.5), 0.0)  # type: ignore[misc]
-        elif pts and self._prefill is None:
-            self._prefill = (quantile((t for _, t in pts), 0.5), 0.0)  # type: ignore[misc]
+                self._prefill, self._line = (max(0.0, line.at(0.0)), line.slope), True
+                return self._prefill
+        if pts and not self._line:
+            ttft = sum(t for _, t in pts)  # type: ignore[misc]
+            self._prefill = (0.0, ttft / max(float(len(pts)), sum(u for u, _ in pts)))
         return self._prefill
 
     def estimate(self, now: float, ready: Iterable[Endpoint]) -> Estimate:
@@ -607,8 +614,6 @@ class PoolEstimator:
         output = sum(smp.output for smp in samples) / n
         a, b = fit
         x = a + b * uncached
-        if b == 0.0:  # no speed measured: the whole unqueued TTFT counts as prefill
-            a, b = 0.0, x / max(uncached, 1.0)
         work = (uncached + output) * b
         wait_moment = b * b * sum(u * u for u in sizes) / n
         unqueued = [a + b * sizes[min(n - 1, int((i + 0.5) * n / SIZE_POINTS))]
@@ -629,7 +634,7 @@ class PoolEstimator:
         desired = self._clamp(math.ceil(max(n_ttft, n_kv) - 1e-9))
         return Estimate(desired=desired, arrival_rate=lam, rate_error=error,
                         unqueued_ttft=x, work=work,
-                        prefill_speed=1 / fit[1] if fit[1] > 0 else None,
+                        prefill_speed=1 / b if self._line and b > 0 else None,
                         rho_max=bound * work / core if core > 0 else 0.0,
                         ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True)
 

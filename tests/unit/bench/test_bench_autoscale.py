@@ -4,6 +4,7 @@ leaving a run, and a whole autoscaled run on the tiny profile."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -109,7 +110,7 @@ def _autoscaled(rule: str, **kw) -> AutoscaleConfig:
 def test_an_autoscaled_run_adds_and_removes_replicas(rule: str) -> None:
     res = run_autoscaled(_autoscaled(rule, kv_target=0.3))
     assert res.requests == 2600 and res.failed == 0
-    asked = [w for _, w, _, _ in res.timeline]
+    asked = [s.asked for s in res.timeline]
     assert max(asked) > 1 and res.peak_replicas == max(asked) <= 6
     assert asked[-1] < max(asked)  # the load fell: the pool shrank
     # replica-seconds: at least one replica all along, at most the peak all along
@@ -118,6 +119,16 @@ def test_an_autoscaled_run_adds_and_removes_replicas(rule: str) -> None:
     if rule == "gauge":
         again = run_autoscaled(_autoscaled(rule))
         assert again.row() == res.row() and again.timeline == res.timeline  # deterministic
+    # each sync shows the load's true rate now and a cold start plus a sync on (0 after the
+    # load), and the gauge's forecast of it (none for the KV rule)
+    load = ShapedLoad.make(2, 50, 100, seed=1)
+    for s in res.timeline:
+        assert s.rate == (load.rate(s.t) if s.t < 100 else 0.0)
+        assert s.rate_ahead == (load.rate(s.t + 30) if s.t + 30 < 100 else 0.0)
+        assert math.isnan(s.forecast) == (rule == "kv")
+    if rule == "gauge":  # the forecast follows the load: highest near its peak (t = 50)
+        top = max(res.timeline, key=lambda s: s.forecast)
+        assert 30 <= top.t <= 75 and top.forecast > 10 * min(s.forecast for s in res.timeline)
 
 
 def test_table_marks_the_best_threshold() -> None:
@@ -168,4 +179,7 @@ def test_the_command_prints_the_table_and_writes_timelines(tmp_path, capsys) -> 
     report = json.loads(out.read_text())
     assert [r["rule"] for r in report["runs"]] == ["gauge", "kv", "kv"]
     assert all(r["requests"] == 630 and r["timeline"] for r in report["runs"])
+    gauge, kv = report["runs"][0]["timeline"], report["runs"][1]["timeline"]
+    assert all(s["forecast"] is not None and (s["rate"] >= 1 or s["t"] >= 60) for s in gauge)
+    assert all(s["forecast"] is None and set(s) == set(gauge[0]) for s in kv)
     assert main([*argv[:-2], "--kv-targets", "1.5"]) == 2  # a utilisation above 1

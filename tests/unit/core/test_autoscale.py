@@ -353,6 +353,27 @@ def test_prefill_speed_from_unqueued_requests_only(make_ep) -> None:
     assert est2.estimate(t + 30, [make_ep(0)]).unqueued_ttft == pytest.approx(0.1)
 
 
+def test_without_a_line_the_speed_is_from_the_requests_alone(make_ep) -> None:
+    """Before a prefill line can be fitted (a window's first requests, most of them queued),
+    the unqueued requests' TTFT over their own uncached tokens is the speed, not their median
+    TTFT over the window's mean prompt: one 1,500-token prompt alone in 0.15 s (10,000
+    tokens/s) among queued 4,500-token ones is 1e-4 s a token, where the median over the
+    mean (4,200) read 3.6e-5, a third of the work."""
+    est = PoolEstimator(AutoscaleSpec(window=60, horizon=0))
+    est.arrived(0.0)
+    est.finished("ep0", 1.0, prompt_tokens=1500, cached_tokens=0, output_tokens=100,
+                 ttft=0.15, e2e=2.0, unqueued=True)
+    for i in range(9):
+        est.arrived(0.5 + i)
+        est.finished("ep0", 2.0 + i, prompt_tokens=4500, cached_tokens=0,
+                     output_tokens=100, ttft=3.0, e2e=5.0, unqueued=False)
+    e = est.estimate(12.0, [make_ep(0)])
+    uncached = (1500 + 9 * 4500) / 10
+    assert e.work == pytest.approx((uncached + 100) * 1e-4)
+    assert e.unqueued_ttft == pytest.approx(uncached * 1e-4)
+    assert e.prefill_speed is None  # a ratio, not a measured line
+
+
 def test_the_window_is_bounded() -> None:
     est = PoolEstimator(AutoscaleSpec(window=10, max_samples=100))
     _feed(est, rate=100, seconds=100)
