@@ -104,6 +104,19 @@ async def wait_ready(metrics_port: int, n: int = 2, timeout: float = 15.0) -> No
     raise AssertionError("endpoints never became ready")
 
 
+async def wait_idle(metrics_port: int, timeout: float = 60.0) -> None:
+    """Until the picker's last scrape of every endpoint shows nothing running or waiting (a
+    scrape taken while a request ran makes its replica look busy to the load scorers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        samples = await scrape(metrics_port)
+        if (metric(samples, "inferoute_endpoint_running_requests")
+                + metric(samples, "inferoute_endpoint_waiting_requests") == 0):
+            return
+        await asyncio_sleep(0.02)
+    raise AssertionError("the endpoints never looked idle")
+
+
 async def asyncio_sleep(t: float) -> None:
     import asyncio
     await asyncio.sleep(t)
@@ -363,7 +376,8 @@ def kit():
     """The helpers above, for the test modules (conftest is not importable by name)."""
     from types import SimpleNamespace
     return SimpleNamespace(EnvoyStream=EnvoyStream, scrape=scrape, metric=metric,
-                           wait_ready=wait_ready, headers_msg=headers_msg, start_epp=start_epp,
+                           wait_ready=wait_ready, wait_idle=wait_idle, headers_msg=headers_msg,
+                           start_epp=start_epp,
                            MODEL=MODEL, FULL_DUPLEX=FULL_DUPLEX, BUFFERED=BUFFERED,
                            StandInApiServer=StandInApiServer, make_pool=make_pool,
                            make_pod=make_pod, NS=NS, start=start)

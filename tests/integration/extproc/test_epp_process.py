@@ -178,6 +178,9 @@ async def test_shared_prefix_sticks_to_one_endpoint(sim, kit, tmp_path):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{p.ports['grpc']}") as channel, \
                 aiohttp.ClientSession() as session:
             for i in range(4):
+                # the prefix's holder must not look busy from a scrape taken while the last
+                # request ran there: the load scorers would then rightly send this one away
+                await kit.wait_idle(p.ports["metrics"])
                 s = kit.EnvoyStream(channel)
                 body = orjson.dumps({"model": "sim-model", "max_tokens": 4, "messages": [
                     {"role": "system", "content": system},
