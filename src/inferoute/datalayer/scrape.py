@@ -21,9 +21,8 @@ import asyncio
 import logging
 import math
 import time
-from typing import Callable
-
 from collections.abc import Collection
+from typing import Callable
 
 from ..core.endpoint import Endpoint
 from ..aiotasks import cancel_tasks
