@@ -12,7 +12,11 @@ For every candidate endpoint the scorer predicts, in KV blocks of `blockSizeToke
   output each. It comes from the gateway's own dispatch/finish bookkeeping, so it is never
   stale; `D'` is the same with this request added;
 - **queued prefill** `Q`: prompt tokens sent there and probably not yet prefilled, drained at
-  `prefillTokensPerSecond` (a fluid queue): what this request would wait behind;
+  `prefillTokensPerSecond` (a fluid queue): what this request would wait behind. It never
+  exceeds the uncached prompt tokens of the requests there that have not sent their first
+  token yet (the gateway sees it), so an endpoint faster than the assumed rate does not pile
+  up a queue it has long served: one that did looked busier than a replica that had just
+  joined, which then took far more than its share (the flood of docs/benchmark.md);
 - **decode work** `W`: the blocks the requests in flight there read at every decode step at
   their peak, a shared prompt block once per request (`W'` with this request).
 
@@ -86,6 +90,8 @@ class _InFlight:
     work: int
     #: prompt blocks past `maxPrefixBlocks` (not hashed, never shared)
     tail: int = 0
+    #: uncached prompt tokens while the request waits for its first token (0 after it)
+    prefill: int = 0
 
 
 @dataclass(slots=True)
@@ -100,6 +106,9 @@ class _EndpointState:
     tail: int = 0
     queue: float = 0.0
     queue_at: float = 0.0
+    #: uncached prompt tokens of the requests in flight without a first token yet: the most
+    #: the fluid queue can hold
+    pending: int = 0
 
     @property
     def demand(self) -> int:
@@ -107,9 +116,17 @@ class _EndpointState:
         return len(self.blocks) + self.out_blocks + self.tail
 
     def queued(self, now: float, rate: float) -> float:
-        """Prefill tokens still queued at `now` (fluid drain since the last update)."""
-        left = self.queue - rate * max(0.0, now - self.queue_at)
+        """Prefill tokens still queued at `now`: the fluid drain since the last update, at
+        most what still waits for a first token."""
+        left = min(self.queue - rate * max(0.0, now - self.queue_at), self.pending)
         return max(0.0, left)
+
+    def prefilled(self, now: float, rate: float, tokens: int) -> None:
+        """A request's `tokens` of prefill are over (its first token, or its end)."""
+        self.queue = self.queued(now, rate)
+        self.queue_at = now
+        self.pending = max(0, self.pending - tokens)
+        self.queue = min(self.queue, self.pending)
 
 
 @register
@@ -238,7 +255,7 @@ class PredictiveCostScorer(BasePlugin):
             matched_here[name] = m
             tokens[name] = m * bs
             demand = len(st.blocks) + st.out_blocks + st.tail + prompt_blocks - held + out_blocks
-            queued = st.queue - rate * max(0.0, now - st.queue_at)
+            queued = min(st.queue - rate * max(0.0, now - st.queue_at), st.pending)
             cost = (alpha * demand + (1.0 - alpha) * (st.work + own)
                     + (prefill_w + far) * max(0, prompt_blocks - m)
                     + (queue_w * (queued / bs) if queued > 0.0 else 0.0))
@@ -304,12 +321,13 @@ class PredictiveCostScorer(BasePlugin):
         st.work += data["prompt_blocks"] + data["out_blocks"]
         st.queue = st.queued(ctx_now, p.prefill_tokens_per_second) + prefill
         st.queue_at = ctx_now
+        st.pending += int(prefill)
         self._flying[request.request_id] = _InFlight(name, hashes, data["out_blocks"],
                                                      data["prompt_blocks"] + data["out_blocks"],
-                                                     data["tail"])
+                                                     data["tail"], int(prefill))
         while len(self._flying) > MAX_TRACKED:
             _, old = self._flying.popitem(last=False)
-            self._release(old)
+            self._release(old, ctx_now)
         cap = self._capacity(ep)
         if hashes:
             self.index.insert(name, hashes, cap)
@@ -318,7 +336,14 @@ class PredictiveCostScorer(BasePlugin):
         self.index.insert(name, [xxh64_intdigest(b"out", (seed + i) & _MASK64)
                                  for i in range(data["out_blocks"])], cap)
 
-    def _release(self, rec: _InFlight) -> None:
+    def _prefilled(self, rec: _InFlight, now: float) -> None:
+        st = self._state.get(rec.endpoint)
+        if st is not None and rec.prefill:
+            st.prefilled(now, self.params.prefill_tokens_per_second, rec.prefill)
+        rec.prefill = 0
+
+    def _release(self, rec: _InFlight, now: float) -> None:
+        self._prefilled(rec, now)
         st = self._state.get(rec.endpoint)
         if st is None:
             return
@@ -344,15 +369,20 @@ class PredictiveCostScorer(BasePlugin):
         if rec is None or rec.endpoint == endpoint.name:
             return
         # a fallback served it: move the accounting (the index keeps the wrong guess; it ages out)
-        self._release(self._flying.pop(request.request_id))
+        self._release(self._flying.pop(request.request_id), now)
         ctx = CycleContext(now=now, rng=None, data={})  # type: ignore[arg-type]
         self._account(now, request, endpoint, self._cycle(ctx, request))
+
+    def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        rec = self._flying.get(request.request_id)
+        if rec is not None:
+            self._prefilled(rec, now)
 
     def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
                     usage: dict[str, Any] | None) -> None:
         rec = self._flying.pop(request.request_id, None)
         if rec is not None:
-            self._release(rec)
+            self._release(rec, now)
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         self.index.remove_endpoint(endpoint.name)

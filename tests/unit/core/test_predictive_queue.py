@@ -1,0 +1,91 @@
+"""`predictive-cost-scorer`'s prefill queue: a fluid drain at the assumed rate, never more than
+the uncached prompt tokens still waiting for a first token. An endpoint that prefills faster
+than the assumed rate must not look busier than one that just joined: it did, and the new
+replica took far more than its share (docs/benchmark.md, the flood under autoscaling)."""
+
+import random
+
+import pytest
+
+from inferoute.core.endpoint import Endpoint, EndpointMetrics
+from inferoute.core.plugins.predictive_cost_scorer import PredictiveCostScorer
+from inferoute.core.request import InferenceRequest, parse_request
+from inferoute.core.scheduling.framework import CycleContext
+
+BLOCK_CHARS = 64  # 16 tokens x 4 characters: one KV block of prompt text
+RATE = 1_600.0  # assumed prefill tokens/s: 100 blocks a second
+
+
+def _req(rid: str, blocks: int = 10) -> InferenceRequest:
+    text = (rid * (blocks * BLOCK_CHARS))[:blocks * BLOCK_CHARS]
+    return parse_request("completions", {"model": "m", "prompt": text, "max_tokens": 16}, {},
+                         request_id=rid)
+
+
+def _ctx(now: float) -> CycleContext:
+    return CycleContext(now=now, rng=random.Random(0))
+
+
+def _scorer() -> tuple[PredictiveCostScorer, list[Endpoint]]:
+    s = PredictiveCostScorer(params=PredictiveCostScorer.Params(
+        prefill_weight=0.0, queue_weight=1.0, overflow_weight=0.0,
+        prefill_tokens_per_second=RATE))
+    eps = [Endpoint(host=f"10.0.0.{i}", port=8000,
+                    metrics=EndpointMetrics(num_blocks=100_000, block_size=16, scraped_at=0.0))
+           for i in range(2)]
+    return s, eps
+
+
+def _send(s: PredictiveCostScorer, ep: Endpoint, rid: str, now: float) -> InferenceRequest:
+    r = _req(rid)
+    s._account(now, r, ep, s._cycle(_ctx(now), r))
+    return r
+
+
+def _queued(s: PredictiveCostScorer, ep: Endpoint, now: float) -> float:
+    return s._st(ep.name).queued(now, RATE)
+
+
+def test_the_queue_drains_at_the_assumed_rate_while_no_first_token_has_come() -> None:
+    s, eps = _scorer()
+    for i in range(4):
+        _send(s, eps[0], f"a{i}", 0.0)
+    assert _queued(s, eps[0], 0.0) == pytest.approx(4 * 160)
+    assert _queued(s, eps[0], 0.25) == pytest.approx(4 * 160 - 400)
+    assert _queued(s, eps[0], 1.0) == 0.0
+
+
+def test_first_tokens_empty_the_queue_of_an_endpoint_faster_than_assumed() -> None:
+    s, eps = _scorer()
+    sent = [_send(s, eps[0], f"a{i}", 0.0) for i in range(20)]  # 3,200 tokens: 2 s assumed
+    for r in sent[:15]:
+        s.on_first_token(r, eps[0], 0.1)
+    # the fluid model still owes 3,200 - 160 tokens; only 5 requests (800 tokens) wait
+    assert _queued(s, eps[0], 0.1) == pytest.approx(5 * 160)
+    for r in sent[15:]:
+        s.on_first_token(r, eps[0], 0.2)
+    assert _queued(s, eps[0], 0.2) == 0.0
+    # a request that ends without a first token (an error, a non-streamed reply) frees it too
+    late = _send(s, eps[0], "late", 0.3)
+    assert _queued(s, eps[0], 0.3) == pytest.approx(160)
+    s.on_finished(late, eps[0], 0.3, None)
+    assert _queued(s, eps[0], 0.3) == 0.0
+    # a first token after the end, or twice, changes nothing
+    s.on_first_token(late, eps[0], 0.4)
+    s.on_first_token(sent[0], eps[0], 0.4)
+    assert s._st(eps[0].name).pending == 0
+
+
+def test_a_new_endpoint_does_not_look_cheaper_than_a_served_busy_one() -> None:
+    s, eps = _scorer()
+    # endpoint 0 served 200 prefills in 1 s (20x the assumed rate); all sent their first token
+    for i in range(200):
+        r = _send(s, eps[0], f"a{i}", i / 200)
+        s.on_first_token(r, eps[0], i / 200 + 0.004)
+    s._st(eps[1].name)  # endpoint 1 has just joined: nothing in flight
+    c = s.costs(_ctx(1.0), _req("new"), eps)
+    # both queues are empty: the costs differ only by the KV demand still decoding on 0
+    demand = s._st(eps[0].name).demand
+    assert c[0] - c[1] == pytest.approx(demand)
+    # the fluid queue alone would still owe 200 x 160 - 1,600 tokens there (1,875 blocks)
+    assert _queued(s, eps[0], 1.0) == 0.0
