@@ -58,6 +58,7 @@ from ..core.admission import AdmissionConfig, AdmissionController, FlowControlSp
 from ..core.admission.slot_feed import SlotFeed
 from ..core.candidates import DEFAULT_READY_WINDOW, CandidateRule
 from ..core.endpoint import Endpoint, EndpointMetrics, Pool
+from ..core.errors import BadRequest
 from ..core.kvindex import apply_engine_events
 from ..core.plugins.precise_prefix_cache_scorer import precise_scorers
 from ..core.lifecycle import RequestLifecycle, Respond, SendUpstream, Wait
@@ -363,7 +364,18 @@ class VirtualBench:
             self._push(now + ADMISSION_TICK, _TICK, None)
 
     def _engine_in(self, i: int, req: Any, now: float) -> None:
-        self.engines[i].add_request(req, now)
+        try:
+            self.engines[i].add_request(req, now)
+        except BadRequest as e:
+            # the engine answers 400 (a prompt longer than its context, say), as a real
+            # server does: the request fails and the run goes on
+            entry = self._live.pop(req.request_id)
+            entry.record.error = f"400 {e.error_type}: {e.message}"
+            entry.record.end = now
+            entry.lifecycle.upstream_answered(now, 400, final=True)
+            entry.lifecycle.end(now)
+            self._request_over(now)
+            return
         if not self._busy[i]:
             self._step(i, now)
 

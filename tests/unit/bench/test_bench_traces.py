@@ -92,3 +92,20 @@ def test_cli_replays_a_trace_and_rejects_mixed_arguments(tmp_path, capsys) -> No
     assert report["config"]["load"]["type"] == "trace"
     assert main(["bench", "sim", "--trace", str(AZURE), "--stages", "5:5", "--quiet"]) == 2
     assert "no --workload, --param or --stages" in capsys.readouterr().err
+
+
+def test_a_request_longer_than_the_context_fails_alone(tmp_path) -> None:
+    # a real trace has prompts past a model's context: the engine answers 400, the run goes on
+    f = tmp_path / "t.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"timestamp": 0, "input_length": 300, "output_length": 5, "hash_ids": [1]},
+        {"timestamp": 100, "input_length": 2000, "output_length": 5, "hash_ids": [1, 2, 3, 4]},
+        {"timestamp": 200, "input_length": 400, "output_length": 5, "hash_ids": [1]},
+    ]) + "\n")
+    wl, load = load_trace(f, block_tokens=512)
+    res = run_virtual(SimConfig(policy="inferoute", replicas=2, profile="tiny", workload=wl,
+                                load=load, seed=0))  # tiny: a 1,024-token context
+    recs = sorted(res.records[0], key=lambda r: r.start)
+    assert [r.ok for r in recs] == [True, False, True]
+    assert recs[1].error.startswith("400 invalid_request_error: This model's maximum context")
+    assert res.stages[0]["metrics"]["requests"]["failures"] == 1
