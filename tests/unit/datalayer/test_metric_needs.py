@@ -48,6 +48,7 @@ WAS: dict[str | None, tuple[set[str], set[str]]] = {
 
 
 def test_every_packaged_policy_is_in_the_table():
+    """A new packaged policy adds its row (what it should read) to `WAS`."""
     assert set(WAS) == {None, *packaged_policies()}
 
 
