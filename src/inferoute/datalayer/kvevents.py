@@ -388,9 +388,10 @@ class KVEventManager:
             return None
         sub = self.subscribers.get(ep.name)
         if sub is None:
+            pub: str | None
             pub, replay = self.config.addresses(ep)
             if self.config.bind is not None:
-                self._bind()
+                self._bind(self.config.bind)
                 pub = None
             sub = KVEventSubscriber(ep.name, self.index, pub, replay, topic=self.config.topic,
                                     replay_timeout=self.config.replay_timeout)
@@ -400,18 +401,18 @@ class KVEventManager:
                      pub or f"{self.config.bind} (bound)", replay)
         return sub
 
-    def _bind(self) -> None:
+    def _bind(self, address: str) -> None:
         if self._bound is not None:
             return
         sock = zmq.asyncio.Context.instance().socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.SUBSCRIBE, self.config.topic.encode())
-        sock.bind(self.config.bind)
+        sock.bind(address)
         self._bound = sock
         self._reader = asyncio.get_running_loop().create_task(self._route(sock),
                                                               name="kv-events bound")
-        log.info("KV events: bound %s for the engines to connect to", self.config.bind)
+        log.info("KV events: bound %s for the engines to connect to", address)
 
     async def _route(self, sock: zmq.asyncio.Socket) -> None:
         warned: set[str] = set()

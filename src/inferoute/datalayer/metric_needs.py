@@ -12,23 +12,24 @@ is worth paying depends on what the pool's plugins read from `EndpointMetrics`:
 - a plugin that reads only the gateway's own bookkeeping (in-flight requests, the prefix
   index it builds from the prompts it routed) reads nothing from the page.
 
-`PLUGIN_NEEDS` declares this per plugin type (keyed by the type name, as in an
-EndpointPickerConfig); a type missing from it is assumed to read every field fresh, so a new
-plugin is never starved of metrics. Admission (the saturation detector reads the queue and KV
-usage, and calls metrics older than its threshold saturated) and the autoscaling gauge add
-their own needs.
+Each plugin class declares what it reads in the core's names (`metric_reads`, a
+`core.scheduling.metric_reads.MetricReads`, written next to the code that reads); a plugin that
+declares nothing (a third-party one) is assumed to read every field fresh, so it is never
+starved of metrics. Admission (the saturation detector reads the queue and KV usage, and calls
+metrics older than its threshold saturated) and the autoscaling gauge add their own needs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..core.metricsparse import ALL_FIELDS
 from ..core.metricsparse import MetricField as Field
+from ..core.scheduling.metric_reads import MetricReads
 
-__all__ = ["ADMISSION_NEEDS", "ALWAYS_PARSED", "AUTOSCALING_NEEDS", "PLUGIN_NEEDS", "MetricNeeds",
+__all__ = ["ADMISSION_NEEDS", "ALWAYS_PARSED", "AUTOSCALING_NEEDS", "MetricNeeds", "needs_of",
            "needs_of_plugins"]
 
 #: parsed on every page whatever the plugins read: the queue gauge carries the served model
@@ -54,78 +55,29 @@ class MetricNeeds:
         return bool(self.fresh & _LOAD)
 
 
-def _fresh(*fields: Field) -> MetricNeeds:
-    return MetricNeeds(frozenset(fields), ALWAYS_PARSED | frozenset(fields))
-
-
-def _static(*fields: Field) -> MetricNeeds:
-    return MetricNeeds(frozenset(), ALWAYS_PARSED | frozenset(fields))
-
-
 _NOTHING = MetricNeeds()
-
-
-def _predictive_cost(params: Any) -> MetricNeeds:
-    """predictive-cost-scorer: KV capacity always; queue and KV usage only when weighted."""
-    needs = _static("cache_config")
-    if getattr(params, "waiting_weight", 1.0):
-        needs |= _fresh("waiting")
-    if getattr(params, "usage_weight", 1.0):
-        needs |= _fresh("kv_usage")
-    return needs
-
-
-def _prefix_cache(params: Any) -> MetricNeeds:
-    """prefix-cache-scorer: the cache config only to size its index (`autoTune`)."""
-    return _static("cache_config") if getattr(params, "auto_tune", True) else _NOTHING
-
-
-#: per plugin type: what it reads from `Endpoint.metrics` (a value, or a function of the
-#: plugin's validated parameters). Read off each plugin's code; types not listed read all.
-PLUGIN_NEEDS: dict[str, MetricNeeds | Callable[[Any], MetricNeeds]] = {
-    "queue-scorer": _fresh("waiting"),
-    "load-aware-scorer": _fresh("waiting"),
-    "kv-cache-utilization-scorer": _fresh("kv_usage"),
-    "running-requests-size-scorer": _fresh("running"),
-    "lora-affinity-scorer": _fresh("lora", "waiting", "running"),
-    "latency-slo-scorer": _fresh("waiting", "kv_usage"),
-    "predictive-cost-scorer": _predictive_cost,
-    "prefix-cache-scorer": _prefix_cache,
-    "precise-prefix-cache-scorer": _static("cache_config"),
-    "dynamo-kv-scorer": _static("cache_config"),
-    "capacity-placement-scorer": _static("cache_config"),
-    "kv-fit-filter": _static("cache_config"),
-    # the gateway's own bookkeeping, the request or the labels only
-    "approx-prefix-cache-producer": _NOTHING,
-    "decode-filter": _NOTHING,
-    "prefill-filter": _NOTHING,
-    "in-flight-scorer": _NOTHING,
-    "inflight-load-producer": _NOTHING,
-    "label-selector-filter": _NOTHING,
-    "max-score-picker": _NOTHING,
-    "pd-profile-handler": _NOTHING,
-    "prefix-cache-affinity-filter": _NOTHING,
-    "random-picker": _NOTHING,
-    "round-robin-picker": _NOTHING,
-    "session-affinity-scorer": _NOTHING,
-    "sglang-cache-aware-scorer": _NOTHING,
-    "token-load-scorer": _NOTHING,
-    "weighted-random-picker": _NOTHING,
-}
-
-#: the saturation detector and flow control (admission on): queue depth and KV usage
-ADMISSION_NEEDS = _fresh("waiting", "kv_usage")
-#: the autoscaling gauge: the pool's load and its prefix-cache hit rate
-AUTOSCALING_NEEDS = _fresh("waiting", "running", "kv_usage") | _static("prefix_cache")
 _EVERYTHING = MetricNeeds(ALL_FIELDS, ALL_FIELDS)
 
 
-def needs_of_plugins(plugins: Iterable[Any],
-                     table: Mapping[str, MetricNeeds | Callable[[Any], MetricNeeds]]
-                     = PLUGIN_NEEDS) -> MetricNeeds:
-    """The union of what `plugins` (configured plugin objects: `type_name`, `params`) read."""
+def needs_of(reads: MetricReads | None, params: Any = None) -> MetricNeeds:
+    """What a plugin declaring `reads` and configured with `params` needs scraped; None (it
+    declares nothing) reads everything fresh."""
+    if reads is None:
+        return _EVERYTHING
+    reads = reads.with_params(params)
+    return MetricNeeds(reads.fresh, ALWAYS_PARSED | reads.fresh | reads.static)
+
+
+def needs_of_plugins(plugins: Iterable[Any]) -> MetricNeeds:
+    """The union of what `plugins` (configured plugin objects: `metric_reads`, `params`) read."""
     needs = _NOTHING
     for plugin in plugins:
-        entry = table.get(getattr(plugin, "type_name", ""), _EVERYTHING)
-        needs |= entry(getattr(plugin, "params", None)) if callable(entry) else entry
+        needs |= needs_of(getattr(plugin, "metric_reads", None), getattr(plugin, "params", None))
     return needs
+
+
+#: the saturation detector and flow control (admission on): queue depth and KV usage
+ADMISSION_NEEDS = needs_of(MetricReads(fresh=("waiting", "kv_usage")))
+#: the autoscaling gauge: the pool's load and its prefix-cache hit rate
+AUTOSCALING_NEEDS = needs_of(MetricReads(fresh=("waiting", "running", "kv_usage"),
+                                         static=("prefix_cache",)))

@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import msgpack
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import DataError, RedisError
+from redis.typing import EncodableT, FieldT
 
 from ..aiotasks import cancel_tasks
 from ..core.endpoint import Endpoint
@@ -63,7 +64,7 @@ class _Outbox:
         self.outbox.append(op)
 
     def drain(self, limit: int = 10_000) -> list[Op]:
-        out = []
+        out: list[Op] = []
         while self.outbox and len(out) < limit:
             out.append(self.outbox.popleft())
         return out
@@ -178,7 +179,8 @@ class PrefixShare:
         self.block_ms = block_ms
         self.clock = clock  # the scheduler's clock: remote predictions expire in local time
         self._origin = self.replica_id.encode()
-        self._last_id = "0"  # read the capped stream from its start: late joiners catch up
+        #: the last entry read; "0" reads the capped stream from its start: late joiners catch up
+        self._last_id: bytes | str = "0"
         self._remote: dict[str, tuple[int, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -249,8 +251,11 @@ class PrefixShare:
         """Apply the other replicas' new stream entries; returns ops applied."""
         assert self.index is not None
         resp = await self.client.xread({self.stream: self._last_id}, count=500, block=block_ms)
+        if not isinstance(resp, list):  # RESP3 maps stream -> entries, in shapes that vary
+            raise DataError(f"XREAD replied a {type(resp).__name__}: prefix sharing reads RESP2 "
+                            "replies (a list of [stream, entries]); connect without protocol=3")
         n = 0
-        for _stream, entries in resp or ():
+        for _stream, entries in resp:
             for entry_id, fields in entries:
                 self._last_id = entry_id
                 if fields.get(b"o") == self._origin:
@@ -273,7 +278,7 @@ class PrefixShare:
         """Publish this replica's in-flight counts and add the others' to the endpoints."""
         assert self.endpoints is not None
         eps = list(self.endpoints())
-        mine: dict[str, str] = {}
+        mine: dict[FieldT, EncodableT] = {}  # the client's key and value types (invariant)
         for ep in eps:
             rr, rt = self._remote.get(ep.name, (0, 0))
             mine[ep.name] = (f"{max(0, ep.in_flight_requests - rr)},"

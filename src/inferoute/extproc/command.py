@@ -104,7 +104,7 @@ def _admission_config(args: argparse.Namespace, config: ServingConfig) -> Admiss
     if args.admission:
         return load_admission_config(args.admission)
     spec = config.pools[0].scheduler_config().saturation_detector
-    return AdmissionConfig(saturationDetector=spec)
+    return AdmissionConfig(saturation_detector=spec)
 
 
 def _serving_config(args: argparse.Namespace) -> ServingConfig:

@@ -224,7 +224,7 @@ def main(args: argparse.Namespace) -> int:
     return 0 if res.errors == 0 else 1
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     o = sub.add_parser(
         "overhead", help="measure the latency the gateway adds and the scheduling decision time",
         description="Start a stand-in model server and the gateway in front of it, send "

@@ -183,9 +183,9 @@ class StandIn:
                          "choices": [choice]}
                 await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
             if (body.get("stream_options") or {}).get("include_usage"):
-                final = {"id": rid, "object": "chat.completion.chunk" if chat
-                         else "text_completion", "created": created,
-                         "model": body.get("model"), "choices": [], "usage": usage}
+                final: dict[str, Any] = {
+                    "id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                    "created": created, "model": body.get("model"), "choices": [], "usage": usage}
                 await resp.write(b"data: " + orjson.dumps(final) + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()

@@ -9,6 +9,7 @@ import asyncio
 import logging
 
 import pytest
+from redis.exceptions import RedisError
 
 from inferoute.aiotasks import cancel_tasks
 from inferoute.datalayer.prefix_share import PrefixShare, SharedPrefixIndex
@@ -92,3 +93,19 @@ async def test_cancel_tasks_collects_failures_without_raising():
     await asyncio.sleep(0)
     await cancel_tasks(task)  # no "exception was never retrieved", no raise
     assert isinstance(task.exception(), ValueError)
+
+
+class Resp3Client:
+    """XREAD answers in RESP3's shape, a map of stream -> entries."""
+
+    async def xread(self, *_a: object, **_kw: object) -> dict[bytes, list[object]]:
+        return {b"inferoute:prefix:m": [(b"1-0", {b"o": b"other", b"b": b"\x90"})]}
+
+
+async def test_a_reply_in_resp3s_shape_is_a_redis_error():
+    """Prefix sharing reads RESP2 replies; another shape raises a `RedisError`, which the read
+    loop's guard counts, logs and retries, not an unpacking error that ends the read task."""
+    share = PrefixShare(Resp3Client(), "m", SharedPrefixIndex())  # type: ignore[arg-type]
+    with pytest.raises(RedisError, match="protocol=3"):
+        await share.poll()
+    assert share.applied == 0

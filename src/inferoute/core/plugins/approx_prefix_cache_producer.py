@@ -23,6 +23,8 @@ class ApproxPrefixCacheProducer(PrefixCacheScorer):
     so llm-d's configs load unchanged; `maxPrefixTokensToMatch` gives the cap in tokens."""
 
     type_name = "approx-prefix-cache-producer"
+    #: the same index as `prefix-cache-scorer`, sized by the cache config the same way
+    metric_reads = PrefixCacheScorer.metric_reads
 
     class Params(PrefixCacheScorer.Params):
         max_prefix_tokens_to_match: int | None = pydantic.Field(None, ge=1, le=1_048_576)

@@ -44,6 +44,7 @@ import pydantic
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, block_hashes
 from .common import BasePlugin, FamilyParams, PluginParams, kv_capacity_tokens
@@ -77,6 +78,7 @@ class CapacityPlacementScorer(BasePlugin):
     """A family's homes score 1; a new home only when spilling costs less prefill than waiting."""
 
     type_name = "capacity-placement-scorer"
+    metric_reads = MetricReads(static=("cache_config",))
 
     class Params(FamilyParams):
         spill: bool = pydantic.Field(

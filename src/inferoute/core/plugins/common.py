@@ -11,6 +11,7 @@ from pydantic.alias_generators import to_camel
 from ..endpoint import Endpoint
 from ..errors import ConfigError
 from ..scheduling.framework import DataKey, Scorer
+from ..scheduling.metric_reads import MetricReads
 
 __all__ = ["BasePlugin", "bound_plugin", "FamilyParams", "inverted_min_max", "kv_capacity_tokens",
            "PickerParams", "PluginParams"]
@@ -70,6 +71,9 @@ class BasePlugin:
     #: the cycle data it writes and reads (see `DataKey`); checked when a config loads
     produces: Sequence[DataKey[Any]] = ()
     consumes: Sequence[DataKey[Any]] = ()
+    #: the scraped metric groups it reads (`MetricReads`), which the data layer parses and
+    #: keeps fresh; None (undeclared) counts as reading all of them fresh
+    metric_reads: ClassVar[MetricReads | None] = None
 
     def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
         self.name = name or self.type_name

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin
 
@@ -16,6 +17,7 @@ class DecodeFilter(BasePlugin):
     """Keeps endpoints that can decode: role `decode` or `both`."""
 
     type_name = "decode-filter"
+    metric_reads = MetricReads()
 
     def filter(self, ctx: CycleContext, request: InferenceRequest,
                endpoints: list[Endpoint]) -> list[Endpoint]:

@@ -25,6 +25,7 @@ import pydantic
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, PromptKeys, request_keys
 from .common import BasePlugin, PluginParams, inverted_min_max
@@ -38,6 +39,7 @@ class DynamoKvScorer(BasePlugin):
     """Lowest (overlap weight x uncached prefill blocks + active decode blocks) wins."""
 
     type_name = "dynamo-kv-scorer"
+    metric_reads = MetricReads(static=("cache_config",))
 
     class Params(PluginParams):
         overlap_score_weight: float = pydantic.Field(1.0, ge=0.0)

@@ -12,6 +12,7 @@ from typing import Literal, Sequence
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams, inverted_min_max
 
@@ -23,6 +24,7 @@ class InFlightScorer(BasePlugin):
     """Fewer requests (or prompt tokens) in flight from this gateway scores higher."""
 
     type_name = "in-flight-scorer"
+    metric_reads = MetricReads()
 
     class Params(PluginParams):
         by: Literal["requests", "tokens"] = "requests"

@@ -29,6 +29,7 @@ import pydantic
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams, bound_plugin
 from .prefix_match import MATCHED_TOKENS, uncached_tokens
@@ -91,6 +92,7 @@ class InFlightLoadProducer(BasePlugin):
     at the first token."""
 
     type_name = "inflight-load-producer"
+    metric_reads = MetricReads()
 
     class Params(PluginParams):
         accounting: Literal["request", "prefill"] = "request"

@@ -9,6 +9,7 @@ from typing import Sequence
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin
 
@@ -20,6 +21,7 @@ class KvCacheUtilizationScorer(BasePlugin):
     """More free KV cache scores higher: 1 - usage."""
 
     type_name = "kv-cache-utilization-scorer"
+    metric_reads = MetricReads(fresh=("kv_usage",))
 
     def score(self, ctx: CycleContext, request: InferenceRequest,
               endpoints: list[Endpoint]) -> Sequence[float]:

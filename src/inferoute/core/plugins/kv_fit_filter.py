@@ -52,6 +52,7 @@ import pydantic
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, request_keys
 from .common import BasePlugin, FamilyParams, PluginParams, kv_capacity_tokens
@@ -100,6 +101,7 @@ class KvFitFilter(BasePlugin):
     """Keeps the endpoint a request's KV need was reserved on (or fits); a release rule."""
 
     type_name = "kv-fit-filter"
+    metric_reads = MetricReads(static=("cache_config",))
 
     class Params(FamilyParams):
         output_share: float = pydantic.Field(

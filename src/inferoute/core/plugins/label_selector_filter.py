@@ -14,6 +14,7 @@ import pydantic
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
 
@@ -50,6 +51,7 @@ class LabelSelectorFilter(BasePlugin):
     """Keeps endpoints whose labels satisfy `matchLabels` and every `matchExpressions` entry."""
 
     type_name = "label-selector-filter"
+    metric_reads = MetricReads()
 
     class Params(PluginParams):
         match_labels: dict[str, str] = pydantic.Field(default_factory=dict)

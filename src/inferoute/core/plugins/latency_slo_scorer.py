@@ -39,6 +39,7 @@ from ..latency_model import (EndpointLoad, ErrorWindow, Features, LatencyModel,
                              pool_features, predict_pool)
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from ..slo import TPOT_HEADER, TTFT_HEADER, slo_targets
 from .common import BasePlugin, PluginParams
@@ -129,6 +130,7 @@ class LatencySloScorer(BasePlugin):
     """Predicted TTFT / TPOT against the request's targets (see module docstring)."""
 
     type_name = "latency-slo-scorer"
+    metric_reads = MetricReads(fresh=("waiting", "kv_usage"))
 
     class Params(PluginParams):
         default_ttft_ms: float | None = pydantic.Field(

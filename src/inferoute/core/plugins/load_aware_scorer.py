@@ -12,6 +12,7 @@ import pydantic
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
 
@@ -23,6 +24,7 @@ class LoadAwareScorer(BasePlugin):
     """llm-d's load scorer: 0.5 when nothing waits, 0.5 * (1 - q / threshold) otherwise."""
 
     type_name = "load-aware-scorer"
+    metric_reads = MetricReads(fresh=("waiting",))
 
     class Params(PluginParams):
         threshold: int = pydantic.Field(128, gt=0,

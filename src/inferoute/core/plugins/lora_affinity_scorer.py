@@ -27,6 +27,7 @@ from typing import Any
 from ..endpoint import Endpoint, EndpointMetrics
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin
 
@@ -66,6 +67,7 @@ class LoraAffinityScorer(BasePlugin):
     """Adapter already active 1.0, free slot 0.8, adapter waiting 0.6, else 0."""
 
     type_name = "lora-affinity-scorer"
+    metric_reads = MetricReads(fresh=("lora", "waiting", "running"))
 
     def __init__(self, name: str | None = None, params: Any = None) -> None:
         super().__init__(name, params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, ScoredEndpoint
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PickerParams
 
@@ -22,6 +23,7 @@ class MaxScorePicker(BasePlugin):
     """Highest score first, random tie-break."""
 
     type_name = "max-score-picker"
+    metric_reads = MetricReads()
     Params = PickerParams
 
     def pick(self, ctx: CycleContext, request: InferenceRequest,

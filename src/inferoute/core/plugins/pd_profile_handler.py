@@ -25,6 +25,7 @@ import pydantic
 from ..errors import ConfigError
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, ProfileResult, SchedulingResult
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
 from .prefix_match import MATCHED_TOKENS, uncached_tokens
@@ -37,6 +38,7 @@ class PdProfileHandler(BasePlugin):
     """Decode profile always (primary); prefill profile when enough of the prompt is uncached."""
 
     type_name = "pd-profile-handler"
+    metric_reads = MetricReads()
 
     class Params(PluginParams):
         decode_profile: str = pydantic.Field("decode", min_length=1)

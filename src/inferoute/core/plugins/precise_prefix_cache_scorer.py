@@ -41,6 +41,7 @@ from ..kvindex import KVBlockIndex, block_keys, chain_root
 from ..request import InferenceRequest
 from ..scheduling.config import parse_duration
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
 from .prefix_match import (MATCHED_TOKENS, LookupStats, PrefixCycle, PrefixIndexStats,
@@ -59,6 +60,7 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
     """Fraction of the prompt's leading KV blocks the endpoint's engine reports holding."""
 
     type_name = "precise-prefix-cache-scorer"
+    metric_reads = MetricReads(static=("cache_config",))
     produces = (MATCHED_TOKENS,)
 
     class Params(PluginParams):

@@ -68,6 +68,7 @@ from ..blockmatch import clear_owner, nested_prefix_depths
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, request_keys
 from .common import BasePlugin, PluginParams, inverted_min_max
@@ -134,6 +135,9 @@ class PredictiveCostScorer(BasePlugin):
     """Lowest predicted KV demand + prefill cost wins (see module docstring)."""
 
     type_name = "predictive-cost-scorer"
+    metric_reads = MetricReads(
+        fresh=("waiting", "kv_usage"), static=("cache_config",),
+        only_when={"waiting": "waiting_weight", "kv_usage": "usage_weight"})
     #: the prompt tokens each endpoint probably holds (for `latency-slo-scorer` and others)
     produces = (MATCHED_TOKENS,)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin
 
@@ -16,6 +17,7 @@ class PrefillFilter(BasePlugin):
     """Keeps endpoints that can prefill: role `prefill` or `both`."""
 
     type_name = "prefill-filter"
+    metric_reads = MetricReads()
 
     def filter(self, ctx: CycleContext, request: InferenceRequest,
                endpoints: list[Endpoint]) -> list[Endpoint]:

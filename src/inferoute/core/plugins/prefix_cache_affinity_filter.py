@@ -26,6 +26,7 @@ from ..endpoint import Endpoint
 from ..errors import ConfigError
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, Scorer
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import PluginParams, bound_plugin
 from .inflight_load_producer import ReadsInFlightLoad
@@ -40,6 +41,7 @@ class PrefixCacheAffinityFilter(ReadsInFlightLoad):
     `prefix-cache-affinity-filter`; see the module docstring)."""
 
     type_name = "prefix-cache-affinity-filter"
+    metric_reads = MetricReads()
 
     class Params(PluginParams):
         prefix_scorer_ref: str | None = pydantic.Field(

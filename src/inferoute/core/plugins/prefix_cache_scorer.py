@@ -42,6 +42,7 @@ import pydantic
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, PromptKeys, request_keys
 from .common import BasePlugin, PluginParams
@@ -67,6 +68,8 @@ class PrefixCacheScorer(BasePlugin, LookupStats):
     """Fraction of the prompt's leading blocks the endpoint probably holds."""
 
     type_name = "prefix-cache-scorer"
+    #: the cache config sizes the index per endpoint (`autoTune`)
+    metric_reads = MetricReads(static=("cache_config",), only_when={"cache_config": "auto_tune"})
     produces = (MATCHED_TOKENS,)
 
     class Params(PluginParams):

@@ -10,6 +10,7 @@ from typing import Sequence
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, inverted_min_max
 
@@ -21,6 +22,7 @@ class QueueScorer(BasePlugin):
     """Shorter waiting queue scores higher (min-max normalised across candidates)."""
 
     type_name = "queue-scorer"
+    metric_reads = MetricReads(fresh=("waiting",))
 
     def score(self, ctx: CycleContext, request: InferenceRequest,
               endpoints: list[Endpoint]) -> Sequence[float]:

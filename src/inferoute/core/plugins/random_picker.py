@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, ScoredEndpoint
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PickerParams
 
@@ -16,6 +17,7 @@ class RandomPicker(BasePlugin):
     """Uniformly random endpoints, scores ignored."""
 
     type_name = "random-picker"
+    metric_reads = MetricReads()
     Params = PickerParams
 
     def pick(self, ctx: CycleContext, request: InferenceRequest,

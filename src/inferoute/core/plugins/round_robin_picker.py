@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, ScoredEndpoint
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PickerParams, PluginParams
 
@@ -20,6 +21,7 @@ class RoundRobinPicker(BasePlugin):
     """Next endpoint in name order for each request; scores ignored."""
 
     type_name = "round-robin-picker"
+    metric_reads = MetricReads()
     Params = PickerParams
 
     def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:

@@ -10,6 +10,7 @@ from typing import Sequence
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, inverted_min_max
 
@@ -21,6 +22,7 @@ class RunningRequestsSizeScorer(BasePlugin):
     """Fewer running requests scores higher (min-max normalised across candidates)."""
 
     type_name = "running-requests-size-scorer"
+    metric_reads = MetricReads(fresh=("running",))
 
     def score(self, ctx: CycleContext, request: InferenceRequest,
               endpoints: list[Endpoint]) -> Sequence[float]:

@@ -19,6 +19,7 @@ from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.config import parse_duration
 from ..scheduling.framework import CycleContext, SchedulingResult
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
 
@@ -30,6 +31,7 @@ class SessionAffinityScorer(BasePlugin):
     """1 for the endpoint that served this session last (within the TTL), 0 otherwise."""
 
     type_name = "session-affinity-scorer"
+    metric_reads = MetricReads()
 
     class Params(PluginParams):
         header_name: str = pydantic.Field("x-session-token", min_length=1)

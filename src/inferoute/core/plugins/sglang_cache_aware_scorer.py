@@ -25,6 +25,7 @@ import pydantic
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, SchedulingResult
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PluginParams
 from .radix import RadixTree
@@ -37,6 +38,7 @@ class SglangCacheAwareScorer(BasePlugin):
     """Cache-aware routing with load-balance override, as in SGLang's router."""
 
     type_name = "sglang-cache-aware-scorer"
+    metric_reads = MetricReads()
 
     class Params(PluginParams):
         cache_threshold: float = pydantic.Field(0.3, ge=0.0, le=1.0)

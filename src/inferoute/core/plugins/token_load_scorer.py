@@ -14,6 +14,7 @@ import pydantic
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import PluginParams
 from .inflight_load_producer import ReadsInFlightLoad
@@ -26,6 +27,7 @@ class TokenLoadScorer(ReadsInFlightLoad):
     """Fewest tokens in flight scores highest (llm-d's `token-load-scorer`)."""
 
     type_name = "token-load-scorer"
+    metric_reads = MetricReads()
 
     class Params(PluginParams):
         queue_threshold_tokens: int = pydantic.Field(4_194_304, ge=1)

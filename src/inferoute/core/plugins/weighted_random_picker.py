@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, ScoredEndpoint
+from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .common import BasePlugin, PickerParams
 
@@ -21,6 +22,7 @@ class WeightedRandomPicker(BasePlugin):
     """Random endpoints, each drawn with probability proportional to its score (A-Res)."""
 
     type_name = "weighted-random-picker"
+    metric_reads = MetricReads()
     Params = PickerParams
 
     def pick(self, ctx: CycleContext, request: InferenceRequest,

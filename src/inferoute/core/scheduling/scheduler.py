@@ -21,6 +21,7 @@ from ..request import InferenceRequest
 from .config import EndpointPickerConfig, default_config
 from .framework import (CycleContext, DataKey, Filter, Picker, ProfileHandler, ProfileResult,
                         SchedulingResult, ScoredEndpoint, Scorer)
+from .metric_reads import MetricReads
 from .registry import create_plugin
 
 __all__ = ["check_data_flow", "DEFAULT_PICKER", "Scheduler", "SingleProfileHandler"]
@@ -40,6 +41,7 @@ class SingleProfileHandler:
     """Runs the one configured profile; used when the config names no profile handler."""
 
     type_name: ClassVar[str] = "single-profile-handler"
+    metric_reads: ClassVar[MetricReads] = MetricReads()
 
     def __init__(self, name: str = "single-profile-handler") -> None:
         self.name = name
