@@ -3,6 +3,8 @@ per endpoint), and waiting requests are released family by family."""
 
 import random
 
+import pytest
+
 from inferoute.core.endpoint import Endpoint, EndpointMetrics
 from inferoute.core.plugins.kv_fit_filter import KvFitFilter
 from inferoute.core.request import InferenceRequest, parse_request
@@ -38,19 +40,19 @@ def test_a_familys_prefix_counts_once_per_endpoint() -> None:
     (ep,) = _eps([1000])
     f.on_served(_req("a", "x", "1"), ep, 0.0)
     # seen once: the whole prompt is the family's prefix (720 tokens) + 160 out
-    assert f.stats()[ep.name]["need_tokens"] == 720 + 160
+    assert f.stats()["endpoints"][ep.name]["need_tokens"] == 720 + 160
     f.on_served(_req("a", "y", "2"), ep, 0.0)
     # the second request fixes the prefix at the 40 shared blocks: it adds its own 80 + 160
     # only (the family's prefix is charged already)
-    assert f.stats()[ep.name]["need_tokens"] == 720 + 160 + 80 + 160
-    assert f.stats()[ep.name]["families_in_flight"] == 1
+    assert f.stats()["endpoints"][ep.name]["need_tokens"] == 720 + 160 + 80 + 160
+    assert f.stats()["endpoints"][ep.name]["families_in_flight"] == 1
 
 
 def test_by_default_half_of_a_requests_output_counts() -> None:
     f = KvFitFilter()
     (ep,) = _eps([1000])
     f.on_served(_req("a", "x", "1", max_tokens=160), ep, 0.0)
-    assert f.stats()[ep.name]["need_tokens"] == 720 + 80
+    assert f.stats()["endpoints"][ep.name]["need_tokens"] == 720 + 80
 
 
 def test_the_filter_keeps_endpoints_where_the_need_fits_or_all_when_none_does() -> None:
@@ -70,12 +72,12 @@ def test_finishing_frees_the_need_and_a_first_token_the_prefill_slot() -> None:
     a1, a2 = _req("a", "x", "1"), _req("a", "y", "2")
     f.on_served(a1, ep, 0.0)
     f.on_served(a2, ep, 0.0)
-    assert f.stats()[ep.name]["pending"] == 2
+    assert f.stats()["endpoints"][ep.name]["pending"] == 2
     f.on_first_token(a1, ep, 0.1)
-    assert f.stats()[ep.name]["pending"] == 1
+    assert f.stats()["endpoints"][ep.name]["pending"] == 1
     f.on_finished(a1, ep, 0.2, None)
     f.on_finished(a2, ep, 0.2, None)
-    assert f.stats()[ep.name] == {"need_tokens": 0, "pending": 0, "families_in_flight": 0}
+    assert f.stats()["endpoints"][ep.name] == {"need_tokens": 0, "pending": 0, "families_in_flight": 0}
 
 
 def test_release_prefers_the_oldest_request_of_a_family_the_endpoint_runs() -> None:
@@ -128,15 +130,81 @@ def test_a_reserved_request_is_charged_once_where_it_is_served() -> None:
     (name,) = _filter(f, req, eps)
     (ep,) = [e for e in eps if e.name == name]
     f.on_served(req, ep, 0.0)
-    assert f.stats()[ep.name]["need_tokens"] == 720 + 160
-    assert sum(st["need_tokens"] for st in f.stats().values()) == 720 + 160
+    assert f.stats()["endpoints"][ep.name]["need_tokens"] == 720 + 160
+    assert sum(st["need_tokens"] for st in f.stats()["endpoints"].values()) == 720 + 160
 
 
 def test_a_reservation_never_sent_is_dropped() -> None:
     f = _fit(reservation_seconds=5.0)
     (ep,) = _eps([10_000])
     assert f.choose([_req("a", "x", "1")], [ep], 0.0) == 0
-    assert f.stats()[ep.name]["pending"] == 1
+    assert f.stats()["endpoints"][ep.name]["pending"] == 1
     f.choose([_req("b", "x", "2")], [ep], 6.0)  # the first was released, never sent
-    assert f.stats()[ep.name]["need_tokens"] == 720 + 160
-    assert f.stats()[ep.name]["pending"] == 1
+    assert f.stats()["endpoints"][ep.name]["need_tokens"] == 720 + 160
+    assert f.stats()["endpoints"][ep.name]["pending"] == 1
+
+
+def _usage(cached: int) -> dict:
+    return {"prompt_tokens": 720, "completion_tokens": 160,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _finish_returning(f: KvFitFilter, ep: Endpoint, cached: int, n: int, tag: str) -> None:
+    """`n` requests of family "a" (prefix 640 tokens once the second is seen) served and
+    finished, their servers reporting `cached` prompt tokens."""
+    for i in range(n):
+        r = _req("a", chr(98 + i % 20), f"{tag}{i}")
+        f.on_served(r, ep, 0.0)
+        f.on_finished(r, ep, 0.0, _usage(cached))
+
+
+def test_it_holds_only_while_the_servers_recompute_returning_families() -> None:
+    f = _fit(recompute_window=4, recompute_to_hold=0.5)
+    eps = _eps([60, 60])  # 960 tokens each
+    assert f.holding  # nothing measured yet: hold, as without the measure
+    _finish_returning(f, eps[0], 640, 3, "hit")  # prefixes found cached: nothing recomputed
+    assert f.stats()["recompute_share"] == 0.0 and not f.holding
+    f.on_served(_req("a", "x", "full"), eps[0], 0.0)
+    f.on_served(_req("b", "x", "full2"), eps[1], 0.0)  # both endpoints full now
+    late = _req("c", "x", "late")
+    # not thrashing: nothing waits on the rule and the filter keeps every endpoint
+    assert f.place(late, eps, 0.0) is not None
+    assert f.choose([late], eps, 0.0) == 0
+    assert _filter(f, late, eps) == [eps[0].name, eps[1].name]
+    # the servers start recomputing the prefixes: the average crosses 0.5 and it holds
+    _finish_returning(f, eps[0], 0, 3, "miss")
+    # two hits (the first request of "a" was new), then 1/3, then a window of 4: 0.625
+    assert f.recompute == pytest.approx(0.625) and f.holding
+    assert f.place(late, eps, 0.0) is None
+    assert f.choose([late], eps, 0.0) is None
+
+
+def test_first_requests_of_a_family_and_silent_servers_do_not_count() -> None:
+    f = _fit()
+    (ep,) = _eps([10_000])
+    reqs = [_req("z", c, str(i)) for i, c in enumerate("xyw")]
+    f.on_served(reqs[0], ep, 0.0)
+    f.on_finished(reqs[0], ep, 0.0, _usage(0))  # its family was new: nothing could be cached
+    f.on_served(reqs[1], ep, 0.0)
+    f.on_finished(reqs[1], ep, 0.0, {"prompt_tokens": 720})  # no cached tokens reported
+    assert f.stats()["recompute_share"] is None and f.holding  # no sample: hold, as before
+    f.on_served(reqs[2], ep, 0.0)
+    f.on_finished(reqs[2], ep, 0.0, _usage(0))  # a returning family, all recomputed
+    assert f.recompute == 1.0  # the mean of the samples so far
+
+
+def test_unrelated_prompts_give_no_sample_and_the_rule_holds() -> None:
+    f = KvFitFilter()
+    (ep,) = _eps([60])
+    for i in range(3):  # unrelated prompts, the server saying none was cached
+        r = _req(chr(100 + i), "x", str(i))
+        f.on_served(r, ep, 0.0)
+        f.on_finished(r, ep, 0.0, _usage(0))
+    assert f.stats()["recompute_share"] is None and f.holding
+
+
+def test_always_holding_with_a_zero_threshold() -> None:
+    f = _fit(recompute_to_hold=0.0)
+    (ep,) = _eps([10_000])
+    _finish_returning(f, ep, 640, 3, "hit")
+    assert f.stats()["recompute_share"] == 0.0 and f.holding

@@ -33,6 +33,22 @@ As a **filter**: keeps the endpoint reserved for the request; without a reservat
 endpoints where its need fits, else all of them (a filter never refuses a request: without
 admission configured, it only steers).
 
+**Only while the caches thrash.** Holding requests back pays where prompt families overflow
+the fleet's KV (they are recomputed over and over) and costs where they fit: there the
+replicas would have run the held requests in a larger batch (on the seed's `shared_prefix`
+and on `multi_turn_chat` an always-on hold lost 6-7%). So the rule measures what it fixes:
+for every request of a family seen before, the share of the family's prefix the server
+recomputed (its prefix minus the `cached_tokens` its usage reports), averaged over the last
+`recomputeWindow` such requests or so (an exponential average, started as the plain mean of
+the first ones, so the first evidence counts at once). While that share is below `recomputeToHold`
+(0.1) nothing waits on the rule and the filter keeps every endpoint, so the scorers route as
+they would without it; from it on, the rule holds and releases by family as above. Measured
+in virtual time (docs/benchmark.md): without the hold the share stays 0.0 on
+`multi_turn_chat`; with it, on an overflowing load, it settles at 0.2-0.3 (the hold halves
+it, not more), so the rule stays on there. Until the first sample (no family has returned
+yet, or the server never reports cached tokens: vLLM without `--enable-prompt-tokens-details`)
+the rule holds, as it did before it measured anything.
+
 `outputShare` (0.5) is the share of a request's `max_tokens` counted in its need: a running
 request holds half its output on average over its life, so a replica runs the batch its KV
 holds on average and preempts a little when its running requests grow together; 1 counts
@@ -71,6 +87,8 @@ class _Need:
     key: int | None
     prefix: int
     own: int
+    #: the family had a request before this one (its prefix could have been cached)
+    returning: bool = False
 
 
 @dataclass(slots=True)
@@ -112,6 +130,12 @@ class KvFitFilter(BasePlugin):
             65_536, ge=1, description="requests tracked at once (the oldest dropped past it)")
         reservation_seconds: float = pydantic.Field(
             30.0, gt=0, description="a reservation never sent is dropped after this long")
+        recompute_to_hold: float = pydantic.Field(
+            0.1, ge=0.0, le=1.0, description="hold requests while the servers recompute at "
+                                             "least this share of returning families' "
+                                             "prefixes (0: always)")
+        recompute_window: int = pydantic.Field(
+            256, ge=1, description="returning-family requests the recompute share averages")
 
     def __init__(self, name: str | None = None, params: PluginParams | None = None) -> None:
         super().__init__(name, params)
@@ -119,6 +143,11 @@ class KvFitFilter(BasePlugin):
         self._families: OrderedDict[int, list[int] | int] = OrderedDict()
         self._endpoints: dict[str, _Endpoint] = {}
         self._held: OrderedDict[str, _Held] = OrderedDict()
+        #: the recompute share of returning families' prefixes (the mean of the samples so
+        #: far, then an exponential average), whether there is a sample yet, and how many
+        self.recompute = 0.0
+        self._measured = False
+        self._samples = 0
 
     # -- the request's need ------------------------------------------------------------------
     def need_of(self, request: InferenceRequest) -> _Need:
@@ -130,8 +159,10 @@ class KvFitFilter(BasePlugin):
         keys = request_keys(request, p.hash_block_tokens * CHARS_PER_TOKEN, p.max_prefix_blocks)
         key = family_key(keys, p.family_key_blocks)
         prefix = 0
+        returning = False
         if key is not None:
             fam = self._families.get(key)
+            returning = fam is not None
             if fam is None:
                 hashes = keys.tolist()
                 self._families[key] = hashes
@@ -147,7 +178,7 @@ class KvFitFilter(BasePlugin):
         prompt = request.prompt_tokens_estimate
         prefix = min(prefix, prompt)
         out = request.max_tokens if request.max_tokens else p.default_max_tokens
-        need = _Need(key, prefix, prompt - prefix + int(p.output_share * out))
+        need = _Need(key, prefix, prompt - prefix + int(p.output_share * out), returning)
         request.attributes[self.name] = need
         return need
 
@@ -193,6 +224,27 @@ class KvFitFilter(BasePlugin):
         yield from self._cached(ep)
 
     # -- the release rule --------------------------------------------------------------------
+    @property
+    def holding(self) -> bool:
+        """Whether requests wait for room (the caches thrash, or nothing says they do not)."""
+        return not self._measured or self.recompute >= self.params.recompute_to_hold
+
+    def _observe(self, need: _Need, usage: dict[str, Any] | None) -> None:
+        """Fold a finished request's recomputed share of its family's prefix into the
+        average, when it returned to a known family and its server reported cached tokens."""
+        if not need.returning or need.prefix <= 0:
+            return
+        details = usage.get("prompt_tokens_details") if usage else None
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        if not isinstance(cached, int) or isinstance(cached, bool) or cached < 0:
+            return
+        self._measured = True
+        share = max(0, need.prefix - cached) / need.prefix
+        # the plain mean of the first `recomputeWindow` samples, then an exponential average
+        self._samples += 1
+        self.recompute += (share - self.recompute) / min(self._samples,
+                                                         self.params.recompute_window)
+
     def _by_load(self, candidates: list[Endpoint], now: float) -> list[Endpoint]:
         """The candidates, fewest requests pending first (then least need)."""
         self._expire(now)
@@ -204,6 +256,8 @@ class KvFitFilter(BasePlugin):
         """An endpoint `request` fits now (it goes, and the scheduler picks among the
         endpoints it fits), or None: it waits."""
         need = self.need_of(request)
+        if not self.holding:
+            return candidates[0] if candidates else None
         return next((ep for ep in self._by_load(candidates, now) if self.fits(need, ep)), None)
 
     def choose(self, waiting: Sequence[InferenceRequest], candidates: list[Endpoint],
@@ -212,6 +266,8 @@ class KvFitFilter(BasePlugin):
         endpoint; None while nothing fits (see the module docstring)."""
         if not waiting:
             return None
+        if not self.holding:
+            return 0 if candidates else None
         needs = [self.need_of(r) for r in waiting]
         oldest: dict[int, int] = {}
         for i, need in enumerate(needs):
@@ -289,6 +345,8 @@ class KvFitFilter(BasePlugin):
             kept = [ep for ep in endpoints if ep.name == held.endpoint]
             if kept:
                 return kept
+        if not self.holding:
+            return endpoints
         need = self.need_of(request)
         fitting = [ep for ep in endpoints if self.fits(need, ep)]
         return fitting or endpoints
@@ -310,6 +368,9 @@ class KvFitFilter(BasePlugin):
 
     def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
                     usage: dict[str, Any] | None) -> None:
+        need = request.attributes.get(self.name)
+        if isinstance(need, _Need):
+            self._observe(need, usage)
         self._release(request.request_id)
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
@@ -318,6 +379,8 @@ class KvFitFilter(BasePlugin):
         self._endpoints.pop(endpoint.name, None)
 
     def stats(self) -> dict[str, Any]:
-        return {name: {"need_tokens": st.need, "pending": st.pending,
-                       "families_in_flight": len(st.families)}
-                for name, st in self._endpoints.items()}
+        return {"holding": self.holding,
+                "recompute_share": round(self.recompute, 4) if self._measured else None,
+                "endpoints": {name: {"need_tokens": st.need, "pending": st.pending,
+                                     "families_in_flight": len(st.families)}
+                              for name, st in self._endpoints.items()}}
