@@ -246,15 +246,24 @@ def test_predictions_equal_the_old_code() -> None:
                                              kv_usage=rng.random())
         ctx = CycleContext(now=fleet.now, rng=random.Random(0))
         ctx.put(MATCHED_TOKENS, {ep.name: rng.randrange(4000) for ep in fleet.eps[:3]})
+        headers = rng.choice([{"x-slo-ttft-ms": "100"}, {"x-slo-tpot-ms": "6"},
+                              {"x-slo-ttft-ms": "100", "x-slo-tpot-ms": "6"}])
         req = InferenceRequest(request_id=f"r{next(_ids)}", api="completions", model="m",
-                               body={}, headers={"x-slo-ttft-ms": "1000"},
+                               body={}, headers=headers,
                                prefix_text="w" * 4 * rng.randrange(100, 4000), max_tokens=50)
-        scorer.score(ctx, req, fleet.eps)
+        scores = scorer.score(ctx, req, fleet.eps)
         preds = ctx.get(scorer._key)
         old = _old_predictions(preds, [scorer._model(ep.name) for ep in fleet.eps])
         new = (preds.x_ttft, preds.x_tpot, preds.ttft, preds.tpot)
         if sys.version_info < (3, 12):
             assert new == old
+            # the scores as the old code made them from its predictions
+            ttft_slo, tpot_slo = (float(headers[h]) / 1000 if h in headers else None
+                                  for h in ("x-slo-ttft-ms", "x-slo-tpot-ms"))
+            ratio = [max(t / ttft_slo if ttft_slo else 0.0, p / tpot_slo if tpot_slo else 0.0)
+                     for t, p in zip(old[2], old[3])]
+            best_miss = min((r for r in ratio if r > 1.0), default=1.0)
+            assert scores == [1.0 if r <= 1.0 else 0.5 * best_miss / r for r in ratio]
         else:
             for a, b in zip(new, old):
                 assert np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float),

@@ -211,9 +211,15 @@ class LatencySloScorer(BasePlugin):
             cost = [ttft + tpot * out_tokens for ttft, tpot in zip(preds.ttft, preds.tpot)]
             best = min(cost)
             return [best / c if c > 0 else 1.0 for c in cost]
-        # the worst ratio of predicted to target: <= 1 meets every target
-        ratio = [max(ttft / ttft_slo if ttft_slo else 0.0, tpot / tpot_slo if tpot_slo else 0.0)
-                 for ttft, tpot in zip(preds.ttft, preds.tpot)]
+        # the worst ratio of predicted to target: <= 1 meets every target (predictions are
+        # never negative, so with one target it is that target's ratio)
+        if not tpot_slo:
+            ratio = [ttft / ttft_slo for ttft in preds.ttft] if ttft_slo else [0.0] * len(endpoints)
+        elif not ttft_slo:
+            ratio = [tpot / tpot_slo for tpot in preds.tpot]
+        else:
+            ratio = [max(ttft / ttft_slo, tpot / tpot_slo)
+                     for ttft, tpot in zip(preds.ttft, preds.tpot)]
         if min(ratio) > 1.0:
             self._maybe_shed(request, preds, ratio, ttft_slo, tpot_slo)
         best_miss = min((r for r in ratio if r > 1.0), default=1.0)
