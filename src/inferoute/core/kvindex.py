@@ -45,11 +45,11 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence, overload
+from typing import Any, Callable, Iterable, Sequence
 
 import xxhash
 
-from .blockmatch import nested_prefix_depths, prefix_depths
+from .blockmatch import LazyKeys, nested_prefix_depths, prefix_depths
 
 __all__ = ["KVBlockIndex", "KVIndexStats", "BlockStoredEvent", "BlockRemovedEvent",
            "AllBlocksClearedEvent", "KVEvent", "block_keys", "chain_root", "apply_engine_events",
@@ -166,7 +166,7 @@ class KeyMemo:
         return keys
 
 
-class TokenKeys(Sequence[int]):
+class TokenKeys(LazyKeys):
     """The first `len(self)` keys of `block_keys(token_ids, block_size, parent, max_blocks)`,
     made only as far as they are read, a run of `RUN_BLOCKS` at a time (through `memo` when
     given): a match that stops in the first run packs 512 ids at 16-token blocks, not 4,096.
@@ -198,27 +198,6 @@ class TokenKeys(Sequence[int]):
                 keys += (_chain(data, step, parent) if memo is None
                          else memo.keys(data, step, parent))
         return keys[i]
-
-    def __len__(self) -> int:
-        return self._n
-
-    @overload
-    def __getitem__(self, i: int) -> int: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[int]: ...
-
-    def __getitem__(self, i: int | slice) -> int | list[int]:
-        if isinstance(i, slice):
-            return self.tolist()[i]
-        if i < 0:
-            i += self._n
-        if not 0 <= i < self._n:
-            raise IndexError("block index out of range")
-        return self.at(i)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.tolist())
 
     def tolist(self) -> list[int]:
         """Every key, first block first."""
