@@ -18,7 +18,10 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..core.endpoint import Endpoint, EndpointMetrics
+from ..core.kvindex import BlockStoredEvent, block_keys, chain_root
+from ..core.plugins.precise_prefix_cache_scorer import precise_scorers
 from ..core.request import InferenceRequest
+from ..core.scheduling.framework import SchedulingResult
 from ..configfiles import resolve_config
 from ..core.scheduling.scheduler import Scheduler
 
@@ -62,7 +65,8 @@ def _endpoints(n: int, rng: random.Random) -> list[Endpoint]:
 def decision_latency(*, endpoints: int = 16, prompt_tokens: int = 8192, groups: int = 64,
                      warmup: int = 512, samples: int = 2000, config: str | None = None,
                      seed: int = 1, cpu_time: bool = False,
-                     headers: dict[str, str] | None = None) -> DecisionLatency:
+                     headers: dict[str, str] | None = None,
+                     engines_hold: bool = False) -> DecisionLatency:
     """Time `Scheduler.schedule` for `prompt_tokens`-token prompts against `endpoints` endpoints.
 
     Prompts are a group's system prompt (3/4 of the length) plus a distinct question; the index
@@ -70,7 +74,11 @@ def decision_latency(*, endpoints: int = 16, prompt_tokens: int = 8192, groups: 
     (default: the llm-d default config). With `cpu_time`, each decision is timed by this
     thread's CPU clock, so time the process spends descheduled on a busy machine is not counted.
     `headers` go on every request (e.g. `x-slo-ttft-ms`, which makes `latency-slo-scorer`
-    predict for every candidate).
+    predict for every candidate). With `engines_hold`, a precise prefix scorer hears, after
+    each decision (untimed), the chosen engine's `BlockStored` for the prompt's blocks it
+    matches, as a vLLM replica reports a prompt it cached; without it the precise index holds
+    only the speculative entries of the last two requests (the TTL is 2 s, and decisions come
+    1 s apart), so most decisions stop at the first block.
     """
     rng = random.Random(seed)
     cfg = resolve_config(config)
@@ -92,8 +100,22 @@ def decision_latency(*, endpoints: int = 16, prompt_tokens: int = 8192, groups: 
                                 body={}, headers=dict(headers or {}), prefix_text=text,
                                 token_ids=ids)
 
+    precise = precise_scorers(sched.plugins.values()) if engines_hold else []
+
+    def engine_stored(req: InferenceRequest, result: SchedulingResult) -> None:
+        """The chosen engine's KV event for the prompt's blocks (engine hashes: any distinct
+        ints; the keys serve)."""
+        ids = req.token_ids or []
+        for scorer in precise:
+            bs = scorer.block_size_of(result.target)
+            n = min(len(ids) // bs, scorer.params.max_prefix_blocks_to_match)
+            hashes = tuple(block_keys(ids, bs, chain_root(None, bs), n))
+            scorer.index.apply(result.target.name,
+                               [BlockStoredEvent(hashes, None, tuple(ids[:n * bs]), bs)])
+
     for i in range(warmup):
-        sched.schedule(request(i), eps, now=float(i))
+        req = request(i)
+        engine_stored(req, sched.schedule(req, eps, now=float(i)))
     timings, hooks = [], []
     clock = time.thread_time_ns if cpu_time else time.perf_counter_ns
     for i in range(samples):
@@ -102,10 +124,11 @@ def decision_latency(*, endpoints: int = 16, prompt_tokens: int = 8192, groups: 
         # front) costs a policy that reads the whole prompt up to twice as much at 100k tokens
         req = request(warmup + i)
         t0 = clock()
-        sched.schedule(req, eps, now=float(warmup + i), defer_hooks=True)
+        result = sched.schedule(req, eps, now=float(warmup + i), defer_hooks=True)
         t1 = clock()
         sched.run_deferred_hooks()
         t2 = clock()
+        engine_stored(req, result)
         timings.append((t1 - t0) / 1e6)
         hooks.append((t2 - t1) / 1e6)
     timings.sort()
@@ -142,21 +165,27 @@ def decision_costs(configs: list[str | None], sizes: tuple[int, ...] = DECISION_
                    endpoints: int = 16, samples: int = 300) -> str:
     """A markdown table: per policy and prompt size, the p50 / p99 decision time and the p50 of
     its deferred index update (CPU ms). A policy with `latency-slo-scorer` gets a second row
-    for requests with a TTFT target, for which it predicts every candidate's latency."""
+    for requests with a TTFT target, for which it predicts every candidate's latency; one
+    with a precise prefix scorer, a second row where the engines hold what they were sent
+    (`engines_hold`)."""
     head = (f"| policy ({endpoints} endpoints) | "
             + " | ".join(f"{s:,} tokens: decision p50 / p99, update p50 (CPU ms)" for s in sizes)
             + " |")
     lines = [head, "| :--- |" + " ---: |" * len(sizes)]
     for cfg in configs:
-        rows: list[tuple[str, dict[str, str] | None]] = [(cfg or "llm-d (default)", None)]
-        if any(p.type == "latency-slo-scorer" for p in resolve_config(cfg).plugins):
-            rows.append((f"{cfg}, with `x-slo-ttft-ms`", SLO_HEADERS))
-        for label, headers in rows:
+        rows: list[tuple[str, dict[str, str] | None, bool]] = [
+            (cfg or "llm-d (default)", None, False)]
+        types = {p.type for p in resolve_config(cfg).plugins}
+        if "latency-slo-scorer" in types:
+            rows.append((f"{cfg}, with `x-slo-ttft-ms`", SLO_HEADERS, False))
+        if "precise-prefix-cache-scorer" in types:
+            rows.append((f"{cfg}, engines holding what they were sent", None, True))
+        for label, headers, hold in rows:
             cells = []
             for size in sizes:
                 dl = decision_latency(endpoints=endpoints, prompt_tokens=size, config=cfg,
                                       samples=samples, warmup=min(512, samples), cpu_time=True,
-                                      headers=headers)
+                                      headers=headers, engines_hold=hold)
                 cells.append(f"{dl.p50_ms:.3f} / {dl.p99_ms:.3f}, {dl.hooks_p50_ms:.3f}")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -12,9 +12,45 @@ candidate's depth by bisection: O(distinct depths x log blocks) lookups, not one
 
 from __future__ import annotations
 
-from typing import Callable, Container, Iterable, Sequence
+from collections.abc import Iterator
+from typing import Callable, Container, Iterable, Sequence, overload
 
-__all__ = ["clear_owner", "held_prefix", "nested_prefix_depths", "prefix_depths"]
+__all__ = ["clear_owner", "held_prefix", "LazyKeys", "nested_prefix_depths", "prefix_depths"]
+
+
+class LazyKeys(Sequence[int]):
+    """A prompt's first `len(self)` block keys, made as they are read: `at(i)` is the
+    unchecked index the matchers here use (they look for it), `tolist()` makes them all.
+    Subclasses keep the length in `_n` and define both."""
+
+    __slots__ = ()
+
+    _n: int
+    at: Callable[[int], int]
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[int]: ...
+
+    def __getitem__(self, i: int | slice) -> int | list[int]:
+        if isinstance(i, slice):
+            return self.tolist()[i]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError("block index out of range")
+        return self.at(i)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.tolist())
+
+    def tolist(self) -> list[int]:
+        raise NotImplementedError
 
 
 def prefix_depths(masks: Iterable[int], active: int, by_slot: dict[int, int],

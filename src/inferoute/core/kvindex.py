@@ -15,15 +15,26 @@ engine hashes to our keys: it resolves `parent_block_hash` (to continue the chai
 
 Structures (all bounded):
 
-- per endpoint, an LRU of engine hash -> [key, media bitmask] capped at `capacity` blocks (the
-  engine's own evictions arrive as `BlockRemoved`; the cap is a safety net when events are lost),
-  plus a count of entries per key;
+- per endpoint, an LRU of engine hash -> [key, media bitmask, parent engine hash] capped at
+  `capacity` blocks (the engine's own evictions arrive as `BlockRemoved`; the cap is a safety
+  net when events are lost), a count of entries per key, and a count of held children per
+  engine hash, which gives the number of held blocks whose parent is not held ("orphans");
 - a global map key -> bitmask of endpoint slots holding it (in any medium), so matching a
   prompt against every candidate costs one dict lookup and one AND per block;
 - speculative entries: per endpoint, key -> expiry time (oldest first, at most
   `max_speculative` per endpoint) and a global key -> slot bitmask. The scorer inserts a
   request's blocks for the chosen endpoint at routing time; a `BlockStored` for the same key
-  confirms it, otherwise it expires after `speculative_ttl` seconds.
+  confirms it, otherwise it expires after `speculative_ttl` seconds. `match` is a pure query:
+  it skips the entries whose time is up, and `expire` (the scorer's deferred hook) drops them,
+  so a decision never pays for an earlier request's expiry.
+
+A request's keys (`TokenKeys`) are made as far as a match reads them: most candidates hold none
+of a prompt, so a decision usually hashes a block or two, not the 256 it may match. An event
+stores a block only under a held parent, but a `BlockRemoved` (or the capacity cap) may drop a
+block in the middle of a held prefix. An endpoint with no orphan holds whole prefixes: along
+any prompt its blocks stop at one depth, which `match` finds by bisection (a few lookups, not
+one per block); an endpoint with orphans, and the speculative entries (which a withdrawal or
+the per-endpoint cap can cut in the middle), are walked block by block.
 
 Media ("GPU", "CPU", ...) are kept per block and reported by `media()`; a block counts as held
 when any medium holds it.
@@ -34,16 +45,15 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
-from itertools import repeat
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import xxhash
 
-from .blockmatch import prefix_depths
+from .blockmatch import LazyKeys, nested_prefix_depths, prefix_depths
 
 __all__ = ["KVBlockIndex", "KVIndexStats", "BlockStoredEvent", "BlockRemovedEvent",
            "AllBlocksClearedEvent", "KVEvent", "block_keys", "chain_root", "apply_engine_events",
-           "DEFAULT_MEDIUM"]
+           "DEFAULT_MEDIUM", "KeyMemo", "RUN_BLOCKS", "TokenKeys"]
 
 DEFAULT_MEDIUM = "GPU"
 #: distinct media names tracked as separate bits (more are folded into the last bit)
@@ -97,6 +107,16 @@ def _pack(tokens: Sequence[int]) -> bytes:
         return array("Q", tokens).tobytes()
 
 
+def _chain(data: bytes, step: int, parent: int) -> list[int]:
+    """The chained keys of `data`'s blocks of `step` bytes, from `parent`."""
+    out = [0] * (len(data) // step)
+    h = parent
+    for i, chunk in enumerate([data[o:o + step] for o in range(0, len(data), step)]):
+        h = _xxh3(chunk, h)
+        out[i] = h
+    return out
+
+
 def block_keys(token_ids: Sequence[int], block_size: int, parent: int,
                max_blocks: int | None = None) -> list[int]:
     """Keys of the full blocks of `token_ids`, chained from `parent` (a root or a block key)."""
@@ -108,13 +128,82 @@ def block_keys(token_ids: Sequence[int], block_size: int, parent: int,
     if n <= 0:
         return []
     data = _pack(token_ids[: n * block_size])
-    step = len(data) // n
-    out = [0] * n
-    h = parent
-    for i, chunk in enumerate([data[o:o + step] for o in range(0, len(data), step)]):
-        h = _xxh3(chunk, h)
-        out[i] = h
-    return out
+    return _chain(data, len(data) // n, parent)
+
+
+#: blocks a `TokenKeys` makes at once, from the start of the prompt (the unit `KeyMemo` keeps)
+RUN_BLOCKS = 32
+
+
+class KeyMemo:
+    """A bounded memo of key runs: (parent key, run of `RUN_BLOCKS` blocks) -> their keys.
+
+    Keys chain, one hash call per block; a memo hit costs one hash of the whole run (a C call
+    over 2 KB at 16-token blocks) instead of 32. Prompts that open alike (a shared system
+    prompt, a conversation's history) hit for every run they share. A run is known by a 64-bit
+    XXH3 of its packed ids seeded with its parent key, the same kind of hash as the keys."""
+
+    def __init__(self, size: int = 4096) -> None:
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self.size = size
+        self._runs: OrderedDict[tuple[int, int, int], list[int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def keys(self, data: bytes, step: int, parent: int) -> list[int]:
+        """`_chain(data, step, parent)`, remembered (the list is shared: do not change it)."""
+        runs = self._runs
+        known = (_xxh3(data, parent), len(data), step)
+        keys = runs.get(known)
+        if keys is None:
+            keys = runs[known] = _chain(data, step, parent)
+            if len(runs) > self.size:
+                runs.popitem(last=False)
+        else:
+            runs.move_to_end(known)
+        return keys
+
+
+class TokenKeys(LazyKeys):
+    """The first `len(self)` keys of `block_keys(token_ids, block_size, parent, max_blocks)`,
+    made only as far as they are read, a run of `RUN_BLOCKS` at a time (through `memo` when
+    given): a match that stops in the first run packs 512 ids at 16-token blocks, not 4,096.
+    `at(i)` is the unchecked index the matchers use; `tolist()` makes them all (the index
+    updates need every key)."""
+
+    __slots__ = ("_ids", "_bs", "_root", "_n", "_keys", "_memo")
+
+    def __init__(self, token_ids: Sequence[int], block_size: int, parent: int,
+                 max_blocks: int | None = None, memo: KeyMemo | None = None) -> None:
+        if block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        n = len(token_ids) // block_size
+        self._n = n if max_blocks is None else max(0, min(n, max_blocks))
+        self._ids, self._bs, self._root, self._memo = token_ids, block_size, parent, memo
+        self._keys: list[int] = []
+
+    def at(self, i: int) -> int:
+        """Key `i` (0 <= i < len(self), not checked)."""
+        keys = self._keys
+        if i >= len(keys):
+            bs, memo = self._bs, self._memo
+            end = min(self._n, (i // RUN_BLOCKS + 1) * RUN_BLOCKS)
+            while len(keys) < end:
+                have = len(keys)
+                upto = min(end, have + RUN_BLOCKS)
+                data = _pack(self._ids[have * bs:upto * bs])
+                step, parent = len(data) // (upto - have), keys[-1] if keys else self._root
+                keys += (_chain(data, step, parent) if memo is None
+                         else memo.keys(data, step, parent))
+        return keys[i]
+
+    def tolist(self) -> list[int]:
+        """Every key, first block first."""
+        if self._n:
+            self.at(self._n - 1)
+        return list(self._keys)
 
 
 # -- index ---------------------------------------------------------------------------------------
@@ -133,15 +222,20 @@ class KVIndexStats:
 
 
 class _Endpoint:
-    __slots__ = ("slot", "bit", "blocks", "keys", "spec", "block_size")
+    __slots__ = ("slot", "bit", "blocks", "keys", "children", "orphans", "spec", "block_size")
 
     def __init__(self, slot: int) -> None:
         self.slot = slot
         self.bit = 1 << slot
-        #: engine hash -> [our key, media bitmask]; LRU order, oldest first
-        self.blocks: OrderedDict[int, list[int]] = OrderedDict()
+        #: engine hash -> [our key, media bitmask, parent engine hash or None]; LRU order,
+        #: oldest first
+        self.blocks: OrderedDict[int, list[Any]] = OrderedDict()
         #: our key -> number of engine hashes mapping to it
         self.keys: dict[int, int] = {}
+        #: engine hash -> number of held blocks whose parent it is (held or not)
+        self.children: dict[int, int] = {}
+        #: held blocks whose parent is not held: 0 means the blocks form whole prefixes
+        self.orphans = 0
         #: speculative key -> expiry, oldest first
         self.spec: OrderedDict[int, float] = OrderedDict()
         self.block_size: int | None = None
@@ -217,6 +311,8 @@ class KVBlockIndex:
                 del owners[key]
         ep.blocks.clear()
         ep.keys.clear()
+        ep.children.clear()
+        ep.orphans = 0
 
     def _clear_spec(self, ep: _Endpoint) -> None:
         for key in ep.spec:
@@ -272,14 +368,20 @@ class KVBlockIndex:
         keys = block_keys(ev.token_ids, bs, parent, n)
         mbit = self._medium_bit(ev.medium or DEFAULT_MEDIUM)
         blocks, counts, owners, bit = ep.blocks, ep.keys, self._owners, ep.bit
-        spec = ep.spec
+        spec, children = ep.spec, ep.children
+        prev = ev.parent_block_hash  # held: checked above, or this event's previous block
         for h, key in zip(ev.block_hashes, keys):
             entry = blocks.get(h)
             if entry is not None:
                 entry[1] |= mbit
                 blocks.move_to_end(h)
+                prev = h
                 continue
-            blocks[h] = [key, mbit]
+            blocks[h] = [key, mbit, prev]
+            if prev is not None:
+                children[prev] = children.get(prev, 0) + 1
+            ep.orphans -= children.get(h, 0)  # a block back under its held children
+            prev = h
             c = counts.get(key, 0)
             counts[key] = c + 1
             if not c:
@@ -289,8 +391,8 @@ class KVBlockIndex:
                 self._drop_spec_bit(key, bit)
         over = len(blocks) - self.capacity
         for _ in range(over):
-            h, (key, _m) = blocks.popitem(last=False)
-            self._drop_key(ep, key)
+            h, entry = blocks.popitem(last=False)
+            self._drop_entry(ep, h, entry)
 
     def _remove(self, ep: _Endpoint, hashes: Iterable[int], medium: str) -> None:
         mbit = self._medium_bit(medium)
@@ -302,7 +404,21 @@ class KVBlockIndex:
             entry[1] &= ~mbit
             if not entry[1]:
                 del blocks[h]
-                self._drop_key(ep, entry[0])
+                self._drop_entry(ep, h, entry)
+
+    def _drop_entry(self, ep: _Endpoint, h: int, entry: list[Any]) -> None:
+        """Account for block `h` (`entry`), just deleted from `ep.blocks`."""
+        parent = entry[2]
+        if parent is not None:
+            c = ep.children[parent] - 1
+            if c:
+                ep.children[parent] = c
+            else:
+                del ep.children[parent]
+            if parent not in ep.blocks:
+                ep.orphans -= 1  # it was one
+        ep.orphans += ep.children.get(h, 0)  # its held children are now
+        self._drop_key(ep, entry[0])
 
     def _drop_key(self, ep: _Endpoint, key: int) -> None:
         c = ep.keys[key] - 1
@@ -351,7 +467,8 @@ class KVBlockIndex:
                 self._drop_spec_bit(key, ep.bit)
 
     def expire(self, now: float) -> None:
-        """Drop speculative entries whose time is up (also done lazily by `match`)."""
+        """Drop speculative entries whose time is up (`match` already skips them; this frees
+        them, off the decision's path: the scorer calls it from its deferred hook)."""
         for ep in self._eps.values():
             self._expire(ep, now)
 
@@ -393,7 +510,7 @@ class KVBlockIndex:
         if ep is None or key not in ep.keys:
             return []
         mask = 0
-        for k, m in ep.blocks.values():
+        for k, m, _parent in ep.blocks.values():
             if k == key:
                 mask |= m
         return [medium for medium, bit in self._media.items() if mask & bit]
@@ -401,27 +518,66 @@ class KVBlockIndex:
     def match(self, keys: Sequence[int], names: Sequence[str], now: float | None = None,
               speculative: bool = True) -> list[int]:
         """For each name, how many leading `keys` it holds (confirmed, or speculative and not
-        expired at `now` when `speculative`)."""
+        expired at `now` when `speculative`); changes nothing. Bisects the confirmed blocks of
+        endpoints without orphans, then walks on from each depth found (and from 0 for
+        endpoints with orphans) while a block is held or predicted. Reads a key through
+        `keys.at(i)` when it has one: `TokenKeys` makes them as they are read."""
         eps = self._eps
-        active = 0
+        whole = partial = due = 0
         by_slot: dict[int, int] = {}
+        spec_of: dict[int, dict[int, float]] = {}
         for i, name in enumerate(names):
             ep = eps.get(name)
-            if ep is not None:
-                if speculative and now is not None:
-                    self._expire(ep, now)
-                active |= ep.bit
-                by_slot[ep.slot] = i
+            if ep is None:
+                continue
+            by_slot[ep.slot] = i
+            if ep.orphans:
+                partial |= ep.bit
+            else:
+                whole |= ep.bit
+            spec = ep.spec
+            # predictions are kept oldest first: when the oldest is live, all are
+            if now is not None and spec and next(iter(spec.values())) <= now:
+                due |= ep.bit
+                spec_of[ep.bit] = spec
         result = [0] * len(names)
-        if not active:
+        if not (whole or partial) or not len(keys):
             return result
         get = self._owners.get
-        if speculative and self._spec_owners:
-            sget = self._spec_owners.get
-            masks: Iterable[int] = (get(k, 0) | sget(k, 0) for k in keys)
+        if whole:
+            nested_prefix_depths(keys, lambda key: get(key, 0), whole, by_slot, result)
+        sget = self._spec_owners.get if speculative and self._spec_owners else None
+        if sget is None:
+            mask_of: Callable[[int], int] = lambda key: get(key, 0)  # noqa: E731
+        elif not due:
+            mask_of = lambda key: get(key, 0) | sget(key, 0)  # noqa: E731
         else:
-            masks = map(get, keys, repeat(0))
-        return prefix_depths(masks, active, by_slot, result)
+            def mask_of(key: int) -> int:
+                held = get(key, 0)
+                mask = sget(key, 0) & ~held
+                check = mask & due
+                while check:  # a prediction of an endpoint with some due: is this one due?
+                    low = check & -check
+                    check ^= low
+                    if spec_of[low].get(key, now) <= now:  # type: ignore[operator]
+                        mask ^= low
+                return held | mask
+        # walk on from each depth found (the bisection's are final without predictions)
+        starts: dict[int, int] = {0: partial} if partial else {}
+        if sget is not None:
+            for slot, i in by_slot.items():
+                if whole >> slot & 1:
+                    starts[result[i]] = starts.get(result[i], 0) | 1 << slot
+        key_at = getattr(keys, "at", keys.__getitem__)
+        n = len(keys)
+        for start, bits in starts.items():
+            if start < n:
+                prefix_depths(map(mask_of, map(key_at, range(start, n))), bits, by_slot, result)
+                if start:
+                    for slot, i in by_slot.items():
+                        if bits >> slot & 1:
+                            result[i] += start
+        return result
 
     def stats(self) -> KVIndexStats:
         return KVIndexStats(

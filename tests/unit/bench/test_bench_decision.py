@@ -5,12 +5,14 @@ from inferoute.bench.decision import decision_costs
 
 
 def test_decision_costs_table_has_a_cell_per_size() -> None:
-    table = decision_costs(["round-robin", "inferoute"], (256, 1024), endpoints=4, samples=5)
+    table = decision_costs(["round-robin", "inferoute", "precise"], (256, 1024), endpoints=4,
+                           samples=5)
     lines = table.splitlines()
     assert lines[0] == ("| policy (4 endpoints) | 256 tokens: decision p50 / p99, update p50 "
                         "(CPU ms) | 1,024 tokens: decision p50 / p99, update p50 (CPU ms) |")
     rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in lines[2:]}
-    assert set(rows) == {"round-robin", "inferoute"}
+    assert set(rows) == {"round-robin", "inferoute", "precise",
+                         "precise, engines holding what they were sent"}
     for cells in rows.values():
         for cell in cells:
             decision, update = cell.split(",")

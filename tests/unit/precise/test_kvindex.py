@@ -126,8 +126,12 @@ def test_speculative_ttl_and_confirmation():
     idx.apply("a", [stored([1, 2], None, TOKENS[:8])])
     assert idx.stats().confirmed_speculative == 2
     assert idx.match(k, ["a"], now=12.5) == [2]
+    # a match skips expired predictions without dropping them; `expire` drops them
+    assert idx.stats().speculative == 2
+    idx.expire(12.5)
     st = idx.stats()
     assert st.expired_speculative == 2 and st.speculative == 0
+    assert idx.match(k, ["a"], now=12.5) == [2]
     # a refresh extends a prediction; discard withdraws it
     idx.add_speculative("b", k, now=20.0)
     idx.add_speculative("b", k, now=21.5)

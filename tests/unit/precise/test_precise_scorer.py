@@ -116,8 +116,13 @@ def test_speculation_keeps_a_burst_together_until_ttl():
         r = req(PROMPT, f"r{i}")
         assert sched.schedule(r, e, now=0.1 * i).target is first
         assert r.prefix_cache_hit_ratio == 1.0
-    # nothing confirmed it: after the TTL the prediction is gone
+    # nothing confirmed it: after the TTL a decision no longer sees the prediction, and its
+    # (deferred) hook drops it from the index
     assert list(s.score(ctx(now=10.0), req(PROMPT), e)) == [0.0] * 4
+    assert s.index.stats().expired_speculative == 0
+    r = req(PROMPT, "r10")
+    sched.schedule(r, e, now=10.0)
+    assert r.prefix_cache_hit_ratio == 0.0
     assert s.index.stats().expired_speculative == 4
 
 

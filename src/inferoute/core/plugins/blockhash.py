@@ -23,11 +23,9 @@ a policy shares the work; the index updates, which need every key, call `tolist(
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import overload
-
 from xxhash import xxh3_64_intdigest
 
+from ..blockmatch import LazyKeys
 from ..request import InferenceRequest
 
 __all__ = ["block_hashes", "chain_seed", "CHARS_PER_TOKEN", "CHUNK_BLOCKS", "PromptKeys",
@@ -123,7 +121,7 @@ class _Chain:
         return keys[j]
 
 
-class PromptKeys(Sequence[int]):
+class PromptKeys(LazyKeys):
     """The first `len(self)` block keys of a prompt, computed lazily (see the module
     docstring); `strides` tells a bisection which positions are cheap (every span's last
     block, then every chunk's last), and `at(i)` is the unchecked index for one."""
@@ -136,27 +134,6 @@ class PromptKeys(Sequence[int]):
         self._chain = chain
         self._n = n
         self.at = chain.block
-
-    def __len__(self) -> int:
-        return self._n
-
-    @overload
-    def __getitem__(self, i: int) -> int: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[int]: ...
-
-    def __getitem__(self, i: int | slice) -> int | list[int]:
-        if isinstance(i, slice):
-            return self.tolist()[i]
-        if i < 0:
-            i += self._n
-        if not 0 <= i < self._n:
-            raise IndexError("block index out of range")
-        return self._chain.block(i)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.tolist())
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (PromptKeys, list)):

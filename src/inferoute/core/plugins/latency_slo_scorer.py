@@ -35,7 +35,7 @@ import pydantic
 
 from ..endpoint import Endpoint, EndpointMetrics
 from ..errors import TooManyRequests
-from ..latency_model import (EndpointLoad, ErrorWindow, Features, LatencyModel,
+from ..latency_model import (EndpointLoad, ErrorWindow, Features, LatencyModel, feature_rows,
                              pool_features, predict_pool)
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
@@ -81,7 +81,7 @@ class _Tracked:
 
 class _Predictions:
     """One decision's candidates as the latency model sees them: their features and predicted
-    TTFT and TPOT, made for all of them at once (`core.latency_model.pool_features`) when the
+    TTFT and TPOT, made for all of them at once (`core.latency_model.feature_rows`) when the
     score needs them, else for the chosen one only, in `on_scheduled`. What they read does not
     change in between: the load counts move only in this scorer's hooks, which run in order,
     and each candidate's scrape is kept as it was."""
@@ -105,8 +105,16 @@ class _Predictions:
                             m.kv_usage)
 
     def predict(self, models: Sequence[LatencyModel]) -> None:
-        self.x_ttft, self.x_tpot = pool_features([self._uncached(n) for n in self.names],
-                                                 [self._load(i) for i in range(len(models))])
+        """Every candidate's features and predictions (what `pool_features` and `predict_pool`
+        give for their `EndpointLoad`s, built a column at a time)."""
+        names, metrics, prompt, matched = self.names, self.metrics, self.prompt, self.matched.get
+        get = self.loads.get
+        own = [get(name) or _IDLE for name in names]
+        self.x_ttft, self.x_tpot = feature_rows(
+            [max(0.0, prompt - matched(name, 0)) for name in names],
+            [load.prefill_tokens for load in own], [load.running for load in own],
+            [load.context_tokens for load in own], [m.waiting for m in metrics],
+            [m.kv_usage for m in metrics])
         self.ttft, self.tpot = predict_pool(models, self.x_ttft, self.x_tpot)
 
     def tracked(self, name: str, model_of: Callable[[str], LatencyModel]) -> _Tracked | None:
@@ -121,7 +129,8 @@ class _Predictions:
         else:
             rows = pool_features((uncached,), (self._load(i),))
             x_ttft, x_tpot = rows[0][0], rows[1][0]
-            ttft, tpot = model_of(name).predict(x_ttft, x_tpot)
+            # the same arithmetic as a decision's (`predict_pool`), to the last bit
+            (ttft,), (tpot,) = predict_pool((model_of(name),), rows[0], rows[1])
         return _Tracked(name, self.now, uncached, self.prompt, x_ttft, x_tpot, ttft, tpot)
 
 
@@ -184,7 +193,8 @@ class LatencySloScorer(BasePlugin):
         preds = _Predictions(ctx.now, float(request.prompt_tokens_estimate), names, matched,
                              [ep.metrics for ep in endpoints], self._load)
         if predict:
-            preds.predict([self._model(name) for name in names])
+            known = self._models.get
+            preds.predict([known(name) or self._model(name) for name in names])
         return ctx.put(self._key, preds)
 
     def score(self, ctx: CycleContext, request: InferenceRequest,
@@ -203,9 +213,15 @@ class LatencySloScorer(BasePlugin):
             cost = [ttft + tpot * out_tokens for ttft, tpot in zip(preds.ttft, preds.tpot)]
             best = min(cost)
             return [best / c if c > 0 else 1.0 for c in cost]
-        # the worst ratio of predicted to target: <= 1 meets every target
-        ratio = [max(ttft / ttft_slo if ttft_slo else 0.0, tpot / tpot_slo if tpot_slo else 0.0)
-                 for ttft, tpot in zip(preds.ttft, preds.tpot)]
+        # the worst ratio of predicted to target: <= 1 meets every target (predictions are
+        # never negative, so with one target it is that target's ratio)
+        if not tpot_slo:
+            ratio = [ttft / ttft_slo for ttft in preds.ttft] if ttft_slo else [0.0] * len(endpoints)
+        elif not ttft_slo:
+            ratio = [tpot / tpot_slo for tpot in preds.tpot]
+        else:
+            ratio = [max(ttft / ttft_slo, tpot / tpot_slo)
+                     for ttft, tpot in zip(preds.ttft, preds.tpot)]
         if min(ratio) > 1.0:
             self._maybe_shed(request, preds, ratio, ttft_slo, tpot_slo)
         best_miss = min((r for r in ratio if r > 1.0), default=1.0)

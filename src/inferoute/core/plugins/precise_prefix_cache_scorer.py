@@ -8,12 +8,15 @@ computed here by the tokenizer the data layer attaches with `set_tokenizer`) are
 way at the endpoint's block size (from its events, else its scraped `cache_config_info`, else
 `blockSize`). Score contract as `prefix-cache-scorer`: leading blocks held / the prompt's full
 blocks (capped at `maxPrefixBlocksToMatch`); a prompt shorter than one block, or with no token
-ids, scores 0 everywhere.
+ids, scores 0 everywhere. Keys are made as far as the match reads them, 32 blocks at a time,
+through a memo of recent prompts' runs (`kvindex.TokenKeys`, `KeyMemo`): a prompt that opens
+like a recent one costs a hash per run, not per block.
 
 Speculative entries: when a request is routed, its blocks are indexed for the chosen endpoint
 for `speculativeTtl` seconds, until the engine's `BlockStored` events confirm them; so a burst
 of requests sharing a new prefix does not scatter before the first one's events arrive. When a
-fallback served instead (`on_served`), the prediction moves to the endpoint that served.
+fallback served instead (`on_served`), the prediction moves to the endpoint that served. A
+decision skips expired predictions; `on_scheduled` (deferred by the gateway) frees them.
 
 Parameters (camelCase in YAML):
 
@@ -37,7 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 import pydantic
 
 from ..endpoint import Endpoint
-from ..kvindex import KVBlockIndex, block_keys, chain_root
+from ..kvindex import KeyMemo, KVBlockIndex, TokenKeys, chain_root
 from ..request import InferenceRequest
 from ..scheduling.config import parse_duration
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
@@ -85,6 +88,8 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
             max_speculative=p.max_speculative_per_endpoint if p.speculative else 0,
             lora_names=p.lora_ids)
         self.tokenizer: Tokenize | None = None
+        #: the key runs of recent prompts (prompts that open alike hash their runs once)
+        self._memo = KeyMemo()
         self._key: DataKey[PrefixCycle] = DataKey(f"precise:{self.name}", PrefixCycle)
         self._pending: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
         LookupStats.__init__(self)
@@ -104,20 +109,20 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
             request.token_ids = self.tokenizer(request)
         return request.token_ids
 
-    def request_keys(self, request: InferenceRequest, block_size: int) -> list[int]:
-        """The request's block keys at `block_size` (empty without token ids)."""
-        ids = self._token_ids(request)
-        if not ids:
-            return []
+    def request_keys(self, request: InferenceRequest, block_size: int) -> TokenKeys:
+        """The request's block keys at `block_size`, made as far as they are read (none
+        without token ids)."""
+        ids = self._token_ids(request) or ()
         root = chain_root(request.lora_adapter, block_size)
-        return block_keys(ids, block_size, root, self.params.max_prefix_blocks_to_match)
+        return TokenKeys(ids, block_size, root, self.params.max_prefix_blocks_to_match,
+                         self._memo)
 
     def _cycle(self, ctx: CycleContext) -> PrefixCycle:
         return cycle_state(ctx, self._key)
 
-    def _keys(self, state: PrefixCycle, request: InferenceRequest, bs: int) -> list[int]:
+    def _keys(self, state: PrefixCycle, request: InferenceRequest, bs: int) -> TokenKeys:
         keys = state.keys.get(bs)
-        if not isinstance(keys, list):
+        if not isinstance(keys, TokenKeys):
             keys = self.request_keys(request, bs)
             state.keys[bs] = keys
         return keys
@@ -151,6 +156,9 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
                      result: SchedulingResult) -> None:
         state = self._cycle(ctx)
         primary = result.target
+        if self.params.speculative:
+            # the decision skipped expired predictions (`match`); free them here, off its path
+            self.index.expire(ctx.now)
         for ep in chosen_targets(result):
             keys = self._keys(state, request, self.block_size_of(ep))
             if ep is primary:
@@ -160,9 +168,10 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
                                                self.params.speculative)[0] if keys else 0
                 self.record_lookup(request, matched, len(keys))
             if keys and self.params.speculative:
-                self.index.add_speculative(ep.name, keys, ctx.now)
+                every = keys.tolist()
+                self.index.add_speculative(ep.name, every, ctx.now)
                 if ep is primary:
-                    self._pending[request.request_id] = (ep.name, keys)
+                    self._pending[request.request_id] = (ep.name, every)
                     self._pending.move_to_end(request.request_id)
                     while len(self._pending) > MAX_PENDING:
                         self._pending.popitem(last=False)
@@ -172,7 +181,7 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
         if rec is None or rec[0] == endpoint.name:
             return
         self.index.discard_speculative(rec[0], rec[1])
-        keys = self.request_keys(request, self.block_size_of(endpoint))
+        keys = self.request_keys(request, self.block_size_of(endpoint)).tolist()
         self.index.add_speculative(endpoint.name, keys, now)
         self._pending[request.request_id] = (endpoint.name, keys)
 
