@@ -47,7 +47,9 @@ in virtual time (docs/benchmark.md): without the hold the share stays 0.0 on
 `multi_turn_chat`; with it, on an overflowing load, it settles at 0.2-0.3 (the hold halves
 it, not more), so the rule stays on there. Until the first sample (no family has returned
 yet, or the server never reports cached tokens: vLLM without `--enable-prompt-tokens-details`)
-the rule holds, as it did before it measured anything.
+the rule holds, as it did before it measured anything. The gateway sees usage in a
+non-streamed answer and in a stream whose request asked for `stream_options.include_usage`
+(it does not add that option), so only those requests are samples.
 
 `outputShare` (0.5) is the share of a request's `max_tokens` counted in its need: a running
 request holds half its output on average over its life, so a replica runs the batch its KV
