@@ -50,8 +50,11 @@ a sliding window of `W` seconds:
               holding k of a replica's KV cache; N_kv = lambda (x + D) k / maxKvUtilization
     desired = clamp(ceil(max(N_ttft, N_kv)), minReplicas, maxReplicas)
 
-With no finished request in the window yet the estimate holds the ready replica count (no
-measurement, no opinion); with no arrivals it is `minReplicas`. When the target is out of
+With no finished request in the window yet the output is unmeasured: the estimate is the
+ready replica count, or more where the prefills measured at the first tokens (their summed TTFT
+over their summed uncached tokens, those alone on their replica) need more for the prompts'
+work alone (a floor: O = 0, never below the ready count); with no arrivals it is
+`minReplicas`. When the target is out of
 reach even with idle replicas (more than 10% of prompts take longer than T to prefill alone),
 twice the p90 unqueued TTFT stands in for T.
 """
@@ -465,6 +468,10 @@ class PoolEstimator:
         self._arrivals: deque[list[float]] = deque()
         self._first_arrival: float | None = None
         self._samples: deque[_Sample] = deque(maxlen=spec.max_samples)
+        #: streamed requests at their first token: (time, uncached tokens, TTFT, alone), the
+        #: prefill measured a decode before the request finishes
+        self._first_tokens: deque[tuple[float, float, float, bool]] = deque(
+            maxlen=spec.max_samples)
         self._kv_per_request = 0.0
         #: last fit of unqueued TTFT = a + b u (kept while every request queues), and whether
         #: it is a line (else a = 0 and b the ratio of their TTFTs to their prompts)
@@ -497,6 +504,12 @@ class PoolEstimator:
         self._samples.append(_Sample(now, endpoint, float(uncached), max(0, output_tokens),
                                      ttft, decode, unqueued))
 
+    def first_token(self, now: float, *, uncached: float, ttft: float, unqueued: bool) -> None:
+        """A streamed request's first token: its prefill is over. Used only until a request
+        of the window has finished (a long decode can take longer than the HPA's first sync:
+        engine A's 150-450 output tokens, about 16 s)."""
+        self._first_tokens.append((now, max(0.0, uncached), ttft, unqueued))
+
     def _trim(self, now: float) -> None:
         horizon = now - self.spec.window
         history = now - TREND_WINDOWS * self.spec.window  # the trend filters' counts
@@ -504,6 +517,8 @@ class PoolEstimator:
             self._arrivals.popleft()
         while self._samples and self._samples[0].at < horizon:
             self._samples.popleft()
+        while self._first_tokens and self._first_tokens[0][0] < horizon:
+            self._first_tokens.popleft()
 
     def arrival_rate(self, now: float) -> float:
         """Mean arrivals/s over the window (or since the first arrival, if later)."""
@@ -606,15 +621,37 @@ class PoolEstimator:
         streamed = [smp for smp in self._samples if smp.ttft is not None and smp.ttft > 0]
         fit = self._prefill_fit(streamed)
         if not streamed or fit is None:
-            return Estimate(desired=self._clamp(max(1, len(ready))), arrival_rate=lam)
+            return self._before_first_finish(now, lam, error, ready)
         samples = list(self._samples)
         n = len(samples)
         sizes = sorted(smp.uncached for smp in samples)
-        uncached = sum(sizes) / n
         output = sum(smp.output for smp in samples) / n
         a, b = fit
-        x = a + b * uncached
-        work = (uncached + output) * b
+        x = a + b * sum(sizes) / n
+        work, core, n_ttft = self._ttft_replicas(now, lam, error, sizes, output, fit, ready)
+        running = sum(ep.metrics.running for ep in ready)
+        if running > 0:
+            self._kv_per_request = sum(ep.metrics.kv_usage for ep in ready) / running
+        decode = sum(smp.decode for smp in streamed) / len(streamed)
+        n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
+        desired = self._clamp(math.ceil(max(n_ttft, n_kv) - 1e-9))
+        bound = lam + spec.rate_z * error
+        return Estimate(desired=desired, arrival_rate=lam, rate_error=error,
+                        unqueued_ttft=x, work=work,
+                        prefill_speed=1 / b if self._line and b > 0 else None,
+                        rho_max=bound * work / core if core > 0 else 0.0,
+                        ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True)
+
+    def _ttft_replicas(self, now: float, lam: float, error: float, sizes: list[float],
+                       output: float, fit: tuple[float, float],
+                       ready: list[Endpoint]) -> tuple[float, float, float]:
+        """(work per request, N for the target at the forecast, N_ttft: that plus the
+        backlog's drain) for the window's sorted uncached prompt `sizes`, `output` tokens per
+        request and the unqueued TTFT line `fit` (a, b)."""
+        spec = self.spec
+        n = len(sizes)
+        a, b = fit
+        work = (sum(sizes) / n + output) * b
         wait_moment = b * b * sum(u * u for u in sizes) / n
         unqueued = [a + b * sizes[min(n - 1, int((i + 0.5) * n / SIZE_POINTS))]
                     for i in range(SIZE_POINTS)]
@@ -625,18 +662,28 @@ class PoolEstimator:
         waiting = sum(ep.metrics.waiting for ep in ready)
         ahead = self.forecast_rate(now, spec.horizon / 2)
         backlog = waiting + max(0.0, ahead - len(ready) / work) * spec.horizon
-        n_ttft = core + backlog * work / spec.window
-        running = sum(ep.metrics.running for ep in ready)
-        if running > 0:
-            self._kv_per_request = sum(ep.metrics.kv_usage for ep in ready) / running
-        decode = sum(smp.decode for smp in streamed) / len(streamed)
-        n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
-        desired = self._clamp(math.ceil(max(n_ttft, n_kv) - 1e-9))
-        return Estimate(desired=desired, arrival_rate=lam, rate_error=error,
-                        unqueued_ttft=x, work=work,
-                        prefill_speed=1 / b if self._line and b > 0 else None,
-                        rho_max=bound * work / core if core > 0 else 0.0,
-                        ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True)
+        return work, core, core + backlog * work / spec.window
+
+    def _before_first_finish(self, now: float, lam: float, error: float,
+                             ready: list[Endpoint]) -> Estimate:
+        """No request of the window has finished: the ready count, or more if the prefills
+        measured at the first tokens need more. Their speed is their summed TTFT over their
+        summed uncached tokens (those alone on their replica); the output tokens are not
+        known yet, so the work is the prompt's alone, and the count a floor: never fewer
+        than the ready replicas. (Engine A's 4-14 req/s day: at the first sync, 15 s in,
+        60 first tokens and no request finished; one replica took 4.5 req/s of ~0.22 s
+        prefills and the estimate held it.)"""
+        hold = self._clamp(max(1, len(ready)))
+        alone = [(u, t) for _, u, t, unqueued in self._first_tokens if unqueued and t > 0]
+        tokens = sum(u for u, _ in alone)
+        if not alone or tokens <= 0:
+            return Estimate(desired=hold, arrival_rate=lam)
+        b = sum(t for _, t in alone) / tokens
+        sizes = sorted(u for _, u, _, _ in self._first_tokens)
+        work, _, n_ttft = self._ttft_replicas(now, lam, error, sizes, 0.0, (0.0, b), ready)
+        return Estimate(desired=max(hold, self._clamp(math.ceil(n_ttft - 1e-9))),
+                        arrival_rate=lam, rate_error=error, unqueued_ttft=b * sizes[
+                            len(sizes) // 2], work=work, ttft_replicas=n_ttft)
 
     def _clamp(self, n: int) -> int:
         return max(self.spec.min_replicas, min(self.spec.max_replicas, n))
@@ -695,6 +742,12 @@ class Autoscaler:
         if mark is not None and self._sent.get(mark[0]) != mark[1]:
             decision.unqueued = False
         self._prefill_over(decision)
+        req = decision.request
+        if req.stream and decision.endpoint is not None:
+            uncached = req.prompt_tokens_estimate * (1.0 - _hit_rate(decision.pool.pool))
+            self.pool(decision.pool.model).first_token(
+                now, uncached=uncached, ttft=now - req.arrival_time,
+                unqueued=decision.unqueued is not False)
 
     def _prefill_over(self, decision: Decision) -> None:
         mark, decision.prefill_mark = decision.prefill_mark, None

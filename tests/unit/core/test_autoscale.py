@@ -145,6 +145,40 @@ def test_no_measurement_holds_and_no_load_goes_to_min(make_ep) -> None:
     assert est.estimate(13.0 + 61, [make_ep(0)]).desired == 2
 
 
+def test_before_a_request_finishes_the_first_tokens_size_the_prefills(make_ep) -> None:
+    """Engine A's 4-14 req/s day: at the HPA's first sync, 15 s in, 60 first tokens and no
+    request finished (a decode of 150-450 tokens takes about 16 s), and the estimate held
+    the one ready replica while 4.5 req/s of 0.22-s prefills kept it busy 99% of the time.
+    The prefills alone on their replica give the speed; the output is not known yet, so
+    the prompts' work alone sizes the pool, and never below the ready count."""
+    est = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+    for i in range(68):  # 4.5 req/s for 15 s, 3000-token prompts, every other one alone
+        t = i / 4.5
+        est.arrived(t)
+        est.first_token(t + 0.22, uncached=3000, ttft=0.22 if i % 2 == 0 else 0.5,
+                        unqueued=i % 2 == 0)
+    e = est.estimate(15.0, [make_ep(0)])
+    assert not e.measured
+    assert e.work == pytest.approx(0.22)  # 3000 tokens at 3000 / 0.22 tokens/s
+    assert e.desired >= 2
+    assert est.estimate(15.0, [make_ep(i) for i in range(6)]).desired == 6  # a floor
+    quiet = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+    for i in range(15):  # 1 req/s: one replica is enough
+        quiet.arrived(float(i))
+        quiet.first_token(i + 0.22, uncached=3000, ttft=0.22, unqueued=True)
+    assert quiet.estimate(15.0, [make_ep(0)]).desired == 1
+    # none alone: no speed, the ready count held
+    queued = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+    for i in range(68):
+        queued.arrived(i / 4.5)
+        queued.first_token(i / 4.5 + 1, uncached=3000, ttft=1.0, unqueued=False)
+    assert queued.estimate(15.0, [make_ep(0)]).desired == 1
+    # once a request has finished, the finished requests size the pool as before
+    est.finished("ep0", 15.5, prompt_tokens=3000, cached_tokens=0, output_tokens=300,
+                 ttft=0.22, e2e=15.0)
+    assert est.estimate(16.0, [make_ep(0)]).measured
+
+
 def test_rate_forecast_follows_the_trend() -> None:
     est = PoolEstimator(AutoscaleSpec(window=60, horizon=30))
     for sec in range(60):  # 1 req/s rising to 7 req/s: 0.1 more each second
@@ -419,6 +453,8 @@ def test_router_feeds_the_estimator(make_ep, make_req) -> None:
     s = pool._samples[-1]
     assert (s.uncached, s.ttft, s.decode) == (400.0, pytest.approx(0.2), pytest.approx(0.8))
     assert {x.endpoint for x in pool._samples} == {ep.name for ep in eps}
+    # at the first token: the prompt's estimate (2,000 characters), its TTFT, alone or not
+    assert pool._first_tokens[-1][1:] == (500.0, pytest.approx(0.2), True)
     assert (s.output, s.unqueued) == (9, True)
     assert auto.estimate("m", 20.0, eps).unqueued_ttft == pytest.approx(0.2)
 
