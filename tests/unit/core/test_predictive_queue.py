@@ -89,3 +89,24 @@ def test_a_new_endpoint_does_not_look_cheaper_than_a_served_busy_one() -> None:
     assert c[0] - c[1] == pytest.approx(demand)
     # the fluid queue alone would still owe 200 x 160 - 1,600 tokens there (1,875 blocks)
     assert _queued(s, eps[0], 1.0) == 0.0
+
+
+def test_queued_prefill_growth_weighs_a_miss_by_the_requests_waiting_there() -> None:
+    costs = {}
+    for growth in (0.0, 1.0):
+        s = PredictiveCostScorer(params=PredictiveCostScorer.Params(
+            prefill_weight=1.0, queue_weight=0.0, overflow_weight=0.0,
+            prefill_tokens_per_second=RATE, queued_prefill_growth=growth))
+        eps = [Endpoint(host=f"10.0.0.{i}", port=8000,
+                        metrics=EndpointMetrics(num_blocks=100_000, block_size=16,
+                                                scraped_at=0.0)) for i in range(2)]
+        for i in range(3):  # three requests wait for their first token at each endpoint
+            for ep in eps:
+                _send(s, ep, f"{ep.name}-{i}", 0.0)
+        late = _send(s, eps[1], "late", 0.0)
+        s.on_first_token(late, eps[1], 0.0)  # one of them has its first token: not counted
+        assert [s._st(ep.name).prefilling for ep in eps] == [3, 3]
+        costs[growth] = s.costs(_ctx(0.0), _req("new"), eps)
+    # 10 uncached blocks each, weighed once without growth, 1 + 3 times with it
+    assert costs[1.0][0] - costs[0.0][0] == pytest.approx(3 * 10)
+    assert costs[1.0][1] - costs[0.0][1] == pytest.approx(3 * 10)

@@ -20,7 +20,7 @@ For every candidate endpoint the scorer predicts, in KV blocks of `blockSizeToke
 - **decode work** `W`: the blocks the requests in flight there read at every decode step at
   their peak, a shared prompt block once per request (`W'` with this request).
 
-    cost = a x D' + (1 - a) x W' + (prefillWeight + h) x u + queueWeight x Q
+    cost = a x D' + (1 - a) x W' + (prefillWeight + h) x u x (1 + g x k) + queueWeight x Q
            + overflowWeight x max(0, D' - capacity)
            + waitingWeight x waiting (last scrape) x this request's blocks
            + usageWeight x KV blocks in use (last scrape)
@@ -30,6 +30,13 @@ leading block's hash) and `homeWeight` x (1 + rank / (n - 1)) / 2 elsewhere, so 
 no endpoint holds any more goes back to its home rather than to whichever endpoint is least
 loaded, and a hot family spills to the same few replicas (off by default: on two KV-overflow
 scenarios of docs/benchmark.md it changed throughput by -1.6% and +0.1%).
+
+With `queuedPrefillGrowth` g > 0 (off by default) the uncached term is multiplied by
+`1 + g x k`, k the requests at the endpoint still waiting for their first token: by Little's
+law about as many as will queue behind this one while it waits, so in an overload, where
+every prefill block delays all of them, a cached prefix counts for more than a shorter queue.
+On the real Mooncake conversation trace overloaded 2x, g = 1 halved the mean TTFT, but the
+replicas' backlogs grew uneven and the run took 30% longer (docs/benchmark.md).
 
 `a`, the share of KV demand in the balance term, is 1 by default. With `pressureLow` <
 `pressureHigh` it follows the candidates' mean `D / capacity`: 0 (balance decode work) at or
@@ -93,6 +100,8 @@ class _InFlight:
     tail: int = 0
     #: uncached prompt tokens while the request waits for its first token (0 after it)
     prefill: int = 0
+    #: it waits for its first token
+    prefilling: bool = True
 
 
 @dataclass(slots=True)
@@ -110,6 +119,8 @@ class _EndpointState:
     #: uncached prompt tokens of the requests in flight without a first token yet: the most
     #: the fluid queue can hold
     pending: int = 0
+    #: requests there waiting for their first token
+    prefilling: int = 0
 
     @property
     def demand(self) -> int:
@@ -173,6 +184,9 @@ class PredictiveCostScorer(BasePlugin):
                                      "rising to all of it at the last rank")
         home_key_blocks: int = pydantic.Field(
             8, ge=1, description="the leading block whose hash names a prompt family")
+        queued_prefill_growth: float = pydantic.Field(
+            0.0, ge=0.0, description="the uncached-block weight grows by this much per request "
+                                     "waiting for its first token at the endpoint (off: 0)")
 
         @pydantic.model_validator(mode="after")
         def _pressure_order(self) -> "PredictiveCostScorer.Params":
@@ -249,6 +263,7 @@ class PredictiveCostScorer(BasePlugin):
         prompt_blocks, out_blocks = data["prompt_blocks"], data["out_blocks"]
         own = prompt_blocks + out_blocks
         prefill_w, queue_w, overflow_w = p.prefill_weight, p.queue_weight, p.overflow_weight
+        growth = p.queued_prefill_growth
         waiting_w, usage_w = p.waiting_weight, p.usage_weight
         # the fluid prefill queue, drained at `rate` tokens/s since its last update, in blocks
         now, rate = ctx.now, p.prefill_tokens_per_second
@@ -262,6 +277,7 @@ class PredictiveCostScorer(BasePlugin):
             queued = min(st.queue - rate * max(0.0, now - st.queue_at), st.pending)
             cost = (alpha * demand + (1.0 - alpha) * (st.work + own)
                     + (prefill_w + far) * max(0, prompt_blocks - m)
+                    * (1.0 + growth * st.prefilling if growth else 1.0)
                     + (queue_w * (queued / bs) if queued > 0.0 else 0.0))
             if waiting_w:
                 cost += waiting_w * ep.metrics.waiting * own
@@ -326,6 +342,7 @@ class PredictiveCostScorer(BasePlugin):
         st.queue = st.queued(ctx_now, p.prefill_tokens_per_second) + prefill
         st.queue_at = ctx_now
         st.pending += int(prefill)
+        st.prefilling += 1
         self._flying[request.request_id] = _InFlight(name, hashes, data["out_blocks"],
                                                      data["prompt_blocks"] + data["out_blocks"],
                                                      data["tail"], int(prefill))
@@ -344,7 +361,10 @@ class PredictiveCostScorer(BasePlugin):
         st = self._state.get(rec.endpoint)
         if st is not None and rec.prefill:
             st.prefilled(now, self.params.prefill_tokens_per_second, rec.prefill)
+        if st is not None and rec.prefilling:
+            st.prefilling = max(0, st.prefilling - 1)
         rec.prefill = 0
+        rec.prefilling = False
 
     def _release(self, rec: _InFlight, now: float) -> None:
         self._prefilled(rec, now)
