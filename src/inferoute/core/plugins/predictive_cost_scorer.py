@@ -31,12 +31,14 @@ no endpoint holds any more goes back to its home rather than to whichever endpoi
 loaded, and a hot family spills to the same few replicas (off by default: on two KV-overflow
 scenarios of docs/benchmark.md it changed throughput by -1.6% and +0.1%).
 
-With `queuedPrefillGrowth` g > 0 (off by default) the uncached term is multiplied by
+With `queuedPrefillGrowth` g > 0 (0 in the plugin, 0.25 in the packaged `inferoute` and
+`inferoute-kv-fit` configs) the uncached term is multiplied by
 `1 + g x k`, k the requests at the endpoint still waiting for their first token: by Little's
 law about as many as will queue behind this one while it waits, so in an overload, where
 every prefill block delays all of them, a cached prefix counts for more than a shorter queue.
-On the real Mooncake conversation trace overloaded 2x, g = 1 halved the mean TTFT, but the
-replicas' backlogs grew uneven and the run took 30% longer (docs/benchmark.md).
+On the real Mooncake conversation trace overloaded 2x, g = 0.25 and 1 roughly halved the mean
+TTFT, at the cost of a longer drain (backlogs of long prompts gather on a few replicas); g = 1
+cost the seed's run 4.8%, 0.25 cost it 0.2% (docs/benchmark.md).
 
 `a`, the share of KV demand in the balance term, is 1 by default. With `pressureLow` <
 `pressureHigh` it follows the candidates' mean `D / capacity`: 0 (balance decode work) at or
