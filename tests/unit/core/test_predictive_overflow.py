@@ -73,3 +73,24 @@ def test_packaged_inferoute_config_uses_overflow_weight_3() -> None:
     cfg = resolve_config("inferoute")
     spec = next(p for p in cfg.plugins if p.type == "predictive-cost-scorer")
     assert spec.parameters["overflowWeight"] == 3.0
+
+
+def test_an_engines_larger_blocks_count_in_the_scorers_own() -> None:
+    """vLLM's CPU backend reports 40 blocks of 128 tokens: 5,120 tokens, 320 of the scorer's
+    16-token blocks, not 40. Counted as 40, the prefix index forgot every family after two
+    requests and inferoute routed like round-robin on two real replicas (hit rate 40% against
+    llm-d's 63% at 1 request/s)."""
+    s = _scorer(3.0)
+    ep, other = [Endpoint(host=f"10.0.0.{i}", port=8000,
+                          metrics=EndpointMetrics(num_blocks=40, block_size=128, scraped_at=0.0))
+                 for i in range(2)]
+    assert s._capacity(ep) == 320
+    family = "f" * (64 * BLOCK_CHARS)  # a 1,024-token system prompt: 8 engine blocks
+    reqs = [_req(family + " q", "fam")] + [_req(chr(65 + i) * (10 * BLOCK_CHARS), f"u{i}")
+                                           for i in range(8)]
+    for r in reqs:  # served and finished one after another: nothing stays in flight
+        s._account(0.0, r, ep, s._cycle(_ctx(), r))
+        s.on_finished(r, ep, 0.0, None)
+    # 65 + 8 x 10 prompt blocks and their outputs: far past 40 blocks, well within 320
+    c = s.costs(_ctx(), _req(family + " next", "new"), [ep, other])
+    assert c[0] < c[1]

@@ -63,6 +63,18 @@ def kv_capacity_tokens(ep: Endpoint, default: int) -> int:
     return default
 
 
+def kv_capacity_blocks(ep: Endpoint, block_tokens: int, default: int) -> int:
+    """The endpoint's KV capacity in blocks of `block_tokens` tokens (a scorer's own unit),
+    from its scraped cache config; `default` until a scrape reports it. The engine's blocks
+    may be larger: vLLM's CPU backend uses 128 tokens, so 40 of its blocks are 320 of 16."""
+    m = ep.metrics
+    if not m.num_blocks:
+        return default
+    if not m.block_size:
+        return m.num_blocks  # no block size reported: assume the scorer's own
+    return max(1, m.num_blocks * m.block_size // block_tokens)
+
+
 class BasePlugin:
     """Holds the plugin's configured name and validated parameters."""
 

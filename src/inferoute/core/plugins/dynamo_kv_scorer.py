@@ -10,10 +10,10 @@ active there plus this request's. With temperature 0 (the default) the lowest co
 
 Here the overlap comes from an approximate index of the blocks the gateway sent to each worker
 (hashed in blocks of `blockSizeTokens` x 4 characters, LRU-bounded by the worker's scraped
-`num_blocks`, or `lruCapacityPerServer`), and the active blocks from the gateway's in-flight
-prompt tokens per worker (Dynamo also counts generated tokens as they stream; the core only
-learns of a request's end, so decode growth is not counted). The score is the min-max inverted
-cost: the cheapest worker scores 1.
+capacity, `num_blocks` x `block_size` counted in its own blocks, or `lruCapacityPerServer`),
+and the active blocks from the gateway's in-flight prompt tokens per worker (Dynamo also
+counts generated tokens as they stream; the core only learns of a request's end, so decode
+growth is not counted). The score is the min-max inverted cost: the cheapest worker scores 1.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, PromptKeys, request_keys
-from .common import BasePlugin, PluginParams, inverted_min_max
+from .common import BasePlugin, PluginParams, inverted_min_max, kv_capacity_blocks
 from .prefixindex import PrefixIndex
 
 __all__ = ["DynamoKvScorer"]
@@ -84,7 +84,8 @@ class DynamoKvScorer(BasePlugin):
         hashes = self._hashes(ctx, request)
         if hashes:
             ep = result.target
-            cap = ep.metrics.num_blocks or self.params.lru_capacity_per_server
+            p = self.params
+            cap = kv_capacity_blocks(ep, p.block_size_tokens, p.lru_capacity_per_server)
             self.index.insert(ep.name, hashes.tolist(), cap)
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:

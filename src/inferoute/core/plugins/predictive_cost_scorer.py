@@ -3,8 +3,9 @@
 For every candidate endpoint the scorer predicts, in KV blocks of `blockSizeTokens` tokens:
 
 - **uncached prefill** `u`: the prompt's blocks minus the leading blocks the endpoint probably
-  still holds. The prefix index is sized by the endpoint's *real* KV capacity (`num_blocks` from
-  its scrape, `defaultCapacityBlocks` before the first one) and fed not only the prompts sent
+  still holds. The prefix index is sized by the endpoint's *real* KV capacity (`num_blocks` x
+  `block_size` from its scrape, in this scorer's blocks; `defaultCapacityBlocks` before the
+  first one) and fed not only the prompts sent
   there but also placeholder blocks for the output they will generate, so its LRU forgets
   prefixes about when the server evicts them;
 - **KV demand** `D`: the blocks the requests in flight there will hold at their peak: their
@@ -80,7 +81,7 @@ from ..scheduling.framework import CycleContext, SchedulingResult
 from ..scheduling.metric_reads import MetricReads
 from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, request_keys
-from .common import BasePlugin, PluginParams, inverted_min_max
+from .common import BasePlugin, PluginParams, inverted_min_max, kv_capacity_blocks
 from .prefixhome import family_key, home_ranks
 from .prefix_match import MATCHED_TOKENS, matched_tokens
 from .prefixindex import PrefixIndex
@@ -229,7 +230,9 @@ class PredictiveCostScorer(BasePlugin):
                                     [0] * len(names))
 
     def _capacity(self, ep: Endpoint) -> int:
-        return ep.metrics.num_blocks or self.params.default_capacity_blocks
+        """The endpoint's KV capacity in this scorer's blocks."""
+        p = self.params
+        return kv_capacity_blocks(ep, p.block_size_tokens, p.default_capacity_blocks)
 
     def _cycle(self, ctx: CycleContext, request: InferenceRequest) -> dict[str, Any]:
         data = ctx.data.get(self._key)
@@ -254,8 +257,7 @@ class PredictiveCostScorer(BasePlugin):
         hashes = data["hashes"]
         names = [ep.name for ep in endpoints]
         states = [self._st(name) for name in names]
-        default_cap = p.default_capacity_blocks
-        caps = [ep.metrics.num_blocks or default_cap for ep in endpoints]
+        caps = [self._capacity(ep) for ep in endpoints]
         alpha = self._demand_share(states, caps)
         away = self._away(hashes, names)
         flying = self._held_in_flight(hashes, names)
