@@ -148,6 +148,21 @@ def wait_for_http(url: str, timeout: float = 30.0, status: int = 200,
 _running: set[ChildProcess] = set()
 
 
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM end this interpreter through its exit path (`finally` blocks, then
+    `_stop_leftovers`), so that `kill`, a CI job's timeout or a supervisor stopping a demo
+    stops its children too: by default SIGTERM ends Python at once and leaves them running,
+    each in its own session. Only from the main thread, and only where nobody has chosen a
+    SIGTERM handler (a server that drains on SIGTERM keeps its own)."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @atexit.register
 def _stop_leftovers() -> None:
     """At interpreter exit, stop the process group of every child still running: a run cut
@@ -163,7 +178,7 @@ class ChildProcess:
 
     It runs in its own process group: `stop()` signals the whole group, so anything it spawned
     goes too. Use it as a context manager to stop it on the way out; one still running when
-    the interpreter exits is stopped then. `preexec_fn` (e.g. CPU pinning) is only safe while
+    the interpreter exits (SIGTERM included) is stopped then. `preexec_fn` (e.g. CPU pinning) is only safe while
     the caller has no other threads, i.e. for its first child.
     """
 
@@ -171,6 +186,7 @@ class ChildProcess:
                  env: Mapping[str, str] | None = None, unset_env: Iterable[str] = (),
                  keep: int = 5000, preexec_fn: Callable[[], None] | None = None) -> None:
         self.name = name or " ".join(argv[:3])
+        _exit_on_sigterm()
         full_env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
         for key in unset_env:
             full_env.pop(key, None)

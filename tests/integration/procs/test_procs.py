@@ -53,7 +53,7 @@ import os, subprocess, sys, time
 from inferoute.procs import ChildProcess
 
 pids = sys.argv[1]
-if len(sys.argv) > 2:  # the child: start a grandchild, say both pids, wait
+if sys.argv[2:3] == ["child"]:  # the child: start a grandchild, say both pids, wait
     g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     with open(pids + ".tmp", "w") as fh:
         fh.write(f"{os.getpid()} {g.pid}")
@@ -63,6 +63,9 @@ else:  # the parent: start the child, wait for its pids, exit without stopping i
     c = ChildProcess([sys.executable, __file__, pids, "child"], name="left")
     while not os.path.exists(pids):
         time.sleep(0.02)
+    if "--wait" in sys.argv:  # until a signal ends it
+        print("ready", flush=True)
+        time.sleep(600)
 """
 
 
@@ -75,6 +78,27 @@ def test_children_left_running_are_stopped_when_the_interpreter_exits(tmp_path) 
     script.write_text(_LEAVER)
     subprocess.run([sys.executable, str(script), str(pids)], check=True, timeout=120)
     # the parent has exited, and its exit hook waited for the group to go
+    for pid in map(int, pids.read_text().split()):
+        assert _gone(pid), pid
+
+
+def test_children_are_stopped_when_the_parent_gets_sigterm(tmp_path) -> None:
+    """`kill` (SIGTERM) of a command that started children, as a supervisor or a CI timeout
+    stops it, leaves nothing behind either: Python's default would end it at once, before
+    its exit hook."""
+    import os
+    import signal
+    import subprocess
+    script, pids = tmp_path / "leaver.py", tmp_path / "pids"
+    script.write_text(_LEAVER)
+    parent = subprocess.Popen([sys.executable, str(script), str(pids), "--wait"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "ready"
+        os.kill(parent.pid, signal.SIGTERM)
+        assert parent.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        parent.kill()
     for pid in map(int, pids.read_text().split()):
         assert _gone(pid), pid
 
