@@ -13,8 +13,11 @@ sequence, ~3 ms against ~0.4 ms per prefill token, had to come out of u: prefill
 k(L) the prefill chunks of an L-token prompt, pairs(L) its causal query x key pairs, A the
 attention FLOPs of one pair, body/embed the non-embedding/embedding parameters. The fit is a
 non-negative least squares on *relative* errors (each row divided by its measurement), so a
-1 s prefill does not drown a 5 ms decode step. The profile then gets compute efficiency 1 and
-`gpu_tflops = 1/u`, `attention_efficiency = u/w`, memory efficiency 1 and `hbm_tbps = 1/m`:
+1 s prefill does not drown a 5 ms decode step. The profile then gets `gpu_tflops` the faster
+of 1/u and 1/w, each efficiency its own rate over that (so the slower of the two gets an
+efficiency below 1: attention on a GPU, the GEMMs of the tiny model on a CPU, where clamping
+attention to the GEMMs' rate priced a 3,072-token prefill 63-69% too slow), memory
+efficiency 1 and `hbm_tbps = 1/m`:
 effective figures of the measured machine, not its datasheet. A step whose weights read
 (m x weight bytes) outlasts its linear FLOPs costs the read instead, as in the timing model;
 `check_fit` shows what the profile predicts for every measured point and its error.
@@ -143,13 +146,16 @@ def fit_profile(base: EngineProfile, prefill: list[PrefillPoint], decode: list[D
         target.append(dp.itl)
     x = _fit_with_floor(np.array(rows), np.array(target), p.weight_bytes)
     f, o, u, w, m, s = (float(v) for v in x)
-    # a zero fit: no cost per token shows at these lengths (it hides in the fixed costs)
-    tflops = 1.0 / u / 1e12 if u > 0 else 1e6
-    # attention no cheaper per FLOP than the GEMMs (efficiency <= 1); a zero fit means its cost
-    # hides in the others at these lengths
-    attn_eff = min(1.0, u / w) if w > 0 and u > 0 else 1.0
+    if u > 0 and w > 0:
+        # the faster of the two rates is the "peak", the other its efficiency (<= 1): on a GPU
+        # the GEMMs are faster per FLOP, on a CPU with a narrow model often attention is
+        peak = max(1.0 / u, 1.0 / w)
+        tflops, compute_eff, attn_eff = peak / 1e12, 1.0 / u / peak, 1.0 / w / peak
+    else:
+        # a zero fit: that cost does not show at these lengths (it hides in the others)
+        tflops, compute_eff, attn_eff = (1.0 / u / 1e12 if u > 0 else 1e6), 1.0, 1.0
     hbm = 1.0 / m / 1e12 if m > 0 else 1e3
-    profile = p.replace(tensor_parallel=1, gpu_tflops=tflops, compute_efficiency=1.0,
+    profile = p.replace(tensor_parallel=1, gpu_tflops=tflops, compute_efficiency=compute_eff,
                         attention_efficiency=attn_eff, hbm_tbps=hbm, memory_efficiency=1.0,
                         step_overhead_ms=o * 1e3, sequence_overhead_us=s * 1e6,
                         frontend_fixed_ms=f * 1e3,

@@ -6,8 +6,12 @@ new, so nothing is served from the prefix cache):
 - prefill: time to first token of one prompt alone, for a ladder of prompt lengths (median of
   `repeats`); the prompt's token count is the server's own `usage.prompt_tokens`;
 - decode: `batch` streams started together at `context` prompt tokens, `max_tokens` each with
-  `ignore_eos`; per stream the mean gap between tokens over the second half of its output (all
-  of the batch is decoding by then), the median over the streams;
+  `ignore_eos`; the step time is the server's own mean time per output token of the batch's
+  requests (`vllm:request_time_per_output_token_seconds`, read from /metrics before and after:
+  the engine's timestamps, so a busy API server or client that delivers tokens in bursts does
+  not skew it); from a server without it, per stream the mean gap between tokens over the
+  second half of its output (all of the batch is decoding by then), the median over the
+  streams;
 - KV capacity and block size: `vllm:cache_config_info` on /metrics (LoRA slots:
   `vllm:lora_requests_info`); the model name and its longest context: /v1/models.
 
@@ -32,7 +36,7 @@ from ..core.words import WORKLOAD_WORDS
 from ..core.metricsparse import parse_metrics
 from .fit import DecodePoint, PrefillPoint
 
-__all__ = ["ServerFacts", "Measurements", "measure_server"]
+__all__ = ["Measurements", "ServerFacts", "measure_server", "server_tpot"]
 
 Log = Callable[[str], None]
 
@@ -122,6 +126,37 @@ async def measure_prefill(session: aiohttp.ClientSession, url: str, model: str,
     return out
 
 
+TPOT = "vllm:request_time_per_output_token_seconds"
+
+
+async def server_tpot(session: aiohttp.ClientSession, url: str) -> tuple[float, float] | None:
+    """(sum, count) of the server's per-request time per output token, over every series;
+    None when its /metrics has no such histogram."""
+    async with session.get(url + "/metrics") as r:
+        if r.status != 200:
+            return None
+        text = await r.text()
+    total = count = 0.0
+    seen = False
+    for line in text.splitlines():
+        if not line.startswith(TPOT):
+            continue
+        name, _, value = line.rpartition(" ")
+        base = name.split("{", 1)[0]
+        if base == TPOT + "_sum":
+            total += float(value)
+            seen = True
+        elif base == TPOT + "_count":
+            count += float(value)
+    return (total, count) if seen else None
+
+
+def _stream_steps(runs: list[tuple[float, list[float], int]]) -> list[float]:
+    """Per stream, its mean gap between tokens over the second half of its output."""
+    return [(t[-1] - t[len(t) // 2]) / (len(t) - 1 - len(t) // 2)
+            for _, t, _ in runs if len(t) - len(t) // 2 >= 2]
+
+
 async def measure_decode(session: aiohttp.ClientSession, url: str, model: str,
                          batches: list[int], contexts: list[int], max_tokens: int,
                          kv_tokens: float, words: _Words, log: Log) -> list[DecodePoint]:
@@ -130,17 +165,20 @@ async def measure_decode(session: aiohttp.ClientSession, url: str, model: str,
         for b in batches:
             if b * (ctx + max_tokens) > kv_tokens:
                 continue
+            before = await server_tpot(session, url)
             runs = await asyncio.gather(*(_stream(session, url, _body(model, words(ctx),
                                                                       max_tokens))
                                           for _ in range(b)))
-            # a stream's mean gap over the second half of its tokens: chunks that arrive in
-            # bursts (a busy client or server) shift single gaps, not the span
-            steps = [(t[-1] - t[len(t) // 2]) / (len(t) - 1 - len(t) // 2)
-                     for _, t, _ in runs if len(t) - len(t) // 2 >= 2]
-            if not steps:
-                continue
+            after = await server_tpot(session, url) if before is not None else None
+            if before is not None and after is not None and after[1] - before[1] >= b:
+                step = (after[0] - before[0]) / (after[1] - before[1])
+            else:
+                steps = _stream_steps(runs)
+                if not steps:
+                    continue
+                step = statistics.median(steps)
             prompt = statistics.mean(p or ctx for *_, p in runs)
-            point = DecodePoint(b, prompt + 0.75 * max_tokens, statistics.median(steps))
+            point = DecodePoint(b, prompt + 0.75 * max_tokens, step)
             log(f"decode batch {b:>3}, context {point.context:>7.0f}: "
                 f"step {point.itl * 1e3:7.2f} ms")
             out.append(point)
