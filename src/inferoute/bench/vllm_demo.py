@@ -12,22 +12,32 @@ With `--fidelity` it first fits a simulator profile to the two replicas measured
 time (`sim calibrate --from URL0 --from URL1`, before the ladder: each replica's speed with its
 neighbour busy, as under load), then runs the same ladder through the gateway against `inferoute sim` with the fitted
 profile, and prints real vs simulated per stage and policy with the relative error of each figure.
-Every process it starts is stopped on exit, error or Ctrl-C.
+On two shared cores the real replicas get less of the host under load than while they were
+calibrated, so it also samples each replica's scheduler statistics (bench/host_share.py) during
+the calibration and every stage, and runs the simulated ladder a second time with each
+simulated replica's time scale set, stage by stage, to its real twin's stretch over the
+calibration's: "host-matched", a check of the step model given the host's measured share, not a
+prediction of it. Every process it starts is stopped on exit, error or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..procs import ChildProcess, free_port_range, http_status
 from .demo import Gateway, start_gateway
+from .host_share import HostSampler
 from .vllm_fleet import (MODEL, build_model, start_replicas, stop_replicas, vllm_python,
                          wait_gateway_ready)
 
-__all__ = ["run_vllm_demo", "fidelity_table", "ladder"]
+__all__ = ["StageClock", "fidelity_table", "host_factors", "host_table", "ladder", "run_vllm_demo"]
 
 BLOCK = 128
 #: (headline key, column name, scale, format) of the fidelity table
@@ -60,10 +70,33 @@ def _gateway(urls: list[str], policy: str) -> Gateway:
     return gw
 
 
+class StageClock:
+    """The ladder's progress hook: when each stage started and when its last request ended
+    (monotonic seconds), with an optional call at each stage's start."""
+
+    def __init__(self, on_start: Callable[[int], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.on_start = on_start
+        self.clock = clock
+        self.spans: list[list[float]] = []
+
+    def __call__(self, index: int, done: int, total: int) -> None:
+        now = self.clock()
+        if done == 0:
+            if self.on_start is not None:
+                self.on_start(index)
+            self.spans.append([now, now])
+        else:
+            self.spans[index][1] = now
+
+
 def _run_policies(urls: list[str], policies: tuple[str, ...], label: str, seed: int,
                   rates: tuple[float, ...], duration: float, groups: int, system_len: int,
-                  out_dir: Path, log: Any) -> dict[str, dict[str, Any]]:
-    """The ladder through a fresh gateway per policy; caches reset first. Reports by policy."""
+                  out_dir: Path, log: Any,
+                  clocks: Callable[[str], StageClock] | None = None
+                  ) -> dict[str, dict[str, Any]]:
+    """The ladder through a fresh gateway per policy; caches reset first. Reports by policy.
+    `clocks(policy)`, when given, makes the progress hook of that policy's run."""
     from .client import LiveConfig, live_report, run_live
     from .report import save_report
 
@@ -78,7 +111,7 @@ def _run_policies(urls: list[str], policies: tuple[str, ...], label: str, seed: 
                 f"in {len(load.stages)} stages")
             cfg = LiveConfig(target=gw.url, model=MODEL, workload=workload, load=load,
                              ignore_eos=True, timeout=300.0)
-            records = asyncio.run(run_live(cfg))
+            records = asyncio.run(run_live(cfg, clocks(policy) if clocks else None))
         finally:
             gw.stop()
         report = live_report(cfg, records, {"label": f"{label} {policy}", "policy": policy,
@@ -107,28 +140,79 @@ def routing_table(reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def fidelity_table(real: dict[str, dict[str, Any]], sim: dict[str, dict[str, Any]]) -> str:
-    """Real vs simulated per policy and stage: each figure and the simulator's relative error."""
+def fidelity_table(real: dict[str, dict[str, Any]], sim: dict[str, dict[str, Any]],
+                   matched: dict[str, dict[str, Any]] | None = None) -> str:
+    """Real vs simulated per policy and stage: each figure and the simulator's relative error;
+    with `matched`, the host-matched simulator's figure and error beside them."""
     from .metrics import headline
 
+    runs = [sim] + ([matched] if matched is not None else [])
     head = ["policy", "stage (req/s)"]
     for _, name, _, _ in FIGURES:
         head += [f"{name} real", "sim", "error"]
+        if matched is not None:
+            head += ["host-matched", "error"]
     lines = ["| " + " | ".join(head) + " |", "| :--- | ---: |" + " ---: |" * (len(head) - 2)]
     for policy, report in real.items():
         for i, st in enumerate(report["stages"]):
             r = headline(st)
-            s = headline(sim[policy]["stages"][i])
+            simulated = [headline(run[policy]["stages"][i]) for run in runs]
             row = [policy, f"{st['rate']:g}"]
             for key, _, scale, fmt in FIGURES:
-                a, b = r[key], s[key]
-                if a is None or b is None:
-                    row += ["-", "-", "-"]
-                    continue
-                err = f"{b / a - 1:+.0%}" if a else "-"
-                row += [fmt.format(a * scale), fmt.format(b * scale), err]
+                a = r[key]
+                row.append("-" if a is None else fmt.format(a * scale))
+                for h in simulated:
+                    b = h[key]
+                    if a is None or b is None:
+                        row += ["-", "-"]
+                        continue
+                    row += [fmt.format(b * scale), f"{b / a - 1:+.0%}" if a else "-"]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def host_factors(stages: list[dict[str, float | None]],
+                 calibration: dict[str, float | None]) -> list[list[float]]:
+    """Per stage, each replica's time scale for the simulator: its stretch in that stage over
+    its stretch while calibrated (1.0 where either is unknown: the replica barely ran)."""
+    out = []
+    for stage in stages:
+        row = []
+        for name, value in stage.items():
+            base = calibration.get(name)
+            row.append(value / base if value is not None and base else 1.0)
+        out.append(row)
+    return out
+
+
+def host_table(stretches: dict[str, list[dict[str, float | None]]],
+               calibration: dict[str, float | None]) -> str:
+    """Each replica's stretch ((run + wait) / run of its processes) per policy and stage, and
+    the time scale the host-matched simulator ran it at."""
+    names = list(calibration)
+    head = ["policy", "stage"] + [f"{n} stretch" for n in names] + [
+        f"{n} time scale" for n in names]
+    lines = ["| " + " | ".join(head) + " |", "| :--- | ---: |" + " ---: |" * (len(head) - 2)]
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    lines.append("| calibration | - | " + " | ".join(fmt(calibration[n]) for n in names)
+                 + " |" + " - |" * len(names))
+    for policy, stages in stretches.items():
+        for i, (stage, factors) in enumerate(zip(stages, host_factors(stages, calibration))):
+            cells = [fmt(stage.get(n)) for n in names] + [f"{f:.2f}" for f in factors]
+            lines.append(f"| {policy} | {i} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _set_time_scales(urls: list[str], scales: list[float]) -> None:
+    for url, scale in zip(urls, scales):
+        req = urllib.request.Request(url + "/admin/latency", method="POST",
+                                     data=json.dumps({"time_scale": scale}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
 
 
 def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-d", "inferoute"),
@@ -148,6 +232,7 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
     out_dir.mkdir(parents=True, exist_ok=True)
     replicas = []
     sim: ChildProcess | None = None
+    sampler: HostSampler | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="inferoute-tiny-") as tmp:
             model_dir, lora_dir = build_model(python, Path(tmp))
@@ -156,13 +241,29 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
             replicas = start_replicas(python, model_dir, lora_dir, max_len=4096, extra=(
                 "--num-gpu-blocks-override", str(blocks)), dev_mode=True)
             urls = [r.url for r in replicas]
+            sampler = HostSampler({f"replica {r.index}": r.child.pid for r in replicas}).start()
             profile_path = out_dir / "fitted-profile.yaml"
+            calibration: dict[str, float | None] = {}
             if fidelity:
                 from ..sim.calibrate_from import calibrate_to_file
                 console.print("[bold]fitting a simulator profile[/] to both replicas at once")
+                began = time.monotonic()
                 calibrate_to_file(urls, model_dir / "config.json", profile_path)
+                sampler.sample()
+                calibration = sampler.window(began, time.monotonic())
+            clocks: dict[str, StageClock] = {}
+
+            def clock_for(policy: str) -> StageClock:
+                clocks[policy] = StageClock()
+                return clocks[policy]
+
             real = _run_policies(urls, policies, "vllm", seed, rates, duration, groups,
-                                 system_len, out_dir, console.print)
+                                 system_len, out_dir, console.print, clock_for)
+            sampler.stop()
+            stretches = {p: [sampler.window(a, b) for a, b in c.spans]
+                         for p, c in clocks.items()}
+            (out_dir / "host-share.json").write_text(json.dumps(
+                {"calibration": calibration, "stages": stretches}, indent=1))
             console.print("\n**Two real vLLM-CPU replicas behind `inferoute serve`:**")
             print(routing_table(real))
             if not fidelity:
@@ -181,13 +282,28 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
                                       system_len, out_dir, console.print)
             console.print("\n**The same ladder on `inferoute sim` with the fitted profile:**")
             print(routing_table(simulated))
-            console.print("\n**Real vs simulated (error = sim / real - 1):**")
-            print(fidelity_table(real, simulated))
+            factors = {p: host_factors(st, calibration) for p, st in stretches.items()}
+
+            def matched_clock(policy: str) -> StageClock:
+                return StageClock(lambda i: _set_time_scales(sim_urls, factors[policy][i]))
+
+            matched = _run_policies(sim_urls, policies, "sim-host-matched", seed, rates,
+                                    duration, groups, system_len, out_dir, console.print,
+                                    matched_clock)
+            _set_time_scales(sim_urls, [1.0] * len(sim_urls))
+            console.print("\n**Each real replica's share of the host** (stretch = (run + wait) "
+                          "/ run of its processes; time scale = stretch / calibration's):")
+            print(host_table(stretches, calibration))
+            console.print("\n**Real vs simulated (error = sim / real - 1; host-matched: each "
+                          "simulated replica at its real twin's time scale):**")
+            print(fidelity_table(real, simulated, matched))
             return 0
     except KeyboardInterrupt:
         console.print("interrupted; stopping")
         return 130
     finally:
+        if sampler is not None:
+            sampler.stop()
         if sim is not None:
             sim.stop()
         stop_replicas(replicas)

@@ -3,7 +3,8 @@ simulated with the simulator's relative error per figure."""
 
 from __future__ import annotations
 
-from inferoute.bench.vllm_demo import fidelity_table, routing_table
+from inferoute.bench.vllm_demo import (StageClock, fidelity_table, host_factors, host_table,
+                                       routing_table)
 
 
 def stage(rate: float, ttft: float, itl: float, out_tps: float, hit: float) -> dict:
@@ -33,3 +34,40 @@ def test_fidelity_table_states_the_simulators_error():
     assert [c.strip() for c in row] == [
         "llm-d", "1", "0.500", "0.550", "+10%", "20.0", "18.0", "-10%",
         "40.0", "40.0", "+0%", "50.0%", "60.0%", "+20%"]
+
+
+def test_fidelity_table_puts_the_host_matched_run_beside_the_plain_one():
+    real = {"llm-d": {"stages": [stage(1, 0.50, 0.020, 40, 0.50)]}}
+    sim = {"llm-d": {"stages": [stage(1, 0.25, 0.010, 40, 0.60)]}}
+    matched = {"llm-d": {"stages": [stage(1, 0.45, 0.021, 40, 0.50)]}}
+    lines = fidelity_table(real, sim, matched).splitlines()
+    assert lines[0].count("host-matched") == 4
+    row = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert row[:7] == ["llm-d", "1", "0.500", "0.250", "-50%", "0.450", "-10%"]
+    assert row[7:12] == ["20.0", "10.0", "-50%", "21.0", "+5%"]
+
+
+def test_host_factors_are_each_stages_stretch_over_the_calibrations():
+    calibration = {"replica 0": 1.2, "replica 1": None}
+    stages = [{"replica 0": 2.4, "replica 1": 1.5}, {"replica 0": None, "replica 1": 3.0}]
+    assert host_factors(stages, calibration) == [[2.0, 1.0], [1.0, 1.0]]
+    table = host_table({"llm-d": stages}, calibration).splitlines()
+    assert table[2] == "| calibration | - | 1.20 | - | - | - |"
+    assert table[3] == "| llm-d | 0 | 2.40 | 1.50 | 2.00 | 1.00 |"
+
+
+def test_the_stage_clock_spans_each_stage_and_calls_at_its_start():
+    now = [0.0]
+    started = []
+    clock = StageClock(started.append, clock=lambda: now[0])
+    clock(0, 0, 2)
+    now[0] = 3.0
+    clock(0, 1, 2)
+    now[0] = 5.0
+    clock(0, 2, 2)
+    now[0] = 6.0
+    clock(1, 0, 1)
+    now[0] = 9.0
+    clock(1, 1, 1)
+    assert clock.spans == [[0.0, 5.0], [6.0, 9.0]]
+    assert started == [0, 1]
