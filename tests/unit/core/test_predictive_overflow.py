@@ -77,9 +77,9 @@ def test_packaged_inferoute_config_uses_overflow_weight_3() -> None:
 
 def test_an_engines_larger_blocks_count_in_the_scorers_own() -> None:
     """vLLM's CPU backend reports 40 blocks of 128 tokens: 5,120 tokens, 320 of the scorer's
-    16-token blocks, not 40. Counted as 40, the prefix index forgot every family after two
-    requests and inferoute routed like round-robin on two real replicas (hit rate 40% against
-    llm-d's 63% at 1 request/s)."""
+    16-token blocks, not 40. Counted as 40 (640 tokens, less than one 1,088-token prompt), the
+    prefix index never matched a prefix and inferoute routed like round-robin on two real
+    replicas (hit rate 40% against llm-d's 69% at 1 request/s)."""
     s = _scorer(3.0)
     ep, other = [Endpoint(host=f"10.0.0.{i}", port=8000,
                           metrics=EndpointMetrics(num_blocks=40, block_size=128, scraped_at=0.0))
