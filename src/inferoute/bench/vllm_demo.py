@@ -8,16 +8,18 @@ replica's cache but fit in the fleet's. Then, for each policy, an `inferoute ser
 front of them runs the same shared-prefix ladder (prefix caches reset before each policy) and the
 per-stage figures are printed side by side.
 
-With `--fidelity` it first fits a simulator profile to the two replicas measured at the same
-time (`sim calibrate --from URL0 --from URL1`, before the ladder: each replica's speed with its
-neighbour busy, as under load), then runs the same ladder through the gateway against `inferoute sim` with the fitted
-profile, and prints real vs simulated per stage and policy with the relative error of each figure.
-On two shared cores the real replicas get less of the host under load than while they were
-calibrated, so it also samples each replica's scheduler statistics (bench/host_share.py) during
-the calibration and every stage, and runs the simulated ladder a second time with each
-simulated replica's time scale set, stage by stage, to its real twin's stretch over the
-calibration's: "host-matched", a check of the step model given the host's measured share, not a
-prediction of it. Every process it starts is stopped on exit, error or Ctrl-C.
+With `--fidelity` it first fits a simulator profile to the two replicas measured one after the
+other (`sim calibrate --from URL0 --from URL1`, each with its neighbour idle: measured at the
+same time, each one's points depended on what the other prefilled at that moment, 2-3x apart
+for one prompt length), then runs the same ladder through the gateway against `inferoute sim`
+with the fitted profile, and prints real vs simulated per stage and policy with the relative
+error of each figure. On two shared cores the real replicas get less of the host under load
+than while they were calibrated, so it also samples each replica's scheduler statistics
+(bench/host_share.py: the stretch of its computing thread) during the calibration and every
+stage, and runs the simulated ladder a second time with each simulated replica's time scale
+set, stage by stage, to its real twin's stretch over the calibration's: "host-matched", a
+check of the step model given the host's measured share, not a prediction of it. Every
+process it starts is stopped on exit, error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -248,7 +250,8 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
                 from ..sim.calibrate_from import calibrate_to_file
                 console.print("[bold]fitting a simulator profile[/] to both replicas at once")
                 began = time.monotonic()
-                calibrate_to_file(urls, model_dir / "config.json", profile_path)
+                calibrate_to_file(urls, model_dir / "config.json", profile_path,
+                                  together=False)
                 sampler.sample()
                 calibration = sampler.window(began, time.monotonic())
             clocks: dict[str, StageClock] = {}

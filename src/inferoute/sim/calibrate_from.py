@@ -77,9 +77,14 @@ def _ints(raw: str | None) -> list[int] | None:
     return [int(x) for x in raw.split(",")] if raw else None
 
 
-async def _measure_all(urls: list[str], **kw: Any) -> Measurements:
-    """Every server measured at the same time (own prompts each); their points pooled."""
-    runs = await asyncio.gather(*(measure_server(u, seed=i, **kw) for i, u in enumerate(urls)))
+async def _measure_all(urls: list[str], together: bool = True, **kw: Any) -> Measurements:
+    """Every server measured (own prompts each), at the same time or one after another;
+    their points pooled."""
+    if together:
+        runs = await asyncio.gather(*(measure_server(u, seed=i, **kw)
+                                      for i, u in enumerate(urls)))
+    else:
+        runs = [await measure_server(u, seed=i, **kw) for i, u in enumerate(urls)]
     facts = runs[0].facts
     for u, r in zip(urls[1:], runs[1:]):
         if (r.facts.block_size, r.facts.num_blocks) != (facts.block_size, facts.num_blocks):
@@ -94,16 +99,17 @@ def calibrate(url: str | list[str], *, model_config: str | Path | None = None,
               max_num_batched_tokens: int = 2048, max_num_seqs: int = 128,
               lengths: list[int] | None = None, batches: list[int] | None = None,
               repeats: int = 3, decode_tokens: int = 64,
-              name: str | None = None) -> tuple[Any, list[dict[str, Any]]]:
-    """Measure the server at `url` (or every one of a list, at once) and fit a profile:
-    (profile, check_fit rows)."""
+              name: str | None = None, together: bool = True) -> tuple[Any, list[dict[str, Any]]]:
+    """Measure the server at `url` (or every one of a list, at once unless `together` is
+    False) and fit a profile: (profile, check_fit rows)."""
     urls = [url] if isinstance(url, str) else list(url)
     shape: dict[str, Any] = {}
     if model_config:
         path = Path(model_config)
         cfg = json.loads((path / "config.json" if path.is_dir() else path).read_text())
         shape = architecture_from_hf_config(cfg)
-    m = asyncio.run(_measure_all(urls, model=served_model, lengths=lengths, batches=batches,
+    m = asyncio.run(_measure_all(urls, together, model=served_model, lengths=lengths,
+                                 batches=batches,
                                  repeats=repeats, decode_tokens=decode_tokens))
     facts = m.facts
     fields: dict[str, Any] = dict(shape, name=name or f"fitted-{facts.model}",

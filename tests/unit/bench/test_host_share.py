@@ -44,16 +44,16 @@ def test_read_tree_gives_every_thread_and_skips_processes_that_are_gone(proc: Pa
     assert times == {10: (100 * MS, 10 * MS), 11: (500 * MS, 0), 12: (0, 0)}
 
 
-def test_stretch_is_runnable_time_over_running_time() -> None:
-    before = {1: (0, 0), 2: (100 * MS, 0)}
-    after = {1: (100 * MS, 100 * MS), 2: (200 * MS, 0)}
-    # 200 ms ran, 100 ms waited: 1.5x as long as on a core of its own
+def test_stretch_is_the_busiest_threads_runnable_time_over_its_running_time() -> None:
+    before = {1: (0, 0), 2: (100 * MS, 0), 3: (0, 0)}
+    # thread 1 computes: 300 ms ran, 150 ms waited; thread 3 polls: 30 ms ran, 900 ms waited
+    after = {1: (300 * MS, 150 * MS), 2: (100 * MS, 0), 3: (30 * MS, 900 * MS)}
     assert stretch(before, after) == pytest.approx(1.5)
 
 
-def test_threads_seen_once_add_only_what_both_readings_saw() -> None:
-    before = {1: (50 * MS, 0), 3: (900 * MS, 900 * MS)}   # thread 3 ended
-    after = {1: (150 * MS, 100 * MS), 4: (70 * MS, 70 * MS)}  # thread 4 started
+def test_threads_count_only_for_what_both_readings_saw() -> None:
+    before = {1: (50 * MS, 0), 3: (0, 0)}   # thread 3 then ran 900 ms and ended
+    after = {1: (150 * MS, 100 * MS), 4: (700 * MS, 700 * MS)}  # thread 4 started
     assert stretch(before, after) == pytest.approx(2.0)
 
 
@@ -75,7 +75,7 @@ def test_the_sampler_windows_each_tree_between_the_nearest_readings(proc: Path) 
     assert first["a"] == pytest.approx(2.0)  # 200 ms ran, 200 ms waited
     assert first["b"] is None  # the other tree did not run
     assert sampler.window(1.0, 2.0)["a"] == pytest.approx(1.0)
-    # widened to the readings at 0.0 and 2.0: 300 ms ran, 200 ms waited
+    # widened to the readings at 0.0 and 2.0: the busiest thread ran 300 ms, waited 200 ms
     assert sampler.window(0.2, 1.7)["a"] == pytest.approx(5 / 3)
 
 
