@@ -35,11 +35,13 @@ from typing import Any
 
 from ..procs import ChildProcess, free_port_range, http_status
 from .demo import Gateway, start_gateway
+from ..sim.measure import tpot_of
 from .host_share import HostSampler
 from .vllm_fleet import (MODEL, build_model, start_replicas, stop_replicas, vllm_python,
                          wait_gateway_ready)
 
-__all__ = ["StageClock", "fidelity_table", "host_factors", "host_table", "ladder", "run_vllm_demo"]
+__all__ = ["EngineTpot", "StageClock", "engine_table", "fidelity_table", "host_factors", "host_table",
+           "ladder", "run_vllm_demo"]
 
 BLOCK = 128
 #: (headline key, column name, scale, format) of the fidelity table
@@ -74,11 +76,13 @@ def _gateway(urls: list[str], policy: str) -> Gateway:
 
 class StageClock:
     """The ladder's progress hook: when each stage started and when its last request ended
-    (monotonic seconds), with an optional call at each stage's start."""
+    (monotonic seconds), with optional calls at each stage's start and end."""
 
     def __init__(self, on_start: Callable[[int], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_end: Callable[[int], None] | None = None) -> None:
         self.on_start = on_start
+        self.on_end = on_end
         self.clock = clock
         self.spans: list[list[float]] = []
 
@@ -90,6 +94,61 @@ class StageClock:
             self.spans.append([now, now])
         else:
             self.spans[index][1] = now
+            if done == total and self.on_end is not None:
+                self.on_end(index)
+
+
+class EngineTpot:
+    """Each stage's mean time per output token as the engines measured it themselves
+    (`vllm:request_time_per_output_token_seconds` of every replica, read at each stage's start
+    and after its last request): beside the client's ITL it tells a slow engine step from a
+    slow delivery (API server, gateway, client)."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.starts: dict[int, tuple[float, float]] = {}
+        self.means: dict[int, float | None] = {}
+
+    def _read(self) -> tuple[float, float]:
+        total = count = 0.0
+        for url in self.urls:
+            with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+                tpot = tpot_of(resp.read().decode())
+            if tpot is not None:
+                total, count = total + tpot[0], count + tpot[1]
+        return total, count
+
+    def start(self, index: int) -> None:
+        self.starts[index] = self._read()
+
+    def end(self, index: int) -> None:
+        total, count = self._read()
+        t0, c0 = self.starts[index]
+        self.means[index] = (total - t0) / (count - c0) if count > c0 else None
+
+
+def engine_table(reports: dict[str, dict[str, Any]], probes: dict[str, EngineTpot],
+                 sim_probes: dict[str, EngineTpot] | None = None) -> str:
+    """Per policy and stage: the client's mean ITL beside the engines' own mean TPOT (and the
+    simulated engines' when given)."""
+    from .metrics import headline
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1e3:.1f}"
+
+    head = "| policy | stage (req/s) | client mean ITL (ms) | engines' mean TPOT (ms) |"
+    rule = "| :--- | ---: | ---: | ---: |"
+    if sim_probes is not None:
+        head, rule = head + " simulated engines' TPOT (ms) |", rule + " ---: |"
+    lines = [head, rule]
+    for policy, report in reports.items():
+        for i, st in enumerate(report["stages"]):
+            row = [policy, f"{st['rate']:g}", ms(headline(st)["itl"]),
+                   ms(probes[policy].means.get(i) if policy in probes else None)]
+            if sim_probes is not None:
+                row.append(ms(sim_probes[policy].means.get(i) if policy in sim_probes else None))
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def _run_policies(urls: list[str], policies: tuple[str, ...], label: str, seed: int,
@@ -255,9 +314,11 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
                 sampler.sample()
                 calibration = sampler.window(began, time.monotonic())
             clocks: dict[str, StageClock] = {}
+            probes: dict[str, EngineTpot] = {}
 
             def clock_for(policy: str) -> StageClock:
-                clocks[policy] = StageClock()
+                probe = probes[policy] = EngineTpot(urls)
+                clocks[policy] = StageClock(probe.start, on_end=probe.end)
                 return clocks[policy]
 
             real = _run_policies(urls, policies, "vllm", seed, rates, duration, groups,
@@ -266,9 +327,14 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
             stretches = {p: [sampler.window(a, b) for a, b in c.spans]
                          for p, c in clocks.items()}
             (out_dir / "host-share.json").write_text(json.dumps(
-                {"calibration": calibration, "stages": stretches}, indent=1))
+                {"calibration": calibration, "stages": stretches,
+                 "engine_tpot": {p: [probe.means.get(i) for i in range(len(rates))]
+                                 for p, probe in probes.items()}}, indent=1))
             console.print("\n**Two real vLLM-CPU replicas behind `inferoute serve`:**")
             print(routing_table(real))
+            console.print("\n**The engines' own time per output token beside the client's "
+                          "ITL:**")
+            print(engine_table(real, probes))
             if not fidelity:
                 return 0
             stop_replicas(replicas)
@@ -281,8 +347,14 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
             sim_urls = [f"http://127.0.0.1:{base + i}" for i in range(2)]
             for u in sim_urls:
                 sim.wait_for_http(u + "/health", 60)
+            sim_probes: dict[str, EngineTpot] = {}
+
+            def sim_clock(policy: str) -> StageClock:
+                probe = sim_probes[policy] = EngineTpot(sim_urls)
+                return StageClock(probe.start, on_end=probe.end)
+
             simulated = _run_policies(sim_urls, policies, "sim", seed, rates, duration, groups,
-                                      system_len, out_dir, console.print)
+                                      system_len, out_dir, console.print, sim_clock)
             console.print("\n**The same ladder on `inferoute sim` with the fitted profile:**")
             print(routing_table(simulated))
             factors = {p: host_factors(st, calibration) for p, st in stretches.items()}
@@ -297,6 +369,9 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
             console.print("\n**Each real replica's share of the host** (stretch = (run + wait) "
                           "/ run of its processes; time scale = stretch / calibration's):")
             print(host_table(stretches, calibration))
+            console.print("\n**The engines' own time per output token, real and simulated, "
+                          "beside the real client's ITL:**")
+            print(engine_table(real, probes, sim_probes))
             console.print("\n**Real vs simulated (error = sim / real - 1; host-matched: each "
                           "simulated replica at its real twin's time scale):**")
             print(fidelity_table(real, simulated, matched))

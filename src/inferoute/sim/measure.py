@@ -36,7 +36,7 @@ from ..core.words import WORKLOAD_WORDS
 from ..core.metricsparse import parse_metrics
 from .fit import DecodePoint, PrefillPoint
 
-__all__ = ["Measurements", "ServerFacts", "measure_server", "server_tpot"]
+__all__ = ["Measurements", "ServerFacts", "measure_server", "server_tpot", "tpot_of"]
 
 Log = Callable[[str], None]
 
@@ -129,13 +129,9 @@ async def measure_prefill(session: aiohttp.ClientSession, url: str, model: str,
 TPOT = "vllm:request_time_per_output_token_seconds"
 
 
-async def server_tpot(session: aiohttp.ClientSession, url: str) -> tuple[float, float] | None:
-    """(sum, count) of the server's per-request time per output token, over every series;
-    None when its /metrics has no such histogram."""
-    async with session.get(url + "/metrics") as r:
-        if r.status != 200:
-            return None
-        text = await r.text()
+def tpot_of(text: str) -> tuple[float, float] | None:
+    """(sum, count) of a /metrics page's per-request time per output token, over every
+    series; None when the page has no such histogram."""
     total = count = 0.0
     seen = False
     for line in text.splitlines():
@@ -149,6 +145,14 @@ async def server_tpot(session: aiohttp.ClientSession, url: str) -> tuple[float, 
         elif base == TPOT + "_count":
             count += float(value)
     return (total, count) if seen else None
+
+
+async def server_tpot(session: aiohttp.ClientSession, url: str) -> tuple[float, float] | None:
+    """`tpot_of` the server's /metrics (None also when it does not answer 200)."""
+    async with session.get(url + "/metrics") as r:
+        if r.status != 200:
+            return None
+        return tpot_of(await r.text())
 
 
 def _stream_steps(runs: list[tuple[float, list[float], int]]) -> list[float]:

@@ -3,6 +3,8 @@ simulated with the simulator's relative error per figure."""
 
 from __future__ import annotations
 
+import pytest
+
 from inferoute.bench.vllm_demo import (StageClock, fidelity_table, host_factors, host_table,
                                        routing_table)
 
@@ -71,3 +73,21 @@ def test_the_stage_clock_spans_each_stage_and_calls_at_its_start():
     clock(1, 1, 1)
     assert clock.spans == [[0.0, 5.0], [6.0, 9.0]]
     assert started == [0, 1]
+
+
+def test_engine_tpot_is_each_stages_delta_over_every_replica() -> None:
+    from inferoute.bench.vllm_demo import EngineTpot, engine_table
+
+    probe = EngineTpot(["http://a", "http://b"])
+    readings = iter([(1.0, 10.0), (1.6, 40.0), (1.6, 40.0), (1.6, 40.0)])
+    probe._read = lambda: next(readings)  # type: ignore[method-assign]
+    probe.start(0)
+    probe.end(0)  # 0.6 s over 30 requests: 20 ms
+    probe.start(1)
+    probe.end(1)  # nothing finished
+    assert probe.means[0] == pytest.approx(0.02)
+    assert probe.means[1] is None
+    reports = {"llm-d": {"stages": [stage(1, 0.5, 0.025, 40, 0.5), stage(2, 0.5, 0.03, 40, 0.5)]}}
+    lines = engine_table(reports, {"llm-d": probe}).splitlines()
+    assert lines[2] == "| llm-d | 1 | 25.0 | 20.0 |"
+    assert lines[3] == "| llm-d | 2 | 30.0 | - |"
