@@ -18,6 +18,7 @@ class _Slots:
     def __init__(self, free: int) -> None:
         self.free = free
         self.seen: list[list[str]] = []
+        self.active = True
 
     def place(self, request: InferenceRequest, candidates: list[Endpoint],
               now: float) -> Endpoint | None:
