@@ -183,12 +183,15 @@ class _Rooms:
         batch slot for it if any, else those with room (an endpoint whose room is unknown, e.g.
         its metrics are stale, stays); one slot is taken from the roomiest. None: no candidate
         is ruled out."""
-        fits = {name for name in self.room if self.left(name, top) > 0}
-        fits = {name for name in fits if self.free(name) > 0} or fits
+        # lists in the candidates' order, not sets: a tie goes to the first candidate, the
+        # same in every process (a set of names iterates in an order that the interpreter's
+        # hash seed sets, which made the virtual benchmark differ from run to run)
+        fits = [name for name in self.room if self.left(name, top) > 0]
+        fits = [name for name in fits if self.free(name) > 0] or fits
         if fits:
             roomiest = max(fits, key=lambda name: (self.free(name), self.left(name, top)))
             self.room[roomiest] -= 1
-        ruled_out = self.room.keys() - fits
+        ruled_out = self.room.keys() - set(fits)
         if not ruled_out:
             return None
         return frozenset(ep.name for ep in candidates if ep.name not in ruled_out) or None
