@@ -161,8 +161,11 @@ def test_tickets_waiting_across_active_inactive_active_are_released_once(
     ctl = _controller(rule)
     e = ep(waiting=3, scraped_at=0.0)  # the budget's room: 5 - 3 + 1 = 3
     pool = Pool("m", [e])
-    tickets = {f"w{i}": ctl.admit(req(request_id=f"w{i}"), pool, 0.0) for i in range(6)}
-    assert all(isinstance(t, Ticket) for t in tickets.values())  # the rule placed none
+    tickets: dict[str, Ticket] = {}
+    for i in range(6):
+        t = ctl.admit(req(request_id=f"w{i}"), pool, 0.0)
+        assert isinstance(t, Ticket)  # the rule places none
+        tickets[f"w{i}"] = t
     released: list[str] = []
 
     def release(now: float) -> list[str]:

@@ -21,11 +21,12 @@ What it knows, from the gateway's own bookkeeping (the scheduler's hooks), never
   prefixes fit in capacity - need: what its LRU cache still holds of them.
 
 As a **release rule** (core/admission/release.py; admission asks it before releasing while
-it is `active`, that is while it is `holding`, below): for each endpoint, fewest pending requests first (then least need), the oldest waiting request
-of a family in flight or cached there, else the oldest waiting request, is released to it
-if its need fits there (an endpoint with nothing in flight takes anything); None when
-nothing fits anywhere, and the requests wait in the gateway, where they can still be chosen
-by family, rather than in a replica's first-come-first-served queue. A released request's
+it is `active`, that is while it is `holding`, below): for each endpoint, fewest pending
+requests first (then least need), the oldest waiting request of a family in flight or cached
+there, else the oldest waiting request, is released to it if its need fits there (an
+endpoint with nothing in flight takes anything); None when nothing fits anywhere, and the
+requests wait in the gateway, where they can still be chosen by family, rather than in a
+replica's first-come-first-served queue. A released request's
 endpoint is reserved for it (its need charged at once). An arrival goes at once (`place`)
 when nothing waits and it fits somewhere; the scorers then choose among those endpoints.
 
@@ -46,7 +47,7 @@ the first ones, so the first evidence counts at once). While that share is below
 filter keeps every endpoint, so the scorers route as they would without it; from it on, the
 rule holds and releases by family as above. The requests admission sends while it is not
 active are charged where they are served (`on_served`), so the need is right when it holds
-again; and what waited in admission's queue under either regime is released by the other. Measured
+again; what waited in admission's queue under either regime is released by the other. Measured
 in virtual time (docs/benchmark.md): without the hold the share stays 0.0 on
 `multi_turn_chat`; with it, on an overflowing load, it settles at 0.2-0.3 (the hold halves
 it, not more), so the rule stays on there. Until the first sample (no family has returned
