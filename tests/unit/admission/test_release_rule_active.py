@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from inferoute.core.admission import AdmissionController, Admitted, ReleaseRule, Ticket
 from inferoute.core.admission.flowcontrol import TicketState
@@ -19,31 +19,7 @@ from inferoute.core.request import InferenceRequest
 from inferoute.core.scheduling.config import SaturationSpec
 from inferoute.core.slo import TTFT_HEADER
 
-
-class _Newest:
-    """A rule that, when asked, places every arrival and releases the newest waiting request
-    first while it has `free` slots (the opposite of the queue's order); counts the asks."""
-
-    def __init__(self, free: int, active: bool) -> None:
-        self.free = free
-        self.active = active
-        self.asked = 0
-
-    def place(self, request: InferenceRequest, candidates: list[Endpoint],
-              now: float) -> Endpoint | None:
-        self.asked += 1
-        if self.free <= 0:
-            return None
-        self.free -= 1
-        return candidates[0]
-
-    def choose(self, waiting: Sequence[InferenceRequest], candidates: list[Endpoint],
-               now: float) -> int | None:
-        self.asked += 1
-        if self.free <= 0:
-            return None
-        self.free -= 1
-        return len(waiting) - 1
+from .conftest import SlotsRule
 
 
 def _controller(release: ReleaseRule | None) -> AdmissionController:
@@ -115,7 +91,7 @@ def _trace(release: ReleaseRule | None, seed: int) -> list[tuple]:
 
 def test_a_pool_whose_rule_is_inactive_is_admitted_as_one_without_a_rule() -> None:
     for seed in range(6):
-        rule = _Newest(free=1_000, active=False)
+        rule = SlotsRule(free=1_000, active=False)
         with_rule, without = _trace(rule, seed), _trace(None, seed)
         assert with_rule == without, seed
         assert rule.asked == 0
@@ -127,7 +103,7 @@ def test_a_pool_whose_rule_is_inactive_is_admitted_as_one_without_a_rule() -> No
 
 def test_an_inactive_rules_pool_releases_by_the_budget_in_deadline_order(
         ep: Callable[..., Endpoint], req: Callable[..., InferenceRequest]) -> None:
-    rule = _Newest(free=1_000, active=False)
+    rule = SlotsRule(free=1_000, active=False)
     ctl = _controller(rule)
     e = ep(waiting=9, scraped_at=0.0)  # over queueDepthThreshold 5: arrivals queue
     pool = Pool("m", [e])
@@ -142,7 +118,7 @@ def test_an_inactive_rules_pool_releases_by_the_budget_in_deadline_order(
 
 def test_an_active_rule_decides_whatever_the_budget_says(
         ep: Callable[..., Endpoint], req: Callable[..., InferenceRequest]) -> None:
-    rule = _Newest(free=0, active=True)
+    rule = SlotsRule(free=0, active=True)
     ctl = _controller(rule)
     e = ep(waiting=0, scraped_at=0.0)  # the budget would admit six at once
     pool = Pool("m", [e])
@@ -157,7 +133,7 @@ def test_an_active_rule_decides_whatever_the_budget_says(
 
 def test_tickets_waiting_across_active_inactive_active_are_released_once(
         ep: Callable[..., Endpoint], req: Callable[..., InferenceRequest]) -> None:
-    rule = _Newest(free=0, active=True)
+    rule = SlotsRule(free=0, active=True)
     ctl = _controller(rule)
     e = ep(waiting=3, scraped_at=0.0)  # the budget's room: 5 - 3 + 1 = 3
     pool = Pool("m", [e])
