@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import pytest
@@ -23,6 +24,33 @@ def make_request(*, model: str = "m", headers: dict[str, str] | None = None,
     return InferenceRequest(request_id=request_id or f"r{next(_ids)}", api="completions",
                             model=model, body={"model": model, "prompt": "hi"},
                             headers=dict(headers or {}), prefix_text="hi", body_size=size)
+
+
+class SlotsRule:
+    """A release rule with `free` slots: while one is free it places an arrival, or releases
+    the newest waiting request (against the queue's order); records what it was shown."""
+
+    def __init__(self, free: int, active: bool = True) -> None:
+        self.free = free
+        self.active = active
+        self.asked = 0
+        self.seen: list[list[str]] = []
+
+    def _take(self) -> bool:
+        self.asked += 1
+        if self.free <= 0:
+            return False
+        self.free -= 1
+        return True
+
+    def place(self, request: InferenceRequest, candidates: list[Endpoint],
+              now: float) -> Endpoint | None:
+        return candidates[0] if self._take() else None
+
+    def choose(self, waiting: Sequence[InferenceRequest], candidates: list[Endpoint],
+               now: float) -> int | None:
+        self.seen.append([r.request_id for r in waiting])
+        return len(waiting) - 1 if self._take() else None
 
 
 @pytest.fixture

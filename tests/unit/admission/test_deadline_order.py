@@ -199,6 +199,8 @@ def test_edf_pops_in_deadline_order_across_thousands() -> None:
 
 def test_a_release_rule_sees_the_band_in_deadline_order(ep, req: Req) -> None:
     class First:
+        active = True
+
         def __init__(self) -> None:
             self.seen: list[list[str]] = []
 

@@ -4,40 +4,19 @@ chooses, out of the queue's order, from its highest band, whatever the scraped K
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from inferoute.core.admission import AdmissionController, Admitted, ReleaseRule, Ticket
 from inferoute.core.admission.flowcontrol import FlowQueue, TicketState
 from inferoute.core.endpoint import Endpoint, Pool
 from inferoute.core.request import InferenceRequest
 
-
-class _Slots:
-    """A rule with `free` slots that releases the newest waiting request first."""
-
-    def __init__(self, free: int) -> None:
-        self.free = free
-        self.seen: list[list[str]] = []
-
-    def place(self, request: InferenceRequest, candidates: list[Endpoint],
-              now: float) -> Endpoint | None:
-        if self.free <= 0:
-            return None
-        self.free -= 1
-        return candidates[0]
-
-    def choose(self, waiting: Sequence[InferenceRequest], candidates: list[Endpoint],
-               now: float) -> int | None:
-        self.seen.append([r.request_id for r in waiting])
-        if self.free <= 0:
-            return None
-        self.free -= 1
-        return len(waiting) - 1
+from .conftest import SlotsRule
 
 
 def _setup(ep: Callable[..., Endpoint], free: int, **metrics: float
-           ) -> tuple[AdmissionController, _Slots, Pool]:
-    rule = _Slots(free)
+           ) -> tuple[AdmissionController, SlotsRule, Pool]:
+    rule = SlotsRule(free)
     assert isinstance(rule, ReleaseRule)
     endpoints = [ep(i, **metrics) for i in range(2)]
     return AdmissionController(release=rule), rule, Pool("m", endpoints)

@@ -161,20 +161,20 @@ def _finish_returning(f: KvFitFilter, ep: Endpoint, cached: int, n: int, tag: st
 def test_it_holds_only_while_the_servers_recompute_returning_families() -> None:
     f = _fit(recompute_window=4, recompute_to_hold=0.5)
     eps = _eps([60, 60])  # 960 tokens each
-    assert f.holding  # nothing measured yet: hold, as without the measure
+    assert f.holding and f.active  # nothing measured yet: hold, as without the measure
     _finish_returning(f, eps[0], 640, 3, "hit")  # prefixes found cached: nothing recomputed
     assert f.stats()["recompute_share"] == 0.0 and not f.holding
+    # not thrashing: admission does not ask the rule, and the filter keeps every endpoint
+    assert not f.active
     f.on_served(_req("a", "x", "full"), eps[0], 0.0)
     f.on_served(_req("b", "x", "full2"), eps[1], 0.0)  # both endpoints full now
     late = _req("c", "x", "late")
-    # not thrashing: nothing waits on the rule and the filter keeps every endpoint
-    assert f.place(late, eps, 0.0) is not None
-    assert f.choose([late], eps, 0.0) == 0
     assert _filter(f, late, eps) == [eps[0].name, eps[1].name]
     # the servers start recomputing the prefixes: the average crosses 0.5 and it holds
     _finish_returning(f, eps[0], 0, 3, "miss")
     # two hits (the first request of "a" was new), then 1/3, then a window of 4: 0.625
-    assert f.recompute == pytest.approx(0.625) and f.holding
+    assert f.recompute == pytest.approx(0.625) and f.holding and f.active
+    # the requests served while it was not active are charged: it fits nowhere now
     assert f.place(late, eps, 0.0) is None
     assert f.choose([late], eps, 0.0) is None
 

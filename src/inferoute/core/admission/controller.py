@@ -57,11 +57,16 @@ and released only past it (and then never into a model server's own queue); with
 
 A release rule (`release`, core/admission/release.py; e.g. the `kv-fit-filter` plugin of the
 pool's scheduler, which the shell attaches) replaces the dispatch budget and the queue's
-order: an arrival is admitted at once when nothing waits and the rule places it; otherwise it
-waits, and `dispatchable` releases, from the highest band, the requests the rule chooses, one
-at a time while it finds one that fits. The saturation detector then only decides shedding:
-the rule's own accounting says when a replica is full (KV usage near 1 is the normal state of
-a replica the rule keeps full, not a reason to hold everything).
+order while it says it is `active` (read at every `admit` and `dispatchable`): an arrival is
+admitted at once when nothing waits and the rule places it; otherwise it waits, and
+`dispatchable` releases, from the highest band, the requests the rule chooses, one at a time
+while it finds one that fits. The saturation detector then only decides shedding: the rule's
+own accounting says when a replica is full (KV usage near 1 is the normal state of a replica
+the rule keeps full, not a reason to hold everything). While the rule is not active the pool
+takes the path of a pool without one (budget, detector, reserve, the queue's order). Both
+paths share the queue and the count of requests released but not yet sent, so a request
+queued under one is released by the other once the rule changes its mind, exactly once, and
+the budget counts what the rule released before the next scrape shows it.
 
 With flow control disabled, nothing waits: sheddable requests are shed while saturated and the
 rest are admitted (the reference endpoint picker's behaviour without its flow controller).
@@ -131,6 +136,12 @@ class _Book:
                 q.popleft()
         return len(self.done) - len(self.sent)
 
+    def trim(self, ep: Endpoint) -> None:
+        """Forget the sends and ends its last scrape shows (so the book stays bounded while
+        nothing reads the budget, e.g. while a release rule decides)."""
+        if ep.metrics.scraped_at is not None:
+            self.since(ep.metrics.scraped_at)
+
 
 class _Rooms:
     """What the dispatch budget found: each endpoint's room (by name; 0 or less: full), the
@@ -172,12 +183,15 @@ class _Rooms:
         batch slot for it if any, else those with room (an endpoint whose room is unknown, e.g.
         its metrics are stale, stays); one slot is taken from the roomiest. None: no candidate
         is ruled out."""
-        fits = {name for name in self.room if self.left(name, top) > 0}
-        fits = {name for name in fits if self.free(name) > 0} or fits
+        # lists in the candidates' order, not sets: a tie goes to the first candidate, the
+        # same in every process (a set of names iterates in an order that the interpreter's
+        # hash seed sets, which made the virtual benchmark differ from run to run)
+        fits = [name for name in self.room if self.left(name, top) > 0]
+        fits = [name for name in fits if self.free(name) > 0] or fits
         if fits:
             roomiest = max(fits, key=lambda name: (self.free(name), self.left(name, top)))
             self.room[roomiest] -= 1
-        ruled_out = self.room.keys() - fits
+        ruled_out = self.room.keys() - set(fits)
         if not ruled_out:
             return None
         return frozenset(ep.name for ep in candidates if ep.name not in ruled_out) or None
@@ -233,8 +247,9 @@ class AdmissionController:
                  candidates_of: Callable[[Pool, float], list[Endpoint]] = _healthy,
                  release: ReleaseRule | Mapping[str, ReleaseRule] | None = None) -> None:
         self.detector = detector or SaturationDetector()
-        #: decides which waiting request goes next, and where: one rule, or one per pool (by
-        #: model; a pool without one, and None: the queue's order and the dispatch budget)
+        #: decides which waiting request goes next, and where, while it is active: one rule,
+        #: or one per pool (by model; a pool without one, an inactive rule, and None: the
+        #: queue's order and the dispatch budget)
         self.release = release
         self.objectives = objectives or Objectives()
         self.flow = flow or FlowControlSpec()
@@ -276,7 +291,7 @@ class AdmissionController:
             raise NoEndpointAvailable(f"no ready endpoint serves model '{pool.model}'")
         saturated = self.detector.is_saturated(candidates, now)
         st = self._state(pool)
-        rule = self._rule(pool.model)
+        rule = self._active_rule(pool.model)
         top = request.priority >= self.objectives.top_priority
         if top:
             st.reserve.arrived()
@@ -291,6 +306,7 @@ class AdmissionController:
             return Admitted(pool.model)
         if rule is not None:
             if not st.queue and rule.place(request, candidates, now) is not None:
+                self._note_release(st, now)
                 return Admitted(pool.model)
         else:
             # nothing of its priority or higher waits: it goes now
@@ -303,7 +319,7 @@ class AdmissionController:
                 if rooms is not None:  # (saturated by its metrics: no reserve would help)
                     st.reserve.outcome(found)
             if now_ok and rooms is not None:
-                st.releases.append(now)
+                self._note_release(st, now)
                 # to an endpoint whose room admitted it: the budget is the pool's, and a
                 # scheduler that kept choosing a full replica (prefix affinity, a late scrape)
                 # would pile every admitted request there while the others' unused room kept
@@ -354,7 +370,7 @@ class AdmissionController:
             if not st.queue:
                 continue
             candidates = self.candidates_of(st.pool, now)
-            rule = self._rule(st.pool.model)
+            rule = self._active_rule(st.pool.model)
             if candidates and rule is not None and self.flow.enabled:
                 out += self._release_by_rule(st, rule, candidates, now)
                 continue
@@ -369,7 +385,7 @@ class AdmissionController:
                 if t is None:
                     break
                 note_wait(t.request, now - t.enqueued_at)
-                st.releases.append(now)
+                self._note_release(st, now)
                 t.room_on = rooms.take(candidates, top)  # (the slot it takes leaves the budget)
                 out.append(t)
             if not st.queue:
@@ -397,11 +413,25 @@ class AdmissionController:
         return st.reserved
 
     def _rule(self, pool: str) -> ReleaseRule | None:
+        """The pool's release rule, active or not."""
         rule = self.release
         return rule.get(pool) if isinstance(rule, Mapping) else rule
 
-    @staticmethod
-    def _release_by_rule(st: _PoolState, rule: ReleaseRule, candidates: list[Endpoint],
+    def _active_rule(self, pool: str) -> ReleaseRule | None:
+        """The pool's release rule if it is active now (None: the budget and queue order)."""
+        rule = self._rule(pool)
+        return rule if rule is not None and rule.active else None
+
+    def _note_release(self, st: _PoolState, now: float) -> None:
+        """A request of the pool was admitted or released and is on its way to an endpoint
+        (by either path: the budget counts it until it is sent or a scrape shows it)."""
+        releases = st.releases
+        releases.append(now)
+        window = now - self.detector.spec.metrics_staleness_threshold
+        while releases and releases[0] < window:  # (older ones are in every fresh scrape)
+            releases.popleft()
+
+    def _release_by_rule(self, st: _PoolState, rule: ReleaseRule, candidates: list[Endpoint],
                          now: float) -> list[Ticket]:
         """The tickets `rule` chooses, one at a time from the highest band, while it finds
         one that fits."""
@@ -416,6 +446,7 @@ class AdmissionController:
             t = band.pop(i)
             st.queue.take(t)
             note_wait(t.request, now - t.enqueued_at)
+            self._note_release(st, now)
             out.append(t)
         if not st.queue:
             st.waiting_since = None
@@ -430,7 +461,9 @@ class AdmissionController:
         self._told_sends = True
         if st.releases:
             st.releases.popleft()
-        st.book(ep).sent.append(now)
+        book = st.book(ep)
+        book.sent.append(now)
+        book.trim(ep)
 
     def observe(self, pool: str, ep: Endpoint) -> None:
         """A fresh scrape of `ep` in `pool` (the shell's scrape hook): learns its batch size
@@ -444,7 +477,9 @@ class AdmissionController:
         st = self._pools.get(pool)
         if st is not None:
             self._told_ends = True
-            st.book(ep).done.append(now)
+            book = st.book(ep)
+            book.done.append(now)
+            book.trim(ep)
             st.reserve.completed()
 
     def cancel(self, ticket: Ticket) -> bool:

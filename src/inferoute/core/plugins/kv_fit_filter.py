@@ -20,12 +20,13 @@ What it knows, from the gateway's own bookkeeping (the scheduler's hooks), never
 - per endpoint, the families that finished there last, newest first, as many as their
   prefixes fit in capacity - need: what its LRU cache still holds of them.
 
-As a **release rule** (core/admission/release.py; admission asks it before releasing): for
-each endpoint, fewest pending requests first (then least need), the oldest waiting request
-of a family in flight or cached there, else the oldest waiting request, is released to it
-if its need fits there (an endpoint with nothing in flight takes anything); None when
-nothing fits anywhere, and the requests wait in the gateway, where they can still be chosen
-by family, rather than in a replica's first-come-first-served queue. A released request's
+As a **release rule** (core/admission/release.py; admission asks it before releasing while
+it is `active`, that is while it is `holding`, below): for each endpoint, fewest pending
+requests first (then least need), the oldest waiting request of a family in flight or cached
+there, else the oldest waiting request, is released to it if its need fits there (an
+endpoint with nothing in flight takes anything); None when nothing fits anywhere, and the
+requests wait in the gateway, where they can still be chosen by family, rather than in a
+replica's first-come-first-served queue. A released request's
 endpoint is reserved for it (its need charged at once). An arrival goes at once (`place`)
 when nothing waits and it fits somewhere; the scorers then choose among those endpoints.
 
@@ -41,8 +42,12 @@ for every request of a family seen before, the share of the family's prefix the 
 recomputed (its prefix minus the `cached_tokens` its usage reports), averaged over the last
 `recomputeWindow` such requests or so (an exponential average, started as the plain mean of
 the first ones, so the first evidence counts at once). While that share is below `recomputeToHold`
-(0.1) nothing waits on the rule and the filter keeps every endpoint, so the scorers route as
-they would without it; from it on, the rule holds and releases by family as above. Measured
+(0.1) the rule is not active: admission admits and releases the pool as one without a rule
+(its dispatch budget, saturation detector, reserve and queue order, when configured) and the
+filter keeps every endpoint, so the scorers route as they would without it; from it on, the
+rule holds and releases by family as above. The requests admission sends while it is not
+active are charged where they are served (`on_served`), so the need is right when it holds
+again; what waited in admission's queue under either regime is released by the other. Measured
 in virtual time (docs/benchmark.md): without the hold the share stays 0.0 on
 `multi_turn_chat`; with it, on an overflowing load, it settles at 0.2-0.3 (the hold halves
 it, not more), so the rule stays on there. Until the first sample (no family has returned
@@ -231,6 +236,12 @@ class KvFitFilter(BasePlugin):
         """Whether requests wait for room (the caches thrash, or nothing says they do not)."""
         return not self._measured or self.recompute >= self.params.recompute_to_hold
 
+    @property
+    def active(self) -> bool:
+        """The release rule's switch (core/admission/release.py): admission asks `place` and
+        `choose` only while it holds."""
+        return self.holding
+
     def _observe(self, need: _Need, usage: dict[str, Any] | None) -> None:
         """Fold a finished request's recomputed share of its family's prefix into the
         average, when it returned to a known family and its server reported cached tokens."""
@@ -256,20 +267,17 @@ class KvFitFilter(BasePlugin):
     def place(self, request: InferenceRequest, candidates: list[Endpoint],
               now: float) -> Endpoint | None:
         """An endpoint `request` fits now (it goes, and the scheduler picks among the
-        endpoints it fits), or None: it waits."""
+        endpoints it fits), or None: it waits. Asked only while `active`."""
         need = self.need_of(request)
-        if not self.holding:
-            return candidates[0] if candidates else None
         return next((ep for ep in self._by_load(candidates, now) if self.fits(need, ep)), None)
 
     def choose(self, waiting: Sequence[InferenceRequest], candidates: list[Endpoint],
                now: float) -> int | None:
         """The index of the waiting request (oldest first) to release now, reserved on its
-        endpoint; None while nothing fits (see the module docstring)."""
+        endpoint; None while nothing fits (see the module docstring). Asked only while
+        `active`."""
         if not waiting:
             return None
-        if not self.holding:
-            return 0 if candidates else None
         needs = [self.need_of(r) for r in waiting]
         oldest: dict[int, int] = {}
         for i, need in enumerate(needs):
