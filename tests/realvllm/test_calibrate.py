@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from inferoute.sim.fit import DecodePoint
-from inferoute.sim.measure import _Words, measure_decode, server_tpot
+from inferoute.sim.measure import RandomWords, measure_decode, server_tpot
 
 from .conftest import MODEL, Engines
 
@@ -23,7 +23,7 @@ def test_decode_steps_come_from_the_engines_time_per_output_token(engines: Engin
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as s:
             before = await server_tpot(s, url)
             points = await measure_decode(s, url, MODEL, [4], [64], 32, float("inf"),
-                                          _Words(7), lambda _: None)
+                                          RandomWords(7), lambda _: None)
             return before, await server_tpot(s, url), points
 
     before, after, points = asyncio.run(run())

@@ -36,7 +36,7 @@ from ..core.words import WORKLOAD_WORDS
 from ..core.metricsparse import parse_metrics
 from .fit import DecodePoint, PrefillPoint
 
-__all__ = ["Measurements", "ServerFacts", "measure_server", "server_tpot", "tpot_of"]
+__all__ = ["Measurements", "RandomWords", "ServerFacts", "measure_server", "server_tpot", "tpot_of"]
 
 Log = Callable[[str], None]
 
@@ -57,7 +57,7 @@ class Measurements:
     decode: list[DecodePoint] = field(default_factory=list)
 
 
-class _Words:
+class RandomWords:
     """Fresh random prompts (a seeded stream, so a run is repeatable)."""
 
     def __init__(self, seed: int) -> None:
@@ -112,7 +112,7 @@ def _body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
 
 
 async def measure_prefill(session: aiohttp.ClientSession, url: str, model: str,
-                          lengths: list[int], repeats: int, words: _Words,
+                          lengths: list[int], repeats: int, words: RandomWords,
                           log: Log) -> list[PrefillPoint]:
     out = []
     for n in lengths:
@@ -163,7 +163,7 @@ def _stream_steps(runs: list[tuple[float, list[float], int]]) -> list[float]:
 
 async def measure_decode(session: aiohttp.ClientSession, url: str, model: str,
                          batches: list[int], contexts: list[int], max_tokens: int,
-                         kv_tokens: float, words: _Words, log: Log) -> list[DecodePoint]:
+                         kv_tokens: float, words: RandomWords, log: Log) -> list[DecodePoint]:
     out = []
     for ctx in contexts:
         for b in batches:
@@ -195,7 +195,7 @@ async def measure_server(url: str, *, model: str | None = None, lengths: list[in
                          timeout: float = 300.0, log: Log = print) -> Measurements:
     """All three measurements of the server at `url` (a base URL, no /v1)."""
     url = url.rstrip("/")
-    words = _Words(seed)
+    words = RandomWords(seed)
     tmo = aiohttp.ClientTimeout(total=timeout)
     async with aiohttp.ClientSession(timeout=tmo) as session:
         facts = await server_facts(session, url, model)
