@@ -40,8 +40,8 @@ from .host_share import HostSampler
 from .vllm_fleet import (MODEL, build_model, start_replicas, stop_replicas, vllm_python,
                          wait_gateway_ready)
 
-__all__ = ["EngineTpot", "StageClock", "engine_table", "fidelity_table", "host_factors", "host_table",
-           "ladder", "run_vllm_demo"]
+__all__ = ["EngineTpot", "StageClock", "engine_table", "fidelity_table", "host_factors",
+           "host_table", "ladder", "run_vllm_demo"]
 
 BLOCK = 128
 #: (headline key, column name, scale, format) of the fidelity table

@@ -179,6 +179,18 @@ def test_it_holds_only_while_the_servers_recompute_returning_families() -> None:
     assert f.choose([late], eps, 0.0) is None
 
 
+def test_only_the_prefixs_whole_engine_blocks_count_as_cacheable() -> None:
+    """An engine with 256-token blocks caches 512 of a 640-token prefix at best; counted
+    against all 640, every perfect hit read as 20% recomputed and the rule held."""
+    f = _fit(recompute_window=4, recompute_to_hold=0.1)
+    ep = Endpoint(host="10.0.0.9", port=8000,
+                  metrics=EndpointMetrics(num_blocks=100, block_size=256, scraped_at=0.0))
+    _finish_returning(f, ep, 512, 3, "hit")
+    assert f.stats()["recompute_share"] == 0.0 and not f.holding
+    _finish_returning(f, ep, 256, 2, "half")  # half the cacheable prefix recomputed
+    assert f.recompute == pytest.approx(0.5 * 2 / 4)
+
+
 def test_first_requests_of_a_family_and_silent_servers_do_not_count() -> None:
     f = _fit()
     (ep,) = _eps([10_000])

@@ -242,17 +242,23 @@ class KvFitFilter(BasePlugin):
         `choose` only while it holds."""
         return self.holding
 
-    def _observe(self, need: _Need, usage: dict[str, Any] | None) -> None:
+    def _observe(self, need: _Need, usage: dict[str, Any] | None,
+                 block_size: int | None) -> None:
         """Fold a finished request's recomputed share of its family's prefix into the
-        average, when it returned to a known family and its server reported cached tokens."""
-        if not need.returning or need.prefix <= 0:
+        average, when it returned to a known family and its server reported cached tokens.
+
+        Only the prefix's whole engine blocks (`block_size` from the scrape) can be cached:
+        vLLM-CPU's blocks hold 128 tokens, so a perfectly cached 1,000-token prefix reports 896
+        cached tokens, a 10% "recompute" that alone would keep the rule holding."""
+        prefix = need.prefix - need.prefix % block_size if block_size else need.prefix
+        if not need.returning or prefix <= 0:
             return
         details = usage.get("prompt_tokens_details") if usage else None
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         if not isinstance(cached, int) or isinstance(cached, bool) or cached < 0:
             return
         self._measured = True
-        share = max(0, need.prefix - cached) / need.prefix
+        share = max(0, prefix - cached) / prefix
         # the plain mean of the first `recomputeWindow` samples, then an exponential average
         self._samples += 1
         self.recompute += (share - self.recompute) / min(self._samples,
@@ -380,7 +386,7 @@ class KvFitFilter(BasePlugin):
                     usage: dict[str, Any] | None) -> None:
         need = request.attributes.get(self.name)
         if isinstance(need, _Need):
-            self._observe(need, usage)
+            self._observe(need, usage, endpoint.metrics.block_size)
         self._release(request.request_id)
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
