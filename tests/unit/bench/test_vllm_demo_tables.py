@@ -91,3 +91,11 @@ def test_engine_tpot_is_each_stages_delta_over_every_replica() -> None:
     lines = engine_table(reports, {"llm-d": probe}).splitlines()
     assert lines[2] == "| llm-d | 1 | 25.0 | 20.0 |"
     assert lines[3] == "| llm-d | 2 | 30.0 | - |"
+
+
+def test_the_real_engine_demo_runs_one_or_two_replicas(tmp_path) -> None:
+    from inferoute.bench.vllm_demo import run_vllm_demo
+
+    # one core each on a 2-core machine: more would measure the host, not the engines
+    assert run_vllm_demo(str(tmp_path), replicas=3) == 2
+    assert run_vllm_demo(str(tmp_path), replicas=0) == 2
