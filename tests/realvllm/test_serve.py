@@ -10,7 +10,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from inferoute.core.endpoint import Endpoint
 from inferoute.core.metricsparse import parse_metrics
+from inferoute.core.plugins.common import kv_capacity_blocks
 
 from .conftest import BLOCK, MODEL, Engines, Gateway, gateway_for, late_scrapes_ok, pool, words
 
@@ -113,8 +115,16 @@ def test_gateway_scrapes_the_real_pages(gateway: Gateway):
 def test_the_real_pages_parse(engines: Engines, tmp_path: Path):
     """Every family the scorers read is on a real page and parses: queues, KV usage,
     cache_config_info with the real block size, LoRA state, prefix-cache counters."""
+    import json
     import urllib.request
 
+    # one request first: the engine writes its LoRA state only once it has stepped, so the
+    # test does not depend on the module's other tests having run before it
+    req = urllib.request.Request(
+        engines.urls[0] + "/v1/completions", headers={"Content-Type": "application/json"},
+        data=json.dumps({"model": MODEL, "prompt": words(5, 8), "max_tokens": 1}).encode())
+    with urllib.request.urlopen(req, timeout=120) as r:
+        r.read()
     with urllib.request.urlopen(engines.urls[0] + "/metrics", timeout=10) as r:
         text = r.read().decode()
     for family in ("vllm:num_requests_waiting", "vllm:num_requests_running",
@@ -125,6 +135,10 @@ def test_the_real_pages_parse(engines: Engines, tmp_path: Path):
     m = parse_metrics(text)
     assert m.block_size == BLOCK
     assert m.num_blocks and m.num_blocks > 0
+    # the scorers that count in 16-token blocks see the engine's capacity in tokens, not its
+    # block count (read as 16-token blocks, inferoute's prefix index held an eighth of it)
+    ep = Endpoint(host="127.0.0.1", port=1, metrics=m)
+    assert kv_capacity_blocks(ep, 16, 1) * 16 == m.num_blocks * BLOCK
     assert 0.0 <= m.kv_usage <= 1.0
     assert m.waiting == 0 and m.running == 0
     assert m.max_lora == 2
