@@ -1,14 +1,15 @@
 """How much of the host a process tree got: the kernel's scheduler statistics, per interval.
 
 On a machine whose cores are shared (two vLLM-CPU replicas, a gateway and a load generator on
-two cores), a replica's engine is slower under load than when it was calibrated, not because
-its step costs changed but because it waits for a core. Linux counts both per thread in
+two cores), a replica's engine is slower under load than when it was calibrated, in part
+because its worker waits for a core (measured: 1.1-1.5x of the 1.3-3.4x longer steps; the rest
+is not explained yet, docs/real-vllm.md section 8). Linux counts both per thread in
 `/proc/<pid>/task/<tid>/schedstat`: nanoseconds on a CPU, then nanoseconds runnable but waiting
 on a run queue. Over an interval, the *stretch* `(run + wait) / run` of a replica's busiest
 thread (the one that computes) is how much longer its CPU-bound work took than it would have
 with a core to itself: 1.0 on an idle host, 2.0 when it got half of the time it wanted.
 
-`inferoute demo --engine vllm --fidelity` samples each replica's tree during the calibration
+`inferoute demo --engine vllm --fidelity` samples each replica's threads during the calibration
 and every stage of the ladder, and runs the simulator at their ratio (sim/runner.py's
 `time_scale`): the simulator's step model, fitted at the calibration's share of the host,
 replayed at the ladder's. Threads are matched by id between samples, so a thread that starts

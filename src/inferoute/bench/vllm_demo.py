@@ -248,8 +248,8 @@ def host_factors(stages: list[dict[str, float | None]],
 
 def host_table(stretches: dict[str, list[dict[str, float | None]]],
                calibration: dict[str, float | None]) -> str:
-    """Each replica's stretch ((run + wait) / run of its processes) per policy and stage, and
-    the time scale the host-matched simulator ran it at."""
+    """Each replica's stretch ((run + wait) / run of its busiest thread) per policy and stage,
+    and the time scale the host-matched simulator ran it at."""
     names = list(calibration)
     head = ["policy", "stage"] + [f"{n} stretch" for n in names] + [
         f"{n} time scale" for n in names]
@@ -338,6 +338,7 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
             sampler.stop()
             stretches = {p: [sampler.window(a, b) for a, b in c.spans]
                          for p, c in clocks.items()}
+            sampler = None
             (out_dir / "host-share.json").write_text(json.dumps(
                 {"calibration": calibration, "stages": stretches,
                  "engine_tpot": {p: [probe.means.get(i) for i in range(len(rates))]
@@ -379,7 +380,8 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
                                     matched_clock)
             _set_time_scales(sim_urls, [1.0] * len(sim_urls))
             console.print("\n**Each real replica's share of the host** (stretch = (run + wait) "
-                          "/ run of its processes; time scale = stretch / calibration's):")
+                          "/ run of its busiest thread; time scale = stretch / "
+                          "calibration's):")
             print(host_table(stretches, calibration))
             console.print("\n**The engines' own time per output token, real and simulated, "
                           "beside the real client's ITL:**")
