@@ -178,8 +178,8 @@ class ChildProcess:
 
     It runs in its own process group: `stop()` signals the whole group, so anything it spawned
     goes too. Use it as a context manager to stop it on the way out; one still running when
-    the interpreter exits (SIGTERM included) is stopped then. `preexec_fn` (e.g. CPU pinning) is only safe while
-    the caller has no other threads, i.e. for its first child.
+    the interpreter exits (SIGTERM included) is stopped then. `preexec_fn` (e.g. CPU pinning)
+    is only safe while the caller has no other threads, i.e. for its first child.
     """
 
     def __init__(self, argv: list[str], *, name: str | None = None,

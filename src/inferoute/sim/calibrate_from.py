@@ -99,7 +99,8 @@ def calibrate(url: str | list[str], *, model_config: str | Path | None = None,
               max_num_batched_tokens: int = 2048, max_num_seqs: int = 128,
               lengths: list[int] | None = None, batches: list[int] | None = None,
               repeats: int = 3, decode_tokens: int = 64,
-              name: str | None = None, together: bool = True) -> tuple[Any, list[dict[str, Any]]]:
+              name: str | None = None,
+              together: bool = True) -> tuple[Any, list[dict[str, Any]]]:
     """Measure the server at `url` (or every one of a list, at once unless `together` is
     False) and fit a profile: (profile, check_fit rows)."""
     urls = [url] if isinstance(url, str) else list(url)
@@ -109,8 +110,8 @@ def calibrate(url: str | list[str], *, model_config: str | Path | None = None,
         cfg = json.loads((path / "config.json" if path.is_dir() else path).read_text())
         shape = architecture_from_hf_config(cfg)
     m = asyncio.run(_measure_all(urls, together, model=served_model, lengths=lengths,
-                                 batches=batches,
-                                 repeats=repeats, decode_tokens=decode_tokens))
+                                 batches=batches, repeats=repeats,
+                                 decode_tokens=decode_tokens))
     facts = m.facts
     fields: dict[str, Any] = dict(shape, name=name or f"fitted-{facts.model}",
                                   description=f"fitted to {facts.model} at {' '.join(urls)}",
