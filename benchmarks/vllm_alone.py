@@ -21,30 +21,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
-import orjson
 
 from inferoute.bench.vllm_fleet import (MODEL, build_model, start_replicas, stop_replicas,
                                         vllm_python)
-from inferoute.sim.measure import RandomWords
+from inferoute.sim.measure import RandomWords, stream_body, stream_times
 
 
 async def stream(session: aiohttp.ClientSession, url: str, prompt: str,
                  max_tokens: int = 32) -> tuple[float, list[float]]:
     """(time to first token, gaps between tokens) of one streamed completion, in seconds."""
-    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
-            "ignore_eos": True, "temperature": 0.0}
-    start, times = time.perf_counter(), []
-    async with session.post(url + "/v1/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.content:
-            if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
-                obj = orjson.loads(line[6:])
-                if obj.get("choices") and obj["choices"][0].get("text"):
-                    times.append(time.perf_counter())
+    start, times, _ = await stream_times(session, url, stream_body(MODEL, prompt, max_tokens))
     return times[0] - start, [b - a for a, b in zip(times, times[1:])]
 
 

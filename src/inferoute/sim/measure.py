@@ -36,7 +36,8 @@ from ..core.words import WORKLOAD_WORDS
 from ..core.metricsparse import parse_metrics
 from .fit import DecodePoint, PrefillPoint
 
-__all__ = ["Measurements", "RandomWords", "ServerFacts", "measure_server", "server_tpot", "tpot_of"]
+__all__ = ["Measurements", "RandomWords", "ServerFacts", "measure_server", "server_tpot",
+           "stream_body", "stream_times", "tpot_of"]
 
 Log = Callable[[str], None]
 
@@ -85,7 +86,7 @@ async def server_facts(session: aiohttp.ClientSession, url: str,
                        max_loras)
 
 
-async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+async def stream_times(session: aiohttp.ClientSession, url: str, body: dict[str, Any]
                   ) -> tuple[float, list[float], int]:
     """(start, arrival time of every content chunk, prompt tokens) of one streamed request."""
     t0 = time.perf_counter()
@@ -105,7 +106,8 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]
     return t0, times, prompt_tokens
 
 
-def _body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+def stream_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    """A streamed completion of exactly `max_tokens` tokens, greedy, with its usage."""
     return {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
             "ignore_eos": True, "temperature": 0.0,
             "stream_options": {"include_usage": True}}
@@ -118,7 +120,8 @@ async def measure_prefill(session: aiohttp.ClientSession, url: str, model: str,
     for n in lengths:
         ttfts, tokens = [], n
         for _ in range(repeats):
-            t0, times, tokens = await _stream(session, url, _body(model, words(n), 1))
+            t0, times, tokens = await stream_times(session, url,
+                                                   stream_body(model, words(n), 1))
             ttfts.append(times[0] - t0)
         point = PrefillPoint(tokens or n, statistics.median(ttfts))
         log(f"prefill {point.prompt_tokens:>6} tokens: TTFT {point.ttft * 1e3:8.1f} ms")
@@ -170,8 +173,8 @@ async def measure_decode(session: aiohttp.ClientSession, url: str, model: str,
             if b * (ctx + max_tokens) > kv_tokens:
                 continue
             before = await server_tpot(session, url)
-            runs = await asyncio.gather(*(_stream(session, url, _body(model, words(ctx),
-                                                                      max_tokens))
+            runs = await asyncio.gather(*(stream_times(session, url,
+                                                       stream_body(model, words(ctx), max_tokens))
                                           for _ in range(b)))
             after = await server_tpot(session, url) if before is not None else None
             if before is not None and after is not None and after[1] - before[1] >= b:
@@ -212,7 +215,7 @@ async def measure_server(url: str, *, model: str | None = None, lengths: list[in
                    if b * (min(contexts) + decode_tokens) <= kv]
         m = Measurements(facts)
         # one warm-up request: the first one after a start pays one-off costs
-        await _stream(session, url, _body(facts.model, words(32), 2))
+        await stream_times(session, url, stream_body(facts.model, words(32), 2))
         m.prefill = await measure_prefill(session, url, facts.model, lengths, repeats, words, log)
         m.decode = await measure_decode(session, url, facts.model, batches, contexts,
                                         decode_tokens, kv, words, log)
