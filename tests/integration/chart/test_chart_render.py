@@ -120,7 +120,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "picker": "weighted-random-picker"}},
     "saturation-objectives": {
         "schedulingConfig": {"saturationDetector": {
-            "queueDepthThreshold": 12, "kvCacheUtilThreshold": 0.95,
+            "queueDepthThreshold": 12, "kvCacheUtilThreshold": 0.95, "kvCacheRule": "always",
             "metricsStalenessThreshold": "1s"}},
         "objectives": [{"name": "batch", "priority": -1},
                        {"name": "interactive", "priority": 10, "ttl": "5s"}],
@@ -434,6 +434,7 @@ def test_rendered_args_and_config_load_in_the_picker(helm, tmp_path, name):
     sat = values["schedulingConfig"]["saturationDetector"]
     assert admission.saturation_detector.queue_depth_threshold == sat["queueDepthThreshold"]
     assert admission.saturation_detector.kv_cache_util_threshold == sat["kvCacheUtilThreshold"]
+    assert admission.saturation_detector.kv_cache_rule == sat["kvCacheRule"]
     assert [o.name for o in admission.objectives] == [o["name"] for o in values["objectives"]]
     assert admission.flow_control.max_requests == values["flowControl"]["maxRequests"]
 

@@ -12,17 +12,32 @@ def test_endpoint_reasons(ep) -> None:
     now = 1.0
     assert d.endpoint_state(ep(waiting=5, kv_usage=0.8, scraped_at=0.9), now).reason == "ok"
     assert d.endpoint_state(ep(waiting=6, scraped_at=0.9), now).reason == "queue"
-    assert d.endpoint_state(ep(kv_usage=0.81, scraped_at=0.9), now).reason == "kv-cache"
+    assert d.endpoint_state(ep(kv_usage=0.81, waiting=1, scraped_at=0.9), now).reason == "kv-cache"
     # 200 ms is still fresh, 201 ms is stale; never scraped is stale
     assert d.endpoint_state(ep(scraped_at=0.8), now).reason == "ok"
     assert d.endpoint_state(ep(scraped_at=0.799), now).reason == "stale"
     assert d.endpoint_state(ep(scraped_at=None), now).reason == "stale"
 
 
+def test_kv_usage_saturates_only_with_a_queue_unless_always(ep) -> None:
+    """A full batch with nothing waiting still takes what it is sent (`kvCacheRule: queued`,
+    the default); the reference's rule (`always`) counts the usage on its own."""
+    queued = SaturationDetector()
+    always = SaturationDetector(SaturationSpec.model_validate({"kvCacheRule": "always"}))
+    full_batch = ep(kv_usage=0.97, waiting=0, scraped_at=1.0)
+    full_with_queue = ep(kv_usage=0.97, waiting=1, scraped_at=1.0)
+    assert queued.endpoint_state(full_batch, 1.0).reason == "ok"
+    assert queued.endpoint_state(full_with_queue, 1.0).reason == "kv-cache"
+    assert always.endpoint_state(full_batch, 1.0).reason == "kv-cache"
+    assert not queued.is_saturated([full_batch], 1.0)
+    assert always.is_saturated([full_batch], 1.0)
+    assert queued.room(full_batch, 1.0) == 6 and always.room(full_batch, 1.0) is None
+
+
 def test_pool_saturated_only_when_every_endpoint_is(ep) -> None:
     d = SaturationDetector()
     busy = ep(0, waiting=9, scraped_at=1.0)
-    full = ep(1, kv_usage=0.95, scraped_at=1.0)
+    full = ep(1, kv_usage=0.95, waiting=2, scraped_at=1.0)
     idle = ep(2, waiting=0, scraped_at=1.0)
     assert d.is_saturated([busy, full], 1.0)
     assert not d.is_saturated([busy, full, idle], 1.0)

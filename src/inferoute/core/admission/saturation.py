@@ -2,9 +2,19 @@
 
 An endpoint has *good capacity* when its metrics are fresh (scraped within
 `metricsStalenessThreshold`), its waiting queue is at most `queueDepthThreshold` and its KV-cache
-usage is at most `kvCacheUtilThreshold` (the reference endpoint picker's rule: strictly above a
-threshold is saturated). The pool is saturated when no candidate endpoint has good capacity, and
-an empty pool is saturated too.
+usage is at most `kvCacheUtilThreshold`, or over it with nothing waiting there (strictly above a
+threshold is saturated, as in the reference endpoint picker). The pool is saturated when no
+candidate endpoint has good capacity, and an empty pool is saturated too.
+
+Why KV usage counts only with a queue (`kvCacheRule: queued`, the default): a model server
+with continuous batching runs its batch until its KV cache is nearly full, takes a new request
+into it as soon as the blocks it needs are free, and otherwise queues it. High usage with
+nothing waiting is a full batch that still takes what it is sent at once; the waiting queue
+says when it stops. Held back at the threshold, a pool of such replicas ran its batches at
+most 80% full whenever requests waited in the gateway: long conversations (seed 0,
+`multi_turn_chat`) lost 3.8% of their throughput to it (docs/benchmark.md, "Admission's own
+cost"). `kvCacheRule: always` is the reference's rule: usage over the threshold alone
+saturates.
 
 `room` turns the same metrics into a dispatch budget, so the flow controller does not release
 its whole queue on the first fresh scrape. An endpoint can take its free batch slots (when its
@@ -71,7 +81,8 @@ class SaturationDetector:
             return "stale"
         if m.waiting > spec.queue_depth_threshold:
             return "queue"
-        if m.kv_usage > spec.kv_cache_util_threshold:
+        if m.kv_usage > spec.kv_cache_util_threshold and (
+                m.waiting > 0 or spec.kv_cache_rule == "always"):
             return "kv-cache"
         return "ok"
 

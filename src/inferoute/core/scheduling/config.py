@@ -19,7 +19,7 @@ Loading validates everything a user can get wrong and raises ConfigError saying 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import yaml
@@ -62,11 +62,17 @@ class ProfileSpec(pydantic.BaseModel):
 
 
 class SaturationSpec(pydantic.BaseModel):
-    """Saturation-detector thresholds (defaults of the reference endpoint picker)."""
+    """Saturation-detector thresholds (defaults of the reference endpoint picker).
+
+    `kvCacheRule` is inferoute's: `queued` (the default) counts KV usage over its threshold
+    only while requests wait in the model server, `always` on its own, as the reference does
+    (core/admission/saturation.py says why).
+    """
 
     model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
     queue_depth_threshold: int = pydantic.Field(5, alias="queueDepthThreshold", ge=0)
     kv_cache_util_threshold: float = pydantic.Field(0.8, alias="kvCacheUtilThreshold", ge=0, le=1)
+    kv_cache_rule: Literal["queued", "always"] = pydantic.Field("queued", alias="kvCacheRule")
     metrics_staleness_threshold: float = pydantic.Field(
         0.2, alias="metricsStalenessThreshold", gt=0,
         description="seconds; '200ms' and '1s' strings are accepted")
