@@ -173,10 +173,16 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from .workloads import parse_params
 
     workload, load = _build(args)
+    admission = None
+    if args.admission:
+        from ..configfiles import load_admission_config
+
+        admission = load_admission_config(args.admission)
     cfg = SimConfig(policy=args.policy, replicas=args.replicas, profile=args.profile,
                     workload=workload, load=load, model=args.model, seed=args.seed,
                     ignore_eos=args.ignore_eos, scrape_interval=args.scrape_interval,
-                    profile_overrides=parse_params(args.engine, "engine override"))
+                    profile_overrides=parse_params(args.engine, "engine override"),
+                    admission=admission)
     with StageProgress([s.label for s in load.stages], not args.quiet) as progress:
         bench = VirtualBench(cfg, progress)
         result = bench.run()
@@ -323,6 +329,9 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--ceiling", action="store_true",
                      help="also run the same load with unlimited KV and print this run's "
                           "%% of that ceiling")
+    sim.add_argument("--admission", metavar="FILE", default=None,
+                     help="the gateway's admission section (as `serve --admission`), driven "
+                          "as the gateway drives it; requests past its TTL count as failed")
     sim.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_workload_args(sim)
     sim.set_defaults(func=_guard(cmd_sim))

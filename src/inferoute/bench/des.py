@@ -22,19 +22,16 @@ Nothing here sleeps, opens a socket or reads a clock. One run wires:
   configured with `tokenizer: words` would send). The events an engine step emits reach the
   scorer's index when that step completes, one step duration after the engine recorded them,
   like a ZMQ hop plus the subscriber's batching.
-- admission, when the policy has a release rule (a plugin such as `kv-fit-filter` that decides
-  which waiting request goes next, core/admission/release.py): the gateway's
-  `AdmissionController` with that rule (and a TTL and bound no stage reaches, `BENCH_FLOW`:
-  every request is served, as with the other policies), so requests wait in the
-  gateway's queue and are released as first tokens and ends free room (the gateway's
-  admission driver releases on ends and on a 20 ms tick). Other policies run without
-  admission, as before;
-- or the gateway's whole admission (`SimConfig.admission`, an `admission:` section: flow
-  control with its dispatch budget, objectives, deadline order and shedding), driven as the
-  gateway's admission driver drives it: told of every scrape, send and end, pumped after an
-  enqueue, a scrape, a first token or an end, and every 20 ms while requests wait (so a TTL or
-  TTFT deadline is answered within 20 ms, as in the gateway); requests carry the objective and
-  `x-slo-ttft-ms` headers a `SloMix` gives them (bench/slo_mix.py);
+- the gateway's admission (`SimConfig.admission`, an `admission:` section: flow control with
+  its dispatch budget, objectives, deadline order and shedding), or, for a policy with a
+  release rule (a plugin such as `kv-fit-filter` that decides which waiting request goes
+  next, core/admission/release.py) and no section, the defaults with a TTL and bound no stage
+  reaches (`BENCH_FLOW`: every request is served, as with the other policies). Either is
+  driven as the gateway's admission driver drives it: told of every scrape, send and end,
+  pumped after an enqueue, a scrape, a first token or an end, and every 20 ms while requests
+  wait (so a TTL or TTFT deadline is answered within 20 ms, as in the gateway); requests carry
+  the objective and `x-slo-ttft-ms` headers a `SloMix` gives them (bench/slo_mix.py). Other
+  policies run without admission;
 - replicas added and removed during a run (`add_replica`, `remove_replica`: a removed replica
   takes no new request and finishes what it holds), and callbacks at virtual times (`call_at`),
   for an autoscaler (bench/autoscale.py).
@@ -165,8 +162,6 @@ class VirtualBench:
         else:
             self.admission = (AdmissionController(flow=BENCH_FLOW, release=rules[0]) if rules
                               else None)
-        #: driven like the gateway's admission driver (scrapes, sends, ends, a ticker)
-        self._driven = cfg.admission is not None
         self._ticking = False
         kv_events = bool(self.precise)
         self._kv_events = kv_events
@@ -181,7 +176,7 @@ class VirtualBench:
         self.router = Router([ModelPool(cfg.model, Pool(cfg.model, self.endpoints),
                                         self.scheduler)],
                              CandidateRule(DEFAULT_READY_WINDOW, cfg.scrape_interval))
-        if self._driven and self.admission is not None:
+        if self.admission is not None:
             self.router.listeners.append(SlotFeed(self.admission))
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
@@ -228,7 +223,7 @@ class VirtualBench:
             waiting_loras=tuple(g(st, "waiting_loras", ()) or ()),
             prefix_cache_queries=g(st, "prefix_cache_queries", None),
             prefix_cache_hits=g(st, "prefix_cache_hits", None), scraped_at=now)
-        if self._driven and self.admission is not None:
+        if self.admission is not None:
             self.admission.observe(self.cfg.model, self.endpoints[i])
             if self.admission.queued():
                 self._pump(now)
@@ -319,8 +314,7 @@ class VirtualBench:
                                       token_ids=self._token_ids(item) if self.precise else None)
         if isinstance(action, Wait):
             action.ticket.waiter = (lifecycle, item, rec, rid)
-            if self._driven:
-                self._pump(now)  # as the gateway's driver does after an enqueue
+            self._pump(now)  # as the gateway's driver does after an enqueue
             return
         self._sent(now, action, lifecycle, item, rec, rid)
 
@@ -359,7 +353,7 @@ class VirtualBench:
         for ticket in adm.dispatchable(now):
             lifecycle, item, rec, rid = ticket.waiter
             self._sent(now, lifecycle.released(now)[0], lifecycle, item, rec, rid)
-        if self._driven and not self._ticking and adm.queued():
+        if not self._ticking and adm.queued():
             self._ticking = True
             self._push(now + ADMISSION_TICK, _TICK, None)
 

@@ -46,3 +46,51 @@ def test_with_admission_the_run_is_still_repeatable_to_the_bit() -> None:
 
 def test_a_policy_without_a_release_rule_runs_without_admission() -> None:
     assert VirtualBench(_cfg("inferoute")).admission is None
+
+
+def test_a_release_rules_admission_is_driven_as_the_gateway_drives_it() -> None:
+    """Told of every send and end (a `SlotFeed` on the router), as the gateway's admission
+    driver tells it, so the dispatch budget frees a slot when a request ends, not at the next
+    scrape: the benchmark and the gateway run one admission, not two."""
+    from inferoute.core.admission.slot_feed import SlotFeed
+
+    bench = VirtualBench(_cfg("inferoute-kv-fit"))
+    assert bench.admission is not None
+    assert any(isinstance(li, SlotFeed) and li.controller is bench.admission
+               for li in bench.router.listeners)
+    ended = []
+    finished = bench.admission.finished
+
+    def spy(pool, ep, now):  # type: ignore[no-untyped-def]
+        ended.append(now)
+        finished(pool, ep, now)
+
+    bench.admission.finished = spy  # type: ignore[method-assign]
+    res = bench.run()
+    assert len(ended) == len(res.records[0]) == 60
+
+
+def test_bench_sim_takes_the_gateways_admission_file(tmp_path) -> None:
+    """`bench sim --admission FILE` runs any policy behind the gateway's admission, recorded
+    in the report; a bad file is a clean error, not a traceback."""
+    import json
+
+    from inferoute.cli import main
+
+    adm = tmp_path / "admission.yaml"
+    adm.write_text("saturationDetector: {kvCacheRule: always}\n"
+                   "flowControl: {ttl: 600s}\n")
+    out = tmp_path / "r.json"
+    args = ["bench", "sim", "--policy", "inferoute", "--replicas", "2", "--profile", "tiny",
+            "--engine", "num_blocks=64", "--param", "num_groups=6",
+            "--param", "system_prompt_len=400", "--param", "question_len=20",
+            "--param", "output_len=10", "--stages", "8:3", "--quiet"]
+    assert main([*args, "--admission", str(adm), "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    sat = report["config"]["admission"]["saturationDetector"]
+    assert sat["kvCacheRule"] == "always"
+    assert report["config"]["admission"]["flowControl"]["ttl"] == 600.0
+    assert report["stages"][0]["metrics"]["requests"]["failures"] == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("saturationDetector: {kvCacheRule: sometimes}\n")
+    assert main([*args, "--admission", str(bad)]) == 2
