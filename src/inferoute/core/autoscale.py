@@ -189,6 +189,15 @@ class Estimate:
     #: seconds one more running request adds to a replica's step (None: not measured; then
     #: a decode token is costed like a prompt token and the replicas queue apart)
     decode_step: float | None = None
+    #: the real count `desired` rounds up (None: a whole count held, `desired`)
+    replicas: float | None = None
+
+    @property
+    def gauge(self) -> float:
+        """The exported value: the real count (the HPA rounds it up after its tolerance:
+        within 10% of the current replicas it keeps them, so a count that a forecast's noise
+        moves by a fraction does not scale a small pool by a whole replica)."""
+        return float(self.desired if self.replicas is None else self.replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,8 +481,9 @@ class PoolEstimator:
         self._first_tokens: deque[tuple[float, float, float, bool]] = deque(
             maxlen=spec.max_samples)
         self._kv_per_request = 0.0
-        #: the last measured step time a running request adds (`_decode_fit`)
-        self._decode_step: float | None = None
+        #: the last measured step time a running request adds, and a prompt token's cost in
+        #: a step (`_decode_fit`)
+        self._decode: tuple[float, float] | None = None
         #: last fit of unqueued TTFT = a + b u (kept while every request queues), and whether
         #: it is a line (else a = 0 and b the ratio of their TTFTs to their prompts)
         self._prefill: tuple[float, float] | None = None
@@ -614,21 +624,25 @@ class PoolEstimator:
             self._prefill = (0.0, ttft / max(float(len(pts)), sum(u for u, _ in pts)))
         return self._prefill
 
-    def _decode_fit(self, streamed: list[_Sample], b: float) -> float | None:
-        """delta, the step time one more running request adds: from the least squares
-        (e2e - TTFT) / (O - 1) = c0 + delta n + beta P / (O - 1) through the window's requests
-        (`decode_cost`). beta, the prefill's cost per token within the steps, is fitted too:
-        the unqueued TTFT line's b also holds the front end and the attention's growth with
-        the prompt, and P grows with n, so b in beta's place read delta a third low on a
-        simulated Qwen3-32B. Where P does not vary apart from n, b stands in for beta. The
-        last delta is kept while a window's is lost in its noise (too little spread in n, or
-        within two standard errors of 0)."""
+    def _decode_fit(self, streamed: list[_Sample], b: float) -> tuple[float, float] | None:
+        """(delta, beta): the step time one more running request adds, and a prompt token's
+        cost within the steps, from the least squares (e2e - TTFT) / (O - 1) = c0 + delta n +
+        beta P / (O - 1) through the window's requests (`decode_cost`). The unqueued TTFT
+        line's b holds more than a token's cost in a step (the front end, the attention's
+        growth with the prompt), and P grows with n: b in beta's place read delta a third
+        low on a simulated Qwen3-32B, and b u as a prompt's share of a step overstated a
+        simulated Llama-3-8B's work by a tenth. Where P does not vary apart from n, or beta
+        is not clear of its error, b stands in for beta (beta is at most b). The last fit is
+        kept while a window's delta is lost in its noise (too little spread in n, or within
+        two standard errors of 0)."""
         used = [smp for smp in streamed if smp.decoders is not None and smp.output > 1
                 and smp.decode > 0]
         rows = [(1.0, smp.decoders or 0.0, smp.prefilled / (smp.output - 1)) for smp in used]
         steps = [smp.decode / (smp.output - 1) for smp in used]
-        fit = _least_squares(rows, steps)
-        if fit is None or fit[0][2] <= 0:  # no beta of its own: b's
+        fit, beta = _least_squares(rows, steps), b
+        if fit is not None and fit[0][2] > TREND_ERRORS * fit[1][2]:
+            beta = min(b, fit[0][2])
+        else:  # no beta of its own: b's
             fit = _least_squares([r[:2] for r in rows],
                                  [y - b * r[2] for r, y in zip(rows, steps, strict=True)])
         if fit is not None:
@@ -637,8 +651,8 @@ class PoolEstimator:
             # a spread of one running request at least, and a delta clear of its error
             if sum((r[1] - mean_n) ** 2 for r in rows) >= len(rows) \
                     and delta > TREND_ERRORS * error:
-                self._decode_step = delta
-        return self._decode_step
+                self._decode = (delta, beta)
+        return self._decode
 
     def estimate(self, now: float, ready: Iterable[Endpoint]) -> Estimate:
         """Desired replicas at `now`, given the pool's ready endpoints (their scraped state)."""
@@ -657,34 +671,41 @@ class PoolEstimator:
         output = sum(smp.output for smp in samples) / n
         a, b = fit
         x = a + b * sum(sizes) / n
-        delta = self._decode_fit(streamed, b)
-        # a decode token computes like a prompt token and reads its context's KV cache
-        works = ([b * (smp.uncached + smp.output) + delta * smp.output for smp in samples]
-                 if delta is not None else None)
+        step = self._decode_fit(streamed, b)
+        pooled = None
+        if step is not None:
+            # a decode token computes like a prompt token and reads its context's KV cache;
+            # the prefills ahead of a request are what it waits for
+            delta, beta = step
+            pooled = ([beta * (smp.uncached + smp.output) + delta * smp.output
+                       for smp in samples], beta * beta * sum(u * u for u in sizes) / n)
         work, core, n_ttft = self._ttft_replicas(now, lam, error, sizes, output, fit, ready,
-                                                 works)
+                                                 pooled)
         running = sum(ep.metrics.running for ep in ready)
         if running > 0:
             self._kv_per_request = sum(ep.metrics.kv_usage for ep in ready) / running
         decode = sum(smp.decode for smp in streamed) / len(streamed)
         n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
-        desired = self._clamp(math.ceil(max(n_ttft, n_kv) - 1e-9))
+        real = self._clamp_real(max(n_ttft, n_kv))
         bound = lam + spec.rate_z * error
-        return Estimate(desired=desired, arrival_rate=lam, rate_error=error,
+        return Estimate(desired=math.ceil(real - 1e-9), replicas=real, arrival_rate=lam,
+                        rate_error=error,
                         unqueued_ttft=x, work=work,
                         prefill_speed=1 / b if self._line and b > 0 else None,
                         rho_max=bound * work / core if core > 0 else 0.0,
                         ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True,
-                        decode_step=delta)
+                        decode_step=step[0] if step else None)
 
     def _ttft_replicas(self, now: float, lam: float, error: float, sizes: list[float],
                        output: float, fit: tuple[float, float], ready: list[Endpoint],
-                       works: list[float] | None = None) -> tuple[float, float, float]:
+                       pooled: tuple[list[float], float] | None = None,
+                       ) -> tuple[float, float, float]:
         """(work per request, N for the target at the forecast, N_ttft: that plus the
         backlog's drain) for the window's sorted uncached prompt `sizes`, `output` tokens per
-        request and the unqueued TTFT line `fit` (a, b). With `works`, each request's
-        replica-seconds measured with its decode's cost, the replicas are one pooled queue
-        (a router that balances them); without, N M/G/1 queues and work (u + O) b."""
+        request and the unqueued TTFT line `fit` (a, b). With `pooled` (each request's
+        replica-seconds measured with its decode's cost, and E[(beta u)^2] of the prefills a
+        request waits for) the replicas are one queue (a router that balances them);
+        without, N M/G/1 queues and work (u + O) b."""
         spec = self.spec
         n = len(sizes)
         a, b = fit
@@ -692,9 +713,8 @@ class PoolEstimator:
                     for i in range(SIZE_POINTS)]
         bound = lam + spec.rate_z * error  # the rate the replicas asked for now must carry
         share: Callable[[float, float], float]
-        if works:
-            work = sum(works) / len(works)
-            moment = sum(w * w for w in works) / len(works)
+        if pooled:
+            work, moment = sum(pooled[0]) / len(pooled[0]), pooled[1]
             share = partial(_pooled_share, lam=bound, work=work, moment=moment,
                             unqueued=unqueued)
         else:
@@ -727,12 +747,16 @@ class PoolEstimator:
         b = sum(t for _, t in alone) / tokens
         sizes = sorted(u for _, u, _, _ in self._first_tokens)
         work, _, n_ttft = self._ttft_replicas(now, lam, error, sizes, 0.0, (0.0, b), ready)
-        return Estimate(desired=max(hold, self._clamp(math.ceil(n_ttft - 1e-9))),
+        real = max(float(hold), self._clamp_real(n_ttft))
+        return Estimate(desired=math.ceil(real - 1e-9), replicas=real,
                         arrival_rate=lam, rate_error=error, unqueued_ttft=b * sizes[
                             len(sizes) // 2], work=work, ttft_replicas=n_ttft)
 
     def _clamp(self, n: int) -> int:
         return max(self.spec.min_replicas, min(self.spec.max_replicas, n))
+
+    def _clamp_real(self, n: float) -> float:
+        return max(float(self.spec.min_replicas), min(float(self.spec.max_replicas), n))
 
 
 def _pooled_share(n: float, target: float, *, lam: float, work: float, moment: float,

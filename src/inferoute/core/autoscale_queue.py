@@ -7,10 +7,11 @@ at OVER_SHARE (the target is a p90).
   wait of a router that sends each request where it can start soonest; used while the decode
   cost is not measured, its margin stands in for that.
 - `over_share_pooled`: one M/G/N queue (Erlang C for the chance to wait, an exponential wait
-  given waiting whose mean is E[S^2] / (2 E[S]) / (N (1 - rho)), the M/M/N one scaled by the
-  work's spread): a router that balances the replicas' load pools them. It is only as good as
-  the work per request it is given: with the prompt's prefill alone it carried 4 simulated
-  Qwen3-32B replicas to 18 req/s where they collapse at 15 (docs/benchmark.md).
+  given waiting whose mean is E[P^2] / (2 E[S]) / (N (1 - rho)), P the prefill work a request
+  waits behind, S the whole work, decodes included, that sets rho): a router that balances
+  the replicas' load pools them. It is only as good as the work per request it is given: with
+  the prompt's prefill alone it carried 4 simulated Qwen3-32B replicas to 18 req/s where they
+  collapse at 15 (docs/benchmark.md).
 """
 
 from __future__ import annotations
@@ -56,26 +57,27 @@ def erlang_c(n: int, offered: float) -> float:
     return n * b / (n - offered * (1.0 - b))
 
 
-def over_share_pooled(n: float, lam: float, work: float, work_moment: float,
+def over_share_pooled(n: float, lam: float, work: float, wait_moment: float,
                       unqueued: list[float], target: float) -> float:
-    """The share over `target` with `n` replicas pooled (M/G/n): `work` E[S], `work_moment`
-    E[S^2] of the replica-seconds per request. A real `n` is interpolated between its whole
-    neighbours (the estimate is a real count, the HPA rounds it up)."""
+    """The share over `target` with `n` replicas pooled (M/G/n): `work` E[S] the
+    replica-seconds per request, `wait_moment` E[P^2] of the prefill work a request waits
+    behind. A real `n` is interpolated between its whole neighbours (the estimate is a real
+    count, the HPA rounds it up)."""
     low = math.floor(n)
     if low == n or low < 1:
-        return _pooled(max(1, math.ceil(n)), lam, work, work_moment, unqueued, target)
+        return _pooled(max(1, math.ceil(n)), lam, work, wait_moment, unqueued, target)
     f = n - low
-    return ((1 - f) * _pooled(low, lam, work, work_moment, unqueued, target)
-            + f * _pooled(low + 1, lam, work, work_moment, unqueued, target))
+    return ((1 - f) * _pooled(low, lam, work, wait_moment, unqueued, target)
+            + f * _pooled(low + 1, lam, work, wait_moment, unqueued, target))
 
 
-def _pooled(n: int, lam: float, work: float, work_moment: float, unqueued: list[float],
+def _pooled(n: int, lam: float, work: float, wait_moment: float, unqueued: list[float],
             target: float) -> float:
     offered = lam * work
     if offered >= n:
         return 1.0
     wait = erlang_c(n, offered)
-    mean = work_moment / (2.0 * work) / (n - offered)  # n (1 - rho) = n - offered
+    mean = wait_moment / (2.0 * work) / (n - offered)  # n (1 - rho) = n - offered
     over = 0.0
     for x in unqueued:
         slack = target - x

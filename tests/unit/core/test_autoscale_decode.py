@@ -112,7 +112,10 @@ def test_the_prefills_within_a_decode_are_costed_at_their_own_speed(make_ep) -> 
     # in the steps a token costs 0.6 b
     t = _feed_decodes(est, rate=10, seconds=60, beta=0.6 * B,
                       prefilled=lambda n, i: 300 * n + 1000 * (i % 7 - 3))
-    assert est.estimate(t, [make_ep(0)]).decode_step == pytest.approx(DELTA)
+    e = est.estimate(t, [make_ep(0)])
+    assert e.decode_step == pytest.approx(DELTA)
+    # the work: every token at a step's cost, not the TTFT line's
+    assert e.work == pytest.approx(0.6 * B * 1100 + DELTA * 100)
 
 
 def test_a_noisy_decode_line_keeps_the_last_one(make_ep) -> None:
@@ -146,7 +149,7 @@ def test_a_pooled_queue_needs_fewer_replicas_than_queues_apart() -> None:
     assert over_share_pooled(pooled, lam, work, m2, unqueued, 1.0) == pytest.approx(
         OVER_SHARE, abs=1e-6)
     # on whole counts it is M/G/n: Erlang C and an exponential wait of mean
-    # E[S^2] / (2 E[S]) / (n - lambda E[S])
+    # E[P^2] / (2 E[S]) / (n - lambda E[S]), P the prefill work waited behind
     n = math.ceil(pooled)
     mean = m2 / (2 * work) / (n - lam * work)
     share = sum(erlang_c(n, lam * work) * math.exp(-(1.0 - x) / mean) for x in unqueued) / 20
@@ -164,8 +167,9 @@ def test_with_the_decode_measured_the_pool_is_sized_as_one_queue(make_ep) -> Non
     assert e.decode_step == pytest.approx(DELTA)
     work = B * 1100 + DELTA * 100
     unqueued = [B * 1000] * 20
+    # the wait: behind the prefills queued before it, (b u)^2 their second moment
     pooled = replicas_for_target(
-        lambda n, t: over_share_pooled(n, e.arrival_rate, work, work * work, unqueued, t),
+        lambda n, t: over_share_pooled(n, e.arrival_rate, work, (B * 1000) ** 2, unqueued, t),
         e.arrival_rate, work, unqueued, 1.0)
     assert e.ttft_replicas == pytest.approx(pooled)
     apart = replicas_for_target(
