@@ -3,6 +3,10 @@ router's requests."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from inferoute.core.clock import ManualClock
 from inferoute.core.endpoint import EndpointMetrics
 from inferoute.core.request import parse_request
@@ -52,3 +56,30 @@ def test_no_section_no_gauge() -> None:
     obs.watch(data)
     assert obs.autoscaler is None and not data.router.listeners
     assert "inferoute_pool_desired_replicas{" not in obs.render()[0].decode()
+
+
+def test_the_gauge_is_the_real_count() -> None:
+    """The HPA rounds the metric up after its 10% tolerance: a real count lets it keep 4
+    replicas for 4.3 (a forecast's noise), where a whole 5 would scale."""
+    clock = ManualClock(0.0)
+    data = _data(clock, autoscaling={"ttftTarget": "1s", "maxReplicas": 100})
+    obs = Observability()
+    obs.watch(data)
+    for i in range(600):  # 10 req/s of 0.4-s prefills, 1.0 s in all
+        now = i / 10
+        clock.set(now)
+        for ep in data.router.pools["m"].pool:
+            ep.metrics = EndpointMetrics(running=1, kv_usage=0.01, scraped_at=now)
+        req = parse_request("completions", {"model": "m", "prompt": "hi", "stream": True}, {},
+                            request_id=f"r{i}", arrival_time=now)
+        d = data.router.schedule(req, now)
+        data.router.dispatch(d, d.result.target, now)
+        data.router.first_token(d, now + 0.4)
+        data.router.finish(d, now + 1.0, {"prompt_tokens": 4000, "completion_tokens": 10})
+    est = obs.autoscaler.estimate("m", clock.now(), data.router.pools["m"].pool)
+    assert est.replicas is not None and est.replicas != int(est.replicas)
+    assert est.desired == math.ceil(est.replicas) == math.ceil(est.gauge)
+    page = obs.render()[0].decode()
+    line = next(x for x in page.splitlines()
+                if x.startswith('inferoute_pool_desired_replicas{name="m"}'))
+    assert float(line.split()[-1]) == pytest.approx(est.gauge)
