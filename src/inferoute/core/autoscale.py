@@ -481,9 +481,9 @@ class PoolEstimator:
         self._first_tokens: deque[tuple[float, float, float, bool]] = deque(
             maxlen=spec.max_samples)
         self._kv_per_request = 0.0
-        #: the last measured step time a running request adds, a prompt token's cost in a
-        #: step and a step's fixed cost (`_decode_fit`)
-        self._decode: tuple[float, float, float] | None = None
+        #: the last measured step time a running request adds, and a prompt token's cost in
+        #: a step (`_decode_fit`)
+        self._decode: tuple[float, float] | None = None
         #: last fit of unqueued TTFT = a + b u (kept while every request queues), and whether
         #: it is a line (else a = 0 and b the ratio of their TTFTs to their prompts)
         self._prefill: tuple[float, float] | None = None
@@ -624,10 +624,9 @@ class PoolEstimator:
             self._prefill = (0.0, ttft / max(float(len(pts)), sum(u for u, _ in pts)))
         return self._prefill
 
-    def _decode_fit(self, streamed: list[_Sample],
-                    b: float) -> tuple[float, float, float] | None:
-        """(delta, beta, c0): the step time one more running request adds, a prompt token's
-        cost within the steps and a step's fixed cost, from the least squares (e2e - TTFT) / (O - 1) = c0 + delta n +
+    def _decode_fit(self, streamed: list[_Sample], b: float) -> tuple[float, float] | None:
+        """(delta, beta): the step time one more running request adds, and a prompt token's
+        cost within the steps, from the least squares (e2e - TTFT) / (O - 1) = c0 + delta n +
         beta P / (O - 1) through the window's requests (`decode_cost`). The unqueued TTFT
         line's b holds more than a token's cost in a step (the front end, the attention's
         growth with the prompt), and P grows with n: b in beta's place read delta a third
@@ -647,12 +646,12 @@ class PoolEstimator:
             fit = _least_squares([r[:2] for r in rows],
                                  [y - b * r[2] for r, y in zip(rows, steps, strict=True)])
         if fit is not None:
-            (c0, delta, *_), (_, error, *_) = fit
+            (_, delta, *_), (_, error, *_) = fit
             mean_n = sum(r[1] for r in rows) / len(rows)
             # a spread of one running request at least, and a delta clear of its error
             if sum((r[1] - mean_n) ** 2 for r in rows) >= len(rows) \
                     and delta > TREND_ERRORS * error:
-                self._decode = (delta, beta, max(0.0, c0))
+                self._decode = (delta, beta)
         return self._decode
 
     def estimate(self, now: float, ready: Iterable[Endpoint]) -> Estimate:
@@ -677,7 +676,7 @@ class PoolEstimator:
         if step is not None:
             # a decode token computes like a prompt token and reads its context's KV cache;
             # the prefills ahead of a request are what it waits for
-            delta, beta, _ = step
+            delta, beta = step
             pooled = ([beta * (smp.uncached + smp.output) + delta * smp.output
                        for smp in samples], beta * beta * sum(u * u for u in sizes) / n)
         work, core, n_ttft = self._ttft_replicas(now, lam, error, sizes, output, fit, ready,
@@ -686,10 +685,7 @@ class PoolEstimator:
         if running > 0:
             self._kv_per_request = sum(ep.metrics.kv_usage for ep in ready) / running
         decode = sum(smp.decode for smp in streamed) / len(streamed)
-        if step is None:
-            n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
-        else:
-            n_kv = self._kv_replicas(lam, x, output, sum(sizes) / n, step)
+        n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
         real = self._clamp_real(max(n_ttft, n_kv))
         bound = lam + spec.rate_z * error
         return Estimate(desired=math.ceil(real - 1e-9), replicas=real, arrival_rate=lam,
@@ -699,41 +695,6 @@ class PoolEstimator:
                         rho_max=bound * work / core if core > 0 else 0.0,
                         ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True,
                         decode_step=step[0] if step else None)
-
-    def _kv_replicas(self, lam: float, x: float, output: float, prompt: float,
-                     step: tuple[float, float, float]) -> float:
-        """The least N whose replicas hold their requests' KV cache under maxKvUtilization,
-        with the decode time N replicas give: each of the O - 1 steps of a decode costs c0 +
-        delta n, and the prefills computed meanwhile beta P; with n = lambda D / N decoding
-        and P = lambda D u / N prompt tokens prefilled per replica,
-            D(N) = (O - 1) c0 / (1 - (lambda / N) ((O - 1) delta + beta u))
-        (a decode slows as the replicas fill: where prefills take most steps' time, the
-        decodes get few steps), and N_kv the least N with (lambda / N) (x + D(N)) k at most
-        maxKvUtilization. The decode time measured now is that of the replicas now, not of
-        the count asked for: on a simulated Qwen3-32B with 2,000-token prompts and 500
-        output tokens, two replicas at 8 req/s held 2 s decodes while the queue they were
-        about to have would have held 28 s ones and filled their KV caches."""
-        delta, beta, c0 = step
-        k, top = self._kv_per_request, self.spec.max_kv_utilization
-        steps = max(0.0, output - 1)
-        busy = lam * (steps * delta + beta * prompt)  # replica-seconds a second of decodes
-        if lam <= 0 or k <= 0 or c0 <= 0:
-            return 0.0
-
-        def fits(n: float) -> bool:
-            rest = 1.0 - busy / n
-            return rest > 0 and lam / n * (x + steps * c0 / rest) * k <= top
-
-        low, high = busy, max(2.0 * busy, 1.0)
-        while not fits(high) and high < 1e6:
-            low, high = high, 2.0 * high
-        for _ in range(50):
-            mid = (low + high) / 2
-            if fits(mid):
-                high = mid
-            else:
-                low = mid
-        return high
 
     def _ttft_replicas(self, now: float, lam: float, error: float, sizes: list[float],
                        output: float, fit: tuple[float, float], ready: list[Endpoint],

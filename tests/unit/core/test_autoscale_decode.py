@@ -177,20 +177,3 @@ def test_with_the_decode_measured_the_pool_is_sized_as_one_queue(make_ep) -> Non
                                             unqueued, t), e.arrival_rate, work, unqueued, 1.0)
     assert e.arrival_rate * work < e.ttft_replicas < apart
 
-
-def test_the_kv_cache_is_sized_for_the_decode_time_the_count_would_give(make_ep) -> None:
-    """Fewer replicas give each more prefills between its decode steps: a decode takes
-    (O - 1) c0 / (1 - (lambda / N) ((O - 1) delta + beta u)), and the KV cache holds lambda / N
-    (x + D(N)) requests' worth. The count is the least N that keeps that at
-    maxKvUtilization, not the decode time measured now (that of the replicas now)."""
-    est = PoolEstimator(AutoscaleSpec(horizon=0, max_kv_utilization=0.8, max_replicas=100))
-    t = _feed_decodes(est, rate=10, seconds=60)
-    # 40 running requests over two replicas holding 0.8 of their KV caches: 0.04 each
-    e = est.estimate(t, [make_ep(i, running=20, kv_usage=0.8) for i in range(2)])
-    lam, n, x = e.arrival_rate, e.kv_replicas, B * 1000
-    busy = lam * (99 * DELTA + B * 1000)
-    held = lam / n * (x + 99 * STEP / (1 - busy / n)) * 0.04
-    assert held == pytest.approx(0.8, rel=1e-6)
-    # with the decode time measured now (2.3 s on average) it would read fewer
-    measured = sum(s.decode for s in est._samples) / len(est._samples)
-    assert n > lam * (x + measured) * 0.04 / 0.8
