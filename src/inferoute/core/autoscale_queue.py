@@ -36,14 +36,18 @@ def over_share_per_replica(n: float, lam: float, work: float, wait_moment: float
     if rho >= 1.0:
         return 1.0
     mean_wait = lam / n * wait_moment / (2.0 * (1.0 - rho))
-    over = 0.0
-    for x in unqueued:
-        slack = target - x
-        if slack <= 0:
-            over += 1.0
-        elif mean_wait > 0:
-            over += rho * math.exp(-slack * rho / mean_wait)
-    return over / len(unqueued)
+    if mean_wait <= 0:
+        return _share_over(unqueued, target, lambda slack: 0.0)
+    return _share_over(unqueued, target,
+                       lambda slack: rho * math.exp(-slack * rho / mean_wait))
+
+
+def _share_over(unqueued: list[float], target: float,
+                tail: Callable[[float], float]) -> float:
+    """The mean over the prompt sizes' unqueued TTFTs of the chance to miss `target`: 1 where
+    the prefill alone misses it, else `tail(slack)`, the chance to wait longer than the
+    slack."""
+    return sum(1.0 if target - x <= 0 else tail(target - x) for x in unqueued) / len(unqueued)
 
 
 def erlang_c(n: int, offered: float) -> float:
@@ -78,14 +82,9 @@ def _pooled(n: int, lam: float, work: float, wait_moment: float, unqueued: list[
         return 1.0
     wait = erlang_c(n, offered)
     mean = wait_moment / (2.0 * work) / (n - offered)  # n (1 - rho) = n - offered
-    over = 0.0
-    for x in unqueued:
-        slack = target - x
-        if slack <= 0:
-            over += 1.0
-        elif mean > 0:
-            over += wait * math.exp(-slack / mean)
-    return over / len(unqueued)
+    if mean <= 0:
+        return _share_over(unqueued, target, lambda slack: 0.0)
+    return _share_over(unqueued, target, lambda slack: wait * math.exp(-slack / mean))
 
 
 def replicas_for_target(share: Callable[[float, float], float], lam: float, work: float,
