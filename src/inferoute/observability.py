@@ -31,7 +31,7 @@ plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests
 `inferoute_latency_prediction_error_ratio{name,target}` (median absolute relative error of
 the pool's learned TTFT / TPOT model, with `latency-slo-scorer` configured),
 `inferoute_pool_desired_replicas{name}` (the replicas the pool needs for its TTFT target,
-`core.autoscale`), `inferoute_endpoint_scrapes_total{pool,endpoint}` and
+a real count the HPA rounds up, `core.autoscale`), `inferoute_endpoint_scrapes_total{pool,endpoint}` and
 `inferoute_endpoint_scrape_failures_total{pool,endpoint}`; and how far the shared routing state
 has travelled:
 `inferoute_kv_event_batches_total{pool,endpoint}` and `inferoute_kv_event_last_sequence{pool,
@@ -284,7 +284,7 @@ class Observability:
                             self.latency_error.labels(mp.model, target).set(value)
             if self.autoscaler is not None:
                 est = self.autoscaler.estimate(mp.model, now, ready)
-                self.desired.labels(mp.model).set(est.desired)
+                self.desired.labels(mp.model).set(est.gauge)
             for ep in mp.pool:
                 labels = (mp.model, ep.name)
                 self.ep_ready.labels(*labels).set(1 if ep in ready else 0)

@@ -236,7 +236,7 @@ class AutoscaledBench:
         ready = self._serving()
         if self.estimator is not None:
             est = self.estimator.estimate(self.cfg.model, now, ready)
-            return float(est.desired), est.arrival_rate
+            return est.gauge, est.arrival_rate
         kv = sum(ep.metrics.kv_usage for ep in ready) / len(ready) if ready else 0.0
         return kv, math.nan
 

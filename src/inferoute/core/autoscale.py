@@ -63,11 +63,18 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from statistics import NormalDist
 from typing import Any
 
+from .autoscale_queue import (
+    over_share_per_replica,
+    over_share_pooled,
+    replicas_for_target,
+)
+from .decode_cost import DecodeMark, DecodeTracker
 from .endpoint import Endpoint
 from .errors import ConfigError
 from .router import Decision
@@ -84,8 +91,6 @@ __all__ = [
     "rate_trend",
 ]
 
-#: the share of requests a TTFT target allows over it (the target is a p90)
-OVER_SHARE = 0.1
 #: standard errors a prefill-speed slope must clear to replace the last one
 TREND_ERRORS = 2.0
 #: prompt-size quantiles the share over the target is averaged on
@@ -181,6 +186,18 @@ class Estimate:
     ttft_replicas: float = 0.0
     kv_replicas: float = 0.0
     measured: bool = False
+    #: seconds one more running request adds to a replica's step (None: not measured; then
+    #: a decode token is costed like a prompt token and the replicas queue apart)
+    decode_step: float | None = None
+    #: the real count `desired` rounds up (None: a whole count held, `desired`)
+    replicas: float | None = None
+
+    @property
+    def gauge(self) -> float:
+        """The exported value: the real count (the HPA rounds it up after its tolerance:
+        within 10% of the current replicas it keeps them, so a count that a forecast's noise
+        moves by a fraction does not scale a small pool by a whole replica)."""
+        return float(self.desired if self.replicas is None else self.replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +210,10 @@ class _Sample:
     decode: float
     #: the replica had no waiting request (scraped) when this one was sent
     unqueued: bool
+    #: over its decode: the mean count of requests decoding on its replica (itself included;
+    #: None: not tracked) and the uncached prompt tokens prefilled there
+    decoders: float | None = None
+    prefilled: float = 0.0
 
 
 def quantile(values: Iterable[float], q: float) -> float:
@@ -260,6 +281,11 @@ class RateTrend:
 
 def _quadratic_form(matrix: tuple[tuple[float, ...], ...], v: list[float]) -> float:
     """v' M^-1 v for a small symmetric positive definite M (Gaussian elimination)."""
+    return sum(vi * yi for vi, yi in zip(v, _solve(matrix, v), strict=True))
+
+
+def _solve(matrix: tuple[tuple[float, ...], ...], v: list[float]) -> list[float]:
+    """M^-1 v for a small symmetric positive definite M (Gaussian elimination)."""
     k = len(v)
     a = [list(row) + [v[i]] for i, row in enumerate(matrix)]
     for i in range(k):
@@ -270,7 +296,31 @@ def _quadratic_form(matrix: tuple[tuple[float, ...], ...], v: list[float]) -> fl
     y = [0.0] * k
     for i in reversed(range(k)):
         y[i] = (a[i][k] - sum(a[i][c] * y[c] for c in range(i + 1, k))) / a[i][i]
-    return sum(vi * yi for vi, yi in zip(v, y, strict=True))
+    return y
+
+
+def _least_squares(rows: Sequence[tuple[float, ...]],
+                   ys: Sequence[float]) -> tuple[list[float], list[float]] | None:
+    """The coefficients of y = x . c through `rows` (each x; an intercept is a column of 1s)
+    and their standard errors; None with too few rows, or a column the others explain to a
+    millionth of its spread (its pivot in the elimination)."""
+    n, k = len(rows), len(rows[0]) if rows else 0
+    if n <= k:
+        return None
+    m = tuple(tuple(sum(r[i] * r[j] for r in rows) for j in range(k)) for i in range(k))
+    if m[0][0] <= 0:
+        return None
+    for j in range(1, k):
+        rest = m[j][j] - _quadratic_form(tuple(row[:j] for row in m[:j]), list(m[j][:j]))
+        if rest <= 1e-6 * m[j][j]:
+            return None
+    coef = _solve(m, [sum(r[j] * y for r, y in zip(rows, ys, strict=True)) for j in range(k)])
+    sse = sum((y - sum(c * x for c, x in zip(coef, r, strict=True))) ** 2
+              for r, y in zip(rows, ys, strict=True))
+    var = sse / (n - k)
+    errors = [math.sqrt(max(0.0, var * _quadratic_form(
+        m, [1.0 if i == j else 0.0 for i in range(k)]))) for j in range(k)]
+    return coef, errors
 
 
 def rate_trend(counts: list[float]) -> RateTrend:
@@ -416,48 +466,6 @@ def _shrunk(trend: LocalTrend, window: list[float]) -> LocalTrend:
     return LocalTrend(trend.level, s * factor, (v00, v01 * factor, v11 * factor * factor))
 
 
-def _over_share(n: float, lam: float, work: float, wait_moment: float,
-                unqueued: list[float], target: float) -> float:
-    """The share of requests whose TTFT exceeds `target` with `n` replicas: `unqueued` the
-    TTFTs without a queue (one per prompt-size quantile), `wait_moment` b^2 E[u^2]."""
-    rho = lam * work / n
-    if rho >= 1.0:
-        return 1.0
-    mean_wait = lam / n * wait_moment / (2.0 * (1.0 - rho))
-    over = 0.0
-    for x in unqueued:
-        slack = target - x
-        if slack <= 0:
-            over += 1.0
-        elif mean_wait > 0:
-            over += rho * math.exp(-slack * rho / mean_wait)
-    return over / len(unqueued)
-
-
-def _replicas_for_target(lam: float, work: float, wait_moment: float,
-                         unqueued: list[float], target: float) -> float:
-    """The least (real) replica count whose share over the target is at most OVER_SHARE. A
-    target more than OVER_SHARE of the prompts miss on an idle replica is out of reach: then
-    twice the p90 unqueued TTFT stands in for it (queueing may add as much as prefill)."""
-    if lam <= 0 or work <= 0:
-        return 0.0
-    p90 = sorted(unqueued)[min(len(unqueued) - 1, int((1 - OVER_SHARE) * len(unqueued)))]
-    if p90 > target:
-        target = 2 * p90
-    low = lam * work  # every replica busy all the time
-    high = max(2.0 * low, 1e-6)
-    while _over_share(high, lam, work, wait_moment, unqueued, target) > OVER_SHARE \
-            and high < 1e6:
-        low, high = high, 2.0 * high
-    for _ in range(50):
-        mid = (low + high) / 2
-        if _over_share(mid, lam, work, wait_moment, unqueued, target) > OVER_SHARE:
-            low = mid
-        else:
-            high = mid
-    return high
-
-
 class PoolEstimator:
     """The window of one pool's arrivals and finished requests."""
 
@@ -473,6 +481,9 @@ class PoolEstimator:
         self._first_tokens: deque[tuple[float, float, float, bool]] = deque(
             maxlen=spec.max_samples)
         self._kv_per_request = 0.0
+        #: the last measured step time a running request adds, and a prompt token's cost in
+        #: a step (`_decode_fit`)
+        self._decode: tuple[float, float] | None = None
         #: last fit of unqueued TTFT = a + b u (kept while every request queues), and whether
         #: it is a line (else a = 0 and b the ratio of their TTFTs to their prompts)
         self._prefill: tuple[float, float] | None = None
@@ -493,16 +504,18 @@ class PoolEstimator:
 
     def finished(self, endpoint: str, now: float, *, prompt_tokens: int,
                  cached_tokens: int | None, output_tokens: int, ttft: float | None,
-                 e2e: float, unqueued: bool = True, hit_rate: float = 0.0) -> None:
+                 e2e: float, unqueued: bool = True, hit_rate: float = 0.0,
+                 decoders: float | None = None, prefilled: float = 0.0) -> None:
         """A request served by `endpoint` is over; `ttft` None when not streamed (its first
-        byte is its whole answer) and `cached_tokens` None when usage did not say."""
+        byte is its whole answer) and `cached_tokens` None when usage did not say;
+        `decoders` and `prefilled` what its decode shared its replica with (`DecodeTracker`)."""
         if cached_tokens is None:
             uncached = prompt_tokens * (1.0 - hit_rate)
         else:
             uncached = max(0, prompt_tokens - cached_tokens)
         decode = max(0.0, e2e - ttft) if ttft is not None else 0.0
         self._samples.append(_Sample(now, endpoint, float(uncached), max(0, output_tokens),
-                                     ttft, decode, unqueued))
+                                     ttft, decode, unqueued, decoders, max(0.0, prefilled)))
 
     def first_token(self, now: float, *, uncached: float, ttft: float, unqueued: bool) -> None:
         """A streamed request's first token: its prefill is over. Used only until a request
@@ -611,6 +624,36 @@ class PoolEstimator:
             self._prefill = (0.0, ttft / max(float(len(pts)), sum(u for u, _ in pts)))
         return self._prefill
 
+    def _decode_fit(self, streamed: list[_Sample], b: float) -> tuple[float, float] | None:
+        """(delta, beta): the step time one more running request adds, and a prompt token's
+        cost within the steps, from the least squares (e2e - TTFT) / (O - 1) = c0 + delta n +
+        beta P / (O - 1) through the window's requests (`decode_cost`). The unqueued TTFT
+        line's b holds more than a token's cost in a step (the front end, the attention's
+        growth with the prompt), and P grows with n: b in beta's place read delta a third
+        low on a simulated Qwen3-32B, and b u as a prompt's share of a step overstated a
+        simulated Llama-3-8B's work by a tenth. Where P does not vary apart from n, or beta
+        is not clear of its error, b stands in for beta (beta is at most b). The last fit is
+        kept while a window's delta is lost in its noise (too little spread in n, or within
+        two standard errors of 0)."""
+        used = [smp for smp in streamed if smp.decoders is not None and smp.output > 1
+                and smp.decode > 0]
+        rows = [(1.0, smp.decoders or 0.0, smp.prefilled / (smp.output - 1)) for smp in used]
+        steps = [smp.decode / (smp.output - 1) for smp in used]
+        fit, beta = _least_squares(rows, steps), b
+        if fit is not None and fit[0][2] > TREND_ERRORS * fit[1][2]:
+            beta = min(b, fit[0][2])
+        else:  # no beta of its own: b's
+            fit = _least_squares([r[:2] for r in rows],
+                                 [y - b * r[2] for r, y in zip(rows, steps, strict=True)])
+        if fit is not None:
+            (_, delta, *_), (_, error, *_) = fit
+            mean_n = sum(r[1] for r in rows) / len(rows)
+            # a spread of one running request at least, and a delta clear of its error
+            if sum((r[1] - mean_n) ** 2 for r in rows) >= len(rows) \
+                    and delta > TREND_ERRORS * error:
+                self._decode = (delta, beta)
+        return self._decode
+
     def estimate(self, now: float, ready: Iterable[Endpoint]) -> Estimate:
         """Desired replicas at `now`, given the pool's ready endpoints (their scraped state)."""
         spec = self.spec
@@ -628,35 +671,58 @@ class PoolEstimator:
         output = sum(smp.output for smp in samples) / n
         a, b = fit
         x = a + b * sum(sizes) / n
-        work, core, n_ttft = self._ttft_replicas(now, lam, error, sizes, output, fit, ready)
+        step = self._decode_fit(streamed, b)
+        pooled = None
+        if step is not None:
+            # a decode token computes like a prompt token and reads its context's KV cache;
+            # the prefills ahead of a request are what it waits for
+            delta, beta = step
+            pooled = ([beta * (smp.uncached + smp.output) + delta * smp.output
+                       for smp in samples], beta * beta * sum(u * u for u in sizes) / n)
+        work, core, n_ttft = self._ttft_replicas(now, lam, error, sizes, output, fit, ready,
+                                                 pooled)
         running = sum(ep.metrics.running for ep in ready)
         if running > 0:
             self._kv_per_request = sum(ep.metrics.kv_usage for ep in ready) / running
         decode = sum(smp.decode for smp in streamed) / len(streamed)
         n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
-        desired = self._clamp(math.ceil(max(n_ttft, n_kv) - 1e-9))
+        real = self._clamp_real(max(n_ttft, n_kv))
         bound = lam + spec.rate_z * error
-        return Estimate(desired=desired, arrival_rate=lam, rate_error=error,
+        return Estimate(desired=math.ceil(real - 1e-9), replicas=real, arrival_rate=lam,
+                        rate_error=error,
                         unqueued_ttft=x, work=work,
                         prefill_speed=1 / b if self._line and b > 0 else None,
                         rho_max=bound * work / core if core > 0 else 0.0,
-                        ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True)
+                        ttft_replicas=n_ttft, kv_replicas=n_kv, measured=True,
+                        decode_step=step[0] if step else None)
 
     def _ttft_replicas(self, now: float, lam: float, error: float, sizes: list[float],
-                       output: float, fit: tuple[float, float],
-                       ready: list[Endpoint]) -> tuple[float, float, float]:
+                       output: float, fit: tuple[float, float], ready: list[Endpoint],
+                       pooled: tuple[list[float], float] | None = None,
+                       ) -> tuple[float, float, float]:
         """(work per request, N for the target at the forecast, N_ttft: that plus the
         backlog's drain) for the window's sorted uncached prompt `sizes`, `output` tokens per
-        request and the unqueued TTFT line `fit` (a, b)."""
+        request and the unqueued TTFT line `fit` (a, b). With `pooled` (each request's
+        replica-seconds measured with its decode's cost, and E[(beta u)^2] of the prefills a
+        request waits for) the replicas are one queue (a router that balances them);
+        without, N M/G/1 queues and work (u + O) b."""
         spec = self.spec
         n = len(sizes)
         a, b = fit
-        work = (sum(sizes) / n + output) * b
-        wait_moment = b * b * sum(u * u for u in sizes) / n
         unqueued = [a + b * sizes[min(n - 1, int((i + 0.5) * n / SIZE_POINTS))]
                     for i in range(SIZE_POINTS)]
         bound = lam + spec.rate_z * error  # the rate the replicas asked for now must carry
-        core = _replicas_for_target(bound, work, wait_moment, unqueued, spec.ttft_target)
+        share: Callable[[float, float], float]
+        if pooled:
+            work, moment = sum(pooled[0]) / len(pooled[0]), pooled[1]
+            share = partial(_pooled_share, lam=bound, work=work, moment=moment,
+                            unqueued=unqueued)
+        else:
+            work = (sum(sizes) / n + output) * b
+            moment = b * b * sum(u * u for u in sizes) / n
+            share = partial(_per_replica_share, lam=bound, work=work, moment=moment,
+                            unqueued=unqueued)
+        core = replicas_for_target(share, bound, work, unqueued, spec.ttft_target)
         # the backlog when replicas asked for now serve: the queue now, grown by what the
         # ready replicas cannot take meanwhile; drained over the window after that
         waiting = sum(ep.metrics.waiting for ep in ready)
@@ -681,12 +747,26 @@ class PoolEstimator:
         b = sum(t for _, t in alone) / tokens
         sizes = sorted(u for _, u, _, _ in self._first_tokens)
         work, _, n_ttft = self._ttft_replicas(now, lam, error, sizes, 0.0, (0.0, b), ready)
-        return Estimate(desired=max(hold, self._clamp(math.ceil(n_ttft - 1e-9))),
+        real = max(float(hold), self._clamp_real(n_ttft))
+        return Estimate(desired=math.ceil(real - 1e-9), replicas=real,
                         arrival_rate=lam, rate_error=error, unqueued_ttft=b * sizes[
                             len(sizes) // 2], work=work, ttft_replicas=n_ttft)
 
     def _clamp(self, n: int) -> int:
         return max(self.spec.min_replicas, min(self.spec.max_replicas, n))
+
+    def _clamp_real(self, n: float) -> float:
+        return max(float(self.spec.min_replicas), min(float(self.spec.max_replicas), n))
+
+
+def _pooled_share(n: float, target: float, *, lam: float, work: float, moment: float,
+                  unqueued: list[float]) -> float:
+    return over_share_pooled(n, lam, work, moment, unqueued, target)
+
+
+def _per_replica_share(n: float, target: float, *, lam: float, work: float, moment: float,
+                       unqueued: list[float]) -> float:
+    return over_share_per_replica(n, lam, work, moment, unqueued, target)
 
 
 def _hit_rate(endpoints: Iterable[Endpoint]) -> float:
@@ -710,6 +790,8 @@ class Autoscaler:
         #: while any of those was (the marks' counter)
         self._prefilling: dict[str, int] = {}
         self._sent: dict[str, int] = {}
+        #: what each request's decode shares its replica with
+        self._decoding = DecodeTracker()
 
     def pool(self, name: str) -> PoolEstimator:
         est = self.pools.get(name)
@@ -748,6 +830,8 @@ class Autoscaler:
             self.pool(decision.pool.model).first_token(
                 now, uncached=uncached, ttft=now - req.arrival_time,
                 unqueued=decision.unqueued is not False)
+            decision.decode_mark = self._decoding.started(decision.endpoint.name, now,
+                                                          uncached)
 
     def _prefill_over(self, decision: Decision) -> None:
         mark, decision.prefill_mark = decision.prefill_mark, None
@@ -777,11 +861,16 @@ class Autoscaler:
         output = usage.get("completion_tokens")
         first = decision.first_token_at
         ttft = first - req.arrival_time if (first is not None and req.stream) else None
+        mark, decision.decode_mark = decision.decode_mark, None
+        shared = (self._decoding.ended(mark, now) if isinstance(mark, DecodeMark)
+                  else None)
         self.pool(decision.pool.model).finished(
             ep.name, now, prompt_tokens=prompt, cached_tokens=cached,
             output_tokens=output if isinstance(output, int) else 0, ttft=ttft,
             e2e=now - req.arrival_time,
-            unqueued=True if decision.unqueued is None else decision.unqueued, hit_rate=_hit_rate(decision.pool.pool) if cached is None else 0.0)
+            unqueued=True if decision.unqueued is None else decision.unqueued,
+            hit_rate=_hit_rate(decision.pool.pool) if cached is None else 0.0,
+            decoders=shared[0] if shared else None, prefilled=shared[1] if shared else 0.0)
 
     def estimate(self, pool: str, now: float, ready: Iterable[Endpoint]) -> Estimate:
         return self.pool(pool).estimate(now, ready)

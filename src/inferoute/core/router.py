@@ -49,6 +49,8 @@ class Decision:
     unqueued: bool | None = None
     prefill_mark: tuple[str, int] | None = None
     first_token_at: float | None = None
+    #: the autoscaler's `DecodeMark` from the first token to the end
+    decode_mark: object | None = None
 
 
 class RouterListener(Protocol):

@@ -33,7 +33,8 @@ async def test_picker_exports_the_gauge_fed_by_its_streams(sim, kit):
                 # the picker ends the stream once it has seen the response's end: only then
                 # is the request over in its books (a scrape before that raced the finish)
                 assert await s.call.read() is grpc.aio.EOF
-        # measured now: three light streams need one replica
-        assert kit.metric(await kit.scrape(port), gauge, name=kit.MODEL) == 1
+        # measured now: three light streams need one replica (the real count, a fraction of
+        # one, which the HPA rounds up)
+        assert 0 < kit.metric(await kit.scrape(port), gauge, name=kit.MODEL) <= 1
     finally:
         assert p.stop(timeout=15) == 0, p.log()

@@ -3,6 +3,10 @@ router's requests."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from inferoute.core.clock import ManualClock
 from inferoute.core.endpoint import EndpointMetrics
 from inferoute.core.request import parse_request
@@ -16,6 +20,22 @@ def _data(clock: ManualClock, **extra: object) -> DataLayer:
         {"model": "m", "endpoints": ["http://a:1", "http://b:2"]}], **extra}), clock=clock.now)
 
 
+def _serve(data: DataLayer, clock: ManualClock, *, ttft: float, prompt_tokens: int) -> None:
+    """A minute of 10 req/s through the router, each streamed with `ttft` and done at 1 s."""
+    for i in range(600):
+        now = i / 10
+        clock.set(now)
+        for ep in data.router.pools["m"].pool:  # freshly scraped: candidates for the router
+            ep.metrics = EndpointMetrics(running=1, kv_usage=0.01, scraped_at=now)
+        req = parse_request("completions", {"model": "m", "prompt": "hi", "stream": True}, {},
+                            request_id=f"r{i}", arrival_time=now)
+        d = data.router.schedule(req, now)
+        data.router.dispatch(d, d.result.target, now)
+        data.router.first_token(d, now + ttft)
+        data.router.finish(d, now + 1.0, {"prompt_tokens": prompt_tokens,
+                                          "completion_tokens": 10})
+
+
 def test_gauge_follows_the_router() -> None:
     clock = ManualClock(0.0)
     data = _data(clock, autoscaling={"ttftTarget": "1s", "maxReplicas": 10})
@@ -27,17 +47,8 @@ def test_gauge_follows_the_router() -> None:
         ep.metrics = EndpointMetrics(running=1, kv_usage=0.01, scraped_at=0.0)
     page = obs.render()[0].decode()
     assert 'inferoute_pool_desired_replicas{name="m"} 1.0' in page  # no load: minReplicas
-    for i in range(600):  # 10 req/s, 8000 uncached tokens at 10,000 tokens/s: x = 0.8 s
-        now = i / 10
-        clock.set(now)
-        for ep in data.router.pools["m"].pool:  # freshly scraped: candidates for the router
-            ep.metrics = EndpointMetrics(running=1, kv_usage=0.01, scraped_at=now)
-        req = parse_request("completions", {"model": "m", "prompt": "hi", "stream": True}, {},
-                            request_id=f"r{i}", arrival_time=now)
-        d = data.router.schedule(req, now)
-        data.router.dispatch(d, d.result.target, now)
-        data.router.first_token(d, now + 0.8)
-        data.router.finish(d, now + 1.0, {"prompt_tokens": 8000, "completion_tokens": 10})
+    # 10 req/s, 8000 uncached tokens at 10,000 tokens/s: x = 0.8 s
+    _serve(data, clock, ttft=0.8, prompt_tokens=8000)
     for ep in data.router.pools["m"].pool:
         ep.metrics = EndpointMetrics(running=1, kv_usage=0.01, scraped_at=clock.now())
     est = obs.autoscaler.estimate("m", clock.now(), data.router.pools["m"].pool)
@@ -52,3 +63,20 @@ def test_no_section_no_gauge() -> None:
     obs.watch(data)
     assert obs.autoscaler is None and not data.router.listeners
     assert "inferoute_pool_desired_replicas{" not in obs.render()[0].decode()
+
+
+def test_the_gauge_is_the_real_count() -> None:
+    """The HPA rounds the metric up after its 10% tolerance: a real count lets it keep 4
+    replicas for 4.3 (a forecast's noise), where a whole 5 would scale."""
+    clock = ManualClock(0.0)
+    data = _data(clock, autoscaling={"ttftTarget": "1s", "maxReplicas": 100})
+    obs = Observability()
+    obs.watch(data)
+    _serve(data, clock, ttft=0.4, prompt_tokens=4000)  # 10 req/s of 0.4-s prefills
+    est = obs.autoscaler.estimate("m", clock.now(), data.router.pools["m"].pool)
+    assert est.replicas is not None and est.replicas != int(est.replicas)
+    assert est.desired == math.ceil(est.replicas) == math.ceil(est.gauge)
+    page = obs.render()[0].decode()
+    line = next(x for x in page.splitlines()
+                if x.startswith('inferoute_pool_desired_replicas{name="m"}'))
+    assert float(line.split()[-1]) == pytest.approx(est.gauge)

@@ -1,0 +1,179 @@
+"""The estimator's decode cost (what a request's decode shares its replica with) and the pooled
+queue it sizes with once that cost is measured."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+
+from inferoute.configfiles import resolve_config
+from inferoute.core.autoscale import Autoscaler, AutoscaleSpec, PoolEstimator
+from inferoute.core.autoscale_queue import (
+    OVER_SHARE,
+    erlang_c,
+    over_share_per_replica,
+    over_share_pooled,
+    replicas_for_target,
+)
+from inferoute.core.decode_cost import DecodeTracker
+from inferoute.core.endpoint import Pool
+from inferoute.core.router import ModelPool, Router
+from inferoute.core.scheduling.scheduler import Scheduler
+
+#: a simulated engine's step: 15 ms fixed, 0.2 ms per running request; prefill 1e-4 s a token
+STEP, DELTA, B = 0.015, 2e-4, 1e-4
+
+
+def _feed_decodes(est: PoolEstimator, *, rate: float, seconds: float, start: float = 0.0,
+                  uncached: int = 1000, output: int = 100, beta: float = B,
+                  prefilled: Callable[[float, int], float] = lambda n, i: 2000.0) -> float:
+    """`rate` arrivals/s, each alone at its prefill (TTFT = u b), decoding beside 10 to 50
+    others (by arrival) in steps of STEP + DELTA n, with `prefilled(n, i)` prompt tokens
+    prefilled there meanwhile at `beta` seconds a token."""
+    n = int(rate * seconds)
+    for i in range(n):
+        t = start + i / rate
+        decoders = 10 + 40 * (i % 9) / 8
+        tokens = prefilled(decoders, i)
+        decode = (output - 1) * (STEP + DELTA * decoders) + beta * tokens
+        est.arrived(t)
+        est.finished("ep0", t, prompt_tokens=uncached, cached_tokens=0, output_tokens=output,
+                     ttft=B * uncached, e2e=B * uncached + decode, decoders=decoders,
+                     prefilled=tokens)
+    return start + n / rate
+
+
+def test_the_tracker_measures_what_a_decode_shared_its_replica_with() -> None:
+    dt = DecodeTracker()
+    first = dt.started("ep0", 0.0, uncached=1000)
+    assert dt.decoding("ep0") == 1
+    second = dt.started("ep0", 2.0, uncached=3000)  # a prefill completed at 2 s
+    other = dt.started("ep1", 2.5, uncached=500)  # another replica: not counted
+    # the first decoded 0-4 s: alone for 2 s, with the second for 2 s; 3,000 tokens prefilled
+    assert dt.ended(first, 4.0) == (pytest.approx(1.5), pytest.approx(3000))
+    # the second decoded 2-6 s: with the first for 2 s, then alone; nothing prefilled
+    assert dt.ended(second, 6.0) == (pytest.approx(1.5), pytest.approx(0.0))
+    assert dt.decoding("ep0") == 0 and dt.decoding("ep1") == 1
+    assert dt.ended(other, 2.5) is None  # no time passed: nothing to measure
+    assert dt._state == {}  # nothing decodes: nothing kept
+
+
+def test_router_feeds_the_decode_counts(make_ep, make_req) -> None:
+    ep = make_ep(0)
+    mp = ModelPool("m", Pool("m", [ep]), Scheduler(resolve_config("round-robin"), seed=1))
+    router = Router([mp])
+    auto = Autoscaler(AutoscaleSpec())
+    router.listeners.append(auto)
+    ds = []
+    for i in range(2):  # first tokens at 1 and 2 s, ends at 5 and 3 s
+        req = make_req("word " * 400, model="m")
+        req.stream, req.arrival_time = True, float(i)
+        d = router.schedule(req, now=float(i))
+        router.dispatch(d, d.result.target, now=float(i))
+        router.first_token(d, now=i + 1.0)
+        ds.append(d)
+    router.finish(ds[1], now=3.0, usage={"prompt_tokens": 500, "completion_tokens": 9})
+    router.finish(ds[0], now=5.0, usage={"prompt_tokens": 500, "completion_tokens": 9})
+    late, early = auto.pools["m"]._samples
+    assert (late.decoders, late.prefilled) == (pytest.approx(2.0), 0.0)
+    # the first decoded 1-5 s, beside the second from 2 to 3 s, whose ~500-token prompt
+    # completed at 2 s
+    assert early.decoders == pytest.approx(1.25)
+    assert early.prefilled == pytest.approx(500)
+    assert ds[0].decode_mark is None and auto._decoding.decoding(ep.name) == 0
+
+
+def test_the_step_time_a_running_request_adds_is_measured(make_ep) -> None:
+    est = PoolEstimator(AutoscaleSpec(horizon=0))
+    t = _feed_decodes(est, rate=10, seconds=60)
+    e = est.estimate(t, [make_ep(0)])
+    assert e.decode_step == pytest.approx(DELTA)
+    # a request's work: its prompt and output tokens at the prefill's cost, and what its
+    # output tokens add to their steps (their reads of the KV cache)
+    assert e.work == pytest.approx(B * (1000 + 100) + DELTA * 100)
+    # the counts not tracked (another gateway's feed, or none): not measured, as before
+    plain = PoolEstimator(AutoscaleSpec(horizon=0))
+    for i in range(600):
+        plain.arrived(i / 10)
+        plain.finished("ep0", i / 10, prompt_tokens=1000, cached_tokens=0, output_tokens=100,
+                       ttft=0.1, e2e=2.0)
+    p = plain.estimate(60.0, [make_ep(0)])
+    assert p.decode_step is None and p.work == pytest.approx(B * 1100)
+
+
+def test_the_prefills_within_a_decode_are_costed_at_their_own_speed(make_ep) -> None:
+    """The unqueued TTFT's b holds more than a step's cost per prompt token (the front end,
+    the attention's growth with the prompt), and more decodes beside a request come with
+    more prefills: b in their place reads delta low. Fitted together, delta is the step's."""
+    est = PoolEstimator(AutoscaleSpec(horizon=0))
+    # prefilled there meanwhile: 300 tokens per request decoding beside, +-1,000 by arrival;
+    # in the steps a token costs 0.6 b
+    t = _feed_decodes(est, rate=10, seconds=60, beta=0.6 * B,
+                      prefilled=lambda n, i: 300 * n + 1000 * (i % 7 - 3))
+    e = est.estimate(t, [make_ep(0)])
+    assert e.decode_step == pytest.approx(DELTA)
+    # the work: every token at a step's cost, not the TTFT line's
+    assert e.work == pytest.approx(0.6 * B * 1100 + DELTA * 100)
+
+
+def test_a_noisy_decode_line_keeps_the_last_one(make_ep) -> None:
+    est = PoolEstimator(AutoscaleSpec(window=60, horizon=0))
+    t = _feed_decodes(est, rate=10, seconds=60)
+    assert est.estimate(t, [make_ep(0)]).decode_step == pytest.approx(DELTA)
+    for i in range(600):  # a minute of decodes all beside 20 others: no spread, no slope
+        est.arrived(t + i / 10)
+        est.finished("ep0", t + i / 10, prompt_tokens=1000, cached_tokens=0,
+                     output_tokens=100, ttft=0.1, e2e=0.1 + 99 * (STEP + DELTA * 20),
+                     decoders=20.0, prefilled=0.0)
+    assert est.estimate(t + 60, [make_ep(0)]).decode_step == pytest.approx(DELTA)
+
+
+def test_erlang_c() -> None:
+    assert erlang_c(1, 0.5) == pytest.approx(0.5)  # M/M/1: the chance to wait is rho
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
+    assert erlang_c(3, 3.0) == 1.0
+
+
+def test_a_pooled_queue_needs_fewer_replicas_than_queues_apart() -> None:
+    unqueued = [0.1 + 0.01 * i for i in range(20)]
+    lam, work = 20.0, 0.25
+    m2 = 1.1 * work * work
+    pooled = replicas_for_target(
+        lambda n, t: over_share_pooled(n, lam, work, m2, unqueued, t), lam, work, unqueued, 1.0)
+    apart = replicas_for_target(
+        lambda n, t: over_share_per_replica(n, lam, work, m2, unqueued, t), lam, work,
+        unqueued, 1.0)
+    assert lam * work < pooled < apart
+    assert over_share_pooled(pooled, lam, work, m2, unqueued, 1.0) == pytest.approx(
+        OVER_SHARE, abs=1e-6)
+    # on whole counts it is M/G/n: Erlang C and an exponential wait of mean
+    # E[P^2] / (2 E[S]) / (n - lambda E[S]), P the prefill work waited behind
+    n = math.ceil(pooled)
+    mean = m2 / (2 * work) / (n - lam * work)
+    share = sum(erlang_c(n, lam * work) * math.exp(-(1.0 - x) / mean) for x in unqueued) / 20
+    assert over_share_pooled(n, lam, work, m2, unqueued, 1.0) == pytest.approx(share)
+
+
+def test_with_the_decode_measured_the_pool_is_sized_as_one_queue(make_ep) -> None:
+    """A router that balances pools the replicas' queues; the decode's cost, measured, keeps
+    that from undersizing: more work per request than the prompt's tokens at the prefill
+    speed, and fewer replicas than N queues apart with that same work."""
+    est = PoolEstimator(AutoscaleSpec(horizon=0, max_replicas=100))
+    ready = [make_ep(i) for i in range(40)]
+    t = _feed_decodes(est, rate=60, seconds=60)
+    e = est.estimate(t, ready)
+    assert e.decode_step == pytest.approx(DELTA)
+    work = B * 1100 + DELTA * 100
+    unqueued = [B * 1000] * 20
+    # the wait: behind the prefills queued before it, (b u)^2 their second moment
+    pooled = replicas_for_target(
+        lambda n, t: over_share_pooled(n, e.arrival_rate, work, (B * 1000) ** 2, unqueued, t),
+        e.arrival_rate, work, unqueued, 1.0)
+    assert e.ttft_replicas == pytest.approx(pooled)
+    apart = replicas_for_target(
+        lambda n, t: over_share_per_replica(n, e.arrival_rate, work, (B * 1000) ** 2,
+                                            unqueued, t), e.arrival_rate, work, unqueued, 1.0)
+    assert e.arrival_rate * work < e.ttft_replicas < apart
+
