@@ -74,7 +74,7 @@ from .autoscale_queue import (
     over_share_pooled,
     replicas_for_target,
 )
-from .decode_cost import DecodeMark, DecodeTracker
+from .decode_cost import DecodeTracker
 from .endpoint import Endpoint
 from .errors import ConfigError
 from .router import Decision
@@ -862,8 +862,7 @@ class Autoscaler:
         first = decision.first_token_at
         ttft = first - req.arrival_time if (first is not None and req.stream) else None
         mark, decision.decode_mark = decision.decode_mark, None
-        shared = (self._decoding.ended(mark, now) if isinstance(mark, DecodeMark)
-                  else None)
+        shared = self._decoding.ended(mark, now) if mark is not None else None
         self.pool(decision.pool.model).finished(
             ep.name, now, prompt_tokens=prompt, cached_tokens=cached,
             output_tokens=output if isinstance(output, int) else 0, ttft=ttft,

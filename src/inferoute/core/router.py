@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
 from .candidates import CandidateRule
+from .decode_cost import DecodeMark
 from .endpoint import Endpoint, Pool
 from .errors import ModelNotFound
 from .request import InferenceRequest
@@ -50,7 +51,7 @@ class Decision:
     prefill_mark: tuple[str, int] | None = None
     first_token_at: float | None = None
     #: the autoscaler's `DecodeMark` from the first token to the end
-    decode_mark: object | None = None
+    decode_mark: DecodeMark | None = None
 
 
 class RouterListener(Protocol):
