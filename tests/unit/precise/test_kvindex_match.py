@@ -142,7 +142,14 @@ def test_the_memo_gives_the_same_keys_and_is_bounded():
     # a prompt that opens like an earlier one reuses its runs
     memo = KeyMemo(size=8)
     TokenKeys(head, BS, ROOT, None, memo).tolist()
-    assert len(memo) == 3
+    assert len(memo) == 4  # three runs and the whole head
     longer = head + [1] * BS
     assert TokenKeys(longer, BS, ROOT, None, memo).tolist() == block_keys(longer, BS, ROOT)
-    assert len(memo) == 4  # three runs found, one new (the last block's)
+    assert len(memo) == 6  # three runs found, one new (the last block's), a new whole head
+    # the same head again: one lookup, its keys shared with the memo, not copied
+    again = TokenKeys(list(head), BS, ROOT, None, memo)
+    assert again.at(2 * RUN_BLOCKS) == block_keys(head, BS, ROOT)[2 * RUN_BLOCKS]
+    first = TokenKeys(head, BS, ROOT, None, memo)
+    first.at(len(first) - 1)
+    assert again._keys is first._keys and again.tolist() == block_keys(head, BS, ROOT)
+    assert len(memo) == 6
