@@ -195,9 +195,9 @@ class KeyMemo:
 
 class TokenKeys(LazyKeys):
     """The first `len(self)` keys of `block_keys(token_ids, block_size, parent, max_blocks)`,
-    made only as far as they are read: the first run of `RUN_BLOCKS` alone (a match that stops
-    there packs 512 ids at 16-token blocks, not 4,096), then all the others at once, packed
-    by one call. With a `memo`, a head seen before (every id up to `len(self)` blocks) is one
+    made only as far as they are read: the first block's alone (a match that stops there, as
+    most do, packs 16 ids at 16-token blocks, not 4,096), the first run of `RUN_BLOCKS`, then
+    all the others at once, packed by one call. With a `memo`, a head seen before (every id up to `len(self)` blocks) is one
     lookup whose list is shared, not copied; otherwise the runs are looked up one by one.
     `at(i)` is the unchecked index the matchers use; `tolist()` makes them all (the index
     updates need every key)."""
@@ -217,12 +217,22 @@ class TokenKeys(LazyKeys):
         """Key `i` (0 <= i < len(self), not checked)."""
         keys = self._keys
         if i >= len(keys):
-            if i < RUN_BLOCKS and not keys:
-                self._make(RUN_BLOCKS)
-            elif self._memo is None or not self._whole():
-                self._make(self._n)
+            if not keys and i == 0 < self._n - 1:  # the first block alone: most matches
+                self._first()                    # stop there (no candidate holds it)
+            else:
+                if len(keys) == 1:  # that first key alone: made again with its run
+                    keys.clear()
+                if i < RUN_BLOCKS and not keys:
+                    self._make(RUN_BLOCKS)
+                elif self._memo is None or not self._whole():
+                    self._make(self._n)
             keys = self._keys
         return keys[i]
+
+    def _first(self) -> None:
+        """The first block's key alone (its ids packed, one hash)."""
+        packed = _pack(self._ids[:self._bs])
+        self._keys.append(_xxh3(packed, self._root))
 
     def _whole(self) -> bool:
         """Take every key from the memo's entry for the whole head, or make them and leave
