@@ -86,9 +86,11 @@ def nested_prefix_depths(keys: Sequence[int], mask_of: Callable[[int], int], act
                          by_slot: dict[int, int], result: list[int]) -> list[int]:
     """`prefix_depths` for nested holdings: `mask_of(key)` is the owner bitmask of a block key
     and the masks of `keys` only lose bits from one block to the next. Probes the first block
-    (most candidates hold none of a prompt), then bisects between blocks whose masks
-    (restricted to `active`) differ; an interval whose two ends agree holds no boundary.
-    Writes each candidate's depth into `result` and returns it."""
+    (most candidates hold none of a prompt), then, when someone holds it and the last block
+    is cheap to key, the last (a candidate that holds a prompt's head often holds all of a
+    capped prompt: then two probes settle every depth), then bisects between blocks whose
+    masks (restricted to `active`) differ; an interval whose two ends agree holds no
+    boundary. Writes each candidate's depth into `result` and returns it."""
     n = len(keys)
     if not n or not active:
         return result
@@ -98,7 +100,12 @@ def nested_prefix_depths(keys: Sequence[int], mask_of: Callable[[int], int], act
     first = mask_of(key_at(0)) & active
     _settle(active & ~first, 0, by_slot, result)
     # (lo, hi, mask at lo, mask at hi): block n is held by none
-    stack = [(0, n, first, 0)]
+    if first and n > 1 and (not strides or n % strides[-1] == 0):
+        last = mask_of(key_at(n - 1)) & first
+        _settle(last, n, by_slot, result)
+        stack = [(0, n - 1, first, last)]
+    else:
+        stack = [(0, n, first, 0)]
     while stack:
         lo, hi, m_lo, m_hi = stack.pop()
         if m_lo == m_hi:

@@ -45,6 +45,7 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
 
 import xxhash
@@ -94,24 +95,36 @@ KVEvent = BlockStoredEvent | BlockRemovedEvent | AllBlocksClearedEvent
 
 # -- keys ----------------------------------------------------------------------------------------
 
+@lru_cache(maxsize=1024)
 def chain_root(lora: str | None, block_size: int) -> int:
     """The seed of the key chain at a block size: of a LoRA adapter's blocks (by adapter name),
-    or of the pool's base model (`lora` None)."""
+    or of the pool's base model (`lora` None); remembered (every decision asks for one)."""
     return xxhash.xxh64_intdigest(f"kv-index:{block_size}\x00{lora or ''}".encode())
 
 
-def _pack(tokens: Sequence[int]) -> bytes:
+def _pack(tokens: Sequence[int]) -> array[int]:
+    """The ids as 32-bit words (64-bit when one does not fit): a buffer the hash reads as is.
+    `fromlist` converts a list about 1.6x faster than the constructor (which iterates)."""
     try:
-        return array("I", tokens).tobytes()
+        return _words("I", tokens)
     except OverflowError:  # ids past 2**32 (never seen in practice): widen, keep it exact
-        return array("Q", tokens).tobytes()
+        return _words("Q", tokens)
 
 
-def _chain(data: bytes, step: int, parent: int) -> list[int]:
+def _words(code: str, tokens: Sequence[int]) -> array[int]:
+    if type(tokens) is not list:
+        return array(code, tokens)
+    out = array(code)
+    out.fromlist(tokens)
+    return out
+
+
+def _chain(data: bytes | memoryview | array[int], step: int, parent: int) -> list[int]:
     """The chained keys of `data`'s blocks of `step` bytes, from `parent`."""
-    out = [0] * (len(data) // step)
+    view = memoryview(data).cast("B")
+    out = [0] * (len(view) // step)
     h = parent
-    for i, chunk in enumerate([data[o:o + step] for o in range(0, len(data), step)]):
+    for i, chunk in enumerate([view[o:o + step] for o in range(0, len(view), step)]):
         h = _xxh3(chunk, h)
         out[i] = h
     return out
@@ -128,7 +141,7 @@ def block_keys(token_ids: Sequence[int], block_size: int, parent: int,
     if n <= 0:
         return []
     data = _pack(token_ids[: n * block_size])
-    return _chain(data, len(data) // n, parent)
+    return _chain(data, data.itemsize * block_size, parent)
 
 
 #: blocks a `TokenKeys` makes at once, from the start of the prompt (the unit `KeyMemo` keeps)
@@ -136,12 +149,14 @@ RUN_BLOCKS = 32
 
 
 class KeyMemo:
-    """A bounded memo of key runs: (parent key, run of `RUN_BLOCKS` blocks) -> their keys.
+    """A bounded memo of key runs: (parent key, run of `RUN_BLOCKS` blocks) -> their keys, and
+    of whole prompt heads (root, every block a `TokenKeys` reads) -> all their keys.
 
     Keys chain, one hash call per block; a memo hit costs one hash of the whole run (a C call
     over 2 KB at 16-token blocks) instead of 32. Prompts that open alike (a shared system
-    prompt, a conversation's history) hit for every run they share. A run is known by a 64-bit
-    XXH3 of its packed ids seeded with its parent key, the same kind of hash as the keys."""
+    prompt, a conversation's history) hit for every run they share, and a prompt whose whole
+    head was seen before hits once for all of it. A run is known by a 64-bit XXH3 of its
+    packed ids seeded with its parent key, the same kind of hash as the keys, and its size."""
 
     def __init__(self, size: int = 4096) -> None:
         if size < 1:
@@ -152,24 +167,38 @@ class KeyMemo:
     def __len__(self) -> int:
         return len(self._runs)
 
-    def keys(self, data: bytes, step: int, parent: int) -> list[int]:
-        """`_chain(data, step, parent)`, remembered (the list is shared: do not change it)."""
-        runs = self._runs
+    def keys(self, data: memoryview, step: int, parent: int) -> list[int]:
+        """`_chain(data, step, parent)` (`data` a byte view), remembered (the list is shared:
+        do not change it)."""
         known = (_xxh3(data, parent), len(data), step)
-        keys = runs.get(known)
+        keys = self.get(known)
         if keys is None:
-            keys = runs[known] = _chain(data, step, parent)
-            if len(runs) > self.size:
-                runs.popitem(last=False)
-        else:
-            runs.move_to_end(known)
+            keys = _chain(data, step, parent)
+            self.put(known, keys)
         return keys
+
+    def get(self, known: tuple[int, int, int]) -> list[int] | None:
+        """The keys remembered as `known` ((XXH3 of the bytes seeded with the parent key,
+        their size, bytes a block)), or None."""
+        keys = self._runs.get(known)
+        if keys is not None:
+            self._runs.move_to_end(known)
+        return keys
+
+    def put(self, known: tuple[int, int, int], keys: list[int]) -> None:
+        """Remember `keys` (shared from now on: never change the list) as `known`."""
+        runs = self._runs
+        runs[known] = keys
+        if len(runs) > self.size:
+            runs.popitem(last=False)
 
 
 class TokenKeys(LazyKeys):
     """The first `len(self)` keys of `block_keys(token_ids, block_size, parent, max_blocks)`,
-    made only as far as they are read, a run of `RUN_BLOCKS` at a time (through `memo` when
-    given): a match that stops in the first run packs 512 ids at 16-token blocks, not 4,096.
+    made only as far as they are read: the first block's alone (a match that stops there, as
+    most do, packs 16 ids at 16-token blocks, not 4,096), the first run of `RUN_BLOCKS`, then
+    all the others at once, packed by one call. With a `memo`, a head seen before (every id up to `len(self)` blocks) is one
+    lookup whose list is shared, not copied; otherwise the runs are looked up one by one.
     `at(i)` is the unchecked index the matchers use; `tolist()` makes them all (the index
     updates need every key)."""
 
@@ -188,16 +217,66 @@ class TokenKeys(LazyKeys):
         """Key `i` (0 <= i < len(self), not checked)."""
         keys = self._keys
         if i >= len(keys):
-            bs, memo = self._bs, self._memo
-            end = min(self._n, (i // RUN_BLOCKS + 1) * RUN_BLOCKS)
-            while len(keys) < end:
-                have = len(keys)
-                upto = min(end, have + RUN_BLOCKS)
-                data = _pack(self._ids[have * bs:upto * bs])
-                step, parent = len(data) // (upto - have), keys[-1] if keys else self._root
-                keys += (_chain(data, step, parent) if memo is None
-                         else memo.keys(data, step, parent))
+            if not keys and i == 0 < self._n - 1:  # the first block alone: most matches
+                self._first()                    # stop there (no candidate holds it)
+            else:
+                if len(keys) == 1:  # that first key alone: made again with its run
+                    keys.clear()
+                if i < RUN_BLOCKS and not keys:
+                    self._make(RUN_BLOCKS)
+                elif self._memo is None or not self._whole():
+                    self._make(self._n)
+            keys = self._keys
         return keys[i]
+
+    def _first(self) -> None:
+        """The first block's key alone (its ids packed, one hash)."""
+        packed = _pack(self._ids[:self._bs])
+        self._keys.append(_xxh3(packed, self._root))
+
+    def _whole(self) -> bool:
+        """Take every key from the memo's entry for the whole head, or make them and leave
+        one there; False when the ids do not pack in 32 bits (then `_make` does it)."""
+        memo, bs, n = self._memo, self._bs, self._n
+        assert memo is not None
+        try:
+            packed = _words("I", self._ids[:n * bs])
+        except OverflowError:
+            return False
+        step = packed.itemsize * bs
+        view = memoryview(packed).cast("B")
+        known = (_xxh3(view, self._root), len(view), step)
+        whole = memo.get(known)
+        if whole is not None:
+            self._keys = whole  # complete: never changed from here on
+            return True
+        keys, run = self._keys, step * RUN_BLOCKS
+        for at in range(len(keys) * step, len(view), run):
+            keys += memo.keys(view[at:at + run], step, keys[-1] if keys else self._root)
+        memo.put(known, keys)
+        return True
+
+    def _make(self, end: int) -> None:
+        """Make the keys up to block `end` (capped at `len(self)`): one pack of their ids
+        (most of a decision's cost when it reads a whole prompt), one hash call per run."""
+        keys, bs, memo = self._keys, self._bs, self._memo
+        have, end = len(keys), min(end, self._n)
+        ids = self._ids[have * bs:end * bs]
+        try:
+            data = _words("I", ids)
+        except OverflowError:  # ids past 2**32: each run packed alone, as `_pack` widens it
+            runs = [_pack(ids[at:at + RUN_BLOCKS * bs]) for at in range(0, len(ids),
+                                                                         RUN_BLOCKS * bs)]
+        else:
+            runs = [data]
+        for packed in runs:
+            step = packed.itemsize * bs
+            if memo is None:
+                keys += _chain(packed, step, keys[-1] if keys else self._root)
+                continue
+            view, run = memoryview(packed).cast("B"), step * RUN_BLOCKS
+            for at in range(0, len(view), run):
+                keys += memo.keys(view[at:at + run], step, keys[-1] if keys else self._root)
 
     def tolist(self) -> list[int]:
         """Every key, first block first."""
@@ -276,6 +355,11 @@ class KVBlockIndex:
         """The block size `name`'s events reported (None before its first BlockStored)."""
         ep = self._eps.get(name)
         return None if ep is None else ep.block_size
+
+    def block_sizes(self, names: Sequence[str]) -> list[int | None]:
+        """`block_size` of each name, in one pass (a decision asks for every candidate)."""
+        get = self._eps.get
+        return [None if ep is None else ep.block_size for ep in map(get, names)]
 
     def size(self, name: str) -> int:
         """Engine blocks indexed for `name` (each medium-independent block counted once)."""

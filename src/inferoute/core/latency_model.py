@@ -28,8 +28,8 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["EndpointLoad", "ErrorWindow", "Features", "feature_rows", "LatencyModel",
-           "pool_features", "predict_pool", "RecursiveLeastSquares", "tpot_features",
-           "ttft_features"]
+           "pool_features", "predict_pool", "predict_ttfts", "RecursiveLeastSquares",
+           "tpot_features", "ttft_features"]
 
 #: a model's inputs, a few floats: a tuple, not an array, as a decision predicts for every
 #: candidate and numpy's per-call cost exceeds a six-term dot product's in Python
@@ -191,3 +191,19 @@ def predict_pool(models: Sequence[LatencyModel], x_ttft: Sequence[Features],
         v = d0 * y0 + d1 * y1 + d2 * y2 + d3 * y3 + d4 * y4
         tpot.append(v if v > 0.0 else 0.0)
     return ttft, tpot
+
+
+def predict_ttfts(models: Sequence[LatencyModel], uncached_tokens: Sequence[float],
+                  queued_prefill_tokens: Sequence[float], running: Sequence[int],
+                  waiting: Sequence[int]) -> list[float]:
+    """The TTFTs `predict_pool` gives from `feature_rows`' TTFT features, without building the
+    rows or predicting TPOT: what a decision with only a TTFT target reads, for every
+    candidate. The same operations on the same values in the same order, so the same floats
+    (a unit test holds the two to each other, bit for bit)."""
+    out: list[float] = []
+    for m, u, q, r, w in zip(models, uncached_tokens, queued_prefill_tokens, running, waiting):
+        c0, c1, c2, c3, c4, c5 = m.ttft.coef
+        o, a, b = u / 1000.0, q / 1000.0, r / 64.0
+        v = c0 * 1.0 + c1 * o + c2 * a + c3 * ((o + a) * b) + c4 * b + c5 * (w / 8.0)
+        out.append(v if v > 0.0 else 0.0)
+    return out

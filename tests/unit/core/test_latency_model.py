@@ -190,13 +190,16 @@ def test_without_a_target_only_the_chosen_endpoint_is_predicted(monkeypatch) -> 
         assert scorer.score(ctx, req, fleet.eps) == [1.0, 1.0, 1.0]
         return ctx
 
-    full, lazy = cycle({"x-slo-ttft-ms": "100000"}), cycle({})
-    assert calls == [3]
+    full = cycle({"x-slo-ttft-ms": "100000", "x-slo-tpot-ms": "100000"})
+    ttft_only, lazy = cycle({"x-slo-ttft-ms": "100000"}), cycle({})
+    assert calls == [3]  # a TTFT target alone predicts every TTFT without `predict_pool`
+    assert ttft_only.get(scorer._key).ttft == full.get(scorer._key).ttft
     for ep in fleet.eps:
         a = full.get(scorer._key).tracked(ep.name, scorer._model)
-        b = lazy.get(scorer._key).tracked(ep.name, scorer._model)
-        assert a is not None and b is not None and a.ttft > 0.0
-        assert (b.ttft, b.tpot, b.x_ttft, b.x_tpot) == (a.ttft, a.tpot, a.x_ttft, a.x_tpot)
+        for ctx in (lazy, ttft_only):
+            b = ctx.get(scorer._key).tracked(ep.name, scorer._model)
+            assert a is not None and b is not None and a.ttft > 0.0
+            assert (b.ttft, b.tpot, b.x_ttft, b.x_tpot) == (a.ttft, a.tpot, a.x_ttft, a.x_tpot)
 
 
 def _old_predictions(preds, models):
@@ -254,6 +257,12 @@ def test_predictions_equal_the_old_code() -> None:
         scores = scorer.score(ctx, req, fleet.eps)
         preds = ctx.get(scorer._key)
         old = _old_predictions(preds, [scorer._model(ep.name) for ep in fleet.eps])
+        if "x-slo-tpot-ms" not in headers:  # every TTFT in the decision, the rest once chosen
+            assert not preds.x_ttft and not preds.tpot
+            recs = [preds.tracked(ep.name, scorer._model) for ep in fleet.eps]
+            assert [rec.ttft for rec in recs] == preds.ttft  # type: ignore[union-attr]
+            preds.x_ttft, preds.x_tpot, preds.tpot = (
+                [getattr(rec, f) for rec in recs] for f in ("x_ttft", "x_tpot", "tpot"))
         new = (preds.x_ttft, preds.x_tpot, preds.ttft, preds.tpot)
         if sys.version_info < (3, 12):
             assert new == old

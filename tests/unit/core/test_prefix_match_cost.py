@@ -92,6 +92,72 @@ def test_a_lookup_keys_only_the_chunks_it_lands_in() -> None:
     assert held_prefix(eager, set(eager[:333])) == 333
 
 
+def _eager_keys(text: str, model: str, bc: int, max_blocks: int) -> list[int]:
+    """The keys by their definition (blockhash's docstring), every one made up front: a span's
+    last block keyed by its span, a chunk's by its chunk, any other by itself, each seeded
+    with the key of the block just before what it hashes."""
+    from xxhash import xxh3_64_intdigest as h
+
+    data = text[: max_blocks * bc].encode()
+    n = min(len(data) // bc, max_blocks)
+    seed = blockhash.chain_seed(model, bc)
+    span = blockhash.SPAN_BLOCKS * bc
+    spans: list[int] = []
+    for s in range(n // blockhash.SPAN_BLOCKS):
+        spans.append(h(data[s * span:(s + 1) * span], spans[-1] if spans else seed))
+    chunk = CHUNK_BLOCKS * bc
+    ends: list[int] = []
+    for c in range(n // CHUNK_BLOCKS):
+        s, k = divmod(c, blockhash.SPAN_CHUNKS)
+        ends.append(spans[s] if k == blockhash.SPAN_CHUNKS - 1
+                    else h(data[c * chunk:(c + 1) * chunk], ends[-1] if ends else seed))
+    out: list[int] = []
+    for i in range(n):
+        c, j = divmod(i, CHUNK_BLOCKS)
+        out.append(ends[c] if j == CHUNK_BLOCKS - 1
+                   else h(data[i * bc:(i + 1) * bc], out[-1] if out else seed))
+    return out
+
+
+def test_lazy_keys_read_in_any_order_equal_the_eager_definition() -> None:
+    """Keys made as lookups read them (spans, chunks and blocks on demand, an ASCII prompt
+    encoded only as far as needed) equal the eager definition, for ASCII and other text,
+    whatever the order of the reads and however far the chain was grown before."""
+    rng = random.Random(7)
+    words = ["w", "block", "é", "漢字", "🙂", "the "]
+    for trial in range(40):
+        ascii_only = trial % 2 == 0
+        pool = words[:2] + words[5:] if ascii_only else words
+        n_chars = rng.choice([100, 64 * 300, 64 * blockhash.SPAN_BLOCKS * 2 + 77,
+                              rng.randrange(64 * 1200)])
+        text = "".join(rng.choice(pool) for _ in range(n_chars // 3 + 1))[:n_chars]
+        bc = rng.choice([64, 128])
+        cap = rng.choice([10_000, rng.randrange(1, 900)])
+        want = _eager_keys(text, "m", bc, cap)
+        req = _request(text)
+        small = request_keys(req, bc, max(1, cap // 3))
+        reads = [rng.randrange(len(small)) for _ in range(5)] if len(small) else []
+        assert [small.at(i) for i in reads] == [want[i] for i in reads]
+        keys = request_keys(req, bc, cap)  # grows the chain the reads above began
+        assert len(keys) == len(want)
+        order = list(range(len(keys)))
+        rng.shuffle(order)
+        for i in order[:50]:
+            assert keys.at(i) == want[i]
+        assert keys.tolist() == want
+
+
+def test_a_lookup_no_candidate_holds_encodes_and_hashes_one_chunk() -> None:
+    text = "x" * (64 * CHUNK_BLOCKS * 100)  # 100 chunks, 12 spans
+    keys = request_keys(_request(text), 64, 10_000)
+    index = PrefixIndex()
+    index.insert("a", block_hashes("y" * 64 * 10, "m", 64, 10), capacity=100)
+    assert index.match(keys, ["a", "b"]) == [0, 0]
+    chain = keys._chain
+    assert len(chain.data) == 64 * CHUNK_BLOCKS and not chain.spans and not chain.ends
+    assert {c: len(made) for c, made in chain.inner.items()} == {0: 1}
+
+
 def test_radix_match_is_the_longest_common_prefix() -> None:
     rng = random.Random(3)
     tree = RadixTree(max_chars=1 << 20)
@@ -120,3 +186,39 @@ def test_common_prefix_by_growing_windows_equals_the_character_walk() -> None:
         other = edge[:shared] + "".join(rng.choice("ab") for _ in range(rng.randrange(0, 400)))
         lead = "x" * rng.randrange(0, 4)
         assert _common(edge, lead + other, len(lead)) == len(_lcp(edge, other))
+
+
+def test_the_last_block_is_probed_second_and_depths_equal_the_walk() -> None:
+    """Candidates holding a capped prompt whole are settled by two probes (its first and last
+    block); any nested holdings give the walk's depths, keys as lists or lazy."""
+    from inferoute.core.blockmatch import nested_prefix_depths
+
+    rng = random.Random(11)
+    for trial in range(300):
+        n = rng.choice([1, 2, 31, 32, 64, 257, 512])
+        keys = list(range(1000, 1000 + n))
+        depth = {slot: rng.choice([0, n, rng.randint(0, n)]) for slot in range(6)}
+        masks = {k: sum(1 << s for s, d in depth.items() if d > i)
+                 for i, k in enumerate(keys)}
+        by_slot = {s: s for s in depth}
+        probes: list[int] = []
+
+        def mask_of(key: int) -> int:
+            probes.append(key)
+            return masks.get(key, 0)
+
+        got = nested_prefix_depths(keys, mask_of, 0b111111, by_slot, [0] * 6)
+        want = prefix_depths((masks[k] for k in keys), 0b111111, by_slot, [0] * 6)
+        assert got == want == [depth[s] for s in range(6)]
+        if set(depth.values()) <= {0, n} and n > 1:
+            assert len(probes) <= 2
+    # lazy keys: a capped prompt held whole costs its first block and its last chunk's end
+    text = "x" * (64 * (CHUNK_BLOCKS * 3 + 5))
+    eager = block_hashes(text, "m", 64, 10_000)
+    index = PrefixIndex()
+    index.insert("a", eager, capacity=10_000)
+    assert index.match(request_keys(_request(text), 64, 10_000), ["a"]) == [len(eager)]
+    capped = request_keys(_request(text), 64, CHUNK_BLOCKS * 2)
+    assert index.match(capped, ["a"]) == [CHUNK_BLOCKS * 2]
+    assert {c: len(made) for c, made in capped._chain.inner.items()} == {0: 1}
+    assert {s: len(made) for s, made in capped._chain.ends.items()} == {0: 2}

@@ -107,7 +107,7 @@ def test_token_keys_are_block_keys_made_a_run_at_a_time():
     want = block_keys(ids, BS, ROOT, 2 * RUN_BLOCKS + 2)
     keys = TokenKeys(ids, BS, ROOT, 2 * RUN_BLOCKS + 2)
     assert len(keys) == 2 * RUN_BLOCKS + 2 and keys._keys == []
-    assert keys.at(0) == want[0] and len(keys._keys) == RUN_BLOCKS
+    assert keys.at(0) == want[0] and len(keys._keys) == 1  # the first block alone
     assert keys[5] == want[5] and len(keys._keys) == RUN_BLOCKS
     assert keys[-1] == want[-1] and len(keys._keys) == len(keys) and keys[2:4] == want[2:4]
     assert keys.tolist() == want == list(keys)
@@ -142,7 +142,14 @@ def test_the_memo_gives_the_same_keys_and_is_bounded():
     # a prompt that opens like an earlier one reuses its runs
     memo = KeyMemo(size=8)
     TokenKeys(head, BS, ROOT, None, memo).tolist()
-    assert len(memo) == 3
+    assert len(memo) == 4  # three runs and the whole head
     longer = head + [1] * BS
     assert TokenKeys(longer, BS, ROOT, None, memo).tolist() == block_keys(longer, BS, ROOT)
-    assert len(memo) == 4  # three runs found, one new (the last block's)
+    assert len(memo) == 6  # three runs found, one new (the last block's), a new whole head
+    # the same head again: one lookup, its keys shared with the memo, not copied
+    again = TokenKeys(list(head), BS, ROOT, None, memo)
+    assert again.at(2 * RUN_BLOCKS) == block_keys(head, BS, ROOT)[2 * RUN_BLOCKS]
+    first = TokenKeys(head, BS, ROOT, None, memo)
+    first.at(len(first) - 1)
+    assert again._keys is first._keys and again.tolist() == block_keys(head, BS, ROOT)
+    assert len(memo) == 6

@@ -13,10 +13,12 @@ grouped in chunks of `CHUNK_BLOCKS` (2 KB at 16-token blocks) and chunks in span
 `SPAN_CHUNKS`; a span's last block is keyed by one hash of the whole span, a chunk's last
 block (inside a span) by one hash of the whole chunk, every other block by one hash of itself,
 each seeded with the key of the block just before what it hashes.
-`PromptKeys` computes the span keys up front (one C call per 16 KB: ~25 for a 100k-token prompt
-instead of ~6,000 per block or ~200 per chunk) and a chunk's or a block's key only when a lookup
-lands there, as far into its span or chunk as the lookup needs; the prefix index bisects on
-span keys first, then chunk keys (`strides`). A key, once made, never changes as the chain grows.
+`PromptKeys` computes a span key (one C call per 16 KB: ~25 for a 100k-token prompt instead of
+~6,000 per block or ~200 per chunk), a chunk's or a block's key only when a lookup lands there,
+as far into its span or chunk as the lookup needs; the prefix index bisects on span keys first,
+then chunk keys (`strides`). Nothing is hashed, nor an ASCII prompt encoded, before a lookup:
+one that finds no candidate holding the first block encodes and hashes that block's chunk
+alone. A key, once made, never changes as the chain grows.
 `request_keys` keeps one `PromptKeys` per block size on the request, so every scorer and hook of
 a policy shares the work; the index updates, which need every key, call `tolist()`.
 """
@@ -48,7 +50,7 @@ def chain_seed(model: str, block_chars: int) -> int:
 class _Chain:
     """One prompt's keys at one block size, computed as far as asked (shared by its views)."""
 
-    __slots__ = ("text", "seed", "bc", "data", "n", "limit", "spans", "ends", "inner")
+    __slots__ = ("text", "seed", "bc", "data", "view", "n", "limit", "spans", "ends", "inner")
 
     def __init__(self, text: str, model: str, block_chars: int) -> None:
         if block_chars <= 0:
@@ -56,10 +58,12 @@ class _Chain:
         self.text = text
         self.seed = chain_seed(model, block_chars)
         self.bc = block_chars
+        #: the prompt's first bytes, as far as a key needed them (`_bytes`)
         self.data = b""
+        self.view = memoryview(self.data)
         self.n = 0
         self.limit = 0
-        #: key of each full span's last block
+        #: key of each full span's last block, made so far (`span`)
         self.spans: list[int] = []
         #: per span, the keys of its chunks' last blocks made so far (its last chunk's: `spans`)
         self.ends: dict[int, list[int]] = {}
@@ -67,34 +71,54 @@ class _Chain:
         self.inner: dict[int, list[int]] = {}
 
     def grow(self, max_blocks: int) -> None:
-        """Make the first `max_blocks` blocks (as many as the text has) addressable."""
+        """Make the first `max_blocks` blocks (as many as the text has) addressable. Hashes
+        nothing: a key is made when it is read."""
         if max_blocks <= self.limit:
+            return
+        self.limit = max_blocks
+        if self.text.isascii():  # a character is a byte: the length is the size, unencoded
+            self.n = min(len(self.text) // self.bc, max_blocks)
             return
         # Characters never encode to fewer bytes, so this slice holds every byte we may hash;
         # a longer slice's bytes start with a shorter one's, so keys made before stay right.
-        self.data = data = self.text[: max_blocks * self.bc].encode()
-        self.n = min(len(data) // self.bc, max_blocks)
-        self.limit = max_blocks
+        self.data = self.text[: max_blocks * self.bc].encode()
+        self.view = memoryview(self.data)
+        self.n = min(len(self.data) // self.bc, max_blocks)
+
+    def _bytes(self, end: int) -> memoryview:
+        """The prompt's bytes, at least its first `end` (at most n x block_chars): the first
+        chunk's alone when that is all a key needs (a lookup that finds no candidate holding
+        the first block reads no more), else every byte up to the limit, encoded once."""
+        if end > len(self.data):
+            first = CHUNK_BLOCKS * self.bc
+            self.data = self.text[:first if end <= first else self.limit * self.bc].encode()
+            self.view = memoryview(self.data)
+        return self.view
+
+    def span(self, s: int) -> int:
+        """The key of full span `s`'s last block (made with every span before it)."""
         spans = self.spans
-        step = SPAN_BLOCKS * self.bc
-        h = spans[-1] if spans else self.seed
-        view = memoryview(data)
-        for s in range(len(spans), self.n // SPAN_BLOCKS):
-            h = xxh3_64_intdigest(view[s * step:(s + 1) * step], h)
-            spans.append(h)
+        if s >= len(spans):
+            step = SPAN_BLOCKS * self.bc
+            view = self._bytes((s + 1) * step)
+            h = spans[-1] if spans else self.seed
+            for k in range(len(spans), s + 1):
+                h = xxh3_64_intdigest(view[k * step:(k + 1) * step], h)
+                spans.append(h)
+        return spans[s]
 
     def end(self, c: int) -> int:
         """The key of full chunk `c`'s last block."""
         s, k = divmod(c, SPAN_CHUNKS)
         if k == SPAN_CHUNKS - 1:
-            return self.spans[s]
+            return self.span(s)
         ends = self.ends.get(s)
         if ends is None:
             ends = self.ends[s] = []
         if k >= len(ends):
             step = CHUNK_BLOCKS * self.bc
-            view = memoryview(self.data)
-            h = ends[-1] if ends else self.spans[s - 1] if s else self.seed
+            view = self._bytes((s * SPAN_CHUNKS + k + 1) * step)
+            h = ends[-1] if ends else self.span(s - 1) if s else self.seed
             for kk in range(len(ends), k + 1):
                 at = (s * SPAN_CHUNKS + kk) * step
                 h = xxh3_64_intdigest(view[at:at + step], h)
@@ -111,7 +135,7 @@ class _Chain:
             keys = self.inner[c] = []
         if j >= len(keys):
             bc = self.bc
-            view = memoryview(self.data)
+            view = self._bytes((i + 1) * bc)
             h = keys[-1] if keys else self.end(c - 1) if c else self.seed
             at = (c * CHUNK_BLOCKS + len(keys)) * bc
             for _ in range(len(keys), j + 1):

@@ -36,7 +36,7 @@ import pydantic
 from ..endpoint import Endpoint, EndpointMetrics
 from ..errors import TooManyRequests
 from ..latency_model import (EndpointLoad, ErrorWindow, Features, LatencyModel, feature_rows,
-                             pool_features, predict_pool)
+                             pool_features, predict_pool, predict_ttfts)
 from ..request import InferenceRequest
 from ..scheduling.framework import CycleContext, DataKey, SchedulingResult
 from ..scheduling.metric_reads import MetricReads
@@ -82,9 +82,10 @@ class _Tracked:
 class _Predictions:
     """One decision's candidates as the latency model sees them: their features and predicted
     TTFT and TPOT, made for all of them at once (`core.latency_model.feature_rows`) when the
-    score needs them, else for the chosen one only, in `on_scheduled`. What they read does not
-    change in between: the load counts move only in this scorer's hooks, which run in order,
-    and each candidate's scrape is kept as it was."""
+    score needs them, only their TTFTs (`predict_ttfts`) when it needs no more, and for the
+    chosen one only, in `on_scheduled`, whatever the decision did not make. What they read
+    does not change in between: the load counts move only in this scorer's hooks, which run
+    in order, and each candidate's scrape is kept as it was."""
 
     __slots__ = ("now", "prompt", "names", "matched", "metrics", "loads", "x_ttft", "x_tpot",
                  "ttft", "tpot")
@@ -93,6 +94,8 @@ class _Predictions:
                  metrics: list[EndpointMetrics], loads: dict[str, _Load]) -> None:
         self.now, self.prompt, self.names, self.matched = now, prompt, names, matched
         self.metrics, self.loads = metrics, loads
+        self.x_ttft: list[Features] = []
+        self.x_tpot: list[Features] = []
         self.ttft: list[float] = []
         self.tpot: list[float] = []
 
@@ -117,13 +120,23 @@ class _Predictions:
             [m.kv_usage for m in metrics])
         self.ttft, self.tpot = predict_pool(models, self.x_ttft, self.x_tpot)
 
+    def predict_ttft(self, models: Sequence[LatencyModel]) -> None:
+        """Every candidate's TTFT alone (`predict_ttfts`: the values `predict` gives)."""
+        names, metrics, prompt, matched = self.names, self.metrics, self.prompt, self.matched.get
+        get = self.loads.get
+        own = [get(name) or _IDLE for name in names]
+        self.ttft = predict_ttfts(
+            models, [max(0.0, prompt - matched(name, 0)) for name in names],
+            [load.prefill_tokens for load in own], [load.running for load in own],
+            [m.waiting for m in metrics])
+
     def tracked(self, name: str, model_of: Callable[[str], LatencyModel]) -> _Tracked | None:
         """The record that follows the request sent to `name` (None: not a candidate)."""
         if name not in self.names:
             return None
         i = self.names.index(name)
         uncached = self._uncached(name)
-        if self.ttft:
+        if self.x_ttft:
             x_ttft, x_tpot = self.x_ttft[i], self.x_tpot[i]
             ttft, tpot = self.ttft[i], self.tpot[i]
         else:
@@ -131,6 +144,8 @@ class _Predictions:
             x_ttft, x_tpot = rows[0][0], rows[1][0]
             # the same arithmetic as a decision's (`predict_pool`), to the last bit
             (ttft,), (tpot,) = predict_pool((model_of(name),), rows[0], rows[1])
+            if self.ttft:  # the decision's own (the same value)
+                ttft = self.ttft[i]
         return _Tracked(name, self.now, uncached, self.prompt, x_ttft, x_tpot, ttft, tpot)
 
 
@@ -185,16 +200,21 @@ class LatencySloScorer(BasePlugin):
         return model
 
     def _predict(self, ctx: CycleContext, request: InferenceRequest,
-                 endpoints: list[Endpoint], *, predict: bool = True) -> _Predictions:
-        """The candidates as the model sees them (predicted with `predict`), kept in the cycle
-        for `on_scheduled`."""
+                 endpoints: list[Endpoint], *, predict: bool = True,
+                 ttft_only: bool = False) -> _Predictions:
+        """The candidates as the model sees them (predicted with `predict`: their TTFTs alone
+        with `ttft_only`), kept in the cycle for `on_scheduled`."""
         matched = (ctx.get(MATCHED_TOKENS) or {}) if self.params.use_prefix_match else {}
         names = [ep.name for ep in endpoints]
         preds = _Predictions(ctx.now, float(request.prompt_tokens_estimate), names, matched,
                              [ep.metrics for ep in endpoints], self._load)
         if predict:
             known = self._models.get
-            preds.predict([known(name) or self._model(name) for name in names])
+            models = [known(name) or self._model(name) for name in names]
+            if ttft_only:
+                preds.predict_ttft(models)
+            else:
+                preds.predict(models)
         return ctx.put(self._key, preds)
 
     def score(self, ctx: CycleContext, request: InferenceRequest,
@@ -207,7 +227,8 @@ class LatencySloScorer(BasePlugin):
             # hooks, and `on_scheduled` makes it (off the request's path)
             self._predict(ctx, request, endpoints, predict=False)
             return [1.0] * len(endpoints)
-        preds = self._predict(ctx, request, endpoints)
+        # a TTFT target alone needs every candidate's TTFT, not its TPOT
+        preds = self._predict(ctx, request, endpoints, ttft_only=has_slo and not tpot_slo)
         if not has_slo:
             out_tokens = request.max_tokens or p.default_max_tokens
             cost = [ttft + tpot * out_tokens for ttft, tpot in zip(preds.ttft, preds.tpot)]

@@ -134,18 +134,34 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
         if self._token_ids(request) is None:
             self._untokenized += 1
             return [0.0] * len(endpoints)
-        groups: dict[int, list[int]] = {}
-        for i, ep in enumerate(endpoints):
-            groups.setdefault(self.block_size_of(ep), []).append(i)
-        scores = [0.0] * len(endpoints)
+        if not endpoints:
+            return []
+        names = [ep.name for ep in endpoints]
+        default = self.params.block_size
+        sizes = [bs or ep.metrics.block_size or default
+                 for bs, ep in zip(self.index.block_sizes(names), endpoints)]
         tokens = matched_tokens(ctx)
+        if sizes.count(sizes[0]) == len(sizes):  # one block size (the usual pool): one match
+            bs = sizes[0]
+            keys = self._keys(state, request, bs)
+            if not keys:
+                return [0.0] * len(endpoints)
+            found = self.index.match(keys, names, ctx.now, self.params.speculative)
+            state.matched.update(zip(names, found))
+            tokens.update(zip(names, [m * bs for m in found]))
+            total = len(keys)
+            return [m / total for m in found]
+        groups: dict[int, list[int]] = {}
+        for i, bs in enumerate(sizes):
+            groups.setdefault(bs, []).append(i)
+        scores = [0.0] * len(endpoints)
         for bs, idxs in groups.items():
             keys = self._keys(state, request, bs)
             if not keys:
                 continue
-            names = [endpoints[i].name for i in idxs]
-            found = self.index.match(keys, names, ctx.now, self.params.speculative)
-            for i, name, m in zip(idxs, names, found):
+            group = [names[i] for i in idxs]
+            found = self.index.match(keys, group, ctx.now, self.params.speculative)
+            for i, name, m in zip(idxs, group, found):
                 scores[i] = m / len(keys)
                 state.matched[name] = m
                 tokens[name] = m * bs

@@ -67,8 +67,9 @@ chosen on the virtual benchmark (docs/benchmark.md).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import pydantic
@@ -256,14 +257,17 @@ class PredictiveCostScorer(BasePlugin):
         data = self._cycle(ctx, request)
         hashes = data["hashes"]
         names = [ep.name for ep in endpoints]
-        states = [self._st(name) for name in names]
-        caps = [self._capacity(ep) for ep in endpoints]
-        alpha = self._demand_share(states, caps)
-        away = self._away(hashes, names)
+        known = self._state.get
+        states = [known(name) or self._st(name) for name in names]
+        bs, default_cap = p.block_size_tokens, p.default_capacity_blocks
+        caps = [kv_capacity_blocks(ep, bs, default_cap) for ep in endpoints]
+        # the pressure band and the home weight are off by default: skip their passes then
+        alpha = self._demand_share(states, caps) if p.pressure_high > 0.0 else 1.0
+        away: Iterable[float] = (self._away(hashes, names) if p.home_weight and len(names) > 1
+                                 else repeat(0.0))
         flying = self._held_in_flight(hashes, names)
         matched_here = data["matched"]
         tokens = matched_tokens(ctx)
-        bs = p.block_size_tokens
         prompt_blocks, out_blocks = data["prompt_blocks"], data["out_blocks"]
         own = prompt_blocks + out_blocks
         prefill_w, queue_w, overflow_w = p.prefill_weight, p.queue_weight, p.overflow_weight

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import (Any, ClassVar, Generic, NamedTuple, Protocol, Sequence, TypeVar,
+                    runtime_checkable)
 
 from ..endpoint import Endpoint
 from ..request import InferenceRequest
@@ -30,9 +31,10 @@ __all__ = ["CycleContext", "DataKey", "Filter", "LifecycleHooks", "Picker", "Plu
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class DataKey(Generic[T]):
-    """The typed name of data one plugin produces in a scheduling cycle and others consume."""
+class DataKey(NamedTuple, Generic[T]):
+    """The typed name of data one plugin produces in a scheduling cycle and others consume.
+    A named tuple: equal by value, and hashed in C (every plugin looks its data up by one,
+    several times a decision; a dataclass's hash is a Python call)."""
 
     name: str
     #: what the value is, for the config check's messages (e.g. `dict[str, int]`)
