@@ -102,7 +102,15 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
     # -- keys --------------------------------------------------------------------------------
     def block_size_of(self, ep: Endpoint) -> int:
         """The endpoint's block size: from its events, its scrape, or the `blockSize` default."""
-        return self.index.block_size(ep.name) or ep.metrics.block_size or self.params.block_size
+        return self.block_sizes_of([ep])[0]
+
+    def block_sizes_of(self, endpoints: Sequence[Endpoint]) -> list[int]:
+        """`block_size_of` each endpoint, the index read in one pass (a decision asks for
+        every candidate)."""
+        default = self.params.block_size
+        return [bs or ep.metrics.block_size or default
+                for bs, ep in zip(self.index.block_sizes([ep.name for ep in endpoints]),
+                                  endpoints)]
 
     def _token_ids(self, request: InferenceRequest) -> list[int] | None:
         if request.token_ids is None and self.tokenizer is not None:
@@ -137,9 +145,7 @@ class PrecisePrefixCacheScorer(BasePlugin, LookupStats):
         if not endpoints:
             return []
         names = [ep.name for ep in endpoints]
-        default = self.params.block_size
-        sizes = [bs or ep.metrics.block_size or default
-                 for bs, ep in zip(self.index.block_sizes(names), endpoints)]
+        sizes = self.block_sizes_of(endpoints)
         tokens = matched_tokens(ctx)
         if sizes.count(sizes[0]) == len(sizes):  # one block size (the usual pool): one match
             bs = sizes[0]

@@ -259,10 +259,10 @@ class PredictiveCostScorer(BasePlugin):
         names = [ep.name for ep in endpoints]
         known = self._state.get
         states = [known(name) or self._st(name) for name in names]
-        bs, default_cap = p.block_size_tokens, p.default_capacity_blocks
-        caps = [kv_capacity_blocks(ep, bs, default_cap) for ep in endpoints]
-        # the pressure band and the home weight are off by default: skip their passes then
-        alpha = self._demand_share(states, caps) if p.pressure_high > 0.0 else 1.0
+        bs = p.block_size_tokens
+        caps = [self._capacity(ep) for ep in endpoints]
+        alpha = self._demand_share(states, caps)
+        # the home weight is off by default: skip its pass then
         away: Iterable[float] = (self._away(hashes, names) if p.home_weight and len(names) > 1
                                  else repeat(0.0))
         flying = self._held_in_flight(hashes, names)
