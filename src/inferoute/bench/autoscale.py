@@ -217,7 +217,7 @@ class AutoscaledBench:
             self.estimator = Autoscaler(AutoscaleSpec(
                 ttft_target=cfg.ttft_target, min_replicas=cfg.min_replicas,
                 max_replicas=cfg.max_replicas, horizon=cfg.cold_start + SYNC_PERIOD,
-                rate_quantile=cfg.rate_quantile))
+                rate_quantile=cfg.rate_quantile, cold_start=cfg.cold_start))
             self.bench.router.listeners.append(self.estimator)
             self.hpa = HorizontalPodAutoscaler(cfg.min_replicas, cfg.max_replicas, 1.0,
                                                "AverageValue", cfg.scale_down_window)
@@ -235,7 +235,8 @@ class AutoscaledBench:
         """The metric's value, and the gauge's forecast arrival rate (NaN for the KV rule)."""
         ready = self._serving()
         if self.estimator is not None:
-            est = self.estimator.estimate(self.cfg.model, now, ready)
+            starting = [r.asked for r in self._active() if r.ready_at is None]
+            est = self.estimator.estimate(self.cfg.model, now, ready, starting)
             return est.gauge, est.arrival_rate
         kv = sum(ep.metrics.kv_usage for ep in ready) / len(ready) if ready else 0.0
         return kv, math.nan

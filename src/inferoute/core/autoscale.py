@@ -44,8 +44,9 @@ a sliding window of `W` seconds:
               the target T when a + b u + w > T. N_ttft is the least N at which the share over
               T at the rate lambda', averaged over the window's prompt sizes, is
               at most 10% (the target is a p90), plus B s / W: the backlog B when the replicas asked for now serve (Q,
-              grown by what the ready replicas cannot take until then: the rate horizon / 2
-              ahead less N_ready / s, over the horizon), drained over the window
+              grown by what the serving replicas cannot take until then: the rate horizon / 2
+              ahead less N_serving / s, over the horizon; N_serving the ready replicas, and
+              each starting one from the end of its cold start), drained over the window
     KV:       by Little's law lambda (x + D) requests are in service (x = a + b mean u), each
               holding k of a replica's KV cache; N_kv = lambda (x + D) k / maxKvUtilization
     desired = clamp(ceil(max(N_ttft, N_kv)), minReplicas, maxReplicas)
@@ -115,6 +116,9 @@ class AutoscaleSpec:
     #: the quantile of the forecast rate the replicas are sized for: 0.5 the forecast itself;
     #: 0.9 its one-sided 90% bound, lambda + 1.28 sigma (safer TTFT at a cost: see the docs)
     rate_quantile: float = 0.5
+    #: seconds from a replica asked for to serving (None: `horizon`): when the replicas the
+    #: caller says are starting (`estimate(..., starting=)`) will take load
+    cold_start: float | None = None
 
     @property
     def rate_z(self) -> float:
@@ -125,7 +129,7 @@ class AutoscaleSpec:
 _KEYS = {"ttftTarget": "ttft_target", "window": "window", "horizon": "horizon",
          "maxKvUtilization": "max_kv_utilization", "minReplicas": "min_replicas",
          "maxReplicas": "max_replicas", "maxSamples": "max_samples",
-         "rateQuantile": "rate_quantile"}
+         "rateQuantile": "rate_quantile", "coldStart": "cold_start"}
 
 
 def parse_autoscale_spec(data: Mapping[str, Any] | None) -> AutoscaleSpec:
@@ -145,7 +149,7 @@ def parse_autoscale_spec(data: Mapping[str, Any] | None) -> AutoscaleSpec:
             continue
         value = data[key]
         try:
-            if field in ("ttft_target", "window", "horizon"):
+            if field in ("ttft_target", "window", "horizon", "cold_start"):
                 kw[field] = (float(value) if isinstance(value, (int, float))
                              and not isinstance(value, bool) else parse_duration(str(value)))
             elif field in ("max_kv_utilization", "rate_quantile"):
@@ -157,8 +161,10 @@ def parse_autoscale_spec(data: Mapping[str, Any] | None) -> AutoscaleSpec:
         except (TypeError, ValueError, ConfigError) as exc:
             raise ConfigError(f"autoscaling.{key}: {exc}") from None
     spec = AutoscaleSpec(**kw)
-    if spec.ttft_target <= 0 or spec.window <= 0 or spec.horizon < 0:
-        raise ConfigError("autoscaling: ttftTarget and window must be positive, horizon >= 0")
+    if spec.ttft_target <= 0 or spec.window <= 0 or spec.horizon < 0 or (
+            spec.cold_start is not None and spec.cold_start < 0):
+        raise ConfigError("autoscaling: ttftTarget and window must be positive, horizon and "
+                          "coldStart >= 0")
     if not 0 < spec.max_kv_utilization <= 1:
         raise ConfigError("autoscaling.maxKvUtilization must be in (0, 1]")
     if not 0 < spec.rate_quantile < 1:
@@ -654,17 +660,21 @@ class PoolEstimator:
                 self._decode = (delta, beta)
         return self._decode
 
-    def estimate(self, now: float, ready: Iterable[Endpoint]) -> Estimate:
-        """Desired replicas at `now`, given the pool's ready endpoints (their scraped state)."""
+    def estimate(self, now: float, ready: Iterable[Endpoint],
+                 starting: Iterable[float] = ()) -> Estimate:
+        """Desired replicas at `now`, given the pool's ready endpoints (their scraped state)
+        and, for each replica asked for that does not serve yet, the time it was asked for
+        (`starting`: it serves `coldStart` seconds after that)."""
         spec = self.spec
         ready = list(ready)
+        starting = list(starting)
         if self.arrival_rate(now) == 0.0:
             return Estimate(desired=spec.min_replicas)
         lam, error = self.forecast(now)
         streamed = [smp for smp in self._samples if smp.ttft is not None and smp.ttft > 0]
         fit = self._prefill_fit(streamed)
         if not streamed or fit is None:
-            return self._before_first_finish(now, lam, error, ready)
+            return self._before_first_finish(now, lam, error, ready, starting)
         samples = list(self._samples)
         n = len(samples)
         sizes = sorted(smp.uncached for smp in samples)
@@ -680,7 +690,7 @@ class PoolEstimator:
             pooled = ([beta * (smp.uncached + smp.output) + delta * smp.output
                        for smp in samples], beta * beta * sum(u * u for u in sizes) / n)
         work, core, n_ttft = self._ttft_replicas(now, lam, error, sizes, output, fit, ready,
-                                                 pooled)
+                                                 pooled, starting)
         running = sum(ep.metrics.running for ep in ready)
         if running > 0:
             self._kv_per_request = sum(ep.metrics.kv_usage for ep in ready) / running
@@ -699,6 +709,7 @@ class PoolEstimator:
     def _ttft_replicas(self, now: float, lam: float, error: float, sizes: list[float],
                        output: float, fit: tuple[float, float], ready: list[Endpoint],
                        pooled: tuple[list[float], float] | None = None,
+                       starting: Sequence[float] = (),
                        ) -> tuple[float, float, float]:
         """(work per request, N for the target at the forecast, N_ttft: that plus the
         backlog's drain) for the window's sorted uncached prompt `sizes`, `output` tokens per
@@ -723,15 +734,31 @@ class PoolEstimator:
             share = partial(_per_replica_share, lam=bound, work=work, moment=moment,
                             unqueued=unqueued)
         core = replicas_for_target(share, bound, work, unqueued, spec.ttft_target)
-        # the backlog when replicas asked for now serve: the queue now, grown by what the
-        # ready replicas cannot take meanwhile; drained over the window after that
-        waiting = sum(ep.metrics.waiting for ep in ready)
-        ahead = self.forecast_rate(now, spec.horizon / 2)
-        backlog = waiting + max(0.0, ahead - len(ready) / work) * spec.horizon
+        backlog = self._backlog(now, work, ready, starting)
         return work, core, core + backlog * work / spec.window
 
+    def _backlog(self, now: float, work: float, ready: list[Endpoint],
+                 starting: Sequence[float]) -> float:
+        """The requests queued when the replicas asked for now serve (`horizon` on): the queue
+        now, grown by what the serving replicas cannot take meanwhile at the rate horizon / 2
+        ahead. The serving replicas are the ready ones, joined by each starting one when its
+        cold start ends: counting only the ready ones asked again, at every sync of a rise,
+        for the backlog the replicas already on their way will take (engine A's day at 135 s:
+        one serving, four starting, 8.3 asked where 6.0 counts them, and the HPA held 9 for
+        300 s)."""
+        horizon = self.spec.horizon
+        cold = horizon if self.spec.cold_start is None else self.spec.cold_start
+        ahead = self.forecast_rate(now, horizon / 2)
+        joins = sorted(min(horizon, max(0.0, at + cold - now)) for at in starting)
+        backlog = float(sum(ep.metrics.waiting for ep in ready))
+        serving, since = len(ready), 0.0
+        for t in [*joins, horizon]:
+            backlog += max(0.0, ahead - serving / work) * (t - since)
+            serving, since = serving + 1, t
+        return backlog
+
     def _before_first_finish(self, now: float, lam: float, error: float,
-                             ready: list[Endpoint]) -> Estimate:
+                             ready: list[Endpoint], starting: Sequence[float]) -> Estimate:
         """No request of the window has finished: the ready count, or more if the prefills
         measured at the first tokens need more. Their speed is their summed TTFT over their
         summed uncached tokens (those alone on their replica); the output tokens are not
@@ -746,7 +773,8 @@ class PoolEstimator:
             return Estimate(desired=hold, arrival_rate=lam)
         b = sum(t for _, t in alone) / tokens
         sizes = sorted(u for _, u, _, _ in self._first_tokens)
-        work, _, n_ttft = self._ttft_replicas(now, lam, error, sizes, 0.0, (0.0, b), ready)
+        work, _, n_ttft = self._ttft_replicas(now, lam, error, sizes, 0.0, (0.0, b), ready,
+                                              starting=starting)
         real = max(float(hold), self._clamp_real(n_ttft))
         return Estimate(desired=math.ceil(real - 1e-9), replicas=real,
                         arrival_rate=lam, rate_error=error, unqueued_ttft=b * sizes[
@@ -871,5 +899,6 @@ class Autoscaler:
             hit_rate=_hit_rate(decision.pool.pool) if cached is None else 0.0,
             decoders=shared[0] if shared else None, prefilled=shared[1] if shared else 0.0)
 
-    def estimate(self, pool: str, now: float, ready: Iterable[Endpoint]) -> Estimate:
-        return self.pool(pool).estimate(now, ready)
+    def estimate(self, pool: str, now: float, ready: Iterable[Endpoint],
+                 starting: Iterable[float] = ()) -> Estimate:
+        return self.pool(pool).estimate(now, ready, starting)

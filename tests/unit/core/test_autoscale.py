@@ -132,6 +132,30 @@ def test_queue_and_unreachable_target(make_ep) -> None:
     assert calm.ttft_replicas < e.ttft_replicas < 10 * calm.ttft_replicas
 
 
+def test_the_backlog_counts_the_replicas_already_starting(make_ep) -> None:
+    """The backlog grows only until the replicas already asked for serve: before, the
+    estimator counted the ready replicas alone until the horizon, and asked again at every
+    sync of a rise for what the starting ones would take."""
+    est = PoolEstimator(AutoscaleSpec(ttft_target=1.0, horizon=75, cold_start=60,
+                                      max_replicas=50))
+    t = _feed(est, rate=10, seconds=60)
+    alone = est.estimate(t, [make_ep(0)])
+    work, ahead = alone.work, est.forecast_rate(t, 37.5)
+    core = alone.ttft_replicas - (ahead - 1 / work) * 75 * work / 60
+    # two replicas asked 45 s ago serve in 15 s: from then three take more than the rate
+    soon = est.estimate(t, [make_ep(0)], starting=[t - 45, t - 45])
+    assert soon.ttft_replicas == pytest.approx(core + (ahead - 1 / work) * 15 * work / 60)
+    # one asked now serves in 60 s (one replica until then, two after); one overdue (its
+    # start-up slower than coldStart) counts from now
+    now_one = est.estimate(t, [make_ep(0)], starting=[t])
+    assert now_one.ttft_replicas == pytest.approx(
+        core + ((ahead - 1 / work) * 60 + max(0.0, ahead - 2 / work) * 15) * work / 60)
+    overdue = est.estimate(t, [make_ep(0)], starting=[t - 300])
+    assert overdue.ttft_replicas == pytest.approx(est.estimate(t, [make_ep(0), make_ep(1)])
+                                                  .ttft_replicas)
+    assert soon.ttft_replicas < now_one.ttft_replicas < alone.ttft_replicas
+
+
 def test_no_measurement_holds_and_no_load_goes_to_min(make_ep) -> None:
     est = PoolEstimator(AutoscaleSpec(min_replicas=2))
     assert est.estimate(0.0, [make_ep(i) for i in range(3)]).desired == 2  # no arrivals
@@ -419,13 +443,14 @@ def test_the_window_is_bounded() -> None:
 def test_spec_parsing() -> None:
     spec = parse_autoscale_spec({"ttftTarget": "500ms", "window": "2m", "maxReplicas": 8})
     assert (spec.ttft_target, spec.window, spec.max_replicas) == (0.5, 120.0, 8)
-    assert spec.rate_quantile == 0.5 and spec.rate_z == 0.0
+    assert spec.rate_quantile == 0.5 and spec.rate_z == 0.0 and spec.cold_start is None
+    assert parse_autoscale_spec({"coldStart": "90s"}).cold_start == 90.0
     assert parse_autoscale_spec({"rateQuantile": 0.9}).rate_z == pytest.approx(1.2816, abs=1e-4)
     with pytest.raises(ConfigError, match="rateQuantile"):
         parse_autoscale_spec({"rateQuantile": 1})
     assert parse_autoscale_spec(None) == AutoscaleSpec()
     for bad, match in (({"ttft": 1}, "unknown keys ttft"), ({"ttftTarget": 0}, "positive"),
-                       ({"horizon": -1}, "horizon"),
+                       ({"horizon": -1}, "horizon"), ({"coldStart": -1}, "coldStart"),
                        ({"maxKvUtilization": 1.5}, "maxKvUtilization"),
                        ({"minReplicas": 3, "maxReplicas": 2}, "minReplicas"),
                        ({"maxReplicas": "x"}, "autoscaling.maxReplicas"), ([1], "mapping")):
