@@ -1,6 +1,7 @@
-"""`sim calibrate --from` against a real vLLM replica: the decode step comes from the engine's
-own time per output token (a busy API server streams tokens in bursts, which gave 0.01-ms
-steps), the mean over the batch's requests."""
+"""`sim calibrate --from` against a real vLLM replica: a decode step is the engine's own mean
+gap between tokens over a window in which every stream of the batch decodes. Started together,
+the batch's prompts prefill one after another, and a per-request mean counted each sibling's
+prefill step as a decode gap; the window holds none of them."""
 
 from __future__ import annotations
 
@@ -10,27 +11,52 @@ import aiohttp
 import pytest
 
 from inferoute.sim.fit import DecodePoint
-from inferoute.sim.measure import RandomWords, measure_decode, server_tpot
+from inferoute.sim.measure import (STEP_TOKENS, Histogram, RandomWords, StepWindow,
+                                   decode_window, histogram_of, measure_decode)
 
 from .conftest import MODEL, Engines
 
 
-def test_decode_steps_come_from_the_engines_time_per_output_token(engines: Engines) -> None:
+async def _step_tokens(s: aiohttp.ClientSession, url: str) -> Histogram:
+    async with s.get(url + "/metrics") as r:
+        h = histogram_of(await r.text(), STEP_TOKENS)
+    assert h is not None, f"no {STEP_TOKENS} on the engine's /metrics"
+    return h
+
+
+def test_the_decode_window_holds_no_prefill_step_while_the_batch_had_them(
+        engines: Engines) -> None:
+    url = engines.urls[0]
+    words = RandomWords(7)
+
+    async def run() -> tuple[StepWindow | None, Histogram]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as s:
+            before = await _step_tokens(s, url)
+            window, _ = await decode_window(s, url, MODEL, [words(600) for _ in range(4)], 48)
+            return window, (await _step_tokens(s, url)).since(before)
+
+    window, batch = asyncio.run(run())
+    # the four 600-token prompts were prefilled in steps of more than 8 tokens...
+    assert batch.above(4) >= 1
+    assert window is not None, "the engine has no inter-token histogram, or no window opened"
+    # ...and none of those steps is in the window: every step there decoded the four streams
+    assert window.step_tokens is not None and window.step_tokens.count >= 8
+    assert window.step_tokens.above(4) == 0
+    assert window.itl.count >= 4 * 8
+    step = window.step(4)
+    assert step is not None and 0.0005 < step < 1.0  # a CPU step, never a burst's microseconds
+
+
+def test_measure_decode_reports_the_window_step(engines: Engines) -> None:
     url = engines.urls[0]
 
-    async def run() -> tuple[tuple[float, float] | None, tuple[float, float] | None,
-                             list[DecodePoint]]:
+    async def run() -> list[DecodePoint]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as s:
-            before = await server_tpot(s, url)
-            points = await measure_decode(s, url, MODEL, [4], [64], 32, float("inf"),
-                                          RandomWords(7), lambda _: None)
-            return before, await server_tpot(s, url), points
+            return await measure_decode(s, url, MODEL, [1, 4], [64], 32, float("inf"),
+                                        RandomWords(3), lambda _: None)
 
-    before, after, points = asyncio.run(run())
-    assert before is not None and after is not None, "no vllm:request_time_per_output_token"
-    assert after[1] - before[1] == 4  # the batch's four requests, and nothing else
-    [point] = points
-    assert point.batch == 4
-    # the engine's own mean, not the gaps between streamed chunks
-    assert point.itl == pytest.approx((after[0] - before[0]) / 4)
-    assert 0.002 < point.itl < 1.0  # milliseconds a step on a CPU, never a burst's microseconds
+    points = asyncio.run(run())
+    assert [p.batch for p in points] == [1, 4]
+    for p in points:
+        assert 0.0005 < p.itl < 1.0
+        assert p.context == pytest.approx(64 + 16, abs=8)  # the prompt plus half the output

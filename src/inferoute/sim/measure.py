@@ -6,12 +6,18 @@ new, so nothing is served from the prefix cache):
 - prefill: time to first token of one prompt alone, for a ladder of prompt lengths (median of
   `repeats`); the prompt's token count is the server's own `usage.prompt_tokens`;
 - decode: `batch` streams started together at `context` prompt tokens, `max_tokens` each with
-  `ignore_eos`; the step time is the server's own mean time per output token of the batch's
-  requests (`vllm:request_time_per_output_token_seconds`, read from /metrics before and after:
-  the engine's timestamps, so a busy API server or client that delivers tokens in bursts does
-  not skew it); from a server without it, per stream the mean gap between tokens over the
-  second half of its output (all of the batch is decoding by then), the median over the
-  streams;
+  `ignore_eos`; the step time is the engine's own mean gap between tokens
+  (`vllm:inter_token_latency_seconds`, read from /metrics) over a window in which every stream
+  of the batch is decoding: it opens once each stream has streamed two tokens (every prefill
+  is over) and closes before the first could end. Started together, the streams' prefills run
+  one after another, and a stream already decoding waits out each sibling's prefill step: a
+  mean over whole requests (`vllm:request_time_per_output_token_seconds`) counted those waits
+  as decoding, 2.2x the step of four 2,000-token contexts on a CPU. The window's
+  `vllm:iteration_tokens_total` says whether a step in it computed more tokens than the batch
+  (a prefill chunk), and the point is then dropped. The engine's timestamps, so a busy API
+  server or client that delivers tokens in bursts does not skew it. From a server without
+  those metrics: the per-request mean (the older vLLMs' `request_time_per_output_token`), or
+  per stream the mean gap between tokens over the second half of its output;
 - KV capacity and block size: `vllm:cache_config_info` on /metrics (LoRA slots:
   `vllm:lora_requests_info`); the model name and its longest context: /v1/models.
 
@@ -22,6 +28,7 @@ per-request time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -36,8 +43,9 @@ from ..core.words import WORKLOAD_WORDS
 from ..core.metricsparse import parse_metrics
 from .fit import DecodePoint, PrefillPoint
 
-__all__ = ["Measurements", "RandomWords", "ServerFacts", "measure_server", "server_tpot",
-           "stream_body", "stream_times", "tpot_of"]
+__all__ = ["Histogram", "Measurements", "RandomWords", "ServerFacts", "StepWindow",
+           "decode_window", "histogram_of", "measure_server", "server_tpot", "stream_body",
+           "stream_times", "tpot_of"]
 
 Log = Callable[[str], None]
 
@@ -86,9 +94,11 @@ async def server_facts(session: aiohttp.ClientSession, url: str,
                        max_loras)
 
 
-async def stream_times(session: aiohttp.ClientSession, url: str, body: dict[str, Any]
-                  ) -> tuple[float, list[float], int]:
-    """(start, arrival time of every content chunk, prompt tokens) of one streamed request."""
+async def stream_times(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
+                       on_token: Callable[[], None] | None = None
+                       ) -> tuple[float, list[float], int]:
+    """(start, arrival time of every content chunk, prompt tokens) of one streamed request;
+    `on_token` is called at each content chunk."""
     t0 = time.perf_counter()
     times: list[float] = []
     prompt_tokens = 0
@@ -101,6 +111,8 @@ async def stream_times(session: aiohttp.ClientSession, url: str, body: dict[str,
             obj = orjson.loads(line[6:])
             if obj.get("choices") and obj["choices"][0].get("text"):
                 times.append(time.perf_counter())
+                if on_token is not None:
+                    on_token()
             if obj.get("usage"):
                 prompt_tokens = int(obj["usage"].get("prompt_tokens") or 0)
     return t0, times, prompt_tokens
@@ -130,32 +142,143 @@ async def measure_prefill(session: aiohttp.ClientSession, url: str, model: str,
 
 
 TPOT = "vllm:request_time_per_output_token_seconds"
+ITL = "vllm:inter_token_latency_seconds"
+STEP_TOKENS = "vllm:iteration_tokens_total"
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """A Prometheus histogram summed over its series: sum, count and cumulative bucket counts
+    by upper bound."""
+
+    sum: float
+    count: float
+    buckets: dict[float, float]
+
+    def since(self, before: Histogram) -> Histogram:
+        """What was observed between `before` and this reading."""
+        return Histogram(self.sum - before.sum, self.count - before.count,
+                         {le: n - before.buckets.get(le, 0.0) for le, n in self.buckets.items()})
+
+    def above(self, bound: float) -> float:
+        """How many observations exceeded `bound` (to the resolution of the buckets: those
+        above the smallest bucket bound that is >= `bound`)."""
+        edges = [le for le in self.buckets if le >= bound]
+        return self.count - self.buckets[min(edges)] if edges else 0.0
+
+
+def histogram_of(text: str, name: str) -> Histogram | None:
+    """The histogram `name` of a /metrics page, summed over every series; None when the page
+    has no such histogram."""
+    total = count = 0.0
+    buckets: dict[float, float] = {}
+    seen = False
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        base = series.split("{", 1)[0]
+        if base == name + "_sum":
+            total += float(value)
+            seen = True
+        elif base == name + "_count":
+            count += float(value)
+        elif base == name + "_bucket" and 'le="' in series:
+            le = float(series.split('le="', 1)[1].split('"', 1)[0])
+            buckets[le] = buckets.get(le, 0.0) + float(value)
+    return Histogram(total, count, buckets) if seen else None
 
 
 def tpot_of(text: str) -> tuple[float, float] | None:
     """(sum, count) of a /metrics page's per-request time per output token, over every
     series; None when the page has no such histogram."""
-    total = count = 0.0
-    seen = False
-    for line in text.splitlines():
-        if not line.startswith(TPOT):
-            continue
-        name, _, value = line.rpartition(" ")
-        base = name.split("{", 1)[0]
-        if base == TPOT + "_sum":
-            total += float(value)
-            seen = True
-        elif base == TPOT + "_count":
-            count += float(value)
-    return (total, count) if seen else None
+    h = histogram_of(text, TPOT)
+    return (h.sum, h.count) if h is not None else None
+
+
+async def _metrics_text(session: aiohttp.ClientSession, url: str) -> str | None:
+    async with session.get(url + "/metrics") as r:
+        return await r.text() if r.status == 200 else None
 
 
 async def server_tpot(session: aiohttp.ClientSession, url: str) -> tuple[float, float] | None:
     """`tpot_of` the server's /metrics (None also when it does not answer 200)."""
-    async with session.get(url + "/metrics") as r:
-        if r.status != 200:
+    text = await _metrics_text(session, url)
+    return tpot_of(text) if text is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class StepWindow:
+    """The engine's inter-token and step-size histograms read when every stream of a batch
+    was decoding and again before the first could end: what they observed in between."""
+
+    itl: Histogram
+    step_tokens: Histogram | None
+
+    def step(self, batch: int) -> float | None:
+        """The mean decode step over the window, or None when the window saw no token or a
+        step computed more tokens than the batch decodes (a prefill chunk was in it)."""
+        if self.itl.count < batch:
             return None
-        return tpot_of(await r.text())
+        if self.step_tokens is not None and self.step_tokens.above(batch) > 0:
+            return None
+        return self.itl.sum / self.itl.count
+
+
+#: the inter-token and step-size histograms of one /metrics read
+_Reading = tuple[Histogram, Histogram | None]
+
+
+async def _read_window(session: aiohttp.ClientSession, url: str) -> _Reading | None:
+    text = await _metrics_text(session, url)
+    if text is None:
+        return None
+    itl = histogram_of(text, ITL)
+    return (itl, histogram_of(text, STEP_TOKENS)) if itl is not None else None
+
+
+async def decode_window(session: aiohttp.ClientSession, url: str, model: str,
+                        prompts: list[str], max_tokens: int
+                        ) -> tuple[StepWindow | None, list[tuple[float, list[float], int]]]:
+    """Stream `prompts` together and read the engine's histograms over the window in which all
+    of them decode (see the module's docstring); (the window, or None where the server has no
+    inter-token histogram or the window could not open, and each stream's `stream_times`)."""
+    margin = max(4, max_tokens // 8)
+    counts = [0] * len(prompts)
+    opened, closing = asyncio.Event(), asyncio.Event()
+
+    def seen(i: int) -> None:
+        counts[i] += 1
+        if min(counts) >= 2:
+            opened.set()
+        if counts[i] >= max_tokens - margin:
+            closing.set()
+
+    async def marks() -> tuple[_Reading, _Reading | None] | None:
+        await opened.wait()
+        if closing.is_set():
+            return None
+        first = await _read_window(session, url)
+        await closing.wait()
+        return (first, await _read_window(session, url)) if first is not None else None
+
+    mark = asyncio.create_task(marks())
+    try:
+        runs = await asyncio.gather(*(stream_times(session, url,
+                                                   stream_body(model, p, max_tokens),
+                                                   on_token=functools.partial(seen, i))
+                                      for i, p in enumerate(prompts)))
+    except BaseException:
+        mark.cancel()
+        raise
+    opened.set()
+    closing.set()
+    read = await mark
+    if read is None or read[1] is None:
+        return None, runs
+    (itl0, tok0), (itl1, tok1) = read[0], read[1]
+    tokens = tok1.since(tok0) if tok0 is not None and tok1 is not None else None
+    return StepWindow(itl1.since(itl0), tokens), runs
 
 
 def _stream_steps(runs: list[tuple[float, list[float], int]]) -> list[float]:
@@ -173,19 +296,24 @@ async def measure_decode(session: aiohttp.ClientSession, url: str, model: str,
             if b * (ctx + max_tokens) > kv_tokens:
                 continue
             before = await server_tpot(session, url)
-            runs = await asyncio.gather(*(stream_times(session, url,
-                                                       stream_body(model, words(ctx), max_tokens))
-                                          for _ in range(b)))
-            after = await server_tpot(session, url) if before is not None else None
-            if before is not None and after is not None and after[1] - before[1] >= b:
-                step = (after[0] - before[0]) / (after[1] - before[1])
-            else:
-                steps = _stream_steps(runs)
-                if not steps:
-                    continue
-                step = statistics.median(steps)
+            window, runs = await decode_window(session, url, model,
+                                               [words(ctx) for _ in range(b)], max_tokens)
+            step = window.step(b) if window is not None else None
+            if window is not None and step is None:
+                log(f"decode batch {b:>3}, context {ctx:>7}: a prefill ran inside the "
+                    "decode window; point dropped")
+                continue
+            if step is None:
+                after = await server_tpot(session, url) if before is not None else None
+                if before is not None and after is not None and after[1] - before[1] >= b:
+                    step = (after[0] - before[0]) / (after[1] - before[1])
+                else:
+                    steps = _stream_steps(runs)
+                    if not steps:
+                        continue
+                    step = statistics.median(steps)
             prompt = statistics.mean(p or ctx for *_, p in runs)
-            point = DecodePoint(b, prompt + 0.75 * max_tokens, step)
+            point = DecodePoint(b, prompt + 0.5 * max_tokens, step)
             log(f"decode batch {b:>3}, context {point.context:>7.0f}: "
                 f"step {point.itl * 1e3:7.2f} ms")
             out.append(point)
