@@ -136,7 +136,7 @@ def main() -> int:
     if python is None:
         print("no vLLM venv: create it with deploy/tools/vllm-cpu-env.sh")
         return 2
-    with lone_replica(python, args.engine_model, confine=args.confine) as url:
+    with lone_replica(python, args.engine_model, confine=args.confine) as (url, _):
         asyncio.run(measure(url, args.requests))
     return 0
 

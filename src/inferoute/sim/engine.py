@@ -153,6 +153,7 @@ class Engine:
         self._prompt_tokens = 0
         self._generation_tokens = 0
         self._steps = 0
+        self._host_charge = 0.0
 
     # -- requests --------------------------------------------------------------------------------
     def add_request(self, req: SimRequest, now: float) -> None:
@@ -209,6 +210,13 @@ class Engine:
 
     def has_work(self) -> bool:
         return bool(self._waiting or self._running)
+
+    def scraped(self) -> None:
+        """A /metrics scrape came: where the profile says the server's page rendering shares
+        the engine's cores (`scrape_engine_ms`), a busy engine's next step is that much
+        longer; an idle one loses nothing."""
+        if self.profile.scrape_engine_ms and self.has_work():
+            self._host_charge += self.profile.scrape_engine_ms / 1e3
 
     # -- the step --------------------------------------------------------------------------------
     def step(self, now: float) -> StepOutcome:
@@ -337,6 +345,9 @@ class Engine:
         duration = self.timing.step_seconds(tokens, sampled, decode_ctx, pairs, prefill_kv)
         if self._noise:
             duration *= max(0.2, self._rng.gauss(1.0, self._noise))
+        if self._host_charge:
+            duration += self._host_charge
+            self._host_charge = 0.0
         return StepOutcome(duration, outputs)
 
     # -- blocks ----------------------------------------------------------------------------------

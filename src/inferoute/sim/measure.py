@@ -1,6 +1,6 @@
 """Measuring a running OpenAI/vLLM server for `inferoute sim calibrate --from URL`.
 
-Three measurements, all with streamed completions of random three-letter words (every prompt
+Four measurements, all with streamed completions of random three-letter words (every prompt
 new, so nothing is served from the prefix cache):
 
 - prefill: time to first token of one prompt alone, for a ladder of prompt lengths (median of
@@ -18,6 +18,10 @@ new, so nothing is served from the prefix cache):
   server or client that delivers tokens in bursts does not skew it. From a server without
   those metrics: the per-request mean (the older vLLMs' `request_time_per_output_token`), or
   per stream the mean gap between tokens over the second half of its output;
+- scrapes: the same decode window without /metrics scrapes and with one every 25 ms: the
+  engine time a scrape costs (`measure_scrape_cost`), which is real where the API process
+  renders its page on the engine's own cores (vLLM-CPU) and which the simulator then charges
+  to its steps (`scrape_engine_ms`);
 - KV capacity and block size: `vllm:cache_config_info` on /metrics (LoRA slots:
   `vllm:lora_requests_info`); the model name and its longest context: /v1/models.
 
@@ -28,6 +32,7 @@ per-request time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import statistics
 import time
@@ -44,8 +49,8 @@ from ..core.metricsparse import parse_metrics
 from .fit import DecodePoint, PrefillPoint
 
 __all__ = ["Histogram", "Measurements", "RandomWords", "ServerFacts", "StepWindow",
-           "decode_window", "histogram_of", "measure_server", "server_tpot", "stream_body",
-           "stream_times", "tpot_of"]
+           "decode_window", "histogram_of", "measure_scrape_cost", "measure_server",
+           "server_tpot", "stream_body", "stream_times", "tpot_of"]
 
 Log = Callable[[str], None]
 
@@ -64,6 +69,8 @@ class Measurements:
     facts: ServerFacts
     prefill: list[PrefillPoint] = field(default_factory=list)
     decode: list[DecodePoint] = field(default_factory=list)
+    #: engine time one /metrics scrape takes from the decode steps (`measure_scrape_cost`)
+    scrape_engine_ms: float = 0.0
 
 
 class RandomWords:
@@ -320,6 +327,59 @@ async def measure_decode(session: aiohttp.ClientSession, url: str, model: str,
     return out
 
 
+async def _scraping(session: aiohttp.ClientSession, url: str, interval: float,
+                    stop: asyncio.Event) -> tuple[int, float]:
+    """Scrape `url`'s /metrics every `interval` seconds until `stop`: (scrapes, seconds)."""
+    start, n = time.perf_counter(), 0
+    while not stop.is_set():
+        await _metrics_text(session, url)
+        n += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+    return n, time.perf_counter() - start
+
+
+async def measure_scrape_cost(session: aiohttp.ClientSession, url: str, model: str,
+                              words: RandomWords, log: Log, *, batch: int = 4,
+                              context: int = 64, max_tokens: int = 192,
+                              interval: float = 0.025, rounds: int = 3) -> float:
+    """Milliseconds of decode-step time one /metrics scrape costs the server: the decode
+    window's step of `batch` streams without scrapes and with a scrape every `interval`
+    seconds (twice a busy gateway's pace, so the effect stands clear of the steps' own
+    noise), alternated `rounds` times. A page rendered at rate
+    r on the engine's own core leaves it 1 - r c of the core, so c = (1 - step / step with
+    scrapes) / r. Real on a vLLM-CPU replica confined to its core; 0 (clamped) where the
+    API process has CPU of its own. 0 also where the server has no inter-token histogram."""
+    quiet: list[float] = []
+    loaded: list[float] = []
+    rate: list[float] = []
+    for _ in range(rounds):
+        window, _ = await decode_window(session, url, model,
+                                        [words(context) for _ in range(batch)], max_tokens)
+        step = window.step(batch) if window is not None else None
+        if step is None:
+            return 0.0
+        quiet.append(step)
+        stop = asyncio.Event()
+        scraper = asyncio.create_task(_scraping(session, url, interval, stop))
+        try:
+            window, _ = await decode_window(session, url, model,
+                                            [words(context) for _ in range(batch)], max_tokens)
+        finally:
+            stop.set()
+            n, seconds = await scraper
+        step = window.step(batch) if window is not None else None
+        if step is None or n < 2:
+            return 0.0
+        loaded.append(step)
+        rate.append(n / seconds)
+    plain, scraped, r = (statistics.mean(x) for x in (quiet, loaded, rate))
+    cost = max(0.0, (1.0 - plain / scraped) / r) * 1e3
+    log(f"scrapes: decode step {plain * 1e3:.2f} ms, {scraped * 1e3:.2f} ms with {r:.0f} "
+        f"scrapes a second: {cost:.2f} ms of engine time a scrape")
+    return cost
+
+
 async def measure_server(url: str, *, model: str | None = None, lengths: list[int] | None = None,
                          batches: list[int] | None = None, contexts: list[int] | None = None,
                          repeats: int = 3, decode_tokens: int = 64, seed: int = 0,
@@ -347,4 +407,5 @@ async def measure_server(url: str, *, model: str | None = None, lengths: list[in
         m.prefill = await measure_prefill(session, url, facts.model, lengths, repeats, words, log)
         m.decode = await measure_decode(session, url, facts.model, batches, contexts,
                                         decode_tokens, kv, words, log)
+        m.scrape_engine_ms = await measure_scrape_cost(session, url, facts.model, words, log)
         return m

@@ -71,6 +71,11 @@ class EngineProfile:
     # -- the serving front end (see frontend_delay) --------------------------------------------
     frontend_fixed_ms: float = 0.0       # per request: proxies, HTTP handling, first-token output
     tokenize_us_per_token: float = 0.0   # the API server tokenizing the prompt
+    #: engine time one /metrics scrape takes from the steps: the CPU the server's API process
+    #: spends rendering the page where it shares the engine's cores (a vLLM-CPU replica on its
+    #: core; `sim calibrate --from` measures it); 0 where the API process has
+    #: CPU of its own, as beside a GPU
+    scrape_engine_ms: float = 0.0
     # -- randomness ---------------------------------------------------------------------------
     noise: float = 0.0                   # relative std-dev of step time (0: deterministic)
     num_blocks_derived: bool = field(default=False, init=False)
@@ -91,9 +96,11 @@ class EngineProfile:
             if not 0 < float(getattr(self, name)) <= 1:
                 problems.append(f"{name} must be in (0, 1]")
         if min(self.max_loras, self.noise, self.step_overhead_ms, self.frontend_fixed_ms,
-               self.tokenize_us_per_token, self.sequence_overhead_us) < 0:
+               self.tokenize_us_per_token, self.sequence_overhead_us,
+               self.scrape_engine_ms) < 0:
             problems.append("max_loras, noise, step_overhead_ms, sequence_overhead_us, "
-                            "frontend_fixed_ms and tokenize_us_per_token must be >= 0")
+                            "frontend_fixed_ms, tokenize_us_per_token and scrape_engine_ms "
+                            "must be >= 0")
         if problems:
             raise ConfigError(f"profile {self.name!r}: " + "; ".join(problems))
         if self.num_blocks is None:

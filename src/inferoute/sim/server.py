@@ -179,6 +179,7 @@ class Replica:
         return web.Response(status=200)
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
+        self.engine.scraped()
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def models(self, request: web.Request) -> web.Response:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from inferoute.core.errors import BadRequest
+from inferoute.core.errors import BadRequest, ConfigError
 from inferoute.sim.blocks import BlockRemoved, BlockStored
 from inferoute.sim.engine import Engine, SimRequest
 from inferoute.sim.profile import load_profile
@@ -277,3 +277,32 @@ def test_reset_prefix_cache_only_when_idle():
     e.add_request(req("b", words("s", 64), 1), 2.0)
     outs, _, _ = run(e, 2.0)
     assert outs[0][1].cached_tokens == 0
+
+
+def test_a_scrape_lengthens_a_busy_engines_next_step_by_the_profiles_scrape_cost():
+    """A vLLM-CPU replica renders /metrics on the engine's own core: a profile with
+    `scrape_engine_ms` charges each scrape to the next step, and only while there is work."""
+    plain, scraped = Engine(TINY), Engine(TINY.replace(scrape_engine_ms=4.0))
+    for e in (plain, scraped):
+        e.add_request(req("a", words("a", 40), max_tokens=8), 0.0)
+        e.step(0.0)  # the prefill
+    scraped.scraped()
+    scraped.scraped()
+    plain.scraped()  # costs nothing without a scrape cost
+    first_plain, first_scraped = plain.step(1.0), scraped.step(1.0)
+    assert first_scraped.duration == pytest.approx(first_plain.duration + 0.008)
+    # charged once: the step after is the plain one again
+    assert scraped.step(2.0).duration == pytest.approx(plain.step(2.0).duration)
+
+
+def test_a_scrape_of_an_idle_engine_costs_nothing():
+    idle, plain = Engine(TINY.replace(scrape_engine_ms=4.0)), Engine(TINY)
+    idle.scraped()  # nothing to delay: dropped, not saved for the next request
+    for e in (idle, plain):
+        e.add_request(req("a", words("a", 40), max_tokens=2), 0.0)
+    assert idle.step(0.0).duration == pytest.approx(plain.step(0.0).duration)
+
+
+def test_a_negative_scrape_cost_is_refused():
+    with pytest.raises(ConfigError, match="scrape_engine_ms"):
+        TINY.replace(scrape_engine_ms=-1.0)
