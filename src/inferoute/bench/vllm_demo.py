@@ -35,7 +35,7 @@ from typing import Any
 
 from ..procs import ChildProcess, free_port_range, http_status
 from .demo import Gateway, start_gateway
-from ..sim.measure import tpot_of
+from ..sim.measure import scrape_cost_of, tpot_of
 from .host_share import HostSampler
 from .vllm_fleet import (MODEL, MODEL_SHAPES, Replica, build_model, start_replicas,
                          stop_replicas, vllm_python, wait_gateway_ready)
@@ -324,9 +324,14 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
                 from ..sim.calibrate_from import calibrate_to_file
                 console.print("[bold]fitting a simulator profile[/] to each replica, one "
                               "after the other")
+                # what a scrape costs first, outside the window whose host share is the
+                # baseline: its 28 scrapes a second raise the replica's stretch, which the
+                # stages must be compared against without them
+                scrape_ms = asyncio.run(scrape_cost_of(urls))
+                sampler.sample()
                 began = time.monotonic()
                 calibrate_to_file(urls, model_dir / "config.json", profile_path,
-                                  together=False)
+                                  together=False, scrape_engine_ms=scrape_ms)
                 sampler.sample()
                 calibration = sampler.window(began, time.monotonic())
             clocks: dict[str, StageClock] = {}

@@ -100,10 +100,11 @@ def calibrate(url: str | list[str], *, model_config: str | Path | None = None,
               max_num_batched_tokens: int = 2048, max_num_seqs: int = 128,
               lengths: list[int] | None = None, batches: list[int] | None = None,
               repeats: int = 3, decode_tokens: int = 64,
-              name: str | None = None,
-              together: bool = True) -> tuple[Any, list[dict[str, Any]]]:
+              name: str | None = None, together: bool = True,
+              scrape_engine_ms: float | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """Measure the server at `url` (or every one of a list, at once unless `together` is
-    False) and fit a profile: (profile, check_fit rows)."""
+    False) and fit a profile: (profile, check_fit rows). `scrape_engine_ms`, when given, is
+    the scrape cost measured apart (not measured again)."""
     urls = [url] if isinstance(url, str) else list(url)
     shape: dict[str, Any] = {}
     if model_config:
@@ -112,7 +113,8 @@ def calibrate(url: str | list[str], *, model_config: str | Path | None = None,
         shape = architecture_from_hf_config(cfg)
     m = asyncio.run(_measure_all(urls, together, model=served_model, lengths=lengths,
                                  batches=batches, repeats=repeats,
-                                 decode_tokens=decode_tokens))
+                                 decode_tokens=decode_tokens,
+                                 scrape_cost=scrape_engine_ms is None))
     facts = m.facts
     fields: dict[str, Any] = dict(shape, name=name or f"fitted-{facts.model}",
                                   description=f"fitted to {facts.model} at {' '.join(urls)}",
@@ -126,7 +128,8 @@ def calibrate(url: str | list[str], *, model_config: str | Path | None = None,
     if facts.num_blocks:
         fields["num_blocks"] = facts.num_blocks
     fields["max_loras"] = facts.max_loras or 0
-    fields["scrape_engine_ms"] = m.scrape_engine_ms
+    fields["scrape_engine_ms"] = (m.scrape_engine_ms if scrape_engine_ms is None
+                                  else scrape_engine_ms)
     fit = fit_profile(load_profile(base), m.prefill, m.decode, **fields)
     return fit.profile, check_fit(fit, m.prefill, m.decode)
 

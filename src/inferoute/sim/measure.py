@@ -50,7 +50,7 @@ from .fit import DecodePoint, PrefillPoint
 
 __all__ = ["Histogram", "Measurements", "RandomWords", "ServerFacts", "StepWindow",
            "decode_window", "histogram_of", "measure_scrape_cost", "measure_server",
-           "server_tpot", "stream_body", "stream_times", "tpot_of"]
+           "scrape_cost_of", "server_tpot", "stream_body", "stream_times", "tpot_of"]
 
 Log = Callable[[str], None]
 
@@ -383,8 +383,10 @@ async def measure_scrape_cost(session: aiohttp.ClientSession, url: str, model: s
 async def measure_server(url: str, *, model: str | None = None, lengths: list[int] | None = None,
                          batches: list[int] | None = None, contexts: list[int] | None = None,
                          repeats: int = 3, decode_tokens: int = 64, seed: int = 0,
-                         timeout: float = 300.0, log: Log = print) -> Measurements:
-    """All three measurements of the server at `url` (a base URL, no /v1)."""
+                         timeout: float = 300.0, scrape_cost: bool = True,
+                         log: Log = print) -> Measurements:
+    """The measurements of the server at `url` (a base URL, no /v1); the scrape cost only
+    when `scrape_cost` (else 0: the caller measures it apart, `scrape_cost_of`)."""
     url = url.rstrip("/")
     words = RandomWords(seed)
     tmo = aiohttp.ClientTimeout(total=timeout)
@@ -407,5 +409,23 @@ async def measure_server(url: str, *, model: str | None = None, lengths: list[in
         m.prefill = await measure_prefill(session, url, facts.model, lengths, repeats, words, log)
         m.decode = await measure_decode(session, url, facts.model, batches, contexts,
                                         decode_tokens, kv, words, log)
-        m.scrape_engine_ms = await measure_scrape_cost(session, url, facts.model, words, log)
+        if scrape_cost:
+            m.scrape_engine_ms = await measure_scrape_cost(session, url, facts.model, words,
+                                                           log)
         return m
+
+
+async def scrape_cost_of(urls: list[str], *, timeout: float = 300.0,
+                         log: Log = print) -> float:
+    """`measure_scrape_cost` of each server, one after the other: their mean (ms)."""
+    tmo = aiohttp.ClientTimeout(total=timeout)
+    costs = []
+    async with aiohttp.ClientSession(timeout=tmo) as session:
+        for i, url in enumerate(urls):
+            url = url.rstrip("/")
+            facts = await server_facts(session, url, None)
+            words = RandomWords(i)
+            # the first request after a start pays one-off costs
+            await stream_times(session, url, stream_body(facts.model, words(32), 2))
+            costs.append(await measure_scrape_cost(session, url, facts.model, words, log))
+    return sum(costs) / len(costs)
