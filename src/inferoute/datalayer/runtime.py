@@ -163,7 +163,7 @@ class DataLayer:
         cfg, needs = self.config, self.metric_needs[model]
         pacer = ScrapePacer(cfg.scrape_interval, cfg.scrape_idle_interval,
                             busy=self._busy_period[model], fresh_load=needs.needs_fresh_load,
-                            period_cap=self._period_cap)
+                            period_cap=self._period_cap, max_duty=cfg.scrape_max_duty)
         scraper = Scraper(ep, interval=cfg.scrape_interval, timeout=cfg.scrape_timeout,
                           engine=self._engines.get(model), clock=self.clock,
                           on_page=functools.partial(self._paged, model), pacer=pacer,

