@@ -84,6 +84,7 @@ from ..endpoint import Endpoint, Pool
 from ..errors import InferouteError, NoEndpointAvailable, TooManyRequests
 from ..request import InferenceRequest
 from ..slo import note_wait, ttft_target
+from .batch_size import BatchSize
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
 from .objectives import Objective, Objectives
 from .release import ReleaseRule
@@ -108,26 +109,20 @@ class Admitted:
 
 class _Book:
     """What the controller knows of one endpoint beyond its metrics: the requests sent to it
-    and finished on it since its last scrape, and its batch size once seen full."""
+    and finished on it since its last scrape, and its batch size once learned (`BatchSize`)."""
 
-    __slots__ = ("sent", "done", "slots", "seen_full")
+    __slots__ = ("done", "sent", "size")
 
     def __init__(self) -> None:
         self.sent: deque[float] = deque()
         self.done: deque[float] = deque()
-        #: the most requests seen running at once (a lower bound of its batch size)
-        self.slots = 0
-        #: a scrape showed requests waiting: the batch was full, `slots` means something
-        self.seen_full = False
+        self.size = BatchSize()
 
     def note(self, ep: Endpoint) -> None:
-        m = ep.metrics
-        if m.scraped_at is not None:
-            self.slots = max(self.slots, m.running)
-            self.seen_full = self.seen_full or m.waiting > 0
+        self.size.note(ep)
 
     def batch(self) -> int | None:
-        return self.slots if self.seen_full and self.slots > 0 else None
+        return self.size.value()
 
     def since(self, scraped_at: float) -> int:
         """Slots freed minus slots taken since the scrape (older events are in it)."""
