@@ -32,7 +32,8 @@ The rules, per pool:
   it waited (`slo.note_wait`): the scheduler's latency objective is what is left of its target.
 
 The dispatch budget keeps a just-freed pool from receiving its whole queue at once. Per good
-endpoint, `SaturationDetector.room`: until its batch size is known, the queue-depth threshold's
+endpoint, `SaturationDetector.room`: until its batch size is known (`BatchSize` learns it from
+scrapes that show the batch full, bound by KV or by a sequence limit), the queue-depth threshold's
 room by its last scrape, less the requests sent to it since, plus those that finished there
 since; once known, its batch size plus the threshold's allowance (only one while requests wait
 in the gateway) less what it holds: its requests running and waiting by the scrape, adjusted
@@ -47,7 +48,8 @@ goes to an endpoint with a free batch slot when one has one (`Admitted.room_on`,
 `Ticket.room_on`). The shell
 reports sends and ends (`dispatched` / `finished`, e.g. from a router listener) and scrapes
 (`observe`); without them the budget counts releases since the scrape instead, slots free only
-at scrapes and batch sizes are learned from the pages the budget reads.
+at scrapes and batch sizes are learned from the pages the budget reads (fewer of them: a
+sequence-bound batch takes consecutive scrapes).
 
 The reserve (`flowControl.reserve`): batch slots the pool keeps free for the top priority, so
 that under overload a top-priority arrival finds one at once. Lower priorities are admitted
