@@ -18,10 +18,18 @@ So the batch size is learned from (c) at once and from (b) once it persists: `pe
 consecutive scrapes with requests waiting, each showing the same running count and that count
 the most seen since the last revision. Transient waits (a) do not last that long at an
 unchanging peak (a wait for a step's token budget ends at the next step or two, and the
-running count moves as requests come and go). What was learned is forgotten the moment a
-scrape shows more requests running than it: the batch was not full at that size (a KV-bound
-batch of smaller requests, or a wait wrongly taken for (b)), and the next evidence learns it
-anew.
+running count moves as requests come and go).
+
+The two bounds change differently. A sequence limit is a number: what was learned from (b) is
+forgotten the moment a scrape shows more requests running than it (the wait was wrongly taken
+for (b)), and the next evidence learns it anew. A full KV cache holds as many requests as fit
+now, which falls as the running ones grow by their output and rises when shorter ones replace
+them: (c) sets the batch size to the running count of that scrape, lower or higher than
+before, and a scrape that shows more running raises it to that count. The most ever seen
+running is no batch size under a full KV: on `benchmarks/edf.py --stages 7:60,9:60` the
+replicas were seen at 108-110 once, then ran 101-104 with their KV full, and a budget that
+kept 108-110 let 4-7 requests more into each model server's own queue, served in arrival
+order, past the gateway's deadline order (docs/benchmark.md, "Admission's own cost").
 
 Whether the waiting requests fit (c) is judged from the page: each is taken to need the mean
 share of KV of the requests running (`waiting x usage / running > 1 - usage`), or, when the
@@ -40,7 +48,7 @@ __all__ = ["BatchSize"]
 class BatchSize:
     """One endpoint's batch size as learned from its scrapes (see the module docstring)."""
 
-    __slots__ = ("_at", "hits", "learned", "peak", "persistence", "streak")
+    __slots__ = ("_at", "by_kv", "hits", "learned", "peak", "persistence", "streak")
 
     def __init__(self, persistence: int = 10) -> None:
         #: scrapes with requests waiting and the running count at its peak that make a
@@ -48,6 +56,8 @@ class BatchSize:
         self.persistence = persistence
         #: the batch size learned (0: not known)
         self.learned = 0
+        #: what was learned is a full KV cache's batch (c), not a sequence limit's (b)
+        self.by_kv = False
         #: the most requests seen running since the last revision
         self.peak = 0
         #: consecutive scrapes with requests waiting (none running more than `peak`), and
@@ -68,16 +78,18 @@ class BatchSize:
             return
         self._at = at
         running = m.running
-        if self.learned and running > self.learned:  # ran more: it was not full at that size
-            self.learned = 0
+        if self.learned and running > self.learned:  # more run than the batch learned:
+            # a full KV holds more now (shorter requests); a sequence limit was not one
+            self.learned = running if self.by_kv else 0
         if running > self.peak:
             self.peak = running
             self.streak = self.hits = 0
         if m.waiting <= 0 or running <= 0:
             self.streak = self.hits = 0
             return
-        if _kv_bound(ep):  # (c)
-            self.learned = max(self.learned, running)
+        if _kv_bound(ep):  # (c): the batch is what the full KV holds now
+            self.learned = running
+            self.by_kv = True
             self.streak = self.hits = 0
             return
         # (b) or (a): a batch bound by sequences keeps running at its peak while requests wait;
@@ -86,6 +98,7 @@ class BatchSize:
         self.hits += running == self.peak
         if self.hits >= self.persistence and 4 * self.hits >= 3 * self.streak:  # (b)
             self.learned = max(self.learned, running)
+            self.by_kv = False
 
 
 def _kv_bound(ep: Endpoint) -> bool:
