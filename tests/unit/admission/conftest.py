@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 import pytest
 
-from inferoute.core.admission.batch_size import BatchSize
 from inferoute.core.endpoint import Endpoint, EndpointMetrics, Pool
 from inferoute.core.request import InferenceRequest
 
@@ -69,16 +68,3 @@ def pool_of() -> Callable[..., Pool]:
     def build(*endpoints: Endpoint, model: str = "m") -> Pool:
         return Pool(model, endpoints)
     return build
-
-
-def learn_batch(ctl: Any, model: str, eps: Sequence[Endpoint], *, running: int,
-                waiting: int = 1, until: float = 0.0, interval: float = 0.05) -> None:
-    """Scrapes that show each endpoint's batch bound by its sequence limit (`BatchSize`):
-    requests waiting at the same running count, KV to spare, as many scrapes in a row as it
-    takes to learn the batch, the last at `until`."""
-    n = BatchSize().persistence
-    for k in range(n):
-        for e in eps:
-            e.metrics = EndpointMetrics(running=running, waiting=waiting,
-                                        scraped_at=until - (n - 1 - k) * interval)
-            ctl.observe(model, e)

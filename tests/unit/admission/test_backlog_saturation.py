@@ -13,8 +13,6 @@ from inferoute.core.endpoint import EndpointMetrics
 from inferoute.core.errors import TooManyRequests
 from inferoute.core.scheduling.config import SaturationSpec
 
-from .conftest import learn_batch
-
 
 def _ctl(queue_depth: int) -> AdmissionController:
     return AdmissionController(
@@ -37,13 +35,13 @@ def _scrape(ctl, eps, now: float, *, running: int, waiting: int = 0) -> None:  #
 
 
 def _pool(ctl, ep, pool_of, req):  # type: ignore[no-untyped-def]
-    """Two endpoints of 8 slots, seen full (scrapes long ago), full now."""
+    """Two endpoints of 8 slots, seen full once (a scrape long ago), full now."""
     eps = [ep(i, running=8, waiting=2, scraped_at=-1.0) for i in range(2)]
     pool = pool_of(*eps)
     first = _admit(ctl, req, pool, -1.0, "critical")  # the controller meets the pool
     if isinstance(first, Ticket):
         ctl.cancel(first)
-    learn_batch(ctl, "m", eps, running=8, waiting=2, until=-1.0)
+    _scrape(ctl, eps, -1.0, running=8, waiting=2)
     return eps, pool
 
 

@@ -14,8 +14,6 @@ from inferoute.core.admission.saturation import SaturationDetector
 from inferoute.core.endpoint import Endpoint, EndpointMetrics, Pool
 from inferoute.core.scheduling.config import SaturationSpec
 
-from .conftest import learn_batch
-
 
 def _blocked(rho: float, k: int) -> float:
     """P(no slot free) of the M/M/1/K queue, computed independently of the module."""
@@ -96,11 +94,11 @@ def _fleet(reserve: int | str = "auto") -> tuple[AdmissionController, Pool, list
     ctl = AdmissionController(SaturationDetector(SaturationSpec(queue_depth_threshold=0)),
                               OBJECTIVES, FlowControlSpec(reserve=reserve))
     for ep in eps:
-        ep.metrics = EndpointMetrics(running=8, waiting=1, scraped_at=-1.0)
-    first = _admit(ctl, pool, -1.0, CRITICAL)  # the controller meets the pool (full)...
+        ep.metrics = EndpointMetrics(running=8, waiting=1, scraped_at=0.0)
+    first = _admit(ctl, pool, 0.0, CRITICAL)  # the controller meets the pool (full)...
     assert isinstance(first, Ticket) and ctl.cancel(first)
-    learn_batch(ctl, "m", eps, running=8)  # ...and learns the batch sizes
     for ep in eps:
+        ctl.observe("m", ep)  # ...and learns the batch sizes
         ep.metrics = EndpointMetrics(running=6, waiting=0, scraped_at=1.0)
     return ctl, pool, eps
 

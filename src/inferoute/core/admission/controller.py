@@ -32,25 +32,22 @@ The rules, per pool:
   it waited (`slo.note_wait`): the scheduler's latency objective is what is left of its target.
 
 The dispatch budget keeps a just-freed pool from receiving its whole queue at once. Per good
-endpoint, `SaturationDetector.room`: until its batch size is known (`BatchSize` learns it from
-scrapes that show the batch full, bound by KV or by a sequence limit), the queue-depth
-threshold's room by its last scrape, less the requests sent to it since, plus those that
-finished there since (the requests its scrape shows waiting count only while requests wait in
-the gateway: a batch not known full takes them in at its next step); once known, its batch size
-plus the threshold's allowance (only one while requests wait in the gateway) less what it
-holds: its requests running and waiting by the scrape, adjusted by the sends and ends since, or
-this gateway's own count in flight there if larger (that count lags nothing: an end is seen
-after the slot freed, a send before it arrives, so it never overestimates the room, where the
-scrape-based count can count an end twice). A waiting request goes the moment one ends, not at
-the next scrape. Summed over the endpoints, less the requests released but not yet sent. So
-between two scrapes the gateway sends no more than the endpoints said they could take, and
-under overload critical requests queue in the gateway, in priority order, not inside a model
-server behind earlier arrivals. A request goes to an endpoint with a free batch slot when one
-has one (`Admitted.room_on`, `Ticket.room_on`). The shell reports sends and ends (`dispatched`
-/ `finished`, e.g. from a router listener) and scrapes (`observe`); without them the budget
-counts releases since the scrape instead, slots free only at scrapes and batch sizes are
-learned from the pages the budget reads (fewer of them: a sequence-bound batch takes
-consecutive scrapes).
+endpoint, `SaturationDetector.room`: until its batch size is known, the queue-depth threshold's
+room by its last scrape, less the requests sent to it since, plus those that finished there
+since; once known, its batch size plus the threshold's allowance (only one while requests wait
+in the gateway) less what it holds: its requests running and waiting by the scrape, adjusted
+by the sends and ends since, or this gateway's own count in flight there if larger (that count
+lags nothing: an end is seen after the slot freed, a send before it arrives, so it never
+overestimates the room, where the scrape-based count can count an end twice). A waiting
+request goes the moment one ends, not at the next scrape. Summed over the endpoints, less the
+requests released but not yet sent. So between two scrapes the gateway sends
+no more than the endpoints said they could take, and under overload critical requests queue in
+the gateway, in priority order, not inside a model server behind earlier arrivals. A request
+goes to an endpoint with a free batch slot when one has one (`Admitted.room_on`,
+`Ticket.room_on`). The shell
+reports sends and ends (`dispatched` / `finished`, e.g. from a router listener) and scrapes
+(`observe`); without them the budget counts releases since the scrape instead, slots free only
+at scrapes and batch sizes are learned from the pages the budget reads.
 
 The reserve (`flowControl.reserve`): batch slots the pool keeps free for the top priority, so
 that under overload a top-priority arrival finds one at once. Lower priorities are admitted
@@ -87,7 +84,6 @@ from ..endpoint import Endpoint, Pool
 from ..errors import InferouteError, NoEndpointAvailable, TooManyRequests
 from ..request import InferenceRequest
 from ..slo import note_wait, ttft_target
-from .batch_size import BatchSize
 from .flowcontrol import FlowControlSpec, FlowQueue, QueueFull, Ticket, TicketState
 from .objectives import Objective, Objectives
 from .release import ReleaseRule
@@ -112,20 +108,26 @@ class Admitted:
 
 class _Book:
     """What the controller knows of one endpoint beyond its metrics: the requests sent to it
-    and finished on it since its last scrape, and its batch size once learned (`BatchSize`)."""
+    and finished on it since its last scrape, and its batch size once seen full."""
 
-    __slots__ = ("done", "sent", "size")
+    __slots__ = ("sent", "done", "slots", "seen_full")
 
     def __init__(self) -> None:
         self.sent: deque[float] = deque()
         self.done: deque[float] = deque()
-        self.size = BatchSize()
+        #: the most requests seen running at once (a lower bound of its batch size)
+        self.slots = 0
+        #: a scrape showed requests waiting: the batch was full, `slots` means something
+        self.seen_full = False
 
     def note(self, ep: Endpoint) -> None:
-        self.size.note(ep)
+        m = ep.metrics
+        if m.scraped_at is not None:
+            self.slots = max(self.slots, m.running)
+            self.seen_full = self.seen_full or m.waiting > 0
 
     def batch(self) -> int | None:
-        return self.size.value()
+        return self.slots if self.seen_full and self.slots > 0 else None
 
     def since(self, scraped_at: float) -> int:
         """Slots freed minus slots taken since the scrape (older events are in it)."""
@@ -603,10 +605,7 @@ class AdmissionController:
                 freed = book.since(at)
                 if (slots := book.batch()) is None:  # the threshold's room, as slots free
                     room = self.detector.room(ep, now)
-                    if room is not None:
-                        # while nothing waits in the gateway its waits do not count: not
-                        # known full, it takes them in at its next step (batch_size.py (a))
-                        room += freed + (0 if backlog else ep.metrics.waiting)
+                    room = None if room is None else room + freed
                 else:  # the gateway's own in-flight count lags nothing: never trust less
                     m = ep.metrics
                     room = self.detector.room(

@@ -18,8 +18,7 @@ saturates.
 
 `room` turns the same metrics into a dispatch budget, so the flow controller does not release
 its whole queue on the first fresh scrape. An endpoint can take its free batch slots (when its
-batch size is known: the flow controller learns it once it has seen the batch full,
-core/admission/batch_size.py) plus
+batch size is known: the flow controller learns it once it has seen the endpoint full) plus
 `queueDepthThreshold + 1` requests past them, less what waits there: before the next scrape it
 is then at most just past the threshold. While requests wait in the gateway (`backlog`) and
 the batch size is known, only one past the free slots: anything more would wait inside the
