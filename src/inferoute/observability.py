@@ -283,7 +283,8 @@ class Observability:
                         if value is not None:
                             self.latency_error.labels(mp.model, target).set(value)
             if self.autoscaler is not None:
-                est = self.autoscaler.estimate(mp.model, now, ready)
+                est = self.autoscaler.estimate(mp.model, now, ready,
+                                               data.starting(mp.model, now))
                 self.desired.labels(mp.model).set(est.gauge)
             for ep in mp.pool:
                 labels = (mp.model, ep.name)

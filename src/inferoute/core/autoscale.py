@@ -46,7 +46,8 @@ a sliding window of `W` seconds:
               at most 10% (the target is a p90), plus B s / W: the backlog B when the replicas asked for now serve (Q,
               grown by what the serving replicas cannot take until then: the rate horizon / 2
               ahead less N_serving / s, over the horizon; N_serving the ready replicas, and
-              each starting one from the end of its cold start), drained over the window
+              each starting one from the end of its cold start, unless that ended more than
+              a horizon ago), drained over the window
     KV:       by Little's law lambda (x + D) requests are in service (x = a + b mean u), each
               holding k of a replica's KV cache; N_kv = lambda (x + D) k / maxKvUtilization
     desired = clamp(ceil(max(N_ttft, N_kv)), minReplicas, maxReplicas)
@@ -749,7 +750,10 @@ class PoolEstimator:
         horizon = self.spec.horizon
         cold = horizon if self.spec.cold_start is None else self.spec.cold_start
         ahead = self.forecast_rate(now, horizon / 2)
-        joins = sorted(min(horizon, max(0.0, at + cold - now)) for at in starting)
+        # one still not serving a horizon after its cold start should have ended is not
+        # counted (a pod that cannot be scheduled, a listed endpoint that is down)
+        joins = sorted(min(horizon, max(0.0, at + cold - now)) for at in starting
+                       if at + cold + horizon >= now)
         backlog = float(sum(ep.metrics.waiting for ep in ready))
         serving, since = len(ready), 0.0
         for t in [*joins, horizon]:

@@ -8,6 +8,8 @@ endpoints at run time.
 Readiness is the core's `CandidateRule` (ready: healthy and scraped within `readyWindow`, 5 s by
 default; fresh: scraped within the scheduler's staleness threshold, 200 ms by default), set on
 the router with this layer's scrape settings; `is_ready` and `ready_endpoints` apply it.
+`starting` lists the replicas on their way (for the autoscaling estimator, never routed to):
+an endpoint not ready and never scraped yet, and what discovery reports (`set_starting`).
 
 Each endpoint's scrapes are paced by what its pool reads (`metric_needs`) and what the
 endpoint is doing (`scrape_pacing`): every `scrapeInterval` while a load-sensitive plugin needs
@@ -26,7 +28,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -85,6 +87,10 @@ class DataLayer:
         self._precise: dict[str, PreciseRouting] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.sharing = RedisSharing(config.redis, clock=clock) if config.redis else None
+        #: per pool, when discovery says each replica was asked for (`set_starting`), and
+        #: when each endpoint was first added here
+        self._asked: dict[str, dict[str, float]] = {}
+        self._added: dict[tuple[str, str], float] = {}
         pools = []
         for pc in config.pools:
             sched = Scheduler(pc.scheduler_config(), seed=seed)
@@ -98,6 +104,7 @@ class DataLayer:
                 raise ConfigError(f"pool {pc.model!r}: {exc}") from None
             if precise is not None:
                 self._precise[pc.model] = precise
+            self._added.update(((pc.model, ep.name), clock()) for ep in pool)
             pools.append(ModelPool(
                 model=pc.model, pool=pool, scheduler=sched,
                 aliases=tuple(pc.aliases), lora_adapters=tuple(pc.lora_adapters)))
@@ -206,6 +213,7 @@ class DataLayer:
         """
         mp = self.model_pool(model)
         ep = mp.pool.add(endpoint)
+        self._added.setdefault((model, ep.name), self.clock())
         self._start_scraper(model, ep)
         if self._running and ep is endpoint:  # a new endpoint, not an update
             if (precise := self._precise.get(model)) is not None:
@@ -222,6 +230,7 @@ class DataLayer:
         """
         mp = self.model_pool(model)
         ep = mp.pool.remove(name)
+        self._added.pop((model, name), None)
         scraper = self._scrapers.pop((model, name), None)
         if scraper is not None:  # scrapers only exist while the loop runs
             asyncio.get_running_loop().create_task(scraper.stop())
@@ -277,6 +286,26 @@ class DataLayer:
         the core's ready and live rule."""
         return self.router.candidates(mp, self.clock() if now is None else now,
                                       prefer_fresh=prefer_fresh)
+
+    def set_starting(self, model: str, asked: Mapping[str, float]) -> None:
+        """What discovery knows of `model`'s replicas (replacing its last report): when each
+        was asked for, on this layer's clock, by name; a name of the pool's endpoints dates
+        that endpoint, another is a replica starting outside the pool (a pod not ready yet)."""
+        self._asked[model] = dict(asked)
+
+    def starting(self, model: str, now: float | None = None) -> list[float]:
+        """When each replica of `model`'s pool that does not serve yet was asked for (the
+        autoscaling estimator counts it serving from its cold start's end): those discovery
+        reports outside the pool, and the pool's endpoints not ready and never scraped
+        successfully, dated by discovery or else by their first addition here."""
+        t = self.clock() if now is None else now
+        mp = self.model_pool(model)
+        asked = self._asked.get(model, {})
+        out = [at for name, at in asked.items() if mp.pool.get(name) is None]
+        for ep in mp.pool:
+            if ep.metrics.scraped_at is None and not self.is_ready(ep, t):
+                out.append(asked.get(ep.name, self._added.get((model, ep.name), t)))
+        return out
 
     def endpoints(self) -> Iterator[tuple[ModelPool, Endpoint]]:
         for mp in self.router.pools.values():

@@ -258,9 +258,13 @@ def make_pool(selector: dict[str, str], ports=(8000, 8001)) -> dict[str, Any]:
                      "endpointPickerRef": {"name": "qwen-epp", "port": {"number": 9002}}}}
 
 
-def make_pod(name: str, ip: str, labels: dict[str, str], ready: bool) -> dict[str, Any]:
+def make_pod(name: str, ip: str, labels: dict[str, str], ready: bool,
+             created: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": NS, "labels": labels}
+    if created is not None:
+        meta["creationTimestamp"] = created
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "metadata": meta,
             "status": {"phase": "Running", "podIP": ip, "conditions": [
                 {"type": "Ready", "status": "True" if ready else "False"}]}}
 

@@ -33,7 +33,7 @@ async def test_discovery_follows_pods_and_pool_changes(standin, kit):
     api.set_pool(make_pool({"app": "vllm"}))
     api.set_pod(make_pod("a", "10.0.0.1", {"app": "vllm"}, ready=True))
     api.set_pod(make_pod("b", "10.0.0.2", {"app": "vllm", "llm-d.ai/role": "decode"},
-                         ready=False))
+                         ready=False, created="2026-12-06T14:00:00Z"))
     cfg = parse_serving_config({"pools": [{"model": "qwen", "endpoints": []}]})
     data = DataLayer(cfg, scrape=False)
     synced: list[bool] = []
@@ -43,21 +43,29 @@ async def test_discovery_follows_pods_and_pool_changes(standin, kit):
 
     kclient = client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{port}"))
     disc = PoolDiscovery(data, "qwen", pool_name="qwen", namespace=NS, on_synced=on_synced,
-                         resync=2, api_client=kclient, retry=0.05)
+                         resync=2, api_client=kclient, retry=0.05,
+                         wall=lambda: 1796565630.0)  # 30 s after b's creationTimestamp
     pool = data.router.pools["qwen"].pool
     names = lambda: sorted(ep.name for ep in pool)  # noqa: E731
     await disc.start()
     try:
         await eventually(lambda: synced == [True])
         assert names() == ["10.0.0.1:8000", "10.0.0.1:8001"]  # two target ports, b unready
+        # b is starting: one replica per target port, asked for at its creation, 30 s before
+        # discovery saw it (the autoscaling estimator counts it; no request goes there)
+        starting = data.starting("qwen")
+        assert len(starting) == 2 and len(set(starting)) == 1
+        assert data.now() - 30 - 5 < starting[0] <= data.now() - 30
         # a pod becomes ready
         api.set_pod(make_pod("b", "10.0.0.2", {"app": "vllm", "llm-d.ai/role": "decode"},
                              ready=True))
         await eventually(lambda: len(names()) == 4)
         assert pool.get("10.0.0.2:8000").role == "decode"
+        assert data.starting("qwen") == []  # ready now (no scrapes here: ready when added)
         # a pod becomes unready, another is deleted
         api.set_pod(make_pod("a", "10.0.0.1", {"app": "vllm"}, ready=False))
         await eventually(lambda: names() == ["10.0.0.2:8000", "10.0.0.2:8001"])
+        assert data.starting("qwen") == []  # a was ready: down now, not starting
         api.delete_pod("b")
         await eventually(lambda: names() == [])
         # the pool's selector and ports change: its pods are re-listed with the new selector

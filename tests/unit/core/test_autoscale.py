@@ -150,9 +150,13 @@ def test_the_backlog_counts_the_replicas_already_starting(make_ep) -> None:
     now_one = est.estimate(t, [make_ep(0)], starting=[t])
     assert now_one.ttft_replicas == pytest.approx(
         core + ((ahead - 1 / work) * 60 + max(0.0, ahead - 2 / work) * 15) * work / 60)
-    overdue = est.estimate(t, [make_ep(0)], starting=[t - 300])
+    overdue = est.estimate(t, [make_ep(0)], starting=[t - 100])
     assert overdue.ttft_replicas == pytest.approx(est.estimate(t, [make_ep(0), make_ep(1)])
                                                   .ttft_replicas)
+    # one not serving a horizon after its cold start should have ended is not counted (a
+    # pod that cannot be scheduled, a listed endpoint that is down: the gateway passes both)
+    lost = est.estimate(t, [make_ep(0)], starting=[t - 60 - 75 - 1])
+    assert lost.ttft_replicas == pytest.approx(alone.ttft_replicas)
     assert soon.ttft_replicas < now_one.ttft_replicas < alone.ttft_replicas
 
 

@@ -120,3 +120,36 @@ def test_reconciler_touches_only_changes():
     rec.apply(st.endpoints())
     assert sorted(data.calls) == [("add", "m", "10.1.0.1:8000", "prefill"),
                                   ("remove", "m", "10.1.0.2:8000")]
+
+
+def test_starting_pods_are_dated_by_their_creation():
+    """A matching pod not ready yet is a replica starting: one per target port, dated by its
+    creationTimestamp on the caller's clock (else when first seen); a ready pod dates its
+    endpoints; a pod once ready and now not, one deleted or failed, is not starting."""
+    st = PoolState()
+    st.set_pool(pool(ports=(8000, 8001)))
+    young = pod("young", ip="", ready=False, phase="Pending")
+    young["metadata"]["creationTimestamp"] = "2026-12-06T14:00:00Z"  # 30 s before `wall`
+    wall = 1796565630.0  # 2026-12-06T14:00:30Z
+    st.replace_pods([young, pod("up", ip="10.1.0.1"), pod("plain", ip="10.1.0.2", ready=False),
+                     pod("gone", ip="10.1.0.3", ready=False, deleting=True),
+                     pod("failed", ip="10.1.0.4", ready=False, phase="Failed"),
+                     pod("other", ip="10.1.0.5", ready=False, labels={"app": "other"})])
+    st.endpoints()
+    assert st.asked(now=500.0, wall=wall) == {
+        "ns/young#8000": 470.0, "ns/young#8001": 470.0,
+        "ns/plain#8000": 500.0, "ns/plain#8001": 500.0,  # no creationTimestamp: first seen
+        "10.1.0.1:8000": 500.0, "10.1.0.1:8001": 500.0}
+    # later: the dates hold; the young pod turns ready (its endpoints keep its date), the
+    # ready one turns unready (down, not starting)
+    ready_young = pod("young", ip="10.1.0.6")
+    ready_young["metadata"]["creationTimestamp"] = "2026-12-06T14:00:00Z"
+    st.pod_event("MODIFIED", ready_young)
+    st.pod_event("MODIFIED", pod("up", ip="10.1.0.1", ready=False))
+    st.endpoints()
+    assert st.asked(now=600.0, wall=wall + 100) == {
+        "10.1.0.6:8000": 470.0, "10.1.0.6:8001": 470.0,
+        "ns/plain#8000": 500.0, "ns/plain#8001": 500.0}
+    st.pod_event("DELETED", pod("plain"))
+    st.endpoints()
+    assert set(st.asked(now=610.0, wall=wall + 110)) == {"10.1.0.6:8000", "10.1.0.6:8001"}

@@ -5,6 +5,9 @@ serve on (`spec.targetPorts[].number`); every *ready* pod matching the selector 
 endpoint per target port (`podIP:port`). Pod labels refine an endpoint: `llm-d.ai/role`
 (prefill | decode | both) for disaggregated serving, and `llm-d.ai/engine-type` (or the older
 `inference.networking.k8s.io/engine-type`: vllm | sglang | trtllm) for the metrics dialect.
+A matching pod that is not ready yet, and has not been ready since discovery first saw it, is
+a replica *starting*: it takes no request, but the autoscaling estimator counts it as serving
+from its cold start's end (`DataLayer.set_starting`), dated by its `metadata.creationTimestamp`.
 
 Two layers:
 
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -120,6 +125,25 @@ def pod_endpoints(pod: Mapping[str, Any], spec: PoolSpec) -> list[Endpoint]:
             for port in spec.ports]
 
 
+def pod_starting(pod: Mapping[str, Any]) -> bool:
+    """On its way to ready: not ready, not being deleted, not failed or finished."""
+    meta = pod.get("metadata") or {}
+    phase = (pod.get("status") or {}).get("phase")
+    return (not meta.get("deletionTimestamp") and phase in (None, "Pending", "Running")
+            and not pod_ready(pod))
+
+
+def created_at(pod: Mapping[str, Any]) -> float | None:
+    """`metadata.creationTimestamp` in Unix seconds (None when absent or not RFC 3339)."""
+    stamp = (pod.get("metadata") or {}).get("creationTimestamp")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+
+
 def _pod_key(pod: Mapping[str, Any]) -> str:
     meta = pod.get("metadata") or {}
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
@@ -131,6 +155,10 @@ class PoolState:
     def __init__(self) -> None:
         self.spec: PoolSpec | None = None
         self.pods: dict[str, Mapping[str, Any]] = {}
+        #: per pod: when it was asked for, on the caller's clock (`asked`), and whether it has
+        #: been ready (once ready, a pod that is not is not starting: it is down)
+        self._asked: dict[str, float] = {}
+        self._served: set[str] = set()
 
     def set_pool(self, obj: Mapping[str, Any] | None) -> bool:
         """A new pool object (None: deleted). True when the pod selector changed."""
@@ -154,9 +182,37 @@ class PoolState:
         if self.spec is None:
             return {}
         out: dict[str, Endpoint] = {}
-        for pod in self.pods.values():
+        for key, pod in self.pods.items():
             for ep in pod_endpoints(pod, self.spec):
                 out[ep.name] = ep
+                self._served.add(key)
+        return out
+
+    def asked(self, now: float, wall: float) -> dict[str, float]:
+        """When each replica of the pool was asked for, on the caller's clock (`now` is its
+        time, `wall` Unix time): a pod's creation (`now - (wall - creationTimestamp)`), else
+        the first time this state saw it. By name: a ready pod's endpoints by theirs (the
+        data layer counts them starting until their first scrape); a starting pod's (never
+        ready) one per target port as `namespace/pod#port`, not an endpoint (no request goes
+        there). Pods gone are forgotten."""
+        self._asked = {k: t for k, t in self._asked.items() if k in self.pods}
+        self._served &= set(self.pods)
+        if self.spec is None:
+            return {}
+        out: dict[str, float] = {}
+        for key, pod in self.pods.items():
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            if not selector_matches(labels, self.spec.selector):
+                continue
+            eps = pod_endpoints(pod, self.spec)
+            if not eps and (key in self._served or not pod_starting(pod)):
+                continue
+            if key not in self._asked:
+                created = created_at(pod)
+                self._asked[key] = now if created is None else now - max(0.0, wall - created)
+            at = self._asked[key]
+            names = [ep.name for ep in eps] or [f"{key}#{p}" for p in self.spec.ports]
+            out.update((name, at) for name in names)
         return out
 
 
@@ -202,8 +258,10 @@ class PoolDiscovery:
 
     def __init__(self, data: Any, model: str, *, pool_name: str, namespace: str | None = None,
                  on_synced: Callable[[bool], Awaitable[None]] | None = None,
-                 resync: float = 300.0, api_client: Any = None, retry: float = 1.0) -> None:
+                 resync: float = 300.0, api_client: Any = None, retry: float = 1.0,
+                 wall: Callable[[], float] = time.time) -> None:
         self.data = data
+        self.wall = wall
         self.model = model
         self.pool_name = pool_name
         self.namespace = namespace or default_namespace()
@@ -246,6 +304,7 @@ class PoolDiscovery:
 
     def _apply(self) -> None:
         added, removed = self.reconciler.apply(self.state.endpoints())
+        self.data.set_starting(self.model, self.state.asked(self.data.now(), self.wall()))
         if added or removed:
             log.info("pool %s/%s: +%s -%s", self.namespace, self.pool_name, added, removed)
 

@@ -61,7 +61,7 @@ def snapshot(data: DataLayer, obs: Observability, feed: DashboardFeed) -> dict[s
                 "top_priority_requests": st.top_arrivals if st else 0,
                 "top_priority_without_free_slot": st.top_without_slot if st else 0}
         if obs.autoscaler is not None:
-            est = obs.autoscaler.estimate(mp.model, now, ready)
+            est = obs.autoscaler.estimate(mp.model, now, ready, data.starting(mp.model, now))
             pool["desired_replicas"] = est.desired
             pool["estimate"] = asdict(est)
         pools.append(pool)

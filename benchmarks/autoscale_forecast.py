@@ -1,0 +1,100 @@
+"""The desired-replicas gauge's arrival-rate forecast alone, against the load's true rate.
+
+    python benchmarks/autoscale_forecast.py [--seeds 0] [--loads A_day,B_day,...] [-v]
+
+No engine and no HPA: each load of docs/benchmark.md's autoscaling section (`inferoute bench
+autoscale`'s day, spike and step shapes, their bases, peaks, durations and seeds) draws its
+Poisson arrivals as the benchmark does, feeds them to a `PoolEstimator` with the benchmark's
+spec (window 60 s, horizon 75 s: a 60-s cold start plus a 15-s sync) and reads its forecast at
+every 15-s sync. What a perfect forecast would read at t is the highest true rate from t to
+t + 75 s (the estimator takes the rate now or a horizon on, whichever is higher). Per load:
+
+- shortfall: the sum over the syncs of max(0, truth - forecast) x 15 s (requests the replicas
+  asked for would not be sized for: requests over the TTFT target in a run);
+- excess: the HPA keeps the highest proposal of the last 300 s, so at each sync the highest
+  forecast of the last 300 s against the highest truth of the same syncs; the sum of
+  max(0, held forecast - held truth) x 15 s (replica-seconds held for nothing).
+
+`--seeds N` adds N more seeds per load (the load's own seed + 1000 + k): the loads' own
+arrivals are what the runs see; more seeds say whether a change holds beyond them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from inferoute.bench.autoscale import SCALE_DOWN_WINDOW, SYNC_PERIOD, ShapedLoad
+from inferoute.core.autoscale import AutoscaleSpec, PoolEstimator
+
+COLD_START = 60.0
+HORIZON = COLD_START + SYNC_PERIOD
+
+#: name: (shape, base, peak, duration, seed), as the docs' commands run them
+LOADS = {
+    "A_day": ("day", 1, 16, 600, 0), "B_day": ("day", 1, 16, 400, 0),
+    "A_3_12": ("day", 3, 12, 600, 1), "B_2_8": ("day", 2, 8, 600, 2),
+    "A_900": ("day", 2, 10, 900, 3), "B_800": ("day", 1, 6, 800, 4),
+    "A_4_14": ("day", 4, 14, 500, 5), "B_3_12": ("day", 3, 12, 600, 6),
+    "A2": ("day", 1.5, 13, 650, 23), "B2": ("day", 1, 12, 650, 24),
+    "B1": ("day", 2, 14, 700, 22), "A1": ("day", 2, 11, 700, 21),
+    "spike": ("spike", 2, 12, 400, 0), "step": ("step", 2, 10, 300, 0),
+}
+
+
+def evaluate(shape: str, base: float, peak: float, duration: float,
+             seed: int) -> tuple[float, float, list[tuple[float, float, float]]]:
+    """(shortfall, excess, [(t, forecast, truth)]) of one load's arrivals."""
+    load = ShapedLoad.make(base, peak, duration, seed=seed, shape=shape)  # type: ignore[arg-type]
+    arrivals = load.arrivals(0)
+    est = PoolEstimator(AutoscaleSpec(horizon=HORIZON, cold_start=COLD_START))
+    rows: list[tuple[float, float, float]] = []
+    i, t = 0, SYNC_PERIOD
+    while t < duration:
+        while i < len(arrivals) and arrivals[i] <= t:
+            est.arrived(arrivals[i])
+            i += 1
+        truth = max(load.rate_at(t + k) for k in range(int(HORIZON) + 1))
+        rows.append((t, est.forecast(t)[0], truth))
+        t += SYNC_PERIOD
+    keep = int(SCALE_DOWN_WINDOW / SYNC_PERIOD)
+    shortfall = sum(max(0.0, truth - f) for _, f, truth in rows) * SYNC_PERIOD
+    excess = 0.0
+    for j in range(len(rows)):
+        held = rows[max(0, j - keep + 1):j + 1]
+        excess += max(0.0, max(f for _, f, _ in held) - max(tr for _, _, tr in held))
+    return shortfall, excess * SYNC_PERIOD, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=0, help="more seeds per load (0)")
+    p.add_argument("--loads", default=",".join(LOADS), help="comma-separated names")
+    p.add_argument("-v", "--verbose", action="store_true", help="every sync's forecast")
+    args = p.parse_args(argv)
+    total = [0.0, 0.0]
+    extra = [0.0, 0.0]
+    for name in args.loads.split(","):
+        shape, base, peak, duration, seed = LOADS[name]
+        short, exc, rows = evaluate(shape, base, peak, duration, seed)
+        total[0] += short
+        total[1] += exc
+        line = f"{name:7s} shortfall {short:7.0f}  excess {exc:7.0f}"
+        if args.seeds:
+            more = [evaluate(shape, base, peak, duration, seed + 1000 + k)[:2]
+                    for k in range(args.seeds)]
+            s, e = sum(m[0] for m in more), sum(m[1] for m in more)
+            extra[0] += s
+            extra[1] += e
+            line += f"   {args.seeds} more seeds: shortfall {s:8.0f}  excess {e:8.0f}"
+        print(line)
+        if args.verbose:
+            print("   " + " ".join(f"{t:.0f}:{f:.1f}/{tr:.1f}" for t, f, tr in rows))
+    print(f"total   shortfall {total[0]:7.0f}  excess {total[1]:7.0f}" + (
+        f"   {args.seeds} more seeds: shortfall {extra[0]:8.0f}  excess {extra[1]:8.0f}"
+        if args.seeds else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
