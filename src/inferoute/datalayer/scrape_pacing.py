@@ -25,9 +25,9 @@ that comes back is seen at once and a dead one is not hammered.
 A server renders its page on CPU it would otherwise serve with: a vLLM-CPU replica confined
 to its core spends about 5 ms of engine time on each (docs/real-vllm.md, section 6): a scrape
 every 50 ms slowed its decode steps by 4-13%. The pacer therefore keeps the share of the
-server's time that our scrapes take under `max_duty` (`scrapeMaxDuty`, 5%): the fast and busy
-periods are at least the scrapes' recent answer time over `max_duty`, never beyond the busy
-period (so no page ages past the staleness threshold). A page answered in 1 ms (a GPU server's
+server's time that our scrapes take under `max_duty` (`scrapeMaxDuty`, 5%): the fast period is
+at least the scrapes' recent answer time over `max_duty`, never beyond the busy period (so no
+page ages past the staleness threshold). A page answered in 1 ms (a GPU server's
 API process, the simulator) changes nothing; one that takes 10 ms stretches the fast period
 from 50 to 150 ms.
 

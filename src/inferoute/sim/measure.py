@@ -12,7 +12,7 @@ new, so nothing is served from the prefix cache):
   is over) and closes before the first could end. Started together, the streams' prefills run
   one after another, and a stream already decoding waits out each sibling's prefill step: a
   mean over whole requests (`vllm:request_time_per_output_token_seconds`) counted those waits
-  as decoding, 2.2x the step of four 2,000-token contexts on a CPU. The window's
+  as decoding, 1.9x the step of four 2,000-token contexts on a CPU. The window's
   `vllm:iteration_tokens_total` says whether a step in it computed more tokens than the batch
   (a prefill chunk), and the point is then dropped. The engine's timestamps, so a busy API
   server or client that delivers tokens in bursts does not skew it. From a server without
