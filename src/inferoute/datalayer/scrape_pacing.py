@@ -24,12 +24,13 @@ that comes back is seen at once and a dead one is not hammered.
 
 A server renders its page on CPU it would otherwise serve with: a vLLM-CPU replica confined
 to its core spends about 5 ms of engine time on each (docs/real-vllm.md, section 6): a scrape
-every 50 ms slowed its decode steps by 4-13%. The pacer therefore keeps the share of the
-server's time that our scrapes take under `max_duty` (`scrapeMaxDuty`, 5%): the fast period is
-at least the scrapes' recent answer time over `max_duty`, never beyond the busy period (so no
-page ages past the staleness threshold). A page answered in 1 ms (a GPU server's
-API process, the simulator) changes nothing; one that takes 10 ms stretches the fast period
-from 50 to 150 ms.
+every 50 ms slowed its decode steps by 4-13%. With `max_duty` (`scrapeMaxDuty`, off by
+default: measured on real replicas it bought nothing visible, docs/benchmark.md) the pacer
+keeps the share of the server's time our scrapes take under it: the fast period is at least
+the scrapes' recent answer time over `max_duty`, never beyond the busy period (so no page
+ages past the staleness threshold). With 0.05, a page answered in 1 ms (a GPU server's API
+process, the simulator) changes nothing; one that takes 10 ms stretches the fast period from
+50 to 150 ms.
 
 The period only grows at a scrape: the next one is due `min(period now, period planned at the
 last scrape)` after it, so the endpoint's liveness window (two planned periods, see
@@ -40,12 +41,10 @@ from __future__ import annotations
 
 from ..core.endpoint import Endpoint, EndpointMetrics
 
-__all__ = ["DEFAULT_IDLE_INTERVAL", "DEFAULT_MAX_DUTY", "ScrapePacer"]
+__all__ = ["DEFAULT_IDLE_INTERVAL", "ScrapePacer"]
 
 #: seconds between scrapes of an endpoint nobody needs fresh metrics of (5 per ready window)
 DEFAULT_IDLE_INTERVAL = 1.0
-#: the largest share of a server's time its scrapes may take (see the module docstring)
-DEFAULT_MAX_DUTY = 0.05
 #: weight of the newest answer time in the running mean of a scrape's answer time
 _ANSWER_WEIGHT = 0.25
 
@@ -59,7 +58,7 @@ class ScrapePacer:
     def __init__(self, fast: float, idle: float = DEFAULT_IDLE_INTERVAL, *,
                  busy: float | None = None, fresh_load: bool = True,
                  period_cap: float | None = None,
-                 max_duty: float | None = DEFAULT_MAX_DUTY) -> None:
+                 max_duty: float | None = None) -> None:
         if fast <= 0 or idle <= 0 or (busy is not None and busy <= 0):
             raise ValueError("scrape intervals must be positive")
         if max_duty is not None and not 0 < max_duty <= 1:

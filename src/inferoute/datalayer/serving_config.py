@@ -5,7 +5,7 @@
     port: 8080
     scrapeInterval: 50ms        # per-endpoint /metrics scrape period while fresh load matters
     scrapeIdleInterval: 1s      # ... otherwise (idle endpoint, or no plugin reads its load)
-    scrapeMaxDuty: 0.05         # at most this share of a server's time answering our scrapes
+    scrapeMaxDuty: 0.05         # optional, off by default: our scrapes at most this share of a server's time
     scrapeTimeout: 1s
     readyWindow: 5s             # an endpoint is ready while its last good scrape is this recent
     maxBodyBytes: 16777216      # larger request bodies get 413
@@ -67,7 +67,7 @@ from ..core.endpoint import Endpoint, parse_endpoint
 from ..core.health import ActiveCheckSpec, OutlierSpec
 from ..core.errors import ConfigError, explain_validation
 from ..core.scheduling.config import EndpointPickerConfig, parse_config, parse_duration
-from .scrape_pacing import DEFAULT_IDLE_INTERVAL, DEFAULT_MAX_DUTY
+from .scrape_pacing import DEFAULT_IDLE_INTERVAL
 
 _CAMEL = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -215,9 +215,9 @@ class ServingConfig(pydantic.BaseModel):
                                                  alias="scrapeIdleInterval", gt=0)
     scrape_timeout: float = pydantic.Field(1.0, alias="scrapeTimeout", gt=0)
     #: the largest share of a server's time our scrapes may take: a page that answers slowly
-    #: is scraped less often, down to the busy period (docs/gateway.md); None: no cap
-    scrape_max_duty: float | None = pydantic.Field(DEFAULT_MAX_DUTY, alias="scrapeMaxDuty",
-                                                   gt=0, le=1)
+    #: is scraped less often, down to the busy period (docs/gateway.md); None (the default):
+    #: no cap
+    scrape_max_duty: float | None = pydantic.Field(None, alias="scrapeMaxDuty", gt=0, le=1)
     ready_window: float = pydantic.Field(DEFAULT_READY_WINDOW, alias="readyWindow", gt=0)
     max_body_bytes: int = pydantic.Field(16 * 1024 * 1024, alias="maxBodyBytes", ge=1024)
     drain_timeout: float = pydantic.Field(60.0, alias="drainTimeout", ge=0)

@@ -211,7 +211,7 @@ def test_slow_pages_are_fetched_less_often_down_to_the_busy_period(answer, max_d
 
 
 def test_the_answer_time_is_a_running_mean():
-    pacer = ScrapePacer(FAST, IDLE, busy=BUSY)
+    pacer = ScrapePacer(FAST, IDLE, busy=BUSY, max_duty=0.05)
     ep = _ep()
     ep.metrics = EndpointMetrics(running=3, waiting=2, scraped_at=0.0)
     pacer.scraped(0.0, ep, EndpointMetrics(), answered=0.004)   # first page: 4 ms
@@ -225,3 +225,13 @@ def test_max_duty_must_be_a_share():
         ScrapePacer(FAST, IDLE, max_duty=0.0)
     with pytest.raises(ValueError):
         ScrapePacer(FAST, IDLE, max_duty=1.5)
+
+
+def test_without_a_duty_cap_slow_pages_change_nothing():
+    """The cap is off unless configured (`scrapeMaxDuty`)."""
+    ticks = Ticks(ScrapePacer(FAST, IDLE, busy=BUSY), _ep(), answer=0.010)
+    waiting = lambda now: EndpointMetrics(running=3, waiting=2)
+    ticks.run(0.5, waiting)
+    ticks.scrapes.clear()
+    ticks.run(2.0, waiting)
+    assert set(_gaps(ticks)) == {FAST}
