@@ -38,9 +38,9 @@ import aiohttp
 import yaml
 
 from inferoute.bench.client import LiveConfig, run_live
+from inferoute.bench.demo import gateway_scrapes
 from inferoute.bench.load import LoadSpec, Stage
 from inferoute.bench.workloads import make_workload
-from inferoute.core.metricsparse import find_samples
 from inferoute.procs import LOOPBACK, ChildProcess, free_port, free_port_range
 
 ROUTER_VENV = Path(os.environ.get("SGLANG_ROUTER_VENV",
@@ -105,12 +105,7 @@ class ArmResult:
 
 def _scrapes(url: str | None) -> int:
     """The gateway's scrapes of its endpoints so far (`inferoute_endpoint_scrapes_total`)."""
-    if url is None:
-        return 0
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        page = r.read().decode()
-    return int(sum(s.value for s in find_samples(page, "inferoute_endpoint_scrapes",
-                                                 counter=True)))
+    return 0 if url is None else gateway_scrapes(url)
 
 
 def _start_sim(n: int, model: str, time_scale: float, profile: str) -> tuple[ChildProcess, int]:

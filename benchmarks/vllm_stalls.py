@@ -36,7 +36,8 @@ from pathlib import Path
 
 import aiohttp
 
-from inferoute.bench.vllm_fleet import MODEL, MODEL_SHAPES, lone_replica, vllm_python
+from inferoute.bench.vllm_fleet import (MODEL, MODEL_SHAPES, NO_VENV, lone_replica,
+                                        vllm_python)
 from inferoute.sim.measure import RandomWords, stream_body, stream_times
 
 #: (histogram, bucket bound): the engine's observations over the bound count as slow
@@ -134,7 +135,7 @@ def main() -> int:
     args = ap.parse_args()
     python = vllm_python()
     if python is None:
-        print("no vLLM venv: create it with deploy/tools/vllm-cpu-env.sh")
+        print(NO_VENV)
         return 2
     with lone_replica(python, args.engine_model, confine=args.confine) as (url, _):
         asyncio.run(measure(url, args.requests))

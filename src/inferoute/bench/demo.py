@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.metricsparse import find_samples
 from ..procs import ChildProcess, free_port, free_port_range, http_status
 
 if TYPE_CHECKING:
@@ -79,6 +81,15 @@ class Gateway(ChildProcess):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+def gateway_scrapes(url: str) -> int:
+    """The scrapes of its endpoints the gateway at `url` has made so far
+    (`inferoute_endpoint_scrapes_total`, every endpoint's series summed)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        page = r.read().decode()
+    return int(sum(s.value for s in find_samples(page, "inferoute_endpoint_scrapes",
+                                                 counter=True)))
 
 
 def start_gateway(urls: list[str], policy: str, model: str = MODEL,

@@ -37,7 +37,7 @@ from ..procs import ChildProcess, free_port_range, http_status
 from .demo import Gateway, start_gateway
 from ..sim.measure import scrape_cost_of, tpot_of
 from .host_share import HostSampler
-from .vllm_fleet import (MODEL, MODEL_SHAPES, Replica, build_model, start_replicas,
+from .vllm_fleet import (MODEL, MODEL_SHAPES, NO_VENV, Replica, build_model, start_replicas,
                          stop_replicas, vllm_python, wait_gateway_ready)
 
 __all__ = ["EngineTpot", "StageClock", "engine_table", "fidelity_table", "host_factors",
@@ -299,8 +299,7 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
         rates = tuple(r / 2 for r in rates)
     python = vllm_python()
     if python is None:
-        console.print("no vLLM venv: create it with deploy/tools/vllm-cpu-env.sh "
-                      "(or set INFEROUTE_VLLM_VENV)")
+        console.print(NO_VENV)
         return 2
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

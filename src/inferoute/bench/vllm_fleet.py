@@ -39,6 +39,11 @@ START_TIMEOUT = 600.0
 BUILDER = Path(__file__).with_name("vllm_tiny_model.py")
 
 
+#: what a command that needs the vLLM venv says when it is missing
+NO_VENV = ("no vLLM venv: create it with deploy/tools/vllm-cpu-env.sh "
+           "(or set INFEROUTE_VLLM_VENV)")
+
+
 def vllm_python() -> Path | None:
     """The vLLM venv's python when the venv is complete (its setup script's marker exists)."""
     py = VENV / "bin" / "python"
