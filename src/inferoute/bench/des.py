@@ -25,8 +25,10 @@ Nothing here sleeps, opens a socket or reads a clock. One run wires:
 - the gateway's admission (`SimConfig.admission`, an `admission:` section: flow control with
   its dispatch budget, objectives, deadline order and shedding), or, for a policy with a
   release rule (a plugin such as `kv-fit-filter` that decides which waiting request goes
-  next, core/admission/release.py) and no section, the defaults with a TTL and bound no stage
-  reaches (`BENCH_FLOW`: every request is served, as with the other policies). Either is
+  next, core/admission/release.py) and no section, admission for the rule alone as the
+  gateway runs it without a section (`rules_only`: requests wait only while the rule holds),
+  with a TTL and bound no stage reaches (`BENCH_FLOW`: every request is served, as with the
+  other policies). Either is
   driven as the gateway's admission driver drives it: told of every scrape, send and end,
   pumped after an enqueue, a scrape, a first token or an end, and every 20 ms while requests
   wait (so a TTL or TTFT deadline is answered within 20 ms, as in the gateway); requests carry
@@ -160,7 +162,8 @@ class VirtualBench:
         if cfg.admission is not None:
             self.admission = cfg.admission.controller(release=rules[0] if rules else None)
         else:
-            self.admission = (AdmissionController(flow=BENCH_FLOW, release=rules[0]) if rules
+            self.admission = (AdmissionController(flow=BENCH_FLOW, release=rules[0],
+                                                  rules_only=True) if rules
                               else None)
         self._ticking = False
         kv_events = bool(self.precise)

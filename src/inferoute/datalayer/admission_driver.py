@@ -52,18 +52,34 @@ def release_rules(router: Router) -> dict[str, ReleaseRule]:
 class AdmissionDriver:
     """Classify, admit (maybe after a wait), and release queued requests as capacity frees."""
 
-    def __init__(self, config: AdmissionConfig, data: DataLayer, *, tick: float = TICK) -> None:
+    def __init__(self, config: AdmissionConfig, data: DataLayer, *, tick: float = TICK,
+                 rules_only: bool = False) -> None:
         self.config = config
         self.data = data
         self.tick = tick
         # a pool whose policy has a release rule (e.g. `kv-fit-filter`) releases its waiting
-        # requests by that rule, as the virtual benchmark does
+        # requests by that rule, as the virtual benchmark does; `rules_only`: nothing else
+        # (the gateway without an admission section, core/admission/controller.py)
         self.controller = config.controller(candidates_of=self._candidates,
-                                            release=release_rules(data.router))
+                                            release=release_rules(data.router),
+                                            rules_only=rules_only)
         self.rules = config.routing_rules()
         self._ticker: asyncio.Task[None] | None = None
         data.add_page_hook(self.controller.observe)
         data.router.listeners.append(SlotFeed(self.controller, on_end=self._pump_safely))
+
+    @classmethod
+    def for_gateway(cls, config: AdmissionConfig | None,
+                    data: DataLayer) -> AdmissionDriver | None:
+        """The gateway's admission: its section's, else, when a pool's policy has a release
+        rule (a policy that holds requests needs a queue to hold them in), admission for the
+        rules alone (`rules_only`: the other pools, and that one while its rule does not hold,
+        go at once), else none."""
+        if config is not None:
+            return cls(config, data)
+        if release_rules(data.router):
+            return cls(AdmissionConfig(), data, rules_only=True)
+        return None
 
     def _candidates(self, pool: Pool, now: float) -> list[Endpoint]:
         """The endpoints the scheduler will pick from (ready, and live when any is), so the

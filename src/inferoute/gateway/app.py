@@ -93,8 +93,7 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors])
     app[DATA_KEY] = data
     app[OBS_KEY] = obs
-    adm_config = config.admission_config()
-    admission = AdmissionDriver(adm_config, data) if adm_config is not None else None
+    admission = AdmissionDriver.for_gateway(config.admission_config(), data)
     if admission is not None:
         obs.watch(data, admission.controller.queue_stats)
     outliers = EndpointHealth(data, config.health.outlier, config.health.active)

@@ -122,3 +122,33 @@ def test_api_keys_models_and_rate_limits(harness, web, tmp_path):
     assert status == 429 and int(headers["Retry-After"]) >= 1
     for text in (web.get(gw.url + "/metrics").text, gw.log()):
         assert secret not in text and other not in text
+
+
+def test_a_release_rule_holds_requests_without_an_admission_section(harness, web):
+    """`inferoute-kv-fit` needs a queue to hold requests in: the gateway gives its pool one
+    although the config has no admission section (AdmissionDriver.for_gateway)."""
+    server = harness.standin("--token-delay", "0.02")  # 4,096 blocks of 16 tokens: 65,536
+    gw = harness.gateway({"pools": [{"model": "m", "endpoints": [server.url],
+                                     "scheduler": "inferoute-kv-fit"}]})
+    # each request's KV need is half its max_tokens: two of them do not fit the replica
+    big = {"model": "m", "max_tokens": 100_000, "stream": True}
+    conn_a, resp_a = web.open_stream(gw.url + "/v1/completions", {**big, "prompt": "alpha"})
+    assert resp_a.status == 200 and resp_a.readline().startswith(b"data:")
+    result: dict = {}
+
+    def second() -> None:
+        conn, resp = web.open_stream(gw.url + "/v1/completions", {**big, "prompt": "beta"})
+        result["status"], result["line"] = resp.status, resp.readline()
+        conn.close()
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    deadline = time.monotonic() + 20
+    while web.metric(web.get(gw.url + "/metrics").text,
+                     "inference_extension_flow_control_queue_size", inference_pool="m") != 1.0:
+        assert time.monotonic() < deadline, "the second request never waited in the gateway"
+        time.sleep(0.05)
+    assert not result, "the second request was sent while the first held the replica's KV"
+    conn_a.close()  # the first one's client goes away: its need is released, the second goes
+    waiter.join(timeout=20)
+    assert result["status"] == 200 and result["line"].startswith(b"data:")

@@ -21,3 +21,19 @@ def test_each_pool_gets_its_own_policys_release_rule() -> None:
     assert len(fit) == 1
     assert driver.controller._rule("fit") is fit[0]
     assert driver.controller._rule("plain") is None  # the queue's order and the budget
+
+
+def test_the_gateway_without_an_admission_section_queues_only_for_a_release_rule() -> None:
+    pools = [{"model": "fit", "scheduler": "inferoute-kv-fit",
+              "endpoints": ["http://10.0.0.1:8000"]},
+             {"model": "plain", "scheduler": "llm-d", "endpoints": ["http://10.0.0.2:8000"]}]
+    data = DataLayer(parse_serving_config({"pools": pools}, "the test"), scrape=False)
+    driver = AdmissionDriver.for_gateway(None, data)
+    assert driver is not None and driver.controller.rules_only
+    assert driver.controller._rule("fit") is not None
+    # no rule anywhere, no section: no admission at all
+    plain = DataLayer(parse_serving_config({"pools": pools[1:]}, "the test"), scrape=False)
+    assert AdmissionDriver.for_gateway(None, plain) is None
+    # a section: full admission, as configured
+    full = AdmissionDriver.for_gateway(parse_admission_config({}), data)
+    assert full is not None and not full.controller.rules_only

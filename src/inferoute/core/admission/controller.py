@@ -68,6 +68,13 @@ paths share the queue and the count of requests released but not yet sent, so a 
 queued under one is released by the other once the rule changes its mind, exactly once, and
 the budget counts what the rule released before the next scrape shows it.
 
+`rules_only`: admission for the release rules alone, what a gateway without an admission
+section runs when a pool's policy has a rule (a policy that holds requests must have a queue
+to hold them in). Only an active rule's pool is held and released by the rule; every other
+request, and a rule's pool while its rule is not active, is admitted at once, with no
+saturation check, budget or shedding, as with no admission at all; what waited when the rule
+stopped holding is released at the next `dispatchable`.
+
 With flow control disabled, nothing waits: sheddable requests are shed while saturated and the
 rest are admitted (the reference endpoint picker's behaviour without its flow controller).
 """
@@ -245,8 +252,11 @@ class AdmissionController:
                  objectives: Objectives | None = None,
                  flow: FlowControlSpec | None = None, *,
                  candidates_of: Callable[[Pool, float], list[Endpoint]] = _healthy,
-                 release: ReleaseRule | Mapping[str, ReleaseRule] | None = None) -> None:
+                 release: ReleaseRule | Mapping[str, ReleaseRule] | None = None,
+                 rules_only: bool = False) -> None:
         self.detector = detector or SaturationDetector()
+        #: admission for the release rules alone (see the module docstring)
+        self.rules_only = rules_only
         #: decides which waiting request goes next, and where, while it is active: one rule,
         #: or one per pool (by model; a pool without one, an inactive rule, and None: the
         #: queue's order and the dispatch budget)
@@ -285,6 +295,8 @@ class AdmissionController:
 
     def admit(self, request: InferenceRequest, pool: Pool, now: float) -> Admitted | Ticket:
         """Admit, enqueue or reject (TooManyRequests / NoEndpointAvailable) one request."""
+        if self.rules_only and self._active_rule(pool.model) is None:
+            return Admitted(pool.model)  # as with no admission at all
         target = ttft_target(request)  # a malformed header is a 400 whether it waits or not
         candidates = self.candidates_of(pool, now)
         if not candidates:
@@ -369,8 +381,15 @@ class AdmissionController:
         for st in self._pools.values():
             if not st.queue:
                 continue
-            candidates = self.candidates_of(st.pool, now)
             rule = self._active_rule(st.pool.model)
+            if self.rules_only and rule is None:  # the rule stopped holding: all go
+                while (t := st.queue.pop()) is not None:
+                    note_wait(t.request, now - t.enqueued_at)
+                    self._note_release(st, now)
+                    out.append(t)
+                st.waiting_since = None
+                continue
+            candidates = self.candidates_of(st.pool, now)
             if candidates and rule is not None and self.flow.enabled:
                 out += self._release_by_rule(st, rule, candidates, now)
                 continue
