@@ -105,6 +105,40 @@ def test_release_takes_the_oldest_when_no_family_is_affine_and_holds_when_nothin
     assert f.choose([waiting[1]], [ep], 1.0) == 0
 
 
+def _waiting(family: str, rid: str, arrived: float) -> InferenceRequest:
+    """A request of `family` that arrived (began waiting) at `arrived`."""
+    prompt = family * (40 * BLOCK_CHARS) + rid * (5 * BLOCK_CHARS)
+    return parse_request("completions", {"model": "m", "prompt": prompt, "max_tokens": 160},
+                         {}, request_id=rid, arrival_time=arrived)
+
+
+def test_release_opens_the_family_whose_requests_waited_longest_in_total() -> None:
+    f = _fit()
+    (ep,) = _eps([10_000])
+    # nothing affine: "b" waited longest, but "c"'s two requests waited 2 + 2 s together
+    # (one prefill for both)
+    waiting = [_waiting("b", "1", 7.0), _waiting("c", "2", 8.0), _waiting("c", "3", 8.0)]
+    assert f.choose(waiting, [ep], 10.0) == 1
+
+
+def test_a_lone_request_goes_once_it_waited_longer_than_a_family_in_total() -> None:
+    f = _fit()
+    (ep,) = _eps([10_000])
+    waiting = [_waiting("b", "1", 4.0), _waiting("c", "2", 8.0), _waiting("c", "3", 8.0)]
+    assert f.choose(waiting, [ep], 10.0) == 0  # 6 s alone against 2 + 2 s
+    # equal totals (4 s alone against 2 + 2 s): the oldest
+    tie = [_waiting("b", "4", 6.0), _waiting("c", "5", 8.0), _waiting("c", "6", 8.0)]
+    assert _fit().choose(tie, [ep], 10.0) == 0
+
+
+def test_a_queue_ordered_by_deadline_keeps_its_first_request_first() -> None:
+    f = _fit()
+    (ep,) = _eps([10_000])
+    # "b" arrived last but is first in the queue's order (its deadline is the earliest)
+    waiting = [_waiting("b", "1", 9.0), _waiting("c", "2", 7.0), _waiting("c", "3", 8.0)]
+    assert f.choose(waiting, [ep], 10.0) == 0
+
+
 def test_release_goes_to_the_endpoint_with_the_fewest_prefills_pending() -> None:
     f = _fit()
     eps = _eps([10_000, 10_000])
