@@ -112,31 +112,22 @@ def _waiting(family: str, rid: str, arrived: float) -> InferenceRequest:
                          {}, request_id=rid, arrival_time=arrived)
 
 
-def test_release_opens_the_family_whose_requests_waited_longest_in_total() -> None:
-    f = _fit()
+@pytest.mark.parametrize(("arrived", "opened"), [
+    # nothing affine: "b" waited longest (3 s), but "c"'s two requests 2 + 2 s together, and
+    # one prefill serves both
+    ((7.0, 8.0, 8.0), 1),
+    # a lone request goes once it waited longer than a family in total (6 s against 4)
+    ((4.0, 8.0, 8.0), 0),
+    # equal totals (4 s against 2 + 2 s): the oldest
+    ((6.0, 8.0, 8.0), 0),
+    # not in arrival order: the queue ordered "b" first (its deadline is the earliest)
+    ((9.0, 7.0, 8.0), 0),
+])
+def test_release_opens_the_family_whose_requests_waited_longest_in_total(
+        arrived: tuple[float, float, float], opened: int) -> None:
     (ep,) = _eps([10_000])
-    # nothing affine: "b" waited longest, but "c"'s two requests waited 2 + 2 s together
-    # (one prefill for both)
-    waiting = [_waiting("b", "1", 7.0), _waiting("c", "2", 8.0), _waiting("c", "3", 8.0)]
-    assert f.choose(waiting, [ep], 10.0) == 1
-
-
-def test_a_lone_request_goes_once_it_waited_longer_than_a_family_in_total() -> None:
-    f = _fit()
-    (ep,) = _eps([10_000])
-    waiting = [_waiting("b", "1", 4.0), _waiting("c", "2", 8.0), _waiting("c", "3", 8.0)]
-    assert f.choose(waiting, [ep], 10.0) == 0  # 6 s alone against 2 + 2 s
-    # equal totals (4 s alone against 2 + 2 s): the oldest
-    tie = [_waiting("b", "4", 6.0), _waiting("c", "5", 8.0), _waiting("c", "6", 8.0)]
-    assert _fit().choose(tie, [ep], 10.0) == 0
-
-
-def test_a_queue_ordered_by_deadline_keeps_its_first_request_first() -> None:
-    f = _fit()
-    (ep,) = _eps([10_000])
-    # "b" arrived last but is first in the queue's order (its deadline is the earliest)
-    waiting = [_waiting("b", "1", 9.0), _waiting("c", "2", 7.0), _waiting("c", "3", 8.0)]
-    assert f.choose(waiting, [ep], 10.0) == 0
+    waiting = [_waiting(fam, str(i), t) for i, (fam, t) in enumerate(zip("bcc", arrived))]
+    assert _fit().choose(waiting, [ep], 10.0) == opened
 
 
 def test_release_goes_to_the_endpoint_with_the_fewest_prefills_pending() -> None:
