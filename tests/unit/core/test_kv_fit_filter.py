@@ -105,6 +105,31 @@ def test_release_takes_the_oldest_when_no_family_is_affine_and_holds_when_nothin
     assert f.choose([waiting[1]], [ep], 1.0) == 0
 
 
+def _waiting(family: str, rid: str, arrived: float) -> InferenceRequest:
+    """A request of `family` that arrived (began waiting) at `arrived`."""
+    prompt = family * (40 * BLOCK_CHARS) + rid * (5 * BLOCK_CHARS)
+    return parse_request("completions", {"model": "m", "prompt": prompt, "max_tokens": 160},
+                         {}, request_id=rid, arrival_time=arrived)
+
+
+@pytest.mark.parametrize(("arrived", "opened"), [
+    # nothing affine: "b" waited longest (3 s), but "c"'s two requests 2 + 2 s together, and
+    # one prefill serves both
+    ((7.0, 8.0, 8.0), 1),
+    # a lone request goes once it waited longer than a family in total (6 s against 4)
+    ((4.0, 8.0, 8.0), 0),
+    # equal totals (4 s against 2 + 2 s): the oldest
+    ((6.0, 8.0, 8.0), 0),
+    # not in arrival order: the queue ordered "b" first (its deadline is the earliest)
+    ((9.0, 7.0, 8.0), 0),
+])
+def test_release_opens_the_family_whose_requests_waited_longest_in_total(
+        arrived: tuple[float, float, float], opened: int) -> None:
+    (ep,) = _eps([10_000])
+    waiting = [_waiting(fam, str(i), t) for i, (fam, t) in enumerate(zip("bcc", arrived))]
+    assert _fit().choose(waiting, [ep], 10.0) == opened
+
+
 def test_release_goes_to_the_endpoint_with_the_fewest_prefills_pending() -> None:
     f = _fit()
     eps = _eps([10_000, 10_000])

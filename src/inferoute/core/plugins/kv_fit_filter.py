@@ -23,10 +23,17 @@ What it knows, from the gateway's own bookkeeping (the scheduler's hooks), never
 As a **release rule** (core/admission/release.py; admission asks it before releasing while
 it is `active`, that is while it is `holding`, below): for each endpoint, fewest pending
 requests first (then least need), the oldest waiting request of a family in flight or cached
-there, else the oldest waiting request, is released to it if its need fits there (an
-endpoint with nothing in flight takes anything); None when nothing fits anywhere, and the
+there, else the oldest request of the family whose waiting requests have waited longest in
+total, is released to it if its need fits there (an endpoint with nothing in flight takes
+anything); None when nothing fits anywhere, and the
 requests wait in the gateway, where they can still be chosen by family, rather than in a
-replica's first-come-first-served queue. A released request's
+replica's first-come-first-served queue. Opening a family costs its prefix's prefill
+whatever the number of its requests that then share it, so the family whose requests have
+waited longest in total goes first: more requests per prefill, and the longer waits first;
+a lone request's weight is its own wait, which grows until it goes (ordering by the count of
+waiting requests alone would let it wait behind any pair). Where admission's queue is not in
+arrival order (earliest deadline first with mixed targets) its first request goes instead, as
+the queue orders it. A released request's
 endpoint is reserved for it (its need charged at once). An arrival goes at once (`place`)
 when nothing waits and it fits somewhere; the scorers then choose among those endpoints.
 
@@ -289,12 +296,38 @@ class KvFitFilter(BasePlugin):
         for i, need in enumerate(needs):
             if need.key is not None and need.key not in oldest:
                 oldest[need.key] = i
+        opened = self._longest_waited(waiting, needs, oldest, now)
         for ep in self._by_load(candidates, now):
-            pick = min((oldest[k] for k in self._affine(ep) if k in oldest), default=0)
+            pick = min((oldest[k] for k in self._affine(ep) if k in oldest), default=opened)
             if self.fits(needs[pick], ep):
                 self._hold(waiting[pick], needs[pick], ep, now)
                 return pick
         return None
+
+    @staticmethod
+    def _longest_waited(waiting: Sequence[InferenceRequest], needs: list[_Need],
+                        oldest: dict[int, int], now: float) -> int:
+        """The index of the oldest request of the family whose waiting requests have waited
+        longest in total (a request without a family counts alone; ties: the oldest); the
+        first request when the queue's order is not arrival order (deadlines reorder it)."""
+        if any(later.arrival_time < earlier.arrival_time
+               for earlier, later in zip(waiting, waiting[1:])):
+            return 0
+        total: dict[int, float] = {}
+        for r, need in zip(waiting, needs):
+            if need.key is not None:
+                total[need.key] = total.get(need.key, 0.0) + now - r.arrival_time
+        best, best_wait = 0, -1.0
+        for i, (r, need) in enumerate(zip(waiting, needs)):
+            if need.key is None:
+                wait = now - r.arrival_time
+            elif oldest[need.key] == i:
+                wait = total[need.key]
+            else:
+                continue
+            if wait > best_wait:
+                best, best_wait = i, wait
+        return best
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _hold(self, request: InferenceRequest, need: _Need, ep: Endpoint, now: float) -> None:
