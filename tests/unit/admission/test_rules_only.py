@@ -23,12 +23,14 @@ def _controller(rule: SlotsRule, *, rules_only: bool) -> AdmissionController:
     return AdmissionController(det, release={"held": rule}, rules_only=rules_only)
 
 
+def _admit_all(ctl: AdmissionController, pool: Pool, n: int) -> list[Admitted | Ticket]:
+    return [ctl.admit(make_request(model=pool.model), pool, 0.0) for _ in range(n)]
+
+
 def test_a_pool_without_a_rule_is_admitted_at_once_even_when_saturated() -> None:
-    rule = SlotsRule(free=0)
-    ctl = _controller(rule, rules_only=True)
+    ctl = _controller(SlotsRule(free=0), rules_only=True)
     pool = _saturated_pool("other")
-    got = [ctl.admit(make_request(model="other"), pool, 1.0) for _ in range(20)]
-    assert all(isinstance(g, Admitted) for g in got)
+    assert all(isinstance(g, Admitted) for g in _admit_all(ctl, pool, 20))
     # the same pool under full admission waits (the saturation detector holds it)
     full = _controller(SlotsRule(free=0), rules_only=False)
     assert isinstance(full.admit(make_request(model="other"), pool, 1.0), Ticket)
@@ -50,11 +52,11 @@ def test_an_active_rule_holds_and_releases_its_pool() -> None:
 def test_an_inactive_rule_admits_at_once_and_lets_every_waiting_request_go() -> None:
     rule = SlotsRule(free=0)
     ctl = _controller(rule, rules_only=True)
-    pool = _saturated_pool("held")
-    waiting = [ctl.admit(make_request(model="held"), pool, 0.0) for _ in range(3)]
+    waiting = _admit_all(ctl, _saturated_pool("held"), 3)
     assert all(isinstance(t, Ticket) for t in waiting)
     rule.active, asked = False, rule.asked
-    assert isinstance(ctl.admit(make_request(model="held"), pool, 1.0), Admitted)
+    assert isinstance(ctl.admit(make_request(model="held"), _saturated_pool("held"), 1.0),
+                      Admitted)
     assert ctl.dispatchable(1.0) == waiting  # in the order they came, each once
     assert ctl.dispatchable(1.1) == []
     assert rule.asked == asked  # the inactive rule was not asked again
