@@ -295,6 +295,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print("inferoute demo: --blocks must be at least 33 (vLLM keeps one block and needs "
                   "32 of 128 tokens for the replicas' 4,096-token context)", file=sys.stderr)
             return 2
+        if args.groups < 1:
+            print("inferoute demo: --groups must be at least 1", file=sys.stderr)
+            return 2
         policies = tuple(p for p in args.policies.split(",") if p)
         unknown = [p for p in policies if p not in packaged_policies()]
         if unknown or not policies:

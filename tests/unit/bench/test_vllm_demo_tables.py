@@ -125,7 +125,8 @@ def test_the_real_engine_demo_refuses_bad_policies_and_too_few_blocks(capsys) ->
     parser = build_parser()
     for argv, said in ((["--policies", "llm-d,nope"], "unknown policy nope"),
                        (["--policies", ","], "unknown policy (none)"),
-                       (["--blocks", "32"], "at least 33")):
+                       (["--blocks", "32"], "at least 33"),
+                       (["--groups", "0"], "--groups must be at least 1")):
         args = parser.parse_args(["demo", "--engine", "vllm", *argv])
         assert cmd_demo(args) == 2  # before any replica starts
         assert said in capsys.readouterr().err
