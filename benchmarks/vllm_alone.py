@@ -43,7 +43,7 @@ import aiohttp
 from inferoute.bench.vllm_fleet import (MODEL, MODEL_SHAPES, NO_VENV, lone_replica,
                                         vllm_python)
 from inferoute.sim.calibrate_from import calibrate
-from inferoute.sim.measure import (RandomWords, decode_window, server_tpot, stream_body,
+from inferoute.sim.measure import (RandomWords, decode_step, server_tpot, stream_body,
                                    stream_times)
 from inferoute.sim.timing import TimingModel
 
@@ -93,10 +93,9 @@ async def decode_steps(url: str) -> None:
                 if b * (ctx + 64) > DECODE_BLOCKS * 128 * 0.8:
                     continue
                 before = await server_tpot(session, url)
-                window, _ = await decode_window(session, url, MODEL,
-                                                [words(ctx) for _ in range(b)], 64)
+                step = await decode_step(session, url, MODEL, [words(ctx) for _ in range(b)],
+                                         64)
                 after = await server_tpot(session, url)
-                step = window.step(b) if window is not None else None
                 mean = ((after[0] - before[0]) / (after[1] - before[1])
                         if before is not None and after is not None and after[1] > before[1]
                         else float("nan"))

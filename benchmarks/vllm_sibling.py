@@ -42,7 +42,7 @@ from inferoute.bench.demo import start_gateway
 from inferoute.bench.vllm_fleet import (MODEL, MODEL_SHAPES, NO_VENV, build_model,
                                         start_replicas, stop_replicas, vllm_python,
                                         wait_gateway_ready)
-from inferoute.sim.measure import (RandomWords, decode_window, server_tpot, stream_body,
+from inferoute.sim.measure import (RandomWords, decode_step, server_tpot, stream_body,
                                    stream_times)
 
 STATES = ("asleep", "spinning", "busy")
@@ -69,9 +69,8 @@ async def measure(session: aiohttp.ClientSession, url: str, words: RandomWords, 
     """(window step at batch 1, at batch 4, lone requests' mean gap), seconds."""
     steps = []
     for batch in (1, 4):
-        window, _ = await decode_window(session, url, MODEL,
-                                        [f"{prefix} {words(64)}" for _ in range(batch)], 64)
-        step = window.step(batch) if window is not None else None
+        step = await decode_step(session, url, MODEL,
+                                 [f"{prefix} {words(64)}" for _ in range(batch)], 64)
         steps.append(step if step is not None else float("nan"))
     gaps: list[float] = []
     for _ in range(10):

@@ -49,8 +49,9 @@ from ..core.metricsparse import parse_metrics
 from .fit import DecodePoint, PrefillPoint
 
 __all__ = ["Histogram", "Measurements", "RandomWords", "ServerFacts", "StepWindow",
-           "decode_window", "histogram_of", "measure_scrape_cost", "measure_server",
-           "scrape_cost_of", "server_tpot", "stream_body", "stream_times", "tpot_of"]
+           "decode_step", "decode_window", "histogram_of", "measure_scrape_cost",
+           "measure_server", "scrape_cost_of", "server_tpot", "stream_body", "stream_times",
+           "tpot_of"]
 
 Log = Callable[[str], None]
 
@@ -288,6 +289,14 @@ async def decode_window(session: aiohttp.ClientSession, url: str, model: str,
     return StepWindow(itl1.since(itl0), tokens), runs
 
 
+async def decode_step(session: aiohttp.ClientSession, url: str, model: str,
+                      prompts: list[str], max_tokens: int) -> float | None:
+    """The mean decode step of `prompts` streamed together (`decode_window`), or None where
+    the window could not be read or a prefill ran inside it."""
+    window, _ = await decode_window(session, url, model, prompts, max_tokens)
+    return window.step(len(prompts)) if window is not None else None
+
+
 def _stream_steps(runs: list[tuple[float, list[float], int]]) -> list[float]:
     """Per stream, its mean gap between tokens over the second half of its output."""
     return [(t[-1] - t[len(t) // 2]) / (len(t) - 1 - len(t) // 2)
@@ -354,21 +363,19 @@ async def measure_scrape_cost(session: aiohttp.ClientSession, url: str, model: s
     loaded: list[float] = []
     rate: list[float] = []
     for _ in range(rounds):
-        window, _ = await decode_window(session, url, model,
-                                        [words(context) for _ in range(batch)], max_tokens)
-        step = window.step(batch) if window is not None else None
+        step = await decode_step(session, url, model, [words(context) for _ in range(batch)],
+                                 max_tokens)
         if step is None:
             return 0.0
         quiet.append(step)
         stop = asyncio.Event()
         scraper = asyncio.create_task(_scraping(session, url, interval, stop))
         try:
-            window, _ = await decode_window(session, url, model,
-                                            [words(context) for _ in range(batch)], max_tokens)
+            step = await decode_step(session, url, model,
+                                     [words(context) for _ in range(batch)], max_tokens)
         finally:
             stop.set()
             n, seconds = await scraper
-        step = window.step(batch) if window is not None else None
         if step is None or n < 2:
             return 0.0
         loaded.append(step)
