@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..configfiles import packaged_policies
@@ -304,12 +305,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"inferoute demo: unknown policy {', '.join(unknown) or '(none)'}; choose "
                   f"from {', '.join(sorted(packaged_policies()))}", file=sys.stderr)
             return 2
-        return run_vllm_demo(args.out, policies=policies, blocks=args.blocks,
-                             groups=args.groups, fidelity=args.fidelity,
-                             duration=args.duration or 30.0, seed=args.seed,
-                             replicas=args.replicas or 2, model=args.engine_model,
-                             confine=not args.unconfined)
+        if args.runs < 1 or (args.runs > 1 and not args.fidelity):
+            print("inferoute demo: --runs takes a count of at least 1, and more than 1 only "
+                  "with --fidelity", file=sys.stderr)
+            return 2
+
+        def one(out: str) -> int:
+            return run_vllm_demo(out, policies=policies, blocks=args.blocks,
+                                 groups=args.groups, fidelity=args.fidelity,
+                                 duration=args.duration or 30.0, seed=args.seed,
+                                 replicas=args.replicas or 2, model=args.engine_model,
+                                 confine=not args.unconfined)
+
+        if args.runs == 1:
+            return one(args.out)
+        return _fidelity_runs(args.out, args.runs, one)
     return run_demo(args.out, duration=args.duration or 50.0, replicas=args.replicas or 4)
+
+
+def _fidelity_runs(out: str, runs: int, one: Callable[[str], int]) -> int:
+    """`runs` whole fidelity runs, each in `out`/run-K (its own replicas and calibration),
+    then the simulator against the real runs' means and ranges."""
+    from .fidelity_runs import compare_runs, load_run, runs_table
+
+    dirs = [str(Path(out) / f"run-{k + 1}") for k in range(runs)]
+    for k, d in enumerate(dirs):
+        print(f"\n## fidelity run {k + 1} of {runs} ({d})\n", flush=True)
+        code = one(d)
+        if code != 0:
+            return code
+    print(f"\n**The simulator against {runs} real runs** (error: the simulated mean over the "
+          "runs against the real mean; * where it lies inside the real runs' range):\n")
+    print(runs_table(compare_runs([load_run(d) for d in dirs]), runs))
+    return 0
 
 
 def register(subparsers: Any) -> None:
@@ -427,4 +455,7 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--fidelity", action="store_true",
                       help="--engine vllm: also fit a simulator profile and run the same "
                            "ladder on `inferoute sim`, real vs simulated")
+    demo.add_argument("--runs", type=int, default=1,
+                      help="--engine vllm --fidelity: whole runs, each in OUT/run-K, then the "
+                           "simulator against the real runs' means and ranges (1)")
     demo.set_defaults(func=_guard(cmd_demo))

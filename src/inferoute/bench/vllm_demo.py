@@ -36,6 +36,7 @@ from typing import Any
 from ..procs import ChildProcess, free_port_range, http_status
 from .demo import Gateway, start_gateway
 from ..sim.measure import scrape_cost_of, tpot_of
+from .fidelity_runs import FIGURES
 from .host_share import HostSampler
 from .vllm_fleet import (MODEL, MODEL_SHAPES, NO_VENV, Replica, build_model, start_replicas,
                          stop_replicas, vllm_python, wait_gateway_ready)
@@ -44,10 +45,6 @@ __all__ = ["EngineTpot", "StageClock", "engine_table", "fidelity_table", "host_f
            "host_table", "ladder", "run_vllm_demo"]
 
 BLOCK = 128
-#: (headline key, column name, scale, format) of the fidelity table
-FIGURES = (("ttft", "mean TTFT (s)", 1.0, "{:.3f}"), ("itl", "mean ITL (ms)", 1e3, "{:.1f}"),
-           ("output_tokens_per_sec", "output tok/s", 1.0, "{:.1f}"),
-           ("prefix_cache_hit_rate", "hit rate", 1.0, "{:.1%}"))
 
 
 def ladder(seed: int, rates: tuple[float, ...], duration: float,
