@@ -288,6 +288,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo, run_virtual_demo
 
+    if args.runs != 1 and (args.virtual or args.engine != "vllm"):
+        print("inferoute demo: --runs is for --engine vllm --fidelity", file=sys.stderr)
+        return 2
     if args.virtual:
         return run_virtual_demo(args.out, seed=args.seed)
     if args.engine == "vllm":

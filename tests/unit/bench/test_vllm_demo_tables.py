@@ -185,3 +185,5 @@ def test_more_than_one_run_needs_fidelity(capsys):
     assert main(["demo", "--engine", "vllm", "--runs", "2"]) == 2
     assert "--runs" in capsys.readouterr().err
     assert main(["demo", "--engine", "vllm", "--fidelity", "--runs", "0"]) == 2
+    assert main(["demo", "--runs", "2"]) == 2  # the simulated demo has no fidelity runs
+    assert "--engine vllm --fidelity" in capsys.readouterr().err
