@@ -1,15 +1,16 @@
 """The desired-replicas gauge on the twelve day loads of docs/benchmark.md, on more seeds.
 
     python benchmarks/autoscale_days.py [--seed-offset 0] [--loads "A day,B'"] [--jobs 2]
-                                        [--rule kv --kv-target 0.3]
+                                        [--rules gauge,kv --kv-targets 0.2,0.3,0.4]
 
 Each load is one `inferoute bench autoscale` command of the docs' autoscaling section (engine
 A: the command's defaults; engine B: llama3-8b-h100 with 6,000-token prompts; the four
-held-out loads with their own workloads), run as `--rules gauge` (or one KV threshold) with
-the load's seed plus `--seed-offset`: offset 0 makes the docs' rows, and other offsets draw
-other arrivals and prompts of the same day, to see whether a change holds beyond the
-twelve seeds it was measured on. One line per load (replica-seconds, TTFT p90, requests
-over the 1-s target), then the totals.
+held-out loads with their own workloads), run as `--rules gauge` and/or once per KV threshold
+with the load's seed plus `--seed-offset`: offset 0 makes the docs' rows, and other offsets
+draw other arrivals and prompts of the same day, to see whether a change holds beyond the
+twelve seeds it was measured on. One line per load and rule (replica-seconds, TTFT p90,
+requests over the 1-s target), then each rule's totals over the loads: one KV threshold for
+every day, as an operator sets it, against the gauge.
 """
 
 from __future__ import annotations
@@ -57,16 +58,18 @@ DAYS = (
 )
 
 
-def run(job: tuple[Day, int, str, float]) -> tuple[str, float, float, int, int]:
-    """One load: (name, replica-seconds, TTFT p90, requests over the target, requests)."""
-    day, offset, rule, kv_target = job
+def run(job: tuple[Day, int, str]) -> tuple[str, str, float, float, int, int]:
+    """One load under one rule ("gauge" or "kv T"): (load, rule, replica-seconds, TTFT p90,
+    requests over the target, requests)."""
+    day, offset, rule = job
     seed = day.seed + offset
     workload = make_workload("random", {**DEFAULT_PARAMS, **day.params}, seed=seed)
     load = ShapedLoad.make(day.base, day.peak, day.duration, seed=seed)
+    kind, _, target = rule.partition(" ")
     r = run_autoscaled(AutoscaleConfig(
-        rule="kv" if rule == "kv" else "gauge", workload=workload, load=load,
-        profile=day.profile, seed=seed, kv_target=kv_target))
-    return day.name, r.replica_seconds, r.ttft_p90, r.over_target, r.requests
+        rule="kv" if kind == "kv" else "gauge", workload=workload, load=load,
+        profile=day.profile, seed=seed, kv_target=float(target) if target else 0.5))
+    return day.name, rule, r.replica_seconds, r.ttft_p90, r.over_target, r.requests
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,26 +77,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed-offset", type=int, default=0,
                    help="added to every load's seed (0: the docs' rows)")
     p.add_argument("--loads", default="", help="comma-separated names (all)")
-    p.add_argument("--rule", choices=("gauge", "kv"), default="gauge")
-    p.add_argument("--kv-target", type=float, default=0.3, help="--rule kv: the threshold")
-    p.add_argument("--jobs", type=int, default=2, help="loads run in parallel (2)")
+    p.add_argument("--rules", default="gauge", help="gauge, kv or gauge,kv (gauge)")
+    p.add_argument("--kv-targets", default="0.3", help="--rules kv: thresholds (0.3)")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (2)")
     args = p.parse_args(argv)
     names = {n.strip() for n in args.loads.split(",") if n.strip()}
     unknown = names - {d.name for d in DAYS}
     if unknown:
         p.error(f"unknown load(s) {', '.join(sorted(unknown))}; the loads: "
                 f"{', '.join(d.name for d in DAYS)}")
-    jobs = [(d, args.seed_offset, args.rule, args.kv_target) for d in DAYS
-            if not names or d.name in names]
+    kinds = {k.strip() for k in args.rules.split(",") if k.strip()}
+    if not kinds or kinds - {"gauge", "kv"}:
+        p.error("--rules: gauge, kv or gauge,kv")
+    try:
+        targets = [float(t) for t in args.kv_targets.split(",") if t.strip()]
+    except ValueError:
+        targets = []
+    if "kv" in kinds and (not targets or any(not 0 < t <= 1 for t in targets)):
+        p.error("--kv-targets: a comma list of utilisations in (0, 1]")
+    rules = (["gauge"] if "gauge" in kinds else []) + (
+        [f"kv {t:g}" for t in targets] if "kv" in kinds else [])
+    days = [d for d in DAYS if not names or d.name in names]
+    jobs = [(d, args.seed_offset, rule) for rule in rules for d in days]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(run, jobs))
-    total = over = met = 0.0
-    for name, seconds, p90, n_over, n in results:
-        total, over, met = total + seconds, over + n_over, met + (p90 <= 1.0)
-        print(f"{name:8s} {seconds:7,.0f} replica-seconds  p90 {p90:6.3f} s  "
+    totals: dict[str, list[float]] = {}
+    for name, rule, seconds, p90, n_over, n in results:
+        total = totals.setdefault(rule, [0.0, 0.0, 0.0])
+        total[0] += seconds
+        total[1] += n_over
+        total[2] += p90 <= 1.0
+        print(f"{rule:8s} {name:8s} {seconds:7,.0f} replica-seconds  p90 {p90:6.3f} s  "
               f"{n_over:5d} of {n} over 1 s  {'meets' if p90 <= 1.0 else 'misses'}")
-    print(f"total    {total:7,.0f} replica-seconds, {over:,.0f} requests over; the target met "
-          f"on {met:.0f} of {len(results)}")
+    print(f"\n| rule | replica-seconds | requests over 1 s | target met on (of {len(days)}) |")
+    print("| --- | ---: | ---: | ---: |")
+    for rule, (seconds, over, met) in totals.items():
+        print(f"| {rule} | {seconds:,.0f} | {over:,.0f} | {met:.0f} |")
     return 0
 
 
