@@ -58,17 +58,18 @@ DAYS = (
 )
 
 
-def run(job: tuple[Day, int, str]) -> tuple[str, str, float, float, int, int]:
+def run(job: tuple[Day, int, str, float]) -> tuple[str, str, float, float, int, int]:
     """One load under one rule ("gauge" or "kv T"): (load, rule, replica-seconds, TTFT p90,
     requests over the target, requests)."""
-    day, offset, rule = job
+    day, offset, rule, warmup = job
     seed = day.seed + offset
     workload = make_workload("random", {**DEFAULT_PARAMS, **day.params}, seed=seed)
-    load = ShapedLoad.make(day.base, day.peak, day.duration, seed=seed)
+    load = ShapedLoad.make(day.base, day.peak, day.duration, seed=seed, warmup=warmup)
     kind, _, target = rule.partition(" ")
     r = run_autoscaled(AutoscaleConfig(
         rule="kv" if kind == "kv" else "gauge", workload=workload, load=load,
-        profile=day.profile, seed=seed, kv_target=float(target) if target else 0.5))
+        profile=day.profile, seed=seed, kv_target=float(target) if target else 0.5,
+        scored_from=warmup))
     return day.name, rule, r.replica_seconds, r.ttft_p90, r.over_target, r.requests
 
 
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loads", default="", help="comma-separated names (all)")
     p.add_argument("--rules", default="gauge", help="gauge, kv or gauge,kv (gauge)")
     p.add_argument("--kv-targets", default="0.3", help="--rules kv: thresholds (0.3)")
+    p.add_argument("--warmup", type=float, default=0.0,
+                   help="seconds at each day's base rate first, not scored (0; `bench "
+                        "autoscale --warmup`)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (2)")
     args = p.parse_args(argv)
     names = {n.strip() for n in args.loads.split(",") if n.strip()}
@@ -98,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     rules = (["gauge"] if "gauge" in kinds else []) + (
         [f"kv {t:g}" for t in targets] if "kv" in kinds else [])
     days = [d for d in DAYS if not names or d.name in names]
-    jobs = [(d, args.seed_offset, rule) for rule in rules for d in days]
+    if args.warmup < 0:
+        p.error("--warmup: seconds, at least 0")
+    jobs = [(d, args.seed_offset, rule, args.warmup) for rule in rules for d in days]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(run, jobs))
     totals: dict[str, list[float]] = {}

@@ -53,26 +53,34 @@ class ShapedLoad(LoadSpec):
     - `spike`: base, then peak from 30% to 50% of the duration (a burst), then base;
     - `step`: base for the first quarter, then peak to the end.
 
-    The count is fixed by the mean rate; the times are drawn from the shape."""
+    With a `warmup`, the base rate runs that many seconds first and the shape follows (a day
+    that starts from the night before, not from an empty pool). The count is fixed by the
+    mean rate; the times are drawn from the shape."""
 
     base: float = 1.0
     peak: float = 10.0
     shape: ShapeKind = "day"
+    warmup: float = 0.0
 
     @classmethod
     def make(cls, base: float, peak: float, duration: float, seed: int = 0,
-             shape: ShapeKind = "day") -> ShapedLoad:
+             shape: ShapeKind = "day", warmup: float = 0.0) -> ShapedLoad:
         if shape not in SHAPES:
             raise ValueError(f"unknown load shape {shape!r}; choose one of {', '.join(SHAPES)}")
-        if not 0 <= base <= peak or peak <= 0 or duration <= 0:
-            raise ValueError("a load shape needs 0 <= base <= peak, peak > 0, duration > 0")
+        if not 0 <= base <= peak or peak <= 0 or duration <= 0 or warmup < 0:
+            raise ValueError("a load shape needs 0 <= base <= peak, peak > 0, duration > 0, "
+                             "warmup >= 0")
         mean = {"day": (base + peak) / 2, "spike": 0.8 * base + 0.2 * peak,
                 "step": 0.25 * base + 0.75 * peak}[shape]
-        return cls(stages=[Stage(duration=duration, rate=mean)], seed=seed, base=base,
-                   peak=peak, shape=shape)
+        mean = (mean * duration + base * warmup) / (duration + warmup)
+        return cls(stages=[Stage(duration=duration + warmup, rate=mean)], seed=seed, base=base,
+                   peak=peak, shape=shape, warmup=warmup)
 
     def rate(self, t: float) -> float:
-        d = self.stages[0].duration
+        if t < self.warmup:
+            return self.base
+        t -= self.warmup
+        d = self.stages[0].duration - self.warmup
         if self.shape == "spike":
             return self.peak if 0.3 * d <= t < 0.5 * d else self.base
         if self.shape == "step":
@@ -157,6 +165,8 @@ class AutoscaleConfig:
     #: gauge: the quantile of its forecast rate it sizes for (`rateQuantile`)
     rate_quantile: float = 0.5
     profile_overrides: dict[str, Any] = field(default_factory=dict)
+    #: seconds of the run not scored: the load's warm-up (`ShapedLoad.warmup`)
+    scored_from: float = 0.0
 
 
 class Sync(NamedTuple):
@@ -286,13 +296,15 @@ class AutoscaledBench:
         self.bench.call_at(DRAIN_CHECK, self._drain_check)
         result = self.bench.run()
         end = result.virtual_seconds
-        replica_seconds = sum((r.gone if r.gone is not None else end) - r.asked
-                              for r in self.replicas)
-        records = [rec for stage in result.records for rec in stage]
+        start = self.cfg.scored_from  # a warm-up's requests and replica-seconds do not count
+        replica_seconds = sum(max(0.0, (r.gone if r.gone is not None else end)
+                                  - max(r.asked, start)) for r in self.replicas)
+        records = [rec for stage in result.records for rec in stage if rec.start >= start]
         ttfts = np.array([rec.ttft for rec in records if rec.ok and rec.ttft is not None])
         failed = sum(1 for rec in records if not rec.ok)
         over = int((ttfts > self.cfg.ttft_target).sum()) + failed
-        peak = max((s.asked for s in self.timeline), default=self.cfg.initial_replicas)
+        peak = max((s.asked for s in self.timeline if s.t >= start),
+                   default=self.cfg.initial_replicas)
         return AutoscaleResult(
             rule=self.cfg.rule, kv_target=self.cfg.kv_target if self.cfg.rule == "kv" else None,
             replica_seconds=replica_seconds, requests=len(records), failed=failed,

@@ -34,11 +34,12 @@ def _configs(args: argparse.Namespace) -> list[AutoscaleConfig]:
         else parse_params(args.param)
     workload = make_workload(args.workload, params, seed=args.seed)
     load = ShapedLoad.make(args.base, args.peak, args.duration, seed=args.seed,
-                           shape=args.shape)
+                           shape=args.shape, warmup=args.warmup)
     common: dict[str, Any] = {
         "workload": workload, "load": load, "profile": args.profile, "policy": args.policy,
         "seed": args.seed, "ttft_target": args.ttft_target, "cold_start": args.cold_start,
-        "min_replicas": args.min_replicas, "max_replicas": args.max_replicas}
+        "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+        "scored_from": args.warmup}
     if not 0 < args.rate_quantile < 1:
         raise ValueError("--rate-quantile: a quantile in (0, 1)")
     targets = [float(t) for t in args.kv_targets.split(",") if t.strip()]
@@ -155,6 +156,10 @@ def register(sub: Any, guard: Any) -> None:
     p.add_argument("--shape", choices=SHAPES, default="day",
                    help="day: base -> peak -> base (a cosine); spike: peak from 30%% to 50%% "
                         "of the duration; step: peak from 25%% on (day)")
+    p.add_argument("--warmup", type=float, default=0.0,
+                   help="seconds at the base rate before the shape, not scored: the pool "
+                        "starts the day from the night's steady state, not from one "
+                        "replica (0)")
     p.add_argument("--cold-start", type=float, default=60.0,
                    help="seconds from a replica asked for to serving (60)")
     p.add_argument("--min-replicas", type=int, default=1)

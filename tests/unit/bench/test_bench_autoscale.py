@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -66,6 +67,32 @@ def test_spike_and_step_loads(shape: str, inside: tuple[float, float], count: in
     assert peak > 5 * rest
     with pytest.raises(ValueError, match="shape"):
         ShapedLoad.make(1, 9, 100, shape="wave")  # type: ignore[arg-type]
+
+
+def test_a_warmup_runs_the_base_rate_first() -> None:
+    """`warmup` seconds at the base rate, then the shape shifted by them; the count is the
+    mean rate's over both."""
+    load = ShapedLoad.make(base=1, peak=9, duration=100, seed=3, warmup=50)
+    assert load.stages[0].duration == 150 and load.stages[0].count == 50 + 500
+    assert load.rate(0) == load.rate(49) == 1 and load.rate(100) == pytest.approx(9)
+    assert load.rate_at(149) == pytest.approx(load.rate(149)) and load.rate_at(150) == 0.0
+    before = sum(1 for t in load.arrivals(0) if t < 50)
+    assert 25 <= before <= 80  # ~50 at 1 req/s
+    with pytest.raises(ValueError, match="warmup"):
+        ShapedLoad.make(1, 9, 100, warmup=-1)
+
+
+def test_a_warmup_is_not_scored() -> None:
+    """The requests sent during the warm-up and the replica-seconds before its end do not
+    count: the day is scored from a pool the rule has already sized for the base rate."""
+    warm = replace(_autoscaled("kv", kv_target=0.3), scored_from=40.0,
+                   load=ShapedLoad.make(2, 50, 100, seed=1, warmup=40))
+    res = run_autoscaled(warm)
+    total = warm.load.stages[0].count
+    assert 0 < res.requests < total  # the warm-up's ~80 requests left out
+    assert total - res.requests == pytest.approx(80, abs=40)
+    assert res.replica_seconds <= res.peak_replicas * (res.virtual_seconds - 40)
+    assert all(s.rate == 2.0 for s in res.timeline if s.t < 40)
 
 
 def _workload():
