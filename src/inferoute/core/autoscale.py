@@ -9,9 +9,7 @@ a sliding window of `W` seconds:
     lambda    arrival rate (requests/s) of requests sent to the pool's replicas: the level and
               slope now of a local linear trend through the per-second counts of the last
               4 windows (Kalman filters with Poisson count noise, one per slope noise,
-              averaged by how well each forecast `horizon` seconds ahead over those
-              windows; by their likelihood on the last window while too few of those
-              forecasts can be checked), the slope shrunk by the last
+              averaged by their likelihood on the last window), the slope shrunk by the last
               window's evidence for it (S^2 / (S^2 + V), V a Poisson slope's variance over
               the window); the level shifted once where a 5% false-alarm scan of Poisson
               counts finds a step (a step is a new level, not a trend); at its highest from
@@ -376,18 +374,9 @@ def rate_trend(counts: list[float]) -> RateTrend:
 
 
 #: the slope noises (variance of the slope's change per second, (req/s^2)^2) of the trend
-#: filters `local_trend` weighs: from a near-straight line (1e-8) to a slope that turns
-#: within seconds (0.03); the counts choose, no smoothing constant is set
+#: filters `local_trend` weighs by their likelihood: from a near-straight line (1e-8) to a
+#: slope that turns within seconds (0.03); the counts choose, no smoothing constant is set
 TREND_NOISES = tuple(10 ** (k / 2) for k in range(-16, -2))
-#: a filter's past forecast for second j is checked against the mean count of the seconds
-#: j - CHECK_HALF to j + CHECK_HALF (15 s: a Poisson count of one second is too noisy a truth)
-CHECK_HALF = 7
-#: the first seconds of counts a filter is still settling on: its forecasts from them are
-#: not checked
-CHECK_BURN = 15
-#: the fewest checked forecasts per filter for `local_trend` to weigh the filters on them
-#: (fewer: on their one-step likelihood)
-MIN_CHECKS = 30
 #: the least variance of a count: a Poisson count's variance is its mean, which a filter may
 #: drive to 0 on a quiet window
 MIN_COUNT_VARIANCE = 0.25
@@ -416,15 +405,14 @@ class LocalTrend:
 
 
 def _trend_filter(counts: list[float], noise: float, shifts: frozenset[int],
-                  scored: int) -> tuple[float, LocalTrend, list[tuple[float, float]]]:
+                  scored: int) -> tuple[float, LocalTrend]:
     """One Kalman filter of a local linear trend (level += slope; slope += N(0, `noise`))
     observed through Poisson counts (variance: the predicted level): its log-likelihood on
-    the last `scored` counts, its state after the last count, and its (level, slope) after
-    each count. At each of `shifts` the level's variance is reset."""
+    the last `scored` counts and its state after the last count. At each of `shifts` the
+    level's variance is reset."""
     level, slope = counts[0], 0.0
     p00, p01, p11 = max(counts[0], MIN_COUNT_VARIANCE), 0.0, 1.0  # the slope: diffuse
     loglik = 0.0
-    path = [(level, slope)]
     for i in range(1, len(counts)):
         level += slope  # predict one second on (integrated random walk)
         p00, p01, p11 = (p00 + 2 * p01 + p11 + noise / 3, p01 + p11 + noise / 2, p11 + noise)
@@ -437,41 +425,11 @@ def _trend_filter(counts: list[float], noise: float, shifts: frozenset[int],
         p00, p01, p11 = p00 - k0 * p00, p01 - k0 * p01, p11 - k1 * p01
         if i >= len(counts) - scored:
             loglik -= 0.5 * (math.log(2 * math.pi * var) + v * v / var)
-        path.append((level, slope))
-    return loglik, LocalTrend(level, slope, (p00, p01, p11)), path
-
-
-def _horizon_weights(counts: list[float], paths: list[list[tuple[float, float]]],
-                     shifts: frozenset[int], horizon: float) -> list[float] | None:
-    """The filters' weights by how well each forecast `horizon` seconds ahead over the
-    counts, or None with fewer than MIN_CHECKS forecasts to check.
-
-    Each filter's forecast made after count i, level + slope x horizon, is checked against
-    the mean count of the 15 s around i + horizon; forecasts across a level shift are not
-    checked (a step is not a trend). Weights exp(-m (MSE - MSE_min) / (2 MSE_min)), m the
-    checked seconds / 15: the likelihood of m independent Gaussian errors of variance
-    MSE_min."""
-    h = round(horizon)
-    n = len(counts)
-    checks = [i for i in range(CHECK_BURN, n - h - CHECK_HALF)
-              if not any(i < s <= i + h + CHECK_HALF for s in shifts)]
-    if len(checks) < MIN_CHECKS:
-        return None
-    prefix = [0.0]
-    for c in counts:
-        prefix.append(prefix[-1] + c)
-    span = 2 * CHECK_HALF + 1
-    truth = {i: (prefix[i + h + CHECK_HALF + 1] - prefix[i + h - CHECK_HALF]) / span
-             for i in checks}
-    mses = [sum((path[i][0] + path[i][1] * h - truth[i]) ** 2 for i in checks) / len(checks)
-            for path in paths]
-    best = max(min(mses), 1e-9)
-    blocks = len(checks) / span
-    return [math.exp(-blocks * (m - best) / (2 * best)) for m in mses]
+    return loglik, LocalTrend(level, slope, (p00, p01, p11))
 
 
 def local_trend(counts: list[float], shifts: Iterable[int] = (),
-                scored: int | None = None, horizon: float | None = None) -> LocalTrend:
+                scored: int | None = None) -> LocalTrend:
     """The level and slope now of per-second arrival `counts` (at least two).
 
     A line through one window's counts measures its slope with an error that a horizon's
@@ -479,24 +437,15 @@ def local_trend(counts: list[float], shifts: Iterable[int] = (),
     and the HPA keeps the highest of its proposals for 300 s, so the error becomes replicas.
     A Kalman filter of a local linear trend measures a slope that turns slowly over more
     counts; how fast it may turn (its noise) is not set but weighed: one filter per
-    `TREND_NOISES`, averaged (Bayesian model averaging). With a `horizon` and counts enough,
-    each filter is weighed by its own past forecasts that far ahead (`_horizon_weights`):
-    their one-step likelihoods hardly differ (two nats over four minutes of counts), so
-    that average follows the counts' noise, while their errors a horizon ahead, the ones
-    the HPA turns into replicas, set them apart (the forecast 75 s on then scatters a fifth
-    to a third less across seeds). Otherwise (or without `horizon`) by their likelihood on
-    the last `scored` counts (default: all; a count's noise is known: Poisson). `shifts`: the level shifts `rate_trend` found, where the
-    filters take a new level (the slope goes on): a step is not a slope, also after it has
-    left the window."""
+    `TREND_NOISES`, averaged by their likelihood on the last `scored` counts (default: all;
+    Bayesian model averaging; a count's noise is known: Poisson). `shifts`: the level
+    shifts `rate_trend` found, where the filters take a new level (the slope goes on): a
+    step is not a slope, also after it has left the window."""
     scored = len(counts) if scored is None else scored
     at = frozenset(shifts)
-    runs = [_trend_filter(counts, q, at, scored) for q in TREND_NOISES]
-    fits = [(ll, f) for ll, f, _ in runs]
-    weights = None if horizon is None else _horizon_weights(
-        counts, [path for _, _, path in runs], at, horizon)
-    if weights is None:
-        top = max(ll for ll, _ in fits)
-        weights = [math.exp(ll - top) for ll, _ in fits]
+    fits = [_trend_filter(counts, q, at, scored) for q in TREND_NOISES]
+    top = max(ll for ll, _ in fits)
+    weights = [math.exp(ll - top) for ll, _ in fits]
     total = sum(weights)
     level = sum(w * f.level for w, (_, f) in zip(weights, fits, strict=True)) / total
     slope = sum(w * f.slope for w, (_, f) in zip(weights, fits, strict=True)) / total
@@ -634,16 +583,15 @@ class PoolEstimator:
         return max(0.0, trend.rate(at)), trend.error(at)
 
     def _trend(self, now: float, recent: int) -> LocalTrend:
-        """`local_trend` of the last `TREND_WINDOWS` windows' counts, weighed by their
-        forecasts `horizon` ahead (on the last `recent` counts' likelihood while too few can
-        be checked), once per second (the counts change no faster)."""
+        """`local_trend` of the last `TREND_WINDOWS` windows' counts, weighed on the last
+        `recent` (the window's), once per second (the counts change no faster)."""
         sec = math.floor(now)
         if self._trend_cache is None or self._trend_cache[0] != sec:
             counts = self._counts(now, TREND_WINDOWS)
             first = sec - len(counts)  # the second of counts[0]
             self._note_shift(rate_trend(counts[-recent:]).at, sec - recent)
             shifts = [t - first for t in self._shifts if t > first]
-            trend = local_trend(counts, shifts, recent, self.spec.horizon)
+            trend = local_trend(counts, shifts, recent)
             self._trend_cache = (sec, _shrunk(trend, counts[-recent:]))
         return self._trend_cache[1]
 
