@@ -151,16 +151,16 @@ def summary(figures: list[Figure], runs: int) -> str:
     range, as fitted and host-matched; real figures whose own range exceeds TOLERANCE."""
     n = len(figures)
 
-    def count(values: str) -> tuple[int, int]:
+    def count(simulated: list[tuple[float, ...]]) -> tuple[int, int]:
         within = inside = 0
-        for fig in figures:
-            sim = getattr(fig, values)
+        for fig, sim in zip(figures, simulated, strict=True):
             err = fig.error(sim)
             within += err is not None and abs(err) <= TOLERANCE
             inside += fig.inside(sim) is True
         return within, inside
 
-    fitted, matched = count("sim"), count("matched")
+    fitted = count([f.sim for f in figures])
+    matched = count([f.matched for f in figures])
     wide = sum(1 for f in figures if (f.spread or 0.0) > TOLERANCE)
     return (f"{runs} runs, {n} figures. Within {TOLERANCE:.0%} of the real mean: "
             f"{fitted[0]} as fitted, {matched[0]} host-matched; inside the real runs' range "
