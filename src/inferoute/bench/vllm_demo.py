@@ -35,14 +35,14 @@ from typing import Any
 
 from ..procs import ChildProcess, free_port_range, http_status
 from .demo import Gateway, start_gateway
-from ..sim.measure import scrape_cost_of, tpot_of
+from ..sim.measure import TPOT, histogram_of, scrape_cost_of
 from .fidelity_runs import FIGURES
 from .host_share import HostSampler
 from .vllm_fleet import (MODEL, MODEL_SHAPES, NO_VENV, Replica, build_model, start_replicas,
                          stop_replicas, vllm_python, wait_gateway_ready)
 
-__all__ = ["EngineTpot", "StageClock", "engine_table", "fidelity_table", "host_factors",
-           "host_table", "ladder", "run_vllm_demo"]
+__all__ = ["ENGINE_TIMES", "EngineTimes", "StageClock", "engine_table", "fidelity_table",
+           "host_factors", "host_table", "ladder", "run_vllm_demo", "ttft_table"]
 
 BLOCK = 128
 
@@ -95,43 +95,63 @@ class StageClock:
                 self.on_end(index)
 
 
-class EngineTpot:
-    """Each stage's mean time per output token as the engines measured it themselves
-    (`vllm:request_time_per_output_token_seconds` of every replica, read at each stage's start
-    and after its last request): beside the client's ITL it tells a slow engine step from a
-    slow delivery (API server, gateway, client)."""
+#: the engines' own per-request histograms a stage's means are read from (vLLM's names; the
+#: simulator serves the same): time per output token, time to first token (from the API
+#: server's arrival stamp, after the HTTP request was parsed and tokenized, to the first token
+#: out of its output processor), and the queue and prefill parts of it in the engine core
+#: (arrival at the scheduler to the first step that schedules the request, and that step to
+#: the first token)
+ENGINE_TIMES = {"tpot": TPOT, "ttft": "vllm:time_to_first_token_seconds",
+                "queue": "vllm:request_queue_time_seconds",
+                "prefill": "vllm:request_prefill_time_seconds"}
+
+
+class EngineTimes:
+    """Each stage's mean of the engines' own timings (`ENGINE_TIMES`, summed over every
+    replica, read at each stage's start and after its last request): beside the client's
+    figures they tell a slow engine from a slow delivery (API server, gateway, client), and
+    split the time to first token into queue, prefill and the rest."""
 
     def __init__(self, urls: list[str]) -> None:
         self.urls = urls
-        self.starts: dict[int, tuple[float, float]] = {}
-        self.means: dict[int, float | None] = {}
+        self.starts: dict[int, dict[str, tuple[float, float]]] = {}
+        self.means: dict[str, dict[int, float | None]] = {k: {} for k in ENGINE_TIMES}
 
-    def _read(self) -> tuple[float, float]:
-        total = count = 0.0
+    def _read(self) -> dict[str, tuple[float, float]]:
+        """(sum, count) of every histogram over the replicas (absent ones count zero)."""
+        totals = {k: (0.0, 0.0) for k in ENGINE_TIMES}
         for url in self.urls:
             with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
-                tpot = tpot_of(resp.read().decode())
-            if tpot is not None:
-                total, count = total + tpot[0], count + tpot[1]
-        return total, count
+                text = resp.read().decode()
+            for key, name in ENGINE_TIMES.items():
+                h = histogram_of(text, name)
+                if h is not None:
+                    total, count = totals[key]
+                    totals[key] = (total + h.sum, count + h.count)
+        return totals
 
     def start(self, index: int) -> None:
         self.starts[index] = self._read()
 
     def end(self, index: int) -> None:
-        total, count = self._read()
-        t0, c0 = self.starts[index]
-        self.means[index] = (total - t0) / (count - c0) if count > c0 else None
+        for key, (total, count) in self._read().items():
+            t0, c0 = self.starts[index][key]
+            self.means[key][index] = (total - t0) / (count - c0) if count > c0 else None
+
+    def mean(self, key: str, index: int) -> float | None:
+        """The engines' mean `key` (an `ENGINE_TIMES` key) over stage `index`, if measured."""
+        return self.means[key].get(index)
 
 
-def engine_table(reports: dict[str, dict[str, Any]], probes: dict[str, EngineTpot],
-                 sim_probes: dict[str, EngineTpot] | None = None) -> str:
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1e3:.1f}"
+
+
+def engine_table(reports: dict[str, dict[str, Any]], probes: dict[str, EngineTimes],
+                 sim_probes: dict[str, EngineTimes] | None = None) -> str:
     """Per policy and stage: the client's mean ITL beside the engines' own mean TPOT (and the
     simulated engines' when given)."""
     from .metrics import headline
-
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v * 1e3:.1f}"
 
     head = "| policy | stage (req/s) | client mean ITL (ms) | engines' mean TPOT (ms) |"
     rule = "| :--- | ---: | ---: | ---: |"
@@ -140,10 +160,46 @@ def engine_table(reports: dict[str, dict[str, Any]], probes: dict[str, EngineTpo
     lines = [head, rule]
     for policy, report in reports.items():
         for i, st in enumerate(report["stages"]):
-            row = [policy, f"{st['rate']:g}", ms(headline(st)["itl"]),
-                   ms(probes[policy].means.get(i) if policy in probes else None)]
+            probe = probes.get(policy)
+            row = [policy, f"{st['rate']:g}", _ms(headline(st)["itl"]),
+                   _ms(probe.mean("tpot", i) if probe else None)]
             if sim_probes is not None:
-                row.append(ms(sim_probes[policy].means.get(i) if policy in sim_probes else None))
+                sp = sim_probes.get(policy)
+                row.append(_ms(sp.mean("tpot", i) if sp else None))
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def ttft_table(reports: dict[str, dict[str, Any]], probes: dict[str, EngineTimes],
+               sim_reports: dict[str, dict[str, Any]] | None = None,
+               sim_probes: dict[str, EngineTimes] | None = None) -> str:
+    """Per policy and stage, where the mean time to first token goes (ms): the client's, the
+    engines' own (from the API server's arrival stamp), its queue and prefill parts, and the
+    client's less the engines' (the gateway, HTTP and tokenization before the stamp); real,
+    then simulated when given."""
+    from .metrics import headline
+
+    def parts(report: dict[str, Any] | None, probe: EngineTimes | None, i: int) -> list[str]:
+        client = headline(report["stages"][i])["ttft"] if report else None
+        engine = probe.mean("ttft", i) if probe else None
+        outside = client - engine if client is not None and engine is not None else None
+        return [_ms(client), _ms(engine), _ms(probe.mean("queue", i) if probe else None),
+                _ms(probe.mean("prefill", i) if probe else None), _ms(outside)]
+
+    cols = ["client TTFT", "engines' TTFT", "queue", "prefill", "client - engines'"]
+    head = "| policy | stage (req/s) | " + " | ".join(cols) + " |"
+    rule = "| :--- | ---: |" + " ---: |" * len(cols)
+    if sim_reports is not None:
+        head += " " + " | ".join(f"sim: {c}" for c in cols) + " |"
+        rule += " ---: |" * len(cols)
+    lines = [head, rule]
+    for policy, report in reports.items():
+        for i, st in enumerate(report["stages"]):
+            row = [policy, f"{st['rate']:g}", *parts(report, probes.get(policy), i)]
+            if sim_reports is not None:
+                sim = sim_reports.get(policy)
+                row += parts(sim if sim and i < len(sim["stages"]) else None,
+                             (sim_probes or {}).get(policy), i)
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -331,10 +387,10 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
                 sampler.sample()
                 calibration = sampler.window(began, time.monotonic())
             clocks: dict[str, StageClock] = {}
-            probes: dict[str, EngineTpot] = {}
+            probes: dict[str, EngineTimes] = {}
 
             def clock_for(policy: str) -> StageClock:
-                probe = probes[policy] = EngineTpot(urls)
+                probe = probes[policy] = EngineTimes(urls)
                 clocks[policy] = StageClock(probe.start, on_end=probe.end)
                 return clocks[policy]
 
@@ -346,13 +402,16 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
             sampler = None
             (out_dir / "host-share.json").write_text(json.dumps(
                 {"calibration": calibration, "stages": stretches,
-                 "engine_tpot": {p: [probe.means.get(i) for i in range(len(rates))]
-                                 for p, probe in probes.items()}}, indent=1))
+                 "engine_times": {p: {k: [probe.mean(k, i) for i in range(len(rates))]
+                                      for k in ENGINE_TIMES}
+                                  for p, probe in probes.items()}}, indent=1))
             console.print(f"\n**{count} real vLLM-CPU replica(s) behind `inferoute serve`:**")
             print(routing_table(real))
             console.print("\n**The engines' own time per output token beside the client's "
                           "ITL:**")
             print(engine_table(real, probes))
+            console.print("\n**Where the time to first token goes (means, ms):**")
+            print(ttft_table(real, probes))
             if not fidelity:
                 return 0
             stop_replicas(fleet)
@@ -365,10 +424,10 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
             sim_urls = [f"http://127.0.0.1:{base + i}" for i in range(count)]
             for u in sim_urls:
                 sim.wait_for_http(u + "/health", 60)
-            sim_probes: dict[str, EngineTpot] = {}
+            sim_probes: dict[str, EngineTimes] = {}
 
             def sim_clock(policy: str) -> StageClock:
-                probe = sim_probes[policy] = EngineTpot(sim_urls)
+                probe = sim_probes[policy] = EngineTimes(sim_urls)
                 return StageClock(probe.start, on_end=probe.end)
 
             simulated = _run_policies(sim_urls, policies, "sim", seed, rates, duration, groups,
@@ -377,8 +436,15 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
             print(routing_table(simulated))
             factors = {p: host_factors(st, calibration) for p, st in stretches.items()}
 
+            matched_probes: dict[str, EngineTimes] = {}
+
             def matched_clock(policy: str) -> StageClock:
-                return StageClock(lambda i: _set_time_scales(sim_urls, factors[policy][i]))
+                probe = matched_probes[policy] = EngineTimes(sim_urls)
+
+                def start(i: int) -> None:
+                    _set_time_scales(sim_urls, factors[policy][i])
+                    probe.start(i)
+                return StageClock(start, on_end=probe.end)
 
             matched = _run_policies(sim_urls, policies, "sim-host-matched", seed, rates,
                                     duration, groups, system_len, out_dir, console.print,
@@ -391,6 +457,9 @@ def run_vllm_demo(out: str, *, policies: tuple[str, ...] = ("round-robin", "llm-
             console.print("\n**The engines' own time per output token, real and simulated, "
                           "beside the real client's ITL:**")
             print(engine_table(real, probes, sim_probes))
+            console.print("\n**Where the time to first token goes, real and simulated "
+                          "host-matched (means, ms):**")
+            print(ttft_table(real, probes, matched, matched_probes))
             console.print("\n**Real vs simulated (error = sim / real - 1; host-matched: each "
                           "simulated replica at its real twin's time scale):**")
             print(fidelity_table(real, simulated, matched))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import xxhash
 
@@ -62,6 +62,9 @@ class StepOutcome:
 
     duration: float
     outputs: list[TokenOutput]
+    #: requests scheduled for the first time in this step (not after a preemption): vLLM's
+    #: `scheduled_ts`, which ends a request's queue time and starts its prefill time
+    first_scheduled: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -137,6 +140,7 @@ class Engine:
         self._rng = random.Random(xxhash.xxh64_intdigest(f"{name}:{seed}".encode()))
         self._noise = profile.noise
         self._waiting: deque[_Seq] = deque()
+        self._first_scheduled: list[str] = []
         self._running: list[_Seq] = []
         self._by_id: dict[str, _Seq] = {}
         # LoRA: registered adapters (name -> int id), GPU slots (LRU order), per-adapter counts
@@ -228,6 +232,7 @@ class Engine:
         budget = self.max_num_batched_tokens
         sched: list[tuple[_Seq, int]] = []
         preempted = False
+        self._first_scheduled = []
 
         # 1. running requests, in order: decode one token or continue a chunked prefill
         i = 0
@@ -295,6 +300,7 @@ class Engine:
             if seq.cached_tokens < 0:
                 seq.cached_tokens = cached
                 self._prompt_tokens += seq.prompt_len
+                self._first_scheduled.append(seq.rid)
             self._queries += ntok
             self._hits += cached
             waiting.popleft()
@@ -348,7 +354,7 @@ class Engine:
         if self._host_charge:
             duration += self._host_charge
             self._host_charge = 0.0
-        return StepOutcome(duration, outputs)
+        return StepOutcome(duration, outputs, self._first_scheduled)
 
     # -- blocks ----------------------------------------------------------------------------------
     def _materialize(self, seq: _Seq, upto: int) -> None:

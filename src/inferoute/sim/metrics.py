@@ -152,6 +152,14 @@ class ReplicaMetrics:
         self.tpot = Histogram("vllm:request_time_per_output_token_seconds",
                               "Histogram of time_per_output_token_seconds per request.", labels,
                               buckets=ITL_BUCKETS, registry=reg).labels(*lv)
+        self.queue_time = Histogram("vllm:request_queue_time_seconds",
+                                    "Histogram of time spent in WAITING phase for request.",
+                                    labels, buckets=REQUEST_LATENCY_BUCKETS,
+                                    registry=reg).labels(*lv)
+        self.prefill_time = Histogram("vllm:request_prefill_time_seconds",
+                                      "Histogram of time spent in PREFILL phase for request.",
+                                      labels, buckets=REQUEST_LATENCY_BUCKETS,
+                                      registry=reg).labels(*lv)
         self.e2e = Histogram("vllm:e2e_request_latency_seconds",
                              "Histogram of e2e request latency in seconds.", labels,
                              buckets=REQUEST_LATENCY_BUCKETS, registry=reg).labels(*lv)
@@ -174,6 +182,12 @@ class ReplicaMetrics:
         self.req_prompt_tokens.observe(prompt_tokens)
         self.req_generation_tokens.observe(generation_tokens)
         self.e2e.observe(e2e)
+
+    def request_phases(self, queued: float, prefill: float) -> None:
+        """Record a finished request's queue time (arrival to its first scheduling) and prefill
+        time (to its first token), as vLLM does when a request finishes."""
+        self.queue_time.observe(queued)
+        self.prefill_time.observe(prefill)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

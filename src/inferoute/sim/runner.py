@@ -38,6 +38,7 @@ class RequestHandle:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     generated: int = 0
+    scheduled_at: float | None = None   # loop time of the step that first scheduled it
     first_at: float | None = None       # loop time the first token was delivered
     last_at: float | None = None
     finished: bool = False
@@ -193,6 +194,10 @@ class EngineRunner:
                 continue
             end = start + out.duration * self._scale
             self._next_start = end
+            for rid in out.first_scheduled:
+                h = self._handles.get(rid)
+                if h is not None:  # (a late loop can start a step before an arrival it takes)
+                    h.scheduled_at = max(start, h.arrival)
             delay = end - loop()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -243,6 +248,8 @@ class EngineRunner:
                     decode = None if h.first_at is None else now - h.first_at
                     m.request_finished(h.finish_reason, h.prompt_tokens, h.generated,
                                        now - h.arrival, decode)
+                    if h.scheduled_at is not None and h.first_at is not None:
+                        m.request_phases(h.scheduled_at - h.arrival, h.first_at - h.scheduled_at)
             h._push(o)
 
     def _timings_start(self, request_id: str, model_first: float) -> None:

@@ -214,6 +214,38 @@ async def test_metrics_parse_and_reflect_running_and_waiting(sim):
 
 
 
+def _sum_count(fams: dict, name: str) -> tuple[float, float]:
+    samples = fams[name]
+    return (next(x.value for x in samples if x.name == name + "_sum"),
+            next(x.value for x in samples if x.name == name + "_count"))
+
+
+async def test_queue_and_prefill_times_split_each_requests_time_to_first_token(sim):
+    # vLLM's request_queue_time / request_prefill_time: arrival to first scheduling, and to the
+    # first token; 12 requests against 8 seats, so some wait
+    url = sim.url(0)
+    names = ("vllm:time_to_first_token_seconds", "vllm:request_queue_time_seconds",
+             "vllm:request_prefill_time_seconds")
+    async with aiohttp.ClientSession() as s:
+        before = await _scrape(s, url)
+
+        async def one(i: int) -> None:
+            body = {"model": "sim-model", "prompt": _words(30, f"q{i}-"), "max_tokens": 6,
+                    "ignore_eos": True}
+            async with s.post(url + "/v1/completions", json=body) as r:
+                assert r.status == 200
+                await r.read()
+
+        await asyncio.gather(*(one(i) for i in range(12)))
+        after = await _scrape(s, url)
+    (ttft, n_ttft), (queue, n_queue), (prefill, n_prefill) = (
+        tuple(a - b for a, b in zip(_sum_count(after, n), _sum_count(before, n)))
+        for n in names)
+    assert n_ttft == n_queue == n_prefill == 12
+    assert queue > 0 and prefill > 0
+    assert queue + prefill == pytest.approx(ttft, rel=1e-6)
+
+
 async def test_stream_disconnect_aborts_the_engine_request(sim):
     url = sim.url(0)
     async with aiohttp.ClientSession() as s:

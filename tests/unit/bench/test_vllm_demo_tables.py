@@ -80,22 +80,51 @@ def test_the_stage_clock_spans_each_stage_and_calls_at_its_start():
     assert started == [0, 1]
 
 
-def test_engine_tpot_is_each_stages_delta_over_every_replica() -> None:
-    from inferoute.bench.vllm_demo import EngineTpot, engine_table
+def readings(*tpot_ttft_queue_prefill: tuple[tuple[float, float], ...]):
+    keys = ("tpot", "ttft", "queue", "prefill")
+    return iter([dict(zip(keys, r)) for r in tpot_ttft_queue_prefill])
 
-    probe = EngineTpot(["http://a", "http://b"])
-    readings = iter([(1.0, 10.0), (1.6, 40.0), (1.6, 40.0), (1.6, 40.0)])
-    probe._read = lambda: next(readings)  # type: ignore[method-assign]
+
+def test_engine_times_are_each_stages_delta_over_every_replica() -> None:
+    from inferoute.bench.vllm_demo import EngineTimes, engine_table
+
+    probe = EngineTimes(["http://a", "http://b"])
+    zero = ((0.0, 0.0),) * 3
+    reads = readings(((1.0, 10.0), *zero), ((1.6, 40.0), *zero), ((1.6, 40.0), *zero),
+                     ((1.6, 40.0), *zero))
+    probe._read = lambda: next(reads)  # type: ignore[method-assign]
     probe.start(0)
     probe.end(0)  # 0.6 s over 30 requests: 20 ms
     probe.start(1)
     probe.end(1)  # nothing finished
-    assert probe.means[0] == pytest.approx(0.02)
-    assert probe.means[1] is None
+    assert probe.mean("tpot", 0) == pytest.approx(0.02)
+    assert probe.mean("tpot", 1) is None and probe.mean("ttft", 0) is None
     reports = {"llm-d": {"stages": [stage(1, 0.5, 0.025, 40, 0.5), stage(2, 0.5, 0.03, 40, 0.5)]}}
     lines = engine_table(reports, {"llm-d": probe}).splitlines()
     assert lines[2] == "| llm-d | 1 | 25.0 | 20.0 |"
     assert lines[3] == "| llm-d | 2 | 30.0 | - |"
+
+
+def test_ttft_table_splits_the_clients_time_to_first_token() -> None:
+    from inferoute.bench.vllm_demo import EngineTimes, ttft_table
+
+    def probe(ttft: float, queue: float, prefill: float) -> EngineTimes:
+        p = EngineTimes(["http://a"])
+        reads = readings(((0.0, 0.0),) * 4,
+                         ((0.0, 0.0), (ttft * 4, 4.0), (queue * 4, 4.0), (prefill * 4, 4.0)))
+        p._read = lambda: next(reads)  # type: ignore[method-assign]
+        p.start(0)
+        p.end(0)
+        return p
+
+    real = {"llm-d": {"stages": [stage(4, 0.080, 0.01, 40, 0.5)]}}
+    sim = {"llm-d": {"stages": [stage(4, 0.060, 0.01, 40, 0.5)]}}
+    alone = ttft_table(real, {"llm-d": probe(0.070, 0.010, 0.050)}).splitlines()
+    assert alone[2] == "| llm-d | 4 | 80.0 | 70.0 | 10.0 | 50.0 | 10.0 |"
+    both = ttft_table(real, {"llm-d": probe(0.070, 0.010, 0.050)}, sim,
+                      {"llm-d": probe(0.055, 0.005, 0.050)}).splitlines()
+    assert "sim: queue" in both[0]
+    assert both[2].endswith("| 60.0 | 55.0 | 5.0 | 50.0 | 5.0 |")
 
 
 def test_the_real_engine_demo_runs_one_or_two_replicas(tmp_path) -> None:

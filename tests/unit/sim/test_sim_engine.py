@@ -103,6 +103,22 @@ def test_max_num_seqs_limits_the_running_batch():
     assert sum(o.finished for _, o in outs) == 5
 
 
+def test_a_step_names_the_requests_it_schedules_for_the_first_time():
+    # vLLM's scheduled_ts: the end of a request's queue time, once (not again after preemption)
+    e = Engine(TINY.replace(max_num_seqs=2))
+    for rid in ("a", "b", "c"):
+        e.add_request(req(rid, words(rid, 10), 2), 0.0)
+    assert e.step(0.0).first_scheduled == ["a", "b"]   # c waits for a seat
+    assert e.step(0.1).first_scheduled == []
+    assert e.step(0.2).first_scheduled == ["c"]         # a and b finished
+    pre = Engine(TINY.replace(num_blocks=8, max_model_len=128))
+    pre.add_request(req("early", words("e", 48), 40), 0.0)
+    pre.add_request(req("late", words("l", 48), 40), 0.0)
+    _, steps, _ = run(pre)
+    assert pre.stats().preemptions >= 1
+    assert sorted(rid for st in steps for rid in st.first_scheduled) == ["early", "late"]
+
+
 def test_preemption_when_blocks_run_out_recomputes_the_latest_request():
     # 8 blocks of 16 = 128 tokens; two requests of 48 prompt tokens each growing by 40 tokens
     e = Engine(TINY.replace(num_blocks=8, max_model_len=128))
