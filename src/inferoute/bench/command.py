@@ -142,6 +142,15 @@ def _stage_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def _error_text(exc: BaseException) -> str:
+    """What went wrong, in a line: the error's message, or its kind when it has none (a
+    timeout's message is empty)."""
+    text = getattr(exc, "message", None) or str(exc)
+    if isinstance(exc, TimeoutError) and not text:
+        return "timed out waiting for a server"
+    return text or type(exc).__name__
+
+
 def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn expected errors (bad arguments, configs, files) into one line and exit code 2."""
 
@@ -149,8 +158,7 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
         try:
             return fn(args)
         except (ValueError, InferouteError, OSError, RuntimeError) as exc:
-            msg = getattr(exc, "message", None) or str(exc)
-            print(f"inferoute {args.command}: error: {msg}", file=sys.stderr)
+            print(f"inferoute {args.command}: error: {_error_text(exc)}", file=sys.stderr)
             return 2
 
     return run

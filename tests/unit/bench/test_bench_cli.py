@@ -48,6 +48,27 @@ def test_errors_are_one_line(tmp_path, capsys) -> None:
     assert "compares every stage" in capsys.readouterr().err
 
 
+def test_an_error_without_a_message_still_says_what_went_wrong(capsys) -> None:
+    # a timeout's message is empty: the line must not end at "error: "
+    from inferoute.bench.command import _guard
+
+    def fails(exc: BaseException):
+        def run(args) -> int:
+            raise exc
+        return run
+
+    class Args:
+        command = "demo"
+
+    assert _guard(fails(TimeoutError()))(Args()) == 2
+    assert capsys.readouterr().err.strip() == \
+        "inferoute demo: error: timed out waiting for a server"
+    assert _guard(fails(ConnectionRefusedError()))(Args()) == 2
+    assert capsys.readouterr().err.strip() == "inferoute demo: error: ConnectionRefusedError"
+    assert _guard(fails(ValueError("bad value")))(Args()) == 2
+    assert capsys.readouterr().err.strip() == "inferoute demo: error: bad value"
+
+
 def test_engine_overrides_change_the_fleet_and_are_recorded(tmp_path, capsys) -> None:
     plain, slow = tmp_path / "plain.json", tmp_path / "slow.json"
     assert main(["bench", "sim", "--policy", "round-robin", *SMALL, "-o", str(plain)]) == 0
