@@ -110,3 +110,26 @@ def test_queued_prefill_growth_weighs_a_miss_by_the_requests_waiting_there() -> 
     # 10 uncached blocks each, weighed once without growth, 1 + 3 times with it
     assert costs[1.0][0] - costs[0.0][0] == pytest.approx(3 * 10)
     assert costs[1.0][1] - costs[0.0][1] == pytest.approx(3 * 10)
+
+
+def test_growth_counts_only_the_requests_waiting_past_those_in_prefill() -> None:
+    """`queuedPrefillGrowthAfter` n: the first n requests waiting for a first token are those
+    a replica prefills even without a backlog; only the ones past them grow a miss's weight,
+    so a saturated fleet with a request or two in prefill everywhere weighs misses as at rest."""
+    def miss_costs(after: int, waiting: list[int]) -> list[float]:
+        s = PredictiveCostScorer(params=PredictiveCostScorer.Params(
+            prefill_weight=1.0, queue_weight=0.0, overflow_weight=0.0,
+            prefill_tokens_per_second=RATE, queued_prefill_growth=1.0,
+            queued_prefill_growth_after=after))
+        eps = [Endpoint(host=f"10.0.0.{i}", port=8000,
+                        metrics=EndpointMetrics(num_blocks=100_000, block_size=16,
+                                                scraped_at=0.0)) for i in range(len(waiting))]
+        for ep, n in zip(eps, waiting):
+            for i in range(n):
+                _send(s, ep, f"{ep.name}-{i}", 0.0)
+        base = [s._st(ep.name).demand + 10 + 1 for ep in eps]  # demand with the new request
+        return [c - b for c, b in zip(s.costs(_ctx(0.0), _req("new"), eps), base)]
+
+    # 10 uncached blocks: x (1 + waiting) without the allowance, x (1 + waiting past 2) with it
+    assert miss_costs(0, [1, 2, 5]) == pytest.approx([20, 30, 60])
+    assert miss_costs(2, [1, 2, 5]) == pytest.approx([10, 10, 40])

@@ -34,12 +34,15 @@ scenarios of docs/benchmark.md it changed throughput by -1.6% and +0.1%).
 
 With `queuedPrefillGrowth` g > 0 (0 in the plugin, 0.25 in the packaged `inferoute` and
 `inferoute-kv-fit` configs) the uncached term is multiplied by
-`1 + g x k`, k the requests at the endpoint still waiting for their first token: by Little's
-law about as many as will queue behind this one while it waits, so in an overload, where
-every prefill block delays all of them, a cached prefix counts for more than a shorter queue.
-On the real Mooncake conversation trace overloaded 2x, g = 0.25 and 1 roughly halved the mean
-TTFT, at the cost of a longer drain (backlogs of long prompts gather on a few replicas); g = 1
-cost the seed's run 4.8%, 0.25 cost it 0.2% (docs/benchmark.md).
+`1 + g x max(0, k - f)`, k the requests at the endpoint still waiting for their first token
+and f `queuedPrefillGrowthAfter` (0 in the plugin, 2 in those configs): the requests a replica
+has in prefill even without a backlog. k - f is by Little's law about as many as will queue
+behind this one while it waits, so in an overload, where every prefill block delays all of
+them, a cached prefix counts for more than a shorter queue. On the real Mooncake conversation
+trace overloaded 2x, g = 0.25 roughly halved the mean TTFT. With f = 0 it also weighed the
+one or two requests every replica has in prefill at the seed's saturation, where a miss at a
+busy family's home then outweighed its spill, and lost 0.8-6.1% of throughput on six seeds of
+the seed's run (docs/benchmark.md).
 
 `a`, the share of KV demand in the balance term, is 1 by default. With `pressureLow` <
 `pressureHigh` it follows the candidates' mean `D / capacity`: 0 (balance decode work) at or
@@ -190,7 +193,12 @@ class PredictiveCostScorer(BasePlugin):
             8, ge=1, description="the leading block whose hash names a prompt family")
         queued_prefill_growth: float = pydantic.Field(
             0.0, ge=0.0, description="the uncached-block weight grows by this much per request "
-                                     "waiting for its first token at the endpoint (off: 0)")
+                                     "waiting for its first token at the endpoint past "
+                                     "`queuedPrefillGrowthAfter` (off: 0)")
+        queued_prefill_growth_after: int = pydantic.Field(
+            0, ge=0, description="requests waiting for a first token that do not grow the "
+                                 "uncached-block weight: those a replica has in prefill "
+                                 "even without a backlog")
 
         @pydantic.model_validator(mode="after")
         def _pressure_order(self) -> "PredictiveCostScorer.Params":
@@ -271,7 +279,7 @@ class PredictiveCostScorer(BasePlugin):
         prompt_blocks, out_blocks = data["prompt_blocks"], data["out_blocks"]
         own = prompt_blocks + out_blocks
         prefill_w, queue_w, overflow_w = p.prefill_weight, p.queue_weight, p.overflow_weight
-        growth = p.queued_prefill_growth
+        growth, free = p.queued_prefill_growth, p.queued_prefill_growth_after
         waiting_w, usage_w = p.waiting_weight, p.usage_weight
         # the fluid prefill queue, drained at `rate` tokens/s since its last update, in blocks
         now, rate = ctx.now, p.prefill_tokens_per_second
@@ -285,7 +293,7 @@ class PredictiveCostScorer(BasePlugin):
             queued = min(st.queue - rate * max(0.0, now - st.queue_at), st.pending)
             cost = (alpha * demand + (1.0 - alpha) * (st.work + own)
                     + (prefill_w + far) * max(0, prompt_blocks - m)
-                    * (1.0 + growth * st.prefilling if growth else 1.0)
+                    * (1.0 + growth * max(0, st.prefilling - free) if growth else 1.0)
                     + (queue_w * (queued / bs) if queued > 0.0 else 0.0))
             if waiting_w:
                 cost += waiting_w * ep.metrics.waiting * own
