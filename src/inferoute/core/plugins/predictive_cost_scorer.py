@@ -41,7 +41,7 @@ behind this one while it waits, so in an overload, where every prefill block del
 them, a cached prefix counts for more than a shorter queue. On the real Mooncake conversation
 trace overloaded 2x, g = 0.25 roughly halved the mean TTFT. With f = 0 it also weighed the
 one or two requests every replica has in prefill at the seed's saturation, where a miss at a
-busy family's home then outweighed its spill, and lost 0.8-6.1% of throughput on six seeds of
+busy family's home then outweighed its spill, and lost 0.2-6.0% of throughput on six seeds of
 the seed's run (docs/benchmark.md).
 
 `a`, the share of KV demand in the balance term, is 1 by default. With `pressureLow` <
