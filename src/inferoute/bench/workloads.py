@@ -256,7 +256,7 @@ DEFAULT_STAGES: dict[str, str] = {
     "shared_prefix": "seed",
     "multi_turn_chat": "30:15,60:15,90:15,120:15",
     "random": "20:20,40:20,60:20,80:20",
-    "mixed": "60:10,120:10,180:10,240:10",
+    "mixed": "150:30,200:30,250:30,300:30",
 }
 
 #: parameters those commands use unless --param overrides them: enough distinct prompts that
@@ -266,7 +266,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "multi_turn_chat": {"num_conversations": 750, "turns": 6, "system_prompt_len": 800,
                         "user_len": 120, "reply_len": 200, "output_len": 400},
     "random": {"num_prompts": 4000},
-    "mixed": {"num_prompts": 6000, "document_len": 4000},
+    "mixed": {"num_prompts": 32000, "document_len": 4000},
 }
 
 #: arrival process per workload for the same commands (mixed: bursty gamma arrivals)
