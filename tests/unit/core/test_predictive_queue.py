@@ -133,3 +133,52 @@ def test_growth_counts_only_the_requests_waiting_past_those_in_prefill() -> None
     # 10 uncached blocks: x (1 + waiting) without the allowance, x (1 + waiting past 2) with it
     assert miss_costs(0, [1, 2, 5]) == pytest.approx([20, 30, 60])
     assert miss_costs(2, [1, 2, 5]) == pytest.approx([10, 10, 40])
+
+
+def test_the_queue_is_at_least_what_a_long_prefill_still_owes() -> None:
+    """`prefillAttentionTokens`: a long prompt's prefill outlasts the fluid queue (its tokens
+    deep in the context cost more), so the queue is at least what the longest one waiting for
+    its first token still owes, each token at position x counted (P + x) / (P + context)."""
+    def queue_seen(attention: int, blocks: int, now: float) -> float:
+        s = PredictiveCostScorer(params=PredictiveCostScorer.Params(
+            prefill_weight=0.0, queue_weight=1.0, overflow_weight=0.0,
+            prefill_tokens_per_second=RATE, prefill_attention_tokens=attention,
+            prefill_rate_context=160))
+        eps = [Endpoint(host=f"10.0.0.{i}", port=8000,
+                        metrics=EndpointMetrics(num_blocks=100_000, block_size=16,
+                                                scraped_at=0.0)) for i in range(2)]
+        r = _req("long", blocks)
+        s._account(0.0, r, eps[0], s._cycle(_ctx(0.0), r))
+        s._st(eps[1].name)
+        c = s.costs(_ctx(now), _req("new"), eps)
+        return (c[0] - c[1] - s._st(eps[0].name).demand) * 16  # the queue term, in tokens
+
+    # 100 blocks = 1,600 tokens, drained by the fluid queue in 1 s; weighed with P = 1,600 and
+    # the rate holding at position 160: (1,600 x 1,600 + 1,600^2 / 2) / 1,760 = 2,181.8 tokens
+    weighted = (1_600 * 1_600 + 1_600 ** 2 / 2) / 1_760
+    assert queue_seen(0, 100, 0.5) == pytest.approx(800)
+    assert queue_seen(1_600, 100, 0.5) == pytest.approx(weighted - 800)
+    assert queue_seen(0, 100, 1.2) == pytest.approx(0)
+    assert queue_seen(1_600, 100, 1.2) == pytest.approx(weighted - 1_920)
+    # a short prompt, whose tokens sit before position 160 on average, owes no more than
+    # the fluid queue says: the floor leaves it alone
+    assert queue_seen(1_600, 10, 0.05) == pytest.approx(160 - 80)
+
+
+def test_a_first_token_clears_what_a_long_prefill_owes() -> None:
+    s = PredictiveCostScorer(params=PredictiveCostScorer.Params(
+        prefill_weight=0.0, queue_weight=1.0, overflow_weight=0.0,
+        prefill_tokens_per_second=RATE, prefill_attention_tokens=1_600,
+        prefill_rate_context=160))
+    eps = [Endpoint(host=f"10.0.0.{i}", port=8000,
+                    metrics=EndpointMetrics(num_blocks=100_000, block_size=16, scraped_at=0.0))
+           for i in range(2)]
+    r = _send(s, eps[0], "x", 0.0)
+    long = _req("long", 100)
+    s._account(0.0, long, eps[0], s._cycle(_ctx(0.0), long))
+    assert list(s._st(eps[0].name).owed) == [long.request_id]  # the short one is not kept
+    s.on_first_token(long, eps[0], 1.5)
+    assert s._st(eps[0].name).owed == {}
+    s.on_finished(r, eps[0], 1.6, None)
+    s.on_finished(long, eps[0], 2.0, None)
+    assert s._st(eps[0].name).owed == {} and s._st(eps[0].name).pending == 0

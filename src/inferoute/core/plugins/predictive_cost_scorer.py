@@ -44,6 +44,18 @@ one or two requests every replica has in prefill at the seed's saturation, where
 busy family's home then outweighed its spill, and lost 0.2-6.0% of throughput on six seeds of
 the seed's run (docs/benchmark.md).
 
+A long prompt's prefill outlasts the fluid queue: attention makes each token dearer the
+further into the context it sits, so a 48k-token prompt of the Qwen3-32B profile takes about
+twice the tokens / `prefillTokensPerSecond` it is drained at. With `prefillAttentionTokens` P
+(0 in the plugin, 20,000 in the packaged `inferoute` and `inferoute-kv-fit`) the queue is at
+least what the longest prefill still waiting for its first token there owes since it was sent,
+a token at position x counted `(P + x) / (P + prefillRateContext)`: the rate holds at
+`prefillRateContext` (8,192 in those configs, above the ~7k-token prompts the rate was
+chosen on), so only a prefill whose tokens sit past that position on average (a cold prompt
+over 16k tokens) can raise the queue; below it the fluid queue never owes less. On the real
+Mooncake traces at their own pace this kept short prompts off replicas still prefilling a long
+one (docs/benchmark.md, "Short prompts behind long prefills").
+
 `a`, the share of KV demand in the balance term, is 1 by default. With `pressureLow` <
 `pressureHigh` it follows the candidates' mean `D / capacity`: 0 (balance decode work) at or
 below `pressureLow`, 1 (balance KV demand) from `pressureHigh`, linear between. On the seed's
@@ -109,6 +121,7 @@ class _InFlight:
     prefill: int = 0
     #: it waits for its first token
     prefilling: bool = True
+    rid: str = ""
 
 
 @dataclass(slots=True)
@@ -128,6 +141,9 @@ class _EndpointState:
     pending: int = 0
     #: requests there waiting for their first token
     prefilling: int = 0
+    #: with `prefillAttentionTokens`, per request waiting for its first token whose prefill
+    #: weighs more than its tokens: that weight + rate x its dispatch time (it owes this - rate x now)
+    owed: dict[str, float] = field(default_factory=dict)
 
     @property
     def demand(self) -> int:
@@ -195,6 +211,14 @@ class PredictiveCostScorer(BasePlugin):
             0.0, ge=0.0, description="the uncached-block weight grows by this much per request "
                                      "waiting for its first token at the endpoint past "
                                      "`queuedPrefillGrowthAfter` (off: 0)")
+        prefill_attention_tokens: int = pydantic.Field(
+            0, ge=0, description="context at which a prefill token's attention costs as much "
+                                 "as the rest of it: the queue is at least what the longest "
+                                 "prefill there still owes, tokens further in counted dearer "
+                                 "(off: 0)")
+        prefill_rate_context: int = pydantic.Field(
+            0, ge=0, description="the prompt position at which `prefillTokensPerSecond` "
+                                 "holds (tokens before it count less, after it more)")
         queued_prefill_growth_after: int = pydantic.Field(
             0, ge=0, description="requests waiting for a first token that do not grow the "
                                  "uncached-block weight: those a replica has in prefill "
@@ -291,6 +315,8 @@ class PredictiveCostScorer(BasePlugin):
             tokens[name] = m * bs
             demand = len(st.blocks) + st.out_blocks + st.tail + prompt_blocks - held + out_blocks
             queued = min(st.queue - rate * max(0.0, now - st.queue_at), st.pending)
+            if st.owed:
+                queued = max(queued, max(st.owed.values()) - rate * now)
             cost = (alpha * demand + (1.0 - alpha) * (st.work + own)
                     + (prefill_w + far) * max(0, prompt_blocks - m)
                     * (1.0 + growth * max(0, st.prefilling - free) if growth else 1.0)
@@ -359,9 +385,14 @@ class PredictiveCostScorer(BasePlugin):
         st.queue_at = ctx_now
         st.pending += int(prefill)
         st.prefilling += 1
+        if p.prefill_attention_tokens and prefill:
+            weighted = self._attention_weighted(m * p.block_size_tokens, prefill)
+            if weighted > prefill:  # otherwise the fluid queue never owes less than it
+                st.owed[request.request_id] = weighted + p.prefill_tokens_per_second * ctx_now
         self._flying[request.request_id] = _InFlight(name, hashes, data["out_blocks"],
                                                      data["prompt_blocks"] + data["out_blocks"],
-                                                     data["tail"], int(prefill))
+                                                     data["tail"], int(prefill),
+                                                     rid=request.request_id)
         while len(self._flying) > MAX_TRACKED:
             _, old = self._flying.popitem(last=False)
             self._release(old, ctx_now)
@@ -373,12 +404,22 @@ class PredictiveCostScorer(BasePlugin):
         self.index.insert(name, [xxh64_intdigest(b"out", (seed + i) & _MASK64)
                                  for i in range(data["out_blocks"])], cap)
 
+    def _attention_weighted(self, start: int, tokens: float) -> float:
+        """Prefill tokens at positions `start` .. `start + tokens`, each at position x counted
+        (P + x) / (P + prefillRateContext)."""
+        p = self.params
+        att = p.prefill_attention_tokens
+        end = start + tokens
+        return (tokens * att + (end * end - start * start) / 2) / (att + p.prefill_rate_context)
+
     def _prefilled(self, rec: _InFlight, now: float) -> None:
         st = self._state.get(rec.endpoint)
         if st is not None and rec.prefill:
             st.prefilled(now, self.params.prefill_tokens_per_second, rec.prefill)
         if st is not None and rec.prefilling:
             st.prefilling = max(0, st.prefilling - 1)
+            if st.owed:
+                st.owed.pop(rec.rid, None)
         rec.prefill = 0
         rec.prefilling = False
 
