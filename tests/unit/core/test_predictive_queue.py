@@ -182,3 +182,24 @@ def test_a_first_token_clears_what_a_long_prefill_owes() -> None:
     s.on_finished(r, eps[0], 1.6, None)
     s.on_finished(long, eps[0], 2.0, None)
     assert s._st(eps[0].name).owed == {} and s._st(eps[0].name).pending == 0
+
+
+def test_the_most_owed_is_found_among_many_in_a_bounded_heap() -> None:
+    from inferoute.core.plugins.predictive_cost_scorer import _EndpointState
+
+    rng = random.Random(7)
+    st = _EndpointState()
+    assert st.most_owed() is None
+    for i in range(3_000):
+        st.owe(f"r{i}", rng.random())
+        # stale entries never outnumber the live ones by more than the slack
+        assert len(st.owed_heap) <= 2 * len(st.owed) + 65
+        if rng.random() < 0.6:  # first tokens come in any order
+            st.owed.pop(rng.choice(list(st.owed)), None)
+        assert st.most_owed() == max(st.owed.values(), default=None)
+    # a request owed again (moved to a fallback) counts at its new key only
+    st.owed.clear()
+    st.owe("x", 5.0)
+    st.owed.pop("x")
+    st.owe("x", 1.0)
+    assert st.most_owed() == 1.0

@@ -81,6 +81,7 @@ chosen on the virtual benchmark (docs/benchmark.md).
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -144,6 +145,25 @@ class _EndpointState:
     #: with `prefillAttentionTokens`, per request waiting for its first token whose prefill
     #: weighs more than its tokens: that weight + rate x its dispatch time (it owes this - rate x now)
     owed: dict[str, float] = field(default_factory=dict)
+    #: the same as a max-heap of (-key, request id); entries no longer in `owed` are dropped
+    #: when they reach the top, and the heap is rebuilt when they outnumber the live ones
+    owed_heap: list[tuple[float, str]] = field(default_factory=list)
+
+    def owe(self, rid: str, key: float) -> None:
+        self.owed[rid] = key
+        heap = self.owed_heap
+        if len(heap) > 2 * len(self.owed) + 64:
+            heap[:] = [(-k, r) for r, k in self.owed.items()]
+            heapq.heapify(heap)
+        else:
+            heapq.heappush(heap, (-key, rid))
+
+    def most_owed(self) -> float | None:
+        """The largest key in `owed` (None when empty), in O(log n) amortized."""
+        heap, owed = self.owed_heap, self.owed
+        while heap and owed.get(heap[0][1]) != -heap[0][0]:
+            heapq.heappop(heap)
+        return -heap[0][0] if heap else None
 
     @property
     def demand(self) -> int:
@@ -316,7 +336,9 @@ class PredictiveCostScorer(BasePlugin):
             demand = len(st.blocks) + st.out_blocks + st.tail + prompt_blocks - held + out_blocks
             queued = min(st.queue - rate * max(0.0, now - st.queue_at), st.pending)
             if st.owed:
-                queued = max(queued, max(st.owed.values()) - rate * now)
+                owes = st.most_owed()
+                if owes is not None:
+                    queued = max(queued, owes - rate * now)
             cost = (alpha * demand + (1.0 - alpha) * (st.work + own)
                     + (prefill_w + far) * max(0, prompt_blocks - m)
                     * (1.0 + growth * max(0, st.prefilling - free) if growth else 1.0)
@@ -388,7 +410,7 @@ class PredictiveCostScorer(BasePlugin):
         if p.prefill_attention_tokens and prefill:
             weighted = self._attention_weighted(m * p.block_size_tokens, prefill)
             if weighted > prefill:  # otherwise the fluid queue never owes less than it
-                st.owed[request.request_id] = weighted + p.prefill_tokens_per_second * ctx_now
+                st.owe(request.request_id, weighted + p.prefill_tokens_per_second * ctx_now)
         self._flying[request.request_id] = _InFlight(name, hashes, data["out_blocks"],
                                                      data["prompt_blocks"] + data["out_blocks"],
                                                      data["tail"], int(prefill),
@@ -420,6 +442,8 @@ class PredictiveCostScorer(BasePlugin):
             st.prefilling = max(0, st.prefilling - 1)
             if st.owed:
                 st.owed.pop(rec.rid, None)
+                if not st.owed:
+                    st.owed_heap.clear()
         rec.prefill = 0
         rec.prefilling = False
 
