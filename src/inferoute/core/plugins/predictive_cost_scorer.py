@@ -143,7 +143,8 @@ class _EndpointState:
     #: requests there waiting for their first token
     prefilling: int = 0
     #: with `prefillAttentionTokens`, per request waiting for its first token whose prefill
-    #: weighs more than its tokens: that weight + rate x its dispatch time (it owes this - rate x now)
+    #: weighs more than its tokens: that weight + rate x its dispatch time (what it still owes
+    #: at `now` is this - rate x now)
     owed: dict[str, float] = field(default_factory=dict)
     #: the same as a max-heap of (-key, request id); entries no longer in `owed` are dropped
     #: when they reach the top, and the heap is rebuilt when they outnumber the live ones
