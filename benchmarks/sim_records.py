@@ -5,7 +5,8 @@
     cmp old.json new.json
 
 Runs `inferoute bench sim --policy P --replicas 4 --stages 6:20,12:20` (other `bench sim`
-arguments may follow `--`) and writes its report without `wall_seconds`, plus every request's
+arguments may follow `--`; with `--trace FILE` among them, the trace replaces the stages)
+and writes its report without `wall_seconds`, plus every request's
 record (endpoint, token times, cached tokens, inter-token gaps) and the latency model's
 figures, as sorted JSON: a change that keeps every decision writes the same bytes. With
 `--slo`, half the requests (drawn by seed) carry `x-slo-ttft-ms: 1500` of a sheddable
@@ -35,8 +36,9 @@ def main() -> None:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("rest", nargs="*", help="more `bench sim` arguments (after --)")
     args = p.parse_args()
+    stages = [] if "--trace" in args.rest else ["--stages", "6:20,12:20"]
     sim = build_parser().parse_args(["bench", "sim", "--policy", args.policy, "--replicas", "4",
-                                     "--stages", "6:20,12:20", "--quiet", *args.rest])
+                                     *stages, "--quiet", *args.rest])
     workload, load = _build(sim)
     cfg = SimConfig(policy=sim.policy, replicas=sim.replicas, profile=sim.profile,
                     workload=workload, load=load, model=sim.model, seed=sim.seed,
