@@ -122,7 +122,6 @@ class _InFlight:
     prefill: int = 0
     #: it waits for its first token
     prefilling: bool = True
-    rid: str = ""
 
 
 @dataclass(slots=True)
@@ -336,10 +335,9 @@ class PredictiveCostScorer(BasePlugin):
             tokens[name] = m * bs
             demand = len(st.blocks) + st.out_blocks + st.tail + prompt_blocks - held + out_blocks
             queued = min(st.queue - rate * max(0.0, now - st.queue_at), st.pending)
-            if st.owed:
-                owes = st.most_owed()
-                if owes is not None:
-                    queued = max(queued, owes - rate * now)
+            owes = st.most_owed() if st.owed else None
+            if owes is not None:
+                queued = max(queued, owes - rate * now)
             cost = (alpha * demand + (1.0 - alpha) * (st.work + own)
                     + (prefill_w + far) * max(0, prompt_blocks - m)
                     * (1.0 + growth * max(0, st.prefilling - free) if growth else 1.0)
@@ -414,11 +412,10 @@ class PredictiveCostScorer(BasePlugin):
                 st.owe(request.request_id, weighted + p.prefill_tokens_per_second * ctx_now)
         self._flying[request.request_id] = _InFlight(name, hashes, data["out_blocks"],
                                                      data["prompt_blocks"] + data["out_blocks"],
-                                                     data["tail"], int(prefill),
-                                                     rid=request.request_id)
+                                                     data["tail"], int(prefill))
         while len(self._flying) > MAX_TRACKED:
-            _, old = self._flying.popitem(last=False)
-            self._release(old, ctx_now)
+            rid, old = self._flying.popitem(last=False)
+            self._release(rid, old, ctx_now)
         cap = self._capacity(ep)
         if hashes:
             self.index.insert(name, hashes, cap)
@@ -435,21 +432,21 @@ class PredictiveCostScorer(BasePlugin):
         end = start + tokens
         return (tokens * att + (end * end - start * start) / 2) / (att + p.prefill_rate_context)
 
-    def _prefilled(self, rec: _InFlight, now: float) -> None:
+    def _prefilled(self, rid: str, rec: _InFlight, now: float) -> None:
         st = self._state.get(rec.endpoint)
         if st is not None and rec.prefill:
             st.prefilled(now, self.params.prefill_tokens_per_second, rec.prefill)
         if st is not None and rec.prefilling:
             st.prefilling = max(0, st.prefilling - 1)
             if st.owed:
-                st.owed.pop(rec.rid, None)
+                st.owed.pop(rid, None)
                 if not st.owed:
                     st.owed_heap.clear()
         rec.prefill = 0
         rec.prefilling = False
 
-    def _release(self, rec: _InFlight, now: float) -> None:
-        self._prefilled(rec, now)
+    def _release(self, rid: str, rec: _InFlight, now: float) -> None:
+        self._prefilled(rid, rec, now)
         st = self._state.get(rec.endpoint)
         if st is None:
             return
@@ -475,20 +472,20 @@ class PredictiveCostScorer(BasePlugin):
         if rec is None or rec.endpoint == endpoint.name:
             return
         # a fallback served it: move the accounting (the index keeps the wrong guess; it ages out)
-        self._release(self._flying.pop(request.request_id), now)
+        self._release(request.request_id, self._flying.pop(request.request_id), now)
         ctx = CycleContext(now=now, rng=None, data={})  # type: ignore[arg-type]
         self._account(now, request, endpoint, self._cycle(ctx, request))
 
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
         rec = self._flying.get(request.request_id)
         if rec is not None:
-            self._prefilled(rec, now)
+            self._prefilled(request.request_id, rec, now)
 
     def on_finished(self, request: InferenceRequest, endpoint: Endpoint, now: float,
                     usage: dict[str, Any] | None) -> None:
         rec = self._flying.pop(request.request_id, None)
         if rec is not None:
-            self._release(rec, now)
+            self._release(request.request_id, rec, now)
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         self.index.remove_endpoint(endpoint.name)
