@@ -4,7 +4,8 @@ that rises and falls, on (a) the seed's rule, the pool's mean KV-cache utilisati
 
 - the load: a shape between a base and a peak rate over `duration` seconds (`ShapedLoad`: a
   day, rate(t) = base + (peak - base)(1 - cos(2 pi t / duration)) / 2; a spike; a step),
-  Poisson arrivals (the count fixed by the mean rate, the times drawn from the shape);
+  Poisson arrivals (the count fixed by the mean rate, the times drawn from the shape); or a
+  trace's own requests at their own times (`bench/traces.py`);
 - the HPA: Kubernetes' algorithm (autoscaling/v2, default behavior): every 15 s, a proposal
   from the External metric (Value target: ceil(ready x value / target); AverageValue target:
   ceil(value / target)), unchanged within the 10% tolerance; scale-up at most max(4 pods,
@@ -20,6 +21,7 @@ Replica-seconds, TTFT p90 and the requests over the TTFT target come from one ru
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, NamedTuple
@@ -101,6 +103,28 @@ class ShapedLoad(LoadSpec):
         return sorted(np.interp(rng.uniform(size=n), cum, grid).tolist())
 
 
+#: seconds around a time over which a trace's arrivals are counted for its rate then
+TRACE_RATE_WINDOW = 60.0
+
+
+def true_rate(load: LoadSpec) -> Callable[[float], float]:
+    """The load's arrival rate at a time of the run (0 after it): a shape's own; a trace has
+    none, so its arrivals per second over the `TRACE_RATE_WINDOW` seconds around the time
+    (what a forecast that knew the next 30 s would read). Other loads are refused: their
+    stages follow each other as their requests finish, not on a clock."""
+    if isinstance(load, ShapedLoad):
+        return load.rate_at
+    if load.kind != "trace":
+        raise ValueError("an autoscaled run takes a shaped load (day, spike, step) or a trace")
+    times = np.asarray(load.arrivals(0))
+    half = TRACE_RATE_WINDOW / 2
+
+    def rate(t: float) -> float:
+        lo, hi = max(0.0, t - half), t + half
+        return float(np.searchsorted(times, hi) - np.searchsorted(times, lo)) / (hi - lo)
+    return rate
+
+
 class HorizontalPodAutoscaler:
     """Kubernetes' replica calculation for one External metric, sans-I/O."""
 
@@ -148,7 +172,8 @@ class AutoscaleConfig:
 
     rule: RuleKind
     workload: Workload
-    load: ShapedLoad
+    #: a `ShapedLoad` or a trace's (`bench/traces.py`)
+    load: LoadSpec
     profile: str = "qwen3-32b-2xh100"
     policy: str = "inferoute"
     model: str = "model"
@@ -165,7 +190,8 @@ class AutoscaleConfig:
     #: gauge: the quantile of its forecast rate it sizes for (`rateQuantile`)
     rate_quantile: float = 0.5
     profile_overrides: dict[str, Any] = field(default_factory=dict)
-    #: seconds of the run not scored: the load's warm-up (`ShapedLoad.warmup`)
+    #: seconds of the run not scored: the load's warm-up (`ShapedLoad.warmup`; a trace's
+    #: first seconds)
     scored_from: float = 0.0
 
 
@@ -181,7 +207,8 @@ class Sync(NamedTuple):
     metric: float
     #: the estimator's forecast rate (req/s; NaN for the KV rule)
     forecast: float
-    #: the load's true rate at t and at t + the gauge's horizon (cold start + one sync)
+    #: the load's true rate at t and at t + the gauge's horizon (cold start + one sync); a
+    #: trace's: its arrivals per second over the minute around the time (`true_rate`)
     rate: float
     rate_ahead: float
 
@@ -235,6 +262,7 @@ class AutoscaledBench:
             self.hpa = HorizontalPodAutoscaler(cfg.min_replicas, cfg.max_replicas,
                                                cfg.kv_target, "Value", cfg.scale_down_window)
         self.timeline: list[Sync] = []
+        self._rate = true_rate(cfg.load)
 
     # -- what the HPA reads -----------------------------------------------------------------
 
@@ -261,9 +289,8 @@ class AutoscaledBench:
         ready = sum(1 for r in active if r.ready_at is not None)
         value, forecast = self.metric(now)
         want = self.hpa.recommend(now, len(active), ready, value)
-        load = self.cfg.load
-        self.timeline.append(Sync(now, want, ready, value, forecast, load.rate_at(now),
-                                  load.rate_at(now + self.cfg.cold_start + SYNC_PERIOD)))
+        self.timeline.append(Sync(now, want, ready, value, forecast, self._rate(now),
+                                  self._rate(now + self.cfg.cold_start + SYNC_PERIOD)))
         for _ in range(want - len(active)):
             rep = Replica(None, now)
             self.replicas.append(rep)

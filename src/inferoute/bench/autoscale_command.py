@@ -1,8 +1,9 @@
 """`inferoute bench autoscale`: the KV-utilisation HPA rule (a sweep of thresholds) against the
-desired-replicas gauge, under one load shape (a day, a spike, a step), in virtual time; a
-markdown table.
+desired-replicas gauge, under one load shape (a day, a spike, a step) or a replayed trace, in
+virtual time; a markdown table.
 
     inferoute bench autoscale --kv-targets 0.05,0.1,0.15,0.2,0.3 -o autoscale.json
+    inferoute bench autoscale --trace AzureLLMInferenceTrace_conv.csv --kv-targets 0.2,0.4
 """
 
 from __future__ import annotations
@@ -22,24 +23,45 @@ from .autoscale import (
     ShapedLoad,
     run_autoscaled,
 )
-from .workloads import make_workload, parse_params
+from .load import LoadSpec
+from .traces import add_trace_arguments, trace_from_arguments
+from .workloads import Workload, make_workload, parse_params
 
 #: the table's default workload: unrelated 3000-token prompts (uniform 1500-4500), 300 output
 #: tokens (150-450): prefill-bound, no prefix to share
 DEFAULT_PARAMS = {"num_prompts": 4000, "input_len": 3000, "output_len": 300}
+#: the load shape's flags (a trace replaces them; their defaults are in their help)
+SHAPE_FLAGS = ("shape", "base", "peak", "duration")
+
+
+def _load(args: argparse.Namespace) -> tuple[Workload, LoadSpec]:
+    """The workload and load: the trace's, or the shape's over the synthetic workload."""
+    if args.trace:
+        given = [f"--{k}" for k in SHAPE_FLAGS if getattr(args, k) is not None] + (
+            ["--workload"] if args.workload != "random" else []) + (
+            ["--param"] if args.param else [])
+        if given:
+            raise ValueError("--trace replays the trace's own requests and times: no "
+                             f"{', '.join(given)}")
+        return trace_from_arguments(args)
+    params = {**DEFAULT_PARAMS, **parse_params(args.param)} if args.workload == "random" \
+        else parse_params(args.param)
+    base, peak, duration = (d if v is None else float(v) for v, d in (
+        (args.base, 1.0), (args.peak, 16.0), (args.duration, 600.0)))
+    return make_workload(args.workload, params, seed=args.seed), ShapedLoad.make(
+        base, peak, duration, seed=args.seed, shape=args.shape or "day", warmup=args.warmup)
 
 
 def _configs(args: argparse.Namespace) -> list[AutoscaleConfig]:
-    params = {**DEFAULT_PARAMS, **parse_params(args.param)} if args.workload == "random" \
-        else parse_params(args.param)
-    workload = make_workload(args.workload, params, seed=args.seed)
-    load = ShapedLoad.make(args.base, args.peak, args.duration, seed=args.seed,
-                           shape=args.shape, warmup=args.warmup)
+    if args.warmup < 0:
+        raise ValueError("--warmup: seconds, at least 0")
+    workload, load = _load(args)
     common: dict[str, Any] = {
         "workload": workload, "load": load, "profile": args.profile, "policy": args.policy,
         "seed": args.seed, "ttft_target": args.ttft_target, "cold_start": args.cold_start,
         "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
-        "scored_from": args.warmup}
+        "scored_from": args.warmup,
+        "profile_overrides": parse_params(args.engine, "engine override")}
     if not 0 < args.rate_quantile < 1:
         raise ValueError("--rate-quantile: a quantile in (0, 1)")
     targets = [float(t) for t in args.kv_targets.split(",") if t.strip()]
@@ -149,17 +171,17 @@ def register(sub: Any, guard: Any) -> None:
                    help="which rules run: gauge, kv or both (gauge,kv); the runs are "
                         "deterministic, so two invocations make the same table as one")
     p.add_argument("--ttft-target", type=float, default=1.0, help="seconds (1.0)")
-    p.add_argument("--base", type=float, default=1.0, help="lowest arrival rate, req/s (1)")
-    p.add_argument("--peak", type=float, default=16.0, help="highest arrival rate, req/s (16)")
-    p.add_argument("--duration", type=float, default=600.0,
+    p.add_argument("--base", type=float, default=None, help="lowest arrival rate, req/s (1)")
+    p.add_argument("--peak", type=float, default=None, help="highest arrival rate, req/s (16)")
+    p.add_argument("--duration", type=float, default=None,
                    help="seconds of the load (600)")
-    p.add_argument("--shape", choices=SHAPES, default="day",
+    p.add_argument("--shape", choices=SHAPES, default=None,
                    help="day: base -> peak -> base (a cosine); spike: peak from 30%% to 50%% "
                         "of the duration; step: peak from 25%% on (day)")
     p.add_argument("--warmup", type=float, default=0.0,
                    help="seconds at the base rate before the shape, not scored: the pool "
                         "starts the day from the night's steady state, not from one "
-                        "replica (0)")
+                        "replica; with --trace, the replay's first seconds (0)")
     p.add_argument("--cold-start", type=float, default=60.0,
                    help="seconds from a replica asked for to serving (60)")
     p.add_argument("--min-replicas", type=int, default=1)
@@ -173,7 +195,10 @@ def register(sub: Any, guard: Any) -> None:
                    help="random (3000-token prompts, 300 out) | shared_prefix | mixed | ...")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="workload parameter, repeatable")
+    p.add_argument("--engine", action="append", default=[], metavar="NAME=VALUE",
+                   help="engine profile override, repeatable (e.g. max_model_len=131072)")
     p.add_argument("--seed", type=int, default=0)
+    add_trace_arguments(p)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1)")
     p.add_argument("-o", "--output", default=None, help="JSON report with the timelines")
     p.set_defaults(func=guard(cmd_autoscale))

@@ -33,6 +33,8 @@ POLICIES = ("round-robin", "random", "least-request", "llm-d", "llm-d-optimized"
 
 
 def _add_workload_args(p: argparse.ArgumentParser) -> None:
+    from .traces import add_trace_arguments
+
     p.add_argument("--workload", default="shared_prefix",
                    help="shared_prefix | multi_turn_chat | random | mixed (shared_prefix)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -47,19 +49,7 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=float, default=1.0,
                    help="pause between stages, seconds (1.0, as inference-perf)")
     p.add_argument("--seed", type=int, default=0, help="seed of the workload and arrivals (0)")
-    p.add_argument("--trace", default=None, metavar="FILE",
-                   help="replay a trace instead of --workload/--stages: Mooncake JSONL "
-                        "(.jsonl) or Azure CSV (.csv), at its own arrival times")
-    p.add_argument("--trace-format", choices=("mooncake", "azure"), default=None,
-                   help="the trace's format (default: from the file suffix)")
-    p.add_argument("--speed", type=float, default=1.0,
-                   help="trace replay speed factor (2: twice as fast; 1)")
-    p.add_argument("--trace-start", type=float, default=0.0,
-                   help="window start, seconds of the trace's clock (0)")
-    p.add_argument("--trace-duration", type=float, default=None,
-                   help="window length, seconds of the trace's clock (all)")
-    p.add_argument("--max-requests", type=int, default=None,
-                   help="at most this many requests of the trace window")
+    add_trace_arguments(p)
     p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
                    help="ask for exactly max_tokens output tokens (default on, as the seed run)")
     p.add_argument("-o", "--output", default=None, help="report file (.json or .yaml)")
@@ -68,15 +58,14 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
 
 def _build(args: argparse.Namespace) -> tuple[Any, Any]:
     from .load import LoadSpec, parse_stages
-    from .traces import load_trace
 
     if args.trace:
+        from .traces import trace_from_arguments
+
         if args.stages or args.param or args.workload != "shared_prefix":
             raise ValueError("--trace replays the trace's own requests and times: no "
                              "--workload, --param or --stages")
-        return load_trace(args.trace, speed=args.speed, start=args.trace_start,
-                          duration=args.trace_duration, max_requests=args.max_requests,
-                          fmt=args.trace_format, seed=args.seed)
+        return trace_from_arguments(args)
     from .workloads import (
         DEFAULT_LOAD,
         DEFAULT_PARAMS,

@@ -19,6 +19,7 @@ public traces are fetched by the user; a window and `max_requests` bound what is
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from collections.abc import Iterator
@@ -186,3 +187,28 @@ def load_trace(path: str | Path, *, speed: float = 1.0, start: float = 0.0,
                   "max_requests": max_requests, "requests": len(rows)}
     load = LoadSpec([stage], kind="trace", seed=seed, extra={"times": times})
     return Workload(f"trace-{fmt}", items, params), load
+
+
+def add_trace_arguments(p: argparse.ArgumentParser) -> None:
+    """The replay flags `bench sim`, `bench run` and `bench autoscale` share (`--trace FILE`
+    and its window, speed and format)."""
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="replay a trace instead of a synthetic workload: Mooncake JSONL "
+                        "(.jsonl) or Azure CSV (.csv), at its own arrival times")
+    p.add_argument("--trace-format", choices=("mooncake", "azure"), default=None,
+                   help="the trace's format (default: from the file suffix)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="trace replay speed factor (2: twice as fast; 1)")
+    p.add_argument("--trace-start", type=float, default=0.0,
+                   help="window start, seconds of the trace's clock (0)")
+    p.add_argument("--trace-duration", type=float, default=None,
+                   help="window length, seconds of the trace's clock (all)")
+    p.add_argument("--max-requests", type=int, default=None,
+                   help="at most this many requests of the trace window")
+
+
+def trace_from_arguments(args: argparse.Namespace) -> tuple[Workload, LoadSpec]:
+    """`load_trace` of the flags `add_trace_arguments` defines (`args.trace` set)."""
+    return load_trace(args.trace, speed=args.speed, start=args.trace_start,
+                      duration=args.trace_duration, max_requests=args.max_requests,
+                      fmt=args.trace_format, seed=args.seed)

@@ -10,15 +10,20 @@ from dataclasses import replace
 import pytest
 
 from inferoute.bench.autoscale import (
+    TRACE_RATE_WINDOW,
     AutoscaleConfig,
     HorizontalPodAutoscaler,
     ShapedLoad,
     run_autoscaled,
+    true_rate,
 )
 from inferoute.bench.autoscale_command import table
 from inferoute.bench.des import SimConfig, VirtualBench
-from inferoute.bench.load import LoadSpec, parse_stages
+from inferoute.bench.load import LoadSpec, Stage, parse_stages
+from inferoute.bench.traces import load_trace
 from inferoute.bench.workloads import random_prompts
+
+AZURE_SAMPLE = "tests/data/traces/azure-sample.csv"  # 100 requests over 43.7 s
 
 
 def test_hpa_value_target_tolerance_and_rate_limit() -> None:
@@ -210,3 +215,54 @@ def test_the_command_prints_the_table_and_writes_timelines(tmp_path, capsys) -> 
     assert all(s["forecast"] is not None and (s["rate"] >= 1 or s["t"] >= 60) for s in gauge)
     assert all(s["forecast"] is None and set(s) == set(gauge[0]) for s in kv)
     assert main([*argv[:-2], "--kv-targets", "1.5"]) == 2  # a utilisation above 1
+
+
+def test_the_command_replays_a_trace(tmp_path, capsys) -> None:
+    from inferoute.cli import main
+
+    out = tmp_path / "trace.json"
+    argv = ["bench", "autoscale", "--trace", AZURE_SAMPLE, "--speed", "4", "--warmup", "3",
+            "--cold-start", "5", "--kv-targets", "0.3", "-o", str(out)]
+    assert main(argv) == 0
+    assert "| desired-replicas gauge |" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert [r["requests"] for r in report["runs"]] == [76, 76]  # arrivals from 3 s on
+    # the shape's flags and a synthetic workload's do not mix with a trace
+    for extra, flags in ((["--base", "2"], "--base"), (["--param", "input_len=9"], "--param"),
+                         (["--workload", "mixed"], "--workload")):
+        assert main([*argv, *extra]) == 2
+        assert f"trace's own requests and times: no {flags}" in capsys.readouterr().err
+
+
+def test_a_traces_true_rate_is_its_arrivals_around_the_time() -> None:
+    """A trace has no rate of its own: the timeline shows its arrivals per second over the
+    minute around each time (less at the start, 0 after its end)."""
+    times = [i / 2 for i in range(200)]  # 2 req/s for 100 s
+    load = LoadSpec([Stage(duration=100, rate=2.0, num_requests=200)], kind="trace",
+                    extra={"times": times})
+    rate = true_rate(load)
+    assert TRACE_RATE_WINDOW == 60
+    assert rate(50) == 2.0  # [20, 80): 120 arrivals over 60 s
+    assert rate(10) == 2.0  # [0, 40): the window cut at the start
+    assert rate(90) == pytest.approx(80 / 60)  # [60, 120): the last 40 s hold 80 arrivals
+    assert rate(200) == 0.0
+    shaped = ShapedLoad.make(2, 8, 100)
+    assert true_rate(shaped)(50) == shaped.rate(50)
+    with pytest.raises(ValueError, match="shaped load .* or a trace"):
+        true_rate(LoadSpec(parse_stages("5:10")))
+
+
+@pytest.mark.parametrize("rule", ["gauge", "kv"])
+def test_an_autoscaled_run_replays_a_trace(rule: str) -> None:
+    """Azure's sample at 4x: its own 100 requests at its own times, the warm-up's left out."""
+    workload, load = load_trace(AZURE_SAMPLE, speed=4)
+    cfg = AutoscaleConfig(rule=rule, workload=workload, load=load,  # type: ignore[arg-type]
+                          cold_start=5, kv_target=0.3)
+    res = run_autoscaled(cfg)
+    assert res.requests == 100 and res.failed == 0 and res.timeline
+    rate = true_rate(load)
+    assert [s.rate for s in res.timeline] == [rate(s.t) for s in res.timeline]
+    assert [s.rate_ahead for s in res.timeline] == [rate(s.t + 20) for s in res.timeline]
+    warm = run_autoscaled(replace(cfg, scored_from=3.0))
+    assert warm.requests == sum(1 for t in load.arrivals(0) if t >= 3.0) < 100
+    assert warm.replica_seconds < res.replica_seconds
