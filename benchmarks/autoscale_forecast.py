@@ -1,6 +1,7 @@
 """The desired-replicas gauge's arrival-rate forecast alone, against the load's true rate.
 
     python benchmarks/autoscale_forecast.py [--seeds 0] [--loads A_day,B_day,...] [-v]
+    python benchmarks/autoscale_forecast.py --trace FILE [--speed 1] [-v]
 
 No engine and no HPA: each load of docs/benchmark.md's autoscaling section (`inferoute bench
 autoscale`'s day, spike and step shapes, their bases, peaks, durations and seeds) draws its
@@ -17,14 +18,24 @@ t + 75 s (the estimator takes the rate now or a horizon on, whichever is higher)
 
 `--seeds N` adds N more seeds per load (the load's own seed + 1000 + k): the loads' own
 arrivals are what the runs see; more seeds say whether a change holds beyond them.
+`--trace FILE` (repeatable, each with the `--speed` given) reads a trace's own arrival times
+instead (Mooncake JSONL or Azure CSV, `bench/traces.py`); its true rate at a time is its
+arrivals per second over the minute around it (`bench.autoscale.true_rate`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
-from inferoute.bench.autoscale import SCALE_DOWN_WINDOW, SYNC_PERIOD, ShapedLoad
+from inferoute.bench.autoscale import (
+    SCALE_DOWN_WINDOW,
+    SYNC_PERIOD,
+    ShapedLoad,
+    true_rate,
+)
+from inferoute.bench.traces import load_trace
 from inferoute.core.autoscale import AutoscaleSpec, PoolEstimator
 
 COLD_START = 60.0
@@ -46,7 +57,13 @@ def evaluate(shape: str, base: float, peak: float, duration: float,
              seed: int) -> tuple[float, float, list[tuple[float, float, float]]]:
     """(shortfall, excess, [(t, forecast, truth)]) of one load's arrivals."""
     load = ShapedLoad.make(base, peak, duration, seed=seed, shape=shape)  # type: ignore[arg-type]
-    arrivals = load.arrivals(0)
+    return score(load.arrivals(0), load.rate_at, duration)
+
+
+def score(arrivals: list[float], rate: Callable[[float], float],
+          duration: float) -> tuple[float, float, list[tuple[float, float, float]]]:
+    """(shortfall, excess, [(t, forecast, truth)]) of the forecast of these arrivals, whose
+    true rate at a time is `rate`."""
     est = PoolEstimator(AutoscaleSpec(horizon=HORIZON, cold_start=COLD_START))
     rows: list[tuple[float, float, float]] = []
     i, t = 0, SYNC_PERIOD
@@ -54,7 +71,7 @@ def evaluate(shape: str, base: float, peak: float, duration: float,
         while i < len(arrivals) and arrivals[i] <= t:
             est.arrived(arrivals[i])
             i += 1
-        truth = max(load.rate_at(t + k) for k in range(int(HORIZON) + 1))
+        truth = max(rate(t + k) for k in range(int(HORIZON) + 1))
         rows.append((t, est.forecast(t)[0], truth))
         t += SYNC_PERIOD
     keep = int(SCALE_DOWN_WINDOW / SYNC_PERIOD)
@@ -71,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=0, help="more seeds per load (0)")
     p.add_argument("--loads", default=",".join(LOADS), help="comma-separated names")
     p.add_argument("-v", "--verbose", action="store_true", help="every sync's forecast")
+    p.add_argument("--trace", action="append", default=[], metavar="FILE",
+                   help="a trace's arrivals instead of the loads (repeatable)")
+    p.add_argument("--speed", type=float, default=1.0, help="--trace replay speed (1)")
     args = p.parse_args(argv)
+    if args.trace:
+        return _traces(args.trace, args.speed, args.verbose)
     total = [0.0, 0.0]
     extra = [0.0, 0.0]
     for name in args.loads.split(","):
@@ -93,6 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total   shortfall {total[0]:7.0f}  excess {total[1]:7.0f}" + (
         f"   {args.seeds} more seeds: shortfall {extra[0]:8.0f}  excess {extra[1]:8.0f}"
         if args.seeds else ""))
+    return 0
+
+
+def _traces(paths: list[str], speed: float, verbose: bool) -> int:
+    total = [0.0, 0.0]
+    for path in paths:
+        _, load = load_trace(path, speed=speed)
+        arrivals = load.arrivals(0)
+        short, exc, rows = score(arrivals, true_rate(load), arrivals[-1])
+        total[0] += short
+        total[1] += exc
+        print(f"{path} x{speed:g}: shortfall {short:7.0f}  excess {exc:7.0f}")
+        if verbose:
+            print("   " + " ".join(f"{t:.0f}:{f:.1f}/{tr:.1f}" for t, f, tr in rows))
+    print(f"total   shortfall {total[0]:7.0f}  excess {total[1]:7.0f}")
     return 0
 
 
