@@ -816,16 +816,19 @@ class PoolEstimator:
     def _saturated(self, now: float, lam: float, ready: list[Endpoint], hold: int) -> Estimate:
         """No prefill measured alone: every request so far queued behind another (a pool
         overloaded from its first second; Mooncake's conversation trace on one replica held
-        it there for the whole hour). Where every ready replica has requests waiting, each is
-        saturated, so what they served is their capacity: the window's first tokens per
-        replica-second. The estimate carries the arrival rate and drains the queue over a
-        window at that capacity, never fewer than the ready replicas; without a queue at every
-        replica, or a first token, it holds them."""
+        it there for the whole hour), or none was streamed (a request that is not streamed
+        has no first token to time). Where every ready replica has requests waiting, each is
+        saturated, so what they served is their capacity: the window's first tokens, or its
+        finished requests where they are more (requests not streamed), per replica-second.
+        The estimate carries the arrival rate and drains the queue over a window at that
+        capacity, never fewer than the ready replicas; without a queue at every replica, or
+        a request served, it holds them."""
         first = now if self._first_arrival is None else self._first_arrival
         span = min(self.spec.window, now - first)
         if not ready or span <= 0 or any(ep.metrics.waiting == 0 for ep in ready):
             return Estimate(desired=hold, arrival_rate=lam)
-        served = sum(1 for at, *_ in self._first_tokens if at > now - span)
+        served = max(sum(1 for at, *_ in self._first_tokens if at > now - span),
+                     sum(1 for smp in self._samples if smp.at > now - span))
         if served == 0:
             return Estimate(desired=hold, arrival_rate=lam)
         capacity = served / (span * len(ready))  # requests per replica-second

@@ -212,8 +212,9 @@ def test_a_pool_saturated_from_its_first_second_is_sized_by_what_it_served(make_
     """Mooncake's conversation trace on one replica: requests queued from the first second,
     so no prefill was ever alone, and the estimate held the one replica for the whole hour
     (TTFT p90 4 hours). With a queue at every ready replica, what they served is their
-    capacity: 1 first token a second on 2 replicas carries 0.5 req/s each; 3 req/s and a
-    queue of 60 to drain over the 60-s window need (3 + 1) / 0.5 = 8."""
+    capacity: 1 first token (or, not streamed, 1 finished request) a second on 2 replicas
+    carries 0.5 req/s each; 3 req/s and a queue of 60 to drain over the 60-s window need
+    (3 + 1) / 0.5 = 8."""
     est = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
     for i in range(90):  # 3 req/s for 30 s; a first token each second, none alone
         est.arrived(i / 3)
@@ -226,6 +227,15 @@ def test_a_pool_saturated_from_its_first_second_is_sized_by_what_it_served(make_
         (est.forecast_rate(30.0) + 60 / 60) / 0.5) and e.desired >= 8
     # a replica without a queue is not saturated: the ready count held
     assert est.estimate(30.0, [make_ep(0, waiting=30), make_ep(1)]).desired == 2
+    # requests not streamed have no first token: their ends are what the replicas served
+    blind = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
+    for i in range(90):
+        blind.arrived(i / 3)
+    for s in range(30):
+        blind.finished("ep0", s + 0.5, prompt_tokens=12000, cached_tokens=0, output_tokens=300,
+                       ttft=None, e2e=20.0 + s)
+    assert blind.estimate(30.0, [make_ep(0)]).desired == 1  # no queue: held
+    assert blind.estimate(30.0, busy).replicas == pytest.approx(e.replicas)
     # never below the ready count: 10 first tokens a second on 4 replicas carry 3 req/s
     fast = PoolEstimator(AutoscaleSpec(window=60, horizon=75))
     for i in range(90):
