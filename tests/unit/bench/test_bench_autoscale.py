@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,8 @@ from inferoute.bench.load import LoadSpec, Stage, parse_stages
 from inferoute.bench.traces import load_trace
 from inferoute.bench.workloads import random_prompts
 
-AZURE_SAMPLE = "tests/data/traces/azure-sample.csv"  # 100 requests over 43.7 s
+#: 100 requests over 43.7 s
+AZURE_SAMPLE = str(Path(__file__).resolve().parents[2] / "data" / "traces" / "azure-sample.csv")
 
 
 def test_hpa_value_target_tolerance_and_rate_limit() -> None:
