@@ -2,6 +2,7 @@
 
     python benchmarks/autoscale_days.py [--seed-offset 0] [--loads "A day,B'"] [--jobs 2]
                                         [--rules gauge,kv --kv-targets 0.2,0.3,0.4]
+                                        [--no-stream]
 
 Each load is one `inferoute bench autoscale` command of the docs' autoscaling section (engine
 A: the command's defaults; engine B: llama3-8b-h100 with 6,000-token prompts; the four
@@ -10,7 +11,8 @@ with the load's seed plus `--seed-offset`: offset 0 makes the docs' rows, and ot
 draw other arrivals and prompts of the same day, to see whether a change holds beyond the
 twelve seeds it was measured on. One line per load and rule (replica-seconds, TTFT p90,
 requests over the 1-s target), then each rule's totals over the loads: one KV threshold for
-every day, as an operator sets it, against the gauge.
+every day, as an operator sets it, against the gauge. `--no-stream`: clients that ask for
+whole answers (the gateway times no first token; the engine's TTFT is still what is scored).
 """
 
 from __future__ import annotations
@@ -58,10 +60,10 @@ DAYS = (
 )
 
 
-def run(job: tuple[Day, int, str, float]) -> tuple[str, str, float, float, int, int]:
+def run(job: tuple[Day, int, str, float, bool]) -> tuple[str, str, float, float, int, int]:
     """One load under one rule ("gauge" or "kv T"): (load, rule, replica-seconds, TTFT p90,
     requests over the target, requests)."""
-    day, offset, rule, warmup = job
+    day, offset, rule, warmup, stream = job
     seed = day.seed + offset
     workload = make_workload("random", {**DEFAULT_PARAMS, **day.params}, seed=seed)
     load = ShapedLoad.make(day.base, day.peak, day.duration, seed=seed, warmup=warmup)
@@ -69,7 +71,7 @@ def run(job: tuple[Day, int, str, float]) -> tuple[str, str, float, float, int, 
     r = run_autoscaled(AutoscaleConfig(
         rule="kv" if kind == "kv" else "gauge", workload=workload, load=load,
         profile=day.profile, seed=seed, kv_target=float(target) if target else 0.5,
-        scored_from=warmup))
+        scored_from=warmup, stream=stream))
     return day.name, rule, r.replica_seconds, r.ttft_p90, r.over_target, r.requests
 
 
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds at each day's base rate first, not scored (0; `bench "
                         "autoscale --warmup`)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (2)")
+    p.add_argument("--no-stream", action="store_true",
+                   help="clients that ask for whole answers, not event streams")
     args = p.parse_args(argv)
     names = {n.strip() for n in args.loads.split(",") if n.strip()}
     unknown = names - {d.name for d in DAYS}
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     days = [d for d in DAYS if not names or d.name in names]
     if args.warmup < 0:
         p.error("--warmup: seconds, at least 0")
-    jobs = [(d, args.seed_offset, rule, args.warmup) for rule in rules for d in days]
+    jobs = [(d, args.seed_offset, rule, args.warmup, not args.no_stream)
+            for rule in rules for d in days]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(run, jobs))
     totals: dict[str, list[float]] = {}

@@ -193,6 +193,8 @@ class AutoscaleConfig:
     #: seconds of the run not scored: the load's warm-up (`ShapedLoad.warmup`; a trace's
     #: first seconds)
     scored_from: float = 0.0
+    #: the clients stream their answers (False: whole answers, no first token for the gauge)
+    stream: bool = True
 
 
 class Sync(NamedTuple):
@@ -245,7 +247,7 @@ class AutoscaledBench:
         self.bench = VirtualBench(SimConfig(
             policy=cfg.policy, replicas=cfg.initial_replicas, profile=cfg.profile,
             workload=cfg.workload, load=cfg.load, model=cfg.model, seed=cfg.seed,
-            profile_overrides=dict(cfg.profile_overrides)))
+            profile_overrides=dict(cfg.profile_overrides), stream=cfg.stream))
         self.replicas = [Replica(ep.name, 0.0, ready_at=0.0) for ep in self.bench.endpoints]
         self.estimator: Autoscaler | None = None
         if cfg.rule == "gauge":

@@ -60,7 +60,7 @@ def _configs(args: argparse.Namespace) -> list[AutoscaleConfig]:
         "workload": workload, "load": load, "profile": args.profile, "policy": args.policy,
         "seed": args.seed, "ttft_target": args.ttft_target, "cold_start": args.cold_start,
         "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
-        "scored_from": args.warmup,
+        "scored_from": args.warmup, "stream": not args.no_stream,
         "profile_overrides": parse_params(args.engine, "engine override")}
     if not 0 < args.rate_quantile < 1:
         raise ValueError("--rate-quantile: a quantile in (0, 1)")
@@ -198,6 +198,9 @@ def register(sub: Any, guard: Any) -> None:
     p.add_argument("--engine", action="append", default=[], metavar="NAME=VALUE",
                    help="engine profile override, repeatable (e.g. max_model_len=131072)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-stream", action="store_true",
+                   help="clients that ask for whole answers, not event streams: the gateway "
+                        "times no first token (TTFT is still scored at the engine's)")
     add_trace_arguments(p)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1)")
     p.add_argument("-o", "--output", default=None, help="JSON report with the timelines")

@@ -101,6 +101,9 @@ class SimConfig:
     admission: AdmissionConfig | None = None
     #: the objective and TTFT-target headers each request carries (None: no headers)
     slo: SloMix | None = None
+    #: the clients ask for event streams (False: each answer comes whole at its end, so the
+    #: gateway sees no first token; the records still time the engine's)
+    stream: bool = True
 
 
 @dataclass(slots=True)
@@ -312,7 +315,7 @@ class VirtualBench:
         headers = self.cfg.slo.headers(self._sent_total) if self.cfg.slo else {}
         self._targets[stage_index].append(SloMix.target_of(headers))
         body = {"model": self.cfg.model, "prompt": item.prompt, "max_tokens": item.max_tokens,
-                "stream": True}
+                "stream": self.cfg.stream}
         lifecycle = RequestLifecycle(self.router, admission=self.admission)
         (action,) = lifecycle.receive("completions", body, headers, request_id=rid, now=now,
                                       token_ids=self._token_ids(item) if self.precise else None)
@@ -433,11 +436,14 @@ class VirtualBench:
             if o.first:
                 rec.cached_tokens = o.cached_tokens
                 rec.prompt_tokens = o.prompt_tokens
-                entry.lifecycle.first_byte(now)
+                if self.cfg.stream:
+                    entry.lifecycle.first_byte(now)
                 freed = True
             if o.finished:
                 freed = True
                 del live[o.request_id]
+                if not self.cfg.stream:  # the whole answer is its first byte
+                    entry.lifecycle.first_byte(now, stream=False)
                 rec.end = now
                 if o.finish_reason not in ("stop", "length"):
                     rec.error = f"finish_reason={o.finish_reason}"

@@ -219,6 +219,8 @@ class _Sample:
     output: int
     ttft: float | None
     decode: float
+    #: arrival to the answer's end
+    e2e: float
     #: the replica had no waiting request (scraped) when this one was sent
     unqueued: bool
     #: over its decode: the mean count of requests decoding on its replica (itself included;
@@ -550,7 +552,8 @@ class PoolEstimator:
             uncached = max(0, prompt_tokens - cached_tokens)
         decode = max(0.0, e2e - ttft) if ttft is not None else 0.0
         self._samples.append(_Sample(now, endpoint, float(uncached), max(0, output_tokens),
-                                     ttft, decode, unqueued, decoders, max(0.0, prefilled)))
+                                     ttft, decode, max(0.0, e2e), unqueued, decoders,
+                                     max(0.0, prefilled)))
 
     def first_token(self, now: float, *, uncached: float, ttft: float, unqueued: bool) -> None:
         """A streamed request's first token: its prefill is over. Used only until a request
@@ -690,6 +693,36 @@ class PoolEstimator:
                 self._decode = (delta, beta)
         return self._decode
 
+    def _whole_fit(self, answered: list[_Sample]
+                   ) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+        """((a, b), (delta, beta)) from requests that were not streamed: their first token
+        is their answer's end, so neither the prefill nor the decode is timed apart. The
+        least squares e2e = a + b u + (O - 1) (c0 + delta n) + beta P through those that had
+        their replica to itself when sent (no queue there: their e2e holds no wait), n and
+        P counted from when each was sent (`DecodeTracker`); where beta is not clear of two
+        standard errors, the same without P and b in its place. A fit is taken when b and
+        delta are clear of two standard errors and n spreads by one request at least;
+        otherwise the last (None before any: the ready count, or the saturated rule, holds
+        the pool)."""
+        used = [smp for smp in answered if smp.unqueued and smp.decoders is not None
+                and smp.output > 1 and smp.e2e > 0]
+        rows = [(1.0, smp.uncached, smp.output - 1.0, (smp.output - 1) * (smp.decoders or 0.0),
+                 smp.prefilled) for smp in used]
+        times = [smp.e2e for smp in used]
+        fit = _least_squares(rows, times)
+        if fit is None or not fit[0][4] > TREND_ERRORS * fit[1][4]:
+            fit = _least_squares([r[:4] for r in rows], times)
+            if fit is not None:
+                fit = ([*fit[0], fit[0][1]], [*fit[1], 0.0])  # beta: b's
+        if fit is not None:
+            (a, b, _, delta, beta), (_, b_err, _, delta_err, _) = fit
+            mean_n = sum(smp.decoders or 0.0 for smp in used) / len(used)
+            if b > TREND_ERRORS * b_err and delta > TREND_ERRORS * delta_err \
+                    and sum(((smp.decoders or 0.0) - mean_n) ** 2 for smp in used) >= len(used):
+                self._prefill, self._line = (max(0.0, a), b), True
+                self._decode = (delta, min(b, beta))
+        return self._prefill, self._decode
+
     def estimate(self, now: float, ready: Iterable[Endpoint],
                  starting: Iterable[float] = ()) -> Estimate:
         """Desired replicas at `now`, given the pool's ready endpoints (their scraped state)
@@ -702,8 +735,12 @@ class PoolEstimator:
             return Estimate(desired=spec.min_replicas)
         lam, error = self.forecast(now)
         streamed = [smp for smp in self._samples if smp.ttft is not None and smp.ttft > 0]
-        fit = self._prefill_fit(streamed)
-        if not streamed or fit is None:
+        if streamed:
+            fit = self._prefill_fit(streamed)
+            step = self._decode_fit(streamed, fit[1]) if fit is not None else None
+        else:  # no first token timed: the speeds from the answers' ends
+            fit, step = self._whole_fit([smp for smp in self._samples if smp.ttft is None])
+        if fit is None:
             return self._before_first_finish(now, lam, error, ready, starting)
         samples = list(self._samples)
         n = len(samples)
@@ -711,7 +748,6 @@ class PoolEstimator:
         output = sum(smp.output for smp in samples) / n
         a, b = fit
         x = a + b * sum(sizes) / n
-        step = self._decode_fit(streamed, b)
         pooled = None
         if step is not None:
             # a decode token computes like a prompt token and reads its context's KV cache;
@@ -724,7 +760,11 @@ class PoolEstimator:
         running = sum(ep.metrics.running for ep in ready)
         if running > 0:
             self._kv_per_request = sum(ep.metrics.kv_usage for ep in ready) / running
-        decode = sum(smp.decode for smp in streamed) / len(streamed)
+        # the mean request's time in service: its unqueued prefill and its decode
+        if streamed:
+            decode = sum(smp.decode for smp in streamed) / len(streamed)
+        else:
+            decode = sum(max(0.0, smp.e2e - a - b * smp.uncached) for smp in samples) / n
         n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
         real = self._clamp_real(max(n_ttft, n_kv))
         bound = lam + spec.rate_z * error
@@ -888,18 +928,31 @@ class Autoscaler:
 
     def dispatched(self, decision: Decision, now: float) -> None:
         """Sent: an arrival the first time (not on a retry elsewhere). The request's prefill
-        has the replica to itself when its scraped queue is empty and no other request this
-        gateway sent there is still waiting for its first token."""
+        has the replica to itself when its scraped queue is empty and no streamed request
+        this gateway sent there is still waiting for its first token. A request that is not
+        streamed has no first token to end its prefill (its first byte is its answer's end):
+        it holds no prefill mark, and its replica's decoders and prefills are counted from
+        now (`PoolEstimator._whole_fit`)."""
         if decision.unqueued is None:
             self.pool(decision.pool.model).arrived(now)
         self._prefill_over(decision)  # a retry: the first attempt's prefill is over
+        if decision.decode_mark is not None:  # a retry of a request that is not streamed
+            self._decoding.ended(decision.decode_mark, now)
+            decision.decode_mark = None
         ep = decision.endpoint
         if ep is None:
             return
         decision.unqueued = ep.metrics.waiting == 0 and not self._prefilling.get(ep.name)
-        self._prefilling[ep.name] = self._prefilling.get(ep.name, 0) + 1
-        self._sent[ep.name] = self._sent.get(ep.name, 0) + 1
-        decision.prefill_mark = (ep.name, self._sent[ep.name])
+        if decision.request.stream or ep.name in self._prefilling:
+            # what the streamed prefills waiting there will see joined their steps
+            self._sent[ep.name] = self._sent.get(ep.name, 0) + 1
+        if decision.request.stream:
+            self._prefilling[ep.name] = self._prefilling.get(ep.name, 0) + 1
+            decision.prefill_mark = (ep.name, self._sent[ep.name])
+        else:
+            uncached = decision.request.prompt_tokens_estimate * (
+                1.0 - _hit_rate(decision.pool.pool))
+            decision.decode_mark = self._decoding.started(ep.name, now, uncached)
 
     def first_token(self, decision: Decision, now: float) -> None:
         """The prefill is over; it was not alone if another request was sent to the replica

@@ -165,6 +165,20 @@ def test_an_autoscaled_run_adds_and_removes_replicas(rule: str) -> None:
         assert 30 <= top.t <= 75 and top.forecast > 10 * min(s.forecast for s in res.timeline)
 
 
+def test_a_pool_whose_clients_do_not_stream_scales_down() -> None:
+    """Whole answers: the gateway times no first token, yet the gauge measures the speeds
+    from the answers' ends, follows the load up and lets the pool shrink after its peak
+    (before, it held the ready replicas: up only where every replica queued, never down)."""
+    res = run_autoscaled(_autoscaled("gauge", stream=False))
+    assert res.requests == 2600 and res.failed == 0
+    asked = [s.asked for s in res.timeline]
+    assert max(asked) > 1 and asked[-1] < max(asked)
+    # the engine's first tokens are still what is scored
+    assert 0 < res.ttft_p50 <= res.ttft_p90 < 1.0
+    top = max(res.timeline, key=lambda s: s.metric)
+    assert 30 <= top.t <= 75
+
+
 def test_table_marks_the_best_threshold() -> None:
     from inferoute.bench.autoscale import AutoscaleResult
 
@@ -217,6 +231,11 @@ def test_the_command_prints_the_table_and_writes_timelines(tmp_path, capsys) -> 
     assert all(s["forecast"] is not None and (s["rate"] >= 1 or s["t"] >= 60) for s in gauge)
     assert all(s["forecast"] is None and set(s) == set(gauge[0]) for s in kv)
     assert main([*argv[:-2], "--kv-targets", "1.5"]) == 2  # a utilisation above 1
+    # clients that do not stream: the same requests, the report says how they were sent
+    assert main([*argv, "--rules", "gauge", "--no-stream"]) == 0
+    report = json.loads(out.read_text())
+    assert report["args"]["no_stream"] is True
+    assert [r["requests"] for r in report["runs"]] == [630] and report["runs"][0]["failed"] == 0
 
 
 def test_the_command_replays_a_trace(tmp_path, capsys) -> None:

@@ -177,3 +177,91 @@ def test_with_the_decode_measured_the_pool_is_sized_as_one_queue(make_ep) -> Non
                                             unqueued, t), e.arrival_rate, work, unqueued, 1.0)
     assert e.arrival_rate * work < e.ttft_replicas < apart
 
+
+
+def _feed_answers(est: PoolEstimator, *, rate: float, seconds: float, start: float = 0.0,
+                  fixed: float = 0.02, beta: float = B, stream: bool = False,
+                  unqueued: bool = True) -> float:
+    """`rate` arrivals/s of prompts of 500-2,000 uncached tokens and 50-150 output tokens,
+    each alone at its prefill (TTFT = fixed + u B), decoding beside 10 to 50 others in steps
+    of STEP + DELTA n, with 100 n +- 600 prompt tokens prefilled there meanwhile at `beta`;
+    `stream=False`: no first token is timed, only the answer's end."""
+    n = int(rate * seconds)
+    for i in range(n):
+        t = start + i / rate
+        uncached, output = 500 + 1500 * (i % 7) / 6, 50 + 100 * (i % 5) / 4
+        decoders = 10 + 40 * (i % 9) / 8
+        tokens = 100 * decoders + 200 * (i % 7 - 3)
+        ttft = fixed + B * uncached
+        e2e = ttft + (output - 1) * (STEP + DELTA * decoders) + beta * tokens
+        est.arrived(t)
+        est.finished("ep0", t, prompt_tokens=int(uncached), cached_tokens=0,
+                     output_tokens=int(output), ttft=ttft if stream else None, e2e=e2e,
+                     decoders=decoders, prefilled=tokens, unqueued=unqueued)
+    return start + n / rate
+
+
+def test_answers_not_streamed_measure_the_speeds_from_their_ends(make_ep) -> None:
+    """No first token is timed, but e2e = a + b u + (O - 1) (c0 + delta n) + beta P is
+    linear in what the router saw: the same prefill line, step cost and work as the same
+    requests streamed, so the pool is sized alike (before, it held its ready count)."""
+    ready = [make_ep(i, running=5, kv_usage=0.1) for i in range(2)]
+    whole = PoolEstimator(AutoscaleSpec(horizon=0))
+    t = _feed_answers(whole, rate=10, seconds=60, beta=0.6 * B)
+    e = whole.estimate(t, ready)
+    assert e.measured and e.prefill_speed == pytest.approx(1 / B)
+    mean_u = sum(smp.uncached for smp in whole._samples) / len(whole._samples)
+    assert e.unqueued_ttft == pytest.approx(0.02 + B * mean_u)  # a + b u: the line's
+    assert e.decode_step == pytest.approx(DELTA)
+    streamed = PoolEstimator(AutoscaleSpec(horizon=0))
+    _feed_answers(streamed, rate=10, seconds=60, beta=0.6 * B, stream=True)
+    s = streamed.estimate(t, ready)
+    assert e.work == pytest.approx(s.work)
+    assert e.ttft_replicas == pytest.approx(s.ttft_replicas)
+    # the time in service (Little's law for the KV need): the prefill line and the decode
+    assert e.kv_replicas == pytest.approx(s.kv_replicas)
+    # the load halves: the count follows it down
+    later = _feed_answers(whole, rate=5, seconds=120, start=t, beta=0.6 * B)
+    assert whole.estimate(later, ready).ttft_replicas < 0.75 * e.ttft_replicas
+
+
+def test_answers_that_waited_in_a_queue_measure_nothing(make_ep) -> None:
+    """An answer sent to a replica with a queue holds its wait: no speed from it, and the
+    ready count holds (the saturated rule acts only where every replica has a queue)."""
+    est = PoolEstimator(AutoscaleSpec(horizon=0))
+    t = _feed_answers(est, rate=10, seconds=60, unqueued=False)
+    e = est.estimate(t, [make_ep(i) for i in range(3)])
+    assert not e.measured and e.desired == 3
+
+
+def test_router_counts_an_answer_not_streamed_from_its_dispatch(make_ep, make_req) -> None:
+    """A request that is not streamed: its replica's decoders and prefills are counted from
+    its dispatch to its end; it holds no prefill mark, so a streamed request sent there
+    meanwhile is still alone at its prefill unless it is sent after it."""
+    ep = make_ep(0)
+    mp = ModelPool("m", Pool("m", [ep]), Scheduler(resolve_config("round-robin"), seed=1))
+    router = Router([mp])
+    auto = Autoscaler(AutoscaleSpec())
+    router.listeners.append(auto)
+    whole = make_req("word " * 400, model="m")
+    whole.stream, whole.arrival_time = False, 0.0
+    d = router.schedule(whole, now=0.0)
+    router.dispatch(d, d.result.target, now=0.0)
+    assert d.prefill_mark is None and d.decode_mark is not None
+    assert auto._prefilling == {} and auto._sent == {}
+    streamed = make_req("word " * 400, model="m")
+    streamed.stream, streamed.arrival_time = True, 1.0
+    s = router.schedule(streamed, now=1.0)
+    router.dispatch(s, s.result.target, now=1.0)
+    assert s.unqueued  # nothing streamed was prefilling there
+    router.first_token(s, now=1.5)
+    router.first_token(d, now=4.0)  # the whole answer's first byte: at its end
+    router.finish(d, now=4.0, usage={"prompt_tokens": 500, "completion_tokens": 40})
+    router.finish(s, now=5.0, usage={"prompt_tokens": 500, "completion_tokens": 9})
+    answer = next(smp for smp in auto.pools["m"]._samples if smp.ttft is None)
+    # from 0 to 4 s, beside the streamed one's decode from 1.5 s; its ~500-token prompt
+    # completed there at 1.5 s
+    assert answer.decoders == pytest.approx(1 + 2.5 / 4)
+    assert answer.prefilled == pytest.approx(500)
+    assert answer.e2e == pytest.approx(4.0)
+    assert auto._decoding.decoding(ep.name) == 0 and auto._prefilling == {}
