@@ -700,10 +700,11 @@ class PoolEstimator:
         least squares e2e = a + b u + (O - 1) (c0 + delta n) + beta P through those that had
         their replica to itself when sent (no queue there: their e2e holds no wait), n and
         P counted from when each was sent (`DecodeTracker`); where beta is not clear of two
-        standard errors, the same without P and b in its place. A fit is taken when b and
-        delta are clear of two standard errors and n spreads by one request at least;
-        otherwise the last (None before any: the ready count, or the saturated rule, holds
-        the pool)."""
+        standard errors, the same without P and b in its place. A fit is taken when delta
+        is clear of two standard errors and n spreads by one request at least, b at least 0
+        (a prefill speed is reported only where b is clear of its error: short prompts'
+        prefills are lost in the timing noise, and their b u is then small); otherwise the
+        last (None before any: the ready count, or the saturated rule, holds the pool)."""
         used = [smp for smp in answered if smp.unqueued and smp.decoders is not None
                 and smp.output > 1 and smp.e2e > 0]
         rows = [(1.0, smp.uncached, smp.output - 1.0, (smp.output - 1) * (smp.decoders or 0.0),
@@ -717,9 +718,11 @@ class PoolEstimator:
         if fit is not None:
             (a, b, _, delta, beta), (_, b_err, _, delta_err, _) = fit
             mean_n = sum(smp.decoders or 0.0 for smp in used) / len(used)
-            if b > TREND_ERRORS * b_err and delta > TREND_ERRORS * delta_err \
+            if delta > TREND_ERRORS * delta_err \
                     and sum(((smp.decoders or 0.0) - mean_n) ** 2 for smp in used) >= len(used):
-                self._prefill, self._line = (max(0.0, a), b), True
+                b = max(0.0, b)
+                self._prefill = (max(0.0, a), b)
+                self._line = b > TREND_ERRORS * b_err
                 self._decode = (delta, min(b, beta))
         return self._prefill, self._decode
 

@@ -180,20 +180,22 @@ def test_with_the_decode_measured_the_pool_is_sized_as_one_queue(make_ep) -> Non
 
 
 def _feed_answers(est: PoolEstimator, *, rate: float, seconds: float, start: float = 0.0,
-                  fixed: float = 0.02, beta: float = B, stream: bool = False,
-                  unqueued: bool = True) -> float:
+                  fixed: float = 0.02, b: float = B, beta: float = B, stream: bool = False,
+                  unqueued: bool = True, noise: float = 0.0) -> float:
     """`rate` arrivals/s of prompts of 500-2,000 uncached tokens and 50-150 output tokens,
-    each alone at its prefill (TTFT = fixed + u B), decoding beside 10 to 50 others in steps
+    each alone at its prefill (TTFT = fixed + u b), decoding beside 10 to 50 others in steps
     of STEP + DELTA n, with 100 n +- 600 prompt tokens prefilled there meanwhile at `beta`;
-    `stream=False`: no first token is timed, only the answer's end."""
+    `stream=False`: no first token is timed, only the answer's end, off by up to +-`noise`
+    seconds (a fixed pattern)."""
     n = int(rate * seconds)
     for i in range(n):
         t = start + i / rate
         uncached, output = 500 + 1500 * (i % 7) / 6, 50 + 100 * (i % 5) / 4
         decoders = 10 + 40 * (i % 9) / 8
         tokens = 100 * decoders + 200 * (i % 7 - 3)
-        ttft = fixed + B * uncached
-        e2e = ttft + (output - 1) * (STEP + DELTA * decoders) + beta * tokens
+        ttft = fixed + b * uncached
+        e2e = ttft + (output - 1) * (STEP + DELTA * decoders) + beta * tokens \
+            + noise * ((i * 7919) % 11 - 5) / 5
         est.arrived(t)
         est.finished("ep0", t, prompt_tokens=int(uncached), cached_tokens=0,
                      output_tokens=int(output), ttft=ttft if stream else None, e2e=e2e,
@@ -223,6 +225,18 @@ def test_answers_not_streamed_measure_the_speeds_from_their_ends(make_ep) -> Non
     # the load halves: the count follows it down
     later = _feed_answers(whole, rate=5, seconds=120, start=t, beta=0.6 * B)
     assert whole.estimate(later, ready).ttft_replicas < 0.75 * e.ttft_replicas
+
+
+def test_short_prompts_lost_in_the_noise_still_measure_the_decode(make_ep) -> None:
+    """Prompts whose prefill costs less than the answers' timing noise: b is not clear of
+    its error, yet the decode's step cost is, and it sizes the pool (no prefill speed is
+    reported)."""
+    est = PoolEstimator(AutoscaleSpec(horizon=0))
+    t = _feed_answers(est, rate=10, seconds=60, b=1e-6, beta=1e-6, noise=0.05)
+    e = est.estimate(t, [make_ep(i) for i in range(3)])
+    assert e.measured and e.prefill_speed is None
+    assert e.decode_step == pytest.approx(DELTA, rel=0.1)
+    assert e.replicas is not None and e.replicas < 3
 
 
 def test_answers_that_waited_in_a_queue_measure_nothing(make_ep) -> None:
