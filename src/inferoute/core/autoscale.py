@@ -987,6 +987,8 @@ class Autoscaler:
 
     def finished(self, decision: Decision, now: float, usage: Mapping[str, Any] | None) -> None:
         self._prefill_over(decision)  # over with no first token (an error, a cancel)
+        mark, decision.decode_mark = decision.decode_mark, None
+        shared = self._decoding.ended(mark, now) if mark is not None else None
         ep = decision.endpoint
         if ep is None:
             return
@@ -1002,8 +1004,6 @@ class Autoscaler:
         output = usage.get("completion_tokens")
         first = decision.first_token_at
         ttft = first - req.arrival_time if (first is not None and req.stream) else None
-        mark, decision.decode_mark = decision.decode_mark, None
-        shared = self._decoding.ended(mark, now) if mark is not None else None
         self.pool(decision.pool.model).finished(
             ep.name, now, prompt_tokens=prompt, cached_tokens=cached,
             output_tokens=output if isinstance(output, int) else 0, ttft=ttft,

@@ -279,3 +279,25 @@ def test_router_counts_an_answer_not_streamed_from_its_dispatch(make_ep, make_re
     assert answer.prefilled == pytest.approx(500)
     assert answer.e2e == pytest.approx(4.0)
     assert auto._decoding.decoding(ep.name) == 0 and auto._prefilling == {}
+
+
+def test_a_retried_answer_is_counted_on_its_last_replica_only(make_ep, make_req) -> None:
+    """A request that is not streamed, retried on another replica: the first attempt's count
+    ends at the retry, the second's at the end; nothing stays counted."""
+    eps = [make_ep(0), make_ep(1)]
+    mp = ModelPool("m", Pool("m", eps), Scheduler(resolve_config("round-robin"), seed=1))
+    router = Router([mp])
+    auto = Autoscaler(AutoscaleSpec())
+    router.listeners.append(auto)
+    req = make_req("word " * 400, model="m")
+    req.stream, req.arrival_time = False, 0.0
+    d = router.schedule(req, now=0.0)
+    router.dispatch(d, eps[0], now=0.0)
+    assert auto._decoding.decoding(eps[0].name) == 1
+    router.dispatch(d, eps[1], now=1.0)  # the first attempt failed: sent again elsewhere
+    assert auto._decoding.decoding(eps[0].name) == 0
+    assert auto._decoding.decoding(eps[1].name) == 1
+    router.finish(d, now=3.0, usage={"prompt_tokens": 500, "completion_tokens": 20})
+    assert auto._decoding._state == {} and d.decode_mark is None
+    (answer,) = auto.pools["m"]._samples
+    assert answer.endpoint == eps[1].name and answer.decoders == pytest.approx(1.0)
