@@ -181,7 +181,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                     workload=workload, load=load, model=args.model, seed=args.seed,
                     ignore_eos=args.ignore_eos, scrape_interval=args.scrape_interval,
                     profile_overrides=parse_params(args.engine, "engine override"),
-                    admission=admission)
+                    admission=admission, stream=not args.no_stream)
     with StageProgress([s.label for s in load.stages], not args.quiet) as progress:
         bench = VirtualBench(cfg, progress)
         result = bench.run()
@@ -376,6 +376,9 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--admission", metavar="FILE", default=None,
                      help="the gateway's admission section (as `serve --admission`), driven "
                           "as the gateway drives it; requests past its TTL count as failed")
+    sim.add_argument("--no-stream", action="store_true",
+                     help="clients that ask for whole answers: the gateway sees no first "
+                          "token (the records still time the engine's)")
     sim.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_workload_args(sim)
     sim.set_defaults(func=_guard(cmd_sim))

@@ -32,6 +32,22 @@ def test_sim_compare_plot(tmp_path, capsys) -> None:
     assert main(["bench", "plot", str(a), str(b), "--out", str(tmp_path / "q")]) == 0
 
 
+def test_sim_with_clients_that_do_not_stream(tmp_path) -> None:
+    """`--no-stream`: the same requests, each answered whole; the engine's first token is
+    still what the records time, and the report says how the clients asked."""
+    out = {}
+    for flag in ([], ["--no-stream"]):
+        path = tmp_path / f"run{len(flag)}.json"
+        assert main(["bench", "sim", "--policy", "inferoute", *SMALL, *flag, "-o",
+                     str(path)]) == 0
+        out[bool(flag)] = json.loads(path.read_text())
+    assert out[False]["config"]["stream"] is True and out[True]["config"]["stream"] is False
+    for data in out.values():
+        top = data["stages"][1]["metrics"]
+        assert top["requests"]["total"] == 24 and top["requests"]["failures"] == 0
+        assert top["latency"]["time_to_first_token"]["mean"] > 0
+
+
 def test_errors_are_one_line(tmp_path, capsys) -> None:
     assert main(["bench", "sim", "--policy", "no-such-policy", *SMALL]) == 2
     assert "no-such-policy" in capsys.readouterr().err
