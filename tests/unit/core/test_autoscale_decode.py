@@ -248,24 +248,32 @@ def test_answers_that_waited_in_a_queue_measure_nothing(make_ep) -> None:
     assert not e.measured and e.desired == 3
 
 
+def _routed(eps: list) -> tuple[Router, Autoscaler]:
+    """A round-robin pool "m" of `eps` with an autoscaler listening."""
+    mp = ModelPool("m", Pool("m", eps), Scheduler(resolve_config("round-robin"), seed=1))
+    router = Router([mp])
+    auto = Autoscaler(AutoscaleSpec())
+    router.listeners.append(auto)
+    return router, auto
+
+
+def _request(make_req: Callable, *, stream: bool, at: float):
+    req = make_req("word " * 400, model="m")
+    req.stream, req.arrival_time = stream, at
+    return req
+
+
 def test_router_counts_an_answer_not_streamed_from_its_dispatch(make_ep, make_req) -> None:
     """A request that is not streamed: its replica's decoders and prefills are counted from
     its dispatch to its end; it holds no prefill mark, so a streamed request sent there
     meanwhile is still alone at its prefill unless it is sent after it."""
     ep = make_ep(0)
-    mp = ModelPool("m", Pool("m", [ep]), Scheduler(resolve_config("round-robin"), seed=1))
-    router = Router([mp])
-    auto = Autoscaler(AutoscaleSpec())
-    router.listeners.append(auto)
-    whole = make_req("word " * 400, model="m")
-    whole.stream, whole.arrival_time = False, 0.0
-    d = router.schedule(whole, now=0.0)
+    router, auto = _routed([ep])
+    d = router.schedule(_request(make_req, stream=False, at=0.0), now=0.0)
     router.dispatch(d, d.result.target, now=0.0)
     assert d.prefill_mark is None and d.decode_mark is not None
     assert auto._prefilling == {} and auto._sent == {}
-    streamed = make_req("word " * 400, model="m")
-    streamed.stream, streamed.arrival_time = True, 1.0
-    s = router.schedule(streamed, now=1.0)
+    s = router.schedule(_request(make_req, stream=True, at=1.0), now=1.0)
     router.dispatch(s, s.result.target, now=1.0)
     assert s.unqueued  # nothing streamed was prefilling there
     router.first_token(s, now=1.5)
@@ -285,13 +293,8 @@ def test_a_retried_answer_is_counted_on_its_last_replica_only(make_ep, make_req)
     """A request that is not streamed, retried on another replica: the first attempt's count
     ends at the retry, the second's at the end; nothing stays counted."""
     eps = [make_ep(0), make_ep(1)]
-    mp = ModelPool("m", Pool("m", eps), Scheduler(resolve_config("round-robin"), seed=1))
-    router = Router([mp])
-    auto = Autoscaler(AutoscaleSpec())
-    router.listeners.append(auto)
-    req = make_req("word " * 400, model="m")
-    req.stream, req.arrival_time = False, 0.0
-    d = router.schedule(req, now=0.0)
+    router, auto = _routed(eps)
+    d = router.schedule(_request(make_req, stream=False, at=0.0), now=0.0)
     router.dispatch(d, eps[0], now=0.0)
     assert auto._decoding.decoding(eps[0].name) == 1
     router.dispatch(d, eps[1], now=1.0)  # the first attempt failed: sent again elsewhere
