@@ -701,10 +701,12 @@ class PoolEstimator:
         their replica to itself when sent (no queue there: their e2e holds no wait), n and
         P counted from when each was sent (`DecodeTracker`); where beta is not clear of two
         standard errors, the same without P and b in its place. A fit is taken when delta
-        is clear of two standard errors and n spreads by one request at least, b at least 0
-        (a prefill speed is reported only where b is clear of its error: short prompts'
-        prefills are lost in the timing noise, and their b u is then small); otherwise the
-        last (None before any: the ready count, or the saturated rule, holds the pool)."""
+        is clear of two standard errors and n spreads by one request at least; its (a, b)
+        only where b is clear of its error too, else the last line's, and before any line
+        the fit's with b at least 0 (short prompts' prefills are lost in the timing noise:
+        their b u is small; a rise in load, whose shared steps the intercept then takes, read
+        engine A's prefill as free and asked for 2 replicas where 4 were needed); otherwise
+        the last (None before any: the ready count, or the saturated rule, holds the pool)."""
         used = [smp for smp in answered if smp.unqueued and smp.decoders is not None
                 and smp.output > 1 and smp.e2e > 0]
         rows = [(1.0, smp.uncached, smp.output - 1.0, (smp.output - 1) * (smp.decoders or 0.0),
@@ -720,10 +722,11 @@ class PoolEstimator:
             mean_n = sum(smp.decoders or 0.0 for smp in used) / len(used)
             if delta > TREND_ERRORS * delta_err \
                     and sum(((smp.decoders or 0.0) - mean_n) ** 2 for smp in used) >= len(used):
-                b = max(0.0, b)
-                self._prefill = (max(0.0, a), b)
-                self._line = b > TREND_ERRORS * b_err
-                self._decode = (delta, min(b, beta))
+                if b > TREND_ERRORS * b_err:
+                    self._prefill, self._line = (max(0.0, a), b), True
+                elif not self._line:  # no line yet: the fit as it is
+                    self._prefill = (max(0.0, a), max(0.0, b))
+                self._decode = (delta, min(self._prefill[1], beta))
         return self._prefill, self._decode
 
     def estimate(self, now: float, ready: Iterable[Endpoint],

@@ -239,6 +239,22 @@ def test_short_prompts_lost_in_the_noise_still_measure_the_decode(make_ep) -> No
     assert e.replicas is not None and e.replicas < 3
 
 
+def test_a_prefill_line_lost_in_a_later_window_is_kept(make_ep) -> None:
+    """Once the answers have given a prefill line, a window whose b is not clear of its
+    error (a rise in load, whose shared steps its intercept takes) keeps the line: engine A's
+    prefill read as free there asked for 2 replicas where 4 were needed."""
+    ready = [make_ep(i) for i in range(3)]
+    est = PoolEstimator(AutoscaleSpec(horizon=0))
+    t = _feed_answers(est, rate=10, seconds=60)
+    first = est.estimate(t, ready)
+    assert first.prefill_speed == pytest.approx(1 / B)
+    t = _feed_answers(est, rate=10, seconds=60, start=t, fixed=0.3, b=1e-6, noise=0.05)
+    later = est.estimate(t, ready)
+    assert later.prefill_speed == pytest.approx(1 / B)
+    assert later.unqueued_ttft == pytest.approx(first.unqueued_ttft)  # the line's a + b u
+    assert later.decode_step == pytest.approx(DELTA, rel=0.1)
+
+
 def test_answers_that_waited_in_a_queue_measure_nothing(make_ep) -> None:
     """An answer sent to a replica with a queue holds its wait: no speed from it, and the
     ready count holds (the saturated rule acts only where every replica has a queue)."""
