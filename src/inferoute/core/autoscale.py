@@ -722,11 +722,13 @@ class PoolEstimator:
             mean_n = sum(smp.decoders or 0.0 for smp in used) / len(used)
             if delta > TREND_ERRORS * delta_err \
                     and sum(((smp.decoders or 0.0) - mean_n) ** 2 for smp in used) >= len(used):
+                prefill = self._prefill
                 if b > TREND_ERRORS * b_err:
-                    self._prefill, self._line = (max(0.0, a), b), True
-                elif not self._line:  # no line yet: the fit as it is
-                    self._prefill = (max(0.0, a), max(0.0, b))
-                self._decode = (delta, min(self._prefill[1], beta))
+                    prefill, self._line = (max(0.0, a), b), True
+                elif prefill is None or not self._line:  # no line yet: the fit as it is
+                    prefill = (max(0.0, a), max(0.0, b))
+                self._prefill = prefill
+                self._decode = (delta, min(prefill[1], beta))
         return self._prefill, self._decode
 
     def estimate(self, now: float, ready: Iterable[Endpoint],
