@@ -686,10 +686,7 @@ class PoolEstimator:
                                  [y - b * r[2] for r, y in zip(rows, steps, strict=True)])
         if fit is not None:
             (_, delta, *_), (_, error, *_) = fit
-            mean_n = sum(r[1] for r in rows) / len(rows)
-            # a spread of one running request at least, and a delta clear of its error
-            if sum((r[1] - mean_n) ** 2 for r in rows) >= len(rows) \
-                    and delta > TREND_ERRORS * error:
+            if _step_measured([r[1] for r in rows], delta, error):
                 self._decode = (delta, beta)
         return self._decode
 
@@ -719,9 +716,7 @@ class PoolEstimator:
                 fit = ([*fit[0], fit[0][1]], [*fit[1], 0.0])  # beta: b's
         if fit is not None:
             (a, b, _, delta, beta), (_, b_err, _, delta_err, _) = fit
-            mean_n = sum(smp.decoders or 0.0 for smp in used) / len(used)
-            if delta > TREND_ERRORS * delta_err \
-                    and sum(((smp.decoders or 0.0) - mean_n) ** 2 for smp in used) >= len(used):
+            if _step_measured([smp.decoders or 0.0 for smp in used], delta, delta_err):
                 prefill = self._prefill
                 if b > TREND_ERRORS * b_err:
                     prefill, self._line = (max(0.0, a), b), True
@@ -902,6 +897,21 @@ def _per_replica_share(n: float, target: float, *, lam: float, work: float, mome
     return over_share_per_replica(n, lam, work, moment, unqueued, target)
 
 
+def _step_measured(decoders: list[float], delta: float, error: float) -> bool:
+    """Whether a fitted step cost one more running request adds is taken: the counts of
+    requests decoding beside (`decoders`) spread by one request at least, and `delta` is
+    clear of two standard `error`s."""
+    mean = sum(decoders) / len(decoders)
+    return sum((n - mean) ** 2 for n in decoders) >= len(decoders) \
+        and delta > TREND_ERRORS * error
+
+
+def _uncached_estimate(decision: Decision) -> float:
+    """The request's prompt tokens the pool probably has to prefill (the gateway's estimate
+    of its prompt, less the pool's scraped hit rate): before usage says."""
+    return decision.request.prompt_tokens_estimate * (1.0 - _hit_rate(decision.pool.pool))
+
+
 def _hit_rate(endpoints: Iterable[Endpoint]) -> float:
     """The pool's prefix-cache hit rate from the scraped token counters (0 when unknown)."""
     queries = hits = 0.0
@@ -958,9 +968,8 @@ class Autoscaler:
             self._prefilling[ep.name] = self._prefilling.get(ep.name, 0) + 1
             decision.prefill_mark = (ep.name, self._sent[ep.name])
         else:
-            uncached = decision.request.prompt_tokens_estimate * (
-                1.0 - _hit_rate(decision.pool.pool))
-            decision.decode_mark = self._decoding.started(ep.name, now, uncached)
+            decision.decode_mark = self._decoding.started(ep.name, now,
+                                                          _uncached_estimate(decision))
 
     def first_token(self, decision: Decision, now: float) -> None:
         """The prefill is over; it was not alone if another request was sent to the replica
@@ -972,7 +981,7 @@ class Autoscaler:
         self._prefill_over(decision)
         req = decision.request
         if req.stream and decision.endpoint is not None:
-            uncached = req.prompt_tokens_estimate * (1.0 - _hit_rate(decision.pool.pool))
+            uncached = _uncached_estimate(decision)
             self.pool(decision.pool.model).first_token(
                 now, uncached=uncached, ttft=now - req.arrival_time,
                 unqueued=decision.unqueued is not False)
