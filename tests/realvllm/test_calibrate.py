@@ -10,11 +10,12 @@ import asyncio
 import aiohttp
 import pytest
 
-from inferoute.sim.fit import DecodePoint
+from inferoute.sim.fit import BusyPoint, DecodePoint, PrefillPoint
 from inferoute.sim.measure import (STEP_TOKENS, Histogram, RandomWords, StepWindow,
-                                   decode_window, histogram_of, measure_decode)
+                                   decode_window, histogram_of, measure_busy_hit, measure_decode,
+                                   measure_hits, measure_prefill)
 
-from .conftest import MODEL, Engines
+from .conftest import BLOCK, MAX_LEN, MODEL, Engines
 
 
 async def _step_tokens(s: aiohttp.ClientSession, url: str) -> Histogram:
@@ -60,3 +61,29 @@ def test_measure_decode_reports_the_window_step(engines: Engines) -> None:
     for p in points:
         assert 0.0005 < p.itl < 1.0
         assert p.context == pytest.approx(64 + 16, abs=8)  # the prompt plus half the output
+
+
+def test_prefix_hits_are_measured_with_the_engines_own_cached_count(engines: Engines) -> None:
+    """The calibration's hits: the real server reports the cached prompt tokens as whole
+    blocks of its block size, a hit is cheaper than the same prompt cold, and a hit beside
+    decoding streams waits longer than alone."""
+    url = engines.urls[1]
+    limit = MAX_LEN - 72
+
+    async def run() -> tuple[list[PrefillPoint], list[PrefillPoint], BusyPoint]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as s:
+            words = RandomWords(11)
+            hits = await measure_hits(s, url, MODEL, limit, BLOCK, 1, words, lambda _: None)
+            cold = await measure_prefill(s, url, MODEL, [p.prompt_tokens for p in hits], 1,
+                                         words, lambda _: None)
+            busy = await measure_busy_hit(s, url, MODEL, 512, 64, 1, words, lambda _: None)
+            return hits, cold, busy
+
+    hits, cold, busy = asyncio.run(run())
+    assert len(hits) == 3
+    for hit, alone in zip(hits, cold):
+        assert hit.cached > 0 and hit.cached % BLOCK == 0, hit
+        assert hit.prompt_tokens - hit.cached in (64 + 1, 256 + 1, 64, 256), hit  # (a BOS)
+        assert hit.ttft < alone.ttft, (hit, alone)
+    assert busy.cached == 512 and busy.batch == 2
+    assert busy.busy > busy.idle > 0
