@@ -200,14 +200,15 @@ def _aligned(words: int, block_size: int | None) -> int:
     return (words + block_size // 2) // block_size * block_size
 
 
-#: streams decoding beside `measure_busy_hit`'s hits, their prompt and output tokens
-BUSY_STREAMS, BUSY_CONTEXT, BUSY_OUTPUT = 2, 64, 48
+#: streams decoding beside `measure_busy_hit`'s hits, their prompt and output tokens; hits sent
+#: beside them per repeat (each waits a random part of a step: many, for a steady mean)
+BUSY_STREAMS, BUSY_CONTEXT, BUSY_OUTPUT, BUSY_ROUNDS = 2, 64, 48, 8
 
 
 async def measure_busy_hit(session: aiohttp.ClientSession, url: str, model: str, context: int,
                            new: int, repeats: int, words: RandomWords, log: Log) -> BusyPoint:
     """A prefix hit alone and beside decoding streams: `context` words sent once; then
-    `repeats` hits (the prefix and `new` fresh words) alone; then `3 x repeats` times
+    `repeats` hits (the prefix and `new` fresh words) alone; then `BUSY_ROUNDS x repeats` times
     `BUSY_STREAMS` streams start, and once each has streamed 8 tokens (their prefills over) a
     hit is sent after a random pause shorter than a step or two. Where the API server shares
     the engine's core, the busy hits wait for it (`fit_frontend_share`)."""
@@ -223,7 +224,7 @@ async def measure_busy_hit(session: aiohttp.ClientSession, url: str, model: str,
         idle.append(times[0] - t0)
         cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
     busy: list[float] = []
-    for _ in range(3 * repeats):
+    for _ in range(BUSY_ROUNDS * repeats):
         counts = [0] * BUSY_STREAMS
         decoding = asyncio.Event()
 
