@@ -158,15 +158,18 @@ async def measure_prefill(session: aiohttp.ClientSession, url: str, model: str,
 
 #: prefix hits measured: (cached context as a share of the longest prompt, new tokens after it)
 HITS = ((0.25, 64), (0.5, 64), (0.25, 256))
+#: hits sent per repeat: a hit is short, and one slow reply in three moved a median by a third
+#: (and the fitted cost per prompt token with it)
+HIT_REPEATS = 3
 
 
 async def measure_hits(session: aiohttp.ClientSession, url: str, model: str, limit: int,
                        block_size: int | None, repeats: int, words: RandomWords,
                        log: Log) -> list[PrefillPoint]:
-    """Time to first token of prefix hits: a prompt sent once, then `repeats` prompts that
-    start with it and add new words (`HITS`, contexts as shares of the longest prompt `limit`).
-    The cached count is the server's `usage.prompt_tokens_details.cached_tokens` (else the
-    prefix in whole blocks)."""
+    """Time to first token of prefix hits: a prompt sent once, then `HIT_REPEATS x repeats`
+    prompts that start with it and add new words (`HITS`, contexts as shares of the longest
+    prompt `limit`); the median. The cached count is the server's
+    `usage.prompt_tokens_details.cached_tokens` (else the prefix in whole blocks)."""
     out = []
     for share, new in HITS:
         context = _aligned(int(limit * share), block_size)
@@ -177,7 +180,7 @@ async def measure_hits(session: aiohttp.ClientSession, url: str, model: str, lim
         await stream_times(session, url, stream_body(model, prefix, 1), usage=usage)
         whole = int(usage.get("prompt_tokens") or context)
         ttfts, tokens, cached = [], context + new, 0
-        for _ in range(repeats):
+        for _ in range(HIT_REPEATS * repeats):
             usage = {}
             t0, times, tokens = await stream_times(
                 session, url, stream_body(model, prefix + " " + words(new), 1), usage=usage)
@@ -208,16 +211,16 @@ BUSY_STREAMS, BUSY_CONTEXT, BUSY_OUTPUT, BUSY_ROUNDS = 2, 64, 48, 8
 async def measure_busy_hit(session: aiohttp.ClientSession, url: str, model: str, context: int,
                            new: int, repeats: int, words: RandomWords, log: Log) -> BusyPoint:
     """A prefix hit alone and beside decoding streams: `context` words sent once; then
-    `repeats` hits (the prefix and `new` fresh words) alone; then `BUSY_ROUNDS x repeats` times
-    `BUSY_STREAMS` streams start, and once each has streamed 8 tokens (their prefills over) a
-    hit is sent after a random pause shorter than a step or two. Where the API server shares
+    `HIT_REPEATS x repeats` hits (the prefix and `new` fresh words) alone (their median); then
+    `BUSY_ROUNDS x repeats` times `BUSY_STREAMS` streams start, and once each has streamed 8
+    tokens (their prefills over) a hit is sent after a random pause shorter than a step or two. Where the API server shares
     the engine's core, the busy hits wait for it (`fit_frontend_share`)."""
     prefix = words(context)
     await stream_times(session, url, stream_body(model, prefix, 1))
     rng = np.random.default_rng(len(prefix))
     idle: list[float] = []
     cached, tokens = 0, context + new
-    for _ in range(repeats):
+    for _ in range(HIT_REPEATS * repeats):
         usage: dict[str, Any] = {}
         t0, times, tokens = await stream_times(
             session, url, stream_body(model, prefix + " " + words(new), 1), usage=usage)
