@@ -1,6 +1,7 @@
 """Fitting a simulator profile to timings measured on a real engine (pure: numbers in, profile out).
 
-The timing model (sim/timing.py) is linear in six unknowns once the model's shape is fixed:
+The timing model (sim/timing.py) is linear in six unknowns (seven with prefix hits) once the
+model's shape is fixed:
 
     TTFT(L)      = f + k(L) o + u (2 body L + 2 embed) + w A pairs(L) + s  [+ t L]
     ITL(B, C)    = o + u B (2 body + 2 embed) + m B C kv_bytes + s B
@@ -123,8 +124,9 @@ def _predict(x: np.ndarray, rows: np.ndarray, weights: float) -> np.ndarray:
 
 
 def _fit_with_floor(rows: np.ndarray, target: np.ndarray, weights: float) -> np.ndarray:
-    """Coefficients [f, o, u, w, m, s] (and [t] with a seventh column) minimising relative errors, where a step whose weights read
-    (m x weight bytes) outlasts its linear FLOPs costs the read instead. The floor binds for
+    """Coefficients [f, o, u, w, m, s] (and t, with a seventh column) minimising relative
+    errors, where a step whose weights read (m x weight bytes) outlasts its linear FLOPs costs
+    the read instead. The floor binds for
     the points with the fewest FLOPs per step, so every cut of the points sorted by FLOPs per
     step is tried; the best fit under the floored model wins."""
     steps = np.maximum(rows[:, 1], 1.0)

@@ -1,6 +1,6 @@
 """Measuring a running OpenAI/vLLM server for `inferoute sim calibrate --from URL`.
 
-Four measurements, all with streamed completions of random three-letter words (every prompt
+Five measurements, all with streamed completions of random three-letter words (every prompt
 new, so nothing is served from the prefix cache, but for the hits measured on purpose):
 
 - prefill: time to first token of one prompt alone, for a ladder of prompt lengths (median of
@@ -20,6 +20,9 @@ new, so nothing is served from the prefix cache, but for the hits measured on pu
   server or client that delivers tokens in bursts does not skew it. From a server without
   those metrics: the per-request mean (the older vLLMs' `request_time_per_output_token`), or
   per stream the mean gap between tokens over the second half of its output;
+- a hit beside decoding streams (`measure_busy_hit`): the first hit again, sent while two
+  streams decode, against the same hit alone; what the step model does not explain of the
+  difference is the front end waiting for a core it shares with the engine;
 - scrapes: the same decode window without /metrics scrapes and with one every 25 ms: the
   engine time a scrape costs (`measure_scrape_cost`), which is real where the API process
   renders its page on the engine's own cores (vLLM-CPU) and which the simulator then charges
@@ -52,8 +55,8 @@ from .fit import BusyPoint, DecodePoint, PrefillPoint
 
 __all__ = ["Histogram", "Measurements", "RandomWords", "ServerFacts", "StepWindow",
            "decode_step", "decode_window", "histogram_of", "measure_scrape_cost",
-           "measure_hits", "measure_server", "scrape_cost_of", "server_tpot", "stream_body",
-           "stream_times", "tpot_of"]
+           "measure_busy_hit", "measure_hits", "measure_server", "scrape_cost_of", "server_tpot",
+           "stream_body", "stream_times", "tpot_of"]
 
 Log = Callable[[str], None]
 
@@ -213,8 +216,9 @@ async def measure_busy_hit(session: aiohttp.ClientSession, url: str, model: str,
     """A prefix hit alone and beside decoding streams: `context` words sent once; then
     `HIT_REPEATS x repeats` hits (the prefix and `new` fresh words) alone (their median); then
     `BUSY_ROUNDS x repeats` times `BUSY_STREAMS` streams start, and once each has streamed 8
-    tokens (their prefills over) a hit is sent after a random pause shorter than a step or two. Where the API server shares
-    the engine's core, the busy hits wait for it (`fit_frontend_share`)."""
+    tokens (their prefills over) a hit is sent after a random pause shorter than a step or two.
+    Where the API server shares the engine's core, the busy hits wait for it
+    (`fit_frontend_share`)."""
     prefix = words(context)
     await stream_times(session, url, stream_body(model, prefix, 1))
     rng = np.random.default_rng(len(prefix))
