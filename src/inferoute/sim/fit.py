@@ -38,8 +38,8 @@ import numpy as np
 from .profile import EngineProfile
 from .timing import TimingModel
 
-__all__ = ["BusyPoint", "PrefillPoint", "DecodePoint", "FitResult", "busy_wait", "check_fit",
-           "fit_frontend_share", "fit_profile", "architecture_from_hf_config"]
+__all__ = ["BusyPoint", "DecodePoint", "FitResult", "PrefillPoint", "architecture_from_hf_config",
+           "busy_wait", "check_fit", "fit_frontend_share", "fit_profile"]
 
 
 @dataclass(frozen=True, slots=True)

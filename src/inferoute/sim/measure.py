@@ -211,6 +211,30 @@ def _aligned(words: int, block_size: int | None) -> int:
 BUSY_STREAMS, BUSY_CONTEXT, BUSY_OUTPUT, BUSY_ROUNDS = 2, 64, 48, 8
 
 
+async def _hit_beside_streams(session: aiohttp.ClientSession, url: str, model: str,
+                              prompt: str, words: RandomWords, pause: float) -> float:
+    """The TTFT of `prompt`, sent `pause` seconds after each of `BUSY_STREAMS` fresh streams has
+    streamed 8 tokens (their prefills over, all decoding); the streams run to their end."""
+    counts = [0] * BUSY_STREAMS
+    decoding = asyncio.Event()
+
+    def seen(i: int) -> None:
+        counts[i] += 1
+        if min(counts) >= 8:
+            decoding.set()
+
+    streams = asyncio.gather(*(stream_times(session, url, stream_body(
+        model, words(BUSY_CONTEXT), BUSY_OUTPUT), on_token=functools.partial(seen, i))
+        for i in range(BUSY_STREAMS)))
+    try:
+        await asyncio.wait_for(decoding.wait(), 60)
+        await asyncio.sleep(pause)
+        t0, times, _ = await stream_times(session, url, stream_body(model, prompt, 1))
+        return times[0] - t0
+    finally:
+        await streams
+
+
 async def measure_busy_hit(session: aiohttp.ClientSession, url: str, model: str, context: int,
                            new: int, repeats: int, words: RandomWords, log: Log) -> BusyPoint:
     """A prefix hit alone and beside decoding streams: `context` words sent once; then
@@ -230,27 +254,9 @@ async def measure_busy_hit(session: aiohttp.ClientSession, url: str, model: str,
             session, url, stream_body(model, prefix + " " + words(new), 1), usage=usage)
         idle.append(times[0] - t0)
         cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    busy: list[float] = []
-    for _ in range(BUSY_ROUNDS * repeats):
-        counts = [0] * BUSY_STREAMS
-        decoding = asyncio.Event()
-
-        def seen(i: int) -> None:
-            counts[i] += 1
-            if min(counts) >= 8:
-                decoding.set()
-
-        streams = asyncio.gather(*(stream_times(session, url, stream_body(
-            model, words(BUSY_CONTEXT), BUSY_OUTPUT), on_token=functools.partial(seen, i))
-            for i in range(BUSY_STREAMS)))
-        try:
-            await asyncio.wait_for(decoding.wait(), 60)
-            await asyncio.sleep(float(rng.uniform(0.0, 0.02)))
-            t0, times, _ = await stream_times(
-                session, url, stream_body(model, prefix + " " + words(new), 1))
-            busy.append(times[0] - t0)
-        finally:
-            await streams
+    busy = [await _hit_beside_streams(session, url, model, prefix + " " + words(new), words,
+                                      float(rng.uniform(0.0, 0.02)))
+            for _ in range(BUSY_ROUNDS * repeats)]
     point = BusyPoint(tokens or context + new, cached, BUSY_STREAMS,
                       BUSY_CONTEXT + BUSY_OUTPUT // 4, statistics.median(idle),
                       statistics.mean(busy))
