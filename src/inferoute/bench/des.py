@@ -343,9 +343,8 @@ class VirtualBench:
                              max_tokens=item.max_tokens, ignore_eos=self.cfg.ignore_eos)
         self._live[rid] = _Live(rec, lifecycle, i)
         # the serving front end (proxies, the API server tokenizing the prompt) before the
-        # engine sees the request; see EngineProfile.frontend_delay
-        delay = self.profile.frontend_delay(len(sim_req.prompt_tokens))
-        delay += self.engines[i].front_end(delay)
+        # engine sees the request; see Engine.front_end
+        delay = self.engines[i].front_end(len(sim_req.prompt_tokens))
         if delay > 0:
             self._push(now + delay, _ENGINE_IN, (i, sim_req))
         else:

@@ -222,18 +222,18 @@ class Engine:
         if self.profile.scrape_engine_ms and self.has_work():
             self._host_charge += self.profile.scrape_engine_ms / 1e3
 
-    def front_end(self, seconds: float) -> float:
-        """A request's front end of `seconds` begins: the extra seconds it waits for the core.
-        Where the profile puts a share of the front end on the engine's core
-        (`frontend_engine_share`) and the engine is computing, that share takes turns with the
-        steps: the request waits that much longer and the engine's next step is as much
-        later; an idle engine costs nothing."""
+    def front_end(self, prompt_tokens: int) -> float:
+        """A request of `prompt_tokens` arrives: the seconds until this engine sees it, the
+        profile's `frontend_delay`. Where the profile puts a share of the front end on the
+        engine's core (`frontend_engine_share`) and the engine is computing, that share takes
+        turns with the steps: the request waits that much longer and the engine's next step is
+        as much later; an idle engine costs nothing."""
+        seconds = self.profile.frontend_delay(prompt_tokens)
         share = self.profile.frontend_engine_share
-        if not share or not self.has_work():
-            return 0.0
-        extra = share * seconds
-        self._host_charge += extra
-        return extra
+        if share and self.has_work():
+            self._host_charge += share * seconds
+            seconds += share * seconds
+        return seconds
 
     # -- the step --------------------------------------------------------------------------------
     def step(self, now: float) -> StepOutcome:

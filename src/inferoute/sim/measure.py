@@ -188,14 +188,18 @@ async def measure_hits(session: aiohttp.ClientSession, url: str, model: str, lim
             t0, times, tokens = await stream_times(
                 session, url, stream_body(model, prefix + " " + words(new), 1), usage=usage)
             ttfts.append(times[0] - t0)
-            details = usage.get("prompt_tokens_details") or {}
-            cached = int(details.get("cached_tokens") or 0) or (
+            cached = _cached_tokens(usage) or (
                 whole // block_size * block_size if block_size else 0)
         point = PrefillPoint(tokens or context + new, statistics.median(ttfts), cached)
         log(f"prefix hit {point.cached:>6} cached + {point.prompt_tokens - point.cached} new: "
             f"TTFT {point.ttft * 1e3:8.1f} ms")
         out.append(point)
     return out
+
+
+def _cached_tokens(usage: dict[str, Any]) -> int:
+    """The prompt tokens a server's `usage` says it found in its prefix cache (0: not said)."""
+    return int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
 
 
 def _aligned(words: int, block_size: int | None) -> int:
@@ -253,7 +257,7 @@ async def measure_busy_hit(session: aiohttp.ClientSession, url: str, model: str,
         t0, times, tokens = await stream_times(
             session, url, stream_body(model, prefix + " " + words(new), 1), usage=usage)
         idle.append(times[0] - t0)
-        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        cached = _cached_tokens(usage)
     busy = [await _hit_beside_streams(session, url, model, prefix + " " + words(new), words,
                                       float(rng.uniform(0.0, 0.02)))
             for _ in range(BUSY_ROUNDS * repeats)]

@@ -370,9 +370,7 @@ class Replica:
             return _error(status, f"injected fault: HTTP {status}", headers=headers)
         # the profile's front end (a fitted one: the real server's HTTP, tokenizer and first
         # token path, far slower than this process's own), then any injected delay
-        front = self.engine.profile.frontend_delay(len(ids))
-        front += self.engine.front_end(front)
-        delay = (front * self.runner.time_scale
+        delay = (self.engine.front_end(len(ids)) * self.runner.time_scale
                  + self.extra_ttft + (self.faults.settings.slow_delay if fault == "slow" else 0.0))
         rid = uuid.uuid4().hex
         key = xxhash.xxh64_hexdigest(api.prompt_text.encode() if api.prompt_token_ids is None

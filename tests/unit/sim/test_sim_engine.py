@@ -328,13 +328,15 @@ def test_a_front_end_beside_a_busy_engine_takes_turns_with_its_steps():
     """A vLLM-CPU replica's API server shares the worker's core: with `frontend_engine_share`,
     a request whose front end begins while the engine computes waits that share of it longer,
     and the engine's next step is as much later; beside an idle engine it costs nothing."""
-    shared, plain = Engine(TINY.replace(frontend_engine_share=0.5)), Engine(TINY)
-    assert shared.front_end(0.006) == 0.0  # idle: the core is the front end's
+    front = TINY.replace(frontend_fixed_ms=6.0)
+    shared, plain = Engine(front.replace(frontend_engine_share=0.5)), Engine(front)
+    assert shared.front_end(100) == pytest.approx(0.006)  # idle: the core is the front end's
     for e in (plain, shared):
         e.add_request(req("a", words("a", 40), max_tokens=8), 0.0)
         e.step(0.0)  # the prefill
-    assert plain.front_end(0.006) == 0.0  # a share of 0: the API server has cores of its own
-    assert shared.front_end(0.006) == pytest.approx(0.003)
+    # a share of 0: the API server has cores of its own
+    assert plain.front_end(100) == pytest.approx(0.006)
+    assert shared.front_end(100) == pytest.approx(0.009)
     assert shared.step(1.0).duration == pytest.approx(plain.step(1.0).duration + 0.003)
     assert shared.step(2.0).duration == pytest.approx(plain.step(2.0).duration)  # charged once
 
