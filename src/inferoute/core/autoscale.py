@@ -743,7 +743,9 @@ class PoolEstimator:
             step = self._decode_fit(streamed, fit[1]) if fit is not None else None
         else:  # no first token timed: the speeds from the answers' ends
             fit, step = self._whole_fit([smp for smp in self._samples if smp.ttft is None])
-        if fit is None:
+        if fit is None or not self._samples:
+            # (a fit kept from an earlier window, but no request of this one has finished:
+            # arrivals after a quiet spell longer than the window)
             return self._before_first_finish(now, lam, error, ready, starting)
         samples = list(self._samples)
         n = len(samples)

@@ -320,3 +320,19 @@ def test_a_retried_answer_is_counted_on_its_last_replica_only(make_ep, make_req)
     assert auto._decoding._state == {} and d.decode_mark is None
     (answer,) = auto.pools["m"]._samples
     assert answer.endpoint == eps[1].name and answer.decoders == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_arrivals_after_a_quiet_spell_hold_the_ready_count(make_ep, stream: bool) -> None:
+    """A fit kept from an earlier window, then a quiet spell longer than the window and new
+    arrivals none of which has finished yet: the window has no finished request to size
+    with, so the ready count holds (the estimate divided by zero there before, on Azure's
+    code trace, on and off by the minute)."""
+    ready = [make_ep(i) for i in range(2)]
+    est = PoolEstimator(AutoscaleSpec(horizon=0))
+    t = _feed_answers(est, rate=10, seconds=60, stream=stream)
+    assert est.estimate(t, ready).measured
+    later = t + 2 * est.spec.window
+    est.arrived(later)
+    e = est.estimate(later + 1, ready)
+    assert not e.measured and e.desired == len(ready)
