@@ -32,7 +32,8 @@ def run(profile: str, replicas: int, rate: float, duration: float, params: list[
     load = ShapedLoad.make(rate, rate, duration, seed=seed)
     bench = AutoscaledBench(AutoscaleConfig(
         rule="gauge", workload=workload, load=load, profile=profile, seed=seed,
-        min_replicas=replicas, max_replicas=replicas, initial_replicas=replicas))
+        min_replicas=replicas, max_replicas=replicas, initial_replicas=replicas,
+        rate_quantile=0.5))  # the docs' figures: the model at the forecast itself
     ends: list[str] = []
 
     def note(now: float) -> None:

@@ -2,7 +2,7 @@
 
     python benchmarks/autoscale_days.py [--seed-offset 0] [--loads "A day,B'"] [--jobs 2]
                                         [--rules gauge,kv --kv-targets 0.2,0.3,0.4]
-                                        [--no-stream]
+                                        [--no-stream] [--rate-quantile 0.9]
 
 Each load is one `inferoute bench autoscale` command of the docs' autoscaling section (engine
 A: the command's defaults; engine B: llama3-8b-h100 with 6,000-token prompts; the four
@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from inferoute.bench.autoscale import AutoscaleConfig, ShapedLoad, run_autoscaled
 from inferoute.bench.autoscale_command import DEFAULT_PARAMS
 from inferoute.bench.workloads import make_workload
+from inferoute.core.autoscale import DEFAULT_RATE_QUANTILE
 
 ENGINE_A = "qwen3-32b-2xh100"
 ENGINE_B = "llama3-8b-h100"
@@ -60,10 +61,11 @@ DAYS = (
 )
 
 
-def run(job: tuple[Day, int, str, float, bool]) -> tuple[str, str, float, float, int, int]:
+def run(job: tuple[Day, int, str, float, bool, float]
+        ) -> tuple[str, str, float, float, int, int]:
     """One load under one rule ("gauge" or "kv T"): (load, rule, replica-seconds, TTFT p90,
     requests over the target, requests)."""
-    day, offset, rule, warmup, stream = job
+    day, offset, rule, warmup, stream, quantile = job
     seed = day.seed + offset
     workload = make_workload("random", {**DEFAULT_PARAMS, **day.params}, seed=seed)
     load = ShapedLoad.make(day.base, day.peak, day.duration, seed=seed, warmup=warmup)
@@ -71,7 +73,7 @@ def run(job: tuple[Day, int, str, float, bool]) -> tuple[str, str, float, float,
     r = run_autoscaled(AutoscaleConfig(
         rule="kv" if kind == "kv" else "gauge", workload=workload, load=load,
         profile=day.profile, seed=seed, kv_target=float(target) if target else 0.5,
-        scored_from=warmup, stream=stream))
+        scored_from=warmup, stream=stream, rate_quantile=quantile))
     return day.name, rule, r.replica_seconds, r.ttft_p90, r.over_target, r.requests
 
 
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (2)")
     p.add_argument("--no-stream", action="store_true",
                    help="clients that ask for whole answers, not event streams")
+    p.add_argument("--rate-quantile", type=float, default=DEFAULT_RATE_QUANTILE,
+                   help="the gauge's `rateQuantile`: the quantile of its forecast rate it "
+                        f"sizes for ({DEFAULT_RATE_QUANTILE:g})")
     args = p.parse_args(argv)
     names = {n.strip() for n in args.loads.split(",") if n.strip()}
     unknown = names - {d.name for d in DAYS}
@@ -108,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     days = [d for d in DAYS if not names or d.name in names]
     if args.warmup < 0:
         p.error("--warmup: seconds, at least 0")
-    jobs = [(d, args.seed_offset, rule, args.warmup, not args.no_stream)
+    if not 0 < args.rate_quantile < 1:
+        p.error("--rate-quantile: a probability in (0, 1)")
+    jobs = [(d, args.seed_offset, rule, args.warmup, not args.no_stream, args.rate_quantile)
             for rule in rules for d in days]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(run, jobs))

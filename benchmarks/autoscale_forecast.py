@@ -64,7 +64,8 @@ def score(arrivals: list[float], rate: Callable[[float], float],
           duration: float) -> tuple[float, float, list[tuple[float, float, float]]]:
     """(shortfall, excess, [(t, forecast, truth)]) of the forecast of these arrivals, whose
     true rate at a time is `rate`."""
-    est = PoolEstimator(AutoscaleSpec(horizon=HORIZON, cold_start=COLD_START))
+    # the forecast itself (z = 0: now or the horizon, whichever is higher), as the docs scored it
+    est = PoolEstimator(AutoscaleSpec(horizon=HORIZON, cold_start=COLD_START, rate_quantile=0.5))
     rows: list[tuple[float, float, float]] = []
     i, t = 0, SYNC_PERIOD
     while t < duration:

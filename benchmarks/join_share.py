@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> list[str]:
     load = ShapedLoad.make(args.base, args.peak, args.duration, seed=args.seed, shape="day")
     bench = AutoscaledBench(AutoscaleConfig(rule="gauge", workload=workload, load=load,
                                             profile=args.profile, policy=args.policy,
-                                            seed=args.seed))
+                                            seed=args.seed,
+                                            # the docs' figures: sized for the forecast itself
+                                            rate_quantile=0.5))
     seen = _Dispatches()
     bench.bench.router.listeners.append(seen)
     result = bench.run()

@@ -28,7 +28,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from ..core.autoscale import Autoscaler, AutoscaleSpec
+from ..core.autoscale import DEFAULT_RATE_QUANTILE, Autoscaler, AutoscaleSpec
 from .des import SimConfig, VirtualBench
 from .load import LoadSpec, Stage
 from .workloads import Workload
@@ -188,7 +188,7 @@ class AutoscaleConfig:
     #: the HPA's scale-down stabilization window (behavior.scaleDown), seconds
     scale_down_window: float = SCALE_DOWN_WINDOW
     #: gauge: the quantile of its forecast rate it sizes for (`rateQuantile`)
-    rate_quantile: float = 0.5
+    rate_quantile: float = DEFAULT_RATE_QUANTILE
     profile_overrides: dict[str, Any] = field(default_factory=dict)
     #: seconds of the run not scored: the load's warm-up (`ShapedLoad.warmup`; a trace's
     #: first seconds)

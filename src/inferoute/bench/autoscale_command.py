@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..core.autoscale import DEFAULT_RATE_QUANTILE
 from .autoscale import (
     SHAPES,
     AutoscaleConfig,
@@ -185,9 +186,10 @@ def register(sub: Any, guard: Any) -> None:
     p.add_argument("--cold-start", type=float, default=60.0,
                    help="seconds from a replica asked for to serving (60)")
     p.add_argument("--min-replicas", type=int, default=1)
-    p.add_argument("--rate-quantile", type=float, default=0.5,
-                   help="gauge: the quantile of its forecast rate it sizes for (0.5: the "
-                        "forecast; 0.9: its one-sided 90%% bound)")
+    p.add_argument("--rate-quantile", type=float, default=DEFAULT_RATE_QUANTILE,
+                   help="gauge: the quantile of its forecast rate it sizes for "
+                        f"({DEFAULT_RATE_QUANTILE:g}: its one-sided 90%% bound; 0.5: the "
+                        "forecast itself)")
     p.add_argument("--max-replicas", type=int, default=16)
     p.add_argument("--profile", default="qwen3-32b-2xh100", help="engine profile")
     p.add_argument("--policy", default="inferoute", help="routing policy (inferoute)")

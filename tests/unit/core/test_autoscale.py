@@ -38,7 +38,9 @@ def _feed(est: PoolEstimator, *, rate: float, seconds: float, uncached: int = 10
 
 
 def test_formula_on_a_steady_window(make_ep) -> None:
-    spec = AutoscaleSpec(ttft_target=1.0, window=60.0, max_kv_utilization=0.8)
+    # sized for the forecast itself (z = 0); the default's upper bound: test below
+    spec = AutoscaleSpec(ttft_target=1.0, window=60.0, max_kv_utilization=0.8,
+                         rate_quantile=0.5)
     est = PoolEstimator(spec)
     now = _feed(est, rate=10, seconds=60)
     # two ready replicas keep up with the load (no backlog ahead); 5 running requests each
@@ -426,7 +428,7 @@ def test_a_step_asks_for_the_new_level(make_ep) -> None:
 def test_the_upper_bound_sizes_for_the_forecast_error(make_ep) -> None:
     """With `rateQuantile: 0.9` the replicas asked for now are sized for the rate's one-sided
     90% bound when they serve, lambda + 1.28 sigma, sigma the trend's standard error there
-    (Poisson counts: a minute at 10 req/s leaves one); at the default 0.5, for lambda."""
+    (Poisson counts: a minute at 10 req/s leaves one); at 0.5, for lambda."""
     ready = [make_ep(i, running=4, kv_usage=0.1) for i in range(8)]
 
     def estimate(quantile: float):
@@ -521,7 +523,8 @@ def test_the_window_is_bounded() -> None:
 def test_spec_parsing() -> None:
     spec = parse_autoscale_spec({"ttftTarget": "500ms", "window": "2m", "maxReplicas": 8})
     assert (spec.ttft_target, spec.window, spec.max_replicas) == (0.5, 120.0, 8)
-    assert spec.rate_quantile == 0.5 and spec.rate_z == 0.0 and spec.cold_start is None
+    assert spec.rate_quantile == 0.9 and spec.rate_z == pytest.approx(1.2816, abs=1e-4)
+    assert spec.cold_start is None and parse_autoscale_spec({"rateQuantile": 0.5}).rate_z == 0
     assert parse_autoscale_spec({"coldStart": "90s"}).cold_start == 90.0
     assert parse_autoscale_spec({"rateQuantile": 0.9}).rate_z == pytest.approx(1.2816, abs=1e-4)
     with pytest.raises(ConfigError, match="rateQuantile"):

@@ -160,7 +160,8 @@ def test_with_the_decode_measured_the_pool_is_sized_as_one_queue(make_ep) -> Non
     """A router that balances pools the replicas' queues; the decode's cost, measured, keeps
     that from undersizing: more work per request than the prompt's tokens at the prefill
     speed, and fewer replicas than N queues apart with that same work."""
-    est = PoolEstimator(AutoscaleSpec(horizon=0, max_replicas=100))
+    # sized for the forecast itself (z = 0), the rate the formula below is given
+    est = PoolEstimator(AutoscaleSpec(horizon=0, max_replicas=100, rate_quantile=0.5))
     ready = [make_ep(i) for i in range(40)]
     t = _feed_decodes(est, rate=60, seconds=60)
     e = est.estimate(t, ready)
