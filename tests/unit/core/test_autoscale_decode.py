@@ -118,6 +118,31 @@ def test_the_prefills_within_a_decode_are_costed_at_their_own_speed(make_ep) -> 
     assert e.work == pytest.approx(0.6 * B * 1100 + DELTA * 100)
 
 
+def test_one_windows_fit_does_not_swing_the_step_cost(make_ep) -> None:
+    """The step cost is the median of the last windows' fits: a window whose prompt tokens
+    read at a third of the cost the windows before it read moves nothing (it cut Mooncake's
+    work per request by 45% for 12 minutes), and a cost that stays changed is followed once
+    it holds for most of the windows kept."""
+    est = PoolEstimator(AutoscaleSpec(window=60, horizon=0))
+
+    def prefilled(n: float, i: int) -> float:  # P varies apart from n: beta is measured
+        return 300 * n + 1000 * (i % 7 - 3)
+
+    ready = [make_ep(0)]
+    t = 0.0
+    for _ in range(3):
+        t = _feed_decodes(est, rate=10, seconds=60, start=t, beta=0.6 * B, prefilled=prefilled)
+        assert est.estimate(t, ready).work == pytest.approx(0.6 * B * 1100 + DELTA * 100)
+    t = _feed_decodes(est, rate=10, seconds=60, start=t, beta=0.2 * B, prefilled=prefilled)
+    assert est.estimate(t, ready).work == pytest.approx(0.6 * B * 1100 + DELTA * 100)
+    for _ in range(2):
+        t = _feed_decodes(est, rate=10, seconds=60, start=t, beta=0.2 * B,
+                          prefilled=prefilled)
+        est.estimate(t, ready)
+    # three of the five windows kept read 0.2 b: their median is theirs
+    assert est.estimate(t, ready).work == pytest.approx(0.2 * B * 1100 + DELTA * 100)
+
+
 def test_a_noisy_decode_line_keeps_the_last_one(make_ep) -> None:
     est = PoolEstimator(AutoscaleSpec(window=60, horizon=0))
     t = _feed_decodes(est, rate=10, seconds=60)
