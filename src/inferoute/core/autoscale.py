@@ -759,15 +759,17 @@ class PoolEstimator:
         if self.arrival_rate(now) == 0.0:
             return Estimate(desired=spec.min_replicas)
         lam, error = self.forecast(now)
+        if not self._samples:  # none of the window's requests has finished (a pool's first,
+            # or arrivals after a quiet spell longer than the window: a fit kept from before
+            # has no prompt sizes to size with)
+            return self._before_first_finish(now, lam, error, ready, starting)
         streamed = [smp for smp in self._samples if smp.ttft is not None and smp.ttft > 0]
         if streamed:
             fit = self._prefill_fit(streamed)
             step = self._decode_fit(now, streamed, fit[1]) if fit is not None else None
         else:  # no first token timed: the speeds from the answers' ends
             fit, step = self._whole_fit([smp for smp in self._samples if smp.ttft is None])
-        if fit is None or not self._samples:
-            # (a fit kept from an earlier window, but no request of this one has finished:
-            # arrivals after a quiet spell longer than the window)
+        if fit is None:
             return self._before_first_finish(now, lam, error, ready, starting)
         samples = list(self._samples)
         n = len(samples)
