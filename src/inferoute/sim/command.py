@@ -58,6 +58,9 @@ def register(subparsers: Any) -> None:
                    help="LoRA GPU slots; enables the LoRA endpoints (profile default)")
     p.add_argument("--lora", action="append", default=[], metavar="NAME",
                    help="LoRA adapter loaded at start (repeatable; enables LoRA)")
+    p.add_argument("--no-prompt-tokens-details", action="store_true",
+                   help="usage without prompt_tokens_details.cached_tokens, as vLLM answers "
+                        "unless started with --enable-prompt-tokens-details")
     p.add_argument("--kv-events", action="store_true", help="publish vLLM KV events over ZMQ")
     p.add_argument("--kv-events-port", type=int, default=5557,
                    help="PUB port of replica 0, +i for replica i (5557)")
@@ -173,7 +176,8 @@ def build_configs(args: argparse.Namespace) -> list[Any]:
                           kv_pub_port=args.kv_events_port + i if args.kv_events_port else 0,
                           kv_connect=args.kv_events_connect,
                           kv_replay_port=replay + i if replay else 0,
-                          faults=faults.settings)
+                          faults=faults.settings,
+                          prompt_tokens_details=not args.no_prompt_tokens_details)
             for i in range(args.replicas)]
 
 

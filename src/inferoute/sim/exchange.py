@@ -36,9 +36,10 @@ class Exchange:
     """One request-response exchange: submit after any injected delay, then relay the tokens."""
 
     def __init__(self, runner: EngineRunner, api: SimApiRequest, rid: str, key: str,
-                 arrival: float, *, seed: int, drop_after: int | None) -> None:
+                 arrival: float, *, seed: int, drop_after: int | None,
+                 token_details: bool = True) -> None:
         """`seed` seeds the output words; `drop_after` (an injected fault) cuts the connection
-        after that many streamed tokens."""
+        after that many streamed tokens; `token_details` puts the cached tokens in usage."""
         self.runner = runner
         self.seed = seed
         self.api = api
@@ -46,6 +47,7 @@ class Exchange:
         self.key = key
         self.arrival = arrival
         self.drop_after = drop_after
+        self.token_details = token_details
         self.response_id = _ID_PREFIX[api.kind] + rid
         self._words: list[str] = []
 
@@ -61,6 +63,10 @@ class Exchange:
         if start == 0 and out and self.api.kind != "completions":
             out[0] = words[0]
         return out
+
+    def _usage(self, handle: RequestHandle, completion_tokens: int) -> dict[str, Any]:
+        return usage_dict(handle.prompt_tokens, completion_tokens,
+                          handle.cached_tokens if self.token_details else None)
 
     def _response_shape(self, max_tokens: int) -> ResponseShape:
         return ResponseShape(self.api.body, self.response_id, self.api.model, max_tokens)
@@ -100,7 +106,7 @@ class Exchange:
         finally:
             self._abort(handle)
         text = "".join(self._text(0, handle.generated))
-        usage = usage_dict(handle.prompt_tokens, handle.generated, handle.cached_tokens)
+        usage = self._usage(handle, handle.generated)
         reason = handle.finish_reason or "stop"
         if self.api.kind == "responses":
             body = full_response_body(self._response_shape(sim.max_tokens), text, reason, usage)
@@ -133,14 +139,14 @@ class Exchange:
                     last = len(texts) - 1 if o.finished else -1
                     for i, text in enumerate(texts):
                         sent += 1
-                        usage = (usage_dict(handle.prompt_tokens, sent, handle.cached_tokens)
+                        usage = (self._usage(handle, sent)
                                  if api.continuous_usage else None)
                         if i == last:
                             parts.append(writer.final(text, o.finish_reason or "stop", usage))
                         else:
                             parts.append(writer.token(text, usage))
                     if o.finished and not texts:
-                        usage = (usage_dict(handle.prompt_tokens, sent, handle.cached_tokens)
+                        usage = (self._usage(handle, sent)
                                  if api.continuous_usage else None)
                         parts.append(writer.final("", o.finish_reason or "stop", usage))
                 if parts:
@@ -152,7 +158,7 @@ class Exchange:
                 if handle.finished:
                     break
             await resp.write(writer.close(
-                usage_dict(handle.prompt_tokens, handle.generated, handle.cached_tokens)
+                self._usage(handle, handle.generated)
                 if api.include_usage else None))
             await resp.write_eof()
         except ConnectionResetError:

@@ -134,11 +134,16 @@ def check_context(limit: int, prompt_tokens: int, max_tokens: int | None) -> int
     return max_tokens
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
-    """The `usage` object, with vLLM's `prompt_tokens_details.cached_tokens`."""
-    return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
-            "completion_tokens": completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+def usage_dict(prompt_tokens: int, completion_tokens: int,
+               cached_tokens: int | None) -> dict[str, Any]:
+    """The `usage` object, with vLLM's `prompt_tokens_details.cached_tokens` (None: without
+    it, as vLLM answers unless started with `--enable-prompt-tokens-details`)."""
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens,
+                             "completion_tokens": completion_tokens}
+    if cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return usage
 
 
 class ChunkWriter:

@@ -63,6 +63,9 @@ class ReplicaConfig:
     kv_connect: str | None = None
     kv_replay_port: int | None = None
     faults: FaultSettings = field(default_factory=FaultSettings)
+    #: usage carries `prompt_tokens_details.cached_tokens` (vLLM's
+    #: `--enable-prompt-tokens-details`; off in vLLM by default)
+    prompt_tokens_details: bool = True
 
 
 def _advertised_host(host: str) -> str:
@@ -379,7 +382,8 @@ class Replica:
                          ignore_eos=api.ignore_eos, output_key=key)
         exchange = Exchange(self.runner, api, rid, key, arrival, seed=self.cfg.seed,
                             drop_after=self.faults.settings.drop_after_tokens
-                            if fault == "drop" else None)
+                            if fault == "drop" else None,
+                            token_details=self.cfg.prompt_tokens_details)
         try:
             if api.stream:
                 return await exchange.stream(request, sim, delay)
