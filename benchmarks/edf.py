@@ -1,6 +1,6 @@
 """Deadline-ordered admission against arrival order, in virtual time.
 
-    python benchmarks/edf.py [--policies inferoute,inferoute-kv-fit] [--replicas 2]
+    python benchmarks/edf.py [--policies inferoute,llm-d] [--replicas 2]
                              [--stages 6:60,9:60] [--share 0.3] [--ttft-ms 1500]
                              [--sheddable] [--seed 0] [--engine max_num_seqs=32]
 
@@ -81,7 +81,7 @@ def table(results: list[tuple[str, list[dict[str, Any]]]], rates: list[float | N
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--policies", default="inferoute,inferoute-kv-fit",
+    p.add_argument("--policies", default="inferoute,llm-d",
                    help="comma-separated packaged policies or config files")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--profile", default="qwen3-32b-2xh100")

@@ -31,7 +31,10 @@ plus inferoute's own per-endpoint gauges: `inferoute_endpoint_in_flight_requests
 `inferoute_latency_prediction_error_ratio{name,target}` (median absolute relative error of
 the pool's learned TTFT / TPOT model, with `latency-slo-scorer` configured),
 `inferoute_pool_desired_replicas{name}` (the replicas the pool needs for its TTFT target,
-a real count the HPA rounds up, `core.autoscale`), `inferoute_endpoint_scrapes_total{pool,endpoint}` and
+a real count the HPA rounds up, `core.autoscale`), with `kv-fit-filter` in the pool's policy
+(`inferoute`) `inferoute_pool_kv_fit_holding{name}` (1 while requests wait in the gateway for
+KV room) and `inferoute_pool_prefix_recompute_ratio{name}` (the share of returning prompt
+families' prefixes the servers recompute, once measured), `inferoute_endpoint_scrapes_total{pool,endpoint}` and
 `inferoute_endpoint_scrape_failures_total{pool,endpoint}`; and how far the shared routing state
 has travelled:
 `inferoute_kv_event_batches_total{pool,endpoint}` and `inferoute_kv_event_last_sequence{pool,
@@ -149,6 +152,13 @@ class Observability:
                                    "absolute relative error of the pool's learned latency "
                                    "model over its last checked predictions (0.1 = 10%).",
                                    ("name", "target"), registry=r)
+        self.kv_fit_holding = Gauge("inferoute_pool_kv_fit_holding", "1 while the pool's "
+                                    "KV-fit rule holds requests in the gateway until their KV "
+                                    "need fits a replica (the caches thrash), else 0.",
+                                    ("name",), registry=r)
+        self.recompute = Gauge("inferoute_pool_prefix_recompute_ratio", "Share of returning "
+                               "prompt families' prefixes the pool's servers recompute (0.1 = "
+                               "10%), as the KV-fit rule measures it.", ("name",), registry=r)
         #: the desired-replicas estimator, fed by the router (set by `watch` when configured)
         self.autoscaler: Autoscaler | None = None
         self._data: DataLayer | None = None
@@ -282,6 +292,12 @@ class Observability:
                     for target, value in errors().items():
                         if value is not None:
                             self.latency_error.labels(mp.model, target).set(value)
+                thrash = getattr(plugin, "thrash", None)
+                if callable(thrash):
+                    holding, share = thrash()
+                    self.kv_fit_holding.labels(mp.model).set(1 if holding else 0)
+                    if share is not None:
+                        self.recompute.labels(mp.model).set(share)
             if self.autoscaler is not None:
                 est = self.autoscaler.estimate(mp.model, now, ready,
                                                data.starting(mp.model, now))

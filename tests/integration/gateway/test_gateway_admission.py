@@ -125,11 +125,16 @@ def test_api_keys_models_and_rate_limits(harness, web, tmp_path):
 
 
 def test_a_release_rule_holds_requests_without_an_admission_section(harness, web):
-    """`inferoute-kv-fit` needs a queue to hold requests in: the gateway gives its pool one
-    although the config has no admission section (AdmissionDriver.for_gateway)."""
+    """A release rule (`kv-fit-filter`, set to hold always) needs a queue to hold requests
+    in: the gateway gives its pool one although the config has no admission section
+    (AdmissionDriver.for_gateway)."""
     server = harness.standin("--token-delay", "0.02")  # 4,096 blocks of 16 tokens: 65,536
+    holding = {"plugins": [{"type": "kv-fit-filter", "parameters": {"recomputeToHold": 0}},
+                           {"type": "max-score-picker"}],
+               "schedulingProfiles": [{"name": "default", "plugins": [
+                   {"pluginRef": "kv-fit-filter"}, {"pluginRef": "max-score-picker"}]}]}
     gw = harness.gateway({"pools": [{"model": "m", "endpoints": [server.url],
-                                     "scheduler": "inferoute-kv-fit"}]})
+                                     "scheduler": holding}]})
     # each request's KV need is half its max_tokens: two of them do not fit the replica
     big = {"model": "m", "max_tokens": 100_000, "stream": True}
     conn_a, resp_a = web.open_stream(gw.url + "/v1/completions", {**big, "prompt": "alpha"})

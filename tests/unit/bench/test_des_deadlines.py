@@ -1,7 +1,7 @@
 """The virtual benchmark with the gateway's admission section: requests with TTFT targets
 (a `SloMix`) overtake the backlog under earliest-deadline-first and meet their targets; in
-arrival order they wait behind it and miss. Both with the dispatch budget (`inferoute`) and a
-release rule (`inferoute-kv-fit`); same seed, same requests targeted."""
+arrival order they wait behind it and miss. Both with the dispatch budget (`inferoute-slo`: no
+release rule) and a release rule (`inferoute`); same seed, same requests targeted."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _cfg(policy: str, ordering: str) -> SimConfig:
                      slo=SloMix(share=0.3, ttft_ms=150, seed=1))
 
 
-@pytest.mark.parametrize("policy", ["inferoute", "inferoute-kv-fit"])
+@pytest.mark.parametrize("policy", ["inferoute-slo", "inferoute"])
 def test_deadline_order_meets_the_targets_arrival_order_misses(policy: str) -> None:
     fcfs, edf = (run_virtual(_cfg(policy, o)) for o in ("fcfs", "edf"))
     (a,), (b,) = (slo_summary(r.records, r.targets) for r in (fcfs, edf))

@@ -27,8 +27,10 @@ def _eps(blocks: list[int]) -> list[Endpoint]:
 
 
 def _fit(**params: float) -> KvFitFilter:
-    """The filter counting each request's whole output (the figures below are exact)."""
-    return KvFitFilter(params=KvFitFilter.Params(**{"output_share": 1.0, **params}))
+    """The filter counting each request's whole output (the figures below are exact), holding
+    always unless the test measures when it holds."""
+    return KvFitFilter(params=KvFitFilter.Params(
+        **{"output_share": 1.0, "recompute_to_hold": 0.0, **params}))
 
 
 def _filter(f: KvFitFilter, req: InferenceRequest, eps: list[Endpoint]) -> list[str]:
@@ -186,7 +188,7 @@ def _finish_returning(f: KvFitFilter, ep: Endpoint, cached: int, n: int, tag: st
 def test_it_holds_only_while_the_servers_recompute_returning_families() -> None:
     f = _fit(recompute_window=4, recompute_to_hold=0.5)
     eps = _eps([60, 60])  # 960 tokens each
-    assert f.holding and f.active  # nothing measured yet: hold, as without the measure
+    assert not f.holding and not f.active  # nothing measured yet: nothing says they thrash
     _finish_returning(f, eps[0], 640, 3, "hit")  # prefixes found cached: nothing recomputed
     assert f.stats()["recompute_share"] == 0.0 and not f.holding
     # not thrashing: admission does not ask the rule, and the filter keeps every endpoint
@@ -198,7 +200,7 @@ def test_it_holds_only_while_the_servers_recompute_returning_families() -> None:
     # the servers start recomputing the prefixes: the average crosses 0.5 and it holds
     _finish_returning(f, eps[0], 0, 3, "miss")
     # two hits (the first request of "a" was new), then 1/3, then a window of 4: 0.625
-    assert f.recompute == pytest.approx(0.625) and f.holding and f.active
+    assert f.stats()["recompute_share"] == pytest.approx(0.625) and f.holding and f.active
     # the requests served while it was not active are charged: it fits nowhere now
     assert f.place(late, eps, 0.0) is None
     assert f.choose([late], eps, 0.0) is None
@@ -213,31 +215,33 @@ def test_only_the_prefixs_whole_engine_blocks_count_as_cacheable() -> None:
     _finish_returning(f, ep, 512, 3, "hit")
     assert f.stats()["recompute_share"] == 0.0 and not f.holding
     _finish_returning(f, ep, 256, 2, "half")  # half the cacheable prefix recomputed
-    assert f.recompute == pytest.approx(0.5 * 2 / 4)
+    assert f.stats()["recompute_share"] == pytest.approx(0.5 * 2 / 4)
 
 
 def test_first_requests_of_a_family_and_silent_servers_do_not_count() -> None:
-    f = _fit()
+    f = _fit(recompute_to_hold=0.1)
     (ep,) = _eps([10_000])
     reqs = [_req("z", c, str(i)) for i, c in enumerate("xyw")]
     f.on_served(reqs[0], ep, 0.0)
     f.on_finished(reqs[0], ep, 0.0, _usage(0))  # its family was new: nothing could be cached
     f.on_served(reqs[1], ep, 0.0)
     f.on_finished(reqs[1], ep, 0.0, {"prompt_tokens": 720})  # no cached tokens reported
-    assert f.stats()["recompute_share"] is None and f.holding  # no sample: hold, as before
+    assert f.stats()["recompute_share"] is None and not f.holding  # no sample: no hold
     f.on_served(reqs[2], ep, 0.0)
     f.on_finished(reqs[2], ep, 0.0, _usage(0))  # a returning family, all recomputed
-    assert f.recompute == 1.0  # the mean of the samples so far
+    assert f.stats()["recompute_share"] == 1.0 and f.holding  # the mean of the samples so far
 
 
-def test_unrelated_prompts_give_no_sample_and_the_rule_holds() -> None:
+def test_unrelated_prompts_give_no_sample_and_the_rule_does_not_hold() -> None:
+    """Without prompt families nothing is recomputed over and over: the load goes as it would
+    without the rule (holding by the KV need alone changed what such loads got)."""
     f = KvFitFilter()
     (ep,) = _eps([60])
     for i in range(3):  # unrelated prompts, the server saying none was cached
         r = _req(chr(100 + i), "x", str(i))
         f.on_served(r, ep, 0.0)
         f.on_finished(r, ep, 0.0, _usage(0))
-    assert f.stats()["recompute_share"] is None and f.holding
+    assert f.stats()["recompute_share"] is None and not f.holding
 
 
 def test_always_holding_with_a_zero_threshold() -> None:
@@ -245,3 +249,31 @@ def test_always_holding_with_a_zero_threshold() -> None:
     (ep,) = _eps([10_000])
     _finish_returning(f, ep, 640, 3, "hit")
     assert f.stats()["recompute_share"] == 0.0 and f.holding
+
+
+def test_the_servers_hit_counters_alone_measure_the_share() -> None:
+    """A default vLLM reports no cached tokens, and a stream carries no usage unless its
+    client asks: the scraped `prefix_cache_hits` counter then decides whether it holds."""
+    f = _fit(recompute_to_hold=0.5)
+    (ep,) = _eps([10_000])
+    hits = 0.0
+
+    def serve(family: str, rid: str, hit: int) -> None:
+        nonlocal hits
+        r = _req(family, rid, rid)
+        f.on_served(r, ep, 0.0)
+        now = float(rid)
+        hits += hit  # scraped after the request was scheduled, before its first token
+        ep.metrics = EndpointMetrics(num_blocks=10_000, block_size=16, scraped_at=now + 0.5,
+                                     prefix_cache_hits=hits)
+        f.on_first_token(r, ep, now + 0.5)
+        f.on_finished(r, ep, now + 1, None)  # no usage
+
+    serve("a", "0", 0)  # the family's first request: the counter's baseline
+    serve("a", "1", 640)  # the second fixes the prefix (40 blocks, 640 tokens): cached
+    for i in range(2, 18):  # returning requests whose prefixes were found cached
+        serve("a", str(i), 640)
+    assert f.stats()["recompute_share"] == 0.0 and not f.holding
+    for i in range(18, 50):  # the server recomputes them now
+        serve("a", str(i), 0)
+    assert f.stats()["recompute_share"] > 0.5 and f.holding

@@ -34,9 +34,9 @@ def _needs(policy: str | None) -> MetricNeeds:
 WAS: dict[str | None, tuple[set[str], set[str]]] = {
     None: ({"kv_usage", "waiting"}, {"cache_config", "kv_usage", "running", "waiting"}),
     "dynamo-kv": (set(), {"cache_config", "kv_usage", "running", "waiting"}),
-    "inferoute-kv-fit": (set(), {"cache_config", "kv_usage", "running", "waiting"}),
     "inferoute-slo": ({"kv_usage", "waiting"}, {"cache_config", "kv_usage", "running", "waiting"}),
-    "inferoute": (set(), {"cache_config", "kv_usage", "running", "waiting"}),
+    # kv-fit-filter joined inferoute's policy and reads the hit counters (2026-12-07)
+    "inferoute": (set(), {"cache_config", "kv_usage", "prefix_cache", "running", "waiting"}),
     "least-request": (set(), {"kv_usage", "running", "waiting"}),
     "llm-d-optimized": (set(), {"cache_config", "kv_usage", "running", "waiting"}),
     "llm-d": ({"kv_usage", "waiting"}, {"cache_config", "kv_usage", "running", "waiting"}),
@@ -58,10 +58,10 @@ def test_each_packaged_policy_reads_what_it_read_before(policy):
     assert (needs.fresh, needs.parsed) == WAS[policy]
 
 
-def test_the_inferoute_policy_reads_only_the_kv_capacity():
+def test_the_inferoute_policy_reads_only_the_kv_capacity_and_hit_counters():
     needs = _needs("inferoute")
     assert not needs.needs_fresh_load
-    assert needs.parsed == ALWAYS_PARSED | {"cache_config"}
+    assert needs.parsed == ALWAYS_PARSED | {"cache_config", "prefix_cache"}
 
 
 #: the plugin types the package ships (other tests register plugins of their own)

@@ -11,7 +11,7 @@ from inferoute.datalayer.serving_config import parse_serving_config
 
 def test_each_pool_gets_its_own_policys_release_rule() -> None:
     config = parse_serving_config({"pools": [
-        {"model": "fit", "scheduler": "inferoute-kv-fit", "endpoints": ["http://10.0.0.1:8000"]},
+        {"model": "fit", "scheduler": "inferoute", "endpoints": ["http://10.0.0.1:8000"]},
         {"model": "plain", "scheduler": "llm-d", "endpoints": ["http://10.0.0.2:8000"]}]},
         "the test")
     data = DataLayer(config, scrape=False)
@@ -24,7 +24,7 @@ def test_each_pool_gets_its_own_policys_release_rule() -> None:
 
 
 def test_the_gateway_without_an_admission_section_queues_only_for_a_release_rule() -> None:
-    pools = [{"model": "fit", "scheduler": "inferoute-kv-fit",
+    pools = [{"model": "fit", "scheduler": "inferoute",
               "endpoints": ["http://10.0.0.1:8000"]},
              {"model": "plain", "scheduler": "llm-d", "endpoints": ["http://10.0.0.2:8000"]}]
     data = DataLayer(parse_serving_config({"pools": pools}, "the test"), scrape=False)

@@ -46,9 +46,11 @@ the fleet's KV (they are recomputed over and over) and costs where they fit: the
 replicas would have run the held requests in a larger batch (on the seed's `shared_prefix`
 and on `multi_turn_chat` an always-on hold lost 6-7%). So the rule measures what it fixes:
 for every request of a family seen before, the share of the family's prefix the server
-recomputed (its prefix minus the `cached_tokens` its usage reports), averaged over the last
-`recomputeWindow` such requests or so (an exponential average, started as the plain mean of
-the first ones, so the first evidence counts at once). While that share is below `recomputeToHold`
+recomputed, averaged over the last `recomputeWindow` such requests or so (an exponential
+average, started as the plain mean of the first ones, so the first evidence counts at once;
+core/plugins/recompute_share.py): from the `cached_tokens` its usage reports when it ends,
+and from the server's `prefix_cache_hits` counter against the prefixes of the returning
+requests whose first tokens it sent. While that share is below `recomputeToHold`
 (0.1) the rule is not active: admission admits and releases the pool as one without a rule
 (its dispatch budget, saturation detector, reserve and queue order, when configured) and the
 filter keeps every endpoint, so the scorers route as they would without it; from it on, the
@@ -58,10 +60,13 @@ again; what waited in admission's queue under either regime is released by the o
 in virtual time (docs/benchmark.md): without the hold the share stays 0.0 on
 `multi_turn_chat`; with it, on an overflowing load, it settles at 0.2-0.3 (the hold halves
 it, not more), so the rule stays on there. Until the first sample (no family has returned
-yet, or the server never reports cached tokens: vLLM without `--enable-prompt-tokens-details`)
-the rule holds, as it did before it measured anything. The gateway sees usage in a
-non-streamed answer and in a stream whose request asked for `stream_options.include_usage`
-(it does not add that option), so only those requests are samples.
+yet, or the server exports no hit counter and reports no cached tokens) the rule does not
+hold: with no prompt families (unrelated prompts) there is nothing to recompute, and holding
+by the KV need alone would change what a load without families gets (`recomputeToHold` 0
+holds always). The gateway asks for usage on the requests its admission runs (as for this
+rule) and hides it from clients that did not; vLLM puts cached tokens in it only with
+`--enable-prompt-tokens-details`, and exports its hit counters always, so behind a default
+vLLM the counters measure the share.
 
 `outputShare` (0.5) is the share of a request's `max_tokens` counted in its need: a running
 request holds half its output on average over its life, so a replica runs the batch its KV
@@ -87,6 +92,7 @@ from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, request_keys
 from .common import BasePlugin, FamilyParams, PluginParams, kv_capacity_tokens
 from .prefixhome import common_prefix, family_key
+from .recompute_share import RecomputeShare
 
 __all__ = ["KvFitFilter"]
 
@@ -128,12 +134,22 @@ class _Endpoint:
     recent: OrderedDict[int, int] = field(default_factory=OrderedDict)
 
 
+def _cacheable(need: _Need, block_size: int | None) -> int:
+    """The tokens of the request's family prefix its server could have cached: 0 for a new
+    family; else the prefix's whole engine blocks (`block_size` from the scrape: vLLM-CPU's
+    blocks hold 128 tokens, so a perfectly cached 1,000-token prefix reports 896 cached
+    tokens, a 10% "recompute" that alone would keep the rule holding)."""
+    if not need.returning:
+        return 0
+    return need.prefix - need.prefix % block_size if block_size else need.prefix
+
+
 @register
 class KvFitFilter(BasePlugin):
     """Keeps the endpoint a request's KV need was reserved on (or fits); a release rule."""
 
     type_name = "kv-fit-filter"
-    metric_reads = MetricReads(static=("cache_config",))
+    metric_reads = MetricReads(static=("cache_config", "prefix_cache"))
 
     class Params(FamilyParams):
         output_share: float = pydantic.Field(
@@ -147,7 +163,8 @@ class KvFitFilter(BasePlugin):
         recompute_to_hold: float = pydantic.Field(
             0.1, ge=0.0, le=1.0, description="hold requests while the servers recompute at "
                                              "least this share of returning families' "
-                                             "prefixes (0: always)")
+                                             "prefixes (0: always; never before a "
+                                             "returning family is measured)")
         recompute_window: int = pydantic.Field(
             256, ge=1, description="returning-family requests the recompute share averages")
 
@@ -157,11 +174,8 @@ class KvFitFilter(BasePlugin):
         self._families: OrderedDict[int, list[int] | int] = OrderedDict()
         self._endpoints: dict[str, _Endpoint] = {}
         self._held: OrderedDict[str, _Held] = OrderedDict()
-        #: the recompute share of returning families' prefixes (the mean of the samples so
-        #: far, then an exponential average), whether there is a sample yet, and how many
-        self.recompute = 0.0
-        self._measured = False
-        self._samples = 0
+        #: the recompute share of returning families' prefixes, from usage and hit counters
+        self._share = RecomputeShare(self.params.recompute_window)
 
     # -- the request's need ------------------------------------------------------------------
     def need_of(self, request: InferenceRequest) -> _Need:
@@ -240,8 +254,12 @@ class KvFitFilter(BasePlugin):
     # -- the release rule --------------------------------------------------------------------
     @property
     def holding(self) -> bool:
-        """Whether requests wait for room (the caches thrash, or nothing says they do not)."""
-        return not self._measured or self.recompute >= self.params.recompute_to_hold
+        """Whether requests wait for room: the caches are measured to thrash (or the rule
+        is set to hold always: `recomputeToHold` 0)."""
+        threshold = self.params.recompute_to_hold
+        if threshold <= 0.0:
+            return True
+        return self._share.measured and self._share.value >= threshold
 
     @property
     def active(self) -> bool:
@@ -252,24 +270,15 @@ class KvFitFilter(BasePlugin):
     def _observe(self, need: _Need, usage: dict[str, Any] | None,
                  block_size: int | None) -> None:
         """Fold a finished request's recomputed share of its family's prefix into the
-        average, when it returned to a known family and its server reported cached tokens.
-
-        Only the prefix's whole engine blocks (`block_size` from the scrape) can be cached:
-        vLLM-CPU's blocks hold 128 tokens, so a perfectly cached 1,000-token prefix reports 896
-        cached tokens, a 10% "recompute" that alone would keep the rule holding."""
-        prefix = need.prefix - need.prefix % block_size if block_size else need.prefix
-        if not need.returning or prefix <= 0:
+        average, when it returned to a known family and its server reported cached tokens."""
+        prefix = _cacheable(need, block_size)
+        if prefix <= 0:
             return
         details = usage.get("prompt_tokens_details") if usage else None
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         if not isinstance(cached, int) or isinstance(cached, bool) or cached < 0:
             return
-        self._measured = True
-        share = max(0, prefix - cached) / prefix
-        # the plain mean of the first `recomputeWindow` samples, then an exponential average
-        self._samples += 1
-        self.recompute += (share - self.recompute) / min(self._samples,
-                                                         self.params.recompute_window)
+        self._share.usage(prefix, cached)
 
     def _by_load(self, candidates: list[Endpoint], now: float) -> list[Endpoint]:
         """The candidates, fewest requests pending first (then least need)."""
@@ -409,6 +418,11 @@ class KvFitFilter(BasePlugin):
         held.served = True
 
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        need = request.attributes.get(self.name)
+        if isinstance(need, _Need):  # the server counted its cache hits when it scheduled it
+            m = endpoint.metrics
+            self._share.counted(endpoint.name, _cacheable(need, m.block_size), now,
+                                m.scraped_at, m.prefix_cache_hits)
         held = self._held.get(request.request_id)
         if held is not None and held.pending:
             held.pending = False
@@ -426,10 +440,16 @@ class KvFitFilter(BasePlugin):
         for rid in [r for r, h in self._held.items() if h.endpoint == endpoint.name]:
             del self._held[rid]
         self._endpoints.pop(endpoint.name, None)
+        self._share.forget(endpoint.name)
+
+    def thrash(self) -> tuple[bool, float | None]:
+        """Whether the rule holds, and the recompute share (None before a sample): the
+        gateway's `inferoute_pool_kv_fit_holding` and `..._prefix_recompute_ratio`."""
+        return self.holding, self._share.value if self._share.measured else None
 
     def stats(self) -> dict[str, Any]:
         return {"holding": self.holding,
-                "recompute_share": round(self.recompute, 4) if self._measured else None,
+                "recompute_share": round(self._share.value, 4) if self._share.measured else None,
                 "endpoints": {name: {"need_tokens": st.need, "pending": st.pending,
                                      "families_in_flight": len(st.families)}
                               for name, st in self._endpoints.items()}}

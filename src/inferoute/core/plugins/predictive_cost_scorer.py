@@ -32,10 +32,10 @@ no endpoint holds any more goes back to its home rather than to whichever endpoi
 loaded, and a hot family spills to the same few replicas (off by default: on two KV-overflow
 scenarios of docs/benchmark.md it changed throughput by -1.6% and +0.1%).
 
-With `queuedPrefillGrowth` g > 0 (0 in the plugin, 0.25 in the packaged `inferoute` and
-`inferoute-kv-fit` configs) the uncached term is multiplied by
+With `queuedPrefillGrowth` g > 0 (0 in the plugin, 0.25 in the packaged `inferoute`
+config) the uncached term is multiplied by
 `1 + g x max(0, k - f)`, k the requests at the endpoint still waiting for their first token
-and f `queuedPrefillGrowthAfter` (0 in the plugin, 2 in those configs): the requests a replica
+and f `queuedPrefillGrowthAfter` (0 in the plugin, 2 in that config): the requests a replica
 has in prefill even without a backlog. k - f is by Little's law about as many as will queue
 behind this one while it waits, so in an overload, where every prefill block delays all of
 them, a cached prefix counts for more than a shorter queue. On the real Mooncake conversation
@@ -47,7 +47,7 @@ the seed's run (docs/benchmark.md).
 A long prompt's prefill outlasts the fluid queue: attention makes each token dearer the
 further into the context it sits, so a 48k-token prompt of the Qwen3-32B profile takes about
 twice the tokens / `prefillTokensPerSecond` it is drained at. With `prefillAttentionTokens` P
-(0 in the plugin, 20,000 in the packaged `inferoute` and `inferoute-kv-fit`) the queue is at
+(0 in the plugin, 20,000 in the packaged `inferoute`) the queue is at
 least what the longest prefill still waiting for its first token there owes since it was sent,
 a token at position x counted `(P + x) / (P + prefillRateContext)`: the rate holds at
 `prefillRateContext` (8,192 in those configs, above the ~7k-token prompts the rate was
