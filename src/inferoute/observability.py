@@ -76,6 +76,18 @@ _MT = ("model_name", "target_model_name")
 _EP = ("pool", "endpoint")
 
 
+def pool_thrash(scheduler: Any) -> tuple[bool, float | None] | None:
+    """Whether the pool's KV-fit release holds requests, and the recompute share it measured
+    (None before a sample), from the first plugin of its policy that reports them
+    (`kv-fit-filter`); None when the policy has none."""
+    for plugin in scheduler.plugins.values():
+        thrash = getattr(plugin, "thrash", None)
+        if callable(thrash):
+            state: tuple[bool, float | None] = thrash()
+            return state
+    return None
+
+
 class Observability:
     """The metrics registry plus one method per event the shells report."""
 
@@ -292,12 +304,12 @@ class Observability:
                     for target, value in errors().items():
                         if value is not None:
                             self.latency_error.labels(mp.model, target).set(value)
-                thrash = getattr(plugin, "thrash", None)
-                if callable(thrash):
-                    holding, share = thrash()
-                    self.kv_fit_holding.labels(mp.model).set(1 if holding else 0)
-                    if share is not None:
-                        self.recompute.labels(mp.model).set(share)
+            thrash = pool_thrash(mp.scheduler)
+            if thrash is not None:
+                holding, share = thrash
+                self.kv_fit_holding.labels(mp.model).set(1 if holding else 0)
+                if share is not None:
+                    self.recompute.labels(mp.model).set(share)
             if self.autoscaler is not None:
                 est = self.autoscaler.estimate(mp.model, now, ready,
                                                data.starting(mp.model, now))

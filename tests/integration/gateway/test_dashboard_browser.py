@@ -226,3 +226,40 @@ def test_dashboard_sign_in_in_chromium(harness, browser, tmp_path: Path) -> None
     browser.find_element(By.CSS_SELECTOR, "#logout-form button").click()
     wait.until(lambda d: d.find_elements(By.ID, "login-form"))
     assert not browser.get_cookies()
+
+
+def _sample(page: str, series: str) -> float | None:
+    """The value of one series (its whole name and labels) in a Prometheus page."""
+    return next((float(ln.split()[-1]) for ln in page.splitlines()
+                 if ln.startswith(series + " ")), None)
+
+
+def test_the_kv_fit_release_is_shown_in_chromium(harness, web, browser) -> None:
+    """A pool of the `inferoute` policy: the page shows whether its KV-fit release holds and
+    the recompute share it measured, as /metrics exports them."""
+    base = free_port_range(1)
+    harness.start(["inferoute", "sim", "--model", "sim-model", "--port", str(base),
+                   "--profile", "tiny"], base)
+    gw = harness.gateway({"dashboard": True, "pools": [
+        {"model": "sim-model", "endpoints": [f"http://127.0.0.1:{base}"],
+         "scheduler": "inferoute"}]})
+    family = " ".join(f"w{k:02d}" for k in range(200))  # one prompt family's prefix
+    ratio = None
+    for i in range(50):  # until a returning request's usage has measured it
+        r = web.post(gw.url + "/v1/completions", json={
+            "model": "sim-model", "prompt": f"{family} q{i:02d}", "max_tokens": 2}, timeout=60)
+        assert r.status_code == 200, r.text
+        page = web.get(gw.url + "/metrics").text
+        ratio = _sample(page, 'inferoute_pool_prefix_recompute_ratio{name="sim-model"}')
+        if ratio is not None:
+            break
+    assert ratio == 0.0  # its prefix was found cached every time
+    assert _sample(page, 'inferoute_pool_kv_fit_holding{name="sim-model"}') == 0
+    browser.get(gw.url + "/dashboard")
+    shown = WebDriverWait(browser, 60, poll_frequency=0.2).until(
+        lambda d: d.execute_script(
+            "const h = document.querySelector('[data-field=kv_fit_holding]');"
+            "const s = document.querySelector('[data-field=recompute_share]');"
+            "return h && s ? [h.textContent, s.dataset.value, s.textContent] : null;"))
+    assert shown[0] == "not holding" and float(shown[1]) == ratio, shown
+    assert "recomputed 0.0%" in shown[2], shown

@@ -185,3 +185,4 @@ def test_dashboard_state_shows_the_admission_queue_and_reserve(harness, web) -> 
                            "pools": [{"model": "m", "endpoints": [server.url]}]})
     (pool,) = json.loads(_get(off.url + "/dashboard/state")[2])["pools"]
     assert pool["admission"] is None
+    assert pool["kv_fit"] is None  # llm-d's policy has no KV-fit release

@@ -277,3 +277,19 @@ def test_the_servers_hit_counters_alone_measure_the_share() -> None:
     for i in range(18, 50):  # the server recomputes them now
         serve("a", str(i), 0)
     assert f.stats()["recompute_share"] > 0.5 and f.holding
+
+
+@pytest.mark.parametrize("server_tokens, cached", [(576, 512), (900, 640)])
+def test_the_prefix_is_counted_in_the_servers_tokens(server_tokens: int, cached: int) -> None:
+    """The gateway estimates four characters a token. Where the server counts fewer (text of
+    five characters a token: 576 for the estimated 720), a wholly cached prefix is 512 of its
+    tokens, not 640, and reads as nothing recomputed; where it counts more (900: a template,
+    code), the estimate is kept, so a cached prefix never reads as recomputed either."""
+    f = _fit(recompute_window=4, recompute_to_hold=0.1)
+    (ep,) = _eps([10_000])
+    for i in range(3):
+        r = _req("a", chr(98 + i), str(i))
+        f.on_served(r, ep, 0.0)
+        f.on_finished(r, ep, 0.0, {"prompt_tokens": server_tokens,
+                                   "prompt_tokens_details": {"cached_tokens": cached * (i > 0)}})
+    assert f.stats()["recompute_share"] == 0.0 and not f.holding

@@ -109,6 +109,8 @@ class _Need:
     own: int
     #: the family had a request before this one (its prefix could have been cached)
     returning: bool = False
+    #: the prompt's tokens as the gateway estimates them (characters / 4)
+    prompt: int = 0
 
 
 @dataclass(slots=True)
@@ -134,14 +136,18 @@ class _Endpoint:
     recent: OrderedDict[int, int] = field(default_factory=OrderedDict)
 
 
-def _cacheable(need: _Need, block_size: int | None) -> int:
+def _cacheable(need: _Need, block_size: int | None, tokens_per_estimate: float) -> int:
     """The tokens of the request's family prefix its server could have cached: 0 for a new
-    family; else the prefix's whole engine blocks (`block_size` from the scrape: vLLM-CPU's
-    blocks hold 128 tokens, so a perfectly cached 1,000-token prefix reports 896 cached
-    tokens, a 10% "recompute" that alone would keep the rule holding)."""
+    family; else the prefix in the server's tokens (the estimate x `tokens_per_estimate`,
+    the server's prompt tokens over the gateway's estimate of them, at most 1) cut to whole engine
+    blocks (`block_size` from the scrape: vLLM-CPU's blocks hold 128 tokens, so a perfectly
+    cached 1,000-token prefix reports 896 cached tokens, a 10% "recompute" that alone would
+    keep the rule holding). Counted in the estimate, a prefix of text with more than four
+    characters a token read as partly recomputed when it was all cached."""
     if not need.returning:
         return 0
-    return need.prefix - need.prefix % block_size if block_size else need.prefix
+    prefix = int(need.prefix * tokens_per_estimate)
+    return prefix - prefix % block_size if block_size else prefix
 
 
 @register
@@ -176,6 +182,10 @@ class KvFitFilter(BasePlugin):
         self._held: OrderedDict[str, _Held] = OrderedDict()
         #: the recompute share of returning families' prefixes, from usage and hit counters
         self._share = RecomputeShare(self.params.recompute_window)
+        #: the server's prompt tokens per token the gateway estimates (usage's prompt
+        #: tokens over the estimate, at most 1), averaged like the share
+        self._tokens_per_estimate = 1.0
+        self._scales = 0
 
     # -- the request's need ------------------------------------------------------------------
     def need_of(self, request: InferenceRequest) -> _Need:
@@ -206,7 +216,8 @@ class KvFitFilter(BasePlugin):
         prompt = request.prompt_tokens_estimate
         prefix = min(prefix, prompt)
         out = request.max_tokens if request.max_tokens else p.default_max_tokens
-        need = _Need(key, prefix, prompt - prefix + int(p.output_share * out), returning)
+        need = _Need(key, prefix, prompt - prefix + int(p.output_share * out), returning,
+                     prompt)
         request.attributes[self.name] = need
         return need
 
@@ -270,8 +281,19 @@ class KvFitFilter(BasePlugin):
     def _observe(self, need: _Need, usage: dict[str, Any] | None,
                  block_size: int | None) -> None:
         """Fold a finished request's recomputed share of its family's prefix into the
-        average, when it returned to a known family and its server reported cached tokens."""
-        prefix = _cacheable(need, block_size)
+        average, when it returned to a known family and its server reported cached tokens;
+        learn the server's tokens per estimated token from its prompt tokens."""
+        real = usage.get("prompt_tokens") if usage else None
+        scale = self._tokens_per_estimate
+        if isinstance(real, int) and not isinstance(real, bool) and real > 0 and need.prompt > 0:
+            # this request's own, never above 1: where the server counts more tokens than the
+            # estimate (a chat template's, code) a larger prefix would read a cached one as
+            # partly recomputed; counted short, a recompute reads a little low instead
+            scale = min(1.0, real / need.prompt)
+            self._scales += 1
+            self._tokens_per_estimate += (scale - self._tokens_per_estimate) / min(
+                self._scales, self.params.recompute_window)
+        prefix = _cacheable(need, block_size, scale)
         if prefix <= 0:
             return
         details = usage.get("prompt_tokens_details") if usage else None
@@ -421,7 +443,8 @@ class KvFitFilter(BasePlugin):
         need = request.attributes.get(self.name)
         if isinstance(need, _Need):  # the server counted its cache hits when it scheduled it
             m = endpoint.metrics
-            self._share.counted(endpoint.name, _cacheable(need, m.block_size), now,
+            self._share.counted(endpoint.name,
+                                _cacheable(need, m.block_size, self._tokens_per_estimate), now,
                                 m.scraped_at, m.prefix_cache_hits)
         held = self._held.get(request.request_id)
         if held is not None and held.pending:

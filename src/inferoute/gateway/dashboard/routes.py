@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 
 from ...core.errors import Forbidden, Unauthorized
 from ...datalayer.runtime import DataLayer
-from ...observability import Observability
+from ...observability import Observability, pool_thrash
 from ..tenants import Tenants
 from .feed import DashboardFeed
 from .sessions import COOKIE, DashboardSessions, Session
@@ -50,7 +50,10 @@ def snapshot(data: DataLayer, obs: Observability, feed: DashboardFeed) -> dict[s
             "name": mp.model, "ready": len(ready), "replicas": replicas,
             "average_kv": sum(ep.metrics.kv_usage for ep in ready) / n,
             "average_queue": sum(ep.metrics.waiting for ep in ready) / n,
-            "desired_replicas": None, "admission": None}
+            "desired_replicas": None, "admission": None, "kv_fit": None}
+        thrash = pool_thrash(mp.scheduler)
+        if thrash is not None:  # the KV-fit release: holding, and the recompute share
+            pool["kv_fit"] = {"holding": thrash[0], "recompute_share": thrash[1]}
         if queues is not None:  # admission on: the gateway's own queue and reserve
             st = queues.get(mp.model)
             pool["admission"] = {

@@ -36,6 +36,13 @@ function drawPools(pools) {
         head.append(el("span", { class: "estimate" }, `(top priority without a free slot: ${adm.top_priority_without_free_slot} of ${adm.top_priority_requests})`));
       }
     }
+    const fit = pool.kv_fit;
+    if (fit) {
+      const share = fit.recompute_share === null ? "not measured yet" : `prefixes recomputed ${pct(fit.recompute_share)}`;
+      head.append(el("span", {}, "KV-fit release ",
+        el("span", { "data-pool": pool.name, "data-field": "kv_fit_holding", "data-value": String(fit.holding) }, fit.holding ? "holding" : "not holding"),
+        el("span", { class: "estimate", "data-field": "recompute_share", "data-value": String(fit.recompute_share) }, ` (${share})`)));
+    }
     if (pool.desired_replicas !== null) {
       head.append(el("span", {}, "desired replicas ", el("span", { "data-pool": pool.name, "data-field": "desired" }, String(pool.desired_replicas))));
       const e = pool.estimate;
