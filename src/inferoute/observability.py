@@ -34,7 +34,8 @@ the pool's learned TTFT / TPOT model, with `latency-slo-scorer` configured),
 a real count the HPA rounds up, `core.autoscale`), with `kv-fit-filter` in the pool's policy
 (`inferoute`) `inferoute_pool_kv_fit_holding{name}` (1 while requests wait in the gateway for
 KV room) and `inferoute_pool_prefix_recompute_ratio{name}` (the share of returning prompt
-families' prefixes the servers recompute, once measured), `inferoute_endpoint_scrapes_total{pool,endpoint}` and
+families' prefixes the servers recompute, once measured),
+`inferoute_endpoint_scrapes_total{pool,endpoint}` and
 `inferoute_endpoint_scrape_failures_total{pool,endpoint}`; and how far the shared routing state
 has travelled:
 `inferoute_kv_event_batches_total{pool,endpoint}` and `inferoute_kv_event_last_sequence{pool,

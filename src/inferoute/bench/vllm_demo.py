@@ -248,8 +248,9 @@ def routing_table(reports: dict[str, dict[str, Any]]) -> str:
         row = [f"{st['rate']:g}"]
         for p in policies:
             h = headline(reports[p]["stages"][i])
+            hit = h["prefix_cache_hit_rate"]  # None: the engines report no cached tokens
             row += [f"{h['ttft']:.3f}" if h["ttft"] is not None else "-",
-                    f"{h['output_tokens_per_sec']:.1f}", f"{h['prefix_cache_hit_rate']:.1%}"]
+                    f"{h['output_tokens_per_sec']:.1f}", "-" if hit is None else f"{hit:.1%}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -34,6 +34,12 @@ def test_routing_table_has_a_row_per_stage_and_columns_per_policy():
                                           " 60.0 ", " 80.0% "]
 
 
+def test_routing_table_shows_no_hit_rate_where_the_engines_report_no_cached_tokens():
+    """vLLM without --enable-prompt-tokens-details puts none in usage: "-", not a crash."""
+    lines = routing_table({"llm-d": {"stages": [stage(8, 6.8, 0.03, 183.7, None)]}}).splitlines()
+    assert lines[2].split("|")[1:-1] == [" 8 ", " 6.800 ", " 183.7 ", " - "]
+
+
 def test_fidelity_table_states_the_simulators_error():
     real = {"llm-d": {"stages": [stage(1, 0.50, 0.020, 40, 0.50)]}}
     sim = {"llm-d": {"stages": [stage(1, 0.55, 0.018, 40, 0.60)]}}

@@ -65,11 +65,16 @@ def test_hits_in_chunks_that_straddle_the_requests_even_out() -> None:
 
 def test_counters_need_a_baseline_per_endpoint_and_skip_a_restart() -> None:
     s = RecomputeShare(window=1_000_000)
-    s.counted("a", 512, 1.0, 0.9, 0.0)      # a's baseline at 0.9; its request came after it
-    s.counted("b", 512, 1.0, 0.9, 5_000.0)  # b's baseline
-    s.counted("b", 0, 2.0, 1.5, 100.0)      # b restarted (its counter fell): no hits counted
+    # each endpoint's first sight is its baseline: that request may have been scheduled
+    # before the scrape, its hits in the baseline, so it is not counted
+    s.counted("a", 512, 1.0, 0.9, 0.0)
+    s.counted("b", 512, 1.0, 0.9, 5_000.0)
+    assert not s.measured
+    s.counted("a", 512, 2.0, 0.9, 0.0)      # a's next request, after its baseline scrape
+    s.counted("b", 512, 2.0, 0.9, 5_000.0)
+    s.counted("b", 0, 3.0, 2.5, 100.0)      # b restarted (its counter fell): no hits counted
     assert s.value == pytest.approx(1.0)    # b's request: 512 cacheable, nothing counted
-    s.counted("a", 0, 2.0, 1.5, 512.0)      # a's request hit its whole prefix
+    s.counted("a", 0, 3.0, 2.5, 512.0)      # a's request hit its whole prefix
     assert s.value == pytest.approx(0.5, abs=1e-5)
 
 

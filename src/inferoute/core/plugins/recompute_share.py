@@ -87,8 +87,9 @@ class RecomputeShare:
         if self._samples or hits is None or scraped_at is None:
             return
         c = self._counters.get(endpoint)
-        if c is None:  # the baseline: hits before it belong to nobody here
-            self._counters[endpoint] = c = _Counter(scraped_at, hits)
+        if c is None:  # the baseline: hits before it (this request's too, maybe) are nobody's
+            self._counters[endpoint] = _Counter(scraped_at, hits)
+            return
         if cacheable > 0 and now > c.scraped_at:
             c.pending.append((now, cacheable))
         if scraped_at <= c.scraped_at:
