@@ -114,9 +114,10 @@ def start_gateway(tmp: Path, pool: dict, *flags: str, ready: int = 2) -> Gateway
 
 
 @contextlib.contextmanager
-def gateway_for(tmp: Path, pool: dict, *flags: str) -> Iterator[Gateway]:
-    """A gateway for a block of tests; stopped after it, its log free of tracebacks."""
-    gw = start_gateway(tmp, pool, *flags)
+def gateway_for(tmp: Path, pool: dict, *flags: str, ready: int = 2) -> Iterator[Gateway]:
+    """A gateway for a block of tests (`ready` endpoints); stopped after it, its log free of
+    tracebacks."""
+    gw = start_gateway(tmp, pool, *flags, ready=ready)
     try:
         yield gw
     finally:

