@@ -92,7 +92,7 @@ from ..scheduling.registry import register
 from .blockhash import CHARS_PER_TOKEN, request_keys
 from .common import BasePlugin, FamilyParams, PluginParams, kv_capacity_tokens
 from .prefixhome import common_prefix, family_key
-from .recompute_share import RecomputeShare
+from .recompute_share import RecomputeShare, RunningMean
 
 __all__ = ["KvFitFilter"]
 
@@ -184,8 +184,7 @@ class KvFitFilter(BasePlugin):
         self._share = RecomputeShare(self.params.recompute_window)
         #: the server's prompt tokens per token the gateway estimates (usage's prompt
         #: tokens over the estimate, at most 1), averaged like the share
-        self._tokens_per_estimate = 1.0
-        self._scales = 0
+        self._tokens_per_estimate = RunningMean(self.params.recompute_window, start=1.0)
 
     # -- the request's need ------------------------------------------------------------------
     def need_of(self, request: InferenceRequest) -> _Need:
@@ -284,15 +283,13 @@ class KvFitFilter(BasePlugin):
         average, when it returned to a known family and its server reported cached tokens;
         learn the server's tokens per estimated token from its prompt tokens."""
         real = usage.get("prompt_tokens") if usage else None
-        scale = self._tokens_per_estimate
+        scale = self._tokens_per_estimate.value
         if isinstance(real, int) and not isinstance(real, bool) and real > 0 and need.prompt > 0:
             # this request's own, never above 1: where the server counts more tokens than the
             # estimate (a chat template's, code) a larger prefix would read a cached one as
             # partly recomputed; counted short, a recompute reads a little low instead
             scale = min(1.0, real / need.prompt)
-            self._scales += 1
-            self._tokens_per_estimate += (scale - self._tokens_per_estimate) / min(
-                self._scales, self.params.recompute_window)
+            self._tokens_per_estimate.add(scale)
         prefix = _cacheable(need, block_size, scale)
         if prefix <= 0:
             return
@@ -443,9 +440,9 @@ class KvFitFilter(BasePlugin):
         need = request.attributes.get(self.name)
         if isinstance(need, _Need):  # the server counted its cache hits when it scheduled it
             m = endpoint.metrics
-            self._share.counted(endpoint.name,
-                                _cacheable(need, m.block_size, self._tokens_per_estimate), now,
-                                m.scraped_at, m.prefix_cache_hits)
+            cacheable = _cacheable(need, m.block_size, self._tokens_per_estimate.value)
+            self._share.counted(endpoint.name, cacheable, now, m.scraped_at,
+                                m.prefix_cache_hits)
         held = self._held.get(request.request_id)
         if held is not None and held.pending:
             held.pending = False

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["RecomputeShare"]
+__all__ = ["RecomputeShare", "RunningMean"]
 
 #: per endpoint: first tokens waiting for a scrape newer than them (the oldest dropped past it)
 MAX_PENDING = 4096
@@ -44,14 +44,30 @@ class _Counter:
     pending: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=MAX_PENDING))
 
 
+class RunningMean:
+    """The plain mean of the first `window` values, then an exponential average over about
+    `window` (so the first evidence counts at once, and old evidence fades); `start` until
+    the first value."""
+
+    __slots__ = ("count", "value", "window")
+
+    def __init__(self, window: int, start: float = 0.0) -> None:
+        self.window = window
+        self.value = start
+        self.count = 0
+
+    def add(self, x: float) -> None:
+        self.count += 1
+        self.value += (x - self.value) / min(self.count, self.window)
+
+
 class RecomputeShare:
     """The recompute share of returning families' prefixes: from usage, else server counters."""
 
     def __init__(self, window: int) -> None:
         self.window = window
-        #: usage: the average of its samples, and how many
-        self._usage = 0.0
-        self._samples = 0
+        #: usage: the average of its samples
+        self._usage = RunningMean(window)
         #: counters: decayed sums of prefix tokens that could have been cached, and the hits
         self._cacheable = 0.0
         self._hits = 0.0
@@ -60,13 +76,13 @@ class RecomputeShare:
     @property
     def measured(self) -> bool:
         """Whether a returning request has been measured."""
-        return self._samples > 0 or self._cacheable > 0.0
+        return self._usage.count > 0 or self._cacheable > 0.0
 
     @property
     def value(self) -> float:
         """The share recomputed, in [0, 1] (0 before any measurement)."""
-        if self._samples:
-            return self._usage
+        if self._usage.count:
+            return self._usage.value
         if self._cacheable <= 0.0:
             return 0.0
         return min(1.0, max(0.0, 1.0 - self._hits / self._cacheable))
@@ -75,16 +91,14 @@ class RecomputeShare:
         """One finished request's exact sample: `cached` of its family's `prefix` tokens."""
         if prefix <= 0:
             return
-        share = max(0, prefix - cached) / prefix
-        self._samples += 1
-        self._usage += (share - self._usage) / min(self._samples, self.window)
+        self._usage.add(max(0, prefix - cached) / prefix)
 
     def counted(self, endpoint: str, cacheable: int, now: float,
                 scraped_at: float | None, hits: float | None) -> None:
         """A first token from `endpoint` at `now`, whose request could find `cacheable`
         prefix tokens cached (0: a new family); `hits` is the endpoint's `prefix_cache_hits`
         counter as of its last scrape at `scraped_at` (None: not exported, nothing counts)."""
-        if self._samples or hits is None or scraped_at is None:
+        if self._usage.count or hits is None or scraped_at is None:
             return
         c = self._counters.get(endpoint)
         if c is None:  # the baseline: hits before it (this request's too, maybe) are nobody's
