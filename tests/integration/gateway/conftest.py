@@ -151,7 +151,7 @@ class Http:
     get = staticmethod(get)
     post = staticmethod(post)
     open_stream = staticmethod(open_stream)
-    metric = staticmethod(lambda text, name, **labels: metric_value(text, name, **labels))
+    metric = staticmethod(lambda text, name, /, **labels: metric_value(text, name, **labels))
 
 
 @pytest.fixture
@@ -159,8 +159,9 @@ def web() -> Http:
     return Http()
 
 
-def metric_value(text: str, name: str, **labels: str) -> float | None:
-    """The value of the sample `name{labels...}` in a Prometheus page (labels a subset)."""
+def metric_value(text: str, name: str, /, **labels: str) -> float | None:
+    """The value of the sample `name{labels...}` in a Prometheus page (labels a subset; a
+    label may be called `name` or `text`)."""
     for line in text.splitlines():
         if not line.startswith(name):
             continue

@@ -228,12 +228,6 @@ def test_dashboard_sign_in_in_chromium(harness, browser, tmp_path: Path) -> None
     assert not browser.get_cookies()
 
 
-def _sample(page: str, series: str) -> float | None:
-    """The value of one series (its whole name and labels) in a Prometheus page."""
-    return next((float(ln.split()[-1]) for ln in page.splitlines()
-                 if ln.startswith(series + " ")), None)
-
-
 def test_the_kv_fit_release_is_shown_in_chromium(harness, web, browser) -> None:
     """A pool of the `inferoute` policy: the page shows whether its KV-fit release holds and
     the recompute share it measured, as /metrics exports them."""
@@ -250,11 +244,11 @@ def test_the_kv_fit_release_is_shown_in_chromium(harness, web, browser) -> None:
             "model": "sim-model", "prompt": f"{family} q{i:02d}", "max_tokens": 2}, timeout=60)
         assert r.status_code == 200, r.text
         page = web.get(gw.url + "/metrics").text
-        ratio = _sample(page, 'inferoute_pool_prefix_recompute_ratio{name="sim-model"}')
+        ratio = web.metric(page, "inferoute_pool_prefix_recompute_ratio", name="sim-model")
         if ratio is not None:
             break
     assert ratio == 0.0  # its prefix was found cached every time
-    assert _sample(page, 'inferoute_pool_kv_fit_holding{name="sim-model"}') == 0
+    assert web.metric(page, "inferoute_pool_kv_fit_holding", name="sim-model") == 0
     browser.get(gw.url + "/dashboard")
     shown = WebDriverWait(browser, 60, poll_frequency=0.2).until(
         lambda d: d.execute_script(

@@ -9,13 +9,6 @@ import openai
 
 from inferoute.procs import free_port_range
 
-GAUGE = 'inferoute_pool_desired_replicas{name="sim-model"}'
-
-
-def _gauge(page: str) -> float | None:
-    return next((float(line.split()[-1]) for line in page.splitlines()
-                 if line.startswith(GAUGE + " ")), None)
-
 
 def test_the_gauge_measures_answers_that_are_not_streamed(harness, web):
     """Two simulated Qwen3-32B replicas, clients that never stream, prompts of 20-400 words
@@ -44,7 +37,7 @@ def test_the_gauge_measures_answers_that_are_not_streamed(harness, web):
             width = 1 + round_ % 8
             assert all(n > 0 for n in pool.map(ask, range(round_ * 8, round_ * 8 + width)))
             page = web.get(gw.url + "/metrics").text
-            values.append(_gauge(page))
+            values.append(web.metric(page, "inferoute_pool_desired_replicas", name="sim-model"))
             if values[-1] is not None and 0 < values[-1] < 1:
                 break
     assert values[-1] is not None and 0 < values[-1] < 1, values

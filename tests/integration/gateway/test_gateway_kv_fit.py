@@ -9,14 +9,6 @@ import openai
 
 from inferoute.procs import free_port_range
 
-RATIO = 'inferoute_pool_prefix_recompute_ratio{name="sim-model"}'
-HOLDING = 'inferoute_pool_kv_fit_holding{name="sim-model"}'
-
-
-def _value(page: str, series: str) -> float | None:
-    return next((float(line.split()[-1]) for line in page.splitlines()
-                 if line.startswith(series + " ")), None)
-
 
 def _prompt(family: int, request: int, prefix_words: int) -> str:
     """A family's prefix of three-letter words (one token each on the simulator, four
@@ -48,7 +40,8 @@ def test_the_hit_counters_tell_a_thrash_from_a_fit(harness, web):
 
     def metrics() -> tuple[float | None, float | None]:
         page = web.get(gw.url + "/metrics").text
-        return _value(page, RATIO), _value(page, HOLDING)
+        return (web.metric(page, "inferoute_pool_prefix_recompute_ratio", name="sim-model"),
+                web.metric(page, "inferoute_pool_kv_fit_holding", name="sim-model"))
 
     # one family of a 320-token prefix, asked again and again: its prefix stays cached
     for i in range(600):  # until a scrape has measured it (the policy scrapes once a second)
