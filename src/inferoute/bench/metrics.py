@@ -116,13 +116,15 @@ def summarize(records: Iterable[RequestRecord], **meta: Any) -> dict[str, Any]:
     failures = len(recs) - len(ok)
     ttft = [r.ttft for r in ok if r.ttft is not None]
     tpot = [t for t in (r.tpot for r in ok) if t is not None]
-    ntpot = [r.latency / r.output_tokens for r in ok  # type: ignore[operator]
-             if r.output_tokens > 0]
-    latency = [r.latency for r in ok]
-    itl = np.concatenate([np.frombuffer(r.itl, dtype=np.float32) for r in ok]) if ok else []
+    latency = [r.latency for r in ok if r.latency is not None]  # all of them: ok has an end
+    ntpot = [r.latency / r.output_tokens for r in ok
+             if r.latency is not None and r.output_tokens > 0]
+    itl: np.ndarray | list[float] = (
+        np.concatenate([np.frombuffer(r.itl, dtype=np.float32) for r in ok]) if ok else [])
     prompt = sum(r.prompt_tokens for r in ok)
     output = sum(r.output_tokens for r in ok)
-    span = (max(r.end for r in ok) - min(r.start for r in ok)) if ok else 0.0  # type: ignore
+    ends = [r.end for r in ok if r.end is not None]
+    span = (max(ends) - min(r.start for r in ok)) if ends else 0.0
     starts = [r.start for r in recs]
     cached_known = [r for r in ok if r.cached_tokens is not None]
     cached = sum(r.cached_tokens for r in cached_known)  # type: ignore[misc]

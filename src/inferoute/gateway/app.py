@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -157,7 +157,7 @@ def build_app(data: DataLayer, obs: Observability | None = None) -> web.Applicat
         from .dashboard import add_dashboard
         add_dashboard(app, data, obs, tenants, proxy.handle)
 
-    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await data.start()
         outliers.start()
         if admission is not None:

@@ -39,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="run the OpenAI-compatible gateway in front of model servers",
         description="Run the gateway: one OpenAI-compatible endpoint in front of model-server "

@@ -216,7 +216,7 @@ class Proxy:
                 if cached is not None:  # answered from the semantic cache
                     obs.request_started(model, model, len(raw))
                     obs.request_finished(model, model, latency=data.clock() - now,
-                                         response_bytes=len(cached.body or b""))
+                                         response_bytes=cached.content_length or 0)
                     return cached
             actions = lc.route(now, tenant_objective=tenant.tenant.objective if tenant else None,
                                tenant_fairness_id=tenant.tenant.fairness_id if tenant else None)
@@ -233,6 +233,7 @@ class Proxy:
             return error_response(exc)
         # the index updates and these metrics run once the request is on its way (the next
         # loop iteration: see Scheduler.schedule), off the request's latency
+        assert lc.decision is not None  # a send follows a decision
         asyncio.get_running_loop().call_soon(
             self._books_after_send, lc.decision, lc.schedule_seconds, model, target, len(raw))
         try:

@@ -143,11 +143,11 @@ def run_eval(args: argparse.Namespace) -> int:
     for col in ("label", "TP", "FP", "FN", "precision", "recall"):
         gt.add_column(col, justify="right" if col != "label" else "left")
     for label in sorted(guards, key=lambda s: (s not in ("pii", "jailbreak"), s)):
-        s = guards[label]
-        gt.add_row(label, str(s.tp), str(s.fp), str(s.fn), f"{s.precision:.2f}",
-                   f"{s.recall:.2f}")
+        score = guards[label]
+        gt.add_row(label, str(score.tp), str(score.fp), str(score.fn), f"{score.precision:.2f}",
+                   f"{score.recall:.2f}")
     console.print(gt)
-    splits = sorted({r.get("split") for r in guard_rows if r.get("split")})
+    splits = sorted({str(r["split"]) for r in guard_rows if r.get("split")})
     if splits:
         st = Table(title="Guards by split (tuned: looked at while building the guards; dev: "
                          "used to improve them; blind: measured once, untouched since)")
@@ -166,9 +166,9 @@ def run_eval(args: argparse.Namespace) -> int:
             if r.category != row["category"]:
                 console.print(f"  {row['category']:>16} -> {r.category:<16} "
                               f"{r.confidence:.2f}  {row['prompt']}", markup=False, emoji=False)
-        for label, s in sorted(guards.items()):
-            for t in s.missed:
+        for label, score in sorted(guards.items()):
+            for t in score.missed:
                 console.print(f"  missed {label}: {t}", markup=False, emoji=False)
-            for t in s.false_alarms:
+            for t in score.false_alarms:
                 console.print(f"  false {label}: {t}", markup=False, emoji=False)
     return 0

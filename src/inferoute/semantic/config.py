@@ -17,7 +17,8 @@ from ..configfiles import read_yaml_file
 from ..core.errors import ConfigError, explain_validation
 from .categories import Category, load_categories, parse_categories
 
-PII_TYPES = ("credit_card", "email", "phone", "us_ssn", "iban", "ipv4")
+PiiType = Literal["credit_card", "email", "phone", "us_ssn", "iban", "ipv4"]
+PII_TYPES: tuple[PiiType, ...] = ("credit_card", "email", "phone", "us_ssn", "iban", "ipv4")
 
 
 class _Strict(BaseModel):
@@ -81,8 +82,7 @@ class PiiConfig(_Strict):
     #: models allowed to see it, explicit requests to a listed model with pii_allowed: false
     #: are rejected
     action: Literal["off", "block", "route"] = "route"
-    types: list[Literal["credit_card", "email", "phone", "us_ssn", "iban", "ipv4"]] = \
-        Field(default_factory=lambda: list(PII_TYPES))
+    types: list[PiiType] = Field(default_factory=lambda: list(PII_TYPES))
 
 
 class JailbreakConfig(_Strict):

@@ -69,7 +69,7 @@ def replay_sse(reply: CachedReply, *, api: str, response_id: str, created: int,
             choice = {"index": 0, "delta": delta_or_text, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": delta_or_text, "logprobs": None, "finish_reason": finish}
-        out = dict(base, choices=[choice])
+        out: dict[str, Any] = dict(base, choices=[choice])
         if include_usage:
             out["usage"] = None
         return out

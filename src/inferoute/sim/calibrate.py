@@ -63,7 +63,7 @@ def calibration_report(profile: EngineProfile) -> dict[str, Any]:
         row(f"decode step, batch {batch}, 8k context (ms)", step * 1e3,
             f"{batch / step:,.0f} output tok/s per replica")
     if profile.name in DESIGN_REFERENCE:
-        seq, ctx = round(SEED_LOAD["sequences"]), SEED_LOAD["context"]
+        seq, ctx = round(SEED_LOAD["sequences"]), round(SEED_LOAD["context"])
         row("decode step at the seed's llm-d load (ms)", t.decode_seconds(seq, ctx) * 1e3,
             f"batch {seq}, {ctx:,}-token context")
         rows.append({"metric": "HBM efficiency the seed implies (at least)",

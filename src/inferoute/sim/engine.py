@@ -265,7 +265,9 @@ class Engine:
                         break
                 if seq.state != "running":
                     break
-                seq.blocks += kv.allocate(need)  # type: ignore[operator]
+                got = kv.allocate(need)
+                assert got is not None  # preemption above freed `need` blocks
+                seq.blocks += got
             sched.append((seq, n))
             budget -= n
             if end // bs > seq.ncached:
@@ -468,20 +470,20 @@ class Engine:
     def _lora_leave_running(self, seq: _Seq) -> None:
         if seq.lora is None:
             return
-        left = self._lora_running[seq.lora] - 1  # type: ignore[index]
+        left = self._lora_running[seq.lora] - 1
         if left:
-            self._lora_running[seq.lora] = left  # type: ignore[index]
+            self._lora_running[seq.lora] = left
         else:
-            del self._lora_running[seq.lora]     # type: ignore[arg-type]
+            del self._lora_running[seq.lora]
 
     def _lora_leave_waiting(self, seq: _Seq) -> None:
         if seq.lora is None:
             return
-        left = self._lora_waiting[seq.lora] - 1  # type: ignore[index]
+        left = self._lora_waiting[seq.lora] - 1
         if left:
-            self._lora_waiting[seq.lora] = left  # type: ignore[index]
+            self._lora_waiting[seq.lora] = left
         else:
-            del self._lora_waiting[seq.lora]     # type: ignore[arg-type]
+            del self._lora_waiting[seq.lora]
 
     # -- observation -----------------------------------------------------------------------------
     def stats(self) -> EngineStats:

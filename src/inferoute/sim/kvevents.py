@@ -86,7 +86,7 @@ class KVEventPublisher:
         self._seq = 0
         self._ctx = zmq.asyncio.Context.instance()
         # a plain socket for PUB: a non-blocking send must raise, not return a future
-        self._pub = zmq.Context.instance().socket(zmq.PUB)
+        self._pub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
         self._pub.setsockopt(zmq.SNDHWM, hwm)
         self._pub.setsockopt(zmq.LINGER, 0)
         self.connect = connect

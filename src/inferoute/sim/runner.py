@@ -231,7 +231,7 @@ class EngineRunner:
                         m.ttft.observe(now - h.arrival)
                         m.prompt_tokens.inc(o.prompt_tokens)
                     self._timings_start(h.request_id, model_end)
-                elif m is not None:
+                elif m is not None and h.last_at is not None:
                     m.itl.observe(now - h.last_at)
                 h.last_at = now
                 h.generated += o.new_tokens

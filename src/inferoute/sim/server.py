@@ -186,7 +186,8 @@ class Replica:
         cost = self.engine.profile.scrape_engine_ms
         if cost:
             # the page of a server that renders it on the engine's cores takes that long
-            await asyncio.sleep(cost / 1e3 * self.runner.time_scale)
+            scale = self.runner.time_scale if self.runner else self.cfg.time_scale
+            await asyncio.sleep(cost / 1e3 * scale)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def models(self, request: web.Request) -> web.Response:
