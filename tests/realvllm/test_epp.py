@@ -2,7 +2,8 @@
 ext_proc client of tests/integration/extproc, since Envoy is not installable here): the
 picker's choice is forwarded to the real engine and its response relayed back through the
 stream; a shared prefix sticks, with the llm-d policy and with precise scoring fed by the real
-KV-event streams."""
+KV-event streams; and the openai SDK, through the stand-in's HTTP side (`EnvoyFront`), gets
+chat and completions, streamed and not, and the engine's own 400 as a typed error."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from types import ModuleType
 
 import aiohttp
 import grpc
+import openai
 import orjson
 import pytest
 import yaml
 
 from inferoute.procs import ChildProcess
 
-from .conftest import BLOCK, MODEL, Engines, late_scrapes_ok, words
+from .conftest import BLOCK, MAX_LEN, MODEL, Engines, late_scrapes_ok, words
 
 DEST = "x-gateway-destination-endpoint"
 COMPLETIONS = "/v1/completions"
@@ -114,3 +116,48 @@ async def test_picker_routes_real_requests_and_a_prefix_sticks(epp, engines: Eng
             if i:
                 assert usage["prompt_tokens_details"]["cached_tokens"] == 4 * BLOCK
         assert len(set(chosen)) == 1, chosen
+
+
+async def test_the_openai_sdk_through_the_picker(epp, engines: Engines):
+    """Chat and completions, streamed and not, as an application calls Envoy in front of the
+    picker; a prompt over the engine's context is its own 400, relayed as the SDK's error."""
+    await wait_ready(epp.ports["metrics"])
+    front = kit.EnvoyFront(epp.ports["grpc"])
+    port = await front.start()
+    exact = {"ignore_eos": True}
+    try:
+        async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+                                      max_retries=0, timeout=120) as client:
+            done = await client.completions.create(model=MODEL, prompt=words(80, 40),
+                                                   max_tokens=8, extra_body=exact)
+            assert done.choices[0].text.strip() and done.usage is not None
+            assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (40, 8)
+            chat = await client.chat.completions.create(
+                model=MODEL, max_tokens=6, extra_body=exact,
+                messages=[{"role": "user", "content": words(81, 10)}])
+            assert chat.choices[0].message.content and chat.usage is not None
+            assert chat.usage.completion_tokens == 6
+
+            text = ""
+            async for c in await client.completions.create(
+                    model=MODEL, prompt=words(82, 30), max_tokens=6, stream=True,
+                    extra_body=exact):
+                text += "".join(choice.text for choice in c.choices)
+            assert text.strip()
+            pieces, usage = [], None
+            async for chunk in await client.chat.completions.create(
+                    model=MODEL, max_tokens=6, stream=True, extra_body=exact,
+                    stream_options={"include_usage": True},
+                    messages=[{"role": "user", "content": words(83, 20)}]):
+                pieces += [c.delta.content for c in chunk.choices if c.delta.content]
+                usage = chunk.usage or usage
+            assert "".join(pieces).strip() and usage is not None
+            assert usage.completion_tokens == 6
+
+            with pytest.raises(openai.BadRequestError) as err:
+                await client.completions.create(model=MODEL, prompt=words(84, MAX_LEN + 100),
+                                                max_tokens=4)
+            body = err.value.body
+            assert isinstance(body, dict) and str(MAX_LEN) in body.get("message", ""), body
+    finally:
+        await front.close()

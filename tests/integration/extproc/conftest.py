@@ -241,6 +241,86 @@ class EnvoyStream:
                 return got
 
 
+#: headers a proxy does not pass on (hop-by-hop), or that `EnvoyStream.request` sets itself
+_NOT_FORWARDED = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade", "te",
+                            "host", "content-length", "content-type", "accept-encoding"})
+
+
+class EnvoyFront:
+    """Envoy's HTTP side for the stand-in: an HTTP server on loopback that takes every client
+    request through one ext_proc stream to the picker (`EnvoyStream`, full duplex), forwards
+    it to the endpoint the picker chose, and streams the response back through the picker to
+    the client as it arrives. So an unmodified HTTP client (the openai SDK) calls a picker
+    the way it calls Envoy in front of one; an immediate response (a 4xx/5xx the picker
+    answers itself) reaches it with its status and body."""
+
+    def __init__(self, grpc_port: int) -> None:
+        self.grpc_port = grpc_port
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> int:
+        """Listen on a free loopback port; returns it."""
+        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        self._session = aiohttp.ClientSession()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self.port
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        assert self._channel is not None and self._session is not None
+        body = await request.read()
+        passed = {k.lower(): v for k, v in request.headers.items()
+                  if k.lower() not in _NOT_FORWARDED}
+        stream = EnvoyStream(self._channel)
+        ans = await stream.request(request.path, body, extra_headers=passed)
+        if "immediate" in ans:
+            imm = ans["immediate"]
+            return web.Response(status=imm.status.code, body=imm.body,
+                                content_type="application/json")
+        dest = ans["headers"]["x-gateway-destination-endpoint"]
+        url = f"http://{dest}{request.path_qs}"
+        async with self._session.post(url, data=ans["body"],
+                                      headers={"content-type": "application/json"}) as up:
+            hv = [base_pb2.HeaderValue(key=":status", raw_value=str(up.status).encode())]
+            hv += [base_pb2.HeaderValue(key=k.lower(), raw_value=v.encode())
+                   for k, v in up.headers.items()]
+            msg = pb.ProcessingRequest(response_headers=pb.HttpHeaders(
+                headers=base_pb2.HeaderMap(headers=hv)))
+            msg.metadata_context.filter_metadata["envoy.lb"].fields[
+                "x-gateway-destination-endpoint-served"].string_value = dest
+            await stream.send(msg)
+            assert (await stream.recv()).HasField("response_headers")
+            out = web.StreamResponse(status=up.status)
+            out.content_type = up.content_type
+            await out.prepare(request)
+            async for piece in up.content.iter_any():
+                await stream.send(pb.ProcessingRequest(response_body=pb.HttpBody(body=piece)))
+                await out.write(await stream._echo(FULL_DUPLEX, len(piece)))
+        await stream.send(pb.ProcessingRequest(response_body=pb.HttpBody(end_of_stream=True)))
+        tail = await stream._echo(FULL_DUPLEX, 0)
+        if tail:
+            await out.write(tail)
+        await stream.call.done_writing()
+        await out.write_eof()
+        return out
+
+
 def _set_headers(common: pb.CommonResponse) -> dict[str, str]:
     return {h.header.key: h.header.raw_value.decode()
             for h in common.header_mutation.set_headers}
@@ -384,4 +464,5 @@ def kit():
                            start_epp=start_epp,
                            MODEL=MODEL, FULL_DUPLEX=FULL_DUPLEX, BUFFERED=BUFFERED,
                            StandInApiServer=StandInApiServer, make_pool=make_pool,
+                           EnvoyFront=EnvoyFront,
                            make_pod=make_pod, NS=NS, start=start)
