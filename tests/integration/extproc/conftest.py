@@ -206,15 +206,7 @@ class EnvoyStream:
         """Forward to the chosen endpoint and report the response through the stream."""
         async with session.post(url, data=body,
                                 headers={"content-type": "application/json"}) as up:
-            hv = [base_pb2.HeaderValue(key=":status", raw_value=str(up.status).encode())]
-            hv += [base_pb2.HeaderValue(key=k.lower(), raw_value=v.encode())
-                   for k, v in up.headers.items()]
-            msg = pb.ProcessingRequest(response_headers=pb.HttpHeaders(
-                headers=base_pb2.HeaderMap(headers=hv)))
-            msg.metadata_context.filter_metadata["envoy.lb"].fields[
-                "x-gateway-destination-endpoint-served"].string_value = served
-            await self.send(msg)
-            assert (await self.recv()).HasField("response_headers")
+            await self.response_headers(up, served)
             relayed = []
             n = 0
             async for piece in up.content.iter_any():
@@ -227,6 +219,19 @@ class EnvoyStream:
         relayed.append(await self._echo(mode, 0))
         await self.call.done_writing()
         return b"".join(relayed)
+
+    async def response_headers(self, up: aiohttp.ClientResponse, served: str) -> None:
+        """Report the endpoint's response headers (and, as Envoy's load balancer does, the
+        endpoint that served) and take the picker's answer to them."""
+        hv = [base_pb2.HeaderValue(key=":status", raw_value=str(up.status).encode())]
+        hv += [base_pb2.HeaderValue(key=k.lower(), raw_value=v.encode())
+               for k, v in up.headers.items()]
+        msg = pb.ProcessingRequest(response_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(headers=hv)))
+        msg.metadata_context.filter_metadata["envoy.lb"].fields[
+            "x-gateway-destination-endpoint-served"].string_value = served
+        await self.send(msg)
+        assert (await self.recv()).HasField("response_headers")
 
     async def _echo(self, mode: int, size: int) -> bytes:
         if mode != FULL_DUPLEX:
@@ -297,15 +302,7 @@ class EnvoyFront:
         url = f"http://{dest}{request.path_qs}"
         async with self._session.post(url, data=ans["body"],
                                       headers={"content-type": "application/json"}) as up:
-            hv = [base_pb2.HeaderValue(key=":status", raw_value=str(up.status).encode())]
-            hv += [base_pb2.HeaderValue(key=k.lower(), raw_value=v.encode())
-                   for k, v in up.headers.items()]
-            msg = pb.ProcessingRequest(response_headers=pb.HttpHeaders(
-                headers=base_pb2.HeaderMap(headers=hv)))
-            msg.metadata_context.filter_metadata["envoy.lb"].fields[
-                "x-gateway-destination-endpoint-served"].string_value = dest
-            await stream.send(msg)
-            assert (await stream.recv()).HasField("response_headers")
+            await stream.response_headers(up, dest)
             out = web.StreamResponse(status=up.status)
             out.content_type = up.content_type
             await out.prepare(request)
