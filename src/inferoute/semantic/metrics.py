@@ -12,24 +12,24 @@ class SemanticMetrics:
     """Counters and a histogram; pass `registry=None` for unregistered (test) metrics."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        reg = registry
         self.classifications = Counter(
             "inferoute_semantic_classifications", "Prompts classified, by category "
             "(category=\"none\" when below the confidence threshold)", ["category"],
-            registry=reg)
+            registry=registry)
         self.routed = Counter("inferoute_semantic_routed_requests",
                               "Auto-model requests routed, by selected model", ["model"],
-                              registry=reg)
+                              registry=registry)
         self.latency = Histogram("inferoute_semantic_classifier_seconds",
                                  "Time to embed and classify one prompt", buckets=LATENCY_BUCKETS,
-                                 registry=reg)
+                                 registry=registry)
         self.cache = Counter("inferoute_semantic_cache_lookups",
                              "Semantic-cache lookups, by result (hit, miss)", ["result"],
-                             registry=reg)
+                             registry=registry)
         self.cache_stores = Counter("inferoute_semantic_cache_stores",
-                                    "Replies stored in the semantic cache", registry=reg)
+                                    "Replies stored in the semantic cache", registry=registry)
         self.blocks = Counter("inferoute_semantic_blocked_requests",
                               "Requests refused by a guard, by reason (pii, jailbreak)",
-                              ["reason"], registry=reg)
+                              ["reason"], registry=registry)
         self.pii = Counter("inferoute_semantic_pii_detections",
-                           "Requests containing personal data, by type", ["type"], registry=reg)
+                           "Requests containing personal data, by type", ["type"],
+                           registry=registry)
