@@ -137,6 +137,8 @@ class EnvoyStream:
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.call = pb_grpc.ExternalProcessorStub(channel).Process()
+        #: a body write failed: the picker had answered and ended the stream meanwhile
+        self.write_failed = False
 
     async def send(self, msg: pb.ProcessingRequest) -> None:
         await self.call.write(msg)
@@ -182,6 +184,7 @@ class EnvoyStream:
             except Exception:  # noqa: BLE001 - grpc raises a private error type here
                 # what the picker answered is read below, so a write that failed for any
                 # other reason still fails the test there
+                self.write_failed = True
                 break
         first = await answer
         if first.HasField("immediate_response"):
@@ -219,6 +222,16 @@ class EnvoyStream:
         relayed.append(await self._echo(mode, 0))
         await self.call.done_writing()
         return b"".join(relayed)
+
+    async def ended(self) -> bool:
+        """Whether the picker has ended the stream: the next read is the end; or, where this
+        client was still writing a body when the picker answered and closed (a large body
+        refused early), the call failed here on that write, which the closed stream caused
+        (on a busy machine the answer can arrive while a chunk is being sent)."""
+        try:
+            return await self.call.read() is grpc.aio.EOF
+        except grpc.aio.AioRpcError:
+            return self.write_failed
 
     async def response_headers(self, up: aiohttp.ClientResponse, served: str) -> None:
         """Report the endpoint's response headers (and, as Envoy's load balancer does, the

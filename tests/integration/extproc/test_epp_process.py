@@ -105,7 +105,7 @@ async def test_errors_are_immediate_json_responses(epp, kit, channel, body, stat
     ir = ans["immediate"]
     assert ir.status.code == status
     assert orjson.loads(ir.body)["error"]["message"]
-    assert await s.call.read() is grpc.aio.EOF
+    assert await s.ended()
 
 
 async def test_no_ready_endpoint_is_503(kit):
