@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -210,18 +211,23 @@ class EnvoyStream:
         async with session.post(url, data=body,
                                 headers={"content-type": "application/json"}) as up:
             await self.response_headers(up, served)
-            relayed = []
-            n = 0
-            async for piece in up.content.iter_any():
-                await self.send(pb.ProcessingRequest(response_body=pb.HttpBody(body=piece)))
-                n += 1
-                relayed.append(await self._echo(mode, len(piece)))
-                if stop_after_chunks is not None and n >= stop_after_chunks:
-                    return b"".join(relayed)
+            return b"".join([piece async for piece in self.relay(up, mode, stop_after_chunks)])
+
+    async def relay(self, up: aiohttp.ClientResponse, mode: int = FULL_DUPLEX,
+                    stop_after_chunks: int | None = None) -> AsyncIterator[bytes]:
+        """Report the endpoint's response body through the stream, chunk by chunk as it
+        arrives, then its end, and yield what the picker passes back of each; with
+        `stop_after_chunks`, stop after that many (the client went away mid-response)."""
+        n = 0
+        async for piece in up.content.iter_any():
+            await self.send(pb.ProcessingRequest(response_body=pb.HttpBody(body=piece)))
+            yield await self._echo(mode, len(piece))
+            n += 1
+            if stop_after_chunks is not None and n >= stop_after_chunks:
+                return
         await self.send(pb.ProcessingRequest(response_body=pb.HttpBody(end_of_stream=True)))
-        relayed.append(await self._echo(mode, 0))
+        yield await self._echo(mode, 0)
         await self.call.done_writing()
-        return b"".join(relayed)
 
     async def ended(self) -> bool:
         """Whether the picker has ended the stream: the next read is the end; or, where this
@@ -319,14 +325,9 @@ class EnvoyFront:
             out = web.StreamResponse(status=up.status)
             out.content_type = up.content_type
             await out.prepare(request)
-            async for piece in up.content.iter_any():
-                await stream.send(pb.ProcessingRequest(response_body=pb.HttpBody(body=piece)))
-                await out.write(await stream._echo(FULL_DUPLEX, len(piece)))
-        await stream.send(pb.ProcessingRequest(response_body=pb.HttpBody(end_of_stream=True)))
-        tail = await stream._echo(FULL_DUPLEX, 0)
-        if tail:
-            await out.write(tail)
-        await stream.call.done_writing()
+            async for piece in stream.relay(up):
+                if piece:
+                    await out.write(piece)
         await out.write_eof()
         return out
 
