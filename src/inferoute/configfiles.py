@@ -14,10 +14,14 @@ import yaml
 
 from .core.admission import AdmissionConfig, parse_admission_config
 from .core.errors import ConfigError
-from .core.scheduling.config import EndpointPickerConfig, default_config, parse_config
+from .core.scheduling.config import EndpointPickerConfig, parse_config
 
 #: the named scheduler configs shipped with the package (`round-robin`, `llm-d`, ...)
 POLICY_FOLDER = Path(__file__).resolve().parent / "configs"
+#: the policy of a pool that names none (`serve`, `epp`, a serving config's pool): inferoute's
+#: own, the best or within 1% of the best policy on every scenario of docs/benchmark.md
+#: averaged over its seeds (issue 17, item 7); `llm-d` is the llm-d guide's weights
+DEFAULT_POLICY = "inferoute"
 
 
 def read_yaml_file(path: str | Path, what: str) -> Any:
@@ -47,10 +51,10 @@ def packaged_policies() -> dict[str, Path]:
 
 
 def resolve_config(name_or_path: str | None) -> EndpointPickerConfig:
-    """A config by packaged policy name, by file path, or the default when None."""
-    if name_or_path is None:
-        return default_config()
+    """A config by packaged policy name, by file path, or `DEFAULT_POLICY`'s when None."""
     policies = packaged_policies()
+    if name_or_path is None:
+        name_or_path = DEFAULT_POLICY
     if name_or_path in policies:
         return load_config_file(policies[name_or_path])
     if Path(name_or_path).exists():

@@ -64,8 +64,8 @@ def register(sub: Any) -> None:
     src.add_argument("--pool-namespace", metavar="NS", default=None,
                      help="namespace of the InferencePool (default: the pod's, else default)")
     p.add_argument("--scheduler", metavar="POLICY",
-                   help="packaged policy name or EndpointPickerConfig file (default: llm-d "
-                        "guide weights prefix 3, kv-cache 2, queue 2)")
+                   help="packaged policy name or EndpointPickerConfig file (default: inferoute; "
+                        "llm-d: the llm-d guide's weights prefix 3, kv-cache 2, queue 2)")
     p.add_argument("--engine", choices=("auto", "vllm", "sglang", "trtllm"), default=None,
                    help="model server metrics dialect (default: auto)")
     p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")

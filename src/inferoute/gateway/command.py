@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("auto", "vllm", "sglang", "trtllm"), default=None,
                    help="metric names to scrape (default: detect)")
     p.add_argument("--scheduler", metavar="NAME_OR_PATH",
-                   help="packaged policy (llm-d, round-robin, ...) or EndpointPickerConfig "
-                        "file; with --config, applies to every pool")
+                   help="packaged policy (default: inferoute; llm-d, round-robin, ...) or "
+                        "EndpointPickerConfig file; with --config, applies to every pool")
     p.add_argument("--admission", metavar="FILE",
                    help="admission control YAML (objectives, flow control, model routes; "
                         "see docs/admission.md); off when not given")

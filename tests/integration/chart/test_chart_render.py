@@ -116,8 +116,10 @@ schedulingProfiles:
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "weights": {"schedulingConfig": {
+        "policy": "weights",
         "scorers": {"prefixCacheScorer": 5, "kvCacheUtilizationScorer": 0, "queueScorer": 1.5},
         "picker": "weighted-random-picker"}},
+    "packaged-policy": {"schedulingConfig": {"policy": "sglang-cache-aware"}},
     "saturation-objectives": {
         "schedulingConfig": {"saturationDetector": {
             "queueDepthThreshold": 12, "kvCacheUtilThreshold": 0.95, "kvCacheRule": "always",
@@ -161,6 +163,14 @@ def _merged(values: dict[str, Any]) -> dict[str, Any]:
     if "replicas" in values and _replicas_key() != "replicas":
         out[_replicas_key()] = values["replicas"]
     return out
+
+
+def _named_policy(values: dict[str, Any]) -> str | None:
+    """The packaged policy merged `values` run by name (None: the ConfigMap's picker.yaml)."""
+    sc = values["schedulingConfig"]
+    if sc["custom"] or values["precise"]["enabled"] or sc["policy"] == "weights":
+        return None
+    return str(sc["policy"])
 
 
 def _overrides(values: dict[str, Any]) -> dict[str, Any]:
@@ -330,8 +340,13 @@ def test_manifests_reference_each_other(helm, tmp_path, name):
     (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
     assert volume["configMap"]["name"] == cm["metadata"]["name"]
     assert mount["mountPath"] == MOUNT and mount["readOnly"] is True
-    for flag, key in (("--scheduler", "picker.yaml"), ("--admission", "admission.yaml")):
+    named = _named_policy(values)
+    mounted = (("--admission", "admission.yaml"),) if named else (
+        ("--scheduler", "picker.yaml"), ("--admission", "admission.yaml"))
+    for flag, key in mounted:
         assert f"{flag}={MOUNT}/{key}" in args and key in cm["data"]
+    if named:  # a packaged policy goes by name; the ConfigMap holds no scheduler config
+        assert f"--scheduler={named}" in args and "picker.yaml" not in cm["data"]
 
     # the pool the picker watches is the pool whose endpointPickerRef is this Service
     pool_name = values["inferencePool"]["name"] or "qwen-inferoute"
@@ -391,6 +406,7 @@ def test_config_change_rolls_the_deployment(helm, tmp_path):
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_rendered_args_and_config_load_in_the_picker(helm, tmp_path, name):
     from inferoute.cli import build_parser
+    from inferoute.configfiles import resolve_config
     from inferoute.core.scheduling.config import parse_config
     from inferoute.extproc import command
 
@@ -401,7 +417,9 @@ def test_rendered_args_and_config_load_in_the_picker(helm, tmp_path, name):
     # the image's ENTRYPOINT is `inferoute`; the container's args follow it
     assert 'ENTRYPOINT ["inferoute"]' in (ROOT / "deploy" / "Dockerfile").read_text()
 
-    picker_cfg = parse_config(yaml.safe_load(cm["data"]["picker.yaml"]), "picker.yaml")
+    named = _named_policy(values)
+    picker_cfg = (resolve_config(named) if named else
+                  parse_config(yaml.safe_load(cm["data"]["picker.yaml"]), "picker.yaml"))
     mounted = tmp_path / "mounted"
     mounted.mkdir()
     for key, text in cm["data"].items():
@@ -423,6 +441,8 @@ def test_rendered_args_and_config_load_in_the_picker(helm, tmp_path, name):
     weights = {ref.plugin_ref: ref.weight for ref in profile.plugins}
     if values["schedulingConfig"]["custom"]:
         assert weights == {"round-robin-picker": None}
+    elif named:
+        assert loaded == resolve_config(named) != resolve_config("llm-d")
     else:
         scorers = values["schedulingConfig"]["scorers"]
         names = {"prefixCacheScorer": "prefix-cache-scorer",

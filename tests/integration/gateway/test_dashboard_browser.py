@@ -105,7 +105,8 @@ def test_dashboard_in_chromium(harness, web, browser, tmp_path: Path) -> None:
     sims = [f"http://127.0.0.1:{base + i}" for i in range(2)]
     harness.procs[-1].wait_for_http(sims[1] + "/health")
     gw = harness.gateway({"dashboard": True, "autoscaling": {"ttftTarget": "1s"},
-                          "pools": [{"model": "sim-model", "endpoints": sims}],
+                          "pools": [{"model": "sim-model", "endpoints": sims,
+                                     "scheduler": "llm-d"}],  # the page shows its scorers
                           "admission": {"objectives": [{"name": "critical", "priority": 10}]}})
     prompt = "the quick brown fox jumps over the lazy dog " * 12
     for _ in range(4):  # the same prefix: later requests hit the replica's prefix cache

@@ -71,8 +71,9 @@ def test_dashboard_pages_and_state_behind_keys(harness, tmp_path, web) -> None:
     secret = "sk-dash-0123456789abcdef"
     tenants = tmp_path / "tenants.yaml"
     tenants.write_text(json.dumps({"tenants": [{"name": "ops", "key": secret}]}))
-    gw = harness.gateway({"tenants": str(tenants), "dashboard": True,
-                          "pools": [{"model": "m", "endpoints": [server.url]}]},
+    gw = harness.gateway({"tenants": str(tenants), "dashboard": True,  # llm-d: named scorers
+                          "pools": [{"model": "m", "endpoints": [server.url],
+                                     "scheduler": "llm-d"}]},
                          flags=("--log-level", "info", "--access-log"))
     # without a session: the sign-in form (401), not the page; the rest 401 in JSON
     status, ctype, page = _get(gw.url + "/dashboard")
@@ -181,8 +182,9 @@ def test_dashboard_state_shows_the_admission_queue_and_reserve(harness, web) -> 
         page, "inferoute_flow_control_top_priority_requests_total", inference_pool="m") == 2
     assert adm["top_priority_without_free_slot"] == web.metric(
         page, "inferoute_flow_control_top_priority_without_free_slot_total", inference_pool="m")
-    off = harness.gateway({"dashboard": True,
-                           "pools": [{"model": "m", "endpoints": [server.url]}]})
+    off = harness.gateway({"dashboard": True,  # llm-d's policy: no release rule to queue for
+                           "pools": [{"model": "m", "endpoints": [server.url],
+                                      "scheduler": "llm-d"}]})
     (pool,) = json.loads(_get(off.url + "/dashboard/state")[2])["pools"]
     assert pool["admission"] is None
     assert pool["kv_fit"] is None  # llm-d's policy has no KV-fit release

@@ -32,7 +32,8 @@ def _needs(policy: str | None) -> MetricNeeds:
 #: once from that table at commit 4142652): the move changed no policy's scrapes. A change to a
 #: policy or a plugin's reads that alters a row is deliberate: update the row with the reason.
 WAS: dict[str | None, tuple[set[str], set[str]]] = {
-    None: ({"kv_usage", "waiting"}, {"cache_config", "kv_usage", "running", "waiting"}),
+    # the default became inferoute's policy (2026-12-07; the llm-d guide's weights before)
+    None: (set(), {"cache_config", "kv_usage", "prefix_cache", "running", "waiting"}),
     "dynamo-kv": (set(), {"cache_config", "kv_usage", "running", "waiting"}),
     "inferoute-slo": ({"kv_usage", "waiting"}, {"cache_config", "kv_usage", "running", "waiting"}),
     # kv-fit-filter joined inferoute's policy and reads the hit counters (2026-12-07)

@@ -91,6 +91,15 @@ def test_generated_scheduler_config_uses_known_plugins():
     SaturationSpec.model_validate(values["schedulingConfig"]["saturationDetector"])
 
 
+def test_the_default_policy_is_the_packaged_default():
+    """The chart's default `schedulingConfig.policy` is the policy `serve` and `epp` use when
+    given none, and a packaged one the picker finds by name."""
+    from inferoute.configfiles import DEFAULT_POLICY, packaged_policies
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["schedulingConfig"]["policy"] == DEFAULT_POLICY
+    assert DEFAULT_POLICY in packaged_policies()
+
+
 def test_generated_admission_config_is_valid():
     from inferoute.core.admission import parse_admission_config
     values = yaml.safe_load((CHART / "values.yaml").read_text())

@@ -51,3 +51,14 @@ app.kubernetes.io/name: {{ include "inferoute.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: endpoint-picker
 {{- end -}}
+
+{{/* The packaged policy the picker runs by name (`schedulingConfig.policy`), or "" when the
+ConfigMap's picker.yaml holds its config: `custom`, `weights` (the generated scorers), or
+`precise.enabled` (the generated scorers with the precise prefix scorer). */}}
+{{- define "inferoute.namedPolicy" -}}
+{{- $sc := .Values.schedulingConfig -}}
+{{- $policy := $sc.policy | default "weights" -}}
+{{- if not (or $sc.custom .Values.precise.enabled (eq $policy "weights")) -}}
+{{- $policy -}}
+{{- end -}}
+{{- end -}}
