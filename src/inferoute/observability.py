@@ -180,6 +180,9 @@ class Observability:
         #: call, which adds up to tens of microseconds per request on the hot path
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._endpoint_series: set[tuple[str, str]] = set()
+        #: per pool, the priorities whose queue size was exported: a band that empties is
+        #: dropped from the queue's stats, and its series must then read 0, not its last size
+        self._priority_series: dict[str, set[str]] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), labels)
@@ -277,8 +280,13 @@ class Observability:
                 self.queue_bytes.labels(pool).set(st.bytes)
                 self.reserved.labels(pool).set(st.reserved)
                 self.queue_size.labels(pool, "all").set(st.requests)
-                for prio, n in st.by_priority.items():
-                    self.queue_size.labels(pool, str(prio)).set(n)
+                current = {str(prio): n for prio, n in st.by_priority.items()}
+                exported = self._priority_series.setdefault(pool, set())
+                for prio in exported - current.keys():  # bands that emptied
+                    self.queue_size.labels(pool, prio).set(0)
+                for prio, n in current.items():
+                    self.queue_size.labels(pool, prio).set(n)
+                exported.update(current)
         data = self._data
         if data is None:
             return

@@ -74,3 +74,20 @@ def test_flow_control_gauges_show_the_queue_and_the_reserve():
     assert 'inferoute_flow_control_top_priority_requests_total{inference_pool="m"} 40.0' in page
     assert ('inferoute_flow_control_top_priority_without_free_slot_total{inference_pool="m"} '
             '3.0') in page
+
+
+def test_a_priority_band_that_empties_reads_zero():
+    """The queue drops an empty band from its stats; its series must not keep its last size
+    (found by `inferoute epp` holding requests: priority 0 read 20 after they all went)."""
+    from inferoute.core.admission.flowcontrol import QueueStats
+    obs = Observability()
+    data = DataLayer(parse_serving_config({"pools": [
+        {"model": "m", "endpoints": ["http://a:1"]}]}), clock=ManualClock(1.0).now)
+    stats = {"m": QueueStats(3, 900, {10: 1, 0: 2})}
+    obs.watch(data, lambda: stats)
+    assert 'queue_size{inference_pool="m",priority="0"} 2.0' in _page(obs)
+    stats["m"] = QueueStats(1, 300, {10: 1})
+    page = _page(obs)
+    assert 'queue_size{inference_pool="m",priority="0"} 0.0' in page
+    assert 'queue_size{inference_pool="m",priority="10"} 1.0' in page
+    assert 'queue_size{inference_pool="m",priority="all"} 1.0' in page
