@@ -280,13 +280,13 @@ class Observability:
                 self.queue_bytes.labels(pool).set(st.bytes)
                 self.reserved.labels(pool).set(st.reserved)
                 self.queue_size.labels(pool, "all").set(st.requests)
-                current = {str(prio): n for prio, n in st.by_priority.items()}
+                bands = {str(prio): n for prio, n in st.by_priority.items()}
                 exported = self._priority_series.setdefault(pool, set())
-                for prio in exported - current.keys():  # bands that emptied
+                for prio in exported - bands.keys():  # bands that emptied
                     self.queue_size.labels(pool, prio).set(0)
-                for prio, n in current.items():
+                for prio, n in bands.items():
                     self.queue_size.labels(pool, prio).set(n)
-                exported.update(current)
+                exported.update(bands)
         data = self._data
         if data is None:
             return
