@@ -234,8 +234,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--rate", type=float, default=200.0, help="gateway requests/s (the same "
                    "number again goes direct, interleaved; default 200)")
     o.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
-    o.add_argument("--scheduler", default=None, help="policy for the gateway (default llm-d "
-                   "default config)")
+    o.add_argument("--scheduler", default=None, help="policy for the gateway (default: serve's, "
+                   "inferoute)")
     o.add_argument("--prompt-chars", type=int, default=2000,
                    help="prompt size of the measured requests (default 2000 chars)")
     o.add_argument("--skip-decision", action="store_true",
