@@ -2,8 +2,7 @@
 
 1. Decisions per second on one core, in process: the whole request phase of one ext_proc stream
    (protobuf bytes parsed, body parsed, admission, scheduling with llm-d's weights, the core's
-   default config, over N
-   endpoints, answer built and serialised) for a long chat prompt.
+   default config, over N endpoints, answer built and serialised) for a long chat prompt.
 2. Added latency per request over gRPC on loopback, against a real `inferoute epp` process in
    front of `inferoute sim` replicas: from sending the last body chunk to receiving the whole
    routing answer (what Envoy waits before it forwards), sequential; plus the decisions per
