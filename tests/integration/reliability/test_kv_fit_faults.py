@@ -65,12 +65,19 @@ def _until_queued(url: str, timeout: float = 30.0) -> float:
         time.sleep(0.02)
 
 
-def test_a_replica_killed_while_requests_wait_in_the_gateway(harness):
+def _holding_pool(harness):  # type: ignore[no-untyped-def]
+    """Two tiny replicas slowed tenfold (so that requests overlap) behind `inferoute serve`
+    with its default policy, driven until the rule holds: (the gateway, the replicas)."""
     sims = [harness.sim_one(time_scale=10) for _ in range(2)]
     gw = harness.serve({"pools": [{"model": MODEL, "endpoints": [s.url for s in sims]}]},
                        "--log-level", "warning")
     wait_ready(gw.url, MODEL, 2)
     _until_holding(gw.url)
+    return gw, sims
+
+
+def test_a_replica_killed_while_requests_wait_in_the_gateway(harness):
+    gw, sims = _holding_pool(harness)
 
     n = 2 * FAMILIES
     with ThreadPoolExecutor(n) as pool:
@@ -101,11 +108,7 @@ def test_a_replica_killed_while_requests_wait_in_the_gateway(harness):
 
 
 def test_clients_that_leave_while_waiting_leave_nothing_behind(harness):
-    sims = [harness.sim_one(time_scale=10) for _ in range(2)]
-    gw = harness.serve({"pools": [{"model": MODEL, "endpoints": [s.url for s in sims]}]},
-                       "--log-level", "warning")
-    wait_ready(gw.url, MODEL, 2)
-    _until_holding(gw.url)
+    gw, _ = _holding_pool(harness)
 
     n = 2 * FAMILIES
     leave = threading.Event()
