@@ -108,7 +108,7 @@ class UpstreamResponse:
             self._timer = None
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._conn.loop.create_future()
         try:
             await self._waiter
         except BaseException:  # cancelled while waiting: the caller closes the response
@@ -170,8 +170,11 @@ class UpstreamResponse:
 class _Connection(asyncio.Protocol):
     """One kept-alive connection; feeds its current `UpstreamResponse`."""
 
-    def __init__(self, key: tuple[str, int, bool]) -> None:
+    def __init__(self, key: tuple[str, int, bool], loop: asyncio.AbstractEventLoop) -> None:
         self.key = key
+        #: the loop it runs on: `asyncio.get_running_loop()` costs a getpid() system call on
+        #: Python 3.11, and a response waits for its body once per relayed event
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
@@ -324,8 +327,8 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(key), host, port,
-                                                       ssl=ctx)
+                _, conn = await loop.create_connection(lambda: _Connection(key, loop), host,
+                                                       port, ssl=ctx)
         except TimeoutError:
             raise ConnectTimeout(f"no connection to {host}:{port} within "
                                  f"{self.connect_timeout:g}s") from None
@@ -357,7 +360,7 @@ class UpstreamPool:
                 conn = await self._open(key)
             resp = UpstreamResponse(conn, self)
             if total_timeout is not None:
-                resp._timer = asyncio.get_running_loop().call_later(
+                resp._timer = conn.loop.call_later(
                     total_timeout, _expire, resp, total_timeout)
             conn.start(resp, data)
             try:
