@@ -30,7 +30,7 @@
       loraAdapters: [sql-lora]
       engine: vllm              # vllm | sglang | trtllm | auto (from the metric names)
       endpoints: [http://10.0.0.1:8000, http://10.0.0.2:8000]
-      scheduler: inferoute      # packaged policy name (the default), an EndpointPickerConfig path, or inline
+      scheduler: inferoute      # packaged policy (the default), EndpointPickerConfig path, inline
       tokenizer: /models/Qwen3  # precise scoring: local HF tokenizer dir/file, or "words" (sim)
       kvEvents: {pubPort: 5557, replayPort: 5558}   # precise scoring: the engines' KV events
     health:                     # passive outlier detection (on) and active checks (off)

@@ -145,7 +145,9 @@ def load_config_text(text: str, source: str = "<config>") -> EndpointPickerConfi
     return parse_config(data, source)
 
 
-#: The llm-d guide's default: approximate prefix 3, KV-cache utilisation 2, queue 2.
+#: The llm-d guide's default: approximate prefix 3, KV-cache utilisation 2, queue 2. The core's
+#: fallback for a `Scheduler` given no config; the shells' default policy is
+#: `configfiles.DEFAULT_POLICY` (`inferoute`).
 DEFAULT_CONFIG_YAML = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
