@@ -55,9 +55,14 @@ def raw(port: int, data: bytes, *, half_close: bool = False,
         timeout: float = 10.0) -> tuple[int | None, dict[str, str], bytes]:
     """Send raw bytes, read until the server closes; (status or None, headers, body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        if half_close:
-            s.shutdown(socket.SHUT_WR)
+        try:
+            s.sendall(data)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            # the server answered and closed while this was still sending (a head it refused
+            # before reading it all, e.g. a 756 kB header): its answer is still to be read
+            pass
         chunks = []
         try:
             while chunk := s.recv(65536):
