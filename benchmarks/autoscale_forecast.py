@@ -14,7 +14,10 @@ t + 75 s (the estimator takes the rate now or a horizon on, whichever is higher)
   asked for would not be sized for: requests over the TTFT target in a run);
 - excess: the HPA keeps the highest proposal of the last 300 s, so at each sync the highest
   forecast of the last 300 s against the highest truth of the same syncs; the sum of
-  max(0, held forecast - held truth) x 15 s (replica-seconds held for nothing).
+  max(0, held forecast - held truth) x 15 s (replica-seconds held for nothing);
+- sigma / error: the forecast's mean standard error (what the 90% margin is 1.28 times) over
+  the root mean square of its actual error against the true rate a horizon on: 1 where the
+  margin is what it claims, above 1 where it is wider.
 
 `--seeds N` adds N more seeds per load (the load's own seed + 1000 + k): the loads' own
 arrivals are what the runs see; more seeds say whether a change holds beyond them.
@@ -26,6 +29,7 @@ arrivals per second over the minute around it (`bench.autoscale.true_rate`).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 
@@ -53,35 +57,49 @@ LOADS = {
 }
 
 
+Row = tuple[float, float, float, float, float]
+
+
 def evaluate(shape: str, base: float, peak: float, duration: float,
-             seed: int) -> tuple[float, float, list[tuple[float, float, float]]]:
-    """(shortfall, excess, [(t, forecast, truth)]) of one load's arrivals."""
+             seed: int) -> tuple[float, float, list[Row]]:
+    """(shortfall, excess, rows) of one load's arrivals (`score`)."""
     load = ShapedLoad.make(base, peak, duration, seed=seed, shape=shape)  # type: ignore[arg-type]
     return score(load.arrivals(0), load.rate_at, duration)
 
 
 def score(arrivals: list[float], rate: Callable[[float], float],
-          duration: float) -> tuple[float, float, list[tuple[float, float, float]]]:
-    """(shortfall, excess, [(t, forecast, truth)]) of the forecast of these arrivals, whose
-    true rate at a time is `rate`."""
+          duration: float) -> tuple[float, float, list[Row]]:
+    """(shortfall, excess, [(t, forecast, truth, sigma, rate a horizon on)]) of the forecast
+    of these arrivals, whose true rate at a time is `rate`."""
     # the forecast itself (z = 0: now or the horizon, whichever is higher), as the docs scored it
     est = PoolEstimator(AutoscaleSpec(horizon=HORIZON, cold_start=COLD_START, rate_quantile=0.5))
-    rows: list[tuple[float, float, float]] = []
+    rows: list[Row] = []
     i, t = 0, SYNC_PERIOD
     while t < duration:
         while i < len(arrivals) and arrivals[i] <= t:
             est.arrived(arrivals[i])
             i += 1
         truth = max(rate(t + k) for k in range(int(HORIZON) + 1))
-        rows.append((t, est.forecast(t)[0], truth))
+        forecast, sigma = est.forecast(t)
+        rows.append((t, forecast, truth, sigma, rate(t + HORIZON)))
         t += SYNC_PERIOD
     keep = int(SCALE_DOWN_WINDOW / SYNC_PERIOD)
-    shortfall = sum(max(0.0, truth - f) for _, f, truth in rows) * SYNC_PERIOD
+    shortfall = sum(max(0.0, row[2] - row[1]) for row in rows) * SYNC_PERIOD
     excess = 0.0
     for j in range(len(rows)):
         held = rows[max(0, j - keep + 1):j + 1]
-        excess += max(0.0, max(f for _, f, _ in held) - max(tr for _, _, tr in held))
+        excess += max(0.0, max(row[1] for row in held) - max(row[2] for row in held))
     return shortfall, excess * SYNC_PERIOD, rows
+
+
+def calibration(rows: list[Row]) -> float:
+    """The forecasts' mean sigma over the RMS of their error against the rate a horizon on,
+    over the syncs with a trend (sigma > 0); NaN without any."""
+    trended = [row for row in rows if row[3] > 0]
+    if not trended:
+        return math.nan
+    rms = math.sqrt(sum((row[4] - row[1]) ** 2 for row in trended) / len(trended))
+    return sum(row[3] for row in trended) / len(trended) / rms if rms > 0 else math.nan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         short, exc, rows = evaluate(shape, base, peak, duration, seed)
         total[0] += short
         total[1] += exc
-        line = f"{name:7s} shortfall {short:7.0f}  excess {exc:7.0f}"
+        line = (f"{name:7s} shortfall {short:7.0f}  excess {exc:7.0f}  "
+                f"sigma / error {calibration(rows):4.2f}")
         if args.seeds:
             more = [evaluate(shape, base, peak, duration, seed + 1000 + k)[:2]
                     for k in range(args.seeds)]
@@ -112,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             line += f"   {args.seeds} more seeds: shortfall {s:8.0f}  excess {e:8.0f}"
         print(line)
         if args.verbose:
-            print("   " + " ".join(f"{t:.0f}:{f:.1f}/{tr:.1f}" for t, f, tr in rows))
+            print("   " + " ".join(f"{r[0]:.0f}:{r[1]:.1f}/{r[2]:.1f}" for r in rows))
     print(f"total   shortfall {total[0]:7.0f}  excess {total[1]:7.0f}" + (
         f"   {args.seeds} more seeds: shortfall {extra[0]:8.0f}  excess {extra[1]:8.0f}"
         if args.seeds else ""))
@@ -127,9 +146,10 @@ def _traces(paths: list[str], speed: float, verbose: bool) -> int:
         short, exc, rows = score(arrivals, true_rate(load), arrivals[-1])
         total[0] += short
         total[1] += exc
-        print(f"{path} x{speed:g}: shortfall {short:7.0f}  excess {exc:7.0f}")
+        print(f"{path} x{speed:g}: shortfall {short:7.0f}  excess {exc:7.0f}  "
+              f"sigma / error {calibration(rows):4.2f}")
         if verbose:
-            print("   " + " ".join(f"{t:.0f}:{f:.1f}/{tr:.1f}" for t, f, tr in rows))
+            print("   " + " ".join(f"{r[0]:.0f}:{r[1]:.1f}/{r[2]:.1f}" for r in rows))
     print(f"total   shortfall {total[0]:7.0f}  excess {total[1]:7.0f}")
     return 0
 
