@@ -33,7 +33,11 @@ a sliding window of `W` seconds:
               refit through those at or under it (the lower envelope); the last fit is kept
               while no request is alone or the line is lost in its noise; before any line
               (too little spread in u, or too few requests alone), a = 0 and b is their
-              summed TTFT / their summed u (all of it counted as prefill of those prompts)
+              summed TTFT / their summed u (all of it counted as prefill of those prompts);
+              where no request has ever been alone, the replicas hold no queue and the
+              window's first tokens miss the target, a = 0 and b the first tokens' summed
+              TTFT over the uncached tokens their replicas prefilled meanwhile, their own
+              included (`_shared_fit`: an upper bound, so the count is a floor)
     O, D      output tokens and decode time (e2e - TTFT) per request
     k         KV cache per running request (sum of scraped KV use / sum of running requests)
     Q         requests waiting in the replicas' queues (scraped)
@@ -568,9 +572,10 @@ class PoolEstimator:
         self._arrivals: deque[list[float]] = deque()
         self._first_arrival: float | None = None
         self._samples: deque[_Sample] = deque(maxlen=spec.max_samples)
-        #: streamed requests at their first token: (time, uncached tokens, TTFT, alone), the
-        #: prefill measured a decode before the request finishes
-        self._first_tokens: deque[tuple[float, float, float, bool]] = deque(
+        #: streamed requests at their first token: (time, uncached tokens, TTFT, alone, the
+        #: uncached tokens its replica prefilled meanwhile, its own included), the prefill
+        #: measured a decode before the request finishes
+        self._first_tokens: deque[tuple[float, float, float, bool, float]] = deque(
             maxlen=spec.max_samples)
         self._kv_per_request = 0.0
         #: the last measured step time a running request adds, and a prompt token's cost in
@@ -613,11 +618,15 @@ class PoolEstimator:
                                      ttft, decode, max(0.0, e2e), unqueued, decoders,
                                      max(0.0, prefilled)))
 
-    def first_token(self, now: float, *, uncached: float, ttft: float, unqueued: bool) -> None:
-        """A streamed request's first token: its prefill is over. Used only until a request
-        of the window has finished (a long decode can take longer than the HPA's first sync:
-        engine A's 150-450 output tokens, about 16 s)."""
-        self._first_tokens.append((now, max(0.0, uncached), ttft, unqueued))
+    def first_token(self, now: float, *, uncached: float, ttft: float, unqueued: bool,
+                    prefilled: float | None = None) -> None:
+        """A streamed request's first token: its prefill is over, and its replica prefilled
+        `prefilled` uncached tokens meanwhile, its own included (default: its own). Used
+        until a request of the window has finished (a long decode can take longer than the
+        HPA's first sync: engine A's 150-450 output tokens, about 16 s), and where no
+        prefill has ever been alone (`_shared_fit`)."""
+        self._first_tokens.append((now, max(0.0, uncached), ttft, unqueued,
+                                   max(0.0, uncached if prefilled is None else prefilled)))
 
     def _trim(self, now: float) -> None:
         horizon = now - self.spec.window
@@ -727,6 +736,21 @@ class PoolEstimator:
             self._prefill = (0.0, ttft / max(float(len(pts)), sum(u for u, _ in pts)))
         return self._prefill
 
+    def _shared_fit(self) -> tuple[float, float] | None:
+        """(0, b) with b the window's first tokens' summed TTFT over the uncached tokens their
+        replicas prefilled meanwhile (their own included); None without any. For a pool none
+        of whose prefills has ever had a replica to itself, while its replicas do not queue
+        (vLLM runs every request it has KV room for) and its first tokens miss the target:
+        under chunked prefill a first token waits for the prompts its replica prefills
+        before it, so the ratio is the replica's time per prefilled token (its decode steps
+        meanwhile counted in: an upper bound). The gauge held the ready count there before
+        (found in front of real vLLM-CPU: waves of prompts, none alone, empty queues)."""
+        shared = [(p, t) for _, _, t, _, p in self._first_tokens if t > 0 and p > 0]
+        tokens = sum(p for p, _ in shared)
+        if tokens <= 0:
+            return None
+        return 0.0, sum(t for _, t in shared) / tokens
+
     def _decode_fit(self, now: float, streamed: list[_Sample], b: float
                     ) -> tuple[float, float] | None:
         """(delta, beta): the step time one more running request adds, and a prompt token's
@@ -820,8 +844,25 @@ class PoolEstimator:
             step = self._decode_fit(now, streamed, fit[1]) if fit is not None else None
         else:  # no first token timed: the speeds from the answers' ends
             fit, step = self._whole_fit([smp for smp in self._samples if smp.ttft is None])
+        floor = 0.0
         if fit is None:
-            return self._before_first_finish(now, lam, error, ready, starting)
+            held = self._before_first_finish(now, lam, error, ready, starting)
+            # holding the ready count is "not measured"; where the window's first tokens
+            # already miss the target while no replica shows a queue (the engines batch
+            # every request they have room for), it is too few, and the shared fit says how
+            # many more (where some queue and some do not, replicas just started are taking
+            # the queue: holding is right)
+            missed = bool(self._first_tokens) and quantile(
+                (t for _, _, t, *_ in self._first_tokens), 0.9) > spec.ttft_target
+            unqueued = all(ep.metrics.waiting == 0 for ep in ready)
+            fit = self._shared_fit() if held.replicas is None and missed and unqueued \
+                else None
+            if fit is None:
+                return held
+            # its b holds the decode steps too: no decode fit is taken with it (the last
+            # one, if any, is used), and the count is a floor
+            step = self._decode
+            floor = float(self._clamp(len(ready)))
         samples = list(self._samples)
         n = len(samples)
         sizes = sorted(smp.uncached for smp in samples)
@@ -846,7 +887,8 @@ class PoolEstimator:
         else:
             decode = sum(max(0.0, smp.e2e - a - b * smp.uncached) for smp in samples) / n
         n_kv = lam * (x + decode) * self._kv_per_request / spec.max_kv_utilization
-        real = self._clamp_real(max(n_ttft, n_kv))
+        # a shared fit's b is an upper bound (decode steps count in): more, never fewer
+        real = max(floor, self._clamp_real(max(n_ttft, n_kv)))
         bound = lam + spec.rate_z * error
         return Estimate(desired=math.ceil(real - 1e-9), replicas=real, arrival_rate=lam,
                         rate_error=error,
@@ -920,12 +962,12 @@ class PoolEstimator:
         60 first tokens and no request finished; one replica took 4.5 req/s of ~0.22 s
         prefills and the estimate held it.)"""
         hold = self._clamp(max(1, len(ready)))
-        alone = [(u, t) for _, u, t, unqueued in self._first_tokens if unqueued and t > 0]
+        alone = [(u, t) for _, u, t, unqueued, _ in self._first_tokens if unqueued and t > 0]
         tokens = sum(u for u, _ in alone)
         if not alone or tokens <= 0:
             return self._saturated(now, lam, ready, hold)
         b = sum(t for _, t in alone) / tokens
-        sizes = sorted(u for _, u, _, _ in self._first_tokens)
+        sizes = sorted(u for _, u, *_ in self._first_tokens)
         work, _, n_ttft = self._ttft_replicas(now, lam, error, sizes, 0.0, (0.0, b), ready,
                                               starting=starting)
         real = max(float(hold), self._clamp_real(n_ttft))
@@ -1006,10 +1048,12 @@ class Autoscaler:
     def __init__(self, spec: AutoscaleSpec) -> None:
         self.spec = spec
         self.pools: dict[str, PoolEstimator] = {}
-        #: per endpoint: requests sent and not yet at their first token, and requests sent
-        #: while any of those was (the marks' counter)
+        #: per endpoint: requests sent and not yet at their first token, requests sent
+        #: while any of those was (the marks' counter), and the uncached prompt tokens whose
+        #: prefill completed there meanwhile (at first tokens)
         self._prefilling: dict[str, int] = {}
         self._sent: dict[str, int] = {}
+        self._prefilled: dict[str, float] = {}
         #: what each request's decode shares its replica with
         self._decoding = DecodeTracker()
 
@@ -1043,25 +1087,32 @@ class Autoscaler:
             self._sent[ep.name] = self._sent.get(ep.name, 0) + 1
         if decision.request.stream:
             self._prefilling[ep.name] = self._prefilling.get(ep.name, 0) + 1
-            decision.prefill_mark = (ep.name, self._sent[ep.name])
+            decision.prefill_mark = (ep.name, self._sent[ep.name],
+                                     self._prefilled.get(ep.name, 0.0))
         else:
             decision.decode_mark = self._decoding.started(ep.name, now,
                                                           _uncached_estimate(decision))
 
     def first_token(self, decision: Decision, now: float) -> None:
         """The prefill is over; it was not alone if another request was sent to the replica
-        meanwhile (it joined the same steps)."""
+        meanwhile (it joined the same steps). What the replica prefilled while it waited is
+        counted: the prompts whose first token came there meanwhile, its own included."""
         decision.first_token_at = now
+        uncached = _uncached_estimate(decision)
+        shared = uncached
         mark = decision.prefill_mark
-        if mark is not None and self._sent.get(mark[0]) != mark[1]:
-            decision.unqueued = False
+        if mark is not None:
+            if self._sent.get(mark[0]) != mark[1]:
+                decision.unqueued = False
+            done = self._prefilled.get(mark[0], 0.0) + uncached
+            self._prefilled[mark[0]] = done
+            shared = done - mark[2]
         self._prefill_over(decision)
         req = decision.request
         if req.stream and decision.endpoint is not None:
-            uncached = _uncached_estimate(decision)
             self.pool(decision.pool.model).first_token(
                 now, uncached=uncached, ttft=now - req.arrival_time,
-                unqueued=decision.unqueued is not False)
+                unqueued=decision.unqueued is not False, prefilled=shared)
             decision.decode_mark = self._decoding.started(decision.endpoint.name, now,
                                                           uncached)
 
@@ -1075,6 +1126,7 @@ class Autoscaler:
         else:  # nobody holds a mark on it: forget the endpoint (bounded by requests prefilling)
             self._prefilling.pop(mark[0], None)
             self._sent.pop(mark[0], None)
+            self._prefilled.pop(mark[0], None)
 
     def finished(self, decision: Decision, now: float, usage: Mapping[str, Any] | None) -> None:
         self._prefill_over(decision)  # over with no first token (an error, a cancel)

@@ -46,9 +46,10 @@ class Decision:
     finished: bool = False
     #: what the autoscaler (`core.autoscale`) notes along the way: whether the request's
     #: prefill had its endpoint to itself (None: not dispatched yet), its mark while it
-    #: prefills (endpoint, requests sent there so far) and when the first token came
+    #: prefills (endpoint, requests sent there so far, prompt tokens prefilled there so far)
+    #: and when the first token came
     unqueued: bool | None = None
-    prefill_mark: tuple[str, int] | None = None
+    prefill_mark: tuple[str, int, float] | None = None
     first_token_at: float | None = None
     #: the autoscaler's `DecodeMark` from the first token to the end
     decode_mark: DecodeMark | None = None
