@@ -852,11 +852,10 @@ class PoolEstimator:
             # every request they have room for), it is too few, and the shared fit says how
             # many more (where some queue and some do not, replicas just started are taking
             # the queue: holding is right)
-            missed = bool(self._first_tokens) and quantile(
-                (t for _, _, t, *_ in self._first_tokens), 0.9) > spec.ttft_target
-            unqueued = all(ep.metrics.waiting == 0 for ep in ready)
-            fit = self._shared_fit() if held.replicas is None and missed and unqueued \
-                else None
+            if held.replicas is None and self._first_tokens and all(
+                    ep.metrics.waiting == 0 for ep in ready) and quantile(
+                    (t for _, _, t, *_ in self._first_tokens), 0.9) > spec.ttft_target:
+                fit = self._shared_fit()
             if fit is None:
                 return held
             # its b holds the decode steps too: no decode fit is taken with it (the last
