@@ -32,6 +32,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from typing import NamedTuple
 
 from inferoute.bench.autoscale import (
     SCALE_DOWN_WINDOW,
@@ -57,7 +58,15 @@ LOADS = {
 }
 
 
-Row = tuple[float, float, float, float, float]
+class Row(NamedTuple):
+    """One sync: its time, the forecast, what a perfect one would read (the highest true
+    rate to a horizon on), the forecast's sigma, and the true rate a horizon on."""
+
+    t: float
+    forecast: float
+    truth: float
+    sigma: float
+    ahead: float
 
 
 def evaluate(shape: str, base: float, peak: float, duration: float,
@@ -69,8 +78,8 @@ def evaluate(shape: str, base: float, peak: float, duration: float,
 
 def score(arrivals: list[float], rate: Callable[[float], float],
           duration: float) -> tuple[float, float, list[Row]]:
-    """(shortfall, excess, [(t, forecast, truth, sigma, rate a horizon on)]) of the forecast
-    of these arrivals, whose true rate at a time is `rate`."""
+    """(shortfall, excess, rows) of the forecast of these arrivals, whose true rate at a time
+    is `rate`."""
     # the forecast itself (z = 0: now or the horizon, whichever is higher), as the docs scored it
     est = PoolEstimator(AutoscaleSpec(horizon=HORIZON, cold_start=COLD_START, rate_quantile=0.5))
     rows: list[Row] = []
@@ -81,25 +90,25 @@ def score(arrivals: list[float], rate: Callable[[float], float],
             i += 1
         truth = max(rate(t + k) for k in range(int(HORIZON) + 1))
         forecast, sigma = est.forecast(t)
-        rows.append((t, forecast, truth, sigma, rate(t + HORIZON)))
+        rows.append(Row(t, forecast, truth, sigma, rate(t + HORIZON)))
         t += SYNC_PERIOD
     keep = int(SCALE_DOWN_WINDOW / SYNC_PERIOD)
-    shortfall = sum(max(0.0, row[2] - row[1]) for row in rows) * SYNC_PERIOD
+    shortfall = sum(max(0.0, row.truth - row.forecast) for row in rows) * SYNC_PERIOD
     excess = 0.0
     for j in range(len(rows)):
         held = rows[max(0, j - keep + 1):j + 1]
-        excess += max(0.0, max(row[1] for row in held) - max(row[2] for row in held))
+        excess += max(0.0, max(row.forecast for row in held) - max(row.truth for row in held))
     return shortfall, excess * SYNC_PERIOD, rows
 
 
 def calibration(rows: list[Row]) -> float:
     """The forecasts' mean sigma over the RMS of their error against the rate a horizon on,
     over the syncs with a trend (sigma > 0); NaN without any."""
-    trended = [row for row in rows if row[3] > 0]
+    trended = [row for row in rows if row.sigma > 0]
     if not trended:
         return math.nan
-    rms = math.sqrt(sum((row[4] - row[1]) ** 2 for row in trended) / len(trended))
-    return sum(row[3] for row in trended) / len(trended) / rms if rms > 0 else math.nan
+    rms = math.sqrt(sum((row.ahead - row.forecast) ** 2 for row in trended) / len(trended))
+    return sum(row.sigma for row in trended) / len(trended) / rms if rms > 0 else math.nan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             line += f"   {args.seeds} more seeds: shortfall {s:8.0f}  excess {e:8.0f}"
         print(line)
         if args.verbose:
-            print("   " + " ".join(f"{r[0]:.0f}:{r[1]:.1f}/{r[2]:.1f}" for r in rows))
+            print("   " + " ".join(f"{r.t:.0f}:{r.forecast:.1f}/{r.truth:.1f}" for r in rows))
     print(f"total   shortfall {total[0]:7.0f}  excess {total[1]:7.0f}" + (
         f"   {args.seeds} more seeds: shortfall {extra[0]:8.0f}  excess {extra[1]:8.0f}"
         if args.seeds else ""))
@@ -149,7 +158,7 @@ def _traces(paths: list[str], speed: float, verbose: bool) -> int:
         print(f"{path} x{speed:g}: shortfall {short:7.0f}  excess {exc:7.0f}  "
               f"sigma / error {calibration(rows):4.2f}")
         if verbose:
-            print("   " + " ".join(f"{r[0]:.0f}:{r[1]:.1f}/{r[2]:.1f}" for r in rows))
+            print("   " + " ".join(f"{r.t:.0f}:{r.forecast:.1f}/{r.truth:.1f}" for r in rows))
     print(f"total   shortfall {total[0]:7.0f}  excess {total[1]:7.0f}")
     return 0
 

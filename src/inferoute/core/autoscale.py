@@ -77,7 +77,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from itertools import pairwise
 from statistics import NormalDist, median
 from typing import Any
@@ -531,6 +531,7 @@ def long_run_dispersion(counts: list[float]) -> float:
     stamps its requests on a 3-s grid, so a second with a batch is followed by empty ones,
     and its counts' dispersion falls from 11 per second to 2 over 10-s bins. Poisson counts,
     and bursts that come independently, read the same at every width."""
+    @cache  # the doubled width of one step is the next step (2, 10)
     def spread(step: int) -> float:
         return count_dispersion(_binned(counts, step), errors=0.0)
 
@@ -696,7 +697,8 @@ class PoolEstimator:
             # errs as the dispersion over bins wide enough to be independent says: the
             # same smoothing, its error scaled down (Mooncake's trace: sigma was 1.26 times
             # the forecast's actual error, every other load 0.17-0.70; docs/benchmark.md)
-            trend = _scaled(trend, min(1.0, long_run_dispersion(counts) / spread))
+            if spread > 1.0:  # Poisson counts (1) are independent already
+                trend = _scaled(trend, min(1.0, long_run_dispersion(counts) / spread))
             self._trend_cache = (sec, _shrunk(trend, counts[-recent:], spread))
         return self._trend_cache[1]
 
