@@ -47,6 +47,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import compression_utils, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -407,6 +408,7 @@ class Proxy:
         read = upstream.readany
         watch = _IdleWatch(self.config.upstream.idle_timeout, upstream.close)
         chunk, flight.first = flight.first, b""
+        sink: _ClientSink | None = None
         try:
             while chunk:
                 if flight.ttft is None:
@@ -418,10 +420,14 @@ class Proxy:
                 if out:
                     if not resp.prepared:
                         await resp.prepare(request)
-                    await resp.write(out)
+                    await resp.write(out)  # the headers leave with the first write
+                    if sink is None and stream and _chunked(resp):
+                        sink = _ClientSink.of(request, lc, flight, collector, watch)
+                upstream.sink = sink  # the chunks that follow, while the client keeps up
                 watch.reading = True  # only waits for upstream count: a slow client is fine
                 chunk = await read()
                 watch.reading = False
+                upstream.sink = None
             if watch.fired:  # closed by the watch: the read may have ended "normally"
                 raise TimeoutError
             ended = lc.end(clock())
@@ -495,6 +501,12 @@ def _json_typed(headers: Any) -> bool:
     return "json" in ctype or "text/event-stream" in ctype
 
 
+def _chunked(resp: web.StreamResponse) -> bool:
+    """Whether a prepared response's body goes out in HTTP/1.1 chunks (aiohttp chooses them
+    for a body of unknown length; `resp.chunked` says only whether the handler asked)."""
+    return resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
+
+
 def _relayed(actions: list[Action]) -> bytes:
     """The bytes the lifecycle relays to the client among `actions`."""
     if len(actions) == 1:  # the per-chunk case
@@ -530,6 +542,58 @@ class _RelayResponse(web.StreamResponse):
     """
 
     _send_headers_immediately = False
+
+
+class _ClientSink:
+    """Relays an event stream's chunks to the client from the upstream connection's callback.
+
+    The relay's loop pays, per chunk, a task switch (a future resolved, the task woken) and
+    aiohttp's write coroutines; a token stream is one chunk per token, and the gateway's CPU
+    per relayed token is what it costs beside a compiled router (issue 17, item 6). While the
+    client keeps up, this writes each chunk's relayed bytes straight to the client's
+    transport as one HTTP/1.1 chunk, as aiohttp would (chunked responses only), and counts them
+    in the response's writer (`output_size`: the access log's size). It declines the chunk,
+    and with it every chunk until the loop installs it again, while the client's transport
+    holds unsent bytes or is closing: the loop then writes through aiohttp, whose drain waits
+    for a slow client, and notices a client that went away.
+    """
+
+    __slots__ = ("_collector", "_flight", "_lc", "_transport", "_watch", "_writer")
+
+    def __init__(self, transport: asyncio.Transport, writer: AbstractStreamWriter,
+                 lc: RequestLifecycle, flight: _Flight, collector: Any,
+                 watch: _IdleWatch) -> None:
+        self._transport = transport
+        self._writer = writer
+        self._lc = lc
+        self._flight = flight
+        self._collector = collector
+        self._watch = watch
+
+    @classmethod
+    def of(cls, request: web.Request, lc: RequestLifecycle, flight: _Flight, collector: Any,
+           watch: _IdleWatch) -> _ClientSink | None:
+        """The sink for a prepared, chunked response whose headers have left (None without a
+        transport: the client is gone)."""
+        transport = request.transport
+        if transport is None:
+            return None
+        return cls(transport, request.writer, lc, flight, collector, watch)
+
+    def __call__(self, data: bytes) -> bool:
+        transport = self._transport
+        if transport.get_write_buffer_size() or transport.is_closing():
+            return False
+        self._flight.nbytes += len(data)
+        if self._collector is not None:
+            self._collector.feed(data)
+        out = _relayed(self._lc.body_chunk(data))
+        if out:
+            framed = b"%x\r\n%b\r\n" % (len(out), out)
+            self._writer.output_size += len(framed)
+            transport.write(framed)
+        self._watch.reading = True  # the read goes on: its idle time starts again
+        return True
 
 
 class _IdleWatch:

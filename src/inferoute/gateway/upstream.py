@@ -6,7 +6,9 @@ response the proxy relays chunk by chunk. aiohttp's `ClientSession` does that an
 about 0.3 ms of CPU per request, a third of what the gateway added to a request's latency.
 This client is an asyncio `Protocol` per connection over httptools' C parser (the one uvicorn
 uses): the request head and body leave in one write, the parser's callbacks fill the
-response, and `readany()` hands the relay whatever body bytes have arrived.
+response, and `readany()` hands the relay whatever body bytes have arrived; or, while the relay
+keeps up, a `sink` it installs takes each chunk in the connection's callback, with no task
+switch per chunk.
 
 Connections are kept per (host, port, tls) and reused most-recent first. A connection idle
 longer than `idle_ttl` (4 s, under the 5 s keep-alive of vLLM's server) is closed rather
@@ -22,7 +24,7 @@ import asyncio
 import ssl as ssl_module
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -50,7 +52,7 @@ class UpstreamResponse:
 
     __slots__ = ("_buffered", "_chunks", "_conn", "_eof", "_exc", "_got_bytes", "_headers_done",
                  "_paused", "_pool", "_timer", "_waiter", "closed", "headers", "reason",
-                 "status")
+                 "sink", "status")
 
     def __init__(self, conn: _Connection, pool: UpstreamPool) -> None:
         self._conn = conn
@@ -68,6 +70,10 @@ class UpstreamResponse:
         self._got_bytes = False
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: takes body chunks as they arrive, while nothing is unread, instead of the reader:
+        #: True when it took the chunk; False hands it and what follows to `readany` (and
+        #: removes the sink); an exception it raises is what `readany` raises next
+        self.sink: Callable[[bytes], bool] | None = None
 
     # -- fed by the connection -------------------------------------------------------------------
     def _wake(self) -> None:
@@ -84,6 +90,16 @@ class UpstreamResponse:
         self._wake()
 
     def _feed(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is not None and not self._chunks:  # nothing unread: order is kept
+            try:
+                if sink(data):
+                    return
+            except Exception as exc:  # noqa: BLE001 - the reader raises it, as its own
+                self.sink = None
+                self._fail(exc)
+                return
+            self.sink = None  # declined: the reader takes this chunk and what follows
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > HIGH_WATER and not self._paused:

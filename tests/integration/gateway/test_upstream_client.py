@@ -150,6 +150,64 @@ async def test_a_chunked_stream_arrives_piece_by_piece(serve, pool):
     assert pool.connections_opened == 1
 
 
+async def test_a_sink_takes_chunks_until_it_declines_then_the_reader_gets_the_rest(serve,
+                                                                                   pool):
+    """`sink`: chunks go to it while it takes them; the one it declines and every later one
+    go to `readany`, in order; an exception it raises is what `readany` raises next."""
+    steps = [asyncio.Event() for _ in range(4)]
+
+    async def stream(body, reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        for i, step in enumerate(steps):
+            writer.write(b"9\r\ndata: %d\n\n\r\n" % i)
+            await writer.drain()
+            await step.wait()
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    srv = await serve(stream)
+    resp = await pool.post("127.0.0.1", srv.port, "/s", {}, b"{}")
+    took: list[bytes] = []
+    taking = True
+
+    def sink(data: bytes) -> bool:
+        if taking:
+            took.append(data)
+        return taking
+
+    assert await resp.readany() == b"data: 0\n\n"
+    resp.sink = sink
+    steps[0].set()
+    while not took:  # the next chunk goes to the sink; the reader sees nothing of it
+        await asyncio.sleep(0.001)
+    assert took == [b"data: 1\n\n"] and resp.sink is sink
+    taking = False
+    steps[1].set()  # declined: the reader gets it, and the sink is off
+    assert await resp.readany() == b"data: 2\n\n" and resp.sink is None
+    steps[2].set()
+    assert await resp.readany() == b"data: 3\n\n"
+    steps[3].set()
+    assert await read_all(resp) == b"" and took == [b"data: 1\n\n"]
+    resp.release()
+
+    def broken(data: bytes) -> bool:
+        raise ValueError("a bug in the sink")
+
+    for step in steps:
+        step.clear()
+    resp = await pool.post("127.0.0.1", srv.port, "/s", {}, b"{}")
+    assert await resp.readany() == b"data: 0\n\n"
+    resp.sink = broken
+    steps[0].set()
+    with pytest.raises(ValueError, match="a bug in the sink"):
+        await resp.readany()
+    assert resp.sink is None
+    resp.close()
+    for step in steps:
+        step.set()
+
+
 async def test_a_kept_alive_connection_the_server_closed_is_retried_once(serve, pool):
     async def once(body, reader, writer):
         writer.write(reply(b"{}"))  # says keep-alive (HTTP/1.1 default) ...
