@@ -77,6 +77,24 @@ def reply(body: bytes, status: str = "200 OK", extra: str = "") -> bytes:
             f"{len(body)}\r\n{extra}\r\n").encode() + body
 
 
+def stepped(events: list[bytes], gates: list[asyncio.Event]) -> Handler:
+    """A handler that answers with a chunked event stream: each of `events` in its own chunk,
+    after the i-th of which it waits for `gates[i]` (if there is one), then the end."""
+    async def handler(body: bytes, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        for i, event in enumerate(events):
+            writer.write(b"%x\r\n%b\r\n" % (len(event), event))
+            await writer.drain()
+            if i < len(gates):
+                await gates[i].wait()
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    return handler
+
+
 def sends(data: bytes, keep: bool = True) -> Handler:
     """A handler that answers every request with `data` (closing afterwards unless `keep`)."""
     async def handler(body: bytes, reader: asyncio.StreamReader,
@@ -129,17 +147,7 @@ async def test_header_values_with_line_breaks_are_not_sent(serve, pool):
 
 async def test_a_chunked_stream_arrives_piece_by_piece(serve, pool):
     go = asyncio.Event()
-
-    async def stream(body, reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
-        writer.write(b"9\r\ndata: a\n\n\r\n")
-        await writer.drain()
-        await go.wait()
-        writer.write(b"9\r\ndata: b\n\n\r\n0\r\n\r\n")
-        return True
-
-    srv = await serve(stream)
+    srv = await serve(stepped([b"data: a\n\n", b"data: b\n\n"], [go]))
     resp = await pool.post("127.0.0.1", srv.port, "/s", {}, b"{}")
     assert await resp.readany() == b"data: a\n\n"  # before the rest exists
     go.set()
@@ -155,18 +163,7 @@ async def test_a_sink_takes_chunks_until_it_declines_then_the_reader_gets_the_re
     """`sink`: chunks go to it while it takes them; the one it declines and every later one
     go to `readany`, in order; an exception it raises is what `readany` raises next."""
     steps = [asyncio.Event() for _ in range(4)]
-
-    async def stream(body, reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
-        for i, step in enumerate(steps):
-            writer.write(b"9\r\ndata: %d\n\n\r\n" % i)
-            await writer.drain()
-            await step.wait()
-        writer.write(b"0\r\n\r\n")
-        return True
-
-    srv = await serve(stream)
+    srv = await serve(stepped([b"data: %d\n\n" % i for i in range(4)], steps))
     resp = await pool.post("127.0.0.1", srv.port, "/s", {}, b"{}")
     took: list[bytes] = []
     taking = True
