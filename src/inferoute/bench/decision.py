@@ -22,7 +22,7 @@ from ..core.kvindex import BlockStoredEvent, block_keys, chain_root
 from ..core.plugins.precise_prefix_cache_scorer import precise_scorers
 from ..core.request import InferenceRequest
 from ..core.scheduling.framework import SchedulingResult
-from ..configfiles import resolve_config
+from ..configfiles import DEFAULT_POLICY, resolve_config
 from ..core.scheduling.scheduler import Scheduler
 
 _WORDS = ("the of and to in is that for it as with was on be by at this from or an are "
@@ -173,13 +173,14 @@ def decision_costs(configs: list[str | None], sizes: tuple[int, ...] = DECISION_
             + " |")
     lines = [head, "| :--- |" + " ---: |" * len(sizes)]
     for cfg in configs:
+        name = cfg or DEFAULT_POLICY
         rows: list[tuple[str, dict[str, str] | None, bool]] = [
-            (cfg or "llm-d (default)", None, False)]
+            (cfg or f"{DEFAULT_POLICY} (default)", None, False)]
         types = {p.type for p in resolve_config(cfg).plugins}
         if "latency-slo-scorer" in types:
-            rows.append((f"{cfg}, with `x-slo-ttft-ms`", SLO_HEADERS, False))
+            rows.append((f"{name}, with `x-slo-ttft-ms`", SLO_HEADERS, False))
         if "precise-prefix-cache-scorer" in types:
-            rows.append((f"{cfg}, engines holding what they were sent", None, True))
+            rows.append((f"{name}, engines holding what they were sent", None, True))
         for label, headers, hold in rows:
             cells = []
             for size in sizes:

@@ -19,3 +19,11 @@ def test_decision_costs_table_has_a_cell_per_size() -> None:
             p50, p99 = (float(x) for x in decision.split("/"))
             assert 0 < p50 <= p99
             assert float(update) >= 0
+
+
+def test_the_default_row_names_the_default_policy() -> None:
+    """No policy given: the row is the one `serve` runs by default, named as such."""
+    from inferoute.configfiles import DEFAULT_POLICY
+
+    lines = decision_costs([None], (256,), endpoints=4, samples=5).splitlines()
+    assert [line.split("|")[1].strip() for line in lines[2:]][0] == f"{DEFAULT_POLICY} (default)"
