@@ -72,7 +72,8 @@ class UpstreamResponse:
         self._timer: asyncio.TimerHandle | None = None
         #: takes body chunks as they arrive, while nothing is unread, instead of the reader:
         #: True when it took the chunk; False hands it and what follows to `readany` (and
-        #: removes the sink); an exception it raises is what `readany` raises next
+        #: removes the sink); an exception it raises closes the connection and is what
+        #: `readany` raises next
         self.sink: Callable[[bytes], bool] | None = None
 
     # -- fed by the connection -------------------------------------------------------------------
@@ -90,6 +91,8 @@ class UpstreamResponse:
         self._wake()
 
     def _feed(self, data: bytes) -> None:
+        if self._exc is not None:  # failed: nothing after the failure is its body
+            return
         sink = self.sink
         if sink is not None and not self._chunks:  # nothing unread: order is kept
             try:
@@ -98,6 +101,7 @@ class UpstreamResponse:
             except Exception as exc:  # noqa: BLE001 - the reader raises it, as its own
                 self.sink = None
                 self._fail(exc)
+                self.close()  # the server sees the abort
                 return
             self.sink = None  # declined: the reader takes this chunk and what follows
         self._chunks.append(data)

@@ -161,7 +161,7 @@ async def test_a_chunked_stream_arrives_piece_by_piece(serve, pool):
 async def test_a_sink_takes_chunks_until_it_declines_then_the_reader_gets_the_rest(serve,
                                                                                    pool):
     """`sink`: chunks go to it while it takes them; the one it declines and every later one
-    go to `readany`, in order; an exception it raises is what `readany` raises next."""
+    go to `readany`, in order."""
     steps = [asyncio.Event() for _ in range(4)]
     srv = await serve(stepped([b"data: %d\n\n" % i for i in range(4)], steps))
     resp = await pool.post("127.0.0.1", srv.port, "/s", {}, b"{}")
@@ -188,21 +188,40 @@ async def test_a_sink_takes_chunks_until_it_declines_then_the_reader_gets_the_re
     assert await read_all(resp) == b"" and took == [b"data: 1\n\n"]
     resp.release()
 
+
+
+async def test_a_sink_that_raises_fails_the_response_and_drops_the_rest(serve, pool):
+    """The exception is what `readany` raises, even where more of the body came in the same
+    read; the connection is closed (the server sees an abort) and not reused."""
+    go = asyncio.Event()
+
+    async def stream(body, reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n9\r\ndata: 0\n\n\r\n")
+        await writer.drain()
+        await go.wait()
+        writer.write(b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n")  # one read
+        await writer.drain()
+        await reader.read()  # until the client closes
+        return False
+
     def broken(data: bytes) -> bool:
         raise ValueError("a bug in the sink")
 
-    for step in steps:
-        step.clear()
+    srv = await serve(stream)
     resp = await pool.post("127.0.0.1", srv.port, "/s", {}, b"{}")
     assert await resp.readany() == b"data: 0\n\n"
     resp.sink = broken
-    steps[0].set()
+    go.set()
     with pytest.raises(ValueError, match="a bug in the sink"):
         await resp.readany()
-    assert resp.sink is None
-    resp.close()
-    for step in steps:
-        step.set()
+    assert resp.sink is None and resp.closed
+    with pytest.raises(ValueError):  # nothing after the failure is body
+        await resp.readany()
+    resp.release()
+    again = await pool.post("127.0.0.1", srv.port, "/s", {}, b"{}")
+    again.close()
+    assert srv.connections == 2
 
 
 async def test_a_kept_alive_connection_the_server_closed_is_retried_once(serve, pool):
