@@ -461,6 +461,7 @@ class Proxy:
             return resp
         finally:
             watch.cancel()
+            upstream.sink = None  # however the relay ended, no chunk goes to the client now
         flight.usage = next(a.usage for a in ended if isinstance(a, Finish))
         if collector is not None:
             flight.reply = collector.reply()
