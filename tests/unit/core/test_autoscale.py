@@ -600,7 +600,9 @@ def test_router_feeds_the_estimator(make_ep, make_req) -> None:
     assert {x.endpoint for x in pool._samples} == {ep.name for ep in eps}
     # at the first token: the prompt's estimate (2,000 characters), its TTFT, alone or not,
     # and what its replica prefilled meanwhile (itself alone: its own prompt)
-    assert pool._first_tokens[-1][1:] == (500.0, pytest.approx(0.2), True, 500.0)
+    ft = pool._first_tokens[-1]
+    assert (ft.uncached, ft.ttft, ft.alone, ft.prefilled) == (500.0, pytest.approx(0.2), True,
+                                                              500.0)
     assert (s.output, s.unqueued) == (9, True)
     assert auto.estimate("m", 20.0, eps).unqueued_ttft == pytest.approx(0.2)
 
